@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from tray.config import Config, ConfigError, load_config
+from tray.paths import AppPaths
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths(tmp_path / "config", tmp_path / "log", tmp_path / "data", tmp_path / "state")
+
+
+def test_defaults_follow_the_design_notes(paths):
+    config = load_config(env={}, paths=paths)
+    assert config.ollama_host == "http://127.0.0.1:11434"
+    assert config.ollama_model == "uncensored-llama3"
+    assert config.health_check_interval == 30
+    assert config.health_check_timeout == 5
+    assert config.auto_restart_attempts == 3
+    assert config.modelfile == str(paths.config_dir / "uncensored.Modelfile")
+    assert config.source == str(paths.config_file)
+
+
+def test_ollama_host_defaults_to_the_environment(paths):
+    config = load_config(env={"OLLAMA_HOST": "0.0.0.0:9999"}, paths=paths)
+    assert config.host.url == "http://127.0.0.1:9999"
+
+
+def test_file_then_environment_precedence(paths, tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text('health_check_interval = 10\nollama_model = "mine"\nnotifications = false\n')
+    env = {"OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "2.5", "OLLAMA_MANAGER_NOTIFICATIONS": "yes"}
+    config = load_config(file, env=env, paths=paths)
+    assert config.health_check_interval == 2.5
+    assert config.ollama_model == "mine"
+    assert config.notifications is True
+
+
+def test_config_env_variable_names_the_file(paths, tmp_path):
+    file = tmp_path / "other.toml"
+    file.write_text("auto_restart_attempts = 7\n")
+    assert load_config(env={"OLLAMA_MANAGER_CONFIG": str(file)}, paths=paths).auto_restart_attempts == 7
+
+
+def test_platform_file_is_used_by_default(paths):
+    paths.config_dir.mkdir(parents=True)
+    paths.config_file.write_text('health_probe = "api"\n')
+    assert load_config(env={}, paths=paths).health_probe == "api"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("health_check_interval = 'x'", "key 'health_check_interval' must be a number, got 'x'"),
+        ("auto_restart_attempts = 1.5", "key 'auto_restart_attempts' must be a whole number, got 1.5"),
+        ("auto_restart_attempts = -1", "key 'auto_restart_attempts' must be at least 0, got -1"),
+        ("notifications = 1", "key 'notifications' must be true or false, got 1"),
+        ("health_probe = 'deep'", "key 'health_probe' must be one of 'inference', 'api', got 'deep'"),
+        ("ollama_model = 3", "key 'ollama_model' must be a string, got 3"),
+        ("colour = 'red'", "unknown key 'colour'"),
+        ("[gpu]\nindex = 1", "unknown section 'gpu'"),
+        ("x = [", "invalid TOML: Invalid value (at end of document)"),
+        ("a = 1\nb = = 2", "invalid TOML: Invalid value (at line 2, column 5)"),
+    ],
+)
+def test_bad_file_gives_one_line_naming_file_key_and_problem(paths, tmp_path, text, message):
+    file = tmp_path / "bad.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(file, env={}, paths=paths)
+    assert str(err.value) == f"{file}: {message}"
+    assert "\n" not in str(err.value)
+
+
+def test_bad_environment_value_names_the_variable(paths):
+    with pytest.raises(ConfigError) as err:
+        load_config(env={"OLLAMA_MANAGER_STOP_TIMEOUT": "soon"}, paths=paths)
+    assert str(err.value) == "environment variable OLLAMA_MANAGER_STOP_TIMEOUT must be a number, got 'soon'"
+
+
+def test_explicit_missing_file_is_an_error(paths, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "nope.toml", env={}, paths=paths)
+    assert str(err.value) == f"{tmp_path / 'nope.toml'}: config file not found"
+
+
+def test_every_setting_has_help():
+    import dataclasses
+
+    for f in dataclasses.fields(Config):
+        if not f.metadata.get("internal"):
+            assert f.metadata["help"], f.name

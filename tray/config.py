@@ -1,0 +1,205 @@
+"""Settings: a TOML file with flat keys named after the design notes' constants.
+
+Precedence: ``OLLAMA_MANAGER_<KEY>`` environment variables > the file > defaults.
+The file is ``--config PATH``, else ``$OLLAMA_MANAGER_CONFIG``, else
+``<platform config dir>/config.toml``. A missing file means defaults; a bad
+one raises :class:`ConfigError` whose text is one line naming the file, the
+key and the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
+from tray.paths import AppPaths
+
+ENV_PREFIX = "OLLAMA_MANAGER_"
+CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"
+
+
+class ConfigError(Exception):
+    """A bad setting; ``str()`` is the one line shown to the user."""
+
+
+def _help(text: str, minimum: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"help": text, "minimum": minimum, "choices": choices}
+
+
+@dataclass(frozen=True)
+class Config:
+    ollama_host: str = field(
+        default="", metadata=_help("Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434")
+    )
+    ollama_binary: str = field(
+        default="", metadata=_help("Path of the ollama executable; default: found on PATH or the OS install location")
+    )
+    ollama_model: str = field(default="uncensored-llama3", metadata=_help("The model the manager keeps built"))
+    modelfile: str = field(
+        default="", metadata=_help("Modelfile the model is built from; default: uncensored.Modelfile in the config dir")
+    )
+    health_check_interval: float = field(
+        default=30.0, metadata=_help("Seconds between health checks", minimum=0.1)
+    )
+    health_check_timeout: float = field(
+        default=5.0,
+        metadata=_help("Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1),
+    )
+    auto_restart_attempts: int = field(
+        default=3, metadata=_help("Restart attempts before giving up and relying on the cloud fallback", minimum=0)
+    )
+    health_probe: str = field(
+        default="inference",
+        metadata=_help(
+            "'inference' runs a one-token test prompt when the model exists; 'api' only checks the API so the model can unload",
+            choices=("inference", "api"),
+        ),
+    )
+    startup_timeout: float = field(
+        default=30.0, metadata=_help("Seconds to wait for a started Ollama to answer", minimum=1)
+    )
+    model_load_timeout: float = field(
+        default=300.0,
+        metadata=_help("Seconds a probe may take while the model loads from disk (not counted as a hang)", minimum=1),
+    )
+    stop_timeout: float = field(
+        default=5.0, metadata=_help("Seconds between SIGTERM and SIGKILL when stopping Ollama", minimum=0.1)
+    )
+    status_port: int = field(
+        default=11436, metadata=_help("Loopback port of the status API (0 = any free port)", minimum=0)
+    )
+    model_verify_interval: float = field(
+        default=3600.0, metadata=_help("Seconds between model integrity checks", minimum=1)
+    )
+    stop_ollama_on_quit: bool = field(
+        default=False, metadata=_help("Stop Ollama when the tray app quits")
+    )
+    notifications: bool = field(default=True, metadata=_help("Show desktop notifications"))
+
+    source: str = field(default="", compare=False, metadata={"internal": True})
+
+    @property
+    def host(self) -> OllamaHost:
+        return parse_ollama_host(self.ollama_host)
+
+    @property
+    def modelfile_path(self) -> Path:
+        return Path(self.modelfile).expanduser()
+
+
+def settable_fields() -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+
+
+_TYPES = typing.get_type_hints(Config)
+
+
+def _convert(key: str, raw: Any, from_env: bool) -> Any:
+    """Check and convert one value; raise ValueError with the problem."""
+    kind = _TYPES[key]
+    meta = Config.__dataclass_fields__[key].metadata
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_env and isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[raw.strip().lower()]
+        raise ValueError(f"must be true or false, got {raw!r}")
+    if kind in (int, float):
+        value: int | float
+        if isinstance(raw, bool):
+            raise ValueError(f"must be a number, got {raw!r}")
+        if from_env and isinstance(raw, str):
+            try:
+                raw = int(raw) if kind is int else float(raw)
+            except ValueError:
+                raise ValueError(f"must be {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+        if kind is int and not isinstance(raw, int):
+            raise ValueError(f"must be a whole number, got {raw!r}")
+        if kind is float and not isinstance(raw, (int, float)):
+            raise ValueError(f"must be a number, got {raw!r}")
+        value = kind(raw)
+        minimum = meta.get("minimum")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be at least {minimum:g}, got {raw!r}")
+        return value
+    if kind is str:
+        if not isinstance(raw, str):
+            raise ValueError(f"must be a string, got {raw!r}")
+        choices = meta.get("choices") or ()
+        if choices and raw not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {raw!r}")
+        return raw
+    raise AssertionError(f"unsupported setting type {kind!r}")  # pragma: no cover
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def config_file_path(explicit: str | Path | None, env: Mapping[str, str], paths: AppPaths) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV]).expanduser()
+    return paths.config_file
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's table, or {} when it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_config(
+    explicit: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    paths: AppPaths | None = None,
+) -> Config:
+    """Load the settings; raise ConfigError on a bad file or variable."""
+    env = os.environ if env is None else env
+    paths = paths or AppPaths.default()
+    path = config_file_path(explicit, env, paths)
+    if explicit and not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    table = read_config_file(path)
+    known = {f.name for f in settable_fields()}
+    for key, value in table.items():
+        if key not in known:
+            what = "section" if isinstance(value, dict) else "key"
+            raise ConfigError(f"{path}: unknown {what} '{key}'")
+    values: dict[str, Any] = {}
+    for key in sorted(known):
+        if key in table:
+            try:
+                values[key] = _convert(key, table[key], from_env=False)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: key '{key}' {exc}") from None
+        env_name = ENV_PREFIX + key.upper()
+        if env_name in env:
+            try:
+                values[key] = _convert(key, env[env_name], from_env=True)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {env_name} {exc}") from None
+    if not values.get("ollama_host"):
+        values["ollama_host"] = env.get("OLLAMA_HOST") or DEFAULT_HOST
+    if not values.get("modelfile"):
+        values["modelfile"] = str(paths.config_dir / "uncensored.Modelfile")
+    return Config(**values, source=str(path))

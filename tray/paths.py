@@ -1,0 +1,64 @@
+"""Where the app keeps its files, per OS (platformdirs; XDG variables on Linux)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from tray import APP_NAME
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    config_dir: Path
+    log_dir: Path
+    data_dir: Path
+    state_dir: Path
+
+    @classmethod
+    def default(cls) -> "AppPaths":
+        # appauthor=False keeps Windows paths at %LOCALAPPDATA%\ollama-manager.
+        dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
+        return cls(
+            config_dir=Path(dirs.user_config_dir),
+            log_dir=Path(dirs.user_log_dir),
+            data_dir=Path(dirs.user_data_dir),
+            state_dir=Path(dirs.user_state_dir),
+        )
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @property
+    def app_log(self) -> Path:
+        return self.log_dir / "ollama-manager.log"
+
+    @property
+    def server_log(self) -> Path:
+        """Output of an Ollama server this app started."""
+        return self.log_dir / "ollama-server.log"
+
+    @property
+    def history_db(self) -> Path:
+        return self.data_dir / "history.sqlite3"
+
+    @property
+    def instance_lock(self) -> Path:
+        return self.state_dir / "instance.lock"
+
+    @property
+    def monitor_file(self) -> Path:
+        """Written by a running monitor: its pid and the status API's address."""
+        return self.state_dir / "monitor.json"
+
+    @property
+    def api_token(self) -> Path:
+        """Secret that authorises actions on the status API (mode 0600)."""
+        return self.state_dir / "api-token"
+
+    @property
+    def user_stop_file(self) -> Path:
+        return self.state_dir / "user-stopped.json"
