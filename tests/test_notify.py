@@ -1,0 +1,381 @@
+"""Notifications: exact per-OS command lines, rate limiting, and delivery over a real D-Bus session.
+
+The D-Bus tests start a private ``dbus-daemon`` and a small notification server
+(``org.freedesktop.Notifications``: Notify, GetCapabilities, GetServerInformation)
+that records what it receives.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+import tray.notify as notify
+from tray.notify import (
+    APP_NAME,
+    Channel,
+    NotificationError,
+    Notifier,
+    RateLimiter,
+    applescript_quote,
+    dbus_notify,
+    default_channels,
+    notify_send_command,
+    osascript_command,
+    powershell_command,
+    powershell_quote,
+    powershell_toast_script,
+    run_command,
+)
+
+jeepney = pytest.importorskip("jeepney")
+from jeepney import MessageType, new_error, new_method_return  # noqa: E402
+from jeepney.bus_messages import message_bus  # noqa: E402
+from jeepney.io.blocking import open_dbus_connection  # noqa: E402
+
+NOTIFICATIONS = "org.freedesktop.Notifications"
+
+# --- Command lines ---------------------------------------------------------------------------------
+
+
+def test_notify_send_command() -> None:
+    assert notify_send_command("-Ollama down", "It stopped; restarting") == [
+        "notify-send",
+        "--app-name=Ollama Manager",
+        "--expire-time=10000",
+        "--",
+        "-Ollama down",
+        "It stopped; restarting",
+    ]
+
+
+def test_osascript_command_escapes_quotes_backslashes_and_newlines() -> None:
+    argv = osascript_command('Say "hi"', "C:\\models\nsecond line")
+    assert argv == [
+        "osascript",
+        "-e",
+        'display notification "C:\\\\models\\nsecond line" with title "Ollama Manager" subtitle "Say \\"hi\\""',
+    ]
+    assert applescript_quote("") == '""'
+
+
+def test_powershell_quote_doubles_every_kind_of_single_quote() -> None:
+    assert powershell_quote("it's") == "'it''s'"
+    assert powershell_quote("model \u2018x\u2019 gone") == "'model \u2018\u2018x\u2019\u2019 gone'"
+    assert powershell_quote('$env:HOME "x"') == "'$env:HOME \"x\"'"  # no expansion inside single quotes
+
+
+def test_powershell_toast_script() -> None:
+    script = powershell_toast_script("Ollama down", "Model 'x' is gone")
+    lines = script.splitlines()
+    assert lines[0] == "$ErrorActionPreference = 'Stop'"
+    assert "  $lines.Item(0).AppendChild($xml.CreateTextNode('Ollama down')) | Out-Null" in lines
+    assert "  $lines.Item(1).AppendChild($xml.CreateTextNode('Model ''x'' is gone')) | Out-Null" in lines
+    assert (
+        "  [Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier("
+        "'{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\\WindowsPowerShell\\v1.0\\powershell.exe').Show($toast)"
+    ) in lines
+    assert "  $balloon.Text = 'Ollama Manager'" in lines
+    assert "  $balloon.BalloonTipTitle = 'Ollama down'" in lines
+    assert "  $balloon.BalloonTipText = 'Model ''x'' is gone'" in lines
+
+
+def test_powershell_command_carries_the_script_encoded() -> None:
+    argv = powershell_command('Title "quoted"', "Message")
+    assert argv[:-1] == [
+        "powershell.exe",
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-WindowStyle",
+        "Hidden",
+        "-EncodedCommand",
+    ]
+    assert base64.b64decode(argv[-1]).decode("utf-16-le") == powershell_toast_script('Title "quoted"', "Message")
+
+
+@pytest.mark.parametrize(
+    ("platform", "names"),
+    [
+        ("linux", ["plyer", "dbus", "notify-send"]),
+        ("darwin", ["plyer", "osascript"]),
+        ("win32", ["plyer", "powershell"]),
+    ],
+)
+def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
+    assert [channel.name for channel in default_channels(platform)] == names
+
+
+# --- Running commands ------------------------------------------------------------------------------
+
+
+def test_run_command_reports_failures_in_one_line() -> None:
+    with pytest.raises(NotificationError, match=r"^no-such-notifier-binary not found$"):
+        run_command(["no-such-notifier-binary", "x"])
+    with pytest.raises(NotificationError, match=r"^sh exited with status 3: second$"):
+        run_command(["sh", "-c", "echo first >&2; echo second >&2; exit 3"])
+    with pytest.raises(NotificationError, match=r"^sleep did not finish within 0.2 s$"):
+        run_command(["sleep", "5"], timeout=0.2)
+    run_command(["true"])
+
+
+# --- Rate limiting and the off switch (fake channel, injected clock) -----------------------------
+
+
+@dataclass
+class Recorder:
+    sent: list[tuple[str, str]] = field(default_factory=list)
+
+    def __call__(self, title: str, message: str) -> None:
+        self.sent.append((title, message))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limit_per_key() -> None:
+    clock, recorder = Clock(), Recorder()
+    notifier = Notifier(channels=[Channel("fake", recorder)], clock=clock, limiter=RateLimiter(per_key_seconds=60))
+    results = []
+    for now in (0.0, 30.0, 59.9, 60.0):
+        clock.now = now
+        results.append(notifier.notify("Ollama memory high", f"at {now}", key="memory"))
+    assert results == [True, False, False, True]
+    assert recorder.sent == [("Ollama memory high", "at 0.0"), ("Ollama memory high", "at 60.0")]
+    # Without a key the title groups repeats; another key is not held back.
+    assert notifier.notify("Ollama down", "x") is True
+    assert notifier.notify("Ollama down", "y") is False
+    assert notifier.notify("Ollama down", "z", key="health") is True
+
+
+def test_rate_limit_globally() -> None:
+    clock, recorder = Clock(), Recorder()
+    limiter = RateLimiter(per_key_seconds=0, global_limit=3, global_window_seconds=60)
+    notifier = Notifier(channels=[Channel("fake", recorder)], clock=clock, limiter=limiter)
+    results = []
+    for now in (0.0, 1.0, 2.0, 3.0, 59.0, 60.0, 61.0, 62.0):
+        clock.now = now
+        results.append(notifier.notify(f"alert {now}", "m", key=str(now)))
+    # 3 per sliding minute: 0, 1, 2 pass; 3 and 59 wait; 60, 61, 62 pass as 0, 1, 2 leave the window.
+    assert results == [True, True, True, False, False, True, True, True]
+    assert len(recorder.sent) == 6
+
+
+def test_the_off_switch() -> None:
+    recorder = Recorder()
+    notifier = Notifier(enabled=False, channels=[Channel("fake", recorder)], clock=Clock())
+    assert notifier.notify("Ollama down", "m") is False
+    assert recorder.sent == []
+    notifier.enabled = True
+    assert notifier.notify("Ollama down", "m") is True
+    assert recorder.sent == [("Ollama down", "m")]
+
+
+def test_first_working_method_wins() -> None:
+    first, second = Recorder(), Recorder()
+    notifier = Notifier(channels=[Channel("a", first), Channel("b", second)], clock=Clock())
+    assert notifier.notify("t", "m") is True
+    assert (first.sent, second.sent) == ([("t", "m")], [])
+
+
+def test_failures_are_logged_and_never_raised(caplog) -> None:
+    def broken(title: str, message: str) -> None:
+        raise RuntimeError("backend\nexploded")
+
+    def refused(title: str, message: str) -> None:
+        raise NotificationError("notify-send exited with status 1: no server")
+
+    caplog.set_level(logging.WARNING, logger="tray.notify")
+    notifier = Notifier(channels=[Channel("plyer", broken), Channel("notify-send", refused)], clock=Clock())
+    assert notifier.notify("Ollama down", "Not responding") is False
+    assert [r.getMessage() for r in caplog.records] == [
+        "Notification via plyer failed: backend exploded",
+        "Notification via notify-send failed: notify-send exited with status 1: no server",
+        "Notification not shown, no method worked: Ollama down: Not responding",
+    ]
+
+
+# --- A real D-Bus session --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def session_bus() -> Iterator[str]:
+    daemon_path = shutil.which("dbus-daemon")
+    if daemon_path is None:
+        pytest.skip("dbus-daemon is not installed")
+    # A short directory: unix socket paths are limited to ~100 bytes.
+    with tempfile.TemporaryDirectory(prefix="om-dbus-", dir="/tmp") as directory:
+        daemon = subprocess.Popen(
+            [daemon_path, "--session", "--nofork", "--print-address=1", f"--address=unix:path={directory}/bus"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            assert daemon.stdout is not None
+            address = daemon.stdout.readline().strip()
+            assert address.startswith("unix:path="), address
+            yield address
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=10)
+
+
+class NotificationServer:
+    """Owns org.freedesktop.Notifications on a bus and records the calls it gets."""
+
+    def __init__(self, address: str) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+        self._received = threading.Condition()
+        self._stop = threading.Event()
+        self._connection = open_dbus_connection(bus=address)
+        reply = self._connection.send_and_get_reply(message_bus.RequestName(NOTIFICATIONS), timeout=5)
+        assert reply.body == (1,)  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def notifications(self, count: int, timeout: float = 10.0) -> list[tuple]:
+        """The bodies of the first ``count`` Notify calls, waiting for them to arrive."""
+        with self._received:
+            self._received.wait_for(lambda: len(self._notify_bodies()) >= count, timeout=timeout)
+            return self._notify_bodies()
+
+    def _notify_bodies(self) -> list[tuple]:
+        return [body for member, body in self.calls if member == "Notify"]
+
+    def _serve(self) -> None:
+        next_id = 1
+        while not self._stop.is_set():
+            try:
+                message = self._connection.receive(timeout=0.1)
+            except TimeoutError:
+                continue
+            if message.header.message_type is not MessageType.method_call:
+                continue
+            member = message.header.fields.get(jeepney.HeaderFields.member)
+            if member == "Notify":
+                reply = new_method_return(message, "u", (next_id,))
+                next_id += 1
+            elif member == "GetCapabilities":
+                reply = new_method_return(message, "as", (["body"],))
+            elif member == "GetServerInformation":
+                reply = new_method_return(message, "ssss", ("test-server", "tests", "1.0", "1.2"))
+            else:
+                reply = new_error(message, "org.freedesktop.DBus.Error.UnknownMethod", "s", (f"no {member}",))
+            self._connection.send(reply)
+            with self._received:
+                self.calls.append((member, message.body))
+                self._received.notify_all()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._connection.close()
+
+
+@pytest.fixture
+def notification_server(session_bus: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotificationServer]:
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", session_bus)
+    server = NotificationServer(session_bus)
+    yield server
+    server.close()
+
+
+def test_dbus_notify_arrives_with_summary_and_body(notification_server: NotificationServer) -> None:
+    assert dbus_notify("Ollama down", "Ollama is not responding (down)") == 1
+    assert dbus_notify("Second", "two") == 2
+    assert notification_server.notifications(2) == [
+        (APP_NAME, 0, "", "Ollama down", "Ollama is not responding (down)", [], {}, 10000),
+        (APP_NAME, 0, "", "Second", "two", [], {}, 10000),
+    ]
+
+
+def test_when_plyer_fails_the_dbus_fallback_delivers(
+    notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    def plyer_without_backend(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("No usable implementation found!")
+
+    monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
+    caplog.set_level(logging.DEBUG, logger="tray.notify")
+    notifier = Notifier()  # the real per-OS channels
+    assert notifier.notify("Ollama memory high", "Ollama is using 7.2 GB of memory (limit 6 GB)") is True
+    (body,) = notification_server.notifications(1)
+    assert body[0] == APP_NAME and body[3:5] == ("Ollama memory high", "Ollama is using 7.2 GB of memory (limit 6 GB)")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Notification via plyer failed: No usable implementation found!",
+        "Notification shown via dbus: Ollama memory high",
+    ]
+
+
+@pytest.mark.skipif(shutil.which("notify-send") is None, reason="notify-send (libnotify-bin) is not installed")
+def test_when_plyer_and_dbus_fail_notify_send_delivers(
+    notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(*args: object, **kwargs: object) -> None:
+        raise NotificationError("simulated failure")
+
+    monkeypatch.setattr(notify, "plyer_notify", fails)
+    monkeypatch.setattr(notify, "dbus_notify", fails)
+    assert Notifier().notify("Low disk space", "3 GB free on the models disk (minimum 10 GB)") is True
+    (body,) = notification_server.notifications(1)
+    app_name, replaces_id, _icon, summary, text, actions, _hints, expire = body
+    assert (app_name, replaces_id, summary, text, actions, expire) == (
+        APP_NAME,
+        0,
+        "Low disk space",
+        "3 GB free on the models disk (minimum 10 GB)",
+        [],
+        10000,
+    )
+    # libnotify asks who the server is before notifying.
+    assert ("GetServerInformation", ()) in notification_server.calls
+
+
+def _plyer_can_notify_here() -> bool:
+    try:
+        import dbus  # noqa: F401
+    except ImportError:
+        return shutil.which("notify-send") is not None
+    return True
+
+
+@pytest.mark.skipif(
+    not _plyer_can_notify_here(), reason="plyer has no Linux backend here (no dbus-python, no notify-send)"
+)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux D-Bus session test")
+def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServer, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="tray.notify")
+    assert Notifier().notify("Ollama healthy", "Ollama is healthy again") is True
+    (body,) = notification_server.notifications(1)
+    assert (body[0], body[3], body[4]) == (APP_NAME, "Ollama healthy", "Ollama is healthy again")
+    assert "Notification shown via plyer: Ollama healthy" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_bus_without_a_notification_service_is_a_clear_error(session_bus: str) -> None:
+    with pytest.raises(
+        NotificationError, match=r"^D-Bus notification refused: org.freedesktop.DBus.Error.ServiceUnknown$"
+    ):
+        dbus_notify("t", "m", bus_address=session_bus)
+
+
+def test_no_session_bus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no "bus" socket in it
+    with pytest.raises(NotificationError, match=r"^no D-Bus session bus \(DBUS_SESSION_BUS_ADDRESS is not set\)$"):
+        dbus_notify("t", "m")
