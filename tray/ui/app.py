@@ -1,0 +1,544 @@
+"""The pystray adapter: renders the status as icon, tooltip and menu, and runs menu actions.
+
+The tray holds no policy. It reads the latest status dict and the settings
+from a :class:`Controller`, renders them through :mod:`tray.ui.icon` and
+:mod:`tray.ui.menu`, and hands every action back to the controller, which runs
+it off the UI thread. pystray is imported lazily: importing it without a
+display raises, and :func:`tray_available` must be able to say why first.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from PIL import Image
+
+from tray import APP_NAME
+from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip, truncate
+from tray.ui.menu import (
+    ACTION_LABELS,
+    OPEN_LOGS,
+    QUIT,
+    REBUILD,
+    RESTART,
+    START,
+    STOP,
+    TOGGLE_AUTOSTART,
+    TOGGLE_NOTIFICATIONS,
+    UNLOAD,
+    MenuEntry,
+    build_menu,
+    find_entry,
+)
+
+log = logging.getLogger(__name__)
+
+MESSAGE_MAX_CHARS = 200
+NO_TRAY_HINT = "run `ollama-manager monitor` instead"
+SETTING_FOR_TOGGLE = {TOGGLE_AUTOSTART: "autostart", TOGGLE_NOTIFICATIONS: "notifications"}
+
+
+class Controller(Protocol):
+    """What the tray needs from the rest of the app."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The latest status dict."""
+        ...
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``callback`` (from a background thread) on every status change; return an unsubscribe function."""
+        ...
+
+    def request(self, action: str) -> concurrent.futures.Future[str]:
+        """Run ``start``/``stop``/``restart``/``rebuild``/``unload`` off the UI thread.
+
+        The future's result is a one-line message; an exception means failure.
+        """
+        ...
+
+    def settings(self) -> dict[str, bool]:
+        """``{"notifications": bool, "autostart": bool, "stop_ollama_on_quit": bool}``."""
+        ...
+
+    def set_setting(self, key: str, value: bool) -> None:
+        """Change and persist one boolean setting."""
+        ...
+
+    def log_paths(self) -> list[str]:
+        """Folders or files that "Open logs" may open, most useful first."""
+        ...
+
+    def notify(self, title: str, message: str) -> None:
+        """Show a desktop notification (the controller honours the setting)."""
+        ...
+
+
+def one_line(text: str, fallback: str = "") -> str:
+    """The first non-blank line of ``text``, shortened for a notification."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return truncate(line.strip(), MESSAGE_MAX_CHARS)
+    return fallback
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a failure: its message, else its class name."""
+    return one_line(str(error), fallback=type(error).__name__)
+
+
+def open_command(path: str, platform: str = sys.platform) -> list[str]:
+    """The command that shows ``path`` in the desktop's file manager or viewer (not Windows)."""
+    return ["open", path] if platform == "darwin" else ["xdg-open", path]
+
+
+def open_path(
+    path: str,
+    *,
+    platform: str = sys.platform,
+    spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+) -> None:
+    """Open a file or folder with the desktop's default application, detached.
+
+    No shell is involved; the opener is detached from this process
+    (``start_new_session``) and reaped by a daemon thread. Raises ``OSError``
+    when the opener cannot be started.
+    """
+    if platform == "win32":
+        os.startfile(path)  # type: ignore[attr-defined,unused-ignore]
+        return
+    process = spawn(
+        open_command(path, platform),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    threading.Thread(target=process.wait, name="reap-opener", daemon=True).start()
+
+
+def pick_log_path(paths: list[str], exists: Callable[[str], bool] = os.path.exists) -> str | None:
+    """The first path that exists, else None."""
+    return next((path for path in paths if exists(path)), None)
+
+
+class TrayApp:
+    """The tray icon, its tooltip and its menu, driven by a :class:`Controller`.
+
+    ``backend`` is a module-like object with pystray's ``Icon``, ``Menu`` and
+    ``MenuItem``; by default pystray itself, imported on first use. The
+    ``on_*`` methods are the exact callables the menu items run.
+    """
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        backend: Any = None,
+        opener: Callable[[str], None] = open_path,
+        icon_size: int = 64,
+        quit_stop_timeout: float = 30.0,
+    ) -> None:
+        self._controller = controller
+        self._backend = backend if backend is not None else _import_pystray()
+        self._opener = opener
+        self._icon_size = icon_size
+        self._quit_stop_timeout = quit_stop_timeout
+        self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
+        self._status: dict[str, Any] = dict(controller.snapshot())
+        self._running_actions: set[str] = set()
+        self._ready = False
+        self._dirty = False
+        self._stopped = False
+        self._images: dict[tuple[IconState, bool], Image.Image] = {}
+        self._shown_image_key: tuple[IconState, bool] | None = None
+        self._quit_stop: concurrent.futures.Future[str] | None = None
+        self._callbacks: dict[str, Callable[[], None]] = {
+            START: self.on_start,
+            STOP: self.on_stop,
+            RESTART: self.on_restart,
+            REBUILD: self.on_rebuild,
+            UNLOAD: self.on_unload,
+            OPEN_LOGS: self.on_open_logs,
+            TOGGLE_AUTOSTART: self.on_toggle_autostart,
+            TOGGLE_NOTIFICATIONS: self.on_toggle_notifications,
+            QUIT: self.on_quit,
+        }
+        self._entries = self._current_menu()
+        key = self._image_key(self._status)
+        self._icon = self._create_icon(self._image(key), tooltip(self._status))
+        self._shown_image_key = key
+        accept_xorg_clicks(self._icon)
+
+    # --- public -------------------------------------------------------------
+
+    @property
+    def icon(self) -> Any:
+        """The backend's icon object."""
+        return self._icon
+
+    @property
+    def entries(self) -> list[MenuEntry]:
+        """The menu model currently rendered."""
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def running_actions(self) -> frozenset[str]:
+        """Actions started from the menu that have not finished."""
+        with self._lock:
+            return frozenset(self._running_actions)
+
+    def run(self) -> None:
+        """Show the icon and handle its events until Quit; call on the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("TrayApp.run() must be called on the main thread")
+        unsubscribe = self._controller.subscribe(self.on_status)
+        try:
+            self._icon.run(setup=self._on_icon_ready)
+        finally:
+            unsubscribe()
+            self._wait_for_quit_stop()
+
+    def on_status(self, status: Mapping[str, Any]) -> None:
+        """Take a new status dict (any thread) and re-render."""
+        with self._lock:
+            self._status = dict(status)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-render icon, tooltip and menu from the latest status and settings.
+
+        Never blocks on another thread's render: pystray's xorg backend runs
+        icon updates on its own thread and waits for them, so a menu callback
+        on that thread must not wait for a render in progress elsewhere. The
+        thread that is rendering picks the change up instead.
+        """
+        with self._lock:
+            self._dirty = True
+        while self._render_lock.acquire(blocking=False):
+            try:
+                with self._lock:
+                    if not self._dirty or self._stopped:
+                        return
+                    self._dirty = False
+                self._render()
+            finally:
+                self._render_lock.release()
+
+    # --- menu callbacks -------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Menu: Start Ollama."""
+        self._request(START)
+
+    def on_stop(self) -> None:
+        """Menu: Stop Ollama."""
+        self._request(STOP)
+
+    def on_restart(self) -> None:
+        """Menu: Restart Ollama (also a plain click while Ollama is down)."""
+        self._request(RESTART)
+
+    def on_rebuild(self) -> None:
+        """Menu: Rebuild model."""
+        self._request(REBUILD)
+
+    def on_unload(self) -> None:
+        """Menu: Unload models."""
+        self._request(UNLOAD)
+
+    def on_open_logs(self) -> None:
+        """Menu: Open logs: the first existing log path, with the desktop's opener."""
+        paths = self._controller.log_paths()
+        target = pick_log_path(paths)
+        if target is None:
+            where = paths[0] if paths else "the log folder"
+            self._controller.notify(ACTION_LABELS[OPEN_LOGS], f"No logs yet in {where}")
+            return
+        try:
+            self._opener(target)
+        except OSError as exc:
+            self._controller.notify(f"{ACTION_LABELS[OPEN_LOGS]} failed", f"Cannot open {target}: {error_line(exc)}")
+
+    def on_toggle_autostart(self) -> None:
+        """Menu: Start at login (checkbox)."""
+        self._toggle(TOGGLE_AUTOSTART)
+
+    def on_toggle_notifications(self) -> None:
+        """Menu: Notifications (checkbox)."""
+        self._toggle(TOGGLE_NOTIFICATIONS)
+
+    def on_quit(self) -> None:
+        """Menu: Quit; stops Ollama too when the ``stop_ollama_on_quit`` setting is on."""
+        if self._controller.settings().get("stop_ollama_on_quit"):
+            try:
+                self._quit_stop = self._controller.request(STOP)
+            except Exception as exc:  # the icon must still go away
+                log.error("cannot stop Ollama on quit: %s", error_line(exc))
+        with self._lock:
+            self._stopped = True
+        self._icon.stop()
+
+    # --- internals ----------------------------------------------------------
+
+    def _render(self) -> None:
+        entries = self._current_menu()
+        with self._lock:
+            self._entries = entries
+            status, running, ready = self._status, frozenset(self._running_actions), self._ready
+        key = self._image_key(status)
+        if key != self._shown_image_key:
+            self._icon.icon = self._image(key)
+            self._shown_image_key = key
+        self._set_title(tooltip(status, running))
+        if ready:
+            self._icon.update_menu()
+
+    def _current_menu(self) -> list[MenuEntry]:
+        settings = self._controller.settings()
+        with self._lock:
+            return build_menu(self._status, settings, self._running_actions)
+
+    def _image_key(self, status: Mapping[str, Any]) -> tuple[IconState, bool]:
+        return icon_state(status), bool(status.get("cloud_active"))
+
+    def _image(self, key: tuple[IconState, bool]) -> Image.Image:
+        if key not in self._images:
+            self._images[key] = draw_icon(key[0], self._icon_size, cloud=key[1])
+        return self._images[key]
+
+    def _create_icon(self, image: Image.Image, title: str) -> Any:
+        menu = self._backend.Menu(self._menu_items)
+        try:
+            return self._backend.Icon(APP_NAME, icon=image, title=title, menu=menu)
+        except UnicodeEncodeError:
+            # pystray's xorg backend writes the title as a Latin-1 WM_NAME.
+            return self._backend.Icon(APP_NAME, icon=image, title=latin1_text(title), menu=menu)
+
+    def _set_title(self, text: str) -> None:
+        try:
+            self._icon.title = text
+        except UnicodeEncodeError:
+            # pystray's xorg backend writes the title as a Latin-1 WM_NAME.
+            self._icon.title = latin1_text(text)
+
+    def _on_icon_ready(self, icon: Any) -> None:
+        with self._render_lock:
+            icon.visible = True
+        with self._lock:
+            self._ready = True
+        self.refresh()
+
+    def _request(self, action: str) -> None:
+        settings = self._controller.settings()
+        with self._lock:
+            entry = find_entry(build_menu(self._status, settings, self._running_actions), action)
+            if entry is None or not entry.enabled:
+                log.info("ignoring %s: not available now", action)
+                return
+            self._running_actions.add(action)
+        self.refresh()
+        try:
+            future = self._controller.request(action)
+        except Exception as exc:
+            self._finish(action, None, exc)
+            return
+        future.add_done_callback(functools.partial(self._on_request_done, action))
+
+    def _on_request_done(self, action: str, future: concurrent.futures.Future[str]) -> None:
+        if future.cancelled():
+            self._finish(action, None, concurrent.futures.CancelledError("cancelled"))
+            return
+        error = future.exception()
+        self._finish(action, None if error else future.result(), error)
+
+    def _finish(self, action: str, message: str | None, error: BaseException | None) -> None:
+        with self._lock:
+            self._running_actions.discard(action)
+        self.refresh()
+        label = ACTION_LABELS[action]
+        if error is not None:
+            log.warning("%s failed: %s", label, error_line(error))
+            self._controller.notify(f"{label} failed", error_line(error))
+        else:
+            self._controller.notify(label, one_line(message or "", fallback="Done"))
+
+    def _toggle(self, action: str) -> None:
+        key = SETTING_FOR_TOGGLE[action]
+        value = not self._controller.settings().get(key, False)
+        try:
+            self._controller.set_setting(key, value)
+        except Exception as exc:
+            self._controller.notify(f"{ACTION_LABELS[action]} failed", error_line(exc))
+        self.refresh()
+
+    def _wait_for_quit_stop(self) -> None:
+        if self._quit_stop is None:
+            return
+        try:
+            self._quit_stop.result(timeout=self._quit_stop_timeout)
+        except Exception as exc:
+            log.error("stopping Ollama on quit failed: %s", error_line(exc))
+
+    def _live_entry(self, key: str, fallback: MenuEntry) -> MenuEntry:
+        with self._lock:
+            return find_entry(self._entries, key) or fallback
+
+    def _menu_items(self) -> tuple[Any, ...]:
+        with self._lock:
+            entries = list(self._entries)
+        return tuple(self._menu_item(entry) for entry in entries)
+
+    def _menu_item(self, entry: MenuEntry) -> Any:
+        Menu, MenuItem = self._backend.Menu, self._backend.MenuItem
+        if entry.separator:
+            return Menu.SEPARATOR
+
+        def live(_item: Any = None) -> MenuEntry:
+            return self._live_entry(entry.key, entry)
+
+        action: Any = self._callbacks.get(entry.action) if entry.action else None
+        if entry.submenu:
+            action = Menu(*(self._menu_item(child) for child in entry.submenu))
+        return MenuItem(
+            lambda item: live(item).label,
+            action,
+            checked=(lambda item: live(item).checked) if entry.checked is not None else None,
+            enabled=lambda item: live(item).enabled,
+            default=lambda item: live(item).default,
+        )
+
+
+def accept_xorg_clicks(icon: Any) -> None:
+    """Let pystray's xorg icon window receive mouse clicks.
+
+    pystray 0.19.5 creates the XEmbed window without ``ButtonPressMask``, so a
+    click never reaches its default action (pystray issue #151). Other
+    backends are left alone.
+    """
+    if type(icon).__module__ != "pystray._xorg":
+        return
+    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
+    if window is None or display is None:
+        return
+    from Xlib import X
+
+    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
+    display.flush()
+
+
+def _import_pystray() -> Any:
+    import pystray
+
+    return pystray
+
+
+# --- is there a tray at all? -------------------------------------------------
+
+TrayVerdict = tuple[bool, str]
+
+
+def x_tray_owner(display: str) -> TrayVerdict:
+    """Whether an XEmbed system tray owns ``_NET_SYSTEM_TRAY_S<screen>`` on ``display``."""
+    try:
+        from Xlib import X
+        from Xlib import display as xdisplay
+        from Xlib.error import DisplayError
+    except ImportError:
+        return False, "python-xlib is not installed"
+    try:
+        connection = xdisplay.Display(display)
+    except (DisplayError, OSError) as exc:
+        return False, f"cannot open X display {display}: {one_line(str(exc)) or type(exc).__name__}"
+    try:
+        selection = f"_NET_SYSTEM_TRAY_S{connection.get_default_screen()}"
+        owner = connection.get_selection_owner(connection.intern_atom(selection))
+    finally:
+        connection.close()
+    if owner == X.NONE:
+        return False, f"nothing owns {selection} on X display {display}"
+    return True, f"system tray found on X display {display}"
+
+
+def status_notifier_host() -> bool | None:
+    """Whether a StatusNotifier host (AppIndicator tray) runs on the session bus; None if unknown."""
+    try:
+        from gi.repository import Gio, GLib
+    except Exception:
+        return None
+    try:
+        bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
+        reply = bus.call_sync(
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            GLib.Variant("(s)", ("org.kde.StatusNotifierWatcher",)),
+            GLib.VariantType("(b)"),
+            Gio.DBusCallFlags.NONE,
+            1000,
+            None,
+        )
+        return bool(reply.unpack()[0])
+    except Exception:
+        return None
+
+
+def _gi_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gi") is not None
+
+
+def tray_available(
+    env: Mapping[str, str] | None = None,
+    platform: str = sys.platform,
+    *,
+    probe_x: Callable[[str], TrayVerdict] = x_tray_owner,
+    probe_status_notifier: Callable[[], bool | None] = status_notifier_host,
+    gi_available: Callable[[], bool] = _gi_importable,
+) -> TrayVerdict:
+    """Whether a tray icon can be shown here, and why (or why not).
+
+    macOS and Windows always have one. On Linux it depends on the pystray
+    backend: AppIndicator needs a StatusNotifier host on the session bus; the
+    xorg and gtk backends need an X display whose ``_NET_SYSTEM_TRAY_S<n>``
+    selection has an owner.
+    """
+    env = os.environ if env is None else env
+    if platform == "darwin":
+        return True, "macOS menu bar"
+    if platform == "win32":
+        return True, "Windows notification area"
+    backend = env.get("PYSTRAY_BACKEND", "")
+    if backend == "dummy":
+        return False, "PYSTRAY_BACKEND=dummy shows no icon"
+    if backend == "appindicator" or (not backend and gi_available()):
+        host = probe_status_notifier()
+        if host is False:
+            return False, "no StatusNotifier host on the session bus (on GNOME, enable the AppIndicator extension)"
+        if host is True:
+            return True, "StatusNotifier host found"
+        if backend == "appindicator":
+            return True, "AppIndicator backend; tray host not verified"
+    display = env.get("DISPLAY", "")
+    if not display:
+        if env.get("WAYLAND_DISPLAY"):
+            return False, "Wayland desktop without X11 (DISPLAY is not set) and no AppIndicator support"
+        return False, "no graphical display (DISPLAY is not set)"
+    return probe_x(display)
+
+
+def no_tray_message(reason: str) -> str:
+    """The one line the CLI prints when there is no tray."""
+    return f"No system tray found ({reason}); {NO_TRAY_HINT}."

@@ -1,0 +1,221 @@
+"""The tray menu as plain data, built from the status dict and the settings.
+
+:func:`build_menu` decides which entries exist, their labels, which are
+enabled or checked and which one a plain click runs; the pystray adapter in
+:mod:`tray.ui.app` only renders the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from tray.ui.icon import status_summary, truncate
+
+Status = Mapping[str, Any]
+
+# Menu action ids. The first five go to Controller.request().
+START, STOP, RESTART, REBUILD, UNLOAD = "start", "stop", "restart", "rebuild", "unload"
+OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
+    "open_logs",
+    "toggle_autostart",
+    "toggle_notifications",
+    "quit",
+)
+SERVER_ACTIONS = (START, STOP, RESTART, REBUILD, UNLOAD)
+
+# Each server action touches the one Ollama server or its models, so none may
+# start while another is under way.
+CONFLICTS: dict[str, frozenset[str]] = {action: frozenset(SERVER_ACTIONS) for action in SERVER_ACTIONS}
+
+# The monitor's own activities block the same menu actions as the user's.
+ACTIVITY_BLOCKS: dict[str, str] = {
+    "start": START,
+    "stop": STOP,
+    "restart": RESTART,
+    "build": REBUILD,
+    "pull": REBUILD,
+    "verify": REBUILD,
+    "unload": UNLOAD,
+}
+
+ACTION_LABELS: dict[str, str] = {
+    START: "Start Ollama",
+    STOP: "Stop Ollama",
+    RESTART: "Restart Ollama",
+    REBUILD: "Rebuild model",
+    UNLOAD: "Unload models",
+    OPEN_LOGS: "Open logs",
+    TOGGLE_AUTOSTART: "Start at login",
+    TOGGLE_NOTIFICATIONS: "Notifications",
+    QUIT: "Quit",
+}
+
+ERROR_LINE_MAX_CHARS = 80
+SERVER_UP_STATES = frozenset({"starting", "running", "restarting", "stopping"})
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """One menu line.
+
+    ``action`` is the id the adapter dispatches on (None for information
+    lines); ``checked`` is None for a plain item and a bool for a checkbox;
+    ``key`` identifies the entry across rebuilds (defaults to the action).
+    """
+
+    label: str = ""
+    action: str | None = None
+    enabled: bool = True
+    checked: bool | None = None
+    default: bool = False
+    separator: bool = False
+    submenu: tuple[MenuEntry, ...] = ()
+    key: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", self.action or self.label)
+
+
+SEPARATOR = MenuEntry(separator=True, enabled=False, key="-")
+
+
+def human_bytes(size: int) -> str:
+    """Decimal sizes the way Ollama prints them (``format.HumanBytes``).
+
+    >>> human_bytes(4_661_224_676), human_bytes(26_000_000_000), human_bytes(999)
+    ('4.7 GB', '26 GB', '999 B')
+    """
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= scale:
+            value = size / scale
+            if value >= 10 or value == math.trunc(value):
+                return f"{math.trunc(value)} {unit}"
+            return f"{value:.1f} {unit}"
+    return f"{size} B"
+
+
+def processor_split(size: int, size_vram: int) -> str:
+    """Where a loaded model sits, as the PROCESSOR column of ``ollama ps``.
+
+    >>> processor_split(100, 0), processor_split(100, 100), processor_split(100, 52)
+    ('100% CPU', '100% GPU', '48%/52% CPU/GPU')
+    """
+    if size_vram == 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size <= 0:
+        return "Unknown"
+    cpu_percent = math.floor((size - size_vram) / size * 100 + 0.5)  # Go's math.Round
+    return f"{cpu_percent}%/{100 - cpu_percent}% CPU/GPU"
+
+
+def loaded_model_label(model: Mapping[str, Any]) -> str:
+    """``llama3:latest 4.7 GB · 100% CPU``."""
+    size = int(model.get("size") or 0)
+    size_vram = int(model.get("size_vram") or 0)
+    return f"{model.get('name', '?')} {human_bytes(size)} · {processor_split(size, size_vram)}"
+
+
+def blocked_actions(status: Status, running_actions: Iterable[str]) -> frozenset[str]:
+    """Actions that must wait: those conflicting with a running action or activity."""
+    busy = set(running_actions)
+    activity = status.get("activity") or {}
+    if activity.get("kind") in ACTIVITY_BLOCKS:
+        busy.add(ACTIVITY_BLOCKS[activity["kind"]])
+    return frozenset(action for action in SERVER_ACTIONS if busy & CONFLICTS[action])
+
+
+def server_is_up(status: Status) -> bool:
+    """Whether Ollama runs or is meant to run, so Stop (not Start) applies."""
+    return bool(status.get("ollama_running")) or status.get("state") in SERVER_UP_STATES
+
+
+def action_enabled(action: str, status: Status, blocked: frozenset[str]) -> bool:
+    """Whether a server action can run now, given the status and blocked actions."""
+    if action in blocked:
+        return False
+    state = status.get("state")
+    if action == STOP:
+        return state != "stopping"
+    if action == RESTART:
+        return state not in ("stopped", "stopping")
+    if action == REBUILD:
+        return bool(status.get("ollama_running")) and state != "stopping"
+    if action == UNLOAD:
+        return bool(status.get("loaded_models"))
+    return True
+
+
+def _loaded_model_entries(status: Status) -> list[MenuEntry]:
+    models = status.get("loaded_models") or []
+    if not models:
+        return [MenuEntry("No models in memory", enabled=False, key="loaded:none")]
+    return [
+        MenuEntry(loaded_model_label(model), enabled=False, key=f"loaded:{index}") for index, model in enumerate(models)
+    ]
+
+
+def _error_entries(status: Status) -> list[MenuEntry]:
+    """The last error, while it still explains the current trouble."""
+    error = status.get("last_error")
+    troubled = status.get("health") in ("down", "unhealthy") or status.get("state") == "failed"
+    if not error or not troubled:
+        return []
+    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return [MenuEntry(truncate(f"Last error: {first_line}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")]
+
+
+def _action_entry(action: str, status: Status, blocked: frozenset[str], default: bool = False) -> MenuEntry:
+    enabled = action_enabled(action, status, blocked)
+    return MenuEntry(ACTION_LABELS[action], action, enabled=enabled, default=default and enabled)
+
+
+def build_menu(status: Status, settings: Mapping[str, Any], running_actions: Iterable[str]) -> list[MenuEntry]:
+    """The tray menu for the current status, settings and actions under way.
+
+    ``running_actions`` are the action ids the user started that have not
+    finished yet. A plain click restarts Ollama while its health is ``down``.
+    """
+    blocked = blocked_actions(status, running_actions)
+    restart_on_click = status.get("health") == "down"
+    start_or_stop = STOP if server_is_up(status) else START
+    return [
+        MenuEntry(status_summary(status, running_actions), enabled=False, key="status"),
+        *_error_entries(status),
+        MenuEntry(f"Model: {status.get('model') or 'none'}", enabled=False, key="model"),
+        *_loaded_model_entries(status),
+        _action_entry(UNLOAD, status, blocked),
+        SEPARATOR,
+        _action_entry(start_or_stop, status, blocked),
+        _action_entry(RESTART, status, blocked, default=restart_on_click),
+        _action_entry(REBUILD, status, blocked),
+        MenuEntry(ACTION_LABELS[OPEN_LOGS], OPEN_LOGS),
+        SEPARATOR,
+        MenuEntry(ACTION_LABELS[TOGGLE_AUTOSTART], TOGGLE_AUTOSTART, checked=bool(settings.get("autostart"))),
+        MenuEntry(
+            ACTION_LABELS[TOGGLE_NOTIFICATIONS], TOGGLE_NOTIFICATIONS, checked=bool(settings.get("notifications"))
+        ),
+        SEPARATOR,
+        MenuEntry(ACTION_LABELS[QUIT], QUIT),
+    ]
+
+
+def default_action(entries: Iterable[MenuEntry]) -> str | None:
+    """The action a plain click on the icon runs, if any."""
+    return next((entry.action for entry in entries if entry.default), None)
+
+
+def find_entry(entries: Iterable[MenuEntry], key: str) -> MenuEntry | None:
+    """The entry with ``key``, searching submenus too."""
+    for entry in entries:
+        if entry.key == key:
+            return entry
+        found = find_entry(entry.submenu, key)
+        if found is not None:
+            return found
+    return None
