@@ -91,3 +91,30 @@ def test_every_setting_has_help():
     for f in dataclasses.fields(Config):
         if not f.metadata.get("internal"):
             assert f.metadata["help"], f.name
+
+
+def test_alerts_section(paths, tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text("[alerts]\nmemory_mb = 8192\nleak_restart = true\n")
+    config = load_config(file, env={"OLLAMA_MANAGER_ALERTS_CPU_PERCENT": "90"}, paths=paths)
+    assert config.alerts.memory_mb == 8192
+    assert config.alerts.leak_restart is True
+    assert config.alerts.cpu_percent == 90.0
+    assert config.alerts.restarts_per_hour == 3  # default kept
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[alerts]\nmemory = 1", "unknown key 'memory' in [alerts]"),
+        ("[alerts]\nmemory_mb = 'lots'", "key 'alerts.memory_mb' must be a whole number, got 'lots'"),
+        ("[alerts]\nclear_ratio = 2.0", "alerts.clear_ratio must be in (0, 1], got 2.0"),
+        ("alerts = 3", "'alerts' must be a [alerts] section"),
+    ],
+)
+def test_bad_alerts_section(paths, tmp_path, text, message):
+    file = tmp_path / "c.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(file, env={}, paths=paths)
+    assert str(err.value) == f"{file}: {message}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tray.core.alerts import AlertThresholds
 from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.paths import AppPaths
 
@@ -83,6 +84,8 @@ class Config:
     )
     notifications: bool = field(default=True, metadata=_help("Show desktop notifications"))
 
+    alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=_help("Alert thresholds"))
+
     source: str = field(default="", compare=False, metadata={"internal": True})
 
     @property
@@ -94,17 +97,18 @@ class Config:
         return Path(self.modelfile).expanduser()
 
 
-def settable_fields() -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(Config) if not f.metadata.get("internal")]
+def settable_fields(cls: type = Config) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
-_TYPES = typing.get_type_hints(Config)
+def _is_section(f: dataclasses.Field[Any]) -> bool:
+    return dataclasses.is_dataclass(f.default_factory) if f.default_factory is not dataclasses.MISSING else False
 
 
-def _convert(key: str, raw: Any, from_env: bool) -> Any:
-    """Check and convert one value; raise ValueError with the problem."""
-    kind = _TYPES[key]
-    meta = Config.__dataclass_fields__[key].metadata
+def _convert(cls: type, key: str, raw: Any, from_env: bool) -> Any:
+    """Check and convert one value of dataclass ``cls``; raise ValueError with the problem."""
+    kind = typing.get_type_hints(cls)[key]
+    meta = cls.__dataclass_fields__[key].metadata  # type: ignore[attr-defined]
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -137,6 +141,42 @@ def _convert(key: str, raw: Any, from_env: bool) -> Any:
             raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {raw!r}")
         return raw
     raise AssertionError(f"unsupported setting type {kind!r}")  # pragma: no cover
+
+
+def _load_table(
+    cls: type, table: Mapping[str, Any], env: Mapping[str, str], path: Path, prefix: str = ""
+) -> dict[str, Any]:
+    """Converted values of ``cls``'s fields from a TOML table and the environment."""
+    fields = {f.name: f for f in settable_fields(cls)}
+    for key, value in table.items():
+        if key not in fields:
+            where = f" in [{prefix.rstrip('.')}]" if prefix else ""
+            what = "section" if isinstance(value, dict) else "key"
+            raise ConfigError(f"{path}: unknown {what} '{key}'{where}")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        if _is_section(f):
+            section = table.get(key, {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path}: '{key}' must be a [{key}] section")
+            sub_values = _load_table(f.default_factory, section, env, path, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
+            try:
+                values[key] = f.default_factory(**sub_values)  # type: ignore[misc]
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+            continue
+        if key in table:
+            try:
+                values[key] = _convert(cls, key, table[key], from_env=False)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: key '{prefix}{key}' {exc}") from None
+        env_name = ENV_PREFIX + (prefix + key).replace(".", "_").upper()
+        if env_name in env:
+            try:
+                values[key] = _convert(cls, key, env[env_name], from_env=True)
+            except ValueError as exc:
+                raise ConfigError(f"environment variable {env_name} {exc}") from None
+    return values
 
 
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -179,25 +219,7 @@ def load_config(
     path = config_file_path(explicit, env, paths)
     if explicit and not path.exists():
         raise ConfigError(f"{path}: config file not found")
-    table = read_config_file(path)
-    known = {f.name for f in settable_fields()}
-    for key, value in table.items():
-        if key not in known:
-            what = "section" if isinstance(value, dict) else "key"
-            raise ConfigError(f"{path}: unknown {what} '{key}'")
-    values: dict[str, Any] = {}
-    for key in sorted(known):
-        if key in table:
-            try:
-                values[key] = _convert(key, table[key], from_env=False)
-            except ValueError as exc:
-                raise ConfigError(f"{path}: key '{key}' {exc}") from None
-        env_name = ENV_PREFIX + key.upper()
-        if env_name in env:
-            try:
-                values[key] = _convert(key, env[env_name], from_env=True)
-            except ValueError as exc:
-                raise ConfigError(f"environment variable {env_name} {exc}") from None
+    values = _load_table(Config, read_config_file(path), env, path)
     if not values.get("ollama_host"):
         values["ollama_host"] = env.get("OLLAMA_HOST") or DEFAULT_HOST
     if not values.get("modelfile"):

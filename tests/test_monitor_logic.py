@@ -1,0 +1,223 @@
+"""The monitor's decisions with a scripted clock and a fake supervisor (no processes, no sleep)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tray.config import Config
+from tray.core.health import Failure, ProbeResult
+from tray.core.restart import RestartPolicy
+from tray.history import History
+from tray.hosts import parse_ollama_host
+from tray.monitor import RECHECK_SECONDS, Monitor
+from tray.supervisor import PortInUse, StartFailed, StartOutcome
+
+OK = ProbeResult(True, 0.05, "api")
+REFUSED = ProbeResult(False, 0.0, "api", Failure.REFUSED, "connection refused")
+TIMEOUT = ProbeResult(False, 15.0, "api", Failure.TIMEOUT, "no answer in time")
+SLOW = ProbeResult(True, 7.0, "api")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class FakeUserStop:
+    stopped: bool = False
+
+    def set(self) -> None:
+        self.stopped = True
+
+    def clear(self) -> None:
+        self.stopped = False
+
+    def is_set(self) -> bool:
+        return self.stopped
+
+
+@dataclass
+class FakeClient:
+    probes: list[ProbeResult] = field(default_factory=list)
+    answering: bool | None = True
+
+    def probe_api(self, timeout: float):
+        result = self.probes.pop(0) if self.probes else OK
+        return result, ({"llama3:latest"} if result.ok else None)
+
+    def loaded_models(self, timeout: float):
+        return []
+
+    def answers_as_ollama(self, timeout: float = 2.0):
+        return self.answering
+
+
+class FakeSupervisor:
+    def __init__(self) -> None:
+        self.client = FakeClient()
+        self.user_stop = FakeUserStop()
+        self.external = None
+        self.server = object()
+        self.popen = None
+        self.host = parse_ollama_host(None)
+        self.models_dir = Path("/nonexistent")
+        self.managed_by = "manager"
+        self.pid = None
+        self.started_at = None
+        self.on_exit = None
+        self.restarts: list[str] = []
+        self.restart_errors: list[Exception] = []
+        self.stops = 0
+
+    def adopt(self) -> None: ...
+
+    def track_runners(self) -> None: ...
+
+    def reap_runners(self) -> list[int]:
+        return []
+
+    def start(self, reason: str = "start") -> StartOutcome:
+        return StartOutcome(True, 1, "manager")
+
+    def restart(self, reason: str) -> StartOutcome:
+        self.restarts.append(reason)
+        if self.restart_errors:
+            raise self.restart_errors.pop(0)
+        return StartOutcome(True, 2, "manager", 0.5)
+
+    def stop(self, reason: str = "stop"):
+        self.stops += 1
+
+
+def make(probes, **config):
+    clock = Clock()
+    sup = FakeSupervisor()
+    sup.client.probes = list(probes)
+    cfg = Config(health_check_interval=30, health_check_timeout=5, health_probe="api", **config)
+    policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
+    monitor = Monitor(sup, cfg, History(None), policy=policy, clock=clock)
+    monitor.state = "running"
+    return monitor, sup, clock
+
+
+def run_ticks(monitor, clock, count):
+    """Run ``count`` ticks, each at the time the previous one asked for."""
+    due = clock.now
+    for _ in range(count):
+        clock.now = max(clock.now, due)
+        due = monitor.tick()
+    return due
+
+
+def test_healthy_checks_every_interval():
+    monitor, sup, clock = make([OK])
+    assert monitor.tick() == clock.now + 30
+    assert monitor.snapshot()["health"] == "healthy"
+    assert sup.restarts == []
+
+
+def test_a_dead_server_is_restarted_at_once():
+    monitor, sup, clock = make([REFUSED])
+    due = monitor.tick()
+    assert sup.restarts == ["down"]
+    assert due == clock.now + RECHECK_SECONDS
+    assert monitor.state == "running"
+    assert monitor.policy.attempts == 1
+
+
+def test_more_than_three_consecutive_timeouts_restart():
+    monitor, sup, clock = make([TIMEOUT] * 4)
+    run_ticks(monitor, clock, 3)
+    assert sup.restarts == []
+    assert monitor.snapshot()["health"] == "down"
+    run_ticks(monitor, clock, 1)
+    assert sup.restarts == ["not responding"]
+
+
+def test_slow_is_unhealthy_and_never_restarted():
+    monitor, sup, clock = make([SLOW] * 20)
+    run_ticks(monitor, clock, 20)
+    assert monitor.snapshot()["health"] == "unhealthy"
+    assert sup.restarts == []
+
+
+def test_crash_loop_gives_up_after_the_attempts_and_waits_long():
+    monitor, sup, clock = make([REFUSED] * 50)
+    sup.restart_errors = [StartFailed("Ollama exited at once (status 1): boom")] * 10
+    due = clock.now
+    while monitor.state != "failed":
+        clock.now = max(clock.now, due)
+        due = monitor.tick()
+    assert len(sup.restarts) == 3
+    assert clock.now - 1000.0 < 10  # 0 s, 1 s, 2.3 s after the first failure
+    status = monitor.snapshot()
+    assert status["state"] == "failed" and status["cloud_active"] is True
+    assert status["health"] == "down"
+    clock.now = due
+    due = monitor.tick()  # one more check confirms it is still down: now the long wait
+    assert len(sup.restarts) == 3
+    assert due - clock.now >= 300 * 0.9  # the slow retry, not a storm
+    assert [e.kind for e in monitor.history.events()].count("gave_up") == 1
+
+
+def test_a_foreign_process_on_the_port_is_not_retried_quickly():
+    monitor, sup, clock = make([REFUSED] * 10)
+    sup.restart_errors = [PortInUse("port 11434 is in use by nginx (pid 9)")]
+    due = run_ticks(monitor, clock, 2)
+    assert sup.restarts == ["down"]
+    assert monitor.state == "failed"
+    assert due >= clock.now + 270
+    assert monitor.snapshot()["last_error"] == "port 11434 is in use by nginx (pid 9)"
+
+
+def test_after_a_sleep_the_first_failure_is_rechecked_before_restarting():
+    monitor, sup, clock = make([OK, REFUSED, REFUSED])
+    monitor.tick()
+    clock.now += 3600  # the laptop slept
+    due = monitor.tick()
+    assert sup.restarts == []
+    clock.now = due
+    monitor.tick()
+    assert sup.restarts == ["down"]
+
+
+def test_user_stop_sticks():
+    monitor, sup, clock = make([OK])
+    monitor.tick()
+    assert monitor._run_command("stop") == "Ollama stopped"
+    assert sup.stops == 1 and sup.user_stop.is_set()
+    sup.client.answering = None
+    sup.client.probes = [REFUSED] * 10
+    run_ticks(monitor, clock, 5)
+    assert sup.restarts == []
+    assert monitor.snapshot()["state"] == "stopped"
+
+
+def test_started_outside_after_a_user_stop_is_adopted():
+    monitor, sup, clock = make([])
+    monitor._run_command("stop")
+    sup.client.answering = True
+    monitor.tick()
+    assert monitor.state == "running" and not sup.user_stop.is_set()
+
+
+def test_a_crash_of_our_server_is_handled_before_the_next_tick():
+    monitor, sup, clock = make([REFUSED])
+    monitor._on_server_exit(-9)
+    monitor._handle_crash()
+    assert monitor.snapshot()["last_error"] == "Ollama exited unexpectedly (status -9)"
+    assert [e.kind for e in monitor.history.events()] == ["crash"]
+
+
+def test_stable_health_resets_the_attempts():
+    monitor, sup, clock = make([REFUSED] + [OK] * 30)
+    run_ticks(monitor, clock, 1)
+    assert monitor.policy.attempts == 1
+    run_ticks(monitor, clock, 25)  # 25 ticks x 30 s > 600 s of health
+    assert monitor.policy.attempts == 0

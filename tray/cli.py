@@ -1,0 +1,338 @@
+"""The ``ollama-manager`` command line.
+
+Every failure the user can cause or meet prints one line and exits non-zero;
+an unexpected error prints one line too, with the traceback in the log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tray import __version__
+from tray.config import Config, ConfigError, load_config
+from tray.history import History
+from tray.instance import AlreadyRunning, SingleInstance
+from tray.logs import setup_logging
+from tray.monitor import Monitor
+from tray.paths import AppPaths
+from tray.processes import OllamaNotInstalled
+from tray.supervisor import Supervisor, SupervisorError
+
+log = logging.getLogger("tray.cli")
+
+PROG = "ollama-manager"
+
+
+class CliError(Exception):
+    """A failure to show as one line."""
+
+
+# --------------------------------------------------------------------------- a running monitor
+
+
+class MonitorLink:
+    """Talks to the status API of a monitor (or tray) that is already running."""
+
+    def __init__(self, paths: AppPaths) -> None:
+        self.paths = paths
+
+    def address(self) -> str | None:
+        try:
+            info = json.loads(self.paths.monitor_file.read_text())
+            pid, port = int(info["pid"]), int(info["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        return f"http://127.0.0.1:{port}"
+
+    def status(self) -> dict[str, Any] | None:
+        base = self.address()
+        if base is None:
+            return None
+        try:
+            response = httpx.get(f"{base}/api/status", timeout=5, trust_env=False)
+            response.raise_for_status()
+            return dict(response.json())
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def action(self, name: str) -> str | None:
+        """Run an action in the monitor; None when no monitor answers."""
+        base = self.address()
+        if base is None:
+            return None
+        try:
+            token = self.paths.api_token.read_text().strip()
+        except OSError:
+            raise CliError(f"cannot read the manager's token at {self.paths.api_token}") from None
+        try:
+            response = httpx.post(
+                f"{base}/api/actions/{name}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=180,
+                trust_env=False,
+            )
+        except httpx.ConnectError:
+            return None
+        except httpx.HTTPError as exc:
+            raise CliError(f"the running manager did not answer: {exc}") from None
+        body = response.json()
+        if not body.get("ok"):
+            raise CliError(body.get("error") or f"the running manager answered {response.status_code}")
+        return str(body["message"])
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.paths = AppPaths.default()
+        self.config: Config = load_config(args.config, paths=self.paths)
+
+    def history(self) -> History:
+        return History(self.paths.history_db)
+
+    def supervisor(self, history: History | None = None) -> Supervisor:
+        return Supervisor(self.config, self.paths, history or self.history())
+
+
+def cmd_start(ctx: Context) -> int:
+    message = MonitorLink(ctx.paths).action("start")
+    if message is None:
+        sup = ctx.supervisor()
+        sup.user_stop.clear()
+        message = sup.start(reason="user").describe(sup.host.url)
+    print(message)
+    return 0
+
+
+def cmd_stop(ctx: Context) -> int:
+    message = MonitorLink(ctx.paths).action("stop")
+    if message is None:
+        sup = ctx.supervisor()
+        if sup.answers() is None:
+            sup.user_stop.set()
+            sup.reap_runners()
+            print("Ollama is not running")
+            return 0
+        sup.stop(reason="user")
+        sup.user_stop.set()
+        sup.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
+        message = "Ollama stopped"
+    print(message)
+    return 0
+
+
+def cmd_restart(ctx: Context) -> int:
+    message = MonitorLink(ctx.paths).action("restart")
+    if message is None:
+        sup = ctx.supervisor()
+        sup.user_stop.clear()
+        message = sup.restart(reason="user").describe(sup.host.url)
+    print(message)
+    return 0
+
+
+def cmd_status(ctx: Context) -> int:
+    status = MonitorLink(ctx.paths).status()
+    if status is None:
+        history = History(None)
+        monitor = Monitor(ctx.supervisor(history), ctx.config, history)
+        status = monitor.check_once()
+        status["monitor_running"] = False
+    else:
+        status["monitor_running"] = True
+    if ctx.args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0 if status["ollama_running"] else 3
+
+
+def format_status(status: dict[str, Any]) -> str:
+    latency = f" ({status['latency_ms']} ms)" if status.get("latency_ms") is not None else ""
+    pid = f", pid {status['pid']}" if status.get("pid") else ""
+    lines = [
+        f"Ollama: {status['health']}{latency}, {status['state']}{pid}, managed by {status['managed_by']}",
+        f"Address: {status['ollama_host']}",
+        f"Model: {status['model']} ({'present' if status.get('model_loaded') else 'not available'})",
+    ]
+    if status["ollama_running"]:
+        lines.append(
+            f"Uptime: {_duration(status['uptime_seconds'])}, memory {status['memory_usage_mb']} MB, "
+            f"CPU {status['cpu_usage_percent']} %, GPU {'yes' if status['gpu_available'] else 'none'}"
+        )
+    if status.get("restart_attempt"):
+        lines.append(f"Restart attempts: {status['restart_attempt']} of {status['restart_attempts_max']}")
+    if status.get("last_error"):
+        lines.append(f"Last error: {status['last_error']}")
+    lines.append("Monitor: " + ("running" if status.get("monitor_running") else "not running"))
+    return "\n".join(lines)
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes}m" if hours else (f"{minutes}m {secs}s" if minutes else f"{secs}s")
+
+
+def cmd_events(ctx: Context) -> int:
+    history = ctx.history()
+    events = history.events(limit=ctx.args.limit)
+    if ctx.args.json:
+        print(json.dumps([e.to_json() for e in events], indent=2))
+    else:
+        for event in events:
+            item = event.to_json()
+            print(f"{item['time']}  {item['kind']:<10} {item['message']}")
+    return 0
+
+
+def cmd_monitor(ctx: Context) -> int:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    setup_logging(ctx.paths.app_log, stderr=True)
+    with running_services(ctx) as services:
+        log.info("monitoring %s (status API on port %s)", services.monitor.supervisor.host.url, services.status_port)
+        while not stop.wait(1.0):
+            pass
+    return 0
+
+
+def cmd_tray(ctx: Context) -> int:
+    """The tray app: the default when ``ollama-manager`` runs with no command."""
+    from tray.autostart import autostart_for
+    from tray.controller import MonitorController
+    from tray.notify import Notifier
+    from tray.ui.app import TrayApp, no_tray_message, tray_available
+
+    setup_logging(ctx.paths.app_log)
+    notifier = Notifier(enabled=ctx.config.notifications)
+    available, reason = tray_available()
+    if not available:
+        message = no_tray_message(reason)
+        notifier.notify("Ollama Manager", message)
+        raise CliError(message)
+    try:
+        with running_services(ctx) as services:
+            controller = MonitorController(
+                services.monitor, ctx.config, ctx.paths, services.history, notifier, autostart_for()
+            )
+            TrayApp(controller).run()
+    except AlreadyRunning as exc:
+        notifier.notify("Ollama Manager", str(exc))
+        raise
+    return 0
+
+
+class running_services:
+    """Single-instance lock, monitor thread and status API, torn down in order."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
+
+    def __enter__(self) -> "running_services":
+        from tray.status_server import StatusServer, load_or_create_token, write_monitor_file
+
+        paths = self.ctx.paths
+        self.instance.acquire()
+        self.history = self.ctx.history()
+        self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
+        self.server = StatusServer(
+            self.monitor, self.history, load_or_create_token(paths.api_token), self.ctx.config.status_port
+        )
+        try:
+            port = self.server.start()
+        except OSError as exc:
+            self.instance.release()
+            raise CliError(f"{exc}: set status_port to a free port") from None
+        self.status_port = port
+        write_monitor_file(paths.monitor_file, os.getpid(), port)
+        self.monitor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.monitor.stop()
+        self.server.stop()
+        try:
+            self.ctx.paths.monitor_file.unlink()
+        except OSError:
+            pass
+        self.history.close()
+        self.instance.release()
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Keeps a local Ollama server alive and healthy. With no command, shows the tray icon.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="settings file (default: the platform config dir)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("start", help="start Ollama (or adopt the one running)")
+    sub.add_parser("stop", help="stop Ollama; it stays stopped until started again")
+    sub.add_parser("restart", help="restart Ollama")
+    status = sub.add_parser("status", help="show health, latency and resource use")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("monitor", help="run the health monitor in the foreground, without a tray icon")
+    events = sub.add_parser("events", help="show restarts, health changes and errors")
+    events.add_argument("--json", action="store_true", help="print JSON")
+    events.add_argument("--limit", type=int, default=100, metavar="N", help="newest N events (default 100)")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[Context], int]] = {
+    "start": cmd_start,
+    "stop": cmd_stop,
+    "restart": cmd_restart,
+    "status": cmd_status,
+    "monitor": cmd_monitor,
+    "events": cmd_events,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        ctx = Context(args)
+        if args.command is None:
+            return cmd_tray(ctx)
+        if args.command != "monitor":
+            setup_logging(ctx.paths.app_log)
+        return COMMANDS[args.command](ctx)
+    except (ConfigError, CliError, SupervisorError, OllamaNotInstalled, AlreadyRunning) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        log.exception("unexpected error")
+        print(f"{PROG}: unexpected error: {exc} (details in {AppPaths.default().app_log})", file=sys.stderr)
+        return 1

@@ -1,0 +1,101 @@
+"""What the tray needs from the rest of the app, over a running Monitor."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tray.autostart import Autostart
+from tray.config import Config
+from tray.history import Event, History
+from tray.monitor import Monitor
+from tray.notify import Notifier
+from tray.paths import AppPaths
+from tray.settings_store import set_config_value
+
+log = logging.getLogger(__name__)
+
+# Events worth a desktop notification, with their title.
+NOTIFY_EVENTS = {
+    "crash": "Ollama crashed",
+    "gave_up": "Ollama is down",
+    "external": "Ollama is managed elsewhere",
+    "error": "Ollama Manager",
+}
+
+
+def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
+    """The app's log folder, then where Ollama's own server log lives on this OS."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("HOME") or Path.home())
+    locations = [str(paths.log_dir)]
+    if platform == "darwin":
+        locations.append(str(home / ".ollama" / "logs"))
+    elif platform == "win32":
+        locations.append(str(Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "Ollama"))
+    else:
+        locations.append(str(paths.server_log))
+    return locations
+
+
+class MonitorController:
+    def __init__(
+        self,
+        monitor: Monitor,
+        config: Config,
+        paths: AppPaths,
+        history: History,
+        notifier: Notifier,
+        autostart: Autostart,
+    ) -> None:
+        self.monitor = monitor
+        self.config = config
+        self.paths = paths
+        self.notifier = notifier
+        self.autostart = autostart
+        self.stop_ollama_on_quit = config.stop_ollama_on_quit
+        history.subscribe(self._on_event)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.monitor.snapshot()
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        return self.monitor.subscribe(callback)
+
+    def request(self, action: str) -> concurrent.futures.Future[str]:
+        return self.monitor.request(action)
+
+    def settings(self) -> dict[str, bool]:
+        return {
+            "notifications": self.notifier.enabled,
+            "autostart": self.autostart.is_enabled(),
+            "stop_ollama_on_quit": self.stop_ollama_on_quit,
+        }
+
+    def set_setting(self, key: str, value: bool) -> None:
+        if key == "autostart":
+            self.autostart.enable() if value else self.autostart.disable()
+            return
+        if key == "notifications":
+            self.notifier.enabled = value
+        elif key == "stop_ollama_on_quit":
+            self.stop_ollama_on_quit = value
+        else:
+            raise ValueError(f"unknown setting {key!r}")
+        set_config_value(Path(self.config.source), key, value)
+
+    def log_paths(self) -> list[str]:
+        return ollama_log_locations(self.paths)
+
+    def notify(self, title: str, message: str) -> None:
+        self.notifier.notify(title, message)
+
+    def _on_event(self, event: Event) -> None:
+        title = NOTIFY_EVENTS.get(event.kind)
+        if title is not None:
+            self.notifier.notify(title, event.message, key=event.kind)

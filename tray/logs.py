@@ -1,0 +1,73 @@
+"""Logging that can never stop supervision.
+
+A rotating file in the platform log dir; when the dir cannot be created or
+a write fails (full disk, read-only home), the failure is counted and the
+line is kept in an in-memory ring instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from collections import deque
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating file handler that swallows (and counts) its own write errors."""
+
+    def __init__(self, path: Path, ring: "RingHandler", **kwargs: object) -> None:
+        super().__init__(path, encoding="utf-8", delay=True, **kwargs)  # type: ignore[arg-type]
+        self.ring = ring
+        self.failures = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failures += 1
+        if self.stream is not None:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None  # type: ignore[assignment]  # reopened on the next record
+
+
+class RingHandler(logging.Handler):
+    """The last lines in memory: always available, whatever the disk does."""
+
+    def __init__(self, capacity: int = 500) -> None:
+        super().__init__()
+        self.lines: deque[str] = deque(maxlen=capacity)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # formatting a bad record must not raise into the caller
+            pass
+
+
+def setup_logging(log_file: Path | None, level: int = logging.INFO, stderr: bool = False) -> RingHandler:
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    formatter = logging.Formatter(FORMAT)
+    ring = RingHandler()
+    ring.setFormatter(formatter)
+    root.addHandler(ring)
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler: logging.Handler = SafeRotatingFileHandler(log_file, ring, maxBytes=2_000_000, backupCount=3)
+            handler.setFormatter(formatter)
+            root.addHandler(handler)
+        except OSError:
+            pass  # the ring still has every line
+    if stderr:
+        console = logging.StreamHandler()
+        console.setFormatter(formatter)
+        root.addHandler(console)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    return ring

@@ -1,0 +1,469 @@
+"""The monitor: one background thread that owns the health-check loop.
+
+It probes Ollama every ``health_check_interval`` seconds (sooner while
+something is wrong), classifies the answer, asks the restart policy what to
+do, carries it out through the :class:`~tray.supervisor.Supervisor`, and
+publishes a status dict to subscribers (tray, notifications, status API).
+Other threads never touch processes: they queue an action with
+:meth:`Monitor.request` and get a Future back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tray.config import Config
+from tray.core.health import Failure, Health, ProbeResult, TimeoutCounter, classify, is_dead
+from tray.core.restart import RestartPolicy, Verdict
+from tray.external import OllamaApp, SystemdService, app_running, systemd_active_state
+from tray.history import History
+from tray.resources import ResourceSample, ResourceSampler
+from tray.processes import OllamaNotInstalled
+from tray.supervisor import NotPermitted, PortInUse, StartFailed, Supervisor, SupervisorError
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 2.0  # probe cadence while something is wrong
+WAKE_GAP_FACTOR = 3.0  # a tick gap this many intervals long means the machine slept
+ACTIONS = ("start", "stop", "restart", "unload", "check")
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+class Monitor:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        config: Config,
+        history: History,
+        *,
+        policy: RestartPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.supervisor = supervisor
+        self.config = config
+        self.history = history
+        self.clock = clock
+        self.policy = policy or RestartPolicy(max_attempts=config.auto_restart_attempts, rng=random.Random())
+        self.timeouts = TimeoutCounter(threshold=3)
+        supervisor.on_exit = self._on_server_exit
+
+        self._subscribers: list[Subscriber] = []
+        self._sub_lock = threading.Lock()
+        self._commands: queue.Queue[tuple[str, concurrent.futures.Future[str]]] = queue.Queue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._exit_code: int | None = None
+        self._thread: threading.Thread | None = None
+
+        self.health = Health.UNKNOWN
+        self.last_probe: ProbeResult | None = None
+        self.last_error: str | None = None
+        self.inference_count = 0
+        self.model_present = False
+        self.state = "starting"
+        self.activity: dict[str, Any] | None = None
+        self.next_retry_at: float | None = None
+        self.last_tick_at: float | None = None
+        self.loaded_models: list[dict[str, Any]] = []
+        self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
+        self.sample: ResourceSample | None = None
+        self._status: dict[str, Any] = self._build_status()
+
+    # ------------------------------------------------------------------ public, any thread
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        with self._sub_lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._sub_lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self._status)
+
+    def request(self, action: str) -> concurrent.futures.Future[str]:
+        """Queue a user action for the monitor thread; the Future's result is a one-line message."""
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        if action not in ACTIONS:
+            future.set_exception(ValueError(f"unknown action {action!r}"))
+            return future
+        self._commands.put((action, future))
+        self._wake.set()
+        return future
+
+    def check_once(self) -> dict[str, Any]:
+        """Probe once and return the status, acting on nothing (for a one-shot ``status``)."""
+        if self.supervisor.user_stop.is_set():
+            self.state = "stopped"
+        result = self.probe()
+        self._observe(result, self.clock())
+        self.state = "running" if result.ok or self.supervisor.answers() else "stopped"
+        self._publish()
+        return self.snapshot()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        self.history.record("monitor", "monitor started")
+        next_check = self.clock()
+        if self.supervisor.user_stop.is_set():
+            self.state = "stopped"
+        else:
+            self._initial_start()
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=max(0.0, next_check - self.clock()))
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            ran_command = self._drain_commands()
+            if self._exit_code is not None:
+                self._handle_crash()
+                next_check = self.clock()
+            if ran_command or self.clock() >= next_check:
+                next_check = self.tick()
+        self._fail_pending("the monitor is shutting down")
+        self.history.record("monitor", "monitor stopped")
+
+    def _initial_start(self) -> None:
+        try:
+            self._set_activity("start", "Starting Ollama")
+            outcome = self.supervisor.start(reason="startup")
+            self.history.record("health", outcome.describe(self.supervisor.host.url))
+            self.state = "running"
+        except SupervisorError as exc:
+            self._start_error(exc)
+        except OllamaNotInstalled as exc:
+            self._start_error(exc)
+        finally:
+            self._set_activity(None)
+
+    def tick(self) -> float:
+        """One health check and what follows from it; returns when the next check is due."""
+        now = self.clock()
+        resumed = (
+            self.last_tick_at is not None
+            and now - self.last_tick_at > WAKE_GAP_FACTOR * max(self.config.health_check_interval, RECHECK_SECONDS)
+        )
+        self.last_tick_at = now
+        if self.state == "stopped":
+            return self._tick_while_user_stopped(now)
+        result = self.probe()
+        self._observe(result, now)
+        if result.ok:
+            return now + (self.config.health_check_interval if self.health is Health.HEALTHY else RECHECK_SECONDS)
+        timeout_restart = self.timeouts.observe(result)
+        if not (is_dead(result) or timeout_restart):
+            return now + RECHECK_SECONDS
+        if resumed:
+            # After a sleep, the first failure is re-checked before anything restarts.
+            self.history.record("resume", "machine woke from sleep; re-checking before acting")
+            return now + RECHECK_SECONDS
+        if self._user_stopped_through_owner():
+            return now + self.config.health_check_interval
+        return self._restart_if_allowed(now, "not responding" if timeout_restart else "down")
+
+    def _tick_while_user_stopped(self, now: float) -> float:
+        if self.supervisor.client.answers_as_ollama():
+            # Someone (the user, or their own Ollama app) started it again: that is their word now.
+            self.supervisor.user_stop.clear()
+            self.supervisor.adopt()
+            self.history.record("adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it")
+            self.state = "running"
+            self.policy.reset()
+            return now
+        self.health = Health.DOWN
+        self._publish()
+        return now + self.config.health_check_interval
+
+    def _user_stopped_through_owner(self) -> bool:
+        """The user quit Ollama through its own app or systemctl: not a crash."""
+        owner = self.supervisor.external
+        stopped = False
+        if isinstance(owner, OllamaApp):
+            stopped = not app_running(owner)
+        elif isinstance(owner, SystemdService):
+            stopped = systemd_active_state(owner) == "inactive"
+        if stopped and owner is not None:
+            self.supervisor.user_stop.set()
+            self.history.record("user_stop", f"Ollama was stopped through {owner.describe()}; not restarting it")
+            self.supervisor.external = None
+            self.supervisor.server = None
+            self.state = "stopped"
+            self._publish()
+        return stopped
+
+    def _restart_if_allowed(self, now: float, reason: str) -> float:
+        decision = self.policy.decide(now)
+        if decision.verdict is Verdict.GIVE_UP:
+            self.state = "failed"
+            self.history.record(
+                "gave_up",
+                f"Ollama is down after {self.policy.attempts} restart attempts; using the cloud fallback and retrying rarely",
+            )
+            decision = self.policy.decide(now)
+        if decision.verdict is Verdict.WAIT:
+            self.next_retry_at = decision.at
+            self._publish()
+            return decision.at
+        self.next_retry_at = None
+        self._restart(now, reason, decision.attempt)
+        return self.clock() + RECHECK_SECONDS
+
+    def _restart(self, now: float, reason: str, attempt: int) -> None:
+        self.policy.record_attempt(now)
+        self.state = "restarting"
+        of = self.policy.max_attempts
+        label = f"Restarting (attempt {attempt} of {of})" if attempt <= of else "Retrying Ollama"
+        self._set_activity("restart", label)
+        try:
+            outcome = self.supervisor.restart(reason=reason)
+        except SupervisorError as exc:
+            self.last_error = str(exc)
+            self.history.record("restart", f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False})
+            if not exc.retryable:
+                self.policy.give_up_now(self.clock())
+                self.state = "failed"
+            else:
+                self.state = "failed" if self.policy.attempts >= of else "restarting"
+        except OllamaNotInstalled as exc:
+            self._start_error(exc)
+        else:
+            self.timeouts.reset()
+            self.last_error = None
+            self.state = "running"
+            self.history.record(
+                "restart",
+                f"restart attempt {attempt} succeeded in {outcome.seconds:.1f} s (reason: {reason})",
+                {"reason": reason, "ok": True, "attempt": attempt},
+            )
+        finally:
+            self._set_activity(None)
+
+    def _start_error(self, exc: Exception) -> None:
+        self.last_error = str(exc)
+        self.health = Health.DOWN
+        retryable = isinstance(exc, SupervisorError) and exc.retryable
+        if not retryable:
+            self.policy.give_up_now(self.clock())
+        self.state = "failed" if not retryable else "restarting"
+        self.history.record("error", str(exc))
+        self._publish()
+
+    def _on_server_exit(self, code: int) -> None:
+        """Called from the watcher thread the moment a server we started exits."""
+        self._exit_code = code
+        self._wake.set()
+
+    def _handle_crash(self) -> None:
+        code, self._exit_code = self._exit_code, None
+        reaped = self.supervisor.reap_runners()
+        self.supervisor.server = None
+        self.supervisor.popen = None
+        self.last_error = f"Ollama exited unexpectedly (status {code})"
+        self.history.record(
+            "crash", f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
+            {"code": code, "runners_reaped": reaped},
+        )
+        self.health = Health.DOWN
+        self.last_probe = ProbeResult(False, 0.0, "api", Failure.EXITED, self.last_error)
+        self._publish()
+
+    # ------------------------------------------------------------------ probing
+
+    def probe(self) -> ProbeResult:
+        client = self.supervisor.client
+        down_after = self.config.health_check_timeout * 3
+        api, names = client.probe_api(timeout=down_after)
+        if not api.ok or names is None:
+            return api
+        self.model_present = _has_model(names, self.config.ollama_model)
+        loaded = client.loaded_models(timeout=down_after) or []
+        self.loaded_models = [{"name": m.name, "size": m.size, "size_vram": m.size_vram} for m in loaded]
+        if self.config.health_probe != "inference" or not self.model_present:
+            return api
+        is_loaded = any(_same_model(m.name, self.config.ollama_model) for m in loaded)
+        budget = down_after if is_loaded else self.config.model_load_timeout
+        self.inference_count += 1
+        return client.probe_inference(self.config.ollama_model, timeout=budget)
+
+    def _observe(self, result: ProbeResult, now: float) -> None:
+        previous = self.health
+        self.last_probe = result
+        self.health = classify(result, self.config.health_check_timeout)
+        if result.ok:
+            if self.supervisor.server is None:
+                self.supervisor.adopt()
+            else:
+                self.supervisor.track_runners()
+        self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
+        if result.ok:
+            if self.health is Health.HEALTHY:
+                self.policy.record_healthy(now)
+            if self.policy.gave_up:
+                self.policy.recovered()
+            if self.state in ("failed", "restarting", "starting"):
+                self.state = "running"
+            self.last_error = None if self.health is Health.HEALTHY else self.last_error
+        elif self.state != "failed" or self.last_error is None:
+            # Once given up, the error that made it give up says more than "connection refused".
+            self.last_error = result.detail or str(result.failure)
+        if previous is not self.health:
+            latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
+            self.history.record("health", f"health {previous} -> {self.health} ({latency})")
+        self._publish()
+
+    # ------------------------------------------------------------------ commands
+
+    def _drain_commands(self) -> bool:
+        ran = False
+        while True:
+            try:
+                action, future = self._commands.get_nowait()
+            except queue.Empty:
+                return ran
+            if not future.set_running_or_notify_cancel():
+                continue
+            ran = True
+            try:
+                future.set_result(self._run_command(action))
+            except Exception as exc:  # the caller shows it as one line
+                future.set_exception(exc)
+
+    def _run_command(self, action: str) -> str:
+        sup = self.supervisor
+        url = sup.host.url
+        if action == "check":
+            return f"Ollama is {self.health}"
+        if action == "start":
+            sup.user_stop.clear()
+            self.policy.reset()
+            self._set_activity("start", "Starting Ollama")
+            try:
+                outcome = sup.start(reason="user")
+            finally:
+                self._set_activity(None)
+            self.state = "running"
+            return outcome.describe(url)
+        if action == "stop":
+            self._set_activity("stop", "Stopping Ollama")
+            try:
+                sup.stop(reason="user")
+            finally:
+                self._set_activity(None)
+            sup.user_stop.set()
+            self.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
+            self.state = "stopped"
+            self.health = Health.DOWN
+            self._publish()
+            return "Ollama stopped"
+        if action == "restart":
+            sup.user_stop.clear()
+            self.policy.reset()
+            self.timeouts.reset()
+            self._set_activity("restart", "Restarting Ollama")
+            try:
+                outcome = sup.restart(reason="user")
+            finally:
+                self._set_activity(None)
+            self.state = "running"
+            self.history.record("restart", "Ollama restarted by the user", {"reason": "user", "ok": True})
+            return outcome.describe(url)
+        if action == "unload":
+            self._set_activity("unload", "Unloading models")
+            try:
+                errors = [e for m in self.loaded_models if (e := sup.client.unload(m["name"]))]
+            finally:
+                self._set_activity(None)
+            if errors:
+                raise SupervisorError(f"could not unload: {errors[0]}")
+            return f"unloaded {len(self.loaded_models)} model(s)"
+        raise ValueError(f"unknown action {action!r}")
+
+    def _fail_pending(self, why: str) -> None:
+        while True:
+            try:
+                _, future = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                future.set_exception(SupervisorError(why))
+
+    # ------------------------------------------------------------------ status
+
+    def _set_activity(self, kind: str | None, text: str = "", progress: float | None = None) -> None:
+        self.activity = None if kind is None else {"kind": kind, "text": text, "progress": progress}
+        self._publish()
+
+    def _build_status(self) -> dict[str, Any]:
+        sup = self.supervisor
+        probe = self.last_probe
+        running = probe is not None and probe.ok
+        sample = self.sample
+        uptime = int(time.monotonic() - sup.started_at) if running and sup.started_at else 0
+        next_retry = None if self.next_retry_at is None else max(0.0, self.next_retry_at - self.clock())
+        return {
+            "ollama_running": running,
+            "model_loaded": self.config.ollama_model if running and self.model_present else None,
+            "latency_ms": int(probe.latency * 1000) if probe is not None and probe.ok else None,
+            "health": str(self.health),
+            "uptime_seconds": uptime,
+            "inference_count": self.inference_count,
+            "memory_usage_mb": int(sample.tree_rss_bytes / 2**20) if sample and running else 0,
+            "gpu_available": bool(sample and sample.gpu_available),
+            "cpu_usage_percent": round(sample.tree_cpu_percent, 1) if sample and running else 0.0,
+            "last_error": self.last_error,
+            "state": self.state,
+            "managed_by": sup.managed_by,
+            "pid": sup.pid,
+            "ollama_host": sup.host.url,
+            "model": self.config.ollama_model,
+            "restart_attempt": self.policy.attempts,
+            "restart_attempts_max": self.policy.max_attempts,
+            "next_retry_in": next_retry,
+            "activity": self.activity,
+            "cloud_active": self.state == "failed",
+            "loaded_models": list(self.loaded_models),
+        }
+
+    def _publish(self) -> None:
+        self._status = self._build_status()
+        with self._sub_lock:
+            subscribers = list(self._subscribers)
+        for callback in subscribers:
+            try:
+                callback(dict(self._status))
+            except Exception:  # a broken subscriber must not stop supervision
+                log.exception("status subscriber failed")
+
+
+def _same_model(a: str, b: str) -> bool:
+    def full(name: str) -> str:
+        return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+    return full(a) == full(b)
+
+
+def _has_model(names: set[str], model: str) -> bool:
+    return any(_same_model(n, model) for n in names)

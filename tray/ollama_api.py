@@ -1,0 +1,152 @@
+"""The few Ollama API calls the supervisor needs, turned into probe results.
+
+Every call has an explicit timeout and never raises for network trouble:
+the outcome is a :class:`~tray.core.health.ProbeResult` or ``None``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tray.core.health import Failure, ProbeResult
+
+OLLAMA_ROOT_TEXT = "Ollama is running"
+PROBE_PROMPT = "test"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    size: int
+    size_vram: int
+
+
+def _failure_of(exc: Exception) -> tuple[Failure, str]:
+    if isinstance(exc, httpx.TimeoutException):
+        return Failure.TIMEOUT, "no answer in time"
+    if isinstance(exc, httpx.ConnectError):
+        return Failure.REFUSED, "connection refused"
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+        return Failure.REFUSED, "connection dropped"
+    return Failure.BAD_RESPONSE, str(exc) or type(exc).__name__
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200] or f"HTTP {response.status_code}"
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"]
+    return f"HTTP {response.status_code}"
+
+
+class OllamaClient:
+    """A small synchronous client for one Ollama base URL."""
+
+    def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        # No proxies: the manager only ever talks to its own local server.
+        self._http = httpx.Client(base_url=self.base_url, transport=transport, trust_env=False)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def answers_as_ollama(self, timeout: float = 2.0) -> bool | None:
+        """True: Ollama answers; False: something else answers; None: nothing answers."""
+        try:
+            response = self._http.get("/", timeout=timeout)
+        except httpx.TimeoutException:
+            return False  # something accepted the connection but does not speak HTTP like Ollama
+        except httpx.HTTPError:
+            return None
+        return response.status_code == 200 and response.text.strip() == OLLAMA_ROOT_TEXT
+
+    def version(self, timeout: float = 2.0) -> str | None:
+        try:
+            response = self._http.get("/api/version", timeout=timeout)
+            response.raise_for_status()
+            return str(response.json().get("version"))
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+
+    def model_names(self, timeout: float = 5.0) -> set[str] | None:
+        try:
+            response = self._http.get("/api/tags", timeout=timeout)
+            response.raise_for_status()
+            return {m["name"] for m in response.json().get("models", [])}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def loaded_models(self, timeout: float = 5.0) -> list[LoadedModel] | None:
+        try:
+            response = self._http.get("/api/ps", timeout=timeout)
+            response.raise_for_status()
+            return [
+                LoadedModel(m["name"], int(m.get("size", 0)), int(m.get("size_vram", 0)))
+                for m in response.json().get("models", [])
+            ]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def unload(self, model: str, timeout: float = 30.0) -> str | None:
+        """Ask Ollama to unload ``model`` now (keep_alive 0); the error text, or None on success."""
+        try:
+            response = self._http.post(
+                "/api/generate", json={"model": model, "keep_alive": 0, "stream": False}, timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            return _failure_of(exc)[1]
+        return None if response.status_code == 200 else _error_text(response)
+
+    def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
+        """Liveness: GET /api/tags (as the design notes' is_ollama_running); also returns the model names."""
+        started = time.monotonic()
+        try:
+            response = self._http.get("/api/tags", timeout=timeout)
+        except httpx.HTTPError as exc:
+            failure, detail = _failure_of(exc)
+            return ProbeResult(False, time.monotonic() - started, "api", failure, detail), None
+        latency = time.monotonic() - started
+        if response.status_code != 200:
+            return ProbeResult(False, latency, "api", Failure.HTTP_ERROR, _error_text(response)), None
+        try:
+            names = {m["name"] for m in response.json()["models"]}
+        except (ValueError, KeyError, TypeError):
+            return ProbeResult(False, latency, "api", Failure.BAD_RESPONSE, "not an Ollama answer"), None
+        return ProbeResult(True, latency, "api"), names
+
+    def probe_inference(self, model: str, timeout: float) -> ProbeResult:
+        """The design notes' test inference: prompt "test", one output token."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROBE_PROMPT}],
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+        started = time.monotonic()
+        try:
+            response = self._http.post("/api/chat", json=body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            failure, detail = _failure_of(exc)
+            return ProbeResult(False, time.monotonic() - started, "inference", failure, detail)
+        latency = time.monotonic() - started
+        if response.status_code == 404:
+            return ProbeResult(False, latency, "inference", Failure.MODEL_ERROR, _error_text(response))
+        if response.status_code != 200:
+            return ProbeResult(False, latency, "inference", Failure.HTTP_ERROR, _error_text(response))
+        try:
+            payload = response.json()
+            if "error" in payload:
+                return ProbeResult(False, latency, "inference", Failure.HTTP_ERROR, str(payload["error"]))
+            valid = isinstance(payload.get("message"), dict) and payload.get("done") is True
+        except (ValueError, AttributeError):
+            valid = False
+        if not valid:
+            return ProbeResult(False, latency, "inference", Failure.BAD_RESPONSE, "not a chat answer")
+        load_seconds = float(payload.get("load_duration", 0)) / 1e9
+        return ProbeResult(True, latency, "inference", load_seconds=load_seconds)

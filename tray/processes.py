@@ -1,0 +1,381 @@
+"""Finding, launching, identifying and stopping Ollama processes.
+
+Only processes identified as the Ollama serving the configured port, or the
+runners such a server spawned, are ever signalled. A foreign process on the
+port is reported, never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from tray.hosts import DEFAULT_PORT, OllamaHost
+
+log = logging.getLogger(__name__)
+
+INSTALL_URL = "https://ollama.com/download"
+RUNNER_NAMES = {"llama-server", "llama-server.exe", "ollama_llama_server", "ollama_llama_server.exe"}
+OLLAMA_NAMES = {"ollama", "ollama.exe"}
+
+# Windows process creation flags (subprocess defines them only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+class OllamaNotInstalled(Exception):
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or f"Ollama is not installed: get it from {INSTALL_URL}")
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def standard_locations(platform: str, env: Mapping[str, str]) -> list[Path]:
+    """Where each OS's official installers put the ollama executable."""
+    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    if platform == "darwin":
+        return [
+            Path("/Applications/Ollama.app/Contents/Resources/ollama"),
+            home / "Applications/Ollama.app/Contents/Resources/ollama",
+            Path("/opt/homebrew/bin/ollama"),
+            Path("/usr/local/bin/ollama"),
+        ]
+    if platform == "win32":
+        local = Path(env.get("LOCALAPPDATA") or home / "AppData/Local")
+        program_files = Path(env.get("ProgramFiles") or "C:/Program Files")
+        return [local / "Programs/Ollama/ollama.exe", program_files / "Ollama/ollama.exe"]
+    return [Path("/usr/local/bin/ollama"), Path("/usr/bin/ollama"), Path("/bin/ollama"), Path("/snap/bin/ollama")]
+
+
+def find_ollama_binary(
+    configured: str = "", env: Mapping[str, str] | None = None, platform: str = sys.platform
+) -> Path:
+    """The ollama executable: the configured path, else PATH, else the OS's install locations."""
+    env = os.environ if env is None else env
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise OllamaNotInstalled(f"ollama_binary {path} does not exist: install Ollama from {INSTALL_URL}")
+        return path
+    found = shutil.which("ollama", path=env.get("PATH", ""))
+    if found:
+        return Path(found)
+    for candidate in standard_locations(platform, env):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise OllamaNotInstalled()
+
+
+def find_ollama_app(platform: str = sys.platform, env: Mapping[str, str] | None = None) -> Path | None:
+    """The official desktop app (macOS/Windows), which supervises its own server."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    if platform == "darwin":
+        candidates = [Path("/Applications/Ollama.app"), home / "Applications/Ollama.app"]
+    elif platform == "win32":
+        local = Path(env.get("LOCALAPPDATA") or home / "AppData/Local")
+        candidates = [local / "Programs/Ollama/ollama app.exe"]
+    else:
+        return None
+    return next((c for c in candidates if c.exists()), None)
+
+
+# --------------------------------------------------------------------------- launching
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: list[str]
+    env: dict[str, str]
+    via_app: bool = False  # the official app starts (and then supervises) the server
+    creationflags: int = 0
+    new_session: bool = True
+
+
+def launch_plan(
+    binary: Path | None,
+    host: OllamaHost,
+    *,
+    platform: str = sys.platform,
+    app: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LaunchPlan:
+    """How to start Ollama on this OS (pure).
+
+    The official app is used only for the default address: it serves
+    ``OLLAMA_HOST`` from its own environment, not from ours.
+    """
+    child_env = dict(os.environ if env is None else env)
+    child_env["OLLAMA_HOST"] = host.bind_value
+    default_address = host.port == DEFAULT_PORT and host.connect_host in ("127.0.0.1", "localhost")
+    if app is not None and default_address:
+        if platform == "darwin":
+            return LaunchPlan(["open", "-j", "-a", str(app), "--args", "--fast-startup"], child_env, via_app=True)
+        if platform == "win32":
+            return LaunchPlan(
+                [str(app), "--hide", "--fast-startup"],
+                child_env,
+                via_app=True,
+                creationflags=CREATE_NO_WINDOW,
+                new_session=False,
+            )
+    if binary is None:
+        raise OllamaNotInstalled()
+    if platform == "win32":
+        return LaunchPlan(
+            [str(binary), "serve"],
+            child_env,
+            creationflags=CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP,
+            new_session=False,
+        )
+    return LaunchPlan([str(binary), "serve"], child_env)
+
+
+def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the plan detached from us, output appended to ``log_path`` (or discarded)."""
+    stdout: int | object = subprocess.DEVNULL
+    log_file = None
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        stdout = log_file
+    except OSError as exc:
+        log.warning("server log %s is not writable (%s); discarding Ollama's output", log_path, exc)
+    try:
+        return subprocess.Popen(
+            plan.argv,
+            env=plan.env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            start_new_session=plan.new_session,
+            creationflags=plan.creationflags,
+            close_fds=True,
+        )
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+# --------------------------------------------------------------------------- identification
+
+
+def _basename(arg: str) -> str:
+    return arg.replace("\\", "/").rsplit("/", 1)[-1].lower()
+
+
+INTERPRETERS = ("python", "sh", "bash", "dash", "zsh")
+
+
+def _ollama_subcommand(cmdline: list[str]) -> str | None:
+    """'serve', 'runner', ... when the command line runs an ollama executable.
+
+    The executable may be a script run by an interpreter (a wrapper script
+    installed as ``ollama``), which puts it second on the command line.
+    """
+    if not cmdline:
+        return None
+    index = 0
+    if _basename(cmdline[0]) not in OLLAMA_NAMES:
+        if not _basename(cmdline[0]).startswith(INTERPRETERS) or len(cmdline) < 2:
+            return None
+        if _basename(cmdline[1]) not in OLLAMA_NAMES:
+            return None
+        index = 1
+    return cmdline[index + 1] if index + 1 < len(cmdline) else ""
+
+
+def is_server_cmdline(cmdline: list[str]) -> bool:
+    """An ``ollama serve`` (or its alias ``start``)."""
+    return _ollama_subcommand(cmdline) in ("serve", "start")
+
+
+def is_runner_cmdline(cmdline: list[str]) -> bool:
+    """A model runner: ``ollama runner`` (<= v0.2x) or ``llama-server`` / ``ollama_llama_server``."""
+    if cmdline and _basename(cmdline[0]) in RUNNER_NAMES:
+        return True
+    return _ollama_subcommand(cmdline) == "runner"
+
+
+def runner_model_path(cmdline: list[str]) -> str | None:
+    for flag in ("--model", "-m"):
+        if flag in cmdline:
+            index = cmdline.index(flag)
+            if index + 1 < len(cmdline):
+                return cmdline[index + 1]
+    return None
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+def listening_pid(port: int) -> int | None:
+    """PID of the process listening on TCP ``port``, where the OS lets us see it."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, OSError):
+        return None
+    for conn in connections:
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return int(conn.pid)
+    return None
+
+
+def describe_process(pid: int | None) -> str:
+    if pid is None:
+        return "another program"
+    try:
+        proc = psutil.Process(pid)
+        name = proc.name()
+        cmdline = _cmdline(proc)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return f"process {pid}"
+    shown = " ".join(cmdline[:3]) if cmdline else name
+    return f"{name} (pid {pid}: {shown})" if shown != name else f"{name} (pid {pid})"
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process pinned by its start time, so a reused PID is never signalled."""
+
+    pid: int
+    create_time: float
+
+    @classmethod
+    def of(cls, proc: psutil.Process) -> "ProcessRef":
+        return cls(proc.pid, proc.create_time())
+
+    def get(self) -> psutil.Process | None:
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01:
+                return None
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+
+    def alive(self) -> bool:
+        return self.get() is not None
+
+
+def server_on_port(port: int) -> ProcessRef | None:
+    """The ollama server process listening on ``port``, if that is what listens there."""
+    pid = listening_pid(port)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if is_server_cmdline(_cmdline(proc)):
+            return ProcessRef.of(proc)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
+    return None
+
+
+def runners_of(server: ProcessRef) -> list[ProcessRef]:
+    proc = server.get()
+    if proc is None:
+        return []
+    refs = []
+    try:
+        children = proc.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if is_runner_cmdline(_cmdline(child)):
+                refs.append(ProcessRef.of(child))
+    return refs
+
+
+def orphaned_runners(models_dir: Path) -> list[ProcessRef]:
+    """Runners of this models dir whose server is gone (a ``kill -9`` leaves them holding RAM/VRAM)."""
+    models = str(models_dir.resolve())
+    found = []
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if not is_runner_cmdline(cmdline):
+            continue
+        model = runner_model_path(cmdline)
+        if not model or not os.path.abspath(model).startswith(models + os.sep):
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            parent = proc.parent()
+            if parent is not None and is_server_cmdline(_cmdline(parent)):
+                continue  # a live server still owns it
+            found.append(ProcessRef.of(proc))
+    return found
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+@dataclass
+class StopOutcome:
+    graceful: bool = True  # exited on the polite signal
+    killed: list[int] = field(default_factory=list)  # PIDs that needed SIGKILL
+    runners_reaped: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _polite_signal(proc: psutil.Process) -> None:
+    if sys.platform == "win32":
+        # The console-break equivalent of SIGTERM for a process started in its own group.
+        try:
+            os.kill(proc.pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        except OSError:
+            proc.terminate()
+        return
+    proc.send_signal(signal.SIGTERM)
+    # A stopped (SIGSTOP) process only acts on SIGTERM once continued.
+    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+        if proc.status() == psutil.STATUS_STOPPED:
+            proc.send_signal(signal.SIGCONT)
+
+
+def terminate(refs: Iterable[ProcessRef], timeout: float) -> StopOutcome:
+    """SIGTERM, wait ``timeout`` seconds, then SIGKILL what is left."""
+    started = time.monotonic()
+    outcome = StopOutcome()
+    procs = [p for p in (ref.get() for ref in refs) if p is not None]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            _polite_signal(proc)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    if alive:
+        outcome.graceful = False
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                proc.kill()
+                outcome.killed.append(proc.pid)
+        psutil.wait_procs(alive, timeout=5)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def kill_runners(refs: Iterable[ProcessRef]) -> list[int]:
+    """SIGKILL runners (they hold no state worth a graceful exit) and wait for them."""
+    procs = [p for p in (ref.get() for ref in refs) if p is not None]
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+    return [p.pid for p in procs]

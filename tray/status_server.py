@@ -1,0 +1,167 @@
+"""The status API: a loopback-only HTTP endpoint served by a running monitor.
+
+``GET /api/status`` returns the status dict, ``GET /api/events`` the event
+history, ``POST /api/actions/{start,stop,restart,unload}`` queues an action.
+Only loopback clients with a loopback/localhost ``Host`` header are served
+(DNS rebinding), there is no CORS, and actions need the per-user token kept
+in a file only the user can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tray.history import History
+from tray.monitor import ACTIONS, Monitor
+
+log = logging.getLogger(__name__)
+
+ALLOWED_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def load_or_create_token(path: Path) -> str:
+    """The per-user secret that authorises actions; created 0600 on first use."""
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except OSError:
+        pass
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    os.replace(tmp, path)
+    return token
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header: str) -> bool:
+    """Is this Host header a loopback name (so a rebinding DNS name is refused)?
+
+    >>> host_allowed("127.0.0.1:11436"), host_allowed("localhost"), host_allowed("evil.example:11436")
+    (True, True, False)
+    """
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        name = host[: host.find("]") + 1] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name in ALLOWED_HOST_NAMES or _is_loopback(name.strip("[]"))
+
+
+class LoopbackOnly:
+    """ASGI middleware refusing non-loopback clients and foreign Host headers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client") or ("", 0)
+            headers = dict(scope.get("headers") or [])
+            host = headers.get(b"host", b"").decode("latin-1")
+            if not _is_loopback(client[0]) or not host_allowed(host):
+                response = JSONResponse({"error": "forbidden: loopback clients and localhost names only"}, 403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_app(monitor: Monitor, history: History, token: str) -> Any:
+    async def status(request: Request) -> Response:
+        return JSONResponse(monitor.snapshot())
+
+    async def events(request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "200"))
+        except ValueError:
+            return JSONResponse({"error": "limit must be a whole number"}, 400)
+        return JSONResponse([e.to_json() for e in history.events(limit=limit)])
+
+    async def action(request: Request) -> Response:
+        name = request.path_params["name"]
+        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(supplied, token):
+            return JSONResponse({"error": "missing or wrong token"}, 401)
+        if name not in ACTIONS:
+            return JSONResponse({"error": f"unknown action '{name}'"}, 404)
+        future = monitor.request(name)
+        try:
+            message = await asyncio.wrap_future(future)
+        except Exception as exc:  # reported to the caller as one line
+            return JSONResponse({"ok": False, "error": str(exc)}, 500)
+        return JSONResponse({"ok": True, "message": message})
+
+    app = Starlette(
+        routes=[
+            Route("/api/status", status),
+            Route("/api/events", events),
+            Route("/api/actions/{name}", action, methods=["POST"]),
+        ]
+    )
+    return LoopbackOnly(app)
+
+
+class StatusServer:
+    """Runs the status API with uvicorn in a background thread."""
+
+    def __init__(self, monitor: Monitor, history: History, token: str, port: int) -> None:
+        config = uvicorn.Config(
+            build_app(monitor, history, token),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, name="status-api", daemon=True)
+        self.port: int | None = None
+
+    def start(self, timeout: float = 10.0) -> int:
+        self._thread.start()
+        deadline = threading.Event()
+        waited = 0.0
+        while not self._server.started and self._thread.is_alive() and waited < timeout:
+            deadline.wait(0.02)
+            waited += 0.02
+        if not self._server.started:
+            raise OSError(f"the status API could not listen on 127.0.0.1:{self._server.config.port}")
+        sockets = self._server.servers[0].sockets
+        self.port = int(sockets[0].getsockname()[1])
+        return self.port
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(5)
+
+
+def write_monitor_file(path: Path, pid: int, port: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "port": port}))
+    os.replace(tmp, path)

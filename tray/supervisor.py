@@ -1,0 +1,422 @@
+"""Side effects of supervision: find, adopt, start, stop and restart one Ollama server.
+
+Decisions (when to restart, how long to wait) live in :mod:`tray.core`; this
+class carries them out. Its methods block, so the monitor calls them from
+its own thread and the CLI calls them directly when no monitor runs.
+
+Errors, as a tree::
+
+    SupervisorError
+    ├── OllamaNotInstalled      (tray.processes; never retried)
+    ├── PortInUse               another program holds the port; never retried, never killed
+    ├── StartFailed             exited at once or did not answer in time; retried with backoff
+    └── NotPermitted            another supervisor owns Ollama and refused us; the message says
+                                the one command the user can run
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from tray.config import Config
+from tray.external import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
+from tray.history import History
+from tray.ollama_api import OllamaClient
+from tray.paths import AppPaths
+from tray.processes import (
+    OllamaNotInstalled,
+    ProcessRef,
+    StopOutcome,
+    describe_process,
+    find_ollama_app,
+    find_ollama_binary,
+    kill_runners,
+    launch_plan,
+    listening_pid,
+    orphaned_runners,
+    runners_of,
+    server_on_port,
+    spawn,
+    terminate,
+)
+
+log = logging.getLogger(__name__)
+
+READY_POLL_SECONDS = 0.1
+
+
+class SupervisorError(Exception):
+    retryable = False
+
+
+class PortInUse(SupervisorError):
+    pass
+
+
+class StartFailed(SupervisorError):
+    retryable = True
+
+
+class NotPermitted(SupervisorError):
+    pass
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    started: bool  # False: an Ollama was already answering and was adopted
+    pid: int | None
+    managed_by: str
+    seconds: float = 0.0
+
+    def describe(self, url: str) -> str:
+        how = "started" if self.started else "already running"
+        pid = f", pid {self.pid}" if self.pid else ""
+        owner = "" if self.managed_by in ("manager", "external") else f", managed by {self.managed_by}"
+        return f"Ollama is running at {url} ({how}{pid}{owner})"
+
+
+def tail_lines(path: Path, count: int = 20, max_bytes: int = 16384) -> list[str]:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return []
+    return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()][-count:]
+
+
+def default_models_dir(env: Mapping[str, str]) -> Path:
+    if env.get("OLLAMA_MODELS"):
+        return Path(env["OLLAMA_MODELS"]).expanduser()
+    return Path(env.get("HOME") or Path.home()) / ".ollama" / "models"
+
+
+class UserStop:
+    """The user's stop, remembered until they start Ollama again (or the machine reboots)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def set(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"time": time.time(), "boot_time": psutil.boot_time()}))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not remember the user's stop in %s: %s", self.path, exc)
+
+    def clear(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not clear %s: %s", self.path, exc)
+
+    def is_set(self) -> bool:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return False
+        return abs(float(data.get("boot_time", 0)) - psutil.boot_time()) < 2
+
+
+class Supervisor:
+    """One Ollama server at the configured address."""
+
+    def __init__(
+        self,
+        config: Config,
+        paths: AppPaths,
+        history: History,
+        *,
+        env: Mapping[str, str] | None = None,
+        platform: str = sys.platform,
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self.history = history
+        self.env = dict(os.environ if env is None else env)
+        self.platform = platform
+        self.host = config.host
+        self.client = OllamaClient(self.host.url)
+        self.models_dir = default_models_dir(self.env)
+        self.user_stop = UserStop(paths.user_stop_file)
+        self.on_exit = on_exit  # called from a watcher thread when a server we started exits
+
+        self.server: ProcessRef | None = None
+        self.external: ExternalSupervisor | None = None
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.runners: set[ProcessRef] = set()
+        self.started_at: float | None = None  # monotonic time this server was started or adopted
+        self.expected_exit = False
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ what is there
+
+    @property
+    def managed_by(self) -> str:
+        if self.external is not None:
+            return self.external.name
+        if self.popen is not None:
+            return "manager"
+        return "external" if self.server is not None else "none"
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid if self.server else (self.popen.pid if self.popen else None)
+
+    def answers(self) -> bool | None:
+        return self.client.answers_as_ollama()
+
+    def adopt(self) -> None:
+        """Take note of the Ollama answering on our port (ours or not) and who supervises it."""
+        with self._lock:
+            ref = server_on_port(self.host.port)
+            if ref is None and self.popen is not None and self.popen.poll() is None:
+                ref = ProcessRef.of(psutil.Process(self.popen.pid))  # the OS hides the listener; it is our child
+            if ref != self.server:
+                self.server = ref
+                self.external = detect_supervisor(ref, self.platform) if ref else None
+                if self.popen is not None and (ref is None or ref.pid != self.popen.pid):
+                    self.popen = None  # what answers is not the process we started
+                self.started_at = time.monotonic()
+            self.track_runners()
+
+    def track_runners(self) -> None:
+        """Remember the server's runners, so they can be reaped if the server dies with kill -9."""
+        if self.server is not None:
+            live = set(runners_of(self.server))
+            self.runners = {r for r in self.runners | live if r.alive()}
+
+    def exited_code(self) -> int | None:
+        """Exit status of a server this app started, once it has exited."""
+        return self.popen.poll() if self.popen is not None else None
+
+    # ------------------------------------------------------------------ starting
+
+    def _check_port_free(self) -> None:
+        answer = self.client.answers_as_ollama()
+        pid = listening_pid(self.host.port)
+        if answer is False or (answer is None and pid is not None):
+            raise PortInUse(
+                f"port {self.host.port} is in use by {describe_process(pid)}, which is not Ollama: "
+                f"stop it or set ollama_host to another port"
+            )
+
+    def start(self, reason: str = "start") -> StartOutcome:
+        """Adopt a running Ollama, or launch one and wait for it to answer."""
+        with self._lock:
+            begun = time.monotonic()
+            if self.client.answers_as_ollama():
+                self.adopt()
+                self.history.record("adopt", f"Ollama already running (pid {self.pid}); watching it")
+                return StartOutcome(False, self.pid, self.managed_by)
+            self._check_port_free()
+            binary: Path | None
+            app = find_ollama_app(self.platform, self.env)
+            try:
+                binary = find_ollama_binary(self.config.ollama_binary, self.env, self.platform)
+            except OllamaNotInstalled:
+                if app is None:
+                    raise
+                binary = None
+            plan = launch_plan(binary, self.host, platform=self.platform, app=app, env=self.env)
+            self._rotate_server_log()
+            log.info("starting Ollama: %s", " ".join(plan.argv))
+            try:
+                popen = spawn(plan, self.paths.server_log)
+            except OSError as exc:
+                raise StartFailed(f"could not run {plan.argv[0]}: {exc.strerror or exc}") from None
+            self.expected_exit = False
+            if not plan.via_app:
+                self.popen = popen
+                self._watch(popen)
+            self._wait_ready(popen, plan.via_app)
+            self.server = None
+            self.adopt()
+            self.started_at = time.monotonic()
+            outcome = StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
+            self.history.record(
+                "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
+            )
+            return outcome
+
+    def _wait_ready(self, popen: subprocess.Popen[bytes], via_app: bool) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout
+        while time.monotonic() < deadline:
+            if self.client.answers_as_ollama(timeout=1.0):
+                return
+            code = popen.poll()
+            if code is not None and not via_app:
+                self.popen = None
+                lines = tail_lines(self.paths.server_log, 5)
+                why = lines[-1] if lines else f"exit status {code}"
+                if "address already in use" in why or "Only one usage of each socket address" in why:
+                    raise PortInUse(f"port {self.host.port} is already in use: {why}")
+                raise StartFailed(f"Ollama exited at once (status {code}): {why}")
+            time.sleep(READY_POLL_SECONDS)
+        raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s")
+
+    def _watch(self, popen: subprocess.Popen[bytes]) -> None:
+        """Notice the exit of a server we started at once, not at the next health check."""
+
+        def wait() -> None:
+            code = popen.wait()
+            if self.on_exit is not None and not self.expected_exit and self.popen is popen:
+                self.on_exit(code)
+
+        threading.Thread(target=wait, name=f"ollama-{popen.pid}-watch", daemon=True).start()
+
+    def _rotate_server_log(self, max_bytes: int = 10 * 1024 * 1024) -> None:
+        path = self.paths.server_log
+        try:
+            if path.stat().st_size > max_bytes:
+                os.replace(path, path.with_name(path.name + ".1"))
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ stopping
+
+    def stop(self, reason: str = "stop") -> StopOutcome:
+        """Stop the server (through its own supervisor when it has one) and reap its runners."""
+        with self._lock:
+            if self.server is None and self.popen is None:
+                self.adopt()
+            self.expected_exit = True
+            if self.external is not None:
+                self._stop_external(self.external)
+                outcome = StopOutcome()
+            else:
+                outcome = self._stop_process()
+            outcome.runners_reaped = self.reap_runners()
+            self.history.record(
+                "stop",
+                f"Ollama stopped ({'gracefully' if outcome.graceful else 'killed after ' + format(self.config.stop_timeout, 'g') + ' s'})",
+                {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
+            )
+            self.server = None
+            self.popen = None
+            self.started_at = None
+            return outcome
+
+    def _stop_process(self) -> StopOutcome:
+        self.track_runners()
+        refs = [self.server] if self.server else []
+        if self.popen is not None and not refs:
+            try:
+                refs = [ProcessRef.of(psutil.Process(self.popen.pid))]
+            except psutil.NoSuchProcess:
+                refs = []
+        outcome = terminate(refs, self.config.stop_timeout)
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        return outcome
+
+    def _stop_external(self, owner: ExternalSupervisor) -> None:
+        if isinstance(owner, SystemdService):
+            result = run_command(owner.stop_command())
+            if not result.ok:
+                raise NotPermitted(
+                    f"Ollama runs as {owner.describe()} and could not be stopped ({result.message}): "
+                    f"run `{owner.manual_command('stop')}`"
+                )
+        else:
+            result = run_command(owner.quit_command())
+            if not result.ok:
+                raise NotPermitted(f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}")
+        self._wait_gone(self.config.stop_timeout + 10)
+
+    def _wait_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.client.answers_as_ollama(timeout=1.0) is None:
+                return True
+            time.sleep(READY_POLL_SECONDS)
+        return False
+
+    def reap_runners(self) -> list[int]:
+        """Kill the runners a dead server left behind, holding RAM/VRAM."""
+        leftovers = {r for r in self.runners if r.alive()} | set(orphaned_runners(self.models_dir))
+        self.runners = set()
+        if not leftovers:
+            return []
+        pids = kill_runners(leftovers)
+        log.info("reaped orphaned runners %s", pids)
+        return pids
+
+    # ------------------------------------------------------------------ restarting
+
+    def restart(self, reason: str) -> StartOutcome:
+        """Stop and start again; through the owning supervisor when there is one."""
+        with self._lock:
+            if self.server is None and self.popen is None and self.client.answers_as_ollama():
+                self.adopt()
+            owner = self.external
+            if owner is not None:
+                return self._restart_external(owner, reason)
+            if self.server is not None or self.popen is not None:
+                self.stop(reason=reason)
+            else:
+                self.reap_runners()
+            if self.client.answers_as_ollama():
+                # Something respawned the server behind our back: do not fight it.
+                self.adopt()
+                self.history.record(
+                    "external",
+                    f"Ollama was restarted by another program (pid {self.pid}); watching it instead of managing it",
+                )
+                return StartOutcome(False, self.pid, self.managed_by)
+            return self.start(reason=reason)
+
+    def _restart_external(self, owner: ExternalSupervisor, reason: str) -> StartOutcome:
+        begun = time.monotonic()
+        self.track_runners()
+        if isinstance(owner, SystemdService):
+            result = run_command(owner.restart_command())
+            if not result.ok:
+                raise NotPermitted(
+                    f"Ollama runs as {owner.describe()}, which this user may not restart ({result.message}): "
+                    f"run `{owner.manual_command('restart')}`"
+                )
+        else:
+            assert isinstance(owner, OllamaApp)
+            quit_result = run_command(owner.quit_command())
+            if not quit_result.ok:
+                raise NotPermitted(f"could not quit {owner.describe()} ({quit_result.message})")
+            self._wait_gone(self.config.stop_timeout + 10)
+            self.reap_runners()
+            start_result = run_command(owner.start_command())
+            if not start_result.ok:
+                raise StartFailed(f"could not reopen {owner.describe()}: {start_result.message}")
+        deadline = time.monotonic() + self.config.startup_timeout
+        while not self.client.answers_as_ollama(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}")
+            time.sleep(READY_POLL_SECONDS)
+        self.server = None
+        self.adopt()
+        self.started_at = time.monotonic()
+        self.history.record("restart", f"Ollama restarted through {owner.describe()}", {"reason": reason})
+        return StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
+
+    def close(self) -> None:
+        self.client.close()
