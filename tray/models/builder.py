@@ -1,0 +1,894 @@
+"""Keep the user's model built, current and intact, through Ollama's HTTP API.
+
+``ensure_model_loaded`` is the design notes' method: when the model is listed
+and the fingerprint recorded at its last build matches the current Modelfile,
+nothing is sent; otherwise the model is built::
+
+    pull the base (if it is a model name that is not installed; free disk space checked first)
+    upload local FROM/ADAPTER files (HEAD /api/blobs first, POST when missing)
+    POST /api/create (current shape; NDJSON progress)
+    confirm it in /api/tags, record the fingerprint, run a one-token test inference,
+    report size, parameter count and quantization from /api/show
+
+``rebuild`` forces a build and repairs damaged blobs first. A pull treats a
+blob already on disk as a cache hit and never re-downloads it, so a corrupt
+base blob is deleted before the base is pulled again.
+
+Ollama errors, whether an HTTP 4xx/5xx ``{"error": ...}`` or an
+``{"error": ...}`` line in a 200 stream, become one-line :class:`ModelError`\\ s.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import filelock
+import httpx
+
+from tray.models.errors import (
+    DiskSpaceError,
+    ModelError,
+    OllamaAPIError,
+    OllamaUnreachable,
+    StoreError,
+)
+from tray.models.integrity import (
+    CHUNK_SIZE,
+    HashCache,
+    IntegrityReport,
+    hash_with_cache,
+    verify_model,
+    write_json_atomic,
+)
+from tray.models.modelfile import (
+    BuildSources,
+    Modelfile,
+    fingerprint,
+    load_modelfile,
+    resolve_sources,
+)
+from tray.models.store import (
+    Leftovers,
+    ModelName,
+    blob_path,
+    exclusive_size,
+    find_leftovers,
+    find_manifest_path,
+    list_models,
+    parse_model_name,
+    read_manifest,
+    short_digest,
+)
+from tray.progress import ProgressCallback, ProgressEvent, human_bytes, no_progress
+
+DEFAULT_MIN_FREE_BYTES = 8 * 1000**3  # when the base model's size is unknown (llama3 is ~4.7 GB)
+TEST_PROMPT = "test"
+HASH_CACHE_FILE = "blob-hashes.json"
+RECORDS_FILE = "models.json"
+LOCK_FILE = "model-build.lock"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``stream`` bounds the silence between two progress lines of a pull/create."""
+
+    connect: float = 5.0
+    api: float = 30.0
+    stream: float = 600.0
+    inference: float = 300.0  # a cold model load from disk can take minutes
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "no details"
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+class OllamaModelAPI:
+    """The few Ollama endpoints model management needs, with errors turned into ModelErrors."""
+
+    def __init__(self, base_url: str, client: httpx.Client | None = None, timeouts: Timeouts = Timeouts()) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        self._own_client = client is None
+        self._client = client or httpx.Client(timeout=httpx.Timeout(timeouts.api, connect=timeouts.connect))
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _timeout(self, read: float) -> httpx.Timeout:
+        return httpx.Timeout(read, connect=self.timeouts.connect)
+
+    def _transport_error(self, what: str, exc: httpx.HTTPError) -> ModelError:
+        if isinstance(exc, httpx.ConnectError):
+            return OllamaUnreachable(f"cannot reach Ollama at {self.base_url} ({what}): {_one_line(str(exc))}")
+        if isinstance(exc, httpx.TimeoutException):
+            return OllamaUnreachable(f"Ollama at {self.base_url} stopped answering during {what}")
+        return OllamaUnreachable(
+            f"connection to Ollama lost during {what}: {_one_line(str(exc)) or type(exc).__name__}"
+        )
+
+    @staticmethod
+    def _status_error(what: str, response: httpx.Response) -> OllamaAPIError:
+        message = response.text
+        try:
+            body = json.loads(message)
+            if isinstance(body, dict) and isinstance(body.get("error"), str):
+                message = body["error"]
+        except ValueError:
+            pass
+        return OllamaAPIError(
+            f"{what} failed: {_one_line(message)} (HTTP {response.status_code})", response.status_code
+        )
+
+    def _call(
+        self, method: str, path: str, what: str, *, read_timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        timeout = self._timeout(read_timeout or self.timeouts.api)
+        try:
+            response = self._client.request(method, self.base_url + path, timeout=timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(what, exc) from None
+        if response.status_code >= 400 and method != "HEAD":
+            raise self._status_error(what, response)
+        return response
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            raise OllamaAPIError(f"{what}: Ollama sent something that is not JSON", response.status_code) from None
+        if not isinstance(body, dict):
+            raise OllamaAPIError(f"{what}: unexpected answer from Ollama", response.status_code)
+        return body
+
+    def _stream(self, path: str, payload: dict[str, Any], what: str) -> Iterator[dict[str, Any]]:
+        """POST and yield each NDJSON object; a streamed ``{"error": ...}`` raises."""
+        try:
+            with self._client.stream(
+                "POST", self.base_url + path, json=payload, timeout=self._timeout(self.timeouts.stream)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._status_error(what, response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        raise OllamaAPIError(f"{what}: Ollama sent a line that is not JSON", 200) from None
+                    if isinstance(item, dict) and item.get("error"):
+                        status = item.get("status")
+                        raise OllamaAPIError(
+                            f"{what} failed: {_one_line(item['error'])}", status if isinstance(status, int) else 200
+                        )
+                    if isinstance(item, dict):
+                        yield item
+        except httpx.HTTPError as exc:
+            raise self._transport_error(what, exc) from None
+
+    def tags(self) -> list[dict[str, Any]]:
+        """The installed models, as ``/api/tags`` lists them."""
+        body = self._json(self._call("GET", "/api/tags", "listing models"), "listing models")
+        models = body.get("models") or []
+        return [item for item in models if isinstance(item, dict)]
+
+    def show(self, model: str) -> dict[str, Any]:
+        """``/api/show``: details, model_info, template, parameters of an installed model."""
+        return self._json(self._call("POST", "/api/show", f"show {model}", json={"model": model}), f"show {model}")
+
+    def pull(self, model: str, progress: ProgressCallback) -> None:
+        """Pull a model, reporting per-blob download progress; raise unless it ends in ``success``."""
+        what = f"pull {model}"
+        finished = False
+        for item in self._stream("/api/pull", {"model": model, "stream": True}, what):
+            status = str(item.get("status", ""))
+            finished = finished or status == "success"
+            digest = item.get("digest")
+            if isinstance(digest, str) and digest:
+                progress(ProgressEvent("pulling", short_digest(digest), item.get("completed", 0), item.get("total")))
+            else:
+                progress(ProgressEvent("pulling", status))
+        if not finished:
+            raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the server already holds the blob (``HEAD /api/blobs/<digest>``)."""
+        response = self._call("HEAD", f"/api/blobs/{digest}", f"checking blob {short_digest(digest)}")
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise OllamaAPIError(
+            f"checking blob {short_digest(digest)} failed (HTTP {response.status_code})", response.status_code
+        )
+
+    def upload_blob(self, digest: str, path: Path, progress: ProgressCallback) -> None:
+        """Send a local file to ``POST /api/blobs/<digest>``; Ollama hashes it and rejects a mismatch."""
+        size = path.stat().st_size
+        detail = f"{path.name} {short_digest(digest)}"
+
+        def chunks() -> Iterator[bytes]:
+            done = 0
+            progress(ProgressEvent("uploading", detail, 0, size))
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK_SIZE):
+                    done += len(chunk)
+                    progress(ProgressEvent("uploading", detail, done, size))
+                    yield chunk
+
+        self._call(
+            "POST",
+            f"/api/blobs/{digest}",
+            f"upload of {path}",
+            read_timeout=self.timeouts.stream,
+            content=chunks(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+
+    def create(self, request: Mapping[str, Any], progress: ProgressCallback) -> None:
+        """POST ``/api/create`` and follow its progress; raise unless it ends in ``success``."""
+        what = f"create {request.get('model')}"
+        finished = False
+        for item in self._stream("/api/create", dict(request, stream=True), what):
+            status = str(item.get("status", ""))
+            finished = finished or status == "success"
+            total = item.get("total")
+            completed = item.get("completed") if total else None
+            progress(ProgressEvent("creating", status, completed, total))
+        if not finished:
+            raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
+
+    def chat_test(self, model: str) -> dict[str, Any]:
+        """A one-token, non-streamed chat with the prompt ``test``."""
+        payload = {
+            "model": model,
+            "messages": [{"role": "user", "content": TEST_PROMPT}],
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+        what = f"test inference with {model}"
+        body = self._json(
+            self._call("POST", "/api/chat", what, json=payload, read_timeout=self.timeouts.inference), what
+        )
+        if not isinstance(body.get("message"), dict):
+            raise OllamaAPIError(f"{what}: the answer has no message", 200)
+        return body
+
+    def delete(self, model: str) -> None:
+        """Remove a model; Ollama deletes the blobs no other model uses."""
+        self._call("DELETE", "/api/delete", f"delete {model}", json={"model": model})
+
+
+def find_listed(tags: list[dict[str, Any]], name: ModelName) -> dict[str, Any] | None:
+    """The ``/api/tags`` entry of ``name`` (names compared case-insensitively, tags filled in)."""
+    for entry in tags:
+        listed = entry.get("name") or entry.get("model")
+        if isinstance(listed, str):
+            try:
+                if parse_model_name(listed).same_as(name):
+                    return entry
+            except StoreError:
+                continue
+    return None
+
+
+# --- build records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """What the manager knows about a model it built."""
+
+    fingerprint: str
+    manifest_digest: str  # bare hex, as /api/tags reports it
+    modelfile: str
+    built_at: str  # wall-clock ISO time, for display only
+
+
+def load_records(state_dir: Path) -> dict[str, BuildRecord]:
+    """Build records by model display name; an unreadable file counts as empty."""
+    try:
+        raw = json.loads((state_dir / RECORDS_FILE).read_text(encoding="utf-8"))
+        models = raw["models"]
+        return {name: BuildRecord(**fields) for name, fields in models.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def save_records(state_dir: Path, records: Mapping[str, BuildRecord]) -> None:
+    """Write all build records atomically."""
+    payload = {"version": 1, "models": {name: vars(record) for name, record in sorted(records.items())}}
+    write_json_atomic(state_dir / RECORDS_FILE, payload)
+
+
+def rebuild_reason(listed_digest: str | None, record: BuildRecord | None, current_fingerprint: str) -> str | None:
+    """Why the model must be (re)built, or None when it is current."""
+    if listed_digest is None:
+        return "not installed"
+    if record is None:
+        return "installed, but not built by the manager"
+    if record.fingerprint != current_fingerprint:
+        return "the Modelfile changed"
+    if record.manifest_digest and record.manifest_digest != listed_digest:
+        return "the installed model was replaced outside the manager"
+    return None
+
+
+# --- disk space ----------------------------------------------------------------------------------
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def bytes_needed_for_pull(models_dir: Path, base: ModelName, fallback: int) -> int:
+    """Bytes a pull of ``base`` will write: its blobs not yet on disk when its manifest is known, else ``fallback``."""
+    try:
+        manifest = read_manifest(models_dir, base)
+    except StoreError:
+        return fallback
+    return sum(blob.size for blob in manifest.blobs if not blob_path(models_dir, blob.digest).exists())
+
+
+def check_disk_space(needed: int, free: int, what: str, where: Path) -> None:
+    """Raise DiskSpaceError when ``free`` is below ``needed``."""
+    if free < needed:
+        raise DiskSpaceError(
+            f"not enough disk space to {what}: need {human_bytes(needed)} free in {where}, have {human_bytes(free)}"
+        )
+
+
+# --- reports -------------------------------------------------------------------------------------
+
+Action = Literal["none", "built", "rebuilt"]
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """Outcome of :func:`ensure_model_loaded` / :func:`rebuild`."""
+
+    model: str
+    action: Action
+    reason: str
+    fingerprint: str
+    base_model: str | None = None
+    pulled_base: bool = False
+    uploaded: tuple[str, ...] = ()  # digests sent to /api/blobs
+    repaired: tuple[str, ...] = ()  # damaged blobs that were deleted and restored
+    size: int | None = None
+    parameter_size: str | None = None  # e.g. "8.0B"
+    parameter_count: int | None = None
+    quantization: str | None = None  # e.g. "Q4_0"
+    family: str | None = None
+    inference_ok: bool | None = None  # None: no test inference was run
+    inference_seconds: float | None = None
+    inference_error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """The model is installed and, if tested, answered."""
+        return self.inference_ok is not False
+
+    def summary(self) -> str:
+        """One line for the user."""
+        verb = {"none": "is current", "built": "built", "rebuilt": "rebuilt"}[self.action]
+        facts = [fact for fact in (self.parameter_size, self.quantization) if fact]
+        if self.size is not None:
+            facts.append(human_bytes(self.size))
+        text = f"{self.model} {verb}"
+        if facts:
+            text += f" ({', '.join(facts)})"
+        if self.repaired:
+            text += f"; repaired {len(self.repaired)} damaged blob(s)"
+        if self.inference_ok:
+            text += f"; test inference OK in {self.inference_seconds:.1f} s"
+        elif self.inference_ok is False:
+            text += f"; test inference failed: {self.inference_error}"
+        return text
+
+
+# --- the build -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Everything a build needs, derived from the Modelfile: the create request and its fingerprint."""
+
+    model: ModelName
+    modelfile: Modelfile
+    sources: BuildSources
+    request: dict[str, Any]
+    fingerprint: str
+
+    @property
+    def base(self) -> ModelName | None:
+        return parse_model_name(self.sources.from_model) if self.sources.from_model else None
+
+
+def plan_build(
+    model_name: str,
+    modelfile_path: Path,
+    *,
+    quantize: str | None,
+    cache: HashCache,
+    progress: ProgressCallback = no_progress,
+) -> BuildPlan:
+    """Parse the Modelfile, hash its local files (cached) and form the create request."""
+    model = parse_model_name(model_name)
+    modelfile = load_modelfile(modelfile_path)
+    base_dir = Path(modelfile_path).expanduser().absolute().parent
+    sources = resolve_sources(modelfile, base_dir)
+    digests = {}
+    for item in sources.local_files:
+        try:
+            hexdigest, _ = hash_with_cache(item.path, cache, progress=progress, phase="hashing", detail=item.key)
+        except OSError as exc:
+            raise ModelError(f"cannot read {item.path}: {exc.strerror}") from None
+        digests[item.path] = f"sha256:{hexdigest}"
+    request = modelfile.to_create_request(model_name, sources, digests, quantize=quantize.upper() if quantize else None)
+    return BuildPlan(model, modelfile, sources, request, fingerprint(request))
+
+
+@dataclass
+class _Context:
+    """Everything one ensure/rebuild call works with."""
+
+    api: OllamaModelAPI
+    models_dir: Path
+    state_dir: Path
+    progress: ProgressCallback
+    min_free_bytes: int
+    disk_free: Callable[[Path], int]
+    clock: Callable[[], float]
+
+    @property
+    def cache_path(self) -> Path:
+        return self.state_dir / HASH_CACHE_FILE
+
+
+def _pull_base(ctx: _Context, base: ModelName) -> None:
+    needed = bytes_needed_for_pull(ctx.models_dir, base, ctx.min_free_bytes)
+    check_disk_space(needed, ctx.disk_free(ctx.models_dir), f"pull {base.display}", ctx.models_dir)
+    ctx.api.pull(base.display, ctx.progress)
+
+
+def _upload_local_files(ctx: _Context, plan: BuildPlan) -> tuple[str, ...]:
+    uploaded = []
+    for item in plan.sources.local_files:
+        digest = _request_digest(plan.request, item.key)
+        if not ctx.api.has_blob(digest):
+            ctx.api.upload_blob(digest, item.path, ctx.progress)
+            uploaded.append(digest)
+    return tuple(uploaded)
+
+
+def _request_digest(request: Mapping[str, Any], key: str) -> str:
+    for group in ("files", "adapters", "draft_files"):
+        digests = request.get(group) or {}
+        if key in digests:
+            return str(digests[key])
+    raise AssertionError(f"{key} is not in the create request")  # pragma: no cover
+
+
+def _build(ctx: _Context, plan: BuildPlan, *, pull_base: bool) -> tuple[bool, tuple[str, ...], dict[str, Any]]:
+    """Pull, upload, create, confirm and record. Returns (pulled, uploaded digests, tags entry)."""
+    pulled = False
+    base = plan.base
+    if base is not None and (pull_base or find_listed(ctx.api.tags(), base) is None):
+        _pull_base(ctx, base)
+        pulled = True
+    uploaded = _upload_local_files(ctx, plan)
+    ctx.api.create(plan.request, ctx.progress)
+    listed = find_listed(ctx.api.tags(), plan.model)
+    if listed is None:
+        raise OllamaAPIError(f"{plan.model.display} was created but /api/tags does not list it", 200)
+    records = load_records(ctx.state_dir)
+    records[plan.model.display] = BuildRecord(
+        fingerprint=plan.fingerprint,
+        manifest_digest=str(listed.get("digest", "")),
+        modelfile=plan.modelfile.filename,
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    save_records(ctx.state_dir, records)
+    return pulled, uploaded, listed
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _describe(ctx: _Context, report: ModelReport, listed: Mapping[str, Any], *, test_inference: bool) -> ModelReport:
+    """Fill in size, parameters and quantization, and run the test inference when asked."""
+    show = ctx.api.show(report.model)
+    details = _mapping(show.get("details"))
+    info = _mapping(show.get("model_info"))
+    count = info.get("general.parameter_count")
+    report = replace(
+        report,
+        size=listed.get("size") if isinstance(listed.get("size"), int) else None,
+        parameter_size=details.get("parameter_size") or None,
+        quantization=details.get("quantization_level") or None,
+        family=details.get("family") or None,
+        parameter_count=count if isinstance(count, int) else None,
+    )
+    if not test_inference:
+        return report
+    started = ctx.clock()
+    try:
+        ctx.api.chat_test(report.model)
+    except ModelError as exc:
+        return replace(report, inference_ok=False, inference_error=str(exc), inference_seconds=ctx.clock() - started)
+    return replace(report, inference_ok=True, inference_seconds=ctx.clock() - started)
+
+
+def _store_warnings(models_dir: Path, model: ModelName, listed: Mapping[str, Any] | None) -> list[str]:
+    """Notice when ``models_dir`` is not the store the server uses (a different OLLAMA_MODELS or user)."""
+    if listed is None:
+        return []
+    path = find_manifest_path(models_dir, model)
+    if path is None:
+        return [
+            (
+                f"Ollama lists {model.display} but {models_dir} has no manifest for it: the server uses another "
+                "model directory (OLLAMA_MODELS or user differs), so integrity checks cannot see it"
+            )
+        ]
+    return []
+
+
+class _Lock:
+    """One build at a time per state directory (tray and CLI may both try)."""
+
+    def __init__(self, state_dir: Path, timeout: float) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._path = state_dir / LOCK_FILE
+        self._lock = filelock.FileLock(str(self._path), timeout=timeout)
+
+    def __enter__(self) -> None:
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise ModelError(f"another model build is still running (lock {self._path})") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+@contextmanager
+def _locked_context(
+    base_url: str,
+    client: httpx.Client | None,
+    models_dir: Path | str,
+    state_dir: Path | str,
+    progress: ProgressCallback | None,
+    min_free_bytes: int,
+    disk_free: Callable[[Path], int],
+    clock: Callable[[], float],
+    timeouts: Timeouts,
+    lock_timeout: float,
+) -> Iterator[_Context]:
+    """The context of one ensure/rebuild call, holding the build lock throughout."""
+    ctx = _Context(
+        api=OllamaModelAPI(base_url, client, timeouts),
+        models_dir=Path(models_dir),
+        state_dir=Path(state_dir),
+        progress=progress or no_progress,
+        min_free_bytes=min_free_bytes,
+        disk_free=disk_free,
+        clock=clock,
+    )
+    try:
+        with _Lock(ctx.state_dir, lock_timeout):
+            yield ctx
+    finally:
+        ctx.api.close()
+
+
+def _plan(ctx: _Context, model_name: str, modelfile_path: Path | str, quantize: str | None) -> BuildPlan:
+    cache = HashCache(ctx.cache_path)
+    try:
+        return plan_build(model_name, Path(modelfile_path), quantize=quantize, cache=cache, progress=ctx.progress)
+    finally:
+        cache.save()
+
+
+def _new_report(
+    ctx: _Context, plan: BuildPlan, action: Action, reason: str, listed: Mapping[str, Any] | None
+) -> ModelReport:
+    warnings = (*plan.modelfile.warnings, *_store_warnings(ctx.models_dir, plan.model, listed))
+    base = plan.base.display if plan.base else None
+    return ModelReport(plan.model.display, action, reason, plan.fingerprint, base_model=base, warnings=warnings)
+
+
+def ensure_model_loaded(
+    base_url: str,
+    model_name: str,
+    modelfile_path: Path | str,
+    *,
+    models_dir: Path | str,
+    state_dir: Path | str,
+    quantize: str | None = None,
+    progress: ProgressCallback | None = None,
+    client: httpx.Client | None = None,
+    test_inference: bool = True,
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    disk_free: Callable[[Path], int] = disk_free_bytes,
+    clock: Callable[[], float] = time.monotonic,
+    timeouts: Timeouts = Timeouts(),
+    lock_timeout: float = 3600.0,
+) -> ModelReport:
+    """Make sure ``model_name`` exists and is built from the current Modelfile.
+
+    When the model is listed and its recorded fingerprint matches, only
+    ``/api/tags`` and ``/api/show`` are asked (no create, no test inference).
+    Otherwise it is built and a test inference is run when ``test_inference``.
+    Raises :class:`ModelError` (one line) when the model cannot be built.
+    """
+    locked = _locked_context(
+        base_url, client, models_dir, state_dir, progress, min_free_bytes, disk_free, clock, timeouts, lock_timeout
+    )
+    with locked as ctx:
+        plan = _plan(ctx, model_name, modelfile_path, quantize)
+        listed = find_listed(ctx.api.tags(), plan.model)
+        record = load_records(ctx.state_dir).get(plan.model.display)
+        reason = rebuild_reason(str(listed.get("digest", "")) if listed else None, record, plan.fingerprint)
+        if reason is None and listed is not None:
+            return _describe(ctx, _new_report(ctx, plan, "none", "current", listed), listed, test_inference=False)
+        pulled, uploaded, listed = _build(ctx, plan, pull_base=False)
+        report = replace(_new_report(ctx, plan, "built", reason or "", listed), pulled_base=pulled, uploaded=uploaded)
+        return _describe(ctx, report, listed, test_inference=test_inference)
+
+
+def _damaged_blobs(ctx: _Context, plan: BuildPlan, full: bool) -> list[IntegrityReport]:
+    """Integrity reports of the model (with its base) and, when the model is absent, of the base alone."""
+    reports = []
+    model_report = verify_model(ctx.models_dir, plan.model, cache_path=ctx.cache_path, full=full, progress=ctx.progress)
+    reports.append(model_report)
+    base = plan.base
+    base_checked = (
+        model_report.base_model is not None
+        and base is not None
+        and parse_model_name(model_report.base_model).same_as(base)
+    )
+    if base is not None and not base_checked:
+        reports.append(verify_model(ctx.models_dir, base, cache_path=ctx.cache_path, full=full, progress=ctx.progress))
+    return reports
+
+
+def _delete_damaged(ctx: _Context, plan: BuildPlan, reports: list[IntegrityReport]) -> tuple[tuple[str, ...], bool]:
+    """Delete damaged blob files. Returns (damaged digests, whether the base model must be pulled again)."""
+    cache = HashCache(ctx.cache_path)
+    damaged: dict[str, None] = {}
+    base_affected = False
+    for report in reports:
+        for blob in report.bad:
+            damaged[blob.digest] = None
+            base_affected = base_affected or _comes_from_base(ctx, plan, report, blob.digest, blob.used_by)
+            try:
+                blob.path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise ModelError(f"cannot delete damaged blob {blob.path}: {exc.strerror}") from None
+            cache.forget(blob.path)
+    cache.save()
+    return tuple(damaged), base_affected
+
+
+def _comes_from_base(
+    ctx: _Context, plan: BuildPlan, report: IntegrityReport, digest: str, used_by: tuple[str, ...]
+) -> bool:
+    """Whether only a pull of the base model can restore ``digest``: a base blob or the inherited weights."""
+    base = plan.base
+    if base is None:
+        return False
+    if any(parse_model_name(user).same_as(base) for user in used_by):
+        return True
+    try:
+        weights = read_manifest(ctx.models_dir, report.model).model_layer
+    except StoreError:
+        return False
+    return weights is not None and weights.digest == digest and not plan.sources.files
+
+
+def rebuild(
+    base_url: str,
+    model_name: str,
+    modelfile_path: Path | str,
+    *,
+    models_dir: Path | str,
+    state_dir: Path | str,
+    quantize: str | None = None,
+    progress: ProgressCallback | None = None,
+    client: httpx.Client | None = None,
+    full: bool = False,
+    pull_base: bool = False,
+    test_inference: bool = True,
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    disk_free: Callable[[Path], int] = disk_free_bytes,
+    clock: Callable[[], float] = time.monotonic,
+    timeouts: Timeouts = Timeouts(),
+    lock_timeout: float = 3600.0,
+) -> ModelReport:
+    """Build ``model_name`` even if it looks current, repairing damaged blobs first.
+
+    Blobs of the model and its base that fail verification are deleted; if one
+    belongs to the base (or is the weights layer) the base is pulled again.
+    ``pull_base`` also re-pulls an intact base (to update it). After a repair
+    the model is verified again and a still-damaged blob raises ModelError.
+    """
+    locked = _locked_context(
+        base_url, client, models_dir, state_dir, progress, min_free_bytes, disk_free, clock, timeouts, lock_timeout
+    )
+    with locked as ctx:
+        plan = _plan(ctx, model_name, modelfile_path, quantize)
+        damaged, base_affected = _delete_damaged(ctx, plan, _damaged_blobs(ctx, plan, full))
+        pulled, uploaded, listed = _build(ctx, plan, pull_base=pull_base or base_affected)
+        if damaged:
+            _confirm_repair(ctx, plan)
+        report = replace(
+            _new_report(ctx, plan, "rebuilt", "repair" if damaged else "forced", listed),
+            pulled_base=pulled,
+            uploaded=uploaded,
+            repaired=damaged,
+        )
+        return _describe(ctx, report, listed, test_inference=test_inference)
+
+
+def _confirm_repair(ctx: _Context, plan: BuildPlan) -> None:
+    for report in _damaged_blobs(ctx, plan, full=False):
+        if report.manifest_problem is None and not report.ok:
+            raise ModelError(f"repair did not help: {report.summary()}")
+
+
+# --- verify and cleanup --------------------------------------------------------------------------
+
+
+def verify(
+    model_name: str,
+    *,
+    models_dir: Path | str,
+    state_dir: Path | str,
+    full: bool = False,
+    progress: ProgressCallback | None = None,
+) -> IntegrityReport:
+    """Verify the active model and its base against their digests (digest cache in ``state_dir``)."""
+    return verify_model(
+        Path(models_dir), model_name, cache_path=Path(state_dir) / HASH_CACHE_FILE, full=full, progress=progress
+    )
+
+
+@dataclass(frozen=True)
+class StaleModel:
+    """A model the manager built earlier that is not the active one; ``size`` is what deleting it frees."""
+
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What :func:`cleanup` would delete, with sizes."""
+
+    stale_models: tuple[StaleModel, ...]
+    leftovers: Leftovers
+
+    @property
+    def total_size(self) -> int:
+        return sum(model.size for model in self.stale_models) + self.leftovers.total_size
+
+    @property
+    def empty(self) -> bool:
+        return not self.stale_models and not self.leftovers.files
+
+    def lines(self) -> list[str]:
+        """Human-readable lines, one per item, then a total."""
+        out = [f"stale model {model.name}  {human_bytes(model.size)}" for model in self.stale_models]
+        out += [f"unreferenced blob {item.path.name}  {human_bytes(item.size)}" for item in self.leftovers.unreferenced]
+        out += [f"partial download {item.path.name}  {human_bytes(item.size)}" for item in self.leftovers.partials]
+        out += [f"stray file {item.path.name}  {human_bytes(item.size)}" for item in self.leftovers.others]
+        if self.leftovers.withheld:
+            out.append(f"note: {self.leftovers.withheld}")
+        out.append(f"total {human_bytes(self.total_size)}")
+        return out
+
+
+def cleanup_report(
+    model_name: str,
+    *,
+    models_dir: Path | str,
+    state_dir: Path | str,
+    now: float | None = None,
+    grace_seconds: float = 3600.0,
+) -> CleanupReport:
+    """What cleanup would delete: earlier builds other than ``model_name``, unused blobs, partial downloads.
+
+    ``now`` is wall-clock seconds (compared with file mtimes); files younger
+    than ``grace_seconds`` are left alone because a pull may still be writing them.
+    """
+    models_dir = Path(models_dir)
+    active = parse_model_name(model_name)
+    entries = list_models(models_dir)
+    stale = []
+    for name in sorted(load_records(Path(state_dir))):
+        recorded = parse_model_name(name)
+        if not recorded.same_as(active) and any(entry.name.same_as(recorded) for entry in entries):
+            stale.append(StaleModel(recorded.display, exclusive_size(entries, recorded)))
+    moment = time.time() if now is None else now
+    return CleanupReport(tuple(stale), find_leftovers(models_dir, moment, grace_seconds))
+
+
+@dataclass(frozen=True)
+class CleanupResult:
+    """What :func:`cleanup` deleted, how many bytes that freed, and what could not be deleted."""
+
+    freed_bytes: int
+    deleted: tuple[str, ...]
+    errors: tuple[str, ...]
+
+
+def cleanup(
+    base_url: str,
+    model_name: str,
+    *,
+    models_dir: Path | str,
+    state_dir: Path | str,
+    client: httpx.Client | None = None,
+    now: float | None = None,
+    grace_seconds: float = 3600.0,
+    timeouts: Timeouts = Timeouts(),
+) -> CleanupResult:
+    """Delete what :func:`cleanup_report` lists: stale models through ``DELETE /api/delete``, files directly."""
+    report = cleanup_report(
+        model_name, models_dir=models_dir, state_dir=state_dir, now=now, grace_seconds=grace_seconds
+    )
+    state = Path(state_dir)
+    deleted: list[str] = []
+    errors: list[str] = []
+    freed = 0
+    if report.stale_models:
+        with OllamaModelAPI(base_url, client, timeouts) as api:
+            records = load_records(state)
+            for model in report.stale_models:
+                try:
+                    api.delete(model.name)
+                except OllamaAPIError as exc:
+                    if exc.status != 404:
+                        errors.append(str(exc))
+                        continue
+                except ModelError as exc:
+                    errors.append(str(exc))
+                    continue
+                records.pop(model.name, None)
+                deleted.append(model.name)
+                freed += model.size
+            save_records(state, records)
+    for item in report.leftovers.files:
+        try:
+            item.path.unlink(missing_ok=True)
+        except OSError as exc:
+            errors.append(f"cannot delete {item.path}: {exc.strerror}")
+            continue
+        deleted.append(item.path.name)
+        freed += item.size
+    return CleanupResult(freed, tuple(deleted), tuple(errors))

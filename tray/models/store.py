@@ -1,0 +1,448 @@
+"""Read Ollama's on-disk model store: names, manifests, blobs and leftovers.
+
+Layout (``$OLLAMA_MODELS``, default ``~/.ollama/models``)::
+
+    manifests/<host>/<namespace>/<model>/<tag>   JSON: config + layers (digest, size, mediaType, from)
+    blobs/sha256-<64 hex>                         content-addressed files
+    blobs/sha256-<hex>-partial[-N]                unfinished downloads
+
+This module only reads files; deleting is the caller's business.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tray.models.errors import ManifestNotFound, StoreError
+
+DEFAULT_HOST = "registry.ollama.ai"
+DEFAULT_NAMESPACE = "library"
+DEFAULT_TAG = "latest"
+
+MEDIA_MODEL = "application/vnd.ollama.image.model"
+
+_DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
+_BLOB_NAME_RE = re.compile(r"^sha256-([0-9a-fA-F]{64})$")
+_PARTIAL_RE = re.compile(r"^sha256-[0-9a-fA-F]{64}-partial(-\d+)?$")
+_PART_MAX_LEN = {"host": 350}
+
+
+def default_models_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    """``$OLLAMA_MODELS`` (trimmed of spaces and quotes, as Ollama reads it), else ``~/.ollama/models``."""
+    env = os.environ if env is None else env
+    configured = env.get("OLLAMA_MODELS", "").strip().strip("\"'")
+    if configured:
+        return Path(configured).expanduser()
+    return (home or Path.home()) / ".ollama" / "models"
+
+
+# --- model names ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A fully qualified model name ``host/namespace/model:tag``."""
+
+    host: str
+    namespace: str
+    model: str
+    tag: str
+
+    @property
+    def display(self) -> str:
+        """The shortest form, always with a tag, as Ollama echoes names (``llama3:latest``)."""
+        if self.host.lower() != DEFAULT_HOST:
+            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
+        if self.namespace.lower() != DEFAULT_NAMESPACE:
+            return f"{self.namespace}/{self.model}:{self.tag}"
+        return f"{self.model}:{self.tag}"
+
+    @property
+    def manifest_relpath(self) -> Path:
+        return Path("manifests", self.host, self.namespace, self.model, self.tag)
+
+    def key(self) -> tuple[str, str, str, str]:
+        """Case-insensitive identity: Ollama treats ``Mistral`` and ``mistral`` as one model."""
+        return (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
+
+    def same_as(self, other: ModelName) -> bool:
+        """Whether both name the same model, ignoring case."""
+        return self.key() == other.key()
+
+    def __str__(self) -> str:
+        return self.display
+
+
+def _valid_part(kind: str, text: str) -> bool:
+    if not text or len(text) > _PART_MAX_LEN.get(kind, 80):
+        return False
+    if not (text[0].isascii() and (text[0].isalnum() or text[0] == "_")):
+        return False
+    for char in text[1:]:
+        if char in "_-":
+            continue
+        if char == ".":
+            if kind == "namespace":
+                return False
+            continue
+        if char == ":":
+            if kind != "host":
+                return False
+            continue
+        if not (char.isascii() and char.isalnum()):
+            return False
+    return True
+
+
+def parse_model_name(text: str) -> ModelName:
+    """Parse ``[host/][namespace/]model[:tag][@digest]`` and fill Ollama's defaults.
+
+    >>> parse_model_name("llama3").display
+    'llama3:latest'
+    >>> parse_model_name("hf.co/org/repo:Q4_K_M").manifest_relpath.as_posix()
+    'manifests/hf.co/org/repo/Q4_K_M'
+    """
+    rest = text.strip()
+    for scheme in ("http://", "https://"):
+        rest = rest.removeprefix(scheme)
+    rest = rest.split("@", 1)[0]
+    tag = DEFAULT_TAG
+    if rest.rfind(":") > rest.rfind("/"):
+        rest, tag = rest.rsplit(":", 1)
+    pieces = rest.split("/")
+    if len(pieces) > 3:
+        raise StoreError(f"invalid model name '{text}'")
+    model = pieces[-1]
+    namespace = pieces[-2] if len(pieces) >= 2 else DEFAULT_NAMESPACE
+    host = pieces[-3] if len(pieces) == 3 else DEFAULT_HOST
+    name = ModelName(host=host, namespace=namespace, model=model, tag=tag)
+    parts = {"host": host, "namespace": namespace, "model": model, "tag": tag}
+    if not all(_valid_part(kind, value) for kind, value in parts.items()):
+        raise StoreError(f"invalid model name '{text}'")
+    return name
+
+
+def is_model_name(text: str) -> bool:
+    """Whether ``text`` parses as a model name."""
+    try:
+        parse_model_name(text)
+    except StoreError:
+        return False
+    return True
+
+
+# --- digests and blobs ---------------------------------------------------------------------------
+
+
+def digest_hex(digest: str) -> str:
+    """The lowercase hex of ``sha256:<hex>`` (or ``sha256-<hex>``); StoreError when malformed."""
+    match = _DIGEST_RE.match(digest)
+    if not match:
+        raise StoreError(f"invalid digest '{digest}'")
+    return match.group(1).lower()
+
+
+def blob_path(models_dir: Path, digest: str) -> Path:
+    """Where Ollama keeps the blob with this digest."""
+    return Path(models_dir) / "blobs" / f"sha256-{digest_hex(digest)}"
+
+
+def short_digest(digest: str) -> str:
+    """``sha256:<first 12 hex>``, the length ``ollama list`` shows."""
+    return f"sha256:{digest_hex(digest)[:12]}"
+
+
+# --- manifests -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A manifest entry: one blob. ``from_model`` is the parent model a layer was inherited from."""
+
+    media_type: str
+    digest: str
+    size: int
+    from_model: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed manifest: the blobs one model consists of."""
+
+    name: ModelName
+    path: Path
+    config: Layer
+    layers: tuple[Layer, ...]
+    digest: str  # sha256 hex of the manifest file's bytes: the model ID in `ollama list`
+
+    @property
+    def blobs(self) -> tuple[Layer, ...]:
+        """Config first, then the layers: everything the model needs on disk."""
+        return (self.config, *self.layers)
+
+    @property
+    def size(self) -> int:
+        """Sum of config and layer sizes, the ``size`` ``/api/tags`` reports."""
+        return sum(blob.size for blob in self.blobs)
+
+    @property
+    def model_layer(self) -> Layer | None:
+        """The weights (GGUF) layer, if any."""
+        return next((layer for layer in self.layers if layer.media_type == MEDIA_MODEL), None)
+
+
+def manifest_path(models_dir: Path, name: ModelName) -> Path:
+    """Where the manifest of ``name`` lives (whether or not it exists)."""
+    return Path(models_dir) / name.manifest_relpath
+
+
+def _parse_layer(raw: Any, where: str) -> Layer:
+    if not isinstance(raw, dict):
+        raise TypeError(f"{where} is not an object")
+    digest = raw.get("digest")
+    size = raw.get("size")
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise ValueError(f"{where} has an invalid digest {digest!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"{where} has an invalid size {size!r}")
+    from_model = raw.get("from")
+    name = raw.get("name")
+    return Layer(
+        media_type=str(raw.get("mediaType", "")),
+        digest=f"sha256:{digest_hex(digest)}",
+        size=size,
+        from_model=from_model if isinstance(from_model, str) and from_model else None,
+        name=name if isinstance(name, str) and name else None,
+    )
+
+
+def parse_manifest(data: bytes, name: ModelName, path: Path) -> Manifest:
+    """Parse manifest bytes; StoreError naming the file when they are not a valid manifest."""
+    try:
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        config = _parse_layer(raw.get("config"), "config")
+        raw_layers = raw.get("layers")
+        if not isinstance(raw_layers, list):
+            raise TypeError("layers is not a list")
+        layers = tuple(_parse_layer(layer, f"layer {i}") for i, layer in enumerate(raw_layers))
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"{path}: corrupt manifest: {exc}") from None
+    return Manifest(name=name, path=path, config=config, layers=layers, digest=hashlib.sha256(data).hexdigest())
+
+
+def find_manifest_path(models_dir: Path, name: ModelName) -> Path | None:
+    """The manifest file of ``name``: the exact path, else a case-insensitive match; None when absent."""
+    exact = manifest_path(models_dir, name)
+    if exact.is_file():
+        return exact
+    for entry in _manifest_files(models_dir):
+        if entry[0].same_as(name):
+            return entry[1]
+    return None
+
+
+def read_manifest(models_dir: Path, name: ModelName | str) -> Manifest:
+    """Read a model's manifest; ManifestNotFound when absent, StoreError when unreadable."""
+    model = parse_model_name(name) if isinstance(name, str) else name
+    path = find_manifest_path(models_dir, model)
+    if path is None:
+        raise ManifestNotFound(f"model '{model.display}' has no manifest in {models_dir}")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read manifest: {exc.strerror}") from None
+    return parse_manifest(data, model, path)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """A manifest file found in the store; ``manifest`` is None and ``error`` set when unreadable."""
+
+    name: ModelName
+    path: Path
+    manifest: Manifest | None
+    error: str | None = None
+
+
+def _manifest_files(models_dir: Path) -> list[tuple[ModelName, Path]]:
+    root = Path(models_dir) / "manifests"
+    found = []
+    # Exactly four levels, as Ollama globs them (manifests/*/*/*/*).
+    for path in sorted(root.glob("*/*/*/*")):
+        if path.is_file():
+            host, namespace, model, tag = path.relative_to(root).parts
+            found.append((ModelName(host, namespace, model, tag), path))
+    return found
+
+
+def list_models(models_dir: Path) -> list[ManifestEntry]:
+    """Every manifest in the store, sorted by path; unreadable ones carry their error."""
+    entries = []
+    for name, path in _manifest_files(models_dir):
+        try:
+            manifest = parse_manifest(path.read_bytes(), name, path)
+        except StoreError as exc:
+            entries.append(ManifestEntry(name, path, None, str(exc)))
+        except OSError as exc:
+            entries.append(ManifestEntry(name, path, None, f"{path}: cannot read manifest: {exc.strerror}"))
+        else:
+            entries.append(ManifestEntry(name, path, manifest))
+    return entries
+
+
+def referenced_digests(entries: Iterable[ManifestEntry]) -> set[str]:
+    """Digests (``sha256:<hex>``) used by the readable manifests."""
+    return {blob.digest for entry in entries if entry.manifest for blob in entry.manifest.blobs}
+
+
+# --- base model ----------------------------------------------------------------------------------
+
+
+def base_model_of(
+    models_dir: Path, name: ModelName | str, entries: list[ManifestEntry] | None = None
+) -> ModelName | None:
+    """The model ``name`` was created from.
+
+    The weights layer's ``from`` field names it when present; otherwise another
+    installed model that holds the same weights blob is the base (preferring one
+    whose weights are not themselves inherited). None for a model that is its
+    own base, such as a pulled library model.
+    """
+    manifest = read_manifest(models_dir, name)
+    weights = manifest.model_layer
+    if weights is None:
+        return None
+    if weights.from_model and is_model_name(weights.from_model):
+        parent = parse_model_name(weights.from_model)
+        if not parent.same_as(manifest.name):
+            return parent
+    entries = list_models(models_dir) if entries is None else entries
+    sharing = [
+        entry
+        for entry in entries
+        if entry.manifest
+        and not entry.name.same_as(manifest.name)
+        and any(layer.digest == weights.digest for layer in entry.manifest.layers)
+    ]
+    return _original_holder(sharing, weights)
+
+
+def _inherits(entry: ManifestEntry, weights: Layer) -> bool:
+    assert entry.manifest is not None
+    return any(layer.digest == weights.digest and layer.from_model for layer in entry.manifest.layers)
+
+
+def _original_holder(sharing: list[ManifestEntry], weights: Layer) -> ModelName | None:
+    """The first sharer that holds the weights as its own (no ``from``); None when all inherit them."""
+    originals = [entry for entry in sharing if not _inherits(entry, weights)]
+    return originals[0].name if originals else None
+
+
+# --- leftovers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreFile:
+    """A file in ``blobs/`` with its size and modification time (seconds since the epoch)."""
+
+    path: Path
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class BlobScan:
+    """The files of ``blobs/``, sorted into blobs, partial downloads and other files."""
+
+    blobs: dict[str, StoreFile]  # digest -> file, for well-named blobs
+    partials: list[StoreFile]  # unfinished downloads
+    others: list[StoreFile]  # temp files and anything else Ollama would prune
+
+
+def scan_blobs(models_dir: Path) -> BlobScan:
+    """Classify every file in ``blobs/``."""
+    blobs: dict[str, StoreFile] = {}
+    partials: list[StoreFile] = []
+    others: list[StoreFile] = []
+    directory = Path(models_dir) / "blobs"
+    if not directory.is_dir():
+        return BlobScan(blobs, partials, others)
+    for path in sorted(directory.iterdir()):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # vanished while scanning
+        if not path.is_file():
+            continue
+        item = StoreFile(path, stat.st_size, stat.st_mtime)
+        blob_match = _BLOB_NAME_RE.match(path.name)
+        if blob_match:
+            blobs[f"sha256:{blob_match.group(1).lower()}"] = item
+        elif _PARTIAL_RE.match(path.name):
+            partials.append(item)
+        else:
+            others.append(item)
+    return BlobScan(blobs, partials, others)
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """Files no model needs. ``unreferenced`` is empty and ``withheld`` says why when it is unsafe to tell."""
+
+    unreferenced: list[StoreFile]
+    partials: list[StoreFile]
+    others: list[StoreFile]
+    withheld: str | None = None
+
+    @property
+    def files(self) -> list[StoreFile]:
+        return [*self.unreferenced, *self.partials, *self.others]
+
+    @property
+    def total_size(self) -> int:
+        return sum(item.size for item in self.files)
+
+
+def find_leftovers(models_dir: Path, now: float, grace_seconds: float = 3600.0) -> Leftovers:
+    """Unreferenced blobs, partial downloads and stray files older than ``grace_seconds``.
+
+    ``now`` is wall-clock time (file mtimes are wall-clock). The grace period
+    spares files of a pull or create that is still running, as Ollama's own
+    prune does. When a manifest is unreadable the unreferenced list is withheld:
+    that manifest may need blobs that look unused.
+    """
+    entries = list_models(models_dir)
+    scan = scan_blobs(models_dir)
+
+    def old(item: StoreFile) -> bool:
+        return now - item.mtime >= grace_seconds
+
+    corrupt = [entry for entry in entries if entry.manifest is None]
+    partials = [item for item in scan.partials if old(item)]
+    others = [item for item in scan.others if old(item)]
+    if corrupt:
+        reason = f"manifest {corrupt[0].path} is unreadable, so unused blobs cannot be told apart"
+        return Leftovers([], partials, others, withheld=reason)
+    used = referenced_digests(entries)
+    unreferenced = [item for digest, item in sorted(scan.blobs.items()) if digest not in used and old(item)]
+    return Leftovers(unreferenced, partials, others)
+
+
+def exclusive_size(entries: list[ManifestEntry], name: ModelName) -> int:
+    """Bytes that deleting ``name`` would free: its blobs that no other manifest uses."""
+    own = next((entry.manifest for entry in entries if entry.manifest and entry.name.same_as(name)), None)
+    if own is None:
+        return 0
+    others = referenced_digests(entry for entry in entries if not entry.name.same_as(name))
+    sizes = {blob.digest: blob.size for blob in own.blobs if blob.digest not in others}
+    return sum(sizes.values())
