@@ -50,3 +50,51 @@ def test_unwritable_database_keeps_events_in_memory(tmp_path):
     history = History(blocker / "h.sqlite3")
     history.record("start", "still recorded")
     assert [e.message for e in history.events()] == ["still recorded"]
+
+
+def test_a_simulated_week_of_samples_stays_bounded(tmp_path):
+    from tray.history import Retention
+
+    now = [0.0]
+    history = History(tmp_path / "h.sqlite3", wall_clock=lambda: now[0])
+    retention = Retention(raw_seconds=24 * 3600, bucket_seconds=600, keep_seconds=3 * 24 * 3600)
+    interval = 30.0
+    for tick in range(7 * 24 * 3600 // int(interval)):
+        now[0] = tick * interval
+        history.record_sample({"health": "down" if tick == 5 else "healthy", "latency_ms": 100.0 + tick % 2, "memory_mb": 4096.0})
+        if tick % 120 == 0:  # hourly, as the monitor does
+            history.compact(retention)
+    history.compact(retention)
+    samples = history.samples()
+    raw = [s for s in samples if s["span"] == 0]
+    averaged = [s for s in samples if s["span"] == 600]
+    assert len(raw) <= 24 * 3600 / interval + 20 + 1  # a day of raw samples (plus one unaligned bucket)
+    assert len(averaged) <= (3 * 24 * 3600 - 24 * 3600) / 600 + 2  # two more days of 10-minute rows
+    assert samples[0]["time"] >= now[0] - 3 * 24 * 3600
+    assert all(s["latency_ms"] == 100.5 and s["memory_mb"] == 4096.0 for s in averaged)
+    size_after_week = (tmp_path / "h.sqlite3").stat().st_size
+    # Another week adds nothing to the bound.
+    for tick in range(7 * 24 * 3600 // int(interval), 14 * 24 * 3600 // int(interval)):
+        now[0] = tick * interval
+        history.record_sample({"health": "healthy", "latency_ms": 100.0, "memory_mb": 4096.0})
+        if tick % 120 == 0:
+            history.compact(retention)
+    history.compact(retention)
+    assert len(history.samples()) <= len(samples) + 21
+    history.close()
+    wal = tmp_path / "h.sqlite3-wal"
+    total = (tmp_path / "h.sqlite3").stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    assert total < 4 * size_after_week + 2**20
+
+
+def test_compaction_keeps_the_worst_health_of_a_bucket(tmp_path):
+    from tray.history import Retention
+
+    now = [0.0]
+    history = History(tmp_path / "h.sqlite3", wall_clock=lambda: now[0])
+    for t, health in [(0, "healthy"), (30, "down"), (60, "unhealthy")]:
+        now[0] = t
+        history.record_sample({"health": health, "latency_ms": 10.0})
+    now[0] = 10 * 3600
+    history.compact(Retention(raw_seconds=3600, bucket_seconds=600))
+    assert [(s["time"], s["span"], s["health"], s["latency_ms"]) for s in history.samples()] == [(0, 600, "down", 10.0)]

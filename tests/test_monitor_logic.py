@@ -11,7 +11,9 @@ from tray.core.health import Failure, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.history import History
 from tray.hosts import parse_ollama_host
+from tray.paths import AppPaths
 from tray.monitor import RECHECK_SECONDS, Monitor
+from tray.processes import ProcessRef
 from tray.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
@@ -63,13 +65,13 @@ class FakeSupervisor:
         self.client = FakeClient()
         self.user_stop = FakeUserStop()
         self.external = None
-        self.server = object()
+        self.server = ProcessRef(1, 0.0)
         self.popen = None
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
+        self.paths = AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
         self.managed_by = "manager"
         self.pid = None
-        self.started_at = None
         self.on_exit = None
         self.restarts: list[str] = []
         self.restart_errors: list[Exception] = []
@@ -221,3 +223,53 @@ def test_stable_health_resets_the_attempts():
     assert monitor.policy.attempts == 1
     run_ticks(monitor, clock, 25)  # 25 ticks x 30 s > 600 s of health
     assert monitor.policy.attempts == 0
+
+
+def test_a_new_server_the_manager_did_not_start_is_an_unexpected_restart():
+    monitor, sup, clock = make([OK, OK])
+    run_ticks(monitor, clock, 1)
+    sup.server = ProcessRef(2, 5.0)  # someone else restarted Ollama
+    clock.now += 30
+    monitor.tick()
+    events = [e for e in monitor.history.events() if e.kind == "unexpected_restart"]
+    assert [e.data for e in events] == [{"old_pid": 1, "new_pid": 2}]
+    assert list(monitor.duties.restart_times) == [clock.now]
+
+
+def test_our_own_restart_is_not_unexpected():
+    monitor, sup, clock = make([OK, REFUSED, OK])
+    run_ticks(monitor, clock, 1)
+    sup.server = ProcessRef(3, 7.0)  # what our restart will bring up
+    run_ticks(monitor, clock, 2)
+    assert sup.restarts == ["down"]
+    assert [e.kind for e in monitor.history.events()].count("unexpected_restart") == 0
+
+
+def test_health_down_raises_an_alert_once_and_clears_it():
+    monitor, sup, clock = make([TIMEOUT] * 3 + [OK] * 3)
+    run_ticks(monitor, clock, 6)
+    alerts = [(e.data["kind"], e.data["state"]) for e in monitor.history.events() if e.kind == "alert"]
+    assert alerts == [("health", "raised"), ("health", "cleared")]
+
+
+def test_an_out_of_memory_probe_error_steps_down_the_ladder():
+    oom = ProbeResult(False, 0.2, "inference", Failure.HTTP_ERROR,
+                      "model requires more system memory (8.0 GiB) than is available (4.0 GiB)")
+    monitor, sup, clock = make([oom])
+    run_ticks(monitor, clock, 1)
+    events = [e for e in monitor.history.events() if e.kind == "oom"]
+    assert len(events) == 1 and events[0].data["level"] == 1
+    assert monitor.duties.probe_options == {"num_ctx": 2048}
+    assert sup.restarts == []  # a model/memory error never restarts the server
+
+
+def test_a_suspend_the_monotonic_clock_did_not_see_is_a_wake_too():
+    monitor, sup, clock = make([OK, REFUSED, REFUSED])
+    wall = [5000.0]
+    monitor.wall_clock = lambda: wall[0]
+    monitor.tick()
+    clock.now += 30
+    wall[0] += 30 + 7200  # two hours asleep, invisible to the monotonic clock
+    monitor.tick()
+    assert sup.restarts == []
+    assert [e.kind for e in monitor.history.events()].count("resume") == 1

@@ -169,11 +169,21 @@ def cmd_status(ctx: Context) -> int:
     return 0 if status["ollama_running"] else 3
 
 
+MANAGED_BY = {
+    "manager": ", started by this manager",
+    "external": ", started outside the manager",
+    "systemd": ", run by systemd",
+    "ollama-app": ", run by the Ollama app",
+    "none": "",
+}
+
+
 def format_status(status: dict[str, Any]) -> str:
     latency = f" ({status['latency_ms']} ms)" if status.get("latency_ms") is not None else ""
     pid = f", pid {status['pid']}" if status.get("pid") else ""
+    owner = MANAGED_BY.get(status["managed_by"], status["managed_by"])
     lines = [
-        f"Ollama: {status['health']}{latency}, {status['state']}{pid}, managed by {status['managed_by']}",
+        f"Ollama: {status['health']}{latency}, {status['state']}{pid}{owner}",
         f"Address: {status['ollama_host']}",
         f"Model: {status['model']} ({'present' if status.get('model_loaded') else 'not available'})",
     ]

@@ -30,7 +30,32 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT
 );
 CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE TABLE IF NOT EXISTS samples (
+    time REAL NOT NULL,
+    span REAL NOT NULL DEFAULT 0,  -- 0 for a raw sample, else the seconds one averaged row covers
+    health TEXT,
+    latency_ms REAL,
+    memory_mb REAL,
+    cpu_percent REAL,
+    ram_used_mb REAL,
+    gpu_memory_mb REAL,
+    gpu_percent REAL
+);
+CREATE INDEX IF NOT EXISTS samples_time ON samples(time);
 """
+
+SAMPLE_FIELDS = ("health", "latency_ms", "memory_mb", "cpu_percent", "ram_used_mb", "gpu_memory_mb", "gpu_percent")
+NUMERIC_FIELDS = SAMPLE_FIELDS[1:]
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long what is kept, at which resolution."""
+
+    raw_seconds: float = 24 * 3600  # raw samples for a day
+    bucket_seconds: float = 600  # then 10-minute averages
+    keep_seconds: float = 30 * 24 * 3600  # everything older than 30 days goes
+    events_seconds: float = 90 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -124,6 +149,69 @@ class History:
                 log.warning("could not read events from %s: %s", self.path, exc)
                 return list(self._memory)
         return [Event(t, k, m, json.loads(d) if d else None) for t, k, m, d in reversed(rows)]
+
+    def record_sample(self, values: dict[str, Any]) -> None:
+        """Store one tick's measurements (keys from SAMPLE_FIELDS; missing ones are NULL)."""
+        row = (self._clock(), *(values.get(name) for name in SAMPLE_FIELDS))
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._db.execute(
+                    f"INSERT INTO samples(time, {', '.join(SAMPLE_FIELDS)}) VALUES (?{', ?' * len(SAMPLE_FIELDS)})", row
+                )
+            except sqlite3.Error as exc:
+                log.warning("could not record a sample in %s: %s", self.path, exc)
+
+    def samples(self, since: float | None = None) -> list[dict[str, Any]]:
+        """Samples oldest first, raw and averaged rows alike (``span`` tells which)."""
+        with self._lock:
+            if self._db is None:
+                return []
+            query = f"SELECT time, span, {', '.join(SAMPLE_FIELDS)} FROM samples"
+            args: list[Any] = []
+            if since is not None:
+                query += " WHERE time >= ?"
+                args.append(since)
+            try:
+                rows = self._db.execute(query + " ORDER BY time", args).fetchall()
+            except sqlite3.Error as exc:
+                log.warning("could not read samples from %s: %s", self.path, exc)
+                return []
+        return [dict(zip(("time", "span", *SAMPLE_FIELDS), row)) for row in rows]
+
+    def compact(self, retention: Retention = Retention()) -> None:
+        """Average raw samples older than a day into buckets and drop what is past retention."""
+        now = self._clock()
+        bucket = retention.bucket_seconds
+        # Aligned to a bucket boundary, so every bucket is averaged once, whole.
+        raw_before = (now - retention.raw_seconds) // bucket * bucket
+        averages = ", ".join(f"AVG({name})" for name in NUMERIC_FIELDS)
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    f"""INSERT INTO samples(time, span, health, {', '.join(NUMERIC_FIELDS)})
+                        SELECT CAST(time / ? AS INTEGER) * ?, ?,
+                               -- the worst health seen in the bucket
+                               CASE MAX(CASE health WHEN 'down' THEN 3 WHEN 'unhealthy' THEN 2
+                                                    WHEN 'healthy' THEN 1 ELSE 0 END)
+                                    WHEN 3 THEN 'down' WHEN 2 THEN 'unhealthy' WHEN 1 THEN 'healthy' END,
+                               {averages}
+                        FROM samples WHERE span = 0 AND time < ?
+                        GROUP BY CAST(time / ? AS INTEGER)""",
+                    (bucket, bucket, bucket, raw_before, bucket),
+                )
+                self._db.execute("DELETE FROM samples WHERE span = 0 AND time < ?", (raw_before,))
+                self._db.execute("DELETE FROM samples WHERE time < ?", (now - retention.keep_seconds,))
+                self._db.execute("DELETE FROM events WHERE time < ?", (now - retention.events_seconds,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                log.warning("could not compact %s: %s", self.path, exc)
 
     def close(self) -> None:
         with self._lock:

@@ -23,6 +23,7 @@ from tray.config import Config
 from tray.core.health import Failure, Health, ProbeResult, TimeoutCounter, classify, is_dead
 from tray.core.restart import RestartPolicy, Verdict
 from tray.external import OllamaApp, SystemdService, app_running, systemd_active_state
+from tray.duties import DaemonDuties
 from tray.history import History
 from tray.resources import ResourceSample, ResourceSampler
 from tray.processes import OllamaNotInstalled
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 RECHECK_SECONDS = 2.0  # probe cadence while something is wrong
 WAKE_GAP_FACTOR = 3.0  # a tick gap this many intervals long means the machine slept
 ACTIONS = ("start", "stop", "restart", "unload", "check")
+
+STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
 Subscriber = Callable[[dict[str, Any]], None]
 
@@ -46,11 +49,13 @@ class Monitor:
         *,
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.supervisor = supervisor
         self.config = config
         self.history = history
         self.clock = clock
+        self.wall_clock = wall_clock
         self.policy = policy or RestartPolicy(max_attempts=config.auto_restart_attempts, rng=random.Random())
         self.timeouts = TimeoutCounter(threshold=3)
         supervisor.on_exit = self._on_server_exit
@@ -71,10 +76,13 @@ class Monitor:
         self.state = "starting"
         self.activity: dict[str, Any] | None = None
         self.next_retry_at: float | None = None
-        self.last_tick_at: float | None = None
+        self._last_tick: tuple[float, float, float] | None = None  # (monotonic end, wall end, next due)
         self.loaded_models: list[dict[str, Any]] = []
         self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
         self.sample: ResourceSample | None = None
+        self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS)
+        self._seen_server = supervisor.server
+        self._restarting_ourselves = False
         self._status: dict[str, Any] = self._build_status()
 
     # ------------------------------------------------------------------ public, any thread
@@ -162,15 +170,32 @@ class Monitor:
     def tick(self) -> float:
         """One health check and what follows from it; returns when the next check is due."""
         now = self.clock()
-        resumed = (
-            self.last_tick_at is not None
-            and now - self.last_tick_at > WAKE_GAP_FACTOR * max(self.config.health_check_interval, RECHECK_SECONDS)
-        )
-        self.last_tick_at = now
+        due = self._tick(now, resumed=self._slept(now))
+        self._last_tick = (self.clock(), self.wall_clock(), due)
+        return due
+
+    def _slept(self, now: float) -> bool:
+        """Did the machine sleep since the last check (the check ran far later than planned)?
+
+        The monotonic clock stops during suspend on some systems, so time the
+        wall clock saw and the monotonic clock did not counts as well.
+        """
+        if self._last_tick is None:
+            return False
+        ended, ended_wall, due = self._last_tick
+        limit = WAKE_GAP_FACTOR * max(self.config.health_check_interval, RECHECK_SECONDS)
+        unseen = (self.wall_clock() - ended_wall) - (now - ended)
+        return now - due > limit or unseen > limit
+
+    def _tick(self, now: float, resumed: bool) -> float:
         if self.state == "stopped":
             return self._tick_while_user_stopped(now)
         result = self.probe()
         self._observe(result, now)
+        self.duties.after_tick(now, str(self.health), result, self.sample, model_status=None)
+        if self.duties.leak_restart_wanted:
+            self.duties.leak_restart_wanted = False
+            return self._restart_if_allowed(now, "memory leak detected")
         if result.ok:
             return now + (self.config.health_check_interval if self.health is Health.HEALTHY else RECHECK_SECONDS)
         timeout_restart = self.timeouts.observe(result)
@@ -194,6 +219,7 @@ class Monitor:
             self.policy.reset()
             return now
         self.health = Health.DOWN
+        self.last_probe = STOPPED_PROBE
         self._publish()
         return now + self.config.health_check_interval
 
@@ -233,6 +259,8 @@ class Monitor:
 
     def _restart(self, now: float, reason: str, attempt: int) -> None:
         self.policy.record_attempt(now)
+        self.duties.note_restart(now)
+        self._restarting_ourselves = True
         self.state = "restarting"
         of = self.policy.max_attempts
         label = f"Restarting (attempt {attempt} of {of})" if attempt <= of else "Retrying Ollama"
@@ -306,7 +334,7 @@ class Monitor:
         is_loaded = any(_same_model(m.name, self.config.ollama_model) for m in loaded)
         budget = down_after if is_loaded else self.config.model_load_timeout
         self.inference_count += 1
-        return client.probe_inference(self.config.ollama_model, timeout=budget)
+        return client.probe_inference(self.config.ollama_model, timeout=budget, options=self.duties.probe_options)
 
     def _observe(self, result: ProbeResult, now: float) -> None:
         previous = self.health
@@ -317,6 +345,7 @@ class Monitor:
                 self.supervisor.adopt()
             else:
                 self.supervisor.track_runners()
+            self._note_server_identity(now)
         self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
         if result.ok:
             if self.health is Health.HEALTHY:
@@ -333,6 +362,22 @@ class Monitor:
             latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
             self.history.record("health", f"health {previous} -> {self.health} ({latency})")
         self._publish()
+
+    def _note_server_identity(self, now: float) -> None:
+        """A different server process answering, without the manager restarting it, is an unexpected restart."""
+        current = self.supervisor.server
+        if current is None or current == self._seen_server:
+            return
+        previous, self._seen_server = self._seen_server, current
+        if self._restarting_ourselves or previous is None:
+            self._restarting_ourselves = False
+            return
+        self.duties.note_restart(now)
+        self.history.record(
+            "unexpected_restart",
+            f"Ollama restarted without the manager asking (pid {previous.pid} -> {current.pid}); uptime reset",
+            {"old_pid": previous.pid, "new_pid": current.pid},
+        )
 
     # ------------------------------------------------------------------ commands
 
@@ -356,6 +401,7 @@ class Monitor:
         url = sup.host.url
         if action == "check":
             return f"Ollama is {self.health}"
+        self._restarting_ourselves = action in ("start", "restart") or self._restarting_ourselves
         if action == "start":
             sup.user_stop.clear()
             self.policy.reset()
@@ -376,6 +422,7 @@ class Monitor:
             self.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
             self.state = "stopped"
             self.health = Health.DOWN
+            self.last_probe = STOPPED_PROBE
             self._publish()
             return "Ollama stopped"
         if action == "restart":
@@ -421,7 +468,7 @@ class Monitor:
         probe = self.last_probe
         running = probe is not None and probe.ok
         sample = self.sample
-        uptime = int(time.monotonic() - sup.started_at) if running and sup.started_at else 0
+        uptime = int(time.time() - sup.server.create_time) if running and sup.server else 0
         next_retry = None if self.next_retry_at is None else max(0.0, self.next_retry_at - self.clock())
         return {
             "ollama_running": running,
@@ -443,7 +490,7 @@ class Monitor:
             "restart_attempts_max": self.policy.max_attempts,
             "next_retry_in": next_retry,
             "activity": self.activity,
-            "cloud_active": self.state == "failed",
+            "cloud_active": self.state == "failed" or self.duties.oom_wants_cloud,
             "loaded_models": list(self.loaded_models),
         }
 

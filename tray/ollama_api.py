@@ -120,13 +120,13 @@ class OllamaClient:
             return ProbeResult(False, latency, "api", Failure.BAD_RESPONSE, "not an Ollama answer"), None
         return ProbeResult(True, latency, "api"), names
 
-    def probe_inference(self, model: str, timeout: float) -> ProbeResult:
-        """The design notes' test inference: prompt "test", one output token."""
+    def probe_inference(self, model: str, timeout: float, options: dict[str, int] | None = None) -> ProbeResult:
+        """The design notes' test inference: prompt "test", one output token (plus any memory-saving options)."""
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "user", "content": PROBE_PROMPT}],
             "stream": False,
-            "options": {"num_predict": 1},
+            "options": {**(options or {}), "num_predict": 1},
         }
         started = time.monotonic()
         try:

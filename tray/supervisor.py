@@ -163,7 +163,6 @@ class Supervisor:
         self.external: ExternalSupervisor | None = None
         self.popen: subprocess.Popen[bytes] | None = None
         self.runners: set[ProcessRef] = set()
-        self.started_at: float | None = None  # monotonic time this server was started or adopted
         self.expected_exit = False
         self._lock = threading.RLock()
 
@@ -195,7 +194,6 @@ class Supervisor:
                 self.external = detect_supervisor(ref, self.platform) if ref else None
                 if self.popen is not None and (ref is None or ref.pid != self.popen.pid):
                     self.popen = None  # what answers is not the process we started
-                self.started_at = time.monotonic()
             self.track_runners()
 
     def track_runners(self) -> None:
@@ -250,7 +248,6 @@ class Supervisor:
             self._wait_ready(popen, plan.via_app)
             self.server = None
             self.adopt()
-            self.started_at = time.monotonic()
             outcome = StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
             self.history.record(
                 "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
@@ -312,7 +309,6 @@ class Supervisor:
             )
             self.server = None
             self.popen = None
-            self.started_at = None
             return outcome
 
     def _stop_process(self) -> StopOutcome:
@@ -414,7 +410,6 @@ class Supervisor:
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()
-        self.started_at = time.monotonic()
         self.history.record("restart", f"Ollama restarted through {owner.describe()}", {"reason": reason})
         return StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
 
