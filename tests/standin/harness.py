@@ -1,0 +1,284 @@
+"""Test helpers around the stand-in ``ollama`` executable.
+
+:class:`StandinEnv` builds an isolated environment under a temporary directory
+(home, XDG dirs, models dir, a free loopback port, a ``bin/ollama`` symlink first
+on PATH), starts ``ollama serve`` in it, sets faults, reads the stand-in's event
+log and, in :meth:`StandinEnv.cleanup`, kills every process the stand-in reported
+(checking create times, so a reused PID is never hit) and reaps what it can.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+STANDIN_DIR = Path(__file__).resolve().parent
+STANDIN_BIN = STANDIN_DIR / "ollama"
+CREATE_TIME_TOLERANCE_S = 2.0
+
+
+def free_port() -> int:
+    """A loopback TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _search_path(original: str) -> list[str]:
+    """PATH entries without any directory that holds an ``ollama``, this interpreter's directory first."""
+    entries = [str(Path(sys.executable).parent)] + original.split(os.pathsep)
+    kept: list[str] = []
+    for entry in entries:
+        if entry and entry not in kept and not (Path(entry) / "ollama").exists():
+            kept.append(entry)
+    return kept
+
+
+def same_process(pid: int, create_time: float | None) -> psutil.Process | None:
+    """The live (non-zombie) process with this PID, if it started at ``create_time``."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        if create_time is not None and abs(process.create_time() - create_time) > CREATE_TIME_TOLERANCE_S:
+            return None
+        return process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class StandinEnv:
+    """An isolated home for the stand-in: environment, directories, port, processes."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        blob_mb: float | None = None,
+        runner_mb: int | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.base_url = f"http://{self.host}"
+        self.models_dir = self.root / "models"
+        self.bin_dir = self.root / "bin"
+        self.control_file = self.root / "standin-control.json"
+        self.events_file = self.root / "standin-events.jsonl"
+        self.log_path = self.root / "serve.log"
+        self._faults: dict[str, Any] = {}
+        self._popens: list[subprocess.Popen[bytes]] = []
+        self.env = self._build_env(blob_mb, runner_mb, extra_env or {})
+
+    def _build_env(self, blob_mb: float | None, runner_mb: int | None, extra: Mapping[str, str]) -> dict[str, str]:
+        self.bin_dir.mkdir(parents=True, exist_ok=True)
+        link = self.bin_dir / "ollama"
+        if not link.exists():
+            link.symlink_to(STANDIN_BIN)
+        dirs = {
+            "HOME": self.root / "home",
+            "XDG_CONFIG_HOME": self.root / "xdg" / "config",
+            "XDG_DATA_HOME": self.root / "xdg" / "data",
+            "XDG_STATE_HOME": self.root / "xdg" / "state",
+            "XDG_CACHE_HOME": self.root / "xdg" / "cache",
+            "XDG_RUNTIME_DIR": self.root / "xdg" / "runtime",
+        }
+        for path in dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+        dirs["XDG_RUNTIME_DIR"].chmod(0o700)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("OLLAMA_")}
+        env.update({key: str(path) for key, path in dirs.items()})
+        env.update(
+            OLLAMA_HOST=self.host,
+            OLLAMA_MODELS=str(self.models_dir),
+            OLLAMA_STANDIN_CONTROL=str(self.control_file),
+            OLLAMA_STANDIN_EVENTS=str(self.events_file),
+            PATH=os.pathsep.join([str(self.bin_dir)] + _search_path(os.environ.get("PATH", ""))),
+        )
+        if blob_mb is not None:
+            env["OLLAMA_STANDIN_BLOB_MB"] = str(blob_mb)
+        if runner_mb is not None:
+            env["OLLAMA_STANDIN_RUNNER_MB"] = str(runner_mb)
+        env.update(extra)
+        return env
+
+    # faults
+
+    def set_faults(self, **faults: Any) -> None:
+        """Merge run-time faults into the control file (a value of None removes that fault)."""
+        for key, value in faults.items():
+            if value is None:
+                self._faults.pop(key, None)
+            else:
+                self._faults[key] = value
+        temp = self.control_file.with_suffix(".tmp")
+        temp.write_text(json.dumps(self._faults))
+        temp.replace(self.control_file)
+
+    def clear_faults(self) -> None:
+        """Remove every run-time fault."""
+        self._faults = {}
+        self.control_file.unlink(missing_ok=True)
+
+    # processes
+
+    def spawn_serve(self, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``ollama serve`` as a new process-group leader, stdout+stderr appended to :attr:`log_path`."""
+        env = dict(self.env, **(extra_env or {}))
+        with open(self.log_path, "ab") as log:
+            process = subprocess.Popen(
+                [str(self.bin_dir / "ollama"), "serve"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._popens.append(process)
+        return process
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until ``GET /`` answers ``Ollama is running``; fail early if the last serve exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._popens and self._popens[-1].poll() is not None:
+                raise RuntimeError(f"ollama serve exited with {self._popens[-1].returncode}:\n{self.log_text()}")
+            try:
+                response = httpx.get(self.base_url + "/", timeout=1.0, trust_env=False)
+                if response.status_code == 200 and response.text == "Ollama is running":
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"ollama serve not ready after {timeout} s:\n{self.log_text()}")
+
+    def ollama(
+        self,
+        *args: str,
+        timeout: float = 60.0,
+        input: str | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the CLI with this environment; output is captured as text."""
+        return subprocess.run(
+            [str(self.bin_dir / "ollama"), *args],
+            env=dict(self.env, **(extra_env or {})),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or self.root,
+        )
+
+    def log_text(self) -> str:
+        """Everything the serve processes wrote so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # API shortcuts
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        """An httpx client for the stand-in's base URL."""
+        return httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False)
+
+    def pull(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Pull through the HTTP API (``stream: false``); raises RuntimeError on an error answer."""
+        with self.client(timeout) as client:
+            response = client.post("/api/pull", json={"model": name, "stream": False})
+        body = response.json()
+        if response.status_code != 200 or "error" in body:
+            raise RuntimeError(f"pull {name} failed: {response.status_code} {body}")
+        return body
+
+    # events
+
+    def events(self) -> list[dict[str, Any]]:
+        """The stand-in's event log, one dict per complete line."""
+        if not self.events_file.exists():
+            return []
+        parsed = []
+        for line in self.events_file.read_text().splitlines():
+            try:
+                parsed.append(json.loads(line))
+            except ValueError:
+                continue
+        return parsed
+
+    def serve_pids(self) -> list[int]:
+        """PIDs of every serve that started listening."""
+        return [event["pid"] for event in self.events() if event["event"] == "serve_start"]
+
+    def runner_pids(self) -> list[int]:
+        """PIDs of every runner ever spawned."""
+        return [event["pid"] for event in self.events() if event["event"] == "runner_start"]
+
+    def alive_runner_pids(self) -> list[int]:
+        """Runners that still exist (not zombies, same create time as reported)."""
+        return [
+            event["pid"]
+            for event in self.events()
+            if event["event"] == "runner_start" and same_process(event["pid"], event.get("create_time"))
+        ]
+
+    # teardown
+
+    def cleanup(self) -> None:
+        """SIGKILL every live process the events name (and their children) plus our Popens; reap them."""
+        targets: dict[int, psutil.Process] = {}
+        for event in self.events():
+            if event["event"] in ("serve_start", "runner_start"):
+                process = same_process(event["pid"], event.get("create_time"))
+                if process is not None:
+                    targets[process.pid] = process
+        for popen in self._popens:
+            if popen.poll() is None:
+                process = same_process(popen.pid, None)
+                if process is not None:
+                    targets[process.pid] = process
+        for process in list(targets.values()):
+            try:
+                for child in process.children(recursive=True):
+                    targets.setdefault(child.pid, child)
+            except psutil.Error:
+                pass
+        for process in targets.values():
+            try:
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+            except psutil.Error:
+                pass
+        for popen in self._popens:
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        _wait_gone(list(targets.values()), timeout=10)
+
+
+def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:
+    """Wait until each process is gone or a zombie (orphans are reaped by init, not by us)."""
+    deadline = time.monotonic() + timeout
+    remaining = [p for p in processes if _running(p)]
+    while remaining and time.monotonic() < deadline:
+        time.sleep(0.02)
+        remaining = [p for p in remaining if _running(p)]
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie; ``is_running`` also rejects a PID reused by another process."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
