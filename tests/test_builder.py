@@ -803,7 +803,7 @@ def test_run_ensure_error_is_one_line_and_returns_1(env):
     )
     assert code == 1
     assert out.getvalue() == ""
-    assert err.getvalue() == f'error: {modelfile}:2: unterminated quote: no closing """ before the end of the file\n'
+    assert err.getvalue() == f'ollama-manager: {modelfile}:2: unterminated quote: no closing """ before the end of the file\n'
 
 
 def test_run_verify_exit_codes(env):

@@ -206,6 +206,84 @@ def _duration(seconds: int) -> str:
     return f"{hours}h {minutes}m" if hours else (f"{minutes}m {secs}s" if minutes else f"{secs}s")
 
 
+def install_default_modelfile(config: Config, paths: AppPaths) -> None:
+    """First run: copy the shipped uncensored.Modelfile to the config dir, where the user edits it."""
+    from importlib.resources import files
+
+    target = config.modelfile_path
+    if target.exists() or target != paths.config_dir / "uncensored.Modelfile":
+        return
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(files("tray").joinpath("data/uncensored.Modelfile").read_bytes())
+    except OSError as exc:
+        log.warning("could not install the default Modelfile at %s: %s", target, exc)
+
+
+def cmd_model(ctx: Context) -> int:
+    from tray.models import commands
+
+    args, config, paths = ctx.args, ctx.config, ctx.paths
+    install_default_modelfile(config, paths)
+    sup = ctx.supervisor()
+    common = {"models_dir": sup.models_dir, "state_dir": paths.state_dir}
+    quantize = getattr(args, "quantize", None) or config.model_quantize or None
+    if args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete):
+        if not sup.client.answers_as_ollama():
+            print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    if args.model_command == "ensure":
+        return commands.run_ensure(sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common)
+    if args.model_command == "rebuild":
+        return commands.run_rebuild(
+            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, full=True, **common
+        )
+    if args.model_command == "verify":
+        return commands.run_verify(config.ollama_model, full=args.full, **common)
+    if args.model_command == "list":
+        return commands.run_list(config.ollama_model, **common)
+    return commands.run_cleanup(sup.host.url, config.ollama_model, delete=args.delete, **common)
+
+
+def cmd_metrics(ctx: Context) -> int:
+    import time
+
+    since = time.time() - parse_since(ctx.args.since)
+    samples = ctx.history().samples(since=since)
+    if ctx.args.json:
+        print(json.dumps(samples, indent=2))
+        return 0
+    print(f"{'time':<25} {'health':<9} {'latency':>9} {'memory':>10} {'cpu':>6} {'gpu mem':>9}")
+    for row in samples:
+        from datetime import datetime, timezone
+
+        when = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="seconds")
+        print(
+            f"{when:<25} {row['health'] or '-':<9} {_num(row['latency_ms'], 'ms'):>9} "
+            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} {_num(row['gpu_memory_mb'], 'MB'):>9}"
+        )
+    return 0
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "-" if value is None else f"{value:.0f} {unit}"
+
+
+def parse_since(text: str) -> float:
+    """'90s', '15m', '1h', '7d' -> seconds.
+
+    >>> parse_since("1h"), parse_since("15m"), parse_since("2d")
+    (3600.0, 900.0, 172800.0)
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise CliError(f"--since must look like 90s, 15m, 1h or 7d, got {text!r}") from None
+
+
 def cmd_events(ctx: Context) -> int:
     history = ctx.history()
     events = history.events(limit=ctx.args.limit)
@@ -268,6 +346,7 @@ class running_services:
 
         paths = self.ctx.paths
         self.instance.acquire()
+        install_default_modelfile(self.ctx.config, paths)
         self.history = self.ctx.history()
         self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
         self.server = StatusServer(
@@ -314,6 +393,19 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="show restarts, health changes and errors")
     events.add_argument("--json", action="store_true", help="print JSON")
     events.add_argument("--limit", type=int, default=100, metavar="N", help="newest N events (default 100)")
+    metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
+    metrics.add_argument("--since", default="1h", help="how far back: 90s, 15m, 1h, 7d (default 1h)")
+    metrics.add_argument("--json", action="store_true", help="print JSON")
+    model = sub.add_parser("model", help="build, verify and repair the model")
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    model_sub.add_parser("ensure", help="build the model if it is missing or its Modelfile changed")
+    rebuild = model_sub.add_parser("rebuild", help="rebuild the model, repairing damaged files")
+    rebuild.add_argument("--quantize", metavar="Q", help="quantization, e.g. q4_K_M (for F16/F32 bases)")
+    verify = model_sub.add_parser("verify", help="check every file of the model against its digest")
+    verify.add_argument("--full", action="store_true", help="rehash everything, ignoring the cache")
+    model_sub.add_parser("list", help="list the installed models; the active one is marked")
+    cleanup = model_sub.add_parser("cleanup", help="report stale copies, unused files and partial downloads")
+    cleanup.add_argument("--delete", action="store_true", help="delete them")
     return parser
 
 
@@ -324,6 +416,8 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "status": cmd_status,
     "monitor": cmd_monitor,
     "events": cmd_events,
+    "metrics": cmd_metrics,
+    "model": cmd_model,
 }
 
 

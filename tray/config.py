@@ -76,6 +76,12 @@ class Config:
     status_port: int = field(
         default=11436, metadata=_help("Loopback port of the status API (0 = any free port)", minimum=0)
     )
+    model_quantize: str = field(
+        default="", metadata=_help("Quantization for builds from an F16/F32 base, e.g. 'q4_K_M' (empty: as the base)")
+    )
+    auto_build_model: bool = field(
+        default=True, metadata=_help("Build or repair the model automatically when it is missing, outdated or damaged")
+    )
     model_verify_interval: float = field(
         default=3600.0, metadata=_help("Seconds between model integrity checks", minimum=1)
     )

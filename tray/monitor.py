@@ -25,6 +25,8 @@ from tray.core.restart import RestartPolicy, Verdict
 from tray.external import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.duties import DaemonDuties
 from tray.history import History
+from tray.model_keeper import JOBS as MODEL_JOBS
+from tray.model_keeper import ModelKeeper
 from tray.resources import ResourceSample, ResourceSampler
 from tray.processes import OllamaNotInstalled
 from tray.supervisor import NotPermitted, PortInUse, StartFailed, Supervisor, SupervisorError
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 2.0  # probe cadence while something is wrong
 WAKE_GAP_FACTOR = 3.0  # a tick gap this many intervals long means the machine slept
-ACTIONS = ("start", "stop", "restart", "unload", "check")
+ACTIONS = ("start", "stop", "restart", "unload", "check", *MODEL_JOBS)
 
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
@@ -81,6 +83,15 @@ class Monitor:
         self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
         self.sample: ResourceSample | None = None
         self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS)
+        self.models = ModelKeeper(
+            config,
+            supervisor.host.url,
+            supervisor.models_dir,
+            supervisor.paths.state_dir,
+            history,
+            self._set_activity,
+            clock,
+        )
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
         self._status: dict[str, Any] = self._build_status()
@@ -107,6 +118,8 @@ class Monitor:
         if action not in ACTIONS:
             future.set_exception(ValueError(f"unknown action {action!r}"))
             return future
+        if action in MODEL_JOBS:
+            return self.models.request(action)  # builds take minutes: the keeper's own thread
         self._commands.put((action, future))
         self._wake.set()
         return future
@@ -122,6 +135,7 @@ class Monitor:
         return self.snapshot()
 
     def start(self) -> None:
+        self.models.start()
         self._thread = threading.Thread(target=self.run, name="monitor", daemon=True)
         self._thread.start()
 
@@ -130,6 +144,7 @@ class Monitor:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.models.stop()
 
     # ------------------------------------------------------------------ the loop
 
@@ -192,7 +207,8 @@ class Monitor:
             return self._tick_while_user_stopped(now)
         result = self.probe()
         self._observe(result, now)
-        self.duties.after_tick(now, str(self.health), result, self.sample, model_status=None)
+        self.models.on_tick(now, result.ok, self.model_present)
+        self.duties.after_tick(now, str(self.health), result, self.sample, model_status=self.models.status)
         if self.duties.leak_restart_wanted:
             self.duties.leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
@@ -492,6 +508,19 @@ class Monitor:
             "activity": self.activity,
             "cloud_active": self.state == "failed" or self.duties.oom_wants_cloud,
             "loaded_models": list(self.loaded_models),
+            "model_status": self.models.status,
+            "model_info": self._model_info(),
+        }
+
+    def _model_info(self) -> dict[str, Any] | None:
+        report = self.models.report
+        if report is None and self.models.last_verified is None:
+            return None
+        return {
+            "size": report.size if report else None,
+            "parameter_size": report.parameter_size if report else None,
+            "quantization": report.quantization if report else None,
+            "last_verified": self.models.last_verified,
         }
 
     def _publish(self) -> None:

@@ -111,7 +111,13 @@ def format_rate(rate: float | None) -> str:
 
 
 def _label(event: ProgressEvent) -> str:
-    return f"{event.phase} {event.detail}".strip()
+    """Phase and detail, without saying the phase twice ("pulling pulling manifest")."""
+    detail = event.detail.strip()
+    if not detail:
+        return event.phase
+    if detail.split()[0] == event.phase:
+        return detail
+    return f"{event.phase} {detail}"
 
 
 def format_plain_line(event: ProgressEvent, rate: float | None) -> str:

@@ -1,6 +1,6 @@
 """``ollama-manager model ...`` subcommands: plain parameters in, text out, an exit code back.
 
-Exit codes: 0 success, 1 failure (one ``error: ...`` line), 2 verification
+Exit codes: 0 success, 1 failure (one ``ollama-manager: ...`` line), 2 verification
 found damage. Progress goes to ``err`` (stderr by default), results to ``out``.
 """
 
@@ -36,7 +36,7 @@ def _streams(out: TextIO | None, err: TextIO | None) -> tuple[TextIO, TextIO]:
 
 
 def _fail(err: TextIO, exc: ModelError) -> int:
-    err.write(f"error: {exc}\n")
+    err.write(f"ollama-manager: {exc}\n")
     return EXIT_FAILED
 
 

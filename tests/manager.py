@@ -1,0 +1,112 @@
+"""Running ``ollama-manager`` as a real process against the stand-in Ollama.
+
+The manager is pointed at the stand-in the way a user points it at a real
+install: ``ollama`` first on PATH, OLLAMA_HOST and OLLAMA_MODELS, with its
+own config/state dirs through the XDG variables of the stand-in's env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FAST_SETTINGS = {
+    "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "0.5",
+    "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "0.5",
+    "OLLAMA_MANAGER_STOP_TIMEOUT": "1",
+    "OLLAMA_MANAGER_STARTUP_TIMEOUT": "10",
+    "OLLAMA_MANAGER_STATUS_PORT": "0",
+    # Supervision tests do not build the model; the model tests turn it back on.
+    "OLLAMA_MANAGER_AUTO_BUILD_MODEL": "false",
+}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Manager:
+    """The CLI and a background ``monitor`` process, with everything reaped at the end."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env = {**env, **FAST_SETTINGS}
+        self.workdir = workdir
+        self.monitors: list[subprocess.Popen[str]] = []
+
+    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tray", *args],
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+        )
+
+    def status(self) -> dict[str, Any]:
+        done = self.run("status", "--json")
+        return dict(json.loads(done.stdout))
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.run("events", "--json", "--limit", "1000").stdout))
+
+    def spawn_monitor(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        log = open(self.workdir / f"monitor-{len(self.monitors)}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tray", "monitor"],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        log.close()
+        self.monitors.append(proc)
+        return proc
+
+    def monitor_log(self, index: int = 0) -> str:
+        return (self.workdir / f"monitor-{index}.log").read_text()
+
+    def api_status(self) -> dict[str, Any] | None:
+        state_home = Path(self.env["XDG_STATE_HOME"])
+        try:
+            info = json.loads((state_home / "ollama-manager" / "monitor.json").read_text())
+            return dict(httpx.get(f"http://127.0.0.1:{info['port']}/api/status", timeout=5).json())
+        except (OSError, ValueError, KeyError, httpx.HTTPError):
+            return None
+
+    def wait_monitor_ready(self, timeout: float = 20) -> dict[str, Any]:
+        return wait_until(
+            lambda: (s := self.api_status()) and s["state"] == "running" and s["health"] == "healthy" and s,
+            timeout,
+            what="the monitor to report a healthy Ollama",
+        )
+
+    def cleanup(self) -> None:
+        for proc in self.monitors:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(10)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    proc.kill()
+                    proc.wait(5)

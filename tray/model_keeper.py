@@ -1,0 +1,186 @@
+"""Keeps the user's model built, current and intact, in its own thread.
+
+Builds and pulls take minutes; they run here so the monitor's health checks
+go on meanwhile. The monitor calls :meth:`ModelKeeper.on_tick` after each
+check; the keeper decides (ensure once the server answers, verify every
+``model_verify_interval``, repair a deleted or damaged model) and records
+each outcome as an event.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tray.config import Config
+from tray.history import History
+from tray.models import builder
+from tray.models.errors import ModelError
+from tray.progress import ProgressEvent
+
+log = logging.getLogger(__name__)
+
+JOBS = ("ensure", "rebuild", "verify")
+ActivitySink = Callable[[str | None, str, float | None], None]
+
+
+def activity_text(event: ProgressEvent) -> tuple[str, str, float | None]:
+    """The tray's activity (kind, text, fraction) for a build progress event.
+
+    >>> activity_text(ProgressEvent("pulling", "sha256:ab", 45, 100))
+    ('pull', 'Pulling base model 45 %', 0.45)
+    >>> activity_text(ProgressEvent("creating", "writing manifest"))
+    ('build', 'Building model', None)
+    """
+    kind, label = {
+        "pulling": ("pull", "Pulling base model"),
+        "hashing": ("verify", "Verifying model"),
+        "verifying": ("verify", "Verifying model"),
+        "uploading": ("build", "Uploading model files"),
+    }.get(event.phase, ("build", "Building model"))
+    fraction = event.fraction
+    return kind, label if fraction is None else f"{label} {int(fraction * 100)} %", fraction
+
+
+class ModelKeeper:
+    def __init__(
+        self,
+        config: Config,
+        base_url: str,
+        models_dir: Path,
+        state_dir: Path,
+        history: History,
+        set_activity: ActivitySink,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.base_url = base_url
+        self.models_dir = models_dir
+        self.state_dir = state_dir
+        self.history = history
+        self.set_activity = set_activity
+        self.clock = clock
+        self.status: str | None = None  # "ok", "missing", "corrupt" (what the alert rules read)
+        self.report: builder.ModelReport | None = None
+        self.last_verified: float | None = None  # wall time of the last integrity check
+        self._ensured = False
+        self._was_present = False
+        self._next_verify: float | None = None
+        self._jobs: queue.Queue[tuple[str, concurrent.futures.Future[str]] | None] = queue.Queue()
+        self._busy = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="model-keeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(5)
+
+    @property
+    def busy(self) -> bool:
+        return self._busy.is_set()
+
+    def request(self, job: str) -> concurrent.futures.Future[str]:
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        if job not in JOBS:
+            future.set_exception(ValueError(f"unknown model job {job!r}"))
+        else:
+            self._jobs.put((job, future))
+        return future
+
+    # ------------------------------------------------------------------ decisions (monitor thread)
+
+    def on_tick(self, now: float, server_ok: bool, model_present: bool) -> None:
+        """After a health check: decide what the model needs, if anything."""
+        if not server_ok or self.busy or not self._jobs.empty():
+            return
+        if self._was_present and not model_present:
+            self.status = "missing"
+            self.history.record("model_missing", f"model {self.config.ollama_model} was deleted or is no longer listed")
+        self._was_present = model_present
+        if not self.config.auto_build_model:
+            return
+        if not self._ensured or (self.status == "missing" and not model_present):
+            self._ensured = True
+            self.request("ensure")
+        elif self._next_verify is None or now >= self._next_verify:
+            self._next_verify = now + self.config.model_verify_interval
+            self.request("verify")
+
+    # ------------------------------------------------------------------ work (keeper thread)
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            self._busy.set()
+            try:
+                future.set_result(getattr(self, f"_{job}")())
+            except ModelError as exc:
+                self.history.record("model_error", f"{job} of {self.config.ollama_model} failed: {exc}")
+                future.set_exception(exc)
+            except Exception as exc:  # reported to the caller; the keeper goes on
+                log.exception("model %s failed", job)
+                future.set_exception(exc)
+            finally:
+                self._busy.clear()
+                self.set_activity(None, "", None)
+
+    def _progress(self, event: ProgressEvent) -> None:
+        self.set_activity(*activity_text(event))
+
+    def _build_args(self) -> dict[str, object]:
+        return {
+            "models_dir": self.models_dir,
+            "state_dir": self.state_dir,
+            "quantize": self.config.model_quantize or None,
+            "progress": self._progress,
+        }
+
+    def _ensure(self) -> str:
+        self.set_activity("build", "Checking model", None)
+        report = builder.ensure_model_loaded(
+            self.base_url, self.config.ollama_model, self.config.modelfile_path, **self._build_args()  # type: ignore[arg-type]
+        )
+        return self._built(report)
+
+    def _rebuild(self) -> str:
+        self.set_activity("build", "Rebuilding model", None)
+        report = builder.rebuild(
+            self.base_url, self.config.ollama_model, self.config.modelfile_path, full=True, **self._build_args()  # type: ignore[arg-type]
+        )
+        return self._built(report)
+
+    def _built(self, report: builder.ModelReport) -> str:
+        self.report = report
+        self.status = "ok" if report.ok else self.status
+        self._was_present = True
+        if report.action != "none":
+            kind = "model_repaired" if report.repaired else "model_built"
+            self.history.record(kind, report.summary(), {"reason": report.reason})
+        return report.summary()
+
+    def _verify(self) -> str:
+        self.set_activity("verify", "Verifying model", None)
+        result = builder.verify(
+            self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
+        )
+        self.last_verified = time.time()
+        if result.ok:
+            self.status = "ok"
+            return result.summary()
+        self.status = "corrupt" if result.corrupt else "missing"
+        self.history.record("model_corrupt", result.summary())
+        if self.config.auto_build_model:
+            return self._rebuild()
+        return result.summary()
