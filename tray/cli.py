@@ -24,7 +24,9 @@ from tray.config import Config, ConfigError, load_config
 from tray.history import History
 from tray.instance import AlreadyRunning, SingleInstance
 from tray.logs import setup_logging
+from tray.controller import notify_events
 from tray.monitor import Monitor
+from tray.notify import Notifier
 from tray.paths import AppPaths
 from tray.processes import OllamaNotInstalled
 from tray.supervisor import Supervisor, SupervisorError
@@ -312,7 +314,6 @@ def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
     from tray.autostart import autostart_for
     from tray.controller import MonitorController
-    from tray.notify import Notifier
     from tray.ui.app import TrayApp, no_tray_message, tray_available
 
     setup_logging(ctx.paths.app_log)
@@ -323,7 +324,7 @@ def cmd_tray(ctx: Context) -> int:
         notifier.notify("Ollama Manager", message)
         raise CliError(message)
     try:
-        with running_services(ctx) as services:
+        with running_services(ctx, notifier) as services:
             controller = MonitorController(
                 services.monitor, ctx.config, ctx.paths, services.history, notifier, autostart_for()
             )
@@ -337,8 +338,9 @@ def cmd_tray(ctx: Context) -> int:
 class running_services:
     """Single-instance lock, monitor thread and status API, torn down in order."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, notifier: "Notifier | None" = None) -> None:
         self.ctx = ctx
+        self.notifier = notifier
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
 
     def __enter__(self) -> "running_services":
@@ -348,6 +350,7 @@ class running_services:
         self.instance.acquire()
         install_default_modelfile(self.ctx.config, paths)
         self.history = self.ctx.history()
+        notify_events(self.history, self.notifier or Notifier(enabled=self.ctx.config.notifications))
         self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
         self.server = StatusServer(
             self.monitor, self.history, load_or_create_token(paths.api_token), self.ctx.config.status_port

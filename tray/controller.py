@@ -23,10 +23,29 @@ log = logging.getLogger(__name__)
 # Events worth a desktop notification, with their title.
 NOTIFY_EVENTS = {
     "crash": "Ollama crashed",
+    "unexpected_restart": "Ollama restarted unexpectedly",
     "gave_up": "Ollama is down",
     "external": "Ollama is managed elsewhere",
     "error": "Ollama Manager",
+    "alert": "Ollama alert",
+    "oom": "Ollama memory",
+    "model_missing": "Model missing",
+    "model_corrupt": "Model damaged",
+    "model_repaired": "Model repaired",
+    "model_error": "Model problem",
 }
+
+
+def notify_events(history: History, notifier: Notifier) -> None:
+    """Turn the events worth it into desktop notifications (rate-limited per kind by the notifier)."""
+
+    def on_event(event: Event) -> None:
+        title = NOTIFY_EVENTS.get(event.kind)
+        if title is not None:
+            key = event.kind + ":" + str((event.data or {}).get("kind", ""))
+            notifier.notify(title, event.message, key=key)
+
+    history.subscribe(on_event)
 
 
 def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
@@ -59,7 +78,6 @@ class MonitorController:
         self.notifier = notifier
         self.autostart = autostart
         self.stop_ollama_on_quit = config.stop_ollama_on_quit
-        history.subscribe(self._on_event)
 
     def snapshot(self) -> dict[str, Any]:
         return self.monitor.snapshot()
@@ -94,8 +112,3 @@ class MonitorController:
 
     def notify(self, title: str, message: str) -> None:
         self.notifier.notify(title, message)
-
-    def _on_event(self, event: Event) -> None:
-        title = NOTIFY_EVENTS.get(event.kind)
-        if title is not None:
-            self.notifier.notify(title, event.message, key=event.kind)
