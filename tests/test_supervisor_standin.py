@@ -215,3 +215,16 @@ def test_events_survive_a_crash_of_the_manager(manager, standin):
     assert all(set(e) >= {"time", "kind", "message"} for e in events)
     kinds = [e["kind"] for e in events]
     assert "crash" in kinds and "restart" in kinds
+
+
+def test_an_unwritable_log_dir_does_not_stop_supervision(manager, standin):
+    log_dir = os.path.join(standin.env["XDG_STATE_HOME"], "ollama-manager", "log")
+    os.makedirs(os.path.dirname(log_dir), exist_ok=True)
+    with open(log_dir, "w") as blocker:  # a file where the log dir should be
+        blocker.write("not a directory")
+    manager.spawn_monitor()
+    manager.wait_monitor_ready()
+    os.kill(serve_starts(standin)[0]["pid"], signal.SIGKILL)
+    wait_until(lambda: len(serve_starts(standin)) == 2, 15, what="the restart")
+    manager.wait_monitor_ready()
+    assert manager.monitors[0].poll() is None
