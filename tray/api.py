@@ -1,6 +1,8 @@
 """The design notes' functions, importable from one module.
 
-    from tray.api import is_ollama_running, start_ollama, health_check, auto_restart, get_status
+    from tray.api import (
+        is_ollama_running, start_ollama, ensure_model_loaded, health_check, auto_restart, get_status,
+    )
 
 Each reads the user's settings (or takes a ``Config``), acts once and
 returns what the design notes show. They are for scripts and direct callers;
@@ -44,6 +46,37 @@ def start_ollama(config: Config | None = None) -> bool:
         return True
     except (SupervisorError, OllamaNotInstalled) as exc:
         sup.history.record("error", f"start_ollama failed: {exc}")
+        return False
+    finally:
+        sup.close()
+
+
+def ensure_model_loaded(model_name: str | None = None, config: Config | None = None) -> bool:
+    """True when the model is available for inference: built from the current Modelfile if needed.
+
+    Starts Ollama first when it is not running; pulls the base model when it
+    is not local; confirms the model is listed and answers a test inference.
+    """
+    from tray.cli import install_default_modelfile
+    from tray.models.builder import ensure_model_loaded as ensure
+    from tray.models.errors import ModelError
+
+    sup = _supervisor(config)
+    try:
+        install_default_modelfile(sup.config, sup.paths)
+        if not sup.client.answers_as_ollama():
+            sup.start(reason="model")
+        report = ensure(
+            sup.host.url,
+            model_name or sup.config.ollama_model,
+            sup.config.modelfile_path,
+            models_dir=sup.models_dir,
+            state_dir=sup.paths.state_dir,
+            quantize=sup.config.model_quantize or None,
+        )
+        return report.ok
+    except (ModelError, SupervisorError, OllamaNotInstalled) as exc:
+        sup.history.record("model_error", f"ensure_model_loaded failed: {exc}")
         return False
     finally:
         sup.close()
