@@ -228,3 +228,21 @@ def test_an_unwritable_log_dir_does_not_stop_supervision(manager, standin):
     wait_until(lambda: len(serve_starts(standin)) == 2, 15, what="the restart")
     manager.wait_monitor_ready()
     assert manager.monitors[0].poll() is None
+
+
+def test_start_names_a_hung_ollama_instead_of_calling_it_foreign(manager, standin):
+    serve = standin.spawn_serve()
+    standin.wait_ready()
+    os.kill(serve.pid, signal.SIGSTOP)
+    try:
+        done = manager.run("start")
+        assert done.returncode == 1
+        assert done.stderr == (
+            f"ollama-manager: Ollama (pid {serve.pid}) holds port {standin.port} but does not answer: "
+            "run `ollama-manager restart`\n"
+        )
+        restarted = manager.run("restart")
+        assert restarted.returncode == 0, restarted.stderr
+        assert "(started, pid" in restarted.stdout
+    finally:
+        os.kill(serve.pid, signal.SIGCONT)

@@ -211,6 +211,11 @@ class Supervisor:
     def _check_port_free(self) -> None:
         answer = self.client.answers_as_ollama()
         pid = listening_pid(self.host.port)
+        if answer is False and server_on_port(self.host.port) is not None:
+            raise StartFailed(
+                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: "
+                "run `ollama-manager restart`"
+            )
         if answer is False or (answer is None and pid is not None):
             raise PortInUse(
                 f"port {self.host.port} is in use by {describe_process(pid)}, which is not Ollama: "
@@ -364,8 +369,8 @@ class Supervisor:
     def restart(self, reason: str) -> StartOutcome:
         """Stop and start again; through the owning supervisor when there is one."""
         with self._lock:
-            if self.server is None and self.popen is None and self.client.answers_as_ollama():
-                self.adopt()
+            if self.server is None and self.popen is None:
+                self.adopt()  # whatever Ollama is on the port, answering or hung
             owner = self.external
             if owner is not None:
                 return self._restart_external(owner, reason)
