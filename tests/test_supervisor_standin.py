@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -246,3 +247,19 @@ def test_start_names_a_hung_ollama_instead_of_calling_it_foreign(manager, standi
         assert "(started, pid" in restarted.stdout
     finally:
         os.kill(serve.pid, signal.SIGCONT)
+
+
+def test_metrics_prints_the_recorded_samples(manager, standin):
+    manager.spawn_monitor()
+    manager.wait_monitor_ready()
+    wait_until(lambda: len(json.loads(manager.run("metrics", "--json").stdout)) >= 3, 20, what="three samples")
+    samples = json.loads(manager.run("metrics", "--since", "5m", "--json").stdout)
+    latest = samples[-1]
+    assert latest["health"] == "healthy" and latest["span"] == 0
+    assert 0 < latest["latency_ms"] < 500 and latest["memory_mb"] > 5
+    table = manager.run("metrics").stdout.splitlines()
+    assert table[0].split() == ["time", "health", "latency", "memory", "cpu", "gpu", "mem"]
+    assert "healthy" in table[-1]
+    bad = manager.run("metrics", "--since", "yesterday")
+    assert bad.returncode == 1
+    assert bad.stderr == "ollama-manager: --since must look like 90s, 15m, 1h or 7d, got 'yesterday'\n"
