@@ -29,7 +29,7 @@ from tray.model_keeper import JOBS as MODEL_JOBS
 from tray.model_keeper import ModelKeeper
 from tray.resources import ResourceSample, ResourceSampler
 from tray.processes import OllamaNotInstalled
-from tray.supervisor import NotPermitted, PortInUse, StartFailed, Supervisor, SupervisorError
+from tray.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger(__name__)
 

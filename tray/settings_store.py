@@ -6,13 +6,12 @@ comment); the file is replaced atomically so a crash never leaves half a file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
+from tray.atomic import write_atomically
 from tray.config import ConfigError
 
 
@@ -35,21 +34,4 @@ def set_config_value(path: Path, key: str, value: Any) -> None:
             table[section] = tomlkit.table()
         table = table[section]
     table[name] = value
-    write_atomically(path, tomlkit.dumps(document))
-
-
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, tomlkit.dumps(document).encode("utf-8"))

@@ -13,7 +13,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import threading
 from pathlib import Path
@@ -25,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tray.atomic import write_atomically
 from tray.history import History
 from tray.monitor import ACTIONS, Monitor
 
@@ -42,12 +42,7 @@ def load_or_create_token(path: Path) -> str:
     except OSError:
         pass
     token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
-    os.replace(tmp, path)
+    write_atomically(path, token.encode("ascii"), mode=0o600)
     return token
 
 
@@ -161,7 +156,4 @@ class StatusServer:
 
 
 def write_monitor_file(path: Path, pid: int, port: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": pid, "port": port}))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"))

@@ -29,9 +29,11 @@ from pathlib import Path
 
 import psutil
 
+from tray.atomic import write_atomically
 from tray.config import Config
 from tray.external import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.history import History
+from tray.models.store import default_models_dir
 from tray.ollama_api import OllamaClient
 from tray.paths import AppPaths
 from tray.processes import (
@@ -98,12 +100,6 @@ def tail_lines(path: Path, count: int = 20, max_bytes: int = 16384) -> list[str]
     return [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()][-count:]
 
 
-def default_models_dir(env: Mapping[str, str]) -> Path:
-    if env.get("OLLAMA_MODELS"):
-        return Path(env["OLLAMA_MODELS"]).expanduser()
-    return Path(env.get("HOME") or Path.home()) / ".ollama" / "models"
-
-
 class UserStop:
     """The user's stop, remembered until they start Ollama again (or the machine reboots)."""
 
@@ -112,10 +108,7 @@ class UserStop:
 
     def set(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"time": time.time(), "boot_time": psutil.boot_time()}))
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps({"time": time.time(), "boot_time": psutil.boot_time()}).encode())
         except OSError as exc:
             log.warning("could not remember the user's stop in %s: %s", self.path, exc)
 
@@ -155,7 +148,7 @@ class Supervisor:
         self.platform = platform
         self.host = config.host
         self.client = OllamaClient(self.host.url)
-        self.models_dir = default_models_dir(self.env)
+        self.models_dir = default_models_dir(self.env, home=Path(self.env.get("HOME") or Path.home()))
         self.user_stop = UserStop(paths.user_stop_file)
         self.on_exit = on_exit  # called from a watcher thread when a server we started exits
 
