@@ -395,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="show restarts, health changes and errors")
     events.add_argument("--json", action="store_true", help="print JSON")
     events.add_argument("--limit", type=int, default=100, metavar="N", help="newest N events (default 100)")
+    doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
     metrics.add_argument("--since", default="1h", help="how far back: 90s, 15m, 1h, 7d (default 1h)")
     metrics.add_argument("--json", action="store_true", help="print JSON")
@@ -426,6 +428,10 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "doctor":  # before the settings are read, so a broken config file does not stop it
+        from tray.doctor import doctor_command
+
+        return doctor_command(as_json=args.json, config_path=args.config)
     try:
         ctx = Context(args)
         if args.command is None:

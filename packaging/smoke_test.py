@@ -1,0 +1,507 @@
+"""Smoke-test a built bundle: ``python packaging/smoke_test.py [--dist dist]``.
+
+Runs the frozen executable, never the source tree, with its own temporary
+HOME and XDG folders:
+
+1. ``--version`` prints the package version;
+2. ``doctor --json`` reports a frozen app that loaded its tray backend,
+   plyer, NVML bindings, jeepney (Linux), the default Modelfile and the icon,
+   and whose start-at-login command points into the bundle;
+3. ``status --json`` with no Ollama answers ``ollama_running: false``, exit 3;
+4. (Linux, macOS) ``monitor`` against the stand-in Ollama from
+   ``tests/standin``: it starts ``ollama serve``, the serve gets the user's
+   environment (not the bundle's library path), ``status --json`` sees it,
+   and after ``kill -9`` the monitor starts a new one;
+5. the tray (no arguments) runs for a few seconds, under Xvfb + openbox +
+   tint2 on Linux, and its log holds no import error; on Linux its icon
+   must show in the panel.
+
+Exit status 0 when every check passed; each failure is one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+IMPORT_ERROR_MARKERS = ("ModuleNotFoundError", "ImportError", "No module named", "Traceback (most recent call last)")
+STATUS_NOT_RUNNING_EXIT = 3
+PANEL_BACKGROUND = (0x20, 0x20, 0x20)  # tests/xdesktop.py's tint2 panel colour
+
+FAST_SETTINGS = {
+    "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "0.5",
+    "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "0.5",
+    "OLLAMA_MANAGER_STOP_TIMEOUT": "1",
+    "OLLAMA_MANAGER_STARTUP_TIMEOUT": "10",
+    "OLLAMA_MANAGER_STATUS_PORT": "0",
+}
+
+
+def load_sibling(name: str) -> ModuleType:
+    """Import ``packaging/<name>.py`` by path (the folder is not a package)."""
+    module_name = f"ollama_manager_packaging_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class SmokeFailure(Exception):
+    """A check failed; ``str()`` is one line."""
+
+
+# --- judging (pure) -------------------------------------------------------------------
+
+
+def expected_tray_backends(platform: str) -> tuple[str, ...]:
+    """pystray backends a bundle for ``platform`` may load when a tray exists."""
+    if platform == "darwin":
+        return ("darwin",)
+    if platform == "win32":
+        return ("win32",)
+    return ("appindicator", "gtk", "xorg")
+
+
+def is_inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (both made absolute, no symlinks resolved)."""
+    try:
+        Path(path).absolute().relative_to(folder.absolute())
+    except ValueError:
+        return False
+    return True
+
+
+def doctor_problems(
+    report: Mapping[str, str], *, platform: str, version: str | None, bundle_dir: Path, tray_expected: bool
+) -> list[str]:
+    """What is wrong with a frozen app's ``doctor --json`` report; empty when nothing is.
+
+    ``tray_expected``: a tray host runs (a desktop session), so a tray
+    backend must have loaded.
+    """
+    problems: list[str] = []
+
+    def bundled(label: str) -> None:
+        value = report.get(label, "")
+        if value == "not bundled" or value.endswith("(missing)") or not value:
+            problems.append(f"{label} is not in the bundle: {value or 'no such line'}")
+
+    if version is not None and report.get("version") != f"ollama-manager {version}":
+        problems.append(f"version is {report.get('version')!r}, expected 'ollama-manager {version}'")
+    if not report.get("frozen", "").startswith("yes (PyInstaller bundle in "):
+        problems.append(f"not running frozen: {report.get('frozen')!r}")
+    launch = shlex.split(report.get("start at login runs", ""))
+    if len(launch) != 1 or not is_inside(launch[0], bundle_dir):
+        problems.append(f"start at login runs {launch} instead of the bundle's executable in {bundle_dir}")
+    backend = report.get("tray backend", "")
+    if tray_expected and backend.split(" ", 1)[0] not in expected_tray_backends(platform):
+        problems.append(f"tray backend: {backend}")
+    notifier = report.get("notifier", "")
+    plyer_loaded = notifier.startswith("plyer ") and not notifier.startswith("plyer unavailable")
+    if platform != "darwin" and not plyer_loaded:
+        problems.append(f"notifier: {notifier}")  # plyer's macOS backend needs pyobjus; osascript stands in
+    if platform == "darwin" and "osascript" not in report.get("notifier fallbacks", ""):
+        problems.append(f"notifier fallbacks: {report.get('notifier fallbacks')}")
+    if report.get("nvml", "").startswith("not available"):
+        problems.append(f"nvml: {report.get('nvml')}")
+    if platform.startswith("linux") and not report.get("jeepney", "").startswith("present"):
+        problems.append(f"jeepney: {report.get('jeepney')}")
+    bundled("default modelfile")
+    bundled("icon")
+    return problems
+
+
+def import_errors(log_text: str) -> list[str]:
+    """Lines of a log that show an import error or a traceback."""
+    return [line.strip() for line in log_text.splitlines() if any(marker in line for marker in IMPORT_ERROR_MARKERS)]
+
+
+def differs_from(rgb: tuple[int, int, int], background: tuple[int, int, int], tolerance: int = 40) -> bool:
+    """Whether a pixel is clearly not the panel background."""
+    return sum(abs(a - b) for a, b in zip(rgb, background, strict=True)) > tolerance
+
+
+# --- running the bundle (side effects) -------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something true; SmokeFailure after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SmokeFailure(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def isolated_env(root: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` with HOME, the XDG folders and the Windows app-data folders under ``root``."""
+    env = dict(os.environ if base is None else base)
+    folders = {
+        "HOME": root / "home",
+        "USERPROFILE": root / "home",
+        "APPDATA": root / "appdata" / "roaming",
+        "LOCALAPPDATA": root / "appdata" / "local",
+        "XDG_CONFIG_HOME": root / "xdg" / "config",
+        "XDG_DATA_HOME": root / "xdg" / "data",
+        "XDG_STATE_HOME": root / "xdg" / "state",
+        "XDG_CACHE_HOME": root / "xdg" / "cache",
+    }
+    for path in folders.values():
+        path.mkdir(parents=True, exist_ok=True)
+    env.update({name: str(path) for name, path in folders.items()})
+    return env
+
+
+@dataclass
+class Bundle:
+    """A built bundle's executables."""
+
+    dir: Path
+    cli: Path
+    gui: Path
+    platform: str
+
+    @classmethod
+    def in_dist(cls, dist: Path, platform: str = sys.platform) -> Bundle:
+        """The bundle ``build.py`` left in ``dist``; SmokeFailure when it is not there."""
+        layout = load_sibling("info").bundle_layout(platform)
+        bundle = cls(dist / layout.bundle_dir, dist / layout.cli_executable, dist / layout.gui_executable, platform)
+        if not bundle.cli.is_file():
+            raise SmokeFailure(f"no bundle at {bundle.cli}: run python packaging/build.py first")
+        return bundle
+
+    def run(self, *args: str, env: Mapping[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run the command-line executable to completion."""
+        return subprocess.run(
+            [str(self.cli), *args],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            cwd=env.get("HOME"),
+            check=False,
+        )
+
+    @contextmanager
+    def background(
+        self, args: Sequence[str], env: Mapping[str, str], log: Path, gui: bool = False
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """Start the bundle in its own process group; stop (TERM, then KILL) and reap it on exit."""
+        executable = self.gui if gui else self.cli
+        with log.open("wb") as output:
+            process = subprocess.Popen(
+                [str(executable), *args],
+                env=dict(env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=env.get("HOME"),
+                start_new_session=os.name == "posix",
+            )
+        try:
+            yield process
+        finally:
+            stop_process(process)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """TERM the process (its group on POSIX), KILL it after ``timeout`` s, and reap it."""
+    if process.poll() is None:
+        if os.name == "posix":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            if os.name == "posix":
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.kill()
+            process.wait(10)
+
+
+class Report:
+    """Prints each check as it passes."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+
+    def ok(self, what: str) -> None:
+        self.passed += 1
+        print(f"ok   {what}", flush=True)
+
+
+def installed_version() -> str | None:
+    """The version the source tree is installed as (what the bundle must report)."""
+    try:
+        return importlib.metadata.version("ollama-manager")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_version(bundle: Bundle, env: Mapping[str, str], version: str | None, report: Report) -> None:
+    done = bundle.run("--version", env=env)
+    expected = f"ollama-manager {version}" if version else "ollama-manager "
+    if done.returncode != 0 or not done.stdout.strip().startswith(expected):
+        raise SmokeFailure(f"--version exited {done.returncode} with {done.stdout.strip() or done.stderr.strip()!r}")
+    report.ok(f"--version: {done.stdout.strip()}")
+
+
+def run_doctor(bundle: Bundle, env: Mapping[str, str]) -> dict[str, str]:
+    done = bundle.run("doctor", "--json", env=env)
+    if done.returncode != 0:
+        raise SmokeFailure(f"doctor exited {done.returncode}: {done.stderr.strip().splitlines()[-1:] or ''}")
+    try:
+        return dict(json.loads(done.stdout))
+    except ValueError:
+        raise SmokeFailure(f"doctor --json printed no JSON: {done.stdout[:200]!r}") from None
+
+
+def check_doctor(
+    bundle: Bundle, env: Mapping[str, str], version: str | None, report: Report, tray_expected: bool
+) -> dict[str, str]:
+    doctor = run_doctor(bundle, env)
+    problems = doctor_problems(
+        doctor, platform=bundle.platform, version=version, bundle_dir=bundle.dir, tray_expected=tray_expected
+    )
+    if problems:
+        raise SmokeFailure("doctor: " + "; ".join(problems))
+    report.ok(f"doctor: tray {doctor['tray backend']}, {doctor['notifier']}, nvml {doctor['nvml']}")
+    return doctor
+
+
+def check_status_without_ollama(bundle: Bundle, env: Mapping[str, str], report: Report) -> None:
+    started = time.monotonic()
+    done = bundle.run("status", "--json", env=env)
+    try:
+        status = json.loads(done.stdout)
+    except ValueError:
+        raise SmokeFailure(
+            f"status --json printed no JSON (exit {done.returncode}): {done.stderr.strip()[:300]}"
+        ) from None
+    if done.returncode != STATUS_NOT_RUNNING_EXIT or status.get("ollama_running") is not False:
+        raise SmokeFailure(
+            f"status --json without Ollama: exit {done.returncode}, ollama_running={status.get('ollama_running')}"
+        )
+    report.ok(
+        f"status --json without Ollama: exit 3, health {status.get('health')} ({time.monotonic() - started:.1f} s)"
+    )
+
+
+def _monitor_port(state_home: Path) -> int | None:
+    try:
+        return int(json.loads((state_home / "ollama-manager" / "monitor.json").read_text())["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def api_status(state_home: Path) -> dict[str, Any] | None:
+    """The running monitor's status through its API, or None."""
+    import httpx
+
+    port = _monitor_port(state_home)
+    if port is None:
+        return None
+    try:
+        return dict(httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=5, trust_env=False).json())
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def healthy_status(state_home: Path) -> dict[str, Any] | None:
+    status = api_status(state_home)
+    return status if status and status.get("state") == "running" and status.get("health") == "healthy" else None
+
+
+def serve_pids(standin: Any) -> list[int]:
+    return [event["pid"] for event in standin.events() if event["event"] == "serve_start"]
+
+
+def bundle_leaks(environment: Mapping[str, str], bundle_dir: Path) -> list[str]:
+    """Variables the bundle's bootloader set that a child process must not inherit."""
+    leaks = [name for name in environment if name.startswith("_PYI_")]
+    leaks += [
+        f"LD_LIBRARY_PATH={entry}"
+        for entry in environment.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+        if entry and is_inside(entry, bundle_dir)
+    ]
+    return leaks
+
+
+def check_monitor_against_standin(bundle: Bundle, root: Path, report: Report) -> None:
+    """``monitor`` starts the stand-in's serve, ``status`` sees it, and a ``kill -9`` is repaired."""
+    import psutil
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from standin.harness import StandinEnv
+
+    standin = StandinEnv(root / "standin")
+    env = {**standin.env, **FAST_SETTINGS}
+    state_home = Path(env["XDG_STATE_HOME"])
+    try:
+        with bundle.background(["monitor"], env, root / "monitor.log") as monitor:
+            first = wait_until(lambda: healthy_status(state_home), 30, "the frozen monitor to report a healthy Ollama")
+            pid = serve_pids(standin)[0]
+            report.ok(f"monitor started ollama serve (pid {pid}), health {first['health']}")
+            leaks = bundle_leaks(psutil.Process(pid).environ(), bundle.dir)
+            if leaks:
+                raise SmokeFailure(f"ollama serve inherited the bundle's environment: {', '.join(leaks)}")
+            report.ok("ollama serve runs with the user's environment (no bundle library path)")
+            done = bundle.run("status", "--json", env=env)
+            status = json.loads(done.stdout)
+            if done.returncode != 0 or not status["ollama_running"] or not status["monitor_running"]:
+                raise SmokeFailure(f"status --json with the monitor: exit {done.returncode}, {done.stdout[:300]}")
+            report.ok("status --json: ollama_running and monitor_running")
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: len(serve_pids(standin)) >= 2, 30, "the monitor to start a new serve after kill -9")
+            again = wait_until(lambda: healthy_status(state_home), 30, "health after the restart")
+            if again.get("pid") == pid:
+                raise SmokeFailure(f"after kill -9 the status still names the dead pid {pid}")
+            report.ok(f"kill -9 of serve {pid}: restarted as pid {again.get('pid')}")
+            if monitor.poll() is not None:
+                raise SmokeFailure(f"the monitor exited with status {monitor.returncode}")
+        problems = import_errors((root / "monitor.log").read_text(errors="replace"))
+        if problems:
+            raise SmokeFailure(f"monitor log: {problems[0]}")
+    finally:
+        standin.cleanup()
+
+
+def check_tray_linux(bundle: Bundle, root: Path, seconds: float, version: str | None, report: Report) -> None:
+    """The tray under Xvfb + openbox + tint2: doctor sees the tray, the icon docks, no import errors."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from standin.harness import StandinEnv
+    from xdesktop import XDesktop, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        raise SmokeFailure(
+            f"the tray check needs {', '.join(missing)} (apt-get install xvfb openbox tint2 imagemagick)"
+        )
+    standin = StandinEnv(root / "tray-standin")
+    try:
+        with XDesktop(root / "desktop") as desktop:
+            env = {**standin.env, **FAST_SETTINGS, "DISPLAY": desktop.display, "DBUS_SESSION_BUS_ADDRESS": "disabled:"}
+            env.pop("WAYLAND_DISPLAY", None)
+            check_doctor(bundle, env, version, report, tray_expected=True)
+            log = root / "tray.log"
+            with bundle.background([], env, log, gui=True) as tray:
+                time.sleep(seconds)
+                if tray.poll() is not None:
+                    raise SmokeFailure(f"the tray exited with status {tray.returncode}: {last_line(log)}")
+                panel = desktop.screenshot(root / "panel.png").crop(desktop.tray_box)
+                colours = panel.getcolors(maxcolors=panel.width * panel.height) or []
+                drawn = sum(count for count, rgb in colours if differs_from(rgb, PANEL_BACKGROUND))
+                if drawn < 100:
+                    raise SmokeFailure("no tray icon in the panel after the tray started")
+                report.ok(f"tray ran {seconds:g} s under Xvfb, its icon shows ({drawn} px)")
+            check_tray_logs(log, Path(env["XDG_STATE_HOME"]) / "ollama-manager" / "log", report)
+    finally:
+        standin.cleanup()
+
+
+def check_tray_plain(bundle: Bundle, root: Path, seconds: float, report: Report) -> None:
+    """macOS and Windows: the tray executable keeps running and logs no import error."""
+    env = {**isolated_env(root / "tray-home"), **FAST_SETTINGS, "OLLAMA_HOST": f"127.0.0.1:{free_port()}"}
+    log = root / "tray.log"
+    with bundle.background([], env, log, gui=True) as tray:
+        time.sleep(seconds)
+        if tray.poll() is not None:
+            raise SmokeFailure(f"the tray exited with status {tray.returncode}: {last_line(log)}")
+        report.ok(f"tray ran {seconds:g} s")
+    check_tray_logs(log, root / "tray-home", report)
+
+
+def last_line(log: Path) -> str:
+    """The first import error in a log, else its last non-blank line."""
+    text = log.read_text(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = import_errors(text)
+    return (errors[-1] if errors else lines[-1]) if lines else "no output"
+
+
+def check_tray_logs(output: Path, log_root: Path, report: Report) -> None:
+    texts = [output.read_text(errors="replace")]
+    texts += [path.read_text(errors="replace") for path in log_root.rglob("ollama-manager.log")]
+    problems = import_errors("\n".join(texts))
+    if problems:
+        raise SmokeFailure(f"tray log: {problems[0]}")
+    report.ok("tray log has no import errors")
+
+
+def smoke_test(dist: Path, *, standin: bool, tray: bool, tray_seconds: float) -> int:
+    """Run every check against the bundle in ``dist``; the number of checks passed."""
+    report = Report()
+    bundle = Bundle.in_dist(dist)
+    version = installed_version()
+    with tempfile.TemporaryDirectory(prefix="om-smoke-") as scratch:
+        root = Path(scratch)
+        env = {**isolated_env(root / "plain"), "OLLAMA_HOST": f"127.0.0.1:{free_port()}", "PATH": os.defpath}
+        env.pop("DISPLAY", None)
+        check_version(bundle, env, version, report)
+        check_doctor(bundle, env, version, report, tray_expected=bundle.platform in ("darwin", "win32"))
+        check_status_without_ollama(bundle, env, report)
+        if standin and os.name == "posix":
+            check_monitor_against_standin(bundle, root, report)
+        if tray and bundle.platform.startswith("linux"):
+            check_tray_linux(bundle, root, tray_seconds, version, report)
+        elif tray:
+            check_tray_plain(bundle, root, tray_seconds, report)
+    return report.passed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description="Smoke-test the bundle that build.py made.")
+    parser.add_argument("--dist", type=Path, default=REPO / "dist", help="folder holding the bundle (default dist/)")
+    parser.add_argument("--skip-standin", action="store_true", help="skip the monitor against the stand-in Ollama")
+    parser.add_argument("--skip-tray", action="store_true", help="skip running the tray")
+    parser.add_argument("--tray-seconds", type=float, default=5.0, help="how long the tray runs (default 5)")
+    args = parser.parse_args(argv)
+    try:
+        passed = smoke_test(
+            args.dist.absolute(), standin=not args.skip_standin, tray=not args.skip_tray, tray_seconds=args.tray_seconds
+        )
+    except SmokeFailure as exc:
+        print(f"FAIL {exc}", file=sys.stderr)
+        return 1
+    print(f"smoke test passed: {passed} checks")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
