@@ -18,7 +18,6 @@ from tray.core.health import classify
 from tray.history import History
 from tray.monitor import Monitor
 from tray.paths import AppPaths
-from tray.processes import OllamaNotInstalled
 from tray.supervisor import Supervisor, SupervisorError
 
 
@@ -44,7 +43,7 @@ def start_ollama(config: Config | None = None) -> bool:
         sup.user_stop.clear()
         sup.start(reason="api")
         return True
-    except (SupervisorError, OllamaNotInstalled) as exc:
+    except SupervisorError as exc:
         sup.history.record("error", f"start_ollama failed: {exc}")
         return False
     finally:
@@ -75,7 +74,7 @@ def ensure_model_loaded(model_name: str | None = None, config: Config | None = N
             quantize=sup.config.model_quantize or None,
         )
         return report.ok
-    except (ModelError, SupervisorError, OllamaNotInstalled) as exc:
+    except (ModelError, SupervisorError) as exc:
         sup.history.record("model_error", f"ensure_model_loaded failed: {exc}")
         return False
     finally:
@@ -103,7 +102,7 @@ def auto_restart(config: Config | None = None, reason: str = "api") -> bool:
     sup = _supervisor(config)
     try:
         sup.restart(reason=reason)
-    except (SupervisorError, OllamaNotInstalled) as exc:
+    except SupervisorError as exc:
         sup.history.record("restart", f"auto_restart failed: {exc}", {"reason": reason, "ok": False})
         return False
     finally:

@@ -27,7 +27,6 @@ from tray.controller import notify_events
 from tray.monitor import Monitor
 from tray.notify import Notifier
 from tray.paths import AppPaths
-from tray.processes import OllamaNotInstalled
 from tray.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger("tray.cli")
@@ -439,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "monitor":
             setup_logging(ctx.paths.app_log)
         return COMMANDS[args.command](ctx)
-    except (ConfigError, CliError, SupervisorError, OllamaNotInstalled, AlreadyRunning) as exc:
+    except (ConfigError, CliError, SupervisorError, AlreadyRunning) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

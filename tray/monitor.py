@@ -28,7 +28,6 @@ from tray.history import History
 from tray.model_keeper import JOBS as MODEL_JOBS
 from tray.model_keeper import ModelKeeper
 from tray.resources import ResourceSample, ResourceSampler
-from tray.processes import OllamaNotInstalled
 from tray.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger(__name__)
@@ -126,8 +125,6 @@ class Monitor:
 
     def check_once(self) -> dict[str, Any]:
         """Probe once and return the status, acting on nothing (for a one-shot ``status``)."""
-        if self.supervisor.user_stop.is_set():
-            self.state = "stopped"
         result = self.probe()
         self._observe(result, self.clock())
         self.state = "running" if result.ok or self.supervisor.answers() else "stopped"
@@ -176,8 +173,6 @@ class Monitor:
             self.history.record("health", outcome.describe(self.supervisor.host.url))
             self.state = "running"
         except SupervisorError as exc:
-            self._start_error(exc)
-        except OllamaNotInstalled as exc:
             self._start_error(exc)
         finally:
             self._set_activity(None)
@@ -291,8 +286,6 @@ class Monitor:
                 self.state = "failed"
             else:
                 self.state = "failed" if self.policy.attempts >= of else "restarting"
-        except OllamaNotInstalled as exc:
-            self._start_error(exc)
         else:
             self.timeouts.reset()
             self.last_error = None
@@ -370,6 +363,7 @@ class Monitor:
                 self.policy.recovered()
             if self.state in ("failed", "restarting", "starting"):
                 self.state = "running"
+            self.next_retry_at = None
             self.last_error = None if self.health is Health.HEALTHY else self.last_error
         elif self.state != "failed" or self.last_error is None:
             # Once given up, the error that made it give up says more than "connection refused".

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from tray.errors import SupervisorError
 from tray.hosts import DEFAULT_PORT, OllamaHost
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
 
 
-class OllamaNotInstalled(Exception):
+class OllamaNotInstalled(SupervisorError):
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or f"Ollama is not installed: get it from {INSTALL_URL}")
 

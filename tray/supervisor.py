@@ -31,6 +31,7 @@ import psutil
 
 from tray.atomic import write_atomically
 from tray.config import Config
+from tray.errors import SupervisorError
 from tray.external import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.history import History
 from tray.models.store import default_models_dir
@@ -56,10 +57,6 @@ from tray.processes import (
 log = logging.getLogger(__name__)
 
 READY_POLL_SECONDS = 0.1
-
-
-class SupervisorError(Exception):
-    retryable = False
 
 
 class PortInUse(SupervisorError):
