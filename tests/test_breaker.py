@@ -1,0 +1,306 @@
+"""The gateway's routing policy: circuit breaker, fallback window and router (pure, scripted clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tray.gateway.breaker import (
+    Activation,
+    Backend,
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    FallbackUsage,
+    FallbackWindow,
+    LocalHealth,
+    Permit,
+    Router,
+    Target,
+    health_from_status,
+)
+
+POLICY = BreakerPolicy(failure_threshold=3, open_seconds=30.0, max_open_seconds=300.0, backoff_factor=2.0)
+
+
+def fail(breaker: CircuitBreaker, now: float, times: int = 1) -> None:
+    for _ in range(times):
+        breaker.record_failure(now, breaker.try_acquire(now), "connection refused")
+
+
+def open_breaker(now: float = 0.0) -> CircuitBreaker:
+    breaker = CircuitBreaker(POLICY)
+    fail(breaker, now, 3)
+    return breaker
+
+
+class TestClosedState:
+    def test_starts_closed_and_lets_requests_through(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        permit = breaker.try_acquire(0.0)
+        assert breaker.state(0.0) is BreakerState.CLOSED
+        assert (permit.allowed, permit.trial) == (True, False)
+
+    def test_opens_after_three_failures_in_a_row(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        fail(breaker, 1.0, 2)
+        assert breaker.state(1.0) is BreakerState.CLOSED
+        assert breaker.failures_in_row == 2
+        fail(breaker, 2.0)
+        assert breaker.state(2.0) is BreakerState.OPEN
+        assert breaker.retry_at(2.0) == 32.0
+        assert breaker.reason == "connection refused"
+
+    def test_a_success_resets_the_count(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        fail(breaker, 0.0, 2)
+        breaker.record_success(1.0, breaker.try_acquire(1.0))
+        fail(breaker, 2.0, 2)
+        assert breaker.state(2.0) is BreakerState.CLOSED
+        assert breaker.failures_in_row == 2
+
+
+class TestOpenAndHalfOpen:
+    def test_open_refuses_until_the_open_time_is_over(self) -> None:
+        breaker = open_breaker(0.0)
+        assert breaker.try_acquire(29.999).allowed is False
+        assert breaker.state(29.999) is BreakerState.OPEN
+        assert breaker.state(30.0) is BreakerState.HALF_OPEN
+        assert breaker.retry_at(30.0) is None
+
+    def test_half_open_lets_exactly_one_trial_through(self) -> None:
+        breaker = open_breaker(0.0)
+        trial = breaker.try_acquire(30.0)
+        second = breaker.try_acquire(30.5)
+        assert (trial.allowed, trial.trial) == (True, True)
+        assert second.allowed is False
+
+    def test_trial_success_closes_and_resets_the_open_time(self) -> None:
+        breaker = open_breaker(0.0)
+        fail(breaker, 30.0)  # trial fails: open for 60 s
+        assert breaker.open_for == 60.0
+        trial = breaker.try_acquire(90.0)
+        breaker.record_success(90.5, trial)
+        assert breaker.state(90.5) is BreakerState.CLOSED
+        assert breaker.open_for == 30.0
+        assert breaker.reason == "Ollama answered again"
+
+    def test_each_failed_trial_doubles_the_open_time_up_to_the_cap(self) -> None:
+        breaker = open_breaker(0.0)
+        now, seen = 0.0, []
+        for _ in range(6):
+            now += breaker.open_for
+            fail(breaker, now)  # the half-open trial fails
+            seen.append(breaker.open_for)
+        assert seen == [60.0, 120.0, 240.0, 300.0, 300.0, 300.0]
+        assert breaker.retry_at(now) == now + 300.0
+
+    def test_a_trial_abandoned_without_verdict_frees_the_slot(self) -> None:
+        breaker = open_breaker(0.0)
+        trial = breaker.try_acquire(30.0)
+        breaker.abandon(trial)
+        again = breaker.try_acquire(30.1)
+        assert (again.allowed, again.trial) == (True, True)
+
+
+class TestHealthReports:
+    def test_down_opens_at_once(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        breaker.observe_health(LocalHealth.DOWN, 5.0)
+        assert breaker.state(5.0) is BreakerState.OPEN
+        assert breaker.retry_at(5.0) == 35.0
+        assert breaker.reason == "Ollama is down"
+
+    def test_coming_back_makes_an_open_breaker_half_open_at_once(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        breaker.observe_health(LocalHealth.UP, 0.0)
+        breaker.observe_health(LocalHealth.DOWN, 1.0)
+        breaker.observe_health(LocalHealth.DOWN, 2.0)
+        assert breaker.state(3.0) is BreakerState.OPEN
+        breaker.observe_health(LocalHealth.UP, 4.0)
+        assert breaker.state(4.0) is BreakerState.HALF_OPEN
+        assert breaker.try_acquire(4.0).trial is True
+
+    def test_slow_counts_as_answering(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        breaker.observe_health(LocalHealth.DOWN, 0.0)
+        breaker.observe_health(LocalHealth.SLOW, 1.0)
+        assert breaker.state(1.0) is BreakerState.HALF_OPEN
+
+    def test_steady_healthy_reports_do_not_cut_short_an_open_period_caused_by_requests(self) -> None:
+        # Requests time out while the API probe still answers: the open period runs its course.
+        breaker = CircuitBreaker(POLICY)
+        breaker.observe_health(LocalHealth.UP, 0.0)
+        fail(breaker, 1.0, 3)
+        breaker.observe_health(LocalHealth.UP, 2.0)
+        breaker.observe_health(LocalHealth.UNKNOWN, 3.0)
+        assert breaker.state(4.0) is BreakerState.OPEN
+
+    def test_down_during_half_open_doubles_the_open_time(self) -> None:
+        breaker = open_breaker(0.0)
+        assert breaker.state(30.0) is BreakerState.HALF_OPEN
+        breaker.observe_health(LocalHealth.DOWN, 30.0)
+        assert breaker.retry_at(30.0) == 90.0
+
+    @pytest.mark.parametrize(
+        ("status", "expected"),
+        [
+            ({"health": "healthy", "state": "running"}, LocalHealth.UP),
+            ({"health": "unhealthy", "state": "running"}, LocalHealth.SLOW),
+            ({"health": "down", "state": "restarting"}, LocalHealth.DOWN),
+            ({"health": "unknown", "state": "starting"}, LocalHealth.UNKNOWN),
+            ({"health": "healthy", "state": "failed"}, LocalHealth.DOWN),
+            ({"health": "down", "state": "stopped"}, LocalHealth.DOWN),
+            ({}, LocalHealth.UNKNOWN),
+        ],
+    )
+    def test_monitor_status_mapping(self, status: dict[str, str], expected: LocalHealth) -> None:
+        assert health_from_status(status) is expected
+
+
+class TestStaleOutcomes:
+    def test_a_success_from_before_ollama_died_does_not_close_the_breaker(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        early = breaker.try_acquire(0.0)  # a long stream starts
+        breaker.observe_health(LocalHealth.DOWN, 1.0)
+        breaker.record_success(2.0, early)
+        assert breaker.state(2.0) is BreakerState.OPEN
+
+    def test_failures_of_an_earlier_generation_do_not_count_twice(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        permits = [breaker.try_acquire(0.0) for _ in range(5)]
+        for permit in permits:
+            breaker.record_failure(1.0, permit, "refused")
+        assert breaker.state(1.0) is BreakerState.OPEN
+        assert breaker.open_for == 30.0  # the two late failures did not lengthen it
+
+    def test_passive_permit_counts_only_while_closed(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        assert breaker.passive_permit(0.0).allowed is True
+        fail(breaker, 0.0, 3)
+        passive = breaker.passive_permit(1.0)
+        assert (passive.allowed, passive.generation) == (False, -1)
+        breaker.record_success(1.0, passive)
+        assert breaker.state(1.0) is BreakerState.OPEN
+
+    def test_passive_permit_takes_no_trial_slot(self) -> None:
+        breaker = open_breaker(0.0)
+        breaker.passive_permit(30.0)
+        assert breaker.try_acquire(30.0).trial is True
+
+
+class TestPolicyValidation:
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"failure_threshold": 0}, "failure_threshold must be at least 1, got 0"),
+            ({"open_seconds": 0}, "open_seconds must be above 0 and at most max_open_seconds"),
+            ({"open_seconds": 400}, "open_seconds must be above 0 and at most max_open_seconds"),
+            ({"backoff_factor": 0.5}, "backoff_factor must be at least 1, got 0.5"),
+        ],
+    )
+    def test_bad_values(self, kwargs: dict[str, float], message: str) -> None:
+        with pytest.raises(ValueError) as error:
+            BreakerPolicy(**kwargs)  # type: ignore[arg-type]
+        assert str(error.value) == message
+
+
+class TestFallbackWindow:
+    def test_ratio_over_the_window(self) -> None:
+        window = FallbackWindow(window_seconds=60.0)
+        for t, backend in [(0, Backend.LOCAL), (10, Backend.CLOUD), (20, Backend.CLOUD), (30, Backend.GATEWAY)]:
+            window.record(backend, float(t))
+        usage = window.usage(30.0)
+        assert usage == FallbackUsage(calls=3, cloud_calls=2)
+        assert usage.ratio == pytest.approx(2 / 3)
+
+    def test_old_calls_drop_out(self) -> None:
+        window = FallbackWindow(window_seconds=60.0)
+        window.record(Backend.CLOUD, 0.0)
+        window.record(Backend.LOCAL, 50.0)
+        assert window.usage(60.0) == FallbackUsage(2, 1)
+        assert window.usage(60.001) == FallbackUsage(1, 0)
+        assert window.usage(200.0).ratio is None
+
+
+class TestRouter:
+    def test_closed_goes_local_with_fallback_when_the_cloud_is_on(self) -> None:
+        route = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY)).route(0.0)
+        assert (route.target, route.can_fall_back, route.permit.trial) == (Target.LOCAL, True, False)
+
+    def test_closed_goes_local_without_fallback_when_the_cloud_is_off(self) -> None:
+        route = Router(cloud_enabled=False, breaker=CircuitBreaker(POLICY)).route(0.0)
+        assert (route.target, route.can_fall_back) == (Target.LOCAL, False)
+
+    def test_open_goes_to_the_cloud(self) -> None:
+        router = Router(cloud_enabled=True, breaker=open_breaker(0.0))
+        route = router.route(10.0)
+        assert (route.target, route.retry_at) == (Target.CLOUD, 30.0)
+
+    def test_open_without_cloud_refuses_fast(self) -> None:
+        router = Router(cloud_enabled=False, breaker=open_breaker(0.0))
+        route = router.route(10.0)
+        assert (route.target, route.retry_at) == (Target.REFUSE, 30.0)
+
+    def test_half_open_sends_one_trial_local_and_the_rest_to_the_cloud(self) -> None:
+        router = Router(cloud_enabled=True, breaker=open_breaker(0.0))
+        first, second = router.route(30.0), router.route(30.0)
+        assert (first.target, first.permit.trial, first.can_fall_back) == (Target.LOCAL, True, True)
+        assert second.target is Target.CLOUD
+
+    def test_half_open_without_cloud_lets_everyone_try_local(self) -> None:
+        router = Router(cloud_enabled=False, breaker=open_breaker(0.0))
+        first, second = router.route(30.0), router.route(30.0)
+        assert [first.target, second.target] == [Target.LOCAL, Target.LOCAL]
+        assert (first.permit.trial, second.permit.trial) == (True, False)
+
+    def test_outcomes_reach_the_breaker(self) -> None:
+        router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY))
+        for now in (0.0, 1.0, 2.0):
+            router.local_failed(router.route(now), now, "refused", timed_out=False)
+        assert router.breaker.state(2.0) is BreakerState.OPEN
+        trial = router.route(32.0)
+        router.local_succeeded(trial, 32.5)
+        assert router.breaker.state(32.5) is BreakerState.CLOSED
+
+    def test_abandoned_trial_is_released(self) -> None:
+        router = Router(cloud_enabled=True, breaker=open_breaker(0.0))
+        router.local_abandoned(router.route(30.0))
+        assert router.route(30.0).permit.trial is True
+
+    def test_timeouts_ask_for_a_restart_at_most_once_per_interval(self) -> None:
+        router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY), restart_interval=120.0)
+        asks = [router.local_failed(router.route(t), t, "slow", timed_out=True) for t in (0.0, 10.0, 119.9, 120.0)]
+        assert asks == [True, False, False, True]
+
+    def test_other_failures_never_ask_for_a_restart(self) -> None:
+        router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY))
+        assert router.local_failed(router.route(0.0), 0.0, "refused", timed_out=False) is False
+
+    def test_served_calls_feed_the_usage(self) -> None:
+        router = Router(cloud_enabled=True, window=FallbackWindow(600.0))
+        router.served(Backend.LOCAL, 0.0)
+        router.served(Backend.CLOUD, 1.0)
+        router.served(Backend.CLOUD, 2.0)
+        assert router.usage(3.0) == FallbackUsage(3, 2)
+
+    def test_activation_is_reported_once_per_change(self) -> None:
+        router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY))
+        assert router.activation_change(0.0) is None
+        router.observe_health(LocalHealth.DOWN, 1.0)
+        assert router.activation_change(1.0) is Activation.ACTIVATED
+        assert router.activation_change(2.0) is None
+        router.observe_health(LocalHealth.UP, 3.0)  # half-open: the cloud is still in charge
+        assert router.activation_change(3.0) is None
+        router.local_succeeded(router.route(3.0), 3.5)
+        assert router.activation_change(3.5) is Activation.DEACTIVATED
+        assert router.cloud_active(3.5) is False
+
+    def test_no_activation_when_the_cloud_is_off(self) -> None:
+        router = Router(cloud_enabled=False, breaker=CircuitBreaker(POLICY))
+        router.observe_health(LocalHealth.DOWN, 1.0)
+        assert router.cloud_active(1.0) is False
+        assert router.activation_change(1.0) is None
+
+
+def test_permit_defaults() -> None:
+    assert Permit(True) == Permit(allowed=True, trial=False, generation=0)

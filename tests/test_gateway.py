@@ -1,0 +1,906 @@
+"""The cloud-fallback gateway: settings, key lookup and call planning (pure), then the
+gateway against the stand-in Ollama and the stand-in cloud, both real processes."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from standin.harness import StandinEnv
+from standin_cloud import StandinCloud
+from tray.config import ConfigError, _load_table, settable_fields
+from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
+from tray.gateway.breaker import Backend
+from tray.gateway.client import ChatError, LocalFirstChat, chat
+from tray.gateway.cloud import ApiKey, KeyStoreError, NotServed, SystemKeyStore, find_api_key, plan_cloud_call
+from tray.gateway.commands import cloud_set_key_command, gateway_command, same_address, start_gateway_in_monitor
+from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.gateway.translate import Dialect
+from tray.history import History
+from tray.hosts import parse_ollama_host
+from tray.paths import AppPaths
+
+KEY = "sk-standin-0123456789"
+KEY_ENV = "STANDIN_CLOUD_KEY"
+HEADER = "x-ollama-manager-backend"
+MESSAGES: list[dict[str, Any]] = [{"role": "user", "content": "hi there"}]
+CHAT: dict[str, Any] = {"model": "llama3", "messages": MESSAGES}
+
+
+# =========================================================================== pure parts
+
+
+class TestSettings:
+    def test_fallback_and_gateway_are_off_by_default(self) -> None:
+        cloud, gateway = CloudSettings(), GatewaySettings()
+        assert (cloud.enabled, gateway.enabled, gateway.port) == (False, False, 11435)
+        assert (cloud.url, cloud.key_env) == ("https://api.openai.com/v1", "OPENAI_API_KEY")
+        ollama = CloudSettings(provider="ollama")
+        assert (ollama.url, ollama.key_env) == ("https://ollama.com", "OLLAMA_API_KEY")
+        assert (
+            CloudSettings(base_url="https://openrouter.ai/api/v1/", api_key_env="OR_KEY").url
+            == "https://openrouter.ai/api/v1"
+        )
+
+    @pytest.mark.parametrize("cls", [CloudSettings, GatewaySettings])
+    def test_every_field_has_help_and_a_type_the_config_loader_reads(self, cls: type) -> None:
+        for f in settable_fields(cls):
+            assert f.metadata["help"], f.name
+            assert f.type in ("bool", "int", "float", "str"), f.name
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"provider": "anthropic"}, "cloud.provider must be one of 'openai', 'ollama', got 'anthropic'"),
+            ({"base_url": "ftp://x"}, "cloud.base_url must be an http:// or https:// address, got 'ftp://x'"),
+            ({"enabled": True}, "cloud.model must be set when cloud.enabled is true"),
+            ({"timeout": 0.5}, "cloud.timeout must be at least 1, got 0.5"),
+        ],
+    )
+    def test_cloud_errors_are_one_line(self, kwargs: dict[str, Any], message: str) -> None:
+        with pytest.raises(ValueError) as error:
+            CloudSettings(**kwargs)
+        assert str(error.value) == message
+
+    def test_a_key_pasted_as_the_variable_name_is_refused_without_echoing_it(self) -> None:
+        with pytest.raises(ValueError) as error:
+            CloudSettings(api_key_env="sk-proj-abc123")
+        assert "sk-proj" not in str(error.value)
+        assert str(error.value).startswith("cloud.api_key_env must be the name of an environment variable")
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"port": 70000}, "gateway.port must be between 0 and 65535, got 70000"),
+            ({"first_byte_timeout": 0}, "gateway.first_byte_timeout must be above 0, got 0"),
+            ({"breaker_failures": 0}, "gateway.breaker_failures must be at least 1, got 0"),
+            ({"breaker_open_seconds": 60.0, "breaker_max_open_seconds": 30.0},
+             "gateway.breaker_max_open_seconds must be at least gateway.breaker_open_seconds (30.0 < 60.0)"),
+        ],
+    )  # fmt: skip
+    def test_gateway_errors_are_one_line(self, kwargs: dict[str, Any], message: str) -> None:
+        with pytest.raises(ValueError) as error:
+            GatewaySettings(**kwargs)
+        assert str(error.value) == message
+
+    def test_loaded_through_the_config_machinery_with_env_overrides(self, tmp_path: Path) -> None:
+        env = {"OLLAMA_MANAGER_CLOUD_ENABLED": "yes", "OLLAMA_MANAGER_CLOUD_TIMEOUT": "12"}
+        values = _load_table(
+            CloudSettings, {"model": "gpt-4o-mini", "provider": "openai"}, env, tmp_path / "c.toml", "cloud."
+        )
+        assert CloudSettings(**values) == CloudSettings(enabled=True, model="gpt-4o-mini", timeout=12.0)
+        with pytest.raises(ConfigError) as error:
+            _load_table(GatewaySettings, {"port": "x"}, {}, tmp_path / "c.toml", "gateway.")
+        assert str(error.value) == f"{tmp_path / 'c.toml'}: key 'gateway.port' must be a whole number, got 'x'"
+
+
+class MemoryStore:
+    """A key store kept in a dict (the OS keyring's stand-in)."""
+
+    def __init__(self, keys: dict[str, str] | None = None, broken: bool = False) -> None:
+        self.keys = dict(keys or {})
+        self.broken = broken
+
+    def get(self, account: str) -> str | None:
+        if self.broken:
+            raise KeyStoreError("the OS keyring is not available (no backend)")
+        return self.keys.get(account)
+
+    def set(self, account: str, secret: str) -> None:
+        if self.broken:
+            raise KeyStoreError("the OS keyring is not available (no backend)")
+        self.keys[account] = secret
+
+
+class TestApiKey:
+    CLOUD = CloudSettings(base_url="https://api.groq.com/openai/v1", api_key_env="GROQ_KEY")
+
+    def test_environment_first(self) -> None:
+        key = find_api_key(self.CLOUD, {"GROQ_KEY": " gsk-1 "}, MemoryStore({self.CLOUD.url: "stored"}))
+        assert key == ApiKey("gsk-1", "$GROQ_KEY")
+
+    def test_keyring_when_the_variable_is_unset(self) -> None:
+        key = find_api_key(self.CLOUD, {}, MemoryStore({"https://api.groq.com/openai/v1": "stored"}))
+        assert key == ApiKey("stored", "the OS keyring")
+
+    def test_none_when_nothing_or_the_keyring_is_broken(self) -> None:
+        assert find_api_key(self.CLOUD, {}, MemoryStore()) is None
+        assert find_api_key(self.CLOUD, {}, MemoryStore(broken=True)) is None
+        assert find_api_key(self.CLOUD, {"GROQ_KEY": ""}, None) is None
+
+    def test_repr_never_shows_the_key(self) -> None:
+        assert "gsk-secret" not in repr(ApiKey("gsk-secret", "$GROQ_KEY"))
+
+
+class TestPlanning:
+    OPENAI = CloudSettings(enabled=True, model="gpt-x", embedding_model="emb-x")
+    OLLAMA = CloudSettings(enabled=True, provider="ollama", model="llama3:70b")
+
+    def test_ollama_chat_to_an_openai_provider_is_translated(self) -> None:
+        call = plan_cloud_call(self.OPENAI, "/api/chat", dict(CHAT, stream=False))
+        assert (call.path, call.stream, call.client, call.provider) == (
+            "/chat/completions",
+            False,
+            Dialect.OLLAMA,
+            Dialect.OPENAI,
+        )
+        assert call.body == {"model": "gpt-x", "messages": [{"role": "user", "content": "hi there"}], "stream": False}
+
+    def test_openai_chat_to_an_openai_provider_only_swaps_the_model(self) -> None:
+        body = dict(CHAT, stream=True, stream_options={"include_usage": True}, temperature=0.1)
+        call = plan_cloud_call(self.OPENAI, "/v1/chat/completions", body)
+        assert (call.path, call.stream, call.include_usage, call.same_dialect) == (
+            "/chat/completions",
+            True,
+            True,
+            True,
+        )
+        assert call.body == dict(body, model="gpt-x")
+
+    def test_openai_chat_to_an_ollama_provider_is_translated(self) -> None:
+        call = plan_cloud_call(self.OLLAMA, "/v1/chat/completions", dict(CHAT))
+        assert (call.path, call.stream, call.client_content_type) == (
+            "/api/chat",
+            False,
+            "application/json; charset=utf-8",
+        )
+        assert call.body == {
+            "model": "llama3:70b",
+            "messages": [{"role": "user", "content": "hi there"}],
+            "stream": False,
+        }
+
+    def test_ollama_chat_to_an_ollama_provider_keeps_the_default_stream(self) -> None:
+        call = plan_cloud_call(self.OLLAMA, "/api/chat", dict(CHAT))
+        assert (call.path, call.stream, call.client_content_type) == ("/api/chat", True, "application/x-ndjson")
+        assert call.body == dict(CHAT, model="llama3:70b")
+
+    def test_embeddings_use_the_embedding_model(self) -> None:
+        call = plan_cloud_call(self.OPENAI, "/api/embeddings", {"model": "all-minilm", "prompt": "hi"})
+        assert (call.path, call.body, call.stream) == ("/embeddings", {"model": "emb-x", "input": "hi"}, False)
+
+    @pytest.mark.parametrize(
+        ("cloud", "path", "message"),
+        [
+            (OLLAMA, "/api/embed", "the cloud fallback has no embedding model (set cloud.embedding_model)"),
+            (
+                OLLAMA,
+                "/v1/completions",
+                "the cloud fallback serves /v1/completions only with an OpenAI-compatible provider",
+            ),
+            (OPENAI, "/api/pull", "the cloud fallback does not serve /api/pull"),
+        ],
+    )
+    def test_what_the_fallback_does_not_serve(self, cloud: CloudSettings, path: str, message: str) -> None:
+        with pytest.raises(NotServed) as error:
+            plan_cloud_call(cloud, path, {"model": "x", "input": "y"})
+        assert str(error.value) == message
+
+
+def test_origins() -> None:
+    assert [origin_allowed(o) for o in ("http://127.0.0.1:8080", "http://[::1]:3000", "https://localhost")] == [
+        True,
+        True,
+        True,
+    ]
+    assert [
+        origin_allowed(o) for o in ("null", "https://evil.example", "http://localhost.evil.example", "file://")
+    ] == [False] * 4
+
+
+def test_the_gateway_refuses_to_forward_to_its_own_port() -> None:
+    assert same_address("http://127.0.0.1:11434", 11434) is True
+    assert same_address("http://localhost:11435", 11435) is True
+    assert same_address("http://127.0.0.1:11434", 11435) is False
+    assert same_address("http://10.0.0.5:11435", 11435) is False
+
+
+def test_relayed_headers_lose_hop_by_hop_and_cors_fields() -> None:
+    raw = [(b"Content-Type", b"application/x-ndjson"), (b"Transfer-Encoding", b"chunked"), (b"Connection", b"keep-alive"),
+           (b"Access-Control-Allow-Origin", b"*"), (b"Content-Length", b"10"), (b"Date", b"x")]  # fmt: skip
+    assert relay_response_headers(raw, Backend.LOCAL, keep_length=False) == [
+        (b"content-type", b"application/x-ndjson"), (b"date", b"x"), (b"x-ollama-manager-backend", b"local"),
+    ]  # fmt: skip
+
+
+class TestSetKeyCommand:
+    CONFIG = type(
+        "Cfg", (), {"cloud": CloudSettings(base_url="https://api.together.xyz/v1", api_key_env="TOGETHER_KEY")}
+    )()
+
+    def test_piped_key_is_stored_and_never_printed(self, capsys: pytest.CaptureFixture[str]) -> None:
+        store = MemoryStore()
+        status = cloud_set_key_command(
+            None, self.CONFIG, None, stdin=io.StringIO("tgp-secret-1\nignored\n"), key_store=store
+        )
+        out = capsys.readouterr()
+        assert status == 0
+        assert store.keys == {"https://api.together.xyz/v1": "tgp-secret-1"}
+        assert out.out.splitlines()[0] == "Stored the API key for https://api.together.xyz/v1 in the OS keyring"
+        assert "tgp-secret" not in out.out + out.err
+
+    @pytest.mark.parametrize(
+        ("text", "store", "message"),
+        [
+            ("\n", MemoryStore(), "ollama-manager: no key given (type it, or pipe it in on one line)"),
+            ("two words\n", MemoryStore(), "ollama-manager: an API key has no spaces; nothing stored"),
+            ("k\n", MemoryStore(broken=True),
+             "ollama-manager: cannot store the key: the OS keyring is not available (no backend); set $TOGETHER_KEY instead"),
+        ],
+    )  # fmt: skip
+    def test_failures_are_one_line(
+        self, text: str, store: MemoryStore, message: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert (
+            cloud_set_key_command(argparse.Namespace(), self.CONFIG, None, stdin=io.StringIO(text), key_store=store)
+            == 1
+        )
+        assert capsys.readouterr().err == message + "\n"
+
+    def test_through_the_keyring_package(self) -> None:
+        import keyring
+        import keyring.backend
+
+        class InMemory(keyring.backend.KeyringBackend):
+            priority = 1  # type: ignore[assignment]
+            data: dict[tuple[str, str], str] = {}
+
+            def get_password(self, service: str, username: str) -> str | None:
+                return self.data.get((service, username))
+
+            def set_password(self, service: str, username: str, password: str) -> None:
+                self.data[(service, username)] = password
+
+            def delete_password(self, service: str, username: str) -> None:
+                self.data.pop((service, username), None)
+
+        previous = keyring.get_keyring()
+        keyring.set_keyring(InMemory())
+        try:
+            assert cloud_set_key_command(argparse.Namespace(), self.CONFIG, None, stdin=io.StringIO("tgp-2\n")) == 0
+            assert InMemory.data == {("ollama-manager", "https://api.together.xyz/v1"): "tgp-2"}
+            assert find_api_key(self.CONFIG.cloud, {}, SystemKeyStore()) == ApiKey("tgp-2", "the OS keyring")
+        finally:
+            keyring.set_keyring(previous)
+
+
+# =========================================================================== real processes
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.shown: list[tuple[str, str, str | None]] = []
+
+    def notify(self, title: str, message: str, *, key: str | None = None) -> bool:
+        self.shown.append((title, message, key))
+        return True
+
+
+@dataclass
+class Running:
+    server: GatewayServer
+    notifier: FakeNotifier
+    history: History
+    restarts: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.server.gateway
+
+    def post(self, path: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, timeout=30, **kwargs)
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(self.url + "/_gateway/status", timeout=5).json())
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def ollama(standin: StandinEnv) -> StandinEnv:
+    standin.spawn_serve()
+    standin.wait_ready()
+    standin.pull("llama3")
+    return standin
+
+
+@pytest.fixture
+def cloud(tmp_path: Path) -> Iterator[StandinCloud]:
+    server = StandinCloud(str(tmp_path / "cloud"), api_key=KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gateways() -> Iterator[Callable[..., Running]]:
+    started: list[Running] = []
+
+    def start(local_url: str, cloud: CloudSettings, *, env: dict[str, str] | None = None, store: MemoryStore | None = None,
+              probe: bool = False, **settings: Any) -> Running:  # fmt: skip
+        running = Running(server=None, notifier=FakeNotifier(), history=History(None))  # type: ignore[arg-type]
+        gateway = Gateway(
+            local_url=local_url,
+            cloud=cloud,
+            settings=GatewaySettings(**{"probe_interval": 0.1, **settings}),
+            env={KEY_ENV: KEY} if env is None else env,
+            key_store=store or MemoryStore(),
+            request_restart=lambda: running.restarts.append(time.monotonic()),
+            history=running.history,
+            notifier=running.notifier,
+            probe=probe,
+        )
+        running.server = GatewayServer(gateway, 0)
+        running.server.start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.server.stop()
+
+
+def cloud_settings(cloud: StandinCloud, **kwargs: Any) -> CloudSettings:
+    values = {
+        "enabled": True,
+        "base_url": cloud.base_url,
+        "model": "cloud-model",
+        "api_key_env": KEY_ENV,
+        "timeout": 5.0,
+        **kwargs,
+    }
+    return CloudSettings(**values)
+
+
+TIMING = re.compile(rb'"(created_at|created|id)":("[^"]*"|\d+)|"(total|load|prompt_eval|eval)_duration":\d+')
+
+
+def without_timing(data: bytes) -> bytes:
+    return TIMING.sub(b"", data)
+
+
+def ndjson(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.text.splitlines() if line.strip()]
+
+
+def sse_events(response: httpx.Response) -> list[Any]:
+    blocks = [b.removeprefix("data: ") for b in response.text.split("\n\n") if b.strip()]
+    return [b if b == "[DONE]" else json.loads(b) for b in blocks]
+
+
+class TestHealthyOllama:
+    def test_answers_come_from_ollama_byte_identical(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), probe=True)
+        direct = httpx.Client(base_url=ollama.base_url, timeout=30)
+        via = httpx.Client(base_url=gw.url, timeout=30)
+        for method, path, body in [("GET", "/api/tags", None), ("GET", "/api/version", None), ("POST", "/api/show", {"model": "llama3"}),
+                                   ("GET", "/v1/models", None), ("GET", "/", None), ("POST", "/api/show", {"model": "nope"})]:  # fmt: skip
+            expected, got = direct.request(method, path, json=body), via.request(method, path, json=body)
+            assert (got.status_code, got.content) == (expected.status_code, expected.content), path
+            assert got.headers["content-type"] == expected.headers["content-type"]
+            assert got.headers[HEADER] == "local"
+        direct.post("/api/chat", json=CHAT)  # load the model first, so no answer below carries a load_duration
+        for path, body in [("/api/chat", CHAT), ("/api/chat", dict(CHAT, stream=False)), ("/api/generate", {"model": "llama3", "prompt": "a b"}),
+                           ("/v1/chat/completions", dict(CHAT, stream=True)), ("/v1/chat/completions", CHAT)]:  # fmt: skip
+            expected, got = direct.post(path, json=body), via.post(path, json=body)
+            assert got.headers[HEADER] == "local"
+            assert got.headers["content-type"] == expected.headers["content-type"]
+            assert without_timing(got.content) == without_timing(expected.content), path
+        assert ndjson(via.post("/api/chat", json=CHAT))[-2]["message"]["content"] == " there"
+        assert cloud.requests() == []
+        assert gw.status()["calls"] == 6 and gw.status()["cloud_calls"] == 0
+
+    def test_foreign_host_and_web_page_origins_are_refused(
+        self, ollama: StandinEnv, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, CloudSettings())
+        rebound = httpx.get(gw.url + "/api/tags", headers={"Host": "evil.example:11435"})
+        page = httpx.post(gw.url + "/api/chat", json=CHAT, headers={"Origin": "https://evil.example"})
+        local_page = httpx.get(gw.url + "/api/tags", headers={"Origin": "http://localhost:3000"})
+        assert (rebound.status_code, rebound.json()) == (
+            403,
+            {"error": "forbidden: loopback clients and localhost names only"},
+        )
+        assert (page.status_code, page.json()) == (403, {"error": "forbidden: requests from web pages are refused"})
+        assert local_page.status_code == 200
+        assert not [h for h in local_page.headers if h.lower().startswith("access-control-")]
+
+
+class TestOllamaDies:
+    @pytest.mark.parametrize(
+        ("path", "body", "check"),
+        [
+            ("/api/chat", CHAT, "ollama-stream"),
+            ("/api/chat", dict(CHAT, stream=False), "ollama-whole"),
+            ("/v1/chat/completions", dict(CHAT, stream=True), "openai-stream"),
+            ("/v1/chat/completions", CHAT, "openai-whole"),
+        ],
+    )
+    def test_the_next_request_is_served_by_the_cloud(
+        self,
+        path: str,
+        body: dict[str, Any],
+        check: str,
+        ollama: StandinEnv,
+        cloud: StandinCloud,
+        gateways: Callable[..., Running],
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))  # no probe: the request itself finds Ollama gone
+        assert gw.post(path, body).headers[HEADER] == "local"
+        ollama.cleanup()
+        started = time.monotonic()
+        response = gw.post(path, body)
+        assert time.monotonic() - started < 2.0
+        assert (response.status_code, response.headers[HEADER]) == (200, "cloud")
+        if check == "ollama-stream":
+            assert response.headers["content-type"] == "application/x-ndjson"
+            chunks = ndjson(response)
+            assert [c["message"]["content"] for c in chunks] == ["Cloud", " answer", " to:", " hi", " there", ""]
+            assert {k: v for k, v in chunks[-1].items() if k != "created_at"} == {
+                "model": "cloud-model", "message": {"role": "assistant", "content": ""}, "done": True,
+                "done_reason": "stop", "prompt_eval_count": 2, "eval_count": 5,
+            }  # fmt: skip
+        elif check == "ollama-whole":
+            answer = response.json()
+            assert (answer["message"], answer["done"], answer["model"]) == (
+                {"role": "assistant", "content": "Cloud answer to: hi there"},
+                True,
+                "cloud-model",
+            )
+        elif check == "openai-stream":
+            assert response.headers["content-type"] == "text/event-stream"
+            events = sse_events(response)
+            assert (
+                "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "Cloud answer to: hi there"
+            )
+            assert events[-1] == "[DONE]"
+        else:
+            assert response.json()["choices"][0]["message"] == {
+                "role": "assistant",
+                "content": "Cloud answer to: hi there",
+            }
+        sent = cloud.requests()
+        assert len(sent) == 1 and sent[0]["authorized"] is True
+        assert sent[0]["body"]["model"] == "cloud-model"
+        assert sent[0]["body"].get("stream", False) is check.endswith("stream")
+
+    def test_fallback_announced_and_ollama_used_again_once_back(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), probe=True)
+        ollama.cleanup()
+        wait_until(lambda: gw.status()["breaker"] == "open", what="the probe to notice")
+        assert gw.post("/api/chat", CHAT).headers[HEADER] == "cloud"
+        generate = gw.post("/api/generate", {"model": "llama3", "prompt": "yo", "stream": False})
+        assert (generate.headers[HEADER], generate.json()["response"]) == ("cloud", "Cloud answer to: yo")
+        tags = httpx.get(gw.url + "/api/tags").json()
+        assert [m["name"] for m in tags["models"]] == ["cloud-model"]
+        assert httpx.get(gw.url + "/").text == "Ollama is running"
+        ollama.spawn_serve()
+        ollama.wait_ready()
+        wait_until(lambda: gw.status()["breaker"] == "half_open", what="the probe to see Ollama back")
+        back = gw.post("/api/chat", dict(CHAT, stream=False))
+        assert (back.headers[HEADER], back.json()["message"]["content"]) == ("local", "You said: hi there")
+        assert gw.status()["breaker"] == "closed"
+        wait_until(lambda: len(gw.notifier.shown) == 2, what="two notifications")
+        assert [(t, k) for t, _, k in gw.notifier.shown] == [
+            ("Cloud fallback active", "cloud-fallback-on"),
+            ("Cloud fallback off", "cloud-fallback-off"),
+        ]
+        assert (
+            gw.notifier.shown[0][1]
+            == "Ollama is not answering (Ollama is down); requests through the gateway go to 127.0.0.1 (cloud-model)"
+        )
+        events = [(e.kind, e.data["active"]) for e in gw.history.events() if e.kind == "cloud"]
+        assert events == [("cloud", True), ("cloud", False)]
+        assert len(cloud.requests()) == 2
+
+    def test_a_started_stream_is_never_switched(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.set_faults(token_ms=300)
+        body = {"model": "llama3", "messages": [{"role": "user", "content": "one two three four five"}]}
+        with httpx.stream("POST", gw.url + "/api/chat", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            first = json.loads(next(lines))
+            ollama.cleanup()
+            rest = [json.loads(line) for line in lines if line.strip()]
+        assert (response.headers[HEADER], first["message"]["content"]) == ("local", "You")
+        assert rest[-1]["error"].startswith("Ollama broke off the answer")
+        assert all("Cloud" not in json.dumps(item) for item in rest)
+        assert cloud.requests() == []
+
+    def test_a_stream_that_stalls_is_ended_with_an_error_and_ollama_restarted(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), idle_timeout=1.0)
+        ollama.set_faults(token_ms=2500)
+        started = time.monotonic()
+        response = gw.post("/api/generate", {"model": "llama3", "prompt": "one two"})
+        elapsed = time.monotonic() - started
+        chunks = ndjson(response)
+        assert 1.0 <= elapsed < 2.0
+        assert (response.headers[HEADER], chunks[0]["response"], chunks[-1]) == (
+            "local",
+            "You",
+            {"error": "Ollama stopped answering for 1 s"},
+        )
+        assert len(chunks) == 2
+        wait_until(lambda: len(gw.restarts) == 1, what="a restart request")
+        assert cloud.requests() == []
+
+    def test_no_first_byte_in_time_goes_to_the_cloud_and_asks_for_one_restart(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5, breaker_failures=2)
+        ollama.set_faults(hang_inference=True)
+        timings = []
+        for _ in range(3):
+            started = time.monotonic()
+            response = gw.post("/api/chat", dict(CHAT, stream=False))
+            timings.append(time.monotonic() - started)
+            assert (response.headers[HEADER], response.json()["message"]["content"]) == (
+                "cloud",
+                "Cloud answer to: hi there",
+            )
+        assert 0.5 <= timings[0] < 1.5 and 0.5 <= timings[1] < 1.5
+        assert timings[2] < 0.4  # the breaker is open: Ollama is not even tried
+        status = gw.status()
+        assert (status["breaker"], status["breaker_reason"], status["cloud_active"]) == (
+            "open",
+            "Ollama sent nothing for 0.5 s",
+            True,
+        )
+        wait_until(lambda: len(gw.restarts) == 1, what="a restart request")
+        assert (status["calls"], status["cloud_calls"], status["fallback_ratio"]) == (3, 3, 1.0)
+
+    def test_ollama_5xx_before_the_first_byte_falls_back(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.set_faults(
+            http_error={
+                "path": "/api/chat",
+                "status": 500,
+                "error": "model requires more system memory (8.0 GiB) than is available (4.0 GiB)",
+            }
+        )
+        response = gw.post("/api/chat", dict(CHAT, stream=False))
+        assert (response.headers[HEADER], response.json()["message"]["content"]) == (
+            "cloud",
+            "Cloud answer to: hi there",
+        )
+        assert (
+            gw.gateway.last_local_problem
+            == "Ollama answered 500: model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
+        )
+        assert gw.restarts == []
+
+
+class TestNobodyAnswers:
+    @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+    @pytest.mark.parametrize("stream", [True, False])
+    def test_cloud_down_too_gives_a_clear_error_at_once(
+        self, path: str, stream: bool, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.cleanup()
+        cloud.stop()
+        started = time.monotonic()
+        response = gw.post(path, dict(CHAT, stream=stream))
+        assert time.monotonic() - started < 3.0
+        message = (
+            f"Ollama is not reachable at {ollama.base_url} (connection refused), "
+            f"and the cloud fallback failed: cannot reach 127.0.0.1 (connection refused)"
+        )
+        assert (response.status_code, response.headers[HEADER]) == (502, "gateway")
+        assert response.json() == (
+            {"error": message}
+            if path == "/api/chat"
+            else {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
+        )
+
+    def test_cloud_errors_and_slowness_are_reported_not_waited_on(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud, timeout=1.0))
+        ollama.cleanup()
+        cloud.set_faults(status=503)
+        busy = gw.post("/api/chat", CHAT)
+        assert (busy.status_code, busy.json()["error"].split(", and ")[1]) == (
+            502,
+            "the cloud fallback failed: 127.0.0.1 answered 503: stand-in cloud fault 503",
+        )
+        cloud.set_faults(slow_ms=4000)
+        started = time.monotonic()
+        slow = gw.post("/v1/chat/completions", CHAT)
+        assert time.monotonic() - started < 2.5
+        assert (slow.status_code, slow.json()["error"]["message"].split(", and ")[1]) == (
+            504,
+            "the cloud fallback failed: 127.0.0.1 sent nothing for 1 s",
+        )
+        cloud.set_faults(break_after=2)
+        cut = gw.post("/api/chat", CHAT)
+        assert cut.status_code == 200
+        assert [c.get("message", {}).get("content") for c in ndjson(cut)[:2]] == ["Cloud", " answer"]
+        assert ndjson(cut)[-1]["error"].startswith("127.0.0.1 broke off the answer")
+
+    def test_a_refused_key_is_named_but_never_shown(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), env={KEY_ENV: "sk-wrong-key"})
+        ollama.cleanup()
+        response = gw.post("/api/chat", CHAT)
+        assert response.status_code == 502
+        assert response.json()["error"].endswith(
+            f"the cloud fallback failed: 127.0.0.1 refused the API key (401); set ${KEY_ENV} or run: ollama-manager cloud set-key"
+        )
+        assert "sk-wrong" not in response.text
+
+    def test_fallback_disabled_never_reaches_the_cloud(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        off = cloud_settings(cloud, enabled=False)
+        gw = gateways(ollama.base_url, off, probe=True, breaker_open_seconds=0.5, breaker_max_open_seconds=0.5)
+        assert gw.post("/api/chat", CHAT).headers[HEADER] == "local"
+        ollama.cleanup()
+        answers = [
+            gw.post(path, dict(CHAT, stream=stream))
+            for path in ("/api/chat", "/v1/chat/completions")
+            for stream in (True, False)
+        ]
+        answers += [gw.post("/api/embed", {"model": "all-minilm", "input": "x"}), httpx.get(gw.url + "/api/tags")]
+        assert [a.status_code for a in answers] == [503] * 6
+        assert answers[0].json()["error"].endswith("; the cloud fallback is off")
+        assert all(a.headers[HEADER] == "gateway" for a in answers)
+        assert gw.status()["cloud_active"] is False
+        assert gw.notifier.shown == []
+        assert cloud.requests() == []
+
+
+class TestClients:
+    def test_official_ollama_and_openai_libraries_work_unmodified(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        import ollama as ollama_lib
+        import openai
+
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        native = ollama_lib.Client(host=gw.url)
+        compat = openai.OpenAI(base_url=gw.url + "/v1", api_key="not-needed", max_retries=0)
+
+        def ask_all() -> list[str]:
+            answers = [native.chat(model="llama3", messages=MESSAGES).message.content or ""]
+            answers.append(
+                "".join(
+                    part.message.content or "" for part in native.chat(model="llama3", messages=MESSAGES, stream=True)
+                )
+            )
+            answers.append(native.generate(model="llama3", prompt="hi there").response)
+            answers.append(
+                compat.chat.completions.create(model="llama3", messages=MESSAGES).choices[0].message.content or ""
+            )
+            stream = compat.chat.completions.create(model="llama3", messages=MESSAGES, stream=True)
+            answers.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+            return answers
+
+        assert ask_all() == ["You said: hi there"] * 5
+        assert [m.model for m in native.list().models] == ["llama3:latest"]
+        ollama.cleanup()
+        assert ask_all() == ["Cloud answer to: hi there"] * 5
+        assert [m.model for m in native.list().models] == ["llama3:latest", "cloud-model"]
+        assert [m.id for m in compat.models.list()] == ["llama3:latest", "cloud-model"]
+
+    def test_an_ollama_api_host_as_the_cloud(
+        self, ollama: StandinEnv, tmp_path: Path, gateways: Callable[..., Running]
+    ) -> None:
+        remote = StandinEnv(tmp_path / "remote")
+        try:
+            remote.spawn_serve()
+            remote.wait_ready()
+            remote.pull("mistral")
+            settings = CloudSettings(
+                enabled=True, provider="ollama", base_url=remote.base_url, model="mistral", api_key_env=KEY_ENV
+            )
+            gw = gateways(ollama.base_url, settings)
+            ollama.cleanup()
+            whole = gw.post("/v1/chat/completions", CHAT)
+            assert (whole.headers[HEADER], whole.json()["choices"][0]["message"]["content"]) == (
+                "cloud",
+                "You said: hi there",
+            )
+            assert whole.json()["model"] == "mistral"
+            stream = gw.post("/v1/chat/completions", dict(CHAT, stream=True, stream_options={"include_usage": True}))
+            events = sse_events(stream)
+            assert "".join(e["choices"][0]["delta"]["content"] for e in events[:-3]) == "You said: hi there"
+            assert (
+                events[-3]["choices"][0]["finish_reason"],
+                events[-2]["usage"]["completion_tokens"],
+                events[-1],
+            ) == ("stop", 4, "[DONE]")
+            native = gw.post("/api/chat", CHAT)
+            assert [c["message"]["content"] for c in ndjson(native)] == ["You", " said:", " hi", " there", ""]
+            assert ndjson(native)[0]["model"] == "mistral"
+        finally:
+            remote.cleanup()
+
+    def test_embeddings_through_the_cloud(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(
+            ollama.base_url,
+            cloud_settings(cloud, embedding_model="cloud-embed"),
+            store=MemoryStore({cloud.base_url: KEY}),
+            env={},
+        )
+        ollama.cleanup()
+        embed = gw.post("/api/embed", {"model": "all-minilm", "input": ["ab", "c"]})
+        assert embed.json() == {
+            "model": "cloud-embed",
+            "embeddings": [[0.365, 0.56, 0.755, 0.95], [0.693, 0.792, 0.891, 0.99]],
+            "prompt_eval_count": 2,
+        }
+        legacy = gw.post("/api/embeddings", {"model": "all-minilm", "prompt": "c"})
+        assert legacy.json() == {"embedding": [0.693, 0.792, 0.891, 0.99]}
+        openai_style = gw.post("/v1/embeddings", {"model": "x", "input": "c"})
+        assert openai_style.json()["data"][0]["embedding"] == [0.693, 0.792, 0.891, 0.99]
+        assert all(r["authorized"] for r in cloud.requests())
+
+    def test_python_chat_api_uses_the_same_routing(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
+        restarts: list[int] = []
+        client = LocalFirstChat(
+            local_url=ollama.base_url, model="llama3", cloud=cloud_settings(cloud), env={KEY_ENV: KEY},
+            key_store=MemoryStore(), request_restart=lambda: restarts.append(1),
+        )  # fmt: skip
+        try:
+            reply = chat(MESSAGES, client=client)
+            assert (reply.content, reply.backend) == ("You said: hi there", Backend.LOCAL)
+            ollama.cleanup()
+            reply = client.chat(MESSAGES)
+            assert (reply.content, reply.backend, reply.response["model"]) == (
+                "Cloud answer to: hi there",
+                Backend.CLOUD,
+                "cloud-model",
+            )
+            stream = client.chat(MESSAGES, stream=True)
+            assert stream.backend is Backend.CLOUD
+            assert [c["message"]["content"] for c in stream] == ["Cloud", " answer", " to:", " hi", " there", ""]
+            client.chat(MESSAGES)
+            assert client.router.breaker.state(time.monotonic()).value == "open"
+            assert restarts == []
+            cloud.stop()
+            with pytest.raises(ChatError) as error:
+                client.chat(MESSAGES)
+            assert str(error.value).startswith("Ollama is skipped after failing (Ollama is not reachable at")
+            assert str(error.value).endswith(
+                "and the cloud fallback failed: cannot reach 127.0.0.1 (connection refused)"
+            )
+        finally:
+            client.close()
+
+
+class TestWiring:
+    def test_gateway_command_serves_until_stopped_and_reports_a_taken_port(
+        self, ollama: StandinEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from standin.harness import free_port
+
+        port = free_port()
+        config = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "notifications": False,
+                                  "cloud": CloudSettings(), "gateway": GatewaySettings(port=port)})()  # fmt: skip
+        paths = AppPaths(
+            config_dir=tmp_path / "c", log_dir=tmp_path / "l", data_dir=tmp_path / "d", state_dir=tmp_path / "s"
+        )
+        stop = threading.Event()
+        statuses: list[int] = []
+        thread = threading.Thread(
+            target=lambda: statuses.append(gateway_command(type("A", (), {"port": None})(), config, paths, stop=stop))
+        )
+        thread.start()
+        try:
+            answer = wait_until(lambda: _try_get(f"http://127.0.0.1:{port}/api/version"), what="the gateway")
+            assert answer.headers[HEADER] == "local"
+            assert gateway_command(type("A", (), {"port": None})(), config, paths, stop=threading.Event()) == 1
+        finally:
+            stop.set()
+            thread.join(15)
+        out = capsys.readouterr()
+        assert statuses == [0]
+        assert (
+            out.out.splitlines()[0]
+            == f"Gateway on http://127.0.0.1:{port} for Ollama at {ollama.base_url}; cloud fallback off"
+        )
+        assert (
+            out.err
+            == f"ollama-manager: the gateway cannot listen on 127.0.0.1:{port} (Address already in use); set gateway.port to a free port\n"
+        )
+
+    def test_inside_the_monitor_it_follows_the_monitors_health(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
+        class FakeMonitor:
+            def __init__(self) -> None:
+                self.subscribers: list[Callable[[dict[str, Any]], None]] = []
+                self.requests: list[str] = []
+
+            def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+                self.subscribers.append(callback)
+                return lambda: self.subscribers.remove(callback)
+
+            def snapshot(self) -> dict[str, Any]:
+                return {"health": "healthy", "state": "running"}
+
+            def request(self, action: str) -> None:
+                self.requests.append(action)
+
+        monitor = FakeMonitor()
+        off = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "gateway": GatewaySettings()})()
+        assert start_gateway_in_monitor(off, monitor) is None
+        config = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "cloud": cloud_settings(cloud),
+                                  "gateway": GatewaySettings(enabled=True, port=0)})()  # fmt: skip
+        server = start_gateway_in_monitor(config, monitor)
+        assert server is not None
+        try:
+            server.gateway.env = {KEY_ENV: KEY}
+            monitor.subscribers[0]({"health": "down", "state": "failed"})
+            answer = httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30)
+            assert answer.headers[HEADER] == "cloud"  # Ollama is up, but the monitor said it is not
+            monitor.subscribers[0]({"health": "healthy", "state": "running"})
+            assert (
+                httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30).headers[HEADER]
+                == "local"
+            )
+        finally:
+            server.stop()
+        assert monitor.subscribers == []
+
+
+def _try_get(url: str) -> httpx.Response | None:
+    try:
+        return httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return None

@@ -1,0 +1,395 @@
+"""``chat(messages, ...)``: the design notes' call, with the gateway's routing, in-process.
+
+For Python callers that want the local model with the cloud as a safety
+net without running the gateway::
+
+    from tray.gateway.client import chat
+    reply = chat([{"role": "user", "content": "test"}])
+    print(reply.content, reply.backend)   # "...", Backend.LOCAL
+
+The answer is always in Ollama's ``/api/chat`` format, whoever served it.
+Routing is the gateway's (:class:`~tray.gateway.breaker.Router`): Ollama
+first; the cloud (when ``[cloud] enabled``) if Ollama refuses the
+connection, sends nothing for ``first_byte_timeout`` seconds or answers
+5xx; Ollama skipped for a while after repeated failures. A stream that has
+started is never switched. Failures raise :class:`ChatError` (one line).
+
+Known limit: httpx has one read timeout per request, so here the
+first-byte budget also bounds each pause inside a streamed answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+
+import httpx
+
+from tray.gateway import translate as tr
+from tray.gateway.breaker import Backend, BreakerPolicy, CircuitBreaker, FallbackWindow, Route, Router, Target
+from tray.gateway.cloud import (
+    CONNECT_TIMEOUT,
+    ApiKey,
+    KeyStore,
+    NotServed,
+    SystemKeyStore,
+    describe_error,
+    find_api_key,
+    plan_cloud_call,
+    provider_error,
+    request_headers,
+)
+from tray.gateway.settings import CloudSettings, GatewaySettings
+
+LOCAL_CONNECT_TIMEOUT = 2.0
+
+
+class ChatError(Exception):
+    """Neither Ollama nor the cloud answered; ``str()`` is one line."""
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    """A whole answer: Ollama's final ``/api/chat`` object and who served it."""
+
+    response: dict[str, Any]
+    backend: Backend
+
+    @property
+    def message(self) -> dict[str, Any]:
+        return dict(self.response.get("message") or {})
+
+    @property
+    def content(self) -> str:
+        return str(self.message.get("content") or "")
+
+
+class ChatStream:
+    """A streamed answer: iterate for Ollama ``/api/chat`` chunks; ``backend`` is known up front."""
+
+    def __init__(self, chunks: Iterator[dict[str, Any]], backend: Backend, close: Callable[[], None]) -> None:
+        self.backend = backend
+        self._chunks = chunks
+        self._close = close
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._chunks
+        finally:
+            self._close()
+
+    def close(self) -> None:
+        self._close()
+
+
+class _Failure(Exception):
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+class LocalFirstChat:
+    """Chat with Ollama, falling back to the cloud, with the gateway's routing policy."""
+
+    def __init__(
+        self,
+        *,
+        local_url: str,
+        model: str,
+        cloud: CloudSettings,
+        settings: GatewaySettings | None = None,
+        env: Mapping[str, str] | None = None,
+        key_store: KeyStore | None = None,
+        request_restart: Callable[[], None] | None = None,
+        http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.local_url = local_url.rstrip("/")
+        self.model = model
+        self.cloud = cloud
+        self.settings = settings or GatewaySettings()
+        self.env = os.environ if env is None else env
+        self.key_store = key_store if key_store is not None else SystemKeyStore()
+        self.request_restart = request_restart
+        self.http = http or httpx.Client(trust_env=False)
+        self._cloud_http = http or httpx.Client()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        policy = BreakerPolicy(
+            failure_threshold=self.settings.breaker_failures,
+            open_seconds=self.settings.breaker_open_seconds,
+            max_open_seconds=self.settings.breaker_max_open_seconds,
+        )
+        self.router = Router(
+            cloud_enabled=cloud.enabled,
+            breaker=CircuitBreaker(policy),
+            window=FallbackWindow(self.settings.fallback_window_seconds),
+            restart_interval=self.settings.restart_interval,
+        )
+        self._lock = threading.Lock()
+        self._key: ApiKey | None = None
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> LocalFirstChat:
+        """A client for the app's settings (``Config``)."""
+        return cls(
+            local_url=config.host.url,
+            model=config.ollama_model,
+            cloud=getattr(config, "cloud", CloudSettings()),
+            settings=getattr(config, "gateway", GatewaySettings()),
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self._cloud_http.close()
+
+    @overload
+    def chat(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        stream: Literal[False] = False,
+        options: Mapping[str, Any] | None = None,
+        tools: list[Any] | None = None,
+        format: str | dict[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> ChatReply: ...
+
+    @overload
+    def chat(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        stream: Literal[True],
+        options: Mapping[str, Any] | None = None,
+        tools: list[Any] | None = None,
+        format: str | dict[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+    ) -> ChatStream: ...
+
+    def chat(
+        self,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        model: str | None = None,
+        stream: bool = False,
+        options: Mapping[str, Any] | None = None,
+        tools: list[Any] | None = None,
+        format: str | dict[str, Any] | None = None,  # Ollama's field name
+        keep_alive: str | float | None = None,
+    ) -> ChatReply | ChatStream:
+        """Answer ``messages`` (Ollama's chat format); a :class:`ChatStream` when ``stream``."""
+        body: dict[str, Any] = {"model": model or self.model, "messages": [dict(m) for m in messages], "stream": stream}
+        extras = {"options": options, "tools": tools, "format": format, "keep_alive": keep_alive}
+        body.update({key: value for key, value in extras.items() if value is not None})
+        with self._lock:
+            route = self.router.route(self.clock())
+        if route.target is Target.REFUSE:
+            raise ChatError(
+                f"Ollama is skipped after failing ({self.router.breaker.reason}); the cloud fallback is off"
+            )
+        if route.target is Target.CLOUD:
+            return self._from_cloud(body, f"Ollama is skipped after failing ({self.router.breaker.reason})")
+        try:
+            return self._from_local(body, route)
+        except _Failure as failure:
+            self._local_failed(route, failure)
+            if not route.can_fall_back:
+                raise ChatError(
+                    f"{failure}; the cloud fallback is off" if not self.cloud.enabled else str(failure)
+                ) from None
+            return self._from_cloud(body, str(failure))
+
+    # -- Ollama
+
+    def _from_local(self, body: dict[str, Any], route: Route) -> ChatReply | ChatStream:
+        budget = self.settings.first_byte_timeout if route.can_fall_back else self.settings.local_timeout
+        timeout = httpx.Timeout(connect=LOCAL_CONNECT_TIMEOUT, read=budget, write=budget, pool=budget)
+        request = self.http.build_request("POST", self.local_url + "/api/chat", json=body, timeout=timeout)
+        try:
+            response = self.http.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise _Failure(f"Ollama sent nothing for {budget:g} s", timed_out=True) from None
+        except httpx.ConnectError as exc:
+            raise _Failure(f"Ollama is not reachable at {self.local_url} ({describe_error(exc)})") from None
+        except httpx.HTTPError as exc:
+            raise _Failure(f"Ollama failed: {describe_error(exc)}") from None
+        if response.status_code >= 500 and route.can_fall_back:
+            detail = tr.error_message(_read(response))
+            raise _Failure(f"Ollama answered {response.status_code}: {detail}")
+        with self._lock:
+            self.router.local_succeeded(route, self.clock())
+            self.router.served(Backend.LOCAL, self.clock())
+        if response.status_code >= 400:
+            raise ChatError(f"Ollama answered {response.status_code}: {tr.error_message(_read(response))}")
+        if not body["stream"]:
+            try:
+                return ChatReply(json.loads(_read(response, limit=None)), Backend.LOCAL)
+            except (ValueError, httpx.HTTPError) as exc:
+                raise _Failure(f"Ollama broke off its answer ({describe_error(exc)})") from None
+        return ChatStream(self._local_chunks(response, route), Backend.LOCAL, response.close)
+
+    def _local_chunks(self, response: httpx.Response, route: Route) -> Iterator[dict[str, Any]]:
+        try:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield _chunk(line)
+        except httpx.HTTPError as exc:
+            failure = _Failure(
+                f"Ollama broke off the answer ({describe_error(exc)})",
+                timed_out=isinstance(exc, httpx.TimeoutException),
+            )
+            self._local_failed(route, failure)
+            raise ChatError(str(failure)) from None
+        finally:
+            response.close()
+
+    def _local_failed(self, route: Route, failure: _Failure) -> None:
+        with self._lock:
+            restart = self.router.local_failed(route, self.clock(), str(failure), timed_out=failure.timed_out)
+        if restart and self.request_restart is not None:
+            threading.Thread(target=self.request_restart, name="chat-restart", daemon=True).start()
+
+    # -- the cloud
+
+    def _from_cloud(self, body: dict[str, Any], problem: str) -> ChatReply | ChatStream:
+        if not self.cloud.enabled:
+            raise ChatError(f"{problem}; the cloud fallback is off")
+        try:
+            call = plan_cloud_call(self.cloud, "/api/chat", body)
+        except NotServed as exc:
+            raise ChatError(f"{problem}; {exc}") from None
+        if self._key is None:
+            self._key = find_api_key(self.cloud, self.env, self.key_store)
+        timeout = httpx.Timeout(
+            connect=CONNECT_TIMEOUT, read=self.cloud.timeout, write=self.cloud.timeout, pool=self.cloud.timeout
+        )
+        request = self._cloud_http.build_request(
+            "POST", self.cloud.url + call.path, json=call.body, headers=request_headers(self._key), timeout=timeout
+        )
+        try:
+            response = self._cloud_http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise ChatError(
+                f"{problem}, and the cloud fallback failed: cannot reach {self.cloud.host_label} ({describe_error(exc)})"
+            ) from None
+        if response.status_code >= 400:
+            if response.status_code in (401, 403):
+                self._key = None
+            detail = provider_error(self.cloud, response.status_code, _read(response))
+            raise ChatError(f"{problem}, and the cloud fallback failed: {detail}")
+        with self._lock:
+            self.router.served(Backend.CLOUD, self.clock())
+        stamp = tr.rfc3339_nano(self.wall_clock())
+        if not call.stream:
+            try:
+                answer = json.loads(_read(response, limit=None))
+            except (ValueError, httpx.HTTPError) as exc:
+                raise ChatError(f"{problem}, and the cloud fallback failed: {describe_error(exc)}") from None
+            return ChatReply(call.translate_body(answer, stamp, "", int(self.wall_clock())), Backend.CLOUD)
+        return ChatStream(self._cloud_chunks(response, call), Backend.CLOUD, response.close)
+
+    def _cloud_chunks(self, response: httpx.Response, call: Any) -> Iterator[dict[str, Any]]:
+        translator = call.stream_translator(lambda: tr.rfc3339_nano(self.wall_clock()), "", int(self.wall_clock()))
+        lines = tr.LineSplitter()
+        try:
+            for raw in response.iter_raw():
+                data = translator.feed(raw) if translator is not None else raw
+                yield from (_chunk(line) for line in lines.feed(data) if line.strip())
+            tail = translator.close() if translator is not None else b""
+            yield from (_chunk(line) for line in lines.feed(tail) + lines.close() if line.strip())
+        except httpx.HTTPError as exc:
+            raise ChatError(f"{self.cloud.host_label} broke off the answer ({describe_error(exc)})") from None
+        finally:
+            response.close()
+
+
+def _chunk(line: bytes | str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        raise ChatError("the answer stream held a line that is not JSON") from None
+    if isinstance(value, dict) and "error" in value:
+        raise ChatError(tr.error_message(value))
+    return value if isinstance(value, dict) else {}
+
+
+def _read(response: httpx.Response, limit: int | None = 64 * 1024) -> bytes:
+    try:
+        data = response.read()
+    except httpx.HTTPError:
+        data = b""
+    finally:
+        response.close()
+    return data if limit is None else data[:limit]
+
+
+_default: LocalFirstChat | None = None
+_default_lock = threading.Lock()
+
+
+def default_client() -> LocalFirstChat:
+    """The process-wide client for the app's settings, created on first use."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            from tray.config import load_config
+
+            _default = LocalFirstChat.from_config(load_config())
+        return _default
+
+
+@overload
+def chat(
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    model: str | None = None,
+    stream: Literal[False] = False,
+    options: Mapping[str, Any] | None = None,
+    tools: list[Any] | None = None,
+    format: str | dict[str, Any] | None = None,
+    client: LocalFirstChat | None = None,
+) -> ChatReply: ...
+
+
+@overload
+def chat(
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    model: str | None = None,
+    stream: Literal[True],
+    options: Mapping[str, Any] | None = None,
+    tools: list[Any] | None = None,
+    format: str | dict[str, Any] | None = None,
+    client: LocalFirstChat | None = None,
+) -> ChatStream: ...
+
+
+def chat(
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    model: str | None = None,
+    stream: bool = False,
+    options: Mapping[str, Any] | None = None,
+    tools: list[Any] | None = None,
+    format: str | dict[str, Any] | None = None,  # Ollama's field name
+    client: LocalFirstChat | None = None,
+) -> ChatReply | ChatStream:
+    """Chat with the local model, the cloud fallback taking over when Ollama fails.
+
+    ``model`` defaults to the configured ``ollama_model``; ``client`` to
+    :func:`default_client`. Raises :class:`ChatError` when nobody answers.
+    """
+    chosen = client or default_client()
+    if stream:
+        return chosen.chat(messages, model=model, stream=True, options=options, tools=tools, format=format)
+    return chosen.chat(messages, model=model, options=options, tools=tools, format=format)

@@ -1,0 +1,181 @@
+"""``ollama-manager gateway``, ``ollama-manager cloud set-key``, and the gateway inside the monitor.
+
+The command functions take the parsed arguments, the loaded ``Config`` and
+the ``AppPaths``, print one line on failure and return the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from tray.gateway.app import Gateway, GatewayServer
+from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
+from tray.gateway.settings import CloudSettings, GatewaySettings
+
+log = logging.getLogger(__name__)
+
+PROG = "ollama-manager"
+
+
+def cloud_settings(config: Any) -> CloudSettings:
+    return config.cloud  # type: ignore[no-any-return]
+
+
+def gateway_settings(config: Any) -> GatewaySettings:
+    return config.gateway  # type: ignore[no-any-return]
+
+
+def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``gateway`` to the CLI's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "gateway", help="run the local gateway (Ollama first, the cloud fallback when it fails)"
+    )
+    parser.add_argument("--port", type=int, default=None, help="loopback port (default: gateway.port, 11435)")
+    return parser
+
+
+def add_cloud_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``cloud set-key`` to the CLI's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser("cloud", help="cloud fallback settings")
+    actions = parser.add_subparsers(dest="cloud_command", metavar="ACTION")
+    actions.add_parser("set-key", help="store the provider's API key in the OS keyring (read from stdin)")
+    return parser
+
+
+def same_address(local_url: str, port: int) -> bool:
+    """Would the gateway on ``port`` forward to itself?"""
+    from urllib.parse import urlsplit
+
+    from tray.status_server import host_allowed
+
+    parts = urlsplit(local_url)
+    return parts.port == port and host_allowed(parts.netloc)
+
+
+def monitor_restart(paths: Any) -> Callable[[], None]:
+    """Ask a running monitor (through its status API and token) to restart Ollama."""
+
+    def restart() -> None:
+        from tray.cli import MonitorLink
+
+        message = MonitorLink(paths).action("restart")
+        if message is None:
+            log.warning("no running monitor to restart Ollama; start 'ollama-manager monitor' or the tray app")
+        else:
+            log.info("monitor: %s", message)
+
+    return restart
+
+
+def build_gateway(config: Any, **kwargs: Any) -> Gateway:
+    """A gateway for the app's settings."""
+    return Gateway(local_url=config.host.url, cloud=cloud_settings(config), settings=gateway_settings(config), **kwargs)
+
+
+def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: threading.Event | None = None) -> int:
+    """Run the gateway in the foreground until SIGINT/SIGTERM (or ``stop`` is set); the exit status."""
+    from tray.history import History
+    from tray.notify import Notifier
+
+    settings = gateway_settings(config)
+    port = args.port if getattr(args, "port", None) is not None else settings.port
+    if same_address(config.host.url, port):
+        print(f"{PROG}: the gateway port {port} is Ollama's own port; set gateway.port to another one", file=sys.stderr)
+        return 1
+    history = History(paths.history_db)
+    gateway = build_gateway(
+        config,
+        request_restart=monitor_restart(paths),
+        history=history,
+        notifier=Notifier(enabled=config.notifications),
+        probe=True,
+    )
+    server = GatewayServer(gateway, port)
+    try:
+        server.start()
+    except OSError as exc:
+        history.close()
+        print(f"{PROG}: {exc}; set gateway.port to a free port", file=sys.stderr)
+        return 1
+    cloud = cloud_settings(config)
+    fallback = f"cloud fallback: {cloud.host_label} ({cloud.model})" if cloud.enabled else "cloud fallback off"
+    print(f"Gateway on {server.url} for Ollama at {config.host.url}; {fallback}", flush=True)
+    if stop is None:
+        stop = _stop_on_signals()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        history.close()
+    return 0
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def read_secret(stdin: TextIO, prompt: str) -> str:
+    """A secret from the terminal without echo, or one line from a pipe."""
+    if stdin.isatty():
+        return getpass.getpass(prompt)
+    return stdin.readline().strip()
+
+
+def cloud_set_key_command(
+    args: argparse.Namespace, config: Any, paths: Any, *, stdin: TextIO | None = None, key_store: KeyStore | None = None
+) -> int:
+    """Store the provider's API key in the OS keyring; the exit status. The key is never printed or logged."""
+    cloud = cloud_settings(config)
+    account = key_account(cloud)
+    secret = read_secret(stdin or sys.stdin, f"API key for {account}: ").strip()
+    if not secret:
+        print(f"{PROG}: no key given (type it, or pipe it in on one line)", file=sys.stderr)
+        return 1
+    if any(ch.isspace() for ch in secret):
+        print(f"{PROG}: an API key has no spaces; nothing stored", file=sys.stderr)
+        return 1
+    try:
+        (key_store or SystemKeyStore()).set(account, secret)
+    except KeyStoreError as exc:
+        print(f"{PROG}: cannot store the key: {exc}; set ${cloud.key_env} instead", file=sys.stderr)
+        return 1
+    print(f"Stored the API key for {account} in the OS keyring")
+    if cloud.key_env:
+        print(f"(${cloud.key_env}, when set, is used instead)")
+    return 0
+
+
+def start_gateway_in_monitor(
+    config: Any, monitor: Any, history: Any = None, notifier: Any = None
+) -> GatewayServer | None:
+    """Start the gateway inside a running monitor when ``gateway.enabled``; None otherwise.
+
+    The gateway follows the monitor's health reports, asks it for restarts,
+    and unsubscribes when the returned server is stopped. Raises OSError
+    (one line) when the port cannot be had.
+    """
+    settings = gateway_settings(config)
+    if not settings.enabled:
+        return None
+    if same_address(config.host.url, settings.port):
+        raise OSError(f"the gateway port {settings.port} is Ollama's own port; set gateway.port to another one")
+    gateway = build_gateway(
+        config, request_restart=lambda: monitor.request("restart"), history=history, notifier=notifier
+    )
+    server = GatewayServer(gateway, settings.port)
+    server.start()
+    unsubscribe = monitor.subscribe(gateway.observe_status)
+    server.on_stop(unsubscribe)
+    gateway.observe_status(monitor.snapshot())
+    return server

@@ -1,0 +1,168 @@
+"""The ``[cloud]`` and ``[gateway]`` config sections.
+
+Both are frozen dataclasses the config loader fills from the TOML file and
+``OLLAMA_MANAGER_CLOUD_<KEY>`` / ``OLLAMA_MANAGER_GATEWAY_<KEY>`` variables.
+A bad value raises ``ValueError`` with one line naming the key.
+
+The cloud fallback is off until the user turns it on: a user who runs a
+local model may not want prompts to leave the machine. The API key is never
+a setting; ``api_key_env`` only names the environment variable that holds
+it, and ``ollama-manager cloud set-key`` stores it in the OS keyring instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+PROVIDERS = ("openai", "ollama")
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "ollama": "https://ollama.com"}
+DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "ollama": "OLLAMA_API_KEY"}
+DEFAULT_GATEWAY_PORT = 11435
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _meta(text: str, minimum: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"help": text, "minimum": minimum, "choices": choices}
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """Where requests go when Ollama cannot answer; field names are the ``[cloud]`` keys."""
+
+    enabled: bool = field(
+        default=False,
+        metadata=_meta("Answer with the cloud provider while Ollama is down (prompts then leave this machine)"),
+    )
+    provider: str = field(
+        default="openai",
+        metadata=_meta(
+            "'openai' for any OpenAI-compatible API (OpenAI, OpenRouter, Groq, vLLM, ...), 'ollama' for an Ollama-API host",
+            choices=PROVIDERS,
+        ),
+    )
+    base_url: str = field(
+        default="",
+        metadata=_meta("Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)"),
+    )
+    model: str = field(default="", metadata=_meta("Model the provider answers with; required when enabled"))
+    embedding_model: str = field(
+        default="",
+        metadata=_meta("Model for embeddings while Ollama is down; empty: embeddings are not sent to the cloud"),
+    )
+    api_key_env: str = field(
+        default="",
+        metadata=_meta(
+            "Environment variable holding the API key (default OPENAI_API_KEY / OLLAMA_API_KEY); "
+            "without it the OS keyring entry from 'ollama-manager cloud set-key' is used"
+        ),
+    )
+    timeout: float = field(
+        default=30.0, metadata=_meta("Seconds the provider may stay silent before the request fails", minimum=1)
+    )
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"cloud.provider must be one of {', '.join(map(repr, PROVIDERS))}, got {self.provider!r}")
+        if self.base_url and not _is_http_url(self.base_url):
+            raise ValueError(f"cloud.base_url must be an http:// or https:// address, got {self.base_url!r}")
+        if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
+            # The value is not echoed: a user may have pasted the key itself here.
+            raise ValueError(
+                "cloud.api_key_env must be the name of an environment variable, not the key itself "
+                "(store the key with: ollama-manager cloud set-key)"
+            )
+        if self.enabled and not self.model.strip():
+            raise ValueError("cloud.model must be set when cloud.enabled is true")
+        if self.timeout < 1:
+            raise ValueError(f"cloud.timeout must be at least 1, got {self.timeout!r}")
+
+    @property
+    def url(self) -> str:
+        """The provider's base URL without a trailing slash."""
+        return (self.base_url or DEFAULT_BASE_URLS[self.provider]).rstrip("/")
+
+    @property
+    def key_env(self) -> str:
+        """The environment variable that holds the API key."""
+        return self.api_key_env or DEFAULT_KEY_ENVS[self.provider]
+
+    @property
+    def host_label(self) -> str:
+        """The provider's host name, for messages."""
+        return urlsplit(self.url).hostname or self.url
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The local gateway apps point at instead of Ollama; field names are the ``[gateway]`` keys."""
+
+    enabled: bool = field(default=False, metadata=_meta("Run the gateway inside the monitor and the tray app"))
+    port: int = field(
+        default=DEFAULT_GATEWAY_PORT, metadata=_meta("Loopback port of the gateway (0 = any free port)", minimum=0)
+    )
+    first_byte_timeout: float = field(
+        default=15.0,
+        metadata=_meta(
+            "Seconds without a first byte from Ollama before the cloud takes the request and Ollama is restarted",
+            minimum=0.1,
+        ),
+    )
+    local_timeout: float = field(
+        default=300.0,
+        metadata=_meta("Seconds to wait for Ollama's first byte when the cloud cannot take over", minimum=1),
+    )
+    idle_timeout: float = field(
+        default=60.0, metadata=_meta("Seconds Ollama may pause inside an answer it has started", minimum=1)
+    )
+    probe_interval: float = field(
+        default=3.0,
+        metadata=_meta(
+            "Seconds between the gateway's own health checks when it runs without the monitor", minimum=0.05
+        ),
+    )
+    breaker_failures: int = field(
+        default=3, metadata=_meta("Failures in a row after which Ollama is skipped for a while", minimum=1)
+    )
+    breaker_open_seconds: float = field(
+        default=30.0,
+        metadata=_meta("Seconds Ollama is skipped after it failed; doubles on each new failure", minimum=0.1),
+    )
+    breaker_max_open_seconds: float = field(
+        default=300.0, metadata=_meta("Longest time Ollama is skipped before it is tried again", minimum=0.1)
+    )
+    restart_interval: float = field(
+        default=120.0,
+        metadata=_meta("Least seconds between two restarts of Ollama asked for because of timeouts", minimum=0),
+    )
+    fallback_window_seconds: float = field(
+        default=600.0, metadata=_meta("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1)
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"gateway.port must be between 0 and 65535, got {self.port!r}")
+        positive = (
+            "first_byte_timeout", "local_timeout", "idle_timeout", "probe_interval",
+            "breaker_open_seconds", "breaker_max_open_seconds", "fallback_window_seconds",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"gateway.{name} must be above 0, got {getattr(self, name)!r}")
+        if self.breaker_failures < 1:
+            raise ValueError(f"gateway.breaker_failures must be at least 1, got {self.breaker_failures!r}")
+        if self.restart_interval < 0:
+            raise ValueError(f"gateway.restart_interval must not be negative, got {self.restart_interval!r}")
+        if self.breaker_max_open_seconds < self.breaker_open_seconds:
+            raise ValueError(
+                "gateway.breaker_max_open_seconds must be at least gateway.breaker_open_seconds "
+                f"({self.breaker_max_open_seconds!r} < {self.breaker_open_seconds!r})"
+            )
+
+
+def _is_http_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
