@@ -342,13 +342,15 @@ class running_services:
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
 
     def __enter__(self) -> "running_services":
+        from tray.gateway.commands import start_gateway_in_monitor
         from tray.status_server import StatusServer, load_or_create_token, write_monitor_file
 
         paths = self.ctx.paths
         self.instance.acquire()
         install_default_modelfile(self.ctx.config, paths)
         self.history = self.ctx.history()
-        notify_events(self.history, self.notifier or Notifier(enabled=self.ctx.config.notifications))
+        notifier = self.notifier or Notifier(enabled=self.ctx.config.notifications)
+        notify_events(self.history, notifier)
         self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
         self.server = StatusServer(
             self.monitor, self.history, load_or_create_token(paths.api_token), self.ctx.config.status_port
@@ -361,9 +363,17 @@ class running_services:
         self.status_port = port
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
+        try:
+            self.gateway = start_gateway_in_monitor(self.ctx.config, self.monitor, self.history, notifier)
+        except OSError as exc:
+            self.__exit__(None, None, None)
+            raise CliError(str(exc)) from None
+        self.monitor.gateway = self.gateway.gateway if self.gateway else None
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if getattr(self, "gateway", None) is not None:
+            self.gateway.stop()
         self.monitor.stop()
         self.server.stop()
         try:
@@ -394,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="show restarts, health changes and errors")
     events.add_argument("--json", action="store_true", help="print JSON")
     events.add_argument("--limit", type=int, default=100, metavar="N", help="newest N events (default 100)")
+    from tray.gateway.commands import add_cloud_parser, add_gateway_parser
+
+    add_gateway_parser(sub)
+    add_cloud_parser(sub)
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
@@ -412,6 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_gateway(ctx: Context) -> int:
+    from tray.gateway.commands import gateway_command
+
+    setup_logging(ctx.paths.app_log, stderr=True)
+    return gateway_command(ctx.args, ctx.config, ctx.paths)
+
+
+def cmd_cloud(ctx: Context) -> int:
+    from tray.gateway.commands import cloud_set_key_command
+
+    if ctx.args.cloud_command != "set-key":
+        raise CliError("usage: ollama-manager cloud set-key")
+    return cloud_set_key_command(ctx.args, ctx.config, ctx.paths)
+
+
 COMMANDS: dict[str, Callable[[Context], int]] = {
     "start": cmd_start,
     "stop": cmd_stop,
@@ -421,6 +450,8 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "events": cmd_events,
     "metrics": cmd_metrics,
     "model": cmd_model,
+    "gateway": cmd_gateway,
+    "cloud": cmd_cloud,
 }
 
 

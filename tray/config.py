@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tray.core.alerts import AlertThresholds
+from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.paths import AppPaths
 
@@ -91,6 +92,12 @@ class Config:
     notifications: bool = field(default=True, metadata=_help("Show desktop notifications"))
 
     alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=_help("Alert thresholds"))
+    cloud: CloudSettings = field(
+        default_factory=CloudSettings, metadata=_help("The cloud LLM answering while Ollama is down (off until enabled)")
+    )
+    gateway: GatewaySettings = field(
+        default_factory=GatewaySettings, metadata=_help("The local gateway apps point at instead of Ollama")
+    )
 
     source: str = field(default="", compare=False, metadata={"internal": True})
 

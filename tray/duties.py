@@ -16,6 +16,7 @@ from tray.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import ProbeResult
 from tray.core.oom import OomEvent, OomLadder
+from tray.gateway.breaker import FallbackUsage
 from tray.history import History
 from tray.resources import ResourceSample
 
@@ -77,7 +78,7 @@ class DaemonDuties:
         probe: ProbeResult,
         sample: ResourceSample | None,
         model_status: str | None,
-        fallback_ratio: float | None = None,
+        fallback: FallbackUsage | None = None,
     ) -> None:
         self._record_sample(health, probe, sample)
         self._walk_oom_ladder(now, probe)
@@ -89,7 +90,8 @@ class DaemonDuties:
             tree_cpu_percent=sample.tree_cpu_percent if sample and sample.server_running else None,
             health=health,
             restart_times=tuple(self.restart_times),
-            fallback_ratio=fallback_ratio,
+            fallback_ratio=fallback.ratio if fallback else None,
+            fallback_calls=fallback.calls if fallback else None,
             model_status=model_status,
             model_name=self.config.ollama_model,
             disk_free_bytes=sample.disk_free_bytes if sample else None,

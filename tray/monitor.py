@@ -91,6 +91,7 @@ class Monitor:
             self._set_activity,
             clock,
         )
+        self.gateway: Any = None  # the cloud-fallback gateway, when running alongside
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
         self._status: dict[str, Any] = self._build_status()
@@ -203,7 +204,14 @@ class Monitor:
         result = self.probe()
         self._observe(result, now)
         self.models.on_tick(now, result.ok, self.model_present)
-        self.duties.after_tick(now, str(self.health), result, self.sample, model_status=self.models.status)
+        self.duties.after_tick(
+            now,
+            str(self.health),
+            result,
+            self.sample,
+            model_status=self.models.status,
+            fallback=self.gateway.fallback_usage() if self.gateway else None,
+        )
         if self.duties.leak_restart_wanted:
             self.duties.leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
@@ -480,6 +488,7 @@ class Monitor:
         sample = self.sample
         uptime = int(time.time() - sup.server.create_time) if running and sup.server else 0
         next_retry = None if self.next_retry_at is None else max(0.0, self.next_retry_at - self.clock())
+        gateway = self.gateway.snapshot() if self.gateway is not None else None
         return {
             "ollama_running": running,
             "model_loaded": self.config.ollama_model if running and self.model_present else None,
@@ -500,7 +509,11 @@ class Monitor:
             "restart_attempts_max": self.policy.max_attempts,
             "next_retry_in": next_retry,
             "activity": self.activity,
-            "cloud_active": self.state == "failed" or self.duties.oom_wants_cloud,
+            # Fallback mode: given up on Ollama, out of memory at the last rung, or the gateway routing to the cloud.
+            "cloud_active": self.state == "failed"
+            or self.duties.oom_wants_cloud
+            or bool(gateway and gateway["cloud_active"]),
+            "gateway": gateway,
             "loaded_models": list(self.loaded_models),
             "model_status": self.models.status,
             "model_info": self._model_info(),

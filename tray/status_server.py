@@ -132,8 +132,7 @@ class StatusServer:
             access_log=False,
             lifespan="off",
         )
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = uvicorn.Server(config)  # off the main thread, uvicorn leaves signals alone
         self._thread = threading.Thread(target=self._server.run, name="status-api", daemon=True)
         self.port: int | None = None
 

@@ -410,6 +410,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     """One HTTP/1.1 connection; every method goes through :meth:`dispatch`."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; like Ollama (Go sets TCP_NODELAY), do not delay the second.
+    disable_nagle_algorithm = True
     server: StandinServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
