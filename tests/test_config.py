@@ -117,3 +117,17 @@ def test_bad_alerts_section(paths, tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_config(file, env={}, paths=paths)
     assert str(err.value) == f"{file}: {message}"
+
+
+def test_every_setting_in_every_section_has_help():
+    import dataclasses
+
+    def walk(cls, prefix=""):
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            assert f.metadata.get("help"), prefix + f.name
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+                walk(f.default_factory, prefix + f.name + ".")
+
+    walk(Config)

@@ -22,6 +22,7 @@ from tray.core.alerts import AlertThresholds
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.paths import AppPaths
+from tray.setting_meta import setting
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"
@@ -31,72 +32,68 @@ class ConfigError(Exception):
     """A bad setting; ``str()`` is the one line shown to the user."""
 
 
-def _help(text: str, minimum: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"help": text, "minimum": minimum, "choices": choices}
-
-
 @dataclass(frozen=True)
 class Config:
     ollama_host: str = field(
-        default="", metadata=_help("Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434")
+        default="", metadata=setting("Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434")
     )
     ollama_binary: str = field(
-        default="", metadata=_help("Path of the ollama executable; default: found on PATH or the OS install location")
+        default="", metadata=setting("Path of the ollama executable; default: found on PATH or the OS install location")
     )
-    ollama_model: str = field(default="uncensored-llama3", metadata=_help("The model the manager keeps built"))
+    ollama_model: str = field(default="uncensored-llama3", metadata=setting("The model the manager keeps built"))
     modelfile: str = field(
-        default="", metadata=_help("Modelfile the model is built from; default: uncensored.Modelfile in the config dir")
+        default="", metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir")
     )
     health_check_interval: float = field(
-        default=30.0, metadata=_help("Seconds between health checks", minimum=0.1)
+        default=30.0, metadata=setting("Seconds between health checks", minimum=0.1)
     )
     health_check_timeout: float = field(
         default=5.0,
-        metadata=_help("Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1),
+        metadata=setting("Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1),
     )
     auto_restart_attempts: int = field(
-        default=3, metadata=_help("Restart attempts before giving up and relying on the cloud fallback", minimum=0)
+        default=3, metadata=setting("Restart attempts before giving up and relying on the cloud fallback", minimum=0)
     )
     health_probe: str = field(
         default="inference",
-        metadata=_help(
+        metadata=setting(
             "'inference' runs a one-token test prompt when the model exists; 'api' only checks the API so the model can unload",
             choices=("inference", "api"),
         ),
     )
     startup_timeout: float = field(
-        default=30.0, metadata=_help("Seconds to wait for a started Ollama to answer", minimum=1)
+        default=30.0, metadata=setting("Seconds to wait for a started Ollama to answer", minimum=1)
     )
     model_load_timeout: float = field(
         default=300.0,
-        metadata=_help("Seconds a probe may take while the model loads from disk (not counted as a hang)", minimum=1),
+        metadata=setting("Seconds a probe may take while the model loads from disk (not counted as a hang)", minimum=1),
     )
     stop_timeout: float = field(
-        default=5.0, metadata=_help("Seconds between SIGTERM and SIGKILL when stopping Ollama", minimum=0.1)
+        default=5.0, metadata=setting("Seconds between SIGTERM and SIGKILL when stopping Ollama", minimum=0.1)
     )
     status_port: int = field(
-        default=11436, metadata=_help("Loopback port of the status API (0 = any free port)", minimum=0)
+        default=11436, metadata=setting("Loopback port of the status API (0 = any free port)", minimum=0)
     )
     model_quantize: str = field(
-        default="", metadata=_help("Quantization for builds from an F16/F32 base, e.g. 'q4_K_M' (empty: as the base)")
+        default="", metadata=setting("Quantization for builds from an F16/F32 base, e.g. 'q4_K_M' (empty: as the base)")
     )
     auto_build_model: bool = field(
-        default=True, metadata=_help("Build or repair the model automatically when it is missing, outdated or damaged")
+        default=True, metadata=setting("Build or repair the model automatically when it is missing, outdated or damaged")
     )
     model_verify_interval: float = field(
-        default=3600.0, metadata=_help("Seconds between model integrity checks", minimum=1)
+        default=3600.0, metadata=setting("Seconds between model integrity checks", minimum=1)
     )
     stop_ollama_on_quit: bool = field(
-        default=False, metadata=_help("Stop Ollama when the tray app quits")
+        default=False, metadata=setting("Stop Ollama when the tray app quits")
     )
-    notifications: bool = field(default=True, metadata=_help("Show desktop notifications"))
+    notifications: bool = field(default=True, metadata=setting("Show desktop notifications"))
 
-    alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=_help("Alert thresholds"))
+    alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=setting("Alert thresholds"))
     cloud: CloudSettings = field(
-        default_factory=CloudSettings, metadata=_help("The cloud LLM answering while Ollama is down (off until enabled)")
+        default_factory=CloudSettings, metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)")
     )
     gateway: GatewaySettings = field(
-        default_factory=GatewaySettings, metadata=_help("The local gateway apps point at instead of Ollama")
+        default_factory=GatewaySettings, metadata=setting("The local gateway apps point at instead of Ollama")
     )
 
     source: str = field(default="", compare=False, metadata={"internal": True})

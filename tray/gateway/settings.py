@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
+
+from tray.setting_meta import setting
 
 PROVIDERS = ("openai", "ollama")
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "ollama": "https://ollama.com"}
@@ -25,43 +26,39 @@ DEFAULT_GATEWAY_PORT = 11435
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _meta(text: str, minimum: float | None = None, choices: tuple[str, ...] = ()) -> dict[str, Any]:
-    return {"help": text, "minimum": minimum, "choices": choices}
-
-
 @dataclass(frozen=True)
 class CloudSettings:
     """Where requests go when Ollama cannot answer; field names are the ``[cloud]`` keys."""
 
     enabled: bool = field(
         default=False,
-        metadata=_meta("Answer with the cloud provider while Ollama is down (prompts then leave this machine)"),
+        metadata=setting("Answer with the cloud provider while Ollama is down (prompts then leave this machine)"),
     )
     provider: str = field(
         default="openai",
-        metadata=_meta(
+        metadata=setting(
             "'openai' for any OpenAI-compatible API (OpenAI, OpenRouter, Groq, vLLM, ...), 'ollama' for an Ollama-API host",
             choices=PROVIDERS,
         ),
     )
     base_url: str = field(
         default="",
-        metadata=_meta("Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)"),
+        metadata=setting("Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)"),
     )
-    model: str = field(default="", metadata=_meta("Model the provider answers with; required when enabled"))
+    model: str = field(default="", metadata=setting("Model the provider answers with; required when enabled"))
     embedding_model: str = field(
         default="",
-        metadata=_meta("Model for embeddings while Ollama is down; empty: embeddings are not sent to the cloud"),
+        metadata=setting("Model for embeddings while Ollama is down; empty: embeddings are not sent to the cloud"),
     )
     api_key_env: str = field(
         default="",
-        metadata=_meta(
+        metadata=setting(
             "Environment variable holding the API key (default OPENAI_API_KEY / OLLAMA_API_KEY); "
             "without it the OS keyring entry from 'ollama-manager cloud set-key' is used"
         ),
     )
     timeout: float = field(
-        default=30.0, metadata=_meta("Seconds the provider may stay silent before the request fails", minimum=1)
+        default=30.0, metadata=setting("Seconds the provider may stay silent before the request fails", minimum=1)
     )
 
     def __post_init__(self) -> None:
@@ -100,46 +97,46 @@ class CloudSettings:
 class GatewaySettings:
     """The local gateway apps point at instead of Ollama; field names are the ``[gateway]`` keys."""
 
-    enabled: bool = field(default=False, metadata=_meta("Run the gateway inside the monitor and the tray app"))
+    enabled: bool = field(default=False, metadata=setting("Run the gateway inside the monitor and the tray app"))
     port: int = field(
-        default=DEFAULT_GATEWAY_PORT, metadata=_meta("Loopback port of the gateway (0 = any free port)", minimum=0)
+        default=DEFAULT_GATEWAY_PORT, metadata=setting("Loopback port of the gateway (0 = any free port)", minimum=0)
     )
     first_byte_timeout: float = field(
         default=15.0,
-        metadata=_meta(
+        metadata=setting(
             "Seconds without a first byte from Ollama before the cloud takes the request and Ollama is restarted",
             minimum=0.1,
         ),
     )
     local_timeout: float = field(
         default=300.0,
-        metadata=_meta("Seconds to wait for Ollama's first byte when the cloud cannot take over", minimum=1),
+        metadata=setting("Seconds to wait for Ollama's first byte when the cloud cannot take over", minimum=1),
     )
     idle_timeout: float = field(
-        default=60.0, metadata=_meta("Seconds Ollama may pause inside an answer it has started", minimum=1)
+        default=60.0, metadata=setting("Seconds Ollama may pause inside an answer it has started", minimum=1)
     )
     probe_interval: float = field(
         default=3.0,
-        metadata=_meta(
+        metadata=setting(
             "Seconds between the gateway's own health checks when it runs without the monitor", minimum=0.05
         ),
     )
     breaker_failures: int = field(
-        default=3, metadata=_meta("Failures in a row after which Ollama is skipped for a while", minimum=1)
+        default=3, metadata=setting("Failures in a row after which Ollama is skipped for a while", minimum=1)
     )
     breaker_open_seconds: float = field(
         default=30.0,
-        metadata=_meta("Seconds Ollama is skipped after it failed; doubles on each new failure", minimum=0.1),
+        metadata=setting("Seconds Ollama is skipped after it failed; doubles on each new failure", minimum=0.1),
     )
     breaker_max_open_seconds: float = field(
-        default=300.0, metadata=_meta("Longest time Ollama is skipped before it is tried again", minimum=0.1)
+        default=300.0, metadata=setting("Longest time Ollama is skipped before it is tried again", minimum=0.1)
     )
     restart_interval: float = field(
         default=120.0,
-        metadata=_meta("Least seconds between two restarts of Ollama asked for because of timeouts", minimum=0),
+        metadata=setting("Least seconds between two restarts of Ollama asked for because of timeouts", minimum=0),
     )
     fallback_window_seconds: float = field(
-        default=600.0, metadata=_meta("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1)
+        default=600.0, metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1)
     )
 
     def __post_init__(self) -> None:
