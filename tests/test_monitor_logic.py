@@ -273,3 +273,24 @@ def test_a_suspend_the_monotonic_clock_did_not_see_is_a_wake_too():
     monitor.tick()
     assert sup.restarts == []
     assert [e.kind for e in monitor.history.events()].count("resume") == 1
+
+
+def test_a_stuck_subscriber_never_blocks_the_health_checks():
+    import threading
+
+    monitor, sup, clock = make([OK] * 5)
+    release = threading.Event()
+    seen = []
+
+    def stuck(status):
+        seen.append(status["health"])
+        release.wait(10)
+
+    delivered = threading.Event()
+    fresh = []
+    unsubscribe = monitor.subscribe(stuck)
+    monitor.subscribe(lambda status: (fresh.append(status["health"]), delivered.set()))
+    run_ticks(monitor, clock, 5)  # returns although the first subscriber is stuck
+    assert delivered.wait(5) and fresh[-1] == "healthy"
+    release.set()
+    unsubscribe()

@@ -61,7 +61,7 @@ class Monitor:
         self.timeouts = TimeoutCounter(threshold=3)
         supervisor.on_exit = self._on_server_exit
 
-        self._subscribers: list[Subscriber] = []
+        self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
         self._commands: queue.Queue[tuple[str, concurrent.futures.Future[str]]] = queue.Queue()
         self._wake = threading.Event()
@@ -99,13 +99,20 @@ class Monitor:
     # ------------------------------------------------------------------ public, any thread
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Deliver every status change to ``callback`` on a thread of its own.
+
+        A slow or stuck subscriber (a tray redraw waiting on the display) then
+        delays only its own updates, never the health checks.
+        """
+        mailbox = _Mailbox(callback)
         with self._sub_lock:
-            self._subscribers.append(callback)
+            self._subscribers.append(mailbox)
 
         def unsubscribe() -> None:
             with self._sub_lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
+                if mailbox in self._subscribers:
+                    self._subscribers.remove(mailbox)
+            mailbox.close()
 
         return unsubscribe
 
@@ -534,10 +541,42 @@ class Monitor:
         self._status = self._build_status()
         with self._sub_lock:
             subscribers = list(self._subscribers)
-        for callback in subscribers:
+        for mailbox in subscribers:
+            mailbox.post(dict(self._status))
+
+
+class _Mailbox:
+    """Hands the latest status to one subscriber on its own thread; older undelivered ones are dropped."""
+
+    def __init__(self, callback: Subscriber) -> None:
+        self.callback = callback
+        self._latest: dict[str, Any] | None = None
+        self._closed = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._deliver, name="status-subscriber", daemon=True)
+        self._thread.start()
+
+    def post(self, status: dict[str, Any]) -> None:
+        with self._ready:
+            self._latest = status
+            self._ready.notify()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+    def _deliver(self) -> None:
+        while True:
+            with self._ready:
+                while self._latest is None and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                status, self._latest = self._latest, None
             try:
-                callback(dict(self._status))
-            except Exception:  # a broken subscriber must not stop supervision
+                self.callback(status)
+            except Exception:  # a broken subscriber must not stop the others
                 log.exception("status subscriber failed")
 
 

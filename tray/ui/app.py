@@ -178,6 +178,7 @@ class TrayApp:
         self._icon = self._create_icon(self._image(key), tooltip(self._status))
         self._shown_image_key = key
         accept_xorg_clicks(self._icon)
+        send_xorg_requests_on_own_connection(self._icon)
 
     # --- public -------------------------------------------------------------
 
@@ -435,6 +436,44 @@ def accept_xorg_clicks(icon: Any) -> None:
 
     window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
     display.flush()
+
+
+def send_xorg_requests_on_own_connection(icon: Any) -> None:
+    """Make pystray's xorg icon safe to update from other threads.
+
+    pystray 0.19.5 runs ``icon.icon = ...``, ``icon.title = ...``,
+    ``visible`` and ``stop()`` by sending a ClientMessage to its own window
+    on the icon's X connection from the calling thread, while the event loop
+    uses that connection on the main thread. python-xlib 0.33 cannot share a
+    connection that way: a thread that flushes while input is pending returns
+    without waking a thread waiting for a reply, so the event loop blocks for
+    good in ``get_geometry()`` and every later update waits on it (the icon
+    freezes; ~5 % of launches under Xvfb). A second connection carries those
+    messages instead; the event loop still receives them on its own.
+    """
+    if type(icon).__module__ != "pystray._xorg":
+        return
+    from Xlib import X
+    from Xlib import display as xdisplay
+    from Xlib.protocol import event
+
+    sender = xdisplay.Display(icon._display.get_display_name())
+    send_lock = threading.Lock()
+    send_on_loop_thread = icon._send_message
+
+    def send_message(window: Any, client_type: int, l0: int = 0, l1: int = 0, l2: int = 0, l3: int = 0) -> None:
+        loop = getattr(icon, "_thread", None)
+        if loop is not None and threading.current_thread().ident == loop.ident:
+            send_on_loop_thread(window, client_type, l0, l1, l2, l3)
+            return
+        message = event.ClientMessage(
+            window=window.id, client_type=client_type, data=(32, (X.CurrentTime, l0, l1, l2, l3))
+        )
+        with send_lock:
+            sender.create_resource_object("window", window.id).send_event(message, event_mask=X.NoEventMask)
+            sender.flush()
+
+    icon._send_message = send_message
 
 
 def _import_pystray() -> Any:
