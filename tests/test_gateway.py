@@ -19,7 +19,7 @@ import pytest
 
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
-from tray.config import ConfigError, _load_table, settable_fields
+from tray.config import ConfigError, load_table, settable_fields
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
@@ -96,12 +96,12 @@ class TestSettings:
 
     def test_loaded_through_the_config_machinery_with_env_overrides(self, tmp_path: Path) -> None:
         env = {"OLLAMA_MANAGER_CLOUD_ENABLED": "yes", "OLLAMA_MANAGER_CLOUD_TIMEOUT": "12"}
-        values = _load_table(
+        values = load_table(
             CloudSettings, {"model": "gpt-4o-mini", "provider": "openai"}, env, tmp_path / "c.toml", "cloud."
         )
         assert CloudSettings(**values) == CloudSettings(enabled=True, model="gpt-4o-mini", timeout=12.0)
         with pytest.raises(ConfigError) as error:
-            _load_table(GatewaySettings, {"port": "x"}, {}, tmp_path / "c.toml", "gateway.")
+            load_table(GatewaySettings, {"port": "x"}, {}, tmp_path / "c.toml", "gateway.")
         assert str(error.value) == f"{tmp_path / 'c.toml'}: key 'gateway.port' must be a whole number, got 'x'"
 
 

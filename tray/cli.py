@@ -342,6 +342,7 @@ class running_services:
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
 
     def __enter__(self) -> "running_services":
+        from tray.dashboard import Dashboard
         from tray.gateway.commands import start_gateway_in_monitor
         from tray.status_server import StatusServer, load_or_create_token, write_monitor_file
 
@@ -352,8 +353,10 @@ class running_services:
         notifier = self.notifier or Notifier(enabled=self.ctx.config.notifications)
         notify_events(self.history, notifier)
         self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
+        token = load_or_create_token(paths.api_token)
+        self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
         self.server = StatusServer(
-            self.monitor, self.history, load_or_create_token(paths.api_token), self.ctx.config.status_port
+            self.monitor, self.history, token, self.ctx.config.status_port, extra_routes=self.dashboard.routes()
         )
         try:
             port = self.server.start()
@@ -375,6 +378,7 @@ class running_services:
         if getattr(self, "gateway", None) is not None:
             self.gateway.stop()
         self.monitor.stop()
+        self.dashboard.close()  # ends the dashboards' open event streams, so the server can stop
         self.server.stop()
         try:
             self.ctx.paths.monitor_file.unlink()
@@ -408,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_gateway_parser(sub)
     add_cloud_parser(sub)
+    from tray.dashboard.launch import add_dashboard_parser
+
+    add_dashboard_parser(sub)
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
@@ -433,6 +440,12 @@ def cmd_gateway(ctx: Context) -> int:
     return gateway_command(ctx.args, ctx.config, ctx.paths)
 
 
+def cmd_dashboard(ctx: Context) -> int:
+    from tray.dashboard.launch import dashboard_command
+
+    return dashboard_command(ctx.args, ctx.paths)
+
+
 def cmd_cloud(ctx: Context) -> int:
     from tray.gateway.commands import cloud_set_key_command
 
@@ -452,6 +465,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "model": cmd_model,
     "gateway": cmd_gateway,
     "cloud": cmd_cloud,
+    "dashboard": cmd_dashboard,
 }
 
 

@@ -22,6 +22,7 @@ from tray.core.alerts import AlertThresholds
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.paths import AppPaths
+from tray.server_settings import OllamaServerSettings
 from tray.setting_meta import setting
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
@@ -95,6 +96,10 @@ class Config:
     gateway: GatewaySettings = field(
         default_factory=GatewaySettings, metadata=setting("The local gateway apps point at instead of Ollama")
     )
+    ollama_server: OllamaServerSettings = field(
+        default_factory=OllamaServerSettings,
+        metadata=setting("How the app starts `ollama serve`: models folder, GPUs, memory and network"),
+    )
 
     source: str = field(default="", compare=False, metadata={"internal": True})
 
@@ -111,11 +116,12 @@ def settable_fields(cls: type = Config) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
-def _is_section(f: dataclasses.Field[Any]) -> bool:
-    return dataclasses.is_dataclass(f.default_factory) if f.default_factory is not dataclasses.MISSING else False
+def is_section(f: dataclasses.Field[Any]) -> bool:
+    """A ``[section]`` of the file: a field whose default is a settings dataclass."""
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
 
 
-def _convert(cls: type, key: str, raw: Any, from_env: bool) -> Any:
+def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
     """Check and convert one value of dataclass ``cls``; raise ValueError with the problem."""
     kind = typing.get_type_hints(cls)[key]
     meta = cls.__dataclass_fields__[key].metadata  # type: ignore[attr-defined]
@@ -153,7 +159,7 @@ def _convert(cls: type, key: str, raw: Any, from_env: bool) -> Any:
     raise AssertionError(f"unsupported setting type {kind!r}")  # pragma: no cover
 
 
-def _load_table(
+def load_table(
     cls: type, table: Mapping[str, Any], env: Mapping[str, str], path: Path, prefix: str = ""
 ) -> dict[str, Any]:
     """Converted values of ``cls``'s fields from a TOML table and the environment."""
@@ -165,11 +171,11 @@ def _load_table(
             raise ConfigError(f"{path}: unknown {what} '{key}'{where}")
     values: dict[str, Any] = {}
     for key, f in fields.items():
-        if _is_section(f):
+        if is_section(f):
             section = table.get(key, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"{path}: '{key}' must be a [{key}] section")
-            sub_values = _load_table(f.default_factory, section, env, path, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
+            sub_values = load_table(f.default_factory, section, env, path, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
             try:
                 values[key] = f.default_factory(**sub_values)  # type: ignore[misc]
             except ValueError as exc:
@@ -177,13 +183,13 @@ def _load_table(
             continue
         if key in table:
             try:
-                values[key] = _convert(cls, key, table[key], from_env=False)
+                values[key] = convert_value(cls, key, table[key], from_env=False)
             except ValueError as exc:
                 raise ConfigError(f"{path}: key '{prefix}{key}' {exc}") from None
         env_name = ENV_PREFIX + (prefix + key).replace(".", "_").upper()
         if env_name in env:
             try:
-                values[key] = _convert(cls, key, env[env_name], from_env=True)
+                values[key] = convert_value(cls, key, env[env_name], from_env=True)
             except ValueError as exc:
                 raise ConfigError(f"environment variable {env_name} {exc}") from None
     return values
@@ -229,7 +235,7 @@ def load_config(
     path = config_file_path(explicit, env, paths)
     if explicit and not path.exists():
         raise ConfigError(f"{path}: config file not found")
-    values = _load_table(Config, read_config_file(path), env, path)
+    values = load_table(Config, read_config_file(path), env, path)
     if not values.get("ollama_host"):
         values["ollama_host"] = env.get("OLLAMA_HOST") or DEFAULT_HOST
     if not values.get("modelfile"):

@@ -15,6 +15,7 @@ import json
 import logging
 import secrets
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from tray.atomic import write_atomically
 from tray.history import History
@@ -85,7 +86,7 @@ class LoopbackOnly:
         await self.app(scope, receive, send)
 
 
-def build_app(monitor: Monitor, history: History, token: str) -> Any:
+def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequence[BaseRoute] = ()) -> Any:
     async def status(request: Request) -> Response:
         return JSONResponse(monitor.snapshot())
 
@@ -115,6 +116,7 @@ def build_app(monitor: Monitor, history: History, token: str) -> Any:
             Route("/api/status", status),
             Route("/api/events", events),
             Route("/api/actions/{name}", action, methods=["POST"]),
+            *extra_routes,
         ]
     )
     return LoopbackOnly(app)
@@ -123,9 +125,11 @@ def build_app(monitor: Monitor, history: History, token: str) -> Any:
 class StatusServer:
     """Runs the status API with uvicorn in a background thread."""
 
-    def __init__(self, monitor: Monitor, history: History, token: str, port: int) -> None:
+    def __init__(
+        self, monitor: Monitor, history: History, token: str, port: int, extra_routes: Sequence[BaseRoute] = ()
+    ) -> None:
         config = uvicorn.Config(
-            build_app(monitor, history, token),
+            build_app(monitor, history, token, extra_routes),
             host="127.0.0.1",
             port=port,
             log_level="warning",

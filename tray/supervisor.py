@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -53,6 +53,7 @@ from tray.processes import (
     spawn,
     terminate,
 )
+from tray.server_settings import customizes_server, server_env
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ class Supervisor:
         self.platform = platform
         self.host = config.host
         self.client = OllamaClient(self.host.url)
-        self.models_dir = default_models_dir(self.env, home=Path(self.env.get("HOME") or Path.home()))
+        server_settings_env = server_env(config.ollama_server, self.env)
+        self.models_dir = default_models_dir(server_settings_env, home=Path(self.env.get("HOME") or Path.home()))
         self.user_stop = UserStop(paths.user_stop_file)
         self.on_exit = on_exit  # called from a watcher thread when a server we started exits
 
@@ -222,7 +224,9 @@ class Supervisor:
                 return StartOutcome(False, self.pid, self.managed_by)
             self._check_port_free()
             binary: Path | None
-            app = find_ollama_app(self.platform, self.env)
+            server_settings = self.config.ollama_server
+            # The Ollama app starts its server with its own environment: it cannot honour these settings.
+            app = None if customizes_server(server_settings) else find_ollama_app(self.platform, self.env)
             try:
                 binary = find_ollama_binary(self.config.ollama_binary, self.env, self.platform)
             except OllamaNotInstalled:
@@ -230,6 +234,7 @@ class Supervisor:
                     raise
                 binary = None
             plan = launch_plan(binary, self.host, platform=self.platform, app=app, env=self.env)
+            plan = replace(plan, env=server_env(server_settings, plan.env))
             self._rotate_server_log()
             log.info("starting Ollama: %s", " ".join(plan.argv))
             try:

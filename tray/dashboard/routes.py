@@ -1,0 +1,218 @@
+"""The dashboard's routes, mounted in the status API's Starlette app.
+
+==========================  =====================================================
+``GET /``                   the dashboard page
+``GET /settings``           the settings page
+``GET /static/...``         the pages' CSS and JavaScript, from the package
+``GET /api/stream``         server-sent events: ``status`` and ``event`` messages
+``GET /api/history``        chart points and timeline, ``?range=1h`` or ``1d``
+``GET /api/settings``       every setting with its value, help and limits
+``POST /api/settings``      save changes (``Authorization: Bearer <token>``)
+``GET /metrics``            Prometheus exposition
+==========================  =====================================================
+
+The status API's middleware already refuses non-loopback clients and
+foreign ``Host`` headers. The token never appears in a page: the tray and
+``ollama-manager dashboard`` open the page with it in the URL fragment,
+which the browser does not send to any server. A changing request must
+carry it in the ``Authorization`` header, which another web page can
+neither read nor make a browser send cross-origin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from tray.config import Config
+from tray.dashboard.metrics import ManagerMetrics
+from tray.dashboard.settings_form import APPLIED_NOW, ApplyPlan, SettingsService, patched_config
+from tray.dashboard.stream import Message, StreamHub, sse_frames
+from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, status_view
+from tray.history import Event, History
+
+STATIC_DIR = Path(__file__).with_name("static")
+PAGE_HEADERS = {
+    # Scripts and styles from this origin only; no framing by other pages (clickjacking).
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+MAX_SETTINGS_BODY = 64 * 1024
+
+
+class MonitorLike(Protocol):
+    """What the dashboard needs from :class:`tray.monitor.Monitor`."""
+
+    config: Config
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]: ...
+
+
+def token_matches(request: Request, token: str) -> bool:
+    """Does the request carry ``Authorization: Bearer <token>``?"""
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return secrets.compare_digest(supplied.encode(), token.encode())
+
+
+def unauthorised() -> JSONResponse:
+    return JSONResponse({"ok": False, "error": "missing or wrong token"}, 401)
+
+
+def page(name: str) -> Callable[[Request], Awaitable[Response]]:
+    """A handler serving the static page ``name`` with the pages' security headers."""
+
+    async def serve(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / name, headers=PAGE_HEADERS, media_type="text/html")
+
+    return serve
+
+
+class Dashboard:
+    """The dashboard of one running app: its live feed, metrics, settings and routes.
+
+    The gateway's local/cloud split comes from the status dict's ``gateway``
+    entry (None: "gateway off"). Given the ``notifier`` (anything with an
+    ``enabled`` attribute), a saved ``notifications`` applies at once.
+    Call :meth:`close` before stopping the HTTP server: it ends the open streams.
+    """
+
+    def __init__(
+        self,
+        monitor: MonitorLike,
+        history: History,
+        token: str,
+        *,
+        config_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        notifier: Any = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.monitor = monitor
+        self.history = history
+        self.token = token
+        self.notifier = notifier
+        self.wall_clock = wall_clock
+        self.hub = StreamHub()
+        self.metrics = ManagerMetrics(monitor, history, wall_clock)
+        live_keys = APPLIED_NOW if notifier is not None else APPLIED_NOW - {"notifications"}
+        self.settings = SettingsService(
+            config_path or Path(monitor.config.source),
+            os.environ if env is None else env,
+            self.apply_live,
+            live_keys,
+        )
+        self._last_status: dict[str, Any] | None = None
+        self._unsubscribe = monitor.subscribe(self._on_status)
+        history.subscribe(self._on_event)
+
+    # ------------------------------------------------------------------ feeds (any thread)
+
+    def status_message(self, status: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``status`` message: the raw status dict and what the page shows of it."""
+        return {"status": dict(status), "view": status_view(status, status.get("gateway"), self.wall_clock())}
+
+    def _on_status(self, status: dict[str, Any]) -> None:
+        if status == self._last_status:
+            return
+        self._last_status = status
+        self.hub.publish("status", self.status_message(status))
+
+    def _on_event(self, event: Event) -> None:
+        self.hub.publish("event", {"t": event.time, **event.to_json()})
+
+    def apply_live(self, plan: ApplyPlan, wanted: Mapping[str, Any]) -> None:
+        """Give the running monitor and supervisor the saved values they read as they go."""
+        keys = (*plan.now, *plan.ollama_start)
+        if not keys:
+            return
+        self.monitor.config = patched_config(self.monitor.config, wanted, keys)
+        supervisor = getattr(self.monitor, "supervisor", None)
+        if supervisor is not None:
+            supervisor.config = patched_config(supervisor.config, wanted, keys)
+        if self.notifier is not None and "notifications" in plan.now:
+            self.notifier.enabled = bool(wanted["notifications"])
+
+    def close(self) -> None:
+        """End every open stream and stop following the monitor (again: nothing more happens)."""
+        self._unsubscribe()
+        self.hub.close()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def stream(self, request: Request) -> Response:
+        client = self.hub.connect(asyncio.get_running_loop())
+        first = [Message("status", self.status_message(self.monitor.snapshot()))]
+        frames = sse_frames(client, first, on_end=lambda: self.hub.disconnect(client))
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+
+    def history_data(self, request: Request) -> Response:
+        try:
+            seconds = parse_range(request.query_params.get("range"))
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        now = self.wall_clock()
+        samples = self.history.samples(since=now - seconds)
+        events = self.history.events(since=now - seconds, limit=TIMELINE_LIMIT)
+        return JSONResponse(history_view(samples, events, seconds, now))
+
+    def settings_data(self, request: Request) -> Response:
+        return JSONResponse(self.settings.page())
+
+    async def save_settings(self, request: Request) -> Response:
+        if not token_matches(request, self.token):
+            return unauthorised()
+        body = await request.body()
+        if len(body) > MAX_SETTINGS_BODY:
+            return JSONResponse({"ok": False, "error": "the request is too large"}, 413)
+        try:
+            changes = json.loads(body).get("values")
+        except (ValueError, AttributeError):
+            changes = None
+        if not isinstance(changes, dict):
+            return JSONResponse({"ok": False, "error": 'expected a JSON object {"values": {"key": value}}'}, 400)
+        status, answer = await asyncio.to_thread(self.settings.save, changes)
+        return JSONResponse(answer, status)
+
+    def metrics_text(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    def routes(self) -> list[BaseRoute]:
+        """The routes to add to the status API's app."""
+        return [
+            Route("/", page("dashboard.html")),
+            Route("/settings", page("settings.html")),
+            Mount("/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static"),
+            Route("/api/stream", self.stream),
+            Route("/api/history", self.history_data),
+            Route("/api/settings", self.settings_data, methods=["GET"]),
+            Route("/api/settings", self.save_settings, methods=["POST"]),
+            Route("/metrics", self.metrics_text),
+        ]
+
+
+def mount_dashboard(app: Any, dashboard: Dashboard) -> Any:
+    """Add the dashboard's routes to a Starlette app (or to the one a ``LoopbackOnly`` wraps); returns ``app``."""
+    starlette_app = getattr(app, "app", app)
+    starlette_app.router.routes.extend(dashboard.routes())
+    return app

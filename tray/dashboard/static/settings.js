@@ -1,0 +1,157 @@
+// The settings page: every key with its value, help and when a change applies.
+
+import { $, LOCKED_TEXT, element, forgetToken, getJSON, postJSON, takeToken } from "./common.js";
+
+const APPLIES = {
+  now: "applies at once",
+  ollama_start: "applies when Ollama next starts",
+  app_restart: "applies after the app restarts",
+};
+const SECTION_NOTES = {
+  ollama_server: "Passed to an Ollama the manager starts itself, not to one run by the Ollama app or systemd.",
+};
+
+const page = { token: takeToken(), settings: [] };
+
+function inputFor(setting) {
+  const id = `setting-${setting.key}`;
+  if (setting.kind === "bool") {
+    return element("input", { id, type: "checkbox", name: setting.key, checked: setting.value === true });
+  }
+  if (setting.choices.length) {
+    const select = element("select", { id, name: setting.key });
+    for (const choice of setting.choices) {
+      select.append(element("option", { value: choice, text: choice, selected: choice === setting.value }));
+    }
+    return select;
+  }
+  const numeric = setting.kind === "int" || setting.kind === "float";
+  const input = element("input", {
+    id,
+    name: setting.key,
+    type: numeric ? "number" : "text",
+    step: numeric ? (setting.kind === "int" ? "1" : "any") : null,
+    spellcheck: "false",
+    placeholder: setting.kind === "str" ? "default" : null,
+  });
+  input.value = setting.value === null ? "" : String(setting.value);
+  return input;
+}
+
+function describeDefault(setting) {
+  if (setting.kind === "bool") return setting.default ? "on" : "off";
+  return setting.default === "" ? "empty" : String(setting.default);
+}
+
+function settingRow(setting) {
+  const id = `setting-${setting.key}`;
+  const badges = [element("span", { class: `badge ${setting.applies}`, text: APPLIES[setting.applies] })];
+  if (setting.env_override) {
+    badges.push(element("span", { class: "badge override", text: `overridden by ${setting.env_override}` }));
+  }
+  if (setting.pending_restart) {
+    badges.push(element("span", { class: "badge pending", text: "saved, not yet in use" }));
+  }
+  return element(
+    "div",
+    { class: "setting", "data-key": setting.key },
+    element("label", { for: id, text: setting.name }),
+    element("div", { class: "control" }, inputFor(setting), ...badges),
+    element("p", { class: "help", text: `${setting.help} · default: ${describeDefault(setting)}` }),
+    element("p", { class: "field-error", id: `error-${setting.key}`, role: "alert", hidden: true })
+  );
+}
+
+function render(data) {
+  page.settings = data.settings;
+  $("path").textContent = data.path;
+  const fileError = $("file-error");
+  fileError.hidden = !data.error;
+  fileError.textContent = data.error ? `The file does not load: ${data.error}` : "";
+  const sections = data.sections.map((section) => {
+    const rows = data.settings.filter((s) => s.section === section.name).map(settingRow);
+    const title = section.name ? `[${section.name}]` : "General";
+    const notes = [section.help, SECTION_NOTES[section.name]].filter(Boolean).join(" ");
+    return element(
+      "fieldset",
+      { "data-section": section.name },
+      element("legend", { text: title }),
+      ...(notes ? [element("p", { class: "note", text: notes })] : []),
+      ...rows
+    );
+  });
+  $("sections").replaceChildren(...sections);
+  $("save").disabled = !page.token;
+  $("lock-note").hidden = Boolean(page.token);
+  $("lock-note").textContent = LOCKED_TEXT;
+}
+
+function currentValue(setting) {
+  const input = $(`setting-${setting.key}`);
+  if (setting.kind === "bool") return input.checked;
+  const text = input.value;
+  if ((setting.kind === "int" || setting.kind === "float") && text.trim() !== "" && Number.isFinite(Number(text))) {
+    return Number(text);
+  }
+  return text;
+}
+
+function changedValues() {
+  const values = {};
+  for (const setting of page.settings) {
+    const value = currentValue(setting);
+    if (value !== setting.value) values[setting.key] = value;
+  }
+  return values;
+}
+
+function showErrors(errors) {
+  for (const setting of page.settings) {
+    const message = errors[setting.key];
+    const node = $(`error-${setting.key}`);
+    node.hidden = !message;
+    node.textContent = message || "";
+    $(`setting-${setting.key}`).setAttribute("aria-invalid", String(Boolean(message)));
+  }
+}
+
+async function load() {
+  render(await getJSON("/api/settings"));
+}
+
+async function save(event) {
+  event.preventDefault();
+  const result = $("save-result");
+  const values = changedValues();
+  if (!Object.keys(values).length) {
+    result.dataset.outcome = "ok";
+    result.textContent = "Nothing changed.";
+    return;
+  }
+  $("save").disabled = true;
+  const { status, body } = await postJSON("/api/settings", page.token, { values });
+  if (status === 401) {
+    forgetToken();
+    page.token = null;
+  }
+  if (body.ok) {
+    await load();
+    result.dataset.outcome = "ok";
+    result.textContent = body.message;
+  } else {
+    $("save").disabled = !page.token;
+    showErrors(body.errors || {});
+    result.dataset.outcome = "failed";
+    result.textContent = `Not saved: ${body.error || `the manager answered ${status}`}`;
+  }
+}
+
+$("settings-form").addEventListener("submit", save);
+$("undo").addEventListener("click", () => {
+  $("save-result").textContent = "";
+  load();
+});
+load().catch((error) => {
+  $("file-error").hidden = false;
+  $("file-error").textContent = `Cannot read the settings: ${error.message}`;
+});

@@ -1,0 +1,209 @@
+"""What the dashboard shows, computed from the status dict and the history (pure).
+
+The page only places these values: labels, enabled actions and chart
+points are decided here, where they can be tested.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from tray.history import NUMERIC_FIELDS, Event
+from tray.ui.icon import format_duration, format_latency, status_summary
+from tray.ui.menu import (
+    ACTION_LABELS,
+    REBUILD,
+    RESTART,
+    START,
+    STOP,
+    UNLOAD,
+    action_enabled,
+    blocked_actions,
+    human_bytes,
+    loaded_model_label,
+    server_is_up,
+)
+
+Status = Mapping[str, Any]
+
+RANGES: dict[str, float] = {"1h": 3600.0, "1d": 86400.0}
+CHART_POINTS = 360
+TIMELINE_LIMIT = 500
+HEALTH_RANK = {"down": 3, "unhealthy": 2, "healthy": 1}
+
+MANAGED_BY = {
+    "manager": "started by this manager",
+    "external": "started outside the manager",
+    "systemd": "run by systemd",
+    "ollama-app": "run by the Ollama app",
+    "none": "not running",
+}
+GATEWAY_OFF = "gateway off"
+NOTHING = "—"
+
+
+# --------------------------------------------------------------------------- status
+
+
+def action_views(status: Status) -> list[dict[str, Any]]:
+    """The tray menu's server actions, in its order, with the same enabled rules."""
+    blocked = blocked_actions(status, ())
+    start_or_stop = STOP if server_is_up(status) else START
+    return [
+        {"id": action, "label": ACTION_LABELS[action], "enabled": action_enabled(action, status, blocked)}
+        for action in (start_or_stop, RESTART, REBUILD, UNLOAD)
+    ]
+
+
+def model_view(status: Status, now: float) -> dict[str, Any]:
+    """Name, presence, size, parameters, quantization and last verification of the kept model."""
+    info = status.get("model_info") or {}
+    size = info.get("size")
+    verified = info.get("last_verified")
+    return {
+        "name": status.get("model") or NOTHING,
+        "present": bool(status.get("model_loaded")),
+        "status": status.get("model_status") or "unknown",
+        "size": human_bytes(int(size)) if size else NOTHING,
+        "parameters": info.get("parameter_size") or NOTHING,
+        "quantization": info.get("quantization") or NOTHING,
+        "last_verified": ago(verified, now) if verified else "never",
+        "last_verified_at": iso_time(verified) if verified else None,
+        "loaded": [loaded_model_label(model) for model in status.get("loaded_models") or []],
+    }
+
+
+def gateway_view(gateway: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The gateway's local/cloud split over its window, or "gateway off"."""
+    if gateway is None:
+        return {"enabled": False, "text": GATEWAY_OFF, "local": None, "cloud": None, "cloud_share": None}
+    calls = int(gateway.get("calls") or 0)
+    cloud = int(gateway.get("cloud_calls") or 0)
+    local = calls - cloud
+    share = cloud / calls if calls else None
+    text = f"{local} local · {cloud} cloud ({round(share * 100)} % cloud)" if share is not None else "no calls yet"
+    return {"enabled": True, "text": text, "local": local, "cloud": cloud, "cloud_share": share}
+
+
+def status_view(status: Status, gateway: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """Everything the dashboard's live part shows, for one status dict; ``now`` is wall time."""
+    running = bool(status.get("ollama_running"))
+    latency = status.get("latency_ms")
+    pid = status.get("pid")
+    owner = MANAGED_BY.get(str(status.get("managed_by")), str(status.get("managed_by")))
+    return {
+        "health": status.get("health") or "unknown",
+        "summary": status_summary(status),
+        "latency": format_latency(latency) if latency is not None else NOTHING,
+        "uptime": format_duration(status["uptime_seconds"]) if running and status.get("uptime_seconds") else NOTHING,
+        "state": f"{status.get('state')}, {owner}" + (f" (pid {pid})" if pid else ""),
+        "memory": megabytes_text(status.get("memory_usage_mb") or 0) if running else NOTHING,
+        "cpu": f"{status.get('cpu_usage_percent', 0.0)} %" if running else NOTHING,
+        "gpu": "available" if status.get("gpu_available") else "none",
+        "host": status.get("ollama_host") or NOTHING,
+        "last_error": status.get("last_error") if status.get("health") != "healthy" else None,
+        "cloud_active": bool(status.get("cloud_active")),
+        "actions": action_views(status),
+        "model": model_view(status, now),
+        "gateway": gateway_view(gateway),
+    }
+
+
+def megabytes_text(megabytes: float) -> str:
+    """``512 MB`` below a gigabyte, ``4.0 GB`` above (binary units, as the status dict counts).
+
+    >>> megabytes_text(512), megabytes_text(4096)
+    ('512 MB', '4.0 GB')
+    """
+    return f"{megabytes / 1024:.1f} GB" if megabytes >= 1024 else f"{round(megabytes)} MB"
+
+
+def ago(then: float, now: float) -> str:
+    """``5 min ago``; ``just now`` under a second.
+
+    >>> ago(100.0, 400.0), ago(100.0, 100.4)
+    ('5 min ago', 'just now')
+    """
+    seconds = now - then
+    return "just now" if seconds < 1 else f"{format_duration(seconds)} ago"
+
+
+def iso_time(unix: float) -> str:
+    """Unix seconds as an ISO 8601 UTC time.
+
+    >>> iso_time(0.0)
+    '1970-01-01T00:00:00Z'
+    """
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- history
+
+
+def parse_range(text: str | None) -> float:
+    """Seconds covered by a chart range name; ValueError naming the choices.
+
+    >>> parse_range("1h"), parse_range(None)
+    (3600.0, 3600.0)
+    """
+    name = text or "1h"
+    if name not in RANGES:
+        raise ValueError(f"range must be one of {', '.join(RANGES)}, got {name!r}")
+    return RANGES[name]
+
+
+def worst_health(values: Iterable[str | None]) -> str | None:
+    """The worst of the known health values, None when there is none.
+
+    >>> worst_health(["healthy", None, "unhealthy"]), worst_health([None])
+    ('unhealthy', None)
+    """
+    ranked = [value for value in values if value in HEALTH_RANK]
+    return max(ranked, key=HEALTH_RANK.__getitem__, default=None)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def bucket_samples(rows: Iterable[Mapping[str, Any]], since: float, width: float) -> list[dict[str, Any]]:
+    """Samples averaged per ``width``-second bucket from ``since``: mean time and values, worst health.
+
+    Empty buckets are left out, so a gap in the history stays a gap.
+    """
+    buckets: dict[int, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row["time"] >= since:
+            buckets.setdefault(math.floor((row["time"] - since) / width), []).append(row)
+    points = []
+    for index in sorted(buckets):
+        group = buckets[index]
+        point: dict[str, Any] = {"time": _mean([row["time"] for row in group])}
+        point["health"] = worst_health(row.get("health") for row in group)
+        for name in NUMERIC_FIELDS:
+            point[name] = _mean([row[name] for row in group if row.get(name) is not None])
+        points.append(point)
+    return points
+
+
+def timeline_json(events: Iterable[Event]) -> list[dict[str, Any]]:
+    """Events for the timeline, newest first, with unix time for placing them on the charts."""
+    return [{"t": event.time, **event.to_json()} for event in reversed(list(events))]
+
+
+def history_view(
+    samples: Iterable[Mapping[str, Any]], events: Iterable[Event], range_seconds: float, now: float
+) -> dict[str, Any]:
+    """The charts' points and the timeline for the range ending at ``now`` (wall time)."""
+    since = now - range_seconds
+    width = range_seconds / CHART_POINTS
+    return {
+        "since": since,
+        "until": now,
+        "bucket_seconds": width,
+        "samples": bucket_samples(samples, since, width),
+        "events": timeline_json(events),
+    }
