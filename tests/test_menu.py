@@ -91,6 +91,7 @@ def test_menu_for_a_healthy_server() -> None:
         ("Stop Ollama", "stop", True, None, False),
         ("Restart Ollama", "restart", True, None, False),
         ("Rebuild model", "rebuild", True, None, False),
+        ("Open dashboard", "open_dashboard", True, None, False),
         ("Open logs", "open_logs", True, None, False),
         ("---",),
         ("Start at login", "toggle_autostart", True, False, False),
@@ -122,7 +123,7 @@ def test_stopped_server_offers_start_only() -> None:
     entries = build_menu(stopped, SETTINGS, set())
     assert rows(entries)[0] == ("Stopped", None, False, None, False)
     assert find_entry(entries, "stop") is None
-    assert enabled_actions(entries) == {"start", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {"start", "open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
     assert default_action(entries) is None
 
 
@@ -141,7 +142,7 @@ def test_plain_click_restarts_only_when_down() -> None:
 
 def test_running_restart_disables_every_server_action() -> None:
     entries = build_menu(status(health="down", loaded_models=[LLAMA3]), SETTINGS, {"restart"})
-    assert enabled_actions(entries) == {"open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
     # No plain-click restart while one is already running.
     assert default_action(entries) is None
 
@@ -159,7 +160,7 @@ def test_opening_logs_blocks_nothing() -> None:
 def test_monitor_activity_blocks_server_actions(kind: str) -> None:
     busy = status(activity={"kind": kind, "text": "", "progress": None}, loaded_models=[LLAMA3])
     entries = build_menu(busy, SETTINGS, set())
-    assert enabled_actions(entries) == {"open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
 
 
 def test_stopping_disables_stop_restart_and_rebuild() -> None:
@@ -221,6 +222,7 @@ def test_menu_of_an_empty_status() -> None:
         "Start Ollama",
         "Restart Ollama",
         "Rebuild model",
+        "Open dashboard",
         "Open logs",
         "Start at login",
         "Notifications",
@@ -348,6 +350,8 @@ class FakeController:
         self.paths: list[str] = []
         self.fail_request: Exception | None = None
         self.fail_setting: Exception | None = None
+        self.dashboards_opened = 0
+        self.fail_dashboard: Exception | None = None
 
     def snapshot(self) -> dict[str, object]:
         return dict(self.status)
@@ -374,6 +378,11 @@ class FakeController:
 
     def log_paths(self) -> list[str]:
         return list(self.paths)
+
+    def open_dashboard(self) -> None:
+        if self.fail_dashboard is not None:
+            raise self.fail_dashboard
+        self.dashboards_opened += 1
 
     def notify(self, title: str, message: str) -> None:
         self.notifications.append((title, message))
@@ -416,6 +425,7 @@ def test_initial_icon_title_and_menu(make_app: Callable[..., Any]) -> None:
         "Stop Ollama",
         "Restart Ollama",
         "Rebuild model",
+        "Open dashboard",
         "Open logs",
         "- - - -",
         "Start at login",
@@ -862,3 +872,12 @@ def test_no_tray_message() -> None:
     assert no_tray_message("no graphical display (DISPLAY is not set)") == (
         "No system tray found (no graphical display (DISPLAY is not set)); run `ollama-manager monitor` instead."
     )
+
+
+def test_open_dashboard_calls_the_controller_and_reports_a_failure_as_one_line(make_app: Any) -> None:
+    app, controller, _icon = make_app()
+    app.on_open_dashboard()
+    assert controller.dashboards_opened == 1
+    controller.fail_dashboard = RuntimeError("Ollama Manager is not running: start it first")
+    app.on_open_dashboard()
+    assert controller.notifications == [("Open dashboard failed", "Ollama Manager is not running: start it first")]

@@ -110,5 +110,10 @@ class MonitorController:
     def log_paths(self) -> list[str]:
         return ollama_log_locations(self.paths)
 
+    def open_dashboard(self) -> None:
+        from tray.dashboard.launch import open_dashboard
+
+        open_dashboard(self.paths)
+
     def notify(self, title: str, message: str) -> None:
         self.notifier.notify(title, message)

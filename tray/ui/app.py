@@ -25,6 +25,7 @@ from tray import APP_NAME
 from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip, truncate
 from tray.ui.menu import (
     ACTION_LABELS,
+    OPEN_DASHBOARD,
     OPEN_LOGS,
     QUIT,
     REBUILD,
@@ -74,6 +75,10 @@ class Controller(Protocol):
 
     def log_paths(self) -> list[str]:
         """Folders or files that "Open logs" may open, most useful first."""
+        ...
+
+    def open_dashboard(self) -> None:
+        """Open the dashboard in the default browser; an exception's text is one line."""
         ...
 
     def notify(self, title: str, message: str) -> None:
@@ -168,6 +173,7 @@ class TrayApp:
             RESTART: self.on_restart,
             REBUILD: self.on_rebuild,
             UNLOAD: self.on_unload,
+            OPEN_DASHBOARD: self.on_open_dashboard,
             OPEN_LOGS: self.on_open_logs,
             TOGGLE_AUTOSTART: self.on_toggle_autostart,
             TOGGLE_NOTIFICATIONS: self.on_toggle_notifications,
@@ -257,6 +263,13 @@ class TrayApp:
     def on_unload(self) -> None:
         """Menu: Unload models."""
         self._request(UNLOAD)
+
+    def on_open_dashboard(self) -> None:
+        """Menu: Open dashboard, in the default browser."""
+        try:
+            self._controller.open_dashboard()
+        except Exception as exc:  # shown to the user as one line
+            self._controller.notify(f"{ACTION_LABELS[OPEN_DASHBOARD]} failed", error_line(exc))
 
     def on_open_logs(self) -> None:
         """Menu: Open logs: the first existing log path, with the desktop's opener."""

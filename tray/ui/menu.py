@@ -18,7 +18,8 @@ Status = Mapping[str, Any]
 
 # Menu action ids. The first five go to Controller.request().
 START, STOP, RESTART, REBUILD, UNLOAD = "start", "stop", "restart", "rebuild", "unload"
-OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
+OPEN_DASHBOARD, OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
+    "open_dashboard",
     "open_logs",
     "toggle_autostart",
     "toggle_notifications",
@@ -47,6 +48,7 @@ ACTION_LABELS: dict[str, str] = {
     RESTART: "Restart Ollama",
     REBUILD: "Rebuild model",
     UNLOAD: "Unload models",
+    OPEN_DASHBOARD: "Open dashboard",
     OPEN_LOGS: "Open logs",
     TOGGLE_AUTOSTART: "Start at login",
     TOGGLE_NOTIFICATIONS: "Notifications",
@@ -194,6 +196,7 @@ def build_menu(status: Status, settings: Mapping[str, Any], running_actions: Ite
         _action_entry(start_or_stop, status, blocked),
         _action_entry(RESTART, status, blocked, default=restart_on_click),
         _action_entry(REBUILD, status, blocked),
+        MenuEntry(ACTION_LABELS[OPEN_DASHBOARD], OPEN_DASHBOARD),
         MenuEntry(ACTION_LABELS[OPEN_LOGS], OPEN_LOGS),
         SEPARATOR,
         MenuEntry(ACTION_LABELS[TOGGLE_AUTOSTART], TOGGLE_AUTOSTART, checked=bool(settings.get("autostart"))),
