@@ -76,6 +76,7 @@ class FakeSupervisor:
         self.restarts: list[str] = []
         self.restart_errors: list[Exception] = []
         self.stops = 0
+        self.exit_code = None  # set by a test: our child died with this status
 
     def adopt(self) -> None: ...
 
@@ -83,6 +84,10 @@ class FakeSupervisor:
 
     def reap_runners(self) -> list[int]:
         return []
+
+    def take_exit(self):
+        code, self.exit_code = self.exit_code, None
+        return code
 
     def start(self, reason: str = "start") -> StartOutcome:
         return StartOutcome(True, 1, "manager")
@@ -211,10 +216,18 @@ def test_started_outside_after_a_user_stop_is_adopted():
 
 def test_a_crash_of_our_server_is_handled_before_the_next_tick():
     monitor, sup, clock = make([REFUSED])
-    monitor._on_server_exit(-9)
-    monitor._handle_crash()
+    monitor._handle_crash(-9)
     assert monitor.snapshot()["last_error"] == "Ollama exited unexpectedly (status -9)"
     assert [e.kind for e in monitor.history.events()] == ["crash"]
+
+
+def test_a_crash_seen_first_by_a_failing_probe_is_still_a_crash():
+    monitor, sup, clock = make([REFUSED])
+    sup.exit_code = -9  # died mid-probe; the exit watcher has not woken the loop yet
+    monitor.tick()
+    assert [e.kind for e in monitor.history.events()].count("crash") == 1
+    assert sup.restarts == ["down"]
+    assert sup.take_exit() is None  # reported once
 
 
 def test_stable_health_resets_the_attempts():

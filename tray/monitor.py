@@ -66,7 +66,6 @@ class Monitor:
         self._commands: queue.Queue[tuple[str, concurrent.futures.Future[str]]] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._exit_code: int | None = None
         self._thread: threading.Thread | None = None
 
         self.health = Health.UNKNOWN
@@ -166,8 +165,9 @@ class Monitor:
             if self._stopping.is_set():
                 break
             ran_command = self._drain_commands()
-            if self._exit_code is not None:
-                self._handle_crash()
+            code = self.supervisor.take_exit()
+            if code is not None:
+                self._handle_crash(code)
                 next_check = self.clock()
             if ran_command or self.clock() >= next_check:
                 next_check = self.tick()
@@ -225,6 +225,9 @@ class Monitor:
         if result.ok:
             return now + (self.config.health_check_interval if self.health is Health.HEALTHY else RECHECK_SECONDS)
         timeout_restart = self.timeouts.observe(result)
+        code = self.supervisor.take_exit()
+        if code is not None:  # it died during this probe, before the exit watcher woke us
+            self._handle_crash(code)
         if not (is_dead(result) or timeout_restart):
             return now + RECHECK_SECONDS
         if resumed:
@@ -324,15 +327,11 @@ class Monitor:
         self._publish()
 
     def _on_server_exit(self, code: int) -> None:
-        """Called from the watcher thread the moment a server we started exits."""
-        self._exit_code = code
+        """Called from the watcher thread the moment a server we started exits: wake the loop."""
         self._wake.set()
 
-    def _handle_crash(self) -> None:
-        code, self._exit_code = self._exit_code, None
+    def _handle_crash(self, code: int) -> None:
         reaped = self.supervisor.reap_runners()
-        self.supervisor.server = None
-        self.supervisor.popen = None
         self.last_error = f"Ollama exited unexpectedly (status {code})"
         self.history.record(
             "crash", f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",

@@ -331,6 +331,7 @@ def orphaned_runners(models_dir: Path) -> list[ProcessRef]:
 
 @dataclass
 class StopOutcome:
+    found: bool = True  # there was a live process to stop
     graceful: bool = True  # exited on the polite signal
     killed: list[int] = field(default_factory=list)  # PIDs that needed SIGKILL
     runners_reaped: list[int] = field(default_factory=list)
@@ -357,6 +358,7 @@ def terminate(refs: Iterable[ProcessRef], timeout: float) -> StopOutcome:
     started = time.monotonic()
     outcome = StopOutcome()
     procs = [p for p in (ref.get() for ref in refs) if p is not None]
+    outcome.found = bool(procs)
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             _polite_signal(proc)

@@ -194,9 +194,17 @@ class Supervisor:
             live = set(runners_of(self.server))
             self.runners = {r for r in self.runners | live if r.alive()}
 
-    def exited_code(self) -> int | None:
-        """Exit status of a server this app started, once it has exited."""
-        return self.popen.poll() if self.popen is not None else None
+    def take_exit(self) -> int | None:
+        """Exit status of the server this app started if it died unasked; reported once."""
+        with self._lock:
+            if self.popen is None or self.expected_exit:
+                return None
+            code = self.popen.poll()
+            if code is None:
+                return None
+            self.popen = None
+            self.server = None
+            return code
 
     # ------------------------------------------------------------------ starting
 
@@ -276,7 +284,7 @@ class Supervisor:
         def wait() -> None:
             code = popen.wait()
             if self.on_exit is not None and not self.expected_exit and self.popen is popen:
-                self.on_exit(code)
+                self.on_exit(code)  # the monitor then collects it with take_exit()
 
         threading.Thread(target=wait, name=f"ollama-{popen.pid}-watch", daemon=True).start()
 
@@ -302,9 +310,15 @@ class Supervisor:
             else:
                 outcome = self._stop_process()
             outcome.runners_reaped = self.reap_runners()
+            if not outcome.found:
+                how = "it was not running"
+            elif outcome.graceful:
+                how = "gracefully"
+            else:
+                how = f"killed after {self.config.stop_timeout:g} s"
             self.history.record(
                 "stop",
-                f"Ollama stopped ({'gracefully' if outcome.graceful else 'killed after ' + format(self.config.stop_timeout, 'g') + ' s'})",
+                f"Ollama stopped ({how})",
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
             self.server = None
