@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import manager
+
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
 from tray.config import ConfigError, load_table, settable_fields
@@ -330,14 +332,7 @@ class Running:
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+    return manager.wait_until(condition, timeout, interval=0.02, what=what)
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from Xlib import X
 from Xlib import display as xdisplay
 from Xlib.error import BadWindow, DisplayError
 
+from tests.manager import wait_until
 from tray import APP_NAME
 from tray.ui.icon import IconState
 
@@ -334,11 +335,4 @@ def wait_for_icon_state(
 
 def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
     """Poll ``condition`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(condition, timeout, interval=interval, what=what)  # type: ignore[no-any-return]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -46,6 +47,18 @@ def _print_model_report(report: ModelReport, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _run_build(build: Callable[[ProgressRenderer], ModelReport], out: TextIO, err: TextIO) -> int:
+    """Run a build with progress on ``err``; the report on ``out``, or one error line."""
+    renderer = ProgressRenderer(err)
+    try:
+        report = build(renderer)
+    except ModelError as exc:
+        renderer.close()  # end the progress line before the error
+        return _fail(err, exc)
+    renderer.close()
+    return _print_model_report(report, out, err)
+
+
 def run_ensure(
     base_url: str,
     model_name: str,
@@ -60,23 +73,20 @@ def run_ensure(
 ) -> int:
     """``model ensure``: build the model unless it is current."""
     out, err = _streams(out, err)
-    renderer = ProgressRenderer(err)
-    try:
-        report = ensure_model_loaded(
+    return _run_build(
+        lambda progress: ensure_model_loaded(
             base_url,
             model_name,
             modelfile,
             models_dir=models_dir,
             state_dir=state_dir,
             quantize=quantize,
-            progress=renderer,
+            progress=progress,
             client=client,
-        )
-    except ModelError as exc:
-        renderer.close()
-        return _fail(err, exc)
-    renderer.close()
-    return _print_model_report(report, out, err)
+        ),
+        out,
+        err,
+    )
 
 
 def run_rebuild(
@@ -94,9 +104,8 @@ def run_rebuild(
 ) -> int:
     """``model rebuild [--quantize Q]``: repair damaged blobs and build again."""
     out, err = _streams(out, err)
-    renderer = ProgressRenderer(err)
-    try:
-        report = rebuild(
+    return _run_build(
+        lambda progress: rebuild(
             base_url,
             model_name,
             modelfile,
@@ -104,14 +113,12 @@ def run_rebuild(
             state_dir=state_dir,
             quantize=quantize,
             full=full,
-            progress=renderer,
+            progress=progress,
             client=client,
-        )
-    except ModelError as exc:
-        renderer.close()
-        return _fail(err, exc)
-    renderer.close()
-    return _print_model_report(report, out, err)
+        ),
+        out,
+        err,
+    )
 
 
 def run_verify(
