@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import stat
 import threading
 import typing
 from collections.abc import Callable, Mapping
@@ -20,9 +19,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import tomlkit
 
-from tray.atomic import write_atomically
+from tray.settings_store import set_config_values
 from tray.config import (
     ENV_PREFIX,
     Config,
@@ -34,7 +32,6 @@ from tray.config import (
     settable_fields,
 )
 
-NEW_FILE_MODE = 0o644
 KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 
 # Read by the monitor on every check or by the supervisor on every start/stop.
@@ -264,33 +261,6 @@ def key_named_in(message: str, keys: list[str]) -> str | None:
 # --------------------------------------------------------------------------- saving
 
 
-def write_changes(path: Path, changes: Mapping[str, Any]) -> None:
-    """Set each dotted key in the TOML file at ``path`` in one atomic write, keeping comments and mode."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        text, mode = "", NEW_FILE_MODE
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        document = tomlkit.parse(text)
-    except tomlkit.exceptions.ParseError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    for key, value in changes.items():
-        *sections, name = key.split(".")
-        table: Any = document
-        for section in sections:
-            if section not in table:
-                table[section] = tomlkit.table()
-            table = table[section]
-        table[name] = value
-    try:
-        write_atomically(path, tomlkit.dumps(document).encode("utf-8"), mode)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
 @dataclass(frozen=True)
 class ApplyPlan:
     """Which changed keys take effect when."""
@@ -435,7 +405,7 @@ class SettingsService:
             if not validation.ok:
                 return 400, {"ok": False, "errors": validation.errors, "error": refusal_line(validation)}
             try:
-                write_changes(self.path, validation.values)
+                set_config_values(self.path, validation.values)
                 wanted = effective_values(self.cls, read_config_file(self.path), self.env, self.path, self.specs)
             except ConfigError as exc:
                 return 500, {"ok": False, "errors": {}, "error": str(exc)}
