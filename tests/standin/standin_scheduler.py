@@ -6,19 +6,24 @@ functions of the runner table and ``now``; the :class:`Scheduler` applies them.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 import standin_common as common
 from standin_common import FOREVER, MIB, append_event, log, write_line
 from standin_store import LocalModel
 
 LOAD_TIMEOUT_S = 300.0
+ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"
+DEFAULT_LOAD_MS = 200.0
+POLL_S = 0.05
 ERROR_PREFIXES = (
     "error:",
     "CUDA error",
@@ -40,10 +45,20 @@ class ScheduleError(Exception):
 
 
 class Runner:
-    """A loaded model: its child process and keep-alive bookkeeping (times are monotonic)."""
+    """A loaded model: its child process, its request slots and keep-alive bookkeeping (times are monotonic).
+
+    ``refcount`` counts the requests scheduled on it (Ollama's ``runnerRef.refCount``); ``busy`` the
+    ones holding one of its ``num_parallel`` slots (the semaphore inside Ollama's ``Completion``).
+    """
 
     def __init__(
-        self, model: LocalModel, proc: "subprocess.Popen[bytes]", port: int, size: int, context_length: int
+        self,
+        model: LocalModel,
+        proc: "subprocess.Popen[bytes]",
+        port: int,
+        size: int,
+        context_length: int,
+        num_parallel: int = 1,
     ) -> None:
         self.model = model
         self.key = model.name.key
@@ -52,7 +67,11 @@ class Runner:
         self.port = port
         self.size = size
         self.context_length = context_length
+        self.num_parallel = max(1, num_parallel)
         self.refcount = 0
+        self.busy = 0
+        self.waiters: Deque[object] = collections.deque()
+        self.session = 0.0
         self.expires_at = FOREVER
         self.last_error = ""
 
@@ -60,6 +79,18 @@ class Runner:
     def alive(self) -> bool:
         """Whether the child has not exited (reaps it when it has)."""
         return self.proc.poll() is None
+
+
+class PendingRequest:
+    """A request waiting in the scheduler's queue for a runner (Ollama's ``LlmRequest``)."""
+
+    def __init__(self, model: LocalModel, requested: str, keep_alive: Optional[float], num_ctx: int) -> None:
+        self.model = model
+        self.requested = requested
+        self.keep_alive = keep_alive
+        self.num_ctx = num_ctx
+        self.runner: Optional[Runner] = None
+        self.error: Optional[ScheduleError] = None
 
 
 # --- Pure decisions -----------------------------------------------------------------
@@ -102,12 +133,11 @@ def runners_to_expire(runners: List[Runner], now: float) -> List[Runner]:
     return [runner for runner in runners if runner.refcount == 0 and runner.expires_at <= now]
 
 
-def eviction_candidate(runners: List[Runner], max_loaded: int) -> Optional[Runner]:
-    """The idle runner to unload to make room for one more, or None when there is room (or none idle)."""
-    if len(runners) < max_loaded:
-        return None
-    idle = [runner for runner in runners if runner.refcount == 0]
-    return min(idle, key=lambda runner: runner.expires_at) if idle else None
+def runner_to_unload(runners: List[Runner]) -> Optional[Runner]:
+    """``findRunnerToUnload``: the first idle runner by (keep-alive, name), else the first busy one."""
+    ordered = sorted(runners, key=lambda runner: (runner.session, runner.model_path))
+    idle = [runner for runner in ordered if runner.refcount == 0]
+    return (idle or ordered or [None])[0]
 
 
 def expiry(now: float, keep_alive: float) -> float:
@@ -135,7 +165,13 @@ def free_port() -> int:
 
 
 class Scheduler:
-    """Loads models into runner children, hands them to requests and unloads them."""
+    """Loads models into runner children, hands them to requests and unloads them, as Ollama's ``Scheduler``.
+
+    A request for a loaded model takes its runner at once (``getRunner``); any other waits in a
+    queue of at most OLLAMA_MAX_QUEUE requests (beyond that: 503 ``ErrMaxQueue``) that one worker
+    thread serves in order, loading one model at a time (``processPending``). Generation then
+    waits for one of the runner's OLLAMA_NUM_PARALLEL slots (:meth:`slot`).
+    """
 
     def __init__(
         self,
@@ -149,49 +185,82 @@ class Scheduler:
         self.clock = clock
         self.sleep = sleep
         self.max_loaded = max_loaded_models()
+        self.max_queue = common.uint_env("OLLAMA_MAX_QUEUE", 512)
+        self.num_parallel = max(1, common.uint_env("OLLAMA_NUM_PARALLEL", 1))
+        self.default_keep_alive = common.default_keep_alive()
+        self.default_load_ms = common.ms_env("OLLAMA_STANDIN_LOAD_MS", DEFAULT_LOAD_MS)
         self.loaded: Dict[str, Runner] = {}
-        self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
+        self.pending: Deque[PendingRequest] = collections.deque()
+        self._cond = threading.Condition()
+        self._worker_idle = True
         self._children: Dict[int, "subprocess.Popen[bytes]"] = {}
         self._children_lock = threading.Lock()
+        threading.Thread(target=self._process_pending, name="scheduler", daemon=True).start()
 
     # requests
 
-    def acquire(self, model: LocalModel, requested: str, keep_alive: float, num_ctx: int) -> Tuple[Runner, int]:
-        """A runner for the model (loading it if needed) and the load time in ns (0 when already loaded)."""
-        with self._load_lock:
-            with self._lock:
-                runner = self.loaded.get(model.name.key)
-                if runner is not None and runner.alive and runner.model_path == model.model_path:
-                    runner.refcount += 1
-                    return runner, 0
-            if runner is not None:
-                self._unload(runner)
-            self._make_room()
-            started = self.clock()
-            runner = self._load(model, requested, num_ctx)
-            load_ns = int((self.clock() - started) * 1e9)
-            with self._lock:
-                runner.refcount = 1
-                runner.expires_at = expiry(self.clock(), keep_alive)
-                self.loaded[runner.key] = runner
-            return runner, load_ns
+    def get_runner(self, model: LocalModel, requested: str, keep_alive: Optional[float], num_ctx: int) -> Runner:
+        """A runner for the model, loading it if needed (``getRunner``); the caller must :meth:`release` it.
 
-    def release(self, runner: Runner, keep_alive: float) -> None:
-        """A request is done with the runner; restart its keep-alive (0 unloads it now)."""
-        with self._lock:
+        ``keep_alive`` is the request's own (None keeps the runner's); raises :class:`ScheduleError`.
+        """
+        request = PendingRequest(model, requested, keep_alive, num_ctx)
+        with self._cond:
+            runner = self.loaded.get(model.name.key)
+            if runner is not None and not self._needs_reload(runner, request):
+                self._use_loaded(runner, request)
+                return runner
+            if len(self.pending) >= self.max_queue and not (self.max_queue == 0 and self._worker_idle):
+                raise ScheduleError(503, ERR_MAX_QUEUE)
+            self.pending.append(request)
+            queued = len(self.pending)
+            self._cond.notify_all()
+        append_event({"event": "request_queued", "model": model.name.display, "queued": queued, "time": time.time()})
+        with self._cond:
+            while request.runner is None and request.error is None:
+                self._cond.wait(POLL_S)
+        if request.error is not None:
+            raise request.error
+        assert request.runner is not None
+        return request.runner
+
+    def release(self, runner: Runner) -> None:
+        """A request is done with the runner (``processCompleted``): idle runners expire after their keep-alive."""
+        with self._cond:
             runner.refcount = max(0, runner.refcount - 1)
-            runner.expires_at = expiry(self.clock(), keep_alive)
-            unload_now = runner.refcount == 0 and keep_alive == 0
+            unload_now = False
+            if runner.refcount == 0:
+                runner.expires_at = expiry(self.clock(), runner.session)
+                unload_now = runner.session <= 0
+            self._cond.notify_all()
         if unload_now:
             self._unload(runner)
 
+    @contextlib.contextmanager
+    def slot(self, runner: Runner) -> Iterator[None]:
+        """Hold one of the runner's request slots, waiting in order for a free one (``sem.Acquire``)."""
+        ticket = object()
+        with self._cond:
+            runner.waiters.append(ticket)
+            while runner.waiters[0] is not ticket or runner.busy >= runner.num_parallel:
+                self._cond.wait(POLL_S)
+            runner.waiters.popleft()
+            runner.busy += 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                runner.busy -= 1
+                self._cond.notify_all()
+
     def expire(self, model: LocalModel) -> None:
         """Unload a model (``keep_alive: 0`` with an empty prompt); busy runners go when released."""
-        with self._lock:
+        with self._cond:
             runner = self.loaded.get(model.name.key)
             if runner is None:
                 return
+            runner.session = 0.0
             runner.expires_at = self.clock()
             busy = runner.refcount > 0
         if not busy:
@@ -199,7 +268,7 @@ class Scheduler:
 
     def snapshot(self) -> List[Runner]:
         """The loaded runners."""
-        with self._lock:
+        with self._cond:
             return list(self.loaded.values())
 
     def drop_dead(self, runner: Runner) -> None:
@@ -211,7 +280,7 @@ class Scheduler:
     def reap(self) -> None:
         """Unload expired runners and forget ones that died on their own."""
         now = self.clock()
-        with self._lock:
+        with self._cond:
             runners = list(self.loaded.values())
         for runner in runners:
             if not runner.alive:
@@ -239,22 +308,89 @@ class Scheduler:
         for proc in children:
             self._kill(proc)
 
+    # the queue
+
+    def _process_pending(self) -> None:
+        """The worker: one queued request at a time, each until it has a runner or an error."""
+        while True:
+            with self._cond:
+                self._worker_idle = True
+                while not self.pending:
+                    self._cond.wait()
+                self._worker_idle = False
+                request = self.pending.popleft()
+            try:
+                self._schedule(request)
+            except ScheduleError as error:
+                self._deliver(request, error=error)
+            except Exception as error:  # noqa: BLE001 - a scheduler bug must fail the request, not the worker
+                log("ERROR", "sched.go:1", "scheduling failed", ("error", repr(error)))
+                self._deliver(request, error=ScheduleError(500, str(error)))
+
+    def _schedule(self, request: PendingRequest) -> None:
+        """``processPending`` for one request: use, reload, evict or load until it has a runner."""
+        while True:
+            with self._cond:
+                runner = self.loaded.get(request.model.name.key)
+                loaded_count = len(self.loaded)
+                if runner is not None and not self._needs_reload(runner, request):
+                    self._use_loaded(runner, request)
+                    return
+            if runner is not None:
+                victim: Optional[Runner] = runner
+            elif loaded_count >= self.max_loaded:
+                with self._cond:
+                    victim = runner_to_unload(list(self.loaded.values()))
+            else:
+                self._deliver(request, runner=self._load(request))
+                return
+            if victim is not None:
+                self._expire_and_wait(victim)
+
+    def _needs_reload(self, runner: Runner, request: PendingRequest) -> bool:
+        """Whether the loaded runner cannot serve this request (dead, or another blob under the name)."""
+        return not runner.alive or runner.model_path != request.model.model_path
+
+    def _use_loaded(self, runner: Runner, request: PendingRequest) -> None:
+        """``useLoadedRunner`` (lock held): count the request and take its keep-alive."""
+        runner.refcount += 1
+        if request.keep_alive is not None:
+            runner.session = request.keep_alive
+        request.runner = runner
+        self._cond.notify_all()
+
+    def _deliver(
+        self, request: PendingRequest, runner: Optional[Runner] = None, error: Optional[ScheduleError] = None
+    ) -> None:
+        with self._cond:
+            if runner is not None:
+                request.runner = runner
+            request.error = error
+            self._cond.notify_all()
+
+    def _expire_and_wait(self, runner: Runner) -> None:
+        """Unload the runner as soon as its requests are done, and wait until it is gone."""
+        with self._cond:
+            runner.session = 0.0
+            runner.expires_at = self.clock()
+            idle = runner.refcount == 0
+        if idle:
+            self._unload(runner)
+        with self._cond:
+            while self.loaded.get(runner.key) is runner:
+                self._cond.wait(POLL_S)
+
     # internals
 
     def _is_loaded(self, proc: "subprocess.Popen[bytes]") -> bool:
-        with self._lock:
+        with self._cond:
             return any(runner.proc is proc for runner in self.loaded.values())
 
-    def _make_room(self) -> None:
-        with self._lock:
-            victim = eviction_candidate(list(self.loaded.values()), self.max_loaded)
-        if victim is not None:
-            self._unload(victim)
-
     def _unload(self, runner: Runner) -> None:
-        with self._lock:
+        with self._cond:
             if self.loaded.get(runner.key) is runner:
                 del self.loaded[runner.key]
+            self._cond.notify_all()
         self._kill(runner.proc)
 
     def _kill(self, proc: "subprocess.Popen[bytes]") -> None:
@@ -275,9 +411,10 @@ class Scheduler:
         if known is not None:
             append_event({"event": "runner_exit", "pid": proc.pid, "code": proc.returncode, "time": time.time()})
 
-    def _load(self, model: LocalModel, requested: str, num_ctx: int) -> Runner:
+    def _load(self, request: PendingRequest) -> Runner:
+        model = request.model
         if not model.model_path or not os.path.exists(model.model_path):
-            raise ScheduleError(404, 'model "%s" not found, try pulling it first' % requested)
+            raise ScheduleError(404, 'model "%s" not found, try pulling it first' % request.requested)
         port = free_port()
         command = [sys.executable, common.EXECUTABLE, "runner", "--model", model.model_path, "--port", str(port)]
         log("INFO", "server.go:438", "starting llama server", ("cmd", " ".join(command)))
@@ -297,16 +434,24 @@ class Scheduler:
             }
         )
         size = os.path.getsize(model.model_path) + self.runner_mb * MIB
-        runner = Runner(model, proc, port, size, num_ctx)
+        runner = Runner(model, proc, port, size, request.num_ctx, self.num_parallel)
         reader = threading.Thread(target=self._pump_stderr, args=(runner,), daemon=True)
         reader.start()
         started = self.clock()
         self._wait_until_listening(runner, reader, started)
         log("INFO", "server.go:637", "llama runner started in %.2f seconds" % (self.clock() - started))
+        with self._cond:
+            runner.refcount = 1
+            runner.session = self.default_keep_alive if request.keep_alive is None else request.keep_alive
+            runner.expires_at = expiry(self.clock(), runner.session)
+            self.loaded[runner.key] = runner
+        append_event(
+            {"event": "runner_ready", "pid": proc.pid, "model": model.name.display, "time": time.time()}
+        )
         return runner
 
     def _wait_until_listening(self, runner: Runner, reader: threading.Thread, started: float) -> None:
-        load_ms = float(self.control().get("load_ms", 200) or 0)
+        load_ms = float(self.control().get("load_ms", self.default_load_ms) or 0)
         while True:
             if runner.proc.poll() is not None:
                 reader.join(timeout=2)
