@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from standin.harness import StandinEnv
@@ -263,3 +264,172 @@ def test_stream_false_writes_nothing_before_the_answer_is_complete(
     assert response.startswith(b"HTTP/1.1 200 OK\r\n") and b"Transfer-Encoding: chunked" not in response
     assert b"lorem ipsum dolor" in response
     assert waited >= 5 * 0.15
+
+
+# --- The runner generates: a stopped runner stalls, serve still answers ------------------------------------------
+
+
+def runner_process(env: StandinEnv, model: str = "llama3:latest") -> psutil.Process:
+    (event,) = [e for e in events(env, "runner_start") if e["model"] == model][-1:]
+    return psutil.Process(event["pid"])
+
+
+def runner_health(env: StandinEnv, timeout: float = 2.0) -> httpx.Response:
+    (event,) = events(env, "runner_start")[-1:]
+    return httpx.get("http://127.0.0.1:%d/health" % event["port"], timeout=timeout, trust_env=False)
+
+
+def test_a_stopped_runner_stalls_generation_while_serve_keeps_answering(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    runner = runner_process(env)
+    env.set_faults(token_ms=100, tokens=30)
+    busy = Timed(env, "/api/generate", generate(prompt="long"))
+    wait_until(lambda: busy.lines)
+    runner.suspend()
+    try:
+        wait_until(lambda: runner.status() == psutil.STATUS_STOPPED)
+        received = len(busy.lines)
+        with env.client(timeout=2) as client:
+            assert client.get("/").text == "Ollama is running"
+            assert client.get("/api/version").json() == {"version": "0.33.0"}
+            assert "llama3:latest" in [m["name"] for m in client.get("/api/tags").json()["models"]]
+            assert [m["name"] for m in client.get("/api/ps").json()["models"]] == ["llama3:latest"]
+        with pytest.raises(httpx.TimeoutException):
+            runner_health(env, timeout=0.5)
+        assert len(busy.lines) == received and busy.end is None
+    finally:
+        runner.resume()
+    busy.join()
+    assert len(busy.lines) == 31 and busy.lines[-1]["done"] is True
+
+
+def test_runner_health_says_loading_then_ok(env: StandinEnv) -> None:
+    serve(env)
+    env.set_faults(load_ms=1500)
+    cold = Timed(env, "/api/generate", generate(prompt="x"))
+    wait_until(lambda: events(env, "runner_start"))
+    loading = wait_until(lambda: _health_or_none(env))
+    assert (loading.status_code, loading.json()) == (503, {"status": "loading model"})
+    cold.join()
+    ready = runner_health(env)
+    assert (ready.status_code, ready.text) == (200, '{"status":"ok"}')
+
+
+def _health_or_none(env: StandinEnv) -> httpx.Response | None:
+    try:
+        return runner_health(env, timeout=0.5)
+    except httpx.TransportError:
+        return None
+
+
+def test_runner_cpu_time_advances_while_generating_only(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    runner = runner_process(env)
+
+    def cpu() -> float:
+        times = runner.cpu_times()
+        return times.user + times.system
+
+    idle_from = cpu()
+    time.sleep(0.5)
+    idle = cpu() - idle_from
+    env.set_faults(tokens=100)
+    busy_from = cpu()
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x", stream=False), timeout=30).json()
+    busy = cpu() - busy_from
+    assert answer["eval_count"] == 100
+    assert busy >= 100 * 0.002 * 0.8 and idle < busy / 4
+
+
+# --- A client that goes cancels its request ---------------------------------------------------------------------
+
+
+class RawRequest:
+    """A request on a raw socket, so a test can close the connection at any moment."""
+
+    def __init__(self, env: StandinEnv, path: str, body: dict[str, Any]) -> None:
+        payload = json.dumps(body).encode()
+        self.sock = socket.create_connection(("127.0.0.1", env.port), timeout=30)
+        self.sock.sendall(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: {env.host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n"
+            ).encode()
+            + payload
+        )
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def cancellations(env: StandinEnv) -> list[tuple[str, str]]:
+    return [(e["stage"], e["path"]) for e in events(env, "request_cancelled")]
+
+
+def test_a_client_closing_mid_stream_cancels_the_generation_and_frees_the_slot(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    env.set_faults(token_ms=100, tokens=30)
+    with httpx.stream("POST", env.base_url + "/api/chat", json={"model": "llama3", "messages": [
+            {"role": "user", "content": "abandoned"}]}, timeout=30, trust_env=False) as response:  # fmt: skip
+        first = json.loads(next(response.iter_lines()))
+        next_in_line = Timed(env, "/api/generate", generate(prompt="next"))
+    wait_until(lambda: cancellations(env) == [("generating", "/api/chat")])
+    next_in_line.join()
+    assert first["message"]["content"] == "You" and next_in_line.text.startswith("You said: next")
+    # The abandoned answer would have run 3 s; the next one started as soon as it was cancelled.
+    assert next_in_line.began_ns < created_ns(first) + 29 * 100_000_000
+
+
+def test_a_client_closing_a_non_streamed_request_cancels_it(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    env.set_faults(token_ms=100, tokens=50)
+    request = RawRequest(env, "/v1/chat/completions", {"model": "llama3", "messages": [{"role": "user", "content": "x"}]})
+    time.sleep(0.3)  # a few tokens into the answer
+    request.close()
+    wait_until(lambda: cancellations(env) == [("generating", "/v1/chat/completions")])
+    quick = httpx.post(env.base_url + "/api/generate", json=generate(prompt="after", stream=False), timeout=30)
+    assert quick.json()["response"].startswith("You said: after")
+
+
+def test_a_client_closing_while_waiting_for_the_slot_is_logged_like_ollama(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    env.set_faults(token_ms=100, tokens=30)
+    busy = Timed(env, "/api/generate", generate(prompt="long"))
+    wait_until(lambda: busy.lines)
+    waiting = RawRequest(env, "/api/generate", generate(prompt="impatient", stream=False))
+    time.sleep(0.3)  # let it reach the slot it waits for
+    waiting.close()
+    wait_until(lambda: cancellations(env) == [("waiting", "/api/generate")])
+    assert "msg=\"aborting completion request due to client closing the connection\"" in env.log_text()
+    busy.join()
+    assert busy.lines[-1]["done"] is True
+
+
+def test_a_client_closing_during_the_load_aborts_it(env: StandinEnv) -> None:
+    serve(env)
+    env.set_faults(load_ms=5000)
+    request = RawRequest(env, "/api/chat", {"model": "llama3", "messages": [{"role": "user", "content": "x"}]})
+    (runner,) = wait_until(lambda: events(env, "runner_start"))
+    request.close()
+    wait_until(lambda: cancellations(env) == [("loading", "/api/chat")])
+    wait_until(lambda: [e for e in events(env, "runner_exit") if e["pid"] == runner["pid"]])
+    assert "client connection closed before server finished loading, aborting load" in env.log_text()
+    assert httpx.get(env.base_url + "/api/ps", timeout=5).json() == {"models": []}
+
+
+def test_a_client_closing_while_queued_is_never_scheduled(env: StandinEnv) -> None:
+    serve(env, ("llama3", "mistral"))
+    env.set_faults(load_ms=1500)
+    loading = Timed(env, "/api/generate", generate(prompt="a"))
+    wait_until(lambda: events(env, "runner_start"))
+    queued = RawRequest(env, "/api/generate", generate(model="mistral", prompt="b"))
+    wait_until(lambda: events(env, "request_queued")[1:])
+    queued.close()
+    wait_until(lambda: cancellations(env) == [("queued", "/api/generate")])
+    assert loading.join().text == "You said: a"
+    assert [e["model"] for e in events(env, "runner_start")] == ["llama3:latest"]

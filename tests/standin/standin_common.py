@@ -504,6 +504,12 @@ def log(level: str, source: str, msg: str, *attrs: Tuple[str, Any]) -> None:
     write_line(sys.stderr, slog_line(level, source, msg, attrs))
 
 
+def debug(source: str, msg: str, *attrs: Tuple[str, Any]) -> None:
+    """A DEBUG slog line, written only when OLLAMA_DEBUG is set (as Ollama's log level)."""
+    if env_var("OLLAMA_DEBUG") not in ("", "0", "false", "False", "FALSE"):
+        log("DEBUG", source, msg, *attrs)
+
+
 def gin_line(status: int, latency_ns: int, client_ip: str, method: str, path: str) -> str:
     """Gin's default access-log line, without colours."""
     stamp = time.strftime("%Y/%m/%d - %H:%M:%S")

@@ -6,7 +6,12 @@ deterministic: ``You said: <prompt words>``, one token per word.
 Under load it schedules like Ollama: a request for a loaded model takes its runner at once,
 then waits for one of its OLLAMA_NUM_PARALLEL slots before any byte is written; a request
 that needs a load waits in a queue of at most OLLAMA_MAX_QUEUE (beyond: 503), and one model
-loads at a time. Load-only and unload requests never wait for a slot.
+loads at a time. Load-only and unload requests never wait for a slot. The runner child
+generates the tokens (serve relays them), so a SIGSTOPped runner stalls generation while
+serve's HTTP layer keeps answering. A client that closes its connection cancels its request
+at once, wherever it is (queued, loading, waiting for a slot, generating): the work stops,
+the slot is freed, Ollama's log line for that stage is written and the events file gets
+``{"event": "request_cancelled", "stage": ...}``.
 
 Environment (read at start):
   OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NOPRUNE, OLLAMA_CONTEXT_LENGTH,
@@ -34,13 +39,12 @@ Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every reques
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import http.server
 import ipaddress
 import itertools
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -70,13 +74,10 @@ from standin_common import (
     write_line,
 )
 from standin_scheduler import Runner, ScheduleError, Scheduler
+from standin_wire import Cancelled, ClientWatch, RunnerFailed
 from standin_store import LocalModel, ModelMissing, ModelStore, Registry, StreamError
 
 OOM_MESSAGE = "model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
-RUNNER_STOPPED = (
-    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
-    "check ollama server logs for details"
-)
 MAX_ECHO_WORDS = 200
 FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
 
@@ -290,14 +291,6 @@ def token_ids(words: Iterable[str]) -> List[int]:
     return [zlib.crc32(word.encode("utf-8")) % 128256 for word in words]
 
 
-def embedding_vector(text: str, dimensions: int) -> List[float]:
-    """A deterministic unit vector for a text."""
-    rng = random.Random(hashlib.sha256(text.encode("utf-8")).hexdigest())
-    values = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
-    norm = sum(value * value for value in values) ** 0.5 or 1.0
-    return [round(value / norm, 8) for value in values]
-
-
 def metrics(total_ns: int, load_ns: int, prompt_count: int, eval_count: int, eval_ns: int) -> Dict[str, int]:
     """Ollama's omitempty metrics block."""
     values = {
@@ -336,6 +329,7 @@ class Turn:
         self.runner = runner
         self.load_ns = load_ns
         self.started_ns = started_ns
+        self.prompt = ""
         self.tokens: List[str] = []
         self.done_reason = "stop"
         self.prompt_count = 1
@@ -347,10 +341,6 @@ class Turn:
         return metrics(
             now - self.started_ns, self.load_ns, self.prompt_count, len(self.tokens), max(1, now - self.eval_started_ns)
         )
-
-
-class RunnerStopped(Exception):
-    """The runner process died while a request was using it."""
 
 
 # --- The HTTP layer ---------------------------------------------------------------------------
@@ -452,11 +442,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.status_sent = 0
         self.headers_sent = False
         self.body = b""
+        self.scheduled_model = ""
         path = urlsplit(self.path).path
         name, params, known = route(path, self.command)
         self.params = [unquote(param) for param in params]
         if name not in STREAMING_BODY_ROUTES:
             self.body = self.read_body()
+        # Once the request is read, EOF on the socket means the client gave up (Go cancels the request context).
+        self.watch = ClientWatch(self.connection)
         try:
             self.apply_faults(path)
             if not host_allowed(self.headers.get("Host", "")) and self.app.loopback:
@@ -471,8 +464,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except ApiError as error:
             if not self.headers_sent:
                 self.send_json(error.status, {"error": error.message})
+        except Cancelled as cancelled:
+            self.cancelled(path, cancelled.stage)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            if self.scheduled_model:
+                self.cancelled(path, "generating")
         except Exception as error:  # noqa: BLE001 - a handler bug must answer 500, not kill the connection silently
             log("ERROR", "routes.go:1", "request failed", ("path", path), ("error", repr(error)))
             self.close_connection = True
@@ -482,6 +479,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.app.access_log(
                 self.status_sent or 200, time.monotonic_ns() - started, self.client_address[0], self.command, path
             )
+
+    def cancelled(self, path: str, stage: str) -> None:
+        """The client went away: nothing more is written; the access log shows what Ollama's does."""
+        self.close_connection = True
+        if not self.status_sent:
+            self.status_sent = 499 if stage in ("queued", "loading") else 500
+        append_event(
+            {
+                "event": "request_cancelled",
+                "stage": stage,
+                "path": path,
+                "model": self.scheduled_model,
+                "serve_pid": os.getpid(),
+                "time": time.time(),
+            }
+        )
 
     def apply_faults(self, path: str) -> None:
         """Run-time faults that act before any handler (crash_on, hang, slow_ms, http_error)."""
@@ -774,8 +787,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             num_ctx = int(options.get("num_ctx") or self.app.default_num_ctx)
         except (TypeError, ValueError):
             num_ctx = self.app.default_num_ctx
+        self.scheduled_model = model.name.display
         try:
-            runner = self.app.scheduler.get_runner(model, requested, keep_alive, num_ctx)
+            runner = self.app.scheduler.get_runner(model, requested, keep_alive, num_ctx, self.watch)
         except ScheduleError as error:
             raise ApiError(error.status, error.message) from None
         # Like Ollama's load_duration: everything from the request's arrival until it had a runner.
@@ -787,34 +801,34 @@ class Handler(http.server.BaseHTTPRequestHandler):
             length = int(self.app.control.read().get("tokens", self.app.default_tokens) or 0)
         except (TypeError, ValueError):
             length = 0
+        turn.prompt = prompt
         turn.tokens, turn.done_reason = reply_tokens(
             prompt, num_predict_of(options), stop_words_of(options), json_format, length
         )
 
     def produce_tokens(self, turn: Turn) -> Iterator[str]:
-        """Yield the answer's tokens once a runner slot is free, paced by the faults.
+        """The answer's tokens as the runner generates them, once one of its slots is free.
 
-        Raises :class:`RunnerStopped` if the runner dies.
+        Raises :class:`RunnerFailed` when the runner cannot answer, :class:`Cancelled` when the client goes.
         """
-        with self.app.scheduler.slot(turn.runner):
-            faults = self.app.control.read()
-            if faults.get("hang_inference"):
-                hang_forever()
-            slow_ms = float(faults.get("slow_inference_ms", 0) or 0)
-            if slow_ms > 0:
-                time.sleep(slow_ms / 1000.0)
-            token_ms = float(faults.get("token_ms", self.app.default_token_ms) or 0)
+        faults = self.app.control.read()
+        request = {
+            "prompt": turn.prompt,
+            "n_predict": len(turn.tokens),
+            "stream": True,
+            "standin": {
+                "tokens": turn.tokens,
+                "done_reason": turn.done_reason,
+                "prompt_n": turn.prompt_count,
+                "token_ms": float(faults.get("token_ms", self.app.default_token_ms) or 0),
+                "delay_ms": float(faults.get("slow_inference_ms", 0) or 0),
+                "hang": bool(faults.get("hang_inference")),
+            },
+        }
+        scheduler = self.app.scheduler
+        with scheduler.slot(turn.runner, self.watch, "aborting completion request due to client closing the connection"):
             turn.eval_started_ns = time.monotonic_ns()
-            for index, token in enumerate(turn.tokens):
-                if not turn.runner.alive:
-                    self.app.scheduler.drop_dead(turn.runner)
-                    raise RunnerStopped()
-                if index and token_ms > 0:
-                    time.sleep(token_ms / 1000.0)
-                yield token
-            if not turn.runner.alive:
-                self.app.scheduler.drop_dead(turn.runner)
-                raise RunnerStopped()
+            yield from scheduler.complete(turn.runner, request, self.watch)
 
     def stream_turn(
         self, turn: Turn, stream: bool, chunk: Callable[[str], Dict[str, Any]], final: Callable[[str], Dict[str, Any]]
@@ -822,17 +836,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Send the turn as NDJSON chunks or as one object (``stream:false``)."""
         text = []
         try:
-            for token in self.produce_tokens(turn):
-                text.append(token)
-                if stream:
-                    if not self.headers_sent:
-                        self.start_response(200, "application/x-ndjson", None)
-                    self.write_chunk((go_json(chunk(token)) + "\n").encode("utf-8"))
-        except RunnerStopped:
+            with contextlib.closing(self.produce_tokens(turn)) as tokens:
+                for token in tokens:
+                    text.append(token)
+                    if stream:
+                        if not self.headers_sent:
+                            self.start_response(200, "application/x-ndjson", None)
+                        self.write_chunk((go_json(chunk(token)) + "\n").encode("utf-8"))
+        except RunnerFailed as failure:
             if not self.headers_sent:
-                raise ApiError(500, RUNNER_STOPPED) from None
-            message = "an error was encountered while running the model: unexpected EOF"
-            self.write_chunk((go_json({"error": message}) + "\n").encode("utf-8"))
+                raise ApiError(500, failure.message) from None
+            self.write_chunk((go_json({"error": failure.message}) + "\n").encode("utf-8"))
             self.end_chunks()
             return
         if stream:
@@ -963,11 +977,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 size = dimensions
             vectors = []
             for text in texts:
-                with self.app.scheduler.slot(turn.runner):
-                    slow_ms = float(self.app.control.read().get("slow_inference_ms", 0) or 0)
-                    if slow_ms > 0:
-                        time.sleep(slow_ms / 1000.0)
-                    vectors.append(embedding_vector(text, size))
+                delay_ms = float(self.app.control.read().get("slow_inference_ms", 0) or 0)
+                request = {"content": text, "standin": {"dimensions": size, "delay_ms": delay_ms}}
+                with self.app.scheduler.slot(turn.runner, self.watch):
+                    try:
+                        vectors.append(self.app.scheduler.embed(turn.runner, request, self.watch))
+                    except RunnerFailed as failure:
+                        raise ApiError(500, failure.message) from None
         finally:
             self.app.scheduler.release(turn.runner)
         return vectors, turn.load_ns, sum(len(text.split()) for text in texts)
@@ -1097,9 +1113,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finish_reason = "length" if turn.done_reason == "length" else "stop"
         if not stream:
             try:
-                text = "".join(self.produce_tokens(turn))
-            except RunnerStopped:
-                raise ApiError(500, RUNNER_STOPPED) from None
+                with contextlib.closing(self.produce_tokens(turn)) as tokens:
+                    text = "".join(tokens)
+            except RunnerFailed as failure:
+                raise ApiError(500, failure.message) from None
             choice: Dict[str, Any] = {"index": 0}
             if kind == "chat":
                 choice.update(message={"role": "assistant", "content": text})
@@ -1123,14 +1140,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return ("data: " + go_json(dict(head, object=chunk_object, choices=[choice])) + "\n\n").encode("utf-8")
 
         try:
-            for token in self.produce_tokens(turn):
-                if not self.headers_sent:
-                    self.start_response(200, "text/event-stream", None)
-                self.write_chunk(event(token, None))
-        except RunnerStopped:
+            with contextlib.closing(self.produce_tokens(turn)) as tokens:
+                for token in tokens:
+                    if not self.headers_sent:
+                        self.start_response(200, "text/event-stream", None)
+                    self.write_chunk(event(token, None))
+        except RunnerFailed as failure:
             if not self.headers_sent:
-                raise ApiError(500, RUNNER_STOPPED) from None
-            self.write_chunk(("data: " + go_json(openai_error(500, RUNNER_STOPPED)) + "\n\n").encode("utf-8"))
+                raise ApiError(500, failure.message) from None
+            self.write_chunk(("data: " + go_json(openai_error(500, failure.message)) + "\n\n").encode("utf-8"))
             self.end_chunks()
             return
         if not self.headers_sent:
