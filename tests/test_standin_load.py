@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
 import socket
 import threading
@@ -433,3 +434,67 @@ def test_a_client_closing_while_queued_is_never_scheduled(env: StandinEnv) -> No
     wait_until(lambda: cancellations(env) == [("queued", "/api/generate")])
     assert loading.join().text == "You said: a"
     assert [e["model"] for e in events(env, "runner_start")] == ["llama3:latest"]
+
+
+# --- A change of runner options reloads the model ------------------------------------------------------------------
+
+
+def reloads(env: StandinEnv) -> list[tuple[str, dict[str, list[Any]]]]:
+    return [(e["reason"], e["changed"]) for e in events(env, "runner_reload")]
+
+
+def test_changed_runner_options_reload_the_model_and_back(env: StandinEnv) -> None:
+    serve(env)
+    with env.client() as client:
+
+        def ask(**options: Any) -> dict[str, Any]:
+            body = generate(prompt="x", stream=False, options=options)
+            return client.post("/api/generate", json=body).json()
+
+        ask()
+        ask(temperature=0.2, num_gpu=-1, num_predict=5)  # not runner options, or automatic: no reload
+        assert reloads(env) == [] and len(events(env, "runner_start")) == 1
+        small = ask(num_ctx=2048)
+        assert reloads(env) == [("options", {"num_ctx": [4096, 2048]})]
+        assert small["load_duration"] >= 200_000_000  # a new load
+        assert [m["context_length"] for m in client.get("/api/ps").json()["models"]] == [2048]
+        ask(num_ctx=2048)
+        ask()  # the default context again: Ollama reloads back
+        ask(num_gpu=0)
+    assert reloads(env)[1:] == [("options", {"num_ctx": [2048, 4096]}), ("options", {"num_gpu": [-1, 0]})]
+    starts = events(env, "runner_start")
+    assert len(starts) == 4 and len({e["pid"] for e in starts}) == 4
+    assert [e["pid"] for e in events(env, "runner_reload")] == [e["pid"] for e in starts[:3]]
+
+
+def test_a_reload_waits_for_the_busy_runner_to_finish(env: StandinEnv) -> None:
+    serve(env, OLLAMA_DEBUG="1")
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    env.set_faults(token_ms=100, tokens=15, load_ms=600)
+    busy = Timed(env, "/api/generate", generate(prompt="long"))
+    wait_until(lambda: busy.lines)
+    other = Timed(env, "/api/generate", generate(prompt="other", options={"num_ctx": 1024}))
+    busy.join(), other.join()
+    assert busy.lines[-1]["done"] is True and other.text.startswith("You said: other")
+    old, new = events(env, "runner_start")
+    assert new["time"] * 1e9 > busy.ended_ns
+    assert other.lines[-1]["load_duration"] >= 600_000_000
+    assert [e["pid"] for e in events(env, "runner_exit")] == [old["pid"]]
+    assert 'level=DEBUG source=sched.go:259 msg=reloading runner=' in env.log_text()
+
+
+def test_an_unresponsive_runner_is_replaced(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    runner = runner_process(env)
+    runner.suspend()
+    try:
+        answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x", stream=False), timeout=60)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            runner.resume()
+    assert answer.json()["response"] == "You said: x"
+    assert reloads(env) == [("unresponsive", {})]
+    assert not psutil.pid_exists(runner.pid) or runner.status() == psutil.STATUS_ZOMBIE
+    # needsReload pings for 10 s twice (getRunner, then processPending) before the reload.
+    assert answer.json()["load_duration"] >= 2 * 10_000_000_000

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import standin_common as common
 from standin_common import FOREVER, MIB, append_event, debug, log, write_line
@@ -25,6 +25,7 @@ from standin_wire import (
     LOADING,
     NO_CLIENT,
     NO_SLOT,
+    NOT_RESPONDING,
     READY,
     Cancelled,
     ClientWatch,
@@ -39,6 +40,16 @@ DEFAULT_LOAD_MS = 200.0
 POLL_S = 0.05
 HEALTH_POLL_S = 0.05  # Ollama polls every 250 ms; faster here keeps loads short in the tests
 HEALTH_TIMEOUT_S = 0.2
+PING_TIMEOUT_S = 10.0  # needsReload's ping of a loaded runner
+# api.Runner: the options that shape the runner process, with Ollama's defaults (num_ctx aside).
+RUNNER_DEFAULTS: Dict[str, Any] = {
+    "num_batch": 512,
+    "num_gpu": -1,
+    "main_gpu": None,
+    "use_mmap": None,
+    "num_thread": 0,
+    "draft_num_predict": 4,
+}
 RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
     "check ollama server logs for details"
@@ -76,7 +87,7 @@ class Runner:
         proc: "subprocess.Popen[bytes]",
         port: int,
         size: int,
-        context_length: int,
+        options: Dict[str, Any],
         num_parallel: int = 1,
     ) -> None:
         self.model = model
@@ -85,7 +96,8 @@ class Runner:
         self.proc = proc
         self.port = port
         self.size = size
-        self.context_length = context_length
+        self.options = options
+        self.context_length = int(options["num_ctx"])
         self.num_parallel = max(1, num_parallel)
         self.refcount = 0
         self.busy = 0
@@ -108,13 +120,13 @@ class PendingRequest:
         model: LocalModel,
         requested: str,
         keep_alive: Optional[float],
-        num_ctx: int,
+        options: Dict[str, Any],
         watch: ClientWatch = NO_CLIENT,
     ) -> None:
         self.model = model
         self.requested = requested
         self.keep_alive = keep_alive
-        self.num_ctx = num_ctx
+        self.options = options
         self.watch = watch
         self.runner: Optional[Runner] = None
         self.error: Optional[Exception] = None
@@ -127,6 +139,51 @@ class PendingRequest:
 
 
 # --- Pure decisions -----------------------------------------------------------------
+
+
+def runner_options(options: Dict[str, Any], default_num_ctx: int, train_ctx: int) -> Dict[str, Any]:
+    """The request's runner options (``api.Runner``) with defaults, num_ctx capped at the model's training size.
+
+    >>> runner_options({"num_ctx": 9000, "num_gpu": 0, "temperature": 1}, 4096, 8192)["num_ctx"]
+    8192
+    >>> runner_options({}, 4096, 0) == dict(RUNNER_DEFAULTS, num_ctx=4096)
+    True
+    """
+    values: Dict[str, Any] = dict(RUNNER_DEFAULTS, num_ctx=default_num_ctx)
+    for key in values:
+        value = options.get(key)
+        if value is None:
+            continue
+        try:
+            values[key] = bool(value) if key == "use_mmap" else int(value)
+        except (TypeError, ValueError):
+            continue
+    values["num_ctx"] = max(4, values["num_ctx"])
+    if 0 < train_ctx < values["num_ctx"]:
+        values["num_ctx"] = train_ctx
+    return values
+
+
+def changed_options(loaded: Dict[str, Any], wanted: Dict[str, Any]) -> Dict[str, List[Any]]:
+    """``needsReload``'s comparison: the runner options that differ as [loaded, wanted].
+
+    A request's num_gpu below 0 (automatic) and an unset use_mmap match any loaded value.
+
+    >>> changed_options(dict(RUNNER_DEFAULTS, num_ctx=4096), dict(RUNNER_DEFAULTS, num_ctx=2048))
+    {'num_ctx': [4096, 2048]}
+    >>> changed_options(dict(RUNNER_DEFAULTS, num_ctx=4096, num_gpu=0), dict(RUNNER_DEFAULTS, num_ctx=4096))
+    {}
+    """
+    changed = {}
+    for key, old in loaded.items():
+        new = wanted.get(key)
+        if key == "num_gpu" and isinstance(new, int) and new < 0:
+            continue
+        if key == "use_mmap" and new is None:
+            continue
+        if old != new:
+            changed[key] = [old, new]
+    return changed
 
 
 def last_error_message(line: str, previous: str) -> str:
@@ -253,7 +310,7 @@ class Scheduler:
         model: LocalModel,
         requested: str,
         keep_alive: Optional[float],
-        num_ctx: int,
+        options: Dict[str, Any],
         watch: ClientWatch = NO_CLIENT,
     ) -> Runner:
         """A runner for the model, loading it if needed (``getRunner``); the caller must :meth:`release` it.
@@ -261,12 +318,15 @@ class Scheduler:
         ``keep_alive`` is the request's own (None keeps the runner's). Raises :class:`ScheduleError`,
         or :class:`Cancelled` (stage ``queued`` or ``loading``) when the client goes first.
         """
-        request = PendingRequest(model, requested, keep_alive, num_ctx, watch)
+        request = PendingRequest(model, requested, keep_alive, options, watch)
         with self._cond:
             runner = self.loaded.get(model.name.key)
-            if runner is not None and not self._needs_reload(runner, request):
-                self._use_loaded(runner, request)
-                return runner
+        if runner is not None and self._reload_reason(runner, request, "queued") is None:
+            with self._cond:
+                if self.loaded.get(model.name.key) is runner:
+                    self._use_loaded(runner, request)
+                    return runner
+        with self._cond:
             if len(self.pending) >= self.max_queue and not (self.max_queue == 0 and self._worker_idle):
                 raise ScheduleError(503, ERR_MAX_QUEUE)
             self.pending.append(request)
@@ -416,10 +476,15 @@ class Scheduler:
             with self._cond:
                 runner = self.loaded.get(request.model.name.key)
                 loaded_count = len(self.loaded)
-                if runner is not None and not self._needs_reload(runner, request):
-                    self._use_loaded(runner, request)
-                    return
-            if runner is not None:
+            reason = None if runner is None else self._reload_reason(runner, request, "queued")
+            if runner is not None and reason is None:
+                with self._cond:
+                    if self.loaded.get(runner.key) is runner:
+                        self._use_loaded(runner, request)
+                        return
+                continue
+            if runner is not None and reason is not None:
+                self._log_reload(runner, *reason)
                 victim: Optional[Runner] = runner
             elif loaded_count >= self.max_loaded:
                 with self._cond:
@@ -430,9 +495,39 @@ class Scheduler:
             if victim is not None:
                 self._expire_and_wait(victim)
 
-    def _needs_reload(self, runner: Runner, request: PendingRequest) -> bool:
-        """Whether the loaded runner cannot serve this request (dead, or another blob under the name)."""
-        return not runner.alive or runner.model_path != request.model.model_path
+    def _reload_reason(
+        self, runner: Runner, request: PendingRequest, stage: str
+    ) -> Optional[Tuple[str, Dict[str, List[Any]]]]:
+        """``needsReload``: why the loaded runner cannot serve this request (None: it can).
+
+        Another blob under the name, other runner options, or a runner that does not answer its
+        ``/health`` within 10 s (dead, stopped or hung).
+        """
+        if runner.model_path != request.model.model_path:
+            return "model", {}
+        changed = changed_options(runner.options, request.options)
+        if changed:
+            return "options", changed
+        if not runner.alive:
+            return "unresponsive", {}
+        status, _detail = health(runner.port, request.watch, PING_TIMEOUT_S, stage)
+        if status in (ERROR, NOT_RESPONDING):
+            return "unresponsive", {}
+        return None
+
+    def _log_reload(self, runner: Runner, reason: str, changed: Dict[str, List[Any]]) -> None:
+        """Ollama's debug line for a reload, and an event so tests can count reloads."""
+        debug("sched.go:259", "reloading", ("runner", runner.model_path), ("reason", reason))
+        append_event(
+            {
+                "event": "runner_reload",
+                "model": runner.model.name.display,
+                "pid": runner.proc.pid,
+                "reason": reason,
+                "changed": changed,
+                "time": time.time(),
+            }
+        )
 
     def _use_loaded(self, runner: Runner, request: PendingRequest) -> None:
         """``useLoadedRunner`` (lock held): count the request and take its keep-alive."""
@@ -533,7 +628,7 @@ class Scheduler:
             }
         )
         size = os.path.getsize(model.model_path) + self.runner_mb * MIB
-        runner = Runner(model, proc, port, size, request.num_ctx, self.num_parallel)
+        runner = Runner(model, proc, port, size, request.options, self.num_parallel)
         reader = threading.Thread(target=self._pump_output, args=(runner,), daemon=True)
         reader.start()
         started = self.clock()

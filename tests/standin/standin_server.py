@@ -11,7 +11,10 @@ generates the tokens (serve relays them), so a SIGSTOPped runner stalls generati
 serve's HTTP layer keeps answering. A client that closes its connection cancels its request
 at once, wherever it is (queued, loading, waiting for a slot, generating): the work stops,
 the slot is freed, Ollama's log line for that stage is written and the events file gets
-``{"event": "request_cancelled", "stage": ...}``.
+``{"event": "request_cancelled", "stage": ...}``. A request whose runner options (num_ctx,
+num_batch, num_gpu >= 0, main_gpu, use_mmap, num_thread, draft_num_predict) differ from the
+loaded runner's, or whose runner does not answer its /health within 10 s, reloads the model
+once the runner's requests are done (``{"event": "runner_reload", "reason": ...}``).
 
 Environment (read at start):
   OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NOPRUNE, OLLAMA_CONTEXT_LENGTH,
@@ -73,7 +76,7 @@ from standin_common import (
     utc_now,
     write_line,
 )
-from standin_scheduler import Runner, ScheduleError, Scheduler
+from standin_scheduler import Runner, ScheduleError, Scheduler, runner_options
 from standin_wire import Cancelled, ClientWatch, RunnerFailed
 from standin_store import LocalModel, ModelMissing, ModelStore, Registry, StreamError
 
@@ -783,13 +786,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if generates and self.app.control.read().get("oom"):
             self.app.log_oom(model)
             raise ApiError(500, OOM_MESSAGE)
-        try:
-            num_ctx = int(options.get("num_ctx") or self.app.default_num_ctx)
-        except (TypeError, ValueError):
-            num_ctx = self.app.default_num_ctx
+        wanted = runner_options(options, self.app.default_num_ctx, model.context_length())
         self.scheduled_model = model.name.display
         try:
-            runner = self.app.scheduler.get_runner(model, requested, keep_alive, num_ctx, self.watch)
+            runner = self.app.scheduler.get_runner(model, requested, keep_alive, wanted, self.watch)
         except ScheduleError as error:
             raise ApiError(error.status, error.message) from None
         # Like Ollama's load_duration: everything from the request's arrival until it had a runner.
