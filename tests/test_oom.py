@@ -5,57 +5,91 @@ from __future__ import annotations
 import pytest
 
 from tray.core.oom import (
+    OLLAMA_OOM_SUBSTRINGS,
     LadderMove,
     OomKind,
     OomLadder,
+    OomLogScanner,
     OomSettings,
     OomStep,
     classify_oom,
     is_oom,
+    is_recoverable_oom,
     offloaded_layers,
 )
 
 # --- Recognition ----------------------------------------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    ("text", "kind"),
-    [
-        # Ollama <= ~0.2x, returned as HTTP 500 (ollama.md section 8).
-        ("model requires more system memory (8.1 GiB) than is available (4.0 GiB)", OomKind.SYSTEM),
-        (
-            "Error: 500 Internal Server Error: model requires more system memory (8.1 GiB) than is available (4.0 GiB)",
-            OomKind.SYSTEM,
-        ),
-        # v0.20 eviction variant.
-        ("model requires more system memory than is currently available", OomKind.SYSTEM),
-        # >= v0.30.
-        ("llama-server reported out-of-memory during startup: exit status 1", OomKind.UNKNOWN),
-        (
-            "llama-server reported out-of-memory during startup: ggml_backend_cuda_buffer_type_alloc_buffer: "
-            "allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory",
-            OomKind.GPU,
-        ),
-        # Server-log lines from the runner (ggml / CUDA / ROCm / Metal / Vulkan).
-        (
-            "time=2025-04-03T22:48:12.000Z level=ERROR source=server.go:100 "
-            'msg="ggml_backend_cuda_buffer_type_alloc_buffer: '
-            'allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory"',
-            OomKind.GPU,
-        ),
-        ("ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1073741824", OomKind.GPU),
-        ("hipMalloc failed: out of memory", OomKind.GPU),
-        ("CUDA error: out of memory", OomKind.GPU),
-        ("error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)", OomKind.GPU),
-        ("vk::Device::allocateMemory: ErrorOutOfDeviceMemory", OomKind.GPU),
-        ("vk::Device::allocateMemory: ErrorOutOfHostMemory", OomKind.SYSTEM),
-        ("llama_model_load: error loading model: unable to allocate CPU buffer", OomKind.SYSTEM),
-        ("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 8589934592", OomKind.SYSTEM),
-        ("fatal error: runtime: out of memory", OomKind.SYSTEM),
-        ("Out of memory", OomKind.UNKNOWN),
-    ],
+# Ollama v0.33's llm/status.go outOfMemorySubstrings, as written there.
+OLLAMA_LIST = (
+    "out of memory",
+    "out of device memory",
+    "cudaMalloc failed",
+    "hipMalloc failed",
+    "failed to allocate",
+    "allocation failed",
+    "not enough memory",
+    "insufficient memory",
+    "vk_error_out_of_device_memory",
+    "erroroutofmemory",
 )
-def test_oom_errors_are_recognised(text: str, kind: OomKind) -> None:
+
+
+def test_the_substrings_are_ollamas_own_list() -> None:
+    assert tuple(needle.lower() for needle in OLLAMA_LIST) == OLLAMA_OOM_SUBSTRINGS
+
+
+@pytest.mark.parametrize("needle", OLLAMA_LIST)
+@pytest.mark.parametrize("case", [str.lower, str.upper, str.title])
+def test_every_substring_of_ollamas_list_is_an_oom_in_any_case(needle: str, case) -> None:
+    text = f"llama_init_from_model: {case(needle)} (while loading)"
+    assert is_oom(text) is True
+    assert classify_oom(text) is not None
+
+
+# Current messages (Ollama v0.33 and the runners it starts), and what they say about the memory.
+CURRENT_MESSAGES = [
+    # ggml CUDA / ROCm, wrapped by llama-server's startup check (llm/llama_server.go).
+    (
+        "llama-server reported out-of-memory during startup: ggml_backend_cuda_buffer_type_alloc_buffer: "
+        "allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory",
+        OomKind.GPU,
+    ),
+    ("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 512.00 MiB on device 0: hipMalloc failed", OomKind.GPU),
+    ("CUDA error: out of memory", OomKind.GPU),
+    ("ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1073741824", OomKind.GPU),
+    ("ggml_gallocr_reserve_n: failed to allocate ROCm0 buffer of size 1073741824", OomKind.GPU),
+    # MLX checks the model against the GPU's free memory (x/mlxrunner/client.go).
+    ("model requires 9.1 GiB but only 6.0 GiB are available (after 512.0 MiB overhead)", OomKind.GPU),
+    ("unable to load full model on GPU", OomKind.GPU),  # llm.ErrLoadRequiredFull
+    # Metal.
+    ("error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)", OomKind.GPU),
+    # Vulkan: device vs host memory, in vulkan.hpp's words and the C enum's.
+    ("ggml_vulkan: vk::Device::allocateMemory: ErrorOutOfDeviceMemory", OomKind.GPU),
+    ("vkAllocateMemory failed: VK_ERROR_OUT_OF_DEVICE_MEMORY", OomKind.GPU),
+    ("ggml_vulkan: vk::Device::allocateMemory: ErrorOutOfHostMemory", OomKind.SYSTEM),
+    ("vkAllocateMemory failed: VK_ERROR_OUT_OF_HOST_MEMORY", OomKind.SYSTEM),
+    # CPU buffer vs device buffer.
+    ("llama_model_load: error loading model: unable to allocate CPU buffer", OomKind.SYSTEM),
+    ("ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 8589934592", OomKind.SYSTEM),
+    ("fatal error: runtime: out of memory", OomKind.SYSTEM),
+    # Words that tell no kind.
+    ("llama_init_from_model: compute buffer allocation failed", OomKind.UNKNOWN),
+    ("failed to allocate compute pp buffers", OomKind.UNKNOWN),
+    ("insufficient memory - required allocations: {InputWeights:0 CPU:[...] GPUs:[...]}", OomKind.UNKNOWN),
+    ("ggml_aligned_malloc: not enough memory to allocate 4096 MiB", OomKind.UNKNOWN),
+    ("llama-server reported out-of-memory during startup: exit status 1", OomKind.UNKNOWN),
+    # Ollama <= ~0.2x (the integration tests still match it), returned as HTTP 500.
+    (
+        "Error: 500 Internal Server Error: model requires more system memory (8.1 GiB) than is available (4.0 GiB)",
+        OomKind.SYSTEM,
+    ),
+    ("model requires more system memory than is currently available", OomKind.SYSTEM),
+]
+
+
+@pytest.mark.parametrize(("text", "kind"), CURRENT_MESSAGES)
+def test_oom_errors_are_recognised_with_their_kind(text: str, kind: OomKind) -> None:
     assert classify_oom(text) is kind
     assert is_oom(text) is True
 
@@ -66,12 +100,13 @@ def test_oom_errors_are_recognised(text: str, kind: OomKind) -> None:
         # A runner dying is not proof of an OOM: it also covers crashes.
         "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
         "check ollama server logs for details",
-        "llama runner process has terminated: exit status 2",
+        "llama-server process has terminated: exit status 2",
         "model 'uncensored-llama3' not found",
         "server busy, please try again.  maximum pending requests exceeded",
         "digest mismatch, file must be downloaded again",
         '[GIN] 2025/04/03 - 22:48:12 | 200 |      28.1µs |       127.0.0.1 | HEAD     "/"',
         'memory.available="[7.5 GiB]" memory.required.full="4.9 GiB"',
+        'level=INFO source=sched.go:613 msg="system memory" total="31.0 GiB" free="20.2 GiB" free_swap="2.0 GiB"',
     ],
 )
 def test_other_errors_are_not_oom(text: str) -> None:
@@ -83,6 +118,111 @@ def test_offloaded_layers_from_the_server_log() -> None:
     assert offloaded_layers("llm_load_tensors: offloaded 33/33 layers to GPU") == 33
     assert offloaded_layers("load_tensors: offloaded 20/29 layers to GPU") == 20
     assert offloaded_layers("Listening on 127.0.0.1:11434") is None
+
+
+# --- The recoverable sequence ---------------------------------------------------------------------
+
+# What llama.cpp writes when its first compute-buffer reservation fails and it retries (Ollama waits).
+RECOVERABLE_LINES = [
+    "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1024.00 MiB on device 0: cudaMalloc failed: out of memory",
+    "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1073741824",
+    "graph_reserve: failed to allocate compute buffers",
+    "llama_context: compute buffer allocation failed, retrying without pipeline parallelism",
+]
+# The retry failing as well, then Ollama's verdict.
+FAILED_RETRY_LINES = [
+    "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1073741824",
+    "llama_init_from_model: failed to allocate compute pp buffers",
+    'time=2026-08-01T10:00:02.000Z level=INFO source=sched.go:643 msg="Load failed" model=/m/blobs/sha256-ab '
+    'error="llama-server reported out-of-memory during startup: llama_init_from_model: failed to allocate compute pp '
+    'buffers"',
+]
+
+
+def test_the_recoverable_message_is_judged_by_its_last_line_as_ollama_does() -> None:
+    assert is_recoverable_oom("\n".join(RECOVERABLE_LINES)) is True
+    assert is_recoverable_oom("\n".join(RECOVERABLE_LINES + FAILED_RETRY_LINES)) is False
+    assert is_recoverable_oom("retrying without pipeline parallelism") is False  # the retry alone is no OOM
+    # The scheduler's own retry of a failed load (server/sched.go).
+    assert is_recoverable_oom(
+        'level=WARN source=sched.go:652 msg="llama-server load failed; reducing automatic context and retrying once" '
+        'error="llama-server reported out-of-memory during startup: cudaMalloc failed: out of memory"'
+    )
+
+
+def test_the_recoverable_sequence_as_one_api_message_does_not_step_the_ladder() -> None:
+    ladder = OomLadder(num_ctx=8192)
+    assert ladder.report_error(0.0, "\n".join(RECOVERABLE_LINES)) is None
+    assert ladder.level == 0
+    event = ladder.report_error(10.0, "\n".join(RECOVERABLE_LINES + FAILED_RETRY_LINES))
+    assert event is not None and event.level == 1
+
+
+def feed_batches(ladder: OomLadder, batches: list[list[str]], start: float = 100.0, every: float = 2.0):
+    """Feed each batch at its own tick, then two empty ticks; the moves made, in order."""
+    moves = []
+    now = start
+    for batch in [*batches, [], []]:
+        moves.extend(ladder.report_log_lines(now, batch))
+        now += every
+    return moves
+
+
+def test_the_recoverable_sequence_in_one_batch_of_log_lines_does_not_step_the_ladder() -> None:
+    ladder = OomLadder(num_ctx=8192)
+    assert feed_batches(ladder, [RECOVERABLE_LINES]) == []
+    assert ladder.level == 0
+
+
+@pytest.mark.parametrize("split", range(1, len(RECOVERABLE_LINES)))
+def test_the_recoverable_sequence_split_over_two_ticks_does_not_step_the_ladder(split: int) -> None:
+    ladder = OomLadder(num_ctx=8192)
+    assert feed_batches(ladder, [RECOVERABLE_LINES[:split], RECOVERABLE_LINES[split:]]) == []
+    assert ladder.level == 0
+
+
+def test_other_lines_between_the_failure_and_the_retry_change_nothing() -> None:
+    ladder = OomLadder(num_ctx=8192)
+    gin = '[GIN] 2026/08/01 - 10:00:01 | 200 |      28.1µs |       127.0.0.1 | GET      "/api/tags"'
+    assert feed_batches(ladder, [[*RECOVERABLE_LINES[:3], gin], [gin, RECOVERABLE_LINES[3]]]) == []
+
+
+def test_a_failed_retry_after_the_recoverable_sequence_steps_once() -> None:
+    ladder = OomLadder(num_ctx=8192)
+    moves = feed_batches(ladder, [RECOVERABLE_LINES + FAILED_RETRY_LINES])
+    assert [(m.move, m.step, m.options) for m in moves] == [
+        (LadderMove.DOWN, OomStep.SMALLER_CONTEXT, {"num_ctx": 4096})
+    ]
+
+
+def test_a_failure_is_reported_one_tick_after_it_is_read_with_the_time_it_was_read() -> None:
+    scanner = OomLogScanner()
+    assert scanner.feed(100.0, FAILED_RETRY_LINES) == []  # the retry line could still come
+    assert scanner.feed(102.0, []) == [(100.0, OomKind.GPU)]
+    assert scanner.feed(104.0, []) == []
+
+
+@pytest.mark.parametrize(("text", "kind"), CURRENT_MESSAGES)
+def test_each_current_message_steps_the_ladder_once_from_the_api(text: str, kind: OomKind) -> None:
+    ladder = OomLadder(num_ctx=8192)
+    first = ladder.report_error(0.0, text)
+    assert first is not None and (first.move, first.level) == (LadderMove.DOWN, 1)
+    assert ladder.report_error(1.0, text) is None  # the same failure, reported again
+    assert ladder.level == 1
+
+
+@pytest.mark.parametrize(("text", "kind"), CURRENT_MESSAGES)
+def test_each_current_message_steps_the_ladder_once_from_the_log(text: str, kind: OomKind) -> None:
+    ladder = OomLadder(num_ctx=8192)
+    moves = feed_batches(ladder, [[text, text]])
+    assert [(m.move, m.level) for m in moves] == [(LadderMove.DOWN, 1)]
+
+
+def test_the_api_error_and_the_log_lines_of_one_failure_step_once() -> None:
+    ladder = OomLadder(num_ctx=8192, settle_seconds=5)
+    assert ladder.report_error(100.0, FAILED_RETRY_LINES[-1]) is not None
+    moves = feed_batches(ladder, [FAILED_RETRY_LINES], start=100.0, every=30.0)  # read on the same tick
+    assert moves == [] and ladder.level == 1
 
 
 # --- Walking down ---------------------------------------------------------------------------------
@@ -138,12 +278,9 @@ def test_each_oom_takes_one_rung_down() -> None:
 
 def test_lines_of_one_failure_take_a_single_rung() -> None:
     ladder = OomLadder(num_ctx=8192, gpu_layers=33, settle_seconds=5)
-    first = ladder.report_log_line(100.0, CUDA_OOM)
+    first = ladder.report_error(100.0, CUDA_OOM)
     assert first is not None and first.options == {"num_ctx": 4096}
-    assert (
-        ladder.report_log_line(100.2, "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1073741824")
-        is None
-    )
+    assert ladder.report_error(100.2, "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1") is None
     assert ladder.report_error(101.0, "llama-server reported out-of-memory during startup: exit status 1") is None
     assert ladder.level == 1
     second = ladder.report_error(105.0, CUDA_OOM)  # settle time over: a new failure
@@ -171,12 +308,12 @@ def test_without_a_known_layer_count_the_gpu_step_is_cpu_only() -> None:
 
 def test_the_layer_count_is_learned_from_the_server_log() -> None:
     ladder = OomLadder(num_ctx=2048)
-    assert ladder.report_log_line(0.0, "load_tensors: offloaded 29/29 layers to GPU") is None
+    assert ladder.report_log_lines(0.0, ["load_tensors: offloaded 29/29 layers to GPU"]) == []
     assert ladder.gpu_layers == 29
-    event = ladder.report_log_line(1.0, "CUDA error: out of memory")
-    assert event is not None and (event.step, event.options) == (OomStep.FEWER_GPU_LAYERS, {"num_gpu": 14})
+    moves = feed_batches(ladder, [["CUDA error: out of memory"]], start=1.0)
+    assert [(m.step, m.options) for m in moves] == [(OomStep.FEWER_GPU_LAYERS, {"num_gpu": 14})]
     # With our own num_gpu in force, the log reports our choice; it is not the model's layer count.
-    assert ladder.report_log_line(2.0, "load_tensors: offloaded 14/29 layers to GPU") is None
+    ladder.report_log_lines(20.0, ["load_tensors: offloaded 14/29 layers to GPU"])
     assert ladder.gpu_layers == 29
 
 

@@ -137,8 +137,7 @@ class DaemonDuties:
         moves: list[OomEvent | None] = []
         if not probe.ok and probe.detail:
             moves.append(self.oom.report_error(now, probe.detail))
-        for line in self.log_tail.new_lines():
-            moves.append(self.oom.report_log_line(now, line))
+        moves.extend(self.oom.report_log_lines(now, self.log_tail.new_lines()))
         if not any(moves):
             moves.append(self.oom.tick(now, memory_ok=probe.ok))
         for move in moves:

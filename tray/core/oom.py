@@ -24,12 +24,15 @@ bounce between rungs every few minutes.
 
 Several log lines describe one failure (``cudaMalloc failed``, then
 ``failed to allocate CUDA0 buffer``, then the API error); reports within
-``settle_seconds`` of the last step down count as that same failure.
+``settle_seconds`` of the last step down count as that same failure. An
+allocation failure Ollama retries by itself (``... retrying without
+pipeline parallelism``) is none.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -40,28 +43,73 @@ class OomKind(StrEnum):
     UNKNOWN = "unknown"
 
 
-# First match wins, so specific patterns come before the generic "out of memory".
-_OOM_PATTERNS: tuple[tuple[re.Pattern[str], OomKind], ...] = (
-    # Ollama <= ~0.2x (and its v0.20 eviction variant), returned as HTTP 500.
+# Ollama's own test (llm/status.go outOfMemorySubstrings), compared lower-case.
+OLLAMA_OOM_SUBSTRINGS = (
+    "out of memory",
+    "out of device memory",
+    "cudamalloc failed",
+    "hipmalloc failed",
+    "failed to allocate",
+    "allocation failed",
+    "not enough memory",
+    "insufficient memory",
+    "vk_error_out_of_device_memory",
+    "erroroutofmemory",
+)
+# Memory failures in words Ollama's list does not hold: the pre-0.30 load check, MLX's load check
+# (x/mlxrunner/client.go), ErrLoadRequiredFull (llm/server.go), Ollama's own wrapper ("out-of-memory"),
+# llama.cpp's "unable to allocate CUDA0 buffer", and Vulkan's results as vulkan.hpp names them
+# ("ErrorOutOfDeviceMemory", which the list's "erroroutofmemory" misses) or as the C enum does.
+_OTHER_OOM = re.compile(
+    r"model requires more system memory"
+    r"|model requires .+ but only .+ are available"
+    r"|unable to load full model on GPU"
+    r"|out-of-memory"
+    r"|unable to allocate (?:a )?\w+ buffer"
+    r"|ErrorOutOf(?:Device|Host|Pool)Memory|VK_ERROR_OUT_OF_HOST_MEMORY|out of host memory",
+    re.I,
+)
+# An allocation failure Ollama recovers from by itself: llama.cpp retries without pipeline parallelism
+# (llm/status.go recoverableOutOfMemorySubstrings), and the scheduler retries a failed load once with a
+# smaller automatic context or after evicting the other models (server/sched.go).
+RECOVERABLE_SUBSTRINGS = (
+    "retrying without pipeline parallelism",
+    "reducing automatic context and retrying once",
+    "evicting all other models and retrying once",
+)
+
+# First match wins, so specific patterns come before generic ones.
+_KIND_PATTERNS: tuple[tuple[re.Pattern[str], OomKind], ...] = (
     (re.compile(r"model requires more system memory", re.I), OomKind.SYSTEM),
-    # Go runtime in serve or the runner.
-    (re.compile(r"runtime: out of memory", re.I), OomKind.SYSTEM),
+    # MLX checks the model against the GPU's free memory; ErrLoadRequiredFull names the GPU.
+    (re.compile(r"model requires .+ but only .+ are available|unable to load full model on GPU", re.I), OomKind.GPU),
+    (re.compile(r"runtime: out of memory", re.I), OomKind.SYSTEM),  # Go runtime in serve or the runner
     # ggml CUDA/ROCm: "cudaMalloc failed: out of memory", "hipMalloc failed: ...".
     (re.compile(r"\b(?:cuda|hip)Malloc(?:Async|Host)? failed", re.I), OomKind.GPU),
     (re.compile(r"\b(?:CUDA|HIP|ROCm) error: out of memory", re.I), OomKind.GPU),
-    # Vulkan (ErrorOutOfHostMemory / ErrorOutOfDeviceMemory) and Metal (...CallbackErrorOutOfMemory).
-    (re.compile(r"ErrorOutOfHostMemory"), OomKind.SYSTEM),
-    (re.compile(r"ErrorOutOf(?:Device|Pool)?Memory"), OomKind.GPU),
+    # Vulkan host vs device memory, and Metal's kIOGPUCommandBufferCallbackErrorOutOfMemory.
+    (re.compile(r"ErrorOutOfHostMemory|VK_ERROR_OUT_OF_HOST_MEMORY|out of host memory", re.I), OomKind.SYSTEM),
+    (
+        re.compile(r"ErrorOutOf(?:Device|Pool)?Memory|VK_ERROR_OUT_OF_DEVICE_MEMORY|out of device memory", re.I),
+        OomKind.GPU,
+    ),
     # ggml allocators: "unable to allocate CPU buffer", "failed to allocate CUDA0 buffer of size N".
     (re.compile(r"(?:failed|unable) to allocate (?:a )?CPU(?:_\w+)? buffer", re.I), OomKind.SYSTEM),
     (re.compile(r"cpu_buffer_type_alloc_buffer: failed to allocate", re.I), OomKind.SYSTEM),
     (re.compile(r"(?:failed|unable) to allocate (?:a )?\w+ buffer", re.I), OomKind.GPU),
-    # Ollama >= 0.30 wraps the runner's own message, which may say more (matched above).
-    (re.compile(r"llama-server reported out-of-memory", re.I), OomKind.UNKNOWN),
-    (re.compile(r"\bout[ _-]?of[ _-]?memory\b", re.I), OomKind.UNKNOWN),
 )
 
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU", re.I)
+
+
+def is_oom(text: str) -> bool:
+    """True when ``text`` (an API error or a server-log line) reports running out of memory.
+
+    >>> is_oom("failed to allocate context"), is_oom("model 'x' not found")
+    (True, False)
+    """
+    lower = text.lower()
+    return any(needle in lower for needle in OLLAMA_OOM_SUBSTRINGS) or _OTHER_OOM.search(text) is not None
 
 
 def classify_oom(text: str) -> OomKind | None:
@@ -77,15 +125,38 @@ def classify_oom(text: str) -> OomKind | None:
     >>> classify_oom("model 'x' not found") is None
     True
     """
-    for pattern, kind in _OOM_PATTERNS:
+    if not is_oom(text):
+        return None
+    for pattern, kind in _KIND_PATTERNS:
         if pattern.search(text):
             return kind
-    return None
+    return OomKind.UNKNOWN
 
 
-def is_oom(text: str) -> bool:
-    """True when ``text`` (an API error or a server-log line) reports running out of memory."""
-    return classify_oom(text) is not None
+def last_line(text: str) -> str:
+    """The last non-empty line of ``text``, stripped."""
+    for line in reversed(text.strip().splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def is_recoverable_oom(text: str) -> bool:
+    """True when Ollama retries this allocation failure by itself: its last line says so.
+
+    Ollama's own rule (llm/status.go ``isRecoverableOutOfMemoryMessage``):
+    the last non-empty line is an OOM that names the retry.
+
+    >>> is_recoverable_oom("ggml_backend_sched_reserve: compute buffer allocation failed, "
+    ...                    "retrying without pipeline parallelism")
+    True
+    >>> is_recoverable_oom("compute buffer allocation failed, retrying without pipeline parallelism\\n"
+    ...                    "failed to allocate compute pp buffers")
+    False
+    """
+    line = last_line(text)
+    lower = line.lower()
+    return is_oom(line) and any(needle in lower for needle in RECOVERABLE_SUBSTRINGS)
 
 
 def offloaded_layers(line: str) -> int | None:
@@ -96,6 +167,55 @@ def offloaded_layers(line: str) -> int | None:
     """
     match = _OFFLOADED.search(line)
     return int(match.group(1)) if match else None
+
+
+@dataclass
+class OomLogScanner:
+    """Out-of-memory failures in server-log lines read batch by batch, without the recoverable ones.
+
+    The OOM lines of one failure form a run (lines between them that are no
+    OOM are ignored, as Ollama's status writer ignores them). A run whose last
+    line says Ollama retries (``... allocation failed, retrying without pipeline
+    parallelism``) is dropped. The retry line may come in the next batch (the
+    log was read between the two writes), so a run is held until the end of
+    the batch after the one it started in, then reported once.
+    """
+
+    _run: list[OomKind] = field(default_factory=list)
+    _run_seen_at: float | None = None
+    _run_is_held: bool = False  # started in an earlier batch
+
+    def feed(self, now: float, lines: Iterable[str]) -> list[tuple[float, OomKind]]:
+        """One batch of new lines; returns (time first seen, kind) of each failure now known to be real."""
+        for line in lines:
+            if not line.strip() or not is_oom(line):
+                continue
+            if is_recoverable_oom(line):
+                self._clear()
+                continue
+            kind = classify_oom(line) or OomKind.UNKNOWN
+            if not self._run:
+                self._run_seen_at = now
+            self._run.append(kind)
+        if not self._run:
+            return []
+        if not self._run_is_held:
+            self._run_is_held = True
+            return []
+        failure = (self._run_seen_at if self._run_seen_at is not None else now, _run_kind(self._run))
+        self._clear()
+        return [failure]
+
+    def _clear(self) -> None:
+        self._run = []
+        self._run_seen_at = None
+        self._run_is_held = False
+
+
+def _run_kind(kinds: list[OomKind]) -> OomKind:
+    """The kind a run of lines tells: the first line that names system or GPU memory."""
+    return next((kind for kind in kinds if kind is not OomKind.UNKNOWN), OomKind.UNKNOWN)
+
 
 
 class OomStep(StrEnum):
@@ -189,7 +309,7 @@ class OomLadder:
 
     ``num_ctx`` is the context window the model normally runs with;
     ``gpu_layers`` how many layers Ollama offloads (learned from the server
-    log by :meth:`report_log_line` when not given).
+    log by :meth:`report_log_lines` when not given).
     """
 
     num_ctx: int = 4096
@@ -205,6 +325,7 @@ class OomLadder:
     _last_down_at: float | None = field(default=None, init=False, repr=False)
     _last_up_at: float | None = field(default=None, init=False, repr=False)
     _recover_after: float | None = field(default=None, init=False, repr=False)
+    _scanner: OomLogScanner = field(default_factory=OomLogScanner, init=False, repr=False)
 
     @property
     def level(self) -> int:
@@ -227,21 +348,29 @@ class OomLadder:
         return self._recover_after if self._recover_after is not None else self.recover_after_seconds
 
     def report_error(self, now: float, text: str) -> OomEvent | None:
-        """An API error string; steps down when it is an OOM."""
+        """An API error string; steps down when it is an OOM Ollama does not recover from by itself."""
         kind = classify_oom(text)
-        return None if kind is None else self.record_oom(now, kind)
-
-    def report_log_line(self, now: float, line: str) -> OomEvent | None:
-        """A server-log line; learns the offloaded layer count, steps down on an OOM."""
-        layers = offloaded_layers(line)
-        if layers is not None and self.current.num_gpu is None:
-            self.gpu_layers = layers
+        if kind is None or is_recoverable_oom(text):
             return None
-        return self.report_error(now, line)
+        return self.record_oom(now, kind)
+
+    def report_log_lines(self, now: float, lines: Iterable[str]) -> list[OomEvent]:
+        """New server-log lines (call every check, with none too); learns the layer count, steps down on OOMs.
+
+        A failure is reported one batch after its first line, unless a retry
+        line shows it recoverable (see :class:`OomLogScanner`).
+        """
+        batch = list(lines)
+        for line in batch:
+            layers = offloaded_layers(line)
+            if layers is not None and self.current.num_gpu is None:
+                self.gpu_layers = layers
+        moves = [self.record_oom(seen, kind) for seen, kind in self._scanner.feed(now, batch)]
+        return [move for move in moves if move is not None]
 
     def record_oom(self, now: float, kind: OomKind = OomKind.UNKNOWN) -> OomEvent | None:
         """An out-of-memory failure happened: take the next rung (unless it is the same failure)."""
-        self._quiet_since = now
+        self._quiet_since = now if self._quiet_since is None else max(self._quiet_since, now)
         if self._last_down_at is not None and now - self._last_down_at < self.settle_seconds:
             return None
         if self._last_up_at is not None and now - self._last_up_at < self.recover_after:
