@@ -1,9 +1,12 @@
-"""OOM recognition and the degrade/recover ladder, with a scripted clock."""
+"""OOM recognition, where each rung acts, and the degrade/recover ladder, with a scripted clock."""
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 
+import tray.core.oom as oom_module
 from tray.core.oom import (
     OLLAMA_OOM_SUBSTRINGS,
     LadderMove,
@@ -11,12 +14,23 @@ from tray.core.oom import (
     OomLadder,
     OomLogScanner,
     OomSettings,
+    OomSituation,
     OomStep,
+    Place,
     classify_oom,
+    describe_move,
     is_oom,
     is_recoverable_oom,
     offloaded_layers,
+    oom_targets,
+    route,
 )
+from tray.server_settings import GPU_OFF_ENV
+
+
+def test_the_examples_in_the_docstrings_hold() -> None:
+    assert doctest.testmod(oom_module).failed == 0
+
 
 # --- Recognition ----------------------------------------------------------------------------------
 
@@ -190,8 +204,8 @@ def test_other_lines_between_the_failure_and_the_retry_change_nothing() -> None:
 def test_a_failed_retry_after_the_recoverable_sequence_steps_once() -> None:
     ladder = OomLadder(num_ctx=8192)
     moves = feed_batches(ladder, [RECOVERABLE_LINES + FAILED_RETRY_LINES])
-    assert [(m.move, m.step, m.options) for m in moves] == [
-        (LadderMove.DOWN, OomStep.SMALLER_CONTEXT, {"num_ctx": 4096})
+    assert [(m.move, m.step, m.kind, m.after.num_ctx) for m in moves] == [
+        (LadderMove.DOWN, OomStep.SMALLER_CONTEXT, OomKind.GPU, 4096)
     ]
 
 
@@ -206,7 +220,7 @@ def test_a_failure_is_reported_one_tick_after_it_is_read_with_the_time_it_was_re
 def test_each_current_message_steps_the_ladder_once_from_the_api(text: str, kind: OomKind) -> None:
     ladder = OomLadder(num_ctx=8192)
     first = ladder.report_error(0.0, text)
-    assert first is not None and (first.move, first.level) == (LadderMove.DOWN, 1)
+    assert first is not None and (first.move, first.kind, first.level) == (LadderMove.DOWN, kind, 1)
     assert ladder.report_error(1.0, text) is None  # the same failure, reported again
     assert ladder.level == 1
 
@@ -215,7 +229,7 @@ def test_each_current_message_steps_the_ladder_once_from_the_api(text: str, kind
 def test_each_current_message_steps_the_ladder_once_from_the_log(text: str, kind: OomKind) -> None:
     ladder = OomLadder(num_ctx=8192)
     moves = feed_batches(ladder, [[text, text]])
-    assert [(m.move, m.level) for m in moves] == [(LadderMove.DOWN, 1)]
+    assert [(m.move, m.kind, m.level) for m in moves] == [(LadderMove.DOWN, kind, 1)]
 
 
 def test_the_api_error_and_the_log_lines_of_one_failure_step_once() -> None:
@@ -223,6 +237,184 @@ def test_the_api_error_and_the_log_lines_of_one_failure_step_once() -> None:
     assert ladder.report_error(100.0, FAILED_RETRY_LINES[-1]) is not None
     moves = feed_batches(ladder, [FAILED_RETRY_LINES], start=100.0, every=30.0)  # read on the same tick
     assert moves == [] and ladder.level == 1
+
+
+# --- Where each rung acts -------------------------------------------------------------------------
+
+MANAGER = OomSituation(server="manager", builds_model=False)
+MANAGER_BUILDS = OomSituation(server="manager", builds_model=True)
+SYSTEMD = OomSituation(server="systemd", builds_model=False)
+SYSTEMD_BUILDS = OomSituation(server="systemd", builds_model=True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "situation", "place"),
+    [
+        ("num_ctx", 2048, MANAGER, Place.SERVER_ENV),
+        ("num_ctx", 2048, MANAGER_BUILDS, Place.SERVER_ENV),  # one variable reaches every model
+        # ... except a model whose Modelfile sets num_ctx itself: that outranks OLLAMA_CONTEXT_LENGTH.
+        (
+            "num_ctx",
+            2048,
+            OomSituation(builds_model=True, modelfile_parameters=frozenset({"num_ctx"})),
+            Place.MODEL_PARAMETER,
+        ),
+        ("num_ctx", 2048, SYSTEMD_BUILDS, Place.MODEL_PARAMETER),
+        ("num_ctx", 2048, SYSTEMD, Place.SUGGESTION),
+        ("num_ctx", 2048, OomSituation(server="ollama-app"), Place.SUGGESTION),
+        ("num_ctx", 2048, OomSituation(server="external"), Place.SUGGESTION),
+        ("num_gpu", 16, MANAGER_BUILDS, Place.MODEL_PARAMETER),
+        ("num_gpu", 16, SYSTEMD_BUILDS, Place.MODEL_PARAMETER),
+        ("num_gpu", 0, MANAGER_BUILDS, Place.MODEL_PARAMETER),  # one model, every platform, no restart
+        ("num_gpu", 0, MANAGER, Place.SERVER_ENV),
+        ("num_gpu", 0, OomSituation(server="manager", platform="darwin"), Place.SUGGESTION),  # Metal: no variable
+        ("num_gpu", 0, SYSTEMD, Place.SUGGESTION),
+    ],
+)
+def test_each_setting_acts_where_it_has_effect(setting: str, value: int, situation: OomSituation, place: Place) -> None:
+    assert route(setting, value, situation) is place
+
+
+def test_targets_put_each_override_in_its_place() -> None:
+    settings = OomSettings(num_ctx=2048, num_gpu=0)
+    assert oom_targets(settings, MANAGER).server_env == {"OLLAMA_CONTEXT_LENGTH": "2048", **GPU_OFF_ENV}
+    assert oom_targets(settings, MANAGER).model_parameters == {}
+    builds = oom_targets(settings, MANAGER_BUILDS)
+    assert (builds.server_env, builds.model_parameters) == ({"OLLAMA_CONTEXT_LENGTH": "2048"}, {"num_gpu": 0})
+    assert oom_targets(settings, SYSTEMD_BUILDS).model_parameters == {"num_ctx": 2048, "num_gpu": 0}
+    external = oom_targets(settings, SYSTEMD)
+    assert (external.server_env, external.model_parameters) == ({}, {})
+    assert external.suggested == {"num_ctx": 2048, "num_gpu": 0}
+    assert oom_targets(OomSettings(), MANAGER).server_env == {}
+
+
+def test_cpu_only_hides_every_gpu_ollama_can_use() -> None:
+    assert dict(GPU_OFF_ENV) == {
+        "CUDA_VISIBLE_DEVICES": "-1",
+        "HIP_VISIBLE_DEVICES": "-1",
+        "ROCR_VISIBLE_DEVICES": "-1",
+        "GPU_DEVICE_ORDINAL": "-1",
+        "GGML_VK_VISIBLE_DEVICES": "-1",
+        "OLLAMA_VULKAN": "0",
+    }
+
+
+SMALLER = (OomStep.SMALLER_CONTEXT, OomSettings(), OomSettings(num_ctx=2048))
+
+
+@pytest.mark.parametrize(
+    ("situation", "place", "message", "done"),
+    [
+        (
+            MANAGER,
+            Place.SERVER_ENV,
+            "Ollama ran out of memory: Ollama restarts with OLLAMA_CONTEXT_LENGTH=2048 as soon as nothing runs on it",
+            "Context window reduced to 2048 tokens: Ollama restarted with OLLAMA_CONTEXT_LENGTH=2048",
+        ),
+        (
+            SYSTEMD_BUILDS,
+            Place.MODEL_PARAMETER,
+            "Ollama ran out of memory: rebuilding uncensored-llama3 with PARAMETER num_ctx 2048",
+            "Context window reduced to 2048 tokens: uncensored-llama3 rebuilt with PARAMETER num_ctx 2048",
+        ),
+        (
+            SYSTEMD,
+            Place.SUGGESTION,
+            "Ollama ran out of memory. The systemd service ollama.service keeps its own settings: to use a context "
+            "window of 2048 tokens, set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
+            "(sudo systemctl edit ollama, then sudo systemctl restart ollama)",
+            "",
+        ),
+        (
+            OomSituation(server="systemd", systemd_unit="ollama.service", systemd_user=True),
+            Place.SUGGESTION,
+            "Ollama ran out of memory. The systemd service ollama.service keeps its own settings: to use a context "
+            "window of 2048 tokens, set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
+            "(systemctl --user edit ollama, then systemctl --user restart ollama)",
+            "",
+        ),
+        (
+            OomSituation(server="ollama-app", platform="darwin"),
+            Place.SUGGESTION,
+            "Ollama ran out of memory. The Ollama app keeps its own settings: to use a context window of 2048 tokens, "
+            "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
+            "(launchctl setenv OLLAMA_CONTEXT_LENGTH 2048, then quit and reopen Ollama)",
+            "",
+        ),
+        (
+            OomSituation(server="ollama-app", platform="win32"),
+            Place.SUGGESTION,
+            "Ollama ran out of memory. The Ollama app keeps its own settings: to use a context window of 2048 tokens, "
+            "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
+            "(setx OLLAMA_CONTEXT_LENGTH 2048, then quit and reopen Ollama)",
+            "",
+        ),
+        (
+            OomSituation(server="external"),
+            Place.SUGGESTION,
+            "Ollama ran out of memory. This Ollama was started outside the manager, which cannot change its settings: "
+            "to use a context window of 2048 tokens, set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
+            "(where you start ollama serve, then restart it)",
+            "",
+        ),
+    ],
+)
+def test_a_smaller_context_is_described_where_it_acts(situation, place, message, done) -> None:
+    text = describe_move(LadderMove.DOWN, *SMALLER, situation)
+    assert (text.place, text.message, text.done_message) == (place, message, done)
+    assert "retrying" not in text.message.lower()
+
+
+def test_the_gpu_rungs_are_described_where_they_act() -> None:
+    cpu = (OomStep.CPU_ONLY, OomSettings(num_ctx=2048), OomSettings(num_ctx=2048, num_gpu=0))
+    env = describe_move(LadderMove.DOWN, *cpu, MANAGER)
+    assert env.done_message == (
+        "Running on the CPU only (slower): Ollama restarted with CUDA_VISIBLE_DEVICES=-1 HIP_VISIBLE_DEVICES=-1 "
+        "ROCR_VISIBLE_DEVICES=-1 GPU_DEVICE_ORDINAL=-1 GGML_VK_VISIBLE_DEVICES=-1 OLLAMA_VULKAN=0"
+    )
+    model = describe_move(LadderMove.DOWN, *cpu, MANAGER_BUILDS)
+    assert model.done_message == "Running on the CPU only (slower): uncensored-llama3 rebuilt with PARAMETER num_gpu 0"
+    metal = describe_move(LadderMove.DOWN, *cpu, OomSituation(server="manager", platform="darwin", model="llama3"))
+    assert metal.message == (
+        "Ollama ran out of memory. Metal has no setting that turns the GPU off, and the manager does not build llama3: "
+        "to run on the CPU only, add PARAMETER num_gpu 0 to the Modelfile of llama3 and create it again "
+        "(ollama create llama3 -f Modelfile)"
+    )
+    fewer = (OomStep.FEWER_GPU_LAYERS, OomSettings(num_ctx=2048), OomSettings(num_ctx=2048, num_gpu=16))
+    assert describe_move(LadderMove.DOWN, *fewer, MANAGER_BUILDS, layers=33).done_message == (
+        "16 of 33 layers on the GPU: uncensored-llama3 rebuilt with PARAMETER num_gpu 16"
+    )
+
+
+def test_climbing_back_is_described_where_it_acts() -> None:
+    back = (OomStep.SMALLER_CONTEXT, OomSettings(num_ctx=2048), OomSettings())
+    assert describe_move(LadderMove.UP, *back, MANAGER).done_message == (
+        "Context window back to normal: Ollama restarted without OLLAMA_CONTEXT_LENGTH=2048"
+    )
+    assert describe_move(LadderMove.UP, *back, SYSTEMD_BUILDS).done_message == (
+        "Context window back to normal: uncensored-llama3 rebuilt without PARAMETER num_ctx 2048"
+    )
+    halfway = (OomStep.SMALLER_CONTEXT, OomSettings(num_ctx=2048), OomSettings(num_ctx=4096))
+    assert describe_move(LadderMove.UP, *halfway, MANAGER).done_message == (
+        "Context window back to 4096 tokens: Ollama restarted with OLLAMA_CONTEXT_LENGTH=4096"
+    )
+    suggested = describe_move(LadderMove.UP, *back, SYSTEMD)
+    assert (suggested.place, suggested.done_message) == (Place.SUGGESTION, "")
+    assert suggested.message == (
+        "Memory has been fine for a while: if you made the change suggested after the out-of-memory error "
+        "(PARAMETER num_ctx 2048), you can undo it now"
+    )
+
+
+def test_the_cloud_rung_says_whether_the_cloud_fallback_is_on() -> None:
+    cloud = (OomStep.CLOUD_FALLBACK, OomSettings(num_ctx=2048), OomSettings(num_ctx=2048, cloud_fallback=True))
+    on = describe_move(LadderMove.DOWN, *cloud, OomSituation(cloud_enabled=True))
+    assert (on.place, on.message) == (
+        Place.CLOUD,
+        "Ollama keeps running out of memory: using the cloud fallback until memory frees up",
+    )
+    off = describe_move(LadderMove.DOWN, *cloud, OomSituation(cloud_enabled=False))
+    assert "turn on the cloud fallback" in off.message and "using the cloud" not in off.message
 
 
 # --- Walking down ---------------------------------------------------------------------------------
@@ -233,85 +425,96 @@ CUDA_OOM = (
 
 
 def test_each_oom_takes_one_rung_down() -> None:
-    ladder = OomLadder(num_ctx=8192, gpu_layers=33)
-    assert (ladder.level, ladder.options, ladder.cloud_fallback) == (0, {}, False)
+    ladder = OomLadder(num_ctx=8192, gpu_layers=33, situation=MANAGER_BUILDS)
+    assert (ladder.level, ladder.current, ladder.cloud_fallback) == (0, OomSettings(), False)
 
     steps = []
     for now in (0.0, 10.0, 20.0, 30.0, 40.0):
         event = ladder.report_error(now, CUDA_OOM)
         assert event is not None and event.move is LadderMove.DOWN and event.at == now
-        steps.append((event.step, event.level, event.options, event.cloud_fallback, event.message))
+        steps.append((event.step, event.level, event.after, event.place, event.change))
     assert steps == [
-        (
-            OomStep.SMALLER_CONTEXT,
-            1,
-            {"num_ctx": 4096},
-            False,
-            "Retrying with a smaller context window (8192 → 4096 tokens)",
-        ),
-        (
-            OomStep.SMALLER_CONTEXT,
-            2,
-            {"num_ctx": 2048},
-            False,
-            "Retrying with a smaller context window (4096 → 2048 tokens)",
-        ),
+        (OomStep.SMALLER_CONTEXT, 1, OomSettings(num_ctx=4096), Place.SERVER_ENV, "OLLAMA_CONTEXT_LENGTH=4096"),
+        (OomStep.SMALLER_CONTEXT, 2, OomSettings(num_ctx=2048), Place.SERVER_ENV, "OLLAMA_CONTEXT_LENGTH=2048"),
         (
             OomStep.FEWER_GPU_LAYERS,
             3,
-            {"num_ctx": 2048, "num_gpu": 16},
-            False,
-            "Retrying with fewer layers on the GPU (16 instead of 33)",
+            OomSettings(num_ctx=2048, num_gpu=16),
+            Place.MODEL_PARAMETER,
+            "PARAMETER num_gpu 16",
         ),
-        (OomStep.CPU_ONLY, 4, {"num_ctx": 2048, "num_gpu": 0}, False, "Retrying on the CPU only (slower)"),
+        (OomStep.CPU_ONLY, 4, OomSettings(num_ctx=2048, num_gpu=0), Place.MODEL_PARAMETER, "PARAMETER num_gpu 0"),
         (
             OomStep.CLOUD_FALLBACK,
             5,
-            {"num_ctx": 2048, "num_gpu": 0},
-            True,
-            "Using the cloud fallback until memory frees up",
+            OomSettings(num_ctx=2048, num_gpu=0, cloud_fallback=True),
+            Place.CLOUD,
+            "cloud fallback on",
         ),
     ]
     assert ladder.report_error(50.0, CUDA_OOM) is None  # the bottom: nothing further to give up
-    assert (ladder.level, ladder.options, ladder.cloud_fallback) == (5, {"num_ctx": 2048, "num_gpu": 0}, True)
+    assert ladder.targets.server_env == {"OLLAMA_CONTEXT_LENGTH": "2048"}
+    assert ladder.targets.model_parameters == {"num_gpu": 0}
+    assert ladder.cloud_fallback is True
+
+
+def test_fewer_gpu_layers_is_skipped_where_only_a_variable_can_act() -> None:
+    ladder = OomLadder(num_ctx=2048, gpu_layers=33, situation=MANAGER)
+    event = ladder.record_oom(0.0, OomKind.GPU)
+    assert event is not None and (event.step, event.after, event.place) == (
+        OomStep.CPU_ONLY,
+        OomSettings(num_gpu=0),
+        Place.SERVER_ENV,
+    )
 
 
 def test_lines_of_one_failure_take_a_single_rung() -> None:
     ladder = OomLadder(num_ctx=8192, gpu_layers=33, settle_seconds=5)
     first = ladder.report_error(100.0, CUDA_OOM)
-    assert first is not None and first.options == {"num_ctx": 4096}
+    assert first is not None and first.after == OomSettings(num_ctx=4096)
     assert ladder.report_error(100.2, "ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 1") is None
     assert ladder.report_error(101.0, "llama-server reported out-of-memory during startup: exit status 1") is None
     assert ladder.level == 1
     second = ladder.report_error(105.0, CUDA_OOM)  # settle time over: a new failure
-    assert second is not None and second.options == {"num_ctx": 2048}
+    assert second is not None and second.after == OomSettings(num_ctx=2048)
+
+
+def test_ooms_while_the_last_change_is_carried_out_are_the_same_failure() -> None:
+    ladder = OomLadder(num_ctx=8192, settle_seconds=5)
+    assert ladder.report_error(0.0, CUDA_OOM) is not None
+    ladder.awaiting_effect = True  # e.g. the restart waits until nothing runs on the server
+    assert ladder.report_error(60.0, CUDA_OOM) is None
+    assert ladder.report_error(600.0, CUDA_OOM) is None
+    assert ladder.level == 1
+    ladder.awaiting_effect = False  # the new setting is in force: a new OOM means it is not enough
+    event = ladder.report_error(601.0, CUDA_OOM)
+    assert event is not None and event.level == 2
 
 
 def test_a_system_memory_oom_skips_the_gpu_rungs() -> None:
-    ladder = OomLadder(num_ctx=4096, gpu_layers=33)
+    ladder = OomLadder(num_ctx=4096, gpu_layers=33, situation=MANAGER_BUILDS)
     text = "model requires more system memory (8.1 GiB) than is available (4.0 GiB)"
     first = ladder.report_error(0.0, text)
     second = ladder.report_error(10.0, text)
-    assert first is not None and (first.step, first.options) == (OomStep.SMALLER_CONTEXT, {"num_ctx": 2048})
-    assert second is not None and (second.step, second.options, second.cloud_fallback) == (
+    assert first is not None and (first.step, first.after) == (OomStep.SMALLER_CONTEXT, OomSettings(num_ctx=2048))
+    assert second is not None and (second.step, second.after) == (
         OomStep.CLOUD_FALLBACK,
-        {"num_ctx": 2048},
-        True,
+        OomSettings(num_ctx=2048, cloud_fallback=True),
     )
 
 
 def test_without_a_known_layer_count_the_gpu_step_is_cpu_only() -> None:
-    ladder = OomLadder(num_ctx=2048)
+    ladder = OomLadder(num_ctx=2048, situation=MANAGER_BUILDS)
     event = ladder.record_oom(0.0, OomKind.GPU)
-    assert event is not None and (event.step, event.options) == (OomStep.CPU_ONLY, {"num_gpu": 0})
+    assert event is not None and (event.step, event.after) == (OomStep.CPU_ONLY, OomSettings(num_gpu=0))
 
 
 def test_the_layer_count_is_learned_from_the_server_log() -> None:
-    ladder = OomLadder(num_ctx=2048)
+    ladder = OomLadder(num_ctx=2048, situation=MANAGER_BUILDS)
     assert ladder.report_log_lines(0.0, ["load_tensors: offloaded 29/29 layers to GPU"]) == []
     assert ladder.gpu_layers == 29
     moves = feed_batches(ladder, [["CUDA error: out of memory"]], start=1.0)
-    assert [(m.step, m.options) for m in moves] == [(OomStep.FEWER_GPU_LAYERS, {"num_gpu": 14})]
+    assert [(m.step, m.after) for m in moves] == [(OomStep.FEWER_GPU_LAYERS, OomSettings(num_gpu=14))]
     # With our own num_gpu in force, the log reports our choice; it is not the model's layer count.
     ladder.report_log_lines(20.0, ["load_tensors: offloaded 14/29 layers to GPU"])
     assert ladder.gpu_layers == 29
@@ -320,14 +523,14 @@ def test_the_layer_count_is_learned_from_the_server_log() -> None:
 def test_non_oom_errors_change_nothing() -> None:
     ladder = OomLadder()
     assert ladder.report_error(0.0, "model 'x' not found") is None
-    assert (ladder.level, ladder.options, ladder.cloud_fallback) == (0, {}, False)
+    assert (ladder.level, ladder.current) == (0, OomSettings())
 
 
 # --- Climbing back --------------------------------------------------------------------------------
 
 
 def test_steps_back_up_one_rung_per_quiet_period() -> None:
-    ladder = OomLadder(num_ctx=8192, gpu_layers=33, recover_after_seconds=600)
+    ladder = OomLadder(num_ctx=8192, gpu_layers=33, recover_after_seconds=600, situation=MANAGER_BUILDS)
     for now in (0.0, 10.0, 20.0, 30.0, 40.0):
         ladder.report_error(now, CUDA_OOM)
     assert ladder.level == 5
@@ -338,14 +541,44 @@ def test_steps_back_up_one_rung_per_quiet_period() -> None:
         assert ladder.tick(now + 599, memory_ok=True) is None  # not quiet long enough yet
         now += 600
         event = ladder.tick(now, memory_ok=True)
-        assert event is not None and event.move is LadderMove.UP and event.title == "Memory is fine again"
-        ups.append((now, event.step, event.level, event.options, event.cloud_fallback, event.message))
+        assert event is not None and event.move is LadderMove.UP
+        ups.append((now, event.step, event.level, event.after, event.done_message or event.message))
     assert ups == [
-        (640.0, OomStep.CLOUD_FALLBACK, 4, {"num_ctx": 2048, "num_gpu": 0}, False, "Back to the local model"),
-        (1240.0, OomStep.CPU_ONLY, 3, {"num_ctx": 2048, "num_gpu": 16}, False, "Back to 16 layers on the GPU"),
-        (1840.0, OomStep.FEWER_GPU_LAYERS, 2, {"num_ctx": 2048}, False, "GPU layers back to automatic"),
-        (2440.0, OomStep.SMALLER_CONTEXT, 1, {"num_ctx": 4096}, False, "Context window back to 4096 tokens"),
-        (3040.0, OomStep.SMALLER_CONTEXT, 0, {}, False, "Context window back to 8192 tokens"),
+        (
+            640.0,
+            OomStep.CLOUD_FALLBACK,
+            4,
+            OomSettings(num_ctx=2048, num_gpu=0),
+            "Memory is fine again: back to the local model",
+        ),
+        (
+            1240.0,
+            OomStep.CPU_ONLY,
+            3,
+            OomSettings(num_ctx=2048, num_gpu=16),
+            "Back to 16 layers on the GPU: uncensored-llama3 rebuilt with PARAMETER num_gpu 16",
+        ),
+        (
+            1840.0,
+            OomStep.FEWER_GPU_LAYERS,
+            2,
+            OomSettings(num_ctx=2048),
+            "GPU layers back to automatic: uncensored-llama3 rebuilt without PARAMETER num_gpu 16",
+        ),
+        (
+            2440.0,
+            OomStep.SMALLER_CONTEXT,
+            1,
+            OomSettings(num_ctx=4096),
+            "Context window back to 4096 tokens: Ollama restarted with OLLAMA_CONTEXT_LENGTH=4096",
+        ),
+        (
+            3040.0,
+            OomStep.SMALLER_CONTEXT,
+            0,
+            OomSettings(),
+            "Context window back to normal: Ollama restarted without OLLAMA_CONTEXT_LENGTH=4096",
+        ),
     ]
     assert ladder.current == OomSettings()
     assert ladder.tick(10_000.0) is None
@@ -357,7 +590,7 @@ def test_memory_pressure_restarts_the_quiet_period() -> None:
     assert ladder.tick(500.0, memory_ok=False) is None
     assert ladder.tick(1000.0, memory_ok=True) is None  # only 500 s since the pressure
     event = ladder.tick(1100.0, memory_ok=True)
-    assert event is not None and event.options == {}
+    assert event is not None and event.after == OomSettings()
 
 
 def test_an_oom_right_after_climbing_doubles_the_wait() -> None:
@@ -379,5 +612,6 @@ def test_an_oom_right_after_climbing_doubles_the_wait() -> None:
 def test_reset_returns_to_normal_at_once() -> None:
     ladder = OomLadder(num_ctx=8192)
     ladder.report_error(0.0, CUDA_OOM)
+    ladder.awaiting_effect = True
     ladder.reset()
-    assert (ladder.level, ladder.options, ladder.cloud_fallback) == (0, {}, False)
+    assert (ladder.level, ladder.current, ladder.awaiting_effect) == (0, OomSettings(), False)

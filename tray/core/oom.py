@@ -8,13 +8,31 @@ per OOM:
 1. a smaller context window: halve ``num_ctx``, down to ``min_num_ctx``
    (each halving is a rung);
 2. fewer GPU layers: half of the layers Ollama last offloaded
-   (``num_gpu``), when the server log told us how many;
+   (``num_gpu``), when the server log told us how many and the manager
+   builds the model (only a Modelfile ``PARAMETER`` can hold it);
 3. CPU only: ``num_gpu = 0``;
 4. the cloud fallback.
 
 An OOM of *system* memory (``model requires more system memory``) skips
 rungs 2 and 3: moving layers off the GPU puts them in the RAM that is
 already short.
+
+A rung is a setting, never a per-request option (a request whose runner
+options differ from the loaded model's makes Ollama reload it). Where the
+setting acts is decided by :func:`route` from the :class:`OomSituation`:
+
+| setting            | manager-started server      | else, the Modelfile model  | else                 |
+|--------------------|-----------------------------|----------------------------|----------------------|
+| context ``num_ctx``| ``OLLAMA_CONTEXT_LENGTH``   | ``PARAMETER num_ctx N``    | suggest the env var  |
+| GPU ``num_gpu``    | CPU only: GPU-off variables | ``PARAMETER num_gpu N``    | suggest the PARAMETER|
+|                    | (not on macOS: Metal has    | (the Modelfile model comes |                      |
+|                    | no such variable)           | first for the GPU rungs)   |                      |
+
+A Modelfile ``PARAMETER num_ctx`` outranks ``OLLAMA_CONTEXT_LENGTH``, so a
+model the manager builds with its own ``num_ctx`` gets the PARAMETER.
+:func:`oom_targets` turns the settings in force into what each place
+should hold; the monitor carries that out (a restart when nothing runs, a
+rebuild) and reports it once done.
 
 After ``recover_after_seconds`` without an OOM (and with memory reported
 fine), the ladder climbs back one rung; each further rung waits another
@@ -24,17 +42,19 @@ bounce between rungs every few minutes.
 
 Several log lines describe one failure (``cudaMalloc failed``, then
 ``failed to allocate CUDA0 buffer``, then the API error); reports within
-``settle_seconds`` of the last step down count as that same failure. An
-allocation failure Ollama retries by itself (``... retrying without
-pipeline parallelism``) is none.
+``settle_seconds`` of the last step down count as that same failure, and
+so does every report while the last step's change is still being carried
+out (:attr:`OomLadder.awaiting_effect`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+
+from tray.server_settings import CONTEXT_VARIABLE, GPU_OFF_ENV
 
 
 class OomKind(StrEnum):
@@ -217,12 +237,75 @@ def _run_kind(kinds: list[OomKind]) -> OomKind:
     return next((kind for kind in kinds if kind is not OomKind.UNKNOWN), OomKind.UNKNOWN)
 
 
+# --- Where each setting acts ----------------------------------------------------------------------------
+
+
+
+class Place(StrEnum):
+    """Where a rung's setting takes effect."""
+
+    SERVER_ENV = "server_env"  # the environment of the next start of a server the manager started
+    MODEL_PARAMETER = "model_parameter"  # a PARAMETER of the model the manager builds from the Modelfile
+    SUGGESTION = "suggestion"  # nowhere the manager can act: the user is told the change to make
+    CLOUD = "cloud"  # the cloud fallback
+
+
+@dataclass(frozen=True)
+class OomSituation:
+    """Who owns the server and the model, as far as the ladder cares."""
+
+    server: str = "manager"  # Supervisor.managed_by: "manager", "systemd", "ollama-app", "external", "none"
+    systemd_unit: str = "ollama.service"
+    systemd_user: bool = False
+    platform: str = "linux"
+    model: str = "uncensored-llama3"
+    builds_model: bool = False  # the manager builds ``model`` from the Modelfile (auto_build_model)
+    modelfile_parameters: frozenset[str] = frozenset()  # PARAMETERs the Modelfile sets itself
+    cloud_enabled: bool = False
+
+    @property
+    def sets_server_env(self) -> bool:
+        """The manager starts the server, so it chooses its environment."""
+        return self.server == "manager"
+
+
+def route(setting: str, value: int, situation: OomSituation) -> Place:
+    """Where ``setting`` (``num_ctx`` or ``num_gpu``) at ``value`` acts in ``situation``.
+
+    >>> route("num_ctx", 2048, OomSituation(server="manager", builds_model=True))
+    <Place.SERVER_ENV: 'server_env'>
+    >>> route("num_ctx", 2048, OomSituation(server="systemd", builds_model=True))
+    <Place.MODEL_PARAMETER: 'model_parameter'>
+    >>> route("num_gpu", 0, OomSituation(server="manager", platform="darwin"))
+    <Place.SUGGESTION: 'suggestion'>
+    """
+    if setting == "num_ctx":
+        own_num_ctx = situation.builds_model and "num_ctx" in situation.modelfile_parameters
+        if situation.sets_server_env and not own_num_ctx:
+            return Place.SERVER_ENV
+    elif situation.builds_model:
+        return Place.MODEL_PARAMETER  # one model, every platform, no restart
+    elif value == 0 and situation.sets_server_env and situation.platform != "darwin":
+        return Place.SERVER_ENV
+    return Place.MODEL_PARAMETER if situation.builds_model else Place.SUGGESTION
+
+
+def server_env_change(setting: str, value: int) -> dict[str, str]:
+    """The server variables that carry ``setting`` at ``value``."""
+    if setting == "num_ctx":
+        return {CONTEXT_VARIABLE: str(value)}
+    return dict(GPU_OFF_ENV)
+
 
 class OomStep(StrEnum):
     SMALLER_CONTEXT = "smaller_context"
     FEWER_GPU_LAYERS = "fewer_gpu_layers"
     CPU_ONLY = "cpu_only"
     CLOUD_FALLBACK = "cloud_fallback"
+
+    @property
+    def label(self) -> str:
+        return self.replace("_", " ")
 
 
 class LadderMove(StrEnum):
@@ -238,30 +321,262 @@ class OomSettings:
     num_gpu: int | None = None
     cloud_fallback: bool = False
 
-    def options(self) -> dict[str, int]:
-        """Ollama request ``options`` for these overrides."""
+    def values(self) -> dict[str, int]:
+        """The overrides that are set, e.g. ``{"num_ctx": 2048}``."""
         chosen = {"num_ctx": self.num_ctx, "num_gpu": self.num_gpu}
         return {key: value for key, value in chosen.items() if value is not None}
 
 
 @dataclass(frozen=True)
+class OomTargets:
+    """What each place should hold for a set of overrides."""
+
+    server_env: Mapping[str, str] = field(default_factory=dict)  # overlay on a manager-started server's env
+    model_parameters: Mapping[str, int] = field(default_factory=dict)  # PARAMETERs added to the Modelfile's
+    suggested: Mapping[str, int] = field(default_factory=dict)  # settings only the user can make
+    cloud_fallback: bool = False
+
+
+def oom_targets(settings: OomSettings, situation: OomSituation) -> OomTargets:
+    """Each override in ``settings`` put where it acts.
+
+    >>> oom_targets(OomSettings(num_ctx=2048, num_gpu=0), OomSituation(server="manager")).server_env
+    {'OLLAMA_CONTEXT_LENGTH': '2048', 'CUDA_VISIBLE_DEVICES': '-1', 'HIP_VISIBLE_DEVICES': '-1', \
+'ROCR_VISIBLE_DEVICES': '-1', 'GPU_DEVICE_ORDINAL': '-1', 'GGML_VK_VISIBLE_DEVICES': '-1', 'OLLAMA_VULKAN': '0'}
+    >>> oom_targets(OomSettings(num_ctx=2048), OomSituation(server="systemd", builds_model=True)).model_parameters
+    {'num_ctx': 2048}
+    """
+    env: dict[str, str] = {}
+    parameters: dict[str, int] = {}
+    suggested: dict[str, int] = {}
+    for setting, value in settings.values().items():
+        place = route(setting, value, situation)
+        if place is Place.SERVER_ENV:
+            env.update(server_env_change(setting, value))
+        elif place is Place.MODEL_PARAMETER:
+            parameters[setting] = value
+        else:
+            suggested[setting] = value
+    return OomTargets(env, parameters, suggested, settings.cloud_fallback)
+
+
+# --- What the user is told -------------------------------------------------------------------------------
+
+
+def env_words(env: Mapping[str, str]) -> str:
+    """``A=1 B=2``, in the order given.
+
+    >>> env_words({"OLLAMA_CONTEXT_LENGTH": "2048"})
+    'OLLAMA_CONTEXT_LENGTH=2048'
+    """
+    return " ".join(f"{key}={value}" for key, value in env.items())
+
+
+def parameter_words(setting: str, value: int) -> str:
+    return f"PARAMETER {setting} {value}"
+
+
+def env_suggestion(env: Mapping[str, str], situation: OomSituation) -> str:
+    """How the user sets ``env`` on a server the manager does not start.
+
+    >>> env_suggestion({"OLLAMA_CONTEXT_LENGTH": "2048"}, OomSituation(server="systemd"))  # doctest: +ELLIPSIS
+    "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment (sudo systemctl edit ollama, then ...)"
+    """
+    if situation.server == "systemd":
+        unit = situation.systemd_unit.removesuffix(".service")
+        systemctl = "systemctl --user" if situation.systemd_user else "sudo systemctl"
+        how = f"{systemctl} edit {unit}, then {systemctl} restart {unit}"
+    elif situation.server == "ollama-app" and situation.platform == "darwin":
+        how = "; ".join(f"launchctl setenv {key} {value}" for key, value in env.items())
+        how += ", then quit and reopen Ollama"
+    elif situation.server == "ollama-app" and situation.platform == "win32":
+        how = "; ".join(f"setx {key} {value}" for key, value in env.items()) + ", then quit and reopen Ollama"
+    else:
+        how = "where you start ollama serve, then restart it"
+    return f"set {env_words(env)} in the server's environment ({how})"
+
+
+def parameter_suggestion(setting: str, value: int, model: str) -> str:
+    """How the user sets a PARAMETER on a model the manager does not build.
+
+    >>> parameter_suggestion("num_gpu", 0, "llama3")
+    'add PARAMETER num_gpu 0 to the Modelfile of llama3 and create it again (ollama create llama3 -f Modelfile)'
+    """
+    return (
+        f"add {parameter_words(setting, value)} to the Modelfile of {model} "
+        f"and create it again (ollama create {model} -f Modelfile)"
+    )
+
+
+def _why_not(setting: str, situation: OomSituation) -> str:
+    """Why the manager cannot make a change itself."""
+    if setting == "num_ctx":
+        if situation.server == "systemd":
+            return f"The systemd service {situation.systemd_unit} keeps its own settings"
+        if situation.server == "ollama-app":
+            return "The Ollama app keeps its own settings"
+        return "This Ollama was started outside the manager, which cannot change its settings"
+    if situation.sets_server_env:
+        return f"Metal has no setting that turns the GPU off, and the manager does not build {situation.model}"
+    return f"The manager does not build {situation.model} and cannot change the server's settings"
+
+
+def _setting_of(step: OomStep) -> str:
+    return "num_ctx" if step is OomStep.SMALLER_CONTEXT else "num_gpu"
+
+
+def _value_of(step: OomStep, settings: OomSettings) -> int | None:
+    return settings.num_ctx if step is OomStep.SMALLER_CONTEXT else settings.num_gpu
+
+
+def _degraded(step: OomStep, settings: OomSettings, layers: int | None) -> str:
+    """The state after ``step`` in words: 'Context window reduced to 2048 tokens'."""
+    if step is OomStep.SMALLER_CONTEXT:
+        return f"Context window reduced to {settings.num_ctx} tokens"
+    if step is OomStep.FEWER_GPU_LAYERS:
+        of = f" of {layers}" if layers else ""
+        return f"{settings.num_gpu}{of} layers on the GPU"
+    return "Running on the CPU only (slower)"
+
+
+def _restored(step: OomStep, settings: OomSettings) -> str:
+    """The state after undoing ``step`` in words: 'Context window back to 4096 tokens'."""
+    if step is OomStep.SMALLER_CONTEXT:
+        if settings.num_ctx is None:
+            return "Context window back to normal"
+        return f"Context window back to {settings.num_ctx} tokens"
+    if step is OomStep.FEWER_GPU_LAYERS:
+        return "GPU layers back to automatic"
+    return f"Back to {settings.num_gpu} layers on the GPU" if settings.num_gpu else "Using the GPU again"
+
+
+def _goal(step: OomStep, after: OomSettings) -> str:
+    if step is OomStep.SMALLER_CONTEXT:
+        return f"use a context window of {after.num_ctx} tokens"
+    if step is OomStep.FEWER_GPU_LAYERS:
+        return f"put {after.num_gpu} layers on the GPU"
+    return "run on the CPU only"
+
+
+@dataclass(frozen=True)
+class MoveText:
+    """Where a move acts and what to say about it."""
+
+    place: Place
+    change: str  # the exact change: "OLLAMA_CONTEXT_LENGTH=2048", "PARAMETER num_ctx 2048"
+    message: str  # true when the move is made
+    done_message: str  # for once the manager carried it out; empty when there is nothing to carry out
+
+
+def describe_move(
+    move: LadderMove,
+    step: OomStep,
+    before: OomSettings,
+    after: OomSettings,
+    situation: OomSituation,
+    layers: int | None = None,
+) -> MoveText:
+    """What one move of the ladder changes, where, and the words for it before and after.
+
+    >>> describe_move(LadderMove.DOWN, OomStep.SMALLER_CONTEXT, OomSettings(), OomSettings(num_ctx=2048),
+    ...               OomSituation(server="manager")).done_message
+    'Context window reduced to 2048 tokens: Ollama restarted with OLLAMA_CONTEXT_LENGTH=2048'
+    """
+    if step is OomStep.CLOUD_FALLBACK:
+        if move is LadderMove.UP:
+            return MoveText(Place.CLOUD, "cloud fallback off", "Memory is fine again: back to the local model", "")
+        if situation.cloud_enabled:
+            text = "Ollama keeps running out of memory: using the cloud fallback until memory frees up"
+        else:
+            text = (
+                "Ollama keeps running out of memory with every setting the manager can change: "
+                "free memory, use a smaller model, or turn on the cloud fallback"
+            )
+        return MoveText(Place.CLOUD, "cloud fallback on", text, "")
+    setting = _setting_of(step)
+    new = _value_of(step, after)
+    shown = new if new is not None else _value_of(step, before)  # on the way up: the value taken away
+    shown = shown if shown is not None else 0
+    place = route(setting, shown, situation)
+    if place is Place.SERVER_ENV:
+        change = env_words(server_env_change(setting, shown))
+    else:
+        change = parameter_words(setting, shown)
+    if place is Place.SUGGESTION:
+        if move is LadderMove.UP:
+            return MoveText(
+                place,
+                change,
+                "Memory has been fine for a while: if you made the change suggested after the out-of-memory "
+                f"error ({change}), you can undo it now",
+                "",
+            )
+        if setting == "num_ctx":
+            how = env_suggestion(server_env_change(setting, shown), situation)
+        else:
+            how = parameter_suggestion(setting, shown, situation.model)
+        text = f"Ollama ran out of memory. {_why_not(setting, situation)}: to {_goal(step, after)}, {how}"
+        return MoveText(place, change, text, "")
+    with_or_without = "with" if new is not None else "without"
+    if place is Place.SERVER_ENV:
+        later = f"Ollama restarts {with_or_without} {change} as soon as nothing runs on it"
+        done = f"Ollama restarted {with_or_without} {change}"
+    else:
+        later = f"rebuilding {situation.model} {with_or_without} {change}"
+        done = f"{situation.model} rebuilt {with_or_without} {change}"
+    if move is LadderMove.DOWN:
+        done = f"{_degraded(step, after, layers)}: {done}"
+        return MoveText(place, change, f"Ollama ran out of memory: {later}", done)
+    return MoveText(place, change, f"Memory is fine again: {later}", f"{_restored(step, after)}: {done}")
+
+
+# --- The ladder ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class OomEvent:
-    """One move on the ladder, ready to be shown as a notification."""
+    """One move on the ladder, with where it acts and what to tell the user.
+
+    ``message`` is true when the move is made: for a change the manager carries
+    out it says what comes next ("Ollama restarts with ... as soon as nothing
+    runs on it"), and ``done_message`` is for once it did. A suggestion and the
+    cloud fallback have nothing left to carry out (``done_message`` is empty).
+    """
 
     move: LadderMove
     step: OomStep  # the rung taken (down) or undone (up)
     level: int  # rungs below normal after the move
-    options: dict[str, int]
-    cloud_fallback: bool
-    title: str
+    before: OomSettings
+    after: OomSettings
+    kind: OomKind  # of the OOM that made the move down
+    place: Place
+    change: str  # the exact change: "OLLAMA_CONTEXT_LENGTH=2048", "PARAMETER num_ctx 2048"
     message: str
+    done_message: str
     at: float
+
+    @property
+    def cloud_fallback(self) -> bool:
+        return self.after.cloud_fallback
+
+    @property
+    def acts(self) -> bool:
+        """The manager itself carries this move out (a restart or a rebuild)."""
+        return self.place in (Place.SERVER_ENV, Place.MODEL_PARAMETER)
 
 
 def next_rung(
-    current: OomSettings, kind: OomKind, base_num_ctx: int, min_num_ctx: int, gpu_layers: int | None
+    current: OomSettings,
+    kind: OomKind,
+    base_num_ctx: int,
+    min_num_ctx: int,
+    gpu_layers: int | None,
+    layers_settable: bool = True,
 ) -> tuple[OomStep, OomSettings] | None:
     """The next step down from ``current``, or None at the bottom.
+
+    ``layers_settable`` is False when nothing can hold a layer count (only a
+    Modelfile PARAMETER can): the ladder then goes straight to CPU only.
 
     >>> next_rung(OomSettings(), OomKind.GPU, 8192, 2048, None)
     (<OomStep.SMALLER_CONTEXT: 'smaller_context'>, OomSettings(num_ctx=4096, num_gpu=None, cloud_fallback=False))
@@ -272,7 +587,8 @@ def next_rung(
     if ctx > min_num_ctx:
         return OomStep.SMALLER_CONTEXT, replace(current, num_ctx=max(min_num_ctx, ctx // 2))
     if kind is not OomKind.SYSTEM:
-        if current.num_gpu is None and gpu_layers is not None and gpu_layers > 1:
+        fewer = layers_settable and current.num_gpu is None and gpu_layers is not None and gpu_layers > 1
+        if fewer and gpu_layers is not None:
             return OomStep.FEWER_GPU_LAYERS, replace(current, num_gpu=gpu_layers // 2)
         if current.num_gpu != 0:
             return OomStep.CPU_ONLY, replace(current, num_gpu=0)
@@ -281,35 +597,14 @@ def next_rung(
     return None
 
 
-def _down_message(step: OomStep, before: OomSettings, after: OomSettings, base_num_ctx: int, layers: int | None) -> str:
-    if step is OomStep.SMALLER_CONTEXT:
-        old = before.num_ctx if before.num_ctx is not None else base_num_ctx
-        return f"Retrying with a smaller context window ({old} → {after.num_ctx} tokens)"
-    if step is OomStep.FEWER_GPU_LAYERS:
-        return f"Retrying with fewer layers on the GPU ({after.num_gpu} instead of {layers})"
-    if step is OomStep.CPU_ONLY:
-        return "Retrying on the CPU only (slower)"
-    return "Using the cloud fallback until memory frees up"
-
-
-def _up_message(step: OomStep, restored: OomSettings, base_num_ctx: int) -> str:
-    if step is OomStep.SMALLER_CONTEXT:
-        ctx = restored.num_ctx if restored.num_ctx is not None else base_num_ctx
-        return f"Context window back to {ctx} tokens"
-    if step is OomStep.FEWER_GPU_LAYERS:
-        return "GPU layers back to automatic"
-    if step is OomStep.CPU_ONLY:
-        return "Using the GPU again" if restored.num_gpu is None else f"Back to {restored.num_gpu} layers on the GPU"
-    return "Back to the local model"
-
-
 @dataclass
 class OomLadder:
     """Degrade after each OOM, recover after quiet periods.
 
     ``num_ctx`` is the context window the model normally runs with;
     ``gpu_layers`` how many layers Ollama offloads (learned from the server
-    log by :meth:`report_log_lines` when not given).
+    log by :meth:`report_log_lines` when not given). ``situation`` says where
+    each rung acts; the caller keeps it current.
     """
 
     num_ctx: int = 4096
@@ -318,6 +613,9 @@ class OomLadder:
     recover_after_seconds: float = 600.0
     max_recover_after_seconds: float = 4 * 3600.0
     settle_seconds: float = 5.0
+    situation: OomSituation = field(default_factory=OomSituation)
+    # True while the last move's change is still being carried out: OOMs until then are the same failure.
+    awaiting_effect: bool = False
 
     current: OomSettings = field(default_factory=OomSettings, init=False)
     _taken: list[tuple[OomStep, OomSettings]] = field(default_factory=list, init=False, repr=False)  # (step, before)
@@ -333,9 +631,9 @@ class OomLadder:
         return len(self._taken)
 
     @property
-    def options(self) -> dict[str, int]:
-        """Overrides for Ollama request ``options``, e.g. ``{"num_ctx": 2048, "num_gpu": 0}``."""
-        return self.current.options()
+    def targets(self) -> OomTargets:
+        """What each place should hold now."""
+        return oom_targets(self.current, self.situation)
 
     @property
     def cloud_fallback(self) -> bool:
@@ -371,11 +669,20 @@ class OomLadder:
     def record_oom(self, now: float, kind: OomKind = OomKind.UNKNOWN) -> OomEvent | None:
         """An out-of-memory failure happened: take the next rung (unless it is the same failure)."""
         self._quiet_since = now if self._quiet_since is None else max(self._quiet_since, now)
+        if self.awaiting_effect:
+            return None
         if self._last_down_at is not None and now - self._last_down_at < self.settle_seconds:
             return None
         if self._last_up_at is not None and now - self._last_up_at < self.recover_after:
             self._recover_after = min(self.max_recover_after_seconds, self.recover_after * 2)
-        rung = next_rung(self.current, kind, self.num_ctx, self.min_num_ctx, self.gpu_layers)
+        rung = next_rung(
+            self.current,
+            kind,
+            self.num_ctx,
+            self.min_num_ctx,
+            self.gpu_layers,
+            layers_settable=self.situation.builds_model,
+        )
         if rung is None:
             return None
         step, settings = rung
@@ -383,8 +690,7 @@ class OomLadder:
         self._taken.append((step, before))
         self.current = settings
         self._last_down_at = now
-        message = _down_message(step, before, settings, self.num_ctx, self.gpu_layers)
-        return self._event(LadderMove.DOWN, step, "Ollama ran out of memory", message, now)
+        return self._event(LadderMove.DOWN, step, before, kind, now)
 
     def tick(self, now: float, memory_ok: bool = True) -> OomEvent | None:
         """Called every monitor tick; steps back up one rung after a quiet period.
@@ -401,15 +707,21 @@ class OomLadder:
             self._recover_after = None  # a full quiet period at normal: forget earlier bouncing
             return None
         step, restored = self._taken.pop()
+        before = self.current
         self.current = restored
         self._last_up_at = now
-        return self._event(LadderMove.UP, step, "Memory is fine again", _up_message(step, restored, self.num_ctx), now)
+        return self._event(LadderMove.UP, step, before, OomKind.UNKNOWN, now)
 
     def reset(self) -> None:
         """Back to normal at once (e.g. the user changed the model)."""
         self._taken.clear()
         self.current = OomSettings()
+        self.awaiting_effect = False
         self._quiet_since = self._last_down_at = self._last_up_at = self._recover_after = None
 
-    def _event(self, move: LadderMove, step: OomStep, title: str, message: str, now: float) -> OomEvent:
-        return OomEvent(move, step, self.level, self.options, self.cloud_fallback, title, message, now)
+    def _event(self, move: LadderMove, step: OomStep, before: OomSettings, kind: OomKind, now: float) -> OomEvent:
+        text = describe_move(move, step, before, self.current, self.situation, self.gpu_layers)
+        return OomEvent(
+            move, step, self.level, before, self.current, kind, text.place, text.change, text.message,
+            text.done_message, now,
+        )
