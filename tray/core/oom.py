@@ -21,18 +21,19 @@ A rung is a setting, never a per-request option (a request whose runner
 options differ from the loaded model's makes Ollama reload it). Where the
 setting acts is decided by :func:`route` from the :class:`OomSituation`:
 
-| setting            | manager-started server      | else, the Modelfile model  | else                 |
-|--------------------|-----------------------------|----------------------------|----------------------|
-| context ``num_ctx``| ``OLLAMA_CONTEXT_LENGTH``   | ``PARAMETER num_ctx N``    | suggest the env var  |
-| GPU ``num_gpu``    | CPU only: GPU-off variables | ``PARAMETER num_gpu N``    | suggest the PARAMETER|
-|                    | (not on macOS: Metal has    | (the Modelfile model comes |                      |
-|                    | no such variable)           | first for the GPU rungs)   |                      |
+| setting           | first choice                      | then                               | else         |
+|-------------------|-----------------------------------|------------------------------------|--------------|
+| context num_ctx   | a manager-started server:         | the Modelfile model the manager    | suggest the  |
+|                   | ``OLLAMA_CONTEXT_LENGTH=N``       | builds: ``PARAMETER num_ctx N``    | variable     |
+| GPU num_gpu       | the Modelfile model:              | CPU only, on a manager-started     | suggest the  |
+|                   | ``PARAMETER num_gpu N`` (one      | server: every GPU-off variable     | PARAMETER    |
+|                   | model, every platform, no restart)| (not macOS: Metal has none)        |              |
 
 A Modelfile ``PARAMETER num_ctx`` outranks ``OLLAMA_CONTEXT_LENGTH``, so a
 model the manager builds with its own ``num_ctx`` gets the PARAMETER.
 :func:`oom_targets` turns the settings in force into what each place
-should hold; the monitor carries that out (a restart when nothing runs, a
-rebuild) and reports it once done.
+should hold; the monitor carries that out (a restart once nothing runs on
+the server, a rebuild) and reports it once done.
 
 After ``recover_after_seconds`` without an OOM (and with memory reported
 fine), the ladder climbs back one rung; each further rung waits another
@@ -44,7 +45,8 @@ Several log lines describe one failure (``cudaMalloc failed``, then
 ``failed to allocate CUDA0 buffer``, then the API error); reports within
 ``settle_seconds`` of the last step down count as that same failure, and
 so does every report while the last step's change is still being carried
-out (:attr:`OomLadder.awaiting_effect`).
+out (:attr:`OomLadder.awaiting_effect`). An allocation failure Ollama
+retries by itself (``... retrying without pipeline parallelism``) is none.
 """
 
 from __future__ import annotations
