@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 VERSION = os.environ.get("OLLAMA_STANDIN_VERSION", "0.33.0")
+LLAMA_SERVER_SINCE = (0, 30)
 DEFAULT_PORT = 11434
 MIB = 1024 * 1024
 MAX_DURATION_NS = 2**63 - 1
@@ -23,9 +24,51 @@ FOREVER = float("inf")
 EXECUTABLE = ""
 
 
+def version_tuple(text: str) -> Tuple[int, ...]:
+    """The numeric parts of a version, for comparisons.
+
+    >>> version_tuple("0.33.0-rc2")
+    (0, 33, 0)
+    >>> version_tuple("0.12.10") < (0, 30)
+    True
+    """
+    parts = []
+    for part in text.lstrip("v").split("-", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def uses_llama_server() -> bool:
+    """Whether the claimed version runs ``llama-server`` (>= 0.30) rather than ``ollama runner``."""
+    return version_tuple(VERSION) >= LLAMA_SERVER_SINCE
+
+
 def env_var(key: str) -> str:
     """An environment value trimmed of spaces and quotes, like Ollama's ``envconfig.Var``."""
     return os.environ.get(key, "").strip().strip("\"'")
+
+
+def uint_env(key: str, default: int) -> int:
+    """``envconfig.Uint``: a non-negative integer, the default when unset or invalid."""
+    text = env_var(key)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def ms_env(key: str, default: float) -> float:
+    """A stand-in knob in milliseconds (a non-negative number), the default when unset or invalid."""
+    try:
+        value = float(env_var(key) or default)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
 
 
 # --- OLLAMA_HOST -----------------------------------------------------------------
@@ -202,7 +245,7 @@ def _trim_fraction(value: int, unit: int) -> str:
     return "%d.%s" % (whole, text) if text else str(whole)
 
 
-def keep_alive_seconds(value: Any, default: float) -> float:
+def keep_alive_seconds(value: Any, default: Optional[float]) -> Optional[float]:
     """A request's ``keep_alive`` as seconds (``FOREVER`` when negative), like ``api.Duration``.
 
     Raises :class:`DurationError` for strings Go rejects and ``TypeError`` for other JSON types.
@@ -481,6 +524,12 @@ def slog_line(level: str, source: str, msg: str, attrs: Iterable[Tuple[str, Any]
 def log(level: str, source: str, msg: str, *attrs: Tuple[str, Any]) -> None:
     """Write a slog line to stderr; write failures (full disk, closed pipe) are ignored."""
     write_line(sys.stderr, slog_line(level, source, msg, attrs))
+
+
+def debug(source: str, msg: str, *attrs: Tuple[str, Any]) -> None:
+    """A DEBUG slog line, written only when OLLAMA_DEBUG is set (as Ollama's log level)."""
+    if env_var("OLLAMA_DEBUG") not in ("", "0", "false", "False", "FALSE"):
+        log("DEBUG", source, msg, *attrs)
 
 
 def gin_line(status: int, latency_ns: int, client_ip: str, method: str, path: str) -> str:
