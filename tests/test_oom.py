@@ -76,10 +76,24 @@ CURRENT_MESSAGES = [
     # MLX checks the model against the GPU's free memory (x/mlxrunner/client.go).
     ("model requires 9.1 GiB but only 6.0 GiB are available (after 512.0 MiB overhead)", OomKind.GPU),
     ("unable to load full model on GPU", OomKind.GPU),  # llm.ErrLoadRequiredFull
+    # ... and the line the scheduler logs for it.
+    ('level=INFO source=sched.go:632 msg="model is too large for system memory" requireFull=false', OomKind.SYSTEM),
     # Metal.
     ("error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)", OomKind.GPU),
     # Vulkan: device vs host memory, in vulkan.hpp's words and the C enum's.
     ("ggml_vulkan: vk::Device::allocateMemory: ErrorOutOfDeviceMemory", OomKind.GPU),
+    ("ggml_vulkan: vk::Device::allocateMemory: VK_ERROR_OUT_OF_DEVICE_MEMORY", OomKind.GPU),
+    ("llama_model_load: error loading model: unable to allocate Vulkan0 buffer", OomKind.GPU),
+    (
+        "llama_model_load: error loading model: MapViewOfFile failed: "
+        "Not enough memory resources are available to process this command.",
+        OomKind.UNKNOWN,
+    ),
+    (
+        "an error was encountered while running the model: CUDA error: out of memory\n"
+        "  current device: 0, in function ggml_backend_cuda_graph_compute at ggml/src/ggml-cuda/ggml-cuda.cu:2773",
+        OomKind.GPU,
+    ),
     ("vkAllocateMemory failed: VK_ERROR_OUT_OF_DEVICE_MEMORY", OomKind.GPU),
     ("ggml_vulkan: vk::Device::allocateMemory: ErrorOutOfHostMemory", OomKind.SYSTEM),
     ("vkAllocateMemory failed: VK_ERROR_OUT_OF_HOST_MEMORY", OomKind.SYSTEM),
@@ -157,6 +171,10 @@ def test_the_recoverable_message_is_judged_by_its_last_line_as_ollama_does() -> 
     assert is_recoverable_oom("\n".join(RECOVERABLE_LINES)) is True
     assert is_recoverable_oom("\n".join(RECOVERABLE_LINES + FAILED_RETRY_LINES)) is False
     assert is_recoverable_oom("retrying without pipeline parallelism") is False  # the retry alone is no OOM
+    # A log line quoting the message: its last escaped line decides, as the message's last line would.
+    quoted = 'level=INFO source=sched.go:641 msg="Load failed" error="llama-server reported out-of-memory: {}"'
+    assert is_recoverable_oom(quoted.format(r"cudaMalloc failed\nllama_context: " + RECOVERABLE_LINES[-1][15:]))
+    assert not is_recoverable_oom(quoted.format(RECOVERABLE_LINES[-1] + r"\nfailed to allocate compute pp buffers"))
     # The scheduler's own retry of a failed load (server/sched.go).
     assert is_recoverable_oom(
         'level=WARN source=sched.go:652 msg="llama-server load failed; reducing automatic context and retrying once" '

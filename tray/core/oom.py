@@ -79,11 +79,13 @@ OLLAMA_OOM_SUBSTRINGS = (
     "erroroutofmemory",
 )
 # Memory failures in words Ollama's list does not hold: the pre-0.30 load check, MLX's load check
-# (x/mlxrunner/client.go), ErrLoadRequiredFull (llm/server.go), Ollama's own wrapper ("out-of-memory"),
-# llama.cpp's "unable to allocate CUDA0 buffer", and Vulkan's results as vulkan.hpp names them
-# ("ErrorOutOfDeviceMemory", which the list's "erroroutofmemory" misses) or as the C enum does.
+# (x/mlxrunner/client.go), ErrLoadRequiredFull (llm/server.go) with the line the scheduler logs for it
+# (server/sched.go), Ollama's own wrapper ("out-of-memory"), llama.cpp's "unable to allocate CUDA0
+# buffer", and Vulkan's results as vulkan.hpp names them ("ErrorOutOfDeviceMemory", which the list's
+# "erroroutofmemory" misses) or as the C enum does.
 _OTHER_OOM = re.compile(
     r"model requires more system memory"
+    r"|model is too large for system memory"
     r"|model requires .+ but only .+ are available"
     r"|unable to load full model on GPU"
     r"|out-of-memory"
@@ -92,17 +94,20 @@ _OTHER_OOM = re.compile(
     re.I,
 )
 # An allocation failure Ollama recovers from by itself: llama.cpp retries without pipeline parallelism
-# (llm/status.go recoverableOutOfMemorySubstrings), and the scheduler retries a failed load once with a
-# smaller automatic context or after evicting the other models (server/sched.go).
-RECOVERABLE_SUBSTRINGS = (
-    "retrying without pipeline parallelism",
+# (llm/status.go recoverableOutOfMemorySubstrings) ...
+RECOVERABLE_SUBSTRINGS = ("retrying without pipeline parallelism",)
+# ... and the scheduler's notices that it retries a failed load once, with a smaller automatic context
+# or after evicting the other models (server/sched.go); a failed retry logs "Load failed" again.
+SCHEDULER_RETRIES = (
     "reducing automatic context and retrying once",
     "evicting all other models and retrying once",
 )
+# A message quoted in a log line (slog's error="...") keeps its newlines as the two characters \n.
+_ESCAPED_NEWLINE = re.compile(r"\\n")
 
 # First match wins, so specific patterns come before generic ones.
 _KIND_PATTERNS: tuple[tuple[re.Pattern[str], OomKind], ...] = (
-    (re.compile(r"model requires more system memory", re.I), OomKind.SYSTEM),
+    (re.compile(r"model requires more system memory|model is too large for system memory", re.I), OomKind.SYSTEM),
     # MLX checks the model against the GPU's free memory; ErrLoadRequiredFull names the GPU.
     (re.compile(r"model requires .+ but only .+ are available|unable to load full model on GPU", re.I), OomKind.GPU),
     (re.compile(r"runtime: out of memory", re.I), OomKind.SYSTEM),  # Go runtime in serve or the runner
@@ -167,7 +172,9 @@ def is_recoverable_oom(text: str) -> bool:
     """True when Ollama retries this allocation failure by itself: its last line says so.
 
     Ollama's own rule (llm/status.go ``isRecoverableOutOfMemoryMessage``):
-    the last non-empty line is an OOM that names the retry.
+    the last non-empty line is an OOM that names the retry; in a log line
+    quoting a message, its last (escaped) line. The scheduler's notice that
+    it retries a load once counts as well.
 
     >>> is_recoverable_oom("ggml_backend_sched_reserve: compute buffer allocation failed, "
     ...                    "retrying without pipeline parallelism")
@@ -177,8 +184,12 @@ def is_recoverable_oom(text: str) -> bool:
     False
     """
     line = last_line(text)
-    lower = line.lower()
-    return is_oom(line) and any(needle in lower for needle in RECOVERABLE_SUBSTRINGS)
+    if not is_oom(line):
+        return False
+    if any(needle in line.lower() for needle in SCHEDULER_RETRIES):
+        return True
+    tail = _ESCAPED_NEWLINE.split(line)[-1]
+    return is_oom(tail) and any(needle in tail.lower() for needle in RECOVERABLE_SUBSTRINGS)
 
 
 def offloaded_layers(line: str) -> int | None:
