@@ -7,8 +7,10 @@ import doctest
 import pytest
 
 import tray.core.oom as oom_module
+from standin import standin_status
 from tray.core.oom import (
     OLLAMA_OOM_SUBSTRINGS,
+    RECOVERABLE_SUBSTRINGS,
     LadderMove,
     OomKind,
     OomLadder,
@@ -34,26 +36,13 @@ def test_the_examples_in_the_docstrings_hold() -> None:
 
 # --- Recognition ----------------------------------------------------------------------------------
 
-# Ollama v0.33's llm/status.go outOfMemorySubstrings, as written there.
-OLLAMA_LIST = (
-    "out of memory",
-    "out of device memory",
-    "cudaMalloc failed",
-    "hipMalloc failed",
-    "failed to allocate",
-    "allocation failed",
-    "not enough memory",
-    "insufficient memory",
-    "vk_error_out_of_device_memory",
-    "erroroutofmemory",
-)
+def test_the_substrings_are_ollamas_own_list_as_the_stand_in_has_it() -> None:
+    # The stand-in copies llm/status.go of v0.33 on its own; the two copies must agree.
+    assert OLLAMA_OOM_SUBSTRINGS == standin_status.OUT_OF_MEMORY_SUBSTRINGS
+    assert RECOVERABLE_SUBSTRINGS == standin_status.RECOVERABLE_OUT_OF_MEMORY_SUBSTRINGS
 
 
-def test_the_substrings_are_ollamas_own_list() -> None:
-    assert tuple(needle.lower() for needle in OLLAMA_LIST) == OLLAMA_OOM_SUBSTRINGS
-
-
-@pytest.mark.parametrize("needle", OLLAMA_LIST)
+@pytest.mark.parametrize("needle", OLLAMA_OOM_SUBSTRINGS)
 @pytest.mark.parametrize("case", [str.lower, str.upper, str.title])
 def test_every_substring_of_ollamas_list_is_an_oom_in_any_case(needle: str, case) -> None:
     text = f"llama_init_from_model: {case(needle)} (while loading)"
