@@ -416,6 +416,41 @@ def test_rebuild_reason_decisions():
     assert rebuild_reason("digest", record, "fp") is None
 
 
+def test_parameter_overrides_are_built_in_recorded_and_kept_by_later_checks(env):
+    fake, models, state, modelfile = env
+    modelfile.write_text("FROM llama3\nSYSTEM You are brief.\nPARAMETER num_ctx 8192\nPARAMETER temperature 0.5\n")
+    plain = ensure(fake, models, state, modelfile)
+    fake.calls.clear()
+    reduced = ensure(fake, models, state, modelfile, overrides={"num_ctx": 2048})
+    assert (reduced.action, reduced.reason) == ("built", "parameter overrides changed (now: PARAMETER num_ctx 2048)")
+    assert fake.count("POST", "/api/pull") == 0
+    assert fake.bodies["/api/create"][-1]["parameters"] == {"num_ctx": 2048, "temperature": 0.5}  # ours win
+    assert reduced.fingerprint != plain.fingerprint
+    assert reduced.summary().startswith("uncensored-llama3:latest built with PARAMETER num_ctx 2048 (8.0B, ")
+    assert load_records(state)[MODEL + ":latest"].overrides == {"num_ctx": 2048}
+    # A check with the same overrides finds the model current: nothing "repairs" them away.
+    assert ensure(fake, models, state, modelfile, overrides={"num_ctx": 2048}).action == "none"
+    out = io.StringIO()
+    assert run_list(MODEL, models_dir=models, state_dir=state, out=out) == 0
+    assert out.getvalue().splitlines()[2].endswith(
+        "active, built by manager, with PARAMETER num_ctx 2048 (out of memory)"
+    )
+    # Without them, the model is built as the Modelfile says again.
+    back = ensure(fake, models, state, modelfile)
+    assert (back.action, back.reason) == ("built", "parameter overrides changed (now: none)")
+    assert fake.bodies["/api/create"][-1]["parameters"] == {"num_ctx": 8192, "temperature": 0.5}
+    assert back.fingerprint == plain.fingerprint
+    assert load_records(state)[MODEL + ":latest"].overrides == {}
+
+
+def test_records_written_before_overrides_existed_still_load(env):
+    fake, models, state, modelfile = env
+    state.mkdir(parents=True)
+    old = {"fingerprint": "f", "manifest_digest": "d", "modelfile": "x", "built_at": "t"}
+    (state / "models.json").write_text(json.dumps({"version": 1, "models": {"m:latest": old}}))
+    assert load_records(state)["m:latest"] == BuildRecord("f", "d", "x", "t")
+
+
 def test_local_gguf_is_uploaded_once(tmp_path):
     models, state = tmp_path / "models", tmp_path / "state"
     weights = tmp_path / "w.gguf"

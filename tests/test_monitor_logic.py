@@ -71,12 +71,19 @@ class FakeSupervisor:
         self.models_dir = Path("/nonexistent")
         self.paths = AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
         self.managed_by = "manager"
+        self.platform = "linux"
+        self.env_overlay: dict[str, str] = {}
+        self.started_overlay: dict[str, str] = {}
         self.pid = None
         self.on_exit = None
         self.restarts: list[str] = []
         self.restart_errors: list[Exception] = []
         self.stops = 0
         self.exit_code = None  # set by a test: our child died with this status
+
+    @property
+    def overlay_pending(self) -> bool:
+        return self.managed_by == "manager" and self.started_overlay != self.env_overlay
 
     def adopt(self) -> None: ...
 
@@ -96,6 +103,7 @@ class FakeSupervisor:
         self.restarts.append(reason)
         if self.restart_errors:
             raise self.restart_errors.pop(0)
+        self.started_overlay = dict(self.env_overlay)
         return StartOutcome(True, 2, "manager", 0.5)
 
     def stop(self, reason: str = "stop"):
@@ -265,15 +273,52 @@ def test_health_down_raises_an_alert_once_and_clears_it():
     assert alerts == [("health", "raised"), ("health", "cleared")]
 
 
-def test_an_out_of_memory_probe_error_steps_down_the_ladder():
-    oom = ProbeResult(False, 0.2, "inference", Failure.HTTP_ERROR,
-                      "model requires more system memory (8.0 GiB) than is available (4.0 GiB)")
-    monitor, sup, clock = make([oom])
+OOM = ProbeResult(
+    False,
+    0.2,
+    "inference",
+    Failure.HTTP_ERROR,
+    "model requires more system memory (8.0 GiB) than is available (4.0 GiB)",
+)
+
+
+def test_an_out_of_memory_error_restarts_a_server_the_manager_started_with_a_smaller_context():
+    monitor, sup, clock = make([OOM])
     run_ticks(monitor, clock, 1)
-    events = [e for e in monitor.history.events() if e.kind == "oom"]
-    assert len(events) == 1 and events[0].data["level"] == 1
-    assert monitor.duties.probe_options == {"num_ctx": 2048}
-    assert sup.restarts == []  # a model/memory error never restarts the server
+    assert sup.restarts == ["out of memory: smaller context"]
+    assert sup.started_overlay == {"OLLAMA_CONTEXT_LENGTH": "2048"}
+    assert [e.message for e in monitor.history.events() if e.kind == "oom"] == [
+        "Ollama ran out of memory: Ollama restarts with OLLAMA_CONTEXT_LENGTH=2048 as soon as nothing runs on it",
+        "Context window reduced to 2048 tokens: Ollama restarted with OLLAMA_CONTEXT_LENGTH=2048",
+    ]
+    restart = [e for e in monitor.history.events() if e.kind == "restart"][-1]
+    assert restart.data == {"reason": "out of memory: smaller context", "ok": True}
+    assert monitor.policy.attempts == 0  # a change of settings, not a failure: no restart attempt is spent
+
+
+def test_the_restart_waits_until_no_model_build_runs_on_the_server():
+    monitor, sup, clock = make([OOM])
+    monitor.models._busy.set()
+    run_ticks(monitor, clock, 3)
+    assert sup.restarts == []
+    assert [e.message for e in monitor.history.events() if e.kind == "oom"] == [
+        "Ollama ran out of memory: Ollama restarts with OLLAMA_CONTEXT_LENGTH=2048 as soon as nothing runs on it"
+    ]
+    monitor.models._busy.clear()
+    run_ticks(monitor, clock, 1)
+    assert sup.restarts == ["out of memory: smaller context"]
+
+
+def test_an_out_of_memory_error_on_a_systemd_server_suggests_the_change_and_restarts_nothing():
+    monitor, sup, clock = make([OOM], auto_build_model=False)
+    sup.managed_by = "systemd"
+    run_ticks(monitor, clock, 3)
+    assert sup.restarts == [] and sup.env_overlay == {}
+    assert [e.message for e in monitor.history.events() if e.kind == "oom"] == [
+        "Ollama ran out of memory. The systemd service ollama.service keeps its own settings: to use a context "
+        "window of 2048 tokens, set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
+        "(sudo systemctl edit ollama, then sudo systemctl restart ollama)"
+    ]
 
 
 def test_a_suspend_the_monotonic_clock_did_not_see_is_a_wake_too():

@@ -63,6 +63,8 @@ def test_settings_left_to_ollama_keep_what_the_user_exported() -> None:
 def test_cpu_only_hides_every_gpu_with_an_id_no_gpu_has() -> None:
     env = server_env(OllamaServerSettings(gpu_devices="CPU"), BASE)
     assert [env[name] for name in ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")] == ["-1"] * 3
+    # ROCm's fallback variable, and Vulkan, which Ollama turns on by default.
+    assert (env["GPU_DEVICE_ORDINAL"], env["GGML_VK_VISIBLE_DEVICES"], env["OLLAMA_VULKAN"]) == ("-1", "-1", "0")
 
 
 @pytest.mark.parametrize(

@@ -1,24 +1,34 @@
 """The design notes' daemon duties, run after every health check.
 
 Record a metrics sample, evaluate the alert rules, walk the out-of-memory
-ladder (from probe errors and new server-log lines), and note restarts the
-manager did not ask for. Everything lands in the history as events, which
-the tray turns into notifications.
+ladder (from probe errors and new server-log lines) and carry its moves out
+(:class:`OomEffects`), and note restarts the manager did not ask for.
+Everything lands in the history as events, which the tray turns into
+notifications.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections import deque
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tray.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import ProbeResult
-from tray.core.oom import OomEvent, OomLadder
+from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
+from tray.external import SystemdService
 from tray.gateway.breaker import FallbackUsage
 from tray.history import History
+from tray.models.errors import ModelError
+from tray.models.modelfile import load_modelfile
 from tray.resources import ResourceSample
+
+if TYPE_CHECKING:
+    from tray.model_keeper import ModelKeeper
+    from tray.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,8 @@ class DaemonDuties:
         # cadence while failing) plus a probe that runs into its timeout.
         expected_gap = max(config.health_check_interval, recheck_seconds) + 3 * config.health_check_timeout
         self.alerts = AlertEngine(config.alerts, interval_seconds=expected_gap)
-        self.oom = OomLadder()
+        self.oom = OomLadder(num_ctx=config.ollama_server.context_length or OomLadder.num_ctx)
+        self.oom_effects: OomEffects | None = None  # set by the monitor, which owns the server and the model
         self.log_tail = ServerLogTail(server_log)
         self.restart_times: deque[float] = deque()
         self.last_compact: float | None = None
@@ -110,10 +121,14 @@ class DaemonDuties:
             self.last_compact = now
             self.history.compact()
 
-    @property
-    def probe_options(self) -> dict[str, int]:
-        """Request options the OOM ladder currently asks for (smaller context, fewer GPU layers)."""
-        return self.oom.options
+    def oom_restart_reason(self) -> str | None:
+        """Why the server must restart to apply the OOM ladder's environment, or None when it need not."""
+        return self.oom_effects.restart_reason() if self.oom_effects is not None else None
+
+    def oom_restart_done(self) -> None:
+        """The monitor restarted the server for :meth:`oom_restart_reason` (or tried to)."""
+        if self.oom_effects is not None:
+            self.oom_effects.poll()
 
     @property
     def oom_wants_cloud(self) -> bool:
@@ -134,17 +149,147 @@ class DaemonDuties:
         )
 
     def _walk_oom_ladder(self, now: float, probe: ProbeResult) -> None:
+        effects = self.oom_effects
+        if effects is not None:
+            effects.poll()
+            self.oom.situation = effects.situation()
+            self.oom.awaiting_effect = effects.pending
         moves: list[OomEvent | None] = []
         if not probe.ok and probe.detail:
             moves.append(self.oom.report_error(now, probe.detail))
-        for line in self.log_tail.new_lines():
-            moves.append(self.oom.report_log_line(now, line))
+        moves.extend(self.oom.report_log_lines(now, self.log_tail.new_lines()))
         if not any(moves):
             moves.append(self.oom.tick(now, memory_ok=probe.ok))
         for move in moves:
-            if move is not None:
-                self.history.record(
-                    "oom",
-                    f"{move.title}: {move.message}",
-                    {"level": move.level, "options": move.options, "cloud_fallback": move.cloud_fallback},
+            if move is None:
+                continue
+            if effects is None or not move.acts:
+                record_oom_event(self.history, move, move.message, str(move.move))
+            else:
+                effects.start(move, self.oom)
+
+
+def record_oom_event(history: History, move: OomEvent, message: str, phase: str) -> None:
+    """One event about a ladder move; ``phase`` ("down", "up", "applied", "failed") keys its notification."""
+    history.record(
+        "oom",
+        message,
+        {
+            "kind": phase,
+            "move": str(move.move),
+            "step": str(move.step),
+            "level": move.level,
+            "place": str(move.place),
+            "change": move.change,
+            "memory": str(move.kind),
+            "cloud_fallback": move.cloud_fallback,
+        },
+    )
+
+
+class OomEffects:
+    """Carries the OOM ladder's moves out where they act, and says so once they did.
+
+    - a server this app started: the supervisor's environment overlay for the
+      next start; while it differs from the running server's, the monitor
+      restarts the server as soon as nothing runs on it (:meth:`restart_reason`);
+    - the model built from the Modelfile: the keeper rebuilds it with the
+      ladder's PARAMETERs added;
+    - anywhere else the move's message is a suggestion: nothing to carry out.
+
+    A move's change is *pending* until it is in effect; the ladder counts the
+    OOMs seen meanwhile as the same failure.
+    """
+
+    def __init__(self, config: Config, history: History, supervisor: Supervisor, keeper: ModelKeeper) -> None:
+        self.config = config
+        self.history = history
+        self.supervisor = supervisor
+        self.keeper = keeper
+        self._server_move: OomEvent | None = None
+        self._model_move: OomEvent | None = None
+        self._model_build: concurrent.futures.Future[str] | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self._server_move is not None or self._model_move is not None
+
+    def situation(self) -> OomSituation:
+        sup = self.supervisor
+        owner = sup.external
+        builds = self.config.auto_build_model
+        return OomSituation(
+            server=sup.managed_by,
+            systemd_unit=owner.unit if isinstance(owner, SystemdService) else OomSituation.systemd_unit,
+            systemd_user=owner.user if isinstance(owner, SystemdService) else False,
+            platform=sup.platform,
+            model=self.config.ollama_model,
+            builds_model=builds,
+            modelfile_parameters=self._modelfile_parameters() if builds else frozenset(),
+            cloud_enabled=self.config.cloud.enabled and self.config.gateway.enabled,
+        )
+
+    def _modelfile_parameters(self) -> frozenset[str]:
+        try:
+            return frozenset(load_modelfile(self.config.modelfile_path).parameters)
+        except (ModelError, OSError):
+            return frozenset()
+
+    def start(self, move: OomEvent, ladder: OomLadder) -> None:
+        """Put the ladder's targets after ``move`` in place, and tell what happens next."""
+        targets = ladder.targets
+        sup = self.supervisor
+        if sup.managed_by == "manager":
+            sup.env_overlay = dict(targets.server_env)
+        acting = False
+        if move.place is Place.SERVER_ENV:
+            self._server_move = move if sup.overlay_pending else None
+            acting = self._server_move is not None
+        if self.config.auto_build_model and dict(targets.model_parameters) != self.keeper.parameter_overrides:
+            self._model_build = self.keeper.set_parameter_overrides(dict(targets.model_parameters))
+            self._model_move = move
+            acting = acting or move.place is Place.MODEL_PARAMETER
+        if acting:
+            record_oom_event(self.history, move, move.message, str(move.move))
+        elif move.move is LadderMove.UP:
+            record_oom_event(self.history, move, f"Memory is fine again: {move.change} was not in effect yet", "up")
+        else:
+            text = f"Ollama ran out of memory: {move.change} is already in effect"
+            record_oom_event(self.history, move, text, "down")
+
+    def restart_reason(self) -> str | None:
+        move = self._server_move
+        if move is None or not self.supervisor.overlay_pending:
+            return None
+        if move.move is LadderMove.DOWN:
+            return f"out of memory: {move.step.label}"
+        return f"memory is fine again: {move.step.label} undone"
+
+    def poll(self) -> None:
+        """Report the changes that took effect (or failed) since the last call."""
+        move = self._server_move
+        sup = self.supervisor
+        if move is not None:
+            if sup.managed_by == "manager" and not sup.overlay_pending:
+                self._server_move = None
+                record_oom_event(self.history, move, move.done_message, "applied")
+            elif sup.managed_by not in ("manager", "none"):
+                self._server_move = None
+                record_oom_event(
+                    self.history,
+                    move,
+                    f"{move.change} was not applied: Ollama is now run by {sup.managed_by}, not by the manager",
+                    "failed",
                 )
+        build, move = self._model_build, self._model_move
+        if build is None or move is None or not build.done():
+            return
+        self._model_build = self._model_move = None
+        error = build.exception()
+        if error is None:
+            if move.place is Place.MODEL_PARAMETER:
+                record_oom_event(self.history, move, move.done_message, "applied")
+        else:
+            text = f"{move.change} was not applied: rebuilding {self.config.ollama_model} failed: {error}"
+            record_oom_event(self.history, move, text, "failed")
+

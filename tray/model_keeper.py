@@ -68,6 +68,9 @@ class ModelKeeper:
         self.status: str | None = None  # "ok", "missing", "corrupt" (what the alert rules read)
         self.report: builder.ModelReport | None = None
         self.last_verified: float | None = None  # wall time of the last integrity check
+        # PARAMETERs the out-of-memory ladder adds to the Modelfile's; every build uses them, so a check
+        # never "repairs" them away. Replaced whole (never mutated), as the keeper thread reads it.
+        self.parameter_overrides: dict[str, int] = {}
         self._ensured = False
         self._was_present = False
         self._next_verify: float | None = None
@@ -85,6 +88,14 @@ class ModelKeeper:
     @property
     def busy(self) -> bool:
         return self._busy.is_set()
+
+    def set_parameter_overrides(self, overrides: dict[str, int]) -> concurrent.futures.Future[str]:
+        """Build the model with these PARAMETERs added to the Modelfile's (empty: as the Modelfile says).
+
+        The Future's result is the build's one-line summary, once the model is rebuilt.
+        """
+        self.parameter_overrides = dict(overrides)
+        return self.request("ensure")
 
     def request(self, job: str) -> concurrent.futures.Future[str]:
         future: concurrent.futures.Future[str] = concurrent.futures.Future()
@@ -145,6 +156,7 @@ class ModelKeeper:
             "state_dir": self.state_dir,
             "quantize": self.config.model_quantize or None,
             "progress": self._progress,
+            "overrides": dict(self.parameter_overrides),
         }
 
     def _ensure(self) -> str:

@@ -23,7 +23,7 @@ from tray.config import Config
 from tray.core.health import Failure, Health, ProbeResult, TimeoutCounter, classify, is_dead
 from tray.core.restart import RestartPolicy, Verdict
 from tray.external import OllamaApp, SystemdService, app_running, systemd_active_state
-from tray.duties import DaemonDuties
+from tray.duties import DaemonDuties, OomEffects
 from tray.history import History
 from tray.model_keeper import JOBS as MODEL_JOBS
 from tray.model_keeper import ModelKeeper
@@ -90,6 +90,7 @@ class Monitor:
             self._set_activity,
             clock,
         )
+        self.duties.oom_effects = OomEffects(config, history, supervisor, self.models)
         self.gateway: Any = None  # the cloud-fallback gateway, when running alongside
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
@@ -222,6 +223,8 @@ class Monitor:
         if self.duties.leak_restart_wanted:
             self.duties.leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
+        if self._restart_for_oom_ladder():
+            return self.clock() + RECHECK_SECONDS
         if result.ok:
             return now + (self.config.health_check_interval if self.health is Health.HEALTHY else RECHECK_SECONDS)
         timeout_restart = self.timeouts.observe(result)
@@ -316,6 +319,31 @@ class Monitor:
         finally:
             self._set_activity(None)
 
+    def _restart_for_oom_ladder(self) -> bool:
+        """Restart a server this app started so the OOM ladder's environment takes effect; True when it did."""
+        reason = self.duties.oom_restart_reason()
+        if reason is None or not self._nothing_running():
+            return False
+        self._restarting_ourselves = True
+        self._set_activity("restart", "Restarting Ollama with new memory settings")
+        try:
+            self.supervisor.restart(reason=reason)
+        except SupervisorError as exc:
+            self.last_error = str(exc)
+            self.history.record("restart", f"restart failed: {exc}", {"reason": reason, "ok": False})
+        else:
+            self.timeouts.reset()
+            self.state = "running"
+            self.history.record("restart", f"Ollama restarted ({reason})", {"reason": reason, "ok": True})
+        finally:
+            self._set_activity(None)
+        self.duties.oom_restart_done()
+        return True
+
+    def _nothing_running(self) -> bool:
+        """Nothing of ours uses the server right now (a model build or check would be cut off by a restart)."""
+        return not self.models.busy
+
     def _start_error(self, exc: Exception) -> None:
         self.last_error = str(exc)
         self.health = Health.DOWN
@@ -357,7 +385,7 @@ class Monitor:
         is_loaded = any(_same_model(m.name, self.config.ollama_model) for m in loaded)
         budget = down_after if is_loaded else self.config.model_load_timeout
         self.inference_count += 1
-        return client.probe_inference(self.config.ollama_model, timeout=budget, options=self.duties.probe_options)
+        return client.probe_inference(self.config.ollama_model, timeout=budget)
 
     def _observe(self, result: ProbeResult, now: float) -> None:
         previous = self.health

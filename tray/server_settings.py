@@ -22,6 +22,16 @@ from tray.setting_meta import setting
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 CPU_ONLY = "cpu"
 NO_GPU_ID = "-1"  # an id no GPU has: Ollama then runs on the CPU (Ollama's docs/gpu.md)
+# Every variable that hides the GPUs from Ollama (envconfig/config.go, discover/runner.go): CUDA, ROCm
+# (ROCR on Linux, HIP and then GPU_DEVICE_ORDINAL elsewhere) and Vulkan, which Ollama enables by default:
+# OLLAMA_VULKAN=0 skips its library, GGML_VK_VISIBLE_DEVICES=-1 its devices. Metal has no such variable.
+GPU_OFF_ENV: Mapping[str, str] = {
+    **dict.fromkeys(GPU_VARIABLES, NO_GPU_ID),
+    "GPU_DEVICE_ORDINAL": NO_GPU_ID,
+    "GGML_VK_VISIBLE_DEVICES": NO_GPU_ID,
+    "OLLAMA_VULKAN": "0",
+}
+CONTEXT_VARIABLE = "OLLAMA_CONTEXT_LENGTH"
 ALL_INTERFACES = "0.0.0.0"
 
 _GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")
@@ -139,7 +149,9 @@ def server_env(settings: OllamaServerSettings, base_env: Mapping[str, str]) -> d
     if settings.models_dir:
         env["OLLAMA_MODELS"] = expand_home(settings.models_dir.strip(), base_env)
     devices = gpu_device_list(settings.gpu_devices) if settings.gpu_devices else None
-    if devices is not None:
+    if devices == NO_GPU_ID:
+        env.update(GPU_OFF_ENV)
+    elif devices is not None:
         env.update(dict.fromkeys(GPU_VARIABLES, devices))
     if settings.keep_alive:
         env["OLLAMA_KEEP_ALIVE"] = settings.keep_alive.strip()
@@ -148,7 +160,7 @@ def server_env(settings: OllamaServerSettings, base_env: Mapping[str, str]) -> d
     if settings.num_parallel:
         env["OLLAMA_NUM_PARALLEL"] = str(settings.num_parallel)
     if settings.context_length:
-        env["OLLAMA_CONTEXT_LENGTH"] = str(settings.context_length)
+        env[CONTEXT_VARIABLE] = str(settings.context_length)
     if settings.expose:
         env["OLLAMA_HOST"] = exposed_host(base_env.get("OLLAMA_HOST"))
     return env

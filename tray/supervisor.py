@@ -156,6 +156,10 @@ class Supervisor:
         self.popen: subprocess.Popen[bytes] | None = None
         self.runners: set[ProcessRef] = set()
         self.expected_exit = False
+        # Variables set on top of the [ollama_server] settings at the next start (the out-of-memory
+        # ladder's OLLAMA_CONTEXT_LENGTH or GPU-off variables), and those the running server got.
+        self.env_overlay: dict[str, str] = {}
+        self.started_overlay: dict[str, str] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ what is there
@@ -167,6 +171,11 @@ class Supervisor:
         if self.popen is not None:
             return "manager"
         return "external" if self.server is not None else "none"
+
+    @property
+    def overlay_pending(self) -> bool:
+        """The server this app started runs with another overlay than the next start would give it."""
+        return self.managed_by == "manager" and self.started_overlay != self.env_overlay
 
     @property
     def pid(self) -> int | None:
@@ -233,8 +242,10 @@ class Supervisor:
             self._check_port_free()
             binary: Path | None
             server_settings = self.config.ollama_server
+            overlay = dict(self.env_overlay)
             # The Ollama app starts its server with its own environment: it cannot honour these settings.
-            app = None if customizes_server(server_settings) else find_ollama_app(self.platform, self.env)
+            customized = customizes_server(server_settings) or bool(overlay)
+            app = None if customized else find_ollama_app(self.platform, self.env)
             try:
                 binary = find_ollama_binary(self.config.ollama_binary, self.env, self.platform)
             except OllamaNotInstalled:
@@ -242,7 +253,7 @@ class Supervisor:
                     raise
                 binary = None
             plan = launch_plan(binary, self.host, platform=self.platform, app=app, env=self.env)
-            plan = replace(plan, env=server_env(server_settings, plan.env))
+            plan = replace(plan, env={**server_env(server_settings, plan.env), **overlay})
             self._rotate_server_log()
             log.info("starting Ollama: %s", " ".join(plan.argv))
             try:
@@ -252,6 +263,7 @@ class Supervisor:
             self.expected_exit = False
             if not plan.via_app:
                 self.popen = popen
+                self.started_overlay = overlay
                 self._watch(popen)
             self._wait_ready(popen, plan.via_app)
             self.server = None

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -300,6 +300,7 @@ class BuildRecord:
     manifest_digest: str  # bare hex, as /api/tags reports it
     modelfile: str
     built_at: str  # wall-clock ISO time, for display only
+    overrides: dict[str, int] = field(default_factory=dict)  # PARAMETERs added to the Modelfile's (out of memory)
 
 
 def load_records(state_dir: Path) -> dict[str, BuildRecord]:
@@ -318,17 +319,33 @@ def save_records(state_dir: Path, records: Mapping[str, BuildRecord]) -> None:
     write_json_atomic(state_dir / RECORDS_FILE, payload)
 
 
-def rebuild_reason(listed_digest: str | None, record: BuildRecord | None, current_fingerprint: str) -> str | None:
+def rebuild_reason(
+    listed_digest: str | None,
+    record: BuildRecord | None,
+    current_fingerprint: str,
+    overrides: Mapping[str, int] | None = None,
+) -> str | None:
     """Why the model must be (re)built, or None when it is current."""
     if listed_digest is None:
         return "not installed"
     if record is None:
         return "installed, but not built by the manager"
     if record.fingerprint != current_fingerprint:
+        if dict(record.overrides) != dict(overrides or {}):
+            return f"parameter overrides changed (now: {override_words(overrides or {}) or 'none'})"
         return "the Modelfile changed"
     if record.manifest_digest and record.manifest_digest != listed_digest:
         return "the installed model was replaced outside the manager"
     return None
+
+
+def override_words(overrides: Mapping[str, int]) -> str:
+    """``PARAMETER num_ctx 2048, PARAMETER num_gpu 0``: overrides as the Modelfile lines they stand for.
+
+    >>> override_words({"num_ctx": 2048})
+    'PARAMETER num_ctx 2048'
+    """
+    return ", ".join(f"PARAMETER {name} {value}" for name, value in overrides.items())
 
 
 # --- disk space ----------------------------------------------------------------------------------
@@ -385,6 +402,7 @@ class ModelReport:
     inference_seconds: float | None = None
     inference_error: str | None = None
     warnings: tuple[str, ...] = ()
+    overrides: Mapping[str, int] = field(default_factory=dict)  # PARAMETERs added to the Modelfile's
 
     @property
     def ok(self) -> bool:
@@ -398,6 +416,8 @@ class ModelReport:
         if self.size is not None:
             facts.append(human_bytes(self.size))
         text = f"{self.model} {verb}"
+        if self.overrides:
+            text += f" with {override_words(self.overrides)}"
         if facts:
             text += f" ({', '.join(facts)})"
         if self.repaired:
@@ -421,6 +441,7 @@ class BuildPlan:
     sources: BuildSources
     request: dict[str, Any]
     fingerprint: str
+    overrides: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def base(self) -> ModelName | None:
@@ -434,8 +455,14 @@ def plan_build(
     quantize: str | None,
     cache: HashCache,
     progress: ProgressCallback = no_progress,
+    overrides: Mapping[str, int] | None = None,
 ) -> BuildPlan:
-    """Parse the Modelfile, hash its local files (cached) and form the create request."""
+    """Parse the Modelfile, hash its local files (cached) and form the create request.
+
+    ``overrides`` are PARAMETERs that win over the Modelfile's own (the
+    out-of-memory ladder's ``num_ctx``/``num_gpu``); they are part of the
+    request, so of the fingerprint.
+    """
     model = parse_model_name(model_name)
     modelfile = load_modelfile(modelfile_path)
     base_dir = Path(modelfile_path).expanduser().absolute().parent
@@ -448,7 +475,10 @@ def plan_build(
             raise ModelError(f"cannot read {item.path}: {exc.strerror}") from None
         digests[item.path] = f"sha256:{hexdigest}"
     request = modelfile.to_create_request(model_name, sources, digests, quantize=quantize.upper() if quantize else None)
-    return BuildPlan(model, modelfile, sources, request, fingerprint(request))
+    overrides = dict(overrides or {})
+    if overrides:
+        request["parameters"] = {**(request.get("parameters") or {}), **overrides}
+    return BuildPlan(model, modelfile, sources, request, fingerprint(request), overrides)
 
 
 @dataclass
@@ -510,6 +540,7 @@ def _build(ctx: _Context, plan: BuildPlan, *, pull_base: bool) -> tuple[bool, tu
         manifest_digest=str(listed.get("digest", "")),
         modelfile=plan.modelfile.filename,
         built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        overrides=dict(plan.overrides),
     )
     save_records(ctx.state_dir, records)
     return pulled, uploaded, listed
@@ -606,10 +637,18 @@ def _locked_context(
         ctx.api.close()
 
 
-def _plan(ctx: _Context, model_name: str, modelfile_path: Path | str, quantize: str | None) -> BuildPlan:
+def _plan(
+    ctx: _Context,
+    model_name: str,
+    modelfile_path: Path | str,
+    quantize: str | None,
+    overrides: Mapping[str, int] | None,
+) -> BuildPlan:
     cache = HashCache(ctx.cache_path)
     try:
-        return plan_build(model_name, Path(modelfile_path), quantize=quantize, cache=cache, progress=ctx.progress)
+        return plan_build(
+            model_name, Path(modelfile_path), quantize=quantize, cache=cache, progress=ctx.progress, overrides=overrides
+        )
     finally:
         cache.save()
 
@@ -619,7 +658,10 @@ def _new_report(
 ) -> ModelReport:
     warnings = (*plan.modelfile.warnings, *_store_warnings(ctx.models_dir, plan.model, listed))
     base = plan.base.display if plan.base else None
-    return ModelReport(plan.model.display, action, reason, plan.fingerprint, base_model=base, warnings=warnings)
+    overrides = plan.overrides
+    return ModelReport(
+        plan.model.display, action, reason, plan.fingerprint, base_model=base, warnings=warnings, overrides=overrides
+    )
 
 
 def ensure_model_loaded(
@@ -638,8 +680,9 @@ def ensure_model_loaded(
     clock: Callable[[], float] = time.monotonic,
     timeouts: Timeouts = Timeouts(),
     lock_timeout: float = 3600.0,
+    overrides: Mapping[str, int] | None = None,
 ) -> ModelReport:
-    """Make sure ``model_name`` exists and is built from the current Modelfile.
+    """Make sure ``model_name`` exists and is built from the current Modelfile (plus ``overrides``).
 
     When the model is listed and its recorded fingerprint matches, only
     ``/api/tags`` and ``/api/show`` are asked (no create, no test inference).
@@ -650,10 +693,12 @@ def ensure_model_loaded(
         base_url, client, models_dir, state_dir, progress, min_free_bytes, disk_free, clock, timeouts, lock_timeout
     )
     with locked as ctx:
-        plan = _plan(ctx, model_name, modelfile_path, quantize)
+        plan = _plan(ctx, model_name, modelfile_path, quantize, overrides)
         listed = find_listed(ctx.api.tags(), plan.model)
         record = load_records(ctx.state_dir).get(plan.model.display)
-        reason = rebuild_reason(str(listed.get("digest", "")) if listed else None, record, plan.fingerprint)
+        reason = rebuild_reason(
+            str(listed.get("digest", "")) if listed else None, record, plan.fingerprint, plan.overrides
+        )
         if reason is None and listed is not None:
             return _describe(ctx, _new_report(ctx, plan, "none", "current", listed), listed, test_inference=False)
         pulled, uploaded, listed = _build(ctx, plan, pull_base=False)
@@ -729,6 +774,7 @@ def rebuild(
     clock: Callable[[], float] = time.monotonic,
     timeouts: Timeouts = Timeouts(),
     lock_timeout: float = 3600.0,
+    overrides: Mapping[str, int] | None = None,
 ) -> ModelReport:
     """Build ``model_name`` even if it looks current, repairing damaged blobs first.
 
@@ -741,7 +787,7 @@ def rebuild(
         base_url, client, models_dir, state_dir, progress, min_free_bytes, disk_free, clock, timeouts, lock_timeout
     )
     with locked as ctx:
-        plan = _plan(ctx, model_name, modelfile_path, quantize)
+        plan = _plan(ctx, model_name, modelfile_path, quantize, overrides)
         damaged, base_affected = _delete_damaged(ctx, plan, _damaged_blobs(ctx, plan, full))
         pulled, uploaded, listed = _build(ctx, plan, pull_base=pull_base or base_affected)
         if damaged:

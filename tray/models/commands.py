@@ -20,6 +20,7 @@ from tray.models.builder import (
     cleanup_report,
     ensure_model_loaded,
     load_records,
+    override_words,
     rebuild,
     verify,
 )
@@ -171,8 +172,11 @@ def run_list(
         notes = []
         if entry.name.same_as(active):
             notes.append("active")
-        if entry.name.display in records:
+        record = records.get(entry.name.display)
+        if record is not None:
             notes.append("built by manager")
+            if record.overrides:
+                notes.append(f"with {override_words(record.overrides)} (out of memory)")
         if entry.manifest is None:
             rows.append((entry.name.display, "?", "?", "?", "unreadable manifest"))
             continue
