@@ -625,6 +625,11 @@ LONG: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", "conten
 LONG_REPLY = "You said: one two three four five six"  # 8 tokens: 7 pauses of token_ms
 
 
+def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
+    """The requests Ollama stopped working on because their client went away."""
+    return [e for e in ollama.events() if e.get("event") == "request_cancelled"]
+
+
 def in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
     """Run ``call`` on a thread; the returned function waits for its value (or raises its exception)."""
     box: dict[str, Any] = {}
@@ -788,20 +793,42 @@ class TestClientGoesAway:
             lines = response.iter_lines()  # kept: a dropped iterator closes the connection
             next(lines)
             assert gw.gateway.local_activity().in_flight == {"llama3:latest": 1}
-        gone = time.monotonic()
-        wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="the upstream request to end")
-        assert time.monotonic() - gone < 1.0
+        gone = time.time()  # the stand-in stamps its events with the wall clock
+        event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
+        assert (event["stage"], event["path"]) == ("generating", "/api/chat")
+        assert event["time"] - gone < 1.0
+        wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="the gateway to let go of it")
 
     def test_while_waiting_for_a_whole_answer(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
-        ollama.set_faults(token_ms=1000)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(token_ms=1000)  # a 7 s answer, nothing sent before it is complete
         with pytest.raises(httpx.ReadTimeout):
             gw.post("/api/chat", dict(LONG, stream=False), timeout=httpx.Timeout(30, read=0.5))
-        gone = time.monotonic()
-        wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="the upstream request to end")
-        assert time.monotonic() - gone < 1.0
+        gone = time.time()
+        event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
+        assert (event["stage"], event["path"]) == ("generating", "/api/chat")
+        assert event["time"] - gone < 1.0
+        assert cloud.requests() == []
+
+    def test_while_queued_behind_another_request(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(token_ms=500)
+        ahead = in_thread(lambda: gw.post("/api/generate", {"model": "llama3", "prompt": "a b c d e f", "stream": False}))
+        wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a first answer being generated")
+        with pytest.raises(httpx.ReadTimeout):
+            gw.post("/api/chat", LONG, timeout=httpx.Timeout(30, read=0.5))
+        gone = time.time()
+        event = wait_until(lambda: cancelled(ollama), what="Ollama to drop the queued request")[0]
+        assert (event["stage"], event["path"]) == ("waiting", "/api/chat")  # for the model's one slot
+        assert event["time"] - gone < 1.0
+        assert gw.gateway.local_activity().in_flight == {"llama3:latest": 1}  # the first one goes on
+        assert ahead().json()["response"] == "You said: a b c d e f"
         assert cloud.requests() == []
 
     @pytest.mark.parametrize("stream", [False, True])
@@ -839,17 +866,20 @@ class TestWhatTheMonitorSees:
         whole = in_thread(lambda: gw.post("/api/chat", dict(LONG, model="llama3:latest", stream=False)))
         wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a whole answer being generated")
         assert gw.gateway.local_activity() == LocalActivity({"llama3:latest": 1}, 1, None)
-        with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
-            lines = response.iter_lines()
-            next(lines)
-            first = gw.gateway.local_activity()
-            next(lines)
-            second = gw.gateway.local_activity()
-            assert first.in_flight == {"llama3:latest": 2}
-            assert first.waiting == 1  # the streamed one has sent bytes; the whole one has not
-            assert first.last_progress is not None and second.last_progress > first.last_progress  # type: ignore[operator]
-            assert first.last_progress <= time.monotonic()  # the monitor's clock
+        streamed = in_thread(lambda: gw.post("/api/chat", LONG))  # Ollama queues it behind the whole answer
+        wait_until(lambda: gw.gateway.local_activity().waiting == 2, what="a second request, queued")
+        assert gw.gateway.local_activity() == LocalActivity({"llama3:latest": 2}, 2, None)
         assert whole().json()["message"]["content"] == LONG_REPLY
+        first = wait_until(
+            lambda: (a := gw.gateway.local_activity()).waiting == 0 and a.in_flight and a, what="bytes streaming"
+        )
+        assert first.in_flight == {"llama3:latest": 1}
+        assert first.last_progress is not None and first.last_progress <= time.monotonic()  # the monitor's clock
+        later = wait_until(
+            lambda: (a := gw.gateway.local_activity()).last_progress != first.last_progress and a, what="more bytes"
+        )
+        assert later.last_progress > first.last_progress  # type: ignore[operator]
+        assert "".join(c["message"]["content"] for c in ndjson(streamed())) == LONG_REPLY
         wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="nothing in flight")
         cloud_only = gateways(ollama.base_url, cloud_settings(cloud))
         cloud_only.gateway.observe_status({"health": "down", "state": "failed"})
