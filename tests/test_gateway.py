@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests import manager
+from tests.manager import in_thread
 
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
@@ -630,28 +631,6 @@ def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
     return [e for e in ollama.events() if e.get("event") == "request_cancelled"]
 
 
-def in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``call`` on a thread; the returned function waits for its value (or raises its exception)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # handed to the waiting test
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join(60)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return result
-
-
 class TestSlowIsNotBroken:
     """Silence that the work explains (a whole answer, a load, a queue) is waited for locally, never sent away."""
 
@@ -661,8 +640,9 @@ class TestSlowIsNotBroken:
         gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))  # loaded and idle
         ollama.set_faults(token_ms=200)  # each answer takes 1.4 s, nothing sent before it is complete
-        for path, body in [("/api/chat", dict(LONG, stream=False)), ("/v1/chat/completions", LONG),
-                           ("/api/generate", {"model": "llama3", "prompt": LONG["messages"][0]["content"], "stream": False})]:  # fmt: skip
+        generate = {"model": "llama3", "prompt": LONG["messages"][0]["content"], "stream": False}
+        requests = [("/api/chat", dict(LONG, stream=False)), ("/v1/chat/completions", LONG), ("/api/generate", generate)]
+        for path, body in requests:
             started = time.monotonic()
             response = gw.post(path, body)
             elapsed = time.monotonic() - started
@@ -703,7 +683,9 @@ class TestSlowIsNotBroken:
         started = time.monotonic()
         response = gw.post("/v1/chat/completions", CHAT)
         assert time.monotonic() - started >= 2
-        message = "Ollama sent nothing for 2 s (to wait longer for loads and whole answers, raise gateway.local_timeout)"
+        message = (
+            "Ollama sent nothing for 2 s (to wait longer for loads and whole answers, raise gateway.local_timeout)"
+        )
         assert (response.status_code, response.headers[HEADER]) == (504, "gateway")
         assert response.json()["error"]["message"] == message
         assert cloud.requests() == []
@@ -819,7 +801,8 @@ class TestClientGoesAway:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(token_ms=500)
-        ahead = in_thread(lambda: gw.post("/api/generate", {"model": "llama3", "prompt": "a b c d e f", "stream": False}))
+        first = {"model": "llama3", "prompt": "a b c d e f", "stream": False}
+        ahead = in_thread(lambda: gw.post("/api/generate", first))
         wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a first answer being generated")
         with pytest.raises(httpx.ReadTimeout):
             gw.post("/api/chat", LONG, timeout=httpx.Timeout(30, read=0.5))
@@ -908,7 +891,8 @@ class TestModelLists:
         httpx.get(gw.url + "/api/tags")  # llama3 seen
         ollama.cleanup()
         gw.gateway.observe_status({"health": "down", "state": "running"})
-        answers = {name: httpx.post(gw.url + "/api/show", json={"model": name}) for name in ("Llama3", "cloud-model", "nope:7b")}
+        names = ("Llama3", "cloud-model", "nope:7b")
+        answers = {name: httpx.post(gw.url + "/api/show", json={"model": name}) for name in names}
         assert {n: (a.status_code, a.headers[HEADER]) for n, a in answers.items()} == {
             "Llama3": (200, "gateway"), "cloud-model": (200, "gateway"), "nope:7b": (404, "gateway"),
         }  # fmt: skip
@@ -975,7 +959,8 @@ class TestNobodyAnswers:
         response = gw.post("/api/chat", CHAT)
         assert (response.status_code, response.headers[HEADER]) == (401, "gateway")
         assert response.json()["error"].endswith(
-            f"the cloud fallback failed: 127.0.0.1 refused the API key (401); set ${KEY_ENV} or run: ollama-manager cloud set-key"
+            f"the cloud fallback failed: 127.0.0.1 refused the API key (401); set ${KEY_ENV} or run: "
+            "ollama-manager cloud set-key"
         )
         assert "sk-wrong" not in response.text
         # An OpenAI client sees an authentication error, in its own format, and does not retry it.
@@ -1131,6 +1116,25 @@ class TestClients:
             assert str(error.value).endswith(
                 "and the cloud fallback failed: cannot reach 127.0.0.1 (connection refused)"
             )
+        finally:
+            client.close()
+
+
+    def test_python_chat_api_waits_for_slow_answers_and_loads(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
+        reports: list[str] = []
+        client = LocalFirstChat(
+            local_url=ollama.base_url, model="llama3", cloud=cloud_settings(cloud), env={KEY_ENV: KEY},
+            key_store=MemoryStore(), report_problem=reports.append,
+            settings=GatewaySettings(first_byte_timeout=0.5, local_timeout=30),
+        )  # fmt: skip
+        try:
+            ollama.set_faults(load_ms=1500)
+            cold = client.chat(MESSAGES, stream=True)  # llama3 is not in memory: its load comes first
+            assert (cold.backend, "".join(c["message"]["content"] for c in cold)) == (Backend.LOCAL, "You said: hi there")
+            ollama.set_faults(token_ms=300)
+            whole = client.chat(LONG["messages"])  # 2.1 s, nothing sent before it is complete
+            assert (whole.backend, whole.content) == (Backend.LOCAL, LONG_REPLY)
+            assert cloud.requests() == [] and reports == []
         finally:
             client.close()
 

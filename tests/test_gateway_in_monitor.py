@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from standin.harness import StandinEnv, free_port
 from standin_cloud import StandinCloud
-from tests.manager import Manager, wait_until
+from tests.manager import Manager, in_thread, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -104,28 +103,6 @@ def managed(standin: StandinEnv, tmp_path: Path, cloud: StandinCloud) -> Iterato
         manager.cleanup()
 
 
-def in_thread(call: Callable[[], Any]) -> Callable[[], Any]:
-    """Run ``call`` on a thread; the returned function waits for its value (or raises its exception)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # handed to the waiting test
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def result() -> Any:
-        thread.join(120)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return result
-
-
 def timed(call: Callable[[], httpx.Response]) -> Callable[[], tuple[httpx.Response, float]]:
     def run() -> tuple[httpx.Response, float]:
         started = time.monotonic()
@@ -187,7 +164,8 @@ def test_a_request_waiting_on_a_hung_server_is_answered_once_the_monitor_finds_i
         with contextlib.suppress(ProcessLookupError):  # replaced by the monitor meanwhile
             os.kill(pid, signal.SIGCONT)
     assert sent < found_down
-    assert (answer.headers[HEADER], answer.json()["message"]["content"]) == ("cloud", "Cloud answer to: one two three four five six")
+    assert answer.headers[HEADER] == "cloud"
+    assert answer.json()["message"]["content"] == "Cloud answer to: one two three four five six"
     assert answered - found_down < 1.0
 
 
@@ -205,9 +183,9 @@ def test_model_lists_come_from_ollama_as_soon_as_the_monitor_sees_it_back(
         assert [m["name"] for m in tags.json()["models"]] == ["llama3:latest", "cloud-model"]
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_until(lambda: manager.api_status()["health"] == "healthy", 30, interval=0.02, what="the monitor to see it back")
+    wait_until(lambda: manager.api_status()["health"] == "healthy", 30, interval=0.02, what="the monitor to see it")
     back = time.monotonic()
-    wait_until(lambda: httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local", 5, interval=0.02, what="local lists")
+    wait_until(lambda: httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local", 5, interval=0.02, what="lists")
     assert time.monotonic() - back < 1.0
     assert httpx.get(f"{gateway}/api/ps").headers[HEADER] == "local"
     assert manager.api_status()["pid"] == pid
