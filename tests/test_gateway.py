@@ -734,11 +734,14 @@ class TestHangFoundByTheMonitor:
     def test_without_the_cloud_they_get_a_clear_error_at_once(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
-        gw = gateways(ollama.base_url, cloud_settings(cloud, enabled=False))
+        gw = gateways(ollama.base_url, cloud_settings(cloud, enabled=False), first_byte_timeout=0.5)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(hang_inference=True)
         waiting = in_thread(lambda: gw.post("/api/generate", {"model": "llama3", "prompt": "hi"}, timeout=60))
-        wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a request waiting on Ollama")
+        # Past its first-byte budget the streamed request is reported, and waits on: failing it helps nobody.
+        wait_until(lambda: gw.reports, what="a report to the monitor")
+        assert gw.reports == ["a streamed request to a loaded model got nothing from Ollama for 0.5 s"]
+        assert gw.gateway.local_activity().waiting == 1
         gw.gateway.observe_status({"health": "down", "state": "running"})
         answer = waiting()
         assert (answer.status_code, answer.headers[HEADER]) == (503, "gateway")
@@ -1130,7 +1133,8 @@ class TestClients:
         try:
             ollama.set_faults(load_ms=1500)
             cold = client.chat(MESSAGES, stream=True)  # llama3 is not in memory: its load comes first
-            assert (cold.backend, "".join(c["message"]["content"] for c in cold)) == (Backend.LOCAL, "You said: hi there")
+            assert cold.backend is Backend.LOCAL
+            assert "".join(c["message"]["content"] for c in cold) == "You said: hi there"
             ollama.set_faults(token_ms=300)
             whole = client.chat(LONG["messages"])  # 2.1 s, nothing sent before it is complete
             assert (whole.backend, whole.content) == (Backend.LOCAL, LONG_REPLY)

@@ -740,16 +740,18 @@ class Gateway:
                     raise BackendFailure(
                         "Ollama stopped answering (the health check found it down)", 503, FailureKind.FOUND_DOWN
                     )
-                if what in ("report", "fall back") and not await self._silence_means_trouble(
-                    exchange.model, exchange.loaded_when_sent
-                ):
-                    # Not in memory (or /api/ps too slow to say) at the deadline: this request is loading it.
-                    log.debug("the model %s is loading; waiting for it", exchange.model)
-                    pending = [(t, w) for t, w in pending if w == "give up"]
-                elif what == "report":
-                    self._report(f"a streamed request to a loaded model got nothing from Ollama for {at:g} s")
-                elif what == "fall back":
-                    raise BackendFailure(f"Ollama sent nothing for {at:g} s", 504, FailureKind.FIRST_BYTE)
+                if what in ("report", "fall back"):
+                    trouble = await self._silence_means_trouble(exchange.model, exchange.loaded_when_sent)
+                    if sending.done() or found_down.done():
+                        continue  # settled while /api/ps was asked
+                    if not trouble:
+                        # Not in memory (or /api/ps too slow to say) at the deadline: this request is loading it.
+                        log.debug("the model %s is loading; waiting for it", exchange.model)
+                        pending = [(t, w) for t, w in pending if w == "give up"]
+                    elif what == "report":
+                        self._report(f"a streamed request to a loaded model got nothing from Ollama for {at:g} s")
+                    else:
+                        raise BackendFailure(f"Ollama sent nothing for {at:g} s", 504, FailureKind.FIRST_BYTE)
                 elif what == "give up":
                     raise BackendFailure(
                         f"Ollama sent nothing for {at:g} s (to wait longer for loads and whole answers, "
