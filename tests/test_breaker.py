@@ -403,8 +403,9 @@ class TestWhatIsLoaded:
 
     @pytest.mark.parametrize(
         ("busy", "expected"),
-        [(None, False), (False, False), ({}, False), ([], False), (True, True), ({"model": "llama3"}, True),
-         ([{"model": "llama3", "seconds": 40}], True), ({"active": False, "model": "llama3"}, False)],
+        [(None, False), ({}, False), ({"model": "llama3", "source": "runner"}, True),
+         ({"model": "llama3", "source": "probe", "requests": None}, True),
+         ({"model": "llama3", "source": "gateway", "requests": 1}, False)],
     )  # fmt: skip
     def test_busy_in_the_monitors_status(self, busy: object, expected: bool) -> None:
         assert status_busy({"health": "healthy", "busy": busy}) is expected

@@ -699,7 +699,8 @@ class TestSlowIsNotBroken:
         gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(slow_inference_ms=1500)  # the first token waits for work ahead of this request
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": {"model": "llama3:latest"}})
+        busy = {"model": "llama3:latest", "source": "runner", "since_seconds": 40.0}  # a client of Ollama's own
+        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": busy})
         queued = gw.post("/api/chat", CHAT)
         assert (queued.headers[HEADER], ndjson(queued)[0]["message"]["content"]) == ("local", "You")
         gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": None})

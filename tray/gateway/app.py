@@ -445,7 +445,8 @@ class Gateway:
         """A monitor status dict (subscribe this to :meth:`Monitor.subscribe`).
 
         Read: ``health``, ``state``, ``loaded_models`` (a list of ``{"name": ...}``)
-        and ``busy`` (any non-empty value: Ollama is working on something).
+        and ``busy`` (None when idle; work whose ``source`` is not the gateway
+        makes new requests wait their turn on the long budget).
         """
         health = health_from_status(status)
         with self._lock:

@@ -392,19 +392,20 @@ def loaded_names(entries: Any) -> list[str]:
 
 
 def status_busy(status: Mapping[str, Any]) -> bool:
-    """Does the monitor's status say Ollama is working on something (a request would queue)?
+    """Does the monitor's status say Ollama is working on something the gateway did not send?
 
-    Any non-empty ``busy`` value counts; a mapping with an explicit
-    ``active`` flag says so itself.
+    ``busy`` is None (or empty) when idle, else a mapping; one whose
+    ``source`` is the gateway says nothing the gateway's own count does not
+    (and that count is fresher than the monitor's last tick).
 
-    >>> status_busy({"busy": None}), status_busy({}), status_busy({"busy": {"model": "llama3", "seconds": 4}})
+    >>> status_busy({"busy": None}), status_busy({}), status_busy({"busy": {"model": "llama3", "source": "runner"}})
     (False, False, True)
-    >>> status_busy({"busy": {"active": False, "model": None}})
+    >>> status_busy({"busy": {"model": "llama3", "source": "gateway"}})
     False
     """
     busy = status.get("busy")
-    if isinstance(busy, Mapping) and "active" in busy:
-        return bool(busy["active"])
+    if isinstance(busy, Mapping) and busy.get("source") == "gateway":
+        return False
     return bool(busy)
 
 
