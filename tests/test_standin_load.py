@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import calendar
+import contextlib
 import json
+import re
 import socket
 import threading
 import time
@@ -418,7 +420,7 @@ def test_a_client_closing_during_the_load_aborts_it(env: StandinEnv) -> None:
     request.close()
     wait_until(lambda: cancellations(env) == [("loading", "/api/chat")])
     wait_until(lambda: [e for e in events(env, "runner_exit") if e["pid"] == runner["pid"]])
-    assert "client connection closed before server finished loading, aborting load" in env.log_text()
+    assert "client connection closed before llama-server finished loading, aborting load" in env.log_text()
     assert httpx.get(env.base_url + "/api/ps", timeout=5).json() == {"models": []}
 
 
@@ -433,3 +435,184 @@ def test_a_client_closing_while_queued_is_never_scheduled(env: StandinEnv) -> No
     wait_until(lambda: cancellations(env) == [("queued", "/api/generate")])
     assert loading.join().text == "You said: a"
     assert [e["model"] for e in events(env, "runner_start")] == ["llama3:latest"]
+
+
+# --- A change of runner options reloads the model ------------------------------------------------------------------
+
+
+def reloads(env: StandinEnv) -> list[tuple[str, dict[str, list[Any]]]]:
+    return [(e["reason"], e["changed"]) for e in events(env, "runner_reload")]
+
+
+def test_changed_runner_options_reload_the_model_and_back(env: StandinEnv) -> None:
+    serve(env)
+    with env.client() as client:
+
+        def ask(**options: Any) -> dict[str, Any]:
+            body = generate(prompt="x", stream=False, options=options)
+            return client.post("/api/generate", json=body).json()
+
+        ask()
+        ask(temperature=0.2, num_gpu=-1, num_predict=5)  # not runner options, or automatic: no reload
+        assert reloads(env) == [] and len(events(env, "runner_start")) == 1
+        small = ask(num_ctx=2048)
+        assert reloads(env) == [("options", {"num_ctx": [4096, 2048]})]
+        assert small["load_duration"] >= 200_000_000  # a new load
+        assert [m["context_length"] for m in client.get("/api/ps").json()["models"]] == [2048]
+        ask(num_ctx=2048)
+        ask()  # the default context again: Ollama reloads back
+        ask(num_gpu=0)
+    assert reloads(env)[1:] == [("options", {"num_ctx": [2048, 4096]}), ("options", {"num_gpu": [-1, 0]})]
+    starts = events(env, "runner_start")
+    assert len(starts) == 4 and len({e["pid"] for e in starts}) == 4
+    assert [e["pid"] for e in events(env, "runner_reload")] == [e["pid"] for e in starts[:3]]
+
+
+def test_a_reload_waits_for_the_busy_runner_to_finish(env: StandinEnv) -> None:
+    serve(env, OLLAMA_DEBUG="1")
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    env.set_faults(token_ms=100, tokens=15, load_ms=600)
+    busy = Timed(env, "/api/generate", generate(prompt="long"))
+    wait_until(lambda: busy.lines)
+    other = Timed(env, "/api/generate", generate(prompt="other", options={"num_ctx": 1024}))
+    busy.join(), other.join()
+    assert busy.lines[-1]["done"] is True and other.text.startswith("You said: other")
+    old, new = events(env, "runner_start")
+    assert new["time"] * 1e9 > busy.ended_ns
+    assert other.lines[-1]["load_duration"] >= 600_000_000
+    assert [e["pid"] for e in events(env, "runner_exit")] == [old["pid"]]
+    assert 'level=DEBUG source=sched.go:259 msg=reloading runner=' in env.log_text()
+
+
+def test_an_unresponsive_runner_is_replaced(env: StandinEnv) -> None:
+    serve(env, OLLAMA_STANDIN_PING_TIMEOUT_MS="1000")
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    runner = runner_process(env)
+    runner.suspend()
+    try:
+        answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x", stream=False), timeout=60)
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            runner.resume()
+    assert answer.json()["response"] == "You said: x"
+    assert reloads(env) == [("unresponsive", {})]
+    assert not psutil.pid_exists(runner.pid) or runner.status() == psutil.STATUS_ZOMBIE
+    # needsReload pings (10 s in Ollama, 1 s here) twice, in getRunner then processPending, before the reload.
+    assert answer.json()["load_duration"] >= 2 * 1_000_000_000
+
+
+# --- Out of memory, as Ollama >= 0.30 reports it ------------------------------------------------------------------
+
+# Ollama's outOfMemorySubstrings (llm/status.go), lower case.
+OLLAMA_OOM_SUBSTRINGS = (
+    "out of memory",
+    "out of device memory",
+    "cudamalloc failed",
+    "hipmalloc failed",
+    "failed to allocate",
+    "allocation failed",
+    "not enough memory",
+    "insufficient memory",
+    "vk_error_out_of_device_memory",
+    "erroroutofmemory",
+)
+TERMINATED = "llama-server process has terminated: exit status 1: "
+STARTUP = "llama-server reported out-of-memory during startup: "
+CUDA_LINES = (
+    "cudaMalloc failed: out of memory\n"
+    "alloc_tensor_range: failed to allocate CUDA0 buffer of size 4294967296\n"
+    "error loading model: unable to allocate CUDA0 buffer"
+)
+OOM_ANSWERS = {
+    "cuda": TERMINATED + CUDA_LINES,
+    "host": TERMINATED + "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 8589934592\n"
+    "alloc_tensor_range: failed to allocate CPU buffer of size 8589934592\n"
+    "error loading model: unable to allocate CPU buffer",
+    "windows": TERMINATED + "error loading model: MapViewOfFile failed: "
+    "Not enough memory resources are available to process this command.",
+    "metal": TERMINATED + "error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+    "vulkan": TERMINATED + "ggml_vulkan: vk::Device::allocateMemory: VK_ERROR_OUT_OF_DEVICE_MEMORY\n"
+    "error loading model: unable to allocate Vulkan0 buffer",
+    "compute": TERMINATED + "ggml_backend_sched_reserve: compute buffer allocation failed\n"
+    "llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers",
+    "health": STARTUP + 'llama-server error: {"status":"error","message":"out of memory"}',
+    "mlx": "model requires 9.1 GiB but only 4.2 GiB are available (after 512.0 MiB overhead)",
+    "full": "unable to load full model on GPU",
+}
+
+
+@pytest.mark.parametrize("kind", list(OOM_ANSWERS))
+def test_each_out_of_memory_kind_fails_the_load_with_ollamas_text(env: StandinEnv, kind: str) -> None:
+    serve(env)
+    env.set_faults(oom=kind)
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x"), timeout=30)
+    assert (answer.status_code, answer.json()) == (500, {"error": OOM_ANSWERS[kind]})
+    # Ollama's own list does not match the two answers serve gives before starting a runner.
+    matched = any(needle in answer.json()["error"].lower() for needle in OLLAMA_OOM_SUBSTRINGS)
+    assert matched == (kind not in ("mlx", "full"))
+    assert httpx.get(env.base_url + "/api/ps", timeout=5).json() == {"models": []}
+    assert all(not psutil.pid_exists(e["pid"]) or psutil.Process(e["pid"]).status() == psutil.STATUS_ZOMBIE
+               for e in events(env, "runner_start"))  # fmt: skip
+
+
+def test_an_oom_reported_on_health_while_the_runner_lives(env: StandinEnv) -> None:
+    serve(env)
+    env.set_faults(oom={"kind": "cuda", "via": "health"})
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x"), timeout=30)
+    assert (answer.status_code, answer.json()) == (500, {"error": STARTUP + CUDA_LINES})
+    (runner,) = events(env, "runner_start")
+    wait_until(lambda: [e for e in events(env, "runner_exit") if e["pid"] == runner["pid"]])
+
+
+def test_the_recoverable_sequence_ends_in_a_loaded_model(env: StandinEnv) -> None:
+    serve(env)
+    env.set_faults(oom="recoverable")
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x", stream=False), timeout=30)
+    assert (answer.status_code, answer.json()["response"]) == (200, "You said: x")
+    log = env.log_text()
+    assert "ggml_backend_sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism" in log
+    assert 'msg="waiting for llama-server to become available" status="llm server error"' in log
+    assert len(events(env, "runner_start")) == 1
+
+
+def test_an_oom_while_generating_breaks_the_answer_and_expires_the_models(env: StandinEnv) -> None:
+    serve(env, ("llama3", "mistral"))
+    httpx.post(env.base_url + "/api/generate", json=generate(model="mistral", prompt=""), timeout=30)
+    env.set_faults(oom="runtime")
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x", stream=False), timeout=30)
+    message = "an error was encountered while running the model: CUDA error: out of memory"
+    assert (answer.status_code, answer.json()) == (500, {"error": message})
+    assert "runtime OOM detected; expiring loaded models to clear memory before next request" in env.log_text()
+    wait_until(lambda: httpx.get(env.base_url + "/api/ps", timeout=5).json() == {"models": []})
+
+
+def test_a_load_oom_with_other_models_loaded_evicts_them_and_retries_once(env: StandinEnv) -> None:
+    serve(env, ("llama3", "mistral"))
+    httpx.post(env.base_url + "/api/generate", json=generate(model="mistral", prompt=""), timeout=30)
+    env.set_faults(oom="cuda")
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x"), timeout=30)
+    assert (answer.status_code, answer.json()) == (500, {"error": OOM_ANSWERS["cuda"]})
+    assert [e["model"] for e in events(env, "runner_start")] == ["mistral:latest", "llama3:latest", "llama3:latest"]
+    assert "llama-server load failed; evicting all other models and retrying once" in env.log_text()
+    assert httpx.get(env.base_url + "/api/ps", timeout=5).json() == {"models": []}
+
+
+def test_an_unknown_oom_kind_is_refused_by_name(env: StandinEnv) -> None:
+    serve(env)
+    env.set_faults(oom="cosmic-ray")
+    answer = httpx.post(env.base_url + "/api/generate", json=generate(prompt="x"), timeout=30)
+    assert answer.status_code == 500 and answer.json()["error"].startswith('stand-in: unknown oom fault "cosmic-ray"')
+
+
+def test_the_runner_is_llama_server_in_an_install_layout(env: StandinEnv) -> None:
+    serve(env)
+    httpx.post(env.base_url + "/api/generate", json=generate(prompt=""), timeout=30)
+    runner = runner_process(env)
+    assert runner.name() == "llama-server"
+    assert runner.cmdline()[0] == str(env.root / "lib" / "ollama" / "llama-server")
+    assert "--model" in runner.cmdline() and runner.cmdline()[runner.cmdline().index("--model") + 1].startswith(
+        str(env.models_dir / "blobs" / "sha256-")
+    )
+    assert runner.parent().pid == env.serve_pids()[0]
+    assert re.search(r'msg="starting llama-server" cmd="\S+/lib/ollama/llama-server --model ', env.log_text())
+    assert 'msg="llama-server started in ' in env.log_text()

@@ -11,7 +11,10 @@ generates the tokens (serve relays them), so a SIGSTOPped runner stalls generati
 serve's HTTP layer keeps answering. A client that closes its connection cancels its request
 at once, wherever it is (queued, loading, waiting for a slot, generating): the work stops,
 the slot is freed, Ollama's log line for that stage is written and the events file gets
-``{"event": "request_cancelled", "stage": ...}``.
+``{"event": "request_cancelled", "stage": ...}``. A request whose runner options (num_ctx,
+num_batch, num_gpu >= 0, main_gpu, use_mmap, num_thread, draft_num_predict) differ from the
+loaded runner's, or whose runner does not answer its /health within 10 s, reloads the model
+once the runner's requests are done (``{"event": "runner_reload", "reason": ...}``).
 
 Environment (read at start):
   OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NOPRUNE, OLLAMA_CONTEXT_LENGTH,
@@ -73,11 +76,10 @@ from standin_common import (
     utc_now,
     write_line,
 )
-from standin_scheduler import Runner, ScheduleError, Scheduler
+from standin_scheduler import Runner, ScheduleError, Scheduler, runner_options
 from standin_wire import Cancelled, ClientWatch, RunnerFailed
 from standin_store import LocalModel, ModelMissing, ModelStore, Registry, StreamError
 
-OOM_MESSAGE = "model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
 MAX_ECHO_WORDS = 200
 FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
 
@@ -777,19 +779,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         keep_alive: Optional[float],
         options: Dict[str, Any],
         started_ns: int,
-        generates: bool = True,
     ) -> Turn:
-        """Load (or reuse) the runner; load failures (and the ``oom`` fault, for chat/generate) become API errors."""
-        if generates and self.app.control.read().get("oom"):
-            self.app.log_oom(model)
-            raise ApiError(500, OOM_MESSAGE)
-        try:
-            num_ctx = int(options.get("num_ctx") or self.app.default_num_ctx)
-        except (TypeError, ValueError):
-            num_ctx = self.app.default_num_ctx
+        """Load (or reuse) the runner; load failures (the ``oom`` fault among them) become API errors."""
+        wanted = runner_options(options, self.app.default_num_ctx, model.context_length())
         self.scheduled_model = model.name.display
         try:
-            runner = self.app.scheduler.get_runner(model, requested, keep_alive, num_ctx, self.watch)
+            runner = self.app.scheduler.get_runner(model, requested, keep_alive, wanted, self.watch)
         except ScheduleError as error:
             raise ApiError(error.status, error.message) from None
         # Like Ollama's load_duration: everything from the request's arrival until it had a runner.
@@ -826,7 +821,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             },
         }
         scheduler = self.app.scheduler
-        with scheduler.slot(turn.runner, self.watch, "aborting completion request due to client closing the connection"):
+        with scheduler.slot(turn.runner, self.watch):
             turn.eval_started_ns = time.monotonic_ns()
             yield from scheduler.complete(turn.runner, request, self.watch)
 
@@ -970,7 +965,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Embeddings for texts: (vectors, load ns, prompt token count)."""
         model, keep_alive = self.prepare_turn(requested, keep_alive_raw)
         options = merged_options(model, options_raw)
-        turn = self.start_turn(requested, model, keep_alive, options, time.monotonic_ns(), generates=False)
+        turn = self.start_turn(requested, model, keep_alive, options, time.monotonic_ns())
         try:
             size = model.embedding_length()
             if isinstance(dimensions, int) and 0 < dimensions < size:
@@ -979,7 +974,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             for text in texts:
                 delay_ms = float(self.app.control.read().get("slow_inference_ms", 0) or 0)
                 request = {"content": text, "standin": {"dimensions": size, "delay_ms": delay_ms}}
-                with self.app.scheduler.slot(turn.runner, self.watch):
+                with self.app.scheduler.slot(turn.runner, self.watch, embedding=True):
                     try:
                         vectors.append(self.app.scheduler.embed(turn.runner, request, self.watch))
                     except RunnerFailed as failure:
@@ -1283,17 +1278,6 @@ class App:
     def access_log(self, status: int, latency_ns: int, client_ip: str, method: str, path: str) -> None:
         """Gin's access line on stdout."""
         write_line(sys.stdout, gin_line(status, latency_ns, client_ip, method, path))
-
-    def log_oom(self, model: LocalModel) -> None:
-        """The serve-log lines of a model that does not fit in memory."""
-        log(
-            "WARN",
-            "server.go:168",
-            "model request too large for system",
-            ("requested", "8.0 GiB"),
-            ("available", "4.0 GiB"),
-        )
-        log("INFO", "sched.go:453", "NewLlamaServer failed", ("model", model.model_path), ("error", OOM_MESSAGE))
 
 
 def _int_env(key: str, default: int) -> int:
