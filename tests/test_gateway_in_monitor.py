@@ -44,17 +44,17 @@ def test_gateway_inside_the_monitor(standin, tmp_path):
         response = httpx.post(f"{gateway}/api/chat", json=body, timeout=30)
         assert response.status_code == 200 and response.json()["done"] is True
         assert response.headers["x-ollama-manager-backend"] == "local"
-        status = wait_until(lambda: (s := manager.api_status()) and s["gateway"]["calls"] >= 1 and s, 10, what="calls")
-        assert status["gateway"]["cloud_enabled"] is False and status["cloud_active"] is False
+        seen = wait_until(lambda: (s := manager.api_status()) and s["gateway"]["calls"] >= 1 and s, 10, what="calls")
+        assert seen["gateway"]["cloud_enabled"] is False and seen["cloud_active"] is False
         # The cloud is off by default: with Ollama gone the client gets a clear error, never the cloud.
-        os.kill(status["pid"], signal.SIGSTOP)
+        os.kill(seen["pid"], signal.SIGSTOP)
         try:
-            wait_until(lambda: manager.api_status()["health"] == "down", 20, what="down")
+            wait_until(lambda: health(manager) == "down", 20, what="down")
             refused = httpx.post(f"{gateway}/api/chat", json=body, timeout=30)
             assert refused.status_code == 503
             assert "the cloud fallback is off" in refused.json()["error"]
         finally:
-            os.kill(status["pid"], signal.SIGCONT)
+            os.kill(seen["pid"], signal.SIGCONT)
     finally:
         manager.cleanup()
 
@@ -113,6 +113,17 @@ def timed(call: Callable[[], httpx.Response]) -> Callable[[], tuple[httpx.Respon
     return run
 
 
+def status(manager: Manager) -> dict[str, Any]:
+    """The monitor's status, once its status API answers."""
+    return dict(wait_until(manager.api_status, 20, what="the status API"))
+
+
+def health(manager: Manager) -> str | None:
+    """The monitor's health, None while its status API does not answer (a loaded machine)."""
+    status = manager.api_status()
+    return None if status is None else str(status["health"])
+
+
 def ndjson(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in response.text.splitlines() if line.strip()]
 
@@ -127,7 +138,7 @@ def test_slow_answers_and_cold_loads_stay_local_with_no_restart(
     budget = 1.0
     # A probe that gives up at 6 s, not 1.5 s: on a loaded test machine the monitor must not see a hang of its own.
     manager, gateway = managed({"OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "2"}, first_byte_timeout=budget)
-    pid = manager.api_status()["pid"]
+    pid = status(manager)["pid"]
     standin.set_faults(load_ms=3000)  # llama3 is not in memory: the first chat loads it for 3 s
     cold, cold_seconds = timed(lambda: httpx.post(f"{gateway}/api/chat", json=CHAT, timeout=60))()
     assert cold.headers[HEADER] == "local"
@@ -141,8 +152,8 @@ def test_slow_answers_and_cold_loads_stay_local_with_no_restart(
     assert "".join(c["message"]["content"] for c in ndjson(streamed_answer)) == LONG_REPLY
     assert whole_seconds > 3 * budget and streamed_seconds > 3 * budget  # longer than the budget that sent them away
     assert cloud.requests() == []
-    status = manager.api_status()
-    assert (status["pid"], status["health"] != "down", status["gateway"]["cloud_calls"]) == (pid, True, 0)
+    after = status(manager)
+    assert (after["pid"], after["health"] != "down", after["gateway"]["cloud_calls"]) == (pid, True, 0)
     assert restarts(manager) == []
 
 
@@ -152,13 +163,13 @@ def test_a_request_waiting_on_a_hung_server_is_answered_once_the_monitor_finds_i
     manager, gateway = managed(first_byte_timeout=30)
     httpx.post(f"{gateway}/api/chat", json=dict(CHAT, stream=False), timeout=30)  # llama3 in memory
     standin.set_faults(token_ms=2000)  # a whole answer of 14 s
-    pid = manager.api_status()["pid"]
+    pid = status(manager)["pid"]
     sent = time.monotonic()
     waiting = in_thread(lambda: httpx.post(f"{gateway}/api/chat", json=dict(LONG, stream=False), timeout=60))
     time.sleep(0.3)  # the request is with Ollama, generating
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: manager.api_status()["health"] == "down", 30, interval=0.02, what="the monitor to see it")
+        wait_until(lambda: health(manager) == "down", 30, interval=0.02, what="the monitor to see it")
         found_down = time.monotonic()
         answer = waiting()
         answered = time.monotonic()
@@ -175,22 +186,22 @@ def test_model_lists_come_from_ollama_as_soon_as_the_monitor_sees_it_back(
     managed: Callable[..., tuple[Manager, str]], standin: StandinEnv
 ) -> None:
     manager, gateway = managed()
-    pid = manager.api_status()["pid"]
+    pid = status(manager)["pid"]
     assert httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local"
     os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: manager.api_status()["health"] == "down", 30, what="the monitor to see it hang")
+        wait_until(lambda: health(manager) == "down", 30, what="the monitor to see it hang")
         tags = httpx.get(f"{gateway}/api/tags", timeout=10)
         assert tags.headers[HEADER] == "gateway"
         assert [m["name"] for m in tags.json()["models"]] == ["llama3:latest", "cloud-model"]
     finally:
         os.kill(pid, signal.SIGCONT)
-    wait_until(lambda: manager.api_status()["health"] == "healthy", 30, interval=0.02, what="the monitor to see it")
+    wait_until(lambda: health(manager) == "healthy", 30, interval=0.02, what="the monitor to see it")
     back = time.monotonic()
     wait_until(lambda: httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local", 5, interval=0.02, what="lists")
     assert time.monotonic() - back < 1.0
     assert httpx.get(f"{gateway}/api/ps").headers[HEADER] == "local"
-    assert manager.api_status()["pid"] == pid
+    assert status(manager)["pid"] == pid
 
 
 def test_the_standalone_gateway_reports_to_the_running_monitor(
