@@ -234,7 +234,8 @@ def test_runner_is_a_child_of_serve_holding_real_memory(served: StandinEnv, api:
     command = runner.cmdline()
     assert command[0] == str(served.root / "lib" / "ollama" / "llama-server")
     assert command[1] == str(STANDIN_BIN.parent / "standin_runner.py")
-    assert command[2:10] == ["--model", blob_path, "--port", str(event["port"]), "--host", "127.0.0.1", "--no-webui", "--offline"]
+    assert command[2:8] == ["--model", blob_path, "--port", str(event["port"]), "--host", "127.0.0.1"]
+    assert command[8:10] == ["--no-webui", "--offline"]
     assert command[10:14] == ["-c", "4096", "-np", "1"]
     assert runner.memory_info().rss >= 32 * MIB
     (entry,) = [m for m in api.get("/api/ps").json()["models"] if m["name"] == "rss-check:latest"]
@@ -268,7 +269,8 @@ def test_keep_alive_expiry_kills_the_runner(served: StandinEnv, api: httpx.Clien
     assert [m["name"] for m in api.get("/api/ps").json()["models"]].count("short-lived:latest") == 1
     assert wait_until(lambda: same_process(event["pid"], event["create_time"]) is None, timeout=5)
     assert "short-lived:latest" not in [m["name"] for m in api.get("/api/ps").json()["models"]]
-    assert any(e["event"] == "runner_exit" and e["pid"] == event["pid"] for e in served.events())
+    # serve writes runner_exit once it has reaped the child, just after the process is gone.
+    assert wait_until(lambda: any(e["event"] == "runner_exit" and e["pid"] == event["pid"] for e in served.events()))
 
 
 # --- Pull and the store ------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ RECOVERABLE_SECONDS = 0.3
 # What llama.cpp prints when memory runs out, per kind; each contains one of Ollama's OOM substrings.
 OOM_LINES: Dict[str, List[str]] = {
     "cuda": [
-        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: cudaMalloc failed: out of memory",
+        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
+        "cudaMalloc failed: out of memory",
         "alloc_tensor_range: failed to allocate CUDA0 buffer of size 4294967296",
         "llama_model_load: error loading model: unable to allocate CUDA0 buffer",
         "llama_model_load_from_file_impl: failed to load model",
@@ -85,7 +86,9 @@ OOM_LINES: Dict[str, List[str]] = {
         "  current device: 0, in function ggml_backend_cuda_graph_compute at ggml/src/ggml-cuda/ggml-cuda.cu:2773",
         "  cudaGraphLaunch(cuda_ctx->cuda_graph->instance, cuda_ctx->stream())",
     ],
-    "recoverable": ["ggml_backend_sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism"],
+    "recoverable": [
+        "ggml_backend_sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism"
+    ],
 }
 
 
@@ -375,24 +378,24 @@ def run(model: str, port: int, llama_server: bool) -> int:
         time.sleep(3600)
 
 
-def runner_main(argv: List[str]) -> int:
-    """Entry point of the hidden ``ollama runner`` command (Ollama < 0.30)."""
-    set_process_name("ollama")
+def _start(name: str, argv: List[str]) -> Tuple[str, int]:
+    """Name the process, die on SIGTERM/SIGINT, and read ``--model`` and ``--port``."""
+    set_process_name(name)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    model = _flag(argv, "--model") or ""
-    port = int(_flag(argv, "--port") or 0)
+    return _flag(argv, "--model") or "", int(_flag(argv, "--port") or 0)
+
+
+def runner_main(argv: List[str]) -> int:
+    """Entry point of the hidden ``ollama runner`` command (Ollama < 0.30)."""
+    model, port = _start("ollama", argv)
     _say(slog_line("INFO", "runner.go:963", "starting go runner"))
     return run(model, port, llama_server=False)
 
 
 def llama_server_main(argv: List[str]) -> int:
     """Entry point of ``llama-server`` (Ollama >= 0.30)."""
-    set_process_name("llama-server")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    model = _flag(argv, "--model") or ""
-    port = int(_flag(argv, "--port") or 0)
+    model, port = _start("llama-server", argv)
     _say("build: 0 (standin) with python %d.%d for %s" % (sys.version_info[0], sys.version_info[1], sys.platform))
     _say("system info: n_threads = %d, n_threads_batch = %d" % (os.cpu_count() or 1, os.cpu_count() or 1))
     return run(model, port, llama_server=True)

@@ -139,7 +139,8 @@ class Runner:
 
 
 class PendingRequest:
-    """A request waiting in the scheduler's queue for a runner (Ollama's ``LlmRequest``)."""
+    """A request for a runner (Ollama's ``LlmRequest``): ``keep_alive`` is the request's own (None keeps
+    the runner's), ``options`` its runner options, ``watch`` its client."""
 
     def __init__(
         self,
@@ -429,20 +430,13 @@ class Scheduler:
 
     # requests
 
-    def get_runner(
-        self,
-        model: LocalModel,
-        requested: str,
-        keep_alive: Optional[float],
-        options: Dict[str, Any],
-        watch: ClientWatch = NO_CLIENT,
-    ) -> Runner:
-        """A runner for the model, loading it if needed (``getRunner``); the caller must :meth:`release` it.
+    def get_runner(self, request: PendingRequest) -> Runner:
+        """A runner for the request's model, loaded if needed (``getRunner``); the caller must :meth:`release` it.
 
-        ``keep_alive`` is the request's own (None keeps the runner's). Raises :class:`ScheduleError`,
-        or :class:`Cancelled` (stage ``queued`` or ``loading``) when the client goes first.
+        Raises :class:`ScheduleError`, or :class:`Cancelled` (stage ``queued`` or ``loading``) when the
+        client goes first.
         """
-        request = PendingRequest(model, requested, keep_alive, options, watch)
+        model, watch = request.model, request.watch
         with self._cond:
             runner = self.loaded.get(model.name.key)
         if runner is not None and self._reload_reason(runner, request, "queued") is None:
@@ -834,7 +828,7 @@ class Scheduler:
     def _wait_until_running(
         self, runner: Runner, reader: threading.Thread, request: PendingRequest, started: float
     ) -> None:
-        """``WaitUntilRunning``: poll ``/health`` until ready; fail on exit, an OOM report, a stall or the client going."""
+        """``WaitUntilRunning``: poll ``/health`` until ready; fail on exit, an OOM report, a stall or a gone client."""
         texts = self.texts
         log("INFO", *texts.waiting_start)
         deadline = started + self.load_timeout

@@ -11,14 +11,9 @@ from __future__ import annotations
 import signal
 from typing import Optional, Tuple
 
-# llm/status.go of v0.33.
-ERROR_PREFIXES = (
-    "mlx:",
-    "MLX:",
-    "panic:",
-    "fatal error:",
+# llm/status.go of v0.12, then of v0.33 (the same list with more around it).
+OLD_ERROR_PREFIXES = (
     "error:",
-    "Error:",
     "CUDA error",
     "ROCm error",
     "cudaMalloc failed",
@@ -26,8 +21,11 @@ ERROR_PREFIXES = (
     "error loading model",
     "GGML_ASSERT",
     "Deepseek2 does not support K-shift",
-    "signal arrived during cgo execution",
-    "llama_init_from_model:",
+)
+ERROR_PREFIXES = (
+    ("mlx:", "MLX:", "panic:", "fatal error:", "error:", "Error:")
+    + OLD_ERROR_PREFIXES[1:]
+    + ("signal arrived during cgo execution", "llama_init_from_model:")
 )
 OUT_OF_MEMORY_SUBSTRINGS = (
     "out of memory",
@@ -43,19 +41,6 @@ OUT_OF_MEMORY_SUBSTRINGS = (
 )
 RECOVERABLE_OUT_OF_MEMORY_SUBSTRINGS = ("retrying without pipeline parallelism",)
 MAX_CAPTURED_ERROR_BYTES = 8 * 1024
-# llm/status.go of v0.12.
-OLD_ERROR_PREFIXES = (
-    "error:",
-    "CUDA error",
-    "ROCm error",
-    "cudaMalloc failed",
-    '"ERR"',
-    "error loading model",
-    "GGML_ASSERT",
-    "Deepseek2 does not support K-shift",
-)
-
-
 def is_out_of_memory(message: str) -> bool:
     """``IsOutOfMemoryMessage``.
 
@@ -229,7 +214,10 @@ class LogTexts:
             self.waiting_start = ("server.go:1251", "waiting for llama runner to start responding")
             self.waiting_available = ("server.go:1285", "waiting for server to become available")
             self.started = ("server.go:1289", "llama runner started in %0.2f seconds")
-            self.abort_load = ("server.go:1258", "client connection closed before server finished loading, aborting load")
+            self.abort_load = (
+                "server.go:1258",
+                "client connection closed before server finished loading, aborting load",
+            )
             self.abort_completion = ("server.go:1420", ABORT_COMPLETION)
             self.abort_embedding = ("server.go:1559", "aborting embedding request due to client closing the connection")
 
