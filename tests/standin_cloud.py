@@ -1,7 +1,7 @@
 """A stand-in cloud LLM: an OpenAI-compatible server on loopback, run as a real process (stdlib only).
 
     python tests/standin_cloud.py --port-file PATH --log PATH [--port N] [--api-key KEY]
-                                  [--control PATH] [--models a,b]
+                                  [--control PATH] [--models a,b] [--events PATH]
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (streamed as SSE
 or whole), ``POST /v1/completions``, ``POST /v1/embeddings``. With
@@ -16,7 +16,10 @@ a last user message ``call <words>`` the first tool is called with
 
 Every request is appended to the ``--log`` file as one JSON line (method,
 path, authorized, body) *before* any fault applies, so a test can assert
-that no request ever reached the cloud.
+that no request ever reached the cloud. Like a real provider, the server
+stops working on a request whose client has gone away (checked while it
+waits: ``slow_ms``, ``token_ms``) and appends ``{"event": "client_gone",
+...}`` to the ``--events`` file.
 
 Faults come from the JSON ``--control`` file, re-read on every request:
 ``{"status": 503}`` answers that status; ``{"drop": true}`` closes the
@@ -28,16 +31,18 @@ closes a stream after N tokens. SIGTERM/SIGINT stop the server (exit 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import json
 import os
+import select
 import signal
+import socket
 import socketserver
 import sys
 import threading
 import time
 from typing import Any
-import contextlib
 
 CREATED = 1_700_000_000
 ERROR_TYPES = {
@@ -125,6 +130,29 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with self.server.log_lock, open(self.server.options.log, "a", encoding="utf-8") as handle:
             handle.write(dumps(entry) + "\n")
 
+    def client_gone(self) -> bool:
+        """Has the client closed its connection (an EOF waits to be read)?"""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the client goes away first (then log it); False when it went away."""
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.client_gone():
+                entry = {"time": time.time(), "event": "client_gone", "path": self.path}
+                with self.server.log_lock, open(self.server.options.events, "a", encoding="utf-8") as handle:
+                    handle.write(dumps(entry) + "\n")
+                self.close_connection = True
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(0.02, left))
+
     def send_json(self, status: int, value: Any) -> None:
         data = dumps(value).encode()
         self.send_response(status)
@@ -168,8 +196,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if faults.get("drop"):
             self.drop()
             return
-        if faults.get("slow_ms"):
-            time.sleep(float(faults["slow_ms"]) / 1000.0)
+        if faults.get("slow_ms") and not self.wait(float(faults["slow_ms"]) / 1000.0):
+            return
         if faults.get("status"):
             status = int(faults["status"])
             self.send_json(status, error_body(status, f"stand-in cloud fault {status}"))
@@ -271,8 +299,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if break_after is not None and index >= int(break_after):
                 self.drop()
                 return
-            if index and token_ms:
-                time.sleep(token_ms / 1000.0)
+            if index and token_ms and not self.wait(token_ms / 1000.0):
+                return
             self.write_event(dict(chunk, choices=[{"index": 0, "delta": {"content": token}, "finish_reason": None}]))
         if tool_call is not None:
             arguments = tool_call["function"]["arguments"]
@@ -344,10 +372,11 @@ class StandinCloud:
         self.root = root
         self.api_key = api_key
         self.log_path = os.path.join(root, "cloud-requests.jsonl")
+        self.events_path = os.path.join(root, "cloud-events.jsonl")
         self.control_path = os.path.join(root, "cloud-control.json")
         port_file = os.path.join(root, "cloud-port")
         argv = [sys.executable, os.path.abspath(__file__), "--port-file", port_file, "--log", self.log_path,
-                "--control", self.control_path, "--models", models]  # fmt: skip
+                "--control", self.control_path, "--models", models, "--events", self.events_path]  # fmt: skip
         if api_key:
             argv += ["--api-key", api_key]
         self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
@@ -369,16 +398,24 @@ class StandinCloud:
 
     def requests(self) -> list[dict[str, Any]]:
         """Every request that reached the server, oldest first."""
-        if not os.path.exists(self.log_path):
-            return []
-        with open(self.log_path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return _read_lines(self.log_path)
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the server noticed, oldest first (``client_gone``)."""
+        return _read_lines(self.events_path)
 
     def stop(self) -> None:
         """SIGKILL the server (a provider that is down) and reap it."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+
+
+def _read_lines(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
 
 
 def main(argv: list[str]) -> int:
@@ -389,6 +426,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--api-key", default="")
     parser.add_argument("--control", default="")
     parser.add_argument("--models", default="cloud-model,cloud-embed")
+    parser.add_argument("--events", default=os.devnull)
     options = parser.parse_args(argv)
     options.models = [m for m in options.models.split(",") if m]
     server = Server(("127.0.0.1", options.port), options)

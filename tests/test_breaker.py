@@ -1,22 +1,34 @@
-"""The gateway's routing policy: circuit breaker, fallback window and router (pure, scripted clock)."""
+"""The gateway's routing policy: circuit breaker, budgets, fallback window and router (pure, scripted clock)."""
 
 from __future__ import annotations
 
+import doctest
+
 import pytest
 
+from tray.gateway import breaker as breaker_module
 from tray.gateway.breaker import (
     Activation,
     Backend,
     BreakerPolicy,
     BreakerState,
+    Budget,
     CircuitBreaker,
+    FailureKind,
     FallbackUsage,
     FallbackWindow,
+    LoadedModels,
+    LocalActivity,
     LocalHealth,
     Permit,
     Router,
     Target,
+    WaitPlan,
+    choose_budget,
     health_from_status,
+    model_key,
+    plan_wait,
+    status_busy,
 )
 
 POLICY = BreakerPolicy(failure_threshold=3, open_seconds=30.0, max_open_seconds=300.0, backoff_factor=2.0)
@@ -110,30 +122,39 @@ class TestHealthReports:
         assert breaker.retry_at(5.0) == 35.0
         assert breaker.reason == "Ollama is down"
 
-    def test_coming_back_makes_an_open_breaker_half_open_at_once(self) -> None:
+    def test_a_report_that_ollama_answers_closes_the_breaker_at_once(self) -> None:
         breaker = CircuitBreaker(POLICY)
         breaker.observe_health(LocalHealth.UP, 0.0)
         breaker.observe_health(LocalHealth.DOWN, 1.0)
         breaker.observe_health(LocalHealth.DOWN, 2.0)
         assert breaker.state(3.0) is BreakerState.OPEN
         breaker.observe_health(LocalHealth.UP, 4.0)
-        assert breaker.state(4.0) is BreakerState.HALF_OPEN
-        assert breaker.try_acquire(4.0).trial is True
+        assert breaker.state(4.0) is BreakerState.CLOSED
+        assert breaker.reason == "Ollama answers again"
+        assert breaker.try_acquire(4.0) == Permit(True, trial=False, generation=2)
 
     def test_slow_counts_as_answering(self) -> None:
         breaker = CircuitBreaker(POLICY)
         breaker.observe_health(LocalHealth.DOWN, 0.0)
         breaker.observe_health(LocalHealth.SLOW, 1.0)
-        assert breaker.state(1.0) is BreakerState.HALF_OPEN
+        assert breaker.state(1.0) is BreakerState.CLOSED
 
-    def test_steady_healthy_reports_do_not_cut_short_an_open_period_caused_by_requests(self) -> None:
-        # Requests time out while the API probe still answers: the open period runs its course.
+    def test_the_probe_has_the_last_word_over_request_failures(self) -> None:
+        # Requests failed while the probe finds Ollama answering: the probe decides, the breaker closes.
         breaker = CircuitBreaker(POLICY)
         breaker.observe_health(LocalHealth.UP, 0.0)
         fail(breaker, 1.0, 3)
-        breaker.observe_health(LocalHealth.UP, 2.0)
-        breaker.observe_health(LocalHealth.UNKNOWN, 3.0)
-        assert breaker.state(4.0) is BreakerState.OPEN
+        breaker.observe_health(LocalHealth.UNKNOWN, 2.0)
+        assert breaker.state(2.0) is BreakerState.OPEN
+        breaker.observe_health(LocalHealth.UP, 3.0)
+        assert breaker.state(3.0) is BreakerState.CLOSED
+        assert breaker.open_for == 30.0
+
+    def test_a_half_open_breaker_closes_on_a_healthy_report_without_a_trial(self) -> None:
+        breaker = open_breaker(0.0)
+        assert breaker.state(30.0) is BreakerState.HALF_OPEN
+        breaker.observe_health(LocalHealth.UP, 31.0)
+        assert breaker.state(31.0) is BreakerState.CLOSED
 
     def test_down_during_half_open_doubles_the_open_time(self) -> None:
         breaker = open_breaker(0.0)
@@ -164,6 +185,14 @@ class TestStaleOutcomes:
         breaker.observe_health(LocalHealth.DOWN, 1.0)
         breaker.record_success(2.0, early)
         assert breaker.state(2.0) is BreakerState.OPEN
+
+    def test_a_late_good_answer_closes_a_breaker_that_request_failures_opened(self) -> None:
+        breaker = CircuitBreaker(POLICY)
+        slow = breaker.try_acquire(0.0)  # a stream: false answer, still being generated
+        fail(breaker, 1.0, 3)  # streamed requests meanwhile get no first byte
+        assert breaker.state(1.0) is BreakerState.OPEN
+        breaker.record_success(2.0, slow)
+        assert breaker.state(2.0) is BreakerState.CLOSED
 
     def test_failures_of_an_earlier_generation_do_not_count_twice(self) -> None:
         breaker = CircuitBreaker(POLICY)
@@ -256,7 +285,7 @@ class TestRouter:
     def test_outcomes_reach_the_breaker(self) -> None:
         router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY))
         for now in (0.0, 1.0, 2.0):
-            router.local_failed(router.route(now), now, "refused", timed_out=False)
+            router.local_failed(router.route(now), now, "refused", FailureKind.REFUSED)
         assert router.breaker.state(2.0) is BreakerState.OPEN
         trial = router.route(32.0)
         router.local_succeeded(trial, 32.5)
@@ -267,14 +296,22 @@ class TestRouter:
         router.local_abandoned(router.route(30.0))
         assert router.route(30.0).permit.trial is True
 
-    def test_timeouts_ask_for_a_restart_at_most_once_per_interval(self) -> None:
-        router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY), restart_interval=120.0)
-        asks = [router.local_failed(router.route(t), t, "slow", timed_out=True) for t in (0.0, 10.0, 119.9, 120.0)]
-        assert asks == [True, False, False, True]
-
-    def test_other_failures_never_ask_for_a_restart(self) -> None:
+    def test_slowness_never_opens_the_breaker_but_frees_a_trial(self) -> None:
         router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY))
-        assert router.local_failed(router.route(0.0), 0.0, "refused", timed_out=False) is False
+        for now in (0.0, 1.0, 2.0, 3.0):
+            router.local_failed(router.route(now), now, "nothing for 600 s", FailureKind.NO_ANSWER)
+        assert router.breaker.state(3.0) is BreakerState.CLOSED
+        assert router.breaker.failures_in_row == 0
+        half_open = Router(cloud_enabled=True, breaker=open_breaker(0.0))
+        half_open.local_failed(half_open.route(30.0), 30.0, "nothing for 600 s", FailureKind.NO_ANSWER)
+        assert half_open.route(30.0).permit.trial is True
+
+    def test_first_byte_timeouts_and_stalls_count_found_down_does_not_twice(self) -> None:
+        router = Router(cloud_enabled=True, breaker=CircuitBreaker(POLICY))
+        router.local_failed(router.route(0.0), 0.0, "nothing for 15 s", FailureKind.FIRST_BYTE)
+        router.local_failed(router.route(1.0), 1.0, "paused 60 s", FailureKind.STALLED)
+        router.local_failed(router.route(2.0), 2.0, "found down", FailureKind.FOUND_DOWN)
+        assert (router.breaker.state(2.0), router.breaker.failures_in_row) == (BreakerState.CLOSED, 2)
 
     def test_served_calls_feed_the_usage(self) -> None:
         router = Router(cloud_enabled=True, window=FallbackWindow(600.0))
@@ -289,11 +326,11 @@ class TestRouter:
         router.observe_health(LocalHealth.DOWN, 1.0)
         assert router.activation_change(1.0) is Activation.ACTIVATED
         assert router.activation_change(2.0) is None
-        router.observe_health(LocalHealth.UP, 3.0)  # half-open: the cloud is still in charge
-        assert router.activation_change(3.0) is None
-        router.local_succeeded(router.route(3.0), 3.5)
-        assert router.activation_change(3.5) is Activation.DEACTIVATED
-        assert router.cloud_active(3.5) is False
+        router.observe_health(LocalHealth.DOWN, 2.5)
+        assert router.activation_change(2.5) is None
+        router.observe_health(LocalHealth.UP, 3.0)
+        assert router.activation_change(3.0) is Activation.DEACTIVATED
+        assert router.cloud_active(3.0) is False
 
     def test_no_activation_when_the_cloud_is_off(self) -> None:
         router = Router(cloud_enabled=False, breaker=CircuitBreaker(POLICY))
@@ -304,3 +341,80 @@ class TestRouter:
 
 def test_permit_defaults() -> None:
     assert Permit(True) == Permit(allowed=True, trial=False, generation=0)
+
+
+class TestBudgets:
+    @pytest.mark.parametrize(
+        ("streamed", "loaded", "queued", "budget"),
+        [
+            (True, True, False, Budget.FIRST_BYTE),
+            (False, True, False, Budget.LOCAL),  # a whole answer: nothing comes until it is complete
+            (True, False, False, Budget.LOCAL),  # a cold load comes before any byte
+            (True, True, True, Budget.LOCAL),  # behind another request on the same model
+            (False, False, True, Budget.LOCAL),
+        ],
+    )
+    def test_only_a_streamed_request_to_a_loaded_idle_model_gets_the_short_budget(
+        self, streamed: bool, loaded: bool, queued: bool, budget: Budget
+    ) -> None:
+        assert choose_budget(streamed=streamed, loaded=loaded, queued=queued) is budget
+
+    def test_the_cloud_takes_only_the_short_budget_and_only_when_on(self) -> None:
+        times = {"first_byte_timeout": 15.0, "local_timeout": 600.0}
+        assert plan_wait(Budget.FIRST_BYTE, cloud_enabled=True, **times) == WaitPlan(
+            Budget.FIRST_BYTE, fall_back_after=15.0, report_after=None, give_up_after=600.0
+        )
+        assert plan_wait(Budget.FIRST_BYTE, cloud_enabled=False, **times) == WaitPlan(
+            Budget.FIRST_BYTE, fall_back_after=None, report_after=15.0, give_up_after=600.0
+        )
+        for cloud in (True, False):
+            assert plan_wait(Budget.LOCAL, cloud_enabled=cloud, **times) == WaitPlan(Budget.LOCAL, None, None, 600.0)
+        odd = plan_wait(Budget.LOCAL, first_byte_timeout=30.0, local_timeout=10.0, cloud_enabled=True)
+        assert odd.give_up_after == 30.0  # the long budget is never the shorter one
+
+    def test_failure_kinds(self) -> None:
+        table = {k: (k.cloud_may_answer, k.counts_against_ollama, k.worth_reporting) for k in FailureKind}
+        assert table == {
+            FailureKind.REFUSED: (True, True, True),
+            FailureKind.BROKEN: (True, True, True),
+            FailureKind.FIRST_BYTE: (True, True, True),
+            FailureKind.NO_ANSWER: (False, False, True),
+            FailureKind.STALLED: (False, True, True),
+            FailureKind.FOUND_DOWN: (True, False, False),
+        }
+
+
+class TestWhatIsLoaded:
+    def test_names_compare_as_ollama_compares_them(self) -> None:
+        assert model_key("LLaMA3") == model_key("llama3:latest") == "llama3:latest"
+        assert model_key("llama3:8b") != model_key("llama3")
+        assert model_key("hf.co/bartowski/Qwen3-8B-GGUF:Q4_K_M") == "hf.co/bartowski/qwen3-8b-gguf:q4_k_m"
+
+    def test_a_list_and_answers_are_known_for_the_ttl_only(self) -> None:
+        cache = LoadedModels(ttl=5.0)
+        assert cache.is_loaded("llama3", 0.0) is None
+        cache.saw_list(["llama3:latest", "Qwen3:8b"], 10.0)
+        assert [cache.is_loaded(m, 15.0) for m in ("llama3", "qwen3:8b", "mistral")] == [True, True, False]
+        assert cache.is_loaded("mistral", 15.1) is None
+        cache.saw_answer("mistral", 20.0)
+        assert (cache.is_loaded("mistral", 24.0), cache.is_loaded("llama3", 24.0)) == (True, None)
+        cache.saw_list([], 30.0)
+        assert cache.is_loaded("mistral", 30.0) is False
+
+    @pytest.mark.parametrize(
+        ("busy", "expected"),
+        [(None, False), ({}, False), ({"model": "llama3", "source": "runner"}, True),
+         ({"model": "llama3", "source": "probe", "requests": None}, True),
+         ({"model": "llama3", "source": "gateway", "requests": 1}, False)],
+    )  # fmt: skip
+    def test_busy_in_the_monitors_status(self, busy: object, expected: bool) -> None:
+        assert status_busy({"health": "healthy", "busy": busy}) is expected
+
+
+def test_local_activity_defaults() -> None:
+    assert LocalActivity() == LocalActivity(in_flight={}, waiting=0, last_progress=None)
+    assert LocalActivity().idle and not LocalActivity({"llama3:latest": 2}, 1, 12.5).idle
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(breaker_module).failed == 0

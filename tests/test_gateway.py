@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests import manager
+from tests.manager import in_thread
 
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
@@ -314,7 +315,7 @@ class Running:
     server: GatewayServer
     notifier: FakeNotifier
     history: History
-    restarts: list[float] = field(default_factory=list)
+    reports: list[str] = field(default_factory=list)  # what the gateway asked the monitor to check
 
     @property
     def url(self) -> str:
@@ -325,7 +326,7 @@ class Running:
         return self.server.gateway
 
     def post(self, path: str, body: dict[str, Any], **kwargs: Any) -> httpx.Response:
-        return httpx.post(self.url + path, json=body, timeout=30, **kwargs)
+        return httpx.post(self.url + path, json=body, **{"timeout": 30, **kwargs})
 
     def status(self) -> dict[str, Any]:
         return dict(httpx.get(self.url + "/_gateway/status", timeout=5).json())
@@ -363,7 +364,7 @@ def gateways() -> Iterator[Callable[..., Running]]:
             settings=GatewaySettings(**{"probe_interval": 0.1, **settings}),
             env={KEY_ENV: KEY} if env is None else env,
             key_store=store or MemoryStore(),
-            request_restart=lambda: running.restarts.append(time.monotonic()),
+            report_problem=running.reports.append,
             history=running.history,
             notifier=running.notifier,
             probe=probe,
@@ -518,10 +519,11 @@ class TestOllamaDies:
         assert httpx.get(gw.url + "/").text == "Ollama is running"
         ollama.spawn_serve()
         ollama.wait_ready()
-        wait_until(lambda: gw.status()["breaker"] == "half_open", what="the probe to see Ollama back")
+        wait_until(lambda: gw.status()["breaker"] == "closed", what="the probe to see Ollama back")
+        tags = httpx.get(gw.url + "/api/tags")  # before any chat: the lists come from Ollama again at once
+        assert (tags.headers[HEADER], [m["name"] for m in tags.json()["models"]]) == ("local", ["llama3:latest"])
         back = gw.post("/api/chat", dict(CHAT, stream=False))
         assert (back.headers[HEADER], back.json()["message"]["content"]) == ("local", "You said: hi there")
-        assert gw.status()["breaker"] == "closed"
         wait_until(lambda: len(gw.notifier.shown) == 2, what="two notifications")
         assert [(t, k) for t, _, k in gw.notifier.shown] == [
             ("Cloud fallback active", "cloud-fallback-on"),
@@ -551,7 +553,7 @@ class TestOllamaDies:
         assert all("Cloud" not in json.dumps(item) for item in rest)
         assert cloud.requests() == []
 
-    def test_a_stream_that_stalls_is_ended_with_an_error_and_ollama_restarted(
+    def test_a_stream_that_stalls_is_ended_with_an_error_and_reported_to_the_monitor(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud), idle_timeout=1.0)
@@ -567,23 +569,22 @@ class TestOllamaDies:
             {"error": "Ollama stopped answering for 1 s"},
         )
         assert len(chunks) == 2
-        wait_until(lambda: len(gw.restarts) == 1, what="a restart request")
+        wait_until(lambda: gw.reports == ["Ollama stopped answering for 1 s"], what="a report to the monitor")
         assert cloud.requests() == []
 
-    def test_no_first_byte_in_time_goes_to_the_cloud_and_asks_for_one_restart(
+    def test_a_silent_stream_from_a_loaded_idle_model_goes_to_the_cloud_and_is_reported(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5, breaker_failures=2)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))  # the model is loaded, and idle
         ollama.set_faults(hang_inference=True)
         timings = []
         for _ in range(3):
             started = time.monotonic()
-            response = gw.post("/api/chat", dict(CHAT, stream=False))
+            response = gw.post("/api/chat", CHAT)
             timings.append(time.monotonic() - started)
-            assert (response.headers[HEADER], response.json()["message"]["content"]) == (
-                "cloud",
-                "Cloud answer to: hi there",
-            )
+            assert response.headers[HEADER] == "cloud"
+            assert "".join(c["message"]["content"] for c in ndjson(response)) == "Cloud answer to: hi there"
         assert 0.5 <= timings[0] < 1.5 and 0.5 <= timings[1] < 1.5
         assert timings[2] < 0.4  # the breaker is open: Ollama is not even tried
         status = gw.status()
@@ -592,8 +593,10 @@ class TestOllamaDies:
             "Ollama sent nothing for 0.5 s",
             True,
         )
-        wait_until(lambda: len(gw.restarts) == 1, what="a restart request")
         assert (status["calls"], status["cloud_calls"], status["fallback_ratio"]) == (3, 3, 1.0)
+        # The monitor is asked to look (once: reports are spaced out); whether anything restarts is its call.
+        wait_until(lambda: gw.reports, what="a report to the monitor")
+        assert gw.reports == ["Ollama sent nothing for 0.5 s"]
 
     def test_ollama_5xx_before_the_first_byte_falls_back(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -615,7 +618,291 @@ class TestOllamaDies:
             gw.gateway.last_local_problem
             == "Ollama answered 500: model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
         )
-        assert gw.restarts == []
+        wait_until(lambda: gw.reports, what="a report to the monitor")
+        assert gw.reports == [gw.gateway.last_local_problem]
+
+
+LONG: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", "content": "one two three four five six"}]}
+LONG_REPLY = "You said: one two three four five six"  # 8 tokens: 7 pauses of token_ms
+
+
+def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
+    """The requests Ollama stopped working on because their client went away."""
+    return [e for e in ollama.events() if e.get("event") == "request_cancelled"]
+
+
+class TestSlowIsNotBroken:
+    """Silence that the work explains (a whole answer, a load, a queue) is waited for locally, never sent away."""
+
+    def test_whole_answers_slower_than_the_first_byte_budget_are_answered_locally(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))  # loaded and idle
+        ollama.set_faults(token_ms=200)  # each answer takes 1.4 s, nothing sent before it is complete
+        generate = {"model": "llama3", "prompt": LONG["messages"][0]["content"], "stream": False}
+        requests = [("/api/chat", dict(LONG, stream=False)), ("/v1/chat/completions", LONG), ("/api/generate", generate)]
+        for path, body in requests:
+            started = time.monotonic()
+            response = gw.post(path, body)
+            elapsed = time.monotonic() - started
+            assert (response.status_code, response.headers[HEADER]) == (200, "local"), path
+            answer = response.json()
+            text = answer.get("response") or answer.get("message", {}).get("content")
+            text = text or answer["choices"][0]["message"]["content"]
+            assert text == LONG_REPLY, path
+            assert elapsed >= 2 * 0.5, path  # the answer took longer than the budget that used to send it away
+        assert cloud.requests() == []
+        assert (gw.gateway.last_local_problem, gw.status()["breaker"]) == ("", "closed")
+
+    def test_a_cold_load_longer_than_the_first_byte_budget_is_answered_locally(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
+        ollama.set_faults(load_ms=1500)  # llama3 is pulled, not loaded: a streamed chat loads it first
+        response = gw.post("/api/chat", CHAT)
+        chunks = ndjson(response)
+        assert response.headers[HEADER] == "local"
+        assert "".join(c["message"]["content"] for c in chunks) == "You said: hi there"
+        assert chunks[-1]["load_duration"] >= 1.5e9
+        ollama.client().post("/api/generate", json={"model": "llama3", "keep_alive": 0})  # unloaded again
+        stream = gw.post("/v1/chat/completions", dict(CHAT, stream=True))
+        assert stream.headers[HEADER] == "local"
+        assert "".join(e["choices"][0]["delta"].get("content", "") for e in sse_events(stream)[:-1]) == (
+            "You said: hi there"
+        )
+        assert cloud.requests() == []
+        assert gw.gateway.last_local_problem == ""
+
+    def test_a_silent_whole_answer_waits_its_local_budget_and_never_goes_to_the_cloud(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5, local_timeout=2)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(hang_inference=True)
+        started = time.monotonic()
+        response = gw.post("/v1/chat/completions", CHAT)
+        assert time.monotonic() - started >= 2
+        message = (
+            "Ollama sent nothing for 2 s (to wait longer for loads and whole answers, raise gateway.local_timeout)"
+        )
+        assert (response.status_code, response.headers[HEADER]) == (504, "gateway")
+        assert response.json()["error"]["message"] == message
+        assert cloud.requests() == []
+        assert gw.status()["breaker"] == "closed"  # slow is not broken
+        wait_until(lambda: gw.reports, what="a report to the monitor")
+        assert gw.reports == [message]
+
+    def test_work_the_monitor_sees_makes_a_stream_wait_its_turn_locally(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(slow_inference_ms=1500)  # the first token waits for work ahead of this request
+        busy = {"model": "llama3:latest", "source": "runner", "since_seconds": 40.0}  # a client of Ollama's own
+        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": busy})
+        queued = gw.post("/api/chat", CHAT)
+        assert (queued.headers[HEADER], ndjson(queued)[0]["message"]["content"]) == ("local", "You")
+        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": None})
+        idle = gw.post("/api/chat", CHAT)  # nothing ahead of it: silence past the budget means trouble
+        assert idle.headers[HEADER] == "cloud"
+        assert len(cloud.requests()) == 1
+
+
+class TestHangFoundByTheMonitor:
+    """When the monitor's probe finds Ollama down, requests with no byte back are answered at once."""
+
+    def test_waiting_requests_are_answered_by_the_cloud_at_once(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=30)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(hang_inference=True)
+        whole = in_thread(lambda: gw.post("/api/chat", dict(CHAT, stream=False), timeout=60))
+        streamed = in_thread(lambda: gw.post("/v1/chat/completions", dict(CHAT, stream=True), timeout=60))
+        wait_until(lambda: gw.gateway.local_activity().waiting == 2, what="two requests waiting on Ollama")
+        found_down = time.monotonic()
+        gw.gateway.observe_status({"health": "down", "state": "running"})
+        answers = [whole(), streamed()]
+        assert time.monotonic() - found_down < 1.0
+        assert [a.headers[HEADER] for a in answers] == ["cloud", "cloud"]
+        assert answers[0].json()["message"]["content"] == "Cloud answer to: hi there"
+        assert sse_events(answers[1])[-1] == "[DONE]"
+        assert gw.gateway.local_activity().in_flight == {}
+        assert gw.gateway.last_local_problem == "Ollama stopped answering (the health check found it down)"
+        assert gw.reports == []  # the monitor found it: nothing to tell it
+
+    def test_without_the_cloud_they_get_a_clear_error_at_once(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud, enabled=False), first_byte_timeout=0.5)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(hang_inference=True)
+        waiting = in_thread(lambda: gw.post("/api/generate", {"model": "llama3", "prompt": "hi"}, timeout=60))
+        # Past its first-byte budget the streamed request is reported, and waits on: failing it helps nobody.
+        wait_until(lambda: gw.reports, what="a report to the monitor")
+        assert gw.reports == ["a streamed request to a loaded model got nothing from Ollama for 0.5 s"]
+        assert gw.gateway.local_activity().waiting == 1
+        gw.gateway.observe_status({"health": "down", "state": "running"})
+        answer = waiting()
+        assert (answer.status_code, answer.headers[HEADER]) == (503, "gateway")
+        assert answer.json() == {
+            "error": "Ollama stopped answering (the health check found it down); the cloud fallback is off"
+        }
+        assert cloud.requests() == []
+
+    def test_a_stream_already_under_way_is_left_alone(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.set_faults(token_ms=150)
+        with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
+            lines = response.iter_lines()
+            first = json.loads(next(lines))
+            gw.gateway.observe_status({"health": "down", "state": "running"})
+            rest = [json.loads(line) for line in lines if line.strip()]
+        assert (response.headers[HEADER], first["message"]["content"]) == ("local", "You")
+        assert "".join(c["message"]["content"] for c in [first, *rest]) == LONG_REPLY
+        assert rest[-1]["done"] is True
+        assert cloud.requests() == []
+
+
+class TestClientGoesAway:
+    """A client that disconnects cancels what the gateway sent for it, at once."""
+
+    def test_while_ollama_streams_the_answer(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.set_faults(token_ms=400)
+        with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
+            lines = response.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)
+            assert gw.gateway.local_activity().in_flight == {"llama3:latest": 1}
+        gone = time.time()  # the stand-in stamps its events with the wall clock
+        event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
+        assert (event["stage"], event["path"]) == ("generating", "/api/chat")
+        assert event["time"] - gone < 1.0
+        wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="the gateway to let go of it")
+
+    def test_while_waiting_for_a_whole_answer(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(token_ms=1000)  # a 7 s answer, nothing sent before it is complete
+        with pytest.raises(httpx.ReadTimeout):
+            gw.post("/api/chat", dict(LONG, stream=False), timeout=httpx.Timeout(30, read=0.5))
+        gone = time.time()
+        event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
+        assert (event["stage"], event["path"]) == ("generating", "/api/chat")
+        assert event["time"] - gone < 1.0
+        assert cloud.requests() == []
+
+    def test_while_queued_behind_another_request(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(token_ms=500)
+        first = {"model": "llama3", "prompt": "a b c d e f", "stream": False}
+        ahead = in_thread(lambda: gw.post("/api/generate", first))
+        wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a first answer being generated")
+        with pytest.raises(httpx.ReadTimeout):
+            gw.post("/api/chat", LONG, timeout=httpx.Timeout(30, read=0.5))
+        gone = time.time()
+        event = wait_until(lambda: cancelled(ollama), what="Ollama to drop the queued request")[0]
+        assert (event["stage"], event["path"]) == ("waiting", "/api/chat")  # for the model's one slot
+        assert event["time"] - gone < 1.0
+        assert gw.gateway.local_activity().in_flight == {"llama3:latest": 1}  # the first one goes on
+        assert ahead().json()["response"] == "You said: a b c d e f"
+        assert cloud.requests() == []
+
+    @pytest.mark.parametrize("stream", [False, True])
+    def test_while_the_cloud_answers(
+        self, stream: bool, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud, timeout=30))
+        ollama.cleanup()
+        cloud.set_faults(slow_ms=0 if stream else 10_000, token_ms=1000)
+        if stream:
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", json=dict(LONG, stream=True), timeout=30) as r:
+                assert r.headers[HEADER] == "cloud"
+                lines = r.iter_lines()
+                next(lines)
+                assert cloud.events() == []
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                gw.post("/v1/chat/completions", LONG, timeout=httpx.Timeout(30, read=0.5))
+        gone = time.time()  # the stand-in cloud stamps its events with the wall clock
+        event = wait_until(lambda: cloud.events(), what="the cloud to see the client gone")[0]
+        assert (event["event"], event["path"]) == ("client_gone", "/v1/chat/completions")
+        assert event["time"] - gone < 1.0
+
+
+class TestWhatTheMonitorSees:
+    def test_local_activity_counts_requests_sent_to_ollama(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        from tray.gateway.breaker import LocalActivity
+
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        assert gw.gateway.local_activity() == LocalActivity({}, 0, None)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(token_ms=300)
+        whole = in_thread(lambda: gw.post("/api/chat", dict(LONG, model="llama3:latest", stream=False)))
+        wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a whole answer being generated")
+        assert gw.gateway.local_activity() == LocalActivity({"llama3:latest": 1}, 1, None)
+        streamed = in_thread(lambda: gw.post("/api/chat", LONG))  # Ollama queues it behind the whole answer
+        wait_until(lambda: gw.gateway.local_activity().waiting == 2, what="a second request, queued")
+        assert gw.gateway.local_activity() == LocalActivity({"llama3:latest": 2}, 2, None)
+        assert whole().json()["message"]["content"] == LONG_REPLY
+        first = wait_until(
+            lambda: (a := gw.gateway.local_activity()).waiting == 0 and a.in_flight and a, what="bytes streaming"
+        )
+        assert first.in_flight == {"llama3:latest": 1}
+        assert first.last_progress is not None and first.last_progress <= time.monotonic()  # the monitor's clock
+        later = wait_until(
+            lambda: (a := gw.gateway.local_activity()).last_progress != first.last_progress and a, what="more bytes"
+        )
+        assert later.last_progress > first.last_progress  # type: ignore[operator]
+        assert "".join(c["message"]["content"] for c in ndjson(streamed())) == LONG_REPLY
+        wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="nothing in flight")
+        cloud_only = gateways(ollama.base_url, cloud_settings(cloud))
+        cloud_only.gateway.observe_status({"health": "down", "state": "failed"})
+        assert cloud_only.post("/api/chat", dict(CHAT, stream=False)).headers[HEADER] == "cloud"
+        assert cloud_only.gateway.local_activity() == LocalActivity({}, 0, None)  # nothing went to Ollama
+
+
+class TestModelLists:
+    def test_lists_come_from_ollama_as_soon_as_the_monitor_says_it_answers(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        assert httpx.get(gw.url + "/api/tags").headers[HEADER] == "local"
+        gw.gateway.observe_status({"health": "down", "state": "restarting"})
+        assert httpx.get(gw.url + "/api/tags").headers[HEADER] == "gateway"
+        gw.gateway.observe_status({"health": "healthy", "state": "running", "loaded_models": []})
+        assert gw.status()["breaker"] == "closed"
+        for path in ("/api/tags", "/api/ps", "/api/version"):
+            assert httpx.get(gw.url + path).headers[HEADER] == "local", path
+        assert gw.notifier.shown[-1][0] == "Cloud fallback off"
+
+    def test_show_while_down_knows_only_models_that_exist(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        httpx.get(gw.url + "/api/tags")  # llama3 seen
+        ollama.cleanup()
+        gw.gateway.observe_status({"health": "down", "state": "running"})
+        names = ("Llama3", "cloud-model", "nope:7b")
+        answers = {name: httpx.post(gw.url + "/api/show", json={"model": name}) for name in names}
+        assert {n: (a.status_code, a.headers[HEADER]) for n, a in answers.items()} == {
+            "Llama3": (200, "gateway"), "cloud-model": (200, "gateway"), "nope:7b": (404, "gateway"),
+        }  # fmt: skip
+        assert answers["nope:7b"].json() == {"error": "model 'nope:7b' not found"}
+        assert httpx.post(gw.url + "/api/show", json={}).json() == {"error": "model is required"}
+        assert httpx.get(gw.url + "/v1/models/LLAMA3").json()["id"] == "llama3:latest"
 
 
 class TestNobodyAnswers:
@@ -666,17 +953,33 @@ class TestNobodyAnswers:
         assert [c.get("message", {}).get("content") for c in ndjson(cut)[:2]] == ["Cloud", " answer"]
         assert ndjson(cut)[-1]["error"].startswith("127.0.0.1 broke off the answer")
 
-    def test_a_refused_key_is_named_but_never_shown(
+    def test_a_refused_key_is_named_never_shown_and_keeps_its_meaning(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
+        import openai
+
         gw = gateways(ollama.base_url, cloud_settings(cloud), env={KEY_ENV: "sk-wrong-key"})
         ollama.cleanup()
         response = gw.post("/api/chat", CHAT)
-        assert response.status_code == 502
+        assert (response.status_code, response.headers[HEADER]) == (401, "gateway")
         assert response.json()["error"].endswith(
-            f"the cloud fallback failed: 127.0.0.1 refused the API key (401); set ${KEY_ENV} or run: ollama-manager cloud set-key"
+            f"the cloud fallback failed: 127.0.0.1 refused the API key (401); set ${KEY_ENV} or run: "
+            "ollama-manager cloud set-key"
         )
         assert "sk-wrong" not in response.text
+        # An OpenAI client sees an authentication error, in its own format, and does not retry it.
+        compat = openai.OpenAI(base_url=gw.url + "/v1", api_key="not-needed", max_retries=2)
+        with pytest.raises(openai.AuthenticationError) as error:
+            compat.chat.completions.create(model="llama3", messages=MESSAGES)
+        assert error.value.status_code == 401
+        assert "refused the API key (401)" in error.value.message
+        assert len(cloud.requests()) == 2  # one per call, no retries
+        cloud.set_faults(status=403)
+        forbidden = gw.post("/v1/chat/completions", CHAT)
+        assert forbidden.status_code == 403
+        assert forbidden.json()["error"]["message"].endswith(
+            f"127.0.0.1 refused the API key (403); set ${KEY_ENV} or run: ollama-manager cloud set-key"
+        )
 
     def test_fallback_disabled_never_reaches_the_cloud(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -788,10 +1091,10 @@ class TestClients:
         assert all(r["authorized"] for r in cloud.requests())
 
     def test_python_chat_api_uses_the_same_routing(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
-        restarts: list[int] = []
+        reports: list[str] = []
         client = LocalFirstChat(
             local_url=ollama.base_url, model="llama3", cloud=cloud_settings(cloud), env={KEY_ENV: KEY},
-            key_store=MemoryStore(), request_restart=lambda: restarts.append(1),
+            key_store=MemoryStore(), report_problem=reports.append,
         )  # fmt: skip
         try:
             reply = chat(MESSAGES, client=client)
@@ -808,7 +1111,8 @@ class TestClients:
             assert [c["message"]["content"] for c in stream] == ["Cloud", " answer", " to:", " hi", " there", ""]
             client.chat(MESSAGES)
             assert client.router.breaker.state(time.monotonic()).value == "open"
-            assert restarts == []
+            wait_until(lambda: reports, what="a report")
+            assert reports == [f"Ollama is not reachable at {ollama.base_url} (connection refused)"]
             cloud.stop()
             with pytest.raises(ChatError) as error:
                 client.chat(MESSAGES)
@@ -816,6 +1120,26 @@ class TestClients:
             assert str(error.value).endswith(
                 "and the cloud fallback failed: cannot reach 127.0.0.1 (connection refused)"
             )
+        finally:
+            client.close()
+
+
+    def test_python_chat_api_waits_for_slow_answers_and_loads(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
+        reports: list[str] = []
+        client = LocalFirstChat(
+            local_url=ollama.base_url, model="llama3", cloud=cloud_settings(cloud), env={KEY_ENV: KEY},
+            key_store=MemoryStore(), report_problem=reports.append,
+            settings=GatewaySettings(first_byte_timeout=0.5, local_timeout=30),
+        )  # fmt: skip
+        try:
+            ollama.set_faults(load_ms=1500)
+            cold = client.chat(MESSAGES, stream=True)  # llama3 is not in memory: its load comes first
+            assert cold.backend is Backend.LOCAL
+            assert "".join(c["message"]["content"] for c in cold) == "You said: hi there"
+            ollama.set_faults(token_ms=300)
+            whole = client.chat(LONG["messages"])  # 2.1 s, nothing sent before it is complete
+            assert (whole.backend, whole.content) == (Backend.LOCAL, LONG_REPLY)
+            assert cloud.requests() == [] and reports == []
         finally:
             client.close()
 
@@ -889,6 +1213,10 @@ class TestWiring:
                 httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30).headers[HEADER]
                 == "local"
             )
+            ollama.cleanup()  # gone before the monitor's next probe: the gateway tells it what it saw
+            assert httpx.post(server.url + "/api/chat", json=CHAT, timeout=30).headers[HEADER] == "cloud"
+            wait_until(lambda: monitor.requests, what="a request to the monitor")
+            assert monitor.requests == ["check"]  # never "restart": the monitor's probe decides
         finally:
             server.stop()
         assert monitor.subscribers == []

@@ -1,7 +1,9 @@
 """The status API: a loopback-only HTTP endpoint served by a running monitor.
 
 ``GET /api/status`` returns the status dict, ``GET /api/events`` the event
-history, ``POST /api/actions/{start,stop,restart,unload}`` queues an action.
+history, ``POST /api/actions/<action>`` queues one of the monitor's
+``ACTIONS`` (start, stop, restart, unload, the model jobs, and ``check``:
+probe Ollama now, as a standalone gateway asks when a request went wrong).
 Only loopback clients with a loopback/localhost ``Host`` header are served
 (DNS rebinding), there is no CORS, and actions need the per-user token kept
 in a file only the user can read.

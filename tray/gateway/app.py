@@ -1,17 +1,32 @@
 """The gateway: a loopback HTTP server apps point at instead of Ollama.
 
-It serves Ollama's API and the OpenAI API. While Ollama is healthy every
-request is proxied to it unchanged, the answer streamed back byte for byte
-as it arrives. When Ollama is down, skipped by the circuit breaker, or fails
-before its first byte (refused connection, ``first_byte_timeout`` without a
-byte, a 5xx answer), an inference request is answered by the configured
-cloud provider instead, translated between NDJSON and SSE where the client
-and the provider speak different dialects. A timeout also asks the
-supervisor to restart Ollama. A stream that has started is never switched:
-if Ollama breaks mid-way, the stream ends with an error line in its own
-format, as Ollama itself does.
+It serves Ollama's API and the OpenAI API. Every request goes to Ollama
+unchanged, its answer streamed back byte for byte as it arrives. The
+configured cloud provider answers an inference request instead (translated
+between NDJSON and SSE where client and provider speak different dialects)
+only when:
+
+- Ollama is down: the monitor's probe (run alone: the gateway's own) says
+  so, or the circuit breaker skips it after repeated failures;
+- Ollama hangs, as the monitor's probe declares: requests waiting with no
+  byte back are answered at once, not after their budget;
+- Ollama refuses the connection, or answers 5xx (or drops the connection)
+  before any byte;
+- a *streamed* request to a model that is already loaded, with no other
+  request ahead of it, gets no byte within ``first_byte_timeout``.
+
+It never does for slowness the work explains: a model load, a ``stream:
+false`` answer (written only once complete; the default of the OpenAI API)
+and a request queued behind another on the same model (Ollama serves one
+at a time per model) wait up to ``local_timeout``, then get a clear error.
+The gateway never restarts Ollama: what it sees it reports
+(``report_problem``) and the monitor's probe decides. A stream that has
+started is never switched: if Ollama breaks mid-way, the stream ends with
+an error line in its own format, as Ollama itself does. A client that goes
+away cancels its request to Ollama (or to the cloud) at once.
 
 Every answer carries ``X-Ollama-Manager-Backend: local | cloud | gateway``.
+:meth:`Gateway.local_activity` tells the monitor what is in flight.
 
 Safety: only loopback clients with a loopback/localhost ``Host`` header
 (DNS rebinding) and no foreign ``Origin`` (a web page in the user's browser)
@@ -22,8 +37,9 @@ Inference paths, all ``POST``: ``/api/chat``, ``/api/generate``,
 ``/v1/completions``, ``/v1/embeddings``. While Ollama is down and the cloud
 fallback is on, the gateway itself answers ``/``, ``/api/version``,
 ``/api/tags``, ``/api/ps``, ``/api/show`` and ``/v1/models[/<id>]`` with the
-local models last seen plus the cloud model. Every other path (pull, create,
-delete, blobs, ...) only goes to Ollama.
+local models last seen plus the cloud model; as soon as Ollama answers
+again they come from Ollama. Every other path (pull, create, delete, blobs,
+...) only goes to Ollama.
 """
 
 from __future__ import annotations
@@ -37,7 +53,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -56,14 +72,25 @@ from tray.gateway.breaker import (
     Backend,
     BreakerPolicy,
     BreakerState,
+    Budget,
     CircuitBreaker,
+    FailureKind,
     FallbackUsage,
     FallbackWindow,
+    LoadedModels,
+    LocalActivity,
     LocalHealth,
     Route,
     Router,
     Target,
+    Throttle,
+    WaitPlan,
+    choose_budget,
     health_from_status,
+    loaded_names,
+    model_key,
+    plan_wait,
+    status_busy,
 )
 from tray.gateway.cloud import (
     CONNECT_TIMEOUT,
@@ -73,11 +100,12 @@ from tray.gateway.cloud import (
     KeyStore,
     NotServed,
     SystemKeyStore,
+    describe_error,
     find_api_key,
     plan_cloud_call,
-    describe_error,
     provider_error,
     request_headers,
+    streamed_request,
 )
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
@@ -90,6 +118,9 @@ STATUS_PATH = "/_gateway/status"
 LOCAL_CONNECT_TIMEOUT = 2.0
 METADATA_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
+PS_TIMEOUT = 1.0  # an /api/ps slower than this means a model is loading
+LOADED_TTL = 5.0  # seconds what Ollama holds in memory is taken as known
+REPORT_INTERVAL = 5.0  # least seconds between two reports to the monitor
 BUFFER_LIMIT = 8 * 1024 * 1024  # answers with a Content-Length up to this are read whole before replying
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -265,11 +296,51 @@ def error_response(dialect: Dialect, status: int, message: str) -> RawResponse:
 class BackendFailure(Exception):
     """Ollama or the provider failed before the first byte reached the client; ``str()`` is one line."""
 
-    def __init__(self, message: str, status: int, *, timed_out: bool = False, refused: bool = False) -> None:
+    def __init__(self, message: str, status: int, kind: FailureKind = FailureKind.BROKEN) -> None:
         super().__init__(message)
         self.status = status
-        self.timed_out = timed_out
-        self.refused = refused
+        self.kind = kind
+
+
+class AsgiEndpoint:
+    """An ASGI callable Starlette routes to as it is (a method would be wrapped as a request handler)."""
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
+
+
+async def _client_gone(receive: Receive) -> None:
+    """Return once the client has disconnected (or the answer is complete), once the request body is read."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
+    """Run ``work`` (which answers the client), cancelling it the moment the client goes away.
+
+    uvicorn neither cancels a handler whose client left nor fails its
+    sends, so without this an abandoned request would run to its end
+    upstream. Call only once the request body has been read. True when
+    ``work`` ran to its end.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_client_gone(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+        watcher.cancel()
+        await asyncio.wait({watcher})
+    if task.cancelled():
+        log.debug("client went away; its request was cancelled")
+        return False
+    task.result()
+    return True
 
 
 class ForeignOriginRefused:
@@ -293,8 +364,26 @@ class ForeignOriginRefused:
 # --------------------------------------------------------------------------- the gateway
 
 
+class _Exchange:
+    """One inference request sent to Ollama and not finished (see :meth:`Gateway.local_activity`)."""
+
+    def __init__(self, model: str, found_down: asyncio.Event) -> None:
+        self.model = model
+        self.found_down = found_down  # set when the monitor declares Ollama down while no byte came back
+        self.answered = False  # a byte came back
+        self.model_loaded = False  # Ollama answered 200: the model is in memory
+        self.loaded_when_sent: asyncio.Future[bool] | None = None  # was the model in memory as the request left?
+
+
 class Gateway:
-    """Routing state and the ASGI app; health comes from :meth:`observe_status` or the built-in probe."""
+    """Routing state and the ASGI app; health comes from :meth:`observe_status` or the built-in probe.
+
+    ``report_problem(why)`` is called (on a thread of its own, at most every
+    few seconds) when a request to Ollama fails in a way the monitor should
+    check now; the gateway itself never restarts anything. ``status_source``
+    (standalone, with ``probe``) returns a running monitor's status, which is
+    then followed instead of the gateway's own probe; None when there is none.
+    """
 
     def __init__(
         self,
@@ -304,7 +393,8 @@ class Gateway:
         settings: GatewaySettings,
         env: Mapping[str, str] | None = None,
         key_store: KeyStore | None = None,
-        request_restart: Callable[[], None] | None = None,
+        report_problem: Callable[[str], None] | None = None,
+        status_source: Callable[[], Mapping[str, Any] | None] | None = None,
         history: Any = None,
         notifier: Any = None,
         probe: bool = False,
@@ -316,7 +406,8 @@ class Gateway:
         self.settings = settings
         self.env = os.environ if env is None else env
         self.key_store = key_store if key_store is not None else SystemKeyStore()
-        self.request_restart = request_restart
+        self.report_problem = report_problem
+        self.status_source = status_source
         self.history = history
         self.notifier = notifier
         self.probe = probe
@@ -331,26 +422,60 @@ class Gateway:
             cloud_enabled=cloud.enabled,
             breaker=CircuitBreaker(policy),
             window=FallbackWindow(settings.fallback_window_seconds),
-            restart_interval=settings.restart_interval,
         )
         self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._local: httpx.AsyncClient | None = None
         self._cloud: httpx.AsyncClient | None = None
         self._key: ApiKey | None = None
         self._local_models: list[dict[str, Any]] = []
         self._local_version: str | None = None
+        self._loaded = LoadedModels(LOADED_TTL)
+        self._monitor_loaded: frozenset[str] | None = None  # what the monitor's last status listed
+        self._server_busy = False  # the monitor's status says Ollama is working on something
+        self._exchanges: set[_Exchange] = set()
+        self._last_progress: float | None = None
+        self._down_reports = 0  # how many times Ollama was reported down (requests routed before see it)
+        self._reports = Throttle(REPORT_INTERVAL)
         self.last_local_problem = ""
 
     # -- health feeds (any thread)
 
     def observe_status(self, status: Mapping[str, Any]) -> None:
-        """A monitor status dict (subscribe this to :meth:`Monitor.subscribe`)."""
-        self.observe_health(health_from_status(status))
+        """A monitor status dict (subscribe this to :meth:`Monitor.subscribe`).
+
+        Read: ``health``, ``state``, ``loaded_models`` (a list of ``{"name": ...}``)
+        and ``busy`` (None when idle; work whose ``source`` is not the gateway
+        makes new requests wait their turn on the long budget).
+        """
+        health = health_from_status(status)
+        with self._lock:
+            self._server_busy = status_busy(status)
+            if health.answering and isinstance(status.get("loaded_models"), list):
+                self._monitor_loaded = frozenset(model_key(n) for n in loaded_names(status["loaded_models"]))
+        self.observe_health(health)
 
     def observe_health(self, health: LocalHealth) -> None:
         with self._lock:
             self.router.observe_health(health, self.clock())
+            waiting: list[_Exchange] = []
+            if health is LocalHealth.DOWN:
+                self._down_reports += 1
+                waiting = [e for e in self._exchanges if not e.answered]
+        if waiting and self._loop is not None:
+            log.warning("Ollama was found down; answering %d waiting request(s) now", len(waiting))
+            for exchange in waiting:
+                self._loop.call_soon_threadsafe(exchange.found_down.set)
         self._announce_changes()
+
+    def local_activity(self) -> LocalActivity:
+        """The inference requests the gateway has sent to Ollama and not finished (any thread)."""
+        with self._lock:
+            in_flight: dict[str, int] = {}
+            for exchange in self._exchanges:
+                in_flight[exchange.model] = in_flight.get(exchange.model, 0) + 1
+            waiting = sum(1 for e in self._exchanges if not e.answered)
+            return LocalActivity(in_flight, waiting, self._last_progress)
 
     # -- reading (any thread)
 
@@ -385,7 +510,7 @@ class Gateway:
         app = Starlette(
             routes=[
                 StarletteRoute(STATUS_PATH, self._status_endpoint, methods=["GET"]),
-                StarletteRoute("/{path:path}", self._handle, methods=ALL_METHODS),
+                StarletteRoute("/{path:path}", AsgiEndpoint(self._serve), methods=ALL_METHODS),
             ],
             lifespan=self._lifespan,
         )
@@ -393,6 +518,7 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
         self._local = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=LOCAL_CONNECT_TIMEOUT, read=None, write=self.settings.idle_timeout, pool=None
@@ -418,34 +544,72 @@ class Gateway:
     async def _status_endpoint(self, request: Request) -> Response:
         return json_response(200, self.snapshot(), Backend.GATEWAY)
 
-    async def _handle(self, request: Request) -> Response:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request; a client that goes away cancels it, and what it started upstream."""
+        request = Request(scope, receive)
+        content = await self._request_content(request)
+
+        async def answer() -> None:
+            async with contextlib.AsyncExitStack() as after_answer:
+                response = await self._handle(request, content, after_answer)
+                await response(scope, receive, send)
+
+        if isinstance(content, bytes):
+            await run_until_disconnect(answer(), receive)
+        else:  # a large upload, still being read from the client: the client going away ends it
+            await answer()
+
+    async def _request_content(self, request: Request) -> bytes | AsyncIterator[bytes]:
+        """The request body: read whole, unless it is a large or chunked upload passed through as it comes."""
         path, method = request.url.path, request.method
-        if method == "POST" and path in INFERENCE_PATHS:
-            return await self._inference(request, path)
-        if is_metadata(method, path):
-            return await self._metadata(request, path)
-        return await self._passthrough(request, path)
+        length = request.headers.get("content-length")
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        small = not chunked and (length is None or (length.isdigit() and int(length) <= BUFFER_LIMIT))
+        if small or (method == "POST" and path in INFERENCE_PATHS) or is_metadata(method, path):
+            return await request.body()
+        return request.stream()
+
+    async def _handle(
+        self, request: Request, content: bytes | AsyncIterator[bytes], after_answer: contextlib.AsyncExitStack
+    ) -> Response:
+        path, method = request.url.path, request.method
+        if isinstance(content, bytes) and method == "POST" and path in INFERENCE_PATHS:
+            return await self._inference(request, path, content, after_answer)
+        if isinstance(content, bytes) and is_metadata(method, path):
+            return await self._metadata(request, path, content)
+        return await self._passthrough(request, path, content)
 
     # -- inference
 
-    async def _inference(self, request: Request, path: str) -> Response:
+    async def _inference(
+        self, request: Request, path: str, body: bytes, after_answer: contextlib.AsyncExitStack
+    ) -> Response:
         dialect = dialect_of(path)
-        body = await request.body()
+        payload = _json_object(body)
         with self._lock:
             route = self.router.route(self.clock())
+            down_reports = self._down_reports
         if route.target is Target.REFUSE:
             return error_response(dialect, 503, self._skipped_message(route) + "; the cloud fallback is off")
         if route.target is Target.CLOUD:
             return await self._from_cloud(path, dialect, body, self._skipped_message(route))
-        budget = self.settings.first_byte_timeout if route.can_fall_back else self.settings.local_timeout
+        model = model_key(str(payload.get("model") or "")) if payload is not None else ""
+        exchange: _Exchange | None = None
         try:
-            response = await self._from_local(request, body, route, budget, fall_back_on_5xx=route.can_fall_back)
+            plan, loaded = self._wait_plan(path, payload, model)
+            exchange = self._begin_exchange(model, down_reports)
+            after_answer.callback(self._end_exchange, exchange)
+            if plan.budget is Budget.FIRST_BYTE and loaded is None:  # asked alongside, for the deadline
+                exchange.loaded_when_sent = asyncio.ensure_future(self._look_up_loaded(model))
+            response = await self._from_local(request, body, route, plan, exchange)
         except BackendFailure as failure:
+            if exchange is not None:
+                self._end_exchange(exchange)
             self._local_failed(route, failure)
-            if not route.can_fall_back:
-                suffix = "; the cloud fallback is off" if not self.cloud.enabled else ""
-                return error_response(dialect, failure.status, f"{failure}{suffix}")
-            return await self._from_cloud(path, dialect, body, str(failure))
+            if failure.kind.cloud_may_answer and self.cloud.enabled:
+                return await self._from_cloud(path, dialect, body, str(failure))
+            suffix = "; the cloud fallback is off" if failure.kind.cloud_may_answer else ""
+            return error_response(dialect, failure.status, f"{failure}{suffix}")
         except BaseException:
             with self._lock:
                 self.router.local_abandoned(route)
@@ -453,60 +617,212 @@ class Gateway:
         self._served(Backend.LOCAL)
         return response
 
+    def _wait_plan(self, path: str, payload: dict[str, Any] | None, model: str) -> tuple[WaitPlan, bool | None]:
+        """How long this request may wait for Ollama's first byte (see :func:`choose_budget`), from what is known.
+
+        The short budget is provisional while it is not known whether the
+        model is in memory (None): the deadline settles it, never a lookup
+        the request would wait for.
+        """
+        streamed = streamed_request(path, payload or {})
+        with self._lock:
+            queued = self._server_busy or any(e.model == model for e in self._exchanges)
+            loaded = self._loaded.is_loaded(model, self.clock())
+            if loaded is None and self._monitor_loaded is not None and model not in self._monitor_loaded:
+                loaded = False  # not loaded at the monitor's last look: a load is likely, the long budget is safe
+        budget = choose_budget(streamed=streamed, loaded=loaded is not False, queued=queued)
+        plan = plan_wait(
+            budget,
+            first_byte_timeout=self.settings.first_byte_timeout,
+            local_timeout=self.settings.local_timeout,
+            cloud_enabled=self.cloud.enabled,
+        )
+        return plan, loaded
+
+    async def _look_up_loaded(self, model: str) -> bool:
+        """Is ``model`` in Ollama's memory now? False when ``/api/ps`` does not say so quickly.
+
+        ``/api/ps`` is answered by the HTTP server without waiting for
+        generations; while a model loads it waits for the load (Ollama holds
+        the runner's lock), so a slow answer means a load is under way.
+        """
+        assert self._local is not None
+        try:
+            response = await self._local.get(self.local_url + "/api/ps", timeout=PS_TIMEOUT)
+        except httpx.HTTPError:
+            return False
+        if response.status_code == 200:
+            self._remember("/api/ps", response.content)
+        with self._lock:
+            return bool(self._loaded.is_loaded(model, self.clock()))
+
+    async def _silence_means_trouble(self, model: str, loaded_when_sent: asyncio.Future[bool] | None) -> bool:
+        """At the first-byte deadline: was the model in memory when the request was sent, and is it still?
+
+        If not, this request is loading it (what was known had gone stale),
+        and the silence is the load's.
+        """
+        if loaded_when_sent is not None and not await loaded_when_sent:
+            return False
+        return await self._look_up_loaded(model)
+
+    def _begin_exchange(self, model: str, down_reports: int) -> _Exchange:
+        exchange = _Exchange(model, asyncio.Event())
+        with self._lock:
+            self._exchanges.add(exchange)
+            if self._down_reports != down_reports:  # found down since this request was routed
+                exchange.found_down.set()
+        return exchange
+
+    def _progress(self, exchange: _Exchange) -> None:
+        with self._lock:
+            exchange.answered = True
+            self._last_progress = self.clock()
+
+    def _end_exchange(self, exchange: _Exchange) -> None:
+        with self._lock:
+            if exchange not in self._exchanges:
+                return
+            self._exchanges.discard(exchange)
+            if exchange.model_loaded:
+                self._loaded.saw_answer(exchange.model, self.clock())
+
     async def _from_local(
-        self, request: Request, body: bytes, route: Route, budget: float, *, fall_back_on_5xx: bool
+        self, request: Request, body: bytes, route: Route, plan: WaitPlan, exchange: _Exchange
     ) -> Response:
         """Send to Ollama; the answer once its first byte is in, else :class:`BackendFailure`."""
-        upstream = await self._send_local(request, body, budget)
-        if fall_back_on_5xx and upstream.status_code >= 500:
-            detail = tr.error_message(await _read_some(upstream, self.settings.idle_timeout))
-            await upstream.aclose()
-            raise BackendFailure(f"Ollama answered {upstream.status_code}: {detail}", 502)
-        with self._lock:
-            self.router.local_succeeded(route, self.clock())
-        self._announce_changes()
-        return await self._relay_local(upstream, route, self.settings.idle_timeout)
+        upstream = await self._first_byte(request, body, plan, exchange)
+        self._progress(exchange)
+        if upstream.status_code >= 500:
+            if self.cloud.enabled:
+                detail = tr.error_message(await _read_some(upstream, self.settings.idle_timeout))
+                await upstream.aclose()
+                raise BackendFailure(f"Ollama answered {upstream.status_code}: {detail}", 502, FailureKind.BROKEN)
+        else:
+            exchange.model_loaded = upstream.status_code == 200
+            with self._lock:
+                self.router.local_succeeded(route, self.clock())
+            self._announce_changes()
+        return await self._relay_local(upstream, route, self.settings.idle_timeout, exchange)
 
-    async def _send_local(self, request: Request, content: Any, budget: float | None) -> httpx.Response:
+    async def _first_byte(
+        self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange
+    ) -> httpx.Response:
+        """Send to Ollama and wait for its answer to begin, as ``plan`` says; else :class:`BackendFailure`.
+
+        At the first-byte deadline, the silence counts only if the model was
+        in memory when the request was sent and still is; otherwise this very
+        request is loading it, and it keeps waiting on the long budget.
+        Whatever ends the wait early (a mark of the plan, the monitor finding
+        Ollama down, the client going away) cancels the request, which closes
+        its connection: Ollama then stops working on it.
+        """
+        assert self._local is not None
+        sending = asyncio.ensure_future(self._local.send(self._outgoing(request, body), stream=True))
+        found_down = asyncio.ensure_future(exchange.found_down.wait())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        marks = [(plan.report_after, "report"), (plan.fall_back_after, "fall back"), (plan.give_up_after, "give up")]
+        pending = sorted((at, what) for at, what in marks if at is not None)
+        handed_over = False
+        try:
+            while True:
+                at, what = pending.pop(0) if pending else (None, "")
+                timeout = None if at is None else max(0.0, started + at - loop.time())
+                await asyncio.wait({sending, found_down}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if sending.done():
+                    error = sending.exception()
+                    if isinstance(error, httpx.HTTPError):
+                        raise self._send_failure(error) from None
+                    response = sending.result()
+                    handed_over = True
+                    return response
+                if found_down.done():
+                    raise BackendFailure(
+                        "Ollama stopped answering (the health check found it down)", 503, FailureKind.FOUND_DOWN
+                    )
+                if what in ("report", "fall back"):
+                    trouble = await self._silence_means_trouble(exchange.model, exchange.loaded_when_sent)
+                    if sending.done() or found_down.done():
+                        continue  # settled while /api/ps was asked
+                    if not trouble:
+                        # Not in memory (or /api/ps too slow to say) at the deadline: this request is loading it.
+                        log.debug("the model %s is loading; waiting for it", exchange.model)
+                        pending = [(t, w) for t, w in pending if w == "give up"]
+                    elif what == "report":
+                        self._report(f"a streamed request to a loaded model got nothing from Ollama for {at:g} s")
+                    else:
+                        raise BackendFailure(f"Ollama sent nothing for {at:g} s", 504, FailureKind.FIRST_BYTE)
+                elif what == "give up":
+                    raise BackendFailure(
+                        f"Ollama sent nothing for {at:g} s (to wait longer for loads and whole answers, "
+                        "raise gateway.local_timeout)",
+                        504,
+                        FailureKind.NO_ANSWER,
+                    )
+        finally:
+            found_down.cancel()
+            if exchange.loaded_when_sent is not None:
+                exchange.loaded_when_sent.cancel()
+            if not sending.done():
+                sending.cancel()
+                await asyncio.wait({sending})
+            if not handed_over and not sending.cancelled() and sending.exception() is None:
+                await sending.result().aclose()
+
+    def _send_failure(self, exc: httpx.HTTPError) -> BackendFailure:
+        """What a failed send to Ollama means."""
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+            return BackendFailure(
+                f"Ollama is not reachable at {self.local_url} ({describe_error(exc)})", 503, FailureKind.REFUSED
+            )
+        return BackendFailure(f"Ollama failed: {describe_error(exc)}", 502, FailureKind.BROKEN)
+
+    def _outgoing(self, request: Request, content: bytes | AsyncIterator[bytes]) -> httpx.Request:
         assert self._local is not None
         query = request.url.query
         url = self.local_url + request.url.path + (f"?{query}" if query else "")
         keep_length = not isinstance(content, (bytes, bytearray))
-        outgoing = self._local.build_request(
+        return self._local.build_request(
             request.method, url, headers=forward_request_headers(request.headers, keep_length), content=content
         )
-        try:
-            return await asyncio.wait_for(self._local.send(outgoing, stream=True), budget)
-        except (TimeoutError, httpx.TimeoutException):
-            raise BackendFailure(f"Ollama sent nothing for {budget:g} s", 504, timed_out=True) from None
-        except httpx.ConnectError as exc:
-            raise BackendFailure(
-                f"Ollama is not reachable at {self.local_url} ({describe_error(exc)})", 503, refused=True
-            ) from None
-        except httpx.HTTPError as exc:
-            raise BackendFailure(f"Ollama failed: {describe_error(exc)}", 502) from None
 
-    async def _relay_local(self, upstream: httpx.Response, route: Route | None, idle: float | None) -> Response:
+    async def _send_local(
+        self, request: Request, content: bytes | AsyncIterator[bytes], budget: float | None
+    ) -> httpx.Response:
+        """Send a request that is not inference (model lists, pulls, ...) to Ollama."""
+        assert self._local is not None
+        try:
+            return await asyncio.wait_for(self._local.send(self._outgoing(request, content), stream=True), budget)
+        except TimeoutError:
+            raise BackendFailure(f"Ollama sent nothing for {budget:g} s", 504, FailureKind.NO_ANSWER) from None
+        except httpx.HTTPError as exc:
+            raise self._send_failure(exc) from None
+
+    async def _relay_local(
+        self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None = None
+    ) -> Response:
         """Ollama's answer for the client; ``route`` None: outcomes do not count for the breaker."""
         length = upstream.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
             try:
                 body = await asyncio.wait_for(upstream.aread(), idle)
             except (TimeoutError, httpx.HTTPError) as exc:
-                timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
                 raise BackendFailure(
-                    f"Ollama broke off its answer ({describe_error(exc)})", 502, timed_out=timed_out
+                    f"Ollama broke off its answer ({describe_error(exc)})", 502, FailureKind.STALLED
                 ) from None
             finally:
                 await upstream.aclose()
+            if exchange is not None:
+                self._progress(exchange)
             return RawResponse(
                 upstream.status_code, relay_response_headers(upstream.headers.raw, Backend.LOCAL, True), body
             )
         headers = relay_response_headers(upstream.headers.raw, Backend.LOCAL, False)
-        return RelayResponse(upstream.status_code, headers, self._local_chunks(upstream, route, idle))
+        return RelayResponse(upstream.status_code, headers, self._local_chunks(upstream, route, idle, exchange))
 
     async def _local_chunks(
-        self, upstream: httpx.Response, route: Route | None, idle: float | None
+        self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None
     ) -> AsyncIterator[bytes]:
         """Ollama's body as it arrives; a break mid-way ends it with an error in its own format."""
         content_type = upstream.headers.get("content-type", "")
@@ -523,6 +839,8 @@ class Gateway:
                     except StopAsyncIteration:
                         return
                     deadline.reschedule(None)
+                    if exchange is not None:
+                        self._progress(exchange)
                     if chunk:
                         last = chunk
                         yield chunk
@@ -533,7 +851,7 @@ class Gateway:
                 else f"Ollama broke off the answer ({describe_error(exc)})"
             )  # fmt: skip
             if route is not None:
-                self._local_failed(route, BackendFailure(message, 502, timed_out=timed_out))
+                self._local_failed(route, BackendFailure(message, 502, FailureKind.STALLED))
             if content_type.startswith((tr.NDJSON, tr.SSE)):
                 yield tr.stream_error_tail(content_type, message, ended_mid_line=not last.endswith(b"\n"))
         finally:
@@ -544,11 +862,8 @@ class Gateway:
     async def _from_cloud(self, path: str, dialect: Dialect, body: bytes, local_problem: str) -> Response:
         if not self.cloud.enabled:
             return error_response(dialect, 503, f"{local_problem}; the cloud fallback is off")
-        try:
-            payload = json.loads(body) if body else None
-        except ValueError:
-            payload = None
-        if not isinstance(payload, dict):
+        payload = _json_object(body)
+        if payload is None:
             return error_response(dialect, 400, "the request body is not a JSON object")
         try:
             call = plan_cloud_call(self.cloud, path, payload)
@@ -563,11 +878,8 @@ class Gateway:
             await upstream.aclose()
             if upstream.status_code in (401, 403):
                 self._key = None
-            status = (
-                upstream.status_code
-                if 400 <= upstream.status_code < 500 and upstream.status_code not in (401, 403)
-                else 502
-            )
+            # A 4xx keeps its meaning (401/403: the key was refused, so an OpenAI client does not retry); 5xx: 502.
+            status = upstream.status_code if 400 <= upstream.status_code < 500 else 502
             return error_response(dialect, status, f"{local_problem}, and the cloud fallback failed: {detail}")
         self._served(Backend.CLOUD)
         log.info("served %s by the cloud fallback (%s)", path, local_problem)
@@ -647,13 +959,16 @@ class Gateway:
 
     # -- metadata and everything else
 
-    async def _metadata(self, request: Request, path: str) -> Response:
+    async def _metadata(self, request: Request, path: str, body: bytes) -> Response:
         dialect = dialect_of(path)
-        body = await request.body()
         with self._lock:
             now = self.clock()
-            skip_local = self.cloud.enabled and self.router.breaker.state(now) is not BreakerState.CLOSED
-            permit = self.router.breaker.passive_permit(now)
+            breaker = self.router.breaker
+            # As soon as Ollama answers again (a health report, a good answer) the lists come from it.
+            skip_local = self.cloud.enabled and (
+                breaker.state(now) is BreakerState.OPEN or breaker.last_health is LocalHealth.DOWN
+            )
+            permit = breaker.passive_permit(now)
         problem = f"Ollama is skipped after failing ({self.router.breaker.reason})"
         if not skip_local:
             try:
@@ -661,7 +976,7 @@ class Gateway:
                 response = await self._relay_local(upstream, None, METADATA_TIMEOUT)
             except BackendFailure as failure:
                 problem = str(failure)
-                if failure.refused and permit.allowed:
+                if failure.kind is FailureKind.REFUSED and permit.allowed:
                     # A refused connection is sure news; a slow model list is not worth opening the breaker for.
                     self._local_failed(Route(Target.LOCAL, permit), failure)
             else:
@@ -677,9 +992,14 @@ class Gateway:
             value = json.loads(body)
         except ValueError:
             return
-        if path == "/api/tags" and isinstance(value, dict) and isinstance(value.get("models"), list):
+        if not isinstance(value, dict):
+            return
+        if path == "/api/tags" and isinstance(value.get("models"), list):
             self._local_models = [m for m in value["models"] if isinstance(m, dict)]
-        elif path == "/api/version" and isinstance(value, dict) and value.get("version"):
+        elif path == "/api/ps" and isinstance(value.get("models"), list):
+            with self._lock:
+                self._loaded.saw_list(loaded_names(value["models"]), self.clock())
+        elif path == "/api/version" and value.get("version"):
             self._local_version = str(value["version"])
 
     def _synthesized(self, method: str, path: str, body: bytes) -> Response:
@@ -708,20 +1028,19 @@ class Gateway:
             return json_response(200, {"object": "list", "data": entries}, Backend.GATEWAY)
         if path.startswith("/v1/models/"):
             wanted = path.removeprefix("/v1/models/")
-            found = next((e for e in entries if e["id"] == wanted), None)
+            found = next((e for e in entries if model_key(e["id"]) == model_key(wanted)), None)
             if found is None:
                 return error_response(Dialect.OPENAI, 404, f"model '{wanted}' not found")
             return json_response(200, found, Backend.GATEWAY)
-        return json_response(200, show_entry(_requested_model(body) or self.cloud.model, stamp), Backend.GATEWAY)
+        requested = _requested_model(body)
+        if not requested:
+            return error_response(Dialect.OLLAMA, 400, "model is required")
+        if model_key(requested) not in {model_key(name) for name in model_names(tags)}:
+            return error_response(Dialect.OLLAMA, 404, f"model '{requested}' not found")  # Ollama's own words
+        return json_response(200, show_entry(requested, stamp), Backend.GATEWAY)
 
-    async def _passthrough(self, request: Request, path: str) -> Response:
+    async def _passthrough(self, request: Request, path: str, content: bytes | AsyncIterator[bytes]) -> Response:
         dialect = dialect_of(path)
-        length = request.headers.get("content-length")
-        content: Any = (
-            await request.body()
-            if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT
-            else request.stream()
-        )
         try:
             upstream = await self._send_local(request, content, None)
             return await self._relay_local(upstream, None, None)
@@ -734,17 +1053,26 @@ class Gateway:
     def _local_failed(self, route: Route, failure: BackendFailure) -> None:
         self.last_local_problem = str(failure)
         with self._lock:
-            restart = self.router.local_failed(route, self.clock(), str(failure), timed_out=failure.timed_out)
-        if restart and self.request_restart is not None:
-            log.warning("asking for a restart of Ollama: %s", failure)
-            threading.Thread(target=self._call_restart, name="gateway-restart", daemon=True).start()
+            self.router.local_failed(route, self.clock(), str(failure), failure.kind)
+        if failure.kind.worth_reporting:
+            self._report(str(failure))
         self._announce_changes()
 
-    def _call_restart(self) -> None:
+    def _report(self, why: str) -> None:
+        """Ask the monitor to check Ollama now, because of what a request saw (at most every few seconds)."""
+        if self.report_problem is None:
+            return
+        with self._lock:
+            if not self._reports.allow(self.clock()):
+                return
+        log.warning("asking the monitor to check Ollama: %s", why)
+        threading.Thread(target=self._call_report, args=(why,), name="gateway-report", daemon=True).start()
+
+    def _call_report(self, why: str) -> None:
         try:
-            self.request_restart()  # type: ignore[misc]
-        except Exception as exc:  # the gateway keeps serving whatever the supervisor says
-            log.warning("could not ask for a restart of Ollama: %s", exc)
+            self.report_problem(why)  # type: ignore[misc]
+        except Exception as exc:  # the gateway keeps serving whatever the monitor says
+            log.warning("could not ask the monitor to check Ollama: %s", exc)
 
     def _served(self, backend: Backend) -> None:
         with self._lock:
@@ -786,20 +1114,33 @@ class Gateway:
         return tr.rfc3339_nano(self.wall_clock())
 
     async def _probe_loop(self) -> None:
-        """Standalone health feed: ``GET /api/version`` every ``probe_interval`` seconds."""
+        """Standalone health feed, every ``probe_interval`` seconds.
+
+        A running monitor's status (``status_source``) is followed when there
+        is one; otherwise ``GET /api/version`` (answered without the scheduler,
+        so a busy Ollama stays up) is the gateway's own probe.
+        """
         assert self._local is not None
         while True:
-            try:
-                response = await self._local.get(
-                    self.local_url + "/api/version", timeout=httpx.Timeout(PROBE_TIMEOUT, connect=LOCAL_CONNECT_TIMEOUT)
-                )
-                health = LocalHealth.UP if response.status_code == 200 else LocalHealth.SLOW
-                if response.status_code == 200:
-                    self._remember("/api/version", response.content)
-            except httpx.HTTPError:
-                health = LocalHealth.DOWN
-            self.observe_health(health)
+            status = await asyncio.to_thread(self.status_source) if self.status_source is not None else None
+            if status is not None:
+                self.observe_status(status)
+            else:
+                self.observe_health(await self._probe_version())
             await asyncio.sleep(self.settings.probe_interval)
+
+    async def _probe_version(self) -> LocalHealth:
+        assert self._local is not None
+        try:
+            response = await self._local.get(
+                self.local_url + "/api/version", timeout=httpx.Timeout(PROBE_TIMEOUT, connect=LOCAL_CONNECT_TIMEOUT)
+            )
+        except httpx.HTTPError:
+            return LocalHealth.DOWN
+        if response.status_code != 200:
+            return LocalHealth.SLOW
+        self._remember("/api/version", response.content)
+        return LocalHealth.UP
 
 
 async def _read_some(response: httpx.Response, timeout: float, limit: int = 64 * 1024) -> bytes:
@@ -822,12 +1163,18 @@ def _completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def _requested_model(body: bytes) -> str:
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The request body as a JSON object; None when it is not one."""
     try:
-        value = json.loads(body) if body else {}
+        value = json.loads(body) if body else None
     except ValueError:
-        return ""
-    return str(value.get("model") or value.get("name") or "") if isinstance(value, dict) else ""
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _requested_model(body: bytes) -> str:
+    value = _json_object(body) or {}
+    return str(value.get("model") or value.get("name") or "")
 
 
 # --------------------------------------------------------------------------- the server

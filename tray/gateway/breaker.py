@@ -1,4 +1,4 @@
-"""Routing policy: which backend answers the next request.
+"""Routing policy: which backend answers the next request, and how long it may wait.
 
 Pure: no threads, no I/O; every call takes ``now`` (monotonic seconds).
 
@@ -9,25 +9,35 @@ every request (closed / open / half-open, as in pybreaker and resilience4j):
   row, or the monitor reporting Ollama down, open the breaker.
 - **open**: requests skip Ollama for ``open_seconds``; the time doubles on
   each failed trial, up to ``max_open_seconds``.
-- **half-open**: one request (the trial) goes to Ollama; its success closes
-  the breaker, its failure opens it again. Ollama turning healthy again in
-  the monitor's eyes moves an open breaker to half-open at once.
+- **half-open**: one request (the trial) goes to Ollama; its failure opens
+  the breaker again.
+- A health report that Ollama answers (healthy, or slow but answering) and
+  any good local answer close the breaker at once: the monitor's probe, not
+  the gateway's timing, decides whether Ollama is dead.
 
 An outcome is counted only against the breaker state its request started
 in (a generation number), so a stream that began before Ollama died cannot
 close a breaker that its death opened.
 
+:func:`choose_budget` and :func:`plan_wait` decide how long a request waits
+for Ollama's first byte. Silence is normal while a model loads, while a
+``stream: false`` answer is generated and while a request waits its turn
+behind another on the same model (Ollama serves one at a time per model):
+those get ``local_timeout`` and never go to the cloud for slowness. Only a
+streamed request to a loaded, idle model has the short ``first_byte_timeout``.
+
 :class:`FallbackWindow` counts which backend served each call over a
 sliding window (the design notes' "alert if > 50 % of calls use cloud").
 :class:`Router` combines both with the cloud setting and decides, per
-request, where it goes and whether a timeout should restart Ollama.
+request, where it goes. :class:`LocalActivity` is what the gateway tells the
+monitor about the requests it has in flight.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -154,16 +164,27 @@ class CircuitBreaker:
         state = self.state(now)
         return Permit(state is BreakerState.CLOSED, generation=self._generation if state is BreakerState.CLOSED else -1)
 
+    @property
+    def last_health(self) -> LocalHealth:
+        """The last health report (UNKNOWN before the first)."""
+        return self._last_health
+
     def record_success(self, now: float, permit: Permit) -> None:
-        """Ollama answered the request ``permit`` was given for."""
-        if permit.generation != self._generation:
+        """Ollama answered the request ``permit`` was given for: the breaker closes.
+
+        An answer to a request sent before the breaker last changed still
+        closes it, unless the monitor has since found Ollama down (that
+        answer may predate the failure). A passive permit taken while the
+        breaker was not closed never counts.
+        """
+        if permit.generation < 0:
             return
-        self._failures_in_row = 0
-        if self.state(now) is BreakerState.HALF_OPEN:
-            self._trial_in_flight = False
-            self._open_for = self.policy.open_seconds
-            self.reason = "Ollama answered again"
-            self._move(BreakerState.CLOSED)
+        if permit.generation != self._generation and self._last_health is LocalHealth.DOWN:
+            return
+        if permit.generation == self._generation:
+            self._failures_in_row = 0
+        if self.state(now) is not BreakerState.CLOSED:
+            self._close("Ollama answered again")
 
     def record_failure(self, now: float, permit: Permit, reason: str) -> None:
         """Ollama failed the request ``permit`` was given for."""
@@ -188,20 +209,24 @@ class CircuitBreaker:
     def observe_health(self, health: LocalHealth, now: float) -> None:
         """A health report from the monitor or the gateway's probe.
 
-        Down opens the breaker at once. Coming back (answering after a
-        report that was not) makes an open breaker half-open, so the next
-        request tries Ollama without waiting for the open period to end.
+        Down opens the breaker at once. A report that Ollama answers closes
+        it at once, whoever opened it: the probe has the last word.
         """
-        previous, self._last_health = self._last_health, health
+        self._last_health = health
         state = self.state(now)
         if health is LocalHealth.DOWN:
             if state is not BreakerState.OPEN:
                 self._open(now, "Ollama is down", longer=state is BreakerState.HALF_OPEN)
             return
-        if health.answering and not previous.answering and state is BreakerState.OPEN:
-            self._move(BreakerState.HALF_OPEN)
+        if health.answering and state is not BreakerState.CLOSED:
+            self._close("Ollama answers again")
 
     # -- transitions
+
+    def _close(self, reason: str) -> None:
+        self._open_for = self.policy.open_seconds
+        self.reason = reason
+        self._move(BreakerState.CLOSED)
 
     def _open(self, now: float, reason: str, *, longer: bool) -> None:
         if longer:
@@ -213,7 +238,7 @@ class CircuitBreaker:
         self._move(BreakerState.OPEN)
 
     def _move(self, state: BreakerState) -> None:
-        # CLOSED -> OPEN, OPEN -> HALF_OPEN, HALF_OPEN -> CLOSED | OPEN
+        # CLOSED -> OPEN, OPEN -> HALF_OPEN | CLOSED, HALF_OPEN -> CLOSED | OPEN
         self._state = state
         self._generation += 1
         self._trial_in_flight = False
@@ -262,6 +287,209 @@ class FallbackWindow:
             self._served.popleft()
 
 
+class FailureKind(StrEnum):
+    """How a request to Ollama went wrong; decides the cloud, the breaker and the report to the monitor."""
+
+    REFUSED = "refused"  # nothing accepted the connection
+    BROKEN = "broken"  # a 5xx answer, or the connection dropped, before the first byte
+    FIRST_BYTE = "first_byte"  # a streamed request to a loaded, idle model got nothing within first_byte_timeout
+    NO_ANSWER = "no_answer"  # nothing within local_timeout (a load, a whole answer or a queue that took too long)
+    STALLED = "stalled"  # an answer that had started paused longer than idle_timeout, or broke off
+    FOUND_DOWN = "found_down"  # the monitor's probe found Ollama down while the request waited
+
+    @property
+    def cloud_may_answer(self) -> bool:
+        """May the cloud take the request? Never for slowness the model explains.
+
+        >>> [k.value for k in FailureKind if k.cloud_may_answer]
+        ['refused', 'broken', 'first_byte', 'found_down']
+        """
+        return self in (FailureKind.REFUSED, FailureKind.BROKEN, FailureKind.FIRST_BYTE, FailureKind.FOUND_DOWN)
+
+    @property
+    def counts_against_ollama(self) -> bool:
+        """Does it count towards opening the breaker? Found-down already opened it; slowness is not failure."""
+        return self in (FailureKind.REFUSED, FailureKind.BROKEN, FailureKind.FIRST_BYTE, FailureKind.STALLED)
+
+    @property
+    def worth_reporting(self) -> bool:
+        """Should the monitor be asked to check Ollama now? Not when its own probe found it."""
+        return self is not FailureKind.FOUND_DOWN
+
+
+class Budget(StrEnum):
+    """Which first-byte budget a request to Ollama gets."""
+
+    FIRST_BYTE = "first_byte"  # streamed, model loaded, nothing ahead of it: silence means trouble
+    LOCAL = "local"  # a load, a whole (stream: false) answer or a queue ahead: silence is normal
+
+
+def choose_budget(*, streamed: bool, loaded: bool, queued: bool) -> Budget:
+    """The budget of a request: the short one only for a streamed request to a loaded, idle model.
+
+    >>> choose_budget(streamed=True, loaded=True, queued=False)
+    <Budget.FIRST_BYTE: 'first_byte'>
+    >>> choose_budget(streamed=False, loaded=True, queued=False)
+    <Budget.LOCAL: 'local'>
+    """
+    return Budget.FIRST_BYTE if streamed and loaded and not queued else Budget.LOCAL
+
+
+@dataclass(frozen=True)
+class WaitPlan:
+    """What happens while a request waits for Ollama's first byte; seconds from sending it."""
+
+    budget: Budget
+    fall_back_after: float | None  # the cloud takes the request (FailureKind.FIRST_BYTE)
+    report_after: float | None  # the monitor is asked to check, the request keeps waiting
+    give_up_after: float  # a clear error, never the cloud (FailureKind.NO_ANSWER)
+
+
+def plan_wait(budget: Budget, *, first_byte_timeout: float, local_timeout: float, cloud_enabled: bool) -> WaitPlan:
+    """The marks of a request's wait.
+
+    Without the cloud, silence past ``first_byte_timeout`` on a streamed
+    request to a loaded model is reported to the monitor, and the request
+    keeps waiting: failing it would help nobody.
+
+    >>> plan_wait(Budget.FIRST_BYTE, first_byte_timeout=15, local_timeout=600, cloud_enabled=True)
+    WaitPlan(budget=<Budget.FIRST_BYTE: 'first_byte'>, fall_back_after=15, report_after=None, give_up_after=600)
+    >>> plan_wait(Budget.FIRST_BYTE, first_byte_timeout=15, local_timeout=600, cloud_enabled=False).report_after
+    15
+    >>> plan_wait(Budget.LOCAL, first_byte_timeout=15, local_timeout=600, cloud_enabled=True).fall_back_after is None
+    True
+    """
+    give_up = max(local_timeout, first_byte_timeout)
+    if budget is Budget.LOCAL:
+        return WaitPlan(budget, None, None, give_up)
+    if cloud_enabled:
+        return WaitPlan(budget, first_byte_timeout, None, give_up)
+    return WaitPlan(budget, None, first_byte_timeout, give_up)
+
+
+def model_key(name: str) -> str:
+    """A model name as Ollama matches it: case-insensitive, ``x`` meaning ``x:latest``.
+
+    >>> model_key("Llama3"), model_key("llama3:8B"), model_key("localhost:5000/me/m"), model_key("")
+    ('llama3:latest', 'llama3:8b', 'localhost:5000/me/m:latest', '')
+    """
+    name = name.strip().lower()
+    if not name:
+        return ""
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def loaded_names(entries: Any) -> list[str]:
+    """Model names from ``/api/ps``'s ``models`` or the monitor's ``loaded_models`` (lists of objects).
+
+    >>> loaded_names([{"name": "llama3:latest"}, {"model": "qwen3:8b"}, "junk"]), loaded_names(None)
+    (['llama3:latest', 'qwen3:8b'], [])
+    """
+    if not isinstance(entries, list):
+        return []
+    names = [str(e.get("name") or e.get("model") or "") for e in entries if isinstance(e, Mapping)]
+    return [n for n in names if n]
+
+
+def status_busy(status: Mapping[str, Any]) -> bool:
+    """Does the monitor's status say Ollama is working on something the gateway did not send?
+
+    ``busy`` is None (or empty) when idle, else a mapping; one whose
+    ``source`` is the gateway says nothing the gateway's own count does not
+    (and that count is fresher than the monitor's last tick).
+
+    >>> status_busy({"busy": None}), status_busy({}), status_busy({"busy": {"model": "llama3", "source": "runner"}})
+    (False, False, True)
+    >>> status_busy({"busy": {"model": "llama3", "source": "gateway"}})
+    False
+    """
+    busy = status.get("busy")
+    if isinstance(busy, Mapping) and busy.get("source") == "gateway":
+        return False
+    return bool(busy)
+
+
+class LoadedModels:
+    """Which models Ollama holds in memory, as last seen; knowledge older than ``ttl`` seconds is no knowledge.
+
+    A full list comes from ``/api/ps``; a good answer proves one model loaded.
+    """
+
+    def __init__(self, ttl: float = 5.0) -> None:
+        self.ttl = ttl
+        self._seen: dict[str, float] = {}  # model key -> when last seen loaded
+        self._listed_at: float | None = None
+
+    def saw_list(self, names: Iterable[str], now: float) -> None:
+        self._listed_at = now
+        self._seen = {model_key(n): now for n in names}
+
+    def saw_answer(self, model: str, now: float) -> None:
+        if model:
+            self._seen[model_key(model)] = now
+
+    def is_loaded(self, model: str, now: float) -> bool | None:
+        """True / False when known within ``ttl``; None when a fresh look is needed.
+
+        >>> cache = LoadedModels(ttl=5)
+        >>> cache.is_loaded("llama3", 0.0) is None
+        True
+        >>> cache.saw_list(["llama3:latest"], 1.0)
+        >>> cache.is_loaded("Llama3", 6.0), cache.is_loaded("qwen3", 6.0), cache.is_loaded("llama3", 6.1)
+        (True, False, None)
+        """
+        key = model_key(model)
+        seen = self._seen.get(key)
+        if seen is not None and now - seen <= self.ttl:
+            return True
+        if self._listed_at is not None and now - self._listed_at <= self.ttl:
+            return False
+        return None
+
+
+@dataclass(frozen=True)
+class LocalActivity:
+    """What the gateway has sent to Ollama, for the monitor's busy detection.
+
+    ``in_flight``: model (``name:tag``, lower case) -> inference requests sent
+    to Ollama and not finished, streamed or not; ``waiting``: of those, the
+    requests with no byte back yet; ``last_progress``: the gateway's
+    monotonic clock (``time.monotonic``, the monitor's clock) at the last
+    byte received from Ollama on any inference request, None before the first.
+    """
+
+    in_flight: dict[str, int] = field(default_factory=dict)
+    waiting: int = 0
+    last_progress: float | None = None
+
+    @property
+    def idle(self) -> bool:
+        """
+        >>> LocalActivity().idle, LocalActivity({"llama3:latest": 1}, 1, None).idle
+        (True, False)
+        """
+        return not self.in_flight
+
+
+class Throttle:
+    """At most one event per ``interval`` seconds.
+
+    >>> gate = Throttle(5.0)
+    >>> [gate.allow(t) for t in (0.0, 4.9, 5.0)]
+    [True, False, True]
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+
 class Target(StrEnum):
     LOCAL = "local"
     CLOUD = "cloud"
@@ -274,7 +502,7 @@ class Route:
 
     target: Target
     permit: Permit
-    can_fall_back: bool = False  # the cloud may answer if Ollama fails before its first byte
+    can_fall_back: bool = False  # the cloud may answer if Ollama fails before its first byte (see FailureKind)
     retry_at: float | None = None  # for REFUSE/CLOUD: when Ollama will be tried again
 
 
@@ -292,13 +520,10 @@ class Router:
         cloud_enabled: bool,
         breaker: CircuitBreaker | None = None,
         window: FallbackWindow | None = None,
-        restart_interval: float = 120.0,
     ) -> None:
         self.cloud_enabled = cloud_enabled
         self.breaker = breaker or CircuitBreaker()
         self.window = window or FallbackWindow()
-        self.restart_interval = restart_interval
-        self._last_restart_request: float | None = None
         self._announced_active = False
 
     def route(self, now: float) -> Route:
@@ -317,16 +542,12 @@ class Router:
     def local_succeeded(self, route: Route, now: float) -> None:
         self.breaker.record_success(now, route.permit)
 
-    def local_failed(self, route: Route, now: float, reason: str, *, timed_out: bool) -> bool:
-        """Count a failure; True when the caller should ask for a restart of Ollama."""
-        self.breaker.record_failure(now, route.permit, reason)
-        if not timed_out:
-            return False
-        last = self._last_restart_request
-        if last is not None and now - last < self.restart_interval:
-            return False
-        self._last_restart_request = now
-        return True
+    def local_failed(self, route: Route, now: float, reason: str, kind: FailureKind) -> None:
+        """Count what went wrong with Ollama: failures that say it is broken; slowness only frees a trial."""
+        if kind.counts_against_ollama:
+            self.breaker.record_failure(now, route.permit, reason)
+        else:
+            self.breaker.abandon(route.permit)
 
     def local_abandoned(self, route: Route) -> None:
         self.breaker.abandon(route.permit)

@@ -10,9 +10,13 @@ net without running the gateway::
 The answer is always in Ollama's ``/api/chat`` format, whoever served it.
 Routing is the gateway's (:class:`~tray.gateway.breaker.Router`): Ollama
 first; the cloud (when ``[cloud] enabled``) if Ollama refuses the
-connection, sends nothing for ``first_byte_timeout`` seconds or answers
-5xx; Ollama skipped for a while after repeated failures. A stream that has
-started is never switched. Failures raise :class:`ChatError` (one line).
+connection or answers 5xx, or if a streamed chat with a loaded model and
+nothing ahead of it gets no first byte within ``first_byte_timeout``;
+Ollama skipped for a while after repeated failures. A whole (non-streamed)
+answer, a model load or a chat queued behind another of this client waits
+up to ``local_timeout`` and is never sent to the cloud for being slow. A
+stream that has started is never switched. Failures raise
+:class:`ChatError` (one line); ``report_problem(why)`` hears about them.
 
 Known limit: httpx has one read timeout per request, so here the
 first-byte budget also bounds each pause inside a streamed answer.
@@ -31,7 +35,22 @@ from typing import Any, Literal, overload
 import httpx
 
 from tray.gateway import translate as tr
-from tray.gateway.breaker import Backend, BreakerPolicy, CircuitBreaker, FallbackWindow, Route, Router, Target
+from tray.gateway.breaker import (
+    Backend,
+    BreakerPolicy,
+    Budget,
+    CircuitBreaker,
+    FailureKind,
+    FallbackWindow,
+    LoadedModels,
+    Route,
+    Router,
+    Target,
+    Throttle,
+    choose_budget,
+    loaded_names,
+    model_key,
+)
 from tray.gateway.cloud import (
     CONNECT_TIMEOUT,
     ApiKey,
@@ -47,6 +66,9 @@ from tray.gateway.cloud import (
 from tray.gateway.settings import CloudSettings, GatewaySettings
 
 LOCAL_CONNECT_TIMEOUT = 2.0
+PS_TIMEOUT = 1.0
+LOADED_TTL = 5.0
+REPORT_INTERVAL = 5.0
 
 
 class ChatError(Exception):
@@ -88,9 +110,9 @@ class ChatStream:
 
 
 class _Failure(Exception):
-    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+    def __init__(self, message: str, kind: FailureKind) -> None:
         super().__init__(message)
-        self.timed_out = timed_out
+        self.kind = kind
 
 
 class LocalFirstChat:
@@ -105,7 +127,7 @@ class LocalFirstChat:
         settings: GatewaySettings | None = None,
         env: Mapping[str, str] | None = None,
         key_store: KeyStore | None = None,
-        request_restart: Callable[[], None] | None = None,
+        report_problem: Callable[[str], None] | None = None,
         http: httpx.Client | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -116,7 +138,7 @@ class LocalFirstChat:
         self.settings = settings or GatewaySettings()
         self.env = os.environ if env is None else env
         self.key_store = key_store if key_store is not None else SystemKeyStore()
-        self.request_restart = request_restart
+        self.report_problem = report_problem
         self.http = http or httpx.Client(trust_env=False)
         self._cloud_http = http or httpx.Client()
         self.clock = clock
@@ -130,10 +152,12 @@ class LocalFirstChat:
             cloud_enabled=cloud.enabled,
             breaker=CircuitBreaker(policy),
             window=FallbackWindow(self.settings.fallback_window_seconds),
-            restart_interval=self.settings.restart_interval,
         )
         self._lock = threading.Lock()
         self._key: ApiKey | None = None
+        self._loaded = LoadedModels(LOADED_TTL)
+        self._in_flight: dict[str, int] = {}  # model key -> chats of this client not finished
+        self._reports = Throttle(REPORT_INTERVAL)
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> LocalFirstChat:
@@ -199,35 +223,81 @@ class LocalFirstChat:
             )
         if route.target is Target.CLOUD:
             return self._from_cloud(body, f"Ollama is skipped after failing ({self.router.breaker.reason})")
+        model = model_key(str(body["model"]))
+        budget = self._budget(model, stream)
+        with self._lock:
+            self._in_flight[model] = self._in_flight.get(model, 0) + 1
+        handed_over = False
         try:
-            return self._from_local(body, route)
+            reply = self._from_local(body, route, budget, lambda: self._done(model))
+            handed_over = isinstance(reply, ChatStream)
+            return reply
         except _Failure as failure:
             self._local_failed(route, failure)
-            if not route.can_fall_back:
-                raise ChatError(
-                    f"{failure}; the cloud fallback is off" if not self.cloud.enabled else str(failure)
-                ) from None
+            if not (failure.kind.cloud_may_answer and self.cloud.enabled):
+                suffix = "; the cloud fallback is off" if failure.kind.cloud_may_answer else ""
+                raise ChatError(f"{failure}{suffix}") from None
             return self._from_cloud(body, str(failure))
+        finally:
+            if not handed_over:
+                self._done(model)
 
     # -- Ollama
 
-    def _from_local(self, body: dict[str, Any], route: Route) -> ChatReply | ChatStream:
-        budget = self.settings.first_byte_timeout if route.can_fall_back else self.settings.local_timeout
-        timeout = httpx.Timeout(connect=LOCAL_CONNECT_TIMEOUT, read=budget, write=budget, pool=budget)
+    def _budget(self, model: str, stream: bool) -> Budget:
+        """The first-byte budget of a chat (see :func:`~tray.gateway.breaker.choose_budget`)."""
+        with self._lock:
+            queued = self._in_flight.get(model, 0) > 0
+            loaded = self._loaded.is_loaded(model, self.clock())
+        if stream and not queued and loaded is None:
+            loaded = self._look_up_loaded(model)
+        return choose_budget(streamed=stream, loaded=bool(loaded), queued=queued)
+
+    def _look_up_loaded(self, model: str) -> bool:
+        try:
+            response = self.http.get(self.local_url + "/api/ps", timeout=PS_TIMEOUT)
+            names = loaded_names(response.json().get("models")) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            names = None
+        with self._lock:
+            if names is not None:
+                self._loaded.saw_list(names, self.clock())
+            return bool(self._loaded.is_loaded(model, self.clock()))
+
+    def _done(self, model: str) -> None:
+        with self._lock:
+            left = self._in_flight.get(model, 0) - 1
+            if left > 0:
+                self._in_flight[model] = left
+            else:
+                self._in_flight.pop(model, None)
+
+    def _from_local(
+        self, body: dict[str, Any], route: Route, budget: Budget, done: Callable[[], None]
+    ) -> ChatReply | ChatStream:
+        fall_back = budget is Budget.FIRST_BYTE and self.cloud.enabled
+        wait = self.settings.first_byte_timeout if fall_back else self.settings.local_timeout
+        timeout = httpx.Timeout(connect=LOCAL_CONNECT_TIMEOUT, read=wait, write=wait, pool=wait)
         request = self.http.build_request("POST", self.local_url + "/api/chat", json=body, timeout=timeout)
         try:
             response = self.http.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise _Failure(f"Ollama sent nothing for {budget:g} s", timed_out=True) from None
         except httpx.ConnectError as exc:
-            raise _Failure(f"Ollama is not reachable at {self.local_url} ({describe_error(exc)})") from None
+            raise _Failure(
+                f"Ollama is not reachable at {self.local_url} ({describe_error(exc)})", FailureKind.REFUSED
+            ) from None
+        except httpx.TimeoutException:
+            kind = FailureKind.FIRST_BYTE if fall_back else FailureKind.NO_ANSWER
+            raise _Failure(f"Ollama sent nothing for {wait:g} s", kind) from None
         except httpx.HTTPError as exc:
-            raise _Failure(f"Ollama failed: {describe_error(exc)}") from None
-        if response.status_code >= 500 and route.can_fall_back:
+            raise _Failure(f"Ollama failed: {describe_error(exc)}", FailureKind.BROKEN) from None
+        if response.status_code >= 500 and self.cloud.enabled:
             detail = tr.error_message(_read(response))
-            raise _Failure(f"Ollama answered {response.status_code}: {detail}")
+            raise _Failure(f"Ollama answered {response.status_code}: {detail}", FailureKind.BROKEN)
         with self._lock:
-            self.router.local_succeeded(route, self.clock())
+            if response.status_code < 500:
+                self.router.local_succeeded(route, self.clock())
+            if response.status_code == 200:
+                self._loaded.saw_answer(str(body["model"]), self.clock())
             self.router.served(Backend.LOCAL, self.clock())
         if response.status_code >= 400:
             raise ChatError(f"Ollama answered {response.status_code}: {tr.error_message(_read(response))}")
@@ -235,8 +305,17 @@ class LocalFirstChat:
             try:
                 return ChatReply(json.loads(_read(response, limit=None)), Backend.LOCAL)
             except (ValueError, httpx.HTTPError) as exc:
-                raise _Failure(f"Ollama broke off its answer ({describe_error(exc)})") from None
-        return ChatStream(self._local_chunks(response, route), Backend.LOCAL, response.close)
+                raise _Failure(f"Ollama broke off its answer ({describe_error(exc)})", FailureKind.STALLED) from None
+
+        finished = threading.Event()
+
+        def close() -> None:
+            response.close()
+            if not finished.is_set():
+                finished.set()
+                done()
+
+        return ChatStream(self._local_chunks(response, route), Backend.LOCAL, close)
 
     def _local_chunks(self, response: httpx.Response, route: Route) -> Iterator[dict[str, Any]]:
         try:
@@ -244,10 +323,7 @@ class LocalFirstChat:
                 if line.strip():
                     yield _chunk(line)
         except httpx.HTTPError as exc:
-            failure = _Failure(
-                f"Ollama broke off the answer ({describe_error(exc)})",
-                timed_out=isinstance(exc, httpx.TimeoutException),
-            )
+            failure = _Failure(f"Ollama broke off the answer ({describe_error(exc)})", FailureKind.STALLED)
             self._local_failed(route, failure)
             raise ChatError(str(failure)) from None
         finally:
@@ -255,9 +331,10 @@ class LocalFirstChat:
 
     def _local_failed(self, route: Route, failure: _Failure) -> None:
         with self._lock:
-            restart = self.router.local_failed(route, self.clock(), str(failure), timed_out=failure.timed_out)
-        if restart and self.request_restart is not None:
-            threading.Thread(target=self.request_restart, name="chat-restart", daemon=True).start()
+            self.router.local_failed(route, self.clock(), str(failure), failure.kind)
+            report = failure.kind.worth_reporting and self._reports.allow(self.clock())
+        if report and self.report_problem is not None:
+            threading.Thread(target=self.report_problem, args=(str(failure),), name="chat-report", daemon=True).start()
 
     # -- the cloud
 

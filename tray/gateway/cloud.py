@@ -40,6 +40,26 @@ INFERENCE_PATHS: dict[str, tuple[Dialect, str]] = {
 EMBEDDING_KINDS = ("embed", "embeddings")
 
 
+def streamed_request(path: str, body: dict[str, Any]) -> bool:
+    """Will the answer to this inference request be streamed?
+
+    Ollama's ``/api/chat`` and ``/api/generate`` stream unless told
+    ``"stream": false``; OpenAI's paths only when told ``"stream": true``;
+    embeddings never.
+
+    >>> streamed_request("/api/chat", {}), streamed_request("/v1/chat/completions", {})
+    (True, False)
+    >>> streamed_request("/api/generate", {"stream": False}), streamed_request("/v1/completions", {"stream": True})
+    (False, True)
+    >>> streamed_request("/api/embed", {"stream": True})
+    False
+    """
+    client, kind = INFERENCE_PATHS[path]
+    if kind in EMBEDDING_KINDS:
+        return False
+    return tr.ollama_stream_requested(body) if client is Dialect.OLLAMA else tr.openai_stream_requested(body)
+
+
 # --------------------------------------------------------------------------- the API key
 
 
@@ -183,9 +203,7 @@ def plan_cloud_call(cloud: CloudSettings, path: str, body: dict[str, Any]) -> Cl
         if not cloud.embedding_model:
             raise NotServed("the cloud fallback has no embedding model (set cloud.embedding_model)")
         model = cloud.embedding_model
-    stream = tr.ollama_stream_requested(body) if client is Dialect.OLLAMA else tr.openai_stream_requested(body)
-    if kind in EMBEDDING_KINDS:
-        stream = False
+    stream = streamed_request(path, body)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if client is Dialect.OPENAI else False
     if client is provider:
         return CloudCall(

@@ -59,23 +59,40 @@ def same_address(local_url: str, port: int) -> bool:
     return parts.port == port and host_allowed(parts.netloc)
 
 
-def monitor_restart(paths: Any) -> Callable[[], None]:
-    """Ask a running monitor (through its status API and token) to restart Ollama."""
+def monitor_check(paths: Any) -> Callable[[str], None]:
+    """Report a problem the gateway saw to a running monitor: it checks Ollama now (status API, with its token).
 
-    def restart() -> None:
+    The monitor's probe decides what follows; a restart, if any, is recorded with its own cause.
+    """
+
+    def check(why: str) -> None:
         from tray.cli import MonitorLink
 
-        message = MonitorLink(paths).action("restart")
+        message = MonitorLink(paths).action("check")
         if message is None:
-            log.warning("no running monitor to restart Ollama; start 'ollama-manager monitor' or the tray app")
+            log.warning("no running monitor to check Ollama (%s); start 'ollama-manager monitor' or the tray app", why)
         else:
             log.info("monitor: %s", message)
 
-    return restart
+    return check
+
+
+def monitor_status(paths: Any) -> Callable[[], dict[str, Any] | None]:
+    """A running monitor's status (health, loaded models, busy), None when no monitor answers."""
+
+    def status() -> dict[str, Any] | None:
+        from tray.cli import MonitorLink
+
+        return MonitorLink(paths).status()
+
+    return status
 
 
 def build_gateway(config: Any, **kwargs: Any) -> Gateway:
     """A gateway for the app's settings."""
+    settings = gateway_settings(config)
+    if settings.restart_interval != GatewaySettings().restart_interval:
+        log.info("gateway.restart_interval is ignored: the gateway never restarts Ollama, the monitor decides")
     return Gateway(local_url=config.host.url, cloud=cloud_settings(config), settings=gateway_settings(config), **kwargs)
 
 
@@ -92,7 +109,8 @@ def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: 
     history = History(paths.history_db)
     gateway = build_gateway(
         config,
-        request_restart=monitor_restart(paths),
+        report_problem=monitor_check(paths),
+        status_source=monitor_status(paths),
         history=history,
         notifier=Notifier(enabled=config.notifications),
         probe=True,
@@ -161,9 +179,10 @@ def start_gateway_in_monitor(
 ) -> GatewayServer | None:
     """Start the gateway inside a running monitor when ``gateway.enabled``; None otherwise.
 
-    The gateway follows the monitor's health reports, asks it for restarts,
-    and unsubscribes when the returned server is stopped. Raises OSError
-    (one line) when the port cannot be had.
+    The gateway follows the monitor's status, reports what it sees by asking
+    the monitor to check Ollama now (``check``, never ``restart``), and
+    unsubscribes when the returned server is stopped. Raises OSError (one
+    line) when the port cannot be had.
     """
     settings = gateway_settings(config)
     if not settings.enabled:
@@ -171,7 +190,7 @@ def start_gateway_in_monitor(
     if same_address(config.host.url, settings.port):
         raise OSError(f"the gateway port {settings.port} is Ollama's own port; set gateway.port to another one")
     gateway = build_gateway(
-        config, request_restart=lambda: monitor.request("restart"), history=history, notifier=notifier
+        config, report_problem=lambda why: monitor.request("check"), history=history, notifier=notifier
     )
     server = GatewayServer(gateway, settings.port)
     server.start()

@@ -104,13 +104,18 @@ class GatewaySettings:
     first_byte_timeout: float = field(
         default=15.0,
         metadata=setting(
-            "Seconds without a first byte from Ollama before the cloud takes the request and Ollama is restarted",
+            "Seconds a streamed request to a loaded, idle model may wait for its first byte before the cloud "
+            "takes it (without the cloud: before the monitor is asked to check Ollama)",
             minimum=0.1,
         ),
     )
     local_timeout: float = field(
-        default=300.0,
-        metadata=setting("Seconds to wait for Ollama's first byte when the cloud cannot take over", minimum=1),
+        default=600.0,
+        metadata=setting(
+            "Seconds a model load, a stream:false answer or a request queued behind another may wait for "
+            "Ollama's first byte; then a clear error, never the cloud",
+            minimum=1,
+        ),
     )
     idle_timeout: float = field(
         default=60.0, metadata=setting("Seconds Ollama may pause inside an answer it has started", minimum=1)
@@ -133,7 +138,9 @@ class GatewaySettings:
     )
     restart_interval: float = field(
         default=120.0,
-        metadata=setting("Least seconds between two restarts of Ollama asked for because of timeouts", minimum=0),
+        metadata=setting(
+            "Deprecated and ignored: the gateway never restarts Ollama; it asks the monitor to check it", minimum=0
+        ),
     )
     fallback_window_seconds: float = field(
         default=600.0, metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1)
