@@ -1,6 +1,13 @@
+import doctest
+
 import pytest
 
+from tray.core import health as health_module
 from tray.core.health import Failure, Health, ProbeResult, TimeoutCounter, classify, is_dead
+
+
+def test_docstring_examples():
+    assert doctest.testmod(health_module).failed == 0
 
 
 @pytest.mark.parametrize(
