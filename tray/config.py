@@ -68,7 +68,10 @@ class Config:
     )
     model_load_timeout: float = field(
         default=300.0,
-        metadata=setting("Seconds a probe may take while the model loads from disk (not counted as a hang)", minimum=1),
+        metadata=setting(
+            "Seconds a model may take to load from disk (Ollama's own default); part of the stuck-runner bound",
+            minimum=1,
+        ),
     )
     stuck_runner_timeout: float = field(
         default=0.0,
