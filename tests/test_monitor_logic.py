@@ -507,3 +507,20 @@ def test_a_long_generation_through_the_gateway_is_never_stuck():
         due = monitor.tick()
     assert monitor.snapshot()["busy"]["stuck"] is False
     assert stuck_alerts(monitor) == [] and sup.restarts == []
+
+
+def test_a_dropped_test_prompt_with_the_server_answering_is_unhealthy_not_dead():
+    monitor, sup, clock, cpu = make_busy()
+    sup.client.inference = [ProbeResult(False, 0.1, "inference", Failure.REFUSED, "connection dropped")] * 3
+    run_ticks(monitor, clock, 3)
+    status = monitor.snapshot()
+    assert sup.restarts == []
+    assert status["health"] == "unhealthy" and status["last_error"] == "test prompt: connection dropped"
+
+
+def test_a_dropped_test_prompt_with_the_server_gone_is_down():
+    monitor, sup, clock, cpu = make_busy()
+    sup.client.inference = [ProbeResult(False, 0.1, "inference", Failure.REFUSED, "connection dropped")]
+    sup.client.pings = [REFUSED]
+    monitor.tick()
+    assert sup.restarts == ["down"]

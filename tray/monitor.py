@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from tray.config import Config
@@ -412,17 +413,20 @@ class Monitor:
         result, outcome = api, InferenceProbe.NOT_SENT
         if choice.send:
             self.inference_count += 1
-            result = client.probe_inference(model, timeout=self.config.health_check_timeout)
-            if result.ok:
+            inference = client.probe_inference(model, timeout=self.config.health_check_timeout)
+            result = inference
+            if inference.ok:
                 outcome = InferenceProbe.ANSWERED
-            elif result.failure is Failure.TIMEOUT:
-                # Cancelled (its connection is closed). Waiting behind other work is busy, not hung,
-                # as long as the server itself still answers.
+            elif inference.failure in (Failure.TIMEOUT, Failure.REFUSED):
+                # Whether the server itself still answers decides between hung or gone, and busy.
                 result = client.ping(timeout=down_after)
                 if not result.ok:
                     return result
-                outcome = InferenceProbe.WAITED
-                log.info("the health probe waited %g s on %s: busy, probe cancelled", self.config.health_check_timeout, model)
+                if inference.failure is Failure.TIMEOUT:  # cancelled: its connection is closed
+                    outcome = InferenceProbe.WAITED
+                    log.info("the test prompt waited %g s on %s: busy; cancelled", self.config.health_check_timeout, model)
+                else:
+                    result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
         self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}
         loaded_names = [m["name"] for m in self.loaded_models]
         self.evidence = BusyEvidence(
