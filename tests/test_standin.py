@@ -458,7 +458,8 @@ def test_chat_stream_and_non_stream(served: StandinEnv, api: httpx.Client) -> No
         4,
         2,
     )
-    assert "load_duration" not in final and final["total_duration"] > 0
+    # Ollama's load_duration is the time spent scheduling: present, and short for a loaded model.
+    assert 0 < final["load_duration"] < final["total_duration"]
     whole = api.post("/api/chat", json={"model": "chatty", "messages": messages, "stream": False})
     assert whole.headers["content-type"] == JSON
     assert whole.json()["message"] == {"role": "assistant", "content": "You said: hello world"}
@@ -483,7 +484,7 @@ def test_load_unload_and_load_duration(served: StandinEnv, api: httpx.Client) ->
     first = api.post("/api/generate", json={"model": "loader", "prompt": "a b", "stream": False}).json()
     assert first["load_duration"] >= 400_000_000
     second = api.post("/api/generate", json={"model": "loader", "prompt": "a b", "stream": False}).json()
-    assert "load_duration" not in second
+    assert 0 < second["load_duration"] < first["load_duration"] / 10
     assert (second["response"], second["context"][:2]) == ("You said: a b", first["context"][:2])
 
 

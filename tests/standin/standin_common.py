@@ -28,6 +28,27 @@ def env_var(key: str) -> str:
     return os.environ.get(key, "").strip().strip("\"'")
 
 
+def uint_env(key: str, default: int) -> int:
+    """``envconfig.Uint``: a non-negative integer, the default when unset or invalid."""
+    text = env_var(key)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def ms_env(key: str, default: float) -> float:
+    """A stand-in knob in milliseconds (a non-negative number), the default when unset or invalid."""
+    try:
+        value = float(env_var(key) or default)
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
 # --- OLLAMA_HOST -----------------------------------------------------------------
 
 
@@ -202,7 +223,7 @@ def _trim_fraction(value: int, unit: int) -> str:
     return "%d.%s" % (whole, text) if text else str(whole)
 
 
-def keep_alive_seconds(value: Any, default: float) -> float:
+def keep_alive_seconds(value: Any, default: Optional[float]) -> Optional[float]:
     """A request's ``keep_alive`` as seconds (``FOREVER`` when negative), like ``api.Duration``.
 
     Raises :class:`DurationError` for strings Go rejects and ``TypeError`` for other JSON types.
@@ -481,6 +502,12 @@ def slog_line(level: str, source: str, msg: str, attrs: Iterable[Tuple[str, Any]
 def log(level: str, source: str, msg: str, *attrs: Tuple[str, Any]) -> None:
     """Write a slog line to stderr; write failures (full disk, closed pipe) are ignored."""
     write_line(sys.stderr, slog_line(level, source, msg, attrs))
+
+
+def debug(source: str, msg: str, *attrs: Tuple[str, Any]) -> None:
+    """A DEBUG slog line, written only when OLLAMA_DEBUG is set (as Ollama's log level)."""
+    if env_var("OLLAMA_DEBUG") not in ("", "0", "false", "False", "FALSE"):
+        log("DEBUG", source, msg, *attrs)
 
 
 def gin_line(status: int, latency_ns: int, client_ip: str, method: str, path: str) -> str:

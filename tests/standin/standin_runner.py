@@ -1,24 +1,42 @@
-"""``ollama runner --model <blob> --port N``: the child that holds a loaded model's memory.
+"""The runner child: holds a loaded model's memory and does the generating, over HTTP on its port.
 
-It checks the GGUF magic (a bad file makes it exit 1 with llama.cpp's error line,
-which serve turns into ``llama runner process has terminated: ...``), allocates and
-touches OLLAMA_STANDIN_RUNNER_MB MiB so its RSS is real, then answers health
-checks on its port until killed. It does not watch its parent: when serve is
-SIGKILLed it lives on as an orphan, as Ollama's runners do.
+``ollama runner --model <blob> --port N`` starts listening at once and answers
+``GET /health`` with ``{"status":"loading model"}`` (503) while it loads: it checks the
+GGUF magic (a bad file makes it exit 1 with llama.cpp's error line, which serve turns
+into a load error), allocates and touches OLLAMA_STANDIN_RUNNER_MB MiB so its RSS is
+real, and waits out the load time serve asked for. Then ``/health`` is ``{"status":"ok"}``
+and ``POST /completion`` streams the answer serve asked for as server-sent events, one
+token per event, doing a few milliseconds of real CPU work per token and pausing between
+tokens as asked; it stops as soon as serve closes the connection. ``POST /embedding``
+answers a deterministic unit vector.
+
+What serve asks for travels in the request body (``standin``: tokens, pacing) and, for
+the load, in the OLLAMA_STANDIN_RUNNER_PLAN environment variable (JSON: ``load_ms``,
+``spawned`` epoch seconds, ``cpu_ms`` per token). The runner does not watch its parent:
+when serve is SIGKILLed it lives on as an orphan, as Ollama's runners do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import json
 import os
+import random
+import select
 import signal
 import socket
+import socketserver
 import sys
-from typing import List, Optional
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
 from standin_common import MIB, set_process_name, slog_line, write_line
 
 PAGE = 4096
-HEALTH_REPLY = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{"status":"ok"}'
+DEFAULT_CPU_MS = 2.0
+JSON_TYPE = "application/json; charset=utf-8"
 
 
 def _flag(argv: List[str], name: str) -> Optional[str]:
@@ -52,35 +70,184 @@ def hold_memory(megabytes: int) -> bytearray:
     return buffer
 
 
-def serve_health(port: int) -> None:
-    """Accept connections forever, answering each with ``{"status":"ok"}``."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(16)
+def burn_cpu(milliseconds: float) -> None:
+    """Spend about this much CPU time of this thread, as evaluating a token does."""
+    end = time.thread_time() + milliseconds / 1000.0
+    data = b"\x00" * 4096
+    while time.thread_time() < end:
+        data = hashlib.sha256(data).digest() * 128
+
+
+def embedding_vector(text: str, dimensions: int) -> List[float]:
+    """A deterministic unit vector for a text."""
+    rng = random.Random(hashlib.sha256(text.encode("utf-8")).hexdigest())
+    values = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
+    norm = sum(value * value for value in values) ** 0.5 or 1.0
+    return [round(value / norm, 8) for value in values]
+
+
+def read_plan() -> Dict[str, Any]:
+    """What serve asked of this load (OLLAMA_STANDIN_RUNNER_PLAN), empty when absent or unreadable."""
+    try:
+        plan = json.loads(os.environ.get("OLLAMA_STANDIN_RUNNER_PLAN") or "{}")
+    except ValueError:
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
+class RunnerState:
+    """What ``/health`` says: loading, then ok (or an error body)."""
+
+    def __init__(self, cpu_ms: float) -> None:
+        self.cpu_ms = cpu_ms
+        self.status = "loading"
+        self.error_body = b""
+
+    def health(self) -> Tuple[int, bytes]:
+        """Status code and body of ``GET /health``."""
+        if self.status == "ok":
+            return 200, b'{"status":"ok"}'
+        if self.status == "error":
+            return 500, self.error_body
+        return 503, b'{"status":"loading model"}'
+
+
+class RunnerHTTPServer(http.server.ThreadingHTTPServer):
+    """The runner's listener on 127.0.0.1 (no reverse-DNS lookup at bind)."""
+
+    daemon_threads = True
+    state: RunnerState
+
+    def server_bind(self) -> None:
+        """Bind without http.server's ``getfqdn``."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
+
+
+class RunnerHandler(http.server.BaseHTTPRequestHandler):
+    """``/health``, ``/completion`` and ``/embedding``; every answer closes its connection."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: RunnerHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """No access log."""
+
+    def reply(self, status: int, body: bytes, content_type: str = JSON_TYPE) -> None:
+        """A complete answer."""
+        self.close_connection = True
+        self.send_response_only(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        """``GET /health``."""
+        if self.path == "/health":
+            self.reply(*self.server.state.health())
+        else:
+            self.reply(404, b"File Not Found", "text/plain")
+
+    def do_POST(self) -> None:
+        """``POST /completion`` and ``POST /embedding``."""
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            request = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            request = {}
+        if self.server.state.status != "ok":
+            self.reply(503, b'{"error":{"code":503,"message":"Loading model","type":"unavailable_error"}}')
+        elif self.path == "/completion":
+            self.completion(request)
+        elif self.path == "/embedding":
+            self.embedding(request)
+        else:
+            self.reply(404, b"File Not Found", "text/plain")
+
+    def closed_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds``; True as soon as serve closed the connection."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                readable, _, _ = select.select([self.connection], [], [], remaining)
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return True
+            except OSError:
+                return True
+            if readable:
+                time.sleep(min(remaining, 0.05))
+
+    def event(self, value: Dict[str, Any]) -> bool:
+        """Send one server-sent event; False when serve has gone."""
+        try:
+            self.wfile.write(b"data: " + json.dumps(value, separators=(",", ":")).encode("utf-8") + b"\n\n")
+            self.wfile.flush()
+            return True
+        except OSError:
+            return False
+
+    def completion(self, request: Dict[str, Any]) -> None:
+        """Stream the tokens serve asked for, paced, until the last one or until serve goes."""
+        plan = request.get("standin") or {}
+        tokens = [str(token) for token in plan.get("tokens") or []]
+        token_ms = float(plan.get("token_ms") or 0)
+        self.close_connection = True
+        self.send_response_only(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        started = time.monotonic()
+        if self.closed_within(float(plan.get("delay_ms") or 0) / 1000.0):
+            return
+        if plan.get("hang"):
+            while not self.closed_within(3600):
+                pass
+            return
+        prompt_ms = (time.monotonic() - started) * 1000.0
+        for index, token in enumerate(tokens):
+            if index and token_ms > 0 and self.closed_within(token_ms / 1000.0):
+                return
+            burn_cpu(self.server.state.cpu_ms)
+            if not self.event({"content": token, "stop": False}):
+                return
+        timings = {
+            "prompt_n": int(plan.get("prompt_n") or 1),
+            "prompt_ms": prompt_ms,
+            "predicted_n": len(tokens),
+            "predicted_ms": (time.monotonic() - started) * 1000.0 - prompt_ms,
+        }
+        stop_type = "limit" if plan.get("done_reason") == "length" else "eos"
+        self.event({"content": "", "stop": True, "stop_type": stop_type, "timings": timings})
+
+    def embedding(self, request: Dict[str, Any]) -> None:
+        """A deterministic unit vector for ``content``."""
+        plan = request.get("standin") or {}
+        if self.closed_within(float(plan.get("delay_ms") or 0) / 1000.0):
+            return
+        burn_cpu(self.server.state.cpu_ms)
+        vector = embedding_vector(str(request.get("content") or ""), int(plan.get("dimensions") or 384))
+        self.reply(200, json.dumps({"embedding": vector}).encode("utf-8"))
+
+
+def run(model: str, port: int) -> int:
+    """Listen, load (memory, load time), then serve until killed."""
+    plan = read_plan()
+    state = RunnerState(float(plan.get("cpu_ms", DEFAULT_CPU_MS)))
+    try:
+        server = RunnerHTTPServer(("127.0.0.1", port), RunnerHandler)
+    except OSError as error:
+        _say("error: bind 127.0.0.1:%d: %s" % (port, error.strerror or error))
+        return 1
+    server.state = state
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 3600}, daemon=True).start()
     _say(slog_line("INFO", "runner.go:1006", "Server listening on 127.0.0.1:%d" % port))
-    while True:
-        try:
-            connection, _ = listener.accept()
-        except OSError:
-            continue
-        try:
-            connection.settimeout(1.0)
-            connection.recv(4096)
-            connection.sendall(HEALTH_REPLY)
-        except OSError:
-            pass
-        finally:
-            connection.close()
-
-
-def runner_main(argv: List[str]) -> int:
-    """Entry point of the hidden ``runner`` command."""
-    set_process_name("ollama")
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    model = _flag(argv, "--model") or ""
-    port = int(_flag(argv, "--port") or 0)
-    _say(slog_line("INFO", "runner.go:963", "starting go runner"))
     problem = model_error(model)
     if problem:
         _say("llama_model_load: error loading model: %s" % problem)
@@ -91,9 +258,19 @@ def runner_main(argv: List[str]) -> int:
         megabytes = 64
     held = hold_memory(max(0, megabytes))
     _say("llama_model_loader: loaded meta data from %s (%d MiB resident)" % (model, len(held) // MIB))
-    try:
-        serve_health(port)
-    except OSError as error:
-        _say("error: bind 127.0.0.1:%d: %s" % (port, error.strerror or error))
-        return 1
-    return 0
+    ready_at = float(plan.get("spawned") or time.time()) + float(plan.get("load_ms") or 0) / 1000.0
+    time.sleep(max(0.0, ready_at - time.time()))
+    state.status = "ok"
+    while True:
+        time.sleep(3600)
+
+
+def runner_main(argv: List[str]) -> int:
+    """Entry point of the hidden ``runner`` command."""
+    set_process_name("ollama")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    model = _flag(argv, "--model") or ""
+    port = int(_flag(argv, "--port") or 0)
+    _say(slog_line("INFO", "runner.go:963", "starting go runner"))
+    return run(model, port)

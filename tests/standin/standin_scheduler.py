@@ -6,19 +6,43 @@ functions of the runner table and ``now``; the :class:`Scheduler` applies them.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 import standin_common as common
-from standin_common import FOREVER, MIB, append_event, log, write_line
+from standin_common import FOREVER, MIB, append_event, debug, log, write_line
 from standin_store import LocalModel
+from standin_wire import (
+    ERROR,
+    LOADING,
+    NO_CLIENT,
+    NO_SLOT,
+    READY,
+    Cancelled,
+    ClientWatch,
+    RunnerCall,
+    RunnerFailed,
+    health,
+)
 
 LOAD_TIMEOUT_S = 300.0
+ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"
+DEFAULT_LOAD_MS = 200.0
+POLL_S = 0.05
+HEALTH_POLL_S = 0.05  # Ollama polls every 250 ms; faster here keeps loads short in the tests
+HEALTH_TIMEOUT_S = 0.2
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
+    "check ollama server logs for details"
+)
 ERROR_PREFIXES = (
     "error:",
     "CUDA error",
@@ -40,10 +64,20 @@ class ScheduleError(Exception):
 
 
 class Runner:
-    """A loaded model: its child process and keep-alive bookkeeping (times are monotonic)."""
+    """A loaded model: its child process, its request slots and keep-alive bookkeeping (times are monotonic).
+
+    ``refcount`` counts the requests scheduled on it (Ollama's ``runnerRef.refCount``); ``busy`` the
+    ones holding one of its ``num_parallel`` slots (the semaphore inside Ollama's ``Completion``).
+    """
 
     def __init__(
-        self, model: LocalModel, proc: "subprocess.Popen[bytes]", port: int, size: int, context_length: int
+        self,
+        model: LocalModel,
+        proc: "subprocess.Popen[bytes]",
+        port: int,
+        size: int,
+        context_length: int,
+        num_parallel: int = 1,
     ) -> None:
         self.model = model
         self.key = model.name.key
@@ -52,7 +86,11 @@ class Runner:
         self.port = port
         self.size = size
         self.context_length = context_length
+        self.num_parallel = max(1, num_parallel)
         self.refcount = 0
+        self.busy = 0
+        self.waiters: Deque[object] = collections.deque()
+        self.session = 0.0
         self.expires_at = FOREVER
         self.last_error = ""
 
@@ -60,6 +98,32 @@ class Runner:
     def alive(self) -> bool:
         """Whether the child has not exited (reaps it when it has)."""
         return self.proc.poll() is None
+
+
+class PendingRequest:
+    """A request waiting in the scheduler's queue for a runner (Ollama's ``LlmRequest``)."""
+
+    def __init__(
+        self,
+        model: LocalModel,
+        requested: str,
+        keep_alive: Optional[float],
+        num_ctx: int,
+        watch: ClientWatch = NO_CLIENT,
+    ) -> None:
+        self.model = model
+        self.requested = requested
+        self.keep_alive = keep_alive
+        self.num_ctx = num_ctx
+        self.watch = watch
+        self.runner: Optional[Runner] = None
+        self.error: Optional[Exception] = None
+        self.cancelled = False
+        self.loading = False
+
+    def client_gone(self) -> bool:
+        """Whether the client gave up on this request."""
+        return self.cancelled or self.watch.gone()
 
 
 # --- Pure decisions -----------------------------------------------------------------
@@ -102,12 +166,11 @@ def runners_to_expire(runners: List[Runner], now: float) -> List[Runner]:
     return [runner for runner in runners if runner.refcount == 0 and runner.expires_at <= now]
 
 
-def eviction_candidate(runners: List[Runner], max_loaded: int) -> Optional[Runner]:
-    """The idle runner to unload to make room for one more, or None when there is room (or none idle)."""
-    if len(runners) < max_loaded:
-        return None
-    idle = [runner for runner in runners if runner.refcount == 0]
-    return min(idle, key=lambda runner: runner.expires_at) if idle else None
+def runner_to_unload(runners: List[Runner]) -> Optional[Runner]:
+    """``findRunnerToUnload``: the first idle runner by (keep-alive, name), else the first busy one."""
+    ordered = sorted(runners, key=lambda runner: (runner.session, runner.model_path))
+    idle = [runner for runner in ordered if runner.refcount == 0]
+    return (idle or ordered or [None])[0]
 
 
 def expiry(now: float, keep_alive: float) -> float:
@@ -124,6 +187,21 @@ def max_loaded_models() -> int:
     return value if value > 0 else 3
 
 
+def load_timeout() -> float:
+    """OLLAMA_LOAD_TIMEOUT in seconds (a Go duration or whole seconds; default 5 minutes, <= 0: no limit)."""
+    text = common.env_var("OLLAMA_LOAD_TIMEOUT")
+    seconds = LOAD_TIMEOUT_S
+    if text:
+        try:
+            seconds = common.parse_go_duration(text) / 1e9
+        except common.DurationError:
+            try:
+                seconds = float(int(text))
+            except ValueError:
+                pass
+    return seconds if seconds > 0 else FOREVER
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -135,7 +213,13 @@ def free_port() -> int:
 
 
 class Scheduler:
-    """Loads models into runner children, hands them to requests and unloads them."""
+    """Loads models into runner children, hands them to requests and unloads them, as Ollama's ``Scheduler``.
+
+    A request for a loaded model takes its runner at once (``getRunner``); any other waits in a
+    queue of at most OLLAMA_MAX_QUEUE requests (beyond that: 503 ``ErrMaxQueue``) that one worker
+    thread serves in order, loading one model at a time (``processPending``). Generation then
+    waits for one of the runner's OLLAMA_NUM_PARALLEL slots (:meth:`slot`).
+    """
 
     def __init__(
         self,
@@ -149,49 +233,112 @@ class Scheduler:
         self.clock = clock
         self.sleep = sleep
         self.max_loaded = max_loaded_models()
+        self.max_queue = common.uint_env("OLLAMA_MAX_QUEUE", 512)
+        self.num_parallel = max(1, common.uint_env("OLLAMA_NUM_PARALLEL", 1))
+        self.default_keep_alive = common.default_keep_alive()
+        self.default_load_ms = common.ms_env("OLLAMA_STANDIN_LOAD_MS", DEFAULT_LOAD_MS)
+        self.load_timeout = load_timeout()
         self.loaded: Dict[str, Runner] = {}
-        self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
+        self.pending: Deque[PendingRequest] = collections.deque()
+        self._cond = threading.Condition()
+        self._worker_idle = True
         self._children: Dict[int, "subprocess.Popen[bytes]"] = {}
         self._children_lock = threading.Lock()
+        threading.Thread(target=self._process_pending, name="scheduler", daemon=True).start()
 
     # requests
 
-    def acquire(self, model: LocalModel, requested: str, keep_alive: float, num_ctx: int) -> Tuple[Runner, int]:
-        """A runner for the model (loading it if needed) and the load time in ns (0 when already loaded)."""
-        with self._load_lock:
-            with self._lock:
-                runner = self.loaded.get(model.name.key)
-                if runner is not None and runner.alive and runner.model_path == model.model_path:
-                    runner.refcount += 1
-                    return runner, 0
-            if runner is not None:
-                self._unload(runner)
-            self._make_room()
-            started = self.clock()
-            runner = self._load(model, requested, num_ctx)
-            load_ns = int((self.clock() - started) * 1e9)
-            with self._lock:
-                runner.refcount = 1
-                runner.expires_at = expiry(self.clock(), keep_alive)
-                self.loaded[runner.key] = runner
-            return runner, load_ns
+    def get_runner(
+        self,
+        model: LocalModel,
+        requested: str,
+        keep_alive: Optional[float],
+        num_ctx: int,
+        watch: ClientWatch = NO_CLIENT,
+    ) -> Runner:
+        """A runner for the model, loading it if needed (``getRunner``); the caller must :meth:`release` it.
 
-    def release(self, runner: Runner, keep_alive: float) -> None:
-        """A request is done with the runner; restart its keep-alive (0 unloads it now)."""
-        with self._lock:
+        ``keep_alive`` is the request's own (None keeps the runner's). Raises :class:`ScheduleError`,
+        or :class:`Cancelled` (stage ``queued`` or ``loading``) when the client goes first.
+        """
+        request = PendingRequest(model, requested, keep_alive, num_ctx, watch)
+        with self._cond:
+            runner = self.loaded.get(model.name.key)
+            if runner is not None and not self._needs_reload(runner, request):
+                self._use_loaded(runner, request)
+                return runner
+            if len(self.pending) >= self.max_queue and not (self.max_queue == 0 and self._worker_idle):
+                raise ScheduleError(503, ERR_MAX_QUEUE)
+            self.pending.append(request)
+            queued = len(self.pending)
+            self._cond.notify_all()
+        append_event({"event": "request_queued", "model": model.name.display, "queued": queued, "time": time.time()})
+        while True:
+            with self._cond:
+                if request.runner is not None or request.error is not None:
+                    break
+                self._cond.wait(POLL_S)
+            if watch.gone():
+                with self._cond:
+                    if request.runner is None and request.error is None:
+                        request.cancelled = True
+                        raise Cancelled("loading" if request.loading else "queued")
+        if request.error is not None:
+            raise request.error
+        assert request.runner is not None
+        return request.runner
+
+    def release(self, runner: Runner) -> None:
+        """A request is done with the runner (``processCompleted``): idle runners expire after their keep-alive."""
+        with self._cond:
             runner.refcount = max(0, runner.refcount - 1)
-            runner.expires_at = expiry(self.clock(), keep_alive)
-            unload_now = runner.refcount == 0 and keep_alive == 0
+            unload_now = False
+            if runner.refcount == 0:
+                runner.expires_at = expiry(self.clock(), runner.session)
+                unload_now = runner.session <= 0
+            self._cond.notify_all()
         if unload_now:
             self._unload(runner)
 
+    @contextlib.contextmanager
+    def slot(self, runner: Runner, watch: ClientWatch = NO_CLIENT, abort_log: str = "") -> Iterator[None]:
+        """Hold one of the runner's request slots, waiting in order for a free one (``sem.Acquire``).
+
+        Raises :class:`Cancelled` (stage ``waiting``) when the client goes while waiting, logging
+        ``abort_log`` as Ollama does.
+        """
+        ticket = object()
+        with self._cond:
+            runner.waiters.append(ticket)
+        while True:
+            with self._cond:
+                if runner.waiters[0] is ticket and runner.busy < runner.num_parallel:
+                    runner.waiters.popleft()
+                    runner.busy += 1
+                    self._cond.notify_all()
+                    break
+                self._cond.wait(POLL_S)
+            if watch.gone():
+                with self._cond:
+                    runner.waiters.remove(ticket)
+                    self._cond.notify_all()
+                if abort_log:
+                    log("INFO", "server.go:1537", abort_log)
+                raise Cancelled("waiting")
+        try:
+            yield
+        finally:
+            with self._cond:
+                runner.busy -= 1
+                self._cond.notify_all()
+
     def expire(self, model: LocalModel) -> None:
         """Unload a model (``keep_alive: 0`` with an empty prompt); busy runners go when released."""
-        with self._lock:
+        with self._cond:
             runner = self.loaded.get(model.name.key)
             if runner is None:
                 return
+            runner.session = 0.0
             runner.expires_at = self.clock()
             busy = runner.refcount > 0
         if not busy:
@@ -199,7 +346,7 @@ class Scheduler:
 
     def snapshot(self) -> List[Runner]:
         """The loaded runners."""
-        with self._lock:
+        with self._cond:
             return list(self.loaded.values())
 
     def drop_dead(self, runner: Runner) -> None:
@@ -211,7 +358,7 @@ class Scheduler:
     def reap(self) -> None:
         """Unload expired runners and forget ones that died on their own."""
         now = self.clock()
-        with self._lock:
+        with self._cond:
             runners = list(self.loaded.values())
         for runner in runners:
             if not runner.alive:
@@ -239,22 +386,99 @@ class Scheduler:
         for proc in children:
             self._kill(proc)
 
+    # the queue
+
+    def _process_pending(self) -> None:
+        """The worker: one queued request at a time, each until it has a runner or an error."""
+        while True:
+            with self._cond:
+                self._worker_idle = True
+                while not self.pending:
+                    self._cond.wait()
+                self._worker_idle = False
+                request = self.pending.popleft()
+            if request.client_gone():
+                debug("sched.go:239", "pending request cancelled or timed out, skipping scheduling")
+                continue
+            try:
+                self._schedule(request)
+            except (ScheduleError, Cancelled) as error:
+                self._deliver(request, error=error)
+            except Exception as error:  # noqa: BLE001 - a scheduler bug must fail the request, not the worker
+                log("ERROR", "sched.go:1", "scheduling failed", ("error", repr(error)))
+                self._deliver(request, error=ScheduleError(500, str(error)))
+
+    def _schedule(self, request: PendingRequest) -> None:
+        """``processPending`` for one request: use, reload, evict or load until it has a runner."""
+        while True:
+            if request.client_gone():
+                return
+            with self._cond:
+                runner = self.loaded.get(request.model.name.key)
+                loaded_count = len(self.loaded)
+                if runner is not None and not self._needs_reload(runner, request):
+                    self._use_loaded(runner, request)
+                    return
+            if runner is not None:
+                victim: Optional[Runner] = runner
+            elif loaded_count >= self.max_loaded:
+                with self._cond:
+                    victim = runner_to_unload(list(self.loaded.values()))
+            else:
+                self._deliver(request, runner=self._load(request))
+                return
+            if victim is not None:
+                self._expire_and_wait(victim)
+
+    def _needs_reload(self, runner: Runner, request: PendingRequest) -> bool:
+        """Whether the loaded runner cannot serve this request (dead, or another blob under the name)."""
+        return not runner.alive or runner.model_path != request.model.model_path
+
+    def _use_loaded(self, runner: Runner, request: PendingRequest) -> None:
+        """``useLoadedRunner`` (lock held): count the request and take its keep-alive."""
+        if request.cancelled:
+            return
+        runner.refcount += 1
+        if request.keep_alive is not None:
+            runner.session = request.keep_alive
+        request.runner = runner
+        self._cond.notify_all()
+
+    def _deliver(
+        self, request: PendingRequest, runner: Optional[Runner] = None, error: Optional[Exception] = None
+    ) -> None:
+        with self._cond:
+            abandoned = request.cancelled
+            if not abandoned:
+                request.runner = runner
+                request.error = error
+            self._cond.notify_all()
+        if abandoned and runner is not None:
+            self.release(runner)
+
+    def _expire_and_wait(self, runner: Runner) -> None:
+        """Unload the runner as soon as its requests are done, and wait until it is gone."""
+        with self._cond:
+            runner.session = 0.0
+            runner.expires_at = self.clock()
+            idle = runner.refcount == 0
+        if idle:
+            self._unload(runner)
+        with self._cond:
+            while self.loaded.get(runner.key) is runner:
+                self._cond.wait(POLL_S)
+
     # internals
 
     def _is_loaded(self, proc: "subprocess.Popen[bytes]") -> bool:
-        with self._lock:
+        with self._cond:
             return any(runner.proc is proc for runner in self.loaded.values())
 
-    def _make_room(self) -> None:
-        with self._lock:
-            victim = eviction_candidate(list(self.loaded.values()), self.max_loaded)
-        if victim is not None:
-            self._unload(victim)
-
     def _unload(self, runner: Runner) -> None:
-        with self._lock:
+        with self._cond:
             if self.loaded.get(runner.key) is runner:
                 del self.loaded[runner.key]
+            self._cond.notify_all()
         self._kill(runner.proc)
 
     def _kill(self, proc: "subprocess.Popen[bytes]") -> None:
@@ -275,13 +499,25 @@ class Scheduler:
         if known is not None:
             append_event({"event": "runner_exit", "pid": proc.pid, "code": proc.returncode, "time": time.time()})
 
-    def _load(self, model: LocalModel, requested: str, num_ctx: int) -> Runner:
+    def _load(self, request: PendingRequest) -> Runner:
+        """Start a runner for the request's model and wait until it is ready (``load`` + ``WaitUntilRunning``)."""
+        model = request.model
         if not model.model_path or not os.path.exists(model.model_path):
-            raise ScheduleError(404, 'model "%s" not found, try pulling it first' % requested)
+            raise ScheduleError(404, 'model "%s" not found, try pulling it first' % request.requested)
+        with self._cond:
+            request.loading = True
         port = free_port()
+        faults = self.control()
+        plan = {
+            "load_ms": float(faults.get("load_ms", self.default_load_ms) or 0),
+            "spawned": time.time(),
+        }
         command = [sys.executable, common.EXECUTABLE, "runner", "--model", model.model_path, "--port", str(port)]
         log("INFO", "server.go:438", "starting llama server", ("cmd", " ".join(command)))
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True)
+        env = dict(os.environ, OLLAMA_STANDIN_RUNNER_PLAN=json.dumps(plan))
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, env=env
+        )
         with self._children_lock:
             self._children[proc.pid] = proc
         append_event(
@@ -297,33 +533,123 @@ class Scheduler:
             }
         )
         size = os.path.getsize(model.model_path) + self.runner_mb * MIB
-        runner = Runner(model, proc, port, size, num_ctx)
-        reader = threading.Thread(target=self._pump_stderr, args=(runner,), daemon=True)
+        runner = Runner(model, proc, port, size, request.num_ctx, self.num_parallel)
+        reader = threading.Thread(target=self._pump_output, args=(runner,), daemon=True)
         reader.start()
         started = self.clock()
-        self._wait_until_listening(runner, reader, started)
+        self._wait_until_running(runner, reader, request, started)
         log("INFO", "server.go:637", "llama runner started in %.2f seconds" % (self.clock() - started))
+        with self._cond:
+            runner.refcount = 1
+            runner.session = self.default_keep_alive if request.keep_alive is None else request.keep_alive
+            runner.expires_at = expiry(self.clock(), runner.session)
+            self.loaded[runner.key] = runner
+        append_event(
+            {"event": "runner_ready", "pid": proc.pid, "model": model.name.display, "time": time.time()}
+        )
         return runner
 
-    def _wait_until_listening(self, runner: Runner, reader: threading.Thread, started: float) -> None:
-        load_ms = float(self.control().get("load_ms", 200) or 0)
+    def _wait_until_running(
+        self, runner: Runner, reader: threading.Thread, request: PendingRequest, started: float
+    ) -> None:
+        """Poll the runner's ``/health`` until it is ready; fail on its exit, a stalled load or the client going."""
+        deadline = started + self.load_timeout
+        last_status = ""
         while True:
+            if request.client_gone():
+                log("WARN", "server.go:1392", "client connection closed before server finished loading, aborting load")
+                self._kill(runner.proc)
+                raise Cancelled("loading")
             if runner.proc.poll() is not None:
                 reader.join(timeout=2)
                 self._forget_child(runner.proc)
                 raise ScheduleError(500, termination_message(runner.last_error, runner.proc.returncode))
-            if _accepts_connections(runner.port):
-                break
-            if self.clock() - started > LOAD_TIMEOUT_S:
+            if self.clock() > deadline:
                 self._kill(runner.proc)
                 raise ScheduleError(500, "timed out waiting for llama runner to start - progress 0.00 - ")
-            self.sleep(0.01)
-        remaining = load_ms / 1000.0 - (self.clock() - started)
-        if remaining > 0:
-            self.sleep(remaining)
+            status, _detail = health(runner.port, NO_CLIENT, HEALTH_TIMEOUT_S, "loading")
+            if status != last_status and status != READY:
+                log("INFO", "server.go:1434", "waiting for server to become available", ("status", status))
+            if status == LOADING and status != last_status:
+                deadline = self.clock() + self.load_timeout
+            if status == READY:
+                runner.last_error = ""
+                return
+            last_status = status
+            self.sleep(HEALTH_POLL_S)
 
-    def _pump_stderr(self, runner: Runner) -> None:
-        stream = runner.proc.stderr
+    # generation
+
+    def runner_status(self, runner: Runner, watch: ClientWatch, stage: str) -> None:
+        """``getServerStatusRetry`` before a completion: raise :class:`RunnerFailed` unless the runner is ready."""
+        for _attempt in range(11):
+            if runner.proc.poll() is not None:
+                raise RunnerFailed(
+                    "llama runner process no longer running: %d %s" % (runner.proc.returncode, runner.last_error)
+                )
+            status, detail = health(runner.port, watch, None, stage)
+            if status == ERROR:
+                raise RunnerFailed(detail)
+            if status != NO_SLOT:
+                break
+            time.sleep(0.005)
+        else:
+            raise RunnerFailed("no slots available after 10 retries")
+        if status != READY:
+            raise RunnerFailed("unexpected server status: %s" % status)
+
+    def complete(self, runner: Runner, request: Dict[str, Any], watch: ClientWatch) -> Iterator[str]:
+        """Ollama's ``Completion`` once a slot is held: the runner's tokens as it sends them.
+
+        Raises :class:`Cancelled` (stage ``generating``) when the client goes, which closes the
+        connection to the runner so it stops; :class:`RunnerFailed` when the runner cannot answer.
+        """
+        self.runner_status(runner, watch, "generating")
+        try:
+            call = RunnerCall(runner.port, "POST", "/completion", request, watch, "generating")
+        except ConnectionRefusedError:
+            message = RUNNER_STOPPED + (": " + runner.last_error if runner.last_error else "")
+            raise RunnerFailed(message) from None
+        except OSError:
+            raise RunnerFailed(self._runner_broke(runner)) from None
+        try:
+            if call.status >= 400:
+                raise RunnerFailed(call.read_all().decode("utf-8", "replace"))
+            for line in call.lines():
+                if not line.startswith(b"data: "):
+                    continue
+                event = json.loads(line[len(b"data: ") :])
+                if event.get("stop"):
+                    return
+                if event.get("content"):
+                    yield str(event["content"])
+            raise RunnerFailed(self._runner_broke(runner))
+        finally:
+            call.close()
+
+    def embed(self, runner: Runner, request: Dict[str, Any], watch: ClientWatch) -> List[float]:
+        """Ollama's ``Embedding`` once a slot is held: the runner's vector for one input."""
+        self.runner_status(runner, watch, "generating")
+        try:
+            call = RunnerCall(runner.port, "POST", "/embedding", request, watch, "generating")
+        except OSError:
+            raise RunnerFailed(RUNNER_STOPPED) from None
+        try:
+            body = call.read_all()
+        finally:
+            call.close()
+        try:
+            return [float(value) for value in json.loads(body)["embedding"]]
+        except (ValueError, KeyError, TypeError):
+            raise RunnerFailed(self._runner_broke(runner)) from None
+
+    def _runner_broke(self, runner: Runner) -> str:
+        """The runner's answer ended early: stop it, and say what it last reported (``s.Close()``)."""
+        self._kill(runner.proc)
+        return "an error was encountered while running the model: %s" % (runner.last_error or "unexpected EOF")
+
+    def _pump_output(self, runner: Runner) -> None:
+        stream = runner.proc.stdout
         if stream is None:
             return
         for raw in iter(stream.readline, b""):
@@ -331,11 +657,3 @@ class Scheduler:
             runner.last_error = last_error_message(line, runner.last_error)
             write_line(sys.stderr, line)
         stream.close()
-
-
-def _accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False

@@ -3,9 +3,24 @@
 Bodies, status codes and content types follow ollama.md §1. Answers are
 deterministic: ``You said: <prompt words>``, one token per word.
 
+Under load it schedules like Ollama: a request for a loaded model takes its runner at once,
+then waits for one of its OLLAMA_NUM_PARALLEL slots before any byte is written; a request
+that needs a load waits in a queue of at most OLLAMA_MAX_QUEUE (beyond: 503), and one model
+loads at a time. Load-only and unload requests never wait for a slot. The runner child
+generates the tokens (serve relays them), so a SIGSTOPped runner stalls generation while
+serve's HTTP layer keeps answering. A client that closes its connection cancels its request
+at once, wherever it is (queued, loading, waiting for a slot, generating): the work stops,
+the slot is freed, Ollama's log line for that stage is written and the events file gets
+``{"event": "request_cancelled", "stage": ...}``.
+
 Environment (read at start):
   OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NOPRUNE, OLLAMA_CONTEXT_LENGTH,
   OLLAMA_MAX_LOADED_MODELS       as in Ollama
+  OLLAMA_NUM_PARALLEL            request slots per loaded model (default 1)
+  OLLAMA_MAX_QUEUE               requests that may wait for a load (default 512)
+  OLLAMA_STANDIN_LOAD_MS         load time of a model, when no ``load_ms`` fault (default 200)
+  OLLAMA_STANDIN_TOKEN_MS        delay between tokens, when no ``token_ms`` fault (default 0)
+  OLLAMA_STANDIN_TOKENS          answer length in tokens, when no ``tokens`` fault (default 0: the echo)
   OLLAMA_STANDIN_BLOB_MB         size of pulled weights in MiB (default 4)
   OLLAMA_STANDIN_RUNNER_MB       memory each runner child holds (default 64)
   OLLAMA_STANDIN_REGISTRY        extra pullable names, comma-separated
@@ -17,21 +32,19 @@ Environment (read at start):
   OLLAMA_STANDIN_VERSION         version reported by server and CLI (default 0.33.0)
 
 Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every request):
-  slow_ms, slow_inference_ms, token_ms (delay between streamed tokens), hang, hang_inference,
-  http_error {path, status, error} (or a list of them), crash_on <path>, load_ms, oom,
-  slow_pull_ms_per_mb. The inference faults apply once a model is loaded and there is
-  something to generate (load/unload requests are not delayed).
-"""
+  slow_ms, slow_inference_ms, token_ms (delay between tokens), tokens (answer length: the echo
+  padded with filler words), hang, hang_inference, http_error {path, status, error} (or a list
+  of them), crash_on <path>, load_ms, oom, slow_pull_ms_per_mb. The inference faults apply once
+  a model is loaded and there is something to generate (load/unload requests are not delayed)."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import http.server
 import ipaddress
 import itertools
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -61,14 +74,12 @@ from standin_common import (
     write_line,
 )
 from standin_scheduler import Runner, ScheduleError, Scheduler
+from standin_wire import Cancelled, ClientWatch, RunnerFailed
 from standin_store import LocalModel, ModelMissing, ModelStore, Registry, StreamError
 
 OOM_MESSAGE = "model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
-RUNNER_STOPPED = (
-    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
-    "check ollama server logs for details"
-)
 MAX_ECHO_WORDS = 200
+FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
 
 
 class ApiError(Exception):
@@ -246,21 +257,30 @@ def stop_words_of(options: Dict[str, Any]) -> List[str]:
     return [str(item) for item in (stop if isinstance(stop, list) else [stop]) if str(item)]
 
 
-def reply_tokens(prompt: str, num_predict: Optional[int], stop: List[str], json_format: bool) -> Tuple[List[str], str]:
+def reply_tokens(
+    prompt: str, num_predict: Optional[int], stop: List[str], json_format: bool, length: int = 0
+) -> Tuple[List[str], str]:
     """The deterministic answer: ``You said: <prompt words>``, one token per word, and its done_reason.
+
+    ``length`` > 0 pads the answer with filler words to that many tokens (the ``tokens`` fault).
 
     >>> reply_tokens("hello  world", None, [], False)
     (['You', ' said:', ' hello', ' world'], 'stop')
     >>> reply_tokens("hello world", 2, [], False)
     (['You', ' said:'], 'length')
+    >>> reply_tokens("hi", None, [], False, length=5)
+    (['You', ' said:', ' hi', ' lorem', ' ipsum'], 'stop')
     """
     words = prompt.split()[:MAX_ECHO_WORDS]
     parts = [go_json({"reply": " ".join(words)})] if json_format else ["You", "said:"] + words
     tokens = [part if index == 0 else " " + part for index, part in enumerate(parts)]
+    stopped = False
     for index, token in enumerate(tokens):
         if any(word in token for word in stop):
-            tokens = tokens[:index]
+            tokens, stopped = tokens[:index], True
             break
+    if not stopped and not json_format:
+        tokens += [" " + FILLER[index % len(FILLER)] for index in range(max(0, length - len(tokens)))]
     if num_predict is not None and num_predict < len(tokens):
         return tokens[:num_predict], "length"
     return tokens, "stop"
@@ -269,14 +289,6 @@ def reply_tokens(prompt: str, num_predict: Optional[int], stop: List[str], json_
 def token_ids(words: Iterable[str]) -> List[int]:
     """Stable fake token ids for ``context``."""
     return [zlib.crc32(word.encode("utf-8")) % 128256 for word in words]
-
-
-def embedding_vector(text: str, dimensions: int) -> List[float]:
-    """A deterministic unit vector for a text."""
-    rng = random.Random(hashlib.sha256(text.encode("utf-8")).hexdigest())
-    values = [rng.gauss(0.0, 1.0) for _ in range(dimensions)]
-    norm = sum(value * value for value in values) ** 0.5 or 1.0
-    return [round(value / norm, 8) for value in values]
 
 
 def metrics(total_ns: int, load_ns: int, prompt_count: int, eval_count: int, eval_ns: int) -> Dict[str, int]:
@@ -311,15 +323,13 @@ def openai_error(status: int, message: str) -> Dict[str, Any]:
 class Turn:
     """A prepared chat/generate request: the runner it holds and what it will answer."""
 
-    def __init__(
-        self, requested: str, model: LocalModel, runner: Runner, load_ns: int, keep_alive: float, started_ns: int
-    ) -> None:
+    def __init__(self, requested: str, model: LocalModel, runner: Runner, load_ns: int, started_ns: int) -> None:
         self.requested = requested
         self.model = model
         self.runner = runner
         self.load_ns = load_ns
-        self.keep_alive = keep_alive
         self.started_ns = started_ns
+        self.prompt = ""
         self.tokens: List[str] = []
         self.done_reason = "stop"
         self.prompt_count = 1
@@ -331,10 +341,6 @@ class Turn:
         return metrics(
             now - self.started_ns, self.load_ns, self.prompt_count, len(self.tokens), max(1, now - self.eval_started_ns)
         )
-
-
-class RunnerStopped(Exception):
-    """The runner process died while a request was using it."""
 
 
 # --- The HTTP layer ---------------------------------------------------------------------------
@@ -436,11 +442,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.status_sent = 0
         self.headers_sent = False
         self.body = b""
+        self.scheduled_model = ""
         path = urlsplit(self.path).path
         name, params, known = route(path, self.command)
         self.params = [unquote(param) for param in params]
         if name not in STREAMING_BODY_ROUTES:
             self.body = self.read_body()
+        # Once the request is read, EOF on the socket means the client gave up (Go cancels the request context).
+        self.watch = ClientWatch(self.connection)
         try:
             self.apply_faults(path)
             if not host_allowed(self.headers.get("Host", "")) and self.app.loopback:
@@ -455,8 +464,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except ApiError as error:
             if not self.headers_sent:
                 self.send_json(error.status, {"error": error.message})
+        except Cancelled as cancelled:
+            self.cancelled(path, cancelled.stage)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+            if self.scheduled_model:
+                self.cancelled(path, "generating")
         except Exception as error:  # noqa: BLE001 - a handler bug must answer 500, not kill the connection silently
             log("ERROR", "routes.go:1", "request failed", ("path", path), ("error", repr(error)))
             self.close_connection = True
@@ -466,6 +479,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.app.access_log(
                 self.status_sent or 200, time.monotonic_ns() - started, self.client_address[0], self.command, path
             )
+
+    def cancelled(self, path: str, stage: str) -> None:
+        """The client went away: nothing more is written; the access log shows what Ollama's does."""
+        self.close_connection = True
+        if not self.status_sent:
+            self.status_sent = 499 if stage in ("queued", "loading") else 500
+        append_event(
+            {
+                "event": "request_cancelled",
+                "stage": stage,
+                "path": path,
+                "model": self.scheduled_model,
+                "serve_pid": os.getpid(),
+                "time": time.time(),
+            }
+        )
 
     def apply_faults(self, path: str) -> None:
         """Run-time faults that act before any handler (crash_on, hang, slow_ms, http_error)."""
@@ -726,11 +755,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # --- inference
 
-    def prepare_turn(self, requested: str, keep_alive_raw: Any) -> Tuple[LocalModel, float]:
-        """Resolve the model and parse keep_alive; returns the model and keep-alive seconds."""
+    def prepare_turn(self, requested: str, keep_alive_raw: Any) -> Tuple[LocalModel, Optional[float]]:
+        """Resolve the model and parse keep_alive; returns the model and the request's keep-alive seconds, if any."""
         model = self.lookup(requested)
         try:
-            keep_alive = common.keep_alive_seconds(keep_alive_raw, self.app.default_keep_alive)
+            keep_alive = common.keep_alive_seconds(keep_alive_raw, None)
         except (DurationError, TypeError) as error:
             raise ApiError(400, str(error)) from None
         return model, keep_alive
@@ -745,7 +774,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self,
         requested: str,
         model: LocalModel,
-        keep_alive: float,
+        keep_alive: Optional[float],
         options: Dict[str, Any],
         started_ns: int,
         generates: bool = True,
@@ -758,32 +787,48 @@ class Handler(http.server.BaseHTTPRequestHandler):
             num_ctx = int(options.get("num_ctx") or self.app.default_num_ctx)
         except (TypeError, ValueError):
             num_ctx = self.app.default_num_ctx
+        self.scheduled_model = model.name.display
         try:
-            runner, load_ns = self.app.scheduler.acquire(model, requested, keep_alive, num_ctx)
+            runner = self.app.scheduler.get_runner(model, requested, keep_alive, num_ctx, self.watch)
         except ScheduleError as error:
             raise ApiError(error.status, error.message) from None
-        return Turn(requested, model, runner, load_ns, keep_alive, started_ns)
+        # Like Ollama's load_duration: everything from the request's arrival until it had a runner.
+        return Turn(requested, model, runner, time.monotonic_ns() - started_ns, started_ns)
+
+    def compose_answer(self, turn: Turn, prompt: str, options: Dict[str, Any], json_format: bool) -> None:
+        """Decide the turn's tokens and done_reason (the ``tokens`` fault pads the answer to that length)."""
+        try:
+            length = int(self.app.control.read().get("tokens", self.app.default_tokens) or 0)
+        except (TypeError, ValueError):
+            length = 0
+        turn.prompt = prompt
+        turn.tokens, turn.done_reason = reply_tokens(
+            prompt, num_predict_of(options), stop_words_of(options), json_format, length
+        )
 
     def produce_tokens(self, turn: Turn) -> Iterator[str]:
-        """Yield the answer's tokens, paced by the faults; raises :class:`RunnerStopped` if the runner dies."""
+        """The answer's tokens as the runner generates them, once one of its slots is free.
+
+        Raises :class:`RunnerFailed` when the runner cannot answer, :class:`Cancelled` when the client goes.
+        """
         faults = self.app.control.read()
-        if faults.get("hang_inference"):
-            hang_forever()
-        slow_ms = float(faults.get("slow_inference_ms", 0) or 0)
-        if slow_ms > 0:
-            time.sleep(slow_ms / 1000.0)
-        token_ms = float(faults.get("token_ms", 0) or 0)
-        turn.eval_started_ns = time.monotonic_ns()
-        for index, token in enumerate(turn.tokens):
-            if not turn.runner.alive:
-                self.app.scheduler.drop_dead(turn.runner)
-                raise RunnerStopped()
-            if index and token_ms > 0:
-                time.sleep(token_ms / 1000.0)
-            yield token
-        if not turn.runner.alive:
-            self.app.scheduler.drop_dead(turn.runner)
-            raise RunnerStopped()
+        request = {
+            "prompt": turn.prompt,
+            "n_predict": len(turn.tokens),
+            "stream": True,
+            "standin": {
+                "tokens": turn.tokens,
+                "done_reason": turn.done_reason,
+                "prompt_n": turn.prompt_count,
+                "token_ms": float(faults.get("token_ms", self.app.default_token_ms) or 0),
+                "delay_ms": float(faults.get("slow_inference_ms", 0) or 0),
+                "hang": bool(faults.get("hang_inference")),
+            },
+        }
+        scheduler = self.app.scheduler
+        with scheduler.slot(turn.runner, self.watch, "aborting completion request due to client closing the connection"):
+            turn.eval_started_ns = time.monotonic_ns()
+            yield from scheduler.complete(turn.runner, request, self.watch)
 
     def stream_turn(
         self, turn: Turn, stream: bool, chunk: Callable[[str], Dict[str, Any]], final: Callable[[str], Dict[str, Any]]
@@ -791,17 +836,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Send the turn as NDJSON chunks or as one object (``stream:false``)."""
         text = []
         try:
-            for token in self.produce_tokens(turn):
-                text.append(token)
-                if stream:
-                    if not self.headers_sent:
-                        self.start_response(200, "application/x-ndjson", None)
-                    self.write_chunk((go_json(chunk(token)) + "\n").encode("utf-8"))
-        except RunnerStopped:
+            with contextlib.closing(self.produce_tokens(turn)) as tokens:
+                for token in tokens:
+                    text.append(token)
+                    if stream:
+                        if not self.headers_sent:
+                            self.start_response(200, "application/x-ndjson", None)
+                        self.write_chunk((go_json(chunk(token)) + "\n").encode("utf-8"))
+        except RunnerFailed as failure:
             if not self.headers_sent:
-                raise ApiError(500, RUNNER_STOPPED) from None
-            message = "an error was encountered while running the model: unexpected EOF"
-            self.write_chunk((go_json({"error": message}) + "\n").encode("utf-8"))
+                raise ApiError(500, failure.message) from None
+            self.write_chunk((go_json({"error": failure.message}) + "\n").encode("utf-8"))
             self.end_chunks()
             return
         if stream:
@@ -836,9 +881,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             system = str(request.get("system") or model.system)
             fmt = request.get("format")
-            turn.tokens, turn.done_reason = reply_tokens(
-                prompt, num_predict_of(options), stop_words_of(options), bool(fmt)
-            )
+            self.compose_answer(turn, prompt, options, bool(fmt))
             turn.prompt_count = max(1, len((system + " " + prompt).split()))
             context = token_ids(prompt.split() + "".join(turn.tokens).split())
 
@@ -852,7 +895,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
             self.stream_turn(turn, request.get("stream") is not False, chunk, final)
         finally:
-            self.app.scheduler.release(turn.runner, keep_alive)
+            self.app.scheduler.release(turn.runner)
 
     def api_chat(self) -> None:
         """``POST /api/chat``."""
@@ -883,7 +926,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             self.run_chat(turn, messages, options, request, base)
         finally:
-            self.app.scheduler.release(turn.runner, keep_alive)
+            self.app.scheduler.release(turn.runner)
 
     def run_chat(
         self,
@@ -895,9 +938,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     ) -> None:
         """Answer the last user message of a chat."""
         last = next((str(m.get("content") or "") for m in reversed(messages) if m.get("role") == "user"), "")
-        turn.tokens, turn.done_reason = reply_tokens(
-            last, num_predict_of(options), stop_words_of(options), bool(request.get("format"))
-        )
+        self.compose_answer(turn, last, options, bool(request.get("format")))
         all_text = " ".join([turn.model.system] + [str(m.get("content") or "") for m in messages])
         turn.prompt_count = max(1, len(all_text.split()))
 
@@ -934,9 +975,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             size = model.embedding_length()
             if isinstance(dimensions, int) and 0 < dimensions < size:
                 size = dimensions
-            vectors = [embedding_vector(text, size) for text in texts]
+            vectors = []
+            for text in texts:
+                delay_ms = float(self.app.control.read().get("slow_inference_ms", 0) or 0)
+                request = {"content": text, "standin": {"dimensions": size, "delay_ms": delay_ms}}
+                with self.app.scheduler.slot(turn.runner, self.watch):
+                    try:
+                        vectors.append(self.app.scheduler.embed(turn.runner, request, self.watch))
+                    except RunnerFailed as failure:
+                        raise ApiError(500, failure.message) from None
         finally:
-            self.app.scheduler.release(turn.runner, keep_alive)
+            self.app.scheduler.release(turn.runner)
         return vectors, turn.load_ns, sum(len(text.split()) for text in texts)
 
     def api_embed(self) -> None:
@@ -1044,11 +1093,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             prompt = str(request.get("prompt") or "")
         turn = self.start_turn(requested, model, keep_alive, options, started)
         try:
-            turn.tokens, turn.done_reason = reply_tokens(prompt, num_predict_of(options), stop_words_of(options), False)
+            self.compose_answer(turn, prompt, options, False)
             turn.prompt_count = max(1, len(prompt.split()))
             self.openai_stream(turn, kind, request.get("stream") is True)
         finally:
-            self.app.scheduler.release(turn.runner, keep_alive)
+            self.app.scheduler.release(turn.runner)
 
     def openai_stream(self, turn: Turn, kind: str, stream: bool) -> None:
         """Answer a turn as one OpenAI object or as server-sent events."""
@@ -1064,9 +1113,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         finish_reason = "length" if turn.done_reason == "length" else "stop"
         if not stream:
             try:
-                text = "".join(self.produce_tokens(turn))
-            except RunnerStopped:
-                raise ApiError(500, RUNNER_STOPPED) from None
+                with contextlib.closing(self.produce_tokens(turn)) as tokens:
+                    text = "".join(tokens)
+            except RunnerFailed as failure:
+                raise ApiError(500, failure.message) from None
             choice: Dict[str, Any] = {"index": 0}
             if kind == "chat":
                 choice.update(message={"role": "assistant", "content": text})
@@ -1090,14 +1140,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return ("data: " + go_json(dict(head, object=chunk_object, choices=[choice])) + "\n\n").encode("utf-8")
 
         try:
-            for token in self.produce_tokens(turn):
-                if not self.headers_sent:
-                    self.start_response(200, "text/event-stream", None)
-                self.write_chunk(event(token, None))
-        except RunnerStopped:
+            with contextlib.closing(self.produce_tokens(turn)) as tokens:
+                for token in tokens:
+                    if not self.headers_sent:
+                        self.start_response(200, "text/event-stream", None)
+                    self.write_chunk(event(token, None))
+        except RunnerFailed as failure:
             if not self.headers_sent:
-                raise ApiError(500, RUNNER_STOPPED) from None
-            self.write_chunk(("data: " + go_json(openai_error(500, RUNNER_STOPPED)) + "\n\n").encode("utf-8"))
+                raise ApiError(500, failure.message) from None
+            self.write_chunk(("data: " + go_json(openai_error(500, failure.message)) + "\n\n").encode("utf-8"))
             self.end_chunks()
             return
         if not self.headers_sent:
@@ -1224,6 +1275,8 @@ class App:
         self.loopback = loopback
         self.default_keep_alive = common.default_keep_alive()
         self.default_num_ctx = _int_env("OLLAMA_CONTEXT_LENGTH", 4096)
+        self.default_token_ms = common.ms_env("OLLAMA_STANDIN_TOKEN_MS", 0.0)
+        self.default_tokens = common.uint_env("OLLAMA_STANDIN_TOKENS", 0)
         # Creates run one at a time, as Ollama serializes them per name.
         self.create_lock = threading.Lock()
 
