@@ -122,7 +122,7 @@ def make(probes, **config):
     clock = Clock()
     sup = FakeSupervisor()
     sup.client.probes = list(probes)
-    cfg = Config(health_check_interval=30, health_check_timeout=5, health_probe="api", **config)
+    cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
     monitor = Monitor(sup, cfg, History(None), policy=policy, clock=clock)
     monitor.state = "running"
@@ -524,3 +524,24 @@ def test_a_dropped_test_prompt_with_the_server_gone_is_down():
     sup.client.pings = [REFUSED]
     monitor.tick()
     assert sup.restarts == ["down"]
+
+
+class TimingClient(FakeClient):
+    """A client whose answers take their latency on the monitor's clock, as real timeouts do."""
+
+    clock: Clock | None = None
+
+    def probe_api(self, timeout: float):
+        result, names = super().probe_api(timeout)
+        self.clock.now += result.latency
+        return result, names
+
+
+def test_a_hang_is_restarted_when_the_probe_timeout_is_longer_than_the_interval():
+    """Probes that wait out 3 x 5 s are not a sleep of the machine, even at a 1 s interval."""
+    monitor, sup, clock = make([], health_check_interval=1)
+    sup.client = TimingClient(probes=[TIMEOUT] * 4)
+    sup.client.clock = clock
+    run_ticks(monitor, clock, 4)
+    assert [e.kind for e in monitor.history.events()].count("resume") == 0
+    assert sup.restarts == ["not responding"]

@@ -225,6 +225,8 @@ class Monitor:
     def _slept(self, now: float) -> bool:
         """Did the machine sleep since the last check (the check ran far later than planned)?
 
+        A check that itself ran past the next one's due time (a probe waiting
+        out its timeout) is not a sleep: lateness counts from when it ended.
         The monotonic clock stops during suspend on some systems, so time the
         wall clock saw and the monotonic clock did not counts as well.
         """
@@ -233,7 +235,7 @@ class Monitor:
         ended, ended_wall, due = self._last_tick
         limit = WAKE_GAP_FACTOR * max(self.config.health_check_interval, RECHECK_SECONDS)
         unseen = (self.wall_clock() - ended_wall) - (now - ended)
-        return now - due > limit or unseen > limit
+        return now - max(due, ended) > limit or unseen > limit
 
     def _tick(self, now: float, resumed: bool) -> float:
         if self.state == "stopped":
