@@ -250,7 +250,9 @@ def test_a_stuck_runner_raises_once_naming_the_model_and_how_long_then_clears_on
     assert summary(events) == [(60.0, "stuck_runner", "raised"), (180.0, "stuck_runner", "cleared")]
     raised = events[0][1]
     assert raised.title == "Ollama runner stuck" and raised.severity is Severity.WARNING
-    assert raised.message == "Ollama has been busy on 'llama3' for 16 min with no progress seen: its runner may be stuck"
+    assert raised.message == (
+        "Ollama has been busy on 'llama3' for 16 min with no progress seen: its runner may be stuck"
+    )
     assert events[1][1].message == "Ollama is making progress again"
     assert raised.requests_restart is False  # the stuck-runner rule in tray.core.health decides any restart
 

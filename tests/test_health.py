@@ -3,7 +3,24 @@ import doctest
 import pytest
 
 from tray.core import health as health_module
-from tray.core.health import Failure, Health, ProbeResult, TimeoutCounter, classify, is_dead
+from tray.core.health import (
+    UNKNOWN_CPU,
+    BusyEvidence,
+    BusySource,
+    BusyTracker,
+    Failure,
+    GatewayActivity,
+    Health,
+    InferenceProbe,
+    ProbeResult,
+    RunnerCpu,
+    TimeoutCounter,
+    choose_inference_probe,
+    classify,
+    is_dead,
+    runner_cpu_since,
+    stuck_runner_bound,
+)
 
 
 def test_docstring_examples():
@@ -54,19 +71,6 @@ def test_more_than_three_consecutive_timeouts():
 
 
 # --------------------------------------------------------------------------- busy versus hung
-
-from tray.core.health import (  # noqa: E402
-    BusyEvidence,
-    BusySource,
-    BusyTracker,
-    GatewayActivity,
-    InferenceProbe,
-    RunnerCpu,
-    UNKNOWN_CPU,
-    choose_inference_probe,
-    runner_cpu_since,
-    stuck_runner_bound,
-)
 
 IDLE_CPU = RunnerCpu(0.0, complete=True)
 WORKING_CPU = RunnerCpu(2.5, complete=True)

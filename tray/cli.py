@@ -232,8 +232,8 @@ seen by the gateway's requests
         head = f"generating{on} for {_duration(since)}"
     parts = [head]
     if busy.get("requests") is not None:
-        count = busy["requests"]
-        parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({busy.get('waiting') or 0} waiting)")
+        count, waiting = busy["requests"], busy.get("waiting") or 0
+        parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({waiting} waiting)")
     parts.append(f"last progress {_duration(progress)} ago" if progress is not None else "no progress seen")
     parts.append("seen by " + BUSY_SEEN_BY.get(str(busy.get("source")), str(busy.get("source"))))
     return "Busy: " + "; ".join(parts)

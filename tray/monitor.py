@@ -426,7 +426,7 @@ class Monitor:
                     return result
                 if inference.failure is Failure.TIMEOUT:  # cancelled: its connection is closed
                     outcome = InferenceProbe.WAITED
-                    log.info("the test prompt waited %g s on %s: busy; cancelled", self.config.health_check_timeout, model)
+                    log.info("the test prompt waited %g s on %s: busy; cancelled", inference.latency, model)
                 else:
                     result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
         self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}

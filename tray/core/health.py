@@ -18,17 +18,17 @@ when it may be sent.
 
 *Busy* is separate information, never a health value:
 
-| seen this tick                                                | meaning        | action                                 |
-|---------------------------------------------------------------|----------------|----------------------------------------|
-| HTTP layer refuses                                            | down (dead)    | restart at once                        |
-| HTTP layer times out, more than 3 checks in a row             | down (hung)    | restart, reason "not responding"       |
-| gateway has inference requests in flight                      | busy (gateway) | no inference probe                     |
-| the server's runners used CPU time since the last tick        | busy (runner)  | no inference probe                     |
-| inference probe unanswered after ``health_check_timeout``,    | busy (probe)   | probe cancelled at once; not a failure |
-| HTTP layer still answering                                    |                |                                        |
-| busy, no progress for ``stuck_runner_timeout``                | stuck runner   | alert (never a restart on its own)     |
-| stuck, *and* for the whole bound the runners' CPU time was    | frozen runner  | restart through the restart policy,    |
-| readable and did not advance while requests waited            |                | reason "stuck runner"                  |
+| seen this tick                                              | meaning        | action                              |
+|-------------------------------------------------------------|----------------|-------------------------------------|
+| HTTP layer refuses                                          | down (dead)    | restart at once                     |
+| HTTP layer times out, more than 3 checks in a row           | down (hung)    | restart, reason "not responding"    |
+| gateway has inference requests in flight                    | busy (gateway) | no inference probe                  |
+| the server's runners used CPU time since the last tick      | busy (runner)  | no inference probe                  |
+| inference probe unanswered after ``health_check_timeout``,  | busy (probe)   | probe cancelled at once; not a      |
+| HTTP layer still answering                                  |                | failure                             |
+| busy, no progress for ``stuck_runner_timeout``              | stuck runner   | alert (never a restart on its own)  |
+| stuck, *and* for the whole bound the runners' CPU time was  | frozen runner  | restart through the restart policy, |
+| readable and did not advance while requests waited          |                | reason "stuck runner"               |
 
 Progress is a successful inference probe, a byte through the gateway, or
 runner CPU time advancing. Missing evidence (no gateway, unreadable CPU
@@ -284,6 +284,10 @@ class Busy:
     stuck: bool  # no progress for longer than the bound
     frozen: bool  # stuck, and provably so: the restart rule holds
 
+    @staticmethod
+    def _ago(now: float, then: float | None) -> float | None:
+        return None if then is None else round(max(0.0, now - then), 1)
+
     def quiet_seconds(self, now: float) -> float:
         """Seconds since the last progress, or since busy began when there was none."""
         return max(0.0, now - max(self.since, self.last_progress or self.since))
@@ -300,7 +304,7 @@ class Busy:
             "requests": self.requests,
             "waiting": self.waiting,
             "since_seconds": round(max(0.0, now - self.since), 1),
-            "progress_seconds_ago": None if self.last_progress is None else round(max(0.0, now - self.last_progress), 1),
+            "progress_seconds_ago": self._ago(now, self.last_progress),
             "source": str(self.source),
             "stuck": self.stuck,
         }

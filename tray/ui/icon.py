@@ -155,7 +155,8 @@ def busy_text(busy: Mapping[str, Any]) -> str:
     on = f" on {model}" if model else ""
     if busy.get("stuck"):
         quiet = busy.get("progress_seconds_ago")
-        return f"stuck: no progress{on} for {format_duration(quiet if quiet is not None else busy.get('since_seconds') or 0)}"
+        quiet = quiet if quiet is not None else busy.get("since_seconds") or 0
+        return f"stuck: no progress{on} for {format_duration(quiet)}"
     requests = busy.get("requests")
     count = f" ({requests} requests)" if isinstance(requests, int) and requests > 1 else ""
     return f"busy: generating{on} for {format_duration(busy.get('since_seconds') or 0)}{count}"
