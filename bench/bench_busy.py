@@ -7,7 +7,10 @@ measures:
 
 - SIGSTOP of ``ollama serve`` → a new server answering, N runs each with the
   default settings (30 s interval, 5 s timeout, 5 s stop timeout) and with a
-  1 s interval (other settings default); a fresh manager per run;
+  1 s interval (other settings default); a fresh manager per run. The stop
+  lands right after the first check, so a whole interval passes before the
+  next one: the worst case. Each check then waits out its 3 x 5 s timeout;
+  more than 3 of them in a row restart Ollama;
 - the health probe's extra latency on user requests: a user generation A
   (250 tokens x 20 ms, 300 ms of prompt evaluation per request) runs while
   the monitor checks every 1 s with the inference probe on; 0.5 to 4.5 s in
