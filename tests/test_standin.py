@@ -228,13 +228,32 @@ def test_runner_is_a_child_of_serve_holding_real_memory(served: StandinEnv, api:
     (serve_pid,) = served.serve_pids()
     assert runner.ppid() == serve_pid
     assert os.getpgid(runner.pid) == os.getpgid(serve_pid)
-    assert runner.name() == "ollama"
+    # Ollama >= 0.30 runs <install>/lib/ollama/llama-server; the stand-in's is a link to Python running its script.
+    assert runner.name() == "llama-server"
     blob_path = str(model_blob(served, "rss-check"))
-    assert runner.cmdline()[1:] == [str(STANDIN_BIN), "runner", "--model", blob_path, "--port", str(event["port"])]
+    command = runner.cmdline()
+    assert command[0] == str(served.root / "lib" / "ollama" / "llama-server")
+    assert command[1] == str(STANDIN_BIN.parent / "standin_runner.py")
+    assert command[2:8] == ["--model", blob_path, "--port", str(event["port"]), "--host", "127.0.0.1"]
+    assert command[8:10] == ["--no-webui", "--offline"]
+    assert command[10:14] == ["-c", "4096", "-np", "1"]
     assert runner.memory_info().rss >= 32 * MIB
     (entry,) = [m for m in api.get("/api/ps").json()["models"] if m["name"] == "rss-check:latest"]
     assert entry["size"] == os.path.getsize(blob_path) + 32 * MIB
     assert (entry["size_vram"], entry["context_length"], entry["expires_at"][:2]) == (0, 4096, "23")
+
+
+def test_a_version_before_0_30_runs_ollama_runner(standin: StandinEnv) -> None:
+    start(standin, OLLAMA_STANDIN_VERSION="0.12.0")
+    standin.pull("llama3")
+    assert httpx.get(standin.base_url + "/api/version").json() == {"version": "0.12.0"}
+    httpx.post(standin.base_url + "/api/generate", json={"model": "llama3"}, timeout=30)
+    (event,) = runner_events(standin, "llama3:latest")
+    runner = psutil.Process(event["pid"])
+    assert runner.name() == "ollama"
+    blob_path = str(model_blob(standin, "llama3"))
+    assert runner.cmdline()[1:] == [str(STANDIN_BIN), "runner", "--model", blob_path, "--port", str(event["port"])]
+    assert 'msg="starting runner" cmd=' in standin.log_text()
 
 
 def test_keep_alive_expiry_kills_the_runner(served: StandinEnv, api: httpx.Client) -> None:
@@ -250,7 +269,8 @@ def test_keep_alive_expiry_kills_the_runner(served: StandinEnv, api: httpx.Clien
     assert [m["name"] for m in api.get("/api/ps").json()["models"]].count("short-lived:latest") == 1
     assert wait_until(lambda: same_process(event["pid"], event["create_time"]) is None, timeout=5)
     assert "short-lived:latest" not in [m["name"] for m in api.get("/api/ps").json()["models"]]
-    assert any(e["event"] == "runner_exit" and e["pid"] == event["pid"] for e in served.events())
+    # serve writes runner_exit once it has reaped the child, just after the process is gone.
+    assert wait_until(lambda: any(e["event"] == "runner_exit" and e["pid"] == event["pid"] for e in served.events()))
 
 
 # --- Pull and the store ------------------------------------------------------------------------------
@@ -524,13 +544,10 @@ def test_generate_errors_for_missing_or_broken_models(served: StandinEnv, api: h
     create_from_file(served, api, "garbage", unique_gguf(served, b"garbage"))
     model_blob(served, "garbage").write_bytes(b"NOPE" + b"\0" * 100)
     broken = api.post("/api/chat", json={"model": "garbage", "messages": [{"role": "user", "content": "x"}]})
-    assert (broken.status_code, broken.text) == (
-        500,
-        '{"error":"llama runner process has terminated: error loading model: invalid file magic"}',
-    )
-    (event,) = runner_events(served, "garbage:latest")
-    exits = [e for e in served.events() if e["event"] == "runner_exit" and e["pid"] == event["pid"]]
-    assert [e["code"] for e in exits] == [1]
+    # Serve decodes the GGUF header itself before it starts a runner (llm.LoadModel).
+    assert (broken.status_code, broken.text) == (500, '{"error":"invalid file magic"}')
+    assert runner_events(served, "garbage:latest") == []
+    assert re.search(r'msg="failed to load model metadata" model=\S+ error="invalid file magic"', served.log_text())
 
 
 def test_embed(served: StandinEnv, api: httpx.Client) -> None:
@@ -711,15 +728,31 @@ def test_fault_http_error(served: StandinEnv, api: httpx.Client) -> None:
     assert api.get("/api/tags").status_code == 200
 
 
-def test_fault_oom(served: StandinEnv, api: httpx.Client) -> None:
+def test_fault_oom_fails_the_next_load(served: StandinEnv, api: httpx.Client) -> None:
+    copy_model(api, "llama3", "too-big")
     served.set_faults(oom=True)
-    answer = api.post("/api/chat", json={"model": "llama3", "messages": [{"role": "user", "content": "x"}]})
+    answer = api.post("/api/chat", json={"model": "too-big", "messages": [{"role": "user", "content": "x"}]})
+    message = (
+        "llama-server process has terminated: exit status 1: cudaMalloc failed: out of memory\n"
+        "alloc_tensor_range: failed to allocate CUDA0 buffer of size 4294967296\n"
+        "error loading model: unable to allocate CUDA0 buffer"
+    )
+    assert (answer.status_code, answer.json()) == (500, {"error": message})
+    assert re.search(r'level=INFO source=sched\.go:\d+ msg="Load failed" model=\S+ error=', served.log_text())
+
+
+def test_fault_oom_before_0_30(standin: StandinEnv) -> None:
+    start(standin, OLLAMA_STANDIN_VERSION="0.12.0")
+    standin.pull("llama3")
+    standin.set_faults(oom=True)
+    answer = httpx.post(standin.base_url + "/api/generate", json={"model": "llama3", "prompt": "x"}, timeout=30)
     message = "model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
     assert (answer.status_code, answer.json()) == (500, {"error": message})
     assert re.search(
         r'level=INFO source=sched\.go:\d+ msg="NewLlamaServer failed" model=\S+ error="%s"' % re.escape(message),
-        served.log_text(),
+        standin.log_text(),
     )
+    assert runner_events(standin, "llama3:latest") == []
 
 
 def test_fault_slow_inference_and_hang_inference(served: StandinEnv, api: httpx.Client) -> None:

@@ -216,6 +216,18 @@ class StandinEnv:
                 continue
         return parsed
 
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        """The events of one kind (``runner_start``, ``runner_reload``, ``request_cancelled``, ...), oldest first."""
+        return [event for event in self.events() if event["event"] == kind]
+
+    def runner_pid(self, model: str | None = None) -> int | None:
+        """The live runner most recently started (for ``model``, e.g. ``llama3:latest``), None when there is none."""
+        for event in reversed(self.events_of("runner_start")):
+            if model is None or event["model"] == model:
+                if same_process(event["pid"], event.get("create_time")) is not None:
+                    return int(event["pid"])
+        return None
+
     def serve_pids(self) -> list[int]:
         """PIDs of every serve that started listening."""
         return [event["pid"] for event in self.events() if event["event"] == "serve_start"]

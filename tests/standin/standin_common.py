@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 VERSION = os.environ.get("OLLAMA_STANDIN_VERSION", "0.33.0")
+LLAMA_SERVER_SINCE = (0, 30)
 DEFAULT_PORT = 11434
 MIB = 1024 * 1024
 MAX_DURATION_NS = 2**63 - 1
@@ -21,6 +22,27 @@ FOREVER = float("inf")
 
 # The executable that spawns runners; set by the `ollama` entry point.
 EXECUTABLE = ""
+
+
+def version_tuple(text: str) -> Tuple[int, ...]:
+    """The numeric parts of a version, for comparisons.
+
+    >>> version_tuple("0.33.0-rc2")
+    (0, 33, 0)
+    >>> version_tuple("0.12.10") < (0, 30)
+    True
+    """
+    parts = []
+    for part in text.lstrip("v").split("-", 1)[0].split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def uses_llama_server() -> bool:
+    """Whether the claimed version runs ``llama-server`` (>= 0.30) rather than ``ollama runner``."""
+    return version_tuple(VERSION) >= LLAMA_SERVER_SINCE
 
 
 def env_var(key: str) -> str:

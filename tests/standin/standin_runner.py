@@ -1,19 +1,27 @@
 """The runner child: holds a loaded model's memory and does the generating, over HTTP on its port.
 
-``ollama runner --model <blob> --port N`` starts listening at once and answers
-``GET /health`` with ``{"status":"loading model"}`` (503) while it loads: it checks the
-GGUF magic (a bad file makes it exit 1 with llama.cpp's error line, which serve turns
-into a load error), allocates and touches OLLAMA_STANDIN_RUNNER_MB MiB so its RSS is
-real, and waits out the load time serve asked for. Then ``/health`` is ``{"status":"ok"}``
-and ``POST /completion`` streams the answer serve asked for as server-sent events, one
-token per event, doing a few milliseconds of real CPU work per token and pausing between
-tokens as asked; it stops as soon as serve closes the connection. ``POST /embedding``
-answers a deterministic unit vector.
+Two commands start it, as the Ollama version serve claims would:
+
+  <install>/lib/ollama/llama-server --model <blob> --port N --host 127.0.0.1 ...   (Ollama >= 0.30;
+      the stand-in runs it as ``llama-server standin_runner.py --model ...``, ``llama-server`` being a
+      link to the Python interpreter, so the process is named llama-server)
+  ollama runner --model <blob> --port N                                            (Ollama < 0.30)
+
+It starts listening at once and answers ``GET /health`` with ``{"status":"loading model"}``
+(503) while it loads: it checks the GGUF magic (a bad file makes it exit 1 with
+llama.cpp's error lines), allocates and touches OLLAMA_STANDIN_RUNNER_MB MiB so its RSS
+is real, and waits out the load time serve asked for. Then ``/health`` is
+``{"status":"ok"}`` and ``POST /completion`` streams the answer serve asked for as
+server-sent events, one token per event, doing a few milliseconds of real CPU work per
+token and pausing between tokens as asked; it stops as soon as serve closes the
+connection. ``POST /embedding`` answers a deterministic unit vector.
 
 What serve asks for travels in the request body (``standin``: tokens, pacing) and, for
 the load, in the OLLAMA_STANDIN_RUNNER_PLAN environment variable (JSON: ``load_ms``,
-``spawned`` epoch seconds, ``cpu_ms`` per token). The runner does not watch its parent:
-when serve is SIGKILLed it lives on as an orphan, as Ollama's runners do.
+``spawned`` epoch seconds, ``cpu_ms`` per token, ``oom`` {kind, via}: the out-of-memory
+failure to act out, with the lines llama.cpp prints, see :data:`OOM_LINES`). The runner
+does not watch its parent: when serve is SIGKILLed it lives on as an orphan, as Ollama's
+runners do.
 """
 
 from __future__ import annotations
@@ -37,6 +45,51 @@ from standin_common import MIB, set_process_name, slog_line, write_line
 PAGE = 4096
 DEFAULT_CPU_MS = 2.0
 JSON_TYPE = "application/json; charset=utf-8"
+RECOVERABLE_SECONDS = 0.3
+# What llama.cpp prints when memory runs out, per kind; each contains one of Ollama's OOM substrings.
+OOM_LINES: Dict[str, List[str]] = {
+    "cuda": [
+        "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
+        "cudaMalloc failed: out of memory",
+        "alloc_tensor_range: failed to allocate CUDA0 buffer of size 4294967296",
+        "llama_model_load: error loading model: unable to allocate CUDA0 buffer",
+        "llama_model_load_from_file_impl: failed to load model",
+    ],
+    "host": [
+        "ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 8589934592",
+        "alloc_tensor_range: failed to allocate CPU buffer of size 8589934592",
+        "llama_model_load: error loading model: unable to allocate CPU buffer",
+        "llama_model_load_from_file_impl: failed to load model",
+    ],
+    "windows": [
+        "llama_model_load: error loading model: MapViewOfFile failed: "
+        "Not enough memory resources are available to process this command.",
+        "llama_model_load_from_file_impl: failed to load model",
+    ],
+    "metal": [
+        "ggml_metal_graph_compute: command buffer 0 failed with status 5",
+        "error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+    ],
+    "vulkan": [
+        "ggml_vulkan: Device memory allocation of size 4294967296 failed.",
+        "ggml_vulkan: vk::Device::allocateMemory: VK_ERROR_OUT_OF_DEVICE_MEMORY",
+        "llama_model_load: error loading model: unable to allocate Vulkan0 buffer",
+        "llama_model_load_from_file_impl: failed to load model",
+    ],
+    "compute": [
+        "ggml_backend_sched_reserve: compute buffer allocation failed",
+        "llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers",
+    ],
+    "health": [],
+    "runtime": [
+        "CUDA error: out of memory",
+        "  current device: 0, in function ggml_backend_cuda_graph_compute at ggml/src/ggml-cuda/ggml-cuda.cu:2773",
+        "  cudaGraphLaunch(cuda_ctx->cuda_graph->instance, cuda_ctx->stream())",
+    ],
+    "recoverable": [
+        "ggml_backend_sched_reserve: compute buffer allocation failed, retrying without pipeline parallelism"
+    ],
+}
 
 
 def _flag(argv: List[str], name: str) -> Optional[str]:
@@ -96,12 +149,18 @@ def read_plan() -> Dict[str, Any]:
 
 
 class RunnerState:
-    """What ``/health`` says: loading, then ok (or an error body)."""
+    """What ``/health`` says: loading, then ok (or an error body); and a pending runtime failure."""
 
     def __init__(self, cpu_ms: float) -> None:
         self.cpu_ms = cpu_ms
         self.status = "loading"
         self.error_body = b""
+        self.fail_on_generate: List[str] = []
+
+    def fail(self, message: str) -> None:
+        """``/health`` answers 500 with llama-server's error body."""
+        self.error_body = json.dumps({"status": "error", "message": message}, separators=(",", ":")).encode()
+        self.status = "error"
 
     def health(self) -> Tuple[int, bytes]:
         """Status code and body of ``GET /health``."""
@@ -211,6 +270,11 @@ class RunnerHandler(http.server.BaseHTTPRequestHandler):
                 pass
             return
         prompt_ms = (time.monotonic() - started) * 1000.0
+        if self.server.state.fail_on_generate:
+            for line in self.server.state.fail_on_generate:
+                _say(line)
+            sys.stderr.flush()
+            os._exit(134)  # as abort() would, without a core dump
         for index, token in enumerate(tokens):
             if index and token_ms > 0 and self.closed_within(token_ms / 1000.0):
                 return
@@ -236,8 +300,43 @@ class RunnerHandler(http.server.BaseHTTPRequestHandler):
         self.reply(200, json.dumps({"embedding": vector}).encode("utf-8"))
 
 
-def run(model: str, port: int) -> int:
-    """Listen, load (memory, load time), then serve until killed."""
+def act_out_oom(server: RunnerHTTPServer, model: str, oom: Dict[str, Any], llama_server: bool) -> None:
+    """Print the kind's lines, then fail as asked: exit 1, report on /health, or (recoverable) carry on.
+
+    Before exiting, the listener closes and in-flight health checks finish, so serve sees the exit
+    (and the lines), not a health check cut off by it.
+    """
+    state = server.state
+    kind = str(oom.get("kind") or "cuda")
+    lines = OOM_LINES.get(kind, OOM_LINES["cuda"])
+    if kind == "runtime":
+        state.fail_on_generate = lines
+        return
+    exits = not (kind in ("recoverable", "health") or oom.get("via") == "health")
+    if exits:
+        server.shutdown()
+        server.server_close()
+        time.sleep(0.05)
+    for line in lines:
+        _say(line)
+    if kind == "recoverable":
+        state.fail("compute buffer allocation failed")
+        time.sleep(RECOVERABLE_SECONDS)
+        state.status = "loading"
+        return
+    if kind == "health" or oom.get("via") == "health":
+        state.fail(lines[-1] if lines else "out of memory")
+        while True:
+            time.sleep(3600)
+    if llama_server:
+        _say("srv    load_model: failed to load model, '%s'" % model)
+        _say("main: exiting due to model loading error")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def run(model: str, port: int, llama_server: bool) -> int:
+    """Listen, load (memory, load time, the planned failure), then serve until killed."""
     plan = read_plan()
     state = RunnerState(float(plan.get("cpu_ms", DEFAULT_CPU_MS)))
     try:
@@ -246,11 +345,19 @@ def run(model: str, port: int) -> int:
         _say("error: bind 127.0.0.1:%d: %s" % (port, error.strerror or error))
         return 1
     server.state = state
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 3600}, daemon=True).start()
-    _say(slog_line("INFO", "runner.go:1006", "Server listening on 127.0.0.1:%d" % port))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
+    if llama_server:
+        _say("main: HTTP server is listening, hostname: 127.0.0.1, port: %d, http threads: 3" % port)
+        _say("main: loading model")
+        _say("srv    load_model: loading model '%s'" % model)
+    else:
+        _say(slog_line("INFO", "runner.go:1006", "Server listening on 127.0.0.1:%d" % port))
     problem = model_error(model)
     if problem:
         _say("llama_model_load: error loading model: %s" % problem)
+        if llama_server:
+            _say("srv    load_model: failed to load model, '%s'" % model)
+            _say("main: exiting due to model loading error")
         return 1
     try:
         megabytes = int(os.environ.get("OLLAMA_STANDIN_RUNNER_MB", "64"))
@@ -258,19 +365,41 @@ def run(model: str, port: int) -> int:
         megabytes = 64
     held = hold_memory(max(0, megabytes))
     _say("llama_model_loader: loaded meta data from %s (%d MiB resident)" % (model, len(held) // MIB))
+    if isinstance(plan.get("oom"), dict):
+        act_out_oom(server, model, plan["oom"], llama_server)
     ready_at = float(plan.get("spawned") or time.time()) + float(plan.get("load_ms") or 0) / 1000.0
     time.sleep(max(0.0, ready_at - time.time()))
     state.status = "ok"
+    if llama_server:
+        _say("main: model loaded")
+        _say("main: server is listening on http://127.0.0.1:%d - starting the main loop" % port)
+        _say("srv  update_slots: all slots are idle")
     while True:
         time.sleep(3600)
 
 
-def runner_main(argv: List[str]) -> int:
-    """Entry point of the hidden ``runner`` command."""
-    set_process_name("ollama")
+def _start(name: str, argv: List[str]) -> Tuple[str, int]:
+    """Name the process, die on SIGTERM/SIGINT, and read ``--model`` and ``--port``."""
+    set_process_name(name)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    model = _flag(argv, "--model") or ""
-    port = int(_flag(argv, "--port") or 0)
+    return _flag(argv, "--model") or "", int(_flag(argv, "--port") or 0)
+
+
+def runner_main(argv: List[str]) -> int:
+    """Entry point of the hidden ``ollama runner`` command (Ollama < 0.30)."""
+    model, port = _start("ollama", argv)
     _say(slog_line("INFO", "runner.go:963", "starting go runner"))
-    return run(model, port)
+    return run(model, port, llama_server=False)
+
+
+def llama_server_main(argv: List[str]) -> int:
+    """Entry point of ``llama-server`` (Ollama >= 0.30)."""
+    model, port = _start("llama-server", argv)
+    _say("build: 0 (standin) with python %d.%d for %s" % (sys.version_info[0], sys.version_info[1], sys.platform))
+    _say("system info: n_threads = %d, n_threads_batch = %d" % (os.cpu_count() or 1, os.cpu_count() or 1))
+    return run(model, port, llama_server=True)
+
+
+if __name__ == "__main__":
+    sys.exit(llama_server_main(sys.argv[1:]))

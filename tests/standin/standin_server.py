@@ -1,41 +1,67 @@
 """``ollama serve`` of the stand-in: Ollama's HTTP API on a threaded stdlib server, with fault knobs.
 
 Bodies, status codes and content types follow ollama.md §1. Answers are
-deterministic: ``You said: <prompt words>``, one token per word.
+deterministic: ``You said: <prompt words>``, one token per word. tests/standin/README.md
+says how to use the knobs below for realistic load scenarios.
 
-Under load it schedules like Ollama: a request for a loaded model takes its runner at once,
-then waits for one of its OLLAMA_NUM_PARALLEL slots before any byte is written; a request
-that needs a load waits in a queue of at most OLLAMA_MAX_QUEUE (beyond: 503), and one model
-loads at a time. Load-only and unload requests never wait for a slot. The runner child
-generates the tokens (serve relays them), so a SIGSTOPped runner stalls generation while
-serve's HTTP layer keeps answering. A client that closes its connection cancels its request
-at once, wherever it is (queued, loading, waiting for a slot, generating): the work stops,
-the slot is freed, Ollama's log line for that stage is written and the events file gets
-``{"event": "request_cancelled", "stage": ...}``.
+Realistic behaviour, always on (Ollama v0.33, server/sched.go and llm/llama_server.go):
+  - a request for a loaded model takes its runner at once, then waits for one of its
+    OLLAMA_NUM_PARALLEL slots (FIFO) before any byte is written; a request that needs a
+    load or a reload waits in a queue of at most OLLAMA_MAX_QUEUE (beyond it: 503 ``server
+    busy, please try again.  maximum pending requests exceeded``); one model loads at a time;
+    load-only and unload requests never wait for a slot; embeddings take one
+  - ``stream: false`` answers are written only when complete (not even the headers before)
+  - the runner child loads the model (``/health``: ``{"status":"loading model"}``, then
+    ``{"status":"ok"}``) and generates the tokens (serve relays them), spending a little CPU
+    per token: a SIGSTOPped runner stalls loads and generation while /, /api/version,
+    /api/tags and /api/ps keep answering
+  - a client that closes its connection cancels its request at once, wherever it is:
+    queued, loading (the load is aborted), waiting for a slot, generating (the runner stops);
+    Ollama's log line for that stage is written and the events file gets request_cancelled
+  - a request whose runner options (num_ctx, num_batch, num_gpu >= 0, main_gpu, use_mmap,
+    num_thread, draft_num_predict) differ from the loaded runner's, or whose runner does not
+    answer /health within the ping timeout, reloads the model once its requests are done
+  - >= 0.30 the runner is <install>/lib/ollama/llama-server with Ollama's flags, messages and
+    OOM handling; before, ``ollama runner`` and the old texts
+Realistic timing is opt-in: loads take 200 ms and tokens come without delay unless asked.
 
 Environment (read at start):
   OLLAMA_HOST, OLLAMA_MODELS, OLLAMA_KEEP_ALIVE, OLLAMA_NOPRUNE, OLLAMA_CONTEXT_LENGTH,
-  OLLAMA_MAX_LOADED_MODELS       as in Ollama
-  OLLAMA_NUM_PARALLEL            request slots per loaded model (default 1)
-  OLLAMA_MAX_QUEUE               requests that may wait for a load (default 512)
-  OLLAMA_STANDIN_LOAD_MS         load time of a model, when no ``load_ms`` fault (default 200)
-  OLLAMA_STANDIN_TOKEN_MS        delay between tokens, when no ``token_ms`` fault (default 0)
+  OLLAMA_MAX_LOADED_MODELS, OLLAMA_LOAD_TIMEOUT, OLLAMA_DEBUG   as in Ollama
+  OLLAMA_NUM_PARALLEL            request slots per loaded model (default 1; embedding models 1)
+  OLLAMA_MAX_QUEUE               requests that may wait for a load or reload (default 512)
+  OLLAMA_STANDIN_LOAD_MS         load time of a model in ms, when no ``load_ms`` fault (default 200)
+  OLLAMA_STANDIN_TOKEN_MS        delay between tokens in ms, when no ``token_ms`` fault (default 0)
   OLLAMA_STANDIN_TOKENS          answer length in tokens, when no ``tokens`` fault (default 0: the echo)
+  OLLAMA_STANDIN_PING_TIMEOUT_MS needsReload's ping of a loaded runner in ms (default 10000, Ollama's)
   OLLAMA_STANDIN_BLOB_MB         size of pulled weights in MiB (default 4)
   OLLAMA_STANDIN_RUNNER_MB       memory each runner child holds (default 64)
   OLLAMA_STANDIN_REGISTRY        extra pullable names, comma-separated
-  OLLAMA_STANDIN_EVENTS          file receiving one JSON line per serve/runner start and exit
+  OLLAMA_STANDIN_EVENTS          file receiving one JSON line per event (serve_start/exit, runner_start/
+                                 ready/exit/reload, request_queued, request_cancelled)
   OLLAMA_STANDIN_EXIT_ON_START   exit at once with this code (message: OLLAMA_STANDIN_EXIT_MESSAGE,
                                  default ``mkdir <models>: permission denied``)
   OLLAMA_STANDIN_IGNORE_SIGTERM  1: SIGTERM is ignored
   OLLAMA_STANDIN_CRASH_AFTER     seconds, then exit 2 like a Go panic (runners are orphaned)
-  OLLAMA_STANDIN_VERSION         version reported by server and CLI (default 0.33.0)
+  OLLAMA_STANDIN_VERSION         version reported by server and CLI (default 0.33.0); below 0.30 the
+                                 runner is ``ollama runner`` and the texts are v0.12's
 
-Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every request):
-  slow_ms, slow_inference_ms, token_ms (delay between tokens), tokens (answer length: the echo
-  padded with filler words), hang, hang_inference, http_error {path, status, error} (or a list
-  of them), crash_on <path>, load_ms, oom, slow_pull_ms_per_mb. The inference faults apply once
-  a model is loaded and there is something to generate (load/unload requests are not delayed)."""
+Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every request; times in ms):
+  slow_ms          every API path but / waits this long before its handler
+  hang             every request blocks for good (the socket stays open), as a deadlocked serve
+  crash_on <path>  serve exits 2 like a Go panic when that path is requested
+  http_error       {path, status, error} (or a list of them): that answer instead of the real one
+  load_ms          load time of the next loads (from the runner's start to its first "ok")
+  token_ms         delay between tokens, in the runner
+  tokens           answer length: the echo padded with filler words (num_predict still caps it)
+  slow_inference_ms  runner delay before the first token (or an embedding)
+  hang_inference   the runner sends no token until the client goes
+  oom              the next loads fail out of memory: true, a kind, or {kind, via: exit|health};
+                   kinds cuda (default), host, windows, metal, vulkan, compute, health, runtime
+                   (at the first token), mlx, full, recoverable (the load recovers); before 0.30:
+                   system (default) and the runner kinds
+  slow_pull_ms_per_mb
+"""
 
 from __future__ import annotations
 
@@ -73,11 +99,10 @@ from standin_common import (
     utc_now,
     write_line,
 )
-from standin_scheduler import Runner, ScheduleError, Scheduler
+from standin_scheduler import PendingRequest, Runner, ScheduleError, Scheduler, runner_options
 from standin_wire import Cancelled, ClientWatch, RunnerFailed
 from standin_store import LocalModel, ModelMissing, ModelStore, Registry, StreamError
 
-OOM_MESSAGE = "model requires more system memory (8.0 GiB) than is available (4.0 GiB)"
 MAX_ECHO_WORDS = 200
 FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
 
@@ -777,19 +802,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         keep_alive: Optional[float],
         options: Dict[str, Any],
         started_ns: int,
-        generates: bool = True,
     ) -> Turn:
-        """Load (or reuse) the runner; load failures (and the ``oom`` fault, for chat/generate) become API errors."""
-        if generates and self.app.control.read().get("oom"):
-            self.app.log_oom(model)
-            raise ApiError(500, OOM_MESSAGE)
-        try:
-            num_ctx = int(options.get("num_ctx") or self.app.default_num_ctx)
-        except (TypeError, ValueError):
-            num_ctx = self.app.default_num_ctx
+        """Load (or reuse) the runner; load failures (the ``oom`` fault among them) become API errors."""
+        wanted = runner_options(options, self.app.default_num_ctx, model.context_length())
         self.scheduled_model = model.name.display
         try:
-            runner = self.app.scheduler.get_runner(model, requested, keep_alive, num_ctx, self.watch)
+            runner = self.app.scheduler.get_runner(PendingRequest(model, requested, keep_alive, wanted, self.watch))
         except ScheduleError as error:
             raise ApiError(error.status, error.message) from None
         # Like Ollama's load_duration: everything from the request's arrival until it had a runner.
@@ -826,7 +844,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             },
         }
         scheduler = self.app.scheduler
-        with scheduler.slot(turn.runner, self.watch, "aborting completion request due to client closing the connection"):
+        with scheduler.slot(turn.runner, self.watch):
             turn.eval_started_ns = time.monotonic_ns()
             yield from scheduler.complete(turn.runner, request, self.watch)
 
@@ -970,7 +988,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """Embeddings for texts: (vectors, load ns, prompt token count)."""
         model, keep_alive = self.prepare_turn(requested, keep_alive_raw)
         options = merged_options(model, options_raw)
-        turn = self.start_turn(requested, model, keep_alive, options, time.monotonic_ns(), generates=False)
+        turn = self.start_turn(requested, model, keep_alive, options, time.monotonic_ns())
         try:
             size = model.embedding_length()
             if isinstance(dimensions, int) and 0 < dimensions < size:
@@ -979,7 +997,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             for text in texts:
                 delay_ms = float(self.app.control.read().get("slow_inference_ms", 0) or 0)
                 request = {"content": text, "standin": {"dimensions": size, "delay_ms": delay_ms}}
-                with self.app.scheduler.slot(turn.runner, self.watch):
+                with self.app.scheduler.slot(turn.runner, self.watch, embedding=True):
                     try:
                         vectors.append(self.app.scheduler.embed(turn.runner, request, self.watch))
                     except RunnerFailed as failure:
@@ -1283,17 +1301,6 @@ class App:
     def access_log(self, status: int, latency_ns: int, client_ip: str, method: str, path: str) -> None:
         """Gin's access line on stdout."""
         write_line(sys.stdout, gin_line(status, latency_ns, client_ip, method, path))
-
-    def log_oom(self, model: LocalModel) -> None:
-        """The serve-log lines of a model that does not fit in memory."""
-        log(
-            "WARN",
-            "server.go:168",
-            "model request too large for system",
-            ("requested", "8.0 GiB"),
-            ("available", "4.0 GiB"),
-        )
-        log("INFO", "sched.go:453", "NewLlamaServer failed", ("model", model.model_path), ("error", OOM_MESSAGE))
 
 
 def _int_env(key: str, default: int) -> int:
