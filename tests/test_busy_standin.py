@@ -42,14 +42,6 @@ def manager(standin, tmp_path):
     m.cleanup()
 
 
-def serve_starts(standin) -> list[dict[str, Any]]:
-    return [e for e in standin.events() if e["event"] == "serve_start"]
-
-
-def runner_starts(standin) -> list[dict[str, Any]]:
-    return [e for e in standin.events() if e["event"] == "runner_start"]
-
-
 def chat(standin, stream: bool, timeout: float = 120) -> dict[str, Any]:
     """One user chat, straight to Ollama: the whole answer (a streamed one is joined)."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "tell me a long story"}], "stream": stream}
@@ -71,7 +63,7 @@ def start_ready(manager, standin) -> int:
     standin.pull(MODEL)
     chat(standin, stream=False)
     wait_until(lambda: manager.api_status()["inference_count"] > 0, 15, what="the probe to run on the loaded model")
-    return serve_starts(standin)[0]["pid"]
+    return standin.events_of("serve_start")[0]["pid"]
 
 
 class Background:
@@ -115,7 +107,7 @@ def test_a_long_generation_without_the_gateway_is_busy_never_restarted(manager, 
     assert request.error is None, request.error
     assert request.result["done"] is True and request.result["eval_count"] == GENERATION_TOKENS
     assert time.monotonic() - started > OLD_RESTART_SECONDS
-    assert [s["pid"] for s in serve_starts(standin)] == [pid]
+    assert [s["pid"] for s in standin.events_of("serve_start")] == [pid]
     assert not [e for e in manager.events() if e["kind"] in ("restart", "crash")]
     # Busy from the first check that saw the generation to its end; healthy throughout.
     first_busy = next(i for i, s in enumerate(statuses) if s["busy"])
@@ -146,10 +138,10 @@ def test_a_stopped_serve_is_replaced_even_in_the_middle_of_a_generation(manager,
         interval=0.5,
         what="a long busy spell without a restart",
     )
-    assert len(serve_starts(standin)) == 1
+    assert len(standin.events_of("serve_start")) == 1
     # ... but a server that stops answering is hung, busy or not.
     os.kill(pid, signal.SIGSTOP)
-    wait_until(lambda: len(serve_starts(standin)) == 2, 60, what="the stopped server to be replaced")
+    wait_until(lambda: len(standin.events_of("serve_start")) == 2, 60, what="the stopped server to be replaced")
     status = manager.wait_monitor_ready(30)
     assert status["pid"] != pid and status["busy"] is None
     restarts = [e for e in manager.events() if e["kind"] == "restart"]
@@ -162,7 +154,8 @@ def test_a_stopped_serve_is_replaced_even_in_the_middle_of_a_generation(manager,
 def test_a_stopped_runner_raises_the_stuck_runner_alert_within_the_bound(manager, standin):
     manager.env["OLLAMA_MANAGER_STUCK_RUNNER_TIMEOUT"] = "4"
     pid = start_ready(manager, standin)
-    runner = wait_until(standin.alive_runner_pids, 10, what="the runner")[0]
+    runner = standin.runner_pid(f"{MODEL}:latest")
+    assert runner is not None
     os.kill(runner, signal.SIGSTOP)  # serve's HTTP layer keeps answering; the runner makes no progress
     stopped_at = time.monotonic()
 
@@ -197,17 +190,17 @@ def samples_recorded(manager) -> int:
 @pytest.mark.timeout(180)
 def test_after_unload_models_the_probe_does_not_load_the_model_again(manager, standin):
     start_ready(manager, standin)
-    assert len(runner_starts(standin)) == 1
+    assert len(standin.events_of("runner_start")) == 1
     assert manager.action("unload") == "unloaded 1 model(s)"
     wait_until(lambda: not standin.alive_runner_pids(), 10, what="the runner to exit")
     probes = manager.api_status()["inference_count"]
     ticks = samples_recorded(manager)
     wait_until(lambda: samples_recorded(manager) >= ticks + 5, 30, interval=0.5, what="five more health checks")
     status = manager.api_status()
-    assert len(runner_starts(standin)) == 1  # nothing loaded it again
+    assert len(standin.events_of("runner_start")) == 1  # nothing loaded it again
     assert status["loaded_models"] == [] and status["inference_count"] == probes
     assert status["health"] == "healthy"
     # A user request loads it again; from then on the probe checks it again.
     chat(standin, stream=False)
-    assert len(runner_starts(standin)) == 2
+    assert len(standin.events_of("runner_start")) == 2
     wait_until(lambda: manager.api_status()["inference_count"] > probes, 15, what="the probe to resume")
