@@ -40,7 +40,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from bench_supervisor import answers, serve_pids, summary  # noqa: E402
 from standin.harness import StandinEnv  # noqa: E402
 from tests.manager import Manager, wait_until  # noqa: E402
 
@@ -56,26 +58,6 @@ PROMPT_MS = 300  # prompt evaluation, which a queued probe would also cost
 LONG_TOKENS = 250
 SHORT_TOKENS = 10
 SECOND_AFTER_S = (0.5, 1.5, 2.5, 3.5, 4.5)
-
-
-def serve_pids(standin: StandinEnv) -> list[int]:
-    return [e["pid"] for e in standin.events() if e["event"] == "serve_start"]
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url + "/", timeout=0.5, trust_env=False).text == "Ollama is running"
-    except httpx.HTTPError:
-        return False
-
-
-def summary(name: str, values: list[float]) -> str:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-    return (
-        f"{name}: n={len(values)} p50={statistics.median(values):.2f} s "
-        f"p95={p95:.2f} s max={max(values):.2f} s"
-    )
 
 
 @contextmanager
