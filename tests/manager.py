@@ -117,6 +117,20 @@ class Manager:
         except (OSError, ValueError, KeyError, httpx.HTTPError):
             return None
 
+    def action(self, name: str) -> str:
+        """Run a menu action (``unload``, ``restart`` …) through the running monitor's status API."""
+        state = Path(self.env["XDG_STATE_HOME"]) / "ollama-manager"
+        info = json.loads((state / "monitor.json").read_text())
+        token = (state / "api-token").read_text().strip()
+        response = httpx.post(
+            f"http://127.0.0.1:{info['port']}/api/actions/{name}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        body = response.json()
+        assert body.get("ok"), body
+        return str(body["message"])
+
     def wait_monitor_ready(self, timeout: float = 20) -> dict[str, Any]:
         return wait_until(
             lambda: (s := self.api_status()) and s["state"] == "running" and s["health"] == "healthy" and s,

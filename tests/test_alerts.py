@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import doctest
 import random
 from collections.abc import Iterable
 
 import pytest
 
+from tray.core import alerts as alerts_module
 from tray.core.alerts import (
     GIB,
     MIB,
@@ -23,6 +25,10 @@ from tray.core.alerts import (
 )
 
 TICK = 30.0
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(alerts_module).failed == 0
 
 
 def feed(engine: AlertEngine, observations: Iterable[tuple[float, Metrics]]) -> list[tuple[float, AlertEvent]]:
@@ -222,6 +228,33 @@ def test_model_missing_corrupt_and_back() -> None:
         (90.0, "cleared", "info", "Model 'uncensored-llama3' is available again"),
         (150.0, "raised", "critical", "The model is corrupted; delete it and build it again"),
     ]
+
+
+def stuck(value: bool | None, quiet: float = 0.0) -> Metrics:
+    return Metrics(runner_stuck=value, busy_model="llama3" if value is not None else None, busy_quiet_seconds=quiet)
+
+
+def test_a_stuck_runner_raises_once_naming_the_model_and_how_long_then_clears_once() -> None:
+    engine = AlertEngine()
+    script = [
+        (0.0, stuck(False)),
+        (30.0, stuck(True, 930.0)),
+        (60.0, stuck(True, 960.0)),  # confirmed -> raised
+        (90.0, stuck(True, 990.0)),
+        (120.0, stuck(None)),  # Ollama not answering: not measured, keeps the state
+        (150.0, stuck(False)),
+        (180.0, stuck(False)),  # confirmed -> cleared
+        (210.0, stuck(False)),
+    ]
+    events = feed(engine, script)
+    assert summary(events) == [(60.0, "stuck_runner", "raised"), (180.0, "stuck_runner", "cleared")]
+    raised = events[0][1]
+    assert raised.title == "Ollama runner stuck" and raised.severity is Severity.WARNING
+    assert raised.message == (
+        "Ollama has been busy on 'llama3' for 16 min with no progress seen: its runner may be stuck"
+    )
+    assert events[1][1].message == "Ollama is making progress again"
+    assert raised.requests_restart is False  # the stuck-runner rule in tray.core.health decides any restart
 
 
 def test_low_disk_clears_only_with_margin() -> None:

@@ -21,6 +21,15 @@ def test_defaults_follow_the_design_notes(paths):
     assert config.source == str(paths.config_file)
 
 
+def test_the_stuck_runner_bound_follows_the_model_load_budget_unless_set(paths, tmp_path):
+    assert load_config(env={}, paths=paths).stuck_runner_seconds == 300 + 600
+    file = tmp_path / "c.toml"
+    file.write_text("model_load_timeout = 1200\n")
+    assert load_config(file, env={}, paths=paths).stuck_runner_seconds == 1200 + 600
+    env = {"OLLAMA_MANAGER_STUCK_RUNNER_TIMEOUT": "45"}
+    assert load_config(file, env=env, paths=paths).stuck_runner_seconds == 45
+
+
 def test_ollama_host_defaults_to_the_environment(paths):
     config = load_config(env={"OLLAMA_HOST": "0.0.0.0:9999"}, paths=paths)
     assert config.host.url == "http://127.0.0.1:9999"
@@ -57,6 +66,7 @@ def test_platform_file_is_used_by_default(paths):
         ("notifications = 1", "key 'notifications' must be true or false, got 1"),
         ("health_probe = 'deep'", "key 'health_probe' must be one of 'inference', 'api', got 'deep'"),
         ("ollama_model = 3", "key 'ollama_model' must be a string, got 3"),
+        ("stuck_runner_timeout = -5", "key 'stuck_runner_timeout' must be at least 0, got -5"),
         ("colour = 'red'", "unknown key 'colour'"),
         ("[gpu]\nindex = 1", "unknown section 'gpu'"),
         ("x = [", "invalid TOML: Invalid value (at end of document)"),

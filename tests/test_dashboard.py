@@ -88,6 +88,7 @@ def healthy_status(**changes: Any) -> dict[str, Any]:
             "last_verified": NOW - 300,
         },
         "gateway": None,
+        "busy": None,
     }
     status.update(changes)
     return status
@@ -519,6 +520,7 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
         "host": "http://127.0.0.1:11434",
         "last_error": None,
         "cloud_active": False,
+        "busy": {"text": "idle", "stuck": False, "source": None},
         "actions": [
             {"id": "stop", "label": "Stop Ollama", "enabled": True},
             {"id": "restart", "label": "Restart Ollama", "enabled": True},
@@ -544,6 +546,30 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
             "cloud_share": 0.25,
         },
     }
+
+
+BUSY = {"model": "uncensored-llama3:latest", "requests": None, "waiting": None, "since_seconds": 80.0,
+        "progress_seconds_ago": 0.0, "source": "runner", "stuck": False}
+
+
+def test_the_live_panel_says_what_ollama_is_busy_with() -> None:
+    view = status_view(healthy_status(busy=BUSY), None, NOW)
+    assert view["summary"] == "Ollama: healthy · 245 ms · busy: generating on uncensored-llama3:latest for 1 min"
+    assert view["busy"] == {"text": "generating on uncensored-llama3:latest for 1 min", "stuck": False, "source": "runner"}
+    stuck = {**BUSY, "stuck": True, "progress_seconds_ago": None, "since_seconds": 960.0, "source": "probe"}
+    view = status_view(healthy_status(busy=stuck), None, NOW)
+    assert view["busy"] == {"text": "stuck: no progress on uncensored-llama3:latest for 16 min", "stuck": True,
+                            "source": "probe"}
+    assert view["health"] == "healthy"  # busy, even stuck, is not a health value
+
+
+def test_metrics_show_busy_and_a_stuck_runner(setup: Setup) -> None:
+    idle = metric_samples(setup.client().get("/metrics").text)
+    assert [idle[(f"ollama_manager_{name}", ())] for name in ("busy", "busy_seconds", "stuck_runner")] == [0, 0, 0]
+    setup.monitor.status = healthy_status(busy={**BUSY, "since_seconds": 930.5, "stuck": True})
+    busy = metric_samples(setup.client().get("/metrics").text)
+    assert [busy[(f"ollama_manager_{name}", ())] for name in ("busy", "busy_seconds", "stuck_runner")] == [1, 930.5, 1]
+    assert busy[("ollama_manager_restarts_total", (("reason", "stuck_runner"),))] == 0.0
 
 
 def test_a_stopped_server_offers_start_and_nothing_that_needs_it_running() -> None:

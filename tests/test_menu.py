@@ -101,6 +101,14 @@ def test_menu_for_a_healthy_server() -> None:
     ]
 
 
+def test_the_status_line_says_what_ollama_is_busy_with() -> None:
+    busy = {"model": "llama3:latest", "requests": 1, "waiting": 0, "since_seconds": 95.0,
+            "progress_seconds_ago": 0.4, "source": "gateway", "stuck": False}
+    entries = build_menu(status(busy=busy, loaded_models=[LLAMA3]), SETTINGS, set())
+    assert entries[0].label == "Ollama: healthy · 245 ms · busy: generating on llama3:latest for 2 min"
+    assert enabled_actions(entries) >= {"unload", "stop", "restart"}  # busy blocks nothing
+
+
 def test_loaded_models_show_size_and_processor_split() -> None:
     entries = build_menu(status(loaded_models=[LLAMA3, SPLIT]), SETTINGS, set())
     assert [entry.label for entry in entries[2:4]] == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from tray.config import Config
 from tray.core.health import Failure, ProbeResult
@@ -13,6 +14,7 @@ from tray.history import History
 from tray.hosts import parse_ollama_host
 from tray.paths import AppPaths
 from tray.monitor import RECHECK_SECONDS, Monitor
+from tray.ollama_api import LoadedModel
 from tray.processes import ProcessRef
 from tray.supervisor import PortInUse, StartFailed, StartOutcome
 
@@ -20,6 +22,8 @@ OK = ProbeResult(True, 0.05, "api")
 REFUSED = ProbeResult(False, 0.0, "api", Failure.REFUSED, "connection refused")
 TIMEOUT = ProbeResult(False, 15.0, "api", Failure.TIMEOUT, "no answer in time")
 SLOW = ProbeResult(True, 7.0, "api")
+INFERENCE_OK = ProbeResult(True, 0.3, "inference")
+INFERENCE_TIMEOUT = ProbeResult(False, 5.0, "inference", Failure.TIMEOUT, "no answer in time")
 
 
 class Clock:
@@ -48,13 +52,24 @@ class FakeUserStop:
 class FakeClient:
     probes: list[ProbeResult] = field(default_factory=list)
     answering: bool | None = True
+    loaded: list[str] = field(default_factory=list)  # what /api/ps lists
+    inference: list[ProbeResult] = field(default_factory=list)  # answers to the inference probe, in turn
+    pings: list[ProbeResult] = field(default_factory=list)  # answers to the re-check after a probe timed out
+    inference_timeouts: list[float] = field(default_factory=list)
 
     def probe_api(self, timeout: float):
         result = self.probes.pop(0) if self.probes else OK
         return result, ({"llama3:latest"} if result.ok else None)
 
     def loaded_models(self, timeout: float):
-        return []
+        return [LoadedModel(name, 100, 0) for name in self.loaded]
+
+    def probe_inference(self, model: str, timeout: float):
+        self.inference_timeouts.append(timeout)
+        return self.inference.pop(0) if self.inference else INFERENCE_OK
+
+    def ping(self, timeout: float):
+        return self.pings.pop(0) if self.pings else OK
 
     def answers_as_ollama(self, timeout: float = 2.0):
         return self.answering
@@ -66,6 +81,7 @@ class FakeSupervisor:
         self.user_stop = FakeUserStop()
         self.external = None
         self.server = ProcessRef(1, 0.0)
+        self.runners: set[ProcessRef] = set()
         self.popen = None
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
@@ -114,7 +130,7 @@ def make(probes, **config):
     clock = Clock()
     sup = FakeSupervisor()
     sup.client.probes = list(probes)
-    cfg = Config(health_check_interval=30, health_check_timeout=5, health_probe="api", **config)
+    cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
     monitor = Monitor(sup, cfg, History(None), policy=policy, clock=clock)
     monitor.state = "running"
@@ -352,3 +368,225 @@ def test_a_stuck_subscriber_never_blocks_the_health_checks():
     assert delivered.wait(5) and fresh[-1] == "healthy"
     release.set()
     unsubscribe()
+
+
+# --------------------------------------------------------------------------- busy is not hung
+
+
+class FakeCpu:
+    """CPU seconds of the runners, advanced by the test; None for a process the OS hides."""
+
+    def __init__(self, runner: ProcessRef) -> None:
+        self.runner = runner
+        self.seconds: float | None = 1.0
+
+    def __call__(self, refs):
+        return {ref: self.seconds for ref in refs if ref == self.runner}
+
+
+def make_busy(**config):
+    """The inference probe on, llama3 installed and loaded, one runner whose CPU time the test sets."""
+    monitor, sup, clock = make([], **config)
+    monitor.config = Config(**{**monitor.config.__dict__, "health_probe": "inference", "ollama_model": "llama3"})
+    sup.client.loaded = ["llama3:latest"]
+    runner = ProcessRef(50, 1.0)
+    sup.runners = {runner}
+    cpu = FakeCpu(runner)
+    monitor.read_cpu_seconds = cpu
+    return monitor, sup, clock, cpu
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.activity = SimpleNamespace(in_flight={}, waiting=0, last_progress=None)
+
+    def local_activity(self):
+        return self.activity
+
+    def snapshot(self):
+        return {"cloud_active": False}
+
+    def fallback_usage(self):
+        return None
+
+
+def test_an_idle_loaded_model_gets_the_inference_probe_without_options():
+    monitor, sup, clock, cpu = make_busy()
+    monitor.tick()
+    assert monitor.inference_count == 1
+    assert sup.client.inference_timeouts == [5]  # the probe gives up after health_check_timeout
+    status = monitor.snapshot()
+    assert status["health"] == "healthy" and status["busy"] is None
+
+
+def test_the_probe_never_loads_a_model_that_is_not_loaded():
+    monitor, sup, clock, cpu = make_busy()
+    sup.client.loaded = []  # unloaded by the user, or evicted by Ollama
+    run_ticks(monitor, clock, 5)
+    assert monitor.inference_count == 0
+    assert monitor.probe_choice.reason == "the model is not loaded (the probe never loads it)"
+    assert monitor.snapshot()["health"] == "healthy"
+
+
+def test_a_runner_burning_cpu_is_busy_and_gets_no_probe():
+    monitor, sup, clock, cpu = make_busy()
+    due = monitor.tick()  # idle: probed, and the CPU baseline is taken
+    for _ in range(30):  # a long generation: the runner works between every two checks
+        cpu.seconds += 3.0
+        clock.now = due
+        due = monitor.tick()
+    status = monitor.snapshot()
+    assert monitor.inference_count == 1
+    assert status["health"] == "healthy" and sup.restarts == []
+    assert status["busy"] == {
+        "model": "llama3:latest",
+        "requests": None,
+        "waiting": None,
+        "since_seconds": 29 * 30.0,  # since the first check that saw the work
+        "progress_seconds_ago": 0.0,
+        "source": "runner",
+        "stuck": False,
+    }
+    clock.now = due
+    monitor.tick()  # the runner is done: idle again, probed again
+    assert monitor.snapshot()["busy"] is None and monitor.inference_count == 2
+
+
+def test_a_probe_waiting_behind_a_generation_is_busy_not_a_timeout():
+    monitor, sup, clock, cpu = make_busy()
+    cpu.seconds = None  # the OS hides the runner's CPU time (another user's server on macOS)
+    sup.client.inference = [INFERENCE_TIMEOUT] * 20
+    run_ticks(monitor, clock, 20)  # the old rule restarted after 4 timeouts
+    status = monitor.snapshot()
+    assert sup.restarts == []
+    assert status["health"] == "healthy" and status["latency_ms"] == 50
+    assert status["busy"]["source"] == "probe" and status["busy"]["model"] == "llama3"
+    assert status["busy"]["progress_seconds_ago"] is None
+    assert monitor.timeouts.count == 0
+
+
+def test_a_probe_timeout_with_the_http_layer_silent_too_is_a_hang():
+    monitor, sup, clock, cpu = make_busy()
+    sup.client.inference = [INFERENCE_TIMEOUT] * 4
+    sup.client.pings = [TIMEOUT] * 4
+    run_ticks(monitor, clock, 3)
+    assert sup.restarts == [] and monitor.snapshot()["health"] == "down"
+    run_ticks(monitor, clock, 1)
+    assert sup.restarts == ["not responding"]
+
+
+def test_a_serve_that_stops_answering_is_restarted_even_while_busy():
+    monitor, sup, clock, cpu = make_busy()
+    gateway = monitor.gateway = FakeGateway()
+    gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=1, last_progress=None)
+    monitor.tick()
+    assert monitor.snapshot()["busy"]["source"] == "gateway"
+    sup.client.probes = [TIMEOUT] * 4
+    run_ticks(monitor, clock, 4)
+    assert sup.restarts == ["not responding"]
+    assert monitor.snapshot()["busy"] is None
+
+
+def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
+    monitor, sup, clock, cpu = make_busy()
+    gateway = monitor.gateway = FakeGateway()
+    gateway.activity = SimpleNamespace(in_flight={"llama3": 2, "phi3": 1}, waiting=1, last_progress=clock.now - 4)
+    monitor.tick()
+    assert monitor.inference_count == 0
+    assert monitor.snapshot()["busy"] == {
+        "model": "llama3",
+        "requests": 3,
+        "waiting": 1,
+        "since_seconds": 0.0,
+        "progress_seconds_ago": None,  # that byte came before this busy spell was first seen
+        "source": "gateway",
+        "stuck": False,
+    }
+
+
+def stuck_alerts(monitor):
+    return [(e.data["state"], e.message) for e in monitor.history.events() if e.kind == "alert"
+            and e.data["kind"] == "stuck_runner"]
+
+
+def test_a_frozen_runner_raises_the_stuck_alert_then_restarts_once():
+    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60)
+    monitor.tick()  # idle and probed; then the runner freezes (SIGSTOP): its CPU time stands still
+    sup.client.inference = [INFERENCE_TIMEOUT] * 50
+    due = monitor.tick()
+    while not sup.restarts:
+        clock.now = due
+        due = monitor.tick()
+        assert clock.now < 1000 + 300
+    assert sup.restarts == ["stuck runner"]
+    raised = stuck_alerts(monitor)
+    assert len(raised) == 1 and raised[0][0] == "raised"
+    assert "Ollama has been busy on 'llama3' for" in raised[0][1] and "no progress seen" in raised[0][1]
+    restart = [e for e in monitor.history.events() if e.kind == "restart"][-1]
+    assert restart.data["reason"] == "stuck runner"
+    assert monitor.snapshot()["busy"] is None
+
+
+def test_a_stuck_runner_without_readable_cpu_time_is_an_alert_never_a_restart():
+    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60)
+    cpu.seconds = None
+    sup.client.inference = [INFERENCE_TIMEOUT] * 40
+    run_ticks(monitor, clock, 40)
+    assert sup.restarts == []
+    assert [state for state, _ in stuck_alerts(monitor)] == ["raised"]
+    assert monitor.snapshot()["busy"]["stuck"] is True
+    sup.client.inference = []  # it answers again: progress, the alert clears once
+    run_ticks(monitor, clock, 3)
+    assert [state for state, _ in stuck_alerts(monitor)] == ["raised", "cleared"]
+    assert monitor.snapshot()["busy"] is None
+
+
+def test_a_long_generation_through_the_gateway_is_never_stuck():
+    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60)
+    cpu.seconds = None
+    gateway = monitor.gateway = FakeGateway()
+    due = clock.now
+    for _ in range(40):  # 20 min of tokens flowing
+        clock.now = due
+        gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=0, last_progress=clock.now - 1)
+        due = monitor.tick()
+    assert monitor.snapshot()["busy"]["stuck"] is False
+    assert stuck_alerts(monitor) == [] and sup.restarts == []
+
+
+def test_a_dropped_test_prompt_with_the_server_answering_is_unhealthy_not_dead():
+    monitor, sup, clock, cpu = make_busy()
+    sup.client.inference = [ProbeResult(False, 0.1, "inference", Failure.REFUSED, "connection dropped")] * 3
+    run_ticks(monitor, clock, 3)
+    status = monitor.snapshot()
+    assert sup.restarts == []
+    assert status["health"] == "unhealthy" and status["last_error"] == "test prompt: connection dropped"
+
+
+def test_a_dropped_test_prompt_with_the_server_gone_is_down():
+    monitor, sup, clock, cpu = make_busy()
+    sup.client.inference = [ProbeResult(False, 0.1, "inference", Failure.REFUSED, "connection dropped")]
+    sup.client.pings = [REFUSED]
+    monitor.tick()
+    assert sup.restarts == ["down"]
+
+
+class TimingClient(FakeClient):
+    """A client whose answers take their latency on the monitor's clock, as real timeouts do."""
+
+    clock: Clock | None = None
+
+    def probe_api(self, timeout: float):
+        result, names = super().probe_api(timeout)
+        self.clock.now += result.latency
+        return result, names
+
+
+def test_a_hang_is_restarted_when_the_probe_timeout_is_longer_than_the_interval():
+    """Probes that wait out 3 x 5 s are not a sleep of the machine, even at a 1 s interval."""
+    monitor, sup, clock = make([], health_check_interval=1)
+    sup.client = TimingClient(probes=[TIMEOUT] * 4)
+    sup.client.clock = clock
+    run_ticks(monitor, clock, 4)
+    assert [e.kind for e in monitor.history.events()].count("resume") == 0
+    assert sup.restarts == ["not responding"]

@@ -192,6 +192,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"Uptime: {_duration(status['uptime_seconds'])}, memory {status['memory_usage_mb']} MB, "
             f"CPU {status['cpu_usage_percent']} %, GPU {'yes' if status['gpu_available'] else 'none'}"
         )
+        lines.append(busy_line(status.get("busy")))
     if status.get("restart_attempt"):
         lines.append(f"Restart attempts: {status['restart_attempt']} of {status['restart_attempts_max']}")
     if status.get("last_error"):
@@ -200,7 +201,45 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _duration(seconds: int) -> str:
+BUSY_SEEN_BY = {
+    "gateway": "the gateway's requests",
+    "runner": "the runner's CPU use",
+    "probe": "the health probe waiting its turn",
+}
+
+
+def busy_line(busy: dict[str, Any] | None) -> str:
+    """The status' ``Busy:`` line.
+
+    >>> busy_line(None)
+    'Busy: no'
+    >>> print(busy_line({"model": "llama3", "requests": 2, "waiting": 1, "since_seconds": 80.4,
+    ...                  "progress_seconds_ago": 0.5, "source": "gateway", "stuck": False}))
+    Busy: generating on llama3 for 1m 20s; 2 requests through the gateway (1 waiting); last progress 0s ago; \
+seen by the gateway's requests
+    >>> busy_line({"model": "llama3", "requests": None, "waiting": None, "since_seconds": 950,
+    ...            "progress_seconds_ago": None, "source": "probe", "stuck": True})
+    'Busy: STUCK, no progress on llama3 for 15m 50s; no progress seen; seen by the health probe waiting its turn'
+    """
+    if not busy:
+        return "Busy: no"
+    on = f" on {busy['model']}" if busy.get("model") else ""
+    since = busy.get("since_seconds") or 0
+    progress = busy.get("progress_seconds_ago")
+    if busy.get("stuck"):
+        head = f"STUCK, no progress{on} for {_duration(progress if progress is not None else since)}"
+    else:
+        head = f"generating{on} for {_duration(since)}"
+    parts = [head]
+    if busy.get("requests") is not None:
+        count, waiting = busy["requests"], busy.get("waiting") or 0
+        parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({waiting} waiting)")
+    parts.append(f"last progress {_duration(progress)} ago" if progress is not None else "no progress seen")
+    parts.append("seen by " + BUSY_SEEN_BY.get(str(busy.get("source")), str(busy.get("source"))))
+    return "Busy: " + "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h {minutes}m" if hours else (f"{minutes}m {secs}s" if minutes else f"{secs}s")

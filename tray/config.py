@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tray.core.alerts import AlertThresholds
+from tray.core.health import stuck_runner_bound
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.paths import AppPaths
@@ -67,7 +68,18 @@ class Config:
     )
     model_load_timeout: float = field(
         default=300.0,
-        metadata=setting("Seconds a probe may take while the model loads from disk (not counted as a hang)", minimum=1),
+        metadata=setting(
+            "Seconds a model may take to load from disk (Ollama's own default); part of the stuck-runner bound",
+            minimum=1,
+        ),
+    )
+    stuck_runner_timeout: float = field(
+        default=0.0,
+        metadata=setting(
+            "Seconds Ollama may stay busy with no progress before its runner counts as stuck (an alert); "
+            "0: model_load_timeout + 600",
+            minimum=0,
+        ),
     )
     stop_timeout: float = field(
         default=5.0, metadata=setting("Seconds between SIGTERM and SIGKILL when stopping Ollama", minimum=0.1)
@@ -106,6 +118,11 @@ class Config:
     @property
     def host(self) -> OllamaHost:
         return parse_ollama_host(self.ollama_host)
+
+    @property
+    def stuck_runner_seconds(self) -> float:
+        """The stuck-runner bound in effect (``stuck_runner_timeout``, else the load budget plus 10 min)."""
+        return stuck_runner_bound(self.stuck_runner_timeout, self.model_load_timeout)
 
     @property
     def modelfile_path(self) -> Path:

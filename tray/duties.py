@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from tray.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
-from tray.core.health import ProbeResult
+from tray.core.health import Busy, ProbeResult
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.external import SystemdService
 from tray.gateway.breaker import FallbackUsage
@@ -90,7 +90,10 @@ class DaemonDuties:
         sample: ResourceSample | None,
         model_status: str | None,
         fallback: FallbackUsage | None = None,
+        busy: Busy | None = None,
+        busy_known: bool = False,
     ) -> None:
+        """``busy_known``: the server answered this tick, so ``busy`` None means idle, not unknown."""
         self._record_sample(health, probe, sample)
         self._walk_oom_ladder(now, probe)
         while self.restart_times and now - self.restart_times[0] > RESTART_MEMORY_SECONDS:
@@ -108,6 +111,9 @@ class DaemonDuties:
             disk_free_bytes=sample.disk_free_bytes if sample else None,
             gpu_memory_used_bytes=gpu.memory_used_bytes if gpu else None,
             gpu_memory_total_bytes=gpu.memory_total_bytes if gpu else None,
+            runner_stuck=(busy is not None and busy.stuck) if busy_known else None,
+            busy_model=busy.model if busy else None,
+            busy_quiet_seconds=busy.quiet_seconds(now) if busy else None,
         )
         for alert in self.alerts.observe(now, metrics):
             self.history.record(

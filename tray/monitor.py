@@ -1,9 +1,13 @@
 """The monitor: one background thread that owns the health-check loop.
 
 It probes Ollama every ``health_check_interval`` seconds (sooner while
-something is wrong), classifies the answer, asks the restart policy what to
-do, carries it out through the :class:`~tray.supervisor.Supervisor`, and
-publishes a status dict to subscribers (tray, notifications, status API).
+something is wrong): first the server's HTTP layer, then the inference probe
+where :func:`~tray.core.health.choose_inference_probe` allows it. It measures
+what Ollama is busy with (the gateway's requests, the runners' CPU time, a
+probe left waiting), lets :mod:`tray.core.health` classify it, asks the
+restart policy what to do, carries it out through the
+:class:`~tray.supervisor.Supervisor`, and publishes a status dict to
+subscribers (tray, notifications, status API).
 Other threads never touch processes: they queue an action with
 :meth:`Monitor.request` and get a Future back.
 """
@@ -16,17 +20,36 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from tray.config import Config
-from tray.core.health import Failure, Health, ProbeResult, TimeoutCounter, classify, is_dead
+from tray.core.alerts import AlertKind
+from tray.core.health import (
+    DOWN_FACTOR,
+    Busy,
+    BusyEvidence,
+    BusyTracker,
+    Failure,
+    GatewayActivity,
+    Health,
+    InferenceProbe,
+    ProbeChoice,
+    ProbeResult,
+    TimeoutCounter,
+    choose_inference_probe,
+    classify,
+    is_dead,
+    runner_cpu_since,
+)
 from tray.core.restart import RestartPolicy, Verdict
 from tray.external import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.duties import DaemonDuties, OomEffects
 from tray.history import History
 from tray.model_keeper import JOBS as MODEL_JOBS
 from tray.model_keeper import ModelKeeper
+from tray.processes import ProcessRef, cpu_seconds
 from tray.resources import ResourceSample, ResourceSampler
 from tray.supervisor import Supervisor, SupervisorError
 
@@ -39,6 +62,7 @@ ACTIONS = ("start", "stop", "restart", "unload", "check", *MODEL_JOBS)
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
 Subscriber = Callable[[dict[str, Any]], None]
+CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
 
 
 class Monitor:
@@ -59,6 +83,8 @@ class Monitor:
         self.wall_clock = wall_clock
         self.policy = policy or RestartPolicy(max_attempts=config.auto_restart_attempts, rng=random.Random())
         self.timeouts = TimeoutCounter(threshold=3)
+        self.busy_tracker = BusyTracker(stuck_after=config.stuck_runner_seconds)
+        self.read_cpu_seconds: CpuReader = cpu_seconds
         supervisor.on_exit = self._on_server_exit
 
         self._subscribers: list[_Mailbox] = []
@@ -78,6 +104,10 @@ class Monitor:
         self.next_retry_at: float | None = None
         self._last_tick: tuple[float, float, float] | None = None  # (monotonic end, wall end, next due)
         self.loaded_models: list[dict[str, Any]] = []
+        self.busy: Busy | None = None
+        self.evidence: BusyEvidence | None = None  # this tick's, when the HTTP layer answered
+        self.probe_choice: ProbeChoice | None = None
+        self._cpu_baseline: dict[ProcessRef, float] | None = None
         self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
         self.sample: ResourceSample | None = None
         self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS)
@@ -196,6 +226,8 @@ class Monitor:
     def _slept(self, now: float) -> bool:
         """Did the machine sleep since the last check (the check ran far later than planned)?
 
+        A check that itself ran past the next one's due time (a probe waiting
+        out its timeout) is not a sleep: lateness counts from when it ended.
         The monotonic clock stops during suspend on some systems, so time the
         wall clock saw and the monotonic clock did not counts as well.
         """
@@ -204,11 +236,14 @@ class Monitor:
         ended, ended_wall, due = self._last_tick
         limit = WAKE_GAP_FACTOR * max(self.config.health_check_interval, RECHECK_SECONDS)
         unseen = (self.wall_clock() - ended_wall) - (now - ended)
-        return now - due > limit or unseen > limit
+        return now - max(due, ended) > limit or unseen > limit
 
     def _tick(self, now: float, resumed: bool) -> float:
         if self.state == "stopped":
             return self._tick_while_user_stopped(now)
+        if resumed:
+            self.busy_tracker.reset()  # a gap in the observations breaks any chain of evidence
+            self._cpu_baseline = None
         result = self.probe()
         self._observe(result, now)
         self.models.on_tick(now, result.ok, self.model_present)
@@ -219,10 +254,14 @@ class Monitor:
             self.sample,
             model_status=self.models.status,
             fallback=self.gateway.fallback_usage() if self.gateway else None,
+            busy=self.busy,
+            busy_known=self.evidence is not None,
         )
         if self.duties.leak_restart_wanted:
             self.duties.leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
+        if self._frozen_runner_restart_due():
+            return self._restart_if_allowed(now, "stuck runner")
         if self._restart_for_oom_ladder():
             return self.clock() + RECHECK_SECONDS
         if result.ok:
@@ -254,6 +293,11 @@ class Monitor:
         self.last_probe = STOPPED_PROBE
         self._publish()
         return now + self.config.health_check_interval
+
+    def _frozen_runner_restart_due(self) -> bool:
+        """The stuck-runner rule: restart only once the alert is out and the runner is provably frozen."""
+        busy = self.busy
+        return bool(busy and busy.frozen and AlertKind.STUCK_RUNNER in self.duties.alerts.active_kinds)
 
     def _user_stopped_through_owner(self) -> bool:
         """The user quit Ollama through its own app or systemctl: not a crash."""
@@ -309,6 +353,7 @@ class Monitor:
                 self.state = "failed" if self.policy.attempts >= of else "restarting"
         else:
             self.timeouts.reset()
+            self._forget_work()
             self.last_error = None
             self.state = "running"
             self.history.record(
@@ -341,8 +386,8 @@ class Monitor:
         return True
 
     def _nothing_running(self) -> bool:
-        """Nothing of ours uses the server right now (a model build or check would be cut off by a restart)."""
-        return not self.models.busy
+        """Nothing uses the server right now: no model build or check of ours, and no one's generation."""
+        return not self.models.busy and self.busy is None
 
     def _start_error(self, exc: Exception) -> None:
         self.last_error = str(exc)
@@ -372,30 +417,91 @@ class Monitor:
     # ------------------------------------------------------------------ probing
 
     def probe(self) -> ProbeResult:
+        """One health check: the HTTP layer, then the inference probe where it can neither queue nor load a model.
+
+        Also gathers this tick's evidence of work in Ollama (:attr:`evidence`).
+        """
         client = self.supervisor.client
-        down_after = self.config.health_check_timeout * 3
+        down_after = self.config.health_check_timeout * DOWN_FACTOR
+        self.evidence = None
+        self.probe_choice = None
         api, names = client.probe_api(timeout=down_after)
         if not api.ok or names is None:
+            self._cpu_baseline = None
             return api
-        self.model_present = _has_model(names, self.config.ollama_model)
-        loaded = client.loaded_models(timeout=down_after) or []
-        self.loaded_models = [{"name": m.name, "size": m.size, "size_vram": m.size_vram} for m in loaded]
-        if self.config.health_probe != "inference" or not self.model_present:
-            return api
-        is_loaded = any(_same_model(m.name, self.config.ollama_model) for m in loaded)
-        budget = down_after if is_loaded else self.config.model_load_timeout
-        self.inference_count += 1
-        return client.probe_inference(self.config.ollama_model, timeout=budget)
+        self._note_server()
+        model = self.config.ollama_model
+        self.model_present = _has_model(names, model)
+        loaded = client.loaded_models(timeout=down_after)
+        if loaded is not None:
+            self.loaded_models = [{"name": m.name, "size": m.size, "size_vram": m.size_vram} for m in loaded]
+        is_loaded = any(_same_model(m.name, model) for m in loaded or ())
+        gateway = self._gateway_activity()
+        runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
+        choice = choose_inference_probe(self.config.health_probe, self.model_present, is_loaded, gateway, runner_cpu)
+        self.probe_choice = choice
+        result, outcome = api, InferenceProbe.NOT_SENT
+        if choice.send:
+            self.inference_count += 1
+            inference = client.probe_inference(model, timeout=self.config.health_check_timeout)
+            result = inference
+            if inference.ok:
+                outcome = InferenceProbe.ANSWERED
+            elif inference.failure in (Failure.TIMEOUT, Failure.REFUSED):
+                # Whether the server itself still answers decides between hung or gone, and busy.
+                result = client.ping(timeout=down_after)
+                if not result.ok:
+                    return result
+                if inference.failure is Failure.TIMEOUT:  # cancelled: its connection is closed
+                    outcome = InferenceProbe.WAITED
+                    log.info("the test prompt waited %g s on %s: busy; cancelled", inference.latency, model)
+                else:
+                    result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
+        self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}
+        loaded_names = [m["name"] for m in self.loaded_models]
+        self.evidence = BusyEvidence(
+            gateway=gateway,
+            runner_cpu=runner_cpu,
+            runner_model=loaded_names[0] if len(loaded_names) == 1 else None,
+            probe=outcome,
+            probe_model=model,
+        )
+        return result
+
+    def _note_server(self) -> None:
+        """Learn which process answers (and its runners), so their CPU time can be read."""
+        if self.supervisor.server is None:
+            self.supervisor.adopt()
+        else:
+            self.supervisor.track_runners()
+
+    def _read_runner_cpu(self) -> dict[ProcessRef, float | None]:
+        return self.read_cpu_seconds(list(self.supervisor.runners))
+
+    def _gateway_activity(self) -> GatewayActivity | None:
+        """The gateway's requests in flight to Ollama, when a gateway runs and can tell."""
+        read = getattr(self.gateway, "local_activity", None)
+        if read is None:
+            return None
+        try:
+            activity = read()
+            return GatewayActivity(dict(activity.in_flight), int(activity.waiting), activity.last_progress)
+        except Exception:  # a broken gateway must not stop the health checks
+            log.exception("could not read the gateway's activity")
+            return None
+
+    def _forget_work(self) -> None:
+        """After a restart, nothing of the old server's work is known."""
+        self.busy_tracker.reset()
+        self.busy = None
+        self._cpu_baseline = None
 
     def _observe(self, result: ProbeResult, now: float) -> None:
         previous = self.health
         self.last_probe = result
         self.health = classify(result, self.config.health_check_timeout)
+        self._observe_work(now)
         if result.ok:
-            if self.supervisor.server is None:
-                self.supervisor.adopt()
-            else:
-                self.supervisor.track_runners()
             self._note_server_identity(now)
         self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
         if result.ok:
@@ -414,6 +520,17 @@ class Monitor:
             latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
             self.history.record("health", f"health {previous} -> {self.health} ({latency})")
         self._publish()
+
+    def _observe_work(self, now: float) -> None:
+        previous = self.busy
+        if self.evidence is None:
+            self.busy_tracker.reset()
+            self.busy = None
+        else:
+            self.busy_tracker.stuck_after = self.config.stuck_runner_seconds
+            self.busy = self.busy_tracker.observe(now, self.evidence)
+        if (previous is None) != (self.busy is None):
+            log.info("Ollama %s", f"busy ({self.busy.source}) on {self.busy.model}" if self.busy else "idle")
 
     def _note_server_identity(self, now: float) -> None:
         """A different server process answering, without the manager restarting it, is an unexpected restart."""
@@ -543,6 +660,7 @@ class Monitor:
             "restart_attempts_max": self.policy.max_attempts,
             "next_retry_in": next_retry,
             "activity": self.activity,
+            "busy": self.busy.to_status(self.clock()) if self.busy is not None else None,
             # Fallback mode: given up on Ollama, out of memory at the last rung, or the gateway routing to the cloud.
             "cloud_active": self.state == "failed"
             or self.duties.oom_wants_cloud

@@ -104,14 +104,22 @@ class OllamaClient:
         return None if response.status_code == 200 else _error_text(response)
 
     def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
-        """Liveness: GET /api/tags (as the design notes' is_ollama_running); also returns the model names."""
+        """Liveness from the HTTP layer: GET /api/version, then /api/tags for the model names.
+
+        Ollama answers both without its scheduler, so they stay fast while a
+        model generates; they stop only when the whole server is stuck. The
+        latency is the slower of the two answers.
+        """
+        version = self.ping(timeout)
+        if not version.ok:
+            return version, None
         started = time.monotonic()
         try:
             response = self._http.get("/api/tags", timeout=timeout)
         except httpx.HTTPError as exc:
             failure, detail = _failure_of(exc)
             return ProbeResult(False, time.monotonic() - started, "api", failure, detail), None
-        latency = time.monotonic() - started
+        latency = max(version.latency, time.monotonic() - started)
         if response.status_code != 200:
             return ProbeResult(False, latency, "api", Failure.HTTP_ERROR, _error_text(response)), None
         try:
@@ -120,13 +128,38 @@ class OllamaClient:
             return ProbeResult(False, latency, "api", Failure.BAD_RESPONSE, "not an Ollama answer"), None
         return ProbeResult(True, latency, "api"), names
 
-    def probe_inference(self, model: str, timeout: float, options: dict[str, int] | None = None) -> ProbeResult:
-        """The design notes' test inference: prompt "test", one output token (plus any memory-saving options)."""
+    def ping(self, timeout: float) -> ProbeResult:
+        """GET /api/version: does the server's HTTP layer answer, and how fast."""
+        started = time.monotonic()
+        try:
+            response = self._http.get("/api/version", timeout=timeout)
+        except httpx.HTTPError as exc:
+            failure, detail = _failure_of(exc)
+            return ProbeResult(False, time.monotonic() - started, "api", failure, detail)
+        latency = time.monotonic() - started
+        if response.status_code != 200:
+            return ProbeResult(False, latency, "api", Failure.HTTP_ERROR, _error_text(response))
+        try:
+            valid = isinstance(response.json().get("version"), str)
+        except (ValueError, AttributeError):
+            valid = False
+        if not valid:
+            return ProbeResult(False, latency, "api", Failure.BAD_RESPONSE, "not an Ollama answer")
+        return ProbeResult(True, latency, "api")
+
+    def probe_inference(self, model: str, timeout: float) -> ProbeResult:
+        """The design notes' test inference: prompt "test", one output token.
+
+        It sends no runner options (``num_ctx``, ``num_gpu`` … make Ollama
+        reload a loaded model) and no ``keep_alive`` (the loaded runner keeps
+        its own). On a timeout the connection is closed, which cancels the
+        request in Ollama and takes it out of the model's queue.
+        """
         body: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "user", "content": PROBE_PROMPT}],
             "stream": False,
-            "options": {**(options or {}), "num_predict": 1},
+            "options": {"num_predict": 1},
         }
         started = time.monotonic()
         try:

@@ -307,6 +307,27 @@ def runners_of(server: ProcessRef) -> list[ProcessRef]:
     return refs
 
 
+def cpu_seconds(refs: Iterable[ProcessRef]) -> dict[ProcessRef, float | None]:
+    """User + system CPU seconds of each live process; None where the OS does not tell.
+
+    Linux shows every user's times (``/proc/<pid>/stat``); macOS hides other
+    users' processes. A process that is gone is left out.
+    """
+    times: dict[ProcessRef, float | None] = {}
+    for ref in refs:
+        try:
+            proc = psutil.Process(ref.pid)
+            if abs(proc.create_time() - ref.create_time) > 0.01:
+                continue
+            used = proc.cpu_times()
+            times[ref] = float(used.user + used.system)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        except psutil.AccessDenied:
+            times[ref] = None
+    return times
+
+
 def orphaned_runners(models_dir: Path) -> list[ProcessRef]:
     """Runners of this models dir whose server is gone (a ``kill -9`` leaves them holding RAM/VRAM)."""
     models = str(models_dir.resolve())

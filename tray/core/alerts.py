@@ -18,6 +18,8 @@ health         health is ``unhealthy`` (warning) or ``down`` (critical)
 disk           less than ``disk_free_mb`` free on the models volume
 gpu_memory     the fullest GPU is more than ``gpu_memory_percent`` full
 leak           the tree's memory rose steadily over ``leak_window_seconds``
+stuck_runner   Ollama has been busy with no progress for longer than the
+               ``stuck_runner_timeout`` setting (see :mod:`tray.core.health`)
 =============  ===========================================================
 
 How an alert behaves:
@@ -64,6 +66,7 @@ class AlertKind(StrEnum):
     DISK = "disk"
     GPU_MEMORY = "gpu_memory"
     LEAK = "leak"
+    STUCK_RUNNER = "stuck_runner"
 
 
 class AlertState(StrEnum):
@@ -135,6 +138,10 @@ class Metrics:
     disk_free_bytes: int | None = None  # on the models volume
     gpu_memory_used_bytes: int | None = None  # of the fullest GPU
     gpu_memory_total_bytes: int | None = None
+    # Work in Ollama: stuck is None when not known (server not answering), False when idle or progressing.
+    runner_stuck: bool | None = None
+    busy_model: str | None = None
+    busy_quiet_seconds: float | None = None  # since the last progress (or since busy began)
 
 
 @dataclass(frozen=True)
@@ -380,6 +387,20 @@ def leak_rule(x: RuleInput) -> Reading:
     return HOLD
 
 
+def stuck_runner_rule(x: RuleInput) -> Reading:
+    stuck = x.metrics.runner_stuck
+    if stuck is None:
+        return HOLD
+    if not stuck:
+        return Reading(Signal.OK, "Ollama is making progress again")
+    model = f"'{x.metrics.busy_model}'" if x.metrics.busy_model else "a model"
+    quiet = format_duration(x.metrics.busy_quiet_seconds or 0.0)
+    return Reading(
+        Signal.FAILING,
+        f"Ollama has been busy on {model} for {quiet} with no progress seen: its runner may be stuck",
+    )
+
+
 Rule = Callable[[RuleInput], Reading]
 
 RULES: dict[AlertKind, Rule] = {
@@ -392,6 +413,7 @@ RULES: dict[AlertKind, Rule] = {
     AlertKind.GPU_MEMORY: gpu_memory_rule,
     AlertKind.DISK: disk_rule,
     AlertKind.FALLBACK: fallback_rule,
+    AlertKind.STUCK_RUNNER: stuck_runner_rule,
 }
 
 TITLES: dict[AlertKind, tuple[str, str]] = {
@@ -404,6 +426,7 @@ TITLES: dict[AlertKind, tuple[str, str]] = {
     AlertKind.DISK: ("Low disk space", "Disk space back to normal"),
     AlertKind.GPU_MEMORY: ("GPU memory nearly full", "GPU memory back to normal"),
     AlertKind.LEAK: ("Possible memory leak", "Memory no longer climbing"),
+    AlertKind.STUCK_RUNNER: ("Ollama runner stuck", "Ollama runner working again"),
 }
 
 

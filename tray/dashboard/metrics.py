@@ -30,7 +30,7 @@ from tray.history import Event, History
 PREFIX = "ollama_manager"
 HEALTH_STATES = ("healthy", "unhealthy", "down", "unknown")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0)
-RESTART_REASONS = ("user", "down", "not_responding", "memory_leak_detected", "unexpected")
+RESTART_REASONS = ("user", "down", "not_responding", "stuck_runner", "memory_leak_detected", "unexpected")
 MIB = 2**20
 
 
@@ -69,6 +69,9 @@ GAUGE_HELP = {
     "gpu_available": "1 when a GPU can be measured",
     "gateway_enabled": "1 when the local gateway runs",
     "fallback_ratio": "Share of the gateway's recent calls the cloud answered",
+    "busy": "1 while Ollama is working on a request (seen by the gateway, the runners' CPU or the probe)",
+    "busy_seconds": "How long Ollama has been busy without a break (0 when idle)",
+    "stuck_runner": "1 while Ollama has been busy with no progress for longer than stuck_runner_timeout",
 }
 
 
@@ -87,6 +90,7 @@ def gauge_values(status: Mapping[str, Any], sample: Any, gateway: Mapping[str, A
         memory = float(status.get("memory_usage_mb") or 0) * MIB if running else 0.0
         cpu = float(status.get("cpu_usage_percent") or 0.0) if running else 0.0
     ratio = gateway.get("fallback_ratio") if gateway is not None else None
+    busy = status.get("busy")
     return {
         "up": _flag(running),
         "last_probe_latency_seconds": latency / 1000 if latency is not None else None,
@@ -99,6 +103,9 @@ def gauge_values(status: Mapping[str, Any], sample: Any, gateway: Mapping[str, A
         "gpu_available": _flag(sample.gpu_available) if sample is not None else None,
         "gateway_enabled": _flag(gateway is not None),
         "fallback_ratio": float(ratio) if ratio is not None else None,
+        "busy": _flag(busy),
+        "busy_seconds": float(busy.get("since_seconds") or 0.0) if busy else 0.0,
+        "stuck_runner": _flag(busy and busy.get("stuck")),
     }
 
 

@@ -41,6 +41,7 @@ APPLIED_NOW = frozenset(
         "health_check_timeout",
         "health_probe",
         "model_load_timeout",
+        "stuck_runner_timeout",
         "startup_timeout",
         "stop_timeout",
         "notifications",

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tray.history import NUMERIC_FIELDS, Event
-from tray.ui.icon import format_duration, format_latency, status_summary
+from tray.ui.icon import busy_text, format_duration, format_latency, status_summary
 from tray.ui.menu import (
     ACTION_LABELS,
     REBUILD,
@@ -88,6 +88,20 @@ def gateway_view(gateway: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"enabled": True, "text": text, "local": local, "cloud": cloud, "cloud_share": share}
 
 
+def busy_view(busy: Mapping[str, Any] | None, running: bool) -> dict[str, Any]:
+    """What Ollama is working on: a line for the live panel, and whether it looks stuck.
+
+    >>> busy_view(None, True), busy_view(None, False)["text"]
+    ({'text': 'idle', 'stuck': False, 'source': None}, '—')
+    >>> busy_view({"model": "llama3", "since_seconds": 75.0, "requests": 1, "stuck": False, "source": "runner"}, True)
+    {'text': 'generating on llama3 for 1 min', 'stuck': False, 'source': 'runner'}
+    """
+    if not busy:
+        return {"text": "idle" if running else NOTHING, "stuck": False, "source": None}
+    text = busy_text(busy).removeprefix("busy: ")
+    return {"text": text, "stuck": bool(busy.get("stuck")), "source": busy.get("source")}
+
+
 def status_view(status: Status, gateway: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
     """Everything the dashboard's live part shows, for one status dict; ``now`` is wall time."""
     running = bool(status.get("ollama_running"))
@@ -106,6 +120,7 @@ def status_view(status: Status, gateway: Mapping[str, Any] | None, now: float) -
         "host": status.get("ollama_host") or NOTHING,
         "last_error": status.get("last_error") if status.get("health") != "healthy" else None,
         "cloud_active": bool(status.get("cloud_active")),
+        "busy": busy_view(status.get("busy"), running),
         "actions": action_views(status),
         "model": model_view(status, now),
         "gateway": gateway_view(gateway),

@@ -141,8 +141,29 @@ def restart_text(status: Status) -> str:
     return f"{text} — next try in {format_duration(retry_in)}" if retry_in is not None else text
 
 
+def busy_text(busy: Mapping[str, Any]) -> str:
+    """What Ollama is working on, from the status' ``busy`` value.
+
+    >>> busy_text({"model": "llama3", "since_seconds": 80.0, "requests": 1, "stuck": False})
+    'busy: generating on llama3 for 1 min'
+    >>> busy_text({"model": None, "since_seconds": 12.0, "requests": 3, "stuck": False})
+    'busy: generating for 12 s (3 requests)'
+    >>> busy_text({"model": "llama3", "since_seconds": 960.0, "progress_seconds_ago": 905.0, "stuck": True})
+    'stuck: no progress on llama3 for 15 min'
+    """
+    model = busy.get("model")
+    on = f" on {model}" if model else ""
+    if busy.get("stuck"):
+        quiet = busy.get("progress_seconds_ago")
+        quiet = quiet if quiet is not None else busy.get("since_seconds") or 0
+        return f"stuck: no progress{on} for {format_duration(quiet)}"
+    requests = busy.get("requests")
+    count = f" ({requests} requests)" if isinstance(requests, int) and requests > 1 else ""
+    return f"busy: generating{on} for {format_duration(busy.get('since_seconds') or 0)}{count}"
+
+
 def health_text(status: Status) -> str:
-    """The line for a server that is up (or supposed to be): health and latency."""
+    """The line for a server that is up (or supposed to be): health, latency and what it is busy with."""
     health = status.get("health")
     if health == "down":
         retry_in = status.get("next_retry_in")
@@ -150,7 +171,12 @@ def health_text(status: Status) -> str:
     if health not in ("healthy", "unhealthy"):
         return "Ollama: checking…"
     latency = status.get("latency_ms")
-    return f"Ollama: {health}" + (f" · {format_latency(latency)}" if latency is not None else "")
+    busy = status.get("busy")
+    return (
+        f"Ollama: {health}"
+        + (f" · {format_latency(latency)}" if latency is not None else "")
+        + (f" · {busy_text(busy)}" if busy else "")
+    )
 
 
 def _lifecycle_text(status: Status) -> str | None:
@@ -202,7 +228,8 @@ def tooltip(status: Status, pending_actions: Iterable[str] = ()) -> str:
     work = _work_in_progress(status, pending_actions)
     parts = [work or health_text(status)]
     model = status.get("model")
-    if work is None and model and status.get("health") in ("healthy", "unhealthy"):
+    named_by_busy = bool((status.get("busy") or {}).get("model"))
+    if work is None and model and status.get("health") in ("healthy", "unhealthy") and not named_by_busy:
         parts.append(str(model))
     if status.get("cloud_active"):
         parts.append("cloud fallback active")

@@ -25,6 +25,8 @@ function renderStatus({ view }) {
   $("health").dataset.health = view.health;
   setText("health-word", view.health);
   setText("summary", view.summary);
+  setText("busy", view.busy.text);
+  $("busy").dataset.stuck = String(view.busy.stuck);
   setText("latency", view.latency);
   setText("uptime", view.uptime);
   setText("memory", view.memory);
