@@ -76,7 +76,7 @@ class FakeClient:
 
 
 class FakeSupervisor:
-    def __init__(self) -> None:
+    def __init__(self, paths: AppPaths | None = None) -> None:
         self.client = FakeClient()
         self.user_stop = FakeUserStop()
         self.external = None
@@ -85,7 +85,7 @@ class FakeSupervisor:
         self.popen = None
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
-        self.paths = AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
+        self.paths = paths or AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
         self.managed_by = "manager"
         self.platform = "linux"
         self.env_overlay: dict[str, str] = {}
@@ -126,9 +126,9 @@ class FakeSupervisor:
         self.stops += 1
 
 
-def make(probes, **config):
+def make(probes, paths=None, **config):
     clock = Clock()
-    sup = FakeSupervisor()
+    sup = FakeSupervisor(paths)
     sup.client.probes = list(probes)
     cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
@@ -384,9 +384,9 @@ class FakeCpu:
         return {ref: self.seconds for ref in refs if ref == self.runner}
 
 
-def make_busy(**config):
+def make_busy(paths=None, **config):
     """The inference probe on, llama3 installed and loaded, one runner whose CPU time the test sets."""
-    monitor, sup, clock = make([], **config)
+    monitor, sup, clock = make([], paths, **config)
     monitor.config = Config(**{**monitor.config.__dict__, "health_probe": "inference", "ollama_model": "llama3"})
     sup.client.loaded = ["llama3:latest"]
     runner = ProcessRef(50, 1.0)
@@ -590,3 +590,37 @@ def test_a_hang_is_restarted_when_the_probe_timeout_is_longer_than_the_interval(
     run_ticks(monitor, clock, 4)
     assert [e.kind for e in monitor.history.events()].count("resume") == 0
     assert sup.restarts == ["not responding"]
+
+
+def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
+    monitor, sup, clock, cpu = make_busy(AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state"))))
+    sup.paths.server_log.parent.mkdir(parents=True)
+    sup.paths.server_log.write_text("")
+    due = run_ticks(monitor, clock, 1)  # idle; the server log is read from here on
+    with open(sup.paths.server_log, "a") as log:  # a load fails for lack of memory as a user's generation starts
+        log.write("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
+                  "cudaMalloc failed: out of memory\n")
+    for _ in range(4):  # the generation runs: the runner works between the checks
+        cpu.seconds += 3.0
+        clock.now = due
+        due = monitor.tick()
+        assert monitor.snapshot()["busy"] is not None
+    assert [e.kind for e in monitor.history.events()].count("oom") == 1  # the step is decided...
+    assert sup.restarts == []  # ...but nobody's generation is cut off for it
+    clock.now = due
+    monitor.tick()  # the generation is over
+    assert sup.restarts == ["out of memory: smaller context"]
+
+
+def test_a_leak_restart_waits_while_someone_generates():
+    monitor, sup, clock, cpu = make_busy()
+    due = run_ticks(monitor, clock, 1)
+    monitor.duties.leak_restart_wanted = True
+    for _ in range(3):
+        cpu.seconds += 3.0
+        clock.now = due
+        due = monitor.tick()
+    assert sup.restarts == []
+    clock.now = due
+    monitor.tick()
+    assert sup.restarts == ["memory leak detected"]

@@ -257,7 +257,7 @@ class Monitor:
             busy=self.busy,
             busy_known=self.evidence is not None,
         )
-        if self.duties.leak_restart_wanted:
+        if self.duties.leak_restart_wanted and self._nothing_running():  # never cut off someone's generation
             self.duties.leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
         if self._frozen_runner_restart_due():
