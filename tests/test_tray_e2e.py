@@ -1,14 +1,15 @@
 """The tray app end to end: ``python -m tray`` docked in a real tray host, supervising the stand-in Ollama.
 
 The desktop is Xvfb + openbox + Debian's tint2 (it claims the XEmbed tray
-selection only once a window manager runs); the tray runs pystray's xorg
-backend. The icon's state is read from root-window screenshots, the docked
+selection only once a window manager runs) and no session bus, so the app
+picks pystray's xorg backend itself. The icon's state is read from root-window screenshots, the docked
 icon windows from the X window tree, the server's life from the stand-in's
 event log, and the desktop notifications from a recording ``notify-send``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tray_driver import (  # noqa: E402
+    BrowserLog,
     NotificationLog,
     TrayProcess,
     docked_icons,
@@ -69,8 +71,13 @@ def notifications(tmp_path: Path) -> NotificationLog:
 
 
 @pytest.fixture
+def browser(tmp_path: Path) -> BrowserLog:
+    return BrowserLog(tmp_path)
+
+
+@pytest.fixture
 def launch(
-    desktop: XDesktop, manager: Manager, notifications: NotificationLog, tmp_path: Path
+    desktop: XDesktop, manager: Manager, notifications: NotificationLog, browser: BrowserLog, tmp_path: Path
 ) -> Iterator[Any]:
     """Start ``python -m tray`` on the shared desktop; every tray started is stopped and checked afterwards."""
     trays: list[TrayProcess] = []
@@ -78,7 +85,8 @@ def launch(
     wait_for(lambda: docked_icons(desktop.display) == [], 10, "the last test's icon to leave the panel")
 
     def start(name: str = "tray") -> TrayProcess:
-        tray = TrayProcess(tray_env(manager.env, desktop.display, notifications), tmp_path, name).start()
+        env = tray_env(manager.env, desktop.display, notifications, browser=browser)
+        tray = TrayProcess(env, tmp_path, name).start()
         trays.append(tray)
         return tray
 
@@ -235,6 +243,20 @@ def test_a_click_on_the_red_icon_runs_the_restart_item_and_restarts_the_running_
     status = wait_healthy(manager)
     assert status["pid"] == second_pid
     assert standin.serve_pids() == [first_pid, second_pid]
+    assert tray.running()
+
+
+def test_a_click_on_the_green_icon_opens_the_dashboard_and_restarts_nothing(
+    launch: Any, desktop: XDesktop, manager: Manager, standin: StandinEnv, browser: BrowserLog, tmp_path: Path
+) -> None:
+    # An XEmbed tray has no menu: a click while healthy opens the dashboard, which has every action.
+    tray, first_pid = start_green_tray(launch, desktop, manager, tmp_path)
+    (icon,) = docked_icons(desktop.display)
+    desktop.click(*icon.centre)
+    (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
+    monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
+    assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
+    assert standin.serve_pids() == [first_pid]
     assert tray.running()
 
 

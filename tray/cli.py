@@ -7,13 +7,14 @@ an unexpected error prints one line too, with the traceback in the log file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -312,25 +313,72 @@ def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
     from tray.autostart import autostart_for
     from tray.controller import MonitorController
-    from tray.ui.app import TrayApp, no_tray_message, tray_available
+    from tray.ui.app import TrayApp
+    from tray.ui.backend import backend_for, choose_tray, no_tray_message
+    from tray.ui.sni import StatusNotifierError
 
     setup_logging(ctx.paths.app_log)
     notifier = Notifier(enabled=ctx.config.notifications)
-    available, reason = tray_available()
-    if not available:
-        message = no_tray_message(reason)
+    choice = choose_tray()
+    if choice.backend is None:
+        message = no_tray_message(choice.reason)
         notifier.notify("Ollama Manager", message)
         raise CliError(message)
+    if choice.waiting:
+        log.info("no tray yet (%s); waiting up to %g s for one", choice.reason, ctx.config.tray_host_wait)
+    else:
+        log.info("tray backend %s: %s", choice.backend, choice.reason)
+    gave_up: list[str] = []
     try:
         with running_services(ctx, notifier) as services:
             controller = MonitorController(
                 services.monitor, ctx.config, ctx.paths, services.history, notifier, autostart_for()
             )
-            TrayApp(controller).run()
+            app = TrayApp(controller, backend=backend_for(choice.backend, choice.bus_address))
+            with follow_tray_hosts(choice, app, gave_up, ctx.config.tray_host_wait):
+                app.run()
     except AlreadyRunning as exc:
         notifier.notify("Ollama Manager", str(exc))
         raise
+    except StatusNotifierError as exc:
+        raise CliError(f"the tray icon is gone: {exc}") from None
+    if gave_up:
+        message = no_tray_message(gave_up[0])
+        notifier.notify("Ollama Manager", message)
+        raise CliError(message)
     return 0
+
+
+@contextlib.contextmanager
+def follow_tray_hosts(choice: Any, app: Any, gave_up: list[str], wait_s: float) -> Iterator[None]:
+    """While the block runs, move ``app``'s icon as the desktop's tray hosts come and go (Linux, with a bus)."""
+    from tray.ui.backend import TrayBackend, HostWatch, backend_for
+
+    if choice.bus_address is None or choice.backend not in (TrayBackend.STATUS_NOTIFIER, TrayBackend.XEMBED):
+        yield
+        return
+
+    def give_up(reason: str) -> None:
+        gave_up.append(reason)
+        app.close()
+
+    watch = HostWatch(
+        choice,
+        os.environ,
+        on_switch=lambda backend: app.switch_backend(backend_for(backend, choice.bus_address)),
+        on_give_up=give_up,
+        wait_s=wait_s,
+    )
+    try:
+        watch.start()
+    except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
+        log.warning("cannot follow the tray hosts (%s); the icon stays with %s", exc, choice.backend)
+        yield
+        return
+    try:
+        yield
+    finally:
+        watch.stop()
 
 
 class running_services:
