@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -29,6 +29,9 @@ from tray.monitor import Monitor
 from tray.notify import Notifier
 from tray.paths import AppPaths
 from tray.supervisor import Supervisor, SupervisorError
+
+if TYPE_CHECKING:
+    from tray.autostart import Autostart
 
 log = logging.getLogger("tray.cli")
 
@@ -381,6 +384,35 @@ def follow_tray_hosts(choice: Any, app: Any, gave_up: list[str], wait_s: float) 
         watch.stop()
 
 
+def autostart_action(action: str, autostart: Autostart) -> str:
+    """Run ``enable``, ``disable`` or ``status`` on ``autostart``; the line to print.
+
+    The same :class:`~tray.autostart.Autostart` the tray's "Start at login"
+    item uses. A file or registry error becomes a one-line CliError.
+    """
+    where = autostart.describe()
+    try:
+        if action == "enable":
+            autostart.enable()
+            return f"Start at login enabled: {where}"
+        if action == "disable":
+            was_enabled = autostart.is_enabled()
+            autostart.disable()
+            return f"Start at login disabled: removed {where}" if was_enabled else "Start at login was not enabled"
+        state = "enabled" if autostart.is_enabled() else "disabled"
+        return f"Start at login: {state} ({where})"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError(f"cannot {action} start at login ({where}): {reason}") from None
+
+
+def cmd_autostart(args: argparse.Namespace) -> int:
+    from tray.autostart import autostart_for
+
+    print(autostart_action(args.autostart_action, autostart_for()))
+    return 0
+
+
 class running_services:
     """Single-instance lock, monitor thread and status API, torn down in order."""
 
@@ -463,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tray.dashboard.launch import add_dashboard_parser
 
     add_dashboard_parser(sub)
+    autostart = sub.add_parser("autostart", help="start the tray at login: enable, disable, or show the status")
+    autostart.add_argument("autostart_action", choices=["enable", "disable", "status"], metavar="enable|disable|status")
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
@@ -525,6 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor_command(as_json=args.json, config_path=args.config)
     try:
+        if args.command == "autostart":  # needs no settings either
+            return cmd_autostart(args)
         ctx = Context(args)
         if args.command is None:
             return cmd_tray(ctx)
