@@ -53,7 +53,7 @@ def normalized(text: str) -> str:
 
 def changed_box(before: Image.Image, after: Image.Image, within: Box) -> Box | None:
     """The screen box, inside ``within``, where ``after`` differs from ``before``; None when nothing changed."""
-    left, top, right, bottom = within
+    left, top = within[:2]
     difference = ImageChops.difference(before.crop(within).convert("RGB"), after.crop(within).convert("RGB"))
     found = difference.getbbox()
     if found is None:
@@ -63,7 +63,7 @@ def changed_box(before: Image.Image, after: Image.Image, within: Box) -> Box | N
 
 def read_lines(image: Image.Image, box: Box) -> list[TextLine]:
     """The lines of text inside ``box`` of a screenshot, top to bottom, with their screen boxes."""
-    left, top, right, bottom = box
+    left, top = box[:2]
     crop = image.crop(box).convert("L").point(lambda value: 0 if value < INK_THRESHOLD else 255)
     crop = crop.resize((crop.width * SCALE, crop.height * SCALE), Image.Resampling.LANCZOS)
     with tempfile.TemporaryDirectory(prefix="ocr-") as scratch:

@@ -221,8 +221,15 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             signals.wait_for("NewIcon", 5)
             running.icon.title = "Ollama: down"
             signals.wait_for("NewToolTip", 5)
+            running.icon.title = "Ollama: down"  # the same text: no signal
+            running.icon.update_menu()
+            running.entries = build_menu({**HEALTHY, "state": "stopped", "ollama_running": False}, SETTINGS, {"start"})
+            running.icon.update_menu()
+            signals.wait_for("ItemsPropertiesUpdated", 5)
+            assert signals.members() == []  # no NewToolTip for the unchanged text
         assert layout_updated.body == (revision + 1, 0)
-        assert host.layout(item)[1].find("Start Ollama").enabled is True
+        menu = host.layout(item)[1]
+        assert (menu.children[0].label, menu.find("Start Ollama").enabled) == ("Stopped", False)  # a start is under way
         assert host.tooltip(item)[1] == "Ollama: down"
 
 

@@ -38,6 +38,7 @@ from tray_driver import (  # noqa: E402
     wait_for,
     wait_for_icon_state,
 )
+from tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
 from xdesktop import XDesktop, missing_tools  # noqa: E402
 
 MISSING = missing_tools()
@@ -57,22 +58,6 @@ NOT_OLLAMA_TAGS = {"path": "/api/tags", "status": 200, "error": "not an Ollama a
 def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XDesktop]:
     with XDesktop(tmp_path_factory.mktemp("xdesktop")) as running:
         yield running
-
-
-@pytest.fixture
-def manager(standin: StandinEnv, tmp_path: Path) -> Manager:
-    """Fast settings and the status API reader; the tray itself is started by :func:`launch`."""
-    return Manager(standin.env, tmp_path)
-
-
-@pytest.fixture
-def notifications(tmp_path: Path) -> NotificationLog:
-    return NotificationLog(tmp_path)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> BrowserLog:
-    return BrowserLog(tmp_path)
 
 
 @pytest.fixture
@@ -98,11 +83,6 @@ def launch(
     assert "Traceback" not in app_log(manager)
 
 
-def app_log(manager: Manager) -> str:
-    path = Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "log" / "ollama-manager.log"
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
 def expect_icon(
     desktop: XDesktop, tray: TrayProcess, manager: Manager, tmp_path: Path, state: IconState | None, timeout: float,
     *, leaving: bool = False,
@@ -125,16 +105,6 @@ def expect_icon(
             f"app log: {app_log(manager)[-2000:]}"
         ) from None
     return seen
-
-
-def wait_healthy(manager: Manager) -> dict[str, Any]:
-    def healthy_status() -> dict[str, Any] | None:
-        status = manager.api_status()
-        return status if status is not None and status["health"] == "healthy" else None
-
-    status = wait_for(healthy_status, 20, "a healthy status")
-    assert status is not None
-    return status
 
 
 def start_green_tray(launch: Any, desktop: XDesktop, manager: Manager, tmp_path: Path) -> tuple[TrayProcess, int]:

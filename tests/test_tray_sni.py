@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from standin.harness import StandinEnv
+
 from tests.manager import Manager
 from tray.ui.icon import IconState
 
@@ -42,6 +42,7 @@ from tray_driver import (  # noqa: E402
     wait_for,
     wait_for_icon_state,
 )
+from tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
 from xdesktop import XDesktop, XfceDesktop, missing_xfce_tools  # noqa: E402
 
 MISSING = missing_xfce_tools() + (["tesseract"] if tesseract_missing() else [])
@@ -61,21 +62,6 @@ DESIGN_CARD_ITEMS = ["Stop Ollama", "Restart Ollama", "Rebuild model", "Open log
 def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XfceDesktop]:
     with XfceDesktop(tmp_path_factory.mktemp("xfce")) as running:
         yield running
-
-
-@pytest.fixture
-def manager(standin: StandinEnv, tmp_path: Path) -> Manager:
-    return Manager(standin.env, tmp_path)
-
-
-@pytest.fixture
-def notifications(tmp_path: Path) -> NotificationLog:
-    return NotificationLog(tmp_path)
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> BrowserLog:
-    return BrowserLog(tmp_path)
 
 
 class Trays:
@@ -118,21 +104,6 @@ def host(desktop: XfceDesktop) -> Iterator[SniHost]:
         yield connection
 
 
-def app_log(manager: Manager) -> str:
-    path = Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "log" / "ollama-manager.log"
-    return path.read_text(errors="replace") if path.exists() else ""
-
-
-def healthy(manager: Manager) -> dict[str, Any]:
-    def status() -> dict[str, Any] | None:
-        current = manager.api_status()
-        return current if current is not None and current["health"] == "healthy" else None
-
-    found = wait_for(status, 30, "a healthy status")
-    assert found is not None
-    return found
-
-
 def shown_state(desktop: XDesktop, tmp_path: Path, state: IconState, timeout: float = 15) -> Any:
     """Wait until the panel shows ``state``; return that screenshot."""
     image, _seen = wait_for_icon_state(
@@ -158,10 +129,18 @@ def started_item(host: SniHost, tray: TrayProcess) -> ItemRef:
     return item
 
 
+def start_green_item(trays: Trays, desktop: XfceDesktop, host: SniHost, manager: Manager) -> ItemRef:
+    """A tray whose registered item shows green over a healthy stand-in."""
+    item = started_item(host, trays.start(desktop))
+    wait_healthy(manager, 30)
+    wait_for(lambda: pixmap_state(host, item) is GREEN, 15, "a green IconPixmap")
+    return item
+
+
 def right_click_menu(desktop: XfceDesktop, tmp_path: Path, name: str) -> tuple[Any, list[Any]]:
     """Right-click the icon with xdotool; return the screenshot with the menu open and its text lines."""
     before = desktop.screenshot(tmp_path / f"{name}-before.png")
-    left, top, right, bottom = desktop.tray_box
+    top = desktop.tray_box[1]
     x, y = panel_icon_centre(before, desktop)
     subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "3"], env=desktop.env, check=True, timeout=10)
     above_panel = (0, 0, desktop.width, top)
@@ -179,7 +158,7 @@ def right_click_menu(desktop: XfceDesktop, tmp_path: Path, name: str) -> tuple[A
 
 def panel_icon_centre(image: Any, desktop: XDesktop) -> tuple[int, int]:
     """The centre of the coloured badge in the panel."""
-    left, top, right, bottom = desktop.tray_box
+    left, top = desktop.tray_box[:2]
     panel = image.crop(desktop.tray_box).convert("RGB")
     background = panel.getpixel((panel.width - 1, panel.height // 2))
     points = [
@@ -203,10 +182,7 @@ def close_menu(desktop: XfceDesktop) -> None:
 def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager, browser: BrowserLog, tmp_path: Path
 ) -> None:
-    tray = trays.start(desktop)
-    item = started_item(host, tray)
-    healthy(manager)
-    wait_for(lambda: pixmap_state(host, item) is GREEN, 15, "a green IconPixmap")
+    item = start_green_item(trays, desktop, host, manager)
     properties = host.properties(item)
     assert (properties["Id"], properties["Title"], properties["Status"], properties["ItemIsMenu"]) == (
         "ollama-manager",
@@ -245,7 +221,7 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     assert host.about_to_show_group(item, [0, items["Quit"].id, 9999]) == ([], [9999])
 
     # What a person sees after a right click: every label, read back from the screen.
-    shot, lines = right_click_menu(desktop, tmp_path, "menu")
+    _shot, lines = right_click_menu(desktop, tmp_path, "menu")
     close_menu(desktop)
     # The status line's latency changes with every check; the rest must read exactly as GetLayout says.
     labels = ["Ollama: healthy", *[label for label in items if not label.startswith("Ollama: healthy")]]
@@ -266,7 +242,7 @@ def test_restart_clicked_in_the_menu_restarts_ollama(
 ) -> None:
     tray = trays.start(desktop)
     item = started_item(host, tray)
-    first_pid = healthy(manager)["pid"]
+    first_pid = wait_healthy(manager, 30)["pid"]
 
     # KDE's way: Event(id, "clicked") over D-Bus.
     restart = flat(host.layout(item)[1])["Restart Ollama"]
@@ -275,7 +251,7 @@ def test_restart_clicked_in_the_menu_restarts_ollama(
     assert second_pid != first_pid
     expected = ("Restart Ollama", f"Ollama is running at {standin.base_url} (started, pid {second_pid})")
     wait_for(lambda: expected in notifications.received(), 15, "the Restart notification")
-    wait_for(lambda: healthy(manager)["pid"] == second_pid, 15, f"a healthy status for pid {second_pid}")
+    wait_for(lambda: wait_healthy(manager, 30)["pid"] == second_pid, 15, f"a healthy status for pid {second_pid}")
 
     # xfce4-panel's way: a real pointer click on the label in the popup menu, sent as EventGroup.
     shown_state(desktop, tmp_path, GREEN)
@@ -290,7 +266,7 @@ def test_restart_clicked_in_the_menu_restarts_ollama(
     )
     third_pid = wait_for(lambda: standin.serve_pids()[2:], 30, "a new ollama serve after the pointer click")[0]
     assert standin.serve_pids() == [first_pid, second_pid, third_pid]
-    wait_for(lambda: healthy(manager)["pid"] == third_pid, 15, f"a healthy status for pid {third_pid}")
+    wait_for(lambda: wait_healthy(manager, 30)["pid"] == third_pid, 15, f"a healthy status for pid {third_pid}")
 
     # Clicks on ids the menu does not have are refused, and restart nothing.
     with pytest.raises(HostError, match="InvalidArgs"):
@@ -303,10 +279,7 @@ def test_restart_clicked_in_the_menu_restarts_ollama(
 def test_state_changes_reach_the_host_as_signals_and_redraw_icon_and_menu(
     desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager, standin: StandinEnv, tmp_path: Path
 ) -> None:
-    tray = trays.start(desktop)
-    item = started_item(host, tray)
-    healthy(manager)
-    wait_for(lambda: pixmap_state(host, item) is GREEN, 15, "a green IconPixmap")
+    item = start_green_item(trays, desktop, host, manager)
     revision, _menu = host.layout(item)
 
     with host.signals(item) as signals:
@@ -357,7 +330,7 @@ def test_a_tray_started_before_the_panel_registers_once_the_panel_comes_up(
                 "the tray's item on the bus",
             )
             assert host.registered_items() == []
-            healthy(manager)
+            wait_healthy(manager, 30)
             assert tray.running()
 
             screen.start_panel()
@@ -391,7 +364,7 @@ def test_the_icon_moves_from_an_xembed_tray_to_a_statusnotifier_host_that_appear
         assert screen.bus is not None
         tray = trays.start(screen)
         wait_for(lambda: len(docked_icons(screen.display)) == 1, 30, "the XEmbed icon docked in tint2")
-        healthy(manager)
+        wait_healthy(manager, 30)
         with SniHost(screen.bus.address) as host:
             assert host.registered_items() == []
             screen.stop_process("tint2")
@@ -436,7 +409,7 @@ def test_an_xembed_tray_that_appears_without_a_watcher_gets_the_icon(
             icons = wait_for(lambda: docked_icons(screen.display), 30, "the icon docked in tint2")
             assert len(icons) == 1
             assert not any(n.startswith("org.kde.StatusNotifierItem-") for n in host.names())
-        healthy(manager)
+        wait_healthy(manager, 30)
         shown_state(screen, tmp_path, GREEN)
         assert tray.running()
     finally:
@@ -457,7 +430,13 @@ def test_without_any_tray_host_the_tray_gives_up_after_its_wait_and_says_so(
         env["OLLAMA_MANAGER_TRAY_HOST_WAIT"] = "1.5"
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "tray"], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+            [sys.executable, "-m", "tray"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         waited = time.monotonic() - started
     finally:

@@ -32,6 +32,8 @@ from tray.supervisor import Supervisor, SupervisorError
 
 if TYPE_CHECKING:
     from tray.autostart import Autostart
+    from tray.ui.app import TrayApp
+    from tray.ui.backend import TrayChoice
 
 log = logging.getLogger("tray.cli")
 
@@ -353,9 +355,9 @@ def cmd_tray(ctx: Context) -> int:
 
 
 @contextlib.contextmanager
-def follow_tray_hosts(choice: Any, app: Any, gave_up: list[str], wait_s: float) -> Iterator[None]:
+def follow_tray_hosts(choice: TrayChoice, app: TrayApp, gave_up: list[str], wait_s: float) -> Iterator[None]:
     """While the block runs, move ``app``'s icon as the desktop's tray hosts come and go (Linux, with a bus)."""
-    from tray.ui.backend import TrayBackend, HostWatch, backend_for
+    from tray.ui.backend import HostWatch, TrayBackend, backend_for
 
     if choice.bus_address is None or choice.backend not in (TrayBackend.STATUS_NOTIFIER, TrayBackend.XEMBED):
         yield

@@ -1,7 +1,7 @@
 """``ollama-manager doctor``: what this copy of the app loaded and where it keeps its files.
 
 Meant for bug reports and for checking a frozen bundle: the version, whether
-it runs from a PyInstaller bundle, the pystray backend and the notification
+it runs from a PyInstaller bundle, the tray backend and the notification
 methods it can use, NVML, jeepney, its folders and the ollama executable.
 
 :func:`gather_facts` looks at the running process and the machine;

@@ -271,7 +271,7 @@ def xembed_backend() -> Any:
     if "pystray" not in sys.modules and "PYSTRAY_BACKEND" not in os.environ:
         os.environ["PYSTRAY_BACKEND"] = "xorg"  # pystray loads one backend on import; skip the GObject ones
         try:
-            import pystray  # noqa: F401
+            import pystray
         finally:
             del os.environ["PYSTRAY_BACKEND"]
     import pystray
@@ -368,10 +368,10 @@ class HostWatch:
     # --- connections ------------------------------------------------------------------
 
     def _open_bus(self) -> Any:
+        from jeepney import new_method_call
         from jeepney.io.blocking import open_dbus_connection
 
         from tray.ui.sni import BUS_DAEMON, watcher_rule
-        from jeepney import new_method_call
 
         connection = open_dbus_connection(self.bus_address)
         connection.send_and_get_reply(

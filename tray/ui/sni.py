@@ -31,9 +31,18 @@ from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from jeepney import DBusAddress, HeaderFields, MatchRule, Message, MessageFlag, MessageType
-from jeepney import new_error, new_method_call, new_method_return, new_signal
-from jeepney.bus_messages import message_bus
+from jeepney import (
+    DBusAddress,
+    HeaderFields,
+    MatchRule,
+    Message,
+    MessageFlag,
+    MessageType,
+    new_error,
+    new_method_call,
+    new_method_return,
+    new_signal,
+)
 from jeepney.io.threading import DBusConnection, ReceiveStopped, open_dbus_connection
 from PIL import Image
 
@@ -69,6 +78,15 @@ ERROR_READ_ONLY = "org.freedesktop.DBus.Error.PropertyReadOnly"
 Variant = tuple[str, Any]
 Pixmap = tuple[int, int, bytes]
 
+_STANDARD_INTERFACES = f""" <interface name="{PROPERTIES_INTERFACE}">
+  <method name="Get"><arg type="s" direction="in"/><arg type="s" direction="in"/><arg type="v" direction="out"/></method>
+  <method name="GetAll"><arg type="s" direction="in"/><arg type="a{{sv}}" direction="out"/></method>
+ </interface>
+ <interface name="{INTROSPECTABLE_INTERFACE}">
+  <method name="Introspect"><arg type="s" direction="out"/></method>
+ </interface>
+"""
+
 INTROSPECTION = {
     "/": """<node><node name="StatusNotifierItem"/><node name="MenuBar"/></node>""",
     ITEM_PATH: f"""<node>
@@ -100,14 +118,7 @@ INTROSPECTION = {
   <signal name="NewToolTip"/>
   <signal name="NewStatus"><arg name="status" type="s"/></signal>
  </interface>
- <interface name="{PROPERTIES_INTERFACE}">
-  <method name="Get"><arg type="s" direction="in"/><arg type="s" direction="in"/><arg type="v" direction="out"/></method>
-  <method name="GetAll"><arg type="s" direction="in"/><arg type="a{{sv}}" direction="out"/></method>
- </interface>
- <interface name="{INTROSPECTABLE_INTERFACE}">
-  <method name="Introspect"><arg type="s" direction="out"/></method>
- </interface>
-</node>""",
+{_STANDARD_INTERFACES}</node>""",
     MENU_PATH: f"""<node>
  <interface name="{MENU_INTERFACE}">
   <property name="Version" type="u" access="read"/>
@@ -147,14 +158,7 @@ INTROSPECTION = {
   <signal name="LayoutUpdated"><arg type="u" name="revision"/><arg type="i" name="parent"/></signal>
   <signal name="ItemActivationRequested"><arg type="i" name="id"/><arg type="u" name="timestamp"/></signal>
  </interface>
- <interface name="{PROPERTIES_INTERFACE}">
-  <method name="Get"><arg type="s" direction="in"/><arg type="s" direction="in"/><arg type="v" direction="out"/></method>
-  <method name="GetAll"><arg type="s" direction="in"/><arg type="a{{sv}}" direction="out"/></method>
- </interface>
- <interface name="{INTROSPECTABLE_INTERFACE}">
-  <method name="Introspect"><arg type="s" direction="out"/></method>
- </interface>
-</node>""",
+{_STANDARD_INTERFACES}</node>""",
 }
 
 
@@ -338,6 +342,8 @@ class StatusNotifierIcon:
     @title.setter
     def title(self, text: str) -> None:
         with self._lock:
+            if text == self._title:
+                return  # hosts re-read every property on NewToolTip, pixmaps included
             self._title = text
             self._emit(ITEM_PATH, ITEM_INTERFACE, "NewToolTip")
 
