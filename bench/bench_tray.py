@@ -1,13 +1,20 @@
 """The tray app's start-up time and idle cost, on a throwaway X desktop against the stand-in Ollama.
 
-    python bench/bench_tray.py [--runs N] [--idle-seconds S]
+    python bench/bench_tray.py [--runs N] [--idle-seconds S] [--backend xembed|sni|both]
 
-Runs the real tray (``python -m tray``, pystray's xorg backend, docked in
-tint2 under Xvfb + openbox) and measures:
+Runs the real tray (``python -m tray``) with each backend:
+
+- ``xembed``: pystray's xorg backend, docked in tint2 under Xvfb + openbox,
+  with no session bus;
+- ``sni``: the StatusNotifierItem, in xfce4-panel under Xvfb + openbox, on a
+  private session bus;
+
+and measures:
 
 - cold start (N runs, each with fresh state dirs and no Ollama running), from
   launching the process to:
-    * its icon window docked in the panel (read from the X window tree),
+    * its icon in the panel: docked (an icon window in the X window tree) or
+      registered (listed by the StatusNotifier watcher),
     * its icon visible in the panel (its pixels on screen, read from the X
       server every few milliseconds),
     * the icon green (Ollama started by the tray and reported healthy);
@@ -15,7 +22,8 @@ tint2 under Xvfb + openbox) and measures:
   health-check interval (5 s timeout), once Ollama is healthy. Like
   ``bench_supervisor.py``, the model is not built, so the checks are API probes.
 
-Needs Xvfb, openbox, tint2 and ImageMagick (``apt-get install -y xvfb openbox tint2 imagemagick``).
+Needs Xvfb, openbox, tint2, ImageMagick and, for ``sni``, xfce4-panel and
+D-Bus (``apt-get install -y xvfb openbox tint2 imagemagick xfce4-panel dbus-x11``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +43,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from sni_host import SniHost  # noqa: E402
 from standin.harness import StandinEnv  # noqa: E402
-from tests.manager import Manager  # noqa: E402
-from tray.ui.icon import IconState  # noqa: E402
 from tray_driver import (  # noqa: E402
     NotificationLog,
     TrayProcess,
@@ -45,7 +54,10 @@ from tray_driver import (  # noqa: E402
     tray_env,
     wait_for,
 )
-from xdesktop import XDesktop, missing_tools  # noqa: E402
+from xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
+
+from tests.manager import Manager  # noqa: E402
+from tray.ui.icon import IconState  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT = 30.0
@@ -109,32 +121,50 @@ def launch_tray(
     standin = StandinEnv(workdir)
     manager = Manager(standin.env, workdir)
     manager.env.update(extra_env or {})
-    tray = TrayProcess(tray_env(manager.env, desktop.display, NotificationLog(workdir)), workdir)
+    bus_address = desktop.bus.address if desktop.bus is not None else "disabled:"
+    tray = TrayProcess(tray_env(manager.env, desktop.display, NotificationLog(workdir), bus_address=bus_address), workdir)
     return tray.start(), standin, manager
+
+
+@contextmanager
+def panel_probe(desktop: XDesktop) -> Iterator[Callable[[], bool]]:
+    """Whether a tray icon is in the panel: docked there (XEmbed) or registered with its watcher (SNI)."""
+    if desktop.bus is None:
+        yield lambda: bool(docked_icons(desktop.display))
+        return
+    with SniHost(desktop.bus.address) as host:
+        yield lambda: bool(host.registered_items())
+
+
+def icon_in_panel(desktop: XDesktop) -> bool:
+    """:func:`panel_probe`, asked once."""
+    with panel_probe(desktop) as probe:
+        return probe()
 
 
 def time_cold_start(desktop: XDesktop, workdir: Path) -> ColdStart:
     """Launch the tray once and time its milestones, giving up on the ones not reached in START_TIMEOUT."""
-    wait_for(lambda: docked_icons(desktop.display) == [], 10, "the last icon to leave the panel")
+    wait_for(lambda: not icon_in_panel(desktop), 10, "the last icon to leave the panel")
     tray, standin, _ = launch_tray(desktop, workdir)
     assert tray.started_at is not None
     docked = visible = None
     try:
-        deadline = tray.started_at + START_TIMEOUT
-        panel = (0, 0, desktop.width, desktop.panel_height)
-        while time.monotonic() < deadline:
-            if docked is None and docked_icons(desktop.display):
-                docked = time.monotonic() - tray.started_at
-            screen = grab_screen(desktop.display, desktop.tray_box)
-            seen_at = time.monotonic() - tray.started_at
-            state = icon_state_of(screen, panel)
-            if visible is None and state is not None:
-                visible = seen_at
-            if state is IconState.HEALTHY and docked is not None and visible is not None:
-                return ColdStart(docked, visible, seen_at)
-            if not tray.running():
-                raise RuntimeError(f"the tray exited early: {tray.output()}")
-            time.sleep(POLL_SECONDS)
+        with panel_probe(desktop) as in_panel:
+            deadline = tray.started_at + START_TIMEOUT
+            panel = (0, 0, desktop.width, desktop.panel_height)
+            while time.monotonic() < deadline:
+                if docked is None and in_panel():
+                    docked = time.monotonic() - tray.started_at
+                screen = grab_screen(desktop.display, desktop.tray_box)
+                seen_at = time.monotonic() - tray.started_at
+                state = icon_state_of(screen, panel)
+                if visible is None and state is not None:
+                    visible = seen_at
+                if state is IconState.HEALTHY and docked is not None and visible is not None:
+                    return ColdStart(docked, visible, seen_at)
+                if not tray.running():
+                    raise RuntimeError(f"the tray exited early: {tray.output()}")
+                time.sleep(POLL_SECONDS)
         return ColdStart(docked, visible, None)
     finally:
         tray.stop()
@@ -143,7 +173,7 @@ def time_cold_start(desktop: XDesktop, workdir: Path) -> ColdStart:
 
 def measure_idle(desktop: XDesktop, workdir: Path, seconds: float) -> IdleCost:
     """CPU and RSS of a tray idling over a healthy Ollama at the default check interval."""
-    wait_for(lambda: docked_icons(desktop.display) == [], 10, "the last icon to leave the panel")
+    wait_for(lambda: not icon_in_panel(desktop), 10, "the last icon to leave the panel")
     tray, standin, manager = launch_tray(desktop, workdir, DEFAULT_INTERVALS)
     try:
         wait_for(lambda: (s := manager.api_status()) and s["health"] == "healthy", START_TIMEOUT, "a healthy Ollama")
@@ -165,29 +195,43 @@ def measure_idle(desktop: XDesktop, workdir: Path, seconds: float) -> IdleCost:
     return IdleCost(wall, cpu_percent(used, wall), statistics.mean(rss) / 2**20, max(rss) / 2**20, threads)
 
 
+def bench_backend(name: str, desktop: XDesktop, workdir: Path, runs: int, idle_seconds: float) -> None:
+    """Print the cold-start milestones and the idle cost of the tray on ``desktop``."""
+    in_panel = "registered with the watcher" if desktop.bus is not None else "docked in the panel"
+    starts = [time_cold_start(desktop, workdir / f"start-{run}") for run in range(runs)]
+    for milestone, values in (
+        (f"launch -> icon {in_panel}", [s.docked for s in starts]),
+        ("launch -> icon visible in the panel", [s.visible for s in starts]),
+        ("launch -> icon green (Ollama started and healthy)", [s.green for s in starts]),
+    ):
+        print(f"[{name}] {milestone_summary(milestone, values)}")
+    idle = measure_idle(desktop, workdir / "idle", idle_seconds)
+    print(
+        f"[{name}] tray idle over {idle.seconds:.0f} s at a 30 s interval: CPU {idle.cpu_percent:.2f} % of one core, "
+        f"RSS {idle.rss_mean_mib:.1f} MiB mean / {idle.rss_max_mib:.1f} MiB max, {idle.threads} threads"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="cold starts to time (default 5)")
     parser.add_argument("--idle-seconds", type=float, default=60, help="idle measurement length (default 60)")
+    parser.add_argument("--backend", choices=("xembed", "sni", "both"), default="both", help="which tray (default both)")
     args = parser.parse_args()
-    missing = missing_tools()
+    backends = ["xembed", "sni"] if args.backend == "both" else [args.backend]
+    missing = (missing_tools() if "xembed" in backends else []) + (missing_xfce_tools() if "sni" in backends else [])
     if missing:
-        print(f"bench_tray: needs {', '.join(missing)} (apt-get install -y xvfb openbox tint2 imagemagick)",
-              file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory(prefix="bench-tray-") as tmp, XDesktop(Path(tmp) / "desktop") as desktop:
-        starts = [time_cold_start(desktop, Path(tmp) / f"start-{run}") for run in range(args.runs)]
-        for name, values in (
-            ("launch -> icon docked in the panel", [s.docked for s in starts]),
-            ("launch -> icon visible in the panel", [s.visible for s in starts]),
-            ("launch -> icon green (Ollama started and healthy)", [s.green for s in starts]),
-        ):
-            print(milestone_summary(name, values))
-        idle = measure_idle(desktop, Path(tmp) / "idle", args.idle_seconds)
         print(
-            f"tray idle over {idle.seconds:.0f} s at a 30 s interval: CPU {idle.cpu_percent:.2f} % of one core, "
-            f"RSS {idle.rss_mean_mib:.1f} MiB mean / {idle.rss_max_mib:.1f} MiB max, {idle.threads} threads"
+            f"bench_tray: needs {', '.join(missing)} "
+            "(apt-get install -y xvfb openbox tint2 imagemagick xfce4-panel dbus-x11 xdotool)",
+            file=sys.stderr,
         )
+        return 1
+    with tempfile.TemporaryDirectory(prefix="bench-tray-") as tmp:
+        for name in backends:
+            kind = XDesktop if name == "xembed" else XfceDesktop
+            with kind(Path(tmp) / f"desktop-{name}") as desktop:
+                bench_backend(name, desktop, Path(tmp) / name, args.runs, args.idle_seconds)
     return 0
 
 

@@ -14,7 +14,11 @@ HOME and XDG folders:
    and after ``kill -9`` the monitor starts a new one;
 5. the tray (no arguments) runs for a few seconds, under Xvfb + openbox +
    tint2 on Linux, and its log holds no import error; on Linux its icon
-   must show in the panel.
+   must show in the panel;
+6. (Linux) under Xvfb + a private session bus + xfce4-panel, the doctor
+   names the StatusNotifierItem backend, the tray registers its item with
+   the panel's watcher, exports its menu (GetLayout) and the panel draws
+   its icon in a health colour.
 
 Exit status 0 when every check passed; each failure is one line.
 """
@@ -81,7 +85,7 @@ def expected_tray_backends(platform: str) -> tuple[str, ...]:
         return ("darwin",)
     if platform == "win32":
         return ("win32",)
-    return ("appindicator", "gtk", "xorg")
+    return ("sni", "appindicator", "gtk", "xorg")
 
 
 def is_inside(path: str, folder: Path) -> bool:
@@ -434,6 +438,55 @@ def check_tray_linux(bundle: Bundle, root: Path, seconds: float, version: str | 
         standin.cleanup()
 
 
+def check_tray_sni_linux(bundle: Bundle, root: Path, version: str | None, report: Report) -> None:
+    """The tray as a StatusNotifierItem in xfce4-panel: registered, its menu exported, its icon drawn."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from sni_host import SniHost
+    from standin.harness import StandinEnv
+    from tray_driver import icon_state_of
+    from xdesktop import XfceDesktop, missing_xfce_tools
+
+    missing = missing_xfce_tools()
+    if missing:
+        raise SmokeFailure(
+            f"the StatusNotifierItem check needs {', '.join(missing)} (apt-get install xfce4-panel dbus-x11 xdotool)"
+        )
+    standin = StandinEnv(root / "sni-standin")
+    try:
+        with XfceDesktop(root / "xfce") as desktop:
+            assert desktop.bus is not None
+            env = {
+                **standin.env,
+                **FAST_SETTINGS,
+                "DISPLAY": desktop.display,
+                "DBUS_SESSION_BUS_ADDRESS": desktop.bus.address,
+            }
+            for name in ("WAYLAND_DISPLAY", "PYSTRAY_BACKEND", "XDG_RUNTIME_DIR"):
+                env.pop(name, None)
+            doctor = check_doctor(bundle, env, version, report, tray_expected=True)
+            if not doctor["tray backend"].startswith("sni "):
+                raise SmokeFailure(f"doctor under xfce4-panel: tray backend {doctor['tray backend']}")
+            log = root / "tray-sni.log"
+            with bundle.background([], env, log, gui=True) as tray, SniHost(desktop.bus.address) as host:
+                item = wait_until(host.registered_items, 30, "the tray's StatusNotifierItem to register")[0]
+                if not item.bus_name.startswith(f"org.kde.StatusNotifierItem-{tray.pid}-"):
+                    raise SmokeFailure(f"the registered item {item} is not the tray's (pid {tray.pid})")
+                labels = host.layout(item)[1].labels()
+                if "Restart Ollama" not in labels or "Quit" not in labels:
+                    raise SmokeFailure(f"the item's menu lacks Restart Ollama or Quit: {labels}")
+
+                def drawn_state() -> Any:
+                    return icon_state_of(desktop.screenshot(root / "xfce-panel.png"), desktop.tray_box)
+
+                state = wait_until(drawn_state, 30, "xfce4-panel to draw the tray icon")
+                report.ok(f"StatusNotifierItem {item.bus_name} in xfce4-panel: {len(labels)} menu items, {state.name}")
+                if tray.poll() is not None:
+                    raise SmokeFailure(f"the tray exited with status {tray.returncode}: {last_line(log)}")
+            check_tray_logs(log, Path(env["XDG_STATE_HOME"]) / "ollama-manager" / "log", report)
+    finally:
+        standin.cleanup()
+
+
 def check_tray_plain(bundle: Bundle, root: Path, seconds: float, report: Report) -> None:
     """macOS and Windows: the tray executable keeps running and logs no import error."""
     env = {**isolated_env(root / "tray-home"), **FAST_SETTINGS, "OLLAMA_HOST": f"127.0.0.1:{free_port()}"}
@@ -479,6 +532,7 @@ def smoke_test(dist: Path, *, standin: bool, tray: bool, tray_seconds: float) ->
             check_monitor_against_standin(bundle, root, report)
         if tray and bundle.platform.startswith("linux"):
             check_tray_linux(bundle, root, tray_seconds, version, report)
+            check_tray_sni_linux(bundle, root, version, report)
         elif tray:
             check_tray_plain(bundle, root, tray_seconds, report)
     return report.passed

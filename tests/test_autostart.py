@@ -312,3 +312,87 @@ def test_default_command_here_is_the_installed_console_script() -> None:
     if not script.is_file():
         pytest.skip(f"ollama-manager is not installed next to {sys.executable}")
     assert launch_command() == [str(script)]
+
+
+# --- `ollama-manager autostart enable|disable|status`, through the same interface --------------
+
+
+@pytest.mark.parametrize("platform", ["darwin", "win32", "linux"])
+def test_autostart_command_round_trip_on_every_os(platform: str, tmp_path: Path) -> None:
+    from tray.cli import autostart_action
+
+    registry = FakeRegistry()
+    autostart = make_autostart(platform, tmp_path, registry)
+    where = autostart.describe()
+    assert autostart_action("status", autostart) == f"Start at login: disabled ({where})"
+    assert autostart_action("disable", autostart) == "Start at login was not enabled"
+    assert autostart_action("enable", autostart) == f"Start at login enabled: {where}"
+    assert autostart_action("status", autostart) == f"Start at login: enabled ({where})"
+    if platform == "darwin":
+        with (tmp_path / "Library" / "LaunchAgents" / "io.github.ollama-manager.plist").open("rb") as file:
+            assert plistlib.load(file)["ProgramArguments"] == COMMAND
+    elif platform == "win32":
+        assert registry.values == {"Ollama Manager": COMMAND[0]}
+    else:
+        assert (tmp_path / ".config" / "autostart" / "ollama-manager.desktop").read_text().count("Exec=") == 1
+    assert autostart_action("disable", autostart) == f"Start at login disabled: removed {where}"
+    assert autostart_action("status", autostart) == f"Start at login: disabled ({where})"
+    assert registry.values == {}
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_autostart_command_failure_is_one_line(tmp_path: Path) -> None:
+    from tray.cli import CliError, autostart_action
+
+    (tmp_path / ".config").write_text("a file where the config folder belongs")
+    autostart = make_autostart("linux", tmp_path, FakeRegistry())
+    with pytest.raises(CliError) as raised:
+        autostart_action("enable", autostart)
+    assert str(raised.value) == (
+        f"cannot enable start at login (XDG autostart entry {tmp_path}/.config/autostart/ollama-manager.desktop): "
+        "Not a directory"
+    )
+
+
+def test_autostart_subcommand_writes_the_xdg_entry_the_menu_reads(tmp_path: Path) -> None:
+    env = {
+        "HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tray", "autostart", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    entry = tmp_path / "config" / "autostart" / "ollama-manager.desktop"
+    assert run("status").stdout == f"Start at login: disabled (XDG autostart entry {entry})\n"
+    done = run("enable")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"Start at login enabled: XDG autostart entry {entry}\n", "")
+    # The tray's "Start at login" checkbox reads the same entry.
+    controller_view = autostart_for("linux", home=tmp_path / "home", env={"XDG_CONFIG_HOME": str(tmp_path / "config")})
+    assert controller_view.is_enabled() is True
+    assert run("status").stdout == f"Start at login: enabled (XDG autostart entry {entry})\n"
+    assert run("disable").stdout == f"Start at login disabled: removed XDG autostart entry {entry}\n"
+    assert not entry.exists()
+    bad = run("sometimes")
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines()[-1] == (
+        "ollama-manager autostart: error: argument enable|disable|status: invalid choice: 'sometimes' "
+        "(choose from 'enable', 'disable', 'status')"
+    )
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "a-file")
+    (tmp_path / "a-file").write_text("not a folder")
+    failed = run("enable")
+    assert (failed.returncode, failed.stdout) == (1, "")
+    assert failed.stderr == (
+        f"ollama-manager: cannot enable start at login (XDG autostart entry {tmp_path}/a-file/autostart/"
+        "ollama-manager.desktop): Not a directory\n"
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tray.ui import menu as menu_module
-from tray.ui.app import TrayApp, no_tray_message, open_command, open_path, tray_available
+from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
     MenuEntry,
@@ -807,81 +807,6 @@ def test_open_path_runs_xdg_open_detached(tmp_path: Path, monkeypatch: pytest.Mo
 # --- is there a tray? -----------------------------------------------------------
 
 
-def never(*_args: object) -> Any:
-    raise AssertionError("probe must not run")
-
-
-@pytest.mark.parametrize(
-    ("platform", "expected"),
-    [("darwin", (True, "macOS menu bar")), ("win32", (True, "Windows notification area"))],
-)
-def test_tray_is_always_there_on_macos_and_windows(platform: str, expected: tuple[bool, str]) -> None:
-    assert tray_available({}, platform, probe_x=never, probe_status_notifier=never, gi_available=never) == expected
-
-
-def test_no_display_means_no_tray() -> None:
-    verdict = tray_available({}, "linux", probe_x=never, probe_status_notifier=never, gi_available=lambda: False)
-    assert verdict == (False, "no graphical display (DISPLAY is not set)")
-
-
-def test_wayland_without_x11_means_no_tray() -> None:
-    env = {"WAYLAND_DISPLAY": "wayland-0"}
-    verdict = tray_available(env, "linux", probe_x=never, probe_status_notifier=never, gi_available=lambda: False)
-    assert verdict == (False, "Wayland desktop without X11 (DISPLAY is not set) and no AppIndicator support")
-
-
-def test_x11_asks_the_selection_owner() -> None:
-    asked: list[str] = []
-
-    def probe_x(display: str) -> tuple[bool, str]:
-        asked.append(display)
-        return False, f"nothing owns _NET_SYSTEM_TRAY_S0 on X display {display}"
-
-    env = {"DISPLAY": ":7", "PYSTRAY_BACKEND": "xorg"}
-    verdict = tray_available(env, "linux", probe_x=probe_x, probe_status_notifier=never, gi_available=never)
-    assert verdict == (False, "nothing owns _NET_SYSTEM_TRAY_S0 on X display :7")
-    assert asked == [":7"]
-
-
-def test_appindicator_needs_a_status_notifier_host() -> None:
-    env = {"WAYLAND_DISPLAY": "wayland-0"}
-    missing = tray_available(
-        env, "linux", probe_x=never, probe_status_notifier=lambda: False, gi_available=lambda: True
-    )
-    assert missing == (False, "no StatusNotifier host on the session bus (on GNOME, enable the AppIndicator extension)")
-    found = tray_available(env, "linux", probe_x=never, probe_status_notifier=lambda: True, gi_available=lambda: True)
-    assert found == (True, "StatusNotifier host found")
-
-
-def test_unknown_status_notifier_falls_back_to_x11() -> None:
-    env = {"DISPLAY": ":3"}
-    verdict = tray_available(
-        env,
-        "linux",
-        probe_x=lambda d: (True, f"tray on {d}"),
-        probe_status_notifier=lambda: None,
-        gi_available=lambda: True,
-    )
-    assert verdict == (True, "tray on :3")
-
-
-def test_dummy_backend_shows_nothing() -> None:
-    env = {"DISPLAY": ":3", "PYSTRAY_BACKEND": "dummy"}
-    verdict = tray_available(env, "linux", probe_x=never, probe_status_notifier=never, gi_available=never)
-    assert verdict == (False, "PYSTRAY_BACKEND=dummy shows no icon")
-
-
-def test_real_probe_without_display() -> None:
-    verdict = tray_available({"PYSTRAY_BACKEND": "xorg"}, "linux")
-    assert verdict == (False, "no graphical display (DISPLAY is not set)")
-
-
-def test_no_tray_message() -> None:
-    assert no_tray_message("no graphical display (DISPLAY is not set)") == (
-        "No system tray found (no graphical display (DISPLAY is not set)); run `ollama-manager monitor` instead."
-    )
-
-
 def test_open_dashboard_calls_the_controller_and_reports_a_failure_as_one_line(make_app: Any) -> None:
     app, controller, _icon = make_app()
     app.on_open_dashboard()
@@ -889,3 +814,119 @@ def test_open_dashboard_calls_the_controller_and_reports_a_failure_as_one_line(m
     controller.fail_dashboard = RuntimeError("Ollama Manager is not running: start it first")
     app.on_open_dashboard()
     assert controller.notifications == [("Open dashboard failed", "Ollama Manager is not running: start it first")]
+
+
+# --- backends without a menu, backends that render the model, switching -------------
+
+
+class MenuLessIcon(FakeIcon):
+    """Like pystray's xorg icon: no menu of its own, a click runs the first default item."""
+
+    HAS_MENU = False
+
+
+def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(make_app: Callable[..., Any]) -> None:
+    app, controller, icon = make_app(icon_class=MenuLessIcon)
+    icon.click()
+    assert (controller.dashboards_opened, controller.requests) == (1, [])
+    assert icon.texts().count("Open dashboard") == 1  # the click item is not shown
+    app.on_status(status(health="down", latency_ms=None))
+    icon.click()
+    assert (controller.dashboards_opened, controller.requests) == (1, ["restart"])
+
+
+def test_a_tray_with_menus_keeps_its_plain_click(make_app: Callable[..., Any]) -> None:
+    app, controller, icon = make_app()
+    icon.click()  # healthy: no default item, nothing runs (the menu is a right click away)
+    assert (controller.dashboards_opened, controller.requests) == (0, [])
+
+
+class EntryIcon:
+    """A backend icon that renders the menu model itself, as tray.ui.sni does."""
+
+    script: list[Callable[[EntryIcon], None]] = []
+
+    def __init__(self, app: TrayApp, name: str, image: Any, title: str) -> None:
+        self.app, self.name, self.icon, self.title = app, name, image, title
+        self.created_with = (image, title)
+        self.visible = False
+        self.stopped = False
+        self.rendered: list[list[str]] = []
+
+    def update_menu(self) -> None:
+        self.rendered.append([entry.label for entry in self.app.entries])
+
+    def run(self, setup: Callable[[Any], None]) -> None:
+        setup(self)
+        for step in self.script:
+            step(self)
+            if self.stopped:
+                return
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def entry_backend(created: list[EntryIcon]) -> Any:
+    def create_icon(app: TrayApp, name: str, image: Any, title: str) -> EntryIcon:
+        created.append(EntryIcon(app, name, image, title))
+        return created[-1]
+
+    return SimpleNamespace(create_icon=create_icon)
+
+
+def test_a_backend_that_renders_the_model_gets_entries_actions_and_clicks() -> None:
+    controller = FakeController(status())
+    created: list[EntryIcon] = []
+    EntryIcon.script = []
+    app = TrayApp(controller, backend=entry_backend(created))
+    (icon,) = created
+    assert (icon.name, icon.title) == ("ollama-manager", "Ollama: healthy · 245 ms · uncensored-llama3")
+    app.run_action("restart")
+    assert controller.requests == ["restart"]
+    app.on_click()
+    assert controller.dashboards_opened == 1
+    app.run_action("no-such-action")  # ignored
+    assert controller.requests == ["restart"]
+
+
+def test_switching_backends_stops_the_old_icon_and_shows_the_latest_state_in_the_new_one(
+    make_app: Callable[..., Any],
+) -> None:
+    created: list[EntryIcon] = []
+
+    def switch_after_going_down(icon: FakeIcon) -> None:
+        controller.publish(status(health="down", latency_ms=None))
+        app.switch_backend(entry_backend(created))
+
+    EntryIcon.script = [lambda icon: controller.publish(status()), lambda icon: icon.app.on_quit()]
+    app, controller, first = make_app(script=[switch_after_going_down])
+    app.run()
+    assert first.stopped is True
+    (second,) = created
+    assert second.visible is True and second.stopped is True
+    # Made from the state at the switch (down), then following the status published after it.
+    assert same_image(second.created_with[0], draw_icon(IconState.DOWN, 64))
+    assert second.created_with[1] == "Ollama: down"
+    assert same_image(second.icon, draw_icon(IconState.HEALTHY, 64))
+    assert second.title == "Ollama: healthy · 245 ms · uncensored-llama3"
+    assert second.rendered and second.rendered[-1][0] == "Ollama: healthy · 245 ms"
+    assert controller.subscribers == []
+
+
+def test_close_ends_run_without_stopping_ollama(make_app: Callable[..., Any]) -> None:
+    settings = dict(SETTINGS, stop_ollama_on_quit=True)
+    app, controller, icon = make_app(settings=settings, script=[lambda icon: app.close()])
+    app.run()
+    assert icon.stopped is True
+    assert controller.requests == []
+
+
+def test_switching_before_the_icon_is_up_waits_for_it(make_app: Callable[..., Any]) -> None:
+    created: list[EntryIcon] = []
+    EntryIcon.script = [lambda icon: icon.app.on_quit()]
+    app, controller, first = make_app()
+    app.switch_backend(entry_backend(created))  # the first icon is not running yet
+    assert first.stopped is False
+    app.run()
+    assert first.stopped is True and len(created) == 1 and created[0].stopped is True

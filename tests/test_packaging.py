@@ -640,7 +640,7 @@ def test_panel_pixels_that_differ_from_the_background():
 
 
 def test_expected_tray_backends():
-    assert smoke.expected_tray_backends("linux") == ("appindicator", "gtk", "xorg")
+    assert smoke.expected_tray_backends("linux") == ("sni", "appindicator", "gtk", "xorg")
     assert smoke.expected_tray_backends("darwin") == ("darwin",)
     assert smoke.expected_tray_backends("win32") == ("win32",)
 

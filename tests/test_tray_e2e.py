@@ -1,14 +1,15 @@
 """The tray app end to end: ``python -m tray`` docked in a real tray host, supervising the stand-in Ollama.
 
 The desktop is Xvfb + openbox + Debian's tint2 (it claims the XEmbed tray
-selection only once a window manager runs); the tray runs pystray's xorg
-backend. The icon's state is read from root-window screenshots, the docked
+selection only once a window manager runs) and no session bus, so the app
+picks pystray's xorg backend itself. The icon's state is read from root-window screenshots, the docked
 icon windows from the X window tree, the server's life from the stand-in's
 event log, and the desktop notifications from a recording ``notify-send``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tray_driver import (  # noqa: E402
+    BrowserLog,
     NotificationLog,
     TrayProcess,
     docked_icons,
@@ -36,6 +38,7 @@ from tray_driver import (  # noqa: E402
     wait_for,
     wait_for_icon_state,
 )
+from tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
 from xdesktop import XDesktop, missing_tools  # noqa: E402
 
 MISSING = missing_tools()
@@ -58,19 +61,8 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XDesktop]:
 
 
 @pytest.fixture
-def manager(standin: StandinEnv, tmp_path: Path) -> Manager:
-    """Fast settings and the status API reader; the tray itself is started by :func:`launch`."""
-    return Manager(standin.env, tmp_path)
-
-
-@pytest.fixture
-def notifications(tmp_path: Path) -> NotificationLog:
-    return NotificationLog(tmp_path)
-
-
-@pytest.fixture
 def launch(
-    desktop: XDesktop, manager: Manager, notifications: NotificationLog, tmp_path: Path
+    desktop: XDesktop, manager: Manager, notifications: NotificationLog, browser: BrowserLog, tmp_path: Path
 ) -> Iterator[Any]:
     """Start ``python -m tray`` on the shared desktop; every tray started is stopped and checked afterwards."""
     trays: list[TrayProcess] = []
@@ -78,7 +70,8 @@ def launch(
     wait_for(lambda: docked_icons(desktop.display) == [], 10, "the last test's icon to leave the panel")
 
     def start(name: str = "tray") -> TrayProcess:
-        tray = TrayProcess(tray_env(manager.env, desktop.display, notifications), tmp_path, name).start()
+        env = tray_env(manager.env, desktop.display, notifications, browser=browser)
+        tray = TrayProcess(env, tmp_path, name).start()
         trays.append(tray)
         return tray
 
@@ -88,11 +81,6 @@ def launch(
     for tray in trays:
         assert "Traceback" not in tray.output(), tray.output()
     assert "Traceback" not in app_log(manager)
-
-
-def app_log(manager: Manager) -> str:
-    path = Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "log" / "ollama-manager.log"
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def expect_icon(
@@ -117,16 +105,6 @@ def expect_icon(
             f"app log: {app_log(manager)[-2000:]}"
         ) from None
     return seen
-
-
-def wait_healthy(manager: Manager) -> dict[str, Any]:
-    def healthy_status() -> dict[str, Any] | None:
-        status = manager.api_status()
-        return status if status is not None and status["health"] == "healthy" else None
-
-    status = wait_for(healthy_status, 20, "a healthy status")
-    assert status is not None
-    return status
 
 
 def start_green_tray(launch: Any, desktop: XDesktop, manager: Manager, tmp_path: Path) -> tuple[TrayProcess, int]:
@@ -235,6 +213,20 @@ def test_a_click_on_the_red_icon_runs_the_restart_item_and_restarts_the_running_
     status = wait_healthy(manager)
     assert status["pid"] == second_pid
     assert standin.serve_pids() == [first_pid, second_pid]
+    assert tray.running()
+
+
+def test_a_click_on_the_green_icon_opens_the_dashboard_and_restarts_nothing(
+    launch: Any, desktop: XDesktop, manager: Manager, standin: StandinEnv, browser: BrowserLog, tmp_path: Path
+) -> None:
+    # An XEmbed tray has no menu: a click while healthy opens the dashboard, which has every action.
+    tray, first_pid = start_green_tray(launch, desktop, manager, tmp_path)
+    (icon,) = docked_icons(desktop.display)
+    desktop.click(*icon.centre)
+    (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
+    monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
+    assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
+    assert standin.serve_pids() == [first_pid]
     assert tray.running()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tray.ui.app import tray_available
+from tray.ui.backend import tray_available
 from tray.ui.icon import IconState
 
 pytestmark = pytest.mark.slow

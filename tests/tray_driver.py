@@ -5,14 +5,15 @@ Shared by the end-to-end tests, ``docs/make_screenshots.py`` and
 observed from outside, the way a user sees it.
 
 - :class:`TrayProcess` launches ``python -m tray`` (no arguments) with the
-  stand-in's environment, pystray's xorg backend and the desktop's DISPLAY,
-  and stops it by PID.
+  stand-in's environment and the desktop's DISPLAY and session bus (none for
+  tint2, so the app picks the XEmbed icon), and stops it by PID.
 - :func:`docked_icons` finds the tray's icon windows in the X window tree
   (pystray names them ``<app>SystemTrayIcon``), with their screen geometry.
 - :func:`icon_state_of` reads which :class:`~tray.ui.icon.IconState` a
   screenshot shows from its pixels.
 - :class:`NotificationLog` puts a recording ``notify-send`` first on PATH, so
-  the desktop notifications the app sends can be read back.
+  the desktop notifications the app sends can be read back; :class:`BrowserLog`
+  records the pages the app opens in "the browser" (``BROWSER``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import json, sys
 with open({log!r}, "a", encoding="utf-8") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
 """
+FAKE_BROWSER = FAKE_NOTIFY_SEND
 
 
 # --- pixels (pure) --------------------------------------------------------------
@@ -225,20 +227,51 @@ def notification_of(argv: list[str]) -> tuple[str, str]:
     return argv[0], argv[1]
 
 
+class BrowserLog:
+    """A browser command for ``BROWSER`` that records the URLs it is asked to open."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.command = workdir / "browser-bin" / "record-browser"
+        self.log_path = workdir / "browser.jsonl"
+        self.command.parent.mkdir(parents=True, exist_ok=True)
+        self.command.write_text(FAKE_BROWSER.format(python=sys.executable, log=str(self.log_path)))
+        self.command.chmod(self.command.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    def opened(self) -> list[str]:
+        """Every URL opened so far, oldest first."""
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line)[-1] for line in self.log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 # --- the tray process -------------------------------------------------------------
 
 
-def tray_env(base_env: Mapping[str, str], display: str, notifications: NotificationLog) -> dict[str, str]:
-    """The environment of ``python -m tray`` on ``display``: xorg backend, no session bus, recorded notifications."""
+def tray_env(
+    base_env: Mapping[str, str],
+    display: str,
+    notifications: NotificationLog,
+    *,
+    bus_address: str = "disabled:",
+    browser: BrowserLog | None = None,
+) -> dict[str, str]:
+    """The environment of ``python -m tray`` on ``display`` with recorded notifications.
+
+    Without ``bus_address`` there is no session bus, so the app picks the
+    XEmbed icon; with the desktop's bus it looks for a StatusNotifier host
+    there. Notifications go through plyer's ``notify-send`` (it has no D-Bus
+    module here), which is recorded.
+    """
     env = dict(base_env)
     env.update(
         DISPLAY=display,
-        PYSTRAY_BACKEND="xorg",
-        # No session bus: notifications go through plyer's notify-send, which is recorded.
-        DBUS_SESSION_BUS_ADDRESS="disabled:",
+        DBUS_SESSION_BUS_ADDRESS=bus_address,
         PATH=notifications.path_with_it_first(env.get("PATH", "")),
     )
-    env.pop("WAYLAND_DISPLAY", None)
+    if browser is not None:
+        env["BROWSER"] = str(browser.command)
+    for name in ("WAYLAND_DISPLAY", "PYSTRAY_BACKEND", "XDG_RUNTIME_DIR"):
+        env.pop(name, None)
     return env
 
 

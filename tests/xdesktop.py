@@ -1,15 +1,24 @@
-"""A throwaway X desktop for tray tests: Xvfb + openbox + tint2 on a free display.
+"""A throwaway X desktop for tray tests: Xvfb + openbox + a tray panel on a free display.
+
+- :class:`XDesktop`: tint2's XEmbed system tray, and no session bus.
+- :class:`XfceDesktop`: a private D-Bus session bus (:class:`SessionBus`) and
+  Debian's xfce4-panel, whose systray plugin is a StatusNotifier host
+  (``org.kde.StatusNotifierWatcher``) and an XEmbed tray at once.
 
 Xvfb picks a free display number itself (``-displayfd``). tint2 only claims
 the ``_NET_SYSTEM_TRAY_S0`` selection once a window manager runs, so the
 pieces start in order and each start waits for its own readiness signal.
-Every process is started here, killed by PID and reaped in :meth:`XDesktop.stop`.
+Every process is started here in a process group of its own, and stopped
+(with whatever it spawned, such as the panel's plugin wrapper or the xfconfd
+the bus activated) and reaped by PID in :meth:`XDesktop.stop`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -22,6 +31,57 @@ from Xlib import display as xdisplay
 from Xlib.error import DisplayError
 
 TOOLS = ("Xvfb", "openbox", "tint2", "import")
+XFCE_TOOLS = ("Xvfb", "openbox", "xfce4-panel", "dbus-daemon", "import", "xdotool")
+XFCONFD = "/usr/lib/x86_64-linux-gnu/xfce4/xfconf/xfconfd"
+WATCHER_NAME = "org.kde.StatusNotifierWatcher"
+
+# A session bus of its own for one test; it can start xfconfd (the panel's settings store) and nothing else.
+BUS_CONFIG = """\
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={socket_dir}</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{service_dir}</servicedir>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
+XFCONF_SERVICE = """\
+[D-BUS Service]
+Name=org.xfce.Xfconf
+Exec={xfconfd}
+"""
+
+# One bottom panel holding only the status tray (SNI items and XEmbed icons), icons up to 48 px.
+XFCE_PANEL_XML = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<channel name="xfce4-panel" version="1.0">
+  <property name="configver" type="int" value="2"/>
+  <property name="panels" type="array">
+    <value type="int" value="1"/>
+    <property name="panel-1" type="empty">
+      <property name="position" type="string" value="p=8;x=0;y=0"/>
+      <property name="length" type="uint" value="100"/>
+      <property name="position-locked" type="bool" value="true"/>
+      <property name="size" type="uint" value="{panel_height}"/>
+      <property name="plugin-ids" type="array">
+        <value type="int" value="1"/>
+      </property>
+    </property>
+  </property>
+  <property name="plugins" type="empty">
+    <property name="plugin-1" type="string" value="systray">
+      <property name="icon-size" type="int" value="{icon_size}"/>
+    </property>
+  </property>
+</channel>
+"""
 
 TINT2RC = """\
 # Panel background: opaque dark grey, so icon pixels are easy to tell apart.
@@ -52,9 +112,15 @@ systray_monitor = 1
 """
 
 
-def missing_tools() -> list[str]:
-    """The programs this desktop needs that are not on PATH."""
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+def missing_tools(tools: tuple[str, ...] = TOOLS) -> list[str]:
+    """The programs a desktop needs that are not on PATH (default: :class:`XDesktop`'s)."""
+    return [tool for tool in tools if shutil.which(tool) is None]
+
+
+def missing_xfce_tools() -> list[str]:
+    """What :class:`XfceDesktop` needs that is not installed."""
+    missing = missing_tools(XFCE_TOOLS)
+    return missing + ([] if os.path.exists(XFCONFD) else [XFCONFD])
 
 
 class XDesktopError(RuntimeError):
@@ -89,6 +155,7 @@ class XDesktop:
         self.icon_size = icon_size
         self.display = ""
         self._processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.bus: SessionBus | None = None
         (workdir / "home").mkdir(parents=True, exist_ok=True)
 
     # --- lifecycle ------------------------------------------------------------
@@ -152,22 +219,26 @@ class XDesktop:
         wait_until(self.tray_owned, timeout, "tint2 to claim _NET_SYSTEM_TRAY_S0")
 
     def stop(self) -> None:
-        """Terminate every process started here, newest first, and reap them."""
+        """Terminate every process started here (and its process group), newest first, and reap them."""
         while self._processes:
             _name, process = self._processes.pop()
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=5)
+            stop_group(process)
+        if self.bus is not None:
+            self.bus.stop()
+
+    def stop_process(self, name: str) -> None:
+        """Stop the newest running process called ``name`` (with its group) and reap it."""
+        for index in range(len(self._processes) - 1, -1, -1):
+            if self._processes[index][0] == name:
+                stop_group(self._processes.pop(index)[1])
+                return
+        raise KeyError(name)
 
     # --- use ------------------------------------------------------------------
 
     @property
     def env(self) -> dict[str, str]:
-        """Environment for clients of this desktop (its DISPLAY, a private HOME, no session bus)."""
+        """Environment for clients of this desktop: its DISPLAY, a private HOME, its own session bus or none."""
         home = self.workdir / "home"
         env = dict(os.environ)
         env.update(
@@ -177,10 +248,11 @@ class XDesktop:
             XDG_CACHE_HOME=str(home / ".cache"),
             XDG_DATA_HOME=str(home / ".local" / "share"),
             XDG_STATE_HOME=str(home / ".local" / "state"),
-            # No session bus: nothing may autolaunch a dbus-daemon that outlives the test.
-            DBUS_SESSION_BUS_ADDRESS="disabled:",
+            # Without a bus of its own, none at all: nothing may autolaunch a dbus-daemon that outlives the test.
+            DBUS_SESSION_BUS_ADDRESS=self.bus.address if self.bus is not None else "disabled:",
         )
         env.pop("WAYLAND_DISPLAY", None)
+        env.pop("XDG_RUNTIME_DIR", None)  # its bus socket is the machine's, not this desktop's
         return env
 
     @property
@@ -226,11 +298,17 @@ class XDesktop:
     # --- internals ------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str], pass_fds: tuple[int, ...] = ()) -> None:
-        log = (self.workdir / f"{name}.log").open("wb")
+        log = (self.workdir / f"{name}.log").open("ab")
         env = self.env if self.display else {**os.environ, "HOME": str(self.workdir / "home")}
         try:
             process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=pass_fds
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                pass_fds=pass_fds,
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -272,3 +350,158 @@ class XDesktop:
             return use(connection)
         finally:
             connection.close()
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 5) -> None:
+    """SIGTERM ``process``'s own process group, SIGKILL it after ``timeout`` s, and reap ``process``.
+
+    Each desktop process leads a group of its own (``start_new_session``), so
+    the group holds it and what it spawned, nothing else.
+    """
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+    # Helpers the leader left behind in its group (a plugin wrapper, an activated service).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+class SessionBus:
+    """A private ``dbus-daemon --session`` in ``workdir``: its own socket, config and service folder.
+
+    It can activate xfconfd and nothing else; activated services join the
+    daemon's process group and go with it in :meth:`stop`.
+    """
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.address = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the daemon; return once it printed its address."""
+        socket_dir = self.workdir / "bus"
+        service_dir = self.workdir / "bus-services"
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        service_dir.mkdir(parents=True, exist_ok=True)
+        (service_dir / "org.xfce.Xfconf.service").write_text(XFCONF_SERVICE.format(xfconfd=XFCONFD))
+        config = self.workdir / "bus.conf"
+        config.write_text(BUS_CONFIG.format(socket_dir=socket_dir, service_dir=service_dir))
+        log = (self.workdir / "dbus-daemon.log").open("ab")
+        try:
+            self.process = subprocess.Popen(
+                ["dbus-daemon", f"--config-file={config}", "--nofork", "--print-address=1"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=self.env,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        assert self.process.stdout is not None
+        os.set_blocking(self.process.stdout.fileno(), False)
+        received = b""
+        deadline = time.monotonic() + timeout
+        while not received.endswith(b"\n"):
+            if self.process.poll() is not None:
+                raise XDesktopError(f"dbus-daemon exited with {self.process.returncode}; see {self.workdir}")
+            if time.monotonic() > deadline:
+                raise XDesktopError(f"dbus-daemon printed no address within {timeout:g} s")
+            chunk = self.process.stdout.read(256)
+            if chunk:
+                received += chunk
+            else:
+                time.sleep(0.02)
+        self.address = received.decode().strip()
+
+    def stop(self) -> None:
+        """Stop the daemon and its activated services; reap the daemon."""
+        if self.process is not None:
+            stop_group(self.process)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+
+    def name_has_owner(self, name: str) -> bool:
+        """Whether ``name`` has an owner on this bus (False when the bus is gone)."""
+        from jeepney import DBusAddress, new_method_call
+        from jeepney.io.blocking import open_dbus_connection
+
+        bus = DBusAddress("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
+        try:
+            with open_dbus_connection(self.address) as connection:
+                reply = connection.send_and_get_reply(new_method_call(bus, "NameHasOwner", "s", (name,)), timeout=5)
+        except (OSError, TimeoutError):
+            return False
+        return bool(reply.body[0])
+
+    def names(self) -> list[str]:
+        """Every name on the bus."""
+        from jeepney import DBusAddress, new_method_call
+        from jeepney.io.blocking import open_dbus_connection
+
+        bus = DBusAddress("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
+        with open_dbus_connection(self.address) as connection:
+            reply = connection.send_and_get_reply(new_method_call(bus, "ListNames"), timeout=5)
+        return list(reply.body[0])
+
+
+class XfceDesktop(XDesktop):
+    """Xvfb + a private session bus + openbox + Debian's xfce4-panel with only its status tray.
+
+    The panel's systray plugin owns ``org.kde.StatusNotifierWatcher``, draws
+    StatusNotifierItems with their dbusmenu, and is an XEmbed tray as well.
+    """
+
+    def __init__(
+        self, workdir: Path, *, width: int = 800, height: int = 600, panel_height: int = 64, icon_size: int = 48
+    ) -> None:
+        super().__init__(workdir, width=width, height=height, panel_height=panel_height, icon_size=icon_size)
+
+    def start(self, timeout: float = 20.0) -> None:
+        """The bus, the X server, the window manager and the panel, in that order."""
+        self.start_bus(timeout)
+        self.start_x_server(timeout)
+        self.start_window_manager(timeout)
+        self.start_panel(timeout)
+
+    def start_bus(self, timeout: float = 20.0) -> None:
+        """Start the private session bus."""
+        home = self.workdir / "home"
+        env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+        env.update(XDG_DATA_HOME=str(home / ".local" / "share"), XDG_CACHE_HOME=str(home / ".cache"))
+        self.bus = SessionBus(self.workdir, env)
+        self.bus.start(timeout)
+
+    def start_panel(self, timeout: float = 30.0) -> None:
+        """Start xfce4-panel (first-run dialog skipped); return once the StatusNotifier watcher is on the bus."""
+        config_dir = self.workdir / "home" / ".config" / "xfce4" / "xfconf" / "xfce-perchannel-xml"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "xfce4-panel.xml").write_text(
+            XFCE_PANEL_XML.format(panel_height=self.panel_height, icon_size=self.icon_size)
+        )
+        self._spawn("xfce4-panel", ["xfce4-panel", "--disable-wm-check"])
+        wait_until(self.watcher_owned, timeout, "xfce4-panel's StatusNotifier watcher on the session bus")
+
+    def stop_panel(self) -> None:
+        """Stop the panel (and its plugin wrapper); return once the watcher has left the bus."""
+        self.stop_process("xfce4-panel")
+        wait_until(lambda: not self.watcher_owned(), 10, "the StatusNotifier watcher to leave the bus")
+
+    def watcher_owned(self) -> bool:
+        """Whether ``org.kde.StatusNotifierWatcher`` is on this desktop's bus."""
+        return self.bus is not None and self.bus.name_has_owner(WATCHER_NAME)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The desktop's environment, with no accessibility bus or GVFS daemons to activate."""
+        env = super().env
+        env.update(NO_AT_BRIDGE="1", GIO_USE_VFS="local", GSETTINGS_BACKEND="memory")
+        return env

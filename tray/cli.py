@@ -7,14 +7,15 @@ an unexpected error prints one line too, with the traceback in the log file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -28,6 +29,11 @@ from tray.monitor import Monitor
 from tray.notify import Notifier
 from tray.paths import AppPaths
 from tray.supervisor import Supervisor, SupervisorError
+
+if TYPE_CHECKING:
+    from tray.autostart import Autostart
+    from tray.ui.app import TrayApp
+    from tray.ui.backend import TrayChoice
 
 log = logging.getLogger("tray.cli")
 
@@ -351,24 +357,100 @@ def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
     from tray.autostart import autostart_for
     from tray.controller import MonitorController
-    from tray.ui.app import TrayApp, no_tray_message, tray_available
+    from tray.ui.app import TrayApp
+    from tray.ui.backend import backend_for, choose_tray, no_tray_message
+    from tray.ui.sni import StatusNotifierError
 
     setup_logging(ctx.paths.app_log)
     notifier = Notifier(enabled=ctx.config.notifications)
-    available, reason = tray_available()
-    if not available:
-        message = no_tray_message(reason)
+    choice = choose_tray()
+    if choice.backend is None:
+        message = no_tray_message(choice.reason)
         notifier.notify("Ollama Manager", message)
         raise CliError(message)
+    if choice.waiting:
+        log.info("no tray yet (%s); waiting up to %g s for one", choice.reason, ctx.config.tray_host_wait)
+    else:
+        log.info("tray backend %s: %s", choice.backend, choice.reason)
+    gave_up: list[str] = []
     try:
         with running_services(ctx, notifier) as services:
             controller = MonitorController(
                 services.monitor, ctx.config, ctx.paths, services.history, notifier, autostart_for()
             )
-            TrayApp(controller).run()
+            app = TrayApp(controller, backend=backend_for(choice.backend, choice.bus_address))
+            with follow_tray_hosts(choice, app, gave_up, ctx.config.tray_host_wait):
+                app.run()
     except AlreadyRunning as exc:
         notifier.notify("Ollama Manager", str(exc))
         raise
+    except StatusNotifierError as exc:
+        raise CliError(f"the tray icon is gone: {exc}") from None
+    if gave_up:
+        message = no_tray_message(gave_up[0])
+        notifier.notify("Ollama Manager", message)
+        raise CliError(message)
+    return 0
+
+
+@contextlib.contextmanager
+def follow_tray_hosts(choice: TrayChoice, app: TrayApp, gave_up: list[str], wait_s: float) -> Iterator[None]:
+    """While the block runs, move ``app``'s icon as the desktop's tray hosts come and go (Linux, with a bus)."""
+    from tray.ui.backend import HostWatch, TrayBackend, backend_for
+
+    if choice.bus_address is None or choice.backend not in (TrayBackend.STATUS_NOTIFIER, TrayBackend.XEMBED):
+        yield
+        return
+
+    def give_up(reason: str) -> None:
+        gave_up.append(reason)
+        app.close()
+
+    watch = HostWatch(
+        choice,
+        os.environ,
+        on_switch=lambda backend: app.switch_backend(backend_for(backend, choice.bus_address)),
+        on_give_up=give_up,
+        wait_s=wait_s,
+    )
+    try:
+        watch.start()
+    except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
+        log.warning("cannot follow the tray hosts (%s); the icon stays with %s", exc, choice.backend)
+        yield
+        return
+    try:
+        yield
+    finally:
+        watch.stop()
+
+
+def autostart_action(action: str, autostart: Autostart) -> str:
+    """Run ``enable``, ``disable`` or ``status`` on ``autostart``; the line to print.
+
+    The same :class:`~tray.autostart.Autostart` the tray's "Start at login"
+    item uses. A file or registry error becomes a one-line CliError.
+    """
+    where = autostart.describe()
+    try:
+        if action == "enable":
+            autostart.enable()
+            return f"Start at login enabled: {where}"
+        if action == "disable":
+            was_enabled = autostart.is_enabled()
+            autostart.disable()
+            return f"Start at login disabled: removed {where}" if was_enabled else "Start at login was not enabled"
+        state = "enabled" if autostart.is_enabled() else "disabled"
+        return f"Start at login: {state} ({where})"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError(f"cannot {action} start at login ({where}): {reason}") from None
+
+
+def cmd_autostart(args: argparse.Namespace) -> int:
+    from tray.autostart import autostart_for
+
+    print(autostart_action(args.autostart_action, autostart_for()))
     return 0
 
 
@@ -454,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tray.dashboard.launch import add_dashboard_parser
 
     add_dashboard_parser(sub)
+    autostart = sub.add_parser("autostart", help="start the tray at login: enable, disable, or show the status")
+    autostart.add_argument("autostart_action", choices=["enable", "disable", "status"], metavar="enable|disable|status")
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
@@ -516,6 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor_command(as_json=args.json, config_path=args.config)
     try:
+        if args.command == "autostart":  # needs no settings either
+            return cmd_autostart(args)
         ctx = Context(args)
         if args.command is None:
             return cmd_tray(ctx)

@@ -99,6 +99,12 @@ class Config:
     stop_ollama_on_quit: bool = field(
         default=False, metadata=setting("Stop Ollama when the tray app quits")
     )
+    tray_host_wait: float = field(
+        default=30.0,
+        metadata=setting(
+            "Seconds the tray, started before the desktop's panel, waits for a tray to show its icon in", minimum=0
+        ),
+    )
     notifications: bool = field(default=True, metadata=setting("Show desktop notifications"))
 
     alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=setting("Alert thresholds"))

@@ -1,7 +1,7 @@
 """``ollama-manager doctor``: what this copy of the app loaded and where it keeps its files.
 
 Meant for bug reports and for checking a frozen bundle: the version, whether
-it runs from a PyInstaller bundle, the pystray backend and the notification
+it runs from a PyInstaller bundle, the tray backend and the notification
 methods it can use, NVML, jeepney, its folders and the ollama executable.
 
 :func:`gather_facts` looks at the running process and the machine;
@@ -28,6 +28,7 @@ from typing import TextIO
 
 from tray import __version__
 from tray.paths import AppPaths
+from tray.ui.backend import TrayBackend, TrayChoice, choose_tray, xembed_backend
 
 Line = tuple[str, str]
 
@@ -202,6 +203,23 @@ def probe_tray_backend() -> Probe:
     return Probe(loaded=f"unknown ({pystray.Icon.__module__})")
 
 
+def probe_chosen_backend(choice: TrayChoice) -> Probe:
+    """Load the backend :func:`tray.ui.backend.choose_tray` picked, as the tray would."""
+    if choice.backend is TrayBackend.STATUS_NOTIFIER:
+        try:
+            importlib.import_module("tray.ui.sni")
+        except Exception as exc:  # noqa: BLE001
+            return Probe(error=_one_line(exc))
+        return Probe(loaded=f"sni (StatusNotifierItem over jeepney {importable_version('jeepney', 'jeepney')})")
+    if choice.backend is TrayBackend.XEMBED:
+        try:
+            icon_class = xembed_backend().Icon
+        except Exception as exc:  # noqa: BLE001 - the xorg backend raises X errors on import
+            return Probe(error=_one_line(exc))
+        return Probe(loaded=f"xorg ({icon_class.__module__})")
+    return probe_tray_backend()
+
+
 def probe_plyer(platform: str = sys.platform) -> Probe:
     """Load plyer's notification backend module for ``platform`` as plyer does."""
     plyer_platform = PLYER_PLATFORMS.get(platform, platform)
@@ -300,7 +318,6 @@ def gather_facts(
     """
     from tray.autostart import launch_command
     from tray.config import ConfigError, config_file_path, load_config
-    from tray.ui.app import tray_available
 
     env = os.environ if env is None else env
     paths = AppPaths.default()
@@ -313,6 +330,7 @@ def gather_facts(
     except ConfigError as exc:
         config_error = " ".join(str(exc).split())
     jeepney = importable_version("jeepney", "jeepney")
+    choice = choose_tray(env, platform)
     frozen = bool(getattr(sys, "frozen", False))
     return Facts(
         version=__version__,
@@ -322,8 +340,8 @@ def gather_facts(
         executable=sys.executable,
         bundle_dir=getattr(sys, "_MEIPASS", None) if frozen else None,
         launch_command=launch_command(platform=platform),
-        tray_backend=probe_tray_backend(),
-        tray_host=tray_available(env, platform),
+        tray_backend=probe_chosen_backend(choice),
+        tray_host=(choice.backend is not None and not choice.waiting, choice.reason),
         plyer=probe_plyer(platform),
         fallbacks=available_fallbacks(platform, jeepney_present=jeepney is not None),
         jeepney=jeepney,

@@ -213,6 +213,15 @@ def default_action(entries: Iterable[MenuEntry]) -> str | None:
     return next((entry.action for entry in entries if entry.default), None)
 
 
+def click_action(entries: Iterable[MenuEntry]) -> str:
+    """What a plain click on the icon runs where the menu opens otherwise (or not at all).
+
+    The default entry's action (Restart while Ollama is down), else Open
+    dashboard, which has every action.
+    """
+    return default_action(entries) or OPEN_DASHBOARD
+
+
 def find_entry(entries: Iterable[MenuEntry], key: str) -> MenuEntry | None:
     """The entry with ``key``, searching submenus too."""
     for entry in entries:
