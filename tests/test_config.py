@@ -1,7 +1,7 @@
 
 import pytest
 
-from tray.config import Config, ConfigError, load_config
+from tray.settings.config import Config, ConfigError, load_config
 from tray.paths import AppPaths
 
 

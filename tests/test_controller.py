@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from tray.config import load_config
+from tray.settings.config import load_config
 from tray.controller import MonitorController, notify_events, ollama_log_locations
 from tray.history import History
 from tray.paths import AppPaths

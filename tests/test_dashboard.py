@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from tray import __version__
-from tray.config import load_config
+from tray.settings.config import load_config
 from tray.dashboard import Dashboard, dashboard_command, dashboard_url, mount_dashboard, open_dashboard
 from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_config, setting_specs
 from tray.dashboard.stream import StreamHub, sse_frames
@@ -32,8 +32,8 @@ from tray.dashboard.views import action_views, bucket_samples, gateway_view, his
 from tray.history import Event, History
 from tray.paths import AppPaths
 from tray.resources import GpuStats, ResourceSample
-from tray.server_settings import OllamaServerSettings
-from tray.setting_meta import setting
+from tray.settings.server import OllamaServerSettings
+from tray.settings.meta import setting
 from tray.status_server import build_app
 
 TOKEN = "s3cret-token"

@@ -25,7 +25,7 @@ import pytest
 from standin.harness import StandinEnv, free_port, same_process
 
 from tests.manager import wait_until
-from tray.config import Config
+from tray.settings.config import Config
 from tray.dashboard import dashboard_command
 from tray.paths import AppPaths
 
@@ -53,7 +53,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 APP_SCRIPT = """
 import os, signal, sys, threading
 import uvicorn
-from tray.config import load_config
+from tray.settings.config import load_config
 from tray.dashboard import Dashboard, mount_dashboard
 from tray.history import History
 from tray.monitor import Monitor

@@ -22,7 +22,7 @@ from tests.manager import in_thread
 
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
-from tray.config import ConfigError, load_table, settable_fields
+from tray.settings.config import ConfigError, load_table, settable_fields
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
@@ -31,7 +31,7 @@ from tray.gateway.commands import cloud_set_key_command, gateway_command, same_a
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
-from tray.hosts import parse_ollama_host
+from tray.settings.hosts import parse_ollama_host
 from tray.paths import AppPaths
 
 KEY = "sk-standin-0123456789"

@@ -1,6 +1,6 @@
 import pytest
 
-from tray.hosts import parse_ollama_host
+from tray.settings.hosts import parse_ollama_host
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from tray.config import Config
+from tray.settings.config import Config
 from tray.core.health import Failure, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.history import History
-from tray.hosts import parse_ollama_host
+from tray.settings.hosts import parse_ollama_host
 from tray.paths import AppPaths
 from tray.monitor import RECHECK_SECONDS, Monitor
 from tray.ollama_api import LoadedModel

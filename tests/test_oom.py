@@ -27,7 +27,7 @@ from tray.core.oom import (
     oom_targets,
     route,
 )
-from tray.server_settings import GPU_OFF_ENV
+from tray.settings.server import GPU_OFF_ENV
 
 
 def test_the_examples_in_the_docstrings_hold() -> None:

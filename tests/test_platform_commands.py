@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tray.external import OllamaApp, SystemdService, systemd_unit_from_cgroup
-from tray.hosts import parse_ollama_host
+from tray.settings.hosts import parse_ollama_host
 from tray.processes import (
     CREATE_NEW_PROCESS_GROUP,
     CREATE_NO_WINDOW,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tray.config import ConfigError, load_table
-from tray.server_settings import (
+from tray.settings.config import ConfigError, load_table
+from tray.settings.server import (
     OllamaServerSettings,
     customizes_server,
     expand_home,

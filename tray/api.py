@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tray.config import Config, load_config
+from tray.settings.config import Config, load_config
 from tray.core.health import classify
 from tray.history import History
 from tray.monitor import Monitor

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tray import __version__
-from tray.config import Config, ConfigError, load_config
+from tray.settings.config import Config, ConfigError, load_config
 from tray.history import History
 from tray.instance import AlreadyRunning, SingleInstance
 from tray.logs import setup_logging

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from tray.autostart import Autostart
-from tray.config import Config
+from tray.settings.config import Config
 from tray.history import Event, History
 from tray.monitor import Monitor
 from tray.notify import Notifier
 from tray.paths import AppPaths
-from tray.settings_store import set_config_value
+from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
 

@@ -317,7 +317,7 @@ def gather_facts(
     ``config_path`` is the ``--config`` option (default: the usual settings file).
     """
     from tray.autostart import launch_command
-    from tray.config import ConfigError, config_file_path, load_config
+    from tray.settings.config import ConfigError, config_file_path, load_config
 
     env = os.environ if env is None else env
     paths = AppPaths.default()

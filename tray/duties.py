@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tray.config import Config
+from tray.settings.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tray.config import Config
+from tray.settings.config import Config
 from tray.history import History
 from tray.models import builder
 from tray.models.errors import ModelError

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from tray.config import Config
+from tray.settings.config import Config
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from tray.errors import SupervisorError
-from tray.hosts import DEFAULT_PORT, OllamaHost
+from tray.settings.hosts import DEFAULT_PORT, OllamaHost
 
 log = logging.getLogger(__name__)
 

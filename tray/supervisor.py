@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from tray.atomic import write_atomically
-from tray.config import Config
+from tray.settings.config import Config
 from tray.errors import SupervisorError
 from tray.external import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.history import History
@@ -53,7 +53,7 @@ from tray.processes import (
     spawn,
     terminate,
 )
-from tray.server_settings import customizes_server, server_env
+from tray.settings.server import customizes_server, server_env
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
-from tray.setting_meta import setting
+from tray.settings.meta import setting
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

@@ -36,7 +36,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from tray.config import Config
+from tray.settings.config import Config
 from tray.dashboard.metrics import ManagerMetrics
 from tray.dashboard.settings_form import APPLIED_NOW, ApplyPlan, SettingsService, patched_config
 from tray.dashboard.stream import Message, StreamHub, sse_frames

@@ -1,6 +1,6 @@
 """The settings page's model: every key with its value, help and validation, and saving.
 
-Validation is the config loader's own (:mod:`tray.config`): each value goes
+Validation is the config loader's own (:mod:`tray.settings.config`): each value goes
 through the converter ``load_config`` uses, then the whole file with the
 changes must load, so a section's cross-checks run too. Saving edits the
 TOML document in place (the user's comments and layout stay) and replaces
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 
-from tray.settings_store import set_config_values
-from tray.config import (
+from tray.settings.store import set_config_values
+from tray.settings.config import (
     ENV_PREFIX,
     Config,
     ConfigError,

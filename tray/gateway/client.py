@@ -419,7 +419,7 @@ def default_client() -> LocalFirstChat:
     global _default
     with _default_lock:
         if _default is None:
-            from tray.config import load_config
+            from tray.settings.config import load_config
 
             _default = LocalFirstChat.from_config(load_config())
         return _default

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tray.setting_meta import setting
+from tray.settings.meta import setting
 
 PROVIDERS = ("openai", "ollama")
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "ollama": "https://ollama.com"}

@@ -14,7 +14,7 @@ from typing import Any
 import tomlkit
 
 from tray.atomic import write_atomically
-from tray.config import ConfigError
+from tray.settings.config import ConfigError
 
 NEW_FILE_MODE = 0o644
 

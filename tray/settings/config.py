@@ -21,10 +21,10 @@ from typing import Any
 from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.gateway.settings import CloudSettings, GatewaySettings
-from tray.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
+from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.paths import AppPaths
-from tray.server_settings import OllamaServerSettings
-from tray.setting_meta import setting
+from tray.settings.server import OllamaServerSettings
+from tray.settings.meta import setting
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"

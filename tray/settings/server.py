@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from tray.hosts import parse_ollama_host
-from tray.setting_meta import setting
+from tray.settings.hosts import parse_ollama_host
+from tray.settings.meta import setting
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 CPU_ONLY = "cpu"
