@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tray.resources import ResourceSampler
+from tray.system.resources import ResourceSampler
 
 CHILD = "import time; time.sleep(3600)"
 PARENT = f"""

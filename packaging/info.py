@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tray.autostart import (
+from tray.system.autostart import (
     APP_DISPLAY_NAME,
     COMMENT,
     DEFAULT_ICON,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tray import autostart as autostart_module
-from tray.autostart import (
+from tray.system import autostart as autostart_module
+from tray.system.autostart import (
     Autostart,
     LaunchAgentAutostart,
     RegistryRunAutostart,

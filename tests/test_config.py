@@ -2,7 +2,7 @@
 import pytest
 
 from tray.settings.config import Config, ConfigError, load_config
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 
 
 @pytest.fixture

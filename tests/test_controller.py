@@ -3,7 +3,7 @@ from pathlib import Path
 from tray.settings.config import load_config
 from tray.controller import MonitorController, notify_events, ollama_log_locations
 from tray.history import History
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 
 
 class RecordingNotifier:

@@ -30,8 +30,8 @@ from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_con
 from tray.dashboard.stream import StreamHub, sse_frames
 from tray.dashboard.views import action_views, bucket_samples, gateway_view, history_view, status_view
 from tray.history import Event, History
-from tray.paths import AppPaths
-from tray.resources import GpuStats, ResourceSample
+from tray.system.paths import AppPaths
+from tray.system.resources import GpuStats, ResourceSample
 from tray.settings.server import OllamaServerSettings
 from tray.settings.meta import setting
 from tray.status_server import build_app

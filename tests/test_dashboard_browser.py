@@ -27,7 +27,7 @@ from standin.harness import StandinEnv, free_port, same_process
 from tests.manager import wait_until
 from tray.settings.config import Config
 from tray.dashboard import dashboard_command
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -57,7 +57,7 @@ from tray.settings.config import load_config
 from tray.dashboard import Dashboard, mount_dashboard
 from tray.history import History
 from tray.monitor import Monitor
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 from tray.status_server import build_app, load_or_create_token, write_monitor_file
 from tray.supervisor import Supervisor
 

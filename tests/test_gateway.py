@@ -32,7 +32,7 @@ from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
 from tray.settings.hosts import parse_ollama_host
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 
 KEY = "sk-standin-0123456789"
 KEY_ENV = "STANDIN_CLOUD_KEY"

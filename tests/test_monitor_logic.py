@@ -12,10 +12,10 @@ from tray.core.health import Failure, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.history import History
 from tray.settings.hosts import parse_ollama_host
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 from tray.monitor import RECHECK_SECONDS, Monitor
 from tray.ollama_api import LoadedModel
-from tray.processes import ProcessRef
+from tray.system.processes import ProcessRef
 from tray.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")

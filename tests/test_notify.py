@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import tray.notify as notify
-from tray.notify import (
+import tray.system.notify as notify
+from tray.system.notify import (
     APP_NAME,
     Channel,
     NotificationError,
@@ -200,7 +200,7 @@ def test_failures_are_logged_and_never_raised(caplog) -> None:
     def refused(title: str, message: str) -> None:
         raise NotificationError("notify-send exited with status 1: no server")
 
-    caplog.set_level(logging.WARNING, logger="tray.notify")
+    caplog.set_level(logging.WARNING, logger="tray.system.notify")
     notifier = Notifier(channels=[Channel("plyer", broken), Channel("notify-send", refused)], clock=Clock())
     assert notifier.notify("Ollama down", "Not responding") is False
     assert [r.getMessage() for r in caplog.records] == [
@@ -312,7 +312,7 @@ def test_when_plyer_fails_the_dbus_fallback_delivers(
         raise NotImplementedError("No usable implementation found!")
 
     monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
-    caplog.set_level(logging.DEBUG, logger="tray.notify")
+    caplog.set_level(logging.DEBUG, logger="tray.system.notify")
     notifier = Notifier()  # the real per-OS channels
     assert notifier.notify("Ollama memory high", "Ollama is using 7.2 GB of memory (limit 6 GB)") is True
     (body,) = notification_server.notifications(1)
@@ -360,7 +360,7 @@ def _plyer_can_notify_here() -> bool:
 )
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux D-Bus session test")
 def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServer, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="tray.notify")
+    caplog.set_level(logging.DEBUG, logger="tray.system.notify")
     assert Notifier().notify("Ollama healthy", "Ollama is healthy again") is True
     (body,) = notification_server.notifications(1)
     assert (body[0], body[3], body[4]) == (APP_NAME, "Ollama healthy", "Ollama is healthy again")

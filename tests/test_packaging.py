@@ -21,7 +21,7 @@ from types import ModuleType, SimpleNamespace
 import pytest
 from PIL import Image
 
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
@@ -126,7 +126,7 @@ def test_info_plist_and_entitlements_survive_plist_serialisation():
 
 
 def test_bundle_identifier_matches_the_launch_agent_label():
-    from tray.autostart import LAUNCH_AGENT_LABEL
+    from tray.system.autostart import LAUNCH_AGENT_LABEL
 
     assert info.BUNDLE_IDENTIFIER == LAUNCH_AGENT_LABEL
 

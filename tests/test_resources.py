@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from tray.resources import (
+from tray.system.resources import (
     GpuStats,
     NvmlGateway,
     ResourceSampler,
@@ -189,7 +189,7 @@ def test_access_denied_is_not_an_error(spawn_tree, monkeypatch: pytest.MonkeyPat
 
     # The platform layer, below psutil's oneshot() cache: as when reading another user's process.
     monkeypatch.setattr(psutil._psplatform.Process, "memory_info", denied)
-    caplog.set_level(logging.WARNING, logger="tray.resources")
+    caplog.set_level(logging.WARNING, logger="tray.system.resources")
     sampler = sampler_without_gpu()
     first = sampler.sample(tree.process.pid)
     sampler.sample(tree.process.pid)
@@ -249,7 +249,7 @@ def test_the_real_nvml_without_a_driver_means_no_gpu() -> None:
 
 def test_nvml_init_failure_is_logged_once_and_not_retried(caplog) -> None:
     library = NoNvml()
-    caplog.set_level(logging.DEBUG, logger="tray.resources")
+    caplog.set_level(logging.DEBUG, logger="tray.system.resources")
     sampler = ResourceSampler(None, nvml=NvmlGateway(library=library))
     samples = [sampler.sample(None) for _ in range(3)]
     assert [s.gpu_available for s in samples] == [False, False, False]
@@ -329,7 +329,7 @@ def test_gpu_stats_and_per_process_memory_of_the_tree(spawn_tree, caplog) -> Non
             1: [SimpleNamespace(pid=runner, usedGpuMemory=6000 * MIB)],  # the same context, listed twice
         }
     )
-    caplog.set_level(logging.DEBUG, logger="tray.resources")
+    caplog.set_level(logging.DEBUG, logger="tray.system.resources")
     sampler = ResourceSampler(None, nvml=NvmlGateway(library=library))
     sample = sampler.sample(tree.process.pid)
     sampler.sample(tree.process.pid)

@@ -8,7 +8,7 @@ import pytest
 
 from standin.harness import StandinEnv
 from tests.manager import wait_until
-from tray.resources import ResourceSampler
+from tray.system.resources import ResourceSampler
 
 pytestmark = pytest.mark.slow
 

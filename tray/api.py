@@ -17,7 +17,7 @@ from tray.settings.config import Config, load_config
 from tray.core.health import classify
 from tray.history import History
 from tray.monitor import Monitor
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 from tray.supervisor import Supervisor, SupervisorError
 
 

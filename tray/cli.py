@@ -22,16 +22,16 @@ import httpx
 from tray import __version__
 from tray.settings.config import Config, ConfigError, load_config
 from tray.history import History
-from tray.instance import AlreadyRunning, SingleInstance
-from tray.logs import setup_logging
+from tray.system.instance import AlreadyRunning, SingleInstance
+from tray.system.logs import setup_logging
 from tray.controller import notify_events
 from tray.monitor import Monitor
-from tray.notify import Notifier
-from tray.paths import AppPaths
+from tray.system.notify import Notifier
+from tray.system.paths import AppPaths
 from tray.supervisor import Supervisor, SupervisorError
 
 if TYPE_CHECKING:
-    from tray.autostart import Autostart
+    from tray.system.autostart import Autostart
     from tray.ui.app import TrayApp
     from tray.ui.backend import TrayChoice
 
@@ -355,7 +355,7 @@ def cmd_monitor(ctx: Context) -> int:
 
 def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
-    from tray.autostart import autostart_for
+    from tray.system.autostart import autostart_for
     from tray.controller import MonitorController
     from tray.ui.app import TrayApp
     from tray.ui.backend import backend_for, choose_tray, no_tray_message
@@ -428,7 +428,7 @@ def follow_tray_hosts(choice: TrayChoice, app: TrayApp, gave_up: list[str], wait
 def autostart_action(action: str, autostart: Autostart) -> str:
     """Run ``enable``, ``disable`` or ``status`` on ``autostart``; the line to print.
 
-    The same :class:`~tray.autostart.Autostart` the tray's "Start at login"
+    The same :class:`~tray.system.autostart.Autostart` the tray's "Start at login"
     item uses. A file or registry error becomes a one-line CliError.
     """
     where = autostart.describe()
@@ -448,7 +448,7 @@ def autostart_action(action: str, autostart: Autostart) -> str:
 
 
 def cmd_autostart(args: argparse.Namespace) -> int:
-    from tray.autostart import autostart_for
+    from tray.system.autostart import autostart_for
 
     print(autostart_action(args.autostart_action, autostart_for()))
     return 0

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tray.autostart import Autostart
+from tray.system.autostart import Autostart
 from tray.settings.config import Config
 from tray.history import Event, History
 from tray.monitor import Monitor
-from tray.notify import Notifier
-from tray.paths import AppPaths
+from tray.system.notify import Notifier
+from tray.system.paths import AppPaths
 from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)

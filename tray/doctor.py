@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TextIO
 
 from tray import __version__
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 from tray.ui.backend import TrayBackend, TrayChoice, choose_tray, xembed_backend
 
 Line = tuple[str, str]
@@ -239,7 +239,7 @@ def available_fallbacks(
     which: Callable[[str], str | None] = shutil.which,
     jeepney_present: bool = False,
 ) -> list[str]:
-    """The notification fallbacks of :mod:`tray.notify` that could run here."""
+    """The notification fallbacks of :mod:`tray.system.notify` that could run here."""
     if platform == "darwin":
         candidates = ["osascript"]
     elif platform == "win32":
@@ -301,7 +301,7 @@ def bundled_file(relative: str) -> Path | None:
 
 def probe_ollama(configured: str = "", env: Mapping[str, str] | None = None) -> Probe:
     """Find the ollama executable the way the supervisor does."""
-    from tray.processes import OllamaNotInstalled, find_ollama_binary
+    from tray.system.processes import OllamaNotInstalled, find_ollama_binary
 
     try:
         return Probe(loaded=str(find_ollama_binary(configured, env)))
@@ -316,7 +316,7 @@ def gather_facts(
 
     ``config_path`` is the ``--config`` option (default: the usual settings file).
     """
-    from tray.autostart import launch_command
+    from tray.system.autostart import launch_command
     from tray.settings.config import ConfigError, config_file_path, load_config
 
     env = os.environ if env is None else env

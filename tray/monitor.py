@@ -44,13 +44,13 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
-from tray.external import OllamaApp, SystemdService, app_running, systemd_active_state
+from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.duties import DaemonDuties, OomEffects
 from tray.history import History
 from tray.model_keeper import JOBS as MODEL_JOBS
 from tray.model_keeper import ModelKeeper
-from tray.processes import ProcessRef, cpu_seconds
-from tray.resources import ResourceSample, ResourceSampler
+from tray.system.processes import ProcessRef, cpu_seconds
+from tray.system.resources import ResourceSample, ResourceSampler
 from tray.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger(__name__)

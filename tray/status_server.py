@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tray.atomic import write_atomically
+from tray.system.atomic import write_atomically
 from tray.history import History
 from tray.monitor import ACTIONS, Monitor
 

@@ -7,7 +7,7 @@ its own thread and the CLI calls them directly when no monitor runs.
 Errors, as a tree::
 
     SupervisorError
-    ├── OllamaNotInstalled      (tray.processes; never retried)
+    ├── OllamaNotInstalled      (tray.system.processes; never retried)
     ├── PortInUse               another program holds the port; never retried, never killed
     ├── StartFailed             exited at once or did not answer in time; retried with backoff
     └── NotPermitted            another supervisor owns Ollama and refused us; the message says
@@ -29,15 +29,15 @@ from pathlib import Path
 
 import psutil
 
-from tray.atomic import write_atomically
+from tray.system.atomic import write_atomically
 from tray.settings.config import Config
 from tray.errors import SupervisorError
-from tray.external import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
+from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.history import History
 from tray.models.store import default_models_dir
 from tray.ollama_api import OllamaClient
-from tray.paths import AppPaths
-from tray.processes import (
+from tray.system.paths import AppPaths
+from tray.system.processes import (
     OllamaNotInstalled,
     ProcessRef,
     StopOutcome,

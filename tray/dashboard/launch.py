@@ -14,7 +14,7 @@ import webbrowser
 from collections.abc import Callable
 from typing import TextIO
 
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 
 PROG = "ollama-manager"
 

@@ -99,7 +99,7 @@ def build_gateway(config: Any, **kwargs: Any) -> Gateway:
 def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: threading.Event | None = None) -> int:
     """Run the gateway in the foreground until SIGINT/SIGTERM (or ``stop`` is set); the exit status."""
     from tray.history import History
-    from tray.notify import Notifier
+    from tray.system.notify import Notifier
 
     settings = gateway_settings(config)
     port = args.port if getattr(args, "port", None) is not None else settings.port

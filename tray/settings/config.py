@@ -22,7 +22,7 @@ from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
-from tray.paths import AppPaths
+from tray.system.paths import AppPaths
 from tray.settings.server import OllamaServerSettings
 from tray.settings.meta import setting
 

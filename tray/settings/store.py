@@ -13,7 +13,7 @@ from typing import Any
 
 import tomlkit
 
-from tray.atomic import write_atomically
+from tray.system.atomic import write_atomically
 from tray.settings.config import ConfigError
 
 NEW_FILE_MODE = 0o644

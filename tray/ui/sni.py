@@ -46,7 +46,7 @@ from jeepney import (
 from jeepney.io.threading import DBusConnection, ReceiveStopped, open_dbus_connection
 from PIL import Image
 
-from tray.autostart import APP_DISPLAY_NAME
+from tray.system.autostart import APP_DISPLAY_NAME
 from tray.ui.dbusmenu import LAYOUT_SIGNATURE, Layout, MenuIds, build_layout, layout_change
 from tray.ui.menu import MenuEntry
 

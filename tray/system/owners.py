@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from tray.processes import ProcessRef
+from tray.system.processes import ProcessRef
 
 
 @dataclass(frozen=True)
