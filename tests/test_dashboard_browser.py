@@ -56,10 +56,10 @@ import uvicorn
 from tray.settings.config import load_config
 from tray.dashboard import Dashboard, mount_dashboard
 from tray.history import History
-from tray.monitor import Monitor
+from tray.service.monitor import Monitor
 from tray.system.paths import AppPaths
 from tray.status_server import build_app, load_or_create_token, write_monitor_file
-from tray.supervisor import Supervisor
+from tray.service.supervisor import Supervisor
 
 paths = AppPaths.default()
 config = load_config(sys.argv[1], paths=paths)

@@ -13,10 +13,10 @@ from tray.core.restart import RestartPolicy
 from tray.history import History
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
-from tray.monitor import RECHECK_SECONDS, Monitor
+from tray.service.monitor import RECHECK_SECONDS, Monitor
 from tray.ollama_api import LoadedModel
 from tray.system.processes import ProcessRef
-from tray.supervisor import PortInUse, StartFailed, StartOutcome
+from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
 REFUSED = ProbeResult(False, 0.0, "api", Failure.REFUSED, "connection refused")

@@ -16,9 +16,9 @@ from typing import Any
 from tray.settings.config import Config, load_config
 from tray.core.health import classify
 from tray.history import History
-from tray.monitor import Monitor
+from tray.service.monitor import Monitor
 from tray.system.paths import AppPaths
-from tray.supervisor import Supervisor, SupervisorError
+from tray.service.supervisor import Supervisor, SupervisorError
 
 
 def _supervisor(config: Config | None) -> Supervisor:

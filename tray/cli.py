@@ -25,10 +25,10 @@ from tray.history import History
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.controller import notify_events
-from tray.monitor import Monitor
+from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
-from tray.supervisor import Supervisor, SupervisorError
+from tray.service.supervisor import Supervisor, SupervisorError
 
 if TYPE_CHECKING:
     from tray.system.autostart import Autostart

@@ -13,7 +13,7 @@ from typing import Any
 from tray.system.autostart import Autostart
 from tray.settings.config import Config
 from tray.history import Event, History
-from tray.monitor import Monitor
+from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
 from tray.settings.store import set_config_value

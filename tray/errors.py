@@ -1,4 +1,4 @@
-"""The root of the supervision errors (the tree is drawn in :mod:`tray.supervisor`)."""
+"""The root of the supervision errors (the tree is drawn in :mod:`tray.service.supervisor`)."""
 
 
 class SupervisorError(Exception):

@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 
 from tray.system.atomic import write_atomically
 from tray.history import History
-from tray.monitor import ACTIONS, Monitor
+from tray.service.monitor import ACTIONS, Monitor
 
 log = logging.getLogger(__name__)
 

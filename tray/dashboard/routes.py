@@ -59,7 +59,7 @@ MAX_SETTINGS_BODY = 64 * 1024
 
 
 class MonitorLike(Protocol):
-    """What the dashboard needs from :class:`tray.monitor.Monitor`."""
+    """What the dashboard needs from :class:`tray.service.monitor.Monitor`."""
 
     config: Config
 

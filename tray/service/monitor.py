@@ -6,7 +6,7 @@ where :func:`~tray.core.health.choose_inference_probe` allows it. It measures
 what Ollama is busy with (the gateway's requests, the runners' CPU time, a
 probe left waiting), lets :mod:`tray.core.health` classify it, asks the
 restart policy what to do, carries it out through the
-:class:`~tray.supervisor.Supervisor`, and publishes a status dict to
+:class:`~tray.service.supervisor.Supervisor`, and publishes a status dict to
 subscribers (tray, notifications, status API).
 Other threads never touch processes: they queue an action with
 :meth:`Monitor.request` and get a Future back.
@@ -45,13 +45,13 @@ from tray.core.health import (
 )
 from tray.core.restart import RestartPolicy, Verdict
 from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
-from tray.duties import DaemonDuties, OomEffects
+from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import History
 from tray.model_keeper import JOBS as MODEL_JOBS
 from tray.model_keeper import ModelKeeper
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.supervisor import Supervisor, SupervisorError
+from tray.service.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger(__name__)
 

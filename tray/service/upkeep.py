@@ -28,7 +28,7 @@ from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
     from tray.model_keeper import ModelKeeper
-    from tray.supervisor import Supervisor
+    from tray.service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
