@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tray.models.integrity import sha256_file, verify_model
 from tray.models.store import MEDIA_MODEL
-from tray.progress import ProgressEvent
+from tray.models.progress import ProgressEvent
 
 MB = 1000 * 1000
 

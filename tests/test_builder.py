@@ -54,7 +54,7 @@ from tray.models.store import (
     parse_model_name,
     read_manifest,
 )
-from tray.progress import (
+from tray.models.progress import (
     PlainLineState,
     ProgressEvent,
     ProgressRenderer,

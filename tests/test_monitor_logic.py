@@ -14,7 +14,7 @@ from tray.history import History
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 from tray.service.monitor import RECHECK_SECONDS, Monitor
-from tray.ollama_api import LoadedModel
+from tray.ollama.client import LoadedModel
 from tray.system.processes import ProcessRef
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 

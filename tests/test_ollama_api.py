@@ -9,7 +9,7 @@ import threading
 import httpx
 
 from tray.core.health import Failure
-from tray.ollama_api import OllamaClient
+from tray.ollama.client import OllamaClient
 
 
 def recording_client(answers: dict[str, httpx.Response]) -> tuple[OllamaClient, list[httpx.Request]]:

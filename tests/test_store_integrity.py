@@ -32,7 +32,7 @@ from tray.models.store import (
     referenced_digests,
     scan_blobs,
 )
-from tray.progress import ProgressEvent
+from tray.models.progress import ProgressEvent
 
 MEDIA_SYSTEM = "application/vnd.ollama.image.system"
 MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"

@@ -26,7 +26,7 @@ from tray.models.builder import (
 )
 from tray.models.errors import ModelError
 from tray.models.store import list_models, parse_model_name
-from tray.progress import ProgressRenderer, human_bytes
+from tray.models.progress import ProgressRenderer, human_bytes
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -32,7 +32,7 @@ from tray.models.store import (
     read_manifest,
     short_digest,
 )
-from tray.progress import ProgressCallback, ProgressEvent, human_bytes
+from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
 
 CHUNK_SIZE = 1024 * 1024  # fits in L2 cache: measurably faster than 4 MiB with hashlib
 PROGRESS_MIN_SIZE = 32 * 1024 * 1024  # smaller files hash too fast to be worth a progress line

@@ -47,8 +47,8 @@ from tray.core.restart import RestartPolicy, Verdict
 from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import History
-from tray.model_keeper import JOBS as MODEL_JOBS
-from tray.model_keeper import ModelKeeper
+from tray.models.keeper import JOBS as MODEL_JOBS
+from tray.models.keeper import ModelKeeper
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
 from tray.service.supervisor import Supervisor, SupervisorError

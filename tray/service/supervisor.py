@@ -35,7 +35,7 @@ from tray.errors import SupervisorError
 from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.history import History
 from tray.models.store import default_models_dir
-from tray.ollama_api import OllamaClient
+from tray.ollama.client import OllamaClient
 from tray.system.paths import AppPaths
 from tray.system.processes import (
     OllamaNotInstalled,

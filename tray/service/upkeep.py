@@ -27,7 +27,7 @@ from tray.models.modelfile import load_modelfile
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
-    from tray.model_keeper import ModelKeeper
+    from tray.models.keeper import ModelKeeper
     from tray.service.supervisor import Supervisor
 
 log = logging.getLogger(__name__)

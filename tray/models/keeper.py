@@ -21,7 +21,7 @@ from tray.settings.config import Config
 from tray.history import History
 from tray.models import builder
 from tray.models.errors import ModelError
-from tray.progress import ProgressEvent
+from tray.models.progress import ProgressEvent
 
 log = logging.getLogger(__name__)
 
