@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from tray.settings.config import load_config
-from tray.controller import MonitorController, notify_events, ollama_log_locations
+from tray.ui.controller import MonitorController, notify_events, ollama_log_locations
 from tray.history import History
 from tray.system.paths import AppPaths
 

@@ -34,7 +34,7 @@ from tray.system.paths import AppPaths
 from tray.system.resources import GpuStats, ResourceSample
 from tray.settings.server import OllamaServerSettings
 from tray.settings.meta import setting
-from tray.status_server import build_app
+from tray.web.status_api import build_app
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -58,7 +58,7 @@ from tray.dashboard import Dashboard, mount_dashboard
 from tray.history import History
 from tray.service.monitor import Monitor
 from tray.system.paths import AppPaths
-from tray.status_server import build_app, load_or_create_token, write_monitor_file
+from tray.web.status_api import build_app, load_or_create_token, write_monitor_file
 from tray.service.supervisor import Supervisor
 
 paths = AppPaths.default()

@@ -24,7 +24,7 @@ from tray.settings.config import Config, ConfigError, load_config
 from tray.history import History
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
-from tray.controller import notify_events
+from tray.ui.controller import notify_events
 from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
@@ -356,7 +356,7 @@ def cmd_monitor(ctx: Context) -> int:
 def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
     from tray.system.autostart import autostart_for
-    from tray.controller import MonitorController
+    from tray.ui.controller import MonitorController
     from tray.ui.app import TrayApp
     from tray.ui.backend import backend_for, choose_tray, no_tray_message
     from tray.ui.sni import StatusNotifierError
@@ -465,7 +465,7 @@ class running_services:
     def __enter__(self) -> "running_services":
         from tray.dashboard import Dashboard
         from tray.gateway.commands import start_gateway_in_monitor
-        from tray.status_server import StatusServer, load_or_create_token, write_monitor_file
+        from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
 
         paths = self.ctx.paths
         self.instance.acquire()
