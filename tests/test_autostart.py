@@ -342,7 +342,8 @@ def test_autostart_command_round_trip_on_every_os(platform: str, tmp_path: Path)
 
 
 def test_autostart_command_failure_is_one_line(tmp_path: Path) -> None:
-    from tray.cli import CliError, autostart_action
+    from tray.cli import autostart_action
+    from tray.errors import CliError
 
     (tmp_path / ".config").write_text("a file where the config folder belongs")
     autostart = make_autostart("linux", tmp_path, FakeRegistry())

@@ -56,7 +56,7 @@ def ensure_model_loaded(model_name: str | None = None, config: Config | None = N
     Starts Ollama first when it is not running; pulls the base model when it
     is not local; confirms the model is listed and answers a test inference.
     """
-    from tray.cli import install_default_modelfile
+    from tray.models.defaults import install_default_modelfile
     from tray.models.builder import ensure_model_loaded as ensure
     from tray.models.errors import ModelError
 
@@ -112,7 +112,7 @@ def auto_restart(config: Config | None = None, reason: str = "api") -> bool:
 
 def get_status(config: Config | None = None) -> dict[str, Any]:
     """The design notes' status fields (and a few more), from the running monitor or one probe."""
-    from tray.cli import MonitorLink
+    from tray.web.link import MonitorLink
 
     paths = AppPaths.default()
     status = MonitorLink(paths).status()

@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from tray import __version__
+from tray.errors import CliError
+from tray.models.defaults import install_default_modelfile
+from tray.web.link import MonitorLink
 from tray.settings.config import Config, ConfigError, load_config
 from tray.history import History
 from tray.system.instance import AlreadyRunning, SingleInstance
@@ -38,72 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tray.cli")
 
 PROG = "ollama-manager"
-
-
-class CliError(Exception):
-    """A failure to show as one line."""
-
-
-# --------------------------------------------------------------------------- a running monitor
-
-
-class MonitorLink:
-    """Talks to the status API of a monitor (or tray) that is already running."""
-
-    def __init__(self, paths: AppPaths) -> None:
-        self.paths = paths
-
-    def address(self) -> str | None:
-        try:
-            info = json.loads(self.paths.monitor_file.read_text())
-            pid, port = int(info["pid"]), int(info["port"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not _pid_alive(pid):
-            return None
-        return f"http://127.0.0.1:{port}"
-
-    def status(self) -> dict[str, Any] | None:
-        base = self.address()
-        if base is None:
-            return None
-        try:
-            response = httpx.get(f"{base}/api/status", timeout=5, trust_env=False)
-            response.raise_for_status()
-            return dict(response.json())
-        except (httpx.HTTPError, ValueError):
-            return None
-
-    def action(self, name: str) -> str | None:
-        """Run an action in the monitor; None when no monitor answers."""
-        base = self.address()
-        if base is None:
-            return None
-        try:
-            token = self.paths.api_token.read_text().strip()
-        except OSError:
-            raise CliError(f"cannot read the manager's token at {self.paths.api_token}") from None
-        try:
-            response = httpx.post(
-                f"{base}/api/actions/{name}",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=180,
-                trust_env=False,
-            )
-        except httpx.ConnectError:
-            return None
-        except httpx.HTTPError as exc:
-            raise CliError(f"the running manager did not answer: {exc}") from None
-        body = response.json()
-        if not body.get("ok"):
-            raise CliError(body.get("error") or f"the running manager answered {response.status_code}")
-        return str(body["message"])
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    return psutil.pid_exists(pid)
 
 
 # --------------------------------------------------------------------------- commands
@@ -249,20 +184,6 @@ def _duration(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h {minutes}m" if hours else (f"{minutes}m {secs}s" if minutes else f"{secs}s")
-
-
-def install_default_modelfile(config: Config, paths: AppPaths) -> None:
-    """First run: copy the shipped uncensored.Modelfile to the config dir, where the user edits it."""
-    from importlib.resources import files
-
-    target = config.modelfile_path
-    if target.exists() or target != paths.config_dir / "uncensored.Modelfile":
-        return
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(files("tray").joinpath("data/uncensored.Modelfile").read_bytes())
-    except OSError as exc:
-        log.warning("could not install the default Modelfile at %s: %s", target, exc)
 
 
 def cmd_model(ctx: Context) -> int:

@@ -38,7 +38,7 @@ def dashboard_url(base: str, token: str | None, page: str = "/") -> str:
 
 def running_dashboard_url(paths: AppPaths) -> str:
     """The dashboard of the monitor or tray running for this user; DashboardUnavailable otherwise."""
-    from tray.cli import MonitorLink  # the CLI imports this module when the command runs
+    from tray.web.link import MonitorLink
 
     base = MonitorLink(paths).address()
     if base is None:

@@ -66,7 +66,7 @@ def monitor_check(paths: Any) -> Callable[[str], None]:
     """
 
     def check(why: str) -> None:
-        from tray.cli import MonitorLink
+        from tray.web.link import MonitorLink
 
         message = MonitorLink(paths).action("check")
         if message is None:
@@ -81,7 +81,7 @@ def monitor_status(paths: Any) -> Callable[[], dict[str, Any] | None]:
     """A running monitor's status (health, loaded models, busy), None when no monitor answers."""
 
     def status() -> dict[str, Any] | None:
-        from tray.cli import MonitorLink
+        from tray.web.link import MonitorLink
 
         return MonitorLink(paths).status()
 

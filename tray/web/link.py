@@ -1,0 +1,70 @@
+"""Finding and calling the status API of a monitor (or tray) that is already running."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from tray.errors import CliError
+from tray.system.paths import AppPaths
+
+
+class MonitorLink:
+    """Talks to the status API of a monitor (or tray) that is already running."""
+
+    def __init__(self, paths: AppPaths) -> None:
+        self.paths = paths
+
+    def address(self) -> str | None:
+        try:
+            info = json.loads(self.paths.monitor_file.read_text())
+            pid, port = int(info["pid"]), int(info["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        return f"http://127.0.0.1:{port}"
+
+    def status(self) -> dict[str, Any] | None:
+        base = self.address()
+        if base is None:
+            return None
+        try:
+            response = httpx.get(f"{base}/api/status", timeout=5, trust_env=False)
+            response.raise_for_status()
+            return dict(response.json())
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def action(self, name: str) -> str | None:
+        """Run an action in the monitor; None when no monitor answers."""
+        base = self.address()
+        if base is None:
+            return None
+        try:
+            token = self.paths.api_token.read_text().strip()
+        except OSError:
+            raise CliError(f"cannot read the manager's token at {self.paths.api_token}") from None
+        try:
+            response = httpx.post(
+                f"{base}/api/actions/{name}",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=180,
+                trust_env=False,
+            )
+        except httpx.ConnectError:
+            return None
+        except httpx.HTTPError as exc:
+            raise CliError(f"the running manager did not answer: {exc}") from None
+        body = response.json()
+        if not body.get("ok"):
+            raise CliError(body.get("error") or f"the running manager answered {response.status_code}")
+        return str(body["message"])
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid)
