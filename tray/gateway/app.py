@@ -109,7 +109,7 @@ from tray.gateway.cloud import (
 )
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
-from tray.web.status_api import LoopbackOnly, host_allowed
+from tray.web.loopback import LoopbackOnly, host_allowed
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def same_address(local_url: str, port: int) -> bool:
     """Would the gateway on ``port`` forward to itself?"""
     from urllib.parse import urlsplit
 
-    from tray.web.status_api import host_allowed
+    from tray.web.loopback import host_allowed
 
     parts = urlsplit(local_url)
     return parts.port == port and host_allowed(parts.netloc)
