@@ -1,7 +1,8 @@
 from pathlib import Path
 
 from tray.settings.config import load_config
-from tray.ui.controller import MonitorController, notify_events, ollama_log_locations
+from tray.service.notices import notify_events
+from tray.ui.controller import MonitorController, ollama_log_locations
 from tray.history import History
 from tray.system.paths import AppPaths
 

@@ -25,7 +25,7 @@ from tray.settings.config import Config, ConfigError, load_config
 from tray.history import History
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
-from tray.ui.controller import notify_events
+from tray.service.notices import notify_events
 from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths

@@ -12,41 +12,13 @@ from typing import Any
 
 from tray.system.autostart import Autostart
 from tray.settings.config import Config
-from tray.history import Event, History
+from tray.history import History
 from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
 from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
-
-# Events worth a desktop notification, with their title.
-NOTIFY_EVENTS = {
-    "crash": "Ollama crashed",
-    "unexpected_restart": "Ollama restarted unexpectedly",
-    "gave_up": "Ollama is down",
-    "external": "Ollama is managed elsewhere",
-    "error": "Ollama Manager",
-    "alert": "Ollama alert",
-    "oom": "Ollama memory",
-    "model_missing": "Model missing",
-    "model_corrupt": "Model damaged",
-    "model_repaired": "Model repaired",
-    "model_error": "Model problem",
-}
-
-
-def notify_events(history: History, notifier: Notifier) -> None:
-    """Turn the events worth it into desktop notifications (rate-limited per kind by the notifier)."""
-
-    def on_event(event: Event) -> None:
-        title = NOTIFY_EVENTS.get(event.kind)
-        if title is not None:
-            key = event.kind + ":" + str((event.data or {}).get("kind", ""))
-            notifier.notify(title, event.message, key=key)
-
-    history.subscribe(on_event)
-
 
 def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
     """The app's log folder, then where Ollama's own server log lives on this OS."""
