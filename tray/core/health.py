@@ -24,6 +24,7 @@ when it may be sent.
 | HTTP layer times out, more than 3 checks in a row           | down (hung)    | restart, reason "not responding"    |
 | gateway has inference requests in flight                    | busy (gateway) | no inference probe                  |
 | the server's runners used CPU time since the last tick      | busy (runner)  | no inference probe                  |
+| ... only while the gateway's own, now finished, requests ran | not busy       | as when idle                        |
 | inference probe unanswered after ``health_check_timeout``,  | busy (probe)   | probe cancelled at once; not a      |
 | HTTP layer still answering                                  |                | failure                             |
 | busy, no progress for ``stuck_runner_timeout``              | stuck runner   | alert (never a restart on its own)  |
@@ -336,13 +337,15 @@ class BusyTracker:
     last_progress: float | None = None
     frozen_since: float | None = None
     current: Busy | None = None
+    last_observed: float | None = None
 
     def observe(self, now: float, evidence: BusyEvidence) -> Busy | None:
         gateway = evidence.gateway
         cpu_advanced = evidence.runner_cpu.advanced
+        previous, self.last_observed = self.last_observed, now
         if gateway is not None and gateway.requests:
             source: BusySource | None = BusySource.GATEWAY
-        elif cpu_advanced:
+        elif cpu_advanced and not _gateway_work_since(gateway, previous):
             source = BusySource.RUNNER
         elif evidence.probe is InferenceProbe.WAITED:
             source = BusySource.PROBE
@@ -391,3 +394,21 @@ class BusyTracker:
     def reset(self) -> None:
         self.since = self.last_progress = self.frozen_since = None
         self.current = None
+
+
+def _gateway_work_since(gateway: GatewayActivity | None, previous_check: float | None) -> bool:
+    """The gateway's own requests, all finished now, got bytes from Ollama since the previous check.
+
+    The runners' CPU time of that interval is then their work, not someone
+    else's still running: it is no reason to report Ollama busy (which would
+    take the first-byte budget away from the gateway's next request).
+
+    >>> done = GatewayActivity({}, 0, 105.0)
+    >>> _gateway_work_since(done, 100.0), _gateway_work_since(GatewayActivity({}, 0, 95.0), 100.0)
+    (True, False)
+    >>> _gateway_work_since(None, 100.0), _gateway_work_since(done, None)
+    (False, False)
+    """
+    if gateway is None or gateway.requests or gateway.last_progress is None or previous_check is None:
+        return False
+    return gateway.last_progress >= previous_check

@@ -501,6 +501,8 @@ class Gateway:
                 "cloud_calls": usage.cloud_calls,
                 "fallback_ratio": usage.ratio,
                 "ollama_url": self.local_url,
+                # The monitor says Ollama works on someone else's request: streamed requests get no first-byte budget.
+                "ollama_busy": self._server_busy,
             }
 
     # -- the ASGI app
