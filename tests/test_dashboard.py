@@ -23,6 +23,7 @@ from standin.harness import free_port
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from tray.core.status import Status
 from tray import __version__
 from tray.settings.config import load_config
 from tray.dashboard import Dashboard, dashboard_command, dashboard_url, mount_dashboard, open_dashboard
@@ -110,8 +111,8 @@ class FakeMonitor:
         self.subscribers: list[Any] = []
         self.requested: list[str] = []
 
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self.status)
+    def snapshot(self) -> Status:
+        return Status.from_json(self.status)
 
     def subscribe(self, callback: Any) -> Any:
         self.subscribers.append(callback)
@@ -120,7 +121,7 @@ class FakeMonitor:
     def publish(self, **changes: Any) -> None:
         self.status = healthy_status(**changes)
         for callback in list(self.subscribers):
-            callback(dict(self.status))
+            callback(Status.from_json(self.status))
 
     def request(self, action: str) -> concurrent.futures.Future[str]:
         self.requested.append(action)

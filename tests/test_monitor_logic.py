@@ -8,8 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tray.settings.config import Config
-from tray.core.health import Failure, ProbeResult
+from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
+from tray.core.status import BusyStatus, GatewayStatus, MonitorState
 from tray.history import History
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
@@ -133,7 +134,7 @@ def make(probes, paths=None, **config):
     cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
     monitor = Monitor(sup, cfg, History(None), policy=policy, clock=clock)
-    monitor.state = "running"
+    monitor.state = MonitorState.RUNNING
     return monitor, sup, clock
 
 
@@ -149,7 +150,7 @@ def run_ticks(monitor, clock, count):
 def test_healthy_checks_every_interval():
     monitor, sup, clock = make([OK])
     assert monitor.tick() == clock.now + 30
-    assert monitor.snapshot()["health"] == "healthy"
+    assert monitor.snapshot().health is Health.HEALTHY
     assert sup.restarts == []
 
 
@@ -158,7 +159,7 @@ def test_a_dead_server_is_restarted_at_once():
     due = monitor.tick()
     assert sup.restarts == ["down"]
     assert due == clock.now + RECHECK_SECONDS
-    assert monitor.state == "running"
+    assert monitor.state is MonitorState.RUNNING
     assert monitor.policy.attempts == 1
 
 
@@ -166,7 +167,7 @@ def test_more_than_three_consecutive_timeouts_restart():
     monitor, sup, clock = make([TIMEOUT] * 4)
     run_ticks(monitor, clock, 3)
     assert sup.restarts == []
-    assert monitor.snapshot()["health"] == "down"
+    assert monitor.snapshot().health is Health.DOWN
     run_ticks(monitor, clock, 1)
     assert sup.restarts == ["not responding"]
 
@@ -174,7 +175,7 @@ def test_more_than_three_consecutive_timeouts_restart():
 def test_slow_is_unhealthy_and_never_restarted():
     monitor, sup, clock = make([SLOW] * 20)
     run_ticks(monitor, clock, 20)
-    assert monitor.snapshot()["health"] == "unhealthy"
+    assert monitor.snapshot().health is Health.UNHEALTHY
     assert sup.restarts == []
 
 
@@ -182,14 +183,14 @@ def test_crash_loop_gives_up_after_the_attempts_and_waits_long():
     monitor, sup, clock = make([REFUSED] * 50)
     sup.restart_errors = [StartFailed("Ollama exited at once (status 1): boom")] * 10
     due = clock.now
-    while monitor.state != "failed":
+    while monitor.state is not MonitorState.FAILED:
         clock.now = max(clock.now, due)
         due = monitor.tick()
     assert len(sup.restarts) == 3
     assert clock.now - 1000.0 < 10  # 0 s, 1 s, 2.3 s after the first failure
     status = monitor.snapshot()
-    assert status["state"] == "failed" and status["cloud_active"] is True
-    assert status["health"] == "down"
+    assert status.state is MonitorState.FAILED and status.cloud_active is True
+    assert status.health is Health.DOWN
     clock.now = due
     due = monitor.tick()  # one more check confirms it is still down: now the long wait
     assert len(sup.restarts) == 3
@@ -202,9 +203,9 @@ def test_a_foreign_process_on_the_port_is_not_retried_quickly():
     sup.restart_errors = [PortInUse("port 11434 is in use by nginx (pid 9)")]
     due = run_ticks(monitor, clock, 2)
     assert sup.restarts == ["down"]
-    assert monitor.state == "failed"
+    assert monitor.state is MonitorState.FAILED
     assert due >= clock.now + 270
-    assert monitor.snapshot()["last_error"] == "port 11434 is in use by nginx (pid 9)"
+    assert monitor.snapshot().last_error == "port 11434 is in use by nginx (pid 9)"
 
 
 def test_after_a_sleep_the_first_failure_is_rechecked_before_restarting():
@@ -227,7 +228,7 @@ def test_user_stop_sticks():
     sup.client.probes = [REFUSED] * 10
     run_ticks(monitor, clock, 5)
     assert sup.restarts == []
-    assert monitor.snapshot()["state"] == "stopped"
+    assert monitor.snapshot().state is MonitorState.STOPPED
 
 
 def test_started_outside_after_a_user_stop_is_adopted():
@@ -235,13 +236,13 @@ def test_started_outside_after_a_user_stop_is_adopted():
     monitor._run_command("stop")
     sup.client.answering = True
     monitor.tick()
-    assert monitor.state == "running" and not sup.user_stop.is_set()
+    assert monitor.state is MonitorState.RUNNING and not sup.user_stop.is_set()
 
 
 def test_a_crash_of_our_server_is_handled_before_the_next_tick():
     monitor, sup, clock = make([REFUSED])
     monitor._handle_crash(-9)
-    assert monitor.snapshot()["last_error"] == "Ollama exited unexpectedly (status -9)"
+    assert monitor.snapshot().last_error == "Ollama exited unexpectedly (status -9)"
     assert [e.kind for e in monitor.history.events()] == ["crash"]
 
 
@@ -357,15 +358,15 @@ def test_a_stuck_subscriber_never_blocks_the_health_checks():
     seen = []
 
     def stuck(status):
-        seen.append(status["health"])
+        seen.append(status.health)
         release.wait(10)
 
     delivered = threading.Event()
     fresh = []
     unsubscribe = monitor.subscribe(stuck)
-    monitor.subscribe(lambda status: (fresh.append(status["health"]), delivered.set()))
+    monitor.subscribe(lambda status: (fresh.append(status.health), delivered.set()))
     run_ticks(monitor, clock, 5)  # returns although the first subscriber is stuck
-    assert delivered.wait(5) and fresh[-1] == "healthy"
+    assert delivered.wait(5) and fresh[-1] is Health.HEALTHY
     release.set()
     unsubscribe()
 
@@ -404,7 +405,7 @@ class FakeGateway:
         return self.activity
 
     def snapshot(self):
-        return {"cloud_active": False}
+        return GatewayStatus("closed", "", None, False, False, None, None, 0, 0, None, "http://127.0.0.1:11434")
 
     def fallback_usage(self):
         return None
@@ -416,7 +417,7 @@ def test_an_idle_loaded_model_gets_the_inference_probe_without_options():
     assert monitor.inference_count == 1
     assert sup.client.inference_timeouts == [5]  # the probe gives up after health_check_timeout
     status = monitor.snapshot()
-    assert status["health"] == "healthy" and status["busy"] is None
+    assert status.health is Health.HEALTHY and status.busy is None
 
 
 def test_the_probe_never_loads_a_model_that_is_not_loaded():
@@ -425,7 +426,7 @@ def test_the_probe_never_loads_a_model_that_is_not_loaded():
     run_ticks(monitor, clock, 5)
     assert monitor.inference_count == 0
     assert monitor.probe_choice.reason == "the model is not loaded (the probe never loads it)"
-    assert monitor.snapshot()["health"] == "healthy"
+    assert monitor.snapshot().health is Health.HEALTHY
 
 
 def test_a_runner_burning_cpu_is_busy_and_gets_no_probe():
@@ -437,19 +438,19 @@ def test_a_runner_burning_cpu_is_busy_and_gets_no_probe():
         due = monitor.tick()
     status = monitor.snapshot()
     assert monitor.inference_count == 1
-    assert status["health"] == "healthy" and sup.restarts == []
-    assert status["busy"] == {
-        "model": "llama3:latest",
-        "requests": None,
-        "waiting": None,
-        "since_seconds": 29 * 30.0,  # since the first check that saw the work
-        "progress_seconds_ago": 0.0,
-        "source": "runner",
-        "stuck": False,
-    }
+    assert status.health is Health.HEALTHY and sup.restarts == []
+    assert status.busy == BusyStatus(
+        model="llama3:latest",
+        requests=None,
+        waiting=None,
+        since_seconds=29 * 30.0,  # since the first check that saw the work
+        progress_seconds_ago=0.0,
+        source=BusySource.RUNNER,
+        stuck=False,
+    )
     clock.now = due
     monitor.tick()  # the runner is done: idle again, probed again
-    assert monitor.snapshot()["busy"] is None and monitor.inference_count == 2
+    assert monitor.snapshot().busy is None and monitor.inference_count == 2
 
 
 def test_a_probe_waiting_behind_a_generation_is_busy_not_a_timeout():
@@ -459,9 +460,9 @@ def test_a_probe_waiting_behind_a_generation_is_busy_not_a_timeout():
     run_ticks(monitor, clock, 20)  # the old rule restarted after 4 timeouts
     status = monitor.snapshot()
     assert sup.restarts == []
-    assert status["health"] == "healthy" and status["latency_ms"] == 50
-    assert status["busy"]["source"] == "probe" and status["busy"]["model"] == "llama3"
-    assert status["busy"]["progress_seconds_ago"] is None
+    assert status.health is Health.HEALTHY and status.latency_ms == 50
+    assert status.busy.source is BusySource.PROBE and status.busy.model == "llama3"
+    assert status.busy.progress_seconds_ago is None
     assert monitor.timeouts.count == 0
 
 
@@ -470,7 +471,7 @@ def test_a_probe_timeout_with_the_http_layer_silent_too_is_a_hang():
     sup.client.inference = [INFERENCE_TIMEOUT] * 4
     sup.client.pings = [TIMEOUT] * 4
     run_ticks(monitor, clock, 3)
-    assert sup.restarts == [] and monitor.snapshot()["health"] == "down"
+    assert sup.restarts == [] and monitor.snapshot().health is Health.DOWN
     run_ticks(monitor, clock, 1)
     assert sup.restarts == ["not responding"]
 
@@ -480,11 +481,11 @@ def test_a_serve_that_stops_answering_is_restarted_even_while_busy():
     gateway = monitor.gateway = FakeGateway()
     gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=1, last_progress=None)
     monitor.tick()
-    assert monitor.snapshot()["busy"]["source"] == "gateway"
+    assert monitor.snapshot().busy.source is BusySource.GATEWAY
     sup.client.probes = [TIMEOUT] * 4
     run_ticks(monitor, clock, 4)
     assert sup.restarts == ["not responding"]
-    assert monitor.snapshot()["busy"] is None
+    assert monitor.snapshot().busy is None
 
 
 def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
@@ -493,15 +494,15 @@ def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
     gateway.activity = SimpleNamespace(in_flight={"llama3": 2, "phi3": 1}, waiting=1, last_progress=clock.now - 4)
     monitor.tick()
     assert monitor.inference_count == 0
-    assert monitor.snapshot()["busy"] == {
-        "model": "llama3",
-        "requests": 3,
-        "waiting": 1,
-        "since_seconds": 0.0,
-        "progress_seconds_ago": None,  # that byte came before this busy spell was first seen
-        "source": "gateway",
-        "stuck": False,
-    }
+    assert monitor.snapshot().busy == BusyStatus(
+        model="llama3",
+        requests=3,
+        waiting=1,
+        since_seconds=0.0,
+        progress_seconds_ago=None,  # that byte came before this busy spell was first seen
+        source=BusySource.GATEWAY,
+        stuck=False,
+    )
 
 
 def stuck_alerts(monitor):
@@ -524,7 +525,7 @@ def test_a_frozen_runner_raises_the_stuck_alert_then_restarts_once():
     assert "Ollama has been busy on 'llama3' for" in raised[0][1] and "no progress seen" in raised[0][1]
     restart = [e for e in monitor.history.events() if e.kind == "restart"][-1]
     assert restart.data["reason"] == "stuck runner"
-    assert monitor.snapshot()["busy"] is None
+    assert monitor.snapshot().busy is None
 
 
 def test_a_stuck_runner_without_readable_cpu_time_is_an_alert_never_a_restart():
@@ -534,11 +535,11 @@ def test_a_stuck_runner_without_readable_cpu_time_is_an_alert_never_a_restart():
     run_ticks(monitor, clock, 40)
     assert sup.restarts == []
     assert [state for state, _ in stuck_alerts(monitor)] == ["raised"]
-    assert monitor.snapshot()["busy"]["stuck"] is True
+    assert monitor.snapshot().busy.stuck is True
     sup.client.inference = []  # it answers again: progress, the alert clears once
     run_ticks(monitor, clock, 3)
     assert [state for state, _ in stuck_alerts(monitor)] == ["raised", "cleared"]
-    assert monitor.snapshot()["busy"] is None
+    assert monitor.snapshot().busy is None
 
 
 def test_a_long_generation_through_the_gateway_is_never_stuck():
@@ -550,7 +551,7 @@ def test_a_long_generation_through_the_gateway_is_never_stuck():
         clock.now = due
         gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=0, last_progress=clock.now - 1)
         due = monitor.tick()
-    assert monitor.snapshot()["busy"]["stuck"] is False
+    assert monitor.snapshot().busy.stuck is False
     assert stuck_alerts(monitor) == [] and sup.restarts == []
 
 
@@ -560,7 +561,7 @@ def test_a_dropped_test_prompt_with_the_server_answering_is_unhealthy_not_dead()
     run_ticks(monitor, clock, 3)
     status = monitor.snapshot()
     assert sup.restarts == []
-    assert status["health"] == "unhealthy" and status["last_error"] == "test prompt: connection dropped"
+    assert status.health is Health.UNHEALTHY and status.last_error == "test prompt: connection dropped"
 
 
 def test_a_dropped_test_prompt_with_the_server_gone_is_down():
@@ -604,7 +605,7 @@ def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
         cpu.seconds += 3.0
         clock.now = due
         due = monitor.tick()
-        assert monitor.snapshot()["busy"] is not None
+        assert monitor.snapshot().busy is not None
     assert [e.kind for e in monitor.history.events()].count("oom") == 1  # the step is decided...
     assert sup.restarts == []  # ...but nobody's generation is cut off for it
     clock.now = due

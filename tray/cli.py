@@ -15,9 +15,11 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tray import __version__
+from tray.core.health import BusySource
+from tray.core.status import BusyStatus, EventKind, Status
 from tray.errors import CliError
 from tray.models.defaults import install_default_modelfile
 from tray.web.link import MonitorLink
@@ -78,7 +80,7 @@ def cmd_stop(ctx: Context) -> int:
             return 0
         sup.stop(reason="user")
         sup.user_stop.set()
-        sup.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
+        sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
         message = "Ollama stopped"
     print(message)
     return 0
@@ -96,18 +98,16 @@ def cmd_restart(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     status = MonitorLink(ctx.paths).status()
+    monitor_running = status is not None
     if status is None:
         history = History(None)
         monitor = Monitor(ctx.supervisor(history), ctx.config, history)
         status = monitor.check_once()
-        status["monitor_running"] = False
-    else:
-        status["monitor_running"] = True
     if ctx.args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({**status.to_json(), "monitor_running": monitor_running}, indent=2))
     else:
-        print(format_status(status))
-    return 0 if status["ollama_running"] else 3
+        print(format_status(status, monitor_running))
+    return 0 if status.ollama_running else 3
 
 
 MANAGED_BY = {
@@ -119,64 +119,62 @@ MANAGED_BY = {
 }
 
 
-def format_status(status: dict[str, Any]) -> str:
-    latency = f" ({status['latency_ms']} ms)" if status.get("latency_ms") is not None else ""
-    pid = f", pid {status['pid']}" if status.get("pid") else ""
-    owner = MANAGED_BY.get(status["managed_by"], status["managed_by"])
+def format_status(status: Status, monitor_running: bool) -> str:
+    latency = f" ({status.latency_ms} ms)" if status.latency_ms is not None else ""
+    pid = f", pid {status.pid}" if status.pid else ""
+    owner = MANAGED_BY.get(status.managed_by, status.managed_by)
     lines = [
-        f"Ollama: {status['health']}{latency}, {status['state']}{pid}{owner}",
-        f"Address: {status['ollama_host']}",
-        f"Model: {status['model']} ({'present' if status.get('model_loaded') else 'not available'})",
+        f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
+        f"Address: {status.ollama_host}",
+        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})",
     ]
-    if status["ollama_running"]:
+    if status.ollama_running:
         lines.append(
-            f"Uptime: {_duration(status['uptime_seconds'])}, memory {status['memory_usage_mb']} MB, "
-            f"CPU {status['cpu_usage_percent']} %, GPU {'yes' if status['gpu_available'] else 'none'}"
+            f"Uptime: {_duration(status.uptime_seconds)}, memory {status.memory_usage_mb} MB, "
+            f"CPU {status.cpu_usage_percent} %, GPU {'yes' if status.gpu_available else 'none'}"
         )
-        lines.append(busy_line(status.get("busy")))
-    if status.get("restart_attempt"):
-        lines.append(f"Restart attempts: {status['restart_attempt']} of {status['restart_attempts_max']}")
-    if status.get("last_error"):
-        lines.append(f"Last error: {status['last_error']}")
-    lines.append("Monitor: " + ("running" if status.get("monitor_running") else "not running"))
+        lines.append(busy_line(status.busy))
+    if status.restart_attempt:
+        lines.append(f"Restart attempts: {status.restart_attempt} of {status.restart_attempts_max}")
+    if status.last_error:
+        lines.append(f"Last error: {status.last_error}")
+    lines.append("Monitor: " + ("running" if monitor_running else "not running"))
     return "\n".join(lines)
 
 
 BUSY_SEEN_BY = {
-    "gateway": "the gateway's requests",
-    "runner": "the runner's CPU use",
-    "probe": "the health probe waiting its turn",
+    BusySource.GATEWAY: "the gateway's requests",
+    BusySource.RUNNER: "the runner's CPU use",
+    BusySource.PROBE: "the health probe waiting its turn",
 }
 
 
-def busy_line(busy: dict[str, Any] | None) -> str:
+def busy_line(busy: BusyStatus | None) -> str:
     """The status' ``Busy:`` line.
 
     >>> busy_line(None)
     'Busy: no'
-    >>> print(busy_line({"model": "llama3", "requests": 2, "waiting": 1, "since_seconds": 80.4,
-    ...                  "progress_seconds_ago": 0.5, "source": "gateway", "stuck": False}))
+    >>> print(busy_line(BusyStatus("llama3", 2, 1, 80.4, 0.5, BusySource.GATEWAY, stuck=False)))
     Busy: generating on llama3 for 1m 20s; 2 requests through the gateway (1 waiting); last progress 0s ago; \
 seen by the gateway's requests
-    >>> busy_line({"model": "llama3", "requests": None, "waiting": None, "since_seconds": 950,
-    ...            "progress_seconds_ago": None, "source": "probe", "stuck": True})
+    >>> busy_line(BusyStatus("llama3", None, None, 950, None, BusySource.PROBE, stuck=True))
     'Busy: STUCK, no progress on llama3 for 15m 50s; no progress seen; seen by the health probe waiting its turn'
     """
-    if not busy:
+    if busy is None:
         return "Busy: no"
-    on = f" on {busy['model']}" if busy.get("model") else ""
-    since = busy.get("since_seconds") or 0
-    progress = busy.get("progress_seconds_ago")
-    if busy.get("stuck"):
+    on = f" on {busy.model}" if busy.model else ""
+    since = busy.since_seconds
+    progress = busy.progress_seconds_ago
+    if busy.stuck:
         head = f"STUCK, no progress{on} for {_duration(progress if progress is not None else since)}"
     else:
         head = f"generating{on} for {_duration(since)}"
     parts = [head]
-    if busy.get("requests") is not None:
-        count, waiting = busy["requests"], busy.get("waiting") or 0
+    if busy.requests is not None:
+        count, waiting = busy.requests, busy.waiting or 0
         parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({waiting} waiting)")
     parts.append(f"last progress {_duration(progress)} ago" if progress is not None else "no progress seen")
-    parts.append("seen by " + BUSY_SEEN_BY.get(str(busy.get("source")), str(busy.get("source"))))
+    parts.append("seen by " + BUSY_SEEN_BY.get(busy.source, str(busy.source)))
     return "Busy: " + "; ".join(parts)
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from tray.core.status import EventKind
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -61,7 +63,7 @@ class Retention:
 @dataclass(frozen=True)
 class Event:
     time: float  # unix seconds
-    kind: str
+    kind: str  # an EventKind's value (a database written by another version may hold others)
     message: str
     data: dict[str, Any] | None = None
 
@@ -102,20 +104,20 @@ class History:
             log.warning("history database %s unavailable (%s); keeping events in memory", path, exc)
             return None
 
-    def record(self, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
-        event = Event(self._clock(), kind, message, data)
+    def record(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> Event:
+        event = Event(self._clock(), str(kind), message, data)
         with self._lock:
             self._memory.append(event)
             if self._db is not None:
                 try:
                     self._db.execute(
                         "INSERT INTO events(time, kind, message, data) VALUES (?, ?, ?, ?)",
-                        (event.time, kind, message, json.dumps(data) if data else None),
+                        (event.time, event.kind, message, json.dumps(data) if data else None),
                     )
                 except sqlite3.Error as exc:
                     log.warning("could not record event in %s: %s", self.path, exc)
             listeners = list(self._listeners)
-        log.info("%s: %s", kind, message)
+        log.info("%s: %s", event.kind, message)
         for listener in listeners:
             try:
                 listener(event)

@@ -175,7 +175,7 @@ class StatusCollector(Collector):
         self.monitor = monitor
 
     def collect(self) -> Iterable[Metric]:
-        status = self.monitor.snapshot()
+        status = self.monitor.snapshot().to_json()
         return status_families(status, getattr(self.monitor, "sample", None), status.get("gateway"))
 
 

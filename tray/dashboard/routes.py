@@ -36,6 +36,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tray.core.status import Status
 from tray.settings.config import Config
 from tray.dashboard.metrics import ManagerMetrics
 from tray.dashboard.settings_form import APPLIED_NOW, ApplyPlan, SettingsService, patched_config
@@ -63,9 +64,9 @@ class MonitorLike(Protocol):
 
     config: Config
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> Status: ...
 
-    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]: ...
+    def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]: ...
 
 
 def token_matches(request: Request, token: str) -> bool:
@@ -131,7 +132,8 @@ class Dashboard:
         """The ``status`` message: the raw status dict and what the page shows of it."""
         return {"status": dict(status), "view": status_view(status, status.get("gateway"), self.wall_clock())}
 
-    def _on_status(self, status: dict[str, Any]) -> None:
+    def _on_status(self, typed: Status) -> None:
+        status = typed.to_json()
         if status == self._last_status:
             return
         self._last_status = status
@@ -161,7 +163,7 @@ class Dashboard:
 
     async def stream(self, request: Request) -> Response:
         client = self.hub.connect(asyncio.get_running_loop())
-        first = [Message("status", self.status_message(self.monitor.snapshot()))]
+        first = [Message("status", self.status_message(self.monitor.snapshot().to_json()))]
         frames = sse_frames(client, first, on_end=lambda: self.hub.disconnect(client))
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(frames, media_type="text/event-stream", headers=headers)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from tray.core.status import Status
 from tray.gateway.app import Gateway, GatewayServer
 from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
 from tray.gateway.settings import CloudSettings, GatewaySettings
@@ -77,10 +78,10 @@ def monitor_check(paths: Any) -> Callable[[str], None]:
     return check
 
 
-def monitor_status(paths: Any) -> Callable[[], dict[str, Any] | None]:
+def monitor_status(paths: Any) -> Callable[[], Status | None]:
     """A running monitor's status (health, loaded models, busy), None when no monitor answers."""
 
-    def status() -> dict[str, Any] | None:
+    def status() -> Status | None:
         from tray.web.link import MonitorLink
 
         return MonitorLink(paths).status()

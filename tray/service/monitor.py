@@ -44,6 +44,16 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
+from tray.core.status import (
+    Activity,
+    ActivityKind,
+    BusyStatus,
+    EventKind,
+    LoadedModelStatus,
+    ModelInfo,
+    MonitorState,
+    Status,
+)
 from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import History
@@ -61,7 +71,7 @@ ACTIONS = ("start", "stop", "restart", "unload", "check", *MODEL_JOBS)
 
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
-Subscriber = Callable[[dict[str, Any]], None]
+Subscriber = Callable[[Status], None]
 CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
 
 
@@ -99,11 +109,11 @@ class Monitor:
         self.last_error: str | None = None
         self.inference_count = 0
         self.model_present = False
-        self.state = "starting"
-        self.activity: dict[str, Any] | None = None
+        self.state = MonitorState.STARTING
+        self.activity: Activity | None = None
         self.next_retry_at: float | None = None
         self._last_tick: tuple[float, float, float] | None = None  # (monotonic end, wall end, next due)
-        self.loaded_models: list[dict[str, Any]] = []
+        self.loaded_models: tuple[LoadedModelStatus, ...] = ()
         self.busy: Busy | None = None
         self.evidence: BusyEvidence | None = None  # this tick's, when the HTTP layer answered
         self.probe_choice: ProbeChoice | None = None
@@ -124,7 +134,7 @@ class Monitor:
         self.gateway: Any = None  # the cloud-fallback gateway, when running alongside
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
-        self._status: dict[str, Any] = self._build_status()
+        self._status = self._build_status()
 
     # ------------------------------------------------------------------ public, any thread
 
@@ -146,8 +156,8 @@ class Monitor:
 
         return unsubscribe
 
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self._status)
+    def snapshot(self) -> Status:
+        return self._status
 
     def request(self, action: str) -> concurrent.futures.Future[str]:
         """Queue a user action for the monitor thread; the Future's result is a one-line message."""
@@ -161,11 +171,11 @@ class Monitor:
         self._wake.set()
         return future
 
-    def check_once(self) -> dict[str, Any]:
+    def check_once(self) -> Status:
         """Probe once and return the status, acting on nothing (for a one-shot ``status``)."""
         result = self.probe()
         self._observe(result, self.clock())
-        self.state = "running" if result.ok or self.supervisor.answers() else "stopped"
+        self.state = MonitorState.RUNNING if result.ok or self.supervisor.answers() else MonitorState.STOPPED
         self._publish()
         return self.snapshot()
 
@@ -184,10 +194,10 @@ class Monitor:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        self.history.record("monitor", "monitor started")
+        self.history.record(EventKind.MONITOR, "monitor started")
         next_check = self.clock()
         if self.supervisor.user_stop.is_set():
-            self.state = "stopped"
+            self.state = MonitorState.STOPPED
         else:
             self._initial_start()
         while not self._stopping.is_set():
@@ -203,14 +213,14 @@ class Monitor:
             if ran_command or self.clock() >= next_check:
                 next_check = self.tick()
         self._fail_pending("the monitor is shutting down")
-        self.history.record("monitor", "monitor stopped")
+        self.history.record(EventKind.MONITOR, "monitor stopped")
 
     def _initial_start(self) -> None:
         try:
-            self._set_activity("start", "Starting Ollama")
+            self._set_activity(ActivityKind.START, "Starting Ollama")
             outcome = self.supervisor.start(reason="startup")
-            self.history.record("health", outcome.describe(self.supervisor.host.url))
-            self.state = "running"
+            self.history.record(EventKind.HEALTH, outcome.describe(self.supervisor.host.url))
+            self.state = MonitorState.RUNNING
         except SupervisorError as exc:
             self._start_error(exc)
         finally:
@@ -239,7 +249,7 @@ class Monitor:
         return now - max(due, ended) > limit or unseen > limit
 
     def _tick(self, now: float, resumed: bool) -> float:
-        if self.state == "stopped":
+        if self.state is MonitorState.STOPPED:
             return self._tick_while_user_stopped(now)
         if resumed:
             self.busy_tracker.reset()  # a gap in the observations breaks any chain of evidence
@@ -274,7 +284,7 @@ class Monitor:
             return now + RECHECK_SECONDS
         if resumed:
             # After a sleep, the first failure is re-checked before anything restarts.
-            self.history.record("resume", "machine woke from sleep; re-checking before acting")
+            self.history.record(EventKind.RESUME, "machine woke from sleep; re-checking before acting")
             return now + RECHECK_SECONDS
         if self._user_stopped_through_owner():
             return now + self.config.health_check_interval
@@ -285,8 +295,10 @@ class Monitor:
             # Someone (the user, or their own Ollama app) started it again: that is their word now.
             self.supervisor.user_stop.clear()
             self.supervisor.adopt()
-            self.history.record("adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it")
-            self.state = "running"
+            self.history.record(
+                EventKind.ADOPT, f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it"
+            )
+            self.state = MonitorState.RUNNING
             self.policy.reset()
             return now
         self.health = Health.DOWN
@@ -309,19 +321,19 @@ class Monitor:
             stopped = systemd_active_state(owner) == "inactive"
         if stopped and owner is not None:
             self.supervisor.user_stop.set()
-            self.history.record("user_stop", f"Ollama was stopped through {owner.describe()}; not restarting it")
+            self.history.record(EventKind.USER_STOP, f"Ollama was stopped through {owner.describe()}; not restarting it")
             self.supervisor.external = None
             self.supervisor.server = None
-            self.state = "stopped"
+            self.state = MonitorState.STOPPED
             self._publish()
         return stopped
 
     def _restart_if_allowed(self, now: float, reason: str) -> float:
         decision = self.policy.decide(now)
         if decision.verdict is Verdict.GIVE_UP:
-            self.state = "failed"
+            self.state = MonitorState.FAILED
             self.history.record(
-                "gave_up",
+                EventKind.GAVE_UP,
                 f"Ollama is down after {self.policy.attempts} restart attempts; using the cloud fallback and retrying rarely",
             )
             decision = self.policy.decide(now)
@@ -337,27 +349,29 @@ class Monitor:
         self.policy.record_attempt(now)
         self.duties.note_restart(now)
         self._restarting_ourselves = True
-        self.state = "restarting"
+        self.state = MonitorState.RESTARTING
         of = self.policy.max_attempts
         label = f"Restarting (attempt {attempt} of {of})" if attempt <= of else "Retrying Ollama"
-        self._set_activity("restart", label)
+        self._set_activity(ActivityKind.RESTART, label)
         try:
             outcome = self.supervisor.restart(reason=reason)
         except SupervisorError as exc:
             self.last_error = str(exc)
-            self.history.record("restart", f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False})
+            self.history.record(
+                EventKind.RESTART, f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False}
+            )
             if not exc.retryable:
                 self.policy.give_up_now(self.clock())
-                self.state = "failed"
+                self.state = MonitorState.FAILED
             else:
-                self.state = "failed" if self.policy.attempts >= of else "restarting"
+                self.state = MonitorState.FAILED if self.policy.attempts >= of else MonitorState.RESTARTING
         else:
             self.timeouts.reset()
             self._forget_work()
             self.last_error = None
-            self.state = "running"
+            self.state = MonitorState.RUNNING
             self.history.record(
-                "restart",
+                EventKind.RESTART,
                 f"restart attempt {attempt} succeeded in {outcome.seconds:.1f} s (reason: {reason})",
                 {"reason": reason, "ok": True, "attempt": attempt},
             )
@@ -370,16 +384,16 @@ class Monitor:
         if reason is None or not self._nothing_running():
             return False
         self._restarting_ourselves = True
-        self._set_activity("restart", "Restarting Ollama with new memory settings")
+        self._set_activity(ActivityKind.RESTART, "Restarting Ollama with new memory settings")
         try:
             self.supervisor.restart(reason=reason)
         except SupervisorError as exc:
             self.last_error = str(exc)
-            self.history.record("restart", f"restart failed: {exc}", {"reason": reason, "ok": False})
+            self.history.record(EventKind.RESTART, f"restart failed: {exc}", {"reason": reason, "ok": False})
         else:
             self.timeouts.reset()
-            self.state = "running"
-            self.history.record("restart", f"Ollama restarted ({reason})", {"reason": reason, "ok": True})
+            self.state = MonitorState.RUNNING
+            self.history.record(EventKind.RESTART, f"Ollama restarted ({reason})", {"reason": reason, "ok": True})
         finally:
             self._set_activity(None)
         self.duties.oom_restart_done()
@@ -395,8 +409,8 @@ class Monitor:
         retryable = isinstance(exc, SupervisorError) and exc.retryable
         if not retryable:
             self.policy.give_up_now(self.clock())
-        self.state = "failed" if not retryable else "restarting"
-        self.history.record("error", str(exc))
+        self.state = MonitorState.FAILED if not retryable else MonitorState.RESTARTING
+        self.history.record(EventKind.ERROR, str(exc))
         self._publish()
 
     def _on_server_exit(self, code: int) -> None:
@@ -407,7 +421,8 @@ class Monitor:
         reaped = self.supervisor.reap_runners()
         self.last_error = f"Ollama exited unexpectedly (status {code})"
         self.history.record(
-            "crash", f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
+            EventKind.CRASH,
+            f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
             {"code": code, "runners_reaped": reaped},
         )
         self.health = Health.DOWN
@@ -434,7 +449,7 @@ class Monitor:
         self.model_present = _has_model(names, model)
         loaded = client.loaded_models(timeout=down_after)
         if loaded is not None:
-            self.loaded_models = [{"name": m.name, "size": m.size, "size_vram": m.size_vram} for m in loaded]
+            self.loaded_models = tuple(LoadedModelStatus(m.name, m.size, m.size_vram) for m in loaded)
         is_loaded = any(_same_model(m.name, model) for m in loaded or ())
         gateway = self._gateway_activity()
         runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
@@ -458,7 +473,7 @@ class Monitor:
                 else:
                     result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
         self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}
-        loaded_names = [m["name"] for m in self.loaded_models]
+        loaded_names = [m.name for m in self.loaded_models]
         self.evidence = BusyEvidence(
             gateway=gateway,
             runner_cpu=runner_cpu,
@@ -509,16 +524,16 @@ class Monitor:
                 self.policy.record_healthy(now)
             if self.policy.gave_up:
                 self.policy.recovered()
-            if self.state in ("failed", "restarting", "starting"):
-                self.state = "running"
+            if self.state in (MonitorState.FAILED, MonitorState.RESTARTING, MonitorState.STARTING):
+                self.state = MonitorState.RUNNING
             self.next_retry_at = None
             self.last_error = None if self.health is Health.HEALTHY else self.last_error
-        elif self.state != "failed" or self.last_error is None:
+        elif self.state is not MonitorState.FAILED or self.last_error is None:
             # Once given up, the error that made it give up says more than "connection refused".
             self.last_error = result.detail or str(result.failure)
         if previous is not self.health:
             latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
-            self.history.record("health", f"health {previous} -> {self.health} ({latency})")
+            self.history.record(EventKind.HEALTH, f"health {previous} -> {self.health} ({latency})")
         self._publish()
 
     def _observe_work(self, now: float) -> None:
@@ -543,7 +558,7 @@ class Monitor:
             return
         self.duties.note_restart(now)
         self.history.record(
-            "unexpected_restart",
+            EventKind.UNEXPECTED_RESTART,
             f"Ollama restarted without the manager asking (pid {previous.pid} -> {current.pid}); uptime reset",
             {"old_pid": previous.pid, "new_pid": current.pid},
         )
@@ -574,22 +589,22 @@ class Monitor:
         if action == "start":
             sup.user_stop.clear()
             self.policy.reset()
-            self._set_activity("start", "Starting Ollama")
+            self._set_activity(ActivityKind.START, "Starting Ollama")
             try:
                 outcome = sup.start(reason="user")
             finally:
                 self._set_activity(None)
-            self.state = "running"
+            self.state = MonitorState.RUNNING
             return outcome.describe(url)
         if action == "stop":
-            self._set_activity("stop", "Stopping Ollama")
+            self._set_activity(ActivityKind.STOP, "Stopping Ollama")
             try:
                 sup.stop(reason="user")
             finally:
                 self._set_activity(None)
             sup.user_stop.set()
-            self.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
-            self.state = "stopped"
+            self.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
+            self.state = MonitorState.STOPPED
             self.health = Health.DOWN
             self.last_probe = STOPPED_PROBE
             self._publish()
@@ -598,18 +613,18 @@ class Monitor:
             sup.user_stop.clear()
             self.policy.reset()
             self.timeouts.reset()
-            self._set_activity("restart", "Restarting Ollama")
+            self._set_activity(ActivityKind.RESTART, "Restarting Ollama")
             try:
                 outcome = sup.restart(reason="user")
             finally:
                 self._set_activity(None)
-            self.state = "running"
-            self.history.record("restart", "Ollama restarted by the user", {"reason": "user", "ok": True})
+            self.state = MonitorState.RUNNING
+            self.history.record(EventKind.RESTART, "Ollama restarted by the user", {"reason": "user", "ok": True})
             return outcome.describe(url)
         if action == "unload":
-            self._set_activity("unload", "Unloading models")
+            self._set_activity(ActivityKind.UNLOAD, "Unloading models")
             try:
-                errors = [e for m in self.loaded_models if (e := sup.client.unload(m["name"]))]
+                errors = [e for m in self.loaded_models if (e := sup.client.unload(m.name))]
             finally:
                 self._set_activity(None)
             if errors:
@@ -628,11 +643,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ status
 
-    def _set_activity(self, kind: str | None, text: str = "", progress: float | None = None) -> None:
-        self.activity = None if kind is None else {"kind": kind, "text": text, "progress": progress}
+    def _set_activity(self, kind: ActivityKind | None, text: str = "", progress: float | None = None) -> None:
+        self.activity = None if kind is None else Activity(kind, text, progress)
         self._publish()
 
-    def _build_status(self) -> dict[str, Any]:
+    def _build_status(self) -> Status:
         sup = self.supervisor
         probe = self.last_probe
         running = probe is not None and probe.ok
@@ -640,54 +655,54 @@ class Monitor:
         uptime = int(time.time() - sup.server.create_time) if running and sup.server else 0
         next_retry = None if self.next_retry_at is None else max(0.0, self.next_retry_at - self.clock())
         gateway = self.gateway.snapshot() if self.gateway is not None else None
-        return {
-            "ollama_running": running,
-            "model_loaded": self.config.ollama_model if running and self.model_present else None,
-            "latency_ms": int(probe.latency * 1000) if probe is not None and probe.ok else None,
-            "health": str(self.health),
-            "uptime_seconds": uptime,
-            "inference_count": self.inference_count,
-            "memory_usage_mb": int(sample.tree_rss_bytes / 2**20) if sample and running else 0,
-            "gpu_available": bool(sample and sample.gpu_available),
-            "cpu_usage_percent": round(sample.tree_cpu_percent, 1) if sample and running else 0.0,
-            "last_error": self.last_error,
-            "state": self.state,
-            "managed_by": sup.managed_by,
-            "pid": sup.pid,
-            "ollama_host": sup.host.url,
-            "model": self.config.ollama_model,
-            "restart_attempt": self.policy.attempts,
-            "restart_attempts_max": self.policy.max_attempts,
-            "next_retry_in": next_retry,
-            "activity": self.activity,
-            "busy": self.busy.to_status(self.clock()) if self.busy is not None else None,
+        return Status(
+            ollama_running=running,
+            model_loaded=self.config.ollama_model if running and self.model_present else None,
+            latency_ms=int(probe.latency * 1000) if probe is not None and probe.ok else None,
+            health=self.health,
+            uptime_seconds=uptime,
+            inference_count=self.inference_count,
+            memory_usage_mb=int(sample.tree_rss_bytes / 2**20) if sample and running else 0,
+            gpu_available=bool(sample and sample.gpu_available),
+            cpu_usage_percent=round(sample.tree_cpu_percent, 1) if sample and running else 0.0,
+            last_error=self.last_error,
+            state=self.state,
+            managed_by=sup.managed_by,
+            pid=sup.pid,
+            ollama_host=sup.host.url,
+            model=self.config.ollama_model,
+            restart_attempt=self.policy.attempts,
+            restart_attempts_max=self.policy.max_attempts,
+            next_retry_in=next_retry,
+            activity=self.activity,
+            busy=BusyStatus.of(self.busy, self.clock()) if self.busy is not None else None,
             # Fallback mode: given up on Ollama, out of memory at the last rung, or the gateway routing to the cloud.
-            "cloud_active": self.state == "failed"
+            cloud_active=self.state is MonitorState.FAILED
             or self.duties.oom_wants_cloud
-            or bool(gateway and gateway["cloud_active"]),
-            "gateway": gateway,
-            "loaded_models": list(self.loaded_models),
-            "model_status": self.models.status,
-            "model_info": self._model_info(),
-        }
+            or bool(gateway and gateway.cloud_active),
+            gateway=gateway,
+            loaded_models=self.loaded_models,
+            model_status=self.models.status,
+            model_info=self._model_info(),
+        )
 
-    def _model_info(self) -> dict[str, Any] | None:
+    def _model_info(self) -> ModelInfo | None:
         report = self.models.report
         if report is None and self.models.last_verified is None:
             return None
-        return {
-            "size": report.size if report else None,
-            "parameter_size": report.parameter_size if report else None,
-            "quantization": report.quantization if report else None,
-            "last_verified": self.models.last_verified,
-        }
+        return ModelInfo(
+            size=report.size if report else None,
+            parameter_size=report.parameter_size if report else None,
+            quantization=report.quantization if report else None,
+            last_verified=self.models.last_verified,
+        )
 
     def _publish(self) -> None:
         self._status = self._build_status()
         with self._sub_lock:
             subscribers = list(self._subscribers)
         for mailbox in subscribers:
-            mailbox.post(dict(self._status))
+            mailbox.post(self._status)
 
 
 class _Mailbox:
@@ -695,13 +710,13 @@ class _Mailbox:
 
     def __init__(self, callback: Subscriber) -> None:
         self.callback = callback
-        self._latest: dict[str, Any] | None = None
+        self._latest: Status | None = None
         self._closed = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._deliver, name="status-subscriber", daemon=True)
         self._thread.start()
 
-    def post(self, status: dict[str, Any]) -> None:
+    def post(self, status: Status) -> None:
         with self._ready:
             self._latest = status
             self._ready.notify()
@@ -716,7 +731,7 @@ class _Mailbox:
             with self._ready:
                 while self._latest is None and not self._closed:
                     self._ready.wait()
-                if self._closed:
+                if self._closed or self._latest is None:
                     return
                 status, self._latest = self._latest, None
             try:

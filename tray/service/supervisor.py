@@ -29,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from tray.core.status import EventKind
 from tray.system.atomic import write_atomically
 from tray.settings.config import Config
 from tray.errors import SupervisorError
@@ -237,7 +238,7 @@ class Supervisor:
             begun = time.monotonic()
             if self.client.answers_as_ollama():
                 self.adopt()
-                self.history.record("adopt", f"Ollama already running (pid {self.pid}); watching it")
+                self.history.record(EventKind.ADOPT, f"Ollama already running (pid {self.pid}); watching it")
                 return StartOutcome(False, self.pid, self.managed_by)
             self._check_port_free()
             binary: Path | None
@@ -270,7 +271,7 @@ class Supervisor:
             self.adopt()
             outcome = StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
             self.history.record(
-                "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
+                EventKind.START, f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
             )
             return outcome
 
@@ -329,7 +330,7 @@ class Supervisor:
             else:
                 how = f"killed after {self.config.stop_timeout:g} s"
             self.history.record(
-                "stop",
+                EventKind.STOP,
                 f"Ollama stopped ({how})",
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
@@ -403,7 +404,7 @@ class Supervisor:
                 # Something respawned the server behind our back: do not fight it.
                 self.adopt()
                 self.history.record(
-                    "external",
+                    EventKind.EXTERNAL,
                     f"Ollama was restarted by another program (pid {self.pid}); watching it instead of managing it",
                 )
                 return StartOutcome(False, self.pid, self.managed_by)
@@ -436,7 +437,7 @@ class Supervisor:
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()
-        self.history.record("restart", f"Ollama restarted through {owner.describe()}", {"reason": reason})
+        self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}", {"reason": reason})
         return StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
 
     def close(self) -> None:

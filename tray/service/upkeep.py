@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from tray.settings.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
+from tray.core.status import EventKind
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.system.owners import SystemdService
 from tray.gateway.breaker import FallbackUsage
@@ -117,7 +118,7 @@ class DaemonDuties:
         )
         for alert in self.alerts.observe(now, metrics):
             self.history.record(
-                "alert",
+                EventKind.ALERT,
                 f"{alert.title}: {alert.message}",
                 {"kind": str(alert.kind), "state": str(alert.state), "severity": str(alert.severity)},
             )
@@ -178,7 +179,7 @@ class DaemonDuties:
 def record_oom_event(history: History, move: OomEvent, message: str, phase: str) -> None:
     """One event about a ladder move; ``phase`` ("down", "up", "applied", "failed") keys its notification."""
     history.record(
-        "oom",
+        EventKind.OOM,
         message,
         {
             "kind": phase,

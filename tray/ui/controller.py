@@ -52,10 +52,10 @@ class MonitorController:
         self.stop_ollama_on_quit = config.stop_ollama_on_quit
 
     def snapshot(self) -> dict[str, Any]:
-        return self.monitor.snapshot()
+        return self.monitor.snapshot().to_json()
 
     def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
-        return self.monitor.subscribe(callback)
+        return self.monitor.subscribe(lambda status: callback(status.to_json()))
 
     def request(self, action: str) -> concurrent.futures.Future[str]:
         return self.monitor.request(action)
