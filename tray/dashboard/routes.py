@@ -91,8 +91,8 @@ def page(name: str) -> Callable[[Request], Awaitable[Response]]:
 class Dashboard:
     """The dashboard of one running app: its live feed, metrics, settings and routes.
 
-    The gateway's local/cloud split comes from the status dict's ``gateway``
-    entry (None: "gateway off"). Given the ``notifier`` (anything with an
+    The gateway's local/cloud split comes from the status' ``gateway``
+    (None: "gateway off"). Given the ``notifier`` (anything with an
     ``enabled`` attribute), a saved ``notifications`` applies at once.
     Call :meth:`close` before stopping the HTTP server: it ends the open streams.
     """
@@ -122,18 +122,17 @@ class Dashboard:
             self.apply_live,
             live_keys,
         )
-        self._last_status: dict[str, Any] | None = None
+        self._last_status: Status | None = None
         self._unsubscribe = monitor.subscribe(self._on_status)
         history.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ feeds (any thread)
 
-    def status_message(self, status: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``status`` message: the raw status dict and what the page shows of it."""
-        return {"status": dict(status), "view": status_view(status, status.get("gateway"), self.wall_clock())}
+    def status_message(self, status: Status) -> dict[str, Any]:
+        """The ``status`` message: the status API's JSON and what the page shows of it."""
+        return {"status": status.to_json(), "view": status_view(status, self.wall_clock())}
 
-    def _on_status(self, typed: Status) -> None:
-        status = typed.to_json()
+    def _on_status(self, status: Status) -> None:
         if status == self._last_status:
             return
         self._last_status = status
@@ -163,7 +162,7 @@ class Dashboard:
 
     async def stream(self, request: Request) -> Response:
         client = self.hub.connect(asyncio.get_running_loop())
-        first = [Message("status", self.status_message(self.monitor.snapshot().to_json()))]
+        first = [Message("status", self.status_message(self.monitor.snapshot()))]
         frames = sse_frames(client, first, on_end=lambda: self.hub.disconnect(client))
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
