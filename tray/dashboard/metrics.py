@@ -25,7 +25,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tray import __version__
-from tray.core.status import GatewayStatus, Status
+from tray.core.status import EventKind, GatewayStatus, Status
 from tray.history import Event, History
 from tray.system.resources import ResourceSample
 
@@ -48,13 +48,13 @@ def label_value(text: str) -> str:
 def event_counter(event: Event) -> tuple[str, dict[str, str]] | None:
     """Which counter an event increments (``restarts``, ``crashes`` or ``alerts``) and its labels."""
     data = event.data or {}
-    if event.kind == "restart":
+    if event.kind == EventKind.RESTART:
         return "restarts", {"reason": label_value(str(data.get("reason", "")))}
-    if event.kind == "unexpected_restart":
+    if event.kind == EventKind.UNEXPECTED_RESTART:
         return "restarts", {"reason": "unexpected"}
-    if event.kind == "crash":
+    if event.kind == EventKind.CRASH:
         return "crashes", {}
-    if event.kind == "alert" and data.get("state") == "raised":
+    if event.kind == EventKind.ALERT and data.get("state") == "raised":
         return "alerts", {"kind": str(data.get("kind", "unknown")), "severity": str(data.get("severity", "unknown"))}
     return None
 
