@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +17,7 @@ from tray.system.paths import AppPaths
 from tray.service.monitor import RECHECK_SECONDS, Monitor
 from tray.ollama.client import LoadedModel
 from tray.system.processes import ProcessRef
+from tray.system.resources import ResourceSample
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
@@ -616,7 +617,13 @@ def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
 def test_a_leak_restart_waits_while_someone_generates():
     monitor, sup, clock, cpu = make_busy()
     due = run_ticks(monitor, clock, 1)
-    monitor.duties.leak_restart_wanted = True
+    upkeep = monitor.duties.after_tick
+    asks = iter([True])  # the leak alert is raised once, with alerts.leak_restart on
+
+    def after_tick(*args, **kwargs):
+        return replace(upkeep(*args, **kwargs), leak_restart=next(asks, False))
+
+    monitor.duties.after_tick = after_tick
     for _ in range(3):
         cpu.seconds += 3.0
         clock.now = due
@@ -625,3 +632,62 @@ def test_a_leak_restart_waits_while_someone_generates():
     clock.now = due
     monitor.tick()
     assert sup.restarts == ["memory leak detected"]
+
+
+# --------------------------------------------------------------------------- after a wake
+
+
+GIB = 2**30
+
+
+def memory_sample(rss_bytes: int) -> ResourceSample:
+    return ResourceSample(
+        taken_at=0.0,
+        server_pid=1,
+        tree_pids=(1,),
+        tree_rss_bytes=rss_bytes,
+        tree_cpu_percent=1.0,
+        tree_gpu_memory_bytes=None,
+        ram_total_bytes=16 * GIB,
+        ram_used_bytes=8 * GIB,
+        cpu_percent=5.0,
+        gpu_available=False,
+        gpus=(),
+        disk_free_bytes=None,
+        disk_total_bytes=None,
+    )
+
+
+class FakeSampler:
+    """Ollama's process tree holding ``rss_bytes`` of memory."""
+
+    def __init__(self, rss_bytes: int) -> None:
+        self.rss_bytes = rss_bytes
+
+    def sample(self, server_pid):
+        return memory_sample(self.rss_bytes)
+
+
+def memory_alerts(monitor):
+    return [e.data["state"] for e in monitor.history.events() if e.kind == "alert" and e.data["kind"] == "memory"]
+
+
+def test_what_looked_wrong_right_after_a_wake_is_checked_again_soon_and_then_alerted():
+    monitor, sup, clock = make([OK] * 4)  # memory_mb limit 6144
+    monitor.sampler = FakeSampler(7 * GIB)
+    monitor.tick()  # the first high reading waits for a second one
+    clock.now += 3600  # the laptop slept; memory is still high after waking
+    due = monitor.tick()
+    assert due == clock.now + RECHECK_SECONDS  # not the 30 s interval: the alert engine asked to look again
+    assert memory_alerts(monitor) == []  # nothing is raised from the first look after a wake
+    clock.now = due
+    assert monitor.tick() == clock.now + 30
+    assert memory_alerts(monitor) == ["raised"]
+
+
+def test_a_wake_with_nothing_wrong_keeps_the_interval():
+    monitor, sup, clock = make([OK] * 2)
+    monitor.sampler = FakeSampler(1 * GIB)
+    monitor.tick()
+    clock.now += 3600
+    assert monitor.tick() == clock.now + 30

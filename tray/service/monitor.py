@@ -120,7 +120,6 @@ class Monitor:
         self._cpu_baseline: dict[ProcessRef, float] | None = None
         self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
         self.sample: ResourceSample | None = None
-        self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS)
         self.models = ModelKeeper(
             config,
             supervisor.host.url,
@@ -130,7 +129,9 @@ class Monitor:
             self._set_activity,
             clock,
         )
-        self.duties.oom_effects = OomEffects(config, history, supervisor, self.models)
+        oom_effects = OomEffects(config, history, supervisor, self.models)
+        self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS, oom_effects)
+        self._leak_restart_wanted = False  # until nothing runs on the server
         self.gateway: Any = None  # the cloud-fallback gateway, when running alongside
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
@@ -257,7 +258,7 @@ class Monitor:
         result = self.probe()
         self._observe(result, now)
         self.models.on_tick(now, result.ok, self.model_present)
-        self.duties.after_tick(
+        wants = self.duties.after_tick(
             now,
             str(self.health),
             result,
@@ -267,15 +268,18 @@ class Monitor:
             busy=self.busy,
             busy_known=self.evidence is not None,
         )
-        if self.duties.leak_restart_wanted and self._nothing_running():  # never cut off someone's generation
-            self.duties.leak_restart_wanted = False
+        self._leak_restart_wanted = self._leak_restart_wanted or wants.leak_restart
+        if self._leak_restart_wanted and self._nothing_running():  # never cut off someone's generation
+            self._leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
         if self._frozen_runner_restart_due():
             return self._restart_if_allowed(now, "stuck runner")
-        if self._restart_for_oom_ladder():
+        if wants.oom_restart is not None and self._restart_for_oom_ladder(wants.oom_restart):
             return self.clock() + RECHECK_SECONDS
         if result.ok:
-            return now + (self.config.health_check_interval if self.health is Health.HEALTHY else RECHECK_SECONDS)
+            # After a wake, what looked wrong is checked again soon: that fresh look may raise its alert.
+            settled = self.health is Health.HEALTHY and not wants.reprobe
+            return now + (self.config.health_check_interval if settled else RECHECK_SECONDS)
         timeout_restart = self.timeouts.observe(result)
         code = self.supervisor.take_exit()
         if code is not None:  # it died during this probe, before the exit watcher woke us
@@ -378,10 +382,9 @@ class Monitor:
         finally:
             self._set_activity(None)
 
-    def _restart_for_oom_ladder(self) -> bool:
+    def _restart_for_oom_ladder(self, reason: str) -> bool:
         """Restart a server this app started so the OOM ladder's environment takes effect; True when it did."""
-        reason = self.duties.oom_restart_reason()
-        if reason is None or not self._nothing_running():
+        if not self._nothing_running():
             return False
         self._restarting_ourselves = True
         self._set_activity(ActivityKind.RESTART, "Restarting Ollama with new memory settings")
