@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from tray.settings.config import Config
 from tray.core.health import BusySource, Failure, Health, ProbeResult
@@ -15,7 +17,9 @@ from tray.history import History
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 from tray.service.monitor import RECHECK_SECONDS, Monitor
+from tray.service.ports import SupervisorPort
 from tray.ollama.client import LoadedModel
+from tray.system.owners import ExternalSupervisor
 from tray.system.processes import ProcessRef
 from tray.system.resources import ResourceSample
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
@@ -58,33 +62,39 @@ class FakeClient:
     inference: list[ProbeResult] = field(default_factory=list)  # answers to the inference probe, in turn
     pings: list[ProbeResult] = field(default_factory=list)  # answers to the re-check after a probe timed out
     inference_timeouts: list[float] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
 
-    def probe_api(self, timeout: float):
+    def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
         result = self.probes.pop(0) if self.probes else OK
         return result, ({"llama3:latest"} if result.ok else None)
 
-    def loaded_models(self, timeout: float):
+    def loaded_models(self, timeout: float) -> list[LoadedModel] | None:
         return [LoadedModel(name, 100, 0) for name in self.loaded]
 
-    def probe_inference(self, model: str, timeout: float):
+    def probe_inference(self, model: str, timeout: float) -> ProbeResult:
         self.inference_timeouts.append(timeout)
         return self.inference.pop(0) if self.inference else INFERENCE_OK
 
-    def ping(self, timeout: float):
+    def ping(self, timeout: float) -> ProbeResult:
         return self.pings.pop(0) if self.pings else OK
 
-    def answers_as_ollama(self, timeout: float = 2.0):
+    def answers_as_ollama(self, timeout: float = 2.0) -> bool | None:
         return self.answering
+
+    def unload(self, model: str) -> str | None:
+        self.unloaded.append(model)
+        return None
 
 
 class FakeSupervisor:
+    """Scripted in place of :class:`~tray.service.supervisor.Supervisor`: the monitor sees it as a SupervisorPort."""
+
     def __init__(self, paths: AppPaths | None = None) -> None:
-        self.client = FakeClient()
+        self.client: FakeClient = FakeClient()
         self.user_stop = FakeUserStop()
-        self.external = None
-        self.server = ProcessRef(1, 0.0)
+        self.external: ExternalSupervisor | None = None
+        self.server: ProcessRef | None = ProcessRef(1, 0.0)
         self.runners: set[ProcessRef] = set()
-        self.popen = None
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
         self.paths = paths or AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
@@ -92,16 +102,20 @@ class FakeSupervisor:
         self.platform = "linux"
         self.env_overlay: dict[str, str] = {}
         self.started_overlay: dict[str, str] = {}
-        self.pid = None
-        self.on_exit = None
+        self.pid: int | None = None
+        self.config: Config | None = None  # set by reconfigure()
+        self.exit_listeners: list[Callable[[int], None]] = []
         self.restarts: list[str] = []
         self.restart_errors: list[Exception] = []
         self.stops = 0
-        self.exit_code = None  # set by a test: our child died with this status
+        self.exit_code: int | None = None  # set by a test: our child died with this status
 
     @property
     def overlay_pending(self) -> bool:
         return self.managed_by == "manager" and self.started_overlay != self.env_overlay
+
+    def answers(self) -> bool | None:
+        return self.client.answers_as_ollama()
 
     def adopt(self) -> None: ...
 
@@ -110,7 +124,7 @@ class FakeSupervisor:
     def reap_runners(self) -> list[int]:
         return []
 
-    def take_exit(self):
+    def take_exit(self) -> int | None:
         code, self.exit_code = self.exit_code, None
         return code
 
@@ -124,17 +138,33 @@ class FakeSupervisor:
         self.started_overlay = dict(self.env_overlay)
         return StartOutcome(True, 2, "manager", 0.5)
 
-    def stop(self, reason: str = "stop"):
+    def stop(self, reason: str = "stop") -> None:
         self.stops += 1
 
+    def subscribe_exit(self, callback: Callable[[int], None]) -> None:
+        self.exit_listeners.append(callback)
 
-def make(probes, paths=None, **config):
+    def forget_server(self) -> None:
+        self.external = None
+        self.server = None
+
+    def set_env_overlay(self, env: Mapping[str, str]) -> None:
+        self.env_overlay = dict(env)
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
+
+def make(
+    probes: list[ProbeResult], paths: AppPaths | None = None, **config: Any
+) -> tuple[Monitor, FakeSupervisor, Clock]:
     clock = Clock()
     sup = FakeSupervisor(paths)
     sup.client.probes = list(probes)
     cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
-    monitor = Monitor(sup, cfg, History(None), policy=policy, clock=clock)
+    port: SupervisorPort = sup  # what the monitor needs, checked by mypy
+    monitor = Monitor(port, cfg, History(None), policy=policy, clock=clock)
     monitor.state = MonitorState.RUNNING
     return monitor, sup, clock
 
@@ -578,8 +608,9 @@ class TimingClient(FakeClient):
 
     clock: Clock | None = None
 
-    def probe_api(self, timeout: float):
+    def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
         result, names = super().probe_api(timeout)
+        assert self.clock is not None
         self.clock.now += result.latency
         return result, names
 

@@ -61,7 +61,8 @@ from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.service.supervisor import Supervisor, SupervisorError
+from tray.service.ports import SupervisorPort
+from tray.service.supervisor import SupervisorError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
 class Monitor:
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: SupervisorPort,
         config: Config,
         history: History,
         *,
@@ -95,7 +96,7 @@ class Monitor:
         self.timeouts = TimeoutCounter(threshold=3)
         self.busy_tracker = BusyTracker(stuck_after=config.stuck_runner_seconds)
         self.read_cpu_seconds: CpuReader = cpu_seconds
-        supervisor.on_exit = self._on_server_exit
+        supervisor.subscribe_exit(self._on_server_exit)
 
         self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
@@ -326,8 +327,7 @@ class Monitor:
         if stopped and owner is not None:
             self.supervisor.user_stop.set()
             self.history.record(EventKind.USER_STOP, f"Ollama was stopped through {owner.describe()}; not restarting it")
-            self.supervisor.external = None
-            self.supervisor.server = None
+            self.supervisor.forget_server()
             self.state = MonitorState.STOPPED
             self._publish()
         return stopped

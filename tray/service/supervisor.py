@@ -138,7 +138,6 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         platform: str = sys.platform,
-        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -150,7 +149,8 @@ class Supervisor:
         server_settings_env = server_env(config.ollama_server, self.env)
         self.models_dir = default_models_dir(server_settings_env, home=Path(self.env.get("HOME") or Path.home()))
         self.user_stop = UserStop(paths.user_stop_file)
-        self.on_exit = on_exit  # called from a watcher thread when a server we started exits
+        self._exit_listeners: list[Callable[[int], None]] = []  # called from a watcher thread
+        self._listeners_lock = threading.Lock()  # not _lock: a stop or start holds that for long
 
         self.server: ProcessRef | None = None
         self.external: ExternalSupervisor | None = None
@@ -203,6 +203,27 @@ class Supervisor:
         if self.server is not None:
             live = set(runners_of(self.server))
             self.runners = {r for r in self.runners | live if r.alive()}
+
+    def subscribe_exit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` (from a watcher thread) with the status of a server this app started that exits unasked."""
+        with self._listeners_lock:
+            self._exit_listeners.append(callback)
+
+    def forget_server(self) -> None:
+        """The server was stopped through its owner (the Ollama app, systemctl): nothing is there to watch."""
+        with self._lock:
+            self.external = None
+            self.server = None
+
+    def set_env_overlay(self, env: Mapping[str, str]) -> None:
+        """Variables to set on top of the ``[ollama_server]`` settings at the next start (the OOM ladder's)."""
+        with self._lock:
+            self.env_overlay = dict(env)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use new settings from the next start, stop or wait on (the address and models folder stay)."""
+        with self._lock:
+            self.config = config
 
     def take_exit(self) -> int | None:
         """Exit status of the server this app started if it died unasked; reported once."""
@@ -296,8 +317,11 @@ class Supervisor:
 
         def wait() -> None:
             code = popen.wait()
-            if self.on_exit is not None and not self.expected_exit and self.popen is popen:
-                self.on_exit(code)  # the monitor then collects it with take_exit()
+            if not self.expected_exit and self.popen is popen:
+                with self._listeners_lock:
+                    listeners = list(self._exit_listeners)
+                for listener in listeners:
+                    listener(code)  # the monitor then collects it with take_exit()
 
         threading.Thread(target=wait, name=f"ollama-{popen.pid}-watch", daemon=True).start()
 

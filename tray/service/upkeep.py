@@ -23,7 +23,6 @@ from tray.core.health import Busy, ProbeResult
 from tray.core.status import EventKind
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.system.owners import SystemdService
-from tray.gateway.breaker import FallbackUsage
 from tray.history import History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
@@ -31,7 +30,7 @@ from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
     from tray.models.keeper import ModelKeeper
-    from tray.service.supervisor import Supervisor
+    from tray.service.ports import SupervisorPort, UsageReading
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ class DaemonDuties:
         probe: ProbeResult,
         sample: ResourceSample | None,
         model_status: str | None,
-        fallback: FallbackUsage | None = None,
+        fallback: UsageReading | None = None,
         busy: Busy | None = None,
         busy_known: bool = False,
     ) -> UpkeepWants:
@@ -249,7 +248,7 @@ class OomEffects:
     OOMs seen meanwhile as the same failure.
     """
 
-    def __init__(self, config: Config, history: History, supervisor: Supervisor, keeper: ModelKeeper) -> None:
+    def __init__(self, config: Config, history: History, supervisor: SupervisorPort, keeper: ModelKeeper) -> None:
         self.config = config
         self.history = history
         self.supervisor = supervisor
@@ -288,7 +287,7 @@ class OomEffects:
         targets = ladder.targets
         sup = self.supervisor
         if sup.managed_by == "manager":
-            sup.env_overlay = dict(targets.server_env)
+            sup.set_env_overlay(targets.server_env)
         acting = False
         if move.place is Place.SERVER_ENV:
             self._server_move = move if sup.overlay_pending else None
