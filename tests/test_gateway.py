@@ -29,7 +29,13 @@ from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_respo
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
 from tray.gateway.cloud import ApiKey, KeyStoreError, NotServed, SystemKeyStore, find_api_key, plan_cloud_call
-from tray.gateway.commands import cloud_set_key_command, gateway_command, same_address, start_gateway_in_monitor
+from tray.gateway.commands import (
+    cloud_set_key_command,
+    gateway_command,
+    gateway_for_monitor,
+    same_address,
+    serve_beside_monitor,
+)
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
@@ -1201,11 +1207,12 @@ class TestWiring:
 
         monitor = FakeMonitor()
         off = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "gateway": GatewaySettings()})()
-        assert start_gateway_in_monitor(off, monitor) is None
+        assert gateway_for_monitor(off, lambda: monitor.request("check")) is None
         config = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "cloud": cloud_settings(cloud),
                                   "gateway": GatewaySettings(enabled=True, port=0)})()  # fmt: skip
-        server = start_gateway_in_monitor(config, monitor)
-        assert server is not None
+        gateway = gateway_for_monitor(config, lambda: monitor.request("check"))
+        assert gateway is not None
+        server = serve_beside_monitor(gateway, 0, monitor)
         try:
             server.gateway.env = {KEY_ENV: KEY}
             monitor.subscribers[0](make_status(health=Health.DOWN, state=MonitorState.FAILED))

@@ -17,7 +17,7 @@ from tray.history import History
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 from tray.service.monitor import RECHECK_SECONDS, Monitor
-from tray.service.ports import SupervisorPort
+from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.ollama.client import LoadedModel
 from tray.system.owners import ExternalSupervisor
 from tray.system.processes import ProcessRef
@@ -156,7 +156,7 @@ class FakeSupervisor:
 
 
 def make(
-    probes: list[ProbeResult], paths: AppPaths | None = None, **config: Any
+    probes: list[ProbeResult], paths: AppPaths | None = None, gateway: GatewayFeed | None = None, **config: Any
 ) -> tuple[Monitor, FakeSupervisor, Clock]:
     clock = Clock()
     sup = FakeSupervisor(paths)
@@ -164,7 +164,7 @@ def make(
     cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
     port: SupervisorPort = sup  # what the monitor needs, checked by mypy
-    monitor = Monitor(port, cfg, History(None), policy=policy, clock=clock)
+    monitor = Monitor(port, cfg, History(None), gateway=gateway, policy=policy, clock=clock)
     monitor.state = MonitorState.RUNNING
     return monitor, sup, clock
 
@@ -416,10 +416,9 @@ class FakeCpu:
         return {ref: self.seconds for ref in refs if ref == self.runner}
 
 
-def make_busy(paths=None, **config):
+def make_busy(paths=None, gateway=None, **config):
     """The inference probe on, llama3 installed and loaded, one runner whose CPU time the test sets."""
-    monitor, sup, clock = make([], paths, **config)
-    monitor.config = Config(**{**monitor.config.__dict__, "health_probe": "inference", "ollama_model": "llama3"})
+    monitor, sup, clock = make([], paths, gateway, **{"health_probe": "inference", "ollama_model": "llama3", **config})
     sup.client.loaded = ["llama3:latest"]
     runner = ProcessRef(50, 1.0)
     sup.runners = {runner}
@@ -508,8 +507,8 @@ def test_a_probe_timeout_with_the_http_layer_silent_too_is_a_hang():
 
 
 def test_a_serve_that_stops_answering_is_restarted_even_while_busy():
-    monitor, sup, clock, cpu = make_busy()
-    gateway = monitor.gateway = FakeGateway()
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
     gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=1, last_progress=None)
     monitor.tick()
     assert monitor.snapshot().busy.source is BusySource.GATEWAY
@@ -520,8 +519,8 @@ def test_a_serve_that_stops_answering_is_restarted_even_while_busy():
 
 
 def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
-    monitor, sup, clock, cpu = make_busy()
-    gateway = monitor.gateway = FakeGateway()
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
     gateway.activity = SimpleNamespace(in_flight={"llama3": 2, "phi3": 1}, waiting=1, last_progress=clock.now - 4)
     monitor.tick()
     assert monitor.inference_count == 0
@@ -574,9 +573,9 @@ def test_a_stuck_runner_without_readable_cpu_time_is_an_alert_never_a_restart():
 
 
 def test_a_long_generation_through_the_gateway_is_never_stuck():
-    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60)
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60, gateway=gateway)
     cpu.seconds = None
-    gateway = monitor.gateway = FakeGateway()
     due = clock.now
     for _ in range(40):  # 20 min of tokens flowing
         clock.now = due

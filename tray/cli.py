@@ -34,6 +34,7 @@ from tray.system.paths import AppPaths
 from tray.service.supervisor import Supervisor, SupervisorError
 
 if TYPE_CHECKING:
+    from tray.gateway.app import GatewayServer
     from tray.system.autostart import Autostart
     from tray.ui.app import TrayApp
     from tray.ui.backend import TrayChoice
@@ -374,25 +375,33 @@ def cmd_autostart(args: argparse.Namespace) -> int:
 
 
 class running_services:
-    """Single-instance lock, monitor thread and status API, torn down in order."""
+    """Single-instance lock, monitor thread, status API and gateway, torn down in order."""
 
     def __init__(self, ctx: Context, notifier: "Notifier | None" = None) -> None:
         self.ctx = ctx
         self.notifier = notifier
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
+        self.gateway: GatewayServer | None = None
 
     def __enter__(self) -> "running_services":
         from tray.dashboard import Dashboard
-        from tray.gateway.commands import start_gateway_in_monitor
+        from tray.gateway.commands import gateway_for_monitor, serve_beside_monitor
         from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
 
-        paths = self.ctx.paths
+        config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
-        install_default_modelfile(self.ctx.config, paths)
+        install_default_modelfile(config, paths)
         self.history = self.ctx.history()
-        notifier = self.notifier or Notifier(enabled=self.ctx.config.notifications)
+        notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
-        self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
+        try:
+            # It reports to the monitor built next, once it serves (after the monitor started).
+            gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
+        except OSError as exc:
+            self.history.close()
+            self.instance.release()
+            raise CliError(str(exc)) from None
+        self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
         self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
         self.server = StatusServer(
@@ -406,16 +415,16 @@ class running_services:
         self.status_port = port
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
-        try:
-            self.gateway = start_gateway_in_monitor(self.ctx.config, self.monitor, self.history, notifier)
-        except OSError as exc:
-            self.__exit__(None, None, None)
-            raise CliError(str(exc)) from None
-        self.monitor.gateway = self.gateway.gateway if self.gateway else None
+        if gateway is not None:
+            try:
+                self.gateway = serve_beside_monitor(gateway, config.gateway.port, self.monitor)
+            except OSError as exc:
+                self.__exit__(None, None, None)
+                raise CliError(str(exc)) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if getattr(self, "gateway", None) is not None:
+        if self.gateway is not None:
             self.gateway.stop()
         self.monitor.stop()
         self.dashboard.close()  # ends the dashboards' open event streams, so the server can stop

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
 
 from tray.settings.config import Config
 from tray.core.alerts import AlertKind
@@ -61,7 +60,7 @@ from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.service.ports import SupervisorPort
+from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import SupervisorError
 
 log = logging.getLogger(__name__)
@@ -77,17 +76,26 @@ CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
 
 
 class Monitor:
+    """The health-check loop over one :class:`~tray.service.ports.SupervisorPort`.
+
+    ``gateway``: the cloud-fallback gateway when it runs beside the monitor;
+    its requests in flight are work in Ollama, its cloud share feeds the
+    fallback alert, and its state goes into the status.
+    """
+
     def __init__(
         self,
         supervisor: SupervisorPort,
         config: Config,
         history: History,
         *,
+        gateway: GatewayFeed | None = None,
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.supervisor = supervisor
+        self.gateway = gateway
         self.config = config
         self.history = history
         self.clock = clock
@@ -133,7 +141,6 @@ class Monitor:
         oom_effects = OomEffects(config, history, supervisor, self.models)
         self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS, oom_effects)
         self._leak_restart_wanted = False  # until nothing runs on the server
-        self.gateway: Any = None  # the cloud-fallback gateway, when running alongside
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
         self._status = self._build_status()
@@ -497,12 +504,11 @@ class Monitor:
         return self.read_cpu_seconds(list(self.supervisor.runners))
 
     def _gateway_activity(self) -> GatewayActivity | None:
-        """The gateway's requests in flight to Ollama, when a gateway runs and can tell."""
-        read = getattr(self.gateway, "local_activity", None)
-        if read is None:
+        """The gateway's requests in flight to Ollama, when a gateway runs."""
+        if self.gateway is None:
             return None
         try:
-            activity = read()
+            activity = self.gateway.local_activity()
             return GatewayActivity(dict(activity.in_flight), int(activity.waiting), activity.last_progress)
         except Exception:  # a broken gateway must not stop the health checks
             log.exception("could not read the gateway's activity")
