@@ -81,17 +81,12 @@ def healthy_status(**changes: Any) -> Status:
     )
 
 
-class FakeSupervisor:
-    def __init__(self, config: Any) -> None:
-        self.config = config
-
-
 class FakeMonitor:
     """The parts of Monitor the dashboard and the status API use."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.supervisor = FakeSupervisor(config)
+        self.applied: list[Any] = []  # the settings it was given, in turn
         self.status = healthy_status()
         self.sample: ResourceSample | None = None
         self.subscribers: list[Any] = []
@@ -113,6 +108,13 @@ class FakeMonitor:
         self.requested.append(action)
         future: concurrent.futures.Future[str] = concurrent.futures.Future()
         future.set_result(f"{action} done")
+        return future
+
+    def apply_settings(self, config: Any) -> concurrent.futures.Future[str]:
+        self.config = config
+        self.applied.append(config)
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        future.set_result("settings in use")
         return future
 
 
@@ -280,9 +282,10 @@ def test_a_valid_save_keeps_comments_writes_once_and_applies_what_it_can(setup: 
     )
     assert stat.S_IMODE(setup.config_path.stat().st_mode) == 0o600
     assert sorted(p.name for p in setup.config_path.parent.iterdir()) == ["config.toml"]
-    for config in (setup.monitor.config, setup.monitor.supervisor.config):
-        assert (config.health_check_interval, config.health_probe) == (12.0, "api")
-        assert config.alerts.memory_mb == 4096  # the alert engine reads it at start-up only
+    assert len(setup.monitor.applied) == 1  # one new Config, handed to the monitor's thread
+    config = setup.monitor.config
+    assert (config.health_check_interval, config.health_probe) == (12.0, "api")
+    assert config.alerts.memory_mb == 4096  # applies after the app restarts
     rows = {row["key"]: row for row in setup.client().get("/api/settings").json()["settings"]}
     assert (rows["health_check_interval"]["pending_restart"], rows["alerts.memory_mb"]["pending_restart"]) == (
         False,
@@ -296,7 +299,8 @@ def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
     assert first["applies"] == {"now": [], "ollama_start": [], "app_restart": ["alerts.memory_mb"]}
     second = client.post("/api/settings", json={"values": {"stop_timeout": 2}}, headers=AUTH).json()
     assert second["message"] == f"Saved 1 setting to {setup.config_path}. Applied now: stop_timeout."
-    assert setup.monitor.supervisor.config.stop_timeout == 2.0
+    assert setup.monitor.config.stop_timeout == 2.0
+    assert setup.monitor.config.alerts.memory_mb == 4096  # saved, but applies after the app restarts
 
 
 @pytest.mark.parametrize(

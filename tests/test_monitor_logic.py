@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -10,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from tray.settings.config import Config
+from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
@@ -382,8 +384,6 @@ def test_a_suspend_the_monotonic_clock_did_not_see_is_a_wake_too():
 
 
 def test_a_stuck_subscriber_never_blocks_the_health_checks():
-    import threading
-
     monitor, sup, clock = make([OK] * 5)
     release = threading.Event()
     seen = []
@@ -721,3 +721,77 @@ def test_a_wake_with_nothing_wrong_keeps_the_interval():
     monitor.tick()
     clock.now += 3600
     assert monitor.tick() == clock.now + 30
+
+
+# --------------------------------------------------------------------------- settings saved on the dashboard
+
+
+def test_a_longer_interval_saved_on_the_settings_page_is_taken_on_the_monitor_thread_and_alerts_still_fire(
+    tmp_path,
+):
+    from starlette.testclient import TestClient
+
+    from tray.dashboard import Dashboard, mount_dashboard
+    from tray.web.status_api import build_app
+
+    config_path = tmp_path / "config.toml"
+    config_path.write_text("health_check_interval = 30\n")
+    monitor, sup, clock = make([OK] * 10)
+    monitor.sampler = FakeSampler(1 * GIB)
+    taken_on = []
+    use_settings = monitor._use_settings
+
+    def recording(config):
+        taken_on.append(threading.current_thread().name)
+        return use_settings(config)
+
+    monitor._use_settings = recording
+    dashboard = Dashboard(monitor, monitor.history, "token", config_path=config_path, env={})
+    app = mount_dashboard(build_app(monitor, monitor.history, "token"), dashboard)
+    client = TestClient(app, base_url="http://127.0.0.1:11436", client=("127.0.0.1", 50123))
+    monitor.start()  # checks once at once, then waits for the next check or a command
+    try:
+        answer = client.post(
+            "/api/settings",
+            json={"values": {"health_check_interval": 300}},
+            headers={"Authorization": "Bearer token"},
+        ).json()
+    finally:
+        monitor.stop()
+        dashboard.close()
+    assert answer["applies"]["now"] == ["health_check_interval"]
+    assert taken_on == ["monitor"]
+    assert monitor.config.health_check_interval == 300 and sup.config.health_check_interval == 300
+    # Ollama's memory climbs past the limit; checks now come 300 s apart, which is no sleep of the machine:
+    # the second high reading confirms the alert, with no re-probe in between.
+    monitor.sampler = FakeSampler(7 * GIB)
+    clock.now += 300
+    dues = []
+    for _ in range(3):
+        dues.append(monitor.tick())
+        clock.now = dues[-1]
+    assert dues == [1600.0, 1900.0, 2200.0]
+    assert [e.kind for e in monitor.history.events()].count("resume") == 0
+    assert memory_alerts(monitor) == ["raised"]
+
+
+def test_new_settings_rebuild_what_derives_from_them():
+    monitor, sup, clock = make([OK])
+    changed = Config(
+        **{
+            **monitor.config.__dict__,
+            "auto_restart_attempts": 5,
+            "stuck_runner_timeout": 45,
+            "health_check_interval": 120,
+            "alerts": AlertThresholds(memory_mb=1024),
+        }
+    )
+    future = monitor.apply_settings(changed)
+    assert not future.done()  # queued for the monitor thread
+    monitor._drain_commands()
+    assert future.result(0) == "settings in use"
+    assert (monitor.config, sup.config, monitor.models.config, monitor.duties.config) == (changed,) * 4
+    assert monitor.policy.max_attempts == 5 and monitor.snapshot().restart_attempts_max == 5
+    assert monitor.busy_tracker.stuck_after == 45
+    assert monitor.duties.alerts.thresholds.memory_mb == 1024
+    assert monitor.duties.alerts.interval_seconds == 120 + 3 * 5

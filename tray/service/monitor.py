@@ -8,8 +8,9 @@ probe left waiting), lets :mod:`tray.core.health` classify it, asks the
 restart policy what to do, carries it out through the
 :class:`~tray.service.supervisor.Supervisor`, and publishes a status dict to
 subscribers (tray, notifications, status API).
-Other threads never touch processes: they queue an action with
-:meth:`Monitor.request` and get a Future back.
+Other threads never touch processes or the monitor's state: they queue an
+action with :meth:`Monitor.request`, or new settings with
+:meth:`Monitor.apply_settings`, and get a Future back.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class Monitor:
 
         self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
-        self._commands: queue.Queue[tuple[str, concurrent.futures.Future[str]]] = queue.Queue()
+        self._commands: queue.Queue[tuple[str | Config, concurrent.futures.Future[str]]] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -177,6 +178,17 @@ class Monitor:
         if action in MODEL_JOBS:
             return self.models.request(action)  # builds take minutes: the keeper's own thread
         self._commands.put((action, future))
+        self._wake.set()
+        return future
+
+    def apply_settings(self, config: Config) -> concurrent.futures.Future[str]:
+        """Queue new settings for the monitor thread, which uses them (and what derives from them) from then on.
+
+        The Future's result is a one-line message once they are in use; the
+        address and the models folder stay as they were (they need the app restarted).
+        """
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._commands.put((config, future))
         self._wake.set()
         return future
 
@@ -551,7 +563,6 @@ class Monitor:
             self.busy_tracker.reset()
             self.busy = None
         else:
-            self.busy_tracker.stuck_after = self.config.stuck_runner_seconds
             self.busy = self.busy_tracker.observe(now, self.evidence)
         if (previous is None) != (self.busy is None):
             log.info("Ollama %s", f"busy ({self.busy.source}) on {self.busy.model}" if self.busy else "idle")
@@ -575,19 +586,34 @@ class Monitor:
     # ------------------------------------------------------------------ commands
 
     def _drain_commands(self) -> bool:
+        """Run what other threads queued; True when an action ran (a check follows it)."""
         ran = False
         while True:
             try:
-                action, future = self._commands.get_nowait()
+                command, future = self._commands.get_nowait()
             except queue.Empty:
                 return ran
             if not future.set_running_or_notify_cancel():
                 continue
-            ran = True
             try:
-                future.set_result(self._run_command(action))
+                if isinstance(command, Config):
+                    future.set_result(self._use_settings(command))
+                else:
+                    ran = True
+                    future.set_result(self._run_command(command))
             except Exception as exc:  # the caller shows it as one line
                 future.set_exception(exc)
+
+    def _use_settings(self, config: Config) -> str:
+        """Use ``config`` from now on, and rebuild what derives from it (the one place that does)."""
+        self.config = config
+        self.supervisor.reconfigure(config)
+        self.policy.max_attempts = config.auto_restart_attempts
+        self.busy_tracker.stuck_after = config.stuck_runner_seconds
+        self.duties.reconfigure(config)  # the alert limits, and the gap between checks that means a sleep
+        self.models.config = config
+        self._publish()
+        return "settings in use"
 
     def _run_command(self, action: str) -> str:
         sup = self.supervisor
