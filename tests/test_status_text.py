@@ -1,4 +1,4 @@
-"""``ollama-manager status`` as text: every line from the status dict, including what Ollama is busy with."""
+"""``ollama-manager status`` as text: every line from the status, including what Ollama is busy with."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ def status_view(status: Status, now: float) -> dict[str, Any]:
 
 
 def megabytes_text(megabytes: float) -> str:
-    """``512 MB`` below a gigabyte, ``4.0 GB`` above (binary units, as the status dict counts).
+    """``512 MB`` below a gigabyte, ``4.0 GB`` above (binary units, as the status counts).
 
     >>> megabytes_text(512), megabytes_text(4096)
     ('512 MB', '4.0 GB')

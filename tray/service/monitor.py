@@ -5,9 +5,9 @@ something is wrong): first the server's HTTP layer, then the inference probe
 where :func:`~tray.core.health.choose_inference_probe` allows it. It measures
 what Ollama is busy with (the gateway's requests, the runners' CPU time, a
 probe left waiting), lets :mod:`tray.core.health` classify it, asks the
-restart policy what to do, carries it out through the
-:class:`~tray.service.supervisor.Supervisor`, and publishes a status dict to
-subscribers (tray, notifications, status API).
+restart policy what to do, carries it out through the supervisor
+(:class:`~tray.service.ports.SupervisorPort`), and publishes a
+:class:`~tray.core.status.Status` to subscribers (tray, dashboard, gateway, status API).
 Other threads never touch processes or the monitor's state: they queue an
 action with :meth:`Monitor.request`, or new settings with
 :meth:`Monitor.apply_settings`, and get a Future back.
