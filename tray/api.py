@@ -15,8 +15,7 @@ from typing import Any
 
 from tray.settings.config import Config, load_config
 from tray.core.health import classify
-from tray.core.status import EventKind
-from tray.history import History
+from tray.history import EventKind, History
 from tray.service.monitor import Monitor
 from tray.system.paths import AppPaths
 from tray.service.supervisor import Supervisor, SupervisorError

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 from tray import __version__
 from tray.core.health import BusySource
-from tray.core.status import BusyStatus, EventKind, Status
+from tray.core.status import BusyStatus, Status
 from tray.errors import CliError
 from tray.models.defaults import install_default_modelfile
 from tray.web.link import MonitorLink
 from tray.settings.config import Config, ConfigError, load_config
-from tray.history import History
+from tray.history import EventKind, History
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.service.notices import notify_events

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
-
-from tray.core.status import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,32 @@ CREATE INDEX IF NOT EXISTS samples_time ON samples(time);
 
 SAMPLE_FIELDS = ("health", "latency_ms", "memory_mb", "cpu_percent", "ram_used_mb", "gpu_memory_mb", "gpu_percent")
 NUMERIC_FIELDS = SAMPLE_FIELDS[1:]
+
+
+class EventKind(StrEnum):
+    """The kind of an event in the history (what notifications, metrics and the timeline key on)."""
+
+    MONITOR = "monitor"  # the monitor started or stopped
+    HEALTH = "health"  # a change of health, or the first start's outcome
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    ADOPT = "adopt"  # an Ollama started elsewhere is watched
+    EXTERNAL = "external"  # another program restarted Ollama: watched, not managed
+    USER_STOP = "user_stop"
+    CRASH = "crash"
+    UNEXPECTED_RESTART = "unexpected_restart"
+    GAVE_UP = "gave_up"
+    RESUME = "resume"  # the machine woke from sleep
+    ERROR = "error"
+    ALERT = "alert"
+    OOM = "oom"  # a move of the out-of-memory ladder
+    CLOUD = "cloud"  # the gateway's cloud fallback turned on or off
+    MODEL_MISSING = "model_missing"
+    MODEL_CORRUPT = "model_corrupt"
+    MODEL_ERROR = "model_error"
+    MODEL_BUILT = "model_built"
+    MODEL_REPAIRED = "model_repaired"
 
 
 @dataclass(frozen=True)

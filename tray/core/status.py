@@ -8,11 +8,10 @@ the dashboard, the CLI, the metrics and the gateway read its attributes.
 monitor of an older version (missing keys take their defaults, unknown
 values their safe reading).
 
-The kinds:
+The kinds (the events' kinds are :class:`tray.history.EventKind`, beside the events):
 
 - :class:`MonitorState`: where the monitor is with the server (its ``state``)
 - :class:`ActivityKind`: the work under way that the tray shows (its ``activity``)
-- :class:`EventKind`: every kind of event the history records
 - :class:`ModelStatus`: what the model keeper last found of the model
 
 Tests build a status with :func:`make_status`.
@@ -51,32 +50,6 @@ class ActivityKind(StrEnum):
     BUILD = "build"  # building or checking the model from the Modelfile
     PULL = "pull"  # pulling the model's base
     VERIFY = "verify"  # checking the model's files against their digests
-
-
-class EventKind(StrEnum):
-    """The kind of an event in the history (what notifications, metrics and the timeline key on)."""
-
-    MONITOR = "monitor"  # the monitor started or stopped
-    HEALTH = "health"  # a change of health, or the first start's outcome
-    START = "start"
-    STOP = "stop"
-    RESTART = "restart"
-    ADOPT = "adopt"  # an Ollama started elsewhere is watched
-    EXTERNAL = "external"  # another program restarted Ollama: watched, not managed
-    USER_STOP = "user_stop"
-    CRASH = "crash"
-    UNEXPECTED_RESTART = "unexpected_restart"
-    GAVE_UP = "gave_up"
-    RESUME = "resume"  # the machine woke from sleep
-    ERROR = "error"
-    ALERT = "alert"
-    OOM = "oom"  # a move of the out-of-memory ladder
-    CLOUD = "cloud"  # the gateway's cloud fallback turned on or off
-    MODEL_MISSING = "model_missing"
-    MODEL_CORRUPT = "model_corrupt"
-    MODEL_ERROR = "model_error"
-    MODEL_BUILT = "model_built"
-    MODEL_REPAIRED = "model_repaired"
 
 
 class ModelStatus(StrEnum):
@@ -429,7 +402,6 @@ __all__ = [
     "Activity",
     "ActivityKind",
     "BusyStatus",
-    "EventKind",
     "GatewayStatus",
     "LoadedModelStatus",
     "ModelInfo",

@@ -25,8 +25,8 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tray import __version__
-from tray.core.status import EventKind, GatewayStatus, Status
-from tray.history import Event, History
+from tray.core.status import GatewayStatus, Status
+from tray.history import Event, EventKind, History
 from tray.system.resources import ResourceSample
 
 PREFIX = "ollama_manager"

@@ -66,7 +66,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
-from tray.core.status import EventKind, GatewayStatus, Status
+from tray.core.status import GatewayStatus, Status
 from tray.gateway import translate as tr
 from tray.gateway.breaker import (
     Activation,
@@ -110,6 +110,7 @@ from tray.gateway.cloud import (
 )
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
+from tray.history import EventKind
 from tray.web.loopback import LoopbackOnly, host_allowed
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tray.core.status import ActivityKind, EventKind, ModelStatus
+from tray.core.status import ActivityKind, ModelStatus
 from tray.settings.config import Config
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models import builder
 from tray.models.errors import ModelError
 from tray.models.progress import ProgressEvent
@@ -114,7 +114,8 @@ class ModelKeeper:
             return
         if self._was_present and not model_present:
             self.status = ModelStatus.MISSING
-            self.history.record(EventKind.MODEL_MISSING, f"model {self.config.ollama_model} was deleted or is no longer listed")
+            missing = f"model {self.config.ollama_model} was deleted or is no longer listed"
+            self.history.record(EventKind.MODEL_MISSING, missing)
         self._was_present = model_present
         if not self.config.auto_build_model:
             return

@@ -48,7 +48,6 @@ from tray.core.status import (
     Activity,
     ActivityKind,
     BusyStatus,
-    EventKind,
     LoadedModelStatus,
     ModelInfo,
     MonitorState,
@@ -56,7 +55,7 @@ from tray.core.status import (
 )
 from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.service.upkeep import DaemonDuties, OomEffects
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
 from tray.system.processes import ProcessRef, cpu_seconds
@@ -345,7 +344,8 @@ class Monitor:
             stopped = systemd_active_state(owner) == "inactive"
         if stopped and owner is not None:
             self.supervisor.user_stop.set()
-            self.history.record(EventKind.USER_STOP, f"Ollama was stopped through {owner.describe()}; not restarting it")
+            how = f"Ollama was stopped through {owner.describe()}; not restarting it"
+            self.history.record(EventKind.USER_STOP, how)
             self.supervisor.forget_server()
             self.state = MonitorState.STOPPED
             self._publish()

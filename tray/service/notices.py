@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tray.core.status import EventKind
-from tray.history import Event, History
+from tray.history import Event, EventKind, History
 from tray.system.notify import Notifier
 
 

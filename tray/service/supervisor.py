@@ -29,12 +29,11 @@ from pathlib import Path
 
 import psutil
 
-from tray.core.status import EventKind
 from tray.system.atomic import write_atomically
 from tray.settings.config import Config
 from tray.errors import SupervisorError
 from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.store import default_models_dir
 from tray.ollama.client import OllamaClient
 from tray.system.paths import AppPaths

@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 from tray.settings.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
-from tray.core.status import EventKind
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.system.owners import SystemdService
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
 from tray.system.resources import ResourceSample
