@@ -136,6 +136,7 @@ def test_models_coming_and_going_change_the_layout() -> None:
 def test_start_and_stop_are_different_items() -> None:
     ids = MenuIds()
     running = build_layout(build_menu(HEALTHY, SETTINGS, set()), ids)
-    stopped = build_layout(build_menu(replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False), SETTINGS, set()), ids)
+    stopped_status = replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False)
+    stopped = build_layout(build_menu(stopped_status, SETTINGS, set()), ids)
     assert layout_change(running, stopped).layout_changed is True
     assert "Start Ollama" in labels(stopped) and "Stop Ollama" not in labels(stopped)

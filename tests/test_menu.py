@@ -162,7 +162,8 @@ def test_stopping_disables_stop_restart_and_rebuild() -> None:
 
 
 def test_restarting_server_still_offers_stop() -> None:
-    entries = build_menu(status(state=MonitorState.RESTARTING, ollama_running=False, health=Health.DOWN), SETTINGS, set())
+    restarting = status(state=MonitorState.RESTARTING, ollama_running=False, health=Health.DOWN)
+    entries = build_menu(restarting, SETTINGS, set())
     assert {"stop", "restart"} <= enabled_actions(entries)
     assert find_entry(entries, "start") is None
 

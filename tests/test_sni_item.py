@@ -36,6 +36,7 @@ if missing_tools(("dbus-daemon",)):
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
 HEALTHY = make_status(latency_ms=5, model="m")
+STOPPED = replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False)
 
 
 def test_docstring_examples() -> None:
@@ -215,7 +216,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             updated = signals.wait_for("ItemsPropertiesUpdated", 5)
             assert updated.body == ([(menu.find("Start at login").id, {"toggle-state": ("i", 1)})], [])
             running.icon.update_menu()  # nothing changed: no signal
-            running.entries = build_menu(replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False), SETTINGS, set())
+            running.entries = build_menu(STOPPED, SETTINGS, set())
             running.icon.update_menu()
             layout_updated = signals.wait_for("LayoutUpdated", 5)
             assert signals.members() == []  # nothing between the two changes
@@ -225,7 +226,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             signals.wait_for("NewToolTip", 5)
             running.icon.title = "Ollama: down"  # the same text: no signal
             running.icon.update_menu()
-            running.entries = build_menu(replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False), SETTINGS, {"start"})
+            running.entries = build_menu(STOPPED, SETTINGS, {"start"})
             running.icon.update_menu()
             signals.wait_for("ItemsPropertiesUpdated", 5)
             assert signals.members() == []  # no NewToolTip for the unchanged text

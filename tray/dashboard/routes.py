@@ -161,7 +161,7 @@ class Dashboard:
             applied.result(timeout=APPLY_WAIT_SECONDS)
         except concurrent.futures.TimeoutError:
             log.info("the monitor is busy; it takes the new settings (%s) when its current work ends", ", ".join(keys))
-        except Exception as exc:  # the monitor is shutting down: the file has them for the next start
+        except Exception as exc:  # noqa: BLE001 - the monitor is shutting down: the file has them for the next start
             log.warning("the monitor did not take the new settings: %s", exc)
         if self.notifier is not None and "notifications" in plan.now:
             self.notifier.enabled = bool(wanted["notifications"])

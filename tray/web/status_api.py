@@ -1,7 +1,7 @@
 """The status API: a loopback-only HTTP endpoint served by a running monitor.
 
-``GET /api/status`` returns the monitor's status (:meth:`~tray.core.status.Status.to_json`), ``GET /api/events`` the event
-history, ``POST /api/actions/<action>`` queues one of the monitor's
+``GET /api/status`` returns the monitor's status (:meth:`~tray.core.status.Status.to_json`),
+``GET /api/events`` the event history, ``POST /api/actions/<action>`` queues one of the monitor's
 ``ACTIONS`` (start, stop, restart, unload, the model jobs, and ``check``:
 probe Ollama now, as a standalone gateway asks when a request went wrong).
 Only loopback clients with a loopback/localhost ``Host`` header are served
