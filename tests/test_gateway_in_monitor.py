@@ -132,6 +132,28 @@ def restarts(manager: Manager) -> list[dict[str, Any]]:
     return [e for e in manager.events() if e["kind"] in ("restart", "crash", "unexpected_restart")]
 
 
+def wait_loaded_and_idle(manager: Manager, model: str, settle: float) -> None:
+    """Wait until the monitor has reported ``model`` in memory and nothing running for ``settle`` s in a row.
+
+    Right after a generation the monitor's next check still sees the runner's CPU time advance and says
+    Ollama is busy; a gateway following the status then rightly lets a new request wait its turn. ``settle``
+    covers a few of the gateway's status polls, so it has seen the idle status too.
+    """
+    idle_since: float | None = None
+
+    def settled() -> bool:
+        nonlocal idle_since
+        status = manager.api_status() or {"loaded_models": [], "busy": None}
+        loaded = any(m["name"].split(":")[0] == model for m in status["loaded_models"])
+        if not loaded or status["busy"] is not None:
+            idle_since = None
+            return False
+        idle_since = idle_since or time.monotonic()
+        return time.monotonic() - idle_since >= settle
+
+    wait_until(settled, 20, what=f"the monitor to report {model} loaded and idle")
+
+
 def test_slow_answers_and_cold_loads_stay_local_with_no_restart(
     managed: Callable[..., tuple[Manager, str]], standin: StandinEnv, cloud: StandinCloud
 ) -> None:
@@ -222,7 +244,8 @@ def test_the_standalone_gateway_reports_to_the_running_monitor(
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url), 20, what="the gateway")
-        httpx.post(f"{url}/api/chat", json=dict(CHAT, stream=False), timeout=30)  # llama3 in memory, idle
+        httpx.post(f"{url}/api/chat", json=dict(CHAT, stream=False), timeout=30)  # llama3 in memory...
+        wait_loaded_and_idle(manager, "llama3", settle=5 * 0.2)  # ...and idle, as the gateway has seen
         standin.set_faults(hang_inference=True)
         silent = httpx.post(f"{url}/api/chat", json=CHAT, timeout=30)
         assert silent.headers[HEADER] == "cloud"
