@@ -226,7 +226,6 @@ def test_the_standalone_gateway_reports_to_the_running_monitor(
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: _answers(url), 20, what="the gateway")
         httpx.post(f"{url}/api/chat", json=dict(CHAT, stream=False), timeout=30)  # llama3 in memory, idle
-        assert not httpx.get(f"{url}/_gateway/status", timeout=5).json()["ollama_busy"]
         standin.set_faults(hang_inference=True)
         silent = httpx.post(f"{url}/api/chat", json=CHAT, timeout=30)
         assert silent.headers[HEADER] == "cloud"

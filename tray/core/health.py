@@ -46,7 +46,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TypeVar
+
+ProcessKey = TypeVar("ProcessKey", bound=Hashable)
 
 
 class Health(StrEnum):
@@ -199,7 +201,9 @@ class RunnerCpu:
 UNKNOWN_CPU = RunnerCpu(None)
 
 
-def runner_cpu_since(previous: Mapping[Hashable, float] | None, current: Mapping[Hashable, float | None]) -> RunnerCpu:
+def runner_cpu_since(
+    previous: Mapping[ProcessKey, float] | None, current: Mapping[ProcessKey, float | None]
+) -> RunnerCpu:
     """CPU seconds the runners used between two readings (per process: ``None`` = unreadable).
 
     A runner new since the previous reading counts with all its time (it is
@@ -285,30 +289,9 @@ class Busy:
     stuck: bool  # no progress for longer than the bound
     frozen: bool  # stuck, and provably so: the restart rule holds
 
-    @staticmethod
-    def _ago(now: float, then: float | None) -> float | None:
-        return None if then is None else round(max(0.0, now - then), 1)
-
     def quiet_seconds(self, now: float) -> float:
         """Seconds since the last progress, or since busy began when there was none."""
         return max(0.0, now - max(self.since, self.last_progress or self.since))
-
-    def to_status(self, now: float) -> dict[str, Any]:
-        """The status dict's ``busy`` value.
-
-        >>> Busy(BusySource.RUNNER, "m", None, None, 10.0, 40.0, False, False).to_status(100.0)
-        {'model': 'm', 'requests': None, 'waiting': None, 'since_seconds': 90.0, 'progress_seconds_ago': 60.0, \
-'source': 'runner', 'stuck': False}
-        """
-        return {
-            "model": self.model,
-            "requests": self.requests,
-            "waiting": self.waiting,
-            "since_seconds": round(max(0.0, now - self.since), 1),
-            "progress_seconds_ago": self._ago(now, self.last_progress),
-            "source": str(self.source),
-            "stuck": self.stuck,
-        }
 
 
 def stuck_runner_bound(stuck_runner_timeout: float, model_load_timeout: float) -> float:

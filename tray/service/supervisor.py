@@ -33,7 +33,7 @@ from tray.system.atomic import write_atomically
 from tray.settings.config import Config
 from tray.errors import SupervisorError
 from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.store import default_models_dir
 from tray.ollama.client import OllamaClient
 from tray.system.paths import AppPaths
@@ -137,7 +137,6 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         platform: str = sys.platform,
-        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -149,7 +148,8 @@ class Supervisor:
         server_settings_env = server_env(config.ollama_server, self.env)
         self.models_dir = default_models_dir(server_settings_env, home=Path(self.env.get("HOME") or Path.home()))
         self.user_stop = UserStop(paths.user_stop_file)
-        self.on_exit = on_exit  # called from a watcher thread when a server we started exits
+        self._exit_listeners: list[Callable[[int], None]] = []  # called from a watcher thread
+        self._listeners_lock = threading.Lock()  # not _lock: a stop or start holds that for long
 
         self.server: ProcessRef | None = None
         self.external: ExternalSupervisor | None = None
@@ -203,6 +203,27 @@ class Supervisor:
             live = set(runners_of(self.server))
             self.runners = {r for r in self.runners | live if r.alive()}
 
+    def subscribe_exit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` (from a watcher thread) with the status of a server this app started that exits unasked."""
+        with self._listeners_lock:
+            self._exit_listeners.append(callback)
+
+    def forget_server(self) -> None:
+        """The server was stopped through its owner (the Ollama app, systemctl): nothing is there to watch."""
+        with self._lock:
+            self.external = None
+            self.server = None
+
+    def set_env_overlay(self, env: Mapping[str, str]) -> None:
+        """Variables to set on top of the ``[ollama_server]`` settings at the next start (the OOM ladder's)."""
+        with self._lock:
+            self.env_overlay = dict(env)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use new settings from the next start, stop or wait on (the address and models folder stay)."""
+        with self._lock:
+            self.config = config
+
     def take_exit(self) -> int | None:
         """Exit status of the server this app started if it died unasked; reported once."""
         with self._lock:
@@ -237,7 +258,7 @@ class Supervisor:
             begun = time.monotonic()
             if self.client.answers_as_ollama():
                 self.adopt()
-                self.history.record("adopt", f"Ollama already running (pid {self.pid}); watching it")
+                self.history.record(EventKind.ADOPT, f"Ollama already running (pid {self.pid}); watching it")
                 return StartOutcome(False, self.pid, self.managed_by)
             self._check_port_free()
             binary: Path | None
@@ -270,7 +291,7 @@ class Supervisor:
             self.adopt()
             outcome = StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
             self.history.record(
-                "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
+                EventKind.START, f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
             )
             return outcome
 
@@ -295,8 +316,11 @@ class Supervisor:
 
         def wait() -> None:
             code = popen.wait()
-            if self.on_exit is not None and not self.expected_exit and self.popen is popen:
-                self.on_exit(code)  # the monitor then collects it with take_exit()
+            if not self.expected_exit and self.popen is popen:
+                with self._listeners_lock:
+                    listeners = list(self._exit_listeners)
+                for listener in listeners:
+                    listener(code)  # the monitor then collects it with take_exit()
 
         threading.Thread(target=wait, name=f"ollama-{popen.pid}-watch", daemon=True).start()
 
@@ -329,7 +353,7 @@ class Supervisor:
             else:
                 how = f"killed after {self.config.stop_timeout:g} s"
             self.history.record(
-                "stop",
+                EventKind.STOP,
                 f"Ollama stopped ({how})",
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
@@ -403,7 +427,7 @@ class Supervisor:
                 # Something respawned the server behind our back: do not fight it.
                 self.adopt()
                 self.history.record(
-                    "external",
+                    EventKind.EXTERNAL,
                     f"Ollama was restarted by another program (pid {self.pid}); watching it instead of managing it",
                 )
                 return StartOutcome(False, self.pid, self.managed_by)
@@ -436,7 +460,7 @@ class Supervisor:
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()
-        self.history.record("restart", f"Ollama restarted through {owner.describe()}", {"reason": reason})
+        self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}", {"reason": reason})
         return StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
 
     def close(self) -> None:
