@@ -536,25 +536,26 @@ def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
 
 
 def test_runner_cpu_from_the_gateways_own_finished_requests_is_not_busy():
-    monitor, sup, clock, cpu = make_busy()
-    gateway = monitor.gateway = FakeGateway()
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
     due = monitor.tick()  # idle: the CPU baseline is taken
     clock.now = due
     gateway.activity = SimpleNamespace(in_flight={}, waiting=0, last_progress=clock.now - 1)  # done a second ago
     cpu.seconds += 2.0
     monitor.tick()
-    assert monitor.snapshot()["busy"] is None  # the gateway's next request keeps its first-byte budget
+    assert monitor.snapshot().busy is None  # the gateway's next request keeps its first-byte budget
 
 
 def test_runner_cpu_with_no_gateway_bytes_since_the_last_check_is_someone_elses_work():
-    monitor, sup, clock, cpu = make_busy()
-    gateway = monitor.gateway = FakeGateway()
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
     due = monitor.tick()
     gateway.activity = SimpleNamespace(in_flight={}, waiting=0, last_progress=clock.now - 1)  # before that check
     clock.now = due
     cpu.seconds += 2.0
     monitor.tick()
-    assert monitor.snapshot()["busy"]["source"] == "runner"
+    busy = monitor.snapshot().busy
+    assert busy is not None and busy.source is BusySource.RUNNER
 
 
 def stuck_alerts(monitor):
