@@ -111,8 +111,11 @@ def second_request_delay(base_url: str, after: float) -> float:
 
 
 def probe_latency(pairs: int) -> None:
-    settings = {"OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "1", "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "1",
-                "OLLAMA_MANAGER_OLLAMA_MODEL": MODEL}
+    settings = {
+        "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "1",
+        "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "1",
+        "OLLAMA_MANAGER_OLLAMA_MODEL": MODEL,
+    }
     with environment(settings) as (standin, manager):
         standin.spawn_serve()
         standin.wait_ready()

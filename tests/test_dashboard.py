@@ -548,18 +548,32 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
     }
 
 
-BUSY = {"model": "uncensored-llama3:latest", "requests": None, "waiting": None, "since_seconds": 80.0,
-        "progress_seconds_ago": 0.0, "source": "runner", "stuck": False}
+BUSY = {
+    "model": "uncensored-llama3:latest",
+    "requests": None,
+    "waiting": None,
+    "since_seconds": 80.0,
+    "progress_seconds_ago": 0.0,
+    "source": "runner",
+    "stuck": False,
+}
 
 
 def test_the_live_panel_says_what_ollama_is_busy_with() -> None:
     view = status_view(healthy_status(busy=BUSY), None, NOW)
     assert view["summary"] == "Ollama: healthy · 245 ms · busy: generating on uncensored-llama3:latest for 1 min"
-    assert view["busy"] == {"text": "generating on uncensored-llama3:latest for 1 min", "stuck": False, "source": "runner"}
+    assert view["busy"] == {
+        "text": "generating on uncensored-llama3:latest for 1 min",
+        "stuck": False,
+        "source": "runner",
+    }
     stuck = {**BUSY, "stuck": True, "progress_seconds_ago": None, "since_seconds": 960.0, "source": "probe"}
     view = status_view(healthy_status(busy=stuck), None, NOW)
-    assert view["busy"] == {"text": "stuck: no progress on uncensored-llama3:latest for 16 min", "stuck": True,
-                            "source": "probe"}
+    assert view["busy"] == {
+        "text": "stuck: no progress on uncensored-llama3:latest for 16 min",
+        "stuck": True,
+        "source": "probe",
+    }
     assert view["health"] == "healthy"  # busy, even stuck, is not a health value
 
 

@@ -641,7 +641,11 @@ class TestSlowIsNotBroken:
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))  # loaded and idle
         ollama.set_faults(token_ms=200)  # each answer takes 1.4 s, nothing sent before it is complete
         generate = {"model": "llama3", "prompt": LONG["messages"][0]["content"], "stream": False}
-        requests = [("/api/chat", dict(LONG, stream=False)), ("/v1/chat/completions", LONG), ("/api/generate", generate)]
+        requests = [
+            ("/api/chat", dict(LONG, stream=False)),
+            ("/v1/chat/completions", LONG),
+            ("/api/generate", generate),
+        ]
         for path, body in requests:
             started = time.monotonic()
             response = gw.post(path, body)
@@ -1122,7 +1126,6 @@ class TestClients:
             )
         finally:
             client.close()
-
 
     def test_python_chat_api_waits_for_slow_answers_and_loads(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
         reports: list[str] = []

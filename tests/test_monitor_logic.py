@@ -505,8 +505,11 @@ def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
 
 
 def stuck_alerts(monitor):
-    return [(e.data["state"], e.message) for e in monitor.history.events() if e.kind == "alert"
-            and e.data["kind"] == "stuck_runner"]
+    return [
+        (e.data["state"], e.message)
+        for e in monitor.history.events()
+        if e.kind == "alert" and e.data["kind"] == "stuck_runner"
+    ]
 
 
 def test_a_frozen_runner_raises_the_stuck_alert_then_restarts_once():
@@ -598,8 +601,10 @@ def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
     sup.paths.server_log.write_text("")
     due = run_ticks(monitor, clock, 1)  # idle; the server log is read from here on
     with open(sup.paths.server_log, "a") as log:  # a load fails for lack of memory as a user's generation starts
-        log.write("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
-                  "cudaMalloc failed: out of memory\n")
+        log.write(
+            "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
+            "cudaMalloc failed: out of memory\n"
+        )
     for _ in range(4):  # the generation runs: the runner works between the checks
         cpu.seconds += 3.0
         clock.now = due

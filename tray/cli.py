@@ -198,7 +198,9 @@ def cmd_model(ctx: Context) -> int:
         if not sup.client.answers_as_ollama():
             print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
     if args.model_command == "ensure":
-        return commands.run_ensure(sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common)
+        return commands.run_ensure(
+            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common
+        )
     if args.model_command == "rebuild":
         return commands.run_rebuild(
             sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, full=True, **common

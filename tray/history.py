@@ -193,7 +193,7 @@ class History:
             try:
                 self._db.execute("BEGIN")
                 self._db.execute(
-                    f"""INSERT INTO samples(time, span, health, {', '.join(NUMERIC_FIELDS)})
+                    f"""INSERT INTO samples(time, span, health, {", ".join(NUMERIC_FIELDS)})
                         SELECT CAST(time / ? AS INTEGER) * ?, ?,
                                -- the worst health seen in the bucket
                                CASE MAX(CASE health WHEN 'down' THEN 3 WHEN 'unhealthy' THEN 2

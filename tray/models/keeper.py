@@ -162,14 +162,21 @@ class ModelKeeper:
     def _ensure(self) -> str:
         self.set_activity("build", "Checking model", None)
         report = builder.ensure_model_loaded(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            **self._build_args(),  # type: ignore[arg-type]
         )
         return self._built(report)
 
     def _rebuild(self) -> str:
         self.set_activity("build", "Rebuilding model", None)
         report = builder.rebuild(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, full=True, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            full=True,
+            **self._build_args(),  # type: ignore[arg-type]
         )
         return self._built(report)
 

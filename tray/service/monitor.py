@@ -285,7 +285,9 @@ class Monitor:
             # Someone (the user, or their own Ollama app) started it again: that is their word now.
             self.supervisor.user_stop.clear()
             self.supervisor.adopt()
-            self.history.record("adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it")
+            self.history.record(
+                "adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it"
+            )
             self.state = "running"
             self.policy.reset()
             return now
@@ -407,7 +409,8 @@ class Monitor:
         reaped = self.supervisor.reap_runners()
         self.last_error = f"Ollama exited unexpectedly (status {code})"
         self.history.record(
-            "crash", f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
+            "crash",
+            f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
             {"code": code, "runners_reaped": reaped},
         )
         self.health = Health.DOWN

@@ -222,8 +222,7 @@ class Supervisor:
         pid = listening_pid(self.host.port)
         if answer is False and server_on_port(self.host.port) is not None:
             raise StartFailed(
-                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: "
-                "run `ollama-manager restart`"
+                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: run `ollama-manager restart`"
             )
         if answer is False or (answer is None and pid is not None):
             raise PortInUse(
@@ -364,7 +363,9 @@ class Supervisor:
         else:
             result = run_command(owner.quit_command())
             if not result.ok:
-                raise NotPermitted(f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}")
+                raise NotPermitted(
+                    f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}"
+                )
         self._wait_gone(self.config.stop_timeout + 10)
 
     def _wait_gone(self, timeout: float) -> bool:
@@ -432,7 +433,9 @@ class Supervisor:
         deadline = time.monotonic() + self.config.startup_timeout
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
-                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}")
+                raise StartFailed(
+                    f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}"
+                )
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()

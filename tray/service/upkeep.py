@@ -298,4 +298,3 @@ class OomEffects:
         else:
             text = f"{move.change} was not applied: rebuilding {self.config.ollama_model} failed: {error}"
             record_oom_event(self.history, move, text, "failed")
-

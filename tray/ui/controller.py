@@ -20,6 +20,7 @@ from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
 
+
 def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
     """The app's log folder, then where Ollama's own server log lives on this OS."""
     env = dict(os.environ if env is None else env)

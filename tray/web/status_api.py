@@ -33,6 +33,7 @@ from tray.service.monitor import ACTIONS, Monitor
 
 log = logging.getLogger(__name__)
 
+
 def load_or_create_token(path: Path) -> str:
     """The per-user secret that authorises actions; created 0600 on first use."""
     try:
