@@ -45,6 +45,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sni_host import SniHost  # noqa: E402
 from standin.harness import StandinEnv  # noqa: E402
+from tests.manager import Manager  # noqa: E402
+from tray.ui.icon import IconState  # noqa: E402
 from tray_driver import (  # noqa: E402
     NotificationLog,
     TrayProcess,
@@ -55,9 +57,6 @@ from tray_driver import (  # noqa: E402
     wait_for,
 )
 from xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
-
-from tests.manager import Manager  # noqa: E402
-from tray.ui.icon import IconState  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT = 30.0

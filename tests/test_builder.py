@@ -47,13 +47,6 @@ from tray.models.errors import (
     OllamaAPIError,
     OllamaUnreachable,
 )
-from tray.models.store import (
-    MEDIA_MODEL,
-    blob_path,
-    list_models,
-    parse_model_name,
-    read_manifest,
-)
 from tray.models.progress import (
     PlainLineState,
     ProgressEvent,
@@ -62,6 +55,13 @@ from tray.models.progress import (
     format_plain_line,
     human_bytes,
     plain_line_due,
+)
+from tray.models.store import (
+    MEDIA_MODEL,
+    blob_path,
+    list_models,
+    parse_model_name,
+    read_manifest,
 )
 
 BASE_URL = "http://ollama.test"

@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from tray.settings.config import load_config
-from tray.service.notices import notify_events
-from tray.ui.controller import MonitorController, ollama_log_locations
 from tray.history import History
+from tray.service.notices import notify_events
+from tray.settings.config import load_config
 from tray.system.paths import AppPaths
+from tray.ui.controller import MonitorController, ollama_log_locations
 
 
 class RecordingNotifier:

@@ -19,21 +19,21 @@ import httpx
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
-from standin.harness import free_port
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from standin.harness import free_port
 from tray import __version__
-from tray.settings.config import load_config
 from tray.dashboard import Dashboard, dashboard_command, dashboard_url, mount_dashboard, open_dashboard
 from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_config, setting_specs
 from tray.dashboard.stream import StreamHub, sse_frames
 from tray.dashboard.views import action_views, bucket_samples, gateway_view, history_view, status_view
 from tray.history import Event, History
+from tray.settings.config import load_config
+from tray.settings.meta import setting
+from tray.settings.server import OllamaServerSettings
 from tray.system.paths import AppPaths
 from tray.system.resources import GpuStats, ResourceSample
-from tray.settings.server import OllamaServerSettings
-from tray.settings.meta import setting
 from tray.web.status_api import build_app
 
 TOKEN = "s3cret-token"

@@ -17,12 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import manager
-from tests.manager import in_thread
-
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
-from tray.settings.config import ConfigError, load_table, settable_fields
+from tests import manager
+from tests.manager import in_thread
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
@@ -31,6 +29,7 @@ from tray.gateway.commands import cloud_set_key_command, gateway_command, same_a
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
+from tray.settings.config import ConfigError, load_table, settable_fields
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 

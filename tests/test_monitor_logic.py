@@ -7,16 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-from tray.settings.config import Config
 from tray.core.health import Failure, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.history import History
+from tray.ollama.client import LoadedModel
+from tray.service.monitor import RECHECK_SECONDS, Monitor
+from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
+from tray.settings.config import Config
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
-from tray.service.monitor import RECHECK_SECONDS, Monitor
-from tray.ollama.client import LoadedModel
 from tray.system.processes import ProcessRef
-from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
 REFUSED = ProbeResult(False, 0.0, "api", Failure.REFUSED, "connection refused")

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tray.system.owners import OllamaApp, SystemdService, systemd_unit_from_cgroup
 from tray.settings.hosts import parse_ollama_host
+from tray.system.owners import OllamaApp, SystemdService, systemd_unit_from_cgroup
 from tray.system.processes import (
     CREATE_NEW_PROCESS_GROUP,
     CREATE_NO_WINDOW,

@@ -11,7 +11,7 @@ def policy(**kw):
 
 
 def test_systemd_restart_steps():
-    assert [round(geometric_delay(n, 1.0, 60.0, 5), 2) for n in range(0, 8)] == [
+    assert [round(geometric_delay(n, 1.0, 60.0, 5), 2) for n in range(8)] == [
         0.0,
         1.0,
         2.27,

@@ -25,9 +25,9 @@ from tray.ui.menu import MenuEntry, build_menu
 from tray.ui.sni import StatusNotifierIcon, argb32_pixmaps, watcher_on_bus
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sni_host import HostError, ItemRef, SniHost, image_from_pixmap  # noqa: E402
-from tray_driver import wait_for  # noqa: E402
-from xdesktop import SessionBus, missing_tools  # noqa: E402
+from sni_host import HostError, ItemRef, SniHost, image_from_pixmap
+from tray_driver import wait_for
+from xdesktop import SessionBus, missing_tools
 
 if missing_tools(("dbus-daemon",)):
     pytest.skip("needs dbus-daemon (apt-get install -y dbus)", allow_module_level=True)

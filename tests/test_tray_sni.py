@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from standin.harness import StandinEnv
 
+from standin.harness import StandinEnv
 from tests.manager import Manager
 from tray.ui.icon import IconState
 

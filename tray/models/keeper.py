@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tray.settings.config import Config
 from tray.history import History
 from tray.models import builder
 from tray.models.errors import ModelError
 from tray.models.progress import ProgressEvent
+from tray.settings.config import Config
 
 log = logging.getLogger(__name__)
 

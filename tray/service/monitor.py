@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,
@@ -44,14 +43,15 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
-from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
-from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
+from tray.service.supervisor import Supervisor, SupervisorError
+from tray.service.upkeep import DaemonDuties, OomEffects
+from tray.settings.config import Config
+from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.service.supervisor import Supervisor, SupervisorError
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import psutil
 
-from tray.system.atomic import write_atomically
-from tray.settings.config import Config
 from tray.errors import SupervisorError
-from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.history import History
 from tray.models.store import default_models_dir
 from tray.ollama.client import OllamaClient
+from tray.settings.config import Config
+from tray.settings.server import customizes_server, server_env
+from tray.system.atomic import write_atomically
+from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
 from tray.system.paths import AppPaths
 from tray.system.processes import (
     OllamaNotInstalled,
@@ -53,7 +54,6 @@ from tray.system.processes import (
     spawn,
     terminate,
 )
-from tray.settings.server import customizes_server, server_env
 
 log = logging.getLogger(__name__)
 

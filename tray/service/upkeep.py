@@ -15,15 +15,15 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
-from tray.system.owners import SystemdService
 from tray.gateway.breaker import FallbackUsage
 from tray.history import History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
+from tray.settings.config import Config
+from tray.system.owners import SystemdService
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
-from tray.system.paths import AppPaths
-from tray.settings.server import OllamaServerSettings
 from tray.settings.meta import setting
+from tray.settings.server import OllamaServerSettings
+from tray.system.paths import AppPaths
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tray.system.autostart import Autostart
-from tray.settings.config import Config
 from tray.history import History
 from tray.service.monitor import Monitor
+from tray.settings.config import Config
+from tray.settings.store import set_config_value
+from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
-from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
 
