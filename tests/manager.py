@@ -49,7 +49,7 @@ def in_thread(call: Callable[[], Any], timeout: float = 120) -> Callable[[], Any
     def run() -> None:
         try:
             box["value"] = call()
-        except BaseException as exc:  # handed to the waiting test
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting test
             box["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
@@ -77,6 +77,7 @@ class Manager:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tray", *args],
+            check=False,
             env=env or self.env,
             capture_output=True,
             text=True,

@@ -184,7 +184,7 @@ def twice(start: float, metrics: Metrics) -> list[tuple[float, Metrics]]:
 
 def test_health_unhealthy_then_down_escalates_at_once_then_clears() -> None:
     engine = AlertEngine()
-    script = twice(0, Metrics(health="unhealthy")) + [(60.0, Metrics(health="down"))]
+    script = [*twice(0, Metrics(health="unhealthy")), (60.0, Metrics(health="down"))]
     script += [(90.0, Metrics(health="unhealthy")), (120.0, Metrics(health="down"))]  # no re-escalation
     script += twice(150, Metrics(health="healthy"))
     events = feed(engine, script)

@@ -355,7 +355,8 @@ def test_form_text_is_converted_like_environment_values(setup: Setup) -> None:
     )
     assert response.status_code == 200
     assert setup.config_path.read_text().endswith(
-        "health_check_interval = 30  # every half minute\nstop_timeout = 2.5\nnotifications = false\n\n[alerts]\n# Tell me early.\nmemory_mb = 4096\n"
+        "health_check_interval = 30  # every half minute\nstop_timeout = 2.5\nnotifications = false\n\n"
+        "[alerts]\n# Tell me early.\nmemory_mb = 4096\n"
     )
 
 

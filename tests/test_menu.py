@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -314,7 +314,7 @@ def pystray_module() -> Any:
 class FakeIcon:
     """Records what the adapter does to pystray's Icon; ``run`` plays a script."""
 
-    script: list[Callable[[FakeIcon], None]] = []
+    script: ClassVar[list[Callable[[FakeIcon], None]]] = []
 
     def __init__(self, name: str, icon: Any = None, title: str = "", menu: Any = None) -> None:
         self.name = name
@@ -872,7 +872,7 @@ def test_a_tray_with_menus_keeps_its_plain_click(make_app: Callable[..., Any]) -
 class EntryIcon:
     """A backend icon that renders the menu model itself, as tray.ui.sni does."""
 
-    script: list[Callable[[EntryIcon], None]] = []
+    script: ClassVar[list[Callable[[EntryIcon], None]]] = []
 
     def __init__(self, app: TrayApp, name: str, image: Any, title: str) -> None:
         self.app, self.name, self.icon, self.title = app, name, image, title

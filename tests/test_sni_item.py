@@ -116,7 +116,7 @@ class Running:
     def _run(self) -> None:
         try:
             self.icon.run()
-        except BaseException as exc:  # reported by stop()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self.error = exc
 
     @property
@@ -275,5 +275,5 @@ def test_no_bus_at_the_address_is_one_line(tmp_path: Path) -> None:
         on_activate=print,
         bus_address=f"unix:path={tmp_path / 'nothing'}",
     )
-    with pytest.raises(sni_module.StatusNotifierError, match="^cannot connect to the session bus at unix:path="):
+    with pytest.raises(sni_module.StatusNotifierError, match=r"^cannot connect to the session bus at unix:path="):
         icon.run()

@@ -195,9 +195,9 @@ def cmd_model(ctx: Context) -> int:
     sup = ctx.supervisor()
     common = {"models_dir": sup.models_dir, "state_dir": paths.state_dir}
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
-    if args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete):
-        if not sup.client.answers_as_ollama():
-            print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
+    if wants_server and not sup.client.answers_as_ollama():
+        print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
     if args.model_command == "ensure":
         return commands.run_ensure(
             sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common
@@ -228,7 +228,8 @@ def cmd_metrics(ctx: Context) -> int:
         when = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="seconds")
         print(
             f"{when:<25} {row['health'] or '-':<9} {_num(row['latency_ms'], 'ms'):>9} "
-            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} {_num(row['gpu_memory_mb'], 'MB'):>9}"
+            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} "
+            f"{_num(row['gpu_memory_mb'], 'MB'):>9}"
         )
     return 0
 

@@ -178,7 +178,7 @@ class History:
             except sqlite3.Error as exc:
                 log.warning("could not read samples from %s: %s", self.path, exc)
                 return []
-        return [dict(zip(("time", "span", *SAMPLE_FIELDS), row)) for row in rows]
+        return [dict(zip(("time", "span", *SAMPLE_FIELDS), row, strict=True)) for row in rows]
 
     def compact(self, retention: Retention = Retention()) -> None:
         """Average raw samples older than a day into buckets and drop what is past retention."""

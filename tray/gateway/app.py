@@ -1069,7 +1069,7 @@ class Gateway:
     def _call_report(self, why: str) -> None:
         try:
             self.report_problem(why)  # type: ignore[misc]
-        except Exception as exc:  # the gateway keeps serving whatever the monitor says
+        except Exception as exc:  # noqa: BLE001 - the gateway keeps serving whatever the monitor says
             log.warning("could not ask the monitor to check Ollama: %s", exc)
 
     def _served(self, backend: Backend) -> None:
@@ -1239,7 +1239,7 @@ class GatewayServer:
         for callback in self._on_stop:
             try:
                 callback()
-            except Exception as exc:  # stopping goes on regardless
+            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
                 log.warning("gateway stop hook failed: %s", exc)
         self._server.should_exit = True
         if self._thread is not None:

@@ -324,7 +324,8 @@ class Monitor:
             self.state = "failed"
             self.history.record(
                 "gave_up",
-                f"Ollama is down after {self.policy.attempts} restart attempts; using the cloud fallback and retrying rarely",
+                f"Ollama is down after {self.policy.attempts} restart attempts; "
+                "using the cloud fallback and retrying rarely",
             )
             decision = self.policy.decide(now)
         if decision.verdict is Verdict.WAIT:
@@ -565,7 +566,7 @@ class Monitor:
             ran = True
             try:
                 future.set_result(self._run_command(action))
-            except Exception as exc:  # the caller shows it as one line
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who shows it as one line
                 future.set_exception(exc)
 
     def _run_command(self, action: str) -> str:

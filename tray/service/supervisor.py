@@ -434,7 +434,8 @@ class Supervisor:
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
                 raise StartFailed(
-                    f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}"
+                    f"Ollama did not answer within {self.config.startup_timeout:g} s "
+                    f"after restarting {owner.describe()}"
                 )
             time.sleep(READY_POLL_SECONDS)
         self.server = None

@@ -60,7 +60,8 @@ class Config:
     health_probe: str = field(
         default="inference",
         metadata=setting(
-            "'inference' runs a one-token test prompt when the model exists; 'api' only checks the API so the model can unload",
+            "'inference' runs a one-token test prompt when the model exists; "
+            "'api' only checks the API so the model can unload",
             choices=("inference", "api"),
         ),
     )

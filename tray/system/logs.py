@@ -43,7 +43,7 @@ class RingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(self.format(record))
-        except Exception:  # formatting a bad record must not raise into the caller
+        except Exception:  # noqa: BLE001 - formatting a bad record must not raise into the caller
             pass
 
 
