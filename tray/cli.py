@@ -193,24 +193,37 @@ def cmd_model(ctx: Context) -> int:
     args, config, paths = ctx.args, ctx.config, ctx.paths
     install_default_modelfile(config, paths)
     sup = ctx.supervisor()
-    common = {"models_dir": sup.models_dir, "state_dir": paths.state_dir}
+    models_dir, state_dir = sup.models_dir, paths.state_dir
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
     wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
     if wants_server and not sup.client.answers_as_ollama():
         print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
     if args.model_command == "ensure":
         return commands.run_ensure(
-            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common
+            sup.host.url,
+            config.ollama_model,
+            config.modelfile_path,
+            quantize=quantize,
+            models_dir=models_dir,
+            state_dir=state_dir,
         )
     if args.model_command == "rebuild":
         return commands.run_rebuild(
-            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, full=True, **common
+            sup.host.url,
+            config.ollama_model,
+            config.modelfile_path,
+            quantize=quantize,
+            full=True,
+            models_dir=models_dir,
+            state_dir=state_dir,
         )
     if args.model_command == "verify":
-        return commands.run_verify(config.ollama_model, full=args.full, **common)
+        return commands.run_verify(config.ollama_model, full=args.full, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "list":
-        return commands.run_list(config.ollama_model, **common)
-    return commands.run_cleanup(sup.host.url, config.ollama_model, delete=args.delete, **common)
+        return commands.run_list(config.ollama_model, models_dir=models_dir, state_dir=state_dir)
+    return commands.run_cleanup(
+        sup.host.url, config.ollama_model, delete=args.delete, models_dir=models_dir, state_dir=state_dir
+    )
 
 
 def cmd_metrics(ctx: Context) -> int:
@@ -421,8 +434,9 @@ class running_services:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if getattr(self, "gateway", None) is not None:
-            self.gateway.stop()
+        gateway = getattr(self, "gateway", None)  # unset when __enter__ failed before starting it
+        if gateway is not None:
+            gateway.stop()
         self.monitor.stop()
         self.dashboard.close()  # ends the dashboards' open event streams, so the server can stop
         self.server.stop()

@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 
 class Health(StrEnum):
@@ -198,7 +198,10 @@ class RunnerCpu:
 UNKNOWN_CPU = RunnerCpu(None)
 
 
-def runner_cpu_since(previous: Mapping[Hashable, float] | None, current: Mapping[Hashable, float | None]) -> RunnerCpu:
+Process = TypeVar("Process", bound=Hashable)  # whatever names one runner process
+
+
+def runner_cpu_since(previous: Mapping[Process, float] | None, current: Mapping[Process, float | None]) -> RunnerCpu:
     """CPU seconds the runners used between two readings (per process: ``None`` = unreadable).
 
     A runner new since the previous reading counts with all its time (it is

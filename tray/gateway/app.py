@@ -53,7 +53,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -259,7 +259,7 @@ class RawResponse(Response):
 class RelayResponse(Response):
     """A body streamed from an async iterator, closed however the exchange ends."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncGenerator[bytes, None]) -> None:
         self.status_code = status
         self.raw_headers = headers
         self.background = None
@@ -274,7 +274,7 @@ class RelayResponse(Response):
         except OSError:
             log.debug("client went away during a streamed answer")
         finally:
-            await self._chunks.aclose()  # type: ignore[attr-defined]
+            await self._chunks.aclose()
 
 
 def json_response(status: int, value: Any, backend: Backend, content_type: str = tr.JSON) -> RawResponse:
@@ -821,7 +821,7 @@ class Gateway:
 
     async def _local_chunks(
         self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Ollama's body as it arrives; a break mid-way ends it with an error in its own format."""
         content_type = upstream.headers.get("content-type", "")
         chunks = upstream.aiter_raw()
@@ -931,7 +931,7 @@ class Gateway:
         translated = call.translate_body(answer, self._timestamp(), _completion_id(), int(self.wall_clock()))
         return json_response(200, translated, Backend.CLOUD)
 
-    async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncIterator[bytes]:
+    async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncGenerator[bytes, None]:
         translator = call.stream_translator(self._timestamp, _completion_id(), int(self.wall_clock()))
         last = b"\n"
         try:
@@ -1067,8 +1067,11 @@ class Gateway:
         threading.Thread(target=self._call_report, args=(why,), name="gateway-report", daemon=True).start()
 
     def _call_report(self, why: str) -> None:
+        report = self.report_problem
+        if report is None:
+            return
         try:
-            self.report_problem(why)  # type: ignore[misc]
+            report(why)
         except Exception as exc:  # noqa: BLE001 - the gateway keeps serving whatever the monitor says
             log.warning("could not ask the monitor to check Ollama: %s", exc)
 

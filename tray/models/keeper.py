@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 from tray.history import History
 from tray.models import builder
@@ -45,6 +46,16 @@ def activity_text(event: ProgressEvent) -> tuple[str, str, float | None]:
     }.get(event.phase, ("build", "Building model"))
     fraction = event.fraction
     return kind, label if fraction is None else f"{label} {int(fraction * 100)} %", fraction
+
+
+class _BuildArgs(TypedDict):
+    """Keyword arguments shared by every build the keeper starts."""
+
+    models_dir: Path
+    state_dir: Path
+    quantize: str | None
+    progress: Callable[[ProgressEvent], None]
+    overrides: dict[str, int]
 
 
 class ModelKeeper:
@@ -150,7 +161,7 @@ class ModelKeeper:
     def _progress(self, event: ProgressEvent) -> None:
         self.set_activity(*activity_text(event))
 
-    def _build_args(self) -> dict[str, object]:
+    def _build_args(self) -> _BuildArgs:
         return {
             "models_dir": self.models_dir,
             "state_dir": self.state_dir,
@@ -165,7 +176,7 @@ class ModelKeeper:
             self.base_url,
             self.config.ollama_model,
             self.config.modelfile_path,
-            **self._build_args(),  # type: ignore[arg-type]
+            **self._build_args(),
         )
         return self._built(report)
 
@@ -176,7 +187,7 @@ class ModelKeeper:
             self.config.ollama_model,
             self.config.modelfile_path,
             full=True,
-            **self._build_args(),  # type: ignore[arg-type]
+            **self._build_args(),
         )
         return self._built(report)
 

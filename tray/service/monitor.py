@@ -720,9 +720,10 @@ class _Mailbox:
             with self._ready:
                 while self._latest is None and not self._closed:
                     self._ready.wait()
-                if self._closed:
+                status = self._latest
+                if self._closed or status is None:
                     return
-                status, self._latest = self._latest, None
+                self._latest = None
             try:
                 self.callback(status)
             except Exception:  # a broken subscriber must not stop the others

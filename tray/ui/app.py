@@ -119,6 +119,7 @@ def open_path(
     when the opener cannot be started.
     """
     if platform == "win32":
+        # typeshed declares os.startfile for Windows only, and mypy checks this file as on Linux
         os.startfile(path)  # type: ignore[attr-defined,unused-ignore]
         return
     process = spawn(
