@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 import random
 from collections.abc import Iterable
 
 import pytest
 
-from tray.core import alerts as alerts_module
 from tray.core.alerts import (
     GIB,
     MIB,
@@ -25,10 +23,6 @@ from tray.core.alerts import (
 )
 
 TICK = 30.0
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(alerts_module).failed == 0
 
 
 def feed(engine: AlertEngine, observations: Iterable[tuple[float, Metrics]]) -> list[tuple[float, AlertEvent]]:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
-from tray.gateway import breaker as breaker_module
 from tray.gateway.breaker import (
     Activation,
     Backend,
@@ -414,7 +411,3 @@ class TestWhatIsLoaded:
 def test_local_activity_defaults() -> None:
     assert LocalActivity() == LocalActivity(in_flight={}, waiting=0, last_progress=None)
     assert LocalActivity().idle and not LocalActivity({"llama3:latest": 2}, 1, 12.5).idle
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(breaker_module).failed == 0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
-from tray.ui import dbusmenu as dbusmenu_module
 from tray.ui.dbusmenu import LAYOUT_SIGNATURE, MenuIds, build_layout, layout_change
 from tray.ui.menu import MenuEntry, build_menu
 
@@ -28,10 +25,6 @@ def labels(layout, parent: int = 0) -> list[str]:
         else layout.nodes[child].properties["label"][1]
         for child in layout.nodes[parent].children
     ]
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(dbusmenu_module).failed == 0
 
 
 def test_every_entry_becomes_an_item_under_the_root() -> None:

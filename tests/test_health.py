@@ -1,8 +1,5 @@
-import doctest
-
 import pytest
 
-from tray.core import health as health_module
 from tray.core.health import (
     UNKNOWN_CPU,
     BusyEvidence,
@@ -21,10 +18,6 @@ from tray.core.health import (
     runner_cpu_since,
     stuck_runner_bound,
 )
-
-
-def test_docstring_examples():
-    assert doctest.testmod(health_module).failed == 0
 
 
 @pytest.mark.parametrize(

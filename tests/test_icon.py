@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 
 import pytest
 from PIL import Image, ImageChops
 
-from tray.ui import icon as icon_module
 from tray.ui.icon import (
     TOOLTIP_MAX_CHARS,
     IconState,
@@ -46,10 +44,6 @@ def status(**overrides: object) -> dict[str, object]:
     }
     base.update(overrides)
     return base
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(icon_module).failed == 0
 
 
 # --- icon_state ---------------------------------------------------------------

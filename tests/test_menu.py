@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import doctest
 import json
 import os
 import subprocess
@@ -16,7 +15,6 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tray.ui import menu as menu_module
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
@@ -71,10 +69,6 @@ def rows(entries: list[MenuEntry]) -> list[tuple[object, ...]]:
 
 def enabled_actions(entries: list[MenuEntry]) -> set[str]:
     return {entry.action for entry in entries if entry.action and entry.enabled}
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(menu_module).failed == 0
 
 
 # --- the menu model -------------------------------------------------------------

@@ -7,7 +7,6 @@ quickly; the real host (xfce4-panel) is in ``test_tray_sni.py``.
 
 from __future__ import annotations
 
-import doctest
 import sys
 import threading
 from collections.abc import Iterator
@@ -34,10 +33,6 @@ if missing_tools(("dbus-daemon",)):
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
 HEALTHY = {"ollama_running": True, "health": "healthy", "latency_ms": 5, "state": "running", "model": "m"}
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(sni_module).failed == 0
 
 
 def test_pixmaps_are_argb32_in_network_byte_order_at_every_size() -> None:

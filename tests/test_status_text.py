@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
-from tray import cli
 from tray.cli import format_status
 
 RUNNING = {
@@ -26,10 +23,6 @@ RUNNING = {
     "monitor_running": True,
     "busy": None,
 }
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(cli).failed == 0
 
 
 def test_an_idle_server() -> None:
