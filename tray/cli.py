@@ -198,32 +198,18 @@ def cmd_model(ctx: Context) -> int:
     wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
     if wants_server and not sup.client.answers_as_ollama():
         print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    url, model, modelfile = sup.host.url, config.ollama_model, config.modelfile_path
     if args.model_command == "ensure":
-        return commands.run_ensure(
-            sup.host.url,
-            config.ollama_model,
-            config.modelfile_path,
-            quantize=quantize,
-            models_dir=models_dir,
-            state_dir=state_dir,
-        )
+        return commands.run_ensure(url, model, modelfile, quantize=quantize, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "rebuild":
         return commands.run_rebuild(
-            sup.host.url,
-            config.ollama_model,
-            config.modelfile_path,
-            quantize=quantize,
-            full=True,
-            models_dir=models_dir,
-            state_dir=state_dir,
+            url, model, modelfile, quantize=quantize, full=True, models_dir=models_dir, state_dir=state_dir
         )
     if args.model_command == "verify":
-        return commands.run_verify(config.ollama_model, full=args.full, models_dir=models_dir, state_dir=state_dir)
+        return commands.run_verify(model, full=args.full, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "list":
-        return commands.run_list(config.ollama_model, models_dir=models_dir, state_dir=state_dir)
-    return commands.run_cleanup(
-        sup.host.url, config.ollama_model, delete=args.delete, models_dir=models_dir, state_dir=state_dir
-    )
+        return commands.run_list(model, models_dir=models_dir, state_dir=state_dir)
+    return commands.run_cleanup(url, model, delete=args.delete, models_dir=models_dir, state_dir=state_dir)
 
 
 def cmd_metrics(ctx: Context) -> int:
