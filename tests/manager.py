@@ -49,7 +49,7 @@ def in_thread(call: Callable[[], Any], timeout: float = 120) -> Callable[[], Any
     def run() -> None:
         try:
             box["value"] = call()
-        except BaseException as exc:  # handed to the waiting test
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting test
             box["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
@@ -72,9 +72,12 @@ class Manager:
         self.workdir = workdir
         self.monitors: list[subprocess.Popen[str]] = []
 
-    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tray", *args],
+            check=False,
             env=env or self.env,
             capture_output=True,
             text=True,

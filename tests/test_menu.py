@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import doctest
 import json
 import os
 import subprocess
@@ -12,13 +11,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from tray.core.health import BusySource, Health
 from tray.core.status import Activity, ActivityKind, BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
-from tray.ui import menu as menu_module
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
@@ -51,10 +49,6 @@ def rows(entries: list[MenuEntry]) -> list[tuple[object, ...]]:
 
 def enabled_actions(entries: list[MenuEntry]) -> set[str]:
     return {entry.action for entry in entries if entry.action and entry.enabled}
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(menu_module).failed == 0
 
 
 # --- the menu model -------------------------------------------------------------
@@ -110,7 +104,14 @@ def test_stopped_server_offers_start_only() -> None:
     entries = build_menu(stopped, SETTINGS, set())
     assert rows(entries)[0] == ("Stopped", None, False, None, False)
     assert find_entry(entries, "stop") is None
-    assert enabled_actions(entries) == {"start", "open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "start",
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
     assert default_action(entries) is None
 
 
@@ -134,7 +135,13 @@ def test_plain_click_restarts_only_when_down() -> None:
 
 def test_running_restart_disables_every_server_action() -> None:
     entries = build_menu(status(health=Health.DOWN, loaded_models=(LLAMA3,)), SETTINGS, {"restart"})
-    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
     # No plain-click restart while one is already running.
     assert default_action(entries) is None
 
@@ -152,7 +159,13 @@ def test_opening_logs_blocks_nothing() -> None:
 def test_monitor_activity_blocks_server_actions(kind: ActivityKind) -> None:
     busy = status(activity=Activity(kind), loaded_models=(LLAMA3,))
     entries = build_menu(busy, SETTINGS, set())
-    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
 
 
 def test_stopping_disables_stop_restart_and_rebuild() -> None:
@@ -273,7 +286,7 @@ def pystray_module() -> Any:
 class FakeIcon:
     """Records what the adapter does to pystray's Icon; ``run`` plays a script."""
 
-    script: list[Callable[[FakeIcon], None]] = []
+    script: ClassVar[list[Callable[[FakeIcon], None]]] = []
 
     def __init__(self, name: str, icon: Any = None, title: str = "", menu: Any = None) -> None:
         self.name = name
@@ -810,7 +823,9 @@ class MenuLessIcon(FakeIcon):
     HAS_MENU = False
 
 
-def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(make_app: Callable[..., Any]) -> None:
+def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(
+    make_app: Callable[..., Any],
+) -> None:
     app, controller, icon = make_app(icon_class=MenuLessIcon)
     icon.click()
     assert (controller.dashboards_opened, controller.requests) == (1, [])
@@ -829,7 +844,7 @@ def test_a_tray_with_menus_keeps_its_plain_click(make_app: Callable[..., Any]) -
 class EntryIcon:
     """A backend icon that renders the menu model itself, as tray.ui.sni does."""
 
-    script: list[Callable[[EntryIcon], None]] = []
+    script: ClassVar[list[Callable[[EntryIcon], None]]] = []
 
     def __init__(self, app: TrayApp, name: str, image: Any, title: str) -> None:
         self.app, self.name, self.icon, self.title = app, name, image, title

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from standin.harness import StandinEnv
 
+from standin.harness import StandinEnv
 from tests.manager import Manager
 from tray.ui.icon import IconState
 
@@ -232,14 +232,19 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
 
     # A plain click while healthy opens the dashboard (a restart is one right click away).
     host.activate(item)
-    (url,) = wait_for(lambda: browser.opened(), 10, "the dashboard in the browser")
+    (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
     monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
     assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
 
 
 def test_restart_clicked_in_the_menu_restarts_ollama(
-    desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager, standin: StandinEnv,
-    notifications: NotificationLog, tmp_path: Path,
+    desktop: XfceDesktop,
+    trays: Trays,
+    host: SniHost,
+    manager: Manager,
+    standin: StandinEnv,
+    notifications: NotificationLog,
+    tmp_path: Path,
 ) -> None:
     tray = trays.start(desktop)
     item = started_item(host, tray)

@@ -23,9 +23,15 @@ OLD_ERROR_PREFIXES = (
     "Deepseek2 does not support K-shift",
 )
 ERROR_PREFIXES = (
-    ("mlx:", "MLX:", "panic:", "fatal error:", "error:", "Error:")
-    + OLD_ERROR_PREFIXES[1:]
-    + ("signal arrived during cgo execution", "llama_init_from_model:")
+    "mlx:",
+    "MLX:",
+    "panic:",
+    "fatal error:",
+    "error:",
+    "Error:",
+    *OLD_ERROR_PREFIXES[1:],
+    "signal arrived during cgo execution",
+    "llama_init_from_model:",
 )
 OUT_OF_MEMORY_SUBSTRINGS = (
     "out of memory",
@@ -41,6 +47,8 @@ OUT_OF_MEMORY_SUBSTRINGS = (
 )
 RECOVERABLE_OUT_OF_MEMORY_SUBSTRINGS = ("retrying without pipeline parallelism",)
 MAX_CAPTURED_ERROR_BYTES = 8 * 1024
+
+
 def is_out_of_memory(message: str) -> bool:
     """``IsOutOfMemoryMessage``.
 

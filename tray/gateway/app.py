@@ -53,7 +53,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -261,7 +261,7 @@ class RawResponse(Response):
 class RelayResponse(Response):
     """A body streamed from an async iterator, closed however the exchange ends."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncGenerator[bytes, None]) -> None:
         self.status_code = status
         self.raw_headers = headers
         self.background = None
@@ -276,7 +276,7 @@ class RelayResponse(Response):
         except OSError:
             log.debug("client went away during a streamed answer")
         finally:
-            await self._chunks.aclose()  # type: ignore[attr-defined]
+            await self._chunks.aclose()
 
 
 def json_response(status: int, value: Any, backend: Backend, content_type: str = tr.JSON) -> RawResponse:
@@ -707,9 +707,7 @@ class Gateway:
             self._announce_changes()
         return await self._relay_local(upstream, route, self.settings.idle_timeout, exchange)
 
-    async def _first_byte(
-        self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange
-    ) -> httpx.Response:
+    async def _first_byte(self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange) -> httpx.Response:
         """Send to Ollama and wait for its answer to begin, as ``plan`` says; else :class:`BackendFailure`.
 
         At the first-byte deadline, the silence counts only if the model was
@@ -825,7 +823,7 @@ class Gateway:
 
     async def _local_chunks(
         self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Ollama's body as it arrives; a break mid-way ends it with an error in its own format."""
         content_type = upstream.headers.get("content-type", "")
         chunks = upstream.aiter_raw()
@@ -935,7 +933,7 @@ class Gateway:
         translated = call.translate_body(answer, self._timestamp(), _completion_id(), int(self.wall_clock()))
         return json_response(200, translated, Backend.CLOUD)
 
-    async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncIterator[bytes]:
+    async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncGenerator[bytes, None]:
         translator = call.stream_translator(self._timestamp, _completion_id(), int(self.wall_clock()))
         last = b"\n"
         try:
@@ -1071,9 +1069,12 @@ class Gateway:
         threading.Thread(target=self._call_report, args=(why,), name="gateway-report", daemon=True).start()
 
     def _call_report(self, why: str) -> None:
+        report = self.report_problem
+        if report is None:
+            return
         try:
-            self.report_problem(why)  # type: ignore[misc]
-        except Exception as exc:  # the gateway keeps serving whatever the monitor says
+            report(why)
+        except Exception as exc:  # noqa: BLE001 - the gateway keeps serving whatever the monitor says
             log.warning("could not ask the monitor to check Ollama: %s", exc)
 
     def _served(self, backend: Backend) -> None:
@@ -1243,7 +1244,7 @@ class GatewayServer:
         for callback in self._on_stop:
             try:
                 callback()
-            except Exception as exc:  # stopping goes on regardless
+            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
                 log.warning("gateway stop hook failed: %s", exc)
         self._server.should_exit = True
         if self._thread is not None:

@@ -16,13 +16,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 from tray.core.status import ActivityKind, ModelStatus
-from tray.settings.config import Config
 from tray.history import EventKind, History
 from tray.models import builder
 from tray.models.errors import ModelError
 from tray.models.progress import ProgressEvent
+from tray.settings.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,16 @@ def activity_text(event: ProgressEvent) -> tuple[ActivityKind, str, float | None
     }.get(event.phase, (ActivityKind.BUILD, "Building model"))
     fraction = event.fraction
     return kind, label if fraction is None else f"{label} {int(fraction * 100)} %", fraction
+
+
+class _BuildArgs(TypedDict):
+    """Keyword arguments shared by every build the keeper starts."""
+
+    models_dir: Path
+    state_dir: Path
+    quantize: str | None
+    progress: Callable[[ProgressEvent], None]
+    overrides: dict[str, int]
 
 
 class ModelKeeper:
@@ -152,7 +163,7 @@ class ModelKeeper:
     def _progress(self, event: ProgressEvent) -> None:
         self.set_activity(*activity_text(event))
 
-    def _build_args(self) -> dict[str, object]:
+    def _build_args(self) -> _BuildArgs:
         return {
             "models_dir": self.models_dir,
             "state_dir": self.state_dir,
@@ -164,14 +175,21 @@ class ModelKeeper:
     def _ensure(self) -> str:
         self.set_activity(ActivityKind.BUILD, "Checking model", None)
         report = builder.ensure_model_loaded(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            **self._build_args(),
         )
         return self._built(report)
 
     def _rebuild(self) -> str:
         self.set_activity(ActivityKind.BUILD, "Rebuilding model", None)
         report = builder.rebuild(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, full=True, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            full=True,
+            **self._build_args(),
         )
         return self._built(report)
 

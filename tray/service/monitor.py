@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,
@@ -53,15 +52,16 @@ from tray.core.status import (
     MonitorState,
     Status,
 )
-from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
-from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import EventKind, History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
-from tray.system.processes import ProcessRef, cpu_seconds
-from tray.system.resources import ResourceSample, ResourceSampler
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import SupervisorError
+from tray.service.upkeep import DaemonDuties, OomEffects
+from tray.settings.config import Config
+from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
+from tray.system.processes import ProcessRef, cpu_seconds
+from tray.system.resources import ResourceSample, ResourceSampler
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,8 @@ class Monitor:
             self.state = MonitorState.FAILED
             self.history.record(
                 EventKind.GAVE_UP,
-                f"Ollama is down after {self.policy.attempts} restart attempts; using the cloud fallback and retrying rarely",
+                f"Ollama is down after {self.policy.attempts} restart attempts; "
+                "using the cloud fallback and retrying rarely",
             )
             decision = self.policy.decide(now)
         if decision.verdict is Verdict.WAIT:
@@ -601,7 +602,7 @@ class Monitor:
                 else:
                     ran = True
                     future.set_result(self._run_command(command))
-            except Exception as exc:  # the caller shows it as one line
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who shows it as one line
                 future.set_exception(exc)
 
     def _use_settings(self, config: Config) -> str:
@@ -766,9 +767,10 @@ class _Mailbox:
             with self._ready:
                 while self._latest is None and not self._closed:
                     self._ready.wait()
-                if self._closed or self._latest is None:
+                status = self._latest
+                if self._closed or status is None:
                     return
-                status, self._latest = self._latest, None
+                self._latest = None
             try:
                 self.callback(status)
             except Exception:  # a broken subscriber must not stop the others

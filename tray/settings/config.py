@@ -22,9 +22,9 @@ from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
-from tray.system.paths import AppPaths
-from tray.settings.server import OllamaServerSettings
 from tray.settings.meta import setting
+from tray.settings.server import OllamaServerSettings
+from tray.system.paths import AppPaths
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"
@@ -44,14 +44,15 @@ class Config:
     )
     ollama_model: str = field(default="uncensored-llama3", metadata=setting("The model the manager keeps built"))
     modelfile: str = field(
-        default="", metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir")
+        default="",
+        metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir"),
     )
-    health_check_interval: float = field(
-        default=30.0, metadata=setting("Seconds between health checks", minimum=0.1)
-    )
+    health_check_interval: float = field(default=30.0, metadata=setting("Seconds between health checks", minimum=0.1))
     health_check_timeout: float = field(
         default=5.0,
-        metadata=setting("Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1),
+        metadata=setting(
+            "Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1
+        ),
     )
     auto_restart_attempts: int = field(
         default=3, metadata=setting("Restart attempts before giving up and relying on the cloud fallback", minimum=0)
@@ -59,7 +60,8 @@ class Config:
     health_probe: str = field(
         default="inference",
         metadata=setting(
-            "'inference' runs a one-token test prompt when the model exists; 'api' only checks the API so the model can unload",
+            "'inference' runs a one-token test prompt when the model exists; "
+            "'api' only checks the API so the model can unload",
             choices=("inference", "api"),
         ),
     )
@@ -91,14 +93,13 @@ class Config:
         default="", metadata=setting("Quantization for builds from an F16/F32 base, e.g. 'q4_K_M' (empty: as the base)")
     )
     auto_build_model: bool = field(
-        default=True, metadata=setting("Build or repair the model automatically when it is missing, outdated or damaged")
+        default=True,
+        metadata=setting("Build or repair the model automatically when it is missing, outdated or damaged"),
     )
     model_verify_interval: float = field(
         default=3600.0, metadata=setting("Seconds between model integrity checks", minimum=1)
     )
-    stop_ollama_on_quit: bool = field(
-        default=False, metadata=setting("Stop Ollama when the tray app quits")
-    )
+    stop_ollama_on_quit: bool = field(default=False, metadata=setting("Stop Ollama when the tray app quits"))
     tray_host_wait: float = field(
         default=30.0,
         metadata=setting(
@@ -109,7 +110,8 @@ class Config:
 
     alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=setting("Alert thresholds"))
     cloud: CloudSettings = field(
-        default_factory=CloudSettings, metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)")
+        default_factory=CloudSettings,
+        metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)"),
     )
     gateway: GatewaySettings = field(
         default_factory=GatewaySettings, metadata=setting("The local gateway apps point at instead of Ollama")
@@ -139,15 +141,21 @@ def settable_fields(cls: type = Config) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
+def section_type(f: dataclasses.Field[Any]) -> type | None:
+    """The settings dataclass of a ``[section]`` field (one whose default is that dataclass), else None."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+
+
 def is_section(f: dataclasses.Field[Any]) -> bool:
     """A ``[section]`` of the file: a field whose default is a settings dataclass."""
-    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+    return section_type(f) is not None
 
 
 def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
     """Check and convert one value of dataclass ``cls``; raise ValueError with the problem."""
     kind = typing.get_type_hints(cls)[key]
-    meta = cls.__dataclass_fields__[key].metadata  # type: ignore[attr-defined]
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == key)
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -194,13 +202,14 @@ def load_table(
             raise ConfigError(f"{path}: unknown {what} '{key}'{where}")
     values: dict[str, Any] = {}
     for key, f in fields.items():
-        if is_section(f):
+        section_cls = section_type(f)
+        if section_cls is not None:
             section = table.get(key, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"{path}: '{key}' must be a [{key}] section")
-            sub_values = load_table(f.default_factory, section, env, path, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
+            sub_values = load_table(section_cls, section, env, path, prefix=f"{prefix}{key}.")
             try:
-                values[key] = f.default_factory(**sub_values)  # type: ignore[misc]
+                values[key] = section_cls(**sub_values)
             except ValueError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
             continue

@@ -30,7 +30,9 @@ class CommandResult:
 
 def run_command(argv: list[str], timeout: float = 30.0) -> CommandResult:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return CommandResult(False, f"{argv[0]}: {exc}")
     if done.returncode != 0:
@@ -51,7 +53,7 @@ class SystemdService:
         argv = ["systemctl"]
         if self.user:
             argv.append("--user")
-        return argv + ["--no-ask-password", verb, self.unit]
+        return [*argv, "--no-ask-password", verb, self.unit]
 
     def restart_command(self) -> list[str]:
         return self._systemctl("restart")
@@ -165,7 +167,7 @@ def systemd_active_state(service: SystemdService) -> str:
     """'active', 'inactive' (stopped on purpose), 'failed', 'activating', ... or 'unknown'."""
     argv = ["systemctl"] + (["--user"] if service.user else []) + ["show", "-p", "ActiveState", "--value", service.unit]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() or "unknown"

@@ -26,12 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tray.system.atomic import write_atomically
-from tray.web.loopback import LoopbackOnly
 from tray.history import History
 from tray.service.monitor import ACTIONS, Monitor
+from tray.system.atomic import write_atomically
+from tray.web.loopback import LoopbackOnly
 
 log = logging.getLogger(__name__)
+
 
 def load_or_create_token(path: Path) -> str:
     """The per-user secret that authorises actions; created 0600 on first use."""
@@ -67,7 +68,7 @@ def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequ
         future = monitor.request(name)
         try:
             message = await asyncio.wrap_future(future)
-        except Exception as exc:  # reported to the caller as one line
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
             return JSONResponse({"ok": False, "error": str(exc)}, 500)
         return JSONResponse({"ok": True, "message": message})
 
