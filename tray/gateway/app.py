@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -59,7 +58,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -112,6 +110,7 @@ from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import EventKind
 from tray.web.loopback import LoopbackOnly, host_allowed
+from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -1183,69 +1182,17 @@ def _requested_model(body: bytes) -> str:
 # --------------------------------------------------------------------------- the server
 
 
-class GatewayServer:
+class GatewayServer(LoopbackServer):
     """Runs a :class:`Gateway` with uvicorn in a background thread, on a loopback socket."""
 
     def __init__(self, gateway: Gateway, port: int, host: str = "127.0.0.1") -> None:
         self.gateway = gateway
-        self.host = host
-        self.requested_port = port
-        config = uvicorn.Config(
+        super().__init__(
             gateway.asgi_app(),
-            log_level="warning",
-            access_log=False,
+            port,
+            what="the gateway",
+            host=host,
             lifespan="on",
-            server_header=False,
-            date_header=False,
-            timeout_graceful_shutdown=2,
+            graceful_seconds=2,
+            thread_name="gateway",
         )
-        self._server = uvicorn.Server(config)  # off the main thread, uvicorn leaves signal handlers alone
-        self._thread: threading.Thread | None = None
-        self._on_stop: list[Callable[[], None]] = []
-        self.port: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def on_stop(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` when the server stops (e.g. to unsubscribe from the monitor)."""
-        self._on_stop.append(callback)
-
-    def start(self, timeout: float = 10.0) -> int:
-        """Listen and serve; the port. OSError (one line) when the port cannot be had."""
-        sock = socket.socket(
-            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-        )  # asyncio sets TCP_NODELAY only then
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.requested_port))
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"the gateway cannot listen on {self.host}:{self.requested_port} ({exc.strerror or exc})"
-            ) from None
-        self.port = int(sock.getsockname()[1])
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True
-        )
-        self._thread.start()
-        ready = threading.Event()
-        deadline = time.monotonic() + timeout
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            ready.wait(0.02)
-        if not self._server.started:
-            self._server.should_exit = True
-            raise OSError(f"the gateway did not start on {self.host}:{self.port}")
-        return self.port
-
-    def stop(self) -> None:
-        for callback in self._on_stop:
-            try:
-                callback()
-            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
-                log.warning("gateway stop hook failed: %s", exc)
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
