@@ -11,9 +11,7 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING
@@ -32,6 +30,7 @@ from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
+from tray.system.stopping import sleep_until, stop_on_signals
 from tray.web.link import MonitorLink
 
 if TYPE_CHECKING:
@@ -265,14 +264,11 @@ def cmd_events(ctx: Context) -> int:
 
 
 def cmd_monitor(ctx: Context) -> int:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     setup_logging(ctx.paths.app_log, stderr=True)
     with running_services(ctx) as services:
         log.info("monitoring %s (status API on port %s)", services.monitor.supervisor.host.url, services.status_port)
-        while not stop.wait(1.0):
-            pass
+        sleep_until(stop)
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from tray.core.status import Status
 from tray.gateway.app import Gateway, GatewayServer
 from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
 from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.system.stopping import sleep_until, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,13 @@ def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: 
     fallback = f"cloud fallback: {cloud.host_label} ({cloud.model})" if cloud.enabled else "cloud fallback off"
     print(f"Gateway on {server.url} for Ollama at {config.host.url}; {fallback}", flush=True)
     if stop is None:
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
     try:
-        while not stop.wait(0.5):
-            pass
+        sleep_until(stop)
     finally:
         server.stop()
         history.close()
     return 0
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
 
 
 def read_secret(stdin: TextIO, prompt: str) -> str:
