@@ -759,7 +759,7 @@ def test_a_longer_interval_saved_on_the_settings_page_is_taken_on_the_monitor_th
 ):
     from starlette.testclient import TestClient
 
-    from tray.dashboard import Dashboard, mount_dashboard
+    from tray.dashboard.routes import Dashboard, mount_dashboard
     from tray.web.status_api import build_app
 
     config_path = tmp_path / "config.toml"

@@ -34,7 +34,7 @@ from tray.system.stopping import sleep_until, stop_on_signals
 from tray.web.link import MonitorLink
 
 if TYPE_CHECKING:
-    from tray.gateway.app import GatewayServer
+    from tray.gateway.app import Gateway, GatewayServer
     from tray.system.autostart import Autostart
     from tray.ui.app import TrayApp
     from tray.ui.backend import TrayChoice
@@ -383,8 +383,7 @@ class running_services:
         self.gateway: GatewayServer | None = None
 
     def __enter__(self) -> running_services:
-        from tray.dashboard import Dashboard
-        from tray.gateway.commands import gateway_for_monitor, serve_beside_monitor
+        from tray.dashboard.ondemand import DashboardOnDemand
         from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
 
         config, paths = self.ctx.config, self.ctx.paths
@@ -393,16 +392,20 @@ class running_services:
         self.history = self.ctx.history()
         notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
-        try:
-            # It reports to the monitor built next, once it serves (after the monitor started).
-            gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
-        except OSError as exc:
-            self.history.close()
-            self.instance.release()
-            raise CliError(str(exc)) from None
+        gateway: Gateway | None = None
+        if config.gateway.enabled:  # else nothing of the gateway is imported
+            from tray.gateway.commands import gateway_for_monitor
+
+            try:
+                # It reports to the monitor built next, once it serves (after the monitor started).
+                gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
+            except OSError as exc:
+                self.history.close()
+                self.instance.release()
+                raise CliError(str(exc)) from None
         self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
-        self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
+        self.dashboard = DashboardOnDemand(self.monitor, self.history, token, notifier=notifier)
         self.server = StatusServer(
             self.monitor, self.history, token, self.ctx.config.status_port, extra_routes=self.dashboard.routes()
         )
@@ -415,6 +418,8 @@ class running_services:
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
         if gateway is not None:
+            from tray.gateway.commands import serve_beside_monitor
+
             try:
                 self.gateway = serve_beside_monitor(gateway, config.gateway.port, self.monitor)
             except OSError as exc:

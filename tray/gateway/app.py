@@ -109,7 +109,7 @@ from tray.gateway.cloud import (
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import EventKind
-from tray.web.loopback import LoopbackOnly, host_allowed
+from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
 from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -301,16 +301,6 @@ class BackendFailure(Exception):
         super().__init__(message)
         self.status = status
         self.kind = kind
-
-
-class AsgiEndpoint:
-    """An ASGI callable Starlette routes to as it is (a method would be wrapped as a request handler)."""
-
-    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handler(scope, receive, send)
 
 
 async def _client_gone(receive: Receive) -> None:

@@ -12,13 +12,15 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tray.core.status import Status
-from tray.gateway.app import Gateway, GatewayServer
 from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.system.stopping import sleep_until, stop_on_signals
+
+if TYPE_CHECKING:  # the server and its libraries load when a gateway is built, not with the CLI's parser
+    from tray.gateway.app import Gateway, GatewayServer
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ def monitor_status(paths: Any) -> Callable[[], Status | None]:
 
 def build_gateway(config: Any, **kwargs: Any) -> Gateway:
     """A gateway for the app's settings."""
+    from tray.gateway.app import Gateway
+
     settings = gateway_settings(config)
     if settings.restart_interval != GatewaySettings().restart_interval:
         log.info("gateway.restart_interval is ignored: the gateway never restarts Ollama, the monitor decides")
@@ -99,6 +103,7 @@ def build_gateway(config: Any, **kwargs: Any) -> Gateway:
 
 def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: threading.Event | None = None) -> int:
     """Run the gateway in the foreground until SIGINT/SIGTERM (or ``stop`` is set); the exit status."""
+    from tray.gateway.app import GatewayServer
     from tray.history import History
     from tray.system.notify import Notifier
 
@@ -198,6 +203,8 @@ def serve_beside_monitor(gateway: Gateway, port: int, monitor: MonitorStatusFeed
 
     Raises OSError (one line) when the port cannot be had.
     """
+    from tray.gateway.app import GatewayServer
+
     server = GatewayServer(gateway, port)
     server.start()
     unsubscribe = monitor.subscribe(gateway.observe_status)
