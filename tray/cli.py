@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from tray import __version__
 from tray.core.health import BusySource
 from tray.core.status import BusyStatus, Status
 from tray.errors import CliError
@@ -445,12 +444,25 @@ class running_services:
 # --------------------------------------------------------------------------- parsing
 
 
+class ShowVersion(argparse.Action):
+    """``--version``: the version, read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=str(kwargs.get("help")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from tray import __version__
+
+        print(f"{PROG} {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Keeps a local Ollama server alive and healthy. With no command, shows the tray icon.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=ShowVersion, help="show the version and exit")
     parser.add_argument("--config", metavar="PATH", help="settings file (default: the platform config dir)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("start", help="start Ollama (or adopt the one running)")

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tray.core.status import Status
-from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.system.stopping import sleep_until, stop_on_signals
 
-if TYPE_CHECKING:  # the server and its libraries load when a gateway is built, not with the CLI's parser
+if TYPE_CHECKING:  # the server, its libraries and the key store load when used, not with the CLI's parser
     from tray.gateway.app import Gateway, GatewayServer
+    from tray.gateway.cloud import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,8 @@ def cloud_set_key_command(
     args: argparse.Namespace, config: Any, paths: Any, *, stdin: TextIO | None = None, key_store: KeyStore | None = None
 ) -> int:
     """Store the provider's API key in the OS keyring; the exit status. The key is never printed or logged."""
+    from tray.gateway.cloud import KeyStoreError, SystemKeyStore, key_account
+
     cloud = cloud_settings(config)
     account = key_account(cloud)
     secret = read_secret(stdin or sys.stdin, f"API key for {account}: ").strip()
