@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
+import psutil
+
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,
@@ -60,7 +62,7 @@ from tray.service.supervisor import SupervisorError
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.settings.config import Config
 from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
-from tray.system.processes import ProcessRef, cpu_seconds
+from tray.system.processes import ProcessRef, cpu_seconds, descendants_of
 from tray.system.resources import ResourceSample, ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the 
 
 Subscriber = Callable[[Status], None]
 CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
+DescendantsReader = Callable[[ProcessRef], list[psutil.Process] | None]
 
 
 class Monitor:
@@ -104,6 +107,8 @@ class Monitor:
         self.timeouts = TimeoutCounter(threshold=3)
         self.busy_tracker = BusyTracker(stuck_after=config.stuck_runner_seconds)
         self.read_cpu_seconds: CpuReader = cpu_seconds
+        self.list_descendants: DescendantsReader = descendants_of
+        self._server_tree: tuple[int, list[psutil.Process]] | None = None  # this check's look at the server's tree
         supervisor.subscribe_exit(self._on_server_exit)
 
         self._subscribers: list[_Mailbox] = []
@@ -463,6 +468,7 @@ class Monitor:
         down_after = self.config.health_check_timeout * DOWN_FACTOR
         self.evidence = None
         self.probe_choice = None
+        self._server_tree = None
         api, names = client.probe_api(timeout=down_after)
         if not api.ok or names is None:
             self._cpu_baseline = None
@@ -475,7 +481,8 @@ class Monitor:
             self.loaded_models = tuple(LoadedModelStatus(m.name, m.size, m.size_vram) for m in loaded)
         is_loaded = any(_same_model(m.name, model) for m in loaded or ())
         gateway = self._gateway_activity()
-        runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
+        runners_cpu = self._read_runner_cpu()
+        runner_cpu = runner_cpu_since(self._cpu_baseline, runners_cpu)
         choice = choose_inference_probe(self.config.health_probe, self.model_present, is_loaded, gateway, runner_cpu)
         self.probe_choice = choice
         result, outcome = api, InferenceProbe.NOT_SENT
@@ -495,7 +502,8 @@ class Monitor:
                     log.info("the test prompt waited %g s on %s: busy; cancelled", inference.latency, model)
                 else:
                     result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
-        self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}
+            runners_cpu = self._read_runner_cpu()  # after the test prompt, so its work counts for no one
+        self._cpu_baseline = {ref: t for ref, t in runners_cpu.items() if t is not None}
         loaded_names = [m.name for m in self.loaded_models]
         self.evidence = BusyEvidence(
             gateway=gateway,
@@ -507,11 +515,19 @@ class Monitor:
         return result
 
     def _note_server(self) -> None:
-        """Learn which process answers (and its runners), so their CPU time can be read."""
-        if self.supervisor.server is None:
+        """Learn which process answers (and its runners), so their CPU time can be read.
+
+        The server's process tree is listed once per check (a look at the
+        whole process table): the runners and the resource sample both use it.
+        """
+        server = self.supervisor.server
+        if server is None:
             self.supervisor.adopt()
-        else:
-            self.supervisor.track_runners()
+            return
+        descendants = self.list_descendants(server)
+        self.supervisor.track_runners(descendants)
+        if descendants is not None:
+            self._server_tree = (server.pid, descendants)
 
     def _read_runner_cpu(self) -> dict[ProcessRef, float | None]:
         return self.read_cpu_seconds(list(self.supervisor.runners))
@@ -540,7 +556,9 @@ class Monitor:
         self._observe_work(now)
         if result.ok:
             self._note_server_identity(now)
-        self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
+        pid = self.supervisor.pid if result.ok else None
+        tree, self._server_tree = self._server_tree, None
+        self.sample = self.sampler.sample(pid, tree[1] if tree is not None and tree[0] == pid else None)
         if result.ok:
             if self.health is Health.HEALTHY:
                 self.policy.record_healthy(now)

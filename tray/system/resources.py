@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -329,10 +329,14 @@ class ResourceSampler:
         self._cpu_count = psutil.cpu_count() or 1
         self._log = _LogOnce()
 
-    def sample(self, server_pid: int | None) -> ResourceSample:
-        """Measure now. A dead or missing ``server_pid`` gives an empty tree, not an error."""
+    def sample(self, server_pid: int | None, descendants: Sequence[psutil.Process] | None = None) -> ResourceSample:
+        """Measure now. A dead or missing ``server_pid`` gives an empty tree, not an error.
+
+        ``descendants``: the server's processes when the caller has just
+        listed them (one look at the process table per check); else listed here.
+        """
         taken_at = self._clock()
-        tree = self._tree(server_pid)
+        tree = self._tree(server_pid, descendants)
         pids, rss, cpu = self._measure(tree)
         gpu = read_gpus(self._nvml)
         ram = psutil.virtual_memory()
@@ -357,13 +361,14 @@ class ResourceSampler:
         """Release NVML."""
         self._nvml.shutdown()
 
-    def _tree(self, server_pid: int | None) -> list[psutil.Process]:
+    def _tree(self, server_pid: int | None, descendants: Sequence[psutil.Process] | None) -> list[psutil.Process]:
         if server_pid is None:
             self._processes = {}
             return []
         try:
             root = self._known(psutil.Process(server_pid))
-            descendants = root.children(recursive=True)
+            if descendants is None:
+                descendants = root.children(recursive=True)
         except psutil.NoSuchProcess:
             self._processes = {}
             return []
