@@ -1,6 +1,6 @@
 """The gateway's cost: added latency and streaming throughput, against the stand-in Ollama.
 
-    python bench/bench_gateway.py [--requests N] [--streams M]
+    python bench/bench_gateway.py [--requests N] [--streams M] [--token-ms T]
 
 Runs the stand-in ``ollama serve`` and the stand-in cloud as real processes
 and the gateway (uvicorn, in this process's background thread), then measures
@@ -14,6 +14,9 @@ with one keep-alive HTTP client each:
   chunks and bytes per second;
 - the same chat answered by the cloud fallback (Ollama killed), translated
   from SSE to NDJSON, for scale.
+
+The stand-in sends its tokens ``T`` ms apart (default 0: as fast as it can,
+so the gateway's own cost per chunk is what the streaming rates compare).
 
 The stand-in's stdlib HTTP server writes headers and body in two sends with
 Nagle's algorithm on, so on a kept-alive connection each answer waits ~40 ms
@@ -101,7 +104,7 @@ def stream_line(name: str, direct: tuple[float, float, float], via: tuple[float,
     )
 
 
-def run(requests: int, streams: int) -> None:
+def run(requests: int, streams: int, token_ms: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ollama = StandinEnv(Path(tmp) / "ollama")
         cloud = StandinCloud(str(Path(tmp) / "cloud"), api_key="bench-key")
@@ -110,8 +113,9 @@ def run(requests: int, streams: int) -> None:
             site = Path(tmp) / "site"
             site.mkdir()
             (site / "sitecustomize.py").write_text(NODELAY_SITECUSTOMIZE)
-            ollama.spawn_serve(extra_env={"PYTHONPATH": str(site)})
+            ollama.spawn_serve(extra_env={"PYTHONPATH": str(site), "OLLAMA_STANDIN_TOKEN_MS": f"{token_ms:g}"})
             ollama.wait_ready()
+            ollama.set_faults(token_ms=token_ms)
             ollama.pull("llama3")
             settings = CloudSettings(
                 enabled=True, base_url=cloud.base_url, model="cloud-model", api_key_env="BENCH_KEY"
@@ -131,7 +135,10 @@ def run(requests: int, streams: int) -> None:
                 client.post("/api/chat", json=CHAT)
                 client.get("/api/version")
 
-            print(f"gateway bench: {requests} requests, {streams} streams of ~200 chunks each")
+            print(
+                f"gateway bench: {requests} requests, {streams} streams of ~200 chunks each, "
+                f"token delay {token_ms:g} ms"
+            )
             version = interleaved(lambda: direct.get("/api/version"), lambda: via.get("/api/version"), requests)
             print(latency_line("GET /api/version", *version))
             chat = interleaved(
@@ -182,8 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--streams", type=int, default=30)
+    parser.add_argument("--token-ms", type=float, default=0.0, help="the stand-in's delay between tokens (default 0)")
     args = parser.parse_args()
-    run(args.requests, args.streams)
+    run(args.requests, args.streams, args.token_ms)
 
 
 if __name__ == "__main__":
