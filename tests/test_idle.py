@@ -6,13 +6,11 @@ dashboard built on demand is checked in-process through the status API.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from standin.harness import StandinEnv
-from tests.manager import Manager
+from tests.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.core.status import Status, make_status
 from tray.dashboard.ondemand import DashboardOnDemand
 from tray.history import EventKind, History
@@ -109,30 +107,14 @@ def test_a_monitor_with_gateway_and_dashboard_off_loads_neither_until_the_dashbo
     assert "tray.gateway.app" not in seen["after_metrics"] and "tray.models.builder" not in seen["after_metrics"]
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary and involuntary context switches of all the live threads of ``pid``: each time one woke."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status") as status:  # OSError: it ended
-            total += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
-    return total
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads' counters from /proc")
 def test_a_monitor_between_checks_has_no_thread_that_wakes(standin: StandinEnv, tmp_path: Path) -> None:
-    # At the default interval, the next check is 30 s away once Ollama is found healthy. A thread that
-    # polls (uvicorn's 0.1 s tick, a wait with a 1 s timeout) wakes several times in any 3 s; the quietest
-    # 3 s of the 12 that follow must see at most one wakeup of the whole process.
+    # The quietest 3 s of the 12 after Ollama is found healthy, with the next check 30 s away, must see at
+    # most one wakeup of the whole process; before the servers and the main thread stopped polling, 32.
     manager = Manager(standin.env, tmp_path)
-    monitor = manager.spawn_monitor(
-        {"OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "30", "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "5"}
-    )
+    monitor = manager.spawn_monitor(DEFAULT_INTERVAL)
     manager.wait_monitor_ready(60)
-    readings: list[int] = []
-    for _ in range(25):  # every 0.5 s for 12 s
-        readings.append(context_switches(monitor.pid))
-        time.sleep(0.5)
-    quietest = min(later - earlier for earlier, later in zip(readings, readings[6:], strict=False))
+    quietest, readings = quietest_wakeups(monitor.pid)
     assert monitor.poll() is None
     assert quietest <= 1, f"the monitor woke {quietest} times in its quietest 3 s: {readings}"
 

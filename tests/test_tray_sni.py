@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager
+from tests.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.ui.icon import IconState
 
 pytestmark = pytest.mark.slow
@@ -235,6 +235,19 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
     monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
     assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
+
+
+def test_a_statusnotifier_tray_between_checks_has_no_thread_that_wakes(
+    desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager
+) -> None:
+    # The bus receiver, the item's event loop, the host watch, the monitor inside: at most one wakeup in
+    # the quietest 3 s of the 12 after the icon turned green, with the next check 30 s away.
+    manager.env.update(DEFAULT_INTERVAL)
+    start_green_item(trays, desktop, host, manager)
+    tray = trays.started[-1]
+    quietest, readings = quietest_wakeups(tray.pid)
+    assert tray.running()
+    assert quietest <= 1, f"the tray woke {quietest} times in its quietest 3 s: {readings}"
 
 
 def test_restart_clicked_in_the_menu_restarts_ollama(
