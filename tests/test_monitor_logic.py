@@ -10,6 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
@@ -88,6 +90,15 @@ class FakeClient:
         return None
 
 
+fake_paths = AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
+
+
+@pytest.fixture(autouse=True)
+def _app_files_in_a_temp_dir(tmp_path, monkeypatch):
+    """The app's files go to this test's temp dir: as root, "/nonexistent" would be created."""
+    monkeypatch.setitem(globals(), "fake_paths", AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state"))))
+
+
 class FakeSupervisor:
     """Scripted in place of :class:`~tray.service.supervisor.Supervisor`: the monitor sees it as a SupervisorPort."""
 
@@ -99,7 +110,7 @@ class FakeSupervisor:
         self.runners: set[ProcessRef] = set()
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
-        self.paths = paths or AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
+        self.paths = paths or fake_paths
         self.managed_by = "manager"
         self.platform = "linux"
         self.env_overlay: dict[str, str] = {}
@@ -344,6 +355,29 @@ def test_an_out_of_memory_error_restarts_a_server_the_manager_started_with_a_sma
     restart = [e for e in monitor.history.events() if e.kind == "restart"][-1]
     assert restart.data == {"reason": "out of memory: smaller context", "ok": True}
     assert monitor.policy.attempts == 0  # a change of settings, not a failure: no restart attempt is spent
+
+
+def test_the_ladder_and_what_it_changed_outlive_a_restart_of_the_app(tmp_path):
+    paths = AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state")))
+    monitor, sup, clock = make([OOM], paths)
+    run_ticks(monitor, clock, 1)
+    assert sup.started_overlay == {"OLLAMA_CONTEXT_LENGTH": "2048"}
+    monitor.models.parameter_overrides = {"num_ctx": 2048}  # as a rebuild for the Modelfile model leaves it
+    monitor.duties._save_ladder()
+
+    again, sup_again, _ = make([OK], paths)  # the app starts again
+    assert sup_again.env_overlay == {"OLLAMA_CONTEXT_LENGTH": "2048"}  # its first start keeps the smaller context
+    assert again.models.parameter_overrides == {"num_ctx": 2048}  # the keeper builds the model as it was
+    assert again.duties.oom.level == 1 and again.duties.oom.current.num_ctx == 2048
+
+
+def test_an_unreadable_saved_ladder_is_ignored(tmp_path, caplog):
+    paths = AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state")))
+    paths.state_dir.mkdir(parents=True)
+    paths.oom_ladder_file.write_text('{"ladder": {"taken": "sideways"}}')
+    monitor, sup, clock = make([OK], paths)
+    assert monitor.duties.oom.level == 0 and sup.env_overlay == {}
+    assert "not a saved out-of-memory ladder" in caplog.text
 
 
 def test_the_restart_waits_until_no_model_build_runs_on_the_server():

@@ -139,7 +139,9 @@ class Monitor:
             clock,
         )
         oom_effects = OomEffects(config, history, supervisor, self.models)
-        self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS, oom_effects)
+        self.duties = DaemonDuties(
+            config, history, supervisor.paths.server_log, RECHECK_SECONDS, oom_effects, supervisor.paths.oom_ladder_file
+        )
         self._leak_restart_wanted = False  # until nothing runs on the server
         self._seen_server = supervisor.server
         self._restarting_ourselves = False

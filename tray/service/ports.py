@@ -141,6 +141,11 @@ class SupervisorPort(Protocol):
         """Variables to set on top of the ``[ollama_server]`` settings at the next start."""
         ...
 
+    @property
+    def env_overlay(self) -> Mapping[str, str]:
+        """The variables :meth:`set_env_overlay` set, for the next start."""
+        ...
+
     def reconfigure(self, config: Config) -> None:
         """Use new settings from the next start, stop or wait on."""
         ...
