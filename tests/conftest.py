@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from standin.harness import StandinEnv
+from tests.manager import Manager
+from tests.system_install import OllamaService, SystemdStandin, desktop_env
+from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, shared_dir
 
 
 @pytest.fixture
@@ -18,3 +22,77 @@ def standin(tmp_path: Path) -> Iterator[StandinEnv]:
         yield env
     finally:
         env.cleanup()
+
+
+# --- other users: the manager as a desktop user, Ollama as a system service ------------------------
+
+
+@pytest.fixture(scope="session")
+def user_runtime() -> Iterator[UserRuntime]:
+    """A Python (venv from Debian's python3, with the runtime dependencies) and the code, usable by any user."""
+    if not can_switch_users():
+        pytest.skip("running processes as other users needs root, useradd and Debian's /usr/bin/python3")
+    root = shared_dir("om-runtime-")
+    try:
+        yield build_user_runtime(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def accounts(user_runtime: UserRuntime) -> Iterator[Accounts]:
+    """Creates users for this test (``accounts.regular()``, ``accounts.system(role, home)``); removes them after."""
+    root = shared_dir("om-accounts-")
+    made = Accounts(root)
+    try:
+        yield made
+    finally:
+        made.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def desktop_user(accounts: Accounts) -> Account:
+    """A regular user, as the person logged in to the desktop."""
+    return accounts.regular("desk")
+
+
+@pytest.fixture
+def systemd(user_runtime: UserRuntime) -> Iterator[SystemdStandin]:
+    """The stand-in service manager, running (as root) with no units yet."""
+    root = shared_dir("om-systemd-")
+    manager = SystemdStandin(root, user_runtime)
+    manager.start()
+    try:
+        yield manager
+    finally:
+        manager.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def ollama_service(accounts: Accounts, user_runtime: UserRuntime, systemd: SystemdStandin) -> Iterator[OllamaService]:
+    """Ollama installed by install.sh (not started): ``ollama.service`` running the stand-in as a system account."""
+    root = shared_dir("om-install-")
+    service = OllamaService(root, accounts, user_runtime, systemd)
+    try:
+        yield service
+    finally:
+        service.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def desktop_manager(
+    desktop_user: Account, user_runtime: UserRuntime, systemd: SystemdStandin, ollama_service: OllamaService
+) -> Iterator[Manager]:
+    """``ollama-manager`` run by the desktop user, Ollama's service installed beside it."""
+    workdir = desktop_user.home / "work"
+    workdir.mkdir()
+    desktop_user.own(workdir)
+    env = desktop_env(desktop_user, user_runtime, systemd, ollama_service)
+    manager = Manager(env, workdir, account=desktop_user, python=user_runtime.python)
+    try:
+        yield manager
+    finally:
+        manager.cleanup()

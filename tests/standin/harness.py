@@ -68,8 +68,10 @@ class StandinEnv:
         blob_mb: float | None = None,
         runner_mb: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        standin_bin: Path = STANDIN_BIN,
     ) -> None:
         self.root = Path(root)
+        self.standin_bin = standin_bin
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.base_url = f"http://{self.host}"
@@ -86,7 +88,7 @@ class StandinEnv:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         link = self.bin_dir / "ollama"
         if not link.exists():
-            link.symlink_to(STANDIN_BIN)
+            link.symlink_to(self.standin_bin)
         dirs = {
             "HOME": self.root / "home",
             "XDG_CONFIG_HOME": self.root / "xdg" / "config",
@@ -105,7 +107,11 @@ class StandinEnv:
             OLLAMA_MODELS=str(self.models_dir),
             OLLAMA_STANDIN_CONTROL=str(self.control_file),
             OLLAMA_STANDIN_EVENTS=str(self.events_file),
-            PATH=os.pathsep.join([str(self.bin_dir)] + _search_path(os.environ.get("PATH", ""))),
+            # The stand-in systemctl/journalctl: without OLLAMA_STANDIN_SYSTEMD a machine with no units, so a
+            # real systemd (and a real ollama.service) on the test machine is never seen.
+            PATH=os.pathsep.join(
+                [str(self.bin_dir), str(self.standin_bin.parent / "sbin")] + _search_path(os.environ.get("PATH", ""))
+            ),
         )
         if blob_mb is not None:
             env["OLLAMA_STANDIN_BLOB_MB"] = str(blob_mb)
