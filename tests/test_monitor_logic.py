@@ -85,6 +85,11 @@ class FakeSupervisor:
         self.popen = None
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
+        self.store_source = "the manager's settings"
+        self.owner = None
+        self.unit = None
+        self.refused = None
+        self.reaped_names: dict[int, str] = {}
         self.paths = paths or AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
         self.managed_by = "manager"
         self.platform = "linux"
@@ -102,6 +107,9 @@ class FakeSupervisor:
         return self.managed_by == "manager" and self.started_overlay != self.env_overlay
 
     def adopt(self) -> None: ...
+
+    def systemd_owner(self):
+        return None
 
     def track_runners(self) -> None: ...
 

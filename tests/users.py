@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -25,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 PROJECT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -137,7 +140,25 @@ class Accounts:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
         self.created.append(name)
 
+    def kill_processes(self) -> None:
+        """SIGKILL every process the created users still run (a server the manager started as one, say)."""
+        uids = set()
+        for name in self.created:
+            try:
+                uids.add(pwd.getpwnam(name).pw_uid)
+            except KeyError:
+                continue
+        left = []
+        for proc in psutil.process_iter(["uids"]):
+            uids_info = proc.info.get("uids")
+            if uids_info is not None and uids_info.real in uids:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+                    left.append(proc)
+        psutil.wait_procs(left, timeout=10)
+
     def cleanup(self) -> None:
+        self.kill_processes()
         for name in reversed(self.created):
             subprocess.run(["userdel", "-f", name], capture_output=True)
             try:

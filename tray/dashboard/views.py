@@ -37,7 +37,7 @@ HEALTH_RANK = {"down": 3, "unhealthy": 2, "healthy": 1}
 MANAGED_BY = {
     "manager": "started by this manager",
     "external": "started outside the manager",
-    "systemd": "run by systemd",
+    "systemd": "managed by systemd",
     "ollama-app": "run by the Ollama app",
     "none": "not running",
 }
@@ -108,6 +108,10 @@ def status_view(status: Status, gateway: Mapping[str, Any] | None, now: float) -
     latency = status.get("latency_ms")
     pid = status.get("pid")
     owner = MANAGED_BY.get(str(status.get("managed_by")), str(status.get("managed_by")))
+    if status.get("unit"):
+        owner += f" ({status['unit']})"
+    if status.get("owner") and status.get("managed_by") != "manager":
+        owner += f", run by {status['owner']}"
     return {
         "health": status.get("health") or "unknown",
         "summary": status_summary(status),
@@ -124,6 +128,7 @@ def status_view(status: Status, gateway: Mapping[str, Any] | None, now: float) -
         "actions": action_views(status),
         "model": model_view(status, now),
         "gateway": gateway_view(gateway),
+        "settings_note": status.get("server_settings_note"),
     }
 
 

@@ -25,6 +25,7 @@ from tray.models.store import (
     Manifest,
     ModelName,
     base_model_of,
+    check_readable,
     blob_path,
     digest_hex,
     list_models,
@@ -336,6 +337,7 @@ def verify_model(
     cached digests. Missing or corrupt manifests and blobs are reported, not raised.
     """
     name = parse_model_name(model) if isinstance(model, str) else model
+    check_readable(models_dir)  # an unreadable store raises: it is not a missing model
     try:
         manifest = read_manifest(models_dir, name)
     except ManifestNotFound:

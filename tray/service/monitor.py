@@ -44,20 +44,25 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
-from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
+from tray.system.owners import OllamaApp, SystemdService, app_running, current_uid, systemd_active_state, user_name
 from tray.service.upkeep import DaemonDuties, OomEffects
+from tray.settings.server import systemd_dropin
 from tray.history import History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
+from tray.models.errors import StoreError
+from tray.models.store import parse_model_name
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.service.supervisor import Supervisor, SupervisorError
+from tray.service.supervisor import NotPermitted, Supervisor, SupervisorError, reaped_words
 
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 2.0  # probe cadence while something is wrong
 WAKE_GAP_FACTOR = 3.0  # a tick gap this many intervals long means the machine slept
 ACTIONS = ("start", "stop", "restart", "unload", "check", *MODEL_JOBS)
+OWNER_ACTIONS = ("start", "stop", "restart")  # through systemd when a unit runs Ollama
+ACTION_TEXT = {"start": "Starting Ollama", "stop": "Stopping Ollama", "restart": "Restarting Ollama"}
 
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
@@ -90,6 +95,8 @@ class Monitor:
         self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
         self._commands: queue.Queue[tuple[str, concurrent.futures.Future[str]]] = queue.Queue()
+        self._on_loop: queue.Queue[Callable[[], None]] = queue.Queue()  # work handed back to this thread
+        self._told: set[str] = set()  # "not permitted" / "refused" messages already notified
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -203,6 +210,7 @@ class Monitor:
             if ran_command or self.clock() >= next_check:
                 next_check = self.tick()
         self._fail_pending("the monitor is shutting down")
+        self.duties.close()
         self.history.record("monitor", "monitor stopped")
 
     def _initial_start(self) -> None:
@@ -278,7 +286,14 @@ class Monitor:
             return now + RECHECK_SECONDS
         if self._user_stopped_through_owner():
             return now + self.config.health_check_interval
+        if is_dead(result) and self._owner_restarting():
+            return now + RECHECK_SECONDS  # systemd brings it back itself (Restart=always)
         return self._restart_if_allowed(now, "not responding" if timeout_restart else "down")
+
+    def _owner_restarting(self) -> bool:
+        """The server's systemd unit is between a crash and its own restart (``activating``)."""
+        owner = self.supervisor.external
+        return isinstance(owner, SystemdService) and systemd_active_state(owner) in ("activating", "deactivating")
 
     def _tick_while_user_stopped(self, now: float) -> float:
         if self.supervisor.client.answers_as_ollama():
@@ -345,7 +360,12 @@ class Monitor:
             outcome = self.supervisor.restart(reason=reason)
         except SupervisorError as exc:
             self.last_error = str(exc)
-            self.history.record("restart", f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False})
+            if isinstance(exc, NotPermitted):
+                self._tell_once("not_permitted", str(exc), {"reason": reason})
+            else:
+                self.history.record(
+                    "restart", f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False}
+                )
             if not exc.retryable:
                 self.policy.give_up_now(self.clock())
                 self.state = "failed"
@@ -396,8 +416,18 @@ class Monitor:
         if not retryable:
             self.policy.give_up_now(self.clock())
         self.state = "failed" if not retryable else "restarting"
-        self.history.record("error", str(exc))
+        if isinstance(exc, NotPermitted):
+            self._tell_once("not_permitted", str(exc))
+        else:
+            self.history.record("error", str(exc))
         self._publish()
+
+    def _tell_once(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        """One event (so one notification) per distinct message: a refusal repeated at each retry is not news."""
+        if message in self._told:
+            return
+        self._told.add(message)
+        self.history.record(kind, message, data)
 
     def _on_server_exit(self, code: int) -> None:
         """Called from the watcher thread the moment a server we started exits: wake the loop."""
@@ -430,12 +460,15 @@ class Monitor:
             self._cpu_baseline = None
             return api
         self._note_server()
+        if self.supervisor.refused is not None:
+            self._cpu_baseline = None
+            return ProbeResult(False, api.latency, "api", Failure.UNTRUSTED, self.supervisor.refused)
         model = self.config.ollama_model
         self.model_present = _has_model(names, model)
         loaded = client.loaded_models(timeout=down_after)
         if loaded is not None:
             self.loaded_models = [{"name": m.name, "size": m.size, "size_vram": m.size_vram} for m in loaded]
-        is_loaded = any(_same_model(m.name, model) for m in loaded or ())
+        is_loaded = any(same_model(m.name, model) for m in loaded or ())
         gateway = self._gateway_activity()
         runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
         choice = choose_inference_probe(self.config.health_probe, self.model_present, is_loaded, gateway, runner_cpu)
@@ -474,6 +507,21 @@ class Monitor:
             self.supervisor.adopt()
         else:
             self.supervisor.track_runners()
+        self._follow_store()
+        refused = self.supervisor.refused
+        if refused is not None and refused not in self._told:
+            self._told.add(refused)
+            self.history.record("alert", f"Not using the Ollama on this port: {refused}", {"kind": "untrusted_server"})
+
+    def _follow_store(self) -> None:
+        """Check, clean and measure the store of the server that runs (a systemd server's, not ~/.ollama/models)."""
+        store = self.supervisor.models_dir
+        if store != self.models.models_dir:
+            log.info("Ollama's models are in %s (from %s)", store, self.supervisor.store_source)
+            self.models.models_dir = store
+            self.sampler.models_dir = store
+        unit = self.supervisor.external if isinstance(self.supervisor.external, SystemdService) else None
+        self.duties.follow_log(unit, user_name(current_uid()))
 
     def _read_runner_cpu(self) -> dict[ProcessRef, float | None]:
         return self.read_cpu_seconds(list(self.supervisor.runners))
@@ -513,9 +561,14 @@ class Monitor:
                 self.state = "running"
             self.next_retry_at = None
             self.last_error = None if self.health is Health.HEALTHY else self.last_error
+        elif result.failure is Failure.UNTRUSTED:
+            self.state = "refused"
+            self.last_error = result.detail
         elif self.state != "failed" or self.last_error is None:
             # Once given up, the error that made it give up says more than "connection refused".
             self.last_error = result.detail or str(result.failure)
+            if self.state == "refused":
+                self.state = "failed"
         if previous is not self.health:
             latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
             self.history.record("health", f"health {previous} -> {self.health} ({latency})")
@@ -554,16 +607,84 @@ class Monitor:
         ran = False
         while True:
             try:
+                self._on_loop.get_nowait()()
+                ran = True
+                continue
+            except queue.Empty:
+                pass
+            try:
                 action, future = self._commands.get_nowait()
             except queue.Empty:
                 return ran
             if not future.set_running_or_notify_cancel():
                 continue
             ran = True
+            service = self.supervisor.systemd_owner() if action in OWNER_ACTIONS else None
+            if service is not None:
+                self._through_owner(action, future)
+                continue
             try:
                 future.set_result(self._run_command(action))
             except Exception as exc:  # the caller shows it as one line
                 future.set_exception(exc)
+
+    def _through_owner(self, action: str, future: concurrent.futures.Future[str]) -> None:
+        """A user's start/stop/restart of Ollama's systemd unit, on a thread of its own.
+
+        polkit may ask the user for a password (with a timeout): the health
+        checks go on meanwhile. The outcome is handed back to this thread.
+        """
+        sup = self.supervisor
+        if action in ("start", "restart"):
+            self._restarting_ourselves = True
+            sup.user_stop.clear()
+            self.policy.reset()
+            self.timeouts.reset()
+        self._set_activity(action, ACTION_TEXT[action])
+
+        def work() -> None:
+            try:
+                if action == "stop":
+                    sup.stop(reason="user", interactive=True)
+                    message = "Ollama stopped"
+                elif action == "start":
+                    message = sup.start(reason="user", interactive=True).describe(sup.host.url)
+                else:
+                    message = sup.restart(reason="user", interactive=True).describe(sup.host.url)
+            except Exception as exc:  # handed to the caller as one line
+                self._on_loop.put(lambda: self._owner_action_done(action, future, None, exc))
+            else:
+                self._on_loop.put(lambda: self._owner_action_done(action, future, message, None))
+            self._wake.set()
+
+        threading.Thread(target=work, name=f"systemctl-{action}", daemon=True).start()
+
+    def _owner_action_done(
+        self, action: str, future: concurrent.futures.Future[str], message: str | None, error: BaseException | None
+    ) -> None:
+        self._set_activity(None)
+        if error is not None:
+            if isinstance(error, NotPermitted):
+                self._tell_once("not_permitted", str(error))
+            future.set_exception(error)
+            return
+        if action == "stop":
+            self._after_user_stop()
+        else:
+            self.state = "running"
+            self.last_error = None
+            if action == "restart":
+                self.history.record("restart", "Ollama restarted by the user", {"reason": "user", "ok": True})
+        assert message is not None
+        future.set_result(message)
+
+    def _after_user_stop(self) -> None:
+        self.supervisor.user_stop.set()
+        self.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
+        self.state = "stopped"
+        self.health = Health.DOWN
+        self.last_probe = STOPPED_PROBE
+        self._publish()
 
     def _run_command(self, action: str) -> str:
         sup = self.supervisor
@@ -587,13 +708,9 @@ class Monitor:
                 sup.stop(reason="user")
             finally:
                 self._set_activity(None)
-            sup.user_stop.set()
-            self.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
-            self.state = "stopped"
-            self.health = Health.DOWN
-            self.last_probe = STOPPED_PROBE
-            self._publish()
-            return "Ollama stopped"
+            self._after_user_stop()
+            reaped = reaped_words(sup.reaped_names)
+            return "Ollama stopped" + (f"; {reaped}" if reaped else "")
         if action == "restart":
             sup.user_stop.clear()
             self.policy.reset()
@@ -654,6 +771,10 @@ class Monitor:
             "state": self.state,
             "managed_by": sup.managed_by,
             "pid": sup.pid,
+            "owner": sup.owner,  # the account that runs the server
+            "unit": sup.unit,  # its systemd unit, when systemd runs it
+            # [ollama_server] cannot reach a server systemd runs: the drop-in that would.
+            "server_settings_note": systemd_dropin(self.config.ollama_server, sup.unit) if sup.unit else None,
             "ollama_host": sup.host.url,
             "model": self.config.ollama_model,
             "restart_attempt": self.policy.attempts,
@@ -725,12 +846,17 @@ class _Mailbox:
                 log.exception("status subscriber failed")
 
 
-def _same_model(a: str, b: str) -> bool:
-    def full(name: str) -> str:
-        return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+def same_model(a: str, b: str) -> bool:
+    """Whether two names are one model: tags filled in, case ignored (Ollama's ``Name.EqualFold``).
 
-    return full(a) == full(b)
+    >>> same_model("Llama3", "llama3:latest"), same_model("llama3", "llama3:8b")
+    (True, False)
+    """
+    try:
+        return parse_model_name(a).same_as(parse_model_name(b))
+    except StoreError:
+        return a == b
 
 
 def _has_model(names: set[str], model: str) -> bool:
-    return any(_same_model(n, model) for n in names)
+    return any(same_model(n, model) for n in names)

@@ -12,6 +12,8 @@ NOTIFY_EVENTS = {
     "unexpected_restart": "Ollama restarted unexpectedly",
     "gave_up": "Ollama is down",
     "external": "Ollama is managed elsewhere",
+    "not_permitted": "Ollama needs you",
+    "log_access": "Ollama's log",
     "error": "Ollama Manager",
     "alert": "Ollama alert",
     "oom": "Ollama memory",
