@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from standin.harness import StandinEnv
 from tests.manager import Manager
 from tests.system_install import OllamaService, SystemdStandin, desktop_env
-from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, shared_dir
+from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
 
 
 @pytest.fixture
@@ -32,23 +31,19 @@ def user_runtime() -> Iterator[UserRuntime]:
     """A Python (venv from Debian's python3, with the runtime dependencies) and the code, usable by any user."""
     if not can_switch_users():
         pytest.skip("running processes as other users needs root, useradd and Debian's /usr/bin/python3")
-    root = shared_dir("om-runtime-")
-    try:
+    with scratch("om-runtime-") as root:
         yield build_user_runtime(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def accounts(user_runtime: UserRuntime) -> Iterator[Accounts]:
     """Creates users for this test (``accounts.regular()``, ``accounts.system(role, home)``); removes them after."""
-    root = shared_dir("om-accounts-")
-    made = Accounts(root)
-    try:
-        yield made
-    finally:
-        made.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch("om-accounts-") as root:
+        made = Accounts(root)
+        try:
+            yield made
+        finally:
+            made.cleanup()
 
 
 @pytest.fixture
@@ -60,26 +55,24 @@ def desktop_user(accounts: Accounts) -> Account:
 @pytest.fixture
 def systemd(user_runtime: UserRuntime) -> Iterator[SystemdStandin]:
     """The stand-in service manager, running (as root) with no units yet."""
-    root = shared_dir("om-systemd-")
-    manager = SystemdStandin(root, user_runtime)
-    manager.start()
-    try:
-        yield manager
-    finally:
-        manager.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch("om-systemd-") as root:
+        manager = SystemdStandin(root, user_runtime)
+        manager.start()
+        try:
+            yield manager
+        finally:
+            manager.stop()
 
 
 @pytest.fixture
 def ollama_service(accounts: Accounts, user_runtime: UserRuntime, systemd: SystemdStandin) -> Iterator[OllamaService]:
     """Ollama installed by install.sh (not started): ``ollama.service`` running the stand-in as a system account."""
-    root = shared_dir("om-install-")
-    service = OllamaService(root, accounts, user_runtime, systemd)
-    try:
-        yield service
-    finally:
-        service.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
+    with scratch("om-install-") as root:
+        service = OllamaService(root, accounts, user_runtime, systemd)
+        try:
+            yield service
+        finally:
+            service.cleanup()
 
 
 @pytest.fixture

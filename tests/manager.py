@@ -133,8 +133,8 @@ class Manager:
         except (OSError, ValueError, KeyError, httpx.HTTPError):
             return None
 
-    def action(self, name: str) -> str:
-        """Run a menu action (``unload``, ``restart`` …) through the running monitor's status API."""
+    def action_answer(self, name: str) -> dict[str, Any]:
+        """Run a menu action (``unload``, ``restart`` …) through the running monitor's status API; its answer."""
         state = Path(self.env["XDG_STATE_HOME"]) / "ollama-manager"
         info = json.loads((state / "monitor.json").read_text())
         token = (state / "api-token").read_text().strip()
@@ -143,7 +143,11 @@ class Manager:
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
-        body = response.json()
+        return dict(response.json())
+
+    def action(self, name: str) -> str:
+        """Run a menu action that must succeed; its one-line message."""
+        body = self.action_answer(name)
         assert body.get("ok"), body
         return str(body["message"])
 

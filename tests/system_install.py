@@ -11,7 +11,6 @@ main process is the stand-in ``ollama serve``, its output in the journal.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import psutil
 import pytest
 
 from tests.manager import Manager, wait_until
+from tests.standin.harness import weights_blob
 
 pytestmark = pytest.mark.slow
 
@@ -268,12 +268,10 @@ def test_metrics_prints_the_recorded_samples(manager, standin):
 
 def _users_llama_server(standin, tmp_path):
     """The user's own llama.cpp server on a blob of the models folder (a common way to reuse Ollama's weights)."""
-    manifest = standin.models_dir / "manifests/registry.ollama.ai/library/llama3/latest"
-    weights = next(l["digest"] for l in json.loads(manifest.read_text())["layers"] if l["mediaType"].endswith(".model"))
+    _, blob = weights_blob(standin.models_dir)
     link = tmp_path / "llama.cpp" / "llama-server"
     link.parent.mkdir()
     link.symlink_to(os.path.realpath(sys.executable))
-    blob = standin.models_dir / "blobs" / weights.replace(":", "-")
     return subprocess.Popen(
         [str(link), "-c", "import time; time.sleep(600)", "--model", str(blob), "--port", "18080"],
         start_new_session=True,

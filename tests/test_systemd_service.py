@@ -7,7 +7,6 @@ manager as an unprivileged desktop user with its own HOME: the situation of ever
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import psutil
 import pytest
 
 from tests.manager import wait_until
+from tests.standin.harness import flip_middle_byte, weights_blob
 from tests.users import popen_as, run_as
 
 pytestmark = pytest.mark.slow
@@ -74,14 +74,8 @@ def test_verify_checks_the_services_store_and_repair_goes_through_the_api(ollama
     assert "warning" not in built.stderr  # the store the server uses was found
     assert desktop_manager.run("model", "verify", "--full").returncode == 0
 
-    manifest = ollama_service.models_dir / "manifests/registry.ollama.ai/library/llama3/latest"
-    weights = next(
-        layer["digest"] for layer in json.loads(manifest.read_text())["layers"] if layer["mediaType"].endswith(".model")
-    )
-    blob = ollama_service.models_dir / "blobs" / weights.replace(":", "-")
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    weights, blob = weights_blob(ollama_service.models_dir)
+    flip_middle_byte(blob)
 
     damaged = desktop_manager.run("model", "verify", "--full")
     assert damaged.returncode == 2, damaged.stdout + damaged.stderr
@@ -173,6 +167,22 @@ def test_a_menu_restart_may_let_polkit_ask(ollama_service, systemd, desktop_mana
     message = desktop_manager.action("restart")
     assert "managed by systemd" in message
     assert ollama_service.main_pid() not in (0, pid)
+    assert desktop_serves(desktop_user) == []
+
+
+def test_a_refused_menu_restart_says_the_command_and_leaves_the_server(ollama_service, desktop_manager, desktop_user):
+    pid = ollama_service.start()
+    desktop_manager.spawn_monitor()
+    desktop_manager.wait_monitor_ready()
+    answer = desktop_manager.action_answer("restart")  # no polkit agent answers: Access denied
+    assert answer["ok"] is False
+    assert answer["error"] == (
+        f"Ollama (pid {pid}, the systemd service ollama.service, run by {ollama_service.account.name}) runs; "
+        "this user may not restart it (Access denied): run `sudo systemctl restart ollama`"
+    )
+    assert ollama_service.main_pid() == pid
+    assert len(events_with(desktop_manager, "`sudo systemctl restart ollama`")) == 1
+    assert desktop_manager.wait_monitor_ready()["pid"] == pid
     assert desktop_serves(desktop_user) == []
 
 

@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import tomllib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,34 +72,39 @@ class Account:
             os.chown(path, self.uid, self.gid)
 
 
+def _identity(account: Account, env: Mapping[str, str], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """subprocess arguments that make the child ``account``: setgid, initgroups, setuid before exec."""
+    kwargs.setdefault("cwd", str(account.home))
+    return {"env": dict(env), "user": account.uid, "group": account.gid, "extra_groups": account.groups(), **kwargs}
+
+
 def popen_as(account: Account, argv: Sequence[str], *, env: Mapping[str, str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """Start ``argv`` as ``account``: setgid, initgroups and setuid happen in the child before exec."""
-    kwargs.setdefault("cwd", str(account.home))
-    return subprocess.Popen(
-        list(argv),
-        env=dict(env),
-        user=account.uid,
-        group=account.gid,
-        extra_groups=account.groups(),
-        **kwargs,
-    )
+    """Start ``argv`` as ``account`` (in its home unless ``cwd`` is given)."""
+    return subprocess.Popen(list(argv), **_identity(account, env, kwargs))
 
 
-def run_as(account: Account, argv: Sequence[str], *, env: Mapping[str, str], timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_as(
+    account: Account, argv: Sequence[str], *, env: Mapping[str, str], timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` as ``account`` to the end; output captured as text."""
-    kwargs.setdefault("cwd", str(account.home))
     return subprocess.run(
         list(argv),
-        env=dict(env),
-        user=account.uid,
-        group=account.gid,
-        extra_groups=account.groups(),
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
-        **kwargs,
+        **_identity(account, env, kwargs),
     )
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A :func:`shared_dir` for the duration of a ``with``, removed after."""
+    root = shared_dir(prefix)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class Accounts:

@@ -45,6 +45,23 @@ def _search_path(original: str) -> list[str]:
     return kept
 
 
+def weights_blob(models_dir: Path, model: str = "llama3") -> tuple[str, Path]:
+    """The digest (``sha256:<hex>``) and file of a library model's weights layer in a store."""
+    manifest = Path(models_dir) / "manifests" / "registry.ollama.ai" / "library" / model / "latest"
+    layers = json.loads(manifest.read_text())["layers"]
+    digest = next(layer["digest"] for layer in layers if layer["mediaType"].endswith(".model"))
+    return digest, Path(models_dir) / "blobs" / digest.replace(":", "-")
+
+
+def flip_middle_byte(path: Path) -> None:
+    """Damage a blob the way a bad disk does: same size, one byte changed (and a new mtime)."""
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
 def same_process(pid: int, create_time: float | None) -> psutil.Process | None:
     """The live (non-zombie) process with this PID, if it started at ``create_time``."""
     try:

@@ -54,7 +54,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 ENV_ROOT = "OLLAMA_STANDIN_SYSTEMD"
 DEFAULT_RESTART_SEC = 0.1

@@ -15,6 +15,7 @@ Other threads never touch processes: they queue an action with
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import queue
 import random
@@ -652,9 +653,9 @@ class Monitor:
                 else:
                     message = sup.restart(reason="user", interactive=True).describe(sup.host.url)
             except Exception as exc:  # handed to the caller as one line
-                self._on_loop.put(lambda: self._owner_action_done(action, future, None, exc))
+                self._on_loop.put(functools.partial(self._owner_action_done, action, future, None, exc))
             else:
-                self._on_loop.put(lambda: self._owner_action_done(action, future, message, None))
+                self._on_loop.put(functools.partial(self._owner_action_done, action, future, message, None))
             self._wake.set()
 
         threading.Thread(target=work, name=f"systemctl-{action}", daemon=True).start()
