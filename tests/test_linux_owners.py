@@ -101,3 +101,39 @@ def test_the_listener_is_found_with_its_owner(tmp_path):
 
         found = find_listener(listener.getsockname()[1])
         assert found is not None and (found.uid, found.pid) == (os.getuid(), os.getpid())
+
+
+def _show(units):
+    """A systemctl that knows ``units`` ({name: (MainPID, ExecStart argv)})."""
+
+    def run(argv):
+        name = argv[-1]
+        if name not in units or "--user" in argv:
+            return subprocess.CompletedProcess(argv, 0, "LoadState=not-found\nMainPID=0\n", "")
+        main_pid, exec_start = units[name]
+        text = f"LoadState=loaded\nActiveState=active\nMainPID={main_pid}\nUser=llm\nExecStart={{ path=x ; argv[]={exec_start} ; }}\n"
+        return subprocess.CompletedProcess(argv, 0, text, "")
+
+    return run
+
+
+def test_the_unit_is_found_from_the_cgroup_whatever_its_name():
+    from tray.system.owners import unit_running
+
+    cgroup = lambda pid: "0::/system.slice/llm-server.service\n"  # noqa: E731
+    by_exec = unit_running(4242, "linux", _show({"llm-server.service": (4000, "/opt/ollama serve")}), cgroup)
+    assert by_exec is not None and by_exec.service.unit == "llm-server.service"
+    by_main_pid = unit_running(4242, "linux", _show({"llm-server.service": (4242, "/opt/wrapper.sh")}), cgroup)
+    assert by_main_pid is not None and by_main_pid.service.unit == "llm-server.service"
+    # A terminal's own service holds a serve started from it, but does not run Ollama.
+    terminal = lambda pid: "0::/user.slice/user-1000.slice/user@1000.service/app.slice/gnome-terminal-server.service\n"  # noqa: E731
+    assert unit_running(4242, "linux", _show({"gnome-terminal-server.service": (99, "/usr/libexec/gnome-terminal-server")}), terminal) is None
+
+
+def test_the_unit_is_found_from_an_installed_units_main_pid_when_the_cgroup_says_nothing():
+    from tray.system.owners import unit_running
+
+    root_cgroup = lambda pid: "0::/\n"  # noqa: E731 - a container, or the stand-in systemd
+    found = unit_running(4242, "linux", _show({"ollama.service": (4242, "/usr/local/bin/ollama serve")}), root_cgroup)
+    assert found is not None and (found.service.unit, found.account) == ("ollama.service", "llm")
+    assert unit_running(4243, "linux", _show({"ollama.service": (4242, "/usr/local/bin/ollama serve")}), root_cgroup) is None

@@ -270,13 +270,20 @@ def installed_ollama_unit(run: Runner = _run_quietly) -> UnitState | None:
     return None
 
 
-def unit_running(pid: int, platform: str = sys.platform, run: Runner = _run_quietly) -> UnitState | None:
-    """The systemd unit whose service ``pid`` is: from its cgroup (any unit name) or an installed unit's MainPID."""
+def _read_cgroup(pid: int) -> str:
+    return Path(f"/proc/{pid}/cgroup").read_text()
+
+
+def unit_running(
+    pid: int, platform: str = sys.platform, run: Runner = _run_quietly, read_cgroup: Callable[[int], str] = _read_cgroup
+) -> UnitState | None:
+    """The systemd unit whose service ``pid`` is: its cgroup's unit (any name) when that unit runs
+    ``ollama serve`` or has it as MainPID, else an installed unit whose MainPID it is."""
     if not platform.startswith("linux"):
         return None
     from_cgroup = None
     with contextlib.suppress(OSError):
-        from_cgroup = systemd_unit_from_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+        from_cgroup = systemd_unit_from_cgroup(read_cgroup(pid))
     if from_cgroup is not None:
         state = unit_state(from_cgroup, run)
         if state.installed and (state.main_pid == pid or state.runs_ollama_serve):
