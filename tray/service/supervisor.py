@@ -62,6 +62,7 @@ from tray.system.processes import (
     find_ollama_app,
     find_ollama_binary,
     is_server_cmdline,
+    Listener,
     kill_runners,
     launch_plan,
     listening_pid,
@@ -302,7 +303,7 @@ class Supervisor:
     def _uid_of(self, ref: ProcessRef | None) -> int | None:
         return self._uid_of_pid(ref.pid) if ref is not None else None
 
-    def _judge(self, listener: object) -> str | None:
+    def _judge(self, listener: Listener | None) -> str | None:
         """Why the listener may not be used, or None when it may (the user's, root's, or its unit's account)."""
         uid = self.owner_uid
         if uid is None or listener is None:
@@ -313,8 +314,7 @@ class Supervisor:
         trust = judge_owner(uid, current_uid(), unit_uid)
         if trust.trusted:
             return None
-        pid = getattr(listener, "pid", None)
-        what = describe_process(pid) if pid else "a process"
+        what = describe_process(listener.pid) if listener.pid else "a process"
         whose = (
             f"{user_name(uid)}, another user"
             if trust is Trust.OTHER_USER

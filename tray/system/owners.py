@@ -229,7 +229,7 @@ class UnitState:
         return value or None
 
 
-Runner = Callable[[list[str]], "subprocess.CompletedProcess[str] | None"]
+CommandRunner = Callable[[list[str]], "subprocess.CompletedProcess[str] | None"]
 
 
 def _run_quietly(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
@@ -239,7 +239,7 @@ def _run_quietly(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
-def unit_state(service: SystemdService, run: Runner = _run_quietly) -> UnitState:
+def unit_state(service: SystemdService, run: CommandRunner = _run_quietly) -> UnitState:
     """Read a unit through ``systemctl show``; ``load_state`` "not-found" when there is no such unit or no systemd."""
     argv = ["systemctl"] + (["--user"] if service.user else []) + ["show", "-p", ",".join(UNIT_PROPERTIES), service.unit]
     done = run(argv)
@@ -261,7 +261,7 @@ def unit_state(service: SystemdService, run: Runner = _run_quietly) -> UnitState
     )
 
 
-def installed_ollama_unit(run: Runner = _run_quietly) -> UnitState | None:
+def installed_ollama_unit(run: CommandRunner = _run_quietly) -> UnitState | None:
     """The installed unit that runs ``ollama serve`` (install.sh's ``ollama.service``, or a user unit)."""
     for service in INSTALLED_UNITS:
         state = unit_state(service, run)
@@ -275,7 +275,7 @@ def _read_cgroup(pid: int) -> str:
 
 
 def unit_running(
-    pid: int, platform: str = sys.platform, run: Runner = _run_quietly, read_cgroup: Callable[[int], str] = _read_cgroup
+    pid: int, platform: str = sys.platform, run: CommandRunner = _run_quietly, read_cgroup: Callable[[int], str] = _read_cgroup
 ) -> UnitState | None:
     """The systemd unit whose service ``pid`` is: its cgroup's unit (any name) when that unit runs
     ``ollama serve`` or has it as MainPID, else an installed unit whose MainPID it is."""
@@ -325,7 +325,7 @@ def journal_access_line(service: SystemdService, user: str) -> str:
     )
 
 
-def read_journal(service: SystemdService, lines: int = 2000, run: Runner = _run_quietly) -> list[str] | None:
+def read_journal(service: SystemdService, lines: int = 2000, run: CommandRunner = _run_quietly) -> list[str] | None:
     """The unit's last messages; None when the journal refuses this user or cannot be read."""
     done = run(journal_command(service, lines=lines))
     if done is None or done.returncode != 0 or journal_refused(done.stderr or ""):
@@ -333,7 +333,7 @@ def read_journal(service: SystemdService, lines: int = 2000, run: Runner = _run_
     return done.stdout.splitlines()
 
 
-def write_journal_snapshot(service: SystemdService, path: Path, user: str, run: Runner = _run_quietly) -> Path:
+def write_journal_snapshot(service: SystemdService, path: Path, user: str, run: CommandRunner = _run_quietly) -> Path:
     """Write the unit's recent log to ``path`` (for "Open logs"); the access line when the journal refuses."""
     argv = journal_command(service, lines=2000)
     argv[argv.index("cat")] = "short-iso"
