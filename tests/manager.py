@@ -87,7 +87,9 @@ class Manager:
             return popen_as(self.account, argv, env=env, cwd=self.workdir, **kwargs)
         return subprocess.Popen(argv, env=env, cwd=self.workdir, **kwargs)
 
-    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [self.python, "-m", "tray", *args]
         with self._popen(
             argv, env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True

@@ -42,7 +42,13 @@ class SystemdStandin:
     def start(self) -> None:
         log = open(self.root / "daemon.log", "ab")  # noqa: SIM115 - handed to the daemon
         self.daemon = subprocess.Popen(
-            [str(self.runtime.python), str(self.runtime.standin / "standin_systemd.py"), "daemon", "--root", str(self.root)],
+            [
+                str(self.runtime.python),
+                str(self.runtime.standin / "standin_systemd.py"),
+                "daemon",
+                "--root",
+                str(self.root),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -85,7 +91,9 @@ class SystemdStandin:
 
     # reading
 
-    def systemctl(self, *args: str, account: Account | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def systemctl(
+        self, *args: str, account: Account | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         argv = [str(self.runtime.sbin / "systemctl"), *args]
         full_env = {"PATH": self.runtime.path(), **self.env, **(env or {})}
         if account is not None:
@@ -215,7 +223,9 @@ class OllamaService:
         self.standin.cleanup()
 
 
-def desktop_env(account: Account, runtime: UserRuntime, systemd: SystemdStandin, service: OllamaService) -> dict[str, str]:
+def desktop_env(
+    account: Account, runtime: UserRuntime, systemd: SystemdStandin, service: OllamaService
+) -> dict[str, str]:
     """The environment of a desktop session of ``account``: its own HOME and XDG dirs, Ollama on PATH."""
     home = account.home
     dirs = {

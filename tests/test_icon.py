@@ -221,18 +221,45 @@ def test_draw_icon_rejects_a_zero_size() -> None:
         ),
         ({"cloud_active": True}, "Ollama: healthy · 245 ms · uncensored-llama3 · cloud fallback active"),
         (
-            {"busy": {"model": "llama3:latest", "requests": None, "waiting": None, "since_seconds": 80.0,
-                      "progress_seconds_ago": 0.0, "source": "runner", "stuck": False}},
+            {
+                "busy": {
+                    "model": "llama3:latest",
+                    "requests": None,
+                    "waiting": None,
+                    "since_seconds": 80.0,
+                    "progress_seconds_ago": 0.0,
+                    "source": "runner",
+                    "stuck": False,
+                }
+            },
             "Ollama: healthy · 245 ms · busy: generating on llama3:latest for 1 min",
         ),
         (
-            {"busy": {"model": None, "requests": 2, "waiting": 1, "since_seconds": 4.2,
-                      "progress_seconds_ago": 1.0, "source": "gateway", "stuck": False}},
+            {
+                "busy": {
+                    "model": None,
+                    "requests": 2,
+                    "waiting": 1,
+                    "since_seconds": 4.2,
+                    "progress_seconds_ago": 1.0,
+                    "source": "gateway",
+                    "stuck": False,
+                }
+            },
             "Ollama: healthy · 245 ms · busy: generating for 5 s (2 requests) · uncensored-llama3",
         ),
         (
-            {"busy": {"model": "llama3", "requests": None, "waiting": None, "since_seconds": 1000.0,
-                      "progress_seconds_ago": None, "source": "probe", "stuck": True}},
+            {
+                "busy": {
+                    "model": "llama3",
+                    "requests": None,
+                    "waiting": None,
+                    "since_seconds": 1000.0,
+                    "progress_seconds_ago": None,
+                    "source": "probe",
+                    "stuck": True,
+                }
+            },
             "Ollama: healthy · 245 ms · stuck: no progress on llama3 for 17 min",
         ),
     ],

@@ -15,9 +15,9 @@ from tray.service.monitor import _has_model, same_model
 from tray.system.owners import (
     SystemdService,
     Trust,
-    judge_owner,
     journal_access_line,
     journal_refused,
+    judge_owner,
     unit_state,
 )
 from tray.system.processes import find_listener
@@ -65,7 +65,13 @@ def test_unit_state_reads_systemctl_show():
 
     state = unit_state(SystemdService("ollama.service"), run)
     assert calls == [
-        ["systemctl", "show", "-p", "Id,LoadState,ActiveState,MainPID,User,Environment,ExecStart,FragmentPath", "ollama.service"]
+        [
+            "systemctl",
+            "show",
+            "-p",
+            "Id,LoadState,ActiveState,MainPID,User,Environment,ExecStart,FragmentPath",
+            "ollama.service",
+        ]
     ]
     assert (state.installed, state.main_pid, state.account, state.models_dir) == (True, 812, "ollama", "/srv/my models")
     assert state.runs_ollama_serve
@@ -78,7 +84,11 @@ def test_systemctl_commands_ask_only_for_a_users_own_action():
     assert unit.restart_command() == ["systemctl", "--no-ask-password", "restart", "ollama.service"]
     assert unit.restart_command(interactive=True) == ["systemctl", "restart", "ollama.service"]
     assert SystemdService("ollama.service", user=True).start_command() == [
-        "systemctl", "--user", "--no-ask-password", "start", "ollama.service"
+        "systemctl",
+        "--user",
+        "--no-ask-password",
+        "start",
+        "ollama.service",
     ]
     assert unit.manual_command("restart") == "sudo systemctl restart ollama"
 
@@ -127,7 +137,15 @@ def test_the_unit_is_found_from_the_cgroup_whatever_its_name():
     assert by_main_pid is not None and by_main_pid.service.unit == "llm-server.service"
     # A terminal's own service holds a serve started from it, but does not run Ollama.
     terminal = lambda pid: "0::/user.slice/user-1000.slice/user@1000.service/app.slice/gnome-terminal-server.service\n"  # noqa: E731
-    assert unit_running(4242, "linux", _show({"gnome-terminal-server.service": (99, "/usr/libexec/gnome-terminal-server")}), terminal) is None
+    assert (
+        unit_running(
+            4242,
+            "linux",
+            _show({"gnome-terminal-server.service": (99, "/usr/libexec/gnome-terminal-server")}),
+            terminal,
+        )
+        is None
+    )
 
 
 def test_the_unit_is_found_from_an_installed_units_main_pid_when_the_cgroup_says_nothing():
@@ -136,4 +154,7 @@ def test_the_unit_is_found_from_an_installed_units_main_pid_when_the_cgroup_says
     root_cgroup = lambda pid: "0::/\n"  # noqa: E731 - a container, or the stand-in systemd
     found = unit_running(4242, "linux", _show({"ollama.service": (4242, "/usr/local/bin/ollama serve")}), root_cgroup)
     assert found is not None and (found.service.unit, found.account) == ("ollama.service", "llm")
-    assert unit_running(4243, "linux", _show({"ollama.service": (4242, "/usr/local/bin/ollama serve")}), root_cgroup) is None
+    assert (
+        unit_running(4243, "linux", _show({"ollama.service": (4242, "/usr/local/bin/ollama serve")}), root_cgroup)
+        is None
+    )

@@ -102,8 +102,15 @@ def test_menu_for_a_healthy_server() -> None:
 
 
 def test_the_status_line_says_what_ollama_is_busy_with() -> None:
-    busy = {"model": "llama3:latest", "requests": 1, "waiting": 0, "since_seconds": 95.0,
-            "progress_seconds_ago": 0.4, "source": "gateway", "stuck": False}
+    busy = {
+        "model": "llama3:latest",
+        "requests": 1,
+        "waiting": 0,
+        "since_seconds": 95.0,
+        "progress_seconds_ago": 0.4,
+        "source": "gateway",
+        "stuck": False,
+    }
     entries = build_menu(status(busy=busy, loaded_models=[LLAMA3]), SETTINGS, set())
     assert entries[0].label == "Ollama: healthy · 245 ms · busy: generating on llama3:latest for 2 min"
     assert enabled_actions(entries) >= {"unload", "stop", "restart"}  # busy blocks nothing
@@ -131,7 +138,14 @@ def test_stopped_server_offers_start_only() -> None:
     entries = build_menu(stopped, SETTINGS, set())
     assert rows(entries)[0] == ("Stopped", None, False, None, False)
     assert find_entry(entries, "stop") is None
-    assert enabled_actions(entries) == {"start", "open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "start",
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
     assert default_action(entries) is None
 
 
@@ -150,7 +164,13 @@ def test_plain_click_restarts_only_when_down() -> None:
 
 def test_running_restart_disables_every_server_action() -> None:
     entries = build_menu(status(health="down", loaded_models=[LLAMA3]), SETTINGS, {"restart"})
-    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
     # No plain-click restart while one is already running.
     assert default_action(entries) is None
 
@@ -168,7 +188,13 @@ def test_opening_logs_blocks_nothing() -> None:
 def test_monitor_activity_blocks_server_actions(kind: str) -> None:
     busy = status(activity={"kind": kind, "text": "", "progress": None}, loaded_models=[LLAMA3])
     entries = build_menu(busy, SETTINGS, set())
-    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
 
 
 def test_stopping_disables_stop_restart_and_rebuild() -> None:
@@ -825,7 +851,9 @@ class MenuLessIcon(FakeIcon):
     HAS_MENU = False
 
 
-def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(make_app: Callable[..., Any]) -> None:
+def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(
+    make_app: Callable[..., Any],
+) -> None:
     app, controller, icon = make_app(icon_class=MenuLessIcon)
     icon.click()
     assert (controller.dashboards_opened, controller.requests) == (1, [])

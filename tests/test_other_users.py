@@ -16,7 +16,11 @@ pytestmark = pytest.mark.slow
 def test_the_desktop_user_runs_the_project_with_its_own_identity(desktop_user, user_runtime, desktop_manager):
     done = run_as(
         desktop_user,
-        [str(user_runtime.python), "-c", "import os, tray, psutil; print(os.getuid(), os.environ['HOME'], tray.__file__)"],
+        [
+            str(user_runtime.python),
+            "-c",
+            "import os, tray, psutil; print(os.getuid(), os.environ['HOME'], tray.__file__)",
+        ],
         env=desktop_manager.env,
     )
     assert done.returncode == 0, done.stderr

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tray.system.owners import OllamaApp, SystemdService, systemd_unit_from_cgroup
 from tray.settings.hosts import parse_ollama_host
+from tray.system.owners import OllamaApp, SystemdService, systemd_unit_from_cgroup
 from tray.system.processes import (
     CREATE_NEW_PROCESS_GROUP,
     CREATE_NO_WINDOW,
@@ -83,7 +83,10 @@ def test_binary_found_on_path_or_configured(tmp_path):
     assert find_ollama_binary(str(binary), {"PATH": ""}, "linux") == binary
     with pytest.raises(OllamaNotInstalled) as err:
         find_ollama_binary(str(tmp_path / "missing"), {"PATH": ""}, "linux")
-    assert str(err.value) == f"ollama_binary {tmp_path / 'missing'} does not exist: install Ollama from https://ollama.com/download"
+    assert (
+        str(err.value)
+        == f"ollama_binary {tmp_path / 'missing'} does not exist: install Ollama from https://ollama.com/download"
+    )
 
 
 @pytest.mark.parametrize(
@@ -136,4 +139,8 @@ def test_official_app_commands():
     assert mac.start_command() == ["open", "-j", "-a", "/Applications/Ollama.app", "--args", "--fast-startup"]
     win = OllamaApp(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe"), 42, "win32")
     assert win.quit_command() == ["taskkill", "/PID", "42", "/T"]
-    assert win.start_command() == [str(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe")), "--hide", "--fast-startup"]
+    assert win.start_command() == [
+        str(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe")),
+        "--hide",
+        "--fast-startup",
+    ]

@@ -44,8 +44,15 @@ def test_an_idle_server() -> None:
 
 
 def test_a_busy_server_gets_one_line_saying_with_what() -> None:
-    busy = {"model": "llama3:latest", "requests": None, "waiting": None, "since_seconds": 125.0,
-            "progress_seconds_ago": 0.0, "source": "runner", "stuck": False}
+    busy = {
+        "model": "llama3:latest",
+        "requests": None,
+        "waiting": None,
+        "since_seconds": 125.0,
+        "progress_seconds_ago": 0.0,
+        "source": "runner",
+        "stuck": False,
+    }
     lines = format_status({**RUNNING, "busy": busy}).splitlines()
     assert lines[0].startswith("Ollama: healthy")
     assert lines[4] == (

@@ -79,7 +79,9 @@ def test_start_adopts_a_running_ollama_instead_of_starting_a_second(manager, sta
 
 def test_not_installed_is_one_clear_line(manager, standin):
     env = dict(manager.env)
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(p, "ollama")))
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(p, "ollama"))
+    )
     done = manager.run("start", env=env)
     assert done.returncode == 1
     assert done.stderr == "ollama-manager: Ollama is not installed: get it from https://ollama.com/download\n"
@@ -87,7 +89,11 @@ def test_not_installed_is_one_clear_line(manager, standin):
 
 def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, tmp_path):
     foreign = subprocess.Popen(
-        [sys.executable, "-c", f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)"],
+        [
+            sys.executable,
+            "-c",
+            f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)",
+        ],
     )
     try:
         wait_until(lambda: _port_open(standin.port), 10, what="the foreign listener")
@@ -326,7 +332,13 @@ def test_orphans_are_reaped_when_the_models_dir_is_a_symlink(tmp_path):
         wait_until(lambda: (s := m.api_status()) and s["memory_usage_mb"] > 60, 10, what="the runner to be tracked")
         os.kill(serve_starts(env)[0]["pid"], signal.SIGKILL)
         wait_until(lambda: len(serve_starts(env)) == 2, 15, what="the restart")
-        wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in runners), 10, what="the orphan to be reaped")
+        wait_until(
+            lambda: (
+                not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in runners)
+            ),
+            10,
+            what="the orphan to be reaped",
+        )
     finally:
         m.cleanup()
         env.cleanup()

@@ -54,7 +54,7 @@ def test_status_names_the_services_pid_owner_and_memory(ollama_service, desktop_
     text = desktop_manager.run("status").stdout
     assert (
         "Settings: [ollama_server] does not reach Ollama run by ollama.service; to apply it, run "
-        "`sudo systemctl edit ollama`, add\n[Service]\nEnvironment=\"OLLAMA_KEEP_ALIVE=1h\"\n"
+        '`sudo systemctl edit ollama`, add\n[Service]\nEnvironment="OLLAMA_KEEP_ALIVE=1h"\n'
         "then run `sudo systemctl restart ollama`"
     ) in text
 
@@ -123,7 +123,9 @@ def test_a_hung_service_gives_the_exact_systemctl_command_and_no_second_server(o
     os.kill(pid, signal.SIGSTOP)
     try:
         status = wait_until(
-            lambda: (s := desktop_manager.api_status()) and "sudo systemctl restart ollama" in (s["last_error"] or "") and s,
+            lambda: (
+                (s := desktop_manager.api_status()) and "sudo systemctl restart ollama" in (s["last_error"] or "") and s
+            ),
             40,
             what="the monitor to give the command",
         )
@@ -186,7 +188,9 @@ def test_a_refused_menu_restart_says_the_command_and_leaves_the_server(ollama_se
     assert desktop_serves(desktop_user) == []
 
 
-def test_the_manager_starts_the_installed_unit_instead_of_its_own_serve(ollama_service, systemd, desktop_manager, desktop_user):
+def test_the_manager_starts_the_installed_unit_instead_of_its_own_serve(
+    ollama_service, systemd, desktop_manager, desktop_user
+):
     done = desktop_manager.run("start")
     assert done.returncode == 1
     assert done.stderr == (
@@ -229,7 +233,9 @@ def _serve_as(account, runtime, port, home):
 
 
 @pytest.mark.parametrize("kind", ["regular", "system"])
-def test_a_server_of_another_user_is_refused_with_an_alert(kind, accounts, ollama_service, user_runtime, desktop_manager, tmp_path):
+def test_a_server_of_another_user_is_refused_with_an_alert(
+    kind, accounts, ollama_service, user_runtime, desktop_manager, tmp_path
+):
     if kind == "regular":
         other = accounts.regular("other")
         described = f"run by {other.name}, another user"
@@ -325,7 +331,9 @@ def test_open_logs_opens_the_services_journal_or_says_how_to_read_it(
 
     refused = open_logs()
     assert refused.splitlines()[0] == str(log_dir / "ollama-journal.log")
-    assert f"which {desktop_user.name} may not read: run `sudo usermod -aG systemd-journal {desktop_user.name}`" in refused
+    assert (
+        f"which {desktop_user.name} may not read: run `sudo usermod -aG systemd-journal {desktop_user.name}`" in refused
+    )
     accounts.add_to_group(desktop_user, "systemd-journal")
     readable = open_logs()
     assert "Listening on 127.0.0.1" in readable and "may not read" not in readable

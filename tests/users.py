@@ -43,7 +43,9 @@ def shared_dir(prefix: str) -> Path:
 
 def can_switch_users() -> bool:
     """Tests that run processes as other users need root (CI is root) and Debian's python3."""
-    return hasattr(os, "geteuid") and os.geteuid() == 0 and SYSTEM_PYTHON.exists() and shutil.which("useradd") is not None
+    return (
+        hasattr(os, "geteuid") and os.geteuid() == 0 and SYSTEM_PYTHON.exists() and shutil.which("useradd") is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -200,7 +202,9 @@ class UserRuntime:
 
     def path(self, *first: Path) -> str:
         """A PATH for another user: ``first``, the venv, the stand-in systemctl, then the system's."""
-        return os.pathsep.join([*map(str, first), str(self.bin_dir), str(self.sbin), "/usr/local/bin", "/usr/bin", "/bin"])
+        return os.pathsep.join(
+            [*map(str, first), str(self.bin_dir), str(self.sbin), "/usr/local/bin", "/usr/bin", "/bin"]
+        )
 
 
 def build_user_runtime(root: Path) -> UserRuntime:

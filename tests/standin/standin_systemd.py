@@ -41,10 +41,10 @@ Knobs (``policy.json``, re-read on every request):
 from __future__ import annotations
 
 import datetime as _dt
+import grp
 import json
 import os
 import pwd
-import grp
 import shlex
 import signal
 import socket
@@ -219,7 +219,9 @@ class Service:
                 start_new_session=True,
             )
         except OSError as error:
-            self.manager.journal(self.unit.name, 1, "%s: Failed to execute %s: %s" % (unit.name, unit.exec_start, error))
+            self.manager.journal(
+                self.unit.name, 1, "%s: Failed to execute %s: %s" % (unit.name, unit.exec_start, error)
+            )
             self.active_state, self.sub_state, self.main = "failed", "failed", None
             self.manager.save_state()
             return
@@ -288,7 +290,9 @@ class Service:
             code = self.main.poll()
             if code is not None and not self.stopping:
                 self.exit_status = code
-                self.manager.journal(self.unit.name, 1, "%s: Main process exited, code=exited, status=%d" % (self.unit.name, code))
+                self.manager.journal(
+                    self.unit.name, 1, "%s: Main process exited, code=exited, status=%d" % (self.unit.name, code)
+                )
                 self._kill_group(5.0)  # the rest of the control group goes with the main process
                 self.main = None
                 if self.unit.restart in ("always", "on-failure") and (code != 0 or self.unit.restart == "always"):
@@ -456,10 +460,13 @@ def respond(manager: Manager, uid: int, request: Dict[str, Any]) -> Dict[str, An
 
 def _exec_start_property(unit: Unit, main_pid: int) -> str:
     argv = unit.argv
-    return "{ path=%s ; argv[]=%s ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=%d ; code=(null) ; status=0/0 }" % (
-        argv[0] if argv else "",
-        " ".join(argv),
-        main_pid,
+    return (
+        "{ path=%s ; argv[]=%s ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=%d ; code=(null) ; status=0/0 }"
+        % (
+            argv[0] if argv else "",
+            " ".join(argv),
+            main_pid,
+        )
     )
 
 
@@ -571,9 +578,11 @@ def systemctl_main(argv: List[str]) -> int:
             return 1
         return 0
     if verb in ("start", "stop", "restart", "daemon-reload"):
-        requests = [{"verb": verb}] if verb == "daemon-reload" else [
-            {"verb": verb, "unit": name, "user_uid": user_uid, "interactive": not no_ask} for name in names
-        ]
+        requests = (
+            [{"verb": verb}]
+            if verb == "daemon-reload"
+            else [{"verb": verb, "unit": name, "user_uid": user_uid, "interactive": not no_ask} for name in names]
+        )
         for request in requests:
             answer = _ask_daemon(root, request)
             if answer.get("code"):
@@ -663,7 +672,7 @@ def journalctl_main(argv: List[str]) -> int:
             try:
                 since = _parse_since(take())
             except ValueError as error:
-                sys.stderr.write('Failed to parse timestamp: %s\n' % error)
+                sys.stderr.write("Failed to parse timestamp: %s\n" % error)
                 return 1
         elif key in ("-e", "--pager-end"):
             lines = 1000 if lines is None else lines

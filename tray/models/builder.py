@@ -55,21 +55,21 @@ from tray.models.modelfile import (
     load_modelfile,
     resolve_sources,
 )
+from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes, no_progress
 from tray.models.store import (
     Leftovers,
     ModelName,
     blob_path,
+    check_readable,
     exclusive_size,
     find_leftovers,
     find_manifest_path,
     list_models,
-    check_readable,
     parse_model_name,
     read_manifest,
     short_digest,
     store_writable,
 )
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes, no_progress
 from tray.system.resources import nearest_existing_dir
 
 DEFAULT_MIN_FREE_BYTES = 8 * 1000**3  # when the base model's size is unknown (llama3 is ~4.7 GB)

@@ -21,19 +21,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tray.models.errors import ManifestNotFound, StoreError
+from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
 from tray.models.store import (
     Manifest,
     ModelName,
     base_model_of,
-    check_readable,
     blob_path,
+    check_readable,
     digest_hex,
     list_models,
     parse_model_name,
     read_manifest,
     short_digest,
 )
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
 
 CHUNK_SIZE = 1024 * 1024  # fits in L2 cache: measurably faster than 4 MiB with hashlib
 PROGRESS_MIN_SIZE = 32 * 1024 * 1024  # smaller files hash too fast to be worth a progress line

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tray.settings.config import Config
 from tray.history import History
 from tray.models import builder
 from tray.models.errors import ModelError, StoreUnreadable
 from tray.models.progress import ProgressEvent
+from tray.settings.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,21 @@ class ModelKeeper:
     def _ensure(self) -> str:
         self.set_activity("build", "Checking model", None)
         report = builder.ensure_model_loaded(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            **self._build_args(),  # type: ignore[arg-type]
         )
         return self._built(report)
 
     def _rebuild(self) -> str:
         self.set_activity("build", "Rebuilding model", None)
         report = builder.rebuild(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, full=True, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            full=True,
+            **self._build_args(),  # type: ignore[arg-type]
         )
         return self._built(report)
 

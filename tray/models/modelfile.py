@@ -303,7 +303,9 @@ class _Parser:
             if kind == "adapter" and any(ref.kind == "adapter" for ref in self.sources):
                 # Ollama keeps only the last ADAPTER (each replaces the request's adapters).
                 self.sources = [ref for ref in self.sources if ref.kind != "adapter"]
-                self.warnings.append(f"{self.filename}:{line_no}: only one ADAPTER is used; this one replaces the earlier")
+                self.warnings.append(
+                    f"{self.filename}:{line_no}: only one ADAPTER is used; this one replaces the earlier"
+                )
             self.sources.append(SourceRef(kind, value, line_no))
         elif keyword == "LICENSE":
             self.licenses.append(value)

@@ -150,6 +150,7 @@ def store_writable(models_dir: Path) -> bool:
     blobs = Path(models_dir) / "blobs"
     return os.access(blobs, os.W_OK | os.X_OK) if blobs.exists() else os.access(models_dir, os.W_OK)
 
+
 # --- model names ---------------------------------------------------------------------------------
 
 

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,
@@ -45,17 +44,18 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
-from tray.system.owners import OllamaApp, SystemdService, app_running, current_uid, systemd_active_state, user_name
-from tray.service.upkeep import DaemonDuties, OomEffects
-from tray.settings.server import systemd_dropin
 from tray.history import History
+from tray.models.errors import StoreError
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
-from tray.models.errors import StoreError
 from tray.models.store import parse_model_name
+from tray.service.supervisor import NotPermitted, Supervisor, SupervisorError, reaped_words
+from tray.service.upkeep import DaemonDuties, OomEffects
+from tray.settings.config import Config
+from tray.settings.server import systemd_dropin
+from tray.system.owners import OllamaApp, SystemdService, app_running, current_uid, systemd_active_state, user_name
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.service.supervisor import NotPermitted, Supervisor, SupervisorError, reaped_words
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +301,9 @@ class Monitor:
             # Someone (the user, or their own Ollama app) started it again: that is their word now.
             self.supervisor.user_stop.clear()
             self.supervisor.adopt()
-            self.history.record("adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it")
+            self.history.record(
+                "adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it"
+            )
             self.state = "running"
             self.policy.reset()
             return now
@@ -438,7 +440,8 @@ class Monitor:
         reaped = self.supervisor.reap_runners()
         self.last_error = f"Ollama exited unexpectedly (status {code})"
         self.history.record(
-            "crash", f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
+            "crash",
+            f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
             {"code": code, "runners_reaped": reaped},
         )
         self.health = Health.DOWN

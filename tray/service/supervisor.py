@@ -31,9 +31,13 @@ from pathlib import Path
 
 import psutil
 
-from tray.system.atomic import write_atomically
-from tray.settings.config import Config
 from tray.errors import SupervisorError
+from tray.history import History
+from tray.models.store import default_models_dir, listed_in, models_dir_from_log, models_dir_of_runner
+from tray.ollama.client import OllamaClient
+from tray.settings.config import Config
+from tray.settings.server import customizes_server, server_env
+from tray.system.atomic import write_atomically
 from tray.system.owners import (
     CommandResult,
     ExternalSupervisor,
@@ -49,11 +53,9 @@ from tray.system.owners import (
     unit_state,
     user_name,
 )
-from tray.history import History
-from tray.models.store import default_models_dir, listed_in, models_dir_from_log, models_dir_of_runner
-from tray.ollama.client import OllamaClient
 from tray.system.paths import AppPaths
 from tray.system.processes import (
+    Listener,
     OllamaNotInstalled,
     ProcessRef,
     StopOutcome,
@@ -62,7 +64,6 @@ from tray.system.processes import (
     find_ollama_app,
     find_ollama_binary,
     is_server_cmdline,
-    Listener,
     kill_runners,
     launch_plan,
     listening_pid,
@@ -71,7 +72,6 @@ from tray.system.processes import (
     spawn,
     terminate,
 )
-from tray.settings.server import customizes_server, server_env
 
 log = logging.getLogger(__name__)
 
@@ -426,8 +426,7 @@ class Supervisor:
         pid = listening_pid(self.host.port)
         if answer is False and self._server_process(pid, None) is not None:
             raise StartFailed(
-                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: "
-                "run `ollama-manager restart`"
+                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: run `ollama-manager restart`"
             )
         if answer is False or (answer is None and pid is not None):
             raise PortInUse(
@@ -596,7 +595,9 @@ class Supervisor:
         else:
             result = run_command(owner.quit_command())
             if not result.ok:
-                raise NotPermitted(f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}")
+                raise NotPermitted(
+                    f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}"
+                )
         self._wait_gone(self.config.stop_timeout + 10)
 
     def _wait_gone(self, timeout: float) -> bool:
@@ -732,7 +733,9 @@ class Supervisor:
         deadline = time.monotonic() + self.config.startup_timeout
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
-                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}")
+                raise StartFailed(
+                    f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}"
+                )
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()

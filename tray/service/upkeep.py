@@ -19,15 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
-from tray.system.owners import SystemdService, journal_access_line, journal_command, journal_refused
 from tray.gateway.breaker import FallbackUsage
 from tray.history import History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
+from tray.settings.config import Config
+from tray.system.owners import SystemdService, journal_access_line, journal_command, journal_refused
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
@@ -391,4 +391,3 @@ class OomEffects:
         else:
             text = f"{move.change} was not applied: rebuilding {self.config.ollama_model} failed: {error}"
             record_oom_event(self.history, move, text, "failed")
-

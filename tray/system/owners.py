@@ -241,7 +241,9 @@ def _run_quietly(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
 
 def unit_state(service: SystemdService, run: CommandRunner = _run_quietly) -> UnitState:
     """Read a unit through ``systemctl show``; ``load_state`` "not-found" when there is no such unit or no systemd."""
-    argv = ["systemctl"] + (["--user"] if service.user else []) + ["show", "-p", ",".join(UNIT_PROPERTIES), service.unit]
+    argv = (
+        ["systemctl"] + (["--user"] if service.user else []) + ["show", "-p", ",".join(UNIT_PROPERTIES), service.unit]
+    )
     done = run(argv)
     if done is None or done.returncode != 0:
         return UnitState(service)
@@ -275,7 +277,10 @@ def _read_cgroup(pid: int) -> str:
 
 
 def unit_running(
-    pid: int, platform: str = sys.platform, run: CommandRunner = _run_quietly, read_cgroup: Callable[[int], str] = _read_cgroup
+    pid: int,
+    platform: str = sys.platform,
+    run: CommandRunner = _run_quietly,
+    read_cgroup: Callable[[int], str] = _read_cgroup,
 ) -> UnitState | None:
     """The systemd unit whose service ``pid`` is: its cgroup's unit (any name) when that unit runs
     ``ollama serve`` or has it as MainPID, else an installed unit whose MainPID it is."""

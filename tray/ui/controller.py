@@ -10,16 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tray.system.autostart import Autostart
-from tray.settings.config import Config
 from tray.history import History
 from tray.service.monitor import Monitor
+from tray.settings.config import Config
+from tray.settings.store import set_config_value
+from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
 from tray.system.owners import SystemdService, current_uid, user_name, write_journal_snapshot
 from tray.system.paths import AppPaths
-from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
+
 
 def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
     """The app's log folder, then where Ollama's own server log lives on this OS."""
