@@ -51,7 +51,7 @@ def in_thread(call: Callable[[], Any], timeout: float = 120) -> Callable[[], Any
     def run() -> None:
         try:
             box["value"] = call()
-        except BaseException as exc:  # handed to the waiting test
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting test
             box["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)

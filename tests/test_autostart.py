@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import plistlib
 import stat
 import subprocess
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tray.system import autostart as autostart_module
 from tray.system.autostart import (
     Autostart,
     LaunchAgentAutostart,
@@ -41,10 +39,6 @@ class FakeRegistry:
 
     def delete(self, name: str) -> None:
         self.values.pop(name, None)
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(autostart_module).failed == 0
 
 
 # --- through the interface, on every OS -------------------------------------------

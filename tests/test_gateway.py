@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -21,11 +21,19 @@ from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
 from tests import manager
 from tests.manager import in_thread
+from tray.core.health import BusySource, Health
+from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
 from tray.gateway.cloud import ApiKey, KeyStoreError, NotServed, SystemKeyStore, find_api_key, plan_cloud_call
-from tray.gateway.commands import cloud_set_key_command, gateway_command, same_address, start_gateway_in_monitor
+from tray.gateway.commands import (
+    cloud_set_key_command,
+    gateway_command,
+    gateway_for_monitor,
+    same_address,
+    serve_beside_monitor,
+)
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
@@ -229,8 +237,9 @@ def test_the_gateway_refuses_to_forward_to_its_own_port() -> None:
 
 
 def test_relayed_headers_lose_hop_by_hop_and_cors_fields() -> None:
-    raw = [(b"Content-Type", b"application/x-ndjson"), (b"Transfer-Encoding", b"chunked"), (b"Connection", b"keep-alive"),
-           (b"Access-Control-Allow-Origin", b"*"), (b"Content-Length", b"10"), (b"Date", b"x")]  # fmt: skip
+    raw = [(b"Content-Type", b"application/x-ndjson"), (b"Transfer-Encoding", b"chunked"),
+           (b"Connection", b"keep-alive"), (b"Access-Control-Allow-Origin", b"*"), (b"Content-Length", b"10"),
+           (b"Date", b"x")]  # fmt: skip
     assert relay_response_headers(raw, Backend.LOCAL, keep_length=False) == [
         (b"content-type", b"application/x-ndjson"), (b"date", b"x"), (b"x-ollama-manager-backend", b"local"),
     ]  # fmt: skip
@@ -258,7 +267,8 @@ class TestSetKeyCommand:
             ("\n", MemoryStore(), "ollama-manager: no key given (type it, or pipe it in on one line)"),
             ("two words\n", MemoryStore(), "ollama-manager: an API key has no spaces; nothing stored"),
             ("k\n", MemoryStore(broken=True),
-             "ollama-manager: cannot store the key: the OS keyring is not available (no backend); set $TOGETHER_KEY instead"),
+             "ollama-manager: cannot store the key: the OS keyring is not available (no backend); "
+             "set $TOGETHER_KEY instead"),
         ],
     )  # fmt: skip
     def test_failures_are_one_line(
@@ -276,7 +286,7 @@ class TestSetKeyCommand:
 
         class InMemory(keyring.backend.KeyringBackend):
             priority = 1  # type: ignore[assignment]
-            data: dict[tuple[str, str], str] = {}
+            data: ClassVar[dict[tuple[str, str], str]] = {}
 
             def get_password(self, service: str, username: str) -> str | None:
                 return self.data.get((service, username))
@@ -354,8 +364,8 @@ def cloud(tmp_path: Path) -> Iterator[StandinCloud]:
 def gateways() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(local_url: str, cloud: CloudSettings, *, env: dict[str, str] | None = None, store: MemoryStore | None = None,
-              probe: bool = False, **settings: Any) -> Running:  # fmt: skip
+    def start(local_url: str, cloud: CloudSettings, *, env: dict[str, str] | None = None,
+              store: MemoryStore | None = None, probe: bool = False, **settings: Any) -> Running:  # fmt: skip
         running = Running(server=None, notifier=FakeNotifier(), history=History(None))  # type: ignore[arg-type]
         gateway = Gateway(
             local_url=local_url,
@@ -413,15 +423,18 @@ class TestHealthyOllama:
         gw = gateways(ollama.base_url, cloud_settings(cloud), probe=True)
         direct = httpx.Client(base_url=ollama.base_url, timeout=30)
         via = httpx.Client(base_url=gw.url, timeout=30)
-        for method, path, body in [("GET", "/api/tags", None), ("GET", "/api/version", None), ("POST", "/api/show", {"model": "llama3"}),
-                                   ("GET", "/v1/models", None), ("GET", "/", None), ("POST", "/api/show", {"model": "nope"})]:  # fmt: skip
+        for method, path, body in [("GET", "/api/tags", None), ("GET", "/api/version", None),
+                                   ("POST", "/api/show", {"model": "llama3"}), ("GET", "/v1/models", None),
+                                   ("GET", "/", None), ("POST", "/api/show", {"model": "nope"})]:  # fmt: skip
             expected, got = direct.request(method, path, json=body), via.request(method, path, json=body)
             assert (got.status_code, got.content) == (expected.status_code, expected.content), path
             assert got.headers["content-type"] == expected.headers["content-type"]
             assert got.headers[HEADER] == "local"
         direct.post("/api/chat", json=CHAT)  # load the model first, so no answer below carries a load_duration
-        for path, body in [("/api/chat", CHAT), ("/api/chat", dict(CHAT, stream=False)), ("/api/generate", {"model": "llama3", "prompt": "a b"}),
-                           ("/v1/chat/completions", dict(CHAT, stream=True)), ("/v1/chat/completions", CHAT)]:  # fmt: skip
+        for path, body in [("/api/chat", CHAT), ("/api/chat", dict(CHAT, stream=False)),
+                           ("/api/generate", {"model": "llama3", "prompt": "a b"}),
+                           ("/v1/chat/completions", dict(CHAT, stream=True)),
+                           ("/v1/chat/completions", CHAT)]:  # fmt: skip
             expected, got = direct.post(path, json=body), via.post(path, json=body)
             assert got.headers[HEADER] == "local"
             assert got.headers["content-type"] == expected.headers["content-type"]
@@ -702,11 +715,12 @@ class TestSlowIsNotBroken:
         gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(slow_inference_ms=1500)  # the first token waits for work ahead of this request
-        busy = {"model": "llama3:latest", "source": "runner", "since_seconds": 40.0}  # a client of Ollama's own
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": busy})
+        busy = BusyStatus("llama3:latest", None, None, 40.0, None, BusySource.RUNNER, False)  # a client of Ollama's own
+        loaded = (LoadedModelStatus("llama3:latest", 4_661_224_676, 0),)
+        gw.gateway.observe_status(make_status(busy=busy, loaded_models=loaded))
         queued = gw.post("/api/chat", CHAT)
         assert (queued.headers[HEADER], ndjson(queued)[0]["message"]["content"]) == ("local", "You")
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": None})
+        gw.gateway.observe_status(make_status(busy=None, loaded_models=loaded))
         idle = gw.post("/api/chat", CHAT)  # nothing ahead of it: silence past the budget means trouble
         assert idle.headers[HEADER] == "cloud"
         assert len(cloud.requests()) == 1
@@ -725,7 +739,7 @@ class TestHangFoundByTheMonitor:
         streamed = in_thread(lambda: gw.post("/v1/chat/completions", dict(CHAT, stream=True), timeout=60))
         wait_until(lambda: gw.gateway.local_activity().waiting == 2, what="two requests waiting on Ollama")
         found_down = time.monotonic()
-        gw.gateway.observe_status({"health": "down", "state": "running"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         answers = [whole(), streamed()]
         assert time.monotonic() - found_down < 1.0
         assert [a.headers[HEADER] for a in answers] == ["cloud", "cloud"]
@@ -746,7 +760,7 @@ class TestHangFoundByTheMonitor:
         wait_until(lambda: gw.reports, what="a report to the monitor")
         assert gw.reports == ["a streamed request to a loaded model got nothing from Ollama for 0.5 s"]
         assert gw.gateway.local_activity().waiting == 1
-        gw.gateway.observe_status({"health": "down", "state": "running"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         answer = waiting()
         assert (answer.status_code, answer.headers[HEADER]) == (503, "gateway")
         assert answer.json() == {
@@ -762,7 +776,7 @@ class TestHangFoundByTheMonitor:
         with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
             lines = response.iter_lines()
             first = json.loads(next(lines))
-            gw.gateway.observe_status({"health": "down", "state": "running"})
+            gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
             rest = [json.loads(line) for line in lines if line.strip()]
         assert (response.headers[HEADER], first["message"]["content"]) == ("local", "You")
         assert "".join(c["message"]["content"] for c in [first, *rest]) == LONG_REPLY
@@ -838,7 +852,7 @@ class TestClientGoesAway:
             with pytest.raises(httpx.ReadTimeout):
                 gw.post("/v1/chat/completions", LONG, timeout=httpx.Timeout(30, read=0.5))
         gone = time.time()  # the stand-in cloud stamps its events with the wall clock
-        event = wait_until(lambda: cloud.events(), what="the cloud to see the client gone")[0]
+        event = wait_until(cloud.events, what="the cloud to see the client gone")[0]
         assert (event["event"], event["path"]) == ("client_gone", "/v1/chat/completions")
         assert event["time"] - gone < 1.0
 
@@ -872,7 +886,7 @@ class TestWhatTheMonitorSees:
         assert "".join(c["message"]["content"] for c in ndjson(streamed())) == LONG_REPLY
         wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="nothing in flight")
         cloud_only = gateways(ollama.base_url, cloud_settings(cloud))
-        cloud_only.gateway.observe_status({"health": "down", "state": "failed"})
+        cloud_only.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.FAILED))
         assert cloud_only.post("/api/chat", dict(CHAT, stream=False)).headers[HEADER] == "cloud"
         assert cloud_only.gateway.local_activity() == LocalActivity({}, 0, None)  # nothing went to Ollama
 
@@ -883,9 +897,9 @@ class TestModelLists:
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
         assert httpx.get(gw.url + "/api/tags").headers[HEADER] == "local"
-        gw.gateway.observe_status({"health": "down", "state": "restarting"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RESTARTING))
         assert httpx.get(gw.url + "/api/tags").headers[HEADER] == "gateway"
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "loaded_models": []})
+        gw.gateway.observe_status(make_status(health=Health.HEALTHY, state=MonitorState.RUNNING, loaded_models=()))
         assert gw.status()["breaker"] == "closed"
         for path in ("/api/tags", "/api/ps", "/api/version"):
             assert httpx.get(gw.url + path).headers[HEADER] == "local", path
@@ -897,7 +911,7 @@ class TestModelLists:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
         httpx.get(gw.url + "/api/tags")  # llama3 seen
         ollama.cleanup()
-        gw.gateway.observe_status({"health": "down", "state": "running"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         names = ("Llama3", "cloud-model", "nope:7b")
         answers = {name: httpx.post(gw.url + "/api/show", json={"model": name}) for name in names}
         assert {n: (a.status_code, a.headers[HEADER]) for n, a in answers.items()} == {
@@ -1178,39 +1192,40 @@ class TestWiring:
             == f"Gateway on http://127.0.0.1:{port} for Ollama at {ollama.base_url}; cloud fallback off"
         )
         assert (
-            out.err
-            == f"ollama-manager: the gateway cannot listen on 127.0.0.1:{port} (Address already in use); set gateway.port to a free port\n"
+            out.err == f"ollama-manager: the gateway cannot listen on 127.0.0.1:{port} (Address already in use); "
+            "set gateway.port to a free port\n"
         )
 
     def test_inside_the_monitor_it_follows_the_monitors_health(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
         class FakeMonitor:
             def __init__(self) -> None:
-                self.subscribers: list[Callable[[dict[str, Any]], None]] = []
+                self.subscribers: list[Callable[[Status], None]] = []
                 self.requests: list[str] = []
 
-            def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+            def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]:
                 self.subscribers.append(callback)
                 return lambda: self.subscribers.remove(callback)
 
-            def snapshot(self) -> dict[str, Any]:
-                return {"health": "healthy", "state": "running"}
+            def snapshot(self) -> Status:
+                return make_status()
 
             def request(self, action: str) -> None:
                 self.requests.append(action)
 
         monitor = FakeMonitor()
         off = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "gateway": GatewaySettings()})()
-        assert start_gateway_in_monitor(off, monitor) is None
+        assert gateway_for_monitor(off, lambda: monitor.request("check")) is None
         config = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "cloud": cloud_settings(cloud),
                                   "gateway": GatewaySettings(enabled=True, port=0)})()  # fmt: skip
-        server = start_gateway_in_monitor(config, monitor)
-        assert server is not None
+        gateway = gateway_for_monitor(config, lambda: monitor.request("check"))
+        assert gateway is not None
+        server = serve_beside_monitor(gateway, 0, monitor)
         try:
             server.gateway.env = {KEY_ENV: KEY}
-            monitor.subscribers[0]({"health": "down", "state": "failed"})
+            monitor.subscribers[0](make_status(health=Health.DOWN, state=MonitorState.FAILED))
             answer = httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30)
             assert answer.headers[HEADER] == "cloud"  # Ollama is up, but the monitor said it is not
-            monitor.subscribers[0]({"health": "healthy", "state": "running"})
+            monitor.subscribers[0](make_status(health=Health.HEALTHY, state=MonitorState.RUNNING))
             assert (
                 httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30).headers[HEADER]
                 == "local"

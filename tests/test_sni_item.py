@@ -7,10 +7,10 @@ quickly; the real host (xfce4-panel) is in ``test_tray_sni.py``.
 
 from __future__ import annotations
 
-import doctest
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call, new
 from jeepney.io.threading import ReceiveStopped, open_dbus_connection
 from PIL import Image
 
+from tray.core.status import MonitorState, make_status
 from tray.ui import sni as sni_module
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import MenuEntry, build_menu
@@ -33,11 +34,8 @@ if missing_tools(("dbus-daemon",)):
     pytest.skip("needs dbus-daemon (apt-get install -y dbus)", allow_module_level=True)
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
-HEALTHY = {"ollama_running": True, "health": "healthy", "latency_ms": 5, "state": "running", "model": "m"}
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(sni_module).failed == 0
+HEALTHY = make_status(latency_ms=5, model="m")
+STOPPED = replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False)
 
 
 def test_pixmaps_are_argb32_in_network_byte_order_at_every_size() -> None:
@@ -116,7 +114,7 @@ class Running:
     def _run(self) -> None:
         try:
             self.icon.run()
-        except BaseException as exc:  # reported by stop()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self.error = exc
 
     @property
@@ -230,7 +228,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             updated = signals.wait_for("ItemsPropertiesUpdated", 5)
             assert updated.body == ([(menu.find("Start at login").id, {"toggle-state": ("i", 1)})], [])
             running.icon.update_menu()  # nothing changed: no signal
-            running.entries = build_menu({**HEALTHY, "state": "stopped", "ollama_running": False}, SETTINGS, set())
+            running.entries = build_menu(STOPPED, SETTINGS, set())
             running.icon.update_menu()
             layout_updated = signals.wait_for("LayoutUpdated", 5)
             assert signals.members() == []  # nothing between the two changes
@@ -240,7 +238,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             signals.wait_for("NewToolTip", 5)
             running.icon.title = "Ollama: down"  # the same text: no signal
             running.icon.update_menu()
-            running.entries = build_menu({**HEALTHY, "state": "stopped", "ollama_running": False}, SETTINGS, {"start"})
+            running.entries = build_menu(STOPPED, SETTINGS, {"start"})
             running.icon.update_menu()
             signals.wait_for("ItemsPropertiesUpdated", 5)
             assert signals.members() == []  # no NewToolTip for the unchanged text
@@ -275,5 +273,5 @@ def test_no_bus_at_the_address_is_one_line(tmp_path: Path) -> None:
         on_activate=print,
         bus_address=f"unix:path={tmp_path / 'nothing'}",
     )
-    with pytest.raises(sni_module.StatusNotifierError, match="^cannot connect to the session bus at unix:path="):
+    with pytest.raises(sni_module.StatusNotifierError, match=r"^cannot connect to the session bus at unix:path="):
         icon.run()

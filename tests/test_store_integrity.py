@@ -336,7 +336,8 @@ def test_flipped_byte_in_the_base_blob_is_reported_with_its_digest(store, tmp_pa
     assert bad.actual_digest == sha(flipped)
     assert bad.actual_size == len(WEIGHTS)
     assert report.summary() == (
-        f"mine:latest: blob {sha(WEIGHTS)} (mine:latest, llama3:latest) is corrupt: its content hashes to {sha(flipped)}"
+        f"mine:latest: blob {sha(WEIGHTS)} (mine:latest, llama3:latest) is corrupt: "
+        f"its content hashes to {sha(flipped)}"
     )
     assert report.cached_blobs == 4
     assert report.hashed_bytes == len(WEIGHTS)

@@ -65,7 +65,8 @@ def test_start_launches_ollama_serve_when_nothing_runs(manager, standin):
     assert httpx.get(standin.base_url + "/", timeout=5).text == "Ollama is running"
     # Its output goes to the server log in the app's log dir.
     log = os.path.join(standin.env["XDG_STATE_HOME"], "ollama-manager", "log", "ollama-server.log")
-    assert "Listening on" in open(log).read()
+    with open(log) as server_log:
+        assert "Listening on" in server_log.read()
 
 
 def test_start_adopts_a_running_ollama_instead_of_starting_a_second(manager, standin):
@@ -92,7 +93,8 @@ def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, t
         [
             sys.executable,
             "-c",
-            f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)",
+            "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)",
         ],
     )
     try:

@@ -16,11 +16,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tray import __version__
+from tray.core.health import BusySource
+from tray.core.status import BusyStatus, Status
 from tray.errors import CliError
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
@@ -33,6 +35,7 @@ from tray.system.paths import AppPaths
 from tray.web.link import MonitorLink
 
 if TYPE_CHECKING:
+    from tray.gateway.app import GatewayServer
     from tray.system.autostart import Autostart
     from tray.ui.app import TrayApp
     from tray.ui.backend import TrayChoice
@@ -78,7 +81,7 @@ def cmd_stop(ctx: Context) -> int:
             return 0
         sup.stop(reason="user", interactive=sys.stdin.isatty())
         sup.user_stop.set()
-        sup.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
+        sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
         reaped = reaped_words(sup.reaped_names)
         message = "Ollama stopped" + (f"; {reaped}" if reaped else "")
     print(message)
@@ -97,18 +100,16 @@ def cmd_restart(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     status = MonitorLink(ctx.paths).status()
+    monitor_running = status is not None
     if status is None:
         history = History(None)
         monitor = Monitor(ctx.supervisor(history), ctx.config, history)
         status = monitor.check_once()
-        status["monitor_running"] = False
-    else:
-        status["monitor_running"] = True
     if ctx.args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({**status.to_json(), "monitor_running": monitor_running}, indent=2))
     else:
-        print(format_status(status))
-    return 0 if status["ollama_running"] else 3
+        print(format_status(status, monitor_running))
+    return 0 if status.ollama_running else 3
 
 
 MANAGED_BY = {
@@ -120,70 +121,68 @@ MANAGED_BY = {
 }
 
 
-def format_status(status: dict[str, Any]) -> str:
-    latency = f" ({status['latency_ms']} ms)" if status.get("latency_ms") is not None else ""
-    pid = f", pid {status['pid']}" if status.get("pid") else ""
-    owner = MANAGED_BY.get(status["managed_by"], status["managed_by"])
-    if status.get("unit"):
-        owner += f" ({status['unit']})"
-    if status.get("owner") and status.get("managed_by") != "manager":
-        owner += f", run by {status['owner']}"
+def format_status(status: Status, monitor_running: bool) -> str:
+    latency = f" ({status.latency_ms} ms)" if status.latency_ms is not None else ""
+    pid = f", pid {status.pid}" if status.pid else ""
+    owner = MANAGED_BY.get(status.managed_by, status.managed_by)
+    if status.unit:
+        owner += f" ({status.unit})"
+    if status.owner and status.managed_by != "manager":
+        owner += f", run by {status.owner}"
     lines = [
-        f"Ollama: {status['health']}{latency}, {status['state']}{pid}{owner}",
-        f"Address: {status['ollama_host']}",
-        f"Model: {status['model']} ({'present' if status.get('model_loaded') else 'not available'})",
+        f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
+        f"Address: {status.ollama_host}",
+        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})",
     ]
-    if status["ollama_running"]:
+    if status.ollama_running:
         lines.append(
-            f"Uptime: {_duration(status['uptime_seconds'])}, memory {status['memory_usage_mb']} MB, "
-            f"CPU {status['cpu_usage_percent']} %, GPU {'yes' if status['gpu_available'] else 'none'}"
+            f"Uptime: {_duration(status.uptime_seconds)}, memory {status.memory_usage_mb} MB, "
+            f"CPU {status.cpu_usage_percent} %, GPU {'yes' if status.gpu_available else 'none'}"
         )
-        lines.append(busy_line(status.get("busy")))
-    if status.get("restart_attempt"):
-        lines.append(f"Restart attempts: {status['restart_attempt']} of {status['restart_attempts_max']}")
-    if status.get("last_error"):
-        lines.append(f"Last error: {status['last_error']}")
-    if status.get("server_settings_note"):
-        lines.append(f"Settings: {status['server_settings_note']}")
-    lines.append("Monitor: " + ("running" if status.get("monitor_running") else "not running"))
+        lines.append(busy_line(status.busy))
+    if status.restart_attempt:
+        lines.append(f"Restart attempts: {status.restart_attempt} of {status.restart_attempts_max}")
+    if status.last_error:
+        lines.append(f"Last error: {status.last_error}")
+    if status.server_settings_note:
+        lines.append(f"Settings: {status.server_settings_note}")
+    lines.append("Monitor: " + ("running" if monitor_running else "not running"))
     return "\n".join(lines)
 
 
 BUSY_SEEN_BY = {
-    "gateway": "the gateway's requests",
-    "runner": "the runner's CPU use",
-    "probe": "the health probe waiting its turn",
+    BusySource.GATEWAY: "the gateway's requests",
+    BusySource.RUNNER: "the runner's CPU use",
+    BusySource.PROBE: "the health probe waiting its turn",
 }
 
 
-def busy_line(busy: dict[str, Any] | None) -> str:
+def busy_line(busy: BusyStatus | None) -> str:
     """The status' ``Busy:`` line.
 
     >>> busy_line(None)
     'Busy: no'
-    >>> print(busy_line({"model": "llama3", "requests": 2, "waiting": 1, "since_seconds": 80.4,
-    ...                  "progress_seconds_ago": 0.5, "source": "gateway", "stuck": False}))
+    >>> print(busy_line(BusyStatus("llama3", 2, 1, 80.4, 0.5, BusySource.GATEWAY, stuck=False)))
     Busy: generating on llama3 for 1m 20s; 2 requests through the gateway (1 waiting); last progress 0s ago; \
 seen by the gateway's requests
-    >>> busy_line({"model": "llama3", "requests": None, "waiting": None, "since_seconds": 950,
-    ...            "progress_seconds_ago": None, "source": "probe", "stuck": True})
+    >>> busy_line(BusyStatus("llama3", None, None, 950, None, BusySource.PROBE, stuck=True))
     'Busy: STUCK, no progress on llama3 for 15m 50s; no progress seen; seen by the health probe waiting its turn'
     """
-    if not busy:
+    if busy is None:
         return "Busy: no"
-    on = f" on {busy['model']}" if busy.get("model") else ""
-    since = busy.get("since_seconds") or 0
-    progress = busy.get("progress_seconds_ago")
-    if busy.get("stuck"):
+    on = f" on {busy.model}" if busy.model else ""
+    since = busy.since_seconds
+    progress = busy.progress_seconds_ago
+    if busy.stuck:
         head = f"STUCK, no progress{on} for {_duration(progress if progress is not None else since)}"
     else:
         head = f"generating{on} for {_duration(since)}"
     parts = [head]
-    if busy.get("requests") is not None:
-        count, waiting = busy["requests"], busy.get("waiting") or 0
+    if busy.requests is not None:
+        count, waiting = busy.requests, busy.waiting or 0
         parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({waiting} waiting)")
     parts.append(f"last progress {_duration(progress)} ago" if progress is not None else "no progress seen")
-    parts.append("seen by " + BUSY_SEEN_BY.get(str(busy.get("source")), str(busy.get("source"))))
+    parts.append("seen by " + BUSY_SEEN_BY.get(busy.source, str(busy.source)))
     return "Busy: " + "; ".join(parts)
 
 
@@ -201,24 +200,23 @@ def cmd_model(ctx: Context) -> int:
     sup = ctx.supervisor()
     if sup.client.answers_as_ollama():
         sup.adopt()  # the store of the server that runs (a systemd server keeps its own)
-    common = {"models_dir": sup.models_dir, "state_dir": paths.state_dir}
+    models_dir, state_dir = sup.models_dir, paths.state_dir
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
-    if args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete):
-        if not sup.client.answers_as_ollama():
-            print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
+    if wants_server and not sup.client.answers_as_ollama():
+        print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    url, model, modelfile = sup.host.url, config.ollama_model, config.modelfile_path
     if args.model_command == "ensure":
-        return commands.run_ensure(
-            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common
-        )
+        return commands.run_ensure(url, model, modelfile, quantize=quantize, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "rebuild":
         return commands.run_rebuild(
-            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, full=True, **common
+            url, model, modelfile, quantize=quantize, full=True, models_dir=models_dir, state_dir=state_dir
         )
     if args.model_command == "verify":
-        return commands.run_verify(config.ollama_model, full=args.full, **common)
+        return commands.run_verify(model, full=args.full, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "list":
-        return commands.run_list(config.ollama_model, **common)
-    return commands.run_cleanup(sup.host.url, config.ollama_model, delete=args.delete, **common)
+        return commands.run_list(model, models_dir=models_dir, state_dir=state_dir)
+    return commands.run_cleanup(url, model, delete=args.delete, models_dir=models_dir, state_dir=state_dir)
 
 
 def cmd_metrics(ctx: Context) -> int:
@@ -236,7 +234,8 @@ def cmd_metrics(ctx: Context) -> int:
         when = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="seconds")
         print(
             f"{when:<25} {row['health'] or '-':<9} {_num(row['latency_ms'], 'ms'):>9} "
-            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} {_num(row['gpu_memory_mb'], 'MB'):>9}"
+            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} "
+            f"{_num(row['gpu_memory_mb'], 'MB'):>9}"
         )
     return 0
 
@@ -387,25 +386,33 @@ def cmd_autostart(args: argparse.Namespace) -> int:
 
 
 class running_services:
-    """Single-instance lock, monitor thread and status API, torn down in order."""
+    """Single-instance lock, monitor thread, status API and gateway, torn down in order."""
 
     def __init__(self, ctx: Context, notifier: Notifier | None = None) -> None:
         self.ctx = ctx
         self.notifier = notifier
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
+        self.gateway: GatewayServer | None = None
 
     def __enter__(self) -> running_services:
         from tray.dashboard import Dashboard
-        from tray.gateway.commands import start_gateway_in_monitor
+        from tray.gateway.commands import gateway_for_monitor, serve_beside_monitor
         from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
 
-        paths = self.ctx.paths
+        config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
-        install_default_modelfile(self.ctx.config, paths)
+        install_default_modelfile(config, paths)
         self.history = self.ctx.history()
-        notifier = self.notifier or Notifier(enabled=self.ctx.config.notifications)
+        notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
-        self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
+        try:
+            # It reports to the monitor built next, once it serves (after the monitor started).
+            gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
+        except OSError as exc:
+            self.history.close()
+            self.instance.release()
+            raise CliError(str(exc)) from None
+        self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
         self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
         self.server = StatusServer(
@@ -419,17 +426,18 @@ class running_services:
         self.status_port = port
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
-        try:
-            self.gateway = start_gateway_in_monitor(self.ctx.config, self.monitor, self.history, notifier)
-        except OSError as exc:
-            self.__exit__(None, None, None)
-            raise CliError(str(exc)) from None
-        self.monitor.gateway = self.gateway.gateway if self.gateway else None
+        if gateway is not None:
+            try:
+                self.gateway = serve_beside_monitor(gateway, config.gateway.port, self.monitor)
+            except OSError as exc:
+                self.__exit__(None, None, None)
+                raise CliError(str(exc)) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if getattr(self, "gateway", None) is not None:
-            self.gateway.stop()
+        gateway = getattr(self, "gateway", None)  # unset when __enter__ failed before starting it
+        if gateway is not None:
+            gateway.stop()
         self.monitor.stop()
         self.dashboard.close()  # ends the dashboards' open event streams, so the server can stop
         self.server.stop()

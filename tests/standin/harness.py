@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def _search_path(original: str) -> list[str]:
     """PATH entries without any directory that holds an ``ollama``, this interpreter's directory first."""
-    entries = [str(Path(sys.executable).parent)] + original.split(os.pathsep)
+    entries = [str(Path(sys.executable).parent), *original.split(os.pathsep)]
     kept: list[str] = []
     for entry in entries:
         if entry and entry not in kept and not (Path(entry) / "ollama").exists():
@@ -127,7 +127,7 @@ class StandinEnv:
             # The stand-in systemctl/journalctl: without OLLAMA_STANDIN_SYSTEMD a machine with no units, so a
             # real systemd (and a real ollama.service) on the test machine is never seen.
             PATH=os.pathsep.join(
-                [str(self.bin_dir), str(self.standin_bin.parent / "sbin")] + _search_path(os.environ.get("PATH", ""))
+                [str(self.bin_dir), str(self.standin_bin.parent / "sbin"), *_search_path(os.environ.get("PATH", ""))]
             ),
         )
         if blob_mb is not None:
@@ -191,13 +191,14 @@ class StandinEnv:
         self,
         *args: str,
         timeout: float = 60.0,
-        input: str | None = None,
+        input: str | None = None,  # noqa: A002 - subprocess.run's name
         extra_env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the CLI with this environment; output is captured as text."""
         return subprocess.run(
             [str(self.bin_dir / "ollama"), *args],
+            check=False,
             env=dict(self.env, **(extra_env or {})),
             input=input,
             capture_output=True,
@@ -246,9 +247,9 @@ class StandinEnv:
     def runner_pid(self, model: str | None = None) -> int | None:
         """The live runner most recently started (for ``model``, e.g. ``llama3:latest``), None when there is none."""
         for event in reversed(self.events_of("runner_start")):
-            if model is None or event["model"] == model:
-                if same_process(event["pid"], event.get("create_time")) is not None:
-                    return int(event["pid"])
+            wanted = model is None or event["model"] == model
+            if wanted and same_process(event["pid"], event.get("create_time")) is not None:
+                return int(event["pid"])
         return None
 
     def serve_pids(self) -> list[int]:

@@ -770,7 +770,7 @@ class Scheduler:
         elif self.llama_server:
             args = llama_server_args(model, port, request.options, num_parallel, embedding)
             prefix = llama_server_executable()
-            command, shown = prefix + args, [prefix[0]] + args
+            command, shown = prefix + args, [prefix[0], *args]
         else:
             command = [sys.executable, common.EXECUTABLE, "runner", "--model", model.model_path, "--port", str(port)]
             shown = command[1:]
@@ -864,10 +864,10 @@ class Scheduler:
                 return
             if status == ERROR and self.llama_server:
                 message = runner.last_error
-                if not (is_recoverable_out_of_memory(message) or is_recoverable_out_of_memory(detail)):
-                    if is_out_of_memory(message) or is_out_of_memory(detail):
-                        self._kill(runner.proc)
-                        raise ScheduleError(500, oom_during_startup(message if is_out_of_memory(message) else detail))
+                recoverable = is_recoverable_out_of_memory(message) or is_recoverable_out_of_memory(detail)
+                if not recoverable and (is_out_of_memory(message) or is_out_of_memory(detail)):
+                    self._kill(runner.proc)
+                    raise ScheduleError(500, oom_during_startup(message if is_out_of_memory(message) else detail))
             last_status = status
             self.sleep(HEALTH_POLL_S)
 

@@ -105,7 +105,20 @@ from standin_store import LocalModel, ModelMissing, ModelStore, Registry, Stream
 from standin_wire import Cancelled, ClientWatch, RunnerFailed
 
 MAX_ECHO_WORDS = 200
-FILLER = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do", "eiusmod", "tempor"]
+FILLER = [
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+]
 
 
 class ApiError(Exception):
@@ -298,7 +311,7 @@ def reply_tokens(
     (['You', ' said:', ' hi', ' lorem', ' ipsum'], 'stop')
     """
     words = prompt.split()[:MAX_ECHO_WORDS]
-    parts = [go_json({"reply": " ".join(words)})] if json_format else ["You", "said:"] + words
+    parts = [go_json({"reply": " ".join(words)})] if json_format else ["You", "said:", *words]
     tokens = [part if index == 0 else " " + part for index, part in enumerate(parts)]
     stopped = False
     for index, token in enumerate(tokens):
@@ -1434,7 +1447,8 @@ def log_startup(app: App, host: common.HostSpec, server: StandinServer, models: 
         "2562047h47m16.854775807s" if keep_alive == FOREVER else common.go_duration_string(int(keep_alive * 1e9))
     )
     env_map = (
-        "map[OLLAMA_CONTEXT_LENGTH:%d OLLAMA_HOST:%s://%s OLLAMA_KEEP_ALIVE:%s OLLAMA_MAX_LOADED_MODELS:%d OLLAMA_MODELS:%s OLLAMA_NOPRUNE:%s]"
+        "map[OLLAMA_CONTEXT_LENGTH:%d OLLAMA_HOST:%s://%s OLLAMA_KEEP_ALIVE:%s OLLAMA_MAX_LOADED_MODELS:%d "
+        "OLLAMA_MODELS:%s OLLAMA_NOPRUNE:%s]"
         % (
             app.default_num_ctx,
             host.scheme,

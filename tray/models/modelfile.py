@@ -509,7 +509,8 @@ def resolve_sources(modelfile: Modelfile, base_dir: Path, home: Path | None = No
                 raise ModelfileError(f"{modelfile.filename}:{ref.line}: {ref.kind} file not found: {path}")
             if not is_model_name(ref.value):
                 raise ModelfileError(
-                    f"{modelfile.filename}:{ref.line}: '{_clip(ref.value)}' is neither an existing file nor a valid model name"
+                    f"{modelfile.filename}:{ref.line}: '{_clip(ref.value)}' "
+                    "is neither an existing file nor a valid model name"
                 )
             from_model = ref.value
             continue

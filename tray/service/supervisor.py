@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from tray.errors import SupervisorError
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.store import default_models_dir, listed_in, models_dir_from_log, models_dir_of_runner
 from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
@@ -145,7 +145,7 @@ def _process_name(ref: ProcessRef) -> str:
         return "gone"
 
 
-def reaped_words(names: dict[int, str]) -> str:
+def reaped_words(names: Mapping[int, str]) -> str:
     """``reaped 1 orphaned runner (pid 12: llama-server)``; empty when none were.
 
     >>> reaped_words({12: "llama-server", 13: "llama-server"})
@@ -197,7 +197,6 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         platform: str = sys.platform,
-        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.paths = paths
@@ -211,7 +210,8 @@ class Supervisor:
         self.configured_models_dir = self.models_dir  # where a server this app starts keeps its models
         self.store_source = "the manager's settings"  # how models_dir was learned
         self.user_stop = UserStop(paths.user_stop_file)
-        self.on_exit = on_exit  # called from a watcher thread when a server we started exits
+        self._exit_listeners: list[Callable[[int], None]] = []  # called from a watcher thread
+        self._listeners_lock = threading.Lock()  # not _lock: a stop or start holds that for long
 
         self.server: ProcessRef | None = None
         self.external: ExternalSupervisor | None = None
@@ -407,6 +407,27 @@ class Supervisor:
             live = set(runners_of(self.server))
             self.runners = {r for r in self.runners | live if r.alive()}
 
+    def subscribe_exit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` (from a watcher thread) with the status of a server this app started that exits unasked."""
+        with self._listeners_lock:
+            self._exit_listeners.append(callback)
+
+    def forget_server(self) -> None:
+        """The server was stopped through its owner (the Ollama app, systemctl): nothing is there to watch."""
+        with self._lock:
+            self.external = None
+            self.server = None
+
+    def set_env_overlay(self, env: Mapping[str, str]) -> None:
+        """Variables to set on top of the ``[ollama_server]`` settings at the next start (the OOM ladder's)."""
+        with self._lock:
+            self.env_overlay = dict(env)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use new settings from the next start, stop or wait on (the address and models folder stay)."""
+        with self._lock:
+            self.config = config
+
     def take_exit(self) -> int | None:
         """Exit status of the server this app started if it died unasked; reported once."""
         with self._lock:
@@ -445,7 +466,7 @@ class Supervisor:
                 self.adopt()
                 if self.refused is not None:
                     raise Untrusted(self.refused)
-                self.history.record("adopt", f"Ollama already running (pid {self.pid}); watching it")
+                self.history.record(EventKind.ADOPT, f"Ollama already running (pid {self.pid}); watching it")
                 return self._outcome(False)
             service = self.systemd_owner()
         if service is not None:
@@ -482,7 +503,7 @@ class Supervisor:
             self.adopt()
             outcome = self._outcome(True, time.monotonic() - begun)
             self.history.record(
-                "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
+                EventKind.START, f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
             )
             return outcome
 
@@ -507,8 +528,11 @@ class Supervisor:
 
         def wait() -> None:
             code = popen.wait()
-            if self.on_exit is not None and not self.expected_exit and self.popen is popen:
-                self.on_exit(code)  # the monitor then collects it with take_exit()
+            if not self.expected_exit and self.popen is popen:
+                with self._listeners_lock:
+                    listeners = list(self._exit_listeners)
+                for listener in listeners:
+                    listener(code)  # the monitor then collects it with take_exit()
 
         threading.Thread(target=wait, name=f"ollama-{popen.pid}-watch", daemon=True).start()
 
@@ -549,7 +573,7 @@ class Supervisor:
                 how = f"killed after {self.config.stop_timeout:g} s"
             reaped = reaped_words(self.reaped_names)
             self.history.record(
-                "stop",
+                EventKind.STOP,
                 f"Ollama stopped ({how})" + (f"; {reaped}" if reaped else ""),
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
@@ -650,7 +674,7 @@ class Supervisor:
                 # Something respawned the server behind our back: do not fight it.
                 self.adopt()
                 self.history.record(
-                    "external",
+                    EventKind.EXTERNAL,
                     f"Ollama was restarted by another program (pid {self.pid}); watching it instead of managing it",
                 )
                 return self._outcome(False)
@@ -679,7 +703,8 @@ class Supervisor:
             command = service.manual_command(verb)
             if verb == "start":
                 raise NotPermitted(
-                    f"Ollama is installed as {service.describe()}, which this user may not start ({why}): run `{command}`"
+                    f"Ollama is installed as {service.describe()}, which this user may not start ({why}): "
+                    f"run `{command}`"
                 )
             state = self._true_state(pid)
             who = f", run by {user_name(owner_uid)}" if owner_uid is not None else ""
@@ -689,7 +714,8 @@ class Supervisor:
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
                 raise StartFailed(
-                    f"Ollama did not answer within {self.config.startup_timeout:g} s after {verb}ing {service.describe()}"
+                    f"Ollama did not answer within {self.config.startup_timeout:g} s "
+                    f"after {verb}ing {service.describe()}"
                 )
             time.sleep(READY_POLL_SECONDS)
         with self._lock:
@@ -698,7 +724,7 @@ class Supervisor:
             self.reap_runners()
             self.track_runners()
             done = "started" if verb == "start" else "restarted"
-            self.history.record(verb, f"Ollama {done} through {service.describe()}", {"reason": reason})
+            self.history.record(EventKind(verb), f"Ollama {done} through {service.describe()}", {"reason": reason})
             return self._outcome(True, time.monotonic() - begun)
 
     def _true_state(self, pid: int | None) -> str:
@@ -734,12 +760,13 @@ class Supervisor:
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
                 raise StartFailed(
-                    f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}"
+                    f"Ollama did not answer within {self.config.startup_timeout:g} s "
+                    f"after restarting {owner.describe()}"
                 )
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()
-        self.history.record("restart", f"Ollama restarted through {owner.describe()}", {"reason": reason})
+        self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}", {"reason": reason})
         return self._outcome(True, time.monotonic() - begun)
 
     def close(self) -> None:

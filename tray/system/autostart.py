@@ -151,7 +151,7 @@ class WinregRunKey:
     """:class:`RegistryValues` on ``HKEY_CURRENT_USER\\Software\\Microsoft\\Windows\\CurrentVersion\\Run``."""
 
     def __init__(self, key_path: str = RUN_KEY_PATH) -> None:
-        import winreg  # type: ignore[import-not-found,unused-ignore]
+        import winreg
 
         self._winreg = winreg
         self._key_path = key_path

@@ -18,8 +18,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file handler that swallows (and counts) its own write errors."""
 
-    def __init__(self, path: Path, ring: RingHandler, **kwargs: object) -> None:
-        super().__init__(path, encoding="utf-8", delay=True, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, path: Path, ring: RingHandler, *, max_bytes: int = 0, backup_count: int = 0) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True)
         self.ring = ring
         self.failures = 0
 
@@ -30,7 +30,7 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
                 self.stream.close()
             except OSError:
                 pass
-            self.stream = None  # type: ignore[assignment]  # reopened on the next record
+            self.stream = None  # reopened on the next record
 
 
 class RingHandler(logging.Handler):
@@ -43,16 +43,16 @@ class RingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(self.format(record))
-        except Exception:  # formatting a bad record must not raise into the caller
+        except Exception:  # noqa: BLE001 - formatting a bad record must not raise into the caller
             pass
 
 
 def setup_logging(log_file: Path | None, level: int = logging.INFO, stderr: bool = False) -> RingHandler:
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     formatter = logging.Formatter(FORMAT)
     ring = RingHandler()
     ring.setFormatter(formatter)
@@ -60,7 +60,7 @@ def setup_logging(log_file: Path | None, level: int = logging.INFO, stderr: bool
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler: logging.Handler = SafeRotatingFileHandler(log_file, ring, maxBytes=2_000_000, backupCount=3)
+            handler: logging.Handler = SafeRotatingFileHandler(log_file, ring, max_bytes=2_000_000, backup_count=3)
             handler.setFormatter(formatter)
             root.addHandler(handler)
         except OSError:

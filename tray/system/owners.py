@@ -37,7 +37,12 @@ def run_command(argv: list[str], timeout: float = 30.0, interactive: bool = Fals
     """Run an owner's command; ``interactive`` lets it ask the user (polkit through the desktop's agent or the tty)."""
     try:
         done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, stdin=None if interactive else subprocess.DEVNULL
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=None if interactive else subprocess.DEVNULL,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return CommandResult(False, f"{' '.join(argv)} did not finish within {timeout:g} s")
@@ -64,7 +69,7 @@ class SystemdService:
             argv.append("--user")
         if not interactive:
             argv.append("--no-ask-password")
-        return argv + [verb, self.unit]
+        return [*argv, verb, self.unit]
 
     def restart_command(self, interactive: bool = False) -> list[str]:
         return self._systemctl("restart", interactive)
@@ -447,7 +452,7 @@ def systemd_active_state(service: SystemdService) -> str:
     """'active', 'inactive' (stopped on purpose), 'failed', 'activating', ... or 'unknown'."""
     argv = ["systemctl"] + (["--user"] if service.user else []) + ["show", "-p", "ActiveState", "--value", service.unit]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return done.stdout.strip() or "unknown"

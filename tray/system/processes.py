@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -146,7 +147,7 @@ def launch_plan(
 
 def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
     """Start the plan detached from us, output appended to ``log_path`` (or discarded)."""
-    stdout: int | object = subprocess.DEVNULL
+    stdout: int | IO[bytes] = subprocess.DEVNULL
     log_file = None
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +160,7 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
             plan.argv,
             env=plan.env,
             stdin=subprocess.DEVNULL,
-            stdout=stdout,  # type: ignore[arg-type]
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             start_new_session=plan.new_session,
             creationflags=plan.creationflags,
@@ -442,7 +443,7 @@ def _polite_signal(proc: psutil.Process) -> None:
     if sys.platform == "win32":
         # The console-break equivalent of SIGTERM for a process started in its own group.
         try:
-            os.kill(proc.pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+            os.kill(proc.pid, signal.CTRL_BREAK_EVENT)
         except OSError:
             proc.terminate()
         return

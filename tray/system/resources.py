@@ -106,8 +106,10 @@ def with_ps_gpu_share(sample: ResourceSample, ps_json: object) -> ResourceSample
 def nearest_existing_dir(path: Path) -> Path:
     """``path`` or its closest existing ancestor (the models dir may not exist yet).
 
-    >>> nearest_existing_dir(Path("/nonexistent/a/b"))
-    PosixPath('/')
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     nearest_existing_dir(Path(home, "models", "blobs")) == Path(home)
+    True
     """
     path = Path(path).expanduser().absolute()
     for candidate in (path, *path.parents):
