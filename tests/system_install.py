@@ -98,7 +98,7 @@ class SystemdStandin:
         full_env = {"PATH": self.runtime.path(), **self.env, **(env or {})}
         if account is not None:
             return run_as(account, argv, env=account.env(full_env))
-        return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=60, check=False)
 
     def show(self, unit: str, prop: str) -> str:
         return self.systemctl("show", "-p", prop, "--value", unit).stdout.strip()
@@ -234,7 +234,7 @@ def desktop_env(
         "XDG_STATE_HOME": home / ".local" / "state",
         "XDG_CACHE_HOME": home / ".cache",
     }
-    env = account.env(
+    return account.env(
         {
             "PATH": runtime.path(service.install / "bin"),
             "PYTHONPATH": str(runtime.source),
@@ -245,4 +245,3 @@ def desktop_env(
             **{key: str(path) for key, path in dirs.items()},
         }
     )
-    return env

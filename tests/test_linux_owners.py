@@ -121,7 +121,10 @@ def _show(units):
         if name not in units or "--user" in argv:
             return subprocess.CompletedProcess(argv, 0, "LoadState=not-found\nMainPID=0\n", "")
         main_pid, exec_start = units[name]
-        text = f"LoadState=loaded\nActiveState=active\nMainPID={main_pid}\nUser=llm\nExecStart={{ path=x ; argv[]={exec_start} ; }}\n"
+        text = (
+            f"LoadState=loaded\nActiveState=active\nMainPID={main_pid}\nUser=llm\n"
+            f"ExecStart={{ path=x ; argv[]={exec_start} ; }}\n"
+        )
         return subprocess.CompletedProcess(argv, 0, text, "")
 
     return run

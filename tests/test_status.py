@@ -48,7 +48,7 @@ API_KEYS = (
     "loaded_models",
     "model_status",
     "model_info",
-    # since Linux servers run by systemd or another account are supervised (added last: the keys above keep their places)
+    # who runs the server (added last: the keys above keep their places)
     "owner",
     "unit",
     "server_settings_note",

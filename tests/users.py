@@ -95,6 +95,7 @@ def run_as(
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        check=False,
         **_identity(account, env, kwargs),
     )
 
@@ -142,7 +143,7 @@ class Accounts:
         subprocess.run(["usermod", "-a", "-G", group, account.name], check=True, capture_output=True)
 
     def _useradd(self, argv: list[str], name: str) -> None:
-        done = subprocess.run(argv, capture_output=True, text=True)
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
         self.created.append(name)
@@ -167,12 +168,12 @@ class Accounts:
     def cleanup(self) -> None:
         self.kill_processes()
         for name in reversed(self.created):
-            subprocess.run(["userdel", "-f", name], capture_output=True)
+            subprocess.run(["userdel", "-f", name], capture_output=True, check=False)
             try:
                 grp.getgrnam(name)
             except KeyError:
                 continue
-            subprocess.run(["groupdel", name], capture_output=True)
+            subprocess.run(["groupdel", name], capture_output=True, check=False)
         self.created = []
 
 
@@ -216,6 +217,7 @@ def build_user_runtime(root: Path) -> UserRuntime:
         [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *runtime_dependencies()],
         capture_output=True,
         text=True,
+        check=False,
     )
     if pip.returncode != 0:
         raise RuntimeError(f"installing the runtime dependencies failed:\n{pip.stderr[-3000:]}")
@@ -224,7 +226,7 @@ def build_user_runtime(root: Path) -> UserRuntime:
     shutil.copytree(PROJECT / "tray", source / "tray", ignore=ignore)
     standin = root / "standin"
     shutil.copytree(PROJECT / "tests" / "standin", standin, ignore=ignore, symlinks=True)
-    for directory, subdirs, files in os.walk(root):
+    for directory, _subdirs, files in os.walk(root):
         os.chmod(directory, SHARED_MODE)
         for name in files:
             path = Path(directory) / name

@@ -461,7 +461,8 @@ def respond(manager: Manager, uid: int, request: Dict[str, Any]) -> Dict[str, An
 def _exec_start_property(unit: Unit, main_pid: int) -> str:
     argv = unit.argv
     return (
-        "{ path=%s ; argv[]=%s ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=%d ; code=(null) ; status=0/0 }"
+        "{ path=%s ; argv[]=%s ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=%d ; "
+        "code=(null) ; status=0/0 }"
         % (
             argv[0] if argv else "",
             " ".join(argv),
@@ -639,6 +640,11 @@ def _format(entry: Dict[str, Any], output: str) -> str:
     return "%s %s %s[%d]: %s" % (stamp, socket.gethostname(), who, entry["pid"], entry["message"])
 
 
+def _option_value(inline: Optional[str], args: List[str]) -> str:
+    """An option's value: after its ``=``, else the next argument (taken from ``args``)."""
+    return inline if inline is not None else (args.pop(0) if args else "")
+
+
 def journalctl_main(argv: List[str]) -> int:
     root = root_dir()
     units: List[str] = []
@@ -653,24 +659,21 @@ def journalctl_main(argv: List[str]) -> int:
         key, _, inline = arg.partition("=")
         value = inline if inline else None
 
-        def take() -> str:
-            return value if value is not None else (args.pop(0) if args else "")
-
         if key in ("-u", "--unit", "--user-unit"):
-            units.append(unit_name(take()))
+            units.append(unit_name(_option_value(value, args)))
         elif arg.startswith("-u") and len(arg) > 2:
             units.append(unit_name(arg[2:]))
         elif key in ("-f", "--follow"):
             follow = True
         elif key in ("-n", "--lines"):
-            lines = int(take())
+            lines = int(_option_value(value, args))
         elif arg.startswith("-n") and len(arg) > 2:
             lines = int(arg[2:])
         elif key in ("-o", "--output"):
-            output = take()
+            output = _option_value(value, args)
         elif key in ("-S", "--since"):
             try:
-                since = _parse_since(take())
+                since = _parse_since(_option_value(value, args))
             except ValueError as error:
                 sys.stderr.write("Failed to parse timestamp: %s\n" % error)
                 return 1
@@ -685,7 +688,7 @@ def journalctl_main(argv: List[str]) -> int:
             return 1
     path = os.path.join(root, "journal.jsonl") if root else ""
     try:
-        handle = open(path, encoding="utf-8") if path else None
+        handle = open(path, encoding="utf-8") if path else None  # noqa: SIM115 - read until journalctl exits
     except PermissionError:
         policy = read_json(os.path.join(root, "policy.json"), {})
         if not quiet:

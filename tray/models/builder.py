@@ -778,7 +778,8 @@ def _delete_users_through_api(ctx: _Context, plan: BuildPlan, digests: tuple[str
             if exc.status != 404:
                 base = plan.base.display if plan.base else name
                 raise ModelError(
-                    f"{exc}; the store is not writable by this user: run `ollama rm {' '.join(users)} && ollama pull {base}`"
+                    f"{exc}; the store is not writable by this user: "
+                    f"run `ollama rm {' '.join(users)} && ollama pull {base}`"
                 ) from None
 
 

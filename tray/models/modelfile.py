@@ -247,7 +247,7 @@ class _Parser:
         # Lines and the line ends that follow them: a multi-line value keeps its own (CRLF stays CRLF, as in Ollama).
         pieces = _NEWLINE_RE.split(text.removeprefix("\ufeff"))
         self.lines = pieces[0::2]
-        self.ends = pieces[1::2] + [""]
+        self.ends = [*pieces[1::2], ""]
         self.sources: list[SourceRef] = []
         self.fields: dict[str, str] = {}
         self.parameters: dict[str, ParamValue] = {}

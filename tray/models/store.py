@@ -59,7 +59,8 @@ _CONFIG_MODELS_RE = re.compile(r"OLLAMA_MODELS:(.*?)(?: OLLAMA_[A-Z_]+:|\])")
 def models_dir_from_log(lines: Iterable[str]) -> Path | None:
     """The models dir a server logged in its last ``server config`` line (``env="map[… OLLAMA_MODELS:/x …]"``).
 
-    >>> models_dir_from_log(['level=INFO msg="server config" env="map[OLLAMA_HOST:x OLLAMA_MODELS:/srv/m OLLAMA_NOPRUNE:false]"'])
+    >>> line = 'level=INFO msg="server config" env="map[OLLAMA_HOST:x OLLAMA_MODELS:/srv/m OLLAMA_NOPRUNE:false]"'
+    >>> models_dir_from_log([line])
     PosixPath('/srv/m')
     """
     found = None

@@ -278,7 +278,7 @@ class Supervisor:
                 self.models_dir, self.store_source = self._learn_store()
 
     def _server_process(self, pid: int | None, uid: int | None) -> ProcessRef | None:
-        """The ``ollama serve`` holding the port: the listener's pid, else the MainPID of the unit running as its owner."""
+        """The ``ollama serve`` holding the port: the listener's pid, else the MainPID of the unit run as its owner."""
         if pid is None and uid is not None and self.platform.startswith("linux"):
             unit = installed_ollama_unit()
             if unit is not None and unit.main_pid and self._uid_of_pid(unit.main_pid) == uid:

@@ -239,7 +239,7 @@ CommandRunner = Callable[[list[str]], "subprocess.CompletedProcess[str] | None"]
 
 def _run_quietly(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
 
