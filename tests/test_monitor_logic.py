@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 from collections.abc import Callable, Mapping
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import psutil
 
 from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
@@ -831,3 +834,43 @@ def test_new_settings_rebuild_what_derives_from_them():
     assert monitor.busy_tracker.stuck_after == 45
     assert monitor.duties.alerts.thresholds.memory_mb == 1024
     assert monitor.duties.alerts.interval_seconds == 120 + 3 * 5
+
+
+def test_a_unit_stuck_restarting_is_given_up_on_once_with_the_command_that_shows_why(monkeypatch):
+    monitor, sup, clock = make([REFUSED] * 40, startup_timeout=20, auto_build_model=False)
+    unit = SystemdService("ollama.service")
+    sup.external, sup.managed_by = unit, "systemd"
+    # systemd's view: restarting, and "active" for a moment each time the server starts and exits again
+    states = itertools.cycle(["activating", "active", "activating"])
+    monkeypatch.setattr("tray.service.monitor.systemd_active_state", lambda service: next(states))
+    journal = ["Started ollama.service.", "Error: mkdir /srv/models: permission denied", "ollama.service: Main …"]
+    monkeypatch.setattr("tray.service.monitor.read_journal", lambda service, lines: journal)
+
+    run_ticks(monitor, clock, 10)  # 18 s: systemd is restarting it, as it does after a crash
+    assert monitor.state is MonitorState.RUNNING
+    assert not [e for e in monitor.history.events() if e.kind == "gave_up"]
+
+    due = run_ticks(monitor, clock, 20)  # well past the startup timeout: stuck in a restart loop
+    given_up = [e for e in monitor.history.events() if e.kind == "gave_up"]
+    assert [e.message for e in given_up] == [
+        "Ollama does not answer and the systemd service ollama.service has been restarting for 22 s: it keeps "
+        "exiting as it starts (Error: mkdir /srv/models: permission denied); "
+        "see why with `journalctl -u ollama.service -n 50`"
+    ]
+    status = monitor.snapshot()
+    assert (status.state, status.last_error, status.cloud_active) == (MonitorState.FAILED, given_up[0].message, True)
+    assert due == clock.now + 30  # watched at the normal interval, not every 2 s
+    assert sup.restarts == []  # a restart of ours would only join systemd's loop
+
+    sup.client.probes = [OK]
+    run_ticks(monitor, clock, 1)  # the unit came up after all
+    assert (monitor.state, monitor.last_error) == (MonitorState.RUNNING, None)
+
+
+def test_an_active_unit_whose_watched_server_refuses_is_restarted(monkeypatch):
+    monitor, sup, clock = make([REFUSED])
+    sup.external, sup.managed_by = SystemdService("ollama.service"), "systemd"
+    sup.server = ProcessRef.of(psutil.Process())  # alive: not a server systemd just started
+    monkeypatch.setattr("tray.service.monitor.systemd_active_state", lambda service: "active")
+    monitor.tick()
+    assert sup.restarts == ["down"]

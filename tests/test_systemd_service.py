@@ -8,6 +8,7 @@ manager as an unprivileged desktop user with its own HOME: the situation of ever
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -215,6 +216,37 @@ def test_a_systemctl_stop_is_a_user_stop_not_a_crash(ollama_service, systemd, de
     time.sleep(2)
     kinds = [e["kind"] for e in desktop_manager.events()]
     assert "crash" not in kinds and "gave_up" not in kinds
+    assert desktop_serves(desktop_user) == []
+
+
+def test_a_unit_stuck_restarting_is_given_up_on_with_the_command_that_shows_why(
+    ollama_service, accounts, systemd, desktop_manager, desktop_user
+):
+    accounts.add_to_group(desktop_user, "systemd-journal")
+    pid = ollama_service.start()
+    desktop_manager.spawn_monitor()
+    desktop_manager.wait_monitor_ready()
+    # From now on Ollama cannot start: its models folder is gone and may not be made again (a chmod gone wrong).
+    shutil.rmtree(ollama_service.models_dir)
+    ollama_service.models_dir.parent.chmod(0o555)
+    os.kill(pid, signal.SIGKILL)
+    status = wait_until(
+        lambda: (s := desktop_manager.api_status()) and s["state"] == "failed" and s, 60, what="the monitor to give up"
+    )
+    assert status["last_error"].startswith(
+        "Ollama does not answer and the systemd service ollama.service has been restarting for "
+    )
+    assert status["last_error"].endswith(
+        f"it keeps exiting as it starts (Error: mkdir {ollama_service.models_dir}: permission denied: "
+        "ensure path elements are traversable); see why with `journalctl -u ollama.service -n 50`"
+    )
+    assert status["cloud_active"] is True
+    restarts = int(systemd.show("ollama.service", "NRestarts"))
+    wait_until(lambda: int(systemd.show("ollama.service", "NRestarts")) > restarts + 1, 20, what="systemd to retry")
+    assert len(events_with(desktop_manager, "has been restarting for")) == 1
+    kinds = [e["kind"] for e in desktop_manager.events()]
+    assert "not_permitted" not in kinds  # no restart of its own was tried
+    assert "Stopped ollama.service." not in systemd.journal("ollama.service")
     assert desktop_serves(desktop_user) == []
 
 

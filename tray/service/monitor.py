@@ -67,7 +67,16 @@ from tray.service.supervisor import NotPermitted, SupervisorError, reaped_words
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.settings.config import Config
 from tray.settings.server import systemd_dropin
-from tray.system.owners import OllamaApp, SystemdService, app_running, current_uid, systemd_active_state, user_name
+from tray.system.owners import (
+    OllamaApp,
+    SystemdService,
+    app_running,
+    current_uid,
+    read_journal,
+    stuck_unit_line,
+    systemd_active_state,
+    user_name,
+)
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
 
@@ -159,6 +168,7 @@ class Monitor:
         self._leak_restart_wanted = False  # until nothing runs on the server
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
+        self._unit_busy_since: float | None = None  # since when the server's unit restarts while nothing answers
         self._status = self._build_status()
 
     # ------------------------------------------------------------------ public, any thread
@@ -313,6 +323,7 @@ class Monitor:
         if wants.oom_restart is not None and self._restart_for_oom_ladder(wants.oom_restart):
             return self.clock() + RECHECK_SECONDS
         if result.ok:
+            self._unit_busy_since = None
             # After a wake, what looked wrong is checked again soon: that fresh look may raise its alert.
             settled = self.health is Health.HEALTHY and not wants.reprobe
             return now + (self.config.health_check_interval if settled else RECHECK_SECONDS)
@@ -328,14 +339,41 @@ class Monitor:
             return now + RECHECK_SECONDS
         if self._user_stopped_through_owner():
             return now + self.config.health_check_interval
-        if is_dead(result) and self._owner_restarting():
-            return now + RECHECK_SECONDS  # systemd brings it back itself (Restart=always)
+        owner = self.supervisor.external
+        if is_dead(result) and isinstance(owner, SystemdService):
+            state = systemd_active_state(owner)
+            if state in ("activating", "deactivating") or (state == "active" and self._unit_started_another()):
+                return self._wait_for_unit(now, owner, stopping=state == "deactivating")
+        self._unit_busy_since = None
         return self._restart_if_allowed(now, "not responding" if timeout_restart else "down")
 
-    def _owner_restarting(self) -> bool:
-        """The server's systemd unit is between a crash and its own restart (``activating``)."""
-        owner = self.supervisor.external
-        return isinstance(owner, SystemdService) and systemd_active_state(owner) in ("activating", "deactivating")
+    def _unit_started_another(self) -> bool:
+        """The unit is active, but the server watched is gone: systemd started another one, not answering yet.
+
+        A unit restarting in a loop is "active" for a moment each time its server starts, and exits again.
+        """
+        server = self.supervisor.server
+        return self._unit_busy_since is not None or server is None or not server.alive()
+
+    def _wait_for_unit(self, now: float, owner: SystemdService, stopping: bool) -> float:
+        """Leave a unit between a crash and its own restart to systemd, up to the startup timeout.
+
+        Past it the unit is stuck (restarting in a loop, or not finishing a
+        stop): given up, said once with the command that shows why, and no
+        restart of ours, which would only join the loop.
+        """
+        if self._unit_busy_since is None:
+            self._unit_busy_since = now
+        waited = now - self._unit_busy_since
+        if waited <= self.config.startup_timeout:
+            return now + RECHECK_SECONDS
+        if self.state is not MonitorState.FAILED:
+            self.policy.give_up_now(now)
+            self.state = MonitorState.FAILED
+            self.last_error = stuck_unit_line(owner, stopping, round(waited), read_journal(owner, lines=50))
+            self.history.record(EventKind.GAVE_UP, self.last_error, {"unit": owner.unit})
+            self._publish()
+        return now + self.config.health_check_interval
 
     def _tick_while_user_stopped(self, now: float) -> float:
         if self.supervisor.client.answers_as_ollama():

@@ -17,7 +17,7 @@ import pwd
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -341,6 +341,51 @@ def read_journal(service: SystemdService, lines: int = 2000, run: CommandRunner 
     if done is None or done.returncode != 0 or journal_refused(done.stderr or ""):
         return None
     return done.stdout.splitlines()
+
+
+def ollama_error_line(lines: Iterable[str]) -> str | None:
+    """The last ``Error: …`` line in a server's log: how ``ollama serve`` says why it exits at start.
+
+    >>> ollama_error_line([
+    ...     "Error: listen tcp 127.0.0.1:11434: bind: address already in use",
+    ...     "ollama.service: Main process exited, code=exited, status=1/FAILURE",
+    ... ])
+    'Error: listen tcp 127.0.0.1:11434: bind: address already in use'
+    >>> ollama_error_line(["Started ollama.service."]) is None
+    True
+    """
+    found = None
+    for line in lines:
+        if line.startswith("Error: "):
+            found = line.strip()
+    return found
+
+
+def stuck_unit_line(service: SystemdService, stopping: bool, seconds: float, log: list[str] | None) -> str:
+    """The one line for a unit that keeps restarting (or does not finish stopping) while Ollama does not answer.
+
+    ``log``: the unit's last messages, None when the journal refuses this user (the command then needs sudo).
+
+    >>> unit = SystemdService("ollama.service")
+    >>> print(stuck_unit_line(unit, False, 30, ["Error: mkdir /m: permission denied"]))
+    Ollama does not answer and the systemd service ollama.service has been restarting for 30 s: it keeps \
+exiting as it starts (Error: mkdir /m: permission denied); see why with `journalctl -u ollama.service -n 50`
+    >>> print(stuck_unit_line(unit, False, 30, None))
+    Ollama does not answer and the systemd service ollama.service has been restarting for 30 s: it does not \
+come up; see why with `sudo journalctl -u ollama.service -n 50`
+    """
+    error = ollama_error_line(log or [])
+    if stopping:
+        doing, what = "stopping", "it does not finish stopping"
+    else:
+        doing, what = "restarting", f"it keeps exiting as it starts ({error})" if error else "it does not come up"
+    command = f"journalctl {'--user-unit' if service.user else '-u'} {service.unit} -n 50"
+    if log is None and not service.user:
+        command = f"sudo {command}"
+    return (
+        f"Ollama does not answer and {service.describe()} has been {doing} for {seconds:g} s: {what}; "
+        f"see why with `{command}`"
+    )
 
 
 def write_journal_snapshot(service: SystemdService, path: Path, user: str, run: CommandRunner = _run_quietly) -> Path:
