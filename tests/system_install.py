@@ -61,8 +61,13 @@ class SystemdStandin:
                 raise RuntimeError(f"the stand-in systemd did not start:\n{(self.root / 'daemon.log').read_text()}")
             time.sleep(0.02)
 
-    def write_unit(self, name: str, text: str) -> Path:
-        path = self.root / "system" / name
+    def write_unit(self, name: str, text: str, user: Account | None = None) -> Path:
+        """A system unit, or with ``user`` that user's own (``~/.config/systemd/user``, ``systemctl --user``)."""
+        folder = self.root / "system" if user is None else self.root / "user" / str(user.uid)
+        folder.mkdir(parents=True, exist_ok=True)
+        for directory in (folder, folder.parent):
+            directory.chmod(SHARED_MODE)
+        path = folder / name
         path.write_text(text)
         path.chmod(0o644)
         return path
@@ -103,11 +108,12 @@ class SystemdStandin:
     def show(self, unit: str, prop: str) -> str:
         return self.systemctl("show", "-p", prop, "--value", unit).stdout.strip()
 
-    def journal(self, unit: str) -> list[str]:
+    def journal(self, unit: str, user: Account | None = None) -> list[str]:
+        """The messages of a system unit, or with ``user`` of that user's unit."""
         entries = []
         for line in (self.root / "journal.jsonl").read_text().splitlines():
             entry = json.loads(line)
-            if entry["unit"] == unit:
+            if entry["unit"] == unit and entry.get("user") == (user.uid if user else None):
                 entries.append(entry["message"])
         return entries
 
@@ -127,9 +133,7 @@ After=network-online.target
 
 [Service]
 ExecStart={exec_start}
-User={user}
-Group={group}
-Restart=always
+{identity}Restart=always
 RestartSec={restart_sec}
 TimeoutStopSec=5
 Environment="PATH={path}"
@@ -140,7 +144,10 @@ WantedBy=default.target
 
 
 class OllamaService:
-    """install.sh's result under ``root``: a system account, the binary, the unit; plus the stand-in's knobs."""
+    """install.sh's result under ``root``: a system account, the binary, the unit; plus the stand-in's knobs.
+
+    With ``user_unit_of`` the unit is instead that user's own (``systemctl --user``), run as that user.
+    """
 
     unit = "ollama.service"
 
@@ -153,15 +160,18 @@ class OllamaService:
         *,
         environment: dict[str, str] | None = None,
         restart_sec: float = 1.0,
+        user_unit_of: Account | None = None,
     ) -> None:
         self.root = root
         self.systemd = systemd
         self.runtime = runtime
-        self.account = accounts.system("llm", root / "usr" / "share" / "ollama")
+        self.user_unit = user_unit_of is not None
+        self.account = user_unit_of or accounts.system("llm", root / "usr" / "share" / "ollama")
         self.models_dir = self.account.home / ".ollama" / "models"
         self.install = root / "usr" / "local"
         # The stand-in's knobs and events (a place the service account may write).
         self.standin = StandinEnv(root / "standin", standin_bin=runtime.standin / "ollama")
+        (root / "usr" / "share").mkdir(parents=True, exist_ok=True)
         for path in (root, root / "usr", root / "usr" / "share", self.standin.root):
             path.chmod(SHARED_MODE)
         self.standin.events_file.touch()
@@ -186,26 +196,36 @@ class OllamaService:
         }
         self.environment = env
         lines = "".join(f'Environment="{key}={value}"\n' for key, value in env.items())
+        identity = "" if self.user_unit else f"User={self.account.name}\nGroup={self.account.name}\n"
         self.unit_path = systemd.write_unit(
             self.unit,
             UNIT_TEMPLATE.format(
                 exec_start=f"{self.binary} serve",
-                user=self.account.name,
-                group=self.account.name,
+                identity=identity,
                 restart_sec=restart_sec,
                 path=runtime.path(bin_dir),
                 environment=lines,
             ),
+            user=user_unit_of,
         )
 
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """systemctl as root for the system unit; as its user with ``--user`` for a user unit."""
+        if self.user_unit:
+            return self.systemd.systemctl("--user", *args, account=self.account)
+        return self.systemd.systemctl(*args)
+
     def start(self, timeout: float = 20) -> int:
-        done = self.systemd.systemctl("start", self.unit)
+        done = self.systemctl("start", self.unit)
         assert done.returncode == 0, done.stderr
         self.standin.wait_ready(timeout)
         return self.main_pid()
 
+    def show(self, prop: str) -> str:
+        return self.systemctl("show", "-p", prop, "--value", self.unit).stdout.strip()
+
     def main_pid(self) -> int:
-        return int(self.systemd.show(self.unit, "MainPID") or 0)
+        return int(self.show("MainPID") or 0)
 
     def serve_starts(self) -> list[dict[str, Any]]:
         return self.standin.events_of("serve_start")
@@ -219,7 +239,7 @@ class OllamaService:
         self.standin.wait_ready(timeout)
 
     def cleanup(self) -> None:
-        self.systemd.systemctl("stop", self.unit)
+        self.systemctl("stop", self.unit)
         self.standin.cleanup()
 
 

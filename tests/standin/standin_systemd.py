@@ -18,7 +18,8 @@ account, its output in the journal. Real systemd cannot run in a test, so:
   systemd 252's (Debian 12).
 - ``journalctl`` reads the journal, which only root and the groups
   ``systemd-journal``/``adm`` may open (0640 root:systemd-journal), as on a
-  real system; others get journalctl's own refusal.
+  real system; others get journalctl's own refusal, or, when they have user
+  units, its hint and their own units' messages (``--user-unit``).
 
 Layout of the directory named by ``OLLAMA_STANDIN_SYSTEMD`` (no variable: a
 machine with no units installed)::
@@ -27,7 +28,8 @@ machine with no units installed)::
     state.json               per unit: ActiveState, SubState, MainPID, NRestarts, ...
     policy.json              who may do what (the knobs below)
     control.sock             the daemon's socket
-    journal.jsonl            one JSON object per line: ts, unit, pid, message
+    journal.jsonl            one JSON object per line: ts, unit, pid, message (user: uid, of a user unit)
+    user/<uid>/journal.jsonl that user's units' messages, readable by that user (journald's SplitMode=uid)
 
 Knobs (``policy.json``, re-read on every request):
   manage          list of uids that may start/stop/restart system units without asking
@@ -162,6 +164,11 @@ def write_json(path: str, data: Any, mode: int = 0o644) -> None:
     os.replace(temporary, path)
 
 
+def user_journal_path(root: str, user_uid: int) -> str:
+    """The journal file of a user's own units, which that user may read."""
+    return os.path.join(unit_dir(root, user_uid), "journal.jsonl")
+
+
 def state_key(name: str, user_uid: Optional[int]) -> str:
     return name if user_uid is None else "%d/%s" % (user_uid, name)
 
@@ -219,9 +226,7 @@ class Service:
                 start_new_session=True,
             )
         except OSError as error:
-            self.manager.journal(
-                self.unit.name, 1, "%s: Failed to execute %s: %s" % (unit.name, unit.exec_start, error)
-            )
+            self._journal(1, "%s: Failed to execute %s: %s" % (unit.name, unit.exec_start, error))
             self.active_state, self.sub_state, self.main = "failed", "failed", None
             self.manager.save_state()
             return
@@ -231,13 +236,16 @@ class Service:
         self.stopping = False
         self.restart_at = None
         threading.Thread(target=self._pump, args=(self.main,), daemon=True).start()
-        self.manager.journal(self.unit.name, 1, "Started %s." % self.unit.name)
+        self._journal(1, "Started %s." % self.unit.name)
         self.manager.save_state()
+
+    def _journal(self, pid: int, message: str) -> None:
+        self.manager.journal(self.unit.name, pid, message, self.user_uid)
 
     def _pump(self, process: subprocess.Popen) -> None:
         assert process.stdout is not None
         for raw in process.stdout:
-            self.manager.journal(self.unit.name, process.pid, raw.decode("utf-8", "replace").rstrip("\n"))
+            self._journal(process.pid, raw.decode("utf-8", "replace").rstrip("\n"))
 
     def stop(self) -> None:
         self.stopping = True
@@ -248,7 +256,7 @@ class Service:
             self._kill_group(self.unit.stop_timeout)
         self.main = None
         self.active_state, self.sub_state = "inactive", "dead"
-        self.manager.journal(self.unit.name, 1, "Stopped %s." % self.unit.name)
+        self._journal(1, "Stopped %s." % self.unit.name)
         self.manager.save_state()
 
     def _kill_group(self, timeout: float) -> None:
@@ -350,12 +358,24 @@ class Manager:
                 if fresh is not None:
                     service.unit = fresh
 
-    def journal(self, unit: str, pid: int, message: str) -> None:
+    def journal(self, unit: str, pid: int, message: str, user_uid: Optional[int] = None) -> None:
+        """Append to the journal; a user unit's messages go to that user's own journal file too (SplitMode=uid)."""
         with self.lock:
             self.cursor += 1
-            line = json.dumps({"cursor": self.cursor, "ts": time.time(), "unit": unit, "pid": pid, "message": message})
+            entry = {"cursor": self.cursor, "ts": time.time(), "unit": unit, "pid": pid, "message": message}
+            if user_uid is not None:
+                entry["user"] = user_uid
+            line = json.dumps(entry) + "\n"
             with open(self.journal_path, "a", encoding="utf-8") as handle:
-                handle.write(line + "\n")
+                handle.write(line)
+            if user_uid is not None:
+                path = user_journal_path(self.root, user_uid)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                try:
+                    os.fchown(fd, user_uid, pwd.getpwuid(user_uid).pw_gid)
+                    os.write(fd, line.encode("utf-8"))
+                finally:
+                    os.close(fd)
 
     def save_state(self) -> None:
         with self.lock:
@@ -645,9 +665,33 @@ def _option_value(inline: Optional[str], args: List[str]) -> str:
     return inline if inline is not None else (args.pop(0) if args else "")
 
 
+def _open_own_journal(root: str) -> Any:
+    """The caller's own journal file (its user units' messages), None when it has none."""
+    try:
+        return open(user_journal_path(root, os.getuid()), encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _no_journal_files(root: str, follow: bool) -> int:
+    """journalctl for a user who may open no journal file (the hint is printed already)."""
+    policy = read_json(os.path.join(root, "policy.json"), {})
+    if os.getuid() not in policy.get("own_journal", []):
+        sys.stderr.write(JOURNAL_REFUSED + "\n")
+        return 1
+    sys.stdout.write("-- No entries --\n")
+    sys.stdout.flush()
+    if follow:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            time.sleep(3600)
+    return 0
+
+
 def journalctl_main(argv: List[str]) -> int:
     root = root_dir()
     units: List[str] = []
+    user_units: List[str] = []
     follow = False
     lines: Optional[int] = None
     since: Optional[float] = None
@@ -659,8 +703,10 @@ def journalctl_main(argv: List[str]) -> int:
         key, _, inline = arg.partition("=")
         value = inline if inline else None
 
-        if key in ("-u", "--unit", "--user-unit"):
+        if key in ("-u", "--unit"):
             units.append(unit_name(_option_value(value, args)))
+        elif key == "--user-unit":
+            user_units.append(unit_name(_option_value(value, args)))
         elif arg.startswith("-u") and len(arg) > 2:
             units.append(unit_name(arg[2:]))
         elif key in ("-f", "--follow"):
@@ -687,28 +733,28 @@ def journalctl_main(argv: List[str]) -> int:
             sys.stderr.write("journalctl: unrecognized option '%s'\n" % arg)
             return 1
     path = os.path.join(root, "journal.jsonl") if root else ""
-    try:
-        handle = open(path, encoding="utf-8") if path else None  # noqa: SIM115 - read until journalctl exits
-    except PermissionError:
-        policy = read_json(os.path.join(root, "policy.json"), {})
-        if not quiet:
-            sys.stderr.write(JOURNAL_HINT + "\n")
-        if os.getuid() in policy.get("own_journal", []):
-            sys.stdout.write("-- No entries --\n")
-            sys.stdout.flush()
-            if follow:
-                signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-                while True:
-                    time.sleep(3600)
-            return 0
-        sys.stderr.write(JOURNAL_REFUSED + "\n")
-        return 1
+    handle = None
+    if path:
+        try:
+            handle = open(path, encoding="utf-8")  # noqa: SIM115 - read until journalctl exits
+        except PermissionError:
+            if not quiet:
+                sys.stderr.write(JOURNAL_HINT + "\n")
+            handle = _open_own_journal(root)
+            if handle is None:
+                return _no_journal_files(root, follow)
     if handle is None:
         sys.stdout.write("-- No entries --\n")
         return 0
 
     def wanted(entry: Dict[str, Any]) -> bool:
-        return (not units or entry.get("unit") in units) and (since is None or entry["ts"] >= since)
+        # -u matches system units; --user-unit the caller's own user units (as _SYSTEMD_USER_UNIT plus _UID)
+        if units or user_units:
+            user = entry.get("user")
+            ours = user == os.getuid() and entry.get("unit") in user_units
+            if not (ours or (user is None and entry.get("unit") in units)):
+                return False
+        return since is None or entry["ts"] >= since
 
     entries = [entry for entry in _read_entries(handle) if wanted(entry)]
     if lines is None and follow:
