@@ -96,6 +96,9 @@ def test_systemctl_commands_ask_only_for_a_users_own_action():
 def test_journal_refusals_are_recognised_with_or_without_an_exit_status():
     assert journal_refused("No journal files were opened due to insufficient permissions.\n")
     assert journal_refused("Hint: You are currently not seeing messages from other users and the system.\n")
+    # a user's own units log to the user's journal: the hint does not refuse them
+    assert not journal_refused("Hint: You are currently not seeing messages from other users and the system.\n", True)
+    assert journal_refused("No journal files were opened due to insufficient permissions.\n", user_unit=True)
     assert not journal_refused("")
     assert journal_access_line(SystemdService("ollama.service"), "ada") == (
         "Ollama's log is in the journal (journalctl -u ollama.service), which ada may not read: "

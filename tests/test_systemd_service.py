@@ -17,9 +17,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import wait_until
+from tests.manager import Manager, wait_until
 from tests.standin.harness import flip_middle_byte, weights_blob
-from tests.users import popen_as, run_as
+from tests.system_install import OllamaService, desktop_env
+from tests.users import popen_as, run_as, scratch
 
 pytestmark = pytest.mark.slow
 
@@ -248,6 +249,57 @@ def test_a_unit_stuck_restarting_is_given_up_on_with_the_command_that_shows_why(
     assert "not_permitted" not in kinds  # no restart of its own was tried
     assert "Stopped ollama.service." not in systemd.journal("ollama.service")
     assert desktop_serves(desktop_user) == []
+
+
+def test_a_users_own_unit_goes_through_systemctl_user(accounts, systemd, user_runtime, desktop_user):
+    with scratch("om-user-unit-") as root:
+        service = OllamaService(root, accounts, user_runtime, systemd, user_unit_of=desktop_user)
+        workdir = desktop_user.home / "work"
+        workdir.mkdir()
+        desktop_user.own(workdir)
+        env = desktop_env(desktop_user, user_runtime, systemd, service)
+        manager = Manager(env, workdir, account=desktop_user, python=user_runtime.python)
+        try:
+            pid = service.start()
+            status = manager.status()
+            assert (status["pid"], status["managed_by"], status["unit"]) == (pid, "systemd", "ollama.service")
+            assert "managed by systemd (ollama.service)" in manager.run("status").stdout
+            manager.spawn_monitor()
+            manager.wait_monitor_ready()
+
+            # Its messages are in the user's own journal, which the user reads: OOM lines reach the ladder.
+            service.standin.pull("llama3")
+            time.sleep(1)  # the journal is followed from now on
+            service.standin.set_faults(oom="cuda")
+            request = {"model": "llama3", "prompt": "hi", "stream": False}
+            answer = httpx.post(service.base_url + "/api/generate", json=request, timeout=30)
+            assert answer.status_code == 500
+            wait_until(lambda: [e for e in manager.events() if e["kind"] == "oom"], 20, what="the ladder to move")
+            service.standin.set_faults()
+            assert not events_with(manager, "may not read")
+
+            # A hang: the restart goes through `systemctl --user`, which asks no one.
+            os.kill(pid, signal.SIGSTOP)
+            service.wait_new_serve(2, timeout=40)
+            new_pid = service.main_pid()
+            assert new_pid not in (0, pid)
+            wait_until(
+                lambda: (s := manager.api_status()) and s["pid"] == new_pid and s["health"] == "healthy",
+                20,
+                what="the monitor to watch the new serve",
+            )
+            assert events_with(manager, "Ollama restarted through the systemd service ollama.service")
+            assert "Stopped ollama.service." in systemd.journal("ollama.service", user=desktop_user)
+            assert desktop_serves(desktop_user) == [new_pid]  # the unit's, and no serve of the manager's beside it
+
+            stopped = manager.run("stop")
+            assert (stopped.returncode, stopped.stdout) == (0, "Ollama stopped\n"), stopped.stderr
+            assert service.show("ActiveState") == "inactive"
+            wait_until(lambda: (s := manager.api_status()) and s["state"] == "stopped", 20, what="the user stop")
+            assert desktop_serves(desktop_user) == []
+        finally:
+            manager.cleanup()
+            service.cleanup()
 
 
 def _serve_as(account, runtime, port, home):

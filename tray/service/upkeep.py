@@ -114,7 +114,7 @@ class JournalTail:
     def _read_err(self) -> None:
         assert self._process is not None and self._process.stderr is not None
         for line in self._process.stderr:
-            if not self._refused and journal_refused(line):
+            if not self._refused and journal_refused(line, self.service.user):
                 self._refused = True
                 self.on_refused()
 

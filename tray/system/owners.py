@@ -316,15 +316,21 @@ def journal_command(service: SystemdService, *, follow: bool = False, lines: int
     return argv
 
 
-JOURNAL_REFUSALS = (
-    "No journal files were opened due to insufficient permissions",
-    "You are currently not seeing messages from other users and the system",
-)
+JOURNAL_NO_FILES = "No journal files were opened due to insufficient permissions"
+JOURNAL_ONLY_OWN = "You are currently not seeing messages from other users and the system"
 
 
-def journal_refused(stderr: str) -> bool:
-    """Whether journalctl said this user may not read the unit's messages (it may still exit 0, with a hint)."""
-    return any(text in stderr for text in JOURNAL_REFUSALS)
+def journal_refused(stderr: str, user_unit: bool = False) -> bool:
+    """Whether journalctl said this user may not read the unit's messages (it may still exit 0, with a hint).
+
+    The hint that the user sees only its own messages refuses a system unit's, not those of the user's
+    own units: journald keeps these in the user's journal.
+
+    >>> hint = "Hint: You are currently not seeing messages from other users and the system."
+    >>> journal_refused(hint), journal_refused(hint, user_unit=True)
+    (True, False)
+    """
+    return JOURNAL_NO_FILES in stderr or (JOURNAL_ONLY_OWN in stderr and not user_unit)
 
 
 def journal_access_line(service: SystemdService, user: str) -> str:
@@ -338,7 +344,7 @@ def journal_access_line(service: SystemdService, user: str) -> str:
 def read_journal(service: SystemdService, lines: int = 2000, run: CommandRunner = _run_quietly) -> list[str] | None:
     """The unit's last messages; None when the journal refuses this user or cannot be read."""
     done = run(journal_command(service, lines=lines))
-    if done is None or done.returncode != 0 or journal_refused(done.stderr or ""):
+    if done is None or done.returncode != 0 or journal_refused(done.stderr or "", service.user):
         return None
     return done.stdout.splitlines()
 
@@ -395,7 +401,7 @@ def write_journal_snapshot(service: SystemdService, path: Path, user: str, run: 
     done = run(argv)
     if done is None:
         text = "journalctl could not be run: Ollama's log is in the journal\n"
-    elif done.returncode != 0 or journal_refused(done.stderr or ""):
+    elif done.returncode != 0 or journal_refused(done.stderr or "", service.user):
         text = journal_access_line(service, user) + "\n"
     else:
         text = done.stdout
