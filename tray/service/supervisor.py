@@ -710,14 +710,7 @@ class Supervisor:
             who = f", run by {user_name(owner_uid)}" if owner_uid is not None else ""
             subject = f"Ollama (pid {pid}, {service.describe()}{who})" if pid else f"Ollama ({service.describe()})"
             raise NotPermitted(f"{subject} {state}; this user may not {verb} it ({why}): run `{command}`")
-        deadline = time.monotonic() + self.config.startup_timeout
-        while not self.client.answers_as_ollama(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise StartFailed(
-                    f"Ollama did not answer within {self.config.startup_timeout:g} s "
-                    f"after {verb}ing {service.describe()}"
-                )
-            time.sleep(READY_POLL_SECONDS)
+        self._wait_answering(f"{verb}ing {service.describe()}")
         with self._lock:
             self.server = None
             self.adopt()
@@ -726,6 +719,14 @@ class Supervisor:
             done = "started" if verb == "start" else "restarted"
             self.history.record(EventKind(verb), f"Ollama {done} through {service.describe()}", {"reason": reason})
             return self._outcome(True, time.monotonic() - begun)
+
+    def _wait_answering(self, after: str) -> None:
+        """Wait for Ollama to answer once its owner started it; StartFailed after the startup timeout."""
+        deadline = time.monotonic() + self.config.startup_timeout
+        while not self.client.answers_as_ollama(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after {after}")
+            time.sleep(READY_POLL_SECONDS)
 
     def _true_state(self, pid: int | None) -> str:
         """What the server is doing, for a message that must say it: hung, stopped, or not running."""
@@ -756,14 +757,7 @@ class Supervisor:
         start_result = run_command(owner.start_command())
         if not start_result.ok:
             raise StartFailed(f"could not reopen {owner.describe()}: {start_result.message}")
-        deadline = time.monotonic() + self.config.startup_timeout
-        while not self.client.answers_as_ollama(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise StartFailed(
-                    f"Ollama did not answer within {self.config.startup_timeout:g} s "
-                    f"after restarting {owner.describe()}"
-                )
-            time.sleep(READY_POLL_SECONDS)
+        self._wait_answering(f"restarting {owner.describe()}")
         self.server = None
         self.adopt()
         self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}", {"reason": reason})
