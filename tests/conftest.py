@@ -9,7 +9,7 @@ import pytest
 
 from standin.harness import StandinEnv
 from tests.manager import Manager
-from tests.system_install import OllamaService, SystemdStandin, desktop_env
+from tests.system_install import OllamaService, SystemdStandin, session_manager
 from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
 
 # The stand-in's modules import each other by their bare names, as its `ollama` script runs them; they are
@@ -84,11 +84,7 @@ def desktop_manager(
     desktop_user: Account, user_runtime: UserRuntime, systemd: SystemdStandin, ollama_service: OllamaService
 ) -> Iterator[Manager]:
     """``ollama-manager`` run by the desktop user, Ollama's service installed beside it."""
-    workdir = desktop_user.home / "work"
-    workdir.mkdir()
-    desktop_user.own(workdir)
-    env = desktop_env(desktop_user, user_runtime, systemd, ollama_service)
-    manager = Manager(env, workdir, account=desktop_user, python=user_runtime.python)
+    manager = session_manager(desktop_user, user_runtime, systemd, ollama_service)
     try:
         yield manager
     finally:

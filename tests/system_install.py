@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.manager import Manager
 from tests.standin.harness import StandinEnv
 from tests.users import SHARED_MODE, Account, Accounts, UserRuntime, run_as
 
@@ -241,6 +242,14 @@ class OllamaService:
     def cleanup(self) -> None:
         self.systemctl("stop", self.unit)
         self.standin.cleanup()
+
+
+def session_manager(account: Account, runtime: UserRuntime, systemd: SystemdStandin, service: OllamaService) -> Manager:
+    """``ollama-manager`` run by ``account`` from the runtime, in ``~/work``, in its desktop session's environment."""
+    workdir = account.home / "work"
+    workdir.mkdir()
+    account.own(workdir)
+    return Manager(desktop_env(account, runtime, systemd, service), workdir, account=account, python=runtime.python)
 
 
 def desktop_env(

@@ -17,9 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.manager import wait_until
 from tests.standin.harness import flip_middle_byte, weights_blob
-from tests.system_install import OllamaService, desktop_env
+from tests.system_install import OllamaService, session_manager
 from tests.users import popen_as, run_as, scratch
 
 pytestmark = pytest.mark.slow
@@ -254,11 +254,7 @@ def test_a_unit_stuck_restarting_is_given_up_on_with_the_command_that_shows_why(
 def test_a_users_own_unit_goes_through_systemctl_user(accounts, systemd, user_runtime, desktop_user):
     with scratch("om-user-unit-") as root:
         service = OllamaService(root, accounts, user_runtime, systemd, user_unit_of=desktop_user)
-        workdir = desktop_user.home / "work"
-        workdir.mkdir()
-        desktop_user.own(workdir)
-        env = desktop_env(desktop_user, user_runtime, systemd, service)
-        manager = Manager(env, workdir, account=desktop_user, python=user_runtime.python)
+        manager = session_manager(desktop_user, user_runtime, systemd, service)
         try:
             pid = service.start()
             status = manager.status()
