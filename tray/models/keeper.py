@@ -21,7 +21,7 @@ from typing import TypedDict
 from tray.core.status import ActivityKind, ModelStatus
 from tray.history import EventKind, History
 from tray.models import builder
-from tray.models.errors import ModelError
+from tray.models.errors import ModelError, StoreUnreadable
 from tray.models.progress import ProgressEvent
 from tray.settings.config import Config
 
@@ -84,6 +84,7 @@ class ModelKeeper:
         # never "repairs" them away. Replaced whole (never mutated), as the keeper thread reads it.
         self.parameter_overrides: dict[str, int] = {}
         self._ensured = False
+        self._unreadable_told = False
         self._was_present = False
         self._next_verify: float | None = None
         self._jobs: queue.Queue[tuple[str, concurrent.futures.Future[str]] | None] = queue.Queue()
@@ -204,9 +205,16 @@ class ModelKeeper:
 
     def _verify(self) -> str:
         self.set_activity(ActivityKind.VERIFY, "Verifying model", None)
-        result = builder.verify(
-            self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
-        )
+        try:
+            result = builder.verify(
+                self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
+            )
+        except StoreUnreadable as exc:  # another account's store: say so once, never call the model missing
+            if not self._unreadable_told:
+                self._unreadable_told = True
+                self.history.record(EventKind.MODEL_UNVERIFIED, str(exc))
+            return str(exc)
+        self._unreadable_told = False
         self.last_verified = time.time()
         if result.ok:
             self.status = ModelStatus.OK
