@@ -23,7 +23,7 @@ from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
-from tray.service.supervisor import Supervisor, SupervisorError
+from tray.service.supervisor import Supervisor, SupervisorError, reaped_words
 from tray.settings.config import Config, ConfigError, load_config
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
@@ -64,7 +64,7 @@ def cmd_start(ctx: Context) -> int:
     if message is None:
         sup = ctx.supervisor()
         sup.user_stop.clear()
-        message = sup.start(reason="user").describe(sup.host.url)
+        message = sup.start(reason="user", interactive=sys.stdin.isatty()).describe(sup.host.url)
     print(message)
     return 0
 
@@ -75,13 +75,13 @@ def cmd_stop(ctx: Context) -> int:
         sup = ctx.supervisor()
         if sup.answers() is None:
             sup.user_stop.set()
-            sup.reap_runners()
             print("Ollama is not running")
             return 0
-        sup.stop(reason="user")
+        sup.stop(reason="user", interactive=sys.stdin.isatty())
         sup.user_stop.set()
         sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
-        message = "Ollama stopped"
+        reaped = reaped_words(sup.reaped_names)
+        message = "Ollama stopped" + (f"; {reaped}" if reaped else "")
     print(message)
     return 0
 
@@ -91,7 +91,7 @@ def cmd_restart(ctx: Context) -> int:
     if message is None:
         sup = ctx.supervisor()
         sup.user_stop.clear()
-        message = sup.restart(reason="user").describe(sup.host.url)
+        message = sup.restart(reason="user", interactive=sys.stdin.isatty()).describe(sup.host.url)
     print(message)
     return 0
 
@@ -113,7 +113,7 @@ def cmd_status(ctx: Context) -> int:
 MANAGED_BY = {
     "manager": ", started by this manager",
     "external": ", started outside the manager",
-    "systemd": ", run by systemd",
+    "systemd": ", managed by systemd",
     "ollama-app": ", run by the Ollama app",
     "none": "",
 }
@@ -123,6 +123,10 @@ def format_status(status: Status, monitor_running: bool) -> str:
     latency = f" ({status.latency_ms} ms)" if status.latency_ms is not None else ""
     pid = f", pid {status.pid}" if status.pid else ""
     owner = MANAGED_BY.get(status.managed_by, status.managed_by)
+    if status.unit:
+        owner += f" ({status.unit})"
+    if status.owner and status.managed_by != "manager":
+        owner += f", run by {status.owner}"
     lines = [
         f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
         f"Address: {status.ollama_host}",
@@ -138,6 +142,8 @@ def format_status(status: Status, monitor_running: bool) -> str:
         lines.append(f"Restart attempts: {status.restart_attempt} of {status.restart_attempts_max}")
     if status.last_error:
         lines.append(f"Last error: {status.last_error}")
+    if status.server_settings_note:
+        lines.append(f"Settings: {status.server_settings_note}")
     lines.append("Monitor: " + ("running" if monitor_running else "not running"))
     return "\n".join(lines)
 
@@ -190,6 +196,8 @@ def cmd_model(ctx: Context) -> int:
     args, config, paths = ctx.args, ctx.config, ctx.paths
     install_default_modelfile(config, paths)
     sup = ctx.supervisor()
+    if sup.client.answers_as_ollama():
+        sup.adopt()  # the store of the server that runs (a systemd server keeps its own)
     models_dir, state_dir = sup.models_dir, paths.state_dir
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
     wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)

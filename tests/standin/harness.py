@@ -45,6 +45,23 @@ def _search_path(original: str) -> list[str]:
     return kept
 
 
+def weights_blob(models_dir: Path, model: str = "llama3") -> tuple[str, Path]:
+    """The digest (``sha256:<hex>``) and file of a library model's weights layer in a store."""
+    manifest = Path(models_dir) / "manifests" / "registry.ollama.ai" / "library" / model / "latest"
+    layers = json.loads(manifest.read_text())["layers"]
+    digest = next(layer["digest"] for layer in layers if layer["mediaType"].endswith(".model"))
+    return digest, Path(models_dir) / "blobs" / digest.replace(":", "-")
+
+
+def flip_middle_byte(path: Path) -> None:
+    """Damage a blob the way a bad disk does: same size, one byte changed (and a new mtime)."""
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
 def same_process(pid: int, create_time: float | None) -> psutil.Process | None:
     """The live (non-zombie) process with this PID, if it started at ``create_time``."""
     try:
@@ -68,8 +85,10 @@ class StandinEnv:
         blob_mb: float | None = None,
         runner_mb: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        standin_bin: Path = STANDIN_BIN,
     ) -> None:
         self.root = Path(root)
+        self.standin_bin = standin_bin
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.base_url = f"http://{self.host}"
@@ -86,7 +105,7 @@ class StandinEnv:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
         link = self.bin_dir / "ollama"
         if not link.exists():
-            link.symlink_to(STANDIN_BIN)
+            link.symlink_to(self.standin_bin)
         dirs = {
             "HOME": self.root / "home",
             "XDG_CONFIG_HOME": self.root / "xdg" / "config",
@@ -105,7 +124,11 @@ class StandinEnv:
             OLLAMA_MODELS=str(self.models_dir),
             OLLAMA_STANDIN_CONTROL=str(self.control_file),
             OLLAMA_STANDIN_EVENTS=str(self.events_file),
-            PATH=os.pathsep.join([str(self.bin_dir), *_search_path(os.environ.get("PATH", ""))]),
+            # The stand-in systemctl/journalctl: without OLLAMA_STANDIN_SYSTEMD a machine with no units, so a
+            # real systemd (and a real ollama.service) on the test machine is never seen.
+            PATH=os.pathsep.join(
+                [str(self.bin_dir), str(self.standin_bin.parent / "sbin"), *_search_path(os.environ.get("PATH", ""))]
+            ),
         )
         if blob_mb is not None:
             env["OLLAMA_STANDIN_BLOB_MB"] = str(blob_mb)

@@ -162,7 +162,7 @@ def models_dir_from_env() -> str:
     """OLLAMA_MODELS, else ``~/.ollama/models``."""
     configured = env_var("OLLAMA_MODELS")
     if configured:
-        return os.path.abspath(os.path.expanduser(configured))
+        return os.path.abspath(configured)  # as written: Ollama does not expand "~"
     return os.path.join(os.path.expanduser("~"), ".ollama", "models")
 
 

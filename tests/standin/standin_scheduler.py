@@ -762,7 +762,12 @@ class Scheduler:
         }
         if oom is not None:
             plan["oom"] = oom
-        if self.llama_server:
+        if common.env_var("OLLAMA_STANDIN_MLX") in ("1", "true"):
+            # The MLX engine's runner names the model, not a blob (x/imagegen, x/mlxrunner).
+            command = [sys.executable, common.EXECUTABLE, "runner", "--mlx-engine", "--model", model.name.display]
+            command += ["--port", str(port)]
+            shown = command[1:]
+        elif self.llama_server:
             args = llama_server_args(model, port, request.options, num_parallel, embedding)
             prefix = llama_server_executable()
             command, shown = prefix + args, [prefix[0], *args]

@@ -45,6 +45,7 @@ Environment (read at start):
   OLLAMA_STANDIN_CRASH_AFTER     seconds, then exit 2 like a Go panic (runners are orphaned)
   OLLAMA_STANDIN_VERSION         version reported by server and CLI (default 0.33.0); below 0.30 the
                                  runner is ``ollama runner`` and the texts are v0.12's
+  OLLAMA_STANDIN_MLX             1: runners are the MLX engine's ``ollama runner --mlx-engine --model <name>``
 
 Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every request; times in ms):
   slow_ms          every API path but / waits this long before its handler

@@ -68,6 +68,8 @@ class AlertKind(StrEnum):
     GPU_MEMORY = "gpu_memory"
     LEAK = "leak"
     STUCK_RUNNER = "stuck_runner"
+    # Raised by the monitor, not by a rule: what answers on Ollama's port is another user's and is not used.
+    UNTRUSTED_SERVER = "untrusted_server"
 
 
 class AlertState(StrEnum):

@@ -463,7 +463,7 @@ class Gateway:
         with self._lock:
             self.router.observe_health(health, self.clock())
             waiting: list[_Exchange] = []
-            if health is LocalHealth.DOWN:
+            if health in (LocalHealth.DOWN, LocalHealth.REFUSED):
                 self._down_reports += 1
                 waiting = [e for e in self._exchanges if not e.answered]
         if waiting and self._loop is not None:
@@ -1001,8 +1001,9 @@ class Gateway:
             now = self.clock()
             breaker = self.router.breaker
             # As soon as Ollama answers again (a health report, a good answer) the lists come from it.
-            skip_local = self.cloud.enabled and (
-                breaker.state(now) is BreakerState.OPEN or breaker.last_health is LocalHealth.DOWN
+            skip_local = breaker.refused or (
+                self.cloud.enabled
+                and (breaker.state(now) is BreakerState.OPEN or breaker.last_health is LocalHealth.DOWN)
             )
             permit = breaker.passive_permit(now)
         problem = f"Ollama is skipped after failing ({self.router.breaker.reason})"

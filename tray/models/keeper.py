@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from tray.core.status import ActivityKind, ModelStatus
 from tray.history import EventKind, History
-from tray.models.errors import ModelError
+from tray.models.errors import ModelError, StoreUnreadable
 from tray.models.progress import ProgressEvent
 from tray.settings.config import Config
 
@@ -86,6 +86,7 @@ class ModelKeeper:
         # never "repairs" them away. Replaced whole (never mutated), as the keeper thread reads it.
         self.parameter_overrides: dict[str, int] = {}
         self._ensured = False
+        self._unreadable_told = False
         self._was_present = False
         self._next_verify: float | None = None
         self._jobs: queue.Queue[tuple[str, concurrent.futures.Future[str]] | None] = queue.Queue()
@@ -212,9 +213,16 @@ class ModelKeeper:
         from tray.models import builder
 
         self.set_activity(ActivityKind.VERIFY, "Verifying model", None)
-        result = builder.verify(
-            self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
-        )
+        try:
+            result = builder.verify(
+                self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
+            )
+        except StoreUnreadable as exc:  # another account's store: say so once, never call the model missing
+            if not self._unreadable_told:
+                self._unreadable_told = True
+                self.history.record(EventKind.MODEL_UNVERIFIED, str(exc))
+            return str(exc)
+        self._unreadable_told = False
         self.last_verified = time.time()
         if result.ok:
             self.status = ModelStatus.OK

@@ -11,11 +11,16 @@ notifications. What the monitor should do about it comes back from
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
+import queue
+import subprocess
+import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
@@ -24,7 +29,8 @@ from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
 from tray.settings.config import Config
-from tray.system.owners import SystemdService
+from tray.system.atomic import write_atomically
+from tray.system.owners import SystemdService, journal_access_line, journal_command, journal_refused
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
@@ -44,6 +50,9 @@ class ServerLogTail:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset: int | None = None
+
+    def close(self) -> None:
+        pass
 
     def new_lines(self) -> list[str]:
         try:
@@ -65,6 +74,69 @@ class ServerLogTail:
         return data.decode("utf-8", "replace").splitlines()
 
 
+class LogTail(Protocol):
+    def new_lines(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class JournalTail:
+    """New messages of a systemd unit, from ``journalctl -u UNIT -f`` (where the server's stderr goes).
+
+    The journal refuses users outside ``systemd-journal``/``adm``: ``on_refused``
+    is then called once, from the reader thread.
+    """
+
+    def __init__(self, service: SystemdService, on_refused: Callable[[], None]) -> None:
+        self.service = service
+        self.on_refused = on_refused
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._refused = False
+        try:
+            self._process: subprocess.Popen[str] | None = subprocess.Popen(
+                journal_command(service, follow=True, lines=0),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            log.warning("cannot follow the journal of %s: %s", service.unit, exc.strerror or exc)
+            self._process = None
+            return
+        threading.Thread(target=self._read_out, name="journal-tail", daemon=True).start()
+        threading.Thread(target=self._read_err, name="journal-tail-err", daemon=True).start()
+
+    def _read_out(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+
+    def _read_err(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for line in self._process.stderr:
+            if not self._refused and journal_refused(line, self.service.user):
+                self._refused = True
+                self.on_refused()
+
+    def new_lines(self) -> list[str]:
+        lines = []
+        while True:
+            try:
+                lines.append(self._lines.get_nowait())
+            except queue.Empty:
+                return lines
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
 @dataclass(frozen=True)
 class UpkeepWants:
     """What the upkeep after a check asks of the monitor."""
@@ -84,6 +156,7 @@ class DaemonDuties:
         server_log: Path,
         recheck_seconds: float,
         oom_effects: OomEffects | None = None,
+        ladder_file: Path | None = None,
     ) -> None:
         self.config = config
         self.history = history
@@ -91,7 +164,12 @@ class DaemonDuties:
         self.alerts = AlertEngine(config.alerts, interval_seconds=expected_gap(config, recheck_seconds))
         self.oom = OomLadder(num_ctx=config.ollama_server.context_length or OomLadder.num_ctx)
         self.oom_effects = oom_effects
-        self.log_tail = ServerLogTail(server_log)
+        self.ladder_file = ladder_file
+        self._restore_ladder()
+        self.server_log = server_log
+        self.log_tail: LogTail = ServerLogTail(server_log)
+        self.log_unit: SystemdService | None = None
+        self._refused_units: set[str] = set()
         self.restart_times: deque[float] = deque()
         self.last_compact: float | None = None
 
@@ -102,6 +180,26 @@ class DaemonDuties:
         self.alerts.interval_seconds = expected_gap(config, self.recheck_seconds)
         if self.oom_effects is not None:
             self.oom_effects.config = config
+
+    def follow_log(self, unit: SystemdService | None, user: str) -> None:
+        """Read the log of the server that runs: the unit's journal, else the file of the server this app started."""
+        if unit == self.log_unit:
+            return
+        self.log_tail.close()
+        self.log_unit = unit
+        if unit is None:
+            self.log_tail = ServerLogTail(self.server_log)
+            return
+
+        def refused() -> None:
+            if unit.unit not in self._refused_units:
+                self._refused_units.add(unit.unit)
+                self.history.record(EventKind.LOG_ACCESS, journal_access_line(unit, user), {"unit": unit.unit})
+
+        self.log_tail = JournalTail(unit, refused)
+
+    def close(self) -> None:
+        self.log_tail.close()
 
     def note_restart(self, now: float) -> None:
         self.restart_times.append(now)
@@ -203,6 +301,33 @@ class DaemonDuties:
                 record_oom_event(self.history, move, move.message, str(move.move))
             else:
                 effects.start(move, self.oom)
+            self._save_ladder()
+
+    def _save_ladder(self) -> None:
+        """Keep the rungs and what they changed, so a restart of the app does not undo them (and rebuild)."""
+        if self.ladder_file is None:
+            return
+        data = {"ladder": self.oom.saved(), **(self.oom_effects.in_effect() if self.oom_effects else {})}
+        try:
+            write_atomically(self.ladder_file, json.dumps(data).encode(), mode=0o600)
+        except OSError as exc:
+            log.warning("could not keep the out-of-memory ladder in %s: %s", self.ladder_file, exc)
+
+    def _restore_ladder(self) -> None:
+        if self.ladder_file is None:
+            return
+        try:
+            data = json.loads(self.ladder_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("could not read the out-of-memory ladder in %s: %s", self.ladder_file, exc)
+            return
+        if not isinstance(data, dict) or not self.oom.restore(data.get("ladder") or {}):
+            log.warning("ignoring %s: not a saved out-of-memory ladder", self.ladder_file)
+            return
+        if self.oom_effects is not None:
+            self.oom_effects.resume(data)
 
 
 def expected_gap(config: Config, recheck_seconds: float) -> float:
@@ -302,6 +427,21 @@ class OomEffects:
         else:
             text = f"Ollama ran out of memory: {move.change} is already in effect"
             record_oom_event(self.history, move, text, "down")
+
+    def in_effect(self) -> dict[str, dict[str, object]]:
+        """What the ladder's rungs changed: the next start's server environment, the model's PARAMETERs."""
+        return {
+            "server_env": dict(self.supervisor.env_overlay),
+            "model_parameters": dict(self.keeper.parameter_overrides),
+        }
+
+    def resume(self, saved: dict[str, object]) -> None:
+        """Put back what :meth:`in_effect` gave, at start: the server starts with it, the model keeps it."""
+        env, parameters = saved.get("server_env"), saved.get("model_parameters")
+        if isinstance(env, dict):
+            self.supervisor.set_env_overlay({str(k): str(v) for k, v in env.items()})
+        if isinstance(parameters, dict):
+            self.keeper.parameter_overrides = {str(k): int(v) for k, v in parameters.items() if isinstance(v, int)}
 
     def restart_reason(self) -> str | None:
         move = self._server_move

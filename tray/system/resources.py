@@ -116,8 +116,11 @@ def nearest_existing_dir(path: Path) -> Path:
     """
     path = Path(path).expanduser().absolute()
     for candidate in (path, *path.parents):
-        if candidate.is_dir():
-            return candidate
+        try:
+            if candidate.is_dir():
+                return candidate
+        except OSError:  # not ours to look into (another account's store): its parent tells the volume
+            continue
     return Path(path.anchor or "/")
 
 
@@ -356,6 +359,15 @@ class ResourceSampler:
             disk_free_bytes=disk_free,
             disk_total_bytes=disk_total,
         )
+
+    @property
+    def models_dir(self) -> Path | None:
+        return self._models_dir
+
+    @models_dir.setter
+    def models_dir(self, path: Path | str | None) -> None:
+        """The store whose disk is measured (it follows the server that runs)."""
+        self._models_dir = Path(path) if path is not None else None
 
     def close(self) -> None:
         """Release NVML."""

@@ -15,6 +15,7 @@ from tray.service.monitor import Monitor
 from tray.settings.config import Config
 from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
+from tray.system.owners import SystemdService, current_uid, user_name, write_journal_snapshot
 from tray.system.paths import AppPaths
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,13 @@ class MonitorController:
         set_config_value(Path(self.config.source), key, value)
 
     def log_paths(self) -> list[str]:
+        """Where to look: the journal of a systemd server (copied to a file to open), then the app's logs."""
+        external = self.monitor.supervisor.external
+        if isinstance(external, SystemdService):
+            snapshot = write_journal_snapshot(
+                external, self.paths.log_dir / "ollama-journal.log", user_name(current_uid())
+            )
+            return [str(snapshot), *ollama_log_locations(self.paths)]
         return ollama_log_locations(self.paths)
 
     def open_dashboard(self) -> None:
