@@ -102,6 +102,9 @@ def host(desktop: XfceDesktop) -> Iterator[SniHost]:
     assert desktop.bus is not None
     with SniHost(desktop.bus.address) as connection:
         wait_for(lambda: connection.registered_items() == [], 10, "the last test's item to leave the watcher")
+        # A pointer left where the last right click put it would hover the new item into showing its tooltip
+        # over the panel, where the next right click looks for the icon.
+        park_pointer(desktop)
         yield connection
 
 
@@ -171,6 +174,11 @@ def panel_icon_centre(image: Any, desktop: XDesktop) -> tuple[int, int]:
     assert points, "nothing drawn in the panel"
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     return left + (min(xs) + max(xs)) // 2, top + (min(ys) + max(ys)) // 2
+
+
+def park_pointer(desktop: XDesktop) -> None:
+    """Move the pointer to the top of the screen, away from the panel."""
+    subprocess.run(["xdotool", "mousemove", str(desktop.width // 2), "0"], env=desktop.env, check=True, timeout=10)
 
 
 def close_menu(desktop: XfceDesktop) -> None:
