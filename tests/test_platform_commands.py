@@ -1,5 +1,7 @@
 """Per-OS launch and control command lines, checked exactly through their interfaces."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,181 @@ def test_official_app_commands():
     win = OllamaApp(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe"), 42, "win32")
     assert win.quit_command() == ["taskkill", "/PID", "42", "/T"]
     assert win.start_command() == [str(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe")), "--hide", "--fast-startup"]
+
+
+# --------------------------------------------------------------------------- Windows: stopping a server
+
+
+class FakeKernel32:
+    """Records the console calls; ``fail`` names the one that returns 0."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def _call(self, name: str, *args: object) -> int:
+        self.calls.append((name, *args))
+        return 0 if name == self.fail else 1
+
+    def AttachConsole(self, pid):  # noqa: N802
+        return self._call("AttachConsole", pid)
+
+    def SetConsoleCtrlHandler(self, handler, add):  # noqa: N802
+        return self._call("SetConsoleCtrlHandler", handler, add)
+
+    def GenerateConsoleCtrlEvent(self, event, group):  # noqa: N802
+        return self._call("GenerateConsoleCtrlEvent", event, group)
+
+    def FreeConsole(self):  # noqa: N802
+        return self._call("FreeConsole")
+
+    def last_error(self):
+        return 5
+
+
+def test_console_break_attaches_to_the_servers_console_as_ollamas_app_does():
+    from tray.system.console_break import CTRL_BREAK_EVENT, send_console_break
+
+    kernel32 = FakeKernel32()
+    send_console_break(5150, kernel32)
+    assert CTRL_BREAK_EVENT == 1
+    assert kernel32.calls == [
+        ("AttachConsole", 5150),
+        ("SetConsoleCtrlHandler", None, True),  # the sender ignores Ctrl+C on the console it borrowed
+        ("GenerateConsoleCtrlEvent", 1, 5150),  # Ctrl+Break to the serve's own process group
+        ("FreeConsole",),
+    ]
+
+
+@pytest.mark.parametrize("failing", ["AttachConsole", "SetConsoleCtrlHandler", "GenerateConsoleCtrlEvent"])
+def test_a_failed_console_step_is_named_and_the_console_released(failing):
+    from tray.system.console_break import ConsoleBreakError, send_console_break
+
+    kernel32 = FakeKernel32(fail=failing)
+    with pytest.raises(ConsoleBreakError) as err:
+        send_console_break(5150, kernel32)
+    assert str(err.value).startswith(failing) and str(err.value).endswith("failed with Windows error 5")
+    attached = failing != "AttachConsole"
+    assert (kernel32.calls[-1] == ("FreeConsole",)) is attached
+
+
+def test_the_console_break_runs_in_a_helper_without_a_console(monkeypatch):
+    from tray.system import console_break as module
+
+    seen: dict = {}
+
+    def run(argv, **kwargs):
+        seen.update(argv=argv, **kwargs)
+        return subprocess.CompletedProcess(argv, 1, "", "AttachConsole(5150) failed with Windows error 6\n")
+
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", "C:/om/ollama-manager.exe")
+    assert module.console_break(5150, run=run) == "AttachConsole(5150) failed with Windows error 6"
+    assert seen["argv"] == ["C:/om/ollama-manager.exe", "--console-break", "5150"]
+    assert seen["creationflags"] == module.DETACHED_PROCESS == 0x00000008
+    assert module.console_break(5150, run=lambda argv, **kw: subprocess.CompletedProcess(argv, 0, "", "")) is None
+
+
+def test_the_helper_entry_point_exits_0_only_when_the_break_was_sent(capsys):
+    from tray.system.console_break import main
+
+    assert main(["5150"], api=FakeKernel32()) == 0
+    assert main(["5150"], api=FakeKernel32(fail="AttachConsole")) == 1
+    assert capsys.readouterr().err.strip() == "AttachConsole(5150) failed with Windows error 5"
+    assert main(["x"], api=FakeKernel32()) == 2
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+
+
+def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_reported_so(monkeypatch):
+    import psutil
+
+    from tray.system import processes
+
+    child = _sleeper()
+    try:
+        ran: list[list[str]] = []
+
+        def taskkill(argv, **_kwargs):
+            ran.append(argv)
+            child.kill()  # what taskkill /F does
+            return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+        monkeypatch.setattr(processes, "console_break", lambda pid: f"AttachConsole({pid}) failed with Windows error 5")
+        monkeypatch.setattr(processes.subprocess, "run", taskkill)
+        outcome = processes.terminate([processes.ProcessRef.of(psutil.Process(child.pid))], 30, platform="win32")
+        assert ran == [["taskkill", "/F", "/T", "/PID", str(child.pid)]]
+        assert (outcome.found, outcome.graceful, outcome.killed) == (True, False, [child.pid])
+        assert outcome.how() == f"killed: AttachConsole({child.pid}) failed with Windows error 5"
+        assert outcome.seconds < 30  # not asked, so not waited for
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_windows_server_that_ignores_the_break_is_killed_after_the_timeout(monkeypatch):
+    import psutil
+
+    from tray.system import processes
+
+    child = _sleeper()
+    try:
+        breaks: list[int] = []
+        ran: list[list[str]] = []
+        monkeypatch.setattr(processes, "console_break", lambda pid: breaks.append(pid))
+
+        def taskkill(argv, **_kwargs):
+            ran.append(argv)
+            child.kill()
+            return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+        monkeypatch.setattr(processes.subprocess, "run", taskkill)
+        outcome = processes.terminate([processes.ProcessRef.of(psutil.Process(child.pid))], 0.5, platform="win32")
+        assert breaks == [child.pid] and ran == [["taskkill", "/F", "/T", "/PID", str(child.pid)]]
+        assert outcome.how() == "killed: it did not exit within 0.5 s"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_posix_server_that_exits_on_sigterm_stopped_gracefully():
+    import psutil
+
+    from tray.system import processes
+
+    child = _sleeper()
+    try:
+        outcome = processes.terminate([processes.ProcessRef.of(psutil.Process(child.pid))], 10)
+        assert (outcome.graceful, outcome.killed, outcome.how()) == (True, [], "gracefully")
+        assert not psutil.pid_exists(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_windows_home_is_userprofile_as_gos_user_home_dir():
+    from tray.system.processes import ollama_home
+
+    env = {"HOME": "/c/msys64/home/ada", "USERPROFILE": "C:/Users/ada", "LOCALAPPDATA": ""}
+    assert ollama_home(env, "win32") == Path("C:/Users/ada")
+    assert ollama_home(env, "darwin") == Path("/c/msys64/home/ada")
+    assert standard_locations("win32", env)[0] == Path("C:/Users/ada/AppData/Local/Programs/Ollama/ollama.exe")
+
+
+def test_a_server_is_found_from_the_process_table_when_the_socket_table_is_refused(standin, monkeypatch):
+    import psutil
+
+    from tray.system.processes import server_on_port
+
+    serve = standin.spawn_serve()
+    standin.wait_ready()
+
+    def refused(*_args, **_kwargs):
+        raise psutil.AccessDenied()
+
+    monkeypatch.setattr(psutil, "net_connections", refused)
+    found = server_on_port(standin.port)
+    assert found is not None and found.pid == serve.pid
+    assert server_on_port(standin.port + 1 if standin.port < 65535 else standin.port - 1) is None

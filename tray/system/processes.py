@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 
 from tray.errors import SupervisorError
-from tray.settings.hosts import DEFAULT_PORT, OllamaHost
+from tray.settings.hosts import DEFAULT_PORT, OllamaHost, parse_ollama_host
+from tray.system.console_break import console_break
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,24 @@ class OllamaNotInstalled(SupervisorError):
 # --------------------------------------------------------------------------- discovery
 
 
+def ollama_home(env: Mapping[str, str], platform: str = sys.platform) -> Path:
+    """The home folder Ollama keeps ``.ollama`` in: Go's ``os.UserHomeDir``.
+
+    That is ``%USERPROFILE%`` on Windows, where ``$HOME`` (set by Git Bash, MSYS or
+    Cygwin) may point elsewhere, and ``$HOME`` on every other OS.
+
+    >>> str(ollama_home({"HOME": "/c/Users/ada/msys", "USERPROFILE": "/c/Users/ada"}, "win32"))
+    '/c/Users/ada'
+    >>> str(ollama_home({"HOME": "/home/ada", "USERPROFILE": "/x"}, "linux"))
+    '/home/ada'
+    """
+    first, second = ("USERPROFILE", "HOME") if platform == "win32" else ("HOME", "USERPROFILE")
+    return Path(env.get(first) or env.get(second) or Path.home())
+
+
 def standard_locations(platform: str, env: Mapping[str, str]) -> list[Path]:
     """Where each OS's official installers put the ollama executable."""
-    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    home = ollama_home(env, platform)
     if platform == "darwin":
         return [
             Path("/Applications/Ollama.app/Contents/Resources/ollama"),
@@ -277,11 +293,51 @@ class ProcessRef:
         return self.get() is not None
 
 
+def username_of(proc: psutil.Process) -> str | None:
+    """Who runs ``proc``; None when the OS does not say."""
+    try:
+        return proc.username()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
+        return None
+
+
+def _listens_on(proc: psutil.Process, port: int) -> bool:
+    """Whether ``proc`` listens on TCP ``port``: its own sockets, else (hidden) the port its OLLAMA_HOST names."""
+    try:
+        connections = proc.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        try:
+            return parse_ollama_host(proc.environ().get("OLLAMA_HOST")).port == port
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            return False
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
+
+
+def own_server_on_port(port: int) -> ProcessRef | None:
+    """The user's own ``ollama serve`` listening on ``port``, found from the process table.
+
+    For when the OS hides who listens on the port: on macOS ``psutil.net_connections()``
+    raises AccessDenied unless root, yet a process's own sockets, command line and
+    environment are readable by the user who runs it (the Ollama app's server, a
+    Homebrew service, a serve started in a terminal).
+    """
+    me = username_of(psutil.Process())
+    for proc in psutil.process_iter(["cmdline", "username"]):
+        if me is None or proc.info.get("username") != me or not is_server_cmdline(proc.info.get("cmdline") or []):
+            continue
+        if _listens_on(proc, port):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                return ProcessRef.of(proc)
+    return None
+
+
 def server_on_port(port: int) -> ProcessRef | None:
     """The ollama server process listening on ``port``, if that is what listens there."""
     pid = listening_pid(port)
     if pid is None:
-        return None
+        return own_server_on_port(port)
     try:
         proc = psutil.Process(pid)
         if is_server_cmdline(_cmdline(proc)):
@@ -354,43 +410,96 @@ def orphaned_runners(models_dir: Path) -> list[ProcessRef]:
 class StopOutcome:
     found: bool = True  # there was a live process to stop
     graceful: bool = True  # exited on the polite signal
-    killed: list[int] = field(default_factory=list)  # PIDs that needed SIGKILL
+    killed: list[int] = field(default_factory=list)  # PIDs that needed a hard kill
     runners_reaped: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    hard_kill_reason: str = ""  # why the polite way did not do it
+
+    def how(self) -> str:
+        """How it stopped, for "Ollama stopped (…)".
+
+        >>> StopOutcome(graceful=False, killed=[7], hard_kill_reason="it did not exit within 5 s").how()
+        'killed: it did not exit within 5 s'
+        """
+        if not self.found:
+            return "it was not running"
+        if self.graceful:
+            return "gracefully"
+        return f"killed: {self.hard_kill_reason}" if self.hard_kill_reason else "killed"
 
 
-def _polite_signal(proc: psutil.Process) -> None:
-    if sys.platform == "win32":
-        # The console-break equivalent of SIGTERM for a process started in its own group.
-        try:
-            os.kill(proc.pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-        except OSError:
-            proc.terminate()
-        return
+def hard_kill_command(pid: int) -> list[str]:
+    """Windows: end ``pid`` and every process it started, as Ollama's installer ends Ollama.
+
+    >>> hard_kill_command(42)
+    ['taskkill', '/F', '/T', '/PID', '42']
+    """
+    return ["taskkill", "/F", "/T", "/PID", str(pid)]
+
+
+def polite_stop(proc: psutil.Process, platform: str = sys.platform) -> str | None:
+    """Ask ``proc`` to exit; None when asked, else why it could not be asked (one line).
+
+    POSIX: SIGTERM (and SIGCONT for a stopped process). Windows: Ctrl+Break on the
+    process's own console, the way Ollama's app stops its server
+    (:mod:`tray.system.console_break`); a console event sent from another console never arrives.
+    """
+    if platform == "win32":
+        return console_break(proc.pid)
     proc.send_signal(signal.SIGTERM)
     # A stopped (SIGSTOP) process only acts on SIGTERM once continued.
     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
         if proc.status() == psutil.STATUS_STOPPED:
             proc.send_signal(signal.SIGCONT)
+    return None
 
 
-def terminate(refs: Iterable[ProcessRef], timeout: float) -> StopOutcome:
-    """SIGTERM, wait ``timeout`` seconds, then SIGKILL what is left."""
+def hard_kill(proc: psutil.Process, platform: str = sys.platform) -> None:
+    """SIGKILL; on Windows ``taskkill /F /T``, which ends the runners with their server."""
+    if platform == "win32":
+        try:
+            done = subprocess.run(
+                hard_kill_command(proc.pid),
+                capture_output=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+                creationflags=CREATE_NO_WINDOW,
+            )
+            if done.returncode == 0:
+                return
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    proc.kill()
+
+
+def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.platform) -> StopOutcome:
+    """Ask politely, wait ``timeout`` seconds, then kill what is left; a process that cannot be asked is killed at once."""
     started = time.monotonic()
     outcome = StopOutcome()
     procs = [p for p in (ref.get() for ref in refs) if p is not None]
     outcome.found = bool(procs)
+    asked: list[psutil.Process] = []
+    unasked: list[psutil.Process] = []
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            _polite_signal(proc)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+            reason = polite_stop(proc, platform)
+            if reason is None:
+                asked.append(proc)
+            else:
+                log.warning("could not ask Ollama (pid %s) to stop: %s", proc.pid, reason)
+                unasked.append(proc)
+                outcome.hard_kill_reason = reason
+    _, alive = psutil.wait_procs(asked, timeout=timeout)
     if alive:
+        outcome.hard_kill_reason = f"it did not exit within {timeout:g} s"
+    leftovers = unasked + list(alive)
+    if leftovers:
         outcome.graceful = False
-        for proc in alive:
+        for proc in leftovers:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                proc.kill()
+                hard_kill(proc, platform)
                 outcome.killed.append(proc.pid)
-        psutil.wait_procs(alive, timeout=5)
+        psutil.wait_procs(leftovers, timeout=5)
     outcome.seconds = time.monotonic() - started
     return outcome
 
