@@ -171,11 +171,16 @@ class StandinEnv:
         self._popens.append(process)
         return process
 
-    def spawn_app(self, *args: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start the stand-in Ollama app (``bin/ollama-app``, POSIX), which runs and respawns ``bin/ollama serve``."""
+    def install_app(self) -> Path:
+        """Put the stand-in Ollama app beside ``bin/ollama``, as the real app ships its ``ollama``."""
         link = self.bin_dir / "ollama-app"
         if not link.exists():
             link.symlink_to(STANDIN_APP)
+        return link
+
+    def spawn_app(self, *args: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the stand-in Ollama app (``bin/ollama-app``, POSIX), which runs and respawns ``bin/ollama serve``."""
+        link = self.install_app()
         env = dict(self.env, **(extra_env or {}))
         with open(self.root / "app-output.log", "ab") as output:
             process = subprocess.Popen(
