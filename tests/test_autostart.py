@@ -279,14 +279,26 @@ def test_console_script_next_to_the_interpreter(tmp_path: Path) -> None:
     assert command == [str(tmp_path / "ollama-manager")]
 
 
-def test_console_script_in_the_windows_scripts_folder(tmp_path: Path) -> None:
+def test_windows_from_source_starts_pythonw_not_the_console_script(tmp_path: Path) -> None:
     (tmp_path / "python.exe").touch()
+    (tmp_path / "pythonw.exe").touch()
     (tmp_path / "Scripts").mkdir()
-    (tmp_path / "Scripts" / "ollama-manager.exe").touch()
+    (tmp_path / "Scripts" / "ollama-manager.exe").touch()  # a console launcher: a console window at every login
     command = launch_command(
         frozen=False, executable=str(tmp_path / "python.exe"), platform="win32", which=lambda _: None
     )
-    assert command == [str(tmp_path / "Scripts" / "ollama-manager.exe")]
+    assert command == [str(tmp_path / "pythonw.exe"), "-m", "tray"]
+
+
+def test_windows_bundle_starts_the_windowed_executable_even_from_the_console_one(tmp_path: Path) -> None:
+    bundle = tmp_path / "ollama-manager"
+    bundle.mkdir()
+    (bundle / "ollama-manager.exe").touch()
+    (bundle / "Ollama Manager.exe").touch()
+    for executable in ("ollama-manager.exe", "Ollama Manager.exe"):
+        command = launch_command(frozen=True, executable=str(bundle / executable), platform="win32")
+        assert command == [str(bundle / "Ollama Manager.exe")]
+    assert RegistryRunAutostart(FakeRegistry(), command).command_line == f'"{bundle / "Ollama Manager.exe"}"'
 
 
 def test_console_script_on_path(tmp_path: Path) -> None:
