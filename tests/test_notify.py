@@ -74,19 +74,57 @@ def test_powershell_quote_doubles_every_kind_of_single_quote() -> None:
     assert powershell_quote('$env:HOME "x"') == "'$env:HOME \"x\"'"  # no expansion inside single quotes
 
 
-def test_powershell_toast_script() -> None:
+def test_powershell_toast_script_shows_the_toast_under_the_apps_own_id() -> None:
     script = powershell_toast_script("Ollama down", "Model 'x' is gone")
     lines = script.splitlines()
-    assert lines[0] == "$ErrorActionPreference = 'Stop'"
-    assert "  $lines.Item(0).AppendChild($xml.CreateTextNode('Ollama down')) | Out-Null" in lines
-    assert "  $lines.Item(1).AppendChild($xml.CreateTextNode('Model ''x'' is gone')) | Out-Null" in lines
-    assert (
-        "  [Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier("
-        "'{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\\WindowsPowerShell\\v1.0\\powershell.exe').Show($toast)"
-    ) in lines
-    assert "  $balloon.Text = 'Ollama Manager'" in lines
-    assert "  $balloon.BalloonTipTitle = 'Ollama down'" in lines
-    assert "  $balloon.BalloonTipText = 'Model ''x'' is gone'" in lines
+    assert lines[0] == "$ErrorActionPreference = 'Stop'"  # any failure: a non-zero exit, so the next method runs
+    assert "$lines.Item(0).AppendChild($xml.CreateTextNode('Ollama down')) | Out-Null" in lines
+    assert "$lines.Item(1).AppendChild($xml.CreateTextNode('Model ''x'' is gone')) | Out-Null" in lines
+    assert lines[-1] == (
+        "[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier('io.github.ollama-manager')"
+        ".Show($toast)"
+    )
+    assert "PowerShell" not in script and "balloon" not in script.lower()
+
+
+def test_the_toasts_app_id_is_registered_once_with_the_apps_name_and_icon() -> None:
+    from tray.system.notify import APP_ID_KEY, WindowsToast
+
+    registry = FakeRegistry()
+    opened: list[str] = []
+    ran: list[list[str]] = []
+
+    def open_key() -> FakeRegistry:
+        opened.append(APP_ID_KEY)
+        return registry
+
+    toast = WindowsToast("Ollama Manager", "C:/om/_internal/tray/data/icons/ollama-manager.png", open_key, ran.append)
+    toast("Ollama down", "Not responding")
+    toast("Ollama healthy", "Back")
+    assert APP_ID_KEY == r"Software\Classes\AppUserModelId\io.github.ollama-manager"
+    assert opened == [APP_ID_KEY]
+    assert registry.values == {
+        "DisplayName": "Ollama Manager",
+        "IconUri": "C:/om/_internal/tray/data/icons/ollama-manager.png",
+    }
+    assert ran == [powershell_command("Ollama down", "Not responding"), powershell_command("Ollama healthy", "Back")]
+
+
+def test_a_toast_that_cannot_register_its_app_id_fails_so_the_balloon_is_tried() -> None:
+    from tray.system.notify import WindowsToast
+
+    def no_registry() -> FakeRegistry:
+        raise PermissionError(13, "Access is denied")
+
+    balloon = Recorder()
+    notifier = Notifier(
+        channels=[Channel("toast", WindowsToast(registry=no_registry, run=Recorder())), Channel("plyer", balloon, confirms=False)],
+        clock=Clock(),
+    )
+    assert notifier.deliver("t", "m") == notify.Delivery("plyer", confirmed=False)
+    # Handed to a method that cannot tell: not reported as shown.
+    assert notifier.notify("t2", "m") is False
+    assert balloon.sent == [("t", "m"), ("t2", "m")]
 
 
 def test_powershell_command_carries_the_script_encoded() -> None:
@@ -109,7 +147,7 @@ def test_powershell_command_carries_the_script_encoded() -> None:
     [
         ("linux", ["plyer", "dbus", "notify-send"]),
         ("darwin", ["plyer", "osascript"]),
-        ("win32", ["plyer", "powershell"]),
+        ("win32", ["toast", "plyer"]),  # plyer's balloon last: it runs on a thread and reports nothing
     ],
 )
 def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
@@ -130,6 +168,20 @@ def test_run_command_reports_failures_in_one_line() -> None:
 
 
 # --- Rate limiting and the off switch (fake channel, injected clock) -----------------------------
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        return self.values.get(name)
+
+    def set(self, name: str, data: str) -> None:
+        self.values[name] = data
+
+    def delete(self, name: str) -> None:
+        self.values.pop(name, None)
 
 
 @dataclass
@@ -347,17 +399,21 @@ def test_when_plyer_and_dbus_fail_notify_send_delivers(
     assert ("GetServerInformation", ()) in notification_server.calls
 
 
-def _plyer_can_notify_here() -> bool:
+def _plyer_backend_name() -> str:
+    """The backend plyer's Linux module picks here, asked the way plyer asks it."""
+    import warnings
+
     try:
-        import dbus  # noqa: F401
-    except ImportError:
-        return shutil.which("notify-send") is not None
-    return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from plyer.platforms.linux.notification import instance
+
+            return type(instance()).__name__
+    except Exception:  # noqa: BLE001 - no backend at all
+        return "none"
 
 
-@pytest.mark.skipif(
-    not _plyer_can_notify_here(), reason="plyer has no Linux backend here (no dbus-python, no notify-send)"
-)
+@pytest.mark.skipif(_plyer_backend_name() != "NotifyDbus", reason="plyer's D-Bus backend needs dbus-python")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux D-Bus session test")
 def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServer, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="tray.system.notify")
@@ -365,6 +421,54 @@ def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServ
     (body,) = notification_server.notifications(1)
     assert (body[0], body[3], body[4]) == (APP_NAME, "Ollama healthy", "Ollama is healthy again")
     assert "Notification shown via plyer: Ollama healthy" in [r.getMessage() for r in caplog.records]
+
+
+def failing_notify_send(tmp_path) -> str:
+    """A ``notify-send`` that fails as libnotify's does without a notification service; a PATH holding it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "notify-send"
+    script.write_text(
+        "#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/calls\"\n"
+        "echo 'GDBus.Error:org.freedesktop.DBus.Error.ServiceUnknown: The name is not activatable' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+@pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
+def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
+    notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, tmp_path, caplog
+) -> None:
+    """plyer runs notify-send and ignores its status: the D-Bus channel must still deliver."""
+    monkeypatch.setenv("PATH", failing_notify_send(tmp_path))
+    caplog.set_level(logging.DEBUG, logger="tray.system.notify")
+    assert Notifier().notify("Ollama down", "Ollama is not responding") is True
+    (body,) = notification_server.notifications(1)
+    assert body[3:5] == ("Ollama down", "Ollama is not responding")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Notification via plyer failed: plyer's NotifySendNotification cannot tell whether it showed anything",
+        "Notification shown via dbus: Ollama down",
+    ]
+    assert not (tmp_path / "bin" / "calls").exists()
+
+
+@pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
+def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """A bus without a notification service: every channel fails, and notify() does not claim success."""
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", session_bus)
+    monkeypatch.setenv("PATH", failing_notify_send(tmp_path))
+    notifier = Notifier()
+    assert notifier.notify("Ollama down", "Ollama is not responding") is False
+    with pytest.raises(NotificationError) as err:
+        notifier.deliver("Ollama down", "again")
+    assert str(err.value).split("; ") == [
+        "plyer: plyer's NotifySendNotification cannot tell whether it showed anything",
+        "dbus: D-Bus notification refused: org.freedesktop.DBus.Error.ServiceUnknown",
+        "notify-send: notify-send exited with status 1: "
+        "GDBus.Error:org.freedesktop.DBus.Error.ServiceUnknown: The name is not activatable",
+    ]
+    assert len((tmp_path / "bin" / "calls").read_text().splitlines()) == 2  # only our own, checked, runs
 
 
 def test_a_bus_without_a_notification_service_is_a_clear_error(session_bus: str) -> None:
