@@ -483,3 +483,32 @@ def test_no_session_bus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no "bus" socket in it
     with pytest.raises(NotificationError, match=r"^no D-Bus session bus \(DBUS_SESSION_BUS_ADDRESS is not set\)$"):
         dbus_notify("t", "m")
+
+
+def _run_notify_command(env_changes: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"), **env_changes}
+    return subprocess.run(
+        [sys.executable, "-m", "tray", "notify", "Ollama Manager", "Notifications work"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_notify_command_names_the_method_that_delivered(notification_server: NotificationServer, session_bus, tmp_path):
+    done = _run_notify_command({"DBUS_SESSION_BUS_ADDRESS": session_bus}, tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout in ("Notification sent via dbus\n", "Notification sent via plyer\n")
+    (body,) = notification_server.notifications(1)
+    assert body[3:5] == ("Ollama Manager", "Notifications work")
+
+
+def test_notify_command_without_any_working_method_is_one_line(session_bus, tmp_path):
+    done = _run_notify_command({"DBUS_SESSION_BUS_ADDRESS": session_bus, "PATH": failing_notify_send(tmp_path)}, tmp_path)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("ollama-manager: no notification method worked: ")
+    assert done.stderr.count("\n") == 1

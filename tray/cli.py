@@ -375,6 +375,21 @@ def cmd_autostart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one notification through the first method that works, and say which (or why none did)."""
+    from tray.system.notify import NotificationError
+
+    try:
+        delivery = Notifier().deliver(args.title, args.message)
+    except NotificationError as exc:
+        raise CliError(f"no notification method worked: {exc}") from None
+    if delivery.confirmed:
+        print(f"Notification sent via {delivery.channel}")
+    else:
+        print(f"Notification handed to {delivery.channel}, which cannot tell whether it showed")
+    return 0
+
+
 class running_services:
     """Single-instance lock, monitor thread and status API, torn down in order."""
 
@@ -459,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
     autostart = sub.add_parser("autostart", help="start the tray at login: enable, disable, or show the status")
     autostart.add_argument("autostart_action", choices=["enable", "disable", "status"], metavar="enable|disable|status")
+    notify = sub.add_parser("notify", help="send a notification, to check that notifications show")
+    notify.add_argument("title", nargs="?", default="Ollama Manager", help="its title (default: Ollama Manager)")
+    notify.add_argument("message", nargs="?", default="Notifications work", help="its text")
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
@@ -523,6 +541,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "autostart":  # needs no settings either
             return cmd_autostart(args)
+        if args.command == "notify":
+            setup_logging(AppPaths.default().app_log)  # each failed method goes to the log; the summary to stderr
+            return cmd_notify(args)
         ctx = Context(args)
         if args.command is None:
             return cmd_tray(ctx)
