@@ -77,6 +77,7 @@ def test_standard_locations_per_os():
     assert Path("/usr/local/bin/ollama") in standard_locations("linux", env)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows finds programs by PATHEXT, not by mode")
 def test_binary_found_on_path_or_configured(tmp_path):
     binary = tmp_path / "ollama"
     binary.write_text("#!/bin/sh\n")
@@ -278,6 +279,7 @@ def test_a_windows_server_that_ignores_the_break_is_killed_after_the_timeout(mon
         child.wait()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 def test_a_posix_server_that_exits_on_sigterm_stopped_gracefully():
     import psutil
 
@@ -291,6 +293,31 @@ def test_a_posix_server_that_exits_on_sigterm_stopped_gracefully():
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM; Windows has no zombies")
+def test_a_server_whose_exit_its_parent_has_not_collected_yet_stopped_gracefully():
+    """An orphaned serve's exit waits for init to collect it: exited all the same, not a kill."""
+    import psutil
+
+    from tray.system import processes
+
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"  # never waits for its child
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        server = psutil.Process(int(parent.stdout.readline()))
+        outcome = processes.terminate([processes.ProcessRef.of(server)], 10)
+        assert (outcome.graceful, outcome.killed, outcome.how()) == (True, [], "gracefully")
+        assert server.status() == psutil.STATUS_ZOMBIE
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_windows_home_is_userprofile_as_gos_user_home_dir():

@@ -472,6 +472,32 @@ def hard_kill(proc: psutil.Process, platform: str = sys.platform) -> None:
     proc.kill()
 
 
+def _exited(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def wait_exited(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for each process to exit; those still running.
+
+    A process that exited but whose parent has not reaped it yet (a zombie: an
+    orphan waits for init to collect it) has exited: psutil alone would wait
+    for it until the timeout and count it as alive.
+    """
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        _, alive = psutil.wait_procs(alive, timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+        alive = [proc for proc in alive if not _exited(proc)]
+        if time.monotonic() >= deadline:
+            break
+    return alive
+
+
 def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.platform) -> StopOutcome:
     """Ask politely, wait ``timeout`` seconds, then kill what is left; a process that cannot be asked is killed at once."""
     started = time.monotonic()
@@ -489,7 +515,7 @@ def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.pl
                 log.warning("could not ask Ollama (pid %s) to stop: %s", proc.pid, reason)
                 unasked.append(proc)
                 outcome.hard_kill_reason = reason
-    _, alive = psutil.wait_procs(asked, timeout=timeout)
+    alive = wait_exited(asked, timeout)
     if alive:
         outcome.hard_kill_reason = f"it did not exit within {timeout:g} s"
     leftovers = unasked + list(alive)
@@ -499,7 +525,7 @@ def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.pl
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 hard_kill(proc, platform)
                 outcome.killed.append(proc.pid)
-        psutil.wait_procs(leftovers, timeout=5)
+        wait_exited(leftovers, 5)
     outcome.seconds = time.monotonic() - started
     return outcome
 
