@@ -4,7 +4,7 @@ The manager finds the real app by its executable (``Ollama.app/Contents/MacOS/Ol
 ``ollama app.exe``), which a Linux machine never runs. The stand-in app
 (``tests/standin/ollama-app``) keeps the macOS app's files and obeys its signals, so this
 finder describes it with the macOS layout under the stand-in's home and recognises it by
-its script; everything else (control steps, respawn wait, log, settings) is the manager's
+its script (this environment's only); everything else (control steps, respawn wait, log, settings) is the manager's
 own code for the app.
 """
 
@@ -39,5 +39,6 @@ class StandinAppFinder:
         return [str(self.executable), "hidden", "--fast-startup"] if self.executable.exists() else None
 
     def is_app(self, proc: psutil.Process) -> bool:
+        """This environment's stand-in app only: a test never sees another test's app."""
         cmdline = proc.cmdline()
-        return len(cmdline) > 1 and Path(cmdline[1]).name == APP_SCRIPT
+        return len(cmdline) > 1 and Path(cmdline[1]) == self.executable

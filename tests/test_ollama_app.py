@@ -394,8 +394,9 @@ def test_the_stand_in_app_reaps_a_serve_holding_its_port(standin):
     (reap,) = wait_until(lambda: standin.events_of("app_reap"), 20, what="the app's reaping")
     assert reap["pids"] == [squatter.pid]
     assert squatter.wait(10) == 0
-    wait_until(lambda: len(standin.app_serve_pids()) == 2, 15, what="the app's second serve")
+    # The app's next serve (1 s later, again every second while the port is still held) takes the port.
+    wait_until(lambda: set(standin.serve_pids()) & set(standin.app_serve_pids()), 20, what="the app's serve listening")
     standin.wait_ready(10)
     assert app_process.poll() is None
-    assert standin.serve_pids()[-1] == standin.app_serve_pids()[-1]
+    assert standin.serve_pids()[-1] in standin.app_serve_pids()[1:]
 

@@ -236,8 +236,9 @@ def reap_servers(own_child: int) -> List[int]:
         if pid in (os.getpid(), own_child) or not same_standin(pid):
             continue
         try:
+            # -ww: never cut the arguments to $COLUMNS, as a non-terminal ps otherwise may.
             args = subprocess.run(
-                ["ps", "-p", str(pid), "-o", "args="], capture_output=True, text=True, timeout=10
+                ["ps", "-ww", "-p", str(pid), "-o", "args="], capture_output=True, text=True, timeout=10
             ).stdout.split()
         except (OSError, subprocess.TimeoutExpired):
             continue
