@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,11 +37,7 @@ from tray.system.notify import (
 )
 
 jeepney = pytest.importorskip("jeepney")
-from jeepney import MessageType, new_error, new_method_return  # noqa: E402
-from jeepney.bus_messages import message_bus  # noqa: E402
-from jeepney.io.blocking import open_dbus_connection  # noqa: E402
-
-NOTIFICATIONS = "org.freedesktop.Notifications"
+from notification_server import NoDbusDaemon, NotificationServer, private_session_bus  # noqa: E402
 
 # --- Command lines ---------------------------------------------------------------------------------
 
@@ -157,6 +152,7 @@ def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
 # --- Running commands ------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(os.name != "posix", reason="runs sh, sleep and true")
 def test_run_command_reports_failures_in_one_line() -> None:
     with pytest.raises(NotificationError, match=r"^no-such-notifier-binary not found$"):
         run_command(["no-such-notifier-binary", "x"])
@@ -267,77 +263,11 @@ def test_failures_are_logged_and_never_raised(caplog) -> None:
 
 @pytest.fixture
 def session_bus() -> Iterator[str]:
-    daemon_path = shutil.which("dbus-daemon")
-    if daemon_path is None:
-        pytest.skip("dbus-daemon is not installed")
-    # A short directory: unix socket paths are limited to ~100 bytes.
-    with tempfile.TemporaryDirectory(prefix="om-dbus-", dir="/tmp") as directory:
-        daemon = subprocess.Popen(
-            [daemon_path, "--session", "--nofork", "--print-address=1", f"--address=unix:path={directory}/bus"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            assert daemon.stdout is not None
-            address = daemon.stdout.readline().strip()
-            assert address.startswith("unix:path="), address
+    try:
+        with private_session_bus() as address:
             yield address
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=10)
-
-
-class NotificationServer:
-    """Owns org.freedesktop.Notifications on a bus and records the calls it gets."""
-
-    def __init__(self, address: str) -> None:
-        self.calls: list[tuple[str, tuple]] = []
-        self._received = threading.Condition()
-        self._stop = threading.Event()
-        self._connection = open_dbus_connection(bus=address)
-        reply = self._connection.send_and_get_reply(message_bus.RequestName(NOTIFICATIONS), timeout=5)
-        assert reply.body == (1,)  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def notifications(self, count: int, timeout: float = 10.0) -> list[tuple]:
-        """The bodies of the first ``count`` Notify calls, waiting for them to arrive."""
-        with self._received:
-            self._received.wait_for(lambda: len(self._notify_bodies()) >= count, timeout=timeout)
-            return self._notify_bodies()
-
-    def _notify_bodies(self) -> list[tuple]:
-        return [body for member, body in self.calls if member == "Notify"]
-
-    def _serve(self) -> None:
-        next_id = 1
-        while not self._stop.is_set():
-            try:
-                message = self._connection.receive(timeout=0.1)
-            except TimeoutError:
-                continue
-            if message.header.message_type is not MessageType.method_call:
-                continue
-            member = message.header.fields.get(jeepney.HeaderFields.member)
-            if member == "Notify":
-                reply = new_method_return(message, "u", (next_id,))
-                next_id += 1
-            elif member == "GetCapabilities":
-                reply = new_method_return(message, "as", (["body"],))
-            elif member == "GetServerInformation":
-                reply = new_method_return(message, "ssss", ("test-server", "tests", "1.0", "1.2"))
-            else:
-                reply = new_error(message, "org.freedesktop.DBus.Error.UnknownMethod", "s", (f"no {member}",))
-            self._connection.send(reply)
-            with self._received:
-                self.calls.append((member, message.body))
-                self._received.notify_all()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._connection.close()
+    except NoDbusDaemon:
+        pytest.skip("dbus-daemon is not installed")
 
 
 @pytest.fixture
@@ -486,8 +416,6 @@ def test_no_session_bus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def _run_notify_command(env_changes: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]:
-    import os
-
     env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"), **env_changes}
     return subprocess.run(
         [sys.executable, "-m", "tray", "notify", "Ollama Manager", "Notifications work"],
