@@ -15,7 +15,7 @@ from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 from tray.service.monitor import RECHECK_SECONDS, Monitor
 from tray.ollama.client import LoadedModel
-from tray.system.processes import ProcessRef
+from tray.system.processes import ProcessRef, StopOutcome
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
@@ -124,6 +124,7 @@ class FakeSupervisor:
 
     def stop(self, reason: str = "stop"):
         self.stops += 1
+        return StopOutcome()
 
 
 def make(probes, paths=None, **config):

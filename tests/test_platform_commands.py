@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tray.system.owners import OllamaApp, SystemdService, systemd_unit_from_cgroup
+from tray.system.owners import SystemdService, systemd_unit_from_cgroup
 from tray.settings.hosts import parse_ollama_host
+from tray.system.ollama_app import mac_start_command, windows_start_command
 from tray.system.processes import (
+    CREATE_NEW_CONSOLE,
     CREATE_NEW_PROCESS_GROUP,
     CREATE_NO_WINDOW,
     OllamaNotInstalled,
@@ -31,34 +33,31 @@ def test_linux_runs_ollama_serve_in_its_own_session_with_our_host():
     assert plan.new_session and not plan.via_app and plan.creationflags == 0
 
 
-def test_macos_prefers_the_app_for_the_default_address():
-    app = Path("/Applications/Ollama.app")
-    plan = launch_plan(Path("/usr/local/bin/ollama"), DEFAULT, platform="darwin", app=app, env={})
+def test_macos_starts_the_app_hidden_when_it_may_run_the_server():
+    app_command = mac_start_command(Path("/Applications/Ollama.app"))
+    plan = launch_plan(Path("/usr/local/bin/ollama"), DEFAULT, platform="darwin", app_command=app_command, env={})
     assert plan.argv == ["open", "-j", "-a", "/Applications/Ollama.app", "--args", "--fast-startup"]
-    assert plan.via_app
+    assert plan.via_app and plan.new_session
 
 
-def test_macos_uses_serve_for_another_address_or_without_the_app():
-    app = Path("/Applications/Ollama.app")
-    assert launch_plan(Path("/opt/homebrew/bin/ollama"), CUSTOM, platform="darwin", app=app, env={}).argv == [
-        "/opt/homebrew/bin/ollama",
-        "serve",
-    ]
-    assert launch_plan(Path("/opt/homebrew/bin/ollama"), DEFAULT, platform="darwin", env={}).argv == [
+def test_macos_uses_serve_without_the_app():
+    assert launch_plan(Path("/opt/homebrew/bin/ollama"), CUSTOM, platform="darwin", env={}).argv == [
         "/opt/homebrew/bin/ollama",
         "serve",
     ]
 
 
-def test_windows_app_hidden_and_serve_without_a_console():
+def test_windows_app_hidden_and_serve_on_a_hidden_console_of_its_own():
     app = Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe")
-    plan = launch_plan(None, DEFAULT, platform="win32", app=app, env={})
+    plan = launch_plan(None, DEFAULT, platform="win32", app_command=windows_start_command(app), env={})
     assert plan.argv == [str(app), "--hide", "--fast-startup"]
     assert plan.creationflags == CREATE_NO_WINDOW and plan.via_app and not plan.new_session
     serve = launch_plan(Path("C:/x/ollama.exe"), CUSTOM, platform="win32", env={})
     assert serve.argv == [str(Path("C:/x/ollama.exe")), "serve"]
-    # Its own process group, so the console-break stop reaches it alone.
-    assert serve.creationflags == CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP
+    # As Ollama's app starts it: a console of its own (hidden) and its own process group, so that
+    # Ctrl+Break on that console reaches it alone.
+    assert serve.creationflags == CREATE_NEW_CONSOLE | CREATE_NEW_PROCESS_GROUP == 0x210
+    assert serve.hidden_window and not serve.new_session
 
 
 def test_no_binary_and_no_app_is_not_installed():
@@ -131,15 +130,6 @@ def test_systemd_detected_from_the_cgroup():
     )
     assert systemd_unit_from_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n") is None
     assert systemd_unit_from_cgroup("") is None
-
-
-def test_official_app_commands():
-    mac = OllamaApp(Path("/Applications/Ollama.app"), 42, "darwin")
-    assert mac.quit_command() == ["osascript", "-e", 'tell application "Ollama" to quit']
-    assert mac.start_command() == ["open", "-j", "-a", "/Applications/Ollama.app", "--args", "--fast-startup"]
-    win = OllamaApp(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe"), 42, "win32")
-    assert win.quit_command() == ["taskkill", "/PID", "42", "/T"]
-    assert win.start_command() == [str(Path("C:/Users/u/AppData/Local/Programs/Ollama/ollama app.exe")), "--hide", "--fast-startup"]
 
 
 # --------------------------------------------------------------------------- Windows: stopping a server

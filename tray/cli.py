@@ -76,10 +76,10 @@ def cmd_stop(ctx: Context) -> int:
             sup.reap_runners()
             print("Ollama is not running")
             return 0
-        sup.stop(reason="user")
+        stopped = sup.stop(reason="user")
         sup.user_stop.set()
         sup.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
-        message = "Ollama stopped"
+        message = stopped.message()
     print(message)
     return 0
 

@@ -44,7 +44,8 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
-from tray.system.owners import OllamaApp, SystemdService, app_running, systemd_active_state
+from tray.system.ollama_app import OllamaApp
+from tray.system.owners import SystemdService, systemd_active_state
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import History
 from tray.models.keeper import JOBS as MODEL_JOBS
@@ -304,7 +305,7 @@ class Monitor:
         owner = self.supervisor.external
         stopped = False
         if isinstance(owner, OllamaApp):
-            stopped = not app_running(owner)
+            stopped = not owner.alive()
         elif isinstance(owner, SystemdService):
             stopped = systemd_active_state(owner) == "inactive"
         if stopped and owner is not None:
@@ -584,7 +585,7 @@ class Monitor:
         if action == "stop":
             self._set_activity("stop", "Stopping Ollama")
             try:
-                sup.stop(reason="user")
+                stopped = sup.stop(reason="user")
             finally:
                 self._set_activity(None)
             sup.user_stop.set()
@@ -593,7 +594,7 @@ class Monitor:
             self.health = Health.DOWN
             self.last_probe = STOPPED_PROBE
             self._publish()
-            return "Ollama stopped"
+            return stopped.message()
         if action == "restart":
             sup.user_stop.clear()
             self.policy.reset()

@@ -16,6 +16,7 @@ Errors, as a tree::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,23 @@ import psutil
 from tray.system.atomic import write_atomically
 from tray.settings.config import Config
 from tray.errors import SupervisorError
-from tray.system.owners import ExternalSupervisor, OllamaApp, SystemdService, detect_supervisor, run_command
+from tray.system.ollama_app import (
+    AppFinder,
+    AppGone,
+    OllamaApp,
+    StartRoute,
+    app_finder_for,
+    app_models_dir,
+    app_owning,
+    app_server_port,
+    app_starts_at_login,
+    choose_start,
+    needs_own_server,
+    quit_app,
+    restart_app_server,
+    running_app,
+)
+from tray.system.owners import SystemdService, detect_supervisor, run_command
 from tray.history import History
 from tray.models.store import default_models_dir
 from tray.ollama.client import OllamaClient
@@ -42,11 +59,11 @@ from tray.system.processes import (
     ProcessRef,
     StopOutcome,
     describe_process,
-    find_ollama_app,
     find_ollama_binary,
     kill_runners,
     launch_plan,
     listening_pid,
+    ollama_home,
     orphaned_runners,
     runners_of,
     server_on_port,
@@ -58,6 +75,10 @@ from tray.settings.server import customizes_server, server_env
 log = logging.getLogger(__name__)
 
 READY_POLL_SECONDS = 0.1
+APP_QUIT_GRACE_SECONDS = 10.0  # the app stops its own serve first (interrupt, 5 s, kill)
+
+# Who else respawns a server: killing it behind their back only makes it come back.
+ExternalSupervisor = SystemdService | OllamaApp
 
 
 class PortInUse(SupervisorError):
@@ -138,7 +159,9 @@ class Supervisor:
         env: Mapping[str, str] | None = None,
         platform: str = sys.platform,
         on_exit: Callable[[int], None] | None = None,
+        app_finder: AppFinder | None = None,
     ) -> None:
+        """``app_finder``: how this OS's Ollama app is recognised (default: the OS's own; none on Linux)."""
         self.config = config
         self.paths = paths
         self.history = history
@@ -147,7 +170,9 @@ class Supervisor:
         self.host = config.host
         self.client = OllamaClient(self.host.url)
         server_settings_env = server_env(config.ollama_server, self.env)
-        self.models_dir = default_models_dir(server_settings_env, home=Path(self.env.get("HOME") or Path.home()))
+        # Where a server of the manager's own (or one started by hand) keeps its models: Go's home, as Ollama's.
+        self.own_models_dir = default_models_dir(server_settings_env, home=ollama_home(self.env, platform))
+        self.app_finder = app_finder if app_finder is not None else app_finder_for(platform, self.env)
         self.user_stop = UserStop(paths.user_stop_file)
         self.on_exit = on_exit  # called from a watcher thread when a server we started exits
 
@@ -173,6 +198,28 @@ class Supervisor:
         return "external" if self.server is not None else "none"
 
     @property
+    def models_dir(self) -> Path:
+        """Where the running server keeps its models: the Ollama app's own when it runs the server."""
+        owner = self.external
+        if isinstance(owner, OllamaApp):
+            runners = [ref.get() for ref in self.runners]
+            cmdlines = []
+            for proc in runners:
+                with contextlib.suppress(psutil.Error):
+                    if proc is not None:
+                        cmdlines.append(proc.cmdline())
+            return app_models_dir(self.server, owner.layout, self.env, cmdlines)
+        return self.own_models_dir
+
+    @property
+    def server_log(self) -> Path:
+        """The log the running server writes: the Ollama app's ``server.log`` when the app runs it."""
+        owner = self.external
+        if isinstance(owner, OllamaApp):
+            return owner.layout.server_log
+        return self.paths.server_log
+
+    @property
     def overlay_pending(self) -> bool:
         """The server this app started runs with another overlay than the next start would give it."""
         return self.managed_by == "manager" and self.started_overlay != self.env_overlay
@@ -192,10 +239,16 @@ class Supervisor:
                 ref = ProcessRef.of(psutil.Process(self.popen.pid))  # the OS hides the listener; it is our child
             if ref != self.server:
                 self.server = ref
-                self.external = detect_supervisor(ref, self.platform) if ref else None
+                self.external = self._owner_of(ref) if ref else None
                 if self.popen is not None and (ref is None or ref.pid != self.popen.pid):
                     self.popen = None  # what answers is not the process we started
             self.track_runners()
+
+    def _owner_of(self, server: ProcessRef) -> ExternalSupervisor | None:
+        systemd = detect_supervisor(server, self.platform)
+        if systemd is not None or self.app_finder is None:
+            return systemd
+        return app_owning(server, self.app_finder)
 
     def track_runners(self) -> None:
         """Remember the server's runners, so they can be reaped if the server dies with kill -9."""
@@ -245,14 +298,16 @@ class Supervisor:
             overlay = dict(self.env_overlay)
             # The Ollama app starts its server with its own environment: it cannot honour these settings.
             customized = customizes_server(server_settings) or bool(overlay)
-            app = None if customized else find_ollama_app(self.platform, self.env)
+            route, app_command = self._start_route(customized)
+            if route is StartRoute.WAIT_FOR_APP:
+                return self._wait_for_app_server(reason, begun)
             try:
                 binary = find_ollama_binary(self.config.ollama_binary, self.env, self.platform)
             except OllamaNotInstalled:
-                if app is None:
+                if app_command is None:
                     raise
                 binary = None
-            plan = launch_plan(binary, self.host, platform=self.platform, app=app, env=self.env)
+            plan = launch_plan(binary, self.host, platform=self.platform, app_command=app_command, env=self.env)
             plan = replace(plan, env={**server_env(server_settings, plan.env), **overlay})
             self._rotate_server_log()
             log.info("starting Ollama: %s", " ".join(plan.argv))
@@ -273,6 +328,50 @@ class Supervisor:
                 "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
             )
             return outcome
+
+    def _start_route(self, customized: bool) -> tuple[StartRoute, list[str] | None]:
+        """Whether the Ollama app starts the server, runs it already, or the manager runs its own.
+
+        The app is bypassed only while it is not running, and never quit for it; when it will
+        take the port back at the next login (its login item), the user is told.
+        """
+        finder = self.app_finder
+        own = needs_own_server(self.host, customized)
+        app_command = finder.start_command() if finder is not None else None
+        running = running_app(finder) if finder is not None else None
+        login_item = False
+        if finder is not None and app_command is not None and own and running is None:
+            login_item = app_starts_at_login(finder.layout)
+        choice = choose_start(
+            own_server=own,
+            port=self.host.port,
+            installed=app_command is not None,
+            running=running is not None,
+            login_item=login_item,
+            app_port=app_server_port(running),
+        )
+        if choice.warning:
+            log.warning("%s", choice.warning)
+            self.history.record("external", choice.warning[0].upper() + choice.warning[1:], {"kind": str(choice.route)})
+        return choice.route, app_command if choice.route is StartRoute.VIA_APP else None
+
+    def _wait_for_app_server(self, reason: str, begun: float) -> StartOutcome:
+        """The Ollama app runs: its server answers again within a second or two of any exit."""
+        deadline = begun + self.config.startup_timeout
+        while not self.client.answers_as_ollama(timeout=1.0):
+            if time.monotonic() > deadline:
+                log_path = self.app_finder.layout.server_log if self.app_finder else self.paths.server_log
+                raise StartFailed(
+                    f"the Ollama app is running but its server does not answer at {self.host.url} within "
+                    f"{self.config.startup_timeout:g} s: see {log_path}, or quit the app from its menu and open it again"
+                )
+            time.sleep(READY_POLL_SECONDS)
+        self.server = None
+        self.adopt()
+        self.history.record(
+            "adopt", f"Ollama is run by the Ollama app (pid {self.pid}); watching it", {"reason": reason}
+        )
+        return StartOutcome(False, self.pid, self.managed_by, time.monotonic() - begun)
 
     def _wait_ready(self, popen: subprocess.Popen[bytes], via_app: bool) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
@@ -317,20 +416,13 @@ class Supervisor:
                 self.adopt()
             self.expected_exit = True
             if self.external is not None:
-                self._stop_external(self.external)
-                outcome = StopOutcome()
+                outcome = self._stop_external(self.external)
             else:
                 outcome = self._stop_process()
             outcome.runners_reaped = self.reap_runners()
-            if not outcome.found:
-                how = "it was not running"
-            elif outcome.graceful:
-                how = "gracefully"
-            else:
-                how = f"killed after {self.config.stop_timeout:g} s"
             self.history.record(
                 "stop",
-                f"Ollama stopped ({how})",
+                f"Ollama stopped ({outcome.how()})",
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
             self.server = None
@@ -353,7 +445,7 @@ class Supervisor:
                 pass
         return outcome
 
-    def _stop_external(self, owner: ExternalSupervisor) -> None:
+    def _stop_external(self, owner: ExternalSupervisor) -> StopOutcome:
         if isinstance(owner, SystemdService):
             result = run_command(owner.stop_command())
             if not result.ok:
@@ -361,11 +453,13 @@ class Supervisor:
                     f"Ollama runs as {owner.describe()} and could not be stopped ({result.message}): "
                     f"run `{owner.manual_command('stop')}`"
                 )
+            outcome = StopOutcome()
         else:
-            result = run_command(owner.quit_command())
-            if not result.ok:
-                raise NotPermitted(f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}")
+            self.track_runners()
+            quit_ = quit_app(owner, self.config.stop_timeout + APP_QUIT_GRACE_SECONDS)
+            outcome = StopOutcome(graceful=quit_.graceful, killed=quit_.killed, hard_kill_reason=quit_.detail)
         self._wait_gone(self.config.stop_timeout + 10)
+        return outcome
 
     def _wait_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -412,6 +506,7 @@ class Supervisor:
     def _restart_external(self, owner: ExternalSupervisor, reason: str) -> StartOutcome:
         begun = time.monotonic()
         self.track_runners()
+        done = ""
         if isinstance(owner, SystemdService):
             result = run_command(owner.restart_command())
             if not result.ok:
@@ -420,15 +515,18 @@ class Supervisor:
                     f"run `{owner.manual_command('restart')}`"
                 )
         else:
-            assert isinstance(owner, OllamaApp)
-            quit_result = run_command(owner.quit_command())
-            if not quit_result.ok:
-                raise NotPermitted(f"could not quit {owner.describe()} ({quit_result.message})")
-            self._wait_gone(self.config.stop_timeout + 10)
+            try:
+                respawn = restart_app_server(owner, self.config.stop_timeout, self.config.startup_timeout)
+            except AppGone:
+                raise StartFailed(
+                    "the Ollama app quit while its server was restarting: open Ollama again, or run `ollama-manager start`"
+                ) from None
+            except TimeoutError as exc:
+                raise StartFailed(f"{exc}: quit Ollama from its menu and open it again") from None
+            old = f"its server (pid {respawn.old.pid}) " if respawn.old else "its server "
+            how = "ended" if respawn.graceful else f"was killed ({respawn.detail})"
+            done = f": {old}{how}, and the app started pid {respawn.new.pid}"
             self.reap_runners()
-            start_result = run_command(owner.start_command())
-            if not start_result.ok:
-                raise StartFailed(f"could not reopen {owner.describe()}: {start_result.message}")
         deadline = time.monotonic() + self.config.startup_timeout
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
@@ -436,7 +534,7 @@ class Supervisor:
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()
-        self.history.record("restart", f"Ollama restarted through {owner.describe()}", {"reason": reason})
+        self.history.record("restart", f"Ollama restarted through {owner.describe()}{done}", {"reason": reason})
         return StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
 
     def close(self) -> None:

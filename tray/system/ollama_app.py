@@ -43,7 +43,7 @@ from typing import Protocol
 
 import psutil
 
-from tray.settings.hosts import DEFAULT_PORT, OllamaHost
+from tray.settings.hosts import DEFAULT_PORT, OllamaHost, parse_ollama_host
 from tray.system.console_break import console_break
 from tray.system.owners import run_command
 from tray.system.processes import (
@@ -609,31 +609,53 @@ def needs_own_server(host: OllamaHost, customized: bool) -> bool:
     return customized or host.port != DEFAULT_PORT or host.host not in ("127.0.0.1", "localhost")
 
 
-def choose_start(*, own_server: bool, port: int, installed: bool, running: bool, login_item: bool) -> StartChoice:
+def choose_start(
+    *, own_server: bool, port: int, installed: bool, running: bool, login_item: bool, app_port: int = DEFAULT_PORT
+) -> StartChoice:
     """How to start Ollama when nothing answers, given the app's state. Never quits the user's app.
+
+    ``app_port``: the port the app's server takes (Ollama's default unless the app was started
+    with another ``OLLAMA_HOST``).
 
     >>> choose_start(own_server=True, port=11434, installed=True, running=False, login_item=False).route
     <StartRoute.OWN_SERVER: 'own-server'>
     >>> choose_start(own_server=True, port=11434, installed=True, running=True, login_item=True).route
     <StartRoute.WAIT_FOR_APP: 'wait-for-app'>
     """
-    app_port = port == DEFAULT_PORT
-    if running and app_port:
+    same_port = port == app_port
+    if running and same_port:
         warning = (
-            "the Ollama app runs the server on port 11434 with its own settings, so the [ollama_server] settings "
-            "and the address in ollama_host are not in effect: quit the Ollama app from its menu to let the "
-            "manager run its own server"
+            f"the Ollama app runs the server on port {app_port} with its own settings, so the [ollama_server] "
+            "settings and the address in ollama_host are not in effect: quit the Ollama app from its menu to let "
+            "the manager run its own server"
             if own_server
             else ""
         )
         return StartChoice(StartRoute.WAIT_FOR_APP, warning)
     if own_server or not installed:
         warning = ""
-        if installed and app_port and login_item:
+        if installed and same_port and login_item:
             warning = (
-                "the Ollama app starts at login and will then take port 11434 back, stopping the manager's server "
-                "and its settings: turn its login item off (macOS: System Settings > General > Login Items; "
+                f"the Ollama app starts at login and will then take port {app_port} back, stopping the manager's "
+                "server and its settings: turn its login item off (macOS: System Settings > General > Login Items; "
                 "Windows: Task Manager > Startup apps)"
             )
         return StartChoice(StartRoute.OWN_SERVER, warning)
     return StartChoice(StartRoute.VIA_APP)
+
+
+def app_server_port(app: OllamaApp | None) -> int:
+    """The port the app's server takes: 11434, unless the app itself runs with another ``OLLAMA_HOST``.
+
+    The app hands its own environment to its serve, with ``OLLAMA_HOST=0.0.0.0`` on top when
+    it exposes Ollama to the network.
+    """
+    if app is None or read_app_settings(app.layout.settings_db).expose:
+        return DEFAULT_PORT
+    proc = app.process.get()
+    if proc is None:
+        return DEFAULT_PORT
+    try:
+        return parse_ollama_host(proc.environ().get("OLLAMA_HOST")).port
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+        return DEFAULT_PORT

@@ -15,14 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from tray.errors import SupervisorError
-from tray.settings.hosts import DEFAULT_PORT, OllamaHost, parse_ollama_host
+from tray.settings.hosts import OllamaHost, parse_ollama_host
 from tray.system.console_break import console_break
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,12 @@ INSTALL_URL = "https://ollama.com/download"
 RUNNER_NAMES = {"llama-server", "llama-server.exe", "ollama_llama_server", "ollama_llama_server.exe"}
 OLLAMA_NAMES = {"ollama", "ollama.exe"}
 
-# Windows process creation flags (subprocess defines them only on Windows).
+# Windows process creation flags and window state (subprocess defines them only on Windows).
 CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NEW_CONSOLE = 0x00000010
 CREATE_NO_WINDOW = 0x08000000
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
 
 
 class OllamaNotInstalled(SupervisorError):
@@ -95,20 +99,6 @@ def find_ollama_binary(
     raise OllamaNotInstalled()
 
 
-def find_ollama_app(platform: str = sys.platform, env: Mapping[str, str] | None = None) -> Path | None:
-    """The official desktop app (macOS/Windows), which supervises its own server."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
-    if platform == "darwin":
-        candidates = [Path("/Applications/Ollama.app"), home / "Applications/Ollama.app"]
-    elif platform == "win32":
-        local = Path(env.get("LOCALAPPDATA") or home / "AppData/Local")
-        candidates = [local / "Programs/Ollama/ollama app.exe"]
-    else:
-        return None
-    return next((c for c in candidates if c.exists()), None)
-
-
 # --------------------------------------------------------------------------- launching
 
 
@@ -119,6 +109,7 @@ class LaunchPlan:
     via_app: bool = False  # the official app starts (and then supervises) the server
     creationflags: int = 0
     new_session: bool = True
+    hidden_window: bool = False  # Windows: its new console starts hidden
 
 
 def launch_plan(
@@ -126,38 +117,41 @@ def launch_plan(
     host: OllamaHost,
     *,
     platform: str = sys.platform,
-    app: Path | None = None,
+    app_command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
-    """How to start Ollama on this OS (pure).
+    """How to start Ollama on this OS (pure): through the app's ``app_command``, else ``ollama serve``.
 
-    The official app is used only for the default address: it serves
-    ``OLLAMA_HOST`` from its own environment, not from ours.
+    Whether the app may start it is :func:`tray.system.ollama_app.choose_start`'s call: the app
+    serves ``127.0.0.1:11434`` from its own environment, never from ours.
+
+    On Windows the serve gets a console of its own, hidden, in its own process group, as
+    Ollama's app starts it: a console control event (Ctrl+Break) can then stop it alone.
     """
     child_env = dict(os.environ if env is None else env)
     child_env["OLLAMA_HOST"] = host.bind_value
-    default_address = host.port == DEFAULT_PORT and host.connect_host in ("127.0.0.1", "localhost")
-    if app is not None and default_address:
-        if platform == "darwin":
-            return LaunchPlan(["open", "-j", "-a", str(app), "--args", "--fast-startup"], child_env, via_app=True)
-        if platform == "win32":
-            return LaunchPlan(
-                [str(app), "--hide", "--fast-startup"],
-                child_env,
-                via_app=True,
-                creationflags=CREATE_NO_WINDOW,
-                new_session=False,
-            )
+    if app_command is not None:
+        flags = CREATE_NO_WINDOW if platform == "win32" else 0
+        return LaunchPlan(list(app_command), child_env, via_app=True, creationflags=flags, new_session=platform != "win32")
     if binary is None:
         raise OllamaNotInstalled()
     if platform == "win32":
         return LaunchPlan(
             [str(binary), "serve"],
             child_env,
-            creationflags=CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP,
+            creationflags=CREATE_NEW_CONSOLE | CREATE_NEW_PROCESS_GROUP,
             new_session=False,
+            hidden_window=True,
         )
     return LaunchPlan([str(binary), "serve"], child_env)
+
+
+def _hidden_window() -> Any:
+    """Windows ``STARTUPINFO`` that starts the new console's window hidden (Go's ``HideWindow``)."""
+    info = subprocess.STARTUPINFO()  # type: ignore[attr-defined,unused-ignore]
+    info.dwFlags |= STARTF_USESHOWWINDOW
+    info.wShowWindow = SW_HIDE
+    return info
 
 
 def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
@@ -179,6 +173,7 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=plan.new_session,
             creationflags=plan.creationflags,
+            startupinfo=_hidden_window() if plan.hidden_window and sys.platform == "win32" else None,
             close_fds=True,
         )
     finally:
@@ -426,6 +421,10 @@ class StopOutcome:
         if self.graceful:
             return "gracefully"
         return f"killed: {self.hard_kill_reason}" if self.hard_kill_reason else "killed"
+
+    def message(self) -> str:
+        """What the user is told: a stop that took a kill says so."""
+        return "Ollama stopped" if self.graceful else f"Ollama stopped ({self.how()})"
 
 
 def hard_kill_command(pid: int) -> list[str]:

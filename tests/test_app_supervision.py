@@ -1,0 +1,134 @@
+"""The supervisor with Ollama's desktop app as the server's owner, against the stand-in app as real processes.
+
+The supervisor gets the stand-in app's finder through its ``app_finder`` argument, the
+contract the per-OS finders fulfil; everything else is the manager's own code for the app.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from standin_app_finder import StandinAppFinder
+from tests.manager import FAST_SETTINGS, wait_until
+from tray.history import History
+from tray.service.supervisor import Supervisor
+from tray.settings.config import load_config
+from tray.system.ollama_app import StartRoute
+from tray.system.paths import AppPaths
+
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="the stand-in app is a POSIX program")
+
+
+def make_supervisor(standin, tmp_path: Path, server_settings: str = "", **overrides) -> Supervisor:
+    paths = AppPaths(*(tmp_path / "manager" / name for name in ("config", "log", "data", "state")))
+    if server_settings:
+        paths.config_dir.mkdir(parents=True)
+        paths.config_file.write_text(f"[ollama_server]\n{server_settings}\n")
+    env = {**standin.env, **FAST_SETTINGS}
+    config = load_config(env=env, paths=paths)
+    return Supervisor(config, paths, History(None), env=env, app_finder=StandinAppFinder.of(standin), **overrides)
+
+
+@pytest.fixture
+def app_running(standin):
+    app = standin.spawn_app("hidden")
+    standin.wait_ready(20)
+    return app
+
+
+def events(sup: Supervisor, kind: str) -> list[str]:
+    return [event.message for event in sup.history.events() if event.kind == kind]
+
+
+def test_the_apps_server_is_adopted_as_the_apps(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    outcome = sup.start()
+    assert not outcome.started and outcome.managed_by == "ollama-app"
+    assert sup.pid == standin.app_serve_pids()[-1]
+    assert sup.server_log == Path(standin.env["HOME"]) / ".ollama" / "logs" / "server.log"
+
+
+def test_restart_through_the_app_ends_its_serve_and_awaits_the_respawn(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    sup.adopt()
+    old = sup.pid
+    outcome = sup.restart("not responding")
+    new = standin.app_serve_pids()[-1]
+    assert outcome.pid == new != old and outcome.managed_by == "ollama-app"
+    assert app_running.poll() is None  # the app itself was left running
+    assert not standin.events_of("app_exit")
+    (message,) = events(sup, "restart")
+    assert message == (
+        f"Ollama restarted through the Ollama app: its server (pid {old}) ended, and the app started pid {new}"
+    )
+    assert httpx.get(standin.base_url + "/", timeout=5).text == "Ollama is running"
+
+
+def test_stop_through_the_app_quits_it_by_signal(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    sup.adopt()
+    outcome = sup.stop("user")
+    assert (outcome.graceful, outcome.message()) == (True, "Ollama stopped")
+    assert app_running.wait(10) == 0
+    (app_exit,) = standin.events_of("app_exit")
+    assert app_exit["signal"] == signal.SIGTERM
+    assert sup.answers() is None
+    assert events(sup, "stop") == ["Ollama stopped (gracefully)"]
+
+
+def test_custom_settings_bypass_the_app_while_it_is_not_running(standin, tmp_path):
+    standin.install_app()
+    sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
+    outcome = sup.start()
+    assert outcome.started and outcome.managed_by == "manager"
+    assert standin.events_of("app_start") == []  # the app was not opened
+    (serve,) = standin.events_of("serve_start")
+    assert psutil.Process(serve["pid"]).environ()["OLLAMA_KEEP_ALIVE"] == "10m"
+    sup.stop()
+
+
+def test_while_the_app_runs_its_server_comes_back_and_the_app_is_never_quit(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
+    serve = standin.app_serve_pids()[-1]
+    os.kill(serve, signal.SIGKILL)  # the app's server is down for a second
+    wait_until(lambda: sup.answers() is None, 10, what="the server to be down")
+    outcome = sup.start()
+    assert not outcome.started and outcome.managed_by == "ollama-app"
+    assert outcome.pid == standin.app_serve_pids()[-1] != serve
+    assert len(standin.events_of("serve_start")) == 2  # no serve of the manager's own beside the app's
+    assert app_running.poll() is None and not standin.events_of("app_exit")
+    (warning,) = events(sup, "external")
+    assert warning.startswith("The Ollama app runs the server") and "quit the Ollama app from its menu" in warning
+
+
+def test_a_login_item_that_will_take_the_port_back_is_recorded(standin, tmp_path, monkeypatch):
+    """The app's port is Ollama's default, which this test does not bind: the route is decided, not carried out."""
+    from tray.service import supervisor as module
+
+    standin.install_app()
+    monkeypatch.setattr(module, "app_starts_at_login", lambda layout: layout.platform == "darwin")
+    sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
+    sup.host = sup.host.__class__(sup.host.scheme, "127.0.0.1", 11434)
+    route, command = sup._start_route(customized=True)
+    assert (route, command) == (StartRoute.OWN_SERVER, None)
+    (warning,) = events(sup, "external")
+    assert warning.startswith("The Ollama app starts at login and will then take port 11434 back")
+
+
+def test_models_dir_of_the_apps_server(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    sup.adopt()
+    assert sup.models_dir == standin.models_dir
+
+
+def test_windows_models_dir_follows_userprofile_not_home(tmp_path):
+    paths = AppPaths(*(tmp_path / name for name in ("config", "log", "data", "state")))
+    env = {"HOME": "/c/msys64/home/ada", "USERPROFILE": "C:/Users/ada", "LOCALAPPDATA": str(tmp_path / "local")}
+    sup = Supervisor(load_config(env=env, paths=paths), paths, History(None), env=env, platform="win32")
+    assert sup.models_dir == Path("C:/Users/ada/.ollama/models")
