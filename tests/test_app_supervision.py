@@ -19,8 +19,10 @@ from tests.manager import FAST_SETTINGS, wait_until
 from tray.history import History
 from tray.service.supervisor import Supervisor
 from tray.settings.config import load_config
+from tray.system.logs import LogTail
 from tray.system.ollama_app import StartRoute
 from tray.system.paths import AppPaths
+from tray.ui.controller import ollama_log_locations
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the stand-in app is a POSIX program")
 
@@ -119,6 +121,34 @@ def test_a_login_item_that_will_take_the_port_back_is_recorded(standin, tmp_path
     assert (route, command) == (StartRoute.OWN_SERVER, None)
     (warning,) = events(sup, "external")
     assert warning.startswith("The Ollama app starts at login and will then take port 11434 back")
+
+
+def test_the_apps_server_log_is_tailed_across_its_rotation(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    sup.adopt()
+    tail = LogTail(lambda: sup.server_log)
+    assert tail.new_lines() == []  # the first look starts at the end
+    standin.pull("llama3")
+    standin.set_faults(oom="cuda")
+    httpx.post(f"{standin.base_url}/api/generate", json={"model": "llama3", "prompt": "hi"}, timeout=30)
+    lines = tail.new_lines()
+    assert any("cudaMalloc failed: out of memory" in line for line in lines)
+    # The app restarts its server for new settings: server.log becomes server-1.log and begins again.
+    standin.clear_faults()
+    os.kill(app_running.pid, signal.SIGHUP)
+    wait_until(lambda: len(standin.app_serve_pids()) == 2, 15, what="the app's new server")
+    standin.wait_ready(10)
+    after = wait_until(tail.new_lines, 10, what="lines of the new server.log")
+    assert any("Listening on" in line for line in after)
+    assert sup.server_log.with_name("server-1.log").exists()
+
+
+def test_open_logs_opens_the_apps_log_folder_when_the_app_runs_the_server(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    sup.adopt()
+    locations = ollama_log_locations(sup.paths, "linux", dict(standin.env), server_log=sup.server_log)
+    assert locations[0] == str(Path(standin.env["HOME"]) / ".ollama" / "logs")
+    assert locations[1] == str(sup.paths.log_dir)
 
 
 def test_models_dir_of_the_apps_server(standin, app_running, tmp_path):

@@ -126,6 +126,10 @@ class FakeSupervisor:
         self.stops += 1
         return StopOutcome()
 
+    @property
+    def server_log(self) -> Path:
+        return self.paths.server_log
+
 
 def make(probes, paths=None, **config):
     clock = Clock()

@@ -111,7 +111,7 @@ class Monitor:
         self._cpu_baseline: dict[ProcessRef, float] | None = None
         self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
         self.sample: ResourceSample | None = None
-        self.duties = DaemonDuties(config, history, supervisor.paths.server_log, RECHECK_SECONDS)
+        self.duties = DaemonDuties(config, history, lambda: supervisor.server_log, RECHECK_SECONDS)
         self.models = ModelKeeper(
             config,
             supervisor.host.url,

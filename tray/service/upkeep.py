@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from tray.gateway.breaker import FallbackUsage
 from tray.history import History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
+from tray.system.logs import LogTail
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
@@ -34,38 +36,13 @@ log = logging.getLogger(__name__)
 
 COMPACT_EVERY_SECONDS = 3600.0
 RESTART_MEMORY_SECONDS = 3600.0
-LOG_TAIL_MAX_BYTES = 65536
-
-
-class ServerLogTail:
-    """New lines appended to a log file since the last read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset: int | None = None
-
-    def new_lines(self) -> list[str]:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return []
-        if self.offset is None or size < self.offset:  # first look, or the log was rotated
-            self.offset = size if self.offset is None else 0
-            if self.offset == size:
-                return []
-        start = max(self.offset, size - LOG_TAIL_MAX_BYTES)
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(start)
-                data = handle.read(size - start)
-        except OSError:
-            return []
-        self.offset = size
-        return data.decode("utf-8", "replace").splitlines()
 
 
 class DaemonDuties:
-    def __init__(self, config: Config, history: History, server_log: Path, recheck_seconds: float) -> None:
+    def __init__(
+        self, config: Config, history: History, server_log: Path | Callable[[], Path | None], recheck_seconds: float
+    ) -> None:
+        """``server_log``: the log of the running server (it changes with the server's owner)."""
         self.config = config
         self.history = history
         # The longest normal gap between checks: the interval (or the re-check
@@ -74,7 +51,7 @@ class DaemonDuties:
         self.alerts = AlertEngine(config.alerts, interval_seconds=expected_gap)
         self.oom = OomLadder(num_ctx=config.ollama_server.context_length or OomLadder.num_ctx)
         self.oom_effects: OomEffects | None = None  # set by the monitor, which owns the server and the model
-        self.log_tail = ServerLogTail(server_log)
+        self.log_tail = LogTail(server_log)
         self.restart_times: deque[float] = deque()
         self.last_compact: float | None = None
         self.leak_restart_wanted = False

@@ -15,22 +15,30 @@ from tray.settings.config import Config
 from tray.history import History
 from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
+from tray.system.ollama_app import app_layout
 from tray.system.paths import AppPaths
 from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
 
-def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
-    """The app's log folder, then where Ollama's own server log lives on this OS."""
+def ollama_log_locations(
+    paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None, server_log: Path | None = None
+) -> list[str]:
+    """Where "Open logs" looks, the first that exists wins.
+
+    The folder of the running server's log when another program writes it (the Ollama
+    app's ``server.log``), then the manager's own log folder, then Ollama's app log folder
+    on this OS (or, on Linux, the log of a server the manager started).
+    """
     env = dict(os.environ if env is None else env)
-    home = Path(env.get("HOME") or Path.home())
-    locations = [str(paths.log_dir)]
-    if platform == "darwin":
-        locations.append(str(home / ".ollama" / "logs"))
-    elif platform == "win32":
-        locations.append(str(Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "Ollama"))
-    else:
-        locations.append(str(paths.server_log))
+    locations = []
+    if server_log is not None and server_log != paths.server_log:
+        locations.append(str(server_log.parent))
+    locations.append(str(paths.log_dir))
+    layout = app_layout(platform, env)
+    extra = str(layout.log_dir) if layout is not None else str(paths.server_log)
+    if extra not in locations:
+        locations.append(extra)
     return locations
 
 
@@ -80,7 +88,7 @@ class MonitorController:
         set_config_value(Path(self.config.source), key, value)
 
     def log_paths(self) -> list[str]:
-        return ollama_log_locations(self.paths)
+        return ollama_log_locations(self.paths, server_log=self.monitor.supervisor.server_log)
 
     def open_dashboard(self) -> None:
         from tray.dashboard.launch import open_dashboard
