@@ -33,6 +33,8 @@ REPO = HERE.parent
 # (their Linux-only cases skip themselves there). The full suite runs on Linux in .ci/run.
 UNIT_TESTS = (
     "tests/test_ollama_app.py",
+    "tests/test_app_supervision.py",
+    "tests/test_log_tail.py",
     "tests/test_platform_commands.py",
     "tests/test_autostart.py",
     "tests/test_notify.py",

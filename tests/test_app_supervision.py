@@ -109,6 +109,23 @@ def test_while_the_app_runs_its_server_comes_back_and_the_app_is_never_quit(stan
     assert warning.startswith("The Ollama app runs the server") and "quit the Ollama app from its menu" in warning
 
 
+def test_when_the_app_takes_the_port_back_the_lost_settings_are_reported(standin, tmp_path):
+    """The app's login item starts it beside the manager's own server: it reaps that server and serves instead."""
+    sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
+    ours = sup.start()
+    assert ours.managed_by == "manager"
+    app = standin.spawn_app("hidden")
+    (reap,) = wait_until(lambda: standin.events_of("app_reap"), 20, what="the app reaping the manager's server")
+    assert reap["pids"] == [ours.pid]
+    wait_until(lambda: set(standin.serve_pids()) & set(standin.app_serve_pids()), 20, what="the app's serve")
+    standin.wait_ready(10)
+    outcome = sup.start()  # what the monitor does once the server it ran is gone
+    assert not outcome.started and outcome.managed_by == "ollama-app"
+    assert app.poll() is None
+    (warning,) = events(sup, "external")
+    assert warning.startswith(f"The Ollama app runs the server on port {standin.port} with its own settings")
+
+
 def test_a_login_item_that_will_take_the_port_back_is_recorded(standin, tmp_path, monkeypatch):
     """The app's port is Ollama's default, which this test does not bind: the route is decided, not carried out."""
     from tray.service import supervisor as module

@@ -291,6 +291,7 @@ class Supervisor:
             if self.client.answers_as_ollama():
                 self.adopt()
                 self.history.record("adopt", f"Ollama already running (pid {self.pid}); watching it")
+                self._note_settings_not_in_effect()
                 return StartOutcome(False, self.pid, self.managed_by)
             self._check_port_free()
             binary: Path | None
@@ -354,6 +355,17 @@ class Supervisor:
             log.warning("%s", choice.warning)
             self.history.record("external", choice.warning[0].upper() + choice.warning[1:], {"kind": str(choice.route)})
         return choice.route, app_command if choice.route is StartRoute.VIA_APP else None
+
+    def _note_settings_not_in_effect(self) -> None:
+        """The Ollama app runs the server (it takes its port back when it starts): say which settings are lost."""
+        owner = self.external
+        customized = customizes_server(self.config.ollama_server) or bool(self.env_overlay)
+        if not isinstance(owner, OllamaApp) or not needs_own_server(self.host, customized):
+            return
+        choice = choose_start(
+            own_server=True, port=self.host.port, installed=True, running=True, login_item=False, app_port=self.host.port
+        )
+        self.history.record("external", choice.warning[0].upper() + choice.warning[1:], {"kind": str(choice.route)})
 
     def _wait_for_app_server(self, reason: str, begun: float) -> StartOutcome:
         """The Ollama app runs: its server answers again within a second or two of any exit."""
