@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import httpx
@@ -172,6 +173,34 @@ def test_models_dir_of_the_apps_server(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.adopt()
     assert sup.models_dir == standin.models_dir
+
+
+def test_the_monitor_reads_the_models_where_the_apps_server_keeps_them(standin, tmp_path):
+    """The app's "Model location" is not the manager's default: the model keeper and disk checks follow it."""
+    from tray.service.monitor import Monitor
+
+    location = tmp_path / "external-disk" / "models"
+    location.mkdir(parents=True)
+    # The app is started from the desktop: OLLAMA_MODELS reaches its server only from its own setting.
+    standin.env = {key: value for key, value in standin.env.items() if key != "OLLAMA_MODELS"}
+    settings = Path(standin.env["HOME"]) / "Library" / "Application Support" / "Ollama" / "db.sqlite"
+    settings.parent.mkdir(parents=True)
+    connection = sqlite3.connect(settings)
+    with connection:
+        connection.execute(
+            "CREATE TABLE settings (id INTEGER PRIMARY KEY, expose BOOLEAN NOT NULL DEFAULT 0, browser BOOLEAN"
+            " NOT NULL DEFAULT 0, models TEXT NOT NULL DEFAULT '', context_length INTEGER NOT NULL DEFAULT 0)"
+        )
+        connection.execute("INSERT INTO settings (id, models) VALUES (1, ?)", (str(location),))
+    connection.close()
+    standin.spawn_app("hidden")
+    standin.wait_ready(20)
+    sup = make_supervisor(standin, tmp_path)
+    monitor = Monitor(sup, sup.config, sup.history)
+    assert monitor.models.models_dir != location
+    monitor.check_once()
+    assert sup.models_dir == location
+    assert monitor.models.models_dir == location and monitor.sampler.models_dir == location
 
 
 def test_windows_models_dir_follows_userprofile_not_home(tmp_path):

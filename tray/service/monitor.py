@@ -504,6 +504,7 @@ class Monitor:
         self._observe_work(now)
         if result.ok:
             self._note_server_identity(now)
+            self._follow_models_dir()
         self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
         if result.ok:
             if self.health is Health.HEALTHY:
@@ -548,6 +549,14 @@ class Monitor:
             f"Ollama restarted without the manager asking (pid {previous.pid} -> {current.pid}); uptime reset",
             {"old_pid": previous.pid, "new_pid": current.pid},
         )
+
+    def _follow_models_dir(self) -> None:
+        """The models folder is the running server's: the Ollama app's "Model location" when the app runs it."""
+        models_dir = self.supervisor.models_dir
+        if models_dir != self.models.models_dir:
+            log.info("models folder: %s", models_dir)
+            self.models.models_dir = models_dir
+            self.sampler.models_dir = models_dir
 
     # ------------------------------------------------------------------ commands
 

@@ -282,6 +282,15 @@ class ResourceSampler:
         self._cpu_count = psutil.cpu_count() or 1
         self._log = _LogOnce()
 
+    @property
+    def models_dir(self) -> Path | None:
+        """The folder whose disk's free space is sampled: the running server's models folder."""
+        return self._models_dir
+
+    @models_dir.setter
+    def models_dir(self, value: Path | str | None) -> None:
+        self._models_dir = Path(value) if value is not None else None
+
     def sample(self, server_pid: int | None) -> ResourceSample:
         """Measure now. A dead or missing ``server_pid`` gives an empty tree, not an error."""
         taken_at = self._clock()
