@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fake_registry import FakeRegistry
+
 from tray.system import autostart as autostart_module
 from tray.system.autostart import (
     Autostart,
@@ -25,22 +27,6 @@ from tray.system.autostart import (
 )
 
 COMMAND = ["/usr/local/bin/ollama-manager"]
-
-
-class FakeRegistry:
-    """The HKCU Run key as a dict."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, name: str) -> str | None:
-        return self.values.get(name)
-
-    def set(self, name: str, data: str) -> None:
-        self.values[name] = data
-
-    def delete(self, name: str) -> None:
-        self.values.pop(name, None)
 
 
 def test_docstring_examples() -> None:

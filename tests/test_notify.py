@@ -37,6 +37,7 @@ from tray.system.notify import (
 )
 
 jeepney = pytest.importorskip("jeepney")
+from fake_registry import FakeRegistry  # noqa: E402
 from notification_server import NoDbusDaemon, NotificationServer, private_session_bus  # noqa: E402
 
 # --- Command lines ---------------------------------------------------------------------------------
@@ -164,20 +165,6 @@ def test_run_command_reports_failures_in_one_line() -> None:
 
 
 # --- Rate limiting and the off switch (fake channel, injected clock) -----------------------------
-
-
-class FakeRegistry:
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, name: str) -> str | None:
-        return self.values.get(name)
-
-    def set(self, name: str, data: str) -> None:
-        self.values[name] = data
-
-    def delete(self, name: str) -> None:
-        self.values.pop(name, None)
 
 
 @dataclass

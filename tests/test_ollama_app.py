@@ -262,7 +262,9 @@ def app_env(standin):
     app_process = standin.spawn_app("hidden")
     standin.wait_ready(20)
     finder = StandinAppFinder.of(standin)
-    yield standin, app_process, finder
+    app = running_app(finder)
+    assert app is not None and app.pid == app_process.pid
+    yield standin, app_process, finder, app
 
 
 def hide_listeners(monkeypatch):
@@ -276,7 +278,7 @@ def hide_listeners(monkeypatch):
 
 @posix_only
 def test_the_apps_server_is_found_from_the_process_table_when_the_socket_table_is_refused(app_env, monkeypatch):
-    standin, app_process, finder = app_env
+    standin, app_process, finder, _app = app_env
     hide_listeners(monkeypatch)
     server = server_on_port(standin.port)
     assert server is not None and server.pid == standin.app_serve_pids()[-1]
@@ -288,9 +290,7 @@ def test_the_apps_server_is_found_from_the_process_table_when_the_socket_table_i
 
 @posix_only
 def test_restart_ends_the_serve_child_and_awaits_the_apps_respawn(app_env):
-    standin, app_process, finder = app_env
-    app = running_app(finder)
-    assert app is not None
+    standin, app_process, finder, app = app_env
     old_pid = standin.app_serve_pids()[-1]
     respawn = restart_app_server(app, stop_timeout=5, respawn_timeout=15)
     assert respawn.graceful and respawn.old is not None and respawn.old.pid == old_pid
@@ -306,9 +306,7 @@ def test_restart_ends_the_serve_child_and_awaits_the_apps_respawn(app_env):
 
 @posix_only
 def test_quit_signals_the_app_pid_which_stops_its_serve(app_env):
-    standin, app_process, finder = app_env
-    app = running_app(finder)
-    assert app is not None
+    standin, app_process, finder, app = app_env
     serve_pid = standin.app_serve_pids()[-1]
     outcome = quit_app(app, timeout=15)
     assert outcome == AppQuit(graceful=True)
@@ -322,9 +320,7 @@ def test_quit_signals_the_app_pid_which_stops_its_serve(app_env):
 
 @posix_only
 def test_an_app_that_does_not_quit_is_killed_with_its_server_and_says_so(app_env):
-    standin, app_process, finder = app_env
-    app = running_app(finder)
-    assert app is not None
+    standin, app_process, finder, app = app_env
     serve_pid = standin.app_serve_pids()[-1]
     ignored: list[object] = []
 
@@ -347,9 +343,7 @@ def test_an_app_that_does_not_quit_is_killed_with_its_server_and_says_so(app_env
 def test_restart_notices_an_app_that_quits_meanwhile(app_env):
     from tray.system.ollama_app import AppGone
 
-    standin, app_process, finder = app_env
-    app = running_app(finder)
-    assert app is not None
+    standin, app_process, finder, app = app_env
     os.kill(app.pid, signal.SIGTERM)
     with pytest.raises(AppGone):
         restart_app_server(app, stop_timeout=5, respawn_timeout=15)
@@ -357,14 +351,12 @@ def test_restart_notices_an_app_that_quits_meanwhile(app_env):
 
 @posix_only
 def test_models_dir_comes_from_the_runner_of_the_apps_server(app_env, tmp_path):
-    standin, _app_process, finder = app_env
+    standin, _app_process, finder, app = app_env
     standin.pull("llama3")
     response = httpx.post(
         f"{standin.base_url}/api/generate", json={"model": "llama3", "prompt": "", "keep_alive": -1}, timeout=30
     )
     assert response.status_code == 200
-    app = running_app(finder)
-    assert app is not None
     server = app.serve_child()
     runner_pid = wait_until(standin.alive_runner_pids, 10, what="a runner")[0]
     runners = [psutil.Process(runner_pid).cmdline()]

@@ -341,11 +341,26 @@ class AppFinder(Protocol):
 
 
 @dataclass(frozen=True)
-class MacAppFinder:
-    """``Ollama.app`` in /Applications or ~/Applications; the app is its ``Contents/MacOS/Ollama``."""
+class InstalledAppFinder:
+    """What the per-OS finders share: where the app may be installed, and its layout."""
 
     layout: AppLayout
     candidates: tuple[Path, ...]
+
+    def installed(self) -> Path | None:
+        return next((path for path in self.candidates if path.exists()), None)
+
+    def start_command(self) -> list[str] | None:
+        app = self.installed()
+        return None if app is None else self.start_command_for(app)
+
+    def start_command_for(self, app: Path) -> list[str]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class MacAppFinder(InstalledAppFinder):
+    """``Ollama.app`` in /Applications or ~/Applications; the app is its ``Contents/MacOS/Ollama``."""
 
     @classmethod
     def for_env(cls, env: Mapping[str, str]) -> MacAppFinder:
@@ -354,23 +369,16 @@ class MacAppFinder:
         home = ollama_home(env, "darwin")
         return cls(layout, (Path("/Applications/Ollama.app"), home / "Applications" / "Ollama.app"))
 
-    def installed(self) -> Path | None:
-        return next((path for path in self.candidates if path.exists()), None)
-
-    def start_command(self) -> list[str] | None:
-        app = self.installed()
-        return None if app is None else mac_start_command(app)
+    def start_command_for(self, app: Path) -> list[str]:
+        return mac_start_command(app)
 
     def is_app(self, proc: psutil.Process) -> bool:
         return MAC_EXECUTABLE_DIR in proc.exe()
 
 
 @dataclass(frozen=True)
-class WindowsAppFinder:
+class WindowsAppFinder(InstalledAppFinder):
     """``%LOCALAPPDATA%\\Programs\\Ollama\\ollama app.exe``; the app is any ``ollama app.exe``."""
-
-    layout: AppLayout
-    candidates: tuple[Path, ...]
 
     @classmethod
     def for_env(cls, env: Mapping[str, str]) -> WindowsAppFinder:
@@ -379,12 +387,8 @@ class WindowsAppFinder:
         local = Path(env.get("LOCALAPPDATA") or ollama_home(env, "win32") / "AppData" / "Local")
         return cls(layout, (local / "Programs" / "Ollama" / WINDOWS_APP_EXE,))
 
-    def installed(self) -> Path | None:
-        return next((path for path in self.candidates if path.exists()), None)
-
-    def start_command(self) -> list[str] | None:
-        app = self.installed()
-        return None if app is None else windows_start_command(app)
+    def start_command_for(self, app: Path) -> list[str]:
+        return windows_start_command(app)
 
     def is_app(self, proc: psutil.Process) -> bool:
         return Path(proc.exe()).name.lower() == WINDOWS_APP_EXE
