@@ -497,7 +497,7 @@ def autostart_artifact(bundle: Bundle, env: Mapping[str, str]) -> str | None:
 
 
 def check_autostart_round_trip(bundle: Bundle, root: Path, report: Report) -> None:
-    """``autostart enable``, ``status``, ``disable`` with the OS's real mechanism, pointing at the windowed executable."""
+    """``autostart enable``, ``status``, ``disable`` with the OS's own mechanism, for the windowed executable."""
     env = isolated_env(root / "autostart")
     before = bundle.run("autostart", "status", env=env).stdout.strip()
     if bundle.platform == "win32" and ": enabled" in before:

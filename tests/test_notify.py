@@ -114,7 +114,10 @@ def test_a_toast_that_cannot_register_its_app_id_fails_so_the_balloon_is_tried()
 
     balloon = Recorder()
     notifier = Notifier(
-        channels=[Channel("toast", WindowsToast(registry=no_registry, run=Recorder())), Channel("plyer", balloon, confirms=False)],
+        channels=[
+            Channel("toast", WindowsToast(registry=no_registry, run=Recorder())),
+            Channel("plyer", balloon, confirms=False),
+        ],
         clock=Clock(),
     )
     assert notifier.deliver("t", "m") == notify.Delivery("plyer", confirmed=False)
@@ -371,7 +374,7 @@ def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
 
 
 @pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
-def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
     """A bus without a notification service: every channel fails, and notify() does not claim success."""
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", session_bus)
     monkeypatch.setenv("PATH", failing_notify_send(tmp_path))
@@ -423,7 +426,8 @@ def test_notify_command_names_the_method_that_delivered(notification_server: Not
 
 
 def test_notify_command_without_any_working_method_is_one_line(session_bus, tmp_path):
-    done = _run_notify_command({"DBUS_SESSION_BUS_ADDRESS": session_bus, "PATH": failing_notify_send(tmp_path)}, tmp_path)
+    env = {"DBUS_SESSION_BUS_ADDRESS": session_bus, "PATH": failing_notify_send(tmp_path)}
+    done = _run_notify_command(env, tmp_path)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("ollama-manager: no notification method worked: ")
     assert done.stderr.count("\n") == 1

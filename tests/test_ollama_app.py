@@ -76,7 +76,8 @@ def test_macos_app_quits_on_sigterm_to_its_pid_not_through_applescript():
 
 def test_macos_app_server_restarts_by_ending_its_serve_child():
     assert mac_app().server_stop_steps(5150) == [SendSignal(5150, signal.SIGTERM)]
-    assert mac_app().server_kill_steps(5150, [5151]) == [SendSignal(5150, signal.SIGKILL), SendSignal(5151, signal.SIGKILL)]
+    kills = [SendSignal(5150, signal.SIGKILL), SendSignal(5151, signal.SIGKILL)]
+    assert mac_app().server_kill_steps(5150, [5151]) == kills
 
 
 def test_windows_app_quits_on_wm_close_and_its_serve_stops_on_a_console_break():

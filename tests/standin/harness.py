@@ -82,7 +82,7 @@ class StandinEnv:
         extra_env: Mapping[str, str] | None = None,
         executable: Path | None = None,
     ) -> None:
-        """``executable``: a frozen stand-in to put on PATH (default ``$OLLAMA_STANDIN_EXECUTABLE``, else the script)."""
+        """``executable``: a frozen stand-in for PATH (default ``$OLLAMA_STANDIN_EXECUTABLE``, else the script)."""
         self.root = Path(root)
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"

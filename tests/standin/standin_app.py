@@ -93,7 +93,8 @@ def read_settings() -> Dict[str, Any]:
         return settings
     try:
         with sqlite3.connect(db_path()) as connection:
-            row = connection.execute("SELECT expose, browser, models, context_length FROM settings WHERE id = 1").fetchone()
+            query = "SELECT expose, browser, models, context_length FROM settings WHERE id = 1"
+            row = connection.execute(query).fetchone()
     except sqlite3.Error:
         return settings
     if row is not None:
@@ -394,5 +395,6 @@ def main(argv: List[str]) -> int:
             supervisor.stop_child()
         worker.join(0.05)
     log("INFO", "shutting down ollama server")
-    append_event({"event": "app_exit", "pid": os.getpid(), "signal": received[0] if received else None, "time": time.time()})
+    quit_signal = received[0] if received else None
+    append_event({"event": "app_exit", "pid": os.getpid(), "signal": quit_signal, "time": time.time()})
     return 0

@@ -362,9 +362,8 @@ class Supervisor:
         customized = customizes_server(self.config.ollama_server) or bool(self.env_overlay)
         if not isinstance(owner, OllamaApp) or not needs_own_server(self.host, customized):
             return
-        choice = choose_start(
-            own_server=True, port=self.host.port, installed=True, running=True, login_item=False, app_port=self.host.port
-        )
+        port = self.host.port
+        choice = choose_start(own_server=True, port=port, installed=True, running=True, login_item=False, app_port=port)
         self.history.record("external", choice.warning[0].upper() + choice.warning[1:], {"kind": str(choice.route)})
 
     def _wait_for_app_server(self, reason: str, begun: float) -> StartOutcome:
@@ -375,7 +374,8 @@ class Supervisor:
                 log_path = self.app_finder.layout.server_log if self.app_finder else self.paths.server_log
                 raise StartFailed(
                     f"the Ollama app is running but its server does not answer at {self.host.url} within "
-                    f"{self.config.startup_timeout:g} s: see {log_path}, or quit the app from its menu and open it again"
+                    f"{self.config.startup_timeout:g} s: see {log_path}, or quit the app from its menu and open it "
+                    "again"
                 )
             time.sleep(READY_POLL_SECONDS)
         self.server = None
@@ -531,7 +531,8 @@ class Supervisor:
                 respawn = restart_app_server(owner, self.config.stop_timeout, self.config.startup_timeout)
             except AppGone:
                 raise StartFailed(
-                    "the Ollama app quit while its server was restarting: open Ollama again, or run `ollama-manager start`"
+                    "the Ollama app quit while its server was restarting: open Ollama again, "
+                    "or run `ollama-manager start`"
                 ) from None
             except TimeoutError as exc:
                 raise StartFailed(f"{exc}: quit Ollama from its menu and open it again") from None

@@ -192,7 +192,7 @@ class OllamaApp:
         """Kill the app and, since a killed app leaves them behind, its serve and runners (``tree``)."""
         if self.platform == "win32":
             return [RunCommand(("taskkill", "/F", "/T", "/PID", str(self.pid)))]
-        return [SendSignal(self.pid, SIGKILL)] + [SendSignal(pid, SIGKILL) for pid in tree]
+        return [SendSignal(pid, SIGKILL) for pid in (self.pid, *tree)]
 
     def server_stop_steps(self, serve_pid: int) -> list[ControlStep]:
         """End the app's serve the way the app itself does, so it respawns one 1 s later."""
@@ -203,7 +203,7 @@ class OllamaApp:
     def server_kill_steps(self, serve_pid: int, runners: Sequence[int] = ()) -> list[ControlStep]:
         if self.platform == "win32":
             return [RunCommand(("taskkill", "/F", "/T", "/PID", str(serve_pid)))]
-        return [SendSignal(serve_pid, SIGKILL)] + [SendSignal(pid, SIGKILL) for pid in runners]
+        return [SendSignal(pid, SIGKILL) for pid in (serve_pid, *runners)]
 
     def alive(self) -> bool:
         return self.process.alive()
@@ -539,8 +539,8 @@ def launchctl_disables(output: str, label: str = LAUNCH_AGENT_LABEL) -> bool:
 def startup_approved_disables(data: bytes | None) -> bool:
     """Whether Task Manager switched a startup entry off (first byte odd: ``03 00 …``; on: ``02 00 …``).
 
-    >>> startup_approved_disables(bytes([3, 0, 0, 0])), startup_approved_disables(bytes([2, 0])), startup_approved_disables(None)
-    (True, False, False)
+    >>> [startup_approved_disables(data) for data in (bytes([3, 0, 0, 0]), bytes([2, 0]), None)]
+    [True, False, False]
     """
     return bool(data) and data[0] & 1 == 1  # type: ignore[index]
 

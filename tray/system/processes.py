@@ -132,7 +132,8 @@ def launch_plan(
     child_env["OLLAMA_HOST"] = host.bind_value
     if app_command is not None:
         flags = CREATE_NO_WINDOW if platform == "win32" else 0
-        return LaunchPlan(list(app_command), child_env, via_app=True, creationflags=flags, new_session=platform != "win32")
+        new_session = platform != "win32"
+        return LaunchPlan(list(app_command), child_env, via_app=True, creationflags=flags, new_session=new_session)
     if binary is None:
         raise OllamaNotInstalled()
     if platform == "win32":
@@ -498,7 +499,7 @@ def wait_exited(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.
 
 
 def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.platform) -> StopOutcome:
-    """Ask politely, wait ``timeout`` seconds, then kill what is left; a process that cannot be asked is killed at once."""
+    """Ask politely, wait ``timeout`` seconds, then kill what is left; one that cannot be asked is killed at once."""
     started = time.monotonic()
     outcome = StopOutcome()
     procs = [p for p in (ref.get() for ref in refs) if p is not None]
