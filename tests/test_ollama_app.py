@@ -393,3 +393,12 @@ def test_the_stand_in_app_reaps_a_serve_holding_its_port(standin):
     assert app_process.poll() is None
     assert standin.serve_pids()[-1] in standin.app_serve_pids()[1:]
 
+
+
+def test_docstring_examples():
+    import doctest
+
+    from tray.system import console_break, notify, ollama_app, processes
+
+    for module in (ollama_app, console_break, processes, notify):
+        assert doctest.testmod(module).failed == 0, module.__name__
