@@ -13,14 +13,15 @@ app/logrotate, app/store), with the macOS app's file layout under ``$HOME``:
   ``OLLAMA_HOST=0.0.0.0``, ``browser`` → ``OLLAMA_ORIGINS=*``, ``models`` → ``OLLAMA_MODELS`` (only
   when that folder exists), ``context_length`` > 0 → ``OLLAMA_CONTEXT_LENGTH``;
 - on the first exit with status 1 it assumes a port conflict and reaps the other ``ollama serve``
-  processes (``pgrep -x ollama``, then their arguments), SIGTERM, then SIGKILL where that fails;
+  processes, SIGTERM, then SIGKILL where that fails;
 - SIGTERM or SIGINT quit it: the serve gets an interrupt, 5 s, then a kill, and the app exits 0;
 - SIGHUP stands for a change in its Settings window: the server restarts as ``Restart`` does it
   (stop, rotate the log, start after 1 s).
 
 Where it differs: its reaping, which on a real Mac hits every ``ollama serve`` of the machine, only
-touches serves of its own stand-in environment (the same ``$OLLAMA_STANDIN_EVENTS``), so a test never
-reaps another test's servers; and a serve run as ``python3 …/ollama serve`` counts as ``ollama serve``.
+touches serves of the ``ollama`` it runs itself, so a test never reaps another test's servers; it
+finds them by their arguments (``ps -axww``) rather than by name; and a serve run as
+``python3 …/ollama serve`` counts as ``ollama serve``.
 
 Events (``$OLLAMA_STANDIN_EVENTS``): ``app_start``, ``app_serve_start``, ``app_serve_exit``,
 ``app_reap``, ``app_exit``.
@@ -214,36 +215,37 @@ def is_serve_args(args: List[str]) -> bool:
     return False
 
 
-def same_standin(pid: int) -> bool:
-    """Whether ``pid`` belongs to this stand-in environment (the only serves this app may reap)."""
-    ours = os.environ.get("OLLAMA_STANDIN_EVENTS", "")
-    try:
-        with open("/proc/%d/environ" % pid, "rb") as handle:
-            entries = handle.read().split(b"\0")
-    except OSError:
-        return False
-    return bool(ours) and ("OLLAMA_STANDIN_EVENTS=" + ours).encode() in entries
+def serve_executable(args: List[str]) -> str:
+    """The ``ollama`` a serve's arguments run (after ``python3`` for the script)."""
+    if len(args) >= 2 and os.path.basename(args[0]).startswith("python"):
+        return args[1]
+    return args[0] if args else ""
 
 
 def reap_servers(own_child: int) -> List[int]:
-    """``reapServers``: SIGTERM every other ``ollama serve`` found with ``pgrep -x ollama`` + ``ps -o args=``."""
+    """``reapServers``: SIGTERM every other ``ollama serve`` (SIGKILL where that fails).
+
+    The app lists ``pgrep -x ollama`` and reads each one's ``ps -o args=``; the stand-in's serve is
+    named after its interpreter on macOS, so the stand-in lists every process's arguments instead
+    (``ps -axww``: never cut to ``$COLUMNS``). Only serves of the ``ollama`` this app runs are
+    reaped, so a test never reaps another test's servers.
+    """
+    ours = os.path.abspath(resolve_ollama())
     try:
-        found = subprocess.run(["pgrep", "-x", "ollama"], capture_output=True, text=True, timeout=10).stdout
+        listing = subprocess.run(
+            ["ps", "-axww", "-o", "pid=,args="], capture_output=True, text=True, timeout=10
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     reaped = []
-    for text in found.split():
-        pid = int(text)
-        if pid in (os.getpid(), own_child) or not same_standin(pid):
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or not fields[0].isdigit():
             continue
-        try:
-            # -ww: never cut the arguments to $COLUMNS, as a non-terminal ps otherwise may.
-            args = subprocess.run(
-                ["ps", "-ww", "-p", str(pid), "-o", "args="], capture_output=True, text=True, timeout=10
-            ).stdout.split()
-        except (OSError, subprocess.TimeoutExpired):
+        pid, args = int(fields[0]), fields[1:]
+        if pid in (os.getpid(), own_child) or not is_serve_args(args):
             continue
-        if not is_serve_args(args):
+        if os.path.abspath(serve_executable(args)) != ours:
             continue
         try:
             os.kill(pid, signal.SIGTERM)
