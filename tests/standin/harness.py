@@ -121,6 +121,7 @@ class StandinEnv:
         dirs["XDG_RUNTIME_DIR"].chmod(0o700)
         env = {key: value for key, value in os.environ.items() if not key.startswith("OLLAMA_")}
         env.update({key: str(path) for key, path in dirs.items()})
+        env["USERPROFILE"] = env["HOME"]  # the home of Python's expanduser and Go's os.UserHomeDir on Windows
         env.update(
             OLLAMA_HOST=self.host,
             OLLAMA_MODELS=str(self.models_dir),
