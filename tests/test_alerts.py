@@ -15,6 +15,7 @@ from tray.core.alerts import (
     AlertEngine,
     AlertEvent,
     AlertKind,
+    AlertReport,
     AlertState,
     AlertThresholds,
     Metrics,
@@ -35,7 +36,7 @@ def feed(engine: AlertEngine, observations: Iterable[tuple[float, Metrics]]) -> 
     """Run observations through the engine; the events with the time they came out."""
     out: list[tuple[float, AlertEvent]] = []
     for now, metrics in observations:
-        out.extend((now, event) for event in engine.observe(now, metrics))
+        out.extend((now, event) for event in engine.observe(now, metrics).events)
     return out
 
 
@@ -375,31 +376,30 @@ def test_after_a_wake_nothing_is_raised_until_a_fresh_observation_confirms() -> 
     assert feed(engine, script) == []
 
     # Asleep for an hour; the first probe after waking fails.
-    assert engine.observe(3630.0, Metrics(health="down")) == []
-    assert engine.reprobe_requested is True
+    assert engine.observe(3630.0, Metrics(health="down")) == AlertReport(events=(), reprobe=True)
 
     # The re-probe confirms: now it is raised.
-    events = engine.observe(3632.0, Metrics(health="down"))
-    assert [(e.kind, e.state, e.severity) for e in events] == [(AlertKind.HEALTH, AlertState.RAISED, Severity.CRITICAL)]
-    assert engine.reprobe_requested is False
+    report = engine.observe(3632.0, Metrics(health="down"))
+    assert [(e.kind, e.state, e.severity) for e in report.events] == [
+        (AlertKind.HEALTH, AlertState.RAISED, Severity.CRITICAL)
+    ]
+    assert report.reprobe is False
 
 
 def test_after_a_wake_a_good_reprobe_raises_nothing() -> None:
     engine = AlertEngine(AlertThresholds(confirm_observations=1), interval_seconds=30)
     engine.observe(0.0, Metrics(health="healthy"))
-    assert engine.observe(91.0, Metrics(health="down")) == []  # 91 > 3 x 30: a wake
-    assert engine.reprobe_requested is True
-    assert engine.observe(92.0, Metrics(health="healthy")) == []
-    assert engine.reprobe_requested is False
+    assert engine.observe(91.0, Metrics(health="down")) == AlertReport(reprobe=True)  # 91 > 3 x 30: a wake
+    assert engine.observe(92.0, Metrics(health="healthy")) == AlertReport()
     assert engine.active_kinds == frozenset()
 
 
 def test_a_gap_within_the_wake_factor_is_a_normal_tick() -> None:
     engine = AlertEngine(AlertThresholds(confirm_observations=1), interval_seconds=30)
     engine.observe(0.0, Metrics(health="healthy"))
-    events = engine.observe(90.0, Metrics(health="down"))  # exactly 3 x 30: not a wake
-    assert [e.kind for e in events] == [AlertKind.HEALTH]
-    assert engine.reprobe_requested is False
+    report = engine.observe(90.0, Metrics(health="down"))  # exactly 3 x 30: not a wake
+    assert [e.kind for e in report.events] == [AlertKind.HEALTH]
+    assert report.reprobe is False
 
 
 def test_pending_cpu_time_does_not_survive_a_sleep() -> None:
@@ -412,8 +412,9 @@ def test_pending_cpu_time_does_not_survive_a_sleep() -> None:
 def test_clears_are_allowed_on_the_wake_observation() -> None:
     engine = AlertEngine(AlertThresholds(confirm_observations=1), interval_seconds=30)
     assert summary(feed(engine, [(0.0, memory(7))])) == [(0.0, "memory", "raised")]
-    assert summary(feed(engine, [(4000.0, memory(3))])) == [(4000.0, "memory", "cleared")]
-    assert engine.reprobe_requested is False
+    report = engine.observe(4000.0, memory(3))
+    assert summary([(4000.0, event) for event in report.events]) == [(4000.0, "memory", "cleared")]
+    assert report.reprobe is False
 
 
 # --- Configuration ---------------------------------------------------------------------------------

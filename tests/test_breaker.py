@@ -6,6 +6,8 @@ import doctest
 
 import pytest
 
+from tray.core.health import BusySource, Health
+from tray.core.status import BusyStatus, MonitorState, Status, make_status
 from tray.gateway import breaker as breaker_module
 from tray.gateway.breaker import (
     Activation,
@@ -165,16 +167,16 @@ class TestHealthReports:
     @pytest.mark.parametrize(
         ("status", "expected"),
         [
-            ({"health": "healthy", "state": "running"}, LocalHealth.UP),
-            ({"health": "unhealthy", "state": "running"}, LocalHealth.SLOW),
-            ({"health": "down", "state": "restarting"}, LocalHealth.DOWN),
-            ({"health": "unknown", "state": "starting"}, LocalHealth.UNKNOWN),
-            ({"health": "healthy", "state": "failed"}, LocalHealth.DOWN),
-            ({"health": "down", "state": "stopped"}, LocalHealth.DOWN),
-            ({}, LocalHealth.UNKNOWN),
+            (make_status(health=Health.HEALTHY, state=MonitorState.RUNNING), LocalHealth.UP),
+            (make_status(health=Health.UNHEALTHY, state=MonitorState.RUNNING), LocalHealth.SLOW),
+            (make_status(health=Health.DOWN, state=MonitorState.RESTARTING), LocalHealth.DOWN),
+            (make_status(health=Health.UNKNOWN, state=MonitorState.STARTING), LocalHealth.UNKNOWN),
+            (make_status(health=Health.HEALTHY, state=MonitorState.FAILED), LocalHealth.DOWN),
+            (make_status(health=Health.DOWN, state=MonitorState.STOPPED), LocalHealth.DOWN),
+            (Status(), LocalHealth.UNKNOWN),
         ],
     )
-    def test_monitor_status_mapping(self, status: dict[str, str], expected: LocalHealth) -> None:
+    def test_monitor_status_mapping(self, status: Status, expected: LocalHealth) -> None:
         assert health_from_status(status) is expected
 
 
@@ -402,13 +404,13 @@ class TestWhatIsLoaded:
         assert cache.is_loaded("mistral", 30.0) is False
 
     @pytest.mark.parametrize(
-        ("busy", "expected"),
-        [(None, False), ({}, False), ({"model": "llama3", "source": "runner"}, True),
-         ({"model": "llama3", "source": "probe", "requests": None}, True),
-         ({"model": "llama3", "source": "gateway", "requests": 1}, False)],
-    )  # fmt: skip
-    def test_busy_in_the_monitors_status(self, busy: object, expected: bool) -> None:
-        assert status_busy({"health": "healthy", "busy": busy}) is expected
+        ("source", "expected"),
+        [(None, False), (BusySource.RUNNER, True), (BusySource.PROBE, True), (BusySource.GATEWAY, False)],
+    )
+    def test_busy_in_the_monitors_status(self, source: BusySource | None, expected: bool) -> None:
+        requests = 1 if source is BusySource.GATEWAY else None
+        busy = BusyStatus("llama3", requests, None, 12.0, None, source, False) if source is not None else None
+        assert status_busy(make_status(busy=busy)) is expected
 
 
 def test_local_activity_defaults() -> None:

@@ -11,7 +11,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,18 @@ from standin.harness import free_port
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from tray.core.health import BusySource, Health
+from tray.core.status import (
+    Activity,
+    ActivityKind,
+    BusyStatus,
+    GatewayStatus,
+    LoadedModelStatus,
+    ModelInfo,
+    MonitorState,
+    Status,
+    make_status,
+)
 from tray import __version__
 from tray.settings.config import load_config
 from tray.dashboard import Dashboard, dashboard_command, dashboard_url, mount_dashboard, open_dashboard
@@ -57,46 +69,16 @@ class FakeClock:
         return self.now
 
 
-def healthy_status(**changes: Any) -> dict[str, Any]:
-    status = {
-        "ollama_running": True,
-        "model_loaded": "uncensored-llama3",
-        "latency_ms": 245,
-        "health": "healthy",
-        "uptime_seconds": 7500,
-        "inference_count": 12,
-        "memory_usage_mb": 4608,
-        "gpu_available": False,
-        "cpu_usage_percent": 12.5,
-        "last_error": None,
-        "state": "running",
-        "managed_by": "manager",
-        "pid": 4242,
-        "ollama_host": "http://127.0.0.1:11434",
-        "model": "uncensored-llama3",
-        "restart_attempt": 0,
-        "restart_attempts_max": 3,
-        "next_retry_in": None,
-        "activity": None,
-        "cloud_active": False,
-        "loaded_models": [{"name": "uncensored-llama3:latest", "size": 4_661_224_676, "size_vram": 0}],
-        "model_status": "ok",
-        "model_info": {
-            "size": 4_661_224_676,
-            "parameter_size": "8.0B",
-            "quantization": "Q4_0",
-            "last_verified": NOW - 300,
-        },
-        "gateway": None,
-        "busy": None,
-    }
-    status.update(changes)
-    return status
-
-
-class FakeSupervisor:
-    def __init__(self, config: Any) -> None:
-        self.config = config
+def healthy_status(**changes: Any) -> Status:
+    return make_status(
+        **{
+            "uptime_seconds": 7500,
+            "memory_usage_mb": 4608,
+            "loaded_models": (LoadedModelStatus("uncensored-llama3:latest", 4_661_224_676, 0),),
+            "model_info": ModelInfo(4_661_224_676, "8.0B", "Q4_0", NOW - 300),
+            **changes,
+        }
+    )
 
 
 class FakeMonitor:
@@ -104,14 +86,14 @@ class FakeMonitor:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self.supervisor = FakeSupervisor(config)
+        self.applied: list[Any] = []  # the settings it was given, in turn
         self.status = healthy_status()
         self.sample: ResourceSample | None = None
         self.subscribers: list[Any] = []
         self.requested: list[str] = []
 
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self.status)
+    def snapshot(self) -> Status:
+        return self.status
 
     def subscribe(self, callback: Any) -> Any:
         self.subscribers.append(callback)
@@ -120,7 +102,7 @@ class FakeMonitor:
     def publish(self, **changes: Any) -> None:
         self.status = healthy_status(**changes)
         for callback in list(self.subscribers):
-            callback(dict(self.status))
+            callback(self.status)
 
     def request(self, action: str) -> concurrent.futures.Future[str]:
         self.requested.append(action)
@@ -128,14 +110,22 @@ class FakeMonitor:
         future.set_result(f"{action} done")
         return future
 
+    def apply_settings(self, config: Any) -> concurrent.futures.Future[str]:
+        self.config = config
+        self.applied.append(config)
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        future.set_result("settings in use")
+        return future
+
 
 class FakeGateway:
     def __init__(self, calls: int, cloud_calls: int) -> None:
         self.calls, self.cloud_calls = calls, cloud_calls
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GatewayStatus:
         ratio = self.cloud_calls / self.calls if self.calls else None
-        return {"calls": self.calls, "cloud_calls": self.cloud_calls, "fallback_ratio": ratio}
+        return GatewayStatus("closed", "", None, True, False, "openai", "gpt-4o-mini", self.calls, self.cloud_calls,
+                             ratio, "http://127.0.0.1:11434")  # fmt: skip
 
 
 class Notifier:
@@ -292,9 +282,10 @@ def test_a_valid_save_keeps_comments_writes_once_and_applies_what_it_can(setup: 
     )
     assert stat.S_IMODE(setup.config_path.stat().st_mode) == 0o600
     assert sorted(p.name for p in setup.config_path.parent.iterdir()) == ["config.toml"]
-    for config in (setup.monitor.config, setup.monitor.supervisor.config):
-        assert (config.health_check_interval, config.health_probe) == (12.0, "api")
-        assert config.alerts.memory_mb == 4096  # the alert engine reads it at start-up only
+    assert len(setup.monitor.applied) == 1  # one new Config, handed to the monitor's thread
+    config = setup.monitor.config
+    assert (config.health_check_interval, config.health_probe) == (12.0, "api")
+    assert config.alerts.memory_mb == 4096  # applies after the app restarts
     rows = {row["key"]: row for row in setup.client().get("/api/settings").json()["settings"]}
     assert (rows["health_check_interval"]["pending_restart"], rows["alerts.memory_mb"]["pending_restart"]) == (
         False,
@@ -308,7 +299,8 @@ def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
     assert first["applies"] == {"now": [], "ollama_start": [], "app_restart": ["alerts.memory_mb"]}
     second = client.post("/api/settings", json={"values": {"stop_timeout": 2}}, headers=AUTH).json()
     assert second["message"] == f"Saved 1 setting to {setup.config_path}. Applied now: stop_timeout."
-    assert setup.monitor.supervisor.config.stop_timeout == 2.0
+    assert setup.monitor.config.stop_timeout == 2.0
+    assert setup.monitor.config.alerts.memory_mb == 4096  # saved, but applies after the app restarts
 
 
 @pytest.mark.parametrize(
@@ -507,7 +499,7 @@ def test_history_view_uses_360_points_per_range() -> None:
 
 
 def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
-    view = status_view(healthy_status(), FakeGateway(calls=8, cloud_calls=2).snapshot(), NOW)
+    view = status_view(healthy_status(gateway=FakeGateway(calls=8, cloud_calls=2).snapshot()), NOW)
     assert view == {
         "health": "healthy",
         "summary": "Ollama: healthy · 245 ms",
@@ -548,16 +540,15 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
     }
 
 
-BUSY = {"model": "uncensored-llama3:latest", "requests": None, "waiting": None, "since_seconds": 80.0,
-        "progress_seconds_ago": 0.0, "source": "runner", "stuck": False}
+BUSY = BusyStatus("uncensored-llama3:latest", None, None, 80.0, 0.0, BusySource.RUNNER, stuck=False)
 
 
 def test_the_live_panel_says_what_ollama_is_busy_with() -> None:
-    view = status_view(healthy_status(busy=BUSY), None, NOW)
+    view = status_view(healthy_status(busy=BUSY), NOW)
     assert view["summary"] == "Ollama: healthy · 245 ms · busy: generating on uncensored-llama3:latest for 1 min"
     assert view["busy"] == {"text": "generating on uncensored-llama3:latest for 1 min", "stuck": False, "source": "runner"}
-    stuck = {**BUSY, "stuck": True, "progress_seconds_ago": None, "since_seconds": 960.0, "source": "probe"}
-    view = status_view(healthy_status(busy=stuck), None, NOW)
+    stuck = replace(BUSY, stuck=True, progress_seconds_ago=None, since_seconds=960.0, source=BusySource.PROBE)
+    view = status_view(healthy_status(busy=stuck), NOW)
     assert view["busy"] == {"text": "stuck: no progress on uncensored-llama3:latest for 16 min", "stuck": True,
                             "source": "probe"}
     assert view["health"] == "healthy"  # busy, even stuck, is not a health value
@@ -566,26 +557,28 @@ def test_the_live_panel_says_what_ollama_is_busy_with() -> None:
 def test_metrics_show_busy_and_a_stuck_runner(setup: Setup) -> None:
     idle = metric_samples(setup.client().get("/metrics").text)
     assert [idle[(f"ollama_manager_{name}", ())] for name in ("busy", "busy_seconds", "stuck_runner")] == [0, 0, 0]
-    setup.monitor.status = healthy_status(busy={**BUSY, "since_seconds": 930.5, "stuck": True})
+    setup.monitor.status = healthy_status(busy=replace(BUSY, since_seconds=930.5, stuck=True))
     busy = metric_samples(setup.client().get("/metrics").text)
     assert [busy[(f"ollama_manager_{name}", ())] for name in ("busy", "busy_seconds", "stuck_runner")] == [1, 930.5, 1]
     assert busy[("ollama_manager_restarts_total", (("reason", "stuck_runner"),))] == 0.0
 
 
 def test_a_stopped_server_offers_start_and_nothing_that_needs_it_running() -> None:
-    stopped = healthy_status(ollama_running=False, health="down", state="stopped", loaded_models=[], pid=None)
+    stopped = healthy_status(
+        ollama_running=False, health=Health.DOWN, state=MonitorState.STOPPED, loaded_models=(), pid=None
+    )
     assert action_views(stopped) == [
         {"id": "start", "label": "Start Ollama", "enabled": True},
         {"id": "restart", "label": "Restart Ollama", "enabled": False},
         {"id": "rebuild", "label": "Rebuild model", "enabled": False},
         {"id": "unload", "label": "Unload models", "enabled": False},
     ]
-    view = status_view(stopped, None, NOW)
+    view = status_view(stopped, NOW)
     assert (view["memory"], view["uptime"], view["state"]) == ("—", "—", "stopped, started by this manager")
 
 
 def test_a_build_under_way_blocks_the_server_actions() -> None:
-    building = healthy_status(activity={"kind": "build", "text": "Building model", "progress": 0.4})
+    building = healthy_status(activity=Activity(ActivityKind.BUILD, "Building model", 0.4))
     assert [a["enabled"] for a in action_views(building)] == [False, False, False, False]
 
 
@@ -597,7 +590,7 @@ def test_the_gateway_split_or_gateway_off() -> None:
         "cloud": None,
         "cloud_share": None,
     }
-    assert gateway_view({"calls": 0, "cloud_calls": 0})["text"] == "no calls yet"
+    assert gateway_view(FakeGateway(calls=0, cloud_calls=0).snapshot())["text"] == "no calls yet"
 
 
 def test_the_status_message_carries_the_gateway_split_of_the_status(setup: Setup) -> None:
@@ -619,7 +612,7 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def test_metrics_parse_and_carry_health_latency_restarts_alerts_and_resources(tmp_path: Path) -> None:
     built = Setup(tmp_path)
-    built.monitor.status["gateway"] = FakeGateway(calls=8, cloud_calls=2).snapshot()
+    built.monitor.status = healthy_status(gateway=FakeGateway(calls=8, cloud_calls=2).snapshot())
     built.monitor.sample = ResourceSample(
         taken_at=5.0,
         server_pid=4242,
@@ -693,7 +686,7 @@ def test_metrics_parse_and_carry_health_latency_restarts_alerts_and_resources(tm
 
 
 def test_metrics_without_sample_or_gateway_still_parse(setup: Setup) -> None:
-    setup.monitor.status = healthy_status(ollama_running=False, health="down", latency_ms=None, uptime_seconds=0)
+    setup.monitor.status = healthy_status(ollama_running=False, health=Health.DOWN, latency_ms=None, uptime_seconds=0)
     samples = metric_samples(setup.client().get("/metrics").text)
     assert samples[("ollama_manager_up", ())] == 0.0
     assert samples[("ollama_manager_health", (("state", "down"),))] == 1.0
@@ -768,11 +761,11 @@ def test_the_stream_sends_status_changes_and_events_then_ends_on_close(setup: Se
             assert first["event"] == "status"
             assert json.loads(first["data"])["view"]["health"] == "healthy"
 
-            setup.monitor.publish(health="down", ollama_running=False, latency_ms=None)
+            setup.monitor.publish(health=Health.DOWN, ollama_running=False, latency_ms=None)
             down = json.loads(read_message(lines)["data"])
             assert (down["status"]["health"], down["view"]["summary"]) == ("down", "Ollama: down")
 
-            setup.monitor.publish(health="down", ollama_running=False, latency_ms=None)  # no change: not sent
+            setup.monitor.publish(health=Health.DOWN, ollama_running=False, latency_ms=None)  # no change: not sent
             setup.history.record("crash", "Ollama exited unexpectedly (status -9)")
             event = read_message(lines)
             assert event["event"] == "event"

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import doctest
+from dataclasses import replace
 
+from tray.core.status import LoadedModelStatus, MonitorState, make_status
 from tray.ui import dbusmenu as dbusmenu_module
 from tray.ui.dbusmenu import LAYOUT_SIGNATURE, MenuIds, build_layout, layout_change
 from tray.ui.menu import MenuEntry, build_menu
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
-HEALTHY = {
-    "ollama_running": True,
-    "health": "healthy",
-    "latency_ms": 245,
-    "state": "running",
-    "model": "uncensored-llama3",
-    "loaded_models": [],
-}
-LLAMA3 = {"name": "llama3:latest", "size": 4_661_224_676, "size_vram": 0}
-MY_MODEL = {"name": "my_model:latest", "size": 2_000_000_000, "size_vram": 0}
+HEALTHY = make_status()
+LLAMA3 = LoadedModelStatus("llama3:latest", 4_661_224_676, 0)
+MY_MODEL = LoadedModelStatus("my_model:latest", 2_000_000_000, 0)
 
 
 def labels(layout, parent: int = 0) -> list[str]:
@@ -75,7 +70,7 @@ def test_properties_carry_enabled_and_checkmarks() -> None:
 
 
 def test_underscores_are_not_mnemonics() -> None:
-    layout = build_layout(build_menu({**HEALTHY, "loaded_models": [MY_MODEL]}, SETTINGS, set()), MenuIds())
+    layout = build_layout(build_menu(replace(HEALTHY, loaded_models=(MY_MODEL,)), SETTINGS, set()), MenuIds())
     assert "my__model:latest 2 GB · 100% CPU" in labels(layout)
 
 
@@ -131,8 +126,8 @@ def test_a_label_or_state_change_is_a_property_update() -> None:
 def test_models_coming_and_going_change_the_layout() -> None:
     ids = MenuIds()
     none = build_layout(build_menu(HEALTHY, SETTINGS, set()), ids)
-    one = build_layout(build_menu({**HEALTHY, "loaded_models": [LLAMA3]}, SETTINGS, set()), ids)
-    two = build_layout(build_menu({**HEALTHY, "loaded_models": [LLAMA3, MY_MODEL]}, SETTINGS, set()), ids)
+    one = build_layout(build_menu(replace(HEALTHY, loaded_models=(LLAMA3,)), SETTINGS, set()), ids)
+    two = build_layout(build_menu(replace(HEALTHY, loaded_models=(LLAMA3, MY_MODEL)), SETTINGS, set()), ids)
     assert layout_change(none, one).layout_changed is True
     assert layout_change(one, two).layout_changed is True
     assert layout_change(two, two).empty
@@ -141,6 +136,7 @@ def test_models_coming_and_going_change_the_layout() -> None:
 def test_start_and_stop_are_different_items() -> None:
     ids = MenuIds()
     running = build_layout(build_menu(HEALTHY, SETTINGS, set()), ids)
-    stopped = build_layout(build_menu({**HEALTHY, "state": "stopped", "ollama_running": False}, SETTINGS, set()), ids)
+    stopped_status = replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False)
+    stopped = build_layout(build_menu(stopped_status, SETTINGS, set()), ids)
     assert layout_change(running, stopped).layout_changed is True
     assert "Start Ollama" in labels(stopped) and "Stop Ollama" not in labels(stopped)

@@ -22,12 +22,20 @@ from tests.manager import in_thread
 
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
+from tray.core.health import BusySource, Health
+from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.settings.config import ConfigError, load_table, settable_fields
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
 from tray.gateway.cloud import ApiKey, KeyStoreError, NotServed, SystemKeyStore, find_api_key, plan_cloud_call
-from tray.gateway.commands import cloud_set_key_command, gateway_command, same_address, start_gateway_in_monitor
+from tray.gateway.commands import (
+    cloud_set_key_command,
+    gateway_command,
+    gateway_for_monitor,
+    same_address,
+    serve_beside_monitor,
+)
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
@@ -699,11 +707,12 @@ class TestSlowIsNotBroken:
         gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(slow_inference_ms=1500)  # the first token waits for work ahead of this request
-        busy = {"model": "llama3:latest", "source": "runner", "since_seconds": 40.0}  # a client of Ollama's own
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": busy})
+        busy = BusyStatus("llama3:latest", None, None, 40.0, None, BusySource.RUNNER, False)  # a client of Ollama's own
+        loaded = (LoadedModelStatus("llama3:latest", 4_661_224_676, 0),)
+        gw.gateway.observe_status(make_status(busy=busy, loaded_models=loaded))
         queued = gw.post("/api/chat", CHAT)
         assert (queued.headers[HEADER], ndjson(queued)[0]["message"]["content"]) == ("local", "You")
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "busy": None})
+        gw.gateway.observe_status(make_status(busy=None, loaded_models=loaded))
         idle = gw.post("/api/chat", CHAT)  # nothing ahead of it: silence past the budget means trouble
         assert idle.headers[HEADER] == "cloud"
         assert len(cloud.requests()) == 1
@@ -722,7 +731,7 @@ class TestHangFoundByTheMonitor:
         streamed = in_thread(lambda: gw.post("/v1/chat/completions", dict(CHAT, stream=True), timeout=60))
         wait_until(lambda: gw.gateway.local_activity().waiting == 2, what="two requests waiting on Ollama")
         found_down = time.monotonic()
-        gw.gateway.observe_status({"health": "down", "state": "running"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         answers = [whole(), streamed()]
         assert time.monotonic() - found_down < 1.0
         assert [a.headers[HEADER] for a in answers] == ["cloud", "cloud"]
@@ -743,7 +752,7 @@ class TestHangFoundByTheMonitor:
         wait_until(lambda: gw.reports, what="a report to the monitor")
         assert gw.reports == ["a streamed request to a loaded model got nothing from Ollama for 0.5 s"]
         assert gw.gateway.local_activity().waiting == 1
-        gw.gateway.observe_status({"health": "down", "state": "running"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         answer = waiting()
         assert (answer.status_code, answer.headers[HEADER]) == (503, "gateway")
         assert answer.json() == {
@@ -759,7 +768,7 @@ class TestHangFoundByTheMonitor:
         with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
             lines = response.iter_lines()
             first = json.loads(next(lines))
-            gw.gateway.observe_status({"health": "down", "state": "running"})
+            gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
             rest = [json.loads(line) for line in lines if line.strip()]
         assert (response.headers[HEADER], first["message"]["content"]) == ("local", "You")
         assert "".join(c["message"]["content"] for c in [first, *rest]) == LONG_REPLY
@@ -869,7 +878,7 @@ class TestWhatTheMonitorSees:
         assert "".join(c["message"]["content"] for c in ndjson(streamed())) == LONG_REPLY
         wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="nothing in flight")
         cloud_only = gateways(ollama.base_url, cloud_settings(cloud))
-        cloud_only.gateway.observe_status({"health": "down", "state": "failed"})
+        cloud_only.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.FAILED))
         assert cloud_only.post("/api/chat", dict(CHAT, stream=False)).headers[HEADER] == "cloud"
         assert cloud_only.gateway.local_activity() == LocalActivity({}, 0, None)  # nothing went to Ollama
 
@@ -880,9 +889,9 @@ class TestModelLists:
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
         assert httpx.get(gw.url + "/api/tags").headers[HEADER] == "local"
-        gw.gateway.observe_status({"health": "down", "state": "restarting"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RESTARTING))
         assert httpx.get(gw.url + "/api/tags").headers[HEADER] == "gateway"
-        gw.gateway.observe_status({"health": "healthy", "state": "running", "loaded_models": []})
+        gw.gateway.observe_status(make_status(health=Health.HEALTHY, state=MonitorState.RUNNING, loaded_models=()))
         assert gw.status()["breaker"] == "closed"
         for path in ("/api/tags", "/api/ps", "/api/version"):
             assert httpx.get(gw.url + path).headers[HEADER] == "local", path
@@ -894,7 +903,7 @@ class TestModelLists:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
         httpx.get(gw.url + "/api/tags")  # llama3 seen
         ollama.cleanup()
-        gw.gateway.observe_status({"health": "down", "state": "running"})
+        gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         names = ("Llama3", "cloud-model", "nope:7b")
         answers = {name: httpx.post(gw.url + "/api/show", json={"model": name}) for name in names}
         assert {n: (a.status_code, a.headers[HEADER]) for n, a in answers.items()} == {
@@ -1183,32 +1192,33 @@ class TestWiring:
     def test_inside_the_monitor_it_follows_the_monitors_health(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
         class FakeMonitor:
             def __init__(self) -> None:
-                self.subscribers: list[Callable[[dict[str, Any]], None]] = []
+                self.subscribers: list[Callable[[Status], None]] = []
                 self.requests: list[str] = []
 
-            def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+            def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]:
                 self.subscribers.append(callback)
                 return lambda: self.subscribers.remove(callback)
 
-            def snapshot(self) -> dict[str, Any]:
-                return {"health": "healthy", "state": "running"}
+            def snapshot(self) -> Status:
+                return make_status()
 
             def request(self, action: str) -> None:
                 self.requests.append(action)
 
         monitor = FakeMonitor()
         off = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "gateway": GatewaySettings()})()
-        assert start_gateway_in_monitor(off, monitor) is None
+        assert gateway_for_monitor(off, lambda: monitor.request("check")) is None
         config = type("Cfg", (), {"host": parse_ollama_host(ollama.base_url), "cloud": cloud_settings(cloud),
                                   "gateway": GatewaySettings(enabled=True, port=0)})()  # fmt: skip
-        server = start_gateway_in_monitor(config, monitor)
-        assert server is not None
+        gateway = gateway_for_monitor(config, lambda: monitor.request("check"))
+        assert gateway is not None
+        server = serve_beside_monitor(gateway, 0, monitor)
         try:
             server.gateway.env = {KEY_ENV: KEY}
-            monitor.subscribers[0]({"health": "down", "state": "failed"})
+            monitor.subscribers[0](make_status(health=Health.DOWN, state=MonitorState.FAILED))
             answer = httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30)
             assert answer.headers[HEADER] == "cloud"  # Ollama is up, but the monitor said it is not
-            monitor.subscribers[0]({"health": "healthy", "state": "running"})
+            monitor.subscribers[0](make_status(health=Health.HEALTHY, state=MonitorState.RUNNING))
             assert (
                 httpx.post(server.url + "/api/chat", json=dict(CHAT, stream=False), timeout=30).headers[HEADER]
                 == "local"

@@ -213,7 +213,10 @@ def test_the_standalone_gateway_reports_to_the_running_monitor(
     log = open(tmp_path / "gateway.log", "w")  # noqa: SIM115 - closed below
     gateway: subprocess.Popen[str] | None = None
     try:
-        manager.spawn_monitor()
+        # The monitor must see Ollama idle when the request goes out: a busy Ollama rightly gets no first-byte
+        # budget. So no test prompt of its own (it would wait behind the hung one), and no check between the load
+        # below and the request (the new runner's CPU time would read as someone's work) until the report asks.
+        manager.spawn_monitor({"OLLAMA_MANAGER_HEALTH_PROBE": "api", "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "120"})
         manager.wait_monitor_ready()
         standin.pull("llama3")
         gateway = subprocess.Popen(

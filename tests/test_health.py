@@ -21,6 +21,7 @@ from tray.core.health import (
     runner_cpu_since,
     stuck_runner_bound,
 )
+from tray.core.status import BusyStatus
 
 
 def test_docstring_examples():
@@ -152,7 +153,7 @@ def test_progress_keeps_a_long_generation_from_being_stuck():
         gateway = GatewayActivity({"llama3": 1}, waiting=0, last_progress=clock.now - 2)
         busy = tracker.observe(clock.now, BusyEvidence(gateway=gateway))
         assert busy.stuck is False
-    assert busy.to_status(clock.now)["progress_seconds_ago"] == 2.0
+    assert BusyStatus.of(busy, clock.now).progress_seconds_ago == 2.0
     # The bytes stop: stuck once the bound has passed since the last one.
     silent = GatewayActivity({"llama3": 1}, waiting=0, last_progress=busy.last_progress)
     stuck = [tracker.observe(clock.advance(30), BusyEvidence(gateway=silent)).stuck for _ in range(3)]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import doctest
 import itertools
+from typing import Any
 
 import pytest
 from PIL import Image, ImageChops
 
+from tray.core.health import BusySource, Health
+from tray.core.status import Activity, ActivityKind, BusyStatus, MonitorState, Status, make_status
 from tray.ui import icon as icon_module
 from tray.ui.icon import (
     TOOLTIP_MAX_CHARS,
@@ -21,31 +24,9 @@ from tray.ui.icon import (
 )
 
 
-def status(**overrides: object) -> dict[str, object]:
+def status(**overrides: Any) -> Status:
     """A healthy running server, changed by ``overrides``."""
-    base: dict[str, object] = {
-        "ollama_running": True,
-        "model_loaded": "uncensored-llama3",
-        "latency_ms": 245,
-        "health": "healthy",
-        "uptime_seconds": 3600,
-        "inference_count": 42,
-        "memory_usage_mb": 4096,
-        "gpu_available": False,
-        "cpu_usage_percent": 15.0,
-        "last_error": None,
-        "state": "running",
-        "managed_by": "manager",
-        "model": "uncensored-llama3",
-        "restart_attempt": 0,
-        "restart_attempts_max": 3,
-        "next_retry_in": None,
-        "activity": None,
-        "cloud_active": False,
-        "loaded_models": [],
-    }
-    base.update(overrides)
-    return base
+    return make_status(**overrides)
 
 
 def test_docstring_examples() -> None:
@@ -59,32 +40,32 @@ def test_docstring_examples() -> None:
     ("overrides", "expected"),
     [
         ({}, IconState.HEALTHY),
-        ({"health": "unhealthy", "latency_ms": 7200}, IconState.UNHEALTHY),
-        ({"health": "down", "latency_ms": None}, IconState.DOWN),
-        ({"state": "failed", "health": "down", "ollama_running": False}, IconState.DOWN),
-        ({"state": "starting", "health": "unknown"}, IconState.BUSY),
-        ({"state": "restarting", "health": "down"}, IconState.BUSY),
-        ({"state": "stopping"}, IconState.BUSY),
-        ({"activity": {"kind": "build", "text": "Building model", "progress": 0.4}}, IconState.BUSY),
-        ({"activity": {"kind": "pull", "text": "Pulling llama3", "progress": None}}, IconState.BUSY),
-        ({"state": "stopped", "health": "down", "ollama_running": False}, IconState.STOPPED),
-        ({"health": "unknown"}, IconState.BUSY),
-        ({"health": "unknown", "ollama_running": False}, IconState.STOPPED),
+        ({"health": Health.UNHEALTHY, "latency_ms": 7200}, IconState.UNHEALTHY),
+        ({"health": Health.DOWN, "latency_ms": None}, IconState.DOWN),
+        ({"state": MonitorState.FAILED, "health": Health.DOWN, "ollama_running": False}, IconState.DOWN),
+        ({"state": MonitorState.STARTING, "health": Health.UNKNOWN}, IconState.BUSY),
+        ({"state": MonitorState.RESTARTING, "health": Health.DOWN}, IconState.BUSY),
+        ({"activity": Activity(ActivityKind.STOP, "Stopping Ollama", None)}, IconState.BUSY),
+        ({"activity": Activity(ActivityKind.BUILD, "Building model", 0.4)}, IconState.BUSY),
+        ({"activity": Activity(ActivityKind.PULL, "Pulling llama3", None)}, IconState.BUSY),
+        ({"state": MonitorState.STOPPED, "health": Health.DOWN, "ollama_running": False}, IconState.STOPPED),
+        ({"health": Health.UNKNOWN}, IconState.BUSY),
+        ({"health": Health.UNKNOWN, "ollama_running": False}, IconState.STOPPED),
         # A quick verify or unload does not hide the health.
-        ({"activity": {"kind": "verify", "text": "Verifying model", "progress": None}}, IconState.HEALTHY),
-        ({"health": "unhealthy", "activity": {"kind": "unload", "text": "", "progress": None}}, IconState.UNHEALTHY),
+        ({"activity": Activity(ActivityKind.VERIFY, "Verifying model", None)}, IconState.HEALTHY),
+        ({"health": Health.UNHEALTHY, "activity": Activity(ActivityKind.UNLOAD, "", None)}, IconState.UNHEALTHY),
     ],
 )
-def test_icon_state(overrides: dict[str, object], expected: IconState) -> None:
+def test_icon_state(overrides: dict[str, Any], expected: IconState) -> None:
     assert icon_state(status(**overrides)) is expected
 
 
-def test_icon_state_of_an_empty_status_is_stopped() -> None:
-    assert icon_state({}) is IconState.STOPPED
+def test_icon_state_before_anything_is_known_is_busy_starting() -> None:
+    assert icon_state(Status()) is IconState.BUSY
 
 
 def test_busy_activity_wins_over_a_failed_state() -> None:
-    failed_but_building = status(state="failed", activity={"kind": "build", "text": "", "progress": 0.1})
+    failed_but_building = status(state=MonitorState.FAILED, activity=Activity(ActivityKind.BUILD, "", 0.1))
     assert icon_state(failed_but_building) is IconState.BUSY
 
 
@@ -188,67 +169,67 @@ def test_draw_icon_rejects_a_zero_size() -> None:
     ("overrides", "expected"),
     [
         ({}, "Ollama: healthy · 245 ms · uncensored-llama3"),
-        ({"health": "unhealthy", "latency_ms": 7240}, "Ollama: unhealthy · 7.2 s · uncensored-llama3"),
+        ({"health": Health.UNHEALTHY, "latency_ms": 7240}, "Ollama: unhealthy · 7.2 s · uncensored-llama3"),
         ({"latency_ms": None}, "Ollama: healthy · uncensored-llama3"),
-        ({"state": "restarting", "health": "down", "restart_attempt": 2}, "Restarting (attempt 2 of 3)"),
         (
-            {"state": "restarting", "health": "down", "restart_attempt": 3, "next_retry_in": 40.0},
+            {"state": MonitorState.RESTARTING, "health": Health.DOWN, "restart_attempt": 2},
+            "Restarting (attempt 2 of 3)",
+        ),
+        (
+            {"state": MonitorState.RESTARTING, "health": Health.DOWN, "restart_attempt": 3, "next_retry_in": 40.0},
             "Restarting (attempt 3 of 3) — next try in 40 s",
         ),
-        ({"state": "restarting", "restart_attempt": 0}, "Restarting"),
+        ({"state": MonitorState.RESTARTING, "restart_attempt": 0}, "Restarting"),
         (
-            {"activity": {"kind": "build", "text": "Building model", "progress": 0.45}},
+            {"activity": Activity(ActivityKind.BUILD, "Building model", 0.45)},
             "Building model 45 %",
         ),
         (
-            {"activity": {"kind": "pull", "text": "Pulling llama3", "progress": 0.29}},
+            {"activity": Activity(ActivityKind.PULL, "Pulling llama3", 0.29)},
             "Pulling llama3 29 %",
         ),
-        ({"activity": {"kind": "verify", "text": "", "progress": None}}, "Verifying model"),
-        ({"health": "down", "latency_ms": None, "next_retry_in": 300.0}, "Down — retrying in 5 min"),
-        ({"health": "down", "latency_ms": None}, "Ollama: down"),
-        ({"state": "stopped", "health": "down", "ollama_running": False}, "Stopped"),
-        ({"state": "starting", "health": "unknown"}, "Starting Ollama…"),
-        ({"state": "stopping"}, "Stopping Ollama…"),
+        ({"activity": Activity(ActivityKind.VERIFY, "", None)}, "Verifying model"),
+        ({"health": Health.DOWN, "latency_ms": None, "next_retry_in": 300.0}, "Down — retrying in 5 min"),
+        ({"health": Health.DOWN, "latency_ms": None}, "Ollama: down"),
+        ({"state": MonitorState.STOPPED, "health": Health.DOWN, "ollama_running": False}, "Stopped"),
+        ({"state": MonitorState.STARTING, "health": Health.UNKNOWN}, "Starting Ollama…"),
+        ({"activity": Activity(ActivityKind.STOP, "Stopping Ollama", None)}, "Stopping Ollama"),
         (
-            {"state": "failed", "health": "down", "ollama_running": False},
+            {"state": MonitorState.FAILED, "health": Health.DOWN, "ollama_running": False},
             "Down — gave up after 3 restart attempts",
         ),
-        ({"health": "unknown", "latency_ms": None}, "Ollama: checking…"),
+        ({"health": Health.UNKNOWN, "latency_ms": None}, "Ollama: checking…"),
         (
-            {"state": "failed", "health": "down", "cloud_active": True},
+            {"state": MonitorState.FAILED, "health": Health.DOWN, "cloud_active": True},
             "Down — gave up after 3 restart attempts · cloud fallback active",
         ),
         ({"cloud_active": True}, "Ollama: healthy · 245 ms · uncensored-llama3 · cloud fallback active"),
         (
-            {"busy": {"model": "llama3:latest", "requests": None, "waiting": None, "since_seconds": 80.0,
-                      "progress_seconds_ago": 0.0, "source": "runner", "stuck": False}},
+            {"busy": BusyStatus("llama3:latest", None, None, 80.0, 0.0, BusySource.RUNNER, False)},
             "Ollama: healthy · 245 ms · busy: generating on llama3:latest for 1 min",
         ),
         (
-            {"busy": {"model": None, "requests": 2, "waiting": 1, "since_seconds": 4.2,
-                      "progress_seconds_ago": 1.0, "source": "gateway", "stuck": False}},
+            {"busy": BusyStatus(None, 2, 1, 4.2, 1.0, BusySource.GATEWAY, False)},
             "Ollama: healthy · 245 ms · busy: generating for 5 s (2 requests) · uncensored-llama3",
         ),
         (
-            {"busy": {"model": "llama3", "requests": None, "waiting": None, "since_seconds": 1000.0,
-                      "progress_seconds_ago": None, "source": "probe", "stuck": True}},
+            {"busy": BusyStatus("llama3", None, None, 1000.0, None, BusySource.PROBE, True)},
             "Ollama: healthy · 245 ms · stuck: no progress on llama3 for 17 min",
         ),
     ],
 )
-def test_tooltip(overrides: dict[str, object], expected: str) -> None:
+def test_tooltip(overrides: dict[str, Any], expected: str) -> None:
     assert tooltip(status(**overrides)) == expected
 
 
-def test_tooltip_of_an_empty_status() -> None:
-    assert tooltip({}) == "Ollama: checking…"
+def test_tooltip_before_anything_is_known() -> None:
+    assert tooltip(Status()) == "Starting Ollama…"
 
 
 def test_pending_action_shows_until_the_monitor_reports_it() -> None:
     assert tooltip(status(), pending_actions={"restart"}) == "Restarting Ollama…"
     # The monitor's own report is more specific and wins.
-    restarting = status(state="restarting", restart_attempt=1)
+    restarting = status(state=MonitorState.RESTARTING, restart_attempt=1)
     assert tooltip(restarting, pending_actions={"restart"}) == "Restarting (attempt 1 of 3)"
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tray.core.health import BusySource, Health
+from tray.core.status import Activity, ActivityKind, BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.ui import menu as menu_module
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
@@ -30,35 +32,13 @@ from tray.ui.menu import (
 )
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
-LLAMA3 = {"name": "llama3:latest", "size": 4_661_224_676, "size_vram": 0}
-SPLIT = {"name": "uncensored-llama3:latest", "size": 5_000_000_000, "size_vram": 2_600_000_000}
+LLAMA3 = LoadedModelStatus("llama3:latest", 4_661_224_676, 0)
+SPLIT = LoadedModelStatus("uncensored-llama3:latest", 5_000_000_000, 2_600_000_000)
 
 
-def status(**overrides: object) -> dict[str, object]:
+def status(**overrides: Any) -> Status:
     """A healthy running server, changed by ``overrides``."""
-    base: dict[str, object] = {
-        "ollama_running": True,
-        "model_loaded": "uncensored-llama3",
-        "latency_ms": 245,
-        "health": "healthy",
-        "uptime_seconds": 60,
-        "inference_count": 3,
-        "memory_usage_mb": 4096,
-        "gpu_available": False,
-        "cpu_usage_percent": 12.5,
-        "last_error": None,
-        "state": "running",
-        "managed_by": "manager",
-        "model": "uncensored-llama3",
-        "restart_attempt": 0,
-        "restart_attempts_max": 3,
-        "next_retry_in": None,
-        "activity": None,
-        "cloud_active": False,
-        "loaded_models": [],
-    }
-    base.update(overrides)
-    return base
+    return make_status(**overrides)
 
 
 def rows(entries: list[MenuEntry]) -> list[tuple[object, ...]]:
@@ -81,7 +61,7 @@ def test_docstring_examples() -> None:
 
 
 def test_menu_for_a_healthy_server() -> None:
-    entries = build_menu(status(loaded_models=[LLAMA3]), SETTINGS, set())
+    entries = build_menu(status(loaded_models=(LLAMA3,)), SETTINGS, set())
     assert rows(entries) == [
         ("Ollama: healthy · 245 ms", None, False, None, False),
         ("Model: uncensored-llama3", None, False, None, False),
@@ -102,15 +82,14 @@ def test_menu_for_a_healthy_server() -> None:
 
 
 def test_the_status_line_says_what_ollama_is_busy_with() -> None:
-    busy = {"model": "llama3:latest", "requests": 1, "waiting": 0, "since_seconds": 95.0,
-            "progress_seconds_ago": 0.4, "source": "gateway", "stuck": False}
-    entries = build_menu(status(busy=busy, loaded_models=[LLAMA3]), SETTINGS, set())
+    busy = BusyStatus("llama3:latest", 1, 0, 95.0, 0.4, BusySource.GATEWAY, stuck=False)
+    entries = build_menu(status(busy=busy, loaded_models=(LLAMA3,)), SETTINGS, set())
     assert entries[0].label == "Ollama: healthy · 245 ms · busy: generating on llama3:latest for 2 min"
     assert enabled_actions(entries) >= {"unload", "stop", "restart"}  # busy blocks nothing
 
 
 def test_loaded_models_show_size_and_processor_split() -> None:
-    entries = build_menu(status(loaded_models=[LLAMA3, SPLIT]), SETTINGS, set())
+    entries = build_menu(status(loaded_models=(LLAMA3, SPLIT)), SETTINGS, set())
     assert [entry.label for entry in entries[2:4]] == [
         "llama3:latest 4.7 GB · 100% CPU",
         "uncensored-llama3:latest 5 GB · 48%/52% CPU/GPU",
@@ -127,7 +106,7 @@ def test_no_loaded_models_disables_unload() -> None:
 
 
 def test_stopped_server_offers_start_only() -> None:
-    stopped = status(state="stopped", ollama_running=False, health="down", latency_ms=None)
+    stopped = status(state=MonitorState.STOPPED, ollama_running=False, health=Health.DOWN, latency_ms=None)
     entries = build_menu(stopped, SETTINGS, set())
     assert rows(entries)[0] == ("Stopped", None, False, None, False)
     assert find_entry(entries, "stop") is None
@@ -136,7 +115,7 @@ def test_stopped_server_offers_start_only() -> None:
 
 
 def test_gave_up_server_offers_start_and_click_to_restart() -> None:
-    failed = status(state="failed", ollama_running=False, health="down", latency_ms=None)
+    failed = status(state=MonitorState.FAILED, ollama_running=False, health=Health.DOWN, latency_ms=None)
     entries = build_menu(failed, SETTINGS, set())
     assert enabled_actions(entries) >= {"start", "restart"}
     assert "rebuild" not in enabled_actions(entries)
@@ -144,12 +123,17 @@ def test_gave_up_server_offers_start_and_click_to_restart() -> None:
 
 
 def test_plain_click_restarts_only_when_down() -> None:
-    for health, expected in [("healthy", None), ("unhealthy", None), ("unknown", None), ("down", "restart")]:
+    for health, expected in [
+        (Health.HEALTHY, None),
+        (Health.UNHEALTHY, None),
+        (Health.UNKNOWN, None),
+        (Health.DOWN, "restart"),
+    ]:
         assert default_action(build_menu(status(health=health), SETTINGS, set())) == expected
 
 
 def test_running_restart_disables_every_server_action() -> None:
-    entries = build_menu(status(health="down", loaded_models=[LLAMA3]), SETTINGS, {"restart"})
+    entries = build_menu(status(health=Health.DOWN, loaded_models=(LLAMA3,)), SETTINGS, {"restart"})
     assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
     # No plain-click restart while one is already running.
     assert default_action(entries) is None
@@ -164,21 +148,22 @@ def test_opening_logs_blocks_nothing() -> None:
     assert blocked_actions(status(), {"open_logs"}) == frozenset()
 
 
-@pytest.mark.parametrize("kind", ["build", "pull", "restart", "start", "stop", "verify", "unload"])
-def test_monitor_activity_blocks_server_actions(kind: str) -> None:
-    busy = status(activity={"kind": kind, "text": "", "progress": None}, loaded_models=[LLAMA3])
+@pytest.mark.parametrize("kind", list(ActivityKind))
+def test_monitor_activity_blocks_server_actions(kind: ActivityKind) -> None:
+    busy = status(activity=Activity(kind), loaded_models=(LLAMA3,))
     entries = build_menu(busy, SETTINGS, set())
     assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
 
 
 def test_stopping_disables_stop_restart_and_rebuild() -> None:
-    entries = build_menu(status(state="stopping"), SETTINGS, set())
+    entries = build_menu(status(activity=Activity(ActivityKind.STOP, "Stopping Ollama")), SETTINGS, set())
     assert find_entry(entries, "stop") is not None
     assert {"stop", "restart", "rebuild"}.isdisjoint(enabled_actions(entries))
 
 
 def test_restarting_server_still_offers_stop() -> None:
-    entries = build_menu(status(state="restarting", ollama_running=False, health="down"), SETTINGS, set())
+    restarting = status(state=MonitorState.RESTARTING, ollama_running=False, health=Health.DOWN)
+    entries = build_menu(restarting, SETTINGS, set())
     assert {"stop", "restart"} <= enabled_actions(entries)
     assert find_entry(entries, "start") is None
 
@@ -190,7 +175,7 @@ def test_checkboxes_follow_settings() -> None:
 
 
 def test_last_error_is_shown_while_in_trouble() -> None:
-    down = status(health="down", latency_ms=None, last_error='Post "http://127.0.0.1:11434/api/chat": EOF\nmore')
+    down = status(health=Health.DOWN, latency_ms=None, last_error='Post "http://127.0.0.1:11434/api/chat": EOF\nmore')
     entries = build_menu(down, SETTINGS, set())
     assert rows(entries)[:2] == [
         ("Ollama: down", None, False, None, False),
@@ -199,7 +184,7 @@ def test_last_error_is_shown_while_in_trouble() -> None:
 
 
 def test_last_error_is_cut_to_one_short_line() -> None:
-    failed = status(state="failed", health="down", last_error="x" * 200)
+    failed = status(state=MonitorState.FAILED, health=Health.DOWN, last_error="x" * 200)
     label = build_menu(failed, SETTINGS, set())[1].label
     assert label == "Last error: " + "x" * 67 + "…"
     assert len(label) == 80
@@ -216,18 +201,18 @@ def test_status_line_shows_a_pending_action() -> None:
 
 
 def test_status_line_shows_progress() -> None:
-    building = status(activity={"kind": "build", "text": "Building model", "progress": 0.45})
+    building = status(activity=Activity(ActivityKind.BUILD, "Building model", 0.45))
     assert build_menu(building, SETTINGS, set())[0].label == "Building model 45 %"
 
 
-def test_menu_of_an_empty_status() -> None:
-    entries = build_menu({}, {}, set())
+def test_menu_before_anything_is_known() -> None:
+    entries = build_menu(Status(), {}, set())
     assert [entry.label for entry in entries if not entry.separator] == [
-        "Ollama: checking…",
+        "Starting Ollama…",
         "Model: none",
         "No models in memory",
         "Unload models",
-        "Start Ollama",
+        "Stop Ollama",
         "Restart Ollama",
         "Rebuild model",
         "Open dashboard",
@@ -348,23 +333,23 @@ class RecordingFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 class FakeController:
     """A scripted controller; futures are resolved by the test."""
 
-    def __init__(self, initial: dict[str, object], settings: dict[str, bool] | None = None) -> None:
+    def __init__(self, initial: Status, settings: dict[str, bool] | None = None) -> None:
         self.status = initial
         self.current_settings = dict(SETTINGS if settings is None else settings)
         self.requests: list[str] = []
         self.futures: dict[str, concurrent.futures.Future[str]] = {}
         self.notifications: list[tuple[str, str]] = []
-        self.subscribers: list[Callable[[dict[str, object]], None]] = []
+        self.subscribers: list[Callable[[Status], None]] = []
         self.paths: list[str] = []
         self.fail_request: Exception | None = None
         self.fail_setting: Exception | None = None
         self.dashboards_opened = 0
         self.fail_dashboard: Exception | None = None
 
-    def snapshot(self) -> dict[str, object]:
-        return dict(self.status)
+    def snapshot(self) -> Status:
+        return self.status
 
-    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         self.subscribers.append(callback)
         return lambda: self.subscribers.remove(callback)
 
@@ -395,7 +380,7 @@ class FakeController:
     def notify(self, title: str, message: str) -> None:
         self.notifications.append((title, message))
 
-    def publish(self, new_status: dict[str, object]) -> None:
+    def publish(self, new_status: Status) -> None:
         self.status = new_status
         for callback in list(self.subscribers):
             callback(new_status)
@@ -403,7 +388,7 @@ class FakeController:
 
 @pytest.fixture
 def make_app(pystray_module: Any) -> Callable[..., tuple[TrayApp, FakeController, FakeIcon]]:
-    def make(initial: dict[str, object] | None = None, **kwargs: Any) -> tuple[TrayApp, FakeController, FakeIcon]:
+    def make(initial: Status | None = None, **kwargs: Any) -> tuple[TrayApp, FakeController, FakeIcon]:
         settings = kwargs.pop("settings", None)
         icon_class = kwargs.pop("icon_class", FakeIcon)
         controller = FakeController(status() if initial is None else initial, settings)
@@ -420,7 +405,7 @@ def same_image(first: Any, second: Any) -> bool:
 
 
 def test_initial_icon_title_and_menu(make_app: Callable[..., Any]) -> None:
-    app, _controller, icon = make_app(status(loaded_models=[LLAMA3]))
+    app, _controller, icon = make_app(status(loaded_models=(LLAMA3,)))
     assert icon.name == "ollama-manager"
     assert same_image(icon.icon, draw_icon(IconState.HEALTHY, 64))
     assert icon.title == "Ollama: healthy · 245 ms · uncensored-llama3"
@@ -452,7 +437,7 @@ def test_status_change_updates_icon_title_and_the_same_menu_items(make_app: Call
     status_item = icon.item("Ollama: healthy · 245 ms")
     restart_item = icon.item("Restart Ollama")
     assert restart_item.default is False
-    app.on_status(status(health="down", latency_ms=None, next_retry_in=300.0))
+    app.on_status(status(health=Health.DOWN, latency_ms=None, next_retry_in=300.0))
     assert same_image(icon.icon, draw_icon(IconState.DOWN, 64))
     assert icon.title == "Down — retrying in 5 min"
     # Items built before the change read the new state through their callables.
@@ -462,7 +447,7 @@ def test_status_change_updates_icon_title_and_the_same_menu_items(make_app: Call
 
 def test_cloud_fallback_adds_the_cloud_mark(make_app: Callable[..., Any]) -> None:
     app, controller, icon = make_app()
-    app.on_status(status(state="failed", health="down", ollama_running=False, cloud_active=True))
+    app.on_status(status(state=MonitorState.FAILED, health=Health.DOWN, ollama_running=False, cloud_active=True))
     assert same_image(icon.icon, draw_icon(IconState.DOWN, 64, cloud=True))
     assert icon.title == "Down — gave up after 3 restart attempts · cloud fallback active"
 
@@ -473,7 +458,7 @@ def test_icon_image_is_only_replaced_when_the_state_changes(make_app: Callable[.
     app.on_status(status(latency_ms=310))
     assert icon.icon_changes == 0
     assert icon.title == "Ollama: healthy · 310 ms · uncensored-llama3"
-    app.on_status(status(health="unhealthy", latency_ms=7000))
+    app.on_status(status(health=Health.UNHEALTHY, latency_ms=7000))
     assert icon.icon_changes == 1
 
 
@@ -533,7 +518,7 @@ def test_second_click_while_running_is_ignored(make_app: Callable[..., Any]) -> 
 
 
 def test_action_not_in_the_menu_is_ignored(make_app: Callable[..., Any]) -> None:
-    app, controller, _icon = make_app(status(state="stopped", ollama_running=False, health="down"))
+    app, controller, _icon = make_app(status(state=MonitorState.STOPPED, ollama_running=False, health=Health.DOWN))
     app.on_restart()  # disabled while stopped
     app.on_stop()  # not offered while stopped
     app.on_unload()  # nothing loaded
@@ -546,7 +531,7 @@ def test_plain_click_restarts_when_down(make_app: Callable[..., Any]) -> None:
     app, controller, icon = make_app()
     icon.click()
     assert controller.requests == []
-    app.on_status(status(health="down", latency_ms=None))
+    app.on_status(status(health=Health.DOWN, latency_ms=None))
     icon.click()
     assert controller.requests == ["restart"]
 
@@ -638,7 +623,7 @@ def test_run_subscribes_shows_the_icon_and_unsubscribes(make_app: Callable[..., 
 
     def publish_down(icon: FakeIcon) -> None:
         seen["subscribers"] = len(controller.subscribers)
-        controller.publish(status(health="down", latency_ms=None))
+        controller.publish(status(health=Health.DOWN, latency_ms=None))
 
     app, controller, icon = make_app(script=[publish_down])
     app.run()
@@ -652,7 +637,7 @@ def test_run_subscribes_shows_the_icon_and_unsubscribes(make_app: Callable[..., 
 
 def test_menu_is_not_updated_before_the_icon_runs(make_app: Callable[..., Any]) -> None:
     app, controller, icon = make_app()
-    app.on_status(status(health="down"))
+    app.on_status(status(health=Health.DOWN))
     assert icon.menu_updates == 0
 
 
@@ -686,10 +671,10 @@ class Latin1Icon(FakeIcon):
 
 
 def test_titles_fall_back_to_latin1_where_the_backend_needs_it(make_app: Callable[..., Any]) -> None:
-    app, _controller, icon = make_app(status(state="starting", health="unknown"), icon_class=Latin1Icon)
+    app, _controller, icon = make_app(status(state=MonitorState.STARTING, health=Health.UNKNOWN), icon_class=Latin1Icon)
     assert type(icon) is Latin1Icon
     assert icon.title == "Starting Ollama..."
-    app.on_status(status(health="down", latency_ms=None, next_retry_in=300.0))
+    app.on_status(status(health=Health.DOWN, latency_ms=None, next_retry_in=300.0))
     assert icon.title == "Down - retrying in 5 min"
     app.on_status(status())
     assert icon.title == "Ollama: healthy · 245 ms · uncensored-llama3"
@@ -717,7 +702,7 @@ class BlockingIcon(FakeIcon):
 def test_menu_callback_never_waits_for_a_render_in_progress(make_app: Callable[..., Any]) -> None:
     app, controller, icon = make_app(icon_class=BlockingIcon)
     icon.block = True
-    monitor = threading.Thread(target=app.on_status, args=(status(health="down", latency_ms=None),))
+    monitor = threading.Thread(target=app.on_status, args=(status(health=Health.DOWN, latency_ms=None),))
     monitor.start()
     assert icon.entered.wait(timeout=10)  # the monitor thread is now rendering
     ui = threading.Thread(target=app.on_restart)
@@ -734,7 +719,7 @@ def test_menu_callback_never_waits_for_a_render_in_progress(make_app: Callable[.
 def test_nothing_is_rendered_after_quit(make_app: Callable[..., Any]) -> None:
     app, _controller, icon = make_app()
     app.on_quit()
-    app.on_status(status(health="down", latency_ms=None))
+    app.on_status(status(health=Health.DOWN, latency_ms=None))
     assert icon.title == "Ollama: healthy · 245 ms · uncensored-llama3"
     assert icon.icon_changes == 0
 
@@ -830,7 +815,7 @@ def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_d
     icon.click()
     assert (controller.dashboards_opened, controller.requests) == (1, [])
     assert icon.texts().count("Open dashboard") == 1  # the click item is not shown
-    app.on_status(status(health="down", latency_ms=None))
+    app.on_status(status(health=Health.DOWN, latency_ms=None))
     icon.click()
     assert (controller.dashboards_opened, controller.requests) == (1, ["restart"])
 
@@ -896,7 +881,7 @@ def test_switching_backends_stops_the_old_icon_and_shows_the_latest_state_in_the
     created: list[EntryIcon] = []
 
     def switch_after_going_down(icon: FakeIcon) -> None:
-        controller.publish(status(health="down", latency_ms=None))
+        controller.publish(status(health=Health.DOWN, latency_ms=None))
         app.switch_backend(entry_backend(created))
 
     EntryIcon.script = [lambda icon: controller.publish(status()), lambda icon: icon.app.on_quit()]

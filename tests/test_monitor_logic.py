@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from tray.settings.config import Config
-from tray.core.health import Failure, ProbeResult
+from tray.core.alerts import AlertThresholds
+from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
+from tray.core.status import BusyStatus, GatewayStatus, MonitorState
 from tray.history import History
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 from tray.service.monitor import RECHECK_SECONDS, Monitor
+from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.ollama.client import LoadedModel
+from tray.system.owners import ExternalSupervisor
 from tray.system.processes import ProcessRef, StopOutcome
+from tray.system.resources import ResourceSample
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
@@ -56,33 +64,39 @@ class FakeClient:
     inference: list[ProbeResult] = field(default_factory=list)  # answers to the inference probe, in turn
     pings: list[ProbeResult] = field(default_factory=list)  # answers to the re-check after a probe timed out
     inference_timeouts: list[float] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
 
-    def probe_api(self, timeout: float):
+    def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
         result = self.probes.pop(0) if self.probes else OK
         return result, ({"llama3:latest"} if result.ok else None)
 
-    def loaded_models(self, timeout: float):
+    def loaded_models(self, timeout: float) -> list[LoadedModel] | None:
         return [LoadedModel(name, 100, 0) for name in self.loaded]
 
-    def probe_inference(self, model: str, timeout: float):
+    def probe_inference(self, model: str, timeout: float) -> ProbeResult:
         self.inference_timeouts.append(timeout)
         return self.inference.pop(0) if self.inference else INFERENCE_OK
 
-    def ping(self, timeout: float):
+    def ping(self, timeout: float) -> ProbeResult:
         return self.pings.pop(0) if self.pings else OK
 
-    def answers_as_ollama(self, timeout: float = 2.0):
+    def answers_as_ollama(self, timeout: float = 2.0) -> bool | None:
         return self.answering
+
+    def unload(self, model: str) -> str | None:
+        self.unloaded.append(model)
+        return None
 
 
 class FakeSupervisor:
+    """Scripted in place of :class:`~tray.service.supervisor.Supervisor`: the monitor sees it as a SupervisorPort."""
+
     def __init__(self, paths: AppPaths | None = None) -> None:
-        self.client = FakeClient()
+        self.client: FakeClient = FakeClient()
         self.user_stop = FakeUserStop()
-        self.external = None
-        self.server = ProcessRef(1, 0.0)
+        self.external: ExternalSupervisor | None = None
+        self.server: ProcessRef | None = ProcessRef(1, 0.0)
         self.runners: set[ProcessRef] = set()
-        self.popen = None
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
         self.paths = paths or AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
@@ -90,16 +104,20 @@ class FakeSupervisor:
         self.platform = "linux"
         self.env_overlay: dict[str, str] = {}
         self.started_overlay: dict[str, str] = {}
-        self.pid = None
-        self.on_exit = None
+        self.pid: int | None = None
+        self.config: Config | None = None  # set by reconfigure()
+        self.exit_listeners: list[Callable[[int], None]] = []
         self.restarts: list[str] = []
         self.restart_errors: list[Exception] = []
         self.stops = 0
-        self.exit_code = None  # set by a test: our child died with this status
+        self.exit_code: int | None = None  # set by a test: our child died with this status
 
     @property
     def overlay_pending(self) -> bool:
         return self.managed_by == "manager" and self.started_overlay != self.env_overlay
+
+    def answers(self) -> bool | None:
+        return self.client.answers_as_ollama()
 
     def adopt(self) -> None: ...
 
@@ -108,7 +126,7 @@ class FakeSupervisor:
     def reap_runners(self) -> list[int]:
         return []
 
-    def take_exit(self):
+    def take_exit(self) -> int | None:
         code, self.exit_code = self.exit_code, None
         return code
 
@@ -122,7 +140,7 @@ class FakeSupervisor:
         self.started_overlay = dict(self.env_overlay)
         return StartOutcome(True, 2, "manager", 0.5)
 
-    def stop(self, reason: str = "stop"):
+    def stop(self, reason: str = "stop") -> StopOutcome:
         self.stops += 1
         return StopOutcome()
 
@@ -130,15 +148,31 @@ class FakeSupervisor:
     def server_log(self) -> Path:
         return self.paths.server_log
 
+    def subscribe_exit(self, callback: Callable[[int], None]) -> None:
+        self.exit_listeners.append(callback)
 
-def make(probes, paths=None, **config):
+    def forget_server(self) -> None:
+        self.external = None
+        self.server = None
+
+    def set_env_overlay(self, env: Mapping[str, str]) -> None:
+        self.env_overlay = dict(env)
+
+    def reconfigure(self, config: Config) -> None:
+        self.config = config
+
+
+def make(
+    probes: list[ProbeResult], paths: AppPaths | None = None, gateway: GatewayFeed | None = None, **config: Any
+) -> tuple[Monitor, FakeSupervisor, Clock]:
     clock = Clock()
     sup = FakeSupervisor(paths)
     sup.client.probes = list(probes)
     cfg = Config(**{"health_check_interval": 30, "health_check_timeout": 5, "health_probe": "api", **config})
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
-    monitor = Monitor(sup, cfg, History(None), policy=policy, clock=clock)
-    monitor.state = "running"
+    port: SupervisorPort = sup  # what the monitor needs, checked by mypy
+    monitor = Monitor(port, cfg, History(None), gateway=gateway, policy=policy, clock=clock)
+    monitor.state = MonitorState.RUNNING
     return monitor, sup, clock
 
 
@@ -154,7 +188,7 @@ def run_ticks(monitor, clock, count):
 def test_healthy_checks_every_interval():
     monitor, sup, clock = make([OK])
     assert monitor.tick() == clock.now + 30
-    assert monitor.snapshot()["health"] == "healthy"
+    assert monitor.snapshot().health is Health.HEALTHY
     assert sup.restarts == []
 
 
@@ -163,7 +197,7 @@ def test_a_dead_server_is_restarted_at_once():
     due = monitor.tick()
     assert sup.restarts == ["down"]
     assert due == clock.now + RECHECK_SECONDS
-    assert monitor.state == "running"
+    assert monitor.state is MonitorState.RUNNING
     assert monitor.policy.attempts == 1
 
 
@@ -171,7 +205,7 @@ def test_more_than_three_consecutive_timeouts_restart():
     monitor, sup, clock = make([TIMEOUT] * 4)
     run_ticks(monitor, clock, 3)
     assert sup.restarts == []
-    assert monitor.snapshot()["health"] == "down"
+    assert monitor.snapshot().health is Health.DOWN
     run_ticks(monitor, clock, 1)
     assert sup.restarts == ["not responding"]
 
@@ -179,7 +213,7 @@ def test_more_than_three_consecutive_timeouts_restart():
 def test_slow_is_unhealthy_and_never_restarted():
     monitor, sup, clock = make([SLOW] * 20)
     run_ticks(monitor, clock, 20)
-    assert monitor.snapshot()["health"] == "unhealthy"
+    assert monitor.snapshot().health is Health.UNHEALTHY
     assert sup.restarts == []
 
 
@@ -187,14 +221,14 @@ def test_crash_loop_gives_up_after_the_attempts_and_waits_long():
     monitor, sup, clock = make([REFUSED] * 50)
     sup.restart_errors = [StartFailed("Ollama exited at once (status 1): boom")] * 10
     due = clock.now
-    while monitor.state != "failed":
+    while monitor.state is not MonitorState.FAILED:
         clock.now = max(clock.now, due)
         due = monitor.tick()
     assert len(sup.restarts) == 3
     assert clock.now - 1000.0 < 10  # 0 s, 1 s, 2.3 s after the first failure
     status = monitor.snapshot()
-    assert status["state"] == "failed" and status["cloud_active"] is True
-    assert status["health"] == "down"
+    assert status.state is MonitorState.FAILED and status.cloud_active is True
+    assert status.health is Health.DOWN
     clock.now = due
     due = monitor.tick()  # one more check confirms it is still down: now the long wait
     assert len(sup.restarts) == 3
@@ -207,9 +241,9 @@ def test_a_foreign_process_on_the_port_is_not_retried_quickly():
     sup.restart_errors = [PortInUse("port 11434 is in use by nginx (pid 9)")]
     due = run_ticks(monitor, clock, 2)
     assert sup.restarts == ["down"]
-    assert monitor.state == "failed"
+    assert monitor.state is MonitorState.FAILED
     assert due >= clock.now + 270
-    assert monitor.snapshot()["last_error"] == "port 11434 is in use by nginx (pid 9)"
+    assert monitor.snapshot().last_error == "port 11434 is in use by nginx (pid 9)"
 
 
 def test_after_a_sleep_the_first_failure_is_rechecked_before_restarting():
@@ -232,7 +266,7 @@ def test_user_stop_sticks():
     sup.client.probes = [REFUSED] * 10
     run_ticks(monitor, clock, 5)
     assert sup.restarts == []
-    assert monitor.snapshot()["state"] == "stopped"
+    assert monitor.snapshot().state is MonitorState.STOPPED
 
 
 def test_started_outside_after_a_user_stop_is_adopted():
@@ -240,13 +274,13 @@ def test_started_outside_after_a_user_stop_is_adopted():
     monitor._run_command("stop")
     sup.client.answering = True
     monitor.tick()
-    assert monitor.state == "running" and not sup.user_stop.is_set()
+    assert monitor.state is MonitorState.RUNNING and not sup.user_stop.is_set()
 
 
 def test_a_crash_of_our_server_is_handled_before_the_next_tick():
     monitor, sup, clock = make([REFUSED])
     monitor._handle_crash(-9)
-    assert monitor.snapshot()["last_error"] == "Ollama exited unexpectedly (status -9)"
+    assert monitor.snapshot().last_error == "Ollama exited unexpectedly (status -9)"
     assert [e.kind for e in monitor.history.events()] == ["crash"]
 
 
@@ -355,22 +389,20 @@ def test_a_suspend_the_monotonic_clock_did_not_see_is_a_wake_too():
 
 
 def test_a_stuck_subscriber_never_blocks_the_health_checks():
-    import threading
-
     monitor, sup, clock = make([OK] * 5)
     release = threading.Event()
     seen = []
 
     def stuck(status):
-        seen.append(status["health"])
+        seen.append(status.health)
         release.wait(10)
 
     delivered = threading.Event()
     fresh = []
     unsubscribe = monitor.subscribe(stuck)
-    monitor.subscribe(lambda status: (fresh.append(status["health"]), delivered.set()))
+    monitor.subscribe(lambda status: (fresh.append(status.health), delivered.set()))
     run_ticks(monitor, clock, 5)  # returns although the first subscriber is stuck
-    assert delivered.wait(5) and fresh[-1] == "healthy"
+    assert delivered.wait(5) and fresh[-1] is Health.HEALTHY
     release.set()
     unsubscribe()
 
@@ -389,10 +421,9 @@ class FakeCpu:
         return {ref: self.seconds for ref in refs if ref == self.runner}
 
 
-def make_busy(paths=None, **config):
+def make_busy(paths=None, gateway=None, **config):
     """The inference probe on, llama3 installed and loaded, one runner whose CPU time the test sets."""
-    monitor, sup, clock = make([], paths, **config)
-    monitor.config = Config(**{**monitor.config.__dict__, "health_probe": "inference", "ollama_model": "llama3"})
+    monitor, sup, clock = make([], paths, gateway, **{"health_probe": "inference", "ollama_model": "llama3", **config})
     sup.client.loaded = ["llama3:latest"]
     runner = ProcessRef(50, 1.0)
     sup.runners = {runner}
@@ -409,7 +440,7 @@ class FakeGateway:
         return self.activity
 
     def snapshot(self):
-        return {"cloud_active": False}
+        return GatewayStatus("closed", "", None, False, False, None, None, 0, 0, None, "http://127.0.0.1:11434")
 
     def fallback_usage(self):
         return None
@@ -421,7 +452,7 @@ def test_an_idle_loaded_model_gets_the_inference_probe_without_options():
     assert monitor.inference_count == 1
     assert sup.client.inference_timeouts == [5]  # the probe gives up after health_check_timeout
     status = monitor.snapshot()
-    assert status["health"] == "healthy" and status["busy"] is None
+    assert status.health is Health.HEALTHY and status.busy is None
 
 
 def test_the_probe_never_loads_a_model_that_is_not_loaded():
@@ -430,7 +461,7 @@ def test_the_probe_never_loads_a_model_that_is_not_loaded():
     run_ticks(monitor, clock, 5)
     assert monitor.inference_count == 0
     assert monitor.probe_choice.reason == "the model is not loaded (the probe never loads it)"
-    assert monitor.snapshot()["health"] == "healthy"
+    assert monitor.snapshot().health is Health.HEALTHY
 
 
 def test_a_runner_burning_cpu_is_busy_and_gets_no_probe():
@@ -442,19 +473,19 @@ def test_a_runner_burning_cpu_is_busy_and_gets_no_probe():
         due = monitor.tick()
     status = monitor.snapshot()
     assert monitor.inference_count == 1
-    assert status["health"] == "healthy" and sup.restarts == []
-    assert status["busy"] == {
-        "model": "llama3:latest",
-        "requests": None,
-        "waiting": None,
-        "since_seconds": 29 * 30.0,  # since the first check that saw the work
-        "progress_seconds_ago": 0.0,
-        "source": "runner",
-        "stuck": False,
-    }
+    assert status.health is Health.HEALTHY and sup.restarts == []
+    assert status.busy == BusyStatus(
+        model="llama3:latest",
+        requests=None,
+        waiting=None,
+        since_seconds=29 * 30.0,  # since the first check that saw the work
+        progress_seconds_ago=0.0,
+        source=BusySource.RUNNER,
+        stuck=False,
+    )
     clock.now = due
     monitor.tick()  # the runner is done: idle again, probed again
-    assert monitor.snapshot()["busy"] is None and monitor.inference_count == 2
+    assert monitor.snapshot().busy is None and monitor.inference_count == 2
 
 
 def test_a_probe_waiting_behind_a_generation_is_busy_not_a_timeout():
@@ -464,9 +495,9 @@ def test_a_probe_waiting_behind_a_generation_is_busy_not_a_timeout():
     run_ticks(monitor, clock, 20)  # the old rule restarted after 4 timeouts
     status = monitor.snapshot()
     assert sup.restarts == []
-    assert status["health"] == "healthy" and status["latency_ms"] == 50
-    assert status["busy"]["source"] == "probe" and status["busy"]["model"] == "llama3"
-    assert status["busy"]["progress_seconds_ago"] is None
+    assert status.health is Health.HEALTHY and status.latency_ms == 50
+    assert status.busy.source is BusySource.PROBE and status.busy.model == "llama3"
+    assert status.busy.progress_seconds_ago is None
     assert monitor.timeouts.count == 0
 
 
@@ -475,38 +506,61 @@ def test_a_probe_timeout_with_the_http_layer_silent_too_is_a_hang():
     sup.client.inference = [INFERENCE_TIMEOUT] * 4
     sup.client.pings = [TIMEOUT] * 4
     run_ticks(monitor, clock, 3)
-    assert sup.restarts == [] and monitor.snapshot()["health"] == "down"
+    assert sup.restarts == [] and monitor.snapshot().health is Health.DOWN
     run_ticks(monitor, clock, 1)
     assert sup.restarts == ["not responding"]
 
 
 def test_a_serve_that_stops_answering_is_restarted_even_while_busy():
-    monitor, sup, clock, cpu = make_busy()
-    gateway = monitor.gateway = FakeGateway()
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
     gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=1, last_progress=None)
     monitor.tick()
-    assert monitor.snapshot()["busy"]["source"] == "gateway"
+    assert monitor.snapshot().busy.source is BusySource.GATEWAY
     sup.client.probes = [TIMEOUT] * 4
     run_ticks(monitor, clock, 4)
     assert sup.restarts == ["not responding"]
-    assert monitor.snapshot()["busy"] is None
+    assert monitor.snapshot().busy is None
 
 
 def test_the_gateway_in_flight_requests_are_busy_and_skip_the_probe():
-    monitor, sup, clock, cpu = make_busy()
-    gateway = monitor.gateway = FakeGateway()
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
     gateway.activity = SimpleNamespace(in_flight={"llama3": 2, "phi3": 1}, waiting=1, last_progress=clock.now - 4)
     monitor.tick()
     assert monitor.inference_count == 0
-    assert monitor.snapshot()["busy"] == {
-        "model": "llama3",
-        "requests": 3,
-        "waiting": 1,
-        "since_seconds": 0.0,
-        "progress_seconds_ago": None,  # that byte came before this busy spell was first seen
-        "source": "gateway",
-        "stuck": False,
-    }
+    assert monitor.snapshot().busy == BusyStatus(
+        model="llama3",
+        requests=3,
+        waiting=1,
+        since_seconds=0.0,
+        progress_seconds_ago=None,  # that byte came before this busy spell was first seen
+        source=BusySource.GATEWAY,
+        stuck=False,
+    )
+
+
+def test_runner_cpu_from_the_gateways_own_finished_requests_is_not_busy():
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
+    due = monitor.tick()  # idle: the CPU baseline is taken
+    clock.now = due
+    gateway.activity = SimpleNamespace(in_flight={}, waiting=0, last_progress=clock.now - 1)  # done a second ago
+    cpu.seconds += 2.0
+    monitor.tick()
+    assert monitor.snapshot().busy is None  # the gateway's next request keeps its first-byte budget
+
+
+def test_runner_cpu_with_no_gateway_bytes_since_the_last_check_is_someone_elses_work():
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(gateway=gateway)
+    due = monitor.tick()
+    gateway.activity = SimpleNamespace(in_flight={}, waiting=0, last_progress=clock.now - 1)  # before that check
+    clock.now = due
+    cpu.seconds += 2.0
+    monitor.tick()
+    busy = monitor.snapshot().busy
+    assert busy is not None and busy.source is BusySource.RUNNER
 
 
 def stuck_alerts(monitor):
@@ -529,7 +583,7 @@ def test_a_frozen_runner_raises_the_stuck_alert_then_restarts_once():
     assert "Ollama has been busy on 'llama3' for" in raised[0][1] and "no progress seen" in raised[0][1]
     restart = [e for e in monitor.history.events() if e.kind == "restart"][-1]
     assert restart.data["reason"] == "stuck runner"
-    assert monitor.snapshot()["busy"] is None
+    assert monitor.snapshot().busy is None
 
 
 def test_a_stuck_runner_without_readable_cpu_time_is_an_alert_never_a_restart():
@@ -539,23 +593,23 @@ def test_a_stuck_runner_without_readable_cpu_time_is_an_alert_never_a_restart():
     run_ticks(monitor, clock, 40)
     assert sup.restarts == []
     assert [state for state, _ in stuck_alerts(monitor)] == ["raised"]
-    assert monitor.snapshot()["busy"]["stuck"] is True
+    assert monitor.snapshot().busy.stuck is True
     sup.client.inference = []  # it answers again: progress, the alert clears once
     run_ticks(monitor, clock, 3)
     assert [state for state, _ in stuck_alerts(monitor)] == ["raised", "cleared"]
-    assert monitor.snapshot()["busy"] is None
+    assert monitor.snapshot().busy is None
 
 
 def test_a_long_generation_through_the_gateway_is_never_stuck():
-    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60)
+    gateway = FakeGateway()
+    monitor, sup, clock, cpu = make_busy(stuck_runner_timeout=60, gateway=gateway)
     cpu.seconds = None
-    gateway = monitor.gateway = FakeGateway()
     due = clock.now
     for _ in range(40):  # 20 min of tokens flowing
         clock.now = due
         gateway.activity = SimpleNamespace(in_flight={"llama3": 1}, waiting=0, last_progress=clock.now - 1)
         due = monitor.tick()
-    assert monitor.snapshot()["busy"]["stuck"] is False
+    assert monitor.snapshot().busy.stuck is False
     assert stuck_alerts(monitor) == [] and sup.restarts == []
 
 
@@ -565,7 +619,7 @@ def test_a_dropped_test_prompt_with_the_server_answering_is_unhealthy_not_dead()
     run_ticks(monitor, clock, 3)
     status = monitor.snapshot()
     assert sup.restarts == []
-    assert status["health"] == "unhealthy" and status["last_error"] == "test prompt: connection dropped"
+    assert status.health is Health.UNHEALTHY and status.last_error == "test prompt: connection dropped"
 
 
 def test_a_dropped_test_prompt_with_the_server_gone_is_down():
@@ -581,8 +635,9 @@ class TimingClient(FakeClient):
 
     clock: Clock | None = None
 
-    def probe_api(self, timeout: float):
+    def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
         result, names = super().probe_api(timeout)
+        assert self.clock is not None
         self.clock.now += result.latency
         return result, names
 
@@ -609,7 +664,7 @@ def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
         cpu.seconds += 3.0
         clock.now = due
         due = monitor.tick()
-        assert monitor.snapshot()["busy"] is not None
+        assert monitor.snapshot().busy is not None
     assert [e.kind for e in monitor.history.events()].count("oom") == 1  # the step is decided...
     assert sup.restarts == []  # ...but nobody's generation is cut off for it
     clock.now = due
@@ -620,7 +675,13 @@ def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
 def test_a_leak_restart_waits_while_someone_generates():
     monitor, sup, clock, cpu = make_busy()
     due = run_ticks(monitor, clock, 1)
-    monitor.duties.leak_restart_wanted = True
+    upkeep = monitor.duties.after_tick
+    asks = iter([True])  # the leak alert is raised once, with alerts.leak_restart on
+
+    def after_tick(*args, **kwargs):
+        return replace(upkeep(*args, **kwargs), leak_restart=next(asks, False))
+
+    monitor.duties.after_tick = after_tick
     for _ in range(3):
         cpu.seconds += 3.0
         clock.now = due
@@ -629,3 +690,136 @@ def test_a_leak_restart_waits_while_someone_generates():
     clock.now = due
     monitor.tick()
     assert sup.restarts == ["memory leak detected"]
+
+
+# --------------------------------------------------------------------------- after a wake
+
+
+GIB = 2**30
+
+
+def memory_sample(rss_bytes: int) -> ResourceSample:
+    return ResourceSample(
+        taken_at=0.0,
+        server_pid=1,
+        tree_pids=(1,),
+        tree_rss_bytes=rss_bytes,
+        tree_cpu_percent=1.0,
+        tree_gpu_memory_bytes=None,
+        ram_total_bytes=16 * GIB,
+        ram_used_bytes=8 * GIB,
+        cpu_percent=5.0,
+        gpu_available=False,
+        gpus=(),
+        disk_free_bytes=None,
+        disk_total_bytes=None,
+    )
+
+
+class FakeSampler:
+    """Ollama's process tree holding ``rss_bytes`` of memory."""
+
+    def __init__(self, rss_bytes: int) -> None:
+        self.rss_bytes = rss_bytes
+
+    def sample(self, server_pid):
+        return memory_sample(self.rss_bytes)
+
+
+def memory_alerts(monitor):
+    return [e.data["state"] for e in monitor.history.events() if e.kind == "alert" and e.data["kind"] == "memory"]
+
+
+def test_what_looked_wrong_right_after_a_wake_is_checked_again_soon_and_then_alerted():
+    monitor, sup, clock = make([OK] * 4)  # memory_mb limit 6144
+    monitor.sampler = FakeSampler(7 * GIB)
+    monitor.tick()  # the first high reading waits for a second one
+    clock.now += 3600  # the laptop slept; memory is still high after waking
+    due = monitor.tick()
+    assert due == clock.now + RECHECK_SECONDS  # not the 30 s interval: the alert engine asked to look again
+    assert memory_alerts(monitor) == []  # nothing is raised from the first look after a wake
+    clock.now = due
+    assert monitor.tick() == clock.now + 30
+    assert memory_alerts(monitor) == ["raised"]
+
+
+def test_a_wake_with_nothing_wrong_keeps_the_interval():
+    monitor, sup, clock = make([OK] * 2)
+    monitor.sampler = FakeSampler(1 * GIB)
+    monitor.tick()
+    clock.now += 3600
+    assert monitor.tick() == clock.now + 30
+
+
+# --------------------------------------------------------------------------- settings saved on the dashboard
+
+
+def test_a_longer_interval_saved_on_the_settings_page_is_taken_on_the_monitor_thread_and_alerts_still_fire(
+    tmp_path,
+):
+    from starlette.testclient import TestClient
+
+    from tray.dashboard import Dashboard, mount_dashboard
+    from tray.web.status_api import build_app
+
+    config_path = tmp_path / "config.toml"
+    config_path.write_text("health_check_interval = 30\n")
+    monitor, sup, clock = make([OK] * 10)
+    monitor.sampler = FakeSampler(1 * GIB)
+    taken_on = []
+    use_settings = monitor._use_settings
+
+    def recording(config):
+        taken_on.append(threading.current_thread().name)
+        return use_settings(config)
+
+    monitor._use_settings = recording
+    dashboard = Dashboard(monitor, monitor.history, "token", config_path=config_path, env={})
+    app = mount_dashboard(build_app(monitor, monitor.history, "token"), dashboard)
+    client = TestClient(app, base_url="http://127.0.0.1:11436", client=("127.0.0.1", 50123))
+    monitor.start()  # checks once at once, then waits for the next check or a command
+    try:
+        answer = client.post(
+            "/api/settings",
+            json={"values": {"health_check_interval": 300}},
+            headers={"Authorization": "Bearer token"},
+        ).json()
+    finally:
+        monitor.stop()
+        dashboard.close()
+    assert answer["applies"]["now"] == ["health_check_interval"]
+    assert taken_on == ["monitor"]
+    assert monitor.config.health_check_interval == 300 and sup.config.health_check_interval == 300
+    # Ollama's memory climbs past the limit; checks now come 300 s apart, which is no sleep of the machine:
+    # the second high reading confirms the alert, with no re-probe in between.
+    monitor.sampler = FakeSampler(7 * GIB)
+    clock.now += 300
+    dues = []
+    for _ in range(3):
+        dues.append(monitor.tick())
+        clock.now = dues[-1]
+    assert dues == [1600.0, 1900.0, 2200.0]
+    assert [e.kind for e in monitor.history.events()].count("resume") == 0
+    assert memory_alerts(monitor) == ["raised"]
+
+
+def test_new_settings_rebuild_what_derives_from_them():
+    monitor, sup, clock = make([OK])
+    changed = Config(
+        **{
+            **monitor.config.__dict__,
+            "auto_restart_attempts": 5,
+            "stuck_runner_timeout": 45,
+            "health_check_interval": 120,
+            "alerts": AlertThresholds(memory_mb=1024),
+        }
+    )
+    future = monitor.apply_settings(changed)
+    assert not future.done()  # queued for the monitor thread
+    monitor._drain_commands()
+    assert future.result(0) == "settings in use"
+    assert (monitor.config, sup.config, monitor.models.config, monitor.duties.config) == (changed,) * 4
+    assert monitor.policy.max_attempts == 5 and monitor.snapshot().restart_attempts_max == 5
+    assert monitor.busy_tracker.stuck_after == 45
+    assert monitor.duties.alerts.thresholds.memory_mb == 1024
+    assert monitor.duties.alerts.interval_seconds == 120 + 3 * 5

@@ -11,6 +11,7 @@ import doctest
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call, new
 from jeepney.io.threading import ReceiveStopped, open_dbus_connection
 from PIL import Image
 
+from tray.core.status import MonitorState, make_status
 from tray.ui import sni as sni_module
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import MenuEntry, build_menu
@@ -33,7 +35,8 @@ if missing_tools(("dbus-daemon",)):
     pytest.skip("needs dbus-daemon (apt-get install -y dbus)", allow_module_level=True)
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
-HEALTHY = {"ollama_running": True, "health": "healthy", "latency_ms": 5, "state": "running", "model": "m"}
+HEALTHY = make_status(latency_ms=5, model="m")
+STOPPED = replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False)
 
 
 def test_docstring_examples() -> None:
@@ -213,7 +216,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             updated = signals.wait_for("ItemsPropertiesUpdated", 5)
             assert updated.body == ([(menu.find("Start at login").id, {"toggle-state": ("i", 1)})], [])
             running.icon.update_menu()  # nothing changed: no signal
-            running.entries = build_menu({**HEALTHY, "state": "stopped", "ollama_running": False}, SETTINGS, set())
+            running.entries = build_menu(STOPPED, SETTINGS, set())
             running.icon.update_menu()
             layout_updated = signals.wait_for("LayoutUpdated", 5)
             assert signals.members() == []  # nothing between the two changes
@@ -223,7 +226,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
             signals.wait_for("NewToolTip", 5)
             running.icon.title = "Ollama: down"  # the same text: no signal
             running.icon.update_menu()
-            running.entries = build_menu({**HEALTHY, "state": "stopped", "ollama_running": False}, SETTINGS, {"start"})
+            running.entries = build_menu(STOPPED, SETTINGS, {"start"})
             running.icon.update_menu()
             signals.wait_for("ItemsPropertiesUpdated", 5)
             assert signals.members() == []  # no NewToolTip for the unchanged text

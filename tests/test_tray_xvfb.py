@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tray.core.health import Health
+from tray.core.status import make_status
 from tray.ui.backend import tray_available
 from tray.ui.icon import IconState
 
@@ -39,32 +41,16 @@ if MISSING:
         allow_module_level=True,
     )
 
-HEALTHY = {
-    "ollama_running": True,
-    "model_loaded": "uncensored-llama3",
-    "latency_ms": 245,
-    "health": "healthy",
-    "uptime_seconds": 10,
-    "inference_count": 1,
-    "memory_usage_mb": 4096,
-    "gpu_available": False,
-    "cpu_usage_percent": 10.0,
-    "last_error": None,
-    "state": "running",
-    "managed_by": "manager",
-    "model": "uncensored-llama3",
-    "restart_attempt": 0,
-    "restart_attempts_max": 3,
-    "next_retry_in": None,
-    "activity": None,
-    "cloud_active": False,
-    "loaded_models": [],
-}
-DOWN = dict(HEALTHY, health="down", latency_ms=None, next_retry_in=300.0, last_error="connection refused")
+# What the status API would send; the driver reads it back as the monitor's Status.
+HEALTHY = make_status(uptime_seconds=10, memory_usage_mb=4096, cpu_usage_percent=10.0).to_json()
+DOWN = make_status(
+    health=Health.DOWN, latency_ms=None, next_retry_in=300.0, last_error="connection refused"
+).to_json()
 
 DRIVER = textwrap.dedent(
     """
     import concurrent.futures, json, sys, threading
+    from tray.core.status import Status
     from tray.ui.app import TrayApp
 
     def say(*words):
@@ -77,7 +63,7 @@ DRIVER = textwrap.dedent(
             self.current = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
 
         def snapshot(self):
-            return dict(self.status)
+            return self.status
 
         def subscribe(self, callback):
             self.callbacks.append(callback)
@@ -110,7 +96,7 @@ DRIVER = textwrap.dedent(
         for line in sys.stdin:
             command = json.loads(line)
             if command["op"] == "status":
-                controller.publish(command["status"])
+                controller.publish(Status.from_json(command["status"]))
             elif command["op"] == "invoke":
                 item = next(item for item in app.icon.menu if item.text == command["text"])
                 item(app.icon)
@@ -119,7 +105,7 @@ DRIVER = textwrap.dedent(
             say("DONE", command["op"])
         app.on_quit()
 
-    controller = ScriptedController(json.loads(sys.argv[1]))
+    controller = ScriptedController(Status.from_json(json.loads(sys.argv[1])))
     app = TrayApp(controller)
     threading.Thread(target=serve, args=(app, controller), daemon=True).start()
     app.run()

@@ -15,7 +15,7 @@ from typing import Any
 
 from tray.settings.config import Config, load_config
 from tray.core.health import classify
-from tray.history import History
+from tray.history import EventKind, History
 from tray.service.monitor import Monitor
 from tray.system.paths import AppPaths
 from tray.service.supervisor import Supervisor, SupervisorError
@@ -44,7 +44,7 @@ def start_ollama(config: Config | None = None) -> bool:
         sup.start(reason="api")
         return True
     except SupervisorError as exc:
-        sup.history.record("error", f"start_ollama failed: {exc}")
+        sup.history.record(EventKind.ERROR, f"start_ollama failed: {exc}")
         return False
     finally:
         sup.close()
@@ -75,7 +75,7 @@ def ensure_model_loaded(model_name: str | None = None, config: Config | None = N
         )
         return report.ok
     except (ModelError, SupervisorError) as exc:
-        sup.history.record("model_error", f"ensure_model_loaded failed: {exc}")
+        sup.history.record(EventKind.MODEL_ERROR, f"ensure_model_loaded failed: {exc}")
         return False
     finally:
         sup.close()
@@ -103,7 +103,7 @@ def auto_restart(config: Config | None = None, reason: str = "api") -> bool:
     try:
         sup.restart(reason=reason)
     except SupervisorError as exc:
-        sup.history.record("restart", f"auto_restart failed: {exc}", {"reason": reason, "ok": False})
+        sup.history.record(EventKind.RESTART, f"auto_restart failed: {exc}", {"reason": reason, "ok": False})
         return False
     finally:
         sup.close()
@@ -117,9 +117,9 @@ def get_status(config: Config | None = None) -> dict[str, Any]:
     paths = AppPaths.default()
     status = MonitorLink(paths).status()
     if status is not None:
-        return status
+        return status.to_json()
     sup = _supervisor(config)
     try:
-        return Monitor(sup, sup.config, History(None)).check_once()
+        return Monitor(sup, sup.config, History(None)).check_once().to_json()
     finally:
         sup.close()

@@ -15,14 +15,16 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tray import __version__
+from tray.core.health import BusySource
+from tray.core.status import BusyStatus, Status
 from tray.errors import CliError
 from tray.models.defaults import install_default_modelfile
 from tray.web.link import MonitorLink
 from tray.settings.config import Config, ConfigError, load_config
-from tray.history import History
+from tray.history import EventKind, History
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.service.notices import notify_events
@@ -32,6 +34,7 @@ from tray.system.paths import AppPaths
 from tray.service.supervisor import Supervisor, SupervisorError
 
 if TYPE_CHECKING:
+    from tray.gateway.app import GatewayServer
     from tray.system.autostart import Autostart
     from tray.ui.app import TrayApp
     from tray.ui.backend import TrayChoice
@@ -78,7 +81,7 @@ def cmd_stop(ctx: Context) -> int:
             return 0
         stopped = sup.stop(reason="user")
         sup.user_stop.set()
-        sup.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
+        sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
         message = stopped.message()
     print(message)
     return 0
@@ -96,18 +99,16 @@ def cmd_restart(ctx: Context) -> int:
 
 def cmd_status(ctx: Context) -> int:
     status = MonitorLink(ctx.paths).status()
+    monitor_running = status is not None
     if status is None:
         history = History(None)
         monitor = Monitor(ctx.supervisor(history), ctx.config, history)
         status = monitor.check_once()
-        status["monitor_running"] = False
-    else:
-        status["monitor_running"] = True
     if ctx.args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({**status.to_json(), "monitor_running": monitor_running}, indent=2))
     else:
-        print(format_status(status))
-    return 0 if status["ollama_running"] else 3
+        print(format_status(status, monitor_running))
+    return 0 if status.ollama_running else 3
 
 
 MANAGED_BY = {
@@ -119,64 +120,62 @@ MANAGED_BY = {
 }
 
 
-def format_status(status: dict[str, Any]) -> str:
-    latency = f" ({status['latency_ms']} ms)" if status.get("latency_ms") is not None else ""
-    pid = f", pid {status['pid']}" if status.get("pid") else ""
-    owner = MANAGED_BY.get(status["managed_by"], status["managed_by"])
+def format_status(status: Status, monitor_running: bool) -> str:
+    latency = f" ({status.latency_ms} ms)" if status.latency_ms is not None else ""
+    pid = f", pid {status.pid}" if status.pid else ""
+    owner = MANAGED_BY.get(status.managed_by, status.managed_by)
     lines = [
-        f"Ollama: {status['health']}{latency}, {status['state']}{pid}{owner}",
-        f"Address: {status['ollama_host']}",
-        f"Model: {status['model']} ({'present' if status.get('model_loaded') else 'not available'})",
+        f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
+        f"Address: {status.ollama_host}",
+        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})",
     ]
-    if status["ollama_running"]:
+    if status.ollama_running:
         lines.append(
-            f"Uptime: {_duration(status['uptime_seconds'])}, memory {status['memory_usage_mb']} MB, "
-            f"CPU {status['cpu_usage_percent']} %, GPU {'yes' if status['gpu_available'] else 'none'}"
+            f"Uptime: {_duration(status.uptime_seconds)}, memory {status.memory_usage_mb} MB, "
+            f"CPU {status.cpu_usage_percent} %, GPU {'yes' if status.gpu_available else 'none'}"
         )
-        lines.append(busy_line(status.get("busy")))
-    if status.get("restart_attempt"):
-        lines.append(f"Restart attempts: {status['restart_attempt']} of {status['restart_attempts_max']}")
-    if status.get("last_error"):
-        lines.append(f"Last error: {status['last_error']}")
-    lines.append("Monitor: " + ("running" if status.get("monitor_running") else "not running"))
+        lines.append(busy_line(status.busy))
+    if status.restart_attempt:
+        lines.append(f"Restart attempts: {status.restart_attempt} of {status.restart_attempts_max}")
+    if status.last_error:
+        lines.append(f"Last error: {status.last_error}")
+    lines.append("Monitor: " + ("running" if monitor_running else "not running"))
     return "\n".join(lines)
 
 
 BUSY_SEEN_BY = {
-    "gateway": "the gateway's requests",
-    "runner": "the runner's CPU use",
-    "probe": "the health probe waiting its turn",
+    BusySource.GATEWAY: "the gateway's requests",
+    BusySource.RUNNER: "the runner's CPU use",
+    BusySource.PROBE: "the health probe waiting its turn",
 }
 
 
-def busy_line(busy: dict[str, Any] | None) -> str:
+def busy_line(busy: BusyStatus | None) -> str:
     """The status' ``Busy:`` line.
 
     >>> busy_line(None)
     'Busy: no'
-    >>> print(busy_line({"model": "llama3", "requests": 2, "waiting": 1, "since_seconds": 80.4,
-    ...                  "progress_seconds_ago": 0.5, "source": "gateway", "stuck": False}))
+    >>> print(busy_line(BusyStatus("llama3", 2, 1, 80.4, 0.5, BusySource.GATEWAY, stuck=False)))
     Busy: generating on llama3 for 1m 20s; 2 requests through the gateway (1 waiting); last progress 0s ago; \
 seen by the gateway's requests
-    >>> busy_line({"model": "llama3", "requests": None, "waiting": None, "since_seconds": 950,
-    ...            "progress_seconds_ago": None, "source": "probe", "stuck": True})
+    >>> busy_line(BusyStatus("llama3", None, None, 950, None, BusySource.PROBE, stuck=True))
     'Busy: STUCK, no progress on llama3 for 15m 50s; no progress seen; seen by the health probe waiting its turn'
     """
-    if not busy:
+    if busy is None:
         return "Busy: no"
-    on = f" on {busy['model']}" if busy.get("model") else ""
-    since = busy.get("since_seconds") or 0
-    progress = busy.get("progress_seconds_ago")
-    if busy.get("stuck"):
+    on = f" on {busy.model}" if busy.model else ""
+    since = busy.since_seconds
+    progress = busy.progress_seconds_ago
+    if busy.stuck:
         head = f"STUCK, no progress{on} for {_duration(progress if progress is not None else since)}"
     else:
         head = f"generating{on} for {_duration(since)}"
     parts = [head]
-    if busy.get("requests") is not None:
-        count, waiting = busy["requests"], busy.get("waiting") or 0
+    if busy.requests is not None:
+        count, waiting = busy.requests, busy.waiting or 0
         parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({waiting} waiting)")
     parts.append(f"last progress {_duration(progress)} ago" if progress is not None else "no progress seen")
-    parts.append("seen by " + BUSY_SEEN_BY.get(str(busy.get("source")), str(busy.get("source"))))
+    parts.append("seen by " + BUSY_SEEN_BY.get(busy.source, str(busy.source)))
     return "Busy: " + "; ".join(parts)
 
 
@@ -391,25 +390,33 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
 
 class running_services:
-    """Single-instance lock, monitor thread and status API, torn down in order."""
+    """Single-instance lock, monitor thread, status API and gateway, torn down in order."""
 
     def __init__(self, ctx: Context, notifier: "Notifier | None" = None) -> None:
         self.ctx = ctx
         self.notifier = notifier
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
+        self.gateway: GatewayServer | None = None
 
     def __enter__(self) -> "running_services":
         from tray.dashboard import Dashboard
-        from tray.gateway.commands import start_gateway_in_monitor
+        from tray.gateway.commands import gateway_for_monitor, serve_beside_monitor
         from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
 
-        paths = self.ctx.paths
+        config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
-        install_default_modelfile(self.ctx.config, paths)
+        install_default_modelfile(config, paths)
         self.history = self.ctx.history()
-        notifier = self.notifier or Notifier(enabled=self.ctx.config.notifications)
+        notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
-        self.monitor = Monitor(self.ctx.supervisor(self.history), self.ctx.config, self.history)
+        try:
+            # It reports to the monitor built next, once it serves (after the monitor started).
+            gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
+        except OSError as exc:
+            self.history.close()
+            self.instance.release()
+            raise CliError(str(exc)) from None
+        self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
         self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
         self.server = StatusServer(
@@ -423,16 +430,16 @@ class running_services:
         self.status_port = port
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
-        try:
-            self.gateway = start_gateway_in_monitor(self.ctx.config, self.monitor, self.history, notifier)
-        except OSError as exc:
-            self.__exit__(None, None, None)
-            raise CliError(str(exc)) from None
-        self.monitor.gateway = self.gateway.gateway if self.gateway else None
+        if gateway is not None:
+            try:
+                self.gateway = serve_beside_monitor(gateway, config.gateway.port, self.monitor)
+            except OSError as exc:
+                self.__exit__(None, None, None)
+                raise CliError(str(exc)) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if getattr(self, "gateway", None) is not None:
+        if self.gateway is not None:
             self.gateway.stop()
         self.monitor.stop()
         self.dashboard.close()  # ends the dashboards' open event streams, so the server can stop

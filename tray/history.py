@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,32 @@ SAMPLE_FIELDS = ("health", "latency_ms", "memory_mb", "cpu_percent", "ram_used_m
 NUMERIC_FIELDS = SAMPLE_FIELDS[1:]
 
 
+class EventKind(StrEnum):
+    """The kind of an event in the history (what notifications, metrics and the timeline key on)."""
+
+    MONITOR = "monitor"  # the monitor started or stopped
+    HEALTH = "health"  # a change of health, or the first start's outcome
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    ADOPT = "adopt"  # an Ollama started elsewhere is watched
+    EXTERNAL = "external"  # another program restarted Ollama: watched, not managed
+    USER_STOP = "user_stop"
+    CRASH = "crash"
+    UNEXPECTED_RESTART = "unexpected_restart"
+    GAVE_UP = "gave_up"
+    RESUME = "resume"  # the machine woke from sleep
+    ERROR = "error"
+    ALERT = "alert"
+    OOM = "oom"  # a move of the out-of-memory ladder
+    CLOUD = "cloud"  # the gateway's cloud fallback turned on or off
+    MODEL_MISSING = "model_missing"
+    MODEL_CORRUPT = "model_corrupt"
+    MODEL_ERROR = "model_error"
+    MODEL_BUILT = "model_built"
+    MODEL_REPAIRED = "model_repaired"
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long what is kept, at which resolution."""
@@ -61,7 +88,7 @@ class Retention:
 @dataclass(frozen=True)
 class Event:
     time: float  # unix seconds
-    kind: str
+    kind: str  # an EventKind's value (a database written by another version may hold others)
     message: str
     data: dict[str, Any] | None = None
 
@@ -102,20 +129,20 @@ class History:
             log.warning("history database %s unavailable (%s); keeping events in memory", path, exc)
             return None
 
-    def record(self, kind: str, message: str, data: dict[str, Any] | None = None) -> Event:
-        event = Event(self._clock(), kind, message, data)
+    def record(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> Event:
+        event = Event(self._clock(), str(kind), message, data)
         with self._lock:
             self._memory.append(event)
             if self._db is not None:
                 try:
                     self._db.execute(
                         "INSERT INTO events(time, kind, message, data) VALUES (?, ?, ?, ?)",
-                        (event.time, kind, message, json.dumps(data) if data else None),
+                        (event.time, event.kind, message, json.dumps(data) if data else None),
                     )
                 except sqlite3.Error as exc:
                     log.warning("could not record event in %s: %s", self.path, exc)
             listeners = list(self._listeners)
-        log.info("%s: %s", kind, message)
+        log.info("%s: %s", event.kind, message)
         for listener in listeners:
             try:
                 listener(event)

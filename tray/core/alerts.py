@@ -38,8 +38,8 @@ How an alert behaves:
 - **Wake from sleep**: a gap between observations longer than
   ``wake_gap_factor`` x the tick interval means the machine slept. Pending
   debounce state is dropped, nothing new is raised from that observation,
-  and :attr:`AlertEngine.reprobe_requested` asks the caller to probe again;
-  the fresh observation is the one that may raise.
+  and the :class:`AlertReport` asks the caller to probe again soon when
+  something looked wrong; the fresh observation is the one that may raise.
 """
 
 from __future__ import annotations
@@ -159,6 +159,14 @@ class AlertEvent:
     @property
     def key(self) -> str:
         return self.kind.value
+
+
+@dataclass(frozen=True)
+class AlertReport:
+    """What one observation changed: the events to tell, and whether to observe again soon."""
+
+    events: tuple[AlertEvent, ...] = ()
+    reprobe: bool = False  # woke from sleep and something looked wrong: check again at the short cadence
 
 
 class Signal(StrEnum):
@@ -464,7 +472,6 @@ class AlertEngine:
 
     thresholds: AlertThresholds = field(default_factory=AlertThresholds)
     interval_seconds: float = 30.0
-    reprobe_requested: bool = field(default=False, init=False)
     _tracks: dict[AlertKind, _Track] = field(
         default_factory=lambda: {kind: _Track() for kind in RULES}, init=False, repr=False
     )
@@ -476,11 +483,11 @@ class AlertEngine:
         """Alerts currently raised (reported or kept quiet by the cooldown)."""
         return frozenset(kind for kind, track in self._tracks.items() if track.active)
 
-    def observe(self, now: float, metrics: Metrics) -> list[AlertEvent]:
-        """Evaluate every rule on one observation; return the raised/cleared events.
+    def observe(self, now: float, metrics: Metrics) -> AlertReport:
+        """Evaluate every rule on one observation: the raised/cleared events, and whether to re-probe.
 
-        After a wake from sleep nothing new is raised and
-        :attr:`reprobe_requested` is True when something looked wrong.
+        After a wake from sleep nothing new is raised, and the report asks
+        for a re-probe when something looked wrong.
         """
         woke = self._is_wake(now)
         self._last_now = now
@@ -499,8 +506,7 @@ class AlertEngine:
             event = self._step(kind, track, reading, now, may_raise=not woke)
             if event is not None:
                 events.append(event)
-        self.reprobe_requested = wants_reprobe
-        return events
+        return AlertReport(tuple(events), wants_reprobe)
 
     def _is_wake(self, now: float) -> bool:
         if self._last_now is None:
@@ -603,6 +609,7 @@ __all__ = [
     "AlertEngine",
     "AlertEvent",
     "AlertKind",
+    "AlertReport",
     "AlertState",
     "AlertThresholds",
     "LeakTrend",

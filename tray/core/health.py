@@ -24,6 +24,7 @@ when it may be sent.
 | HTTP layer times out, more than 3 checks in a row           | down (hung)    | restart, reason "not responding"    |
 | gateway has inference requests in flight                    | busy (gateway) | no inference probe                  |
 | the server's runners used CPU time since the last tick      | busy (runner)  | no inference probe                  |
+| ... only while the gateway's own, now finished, requests ran | not busy       | as when idle                        |
 | inference probe unanswered after ``health_check_timeout``,  | busy (probe)   | probe cancelled at once; not a      |
 | HTTP layer still answering                                  |                | failure                             |
 | busy, no progress for ``stuck_runner_timeout``              | stuck runner   | alert (never a restart on its own)  |
@@ -45,7 +46,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TypeVar
+
+ProcessKey = TypeVar("ProcessKey", bound=Hashable)
 
 
 class Health(StrEnum):
@@ -198,7 +201,9 @@ class RunnerCpu:
 UNKNOWN_CPU = RunnerCpu(None)
 
 
-def runner_cpu_since(previous: Mapping[Hashable, float] | None, current: Mapping[Hashable, float | None]) -> RunnerCpu:
+def runner_cpu_since(
+    previous: Mapping[ProcessKey, float] | None, current: Mapping[ProcessKey, float | None]
+) -> RunnerCpu:
     """CPU seconds the runners used between two readings (per process: ``None`` = unreadable).
 
     A runner new since the previous reading counts with all its time (it is
@@ -284,30 +289,9 @@ class Busy:
     stuck: bool  # no progress for longer than the bound
     frozen: bool  # stuck, and provably so: the restart rule holds
 
-    @staticmethod
-    def _ago(now: float, then: float | None) -> float | None:
-        return None if then is None else round(max(0.0, now - then), 1)
-
     def quiet_seconds(self, now: float) -> float:
         """Seconds since the last progress, or since busy began when there was none."""
         return max(0.0, now - max(self.since, self.last_progress or self.since))
-
-    def to_status(self, now: float) -> dict[str, Any]:
-        """The status dict's ``busy`` value.
-
-        >>> Busy(BusySource.RUNNER, "m", None, None, 10.0, 40.0, False, False).to_status(100.0)
-        {'model': 'm', 'requests': None, 'waiting': None, 'since_seconds': 90.0, 'progress_seconds_ago': 60.0, \
-'source': 'runner', 'stuck': False}
-        """
-        return {
-            "model": self.model,
-            "requests": self.requests,
-            "waiting": self.waiting,
-            "since_seconds": round(max(0.0, now - self.since), 1),
-            "progress_seconds_ago": self._ago(now, self.last_progress),
-            "source": str(self.source),
-            "stuck": self.stuck,
-        }
 
 
 def stuck_runner_bound(stuck_runner_timeout: float, model_load_timeout: float) -> float:
@@ -336,13 +320,15 @@ class BusyTracker:
     last_progress: float | None = None
     frozen_since: float | None = None
     current: Busy | None = None
+    last_observed: float | None = None
 
     def observe(self, now: float, evidence: BusyEvidence) -> Busy | None:
         gateway = evidence.gateway
         cpu_advanced = evidence.runner_cpu.advanced
+        previous, self.last_observed = self.last_observed, now
         if gateway is not None and gateway.requests:
             source: BusySource | None = BusySource.GATEWAY
-        elif cpu_advanced:
+        elif cpu_advanced and not _gateway_work_since(gateway, previous):
             source = BusySource.RUNNER
         elif evidence.probe is InferenceProbe.WAITED:
             source = BusySource.PROBE
@@ -391,3 +377,21 @@ class BusyTracker:
     def reset(self) -> None:
         self.since = self.last_progress = self.frozen_since = None
         self.current = None
+
+
+def _gateway_work_since(gateway: GatewayActivity | None, previous_check: float | None) -> bool:
+    """The gateway's own requests, all finished now, got bytes from Ollama since the previous check.
+
+    The runners' CPU time of that interval is then their work, not someone
+    else's still running: it is no reason to report Ollama busy (which would
+    take the first-byte budget away from the gateway's next request).
+
+    >>> done = GatewayActivity({}, 0, 105.0)
+    >>> _gateway_work_since(done, 100.0), _gateway_work_since(GatewayActivity({}, 0, 95.0), 100.0)
+    (True, False)
+    >>> _gateway_work_since(None, 100.0), _gateway_work_since(done, None)
+    (False, False)
+    """
+    if gateway is None or gateway.requests or gateway.last_progress is None or previous_check is None:
+        return False
+    return gateway.last_progress >= previous_check

@@ -1,7 +1,7 @@
 """The local web dashboard, the settings page and Prometheus metrics, served by the status API.
 
 - :mod:`tray.dashboard.routes`: :class:`Dashboard` and its Starlette routes; :func:`mount_dashboard`.
-- :mod:`tray.dashboard.views`: what the pages show, from the status dict and the history (pure).
+- :mod:`tray.dashboard.views`: what the pages show, from the monitor's status and the history (pure).
 - :mod:`tray.dashboard.settings_form`: every setting, its validation and the atomic save.
 - :mod:`tray.dashboard.stream`: server-sent events from the monitor's thread to the browser.
 - :mod:`tray.dashboard.metrics`: the ``/metrics`` registry.

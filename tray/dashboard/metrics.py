@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,7 +25,9 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tray import __version__
-from tray.history import Event, History
+from tray.core.status import GatewayStatus, Status
+from tray.history import Event, EventKind, History
+from tray.system.resources import ResourceSample
 
 PREFIX = "ollama_manager"
 HEALTH_STATES = ("healthy", "unhealthy", "down", "unknown")
@@ -46,13 +48,13 @@ def label_value(text: str) -> str:
 def event_counter(event: Event) -> tuple[str, dict[str, str]] | None:
     """Which counter an event increments (``restarts``, ``crashes`` or ``alerts``) and its labels."""
     data = event.data or {}
-    if event.kind == "restart":
+    if event.kind == EventKind.RESTART:
         return "restarts", {"reason": label_value(str(data.get("reason", "")))}
-    if event.kind == "unexpected_restart":
+    if event.kind == EventKind.UNEXPECTED_RESTART:
         return "restarts", {"reason": "unexpected"}
-    if event.kind == "crash":
+    if event.kind == EventKind.CRASH:
         return "crashes", {}
-    if event.kind == "alert" and data.get("state") == "raised":
+    if event.kind == EventKind.ALERT and data.get("state") == "raised":
         return "alerts", {"kind": str(data.get("kind", "unknown")), "severity": str(data.get("severity", "unknown"))}
     return None
 
@@ -79,45 +81,45 @@ def _flag(value: Any) -> float:
     return 1.0 if value else 0.0
 
 
-def gauge_values(status: Mapping[str, Any], sample: Any, gateway: Mapping[str, Any] | None) -> dict[str, float | None]:
-    """The unlabelled gauges (None: not known, left out) for one status dict, sample and gateway snapshot."""
-    running = bool(status.get("ollama_running"))
-    latency = status.get("latency_ms")
+def gauge_values(status: Status, sample: ResourceSample | None) -> dict[str, float | None]:
+    """The unlabelled gauges (None: not known, left out) for one status (with its gateway) and resource sample."""
+    running = status.ollama_running
+    latency = status.latency_ms
     if sample is not None:
         memory = float(sample.tree_rss_bytes) if sample.server_running else 0.0
         cpu = float(sample.tree_cpu_percent) if sample.server_running else 0.0
     else:
-        memory = float(status.get("memory_usage_mb") or 0) * MIB if running else 0.0
-        cpu = float(status.get("cpu_usage_percent") or 0.0) if running else 0.0
-    ratio = gateway.get("fallback_ratio") if gateway is not None else None
-    busy = status.get("busy")
+        memory = float(status.memory_usage_mb) * MIB if running else 0.0
+        cpu = status.cpu_usage_percent if running else 0.0
+    gateway = status.gateway
+    ratio = gateway.fallback_ratio if gateway is not None else None
+    busy = status.busy
     return {
         "up": _flag(running),
         "last_probe_latency_seconds": latency / 1000 if latency is not None else None,
-        "uptime_seconds": float(status.get("uptime_seconds") or 0),
-        "restart_attempts": float(status.get("restart_attempt") or 0),
-        "model_present": _flag(status.get("model_loaded")),
-        "cloud_fallback_active": _flag(status.get("cloud_active")),
+        "uptime_seconds": float(status.uptime_seconds),
+        "restart_attempts": float(status.restart_attempt),
+        "model_present": _flag(status.model_loaded),
+        "cloud_fallback_active": _flag(status.cloud_active),
         "tree_memory_bytes": memory,
         "tree_cpu_percent": cpu,
         "gpu_available": _flag(sample.gpu_available) if sample is not None else None,
         "gateway_enabled": _flag(gateway is not None),
-        "fallback_ratio": float(ratio) if ratio is not None else None,
+        "fallback_ratio": ratio,
         "busy": _flag(busy),
-        "busy_seconds": float(busy.get("since_seconds") or 0.0) if busy else 0.0,
-        "stuck_runner": _flag(busy and busy.get("stuck")),
+        "busy_seconds": busy.since_seconds if busy is not None else 0.0,
+        "stuck_runner": _flag(busy is not None and busy.stuck),
     }
 
 
-def _health_family(status: Mapping[str, Any]) -> Metric:
+def _health_family(status: Status) -> Metric:
     family = GaugeMetricFamily(f"{PREFIX}_health", "Ollama's health: 1 for the current state", labels=["state"])
-    current = status.get("health") if status.get("health") in HEALTH_STATES else "unknown"
     for state in HEALTH_STATES:
-        family.add_metric([state], _flag(state == current))
+        family.add_metric([state], _flag(state == status.health))
     return family
 
 
-def _gpu_families(sample: Any) -> list[Metric]:
+def _gpu_families(sample: ResourceSample | None) -> list[Metric]:
     labels = ["gpu", "name"]
     families = {
         "memory_used_bytes": GaugeMetricFamily(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use", labels=labels),
@@ -133,11 +135,10 @@ def _gpu_families(sample: Any) -> list[Metric]:
     return [family for family in families.values() if family.samples]
 
 
-def _gateway_calls_family(gateway: Mapping[str, Any] | None) -> list[Metric]:
+def _gateway_calls_family(gateway: GatewayStatus | None) -> list[Metric]:
     if gateway is None:
         return []
-    calls = int(gateway.get("calls") or 0)
-    cloud = int(gateway.get("cloud_calls") or 0)
+    calls, cloud = gateway.calls, gateway.cloud_calls
     family = GaugeMetricFamily(
         f"{PREFIX}_gateway_calls", "Gateway calls in its recent window, by backend", labels=["backend"]
     )
@@ -146,24 +147,24 @@ def _gateway_calls_family(gateway: Mapping[str, Any] | None) -> list[Metric]:
     return [family]
 
 
-def _info_family(status: Mapping[str, Any]) -> Metric:
+def _info_family(status: Status) -> Metric:
     family = InfoMetricFamily(PREFIX, "The manager and what it supervises")
-    labels = {name: str(status.get(name) or "") for name in ("model", "ollama_host", "managed_by")}
+    labels = {"model": status.model, "ollama_host": status.ollama_host, "managed_by": status.managed_by}
     family.add_metric([], {"version": __version__, **labels})
     return family
 
 
-def status_families(status: Mapping[str, Any], sample: Any, gateway: Mapping[str, Any] | None) -> list[Metric]:
-    """Every metric read at scrape time, for one status dict, resource sample (or None) and gateway snapshot."""
+def status_families(status: Status, sample: ResourceSample | None) -> list[Metric]:
+    """Every metric read at scrape time, for one status (with its gateway) and resource sample (or None)."""
     families: list[Metric] = []
-    for name, value in gauge_values(status, sample, gateway).items():
+    for name, value in gauge_values(status, sample).items():
         if value is not None:
             family = GaugeMetricFamily(f"{PREFIX}_{name}", GAUGE_HELP[name])
             family.add_metric([], value)
             families.append(family)
     families.append(_health_family(status))
     families += _gpu_families(sample)
-    families += _gateway_calls_family(gateway)
+    families += _gateway_calls_family(status.gateway)
     families.append(_info_family(status))
     return families
 
@@ -175,8 +176,7 @@ class StatusCollector(Collector):
         self.monitor = monitor
 
     def collect(self) -> Iterable[Metric]:
-        status = self.monitor.snapshot()
-        return status_families(status, getattr(self.monitor, "sample", None), status.get("gateway"))
+        return status_families(self.monitor.snapshot(), getattr(self.monitor, "sample", None))
 
 
 class ManagerMetrics:

@@ -22,7 +22,9 @@ neither read nor make a browser send cross-origin.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import logging
 import os
 import secrets
 import time
@@ -36,6 +38,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from tray.core.status import Status
 from tray.settings.config import Config
 from tray.dashboard.metrics import ManagerMetrics
 from tray.dashboard.settings_form import APPLIED_NOW, ApplyPlan, SettingsService, patched_config
@@ -56,16 +59,22 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 MAX_SETTINGS_BODY = 64 * 1024
+APPLY_WAIT_SECONDS = 5.0  # a save waits this long for the monitor to take the new settings
+
+log = logging.getLogger(__name__)
 
 
 class MonitorLike(Protocol):
     """What the dashboard needs from :class:`tray.service.monitor.Monitor`."""
 
-    config: Config
+    @property
+    def config(self) -> Config: ...
 
-    def snapshot(self) -> dict[str, Any]: ...
+    def snapshot(self) -> Status: ...
 
-    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]: ...
+    def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]: ...
+
+    def apply_settings(self, config: Config) -> concurrent.futures.Future[str]: ...
 
 
 def token_matches(request: Request, token: str) -> bool:
@@ -90,8 +99,8 @@ def page(name: str) -> Callable[[Request], Awaitable[Response]]:
 class Dashboard:
     """The dashboard of one running app: its live feed, metrics, settings and routes.
 
-    The gateway's local/cloud split comes from the status dict's ``gateway``
-    entry (None: "gateway off"). Given the ``notifier`` (anything with an
+    The gateway's local/cloud split comes from the status' ``gateway``
+    (None: "gateway off"). Given the ``notifier`` (anything with an
     ``enabled`` attribute), a saved ``notifications`` applies at once.
     Call :meth:`close` before stopping the HTTP server: it ends the open streams.
     """
@@ -121,17 +130,18 @@ class Dashboard:
             self.apply_live,
             live_keys,
         )
-        self._last_status: dict[str, Any] | None = None
+        self._last_status: Status | None = None
+        self._config = monitor.config  # what the monitor was last given
         self._unsubscribe = monitor.subscribe(self._on_status)
         history.subscribe(self._on_event)
 
     # ------------------------------------------------------------------ feeds (any thread)
 
-    def status_message(self, status: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``status`` message: the raw status dict and what the page shows of it."""
-        return {"status": dict(status), "view": status_view(status, status.get("gateway"), self.wall_clock())}
+    def status_message(self, status: Status) -> dict[str, Any]:
+        """The ``status`` message: the status API's JSON and what the page shows of it."""
+        return {"status": status.to_json(), "view": status_view(status, self.wall_clock())}
 
-    def _on_status(self, status: dict[str, Any]) -> None:
+    def _on_status(self, status: Status) -> None:
         if status == self._last_status:
             return
         self._last_status = status
@@ -141,14 +151,18 @@ class Dashboard:
         self.hub.publish("event", {"t": event.time, **event.to_json()})
 
     def apply_live(self, plan: ApplyPlan, wanted: Mapping[str, Any]) -> None:
-        """Give the running monitor and supervisor the saved values they read as they go."""
+        """Give the running monitor the saved values it reads as it goes (it takes them on its own thread)."""
         keys = (*plan.now, *plan.ollama_start)
         if not keys:
             return
-        self.monitor.config = patched_config(self.monitor.config, wanted, keys)
-        supervisor = getattr(self.monitor, "supervisor", None)
-        if supervisor is not None:
-            supervisor.config = patched_config(supervisor.config, wanted, keys)
+        self._config = patched_config(self._config, wanted, keys)
+        applied = self.monitor.apply_settings(self._config)
+        try:
+            applied.result(timeout=APPLY_WAIT_SECONDS)
+        except concurrent.futures.TimeoutError:
+            log.info("the monitor is busy; it takes the new settings (%s) when its current work ends", ", ".join(keys))
+        except Exception as exc:  # noqa: BLE001 - the monitor is shutting down: the file has them for the next start
+            log.warning("the monitor did not take the new settings: %s", exc)
         if self.notifier is not None and "notifications" in plan.now:
             self.notifier.enabled = bool(wanted["notifications"])
 

@@ -1,4 +1,4 @@
-"""What the dashboard shows, computed from the status dict and the history (pure).
+"""What the dashboard shows, computed from the monitor's status and the history (pure).
 
 The page only places these values: labels, enabled actions and chart
 points are decided here, where they can be tested.
@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from tray.core.health import Health
+from tray.core.status import BusyStatus, GatewayStatus, Status
 from tray.history import NUMERIC_FIELDS, Event
 from tray.ui.icon import busy_text, format_duration, format_latency, status_summary
 from tray.ui.menu import (
@@ -26,8 +28,6 @@ from tray.ui.menu import (
     loaded_model_label,
     server_is_up,
 )
-
-Status = Mapping[str, Any]
 
 RANGES: dict[str, float] = {"1h": 3600.0, "1d": 86400.0}
 CHART_POINTS = 360
@@ -60,75 +60,75 @@ def action_views(status: Status) -> list[dict[str, Any]]:
 
 def model_view(status: Status, now: float) -> dict[str, Any]:
     """Name, presence, size, parameters, quantization and last verification of the kept model."""
-    info = status.get("model_info") or {}
-    size = info.get("size")
-    verified = info.get("last_verified")
+    info = status.model_info
+    size = info.size if info else None
+    verified = info.last_verified if info else None
     return {
-        "name": status.get("model") or NOTHING,
-        "present": bool(status.get("model_loaded")),
-        "status": status.get("model_status") or "unknown",
-        "size": human_bytes(int(size)) if size else NOTHING,
-        "parameters": info.get("parameter_size") or NOTHING,
-        "quantization": info.get("quantization") or NOTHING,
+        "name": status.model or NOTHING,
+        "present": bool(status.model_loaded),
+        "status": str(status.model_status or "unknown"),
+        "size": human_bytes(size) if size else NOTHING,
+        "parameters": (info.parameter_size if info else None) or NOTHING,
+        "quantization": (info.quantization if info else None) or NOTHING,
         "last_verified": ago(verified, now) if verified else "never",
         "last_verified_at": iso_time(verified) if verified else None,
-        "loaded": [loaded_model_label(model) for model in status.get("loaded_models") or []],
+        "loaded": [loaded_model_label(model) for model in status.loaded_models],
     }
 
 
-def gateway_view(gateway: Mapping[str, Any] | None) -> dict[str, Any]:
+def gateway_view(gateway: GatewayStatus | None) -> dict[str, Any]:
     """The gateway's local/cloud split over its window, or "gateway off"."""
     if gateway is None:
         return {"enabled": False, "text": GATEWAY_OFF, "local": None, "cloud": None, "cloud_share": None}
-    calls = int(gateway.get("calls") or 0)
-    cloud = int(gateway.get("cloud_calls") or 0)
+    calls, cloud = gateway.calls, gateway.cloud_calls
     local = calls - cloud
     share = cloud / calls if calls else None
     text = f"{local} local · {cloud} cloud ({round(share * 100)} % cloud)" if share is not None else "no calls yet"
     return {"enabled": True, "text": text, "local": local, "cloud": cloud, "cloud_share": share}
 
 
-def busy_view(busy: Mapping[str, Any] | None, running: bool) -> dict[str, Any]:
+def busy_view(busy: BusyStatus | None, running: bool) -> dict[str, Any]:
     """What Ollama is working on: a line for the live panel, and whether it looks stuck.
 
+    >>> from tray.core.health import BusySource
     >>> busy_view(None, True), busy_view(None, False)["text"]
     ({'text': 'idle', 'stuck': False, 'source': None}, '—')
-    >>> busy_view({"model": "llama3", "since_seconds": 75.0, "requests": 1, "stuck": False, "source": "runner"}, True)
+    >>> busy_view(BusyStatus("llama3", None, None, 75.0, None, BusySource.RUNNER, stuck=False), True)
     {'text': 'generating on llama3 for 1 min', 'stuck': False, 'source': 'runner'}
     """
-    if not busy:
+    if busy is None:
         return {"text": "idle" if running else NOTHING, "stuck": False, "source": None}
     text = busy_text(busy).removeprefix("busy: ")
-    return {"text": text, "stuck": bool(busy.get("stuck")), "source": busy.get("source")}
+    return {"text": text, "stuck": busy.stuck, "source": str(busy.source)}
 
 
-def status_view(status: Status, gateway: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
-    """Everything the dashboard's live part shows, for one status dict; ``now`` is wall time."""
-    running = bool(status.get("ollama_running"))
-    latency = status.get("latency_ms")
-    pid = status.get("pid")
-    owner = MANAGED_BY.get(str(status.get("managed_by")), str(status.get("managed_by")))
+def status_view(status: Status, now: float) -> dict[str, Any]:
+    """Everything the dashboard's live part shows, for one status; ``now`` is wall time."""
+    running = status.ollama_running
+    latency = status.latency_ms
+    pid = status.pid
+    owner = MANAGED_BY.get(status.managed_by, status.managed_by)
     return {
-        "health": status.get("health") or "unknown",
+        "health": str(status.health),
         "summary": status_summary(status),
         "latency": format_latency(latency) if latency is not None else NOTHING,
-        "uptime": format_duration(status["uptime_seconds"]) if running and status.get("uptime_seconds") else NOTHING,
-        "state": f"{status.get('state')}, {owner}" + (f" (pid {pid})" if pid else ""),
-        "memory": megabytes_text(status.get("memory_usage_mb") or 0) if running else NOTHING,
-        "cpu": f"{status.get('cpu_usage_percent', 0.0)} %" if running else NOTHING,
-        "gpu": "available" if status.get("gpu_available") else "none",
-        "host": status.get("ollama_host") or NOTHING,
-        "last_error": status.get("last_error") if status.get("health") != "healthy" else None,
-        "cloud_active": bool(status.get("cloud_active")),
-        "busy": busy_view(status.get("busy"), running),
+        "uptime": format_duration(status.uptime_seconds) if running and status.uptime_seconds else NOTHING,
+        "state": f"{status.state}, {owner}" + (f" (pid {pid})" if pid else ""),
+        "memory": megabytes_text(status.memory_usage_mb) if running else NOTHING,
+        "cpu": f"{status.cpu_usage_percent} %" if running else NOTHING,
+        "gpu": "available" if status.gpu_available else "none",
+        "host": status.ollama_host or NOTHING,
+        "last_error": status.last_error if status.health is not Health.HEALTHY else None,
+        "cloud_active": status.cloud_active,
+        "busy": busy_view(status.busy, running),
         "actions": action_views(status),
         "model": model_view(status, now),
-        "gateway": gateway_view(gateway),
+        "gateway": gateway_view(status.gateway),
     }
 
 
 def megabytes_text(megabytes: float) -> str:
-    """``512 MB`` below a gigabyte, ``4.0 GB`` above (binary units, as the status dict counts).
+    """``512 MB`` below a gigabyte, ``4.0 GB`` above (binary units, as the status counts).
 
     >>> megabytes_text(512), megabytes_text(4096)
     ('512 MB', '4.0 GB')

@@ -66,6 +66,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
+from tray.core.status import GatewayStatus, Status
 from tray.gateway import translate as tr
 from tray.gateway.breaker import (
     Activation,
@@ -109,6 +110,7 @@ from tray.gateway.cloud import (
 )
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
+from tray.history import EventKind
 from tray.web.loopback import LoopbackOnly, host_allowed
 
 log = logging.getLogger(__name__)
@@ -394,7 +396,7 @@ class Gateway:
         env: Mapping[str, str] | None = None,
         key_store: KeyStore | None = None,
         report_problem: Callable[[str], None] | None = None,
-        status_source: Callable[[], Mapping[str, Any] | None] | None = None,
+        status_source: Callable[[], Status | None] | None = None,
         history: Any = None,
         notifier: Any = None,
         probe: bool = False,
@@ -441,18 +443,18 @@ class Gateway:
 
     # -- health feeds (any thread)
 
-    def observe_status(self, status: Mapping[str, Any]) -> None:
-        """A monitor status dict (subscribe this to :meth:`Monitor.subscribe`).
+    def observe_status(self, status: Status) -> None:
+        """A monitor's status (subscribe this to :meth:`Monitor.subscribe`).
 
-        Read: ``health``, ``state``, ``loaded_models`` (a list of ``{"name": ...}``)
-        and ``busy`` (None when idle; work whose ``source`` is not the gateway
-        makes new requests wait their turn on the long budget).
+        Read: ``health``, ``state``, ``loaded_models`` and ``busy`` (None when
+        idle; work whose ``source`` is not the gateway makes new requests wait
+        their turn on the long budget).
         """
         health = health_from_status(status)
         with self._lock:
             self._server_busy = status_busy(status)
-            if health.answering and isinstance(status.get("loaded_models"), list):
-                self._monitor_loaded = frozenset(model_key(n) for n in loaded_names(status["loaded_models"]))
+            if health.answering:
+                self._monitor_loaded = frozenset(model_key(model.name) for model in status.loaded_models)
         self.observe_health(health)
 
     def observe_health(self, health: LocalHealth) -> None:
@@ -484,24 +486,24 @@ class Gateway:
         with self._lock:
             return self.router.usage(self.clock())
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> GatewayStatus:
         with self._lock:
             now = self.clock()
             usage = self.router.usage(now)
             retry_at = self.router.breaker.retry_at(now)
-            return {
-                "breaker": str(self.router.breaker.state(now)),
-                "breaker_reason": self.router.breaker.reason,
-                "retry_in": None if retry_at is None else round(max(0.0, retry_at - now), 3),
-                "cloud_enabled": self.cloud.enabled,
-                "cloud_active": self.router.cloud_active(now),
-                "cloud_provider": self.cloud.host_label if self.cloud.enabled else None,
-                "cloud_model": self.cloud.model if self.cloud.enabled else None,
-                "calls": usage.calls,
-                "cloud_calls": usage.cloud_calls,
-                "fallback_ratio": usage.ratio,
-                "ollama_url": self.local_url,
-            }
+            return GatewayStatus(
+                breaker=str(self.router.breaker.state(now)),
+                breaker_reason=self.router.breaker.reason,
+                retry_in=None if retry_at is None else round(max(0.0, retry_at - now), 3),
+                cloud_enabled=self.cloud.enabled,
+                cloud_active=self.router.cloud_active(now),
+                cloud_provider=self.cloud.host_label if self.cloud.enabled else None,
+                cloud_model=self.cloud.model if self.cloud.enabled else None,
+                calls=usage.calls,
+                cloud_calls=usage.cloud_calls,
+                fallback_ratio=usage.ratio,
+                ollama_url=self.local_url,
+            )
 
     # -- the ASGI app
 
@@ -542,7 +544,7 @@ class Gateway:
             await self._cloud.aclose()
 
     async def _status_endpoint(self, request: Request) -> Response:
-        return json_response(200, self.snapshot(), Backend.GATEWAY)
+        return json_response(200, self.snapshot().to_json(), Backend.GATEWAY)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one request; a client that goes away cancels it, and what it started upstream."""
@@ -1100,7 +1102,7 @@ class Gateway:
                 "provider": self.cloud.host_label,
                 "model": self.cloud.model,
             }
-            self.history.record("cloud", notice.message, data)
+            self.history.record(EventKind.CLOUD, notice.message, data)
         if self.notifier is not None:
             threading.Thread(
                 target=self.notifier.notify,

@@ -41,6 +41,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from tray.core.health import BusySource, Health
+from tray.core.status import MonitorState, Status
+
 
 class BreakerState(StrEnum):
     CLOSED = "closed"
@@ -61,23 +64,24 @@ class LocalHealth(StrEnum):
         return self in (LocalHealth.UP, LocalHealth.SLOW)
 
 
-_MONITOR_HEALTH = {"healthy": LocalHealth.UP, "unhealthy": LocalHealth.SLOW, "down": LocalHealth.DOWN}
+_MONITOR_HEALTH = {Health.HEALTHY: LocalHealth.UP, Health.UNHEALTHY: LocalHealth.SLOW, Health.DOWN: LocalHealth.DOWN}
 
 
-def health_from_status(status: Mapping[str, Any]) -> LocalHealth:
-    """Map a monitor status dict to :class:`LocalHealth`.
+def health_from_status(status: Status) -> LocalHealth:
+    """Map a monitor's status to :class:`LocalHealth`.
 
     A monitor that gave up (``state`` "failed") or a user stop means down,
     whatever the last probe said.
 
-    >>> health_from_status({"health": "healthy", "state": "running"})
+    >>> from tray.core.status import make_status
+    >>> health_from_status(make_status(health=Health.HEALTHY, state=MonitorState.RUNNING))
     <LocalHealth.UP: 'up'>
-    >>> health_from_status({"health": "unknown", "state": "failed"})
+    >>> health_from_status(make_status(health=Health.UNKNOWN, state=MonitorState.FAILED))
     <LocalHealth.DOWN: 'down'>
     """
-    if status.get("state") in ("failed", "stopped"):
+    if status.state in (MonitorState.FAILED, MonitorState.STOPPED):
         return LocalHealth.DOWN
-    return _MONITOR_HEALTH.get(str(status.get("health")), LocalHealth.UNKNOWN)
+    return _MONITOR_HEALTH.get(status.health, LocalHealth.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -380,7 +384,7 @@ def model_key(name: str) -> str:
 
 
 def loaded_names(entries: Any) -> list[str]:
-    """Model names from ``/api/ps``'s ``models`` or the monitor's ``loaded_models`` (lists of objects).
+    """Model names from ``/api/ps``'s ``models`` (a list of objects).
 
     >>> loaded_names([{"name": "llama3:latest"}, {"model": "qwen3:8b"}, "junk"]), loaded_names(None)
     (['llama3:latest', 'qwen3:8b'], [])
@@ -391,22 +395,22 @@ def loaded_names(entries: Any) -> list[str]:
     return [n for n in names if n]
 
 
-def status_busy(status: Mapping[str, Any]) -> bool:
+def status_busy(status: Status) -> bool:
     """Does the monitor's status say Ollama is working on something the gateway did not send?
 
-    ``busy`` is None (or empty) when idle, else a mapping; one whose
-    ``source`` is the gateway says nothing the gateway's own count does not
-    (and that count is fresher than the monitor's last tick).
+    ``busy`` is None when idle; busy whose ``source`` is the gateway says
+    nothing the gateway's own count does not (and that count is fresher than
+    the monitor's last tick).
 
-    >>> status_busy({"busy": None}), status_busy({}), status_busy({"busy": {"model": "llama3", "source": "runner"}})
-    (False, False, True)
-    >>> status_busy({"busy": {"model": "llama3", "source": "gateway"}})
+    >>> from tray.core.status import BusyStatus, make_status
+    >>> def busy(source: BusySource) -> BusyStatus:
+    ...     return BusyStatus("llama3", None, None, 40.0, None, source, False)
+    >>> status_busy(make_status(busy=None)), status_busy(make_status(busy=busy(BusySource.RUNNER)))
+    (False, True)
+    >>> status_busy(make_status(busy=busy(BusySource.GATEWAY)))
     False
     """
-    busy = status.get("busy")
-    if isinstance(busy, Mapping) and busy.get("source") == "gateway":
-        return False
-    return bool(busy)
+    return status.busy is not None and status.busy.source is not BusySource.GATEWAY
 
 
 class LoadedModels:

@@ -13,8 +13,9 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
+from tray.core.status import Status
 from tray.gateway.app import Gateway, GatewayServer
 from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
 from tray.gateway.settings import CloudSettings, GatewaySettings
@@ -77,10 +78,10 @@ def monitor_check(paths: Any) -> Callable[[str], None]:
     return check
 
 
-def monitor_status(paths: Any) -> Callable[[], dict[str, Any] | None]:
+def monitor_status(paths: Any) -> Callable[[], Status | None]:
     """A running monitor's status (health, loaded models, busy), None when no monitor answers."""
 
-    def status() -> dict[str, Any] | None:
+    def status() -> Status | None:
         from tray.web.link import MonitorLink
 
         return MonitorLink(paths).status()
@@ -174,25 +175,38 @@ def cloud_set_key_command(
     return 0
 
 
-def start_gateway_in_monitor(
-    config: Any, monitor: Any, history: Any = None, notifier: Any = None
-) -> GatewayServer | None:
-    """Start the gateway inside a running monitor when ``gateway.enabled``; None otherwise.
+def gateway_for_monitor(
+    config: Any, request_check: Callable[[], object], history: Any = None, notifier: Any = None
+) -> Gateway | None:
+    """The gateway to run inside the monitor when ``gateway.enabled``; None otherwise.
 
-    The gateway follows the monitor's status, reports what it sees by asking
-    the monitor to check Ollama now (``check``, never ``restart``), and
-    unsubscribes when the returned server is stopped. Raises OSError (one
-    line) when the port cannot be had.
+    Built before the monitor, which reads it from its first check on. It
+    reports what it sees by ``request_check()`` (the monitor's ``check``,
+    never ``restart``), called only once it serves (:func:`serve_beside_monitor`).
+    Raises OSError (one line) when its port is Ollama's.
     """
     settings = gateway_settings(config)
     if not settings.enabled:
         return None
     if same_address(config.host.url, settings.port):
         raise OSError(f"the gateway port {settings.port} is Ollama's own port; set gateway.port to another one")
-    gateway = build_gateway(
-        config, report_problem=lambda why: monitor.request("check"), history=history, notifier=notifier
-    )
-    server = GatewayServer(gateway, settings.port)
+    return build_gateway(config, report_problem=lambda why: request_check(), history=history, notifier=notifier)
+
+
+class MonitorStatusFeed(Protocol):
+    """The monitor's status, as :func:`serve_beside_monitor` follows it."""
+
+    def snapshot(self) -> Status: ...
+
+    def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]: ...
+
+
+def serve_beside_monitor(gateway: Gateway, port: int, monitor: MonitorStatusFeed) -> GatewayServer:
+    """Serve ``gateway`` on ``port``, following the monitor's status until the returned server stops.
+
+    Raises OSError (one line) when the port cannot be had.
+    """
+    server = GatewayServer(gateway, port)
     server.start()
     unsubscribe = monitor.subscribe(gateway.observe_status)
     server.on_stop(unsubscribe)

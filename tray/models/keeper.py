@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tray.core.status import ActivityKind, ModelStatus
 from tray.settings.config import Config
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models import builder
 from tray.models.errors import ModelError
 from tray.models.progress import ProgressEvent
@@ -26,23 +27,23 @@ from tray.models.progress import ProgressEvent
 log = logging.getLogger(__name__)
 
 JOBS = ("ensure", "rebuild", "verify")
-ActivitySink = Callable[[str | None, str, float | None], None]
+ActivitySink = Callable[[ActivityKind | None, str, float | None], None]
 
 
-def activity_text(event: ProgressEvent) -> tuple[str, str, float | None]:
+def activity_text(event: ProgressEvent) -> tuple[ActivityKind, str, float | None]:
     """The tray's activity (kind, text, fraction) for a build progress event.
 
     >>> activity_text(ProgressEvent("pulling", "sha256:ab", 45, 100))
-    ('pull', 'Pulling base model 45 %', 0.45)
+    (<ActivityKind.PULL: 'pull'>, 'Pulling base model 45 %', 0.45)
     >>> activity_text(ProgressEvent("creating", "writing manifest"))
-    ('build', 'Building model', None)
+    (<ActivityKind.BUILD: 'build'>, 'Building model', None)
     """
     kind, label = {
-        "pulling": ("pull", "Pulling base model"),
-        "hashing": ("verify", "Verifying model"),
-        "verifying": ("verify", "Verifying model"),
-        "uploading": ("build", "Uploading model files"),
-    }.get(event.phase, ("build", "Building model"))
+        "pulling": (ActivityKind.PULL, "Pulling base model"),
+        "hashing": (ActivityKind.VERIFY, "Verifying model"),
+        "verifying": (ActivityKind.VERIFY, "Verifying model"),
+        "uploading": (ActivityKind.BUILD, "Uploading model files"),
+    }.get(event.phase, (ActivityKind.BUILD, "Building model"))
     fraction = event.fraction
     return kind, label if fraction is None else f"{label} {int(fraction * 100)} %", fraction
 
@@ -65,7 +66,7 @@ class ModelKeeper:
         self.history = history
         self.set_activity = set_activity
         self.clock = clock
-        self.status: str | None = None  # "ok", "missing", "corrupt" (what the alert rules read)
+        self.status: ModelStatus | None = None  # what the alert rules read; None: not looked yet
         self.report: builder.ModelReport | None = None
         self.last_verified: float | None = None  # wall time of the last integrity check
         # PARAMETERs the out-of-memory ladder adds to the Modelfile's; every build uses them, so a check
@@ -112,12 +113,13 @@ class ModelKeeper:
         if not server_ok or self.busy or not self._jobs.empty():
             return
         if self._was_present and not model_present:
-            self.status = "missing"
-            self.history.record("model_missing", f"model {self.config.ollama_model} was deleted or is no longer listed")
+            self.status = ModelStatus.MISSING
+            missing = f"model {self.config.ollama_model} was deleted or is no longer listed"
+            self.history.record(EventKind.MODEL_MISSING, missing)
         self._was_present = model_present
         if not self.config.auto_build_model:
             return
-        if not self._ensured or (self.status == "missing" and not model_present):
+        if not self._ensured or (self.status is ModelStatus.MISSING and not model_present):
             self._ensured = True
             self.request("ensure")
         elif self._next_verify is None or now >= self._next_verify:
@@ -138,7 +140,7 @@ class ModelKeeper:
             try:
                 future.set_result(getattr(self, f"_{job}")())
             except ModelError as exc:
-                self.history.record("model_error", f"{job} of {self.config.ollama_model} failed: {exc}")
+                self.history.record(EventKind.MODEL_ERROR, f"{job} of {self.config.ollama_model} failed: {exc}")
                 future.set_exception(exc)
             except Exception as exc:  # reported to the caller; the keeper goes on
                 log.exception("model %s failed", job)
@@ -160,14 +162,14 @@ class ModelKeeper:
         }
 
     def _ensure(self) -> str:
-        self.set_activity("build", "Checking model", None)
+        self.set_activity(ActivityKind.BUILD, "Checking model", None)
         report = builder.ensure_model_loaded(
             self.base_url, self.config.ollama_model, self.config.modelfile_path, **self._build_args()  # type: ignore[arg-type]
         )
         return self._built(report)
 
     def _rebuild(self) -> str:
-        self.set_activity("build", "Rebuilding model", None)
+        self.set_activity(ActivityKind.BUILD, "Rebuilding model", None)
         report = builder.rebuild(
             self.base_url, self.config.ollama_model, self.config.modelfile_path, full=True, **self._build_args()  # type: ignore[arg-type]
         )
@@ -175,24 +177,24 @@ class ModelKeeper:
 
     def _built(self, report: builder.ModelReport) -> str:
         self.report = report
-        self.status = "ok" if report.ok else self.status
+        self.status = ModelStatus.OK if report.ok else self.status
         self._was_present = True
         if report.action != "none":
-            kind = "model_repaired" if report.repaired else "model_built"
+            kind = EventKind.MODEL_REPAIRED if report.repaired else EventKind.MODEL_BUILT
             self.history.record(kind, report.summary(), {"reason": report.reason})
         return report.summary()
 
     def _verify(self) -> str:
-        self.set_activity("verify", "Verifying model", None)
+        self.set_activity(ActivityKind.VERIFY, "Verifying model", None)
         result = builder.verify(
             self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
         )
         self.last_verified = time.time()
         if result.ok:
-            self.status = "ok"
+            self.status = ModelStatus.OK
             return result.summary()
-        self.status = "corrupt" if result.corrupt else "missing"
-        self.history.record("model_corrupt", result.summary())
+        self.status = ModelStatus.CORRUPT if result.corrupt else ModelStatus.MISSING
+        self.history.record(EventKind.MODEL_CORRUPT, result.summary())
         if self.config.auto_build_model:
             return self._rebuild()
         return result.summary()

@@ -5,11 +5,12 @@ something is wrong): first the server's HTTP layer, then the inference probe
 where :func:`~tray.core.health.choose_inference_probe` allows it. It measures
 what Ollama is busy with (the gateway's requests, the runners' CPU time, a
 probe left waiting), lets :mod:`tray.core.health` classify it, asks the
-restart policy what to do, carries it out through the
-:class:`~tray.service.supervisor.Supervisor`, and publishes a status dict to
-subscribers (tray, notifications, status API).
-Other threads never touch processes: they queue an action with
-:meth:`Monitor.request` and get a Future back.
+restart policy what to do, carries it out through the supervisor
+(:class:`~tray.service.ports.SupervisorPort`), and publishes a
+:class:`~tray.core.status.Status` to subscribers (tray, dashboard, gateway, status API).
+Other threads never touch processes or the monitor's state: they queue an
+action with :meth:`Monitor.request`, or new settings with
+:meth:`Monitor.apply_settings`, and get a Future back.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
 
 from tray.settings.config import Config
 from tray.core.alerts import AlertKind
@@ -44,15 +44,25 @@ from tray.core.health import (
     runner_cpu_since,
 )
 from tray.core.restart import RestartPolicy, Verdict
+from tray.core.status import (
+    Activity,
+    ActivityKind,
+    BusyStatus,
+    LoadedModelStatus,
+    ModelInfo,
+    MonitorState,
+    Status,
+)
 from tray.system.ollama_app import OllamaApp
 from tray.system.owners import SystemdService, systemd_active_state
 from tray.service.upkeep import DaemonDuties, OomEffects
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
-from tray.service.supervisor import Supervisor, SupervisorError
+from tray.service.ports import GatewayFeed, SupervisorPort
+from tray.service.supervisor import SupervisorError
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +72,31 @@ ACTIONS = ("start", "stop", "restart", "unload", "check", *MODEL_JOBS)
 
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
-Subscriber = Callable[[dict[str, Any]], None]
+Subscriber = Callable[[Status], None]
 CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
 
 
 class Monitor:
+    """The health-check loop over one :class:`~tray.service.ports.SupervisorPort`.
+
+    ``gateway``: the cloud-fallback gateway when it runs beside the monitor;
+    its requests in flight are work in Ollama, its cloud share feeds the
+    fallback alert, and its state goes into the status.
+    """
+
     def __init__(
         self,
-        supervisor: Supervisor,
+        supervisor: SupervisorPort,
         config: Config,
         history: History,
         *,
+        gateway: GatewayFeed | None = None,
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.supervisor = supervisor
+        self.gateway = gateway
         self.config = config
         self.history = history
         self.clock = clock
@@ -86,11 +105,11 @@ class Monitor:
         self.timeouts = TimeoutCounter(threshold=3)
         self.busy_tracker = BusyTracker(stuck_after=config.stuck_runner_seconds)
         self.read_cpu_seconds: CpuReader = cpu_seconds
-        supervisor.on_exit = self._on_server_exit
+        supervisor.subscribe_exit(self._on_server_exit)
 
         self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
-        self._commands: queue.Queue[tuple[str, concurrent.futures.Future[str]]] = queue.Queue()
+        self._commands: queue.Queue[tuple[str | Config, concurrent.futures.Future[str]]] = queue.Queue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,18 +119,17 @@ class Monitor:
         self.last_error: str | None = None
         self.inference_count = 0
         self.model_present = False
-        self.state = "starting"
-        self.activity: dict[str, Any] | None = None
+        self.state = MonitorState.STARTING
+        self.activity: Activity | None = None
         self.next_retry_at: float | None = None
         self._last_tick: tuple[float, float, float] | None = None  # (monotonic end, wall end, next due)
-        self.loaded_models: list[dict[str, Any]] = []
+        self.loaded_models: tuple[LoadedModelStatus, ...] = ()
         self.busy: Busy | None = None
         self.evidence: BusyEvidence | None = None  # this tick's, when the HTTP layer answered
         self.probe_choice: ProbeChoice | None = None
         self._cpu_baseline: dict[ProcessRef, float] | None = None
         self.sampler = ResourceSampler(supervisor.models_dir, clock=clock)
         self.sample: ResourceSample | None = None
-        self.duties = DaemonDuties(config, history, lambda: supervisor.server_log, RECHECK_SECONDS)
         self.models = ModelKeeper(
             config,
             supervisor.host.url,
@@ -121,11 +139,12 @@ class Monitor:
             self._set_activity,
             clock,
         )
-        self.duties.oom_effects = OomEffects(config, history, supervisor, self.models)
-        self.gateway: Any = None  # the cloud-fallback gateway, when running alongside
+        oom_effects = OomEffects(config, history, supervisor, self.models)
+        self.duties = DaemonDuties(config, history, lambda: supervisor.server_log, RECHECK_SECONDS, oom_effects)
+        self._leak_restart_wanted = False  # until nothing runs on the server
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
-        self._status: dict[str, Any] = self._build_status()
+        self._status = self._build_status()
 
     # ------------------------------------------------------------------ public, any thread
 
@@ -147,8 +166,8 @@ class Monitor:
 
         return unsubscribe
 
-    def snapshot(self) -> dict[str, Any]:
-        return dict(self._status)
+    def snapshot(self) -> Status:
+        return self._status
 
     def request(self, action: str) -> concurrent.futures.Future[str]:
         """Queue a user action for the monitor thread; the Future's result is a one-line message."""
@@ -162,11 +181,22 @@ class Monitor:
         self._wake.set()
         return future
 
-    def check_once(self) -> dict[str, Any]:
+    def apply_settings(self, config: Config) -> concurrent.futures.Future[str]:
+        """Queue new settings for the monitor thread, which uses them (and what derives from them) from then on.
+
+        The Future's result is a one-line message once they are in use; the
+        address and the models folder stay as they were (they need the app restarted).
+        """
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._commands.put((config, future))
+        self._wake.set()
+        return future
+
+    def check_once(self) -> Status:
         """Probe once and return the status, acting on nothing (for a one-shot ``status``)."""
         result = self.probe()
         self._observe(result, self.clock())
-        self.state = "running" if result.ok or self.supervisor.answers() else "stopped"
+        self.state = MonitorState.RUNNING if result.ok or self.supervisor.answers() else MonitorState.STOPPED
         self._publish()
         return self.snapshot()
 
@@ -185,10 +215,10 @@ class Monitor:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        self.history.record("monitor", "monitor started")
+        self.history.record(EventKind.MONITOR, "monitor started")
         next_check = self.clock()
         if self.supervisor.user_stop.is_set():
-            self.state = "stopped"
+            self.state = MonitorState.STOPPED
         else:
             self._initial_start()
         while not self._stopping.is_set():
@@ -204,14 +234,14 @@ class Monitor:
             if ran_command or self.clock() >= next_check:
                 next_check = self.tick()
         self._fail_pending("the monitor is shutting down")
-        self.history.record("monitor", "monitor stopped")
+        self.history.record(EventKind.MONITOR, "monitor stopped")
 
     def _initial_start(self) -> None:
         try:
-            self._set_activity("start", "Starting Ollama")
+            self._set_activity(ActivityKind.START, "Starting Ollama")
             outcome = self.supervisor.start(reason="startup")
-            self.history.record("health", outcome.describe(self.supervisor.host.url))
-            self.state = "running"
+            self.history.record(EventKind.HEALTH, outcome.describe(self.supervisor.host.url))
+            self.state = MonitorState.RUNNING
         except SupervisorError as exc:
             self._start_error(exc)
         finally:
@@ -240,7 +270,7 @@ class Monitor:
         return now - max(due, ended) > limit or unseen > limit
 
     def _tick(self, now: float, resumed: bool) -> float:
-        if self.state == "stopped":
+        if self.state is MonitorState.STOPPED:
             return self._tick_while_user_stopped(now)
         if resumed:
             self.busy_tracker.reset()  # a gap in the observations breaks any chain of evidence
@@ -248,7 +278,7 @@ class Monitor:
         result = self.probe()
         self._observe(result, now)
         self.models.on_tick(now, result.ok, self.model_present)
-        self.duties.after_tick(
+        wants = self.duties.after_tick(
             now,
             str(self.health),
             result,
@@ -258,15 +288,18 @@ class Monitor:
             busy=self.busy,
             busy_known=self.evidence is not None,
         )
-        if self.duties.leak_restart_wanted and self._nothing_running():  # never cut off someone's generation
-            self.duties.leak_restart_wanted = False
+        self._leak_restart_wanted = self._leak_restart_wanted or wants.leak_restart
+        if self._leak_restart_wanted and self._nothing_running():  # never cut off someone's generation
+            self._leak_restart_wanted = False
             return self._restart_if_allowed(now, "memory leak detected")
         if self._frozen_runner_restart_due():
             return self._restart_if_allowed(now, "stuck runner")
-        if self._restart_for_oom_ladder():
+        if wants.oom_restart is not None and self._restart_for_oom_ladder(wants.oom_restart):
             return self.clock() + RECHECK_SECONDS
         if result.ok:
-            return now + (self.config.health_check_interval if self.health is Health.HEALTHY else RECHECK_SECONDS)
+            # After a wake, what looked wrong is checked again soon: that fresh look may raise its alert.
+            settled = self.health is Health.HEALTHY and not wants.reprobe
+            return now + (self.config.health_check_interval if settled else RECHECK_SECONDS)
         timeout_restart = self.timeouts.observe(result)
         code = self.supervisor.take_exit()
         if code is not None:  # it died during this probe, before the exit watcher woke us
@@ -275,7 +308,7 @@ class Monitor:
             return now + RECHECK_SECONDS
         if resumed:
             # After a sleep, the first failure is re-checked before anything restarts.
-            self.history.record("resume", "machine woke from sleep; re-checking before acting")
+            self.history.record(EventKind.RESUME, "machine woke from sleep; re-checking before acting")
             return now + RECHECK_SECONDS
         if self._user_stopped_through_owner():
             return now + self.config.health_check_interval
@@ -286,8 +319,10 @@ class Monitor:
             # Someone (the user, or their own Ollama app) started it again: that is their word now.
             self.supervisor.user_stop.clear()
             self.supervisor.adopt()
-            self.history.record("adopt", f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it")
-            self.state = "running"
+            self.history.record(
+                EventKind.ADOPT, f"Ollama was started outside the manager (pid {self.supervisor.pid}); watching it"
+            )
+            self.state = MonitorState.RUNNING
             self.policy.reset()
             return now
         self.health = Health.DOWN
@@ -310,19 +345,19 @@ class Monitor:
             stopped = systemd_active_state(owner) == "inactive"
         if stopped and owner is not None:
             self.supervisor.user_stop.set()
-            self.history.record("user_stop", f"Ollama was stopped through {owner.describe()}; not restarting it")
-            self.supervisor.external = None
-            self.supervisor.server = None
-            self.state = "stopped"
+            how = f"Ollama was stopped through {owner.describe()}; not restarting it"
+            self.history.record(EventKind.USER_STOP, how)
+            self.supervisor.forget_server()
+            self.state = MonitorState.STOPPED
             self._publish()
         return stopped
 
     def _restart_if_allowed(self, now: float, reason: str) -> float:
         decision = self.policy.decide(now)
         if decision.verdict is Verdict.GIVE_UP:
-            self.state = "failed"
+            self.state = MonitorState.FAILED
             self.history.record(
-                "gave_up",
+                EventKind.GAVE_UP,
                 f"Ollama is down after {self.policy.attempts} restart attempts; using the cloud fallback and retrying rarely",
             )
             decision = self.policy.decide(now)
@@ -338,49 +373,50 @@ class Monitor:
         self.policy.record_attempt(now)
         self.duties.note_restart(now)
         self._restarting_ourselves = True
-        self.state = "restarting"
+        self.state = MonitorState.RESTARTING
         of = self.policy.max_attempts
         label = f"Restarting (attempt {attempt} of {of})" if attempt <= of else "Retrying Ollama"
-        self._set_activity("restart", label)
+        self._set_activity(ActivityKind.RESTART, label)
         try:
             outcome = self.supervisor.restart(reason=reason)
         except SupervisorError as exc:
             self.last_error = str(exc)
-            self.history.record("restart", f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False})
+            self.history.record(
+                EventKind.RESTART, f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False}
+            )
             if not exc.retryable:
                 self.policy.give_up_now(self.clock())
-                self.state = "failed"
+                self.state = MonitorState.FAILED
             else:
-                self.state = "failed" if self.policy.attempts >= of else "restarting"
+                self.state = MonitorState.FAILED if self.policy.attempts >= of else MonitorState.RESTARTING
         else:
             self.timeouts.reset()
             self._forget_work()
             self.last_error = None
-            self.state = "running"
+            self.state = MonitorState.RUNNING
             self.history.record(
-                "restart",
+                EventKind.RESTART,
                 f"restart attempt {attempt} succeeded in {outcome.seconds:.1f} s (reason: {reason})",
                 {"reason": reason, "ok": True, "attempt": attempt},
             )
         finally:
             self._set_activity(None)
 
-    def _restart_for_oom_ladder(self) -> bool:
+    def _restart_for_oom_ladder(self, reason: str) -> bool:
         """Restart a server this app started so the OOM ladder's environment takes effect; True when it did."""
-        reason = self.duties.oom_restart_reason()
-        if reason is None or not self._nothing_running():
+        if not self._nothing_running():
             return False
         self._restarting_ourselves = True
-        self._set_activity("restart", "Restarting Ollama with new memory settings")
+        self._set_activity(ActivityKind.RESTART, "Restarting Ollama with new memory settings")
         try:
             self.supervisor.restart(reason=reason)
         except SupervisorError as exc:
             self.last_error = str(exc)
-            self.history.record("restart", f"restart failed: {exc}", {"reason": reason, "ok": False})
+            self.history.record(EventKind.RESTART, f"restart failed: {exc}", {"reason": reason, "ok": False})
         else:
             self.timeouts.reset()
-            self.state = "running"
-            self.history.record("restart", f"Ollama restarted ({reason})", {"reason": reason, "ok": True})
+            self.state = MonitorState.RUNNING
+            self.history.record(EventKind.RESTART, f"Ollama restarted ({reason})", {"reason": reason, "ok": True})
         finally:
             self._set_activity(None)
         self.duties.oom_restart_done()
@@ -396,8 +432,8 @@ class Monitor:
         retryable = isinstance(exc, SupervisorError) and exc.retryable
         if not retryable:
             self.policy.give_up_now(self.clock())
-        self.state = "failed" if not retryable else "restarting"
-        self.history.record("error", str(exc))
+        self.state = MonitorState.FAILED if not retryable else MonitorState.RESTARTING
+        self.history.record(EventKind.ERROR, str(exc))
         self._publish()
 
     def _on_server_exit(self, code: int) -> None:
@@ -408,7 +444,8 @@ class Monitor:
         reaped = self.supervisor.reap_runners()
         self.last_error = f"Ollama exited unexpectedly (status {code})"
         self.history.record(
-            "crash", f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
+            EventKind.CRASH,
+            f"Ollama exited unexpectedly (status {code}); reaped {len(reaped)} orphaned runner(s)",
             {"code": code, "runners_reaped": reaped},
         )
         self.health = Health.DOWN
@@ -435,7 +472,7 @@ class Monitor:
         self.model_present = _has_model(names, model)
         loaded = client.loaded_models(timeout=down_after)
         if loaded is not None:
-            self.loaded_models = [{"name": m.name, "size": m.size, "size_vram": m.size_vram} for m in loaded]
+            self.loaded_models = tuple(LoadedModelStatus(m.name, m.size, m.size_vram) for m in loaded)
         is_loaded = any(_same_model(m.name, model) for m in loaded or ())
         gateway = self._gateway_activity()
         runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
@@ -459,7 +496,7 @@ class Monitor:
                 else:
                     result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
         self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}
-        loaded_names = [m["name"] for m in self.loaded_models]
+        loaded_names = [m.name for m in self.loaded_models]
         self.evidence = BusyEvidence(
             gateway=gateway,
             runner_cpu=runner_cpu,
@@ -480,12 +517,11 @@ class Monitor:
         return self.read_cpu_seconds(list(self.supervisor.runners))
 
     def _gateway_activity(self) -> GatewayActivity | None:
-        """The gateway's requests in flight to Ollama, when a gateway runs and can tell."""
-        read = getattr(self.gateway, "local_activity", None)
-        if read is None:
+        """The gateway's requests in flight to Ollama, when a gateway runs."""
+        if self.gateway is None:
             return None
         try:
-            activity = read()
+            activity = self.gateway.local_activity()
             return GatewayActivity(dict(activity.in_flight), int(activity.waiting), activity.last_progress)
         except Exception:  # a broken gateway must not stop the health checks
             log.exception("could not read the gateway's activity")
@@ -511,16 +547,16 @@ class Monitor:
                 self.policy.record_healthy(now)
             if self.policy.gave_up:
                 self.policy.recovered()
-            if self.state in ("failed", "restarting", "starting"):
-                self.state = "running"
+            if self.state in (MonitorState.FAILED, MonitorState.RESTARTING, MonitorState.STARTING):
+                self.state = MonitorState.RUNNING
             self.next_retry_at = None
             self.last_error = None if self.health is Health.HEALTHY else self.last_error
-        elif self.state != "failed" or self.last_error is None:
+        elif self.state is not MonitorState.FAILED or self.last_error is None:
             # Once given up, the error that made it give up says more than "connection refused".
             self.last_error = result.detail or str(result.failure)
         if previous is not self.health:
             latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
-            self.history.record("health", f"health {previous} -> {self.health} ({latency})")
+            self.history.record(EventKind.HEALTH, f"health {previous} -> {self.health} ({latency})")
         self._publish()
 
     def _observe_work(self, now: float) -> None:
@@ -529,7 +565,6 @@ class Monitor:
             self.busy_tracker.reset()
             self.busy = None
         else:
-            self.busy_tracker.stuck_after = self.config.stuck_runner_seconds
             self.busy = self.busy_tracker.observe(now, self.evidence)
         if (previous is None) != (self.busy is None):
             log.info("Ollama %s", f"busy ({self.busy.source}) on {self.busy.model}" if self.busy else "idle")
@@ -545,7 +580,7 @@ class Monitor:
             return
         self.duties.note_restart(now)
         self.history.record(
-            "unexpected_restart",
+            EventKind.UNEXPECTED_RESTART,
             f"Ollama restarted without the manager asking (pid {previous.pid} -> {current.pid}); uptime reset",
             {"old_pid": previous.pid, "new_pid": current.pid},
         )
@@ -561,19 +596,34 @@ class Monitor:
     # ------------------------------------------------------------------ commands
 
     def _drain_commands(self) -> bool:
+        """Run what other threads queued; True when an action ran (a check follows it)."""
         ran = False
         while True:
             try:
-                action, future = self._commands.get_nowait()
+                command, future = self._commands.get_nowait()
             except queue.Empty:
                 return ran
             if not future.set_running_or_notify_cancel():
                 continue
-            ran = True
             try:
-                future.set_result(self._run_command(action))
+                if isinstance(command, Config):
+                    future.set_result(self._use_settings(command))
+                else:
+                    ran = True
+                    future.set_result(self._run_command(command))
             except Exception as exc:  # the caller shows it as one line
                 future.set_exception(exc)
+
+    def _use_settings(self, config: Config) -> str:
+        """Use ``config`` from now on, and rebuild what derives from it (the one place that does)."""
+        self.config = config
+        self.supervisor.reconfigure(config)
+        self.policy.max_attempts = config.auto_restart_attempts
+        self.busy_tracker.stuck_after = config.stuck_runner_seconds
+        self.duties.reconfigure(config)  # the alert limits, and the gap between checks that means a sleep
+        self.models.config = config
+        self._publish()
+        return "settings in use"
 
     def _run_command(self, action: str) -> str:
         sup = self.supervisor
@@ -584,22 +634,22 @@ class Monitor:
         if action == "start":
             sup.user_stop.clear()
             self.policy.reset()
-            self._set_activity("start", "Starting Ollama")
+            self._set_activity(ActivityKind.START, "Starting Ollama")
             try:
                 outcome = sup.start(reason="user")
             finally:
                 self._set_activity(None)
-            self.state = "running"
+            self.state = MonitorState.RUNNING
             return outcome.describe(url)
         if action == "stop":
-            self._set_activity("stop", "Stopping Ollama")
+            self._set_activity(ActivityKind.STOP, "Stopping Ollama")
             try:
                 stopped = sup.stop(reason="user")
             finally:
                 self._set_activity(None)
             sup.user_stop.set()
-            self.history.record("user_stop", "Ollama stopped by the user; it stays stopped until started again")
-            self.state = "stopped"
+            self.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
+            self.state = MonitorState.STOPPED
             self.health = Health.DOWN
             self.last_probe = STOPPED_PROBE
             self._publish()
@@ -608,18 +658,18 @@ class Monitor:
             sup.user_stop.clear()
             self.policy.reset()
             self.timeouts.reset()
-            self._set_activity("restart", "Restarting Ollama")
+            self._set_activity(ActivityKind.RESTART, "Restarting Ollama")
             try:
                 outcome = sup.restart(reason="user")
             finally:
                 self._set_activity(None)
-            self.state = "running"
-            self.history.record("restart", "Ollama restarted by the user", {"reason": "user", "ok": True})
+            self.state = MonitorState.RUNNING
+            self.history.record(EventKind.RESTART, "Ollama restarted by the user", {"reason": "user", "ok": True})
             return outcome.describe(url)
         if action == "unload":
-            self._set_activity("unload", "Unloading models")
+            self._set_activity(ActivityKind.UNLOAD, "Unloading models")
             try:
-                errors = [e for m in self.loaded_models if (e := sup.client.unload(m["name"]))]
+                errors = [e for m in self.loaded_models if (e := sup.client.unload(m.name))]
             finally:
                 self._set_activity(None)
             if errors:
@@ -638,11 +688,11 @@ class Monitor:
 
     # ------------------------------------------------------------------ status
 
-    def _set_activity(self, kind: str | None, text: str = "", progress: float | None = None) -> None:
-        self.activity = None if kind is None else {"kind": kind, "text": text, "progress": progress}
+    def _set_activity(self, kind: ActivityKind | None, text: str = "", progress: float | None = None) -> None:
+        self.activity = None if kind is None else Activity(kind, text, progress)
         self._publish()
 
-    def _build_status(self) -> dict[str, Any]:
+    def _build_status(self) -> Status:
         sup = self.supervisor
         probe = self.last_probe
         running = probe is not None and probe.ok
@@ -650,54 +700,54 @@ class Monitor:
         uptime = int(time.time() - sup.server.create_time) if running and sup.server else 0
         next_retry = None if self.next_retry_at is None else max(0.0, self.next_retry_at - self.clock())
         gateway = self.gateway.snapshot() if self.gateway is not None else None
-        return {
-            "ollama_running": running,
-            "model_loaded": self.config.ollama_model if running and self.model_present else None,
-            "latency_ms": int(probe.latency * 1000) if probe is not None and probe.ok else None,
-            "health": str(self.health),
-            "uptime_seconds": uptime,
-            "inference_count": self.inference_count,
-            "memory_usage_mb": int(sample.tree_rss_bytes / 2**20) if sample and running else 0,
-            "gpu_available": bool(sample and sample.gpu_available),
-            "cpu_usage_percent": round(sample.tree_cpu_percent, 1) if sample and running else 0.0,
-            "last_error": self.last_error,
-            "state": self.state,
-            "managed_by": sup.managed_by,
-            "pid": sup.pid,
-            "ollama_host": sup.host.url,
-            "model": self.config.ollama_model,
-            "restart_attempt": self.policy.attempts,
-            "restart_attempts_max": self.policy.max_attempts,
-            "next_retry_in": next_retry,
-            "activity": self.activity,
-            "busy": self.busy.to_status(self.clock()) if self.busy is not None else None,
+        return Status(
+            ollama_running=running,
+            model_loaded=self.config.ollama_model if running and self.model_present else None,
+            latency_ms=int(probe.latency * 1000) if probe is not None and probe.ok else None,
+            health=self.health,
+            uptime_seconds=uptime,
+            inference_count=self.inference_count,
+            memory_usage_mb=int(sample.tree_rss_bytes / 2**20) if sample and running else 0,
+            gpu_available=bool(sample and sample.gpu_available),
+            cpu_usage_percent=round(sample.tree_cpu_percent, 1) if sample and running else 0.0,
+            last_error=self.last_error,
+            state=self.state,
+            managed_by=sup.managed_by,
+            pid=sup.pid,
+            ollama_host=sup.host.url,
+            model=self.config.ollama_model,
+            restart_attempt=self.policy.attempts,
+            restart_attempts_max=self.policy.max_attempts,
+            next_retry_in=next_retry,
+            activity=self.activity,
+            busy=BusyStatus.of(self.busy, self.clock()) if self.busy is not None else None,
             # Fallback mode: given up on Ollama, out of memory at the last rung, or the gateway routing to the cloud.
-            "cloud_active": self.state == "failed"
+            cloud_active=self.state is MonitorState.FAILED
             or self.duties.oom_wants_cloud
-            or bool(gateway and gateway["cloud_active"]),
-            "gateway": gateway,
-            "loaded_models": list(self.loaded_models),
-            "model_status": self.models.status,
-            "model_info": self._model_info(),
-        }
+            or bool(gateway and gateway.cloud_active),
+            gateway=gateway,
+            loaded_models=self.loaded_models,
+            model_status=self.models.status,
+            model_info=self._model_info(),
+        )
 
-    def _model_info(self) -> dict[str, Any] | None:
+    def _model_info(self) -> ModelInfo | None:
         report = self.models.report
         if report is None and self.models.last_verified is None:
             return None
-        return {
-            "size": report.size if report else None,
-            "parameter_size": report.parameter_size if report else None,
-            "quantization": report.quantization if report else None,
-            "last_verified": self.models.last_verified,
-        }
+        return ModelInfo(
+            size=report.size if report else None,
+            parameter_size=report.parameter_size if report else None,
+            quantization=report.quantization if report else None,
+            last_verified=self.models.last_verified,
+        )
 
     def _publish(self) -> None:
         self._status = self._build_status()
         with self._sub_lock:
             subscribers = list(self._subscribers)
         for mailbox in subscribers:
-            mailbox.post(dict(self._status))
+            mailbox.post(self._status)
 
 
 class _Mailbox:
@@ -705,13 +755,13 @@ class _Mailbox:
 
     def __init__(self, callback: Subscriber) -> None:
         self.callback = callback
-        self._latest: dict[str, Any] | None = None
+        self._latest: Status | None = None
         self._closed = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._deliver, name="status-subscriber", daemon=True)
         self._thread.start()
 
-    def post(self, status: dict[str, Any]) -> None:
+    def post(self, status: Status) -> None:
         with self._ready:
             self._latest = status
             self._ready.notify()
@@ -726,7 +776,7 @@ class _Mailbox:
             with self._ready:
                 while self._latest is None and not self._closed:
                     self._ready.wait()
-                if self._closed:
+                if self._closed or self._latest is None:
                     return
                 status, self._latest = self._latest, None
             try:

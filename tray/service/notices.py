@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from tray.history import Event, History
+from tray.history import Event, EventKind, History
 from tray.system.notify import Notifier
 
 
 # Events worth a desktop notification, with their title.
-NOTIFY_EVENTS = {
-    "crash": "Ollama crashed",
-    "unexpected_restart": "Ollama restarted unexpectedly",
-    "gave_up": "Ollama is down",
-    "external": "Ollama is managed elsewhere",
-    "error": "Ollama Manager",
-    "alert": "Ollama alert",
-    "oom": "Ollama memory",
-    "model_missing": "Model missing",
-    "model_corrupt": "Model damaged",
-    "model_repaired": "Model repaired",
-    "model_error": "Model problem",
+NOTIFY_EVENTS: dict[str, str] = {
+    EventKind.CRASH: "Ollama crashed",
+    EventKind.UNEXPECTED_RESTART: "Ollama restarted unexpectedly",
+    EventKind.GAVE_UP: "Ollama is down",
+    EventKind.EXTERNAL: "Ollama is managed elsewhere",
+    EventKind.ERROR: "Ollama Manager",
+    EventKind.ALERT: "Ollama alert",
+    EventKind.OOM: "Ollama memory",
+    EventKind.MODEL_MISSING: "Model missing",
+    EventKind.MODEL_CORRUPT: "Model damaged",
+    EventKind.MODEL_REPAIRED: "Model repaired",
+    EventKind.MODEL_ERROR: "Model problem",
 }
 
 

@@ -49,8 +49,8 @@ from tray.system.ollama_app import (
     restart_app_server,
     running_app,
 )
-from tray.system.owners import SystemdService, detect_supervisor, run_command
-from tray.history import History
+from tray.system.owners import ExternalSupervisor, SystemdService, detect_supervisor, run_command
+from tray.history import EventKind, History
 from tray.models.store import default_models_dir
 from tray.ollama.client import OllamaClient
 from tray.system.paths import AppPaths
@@ -76,9 +76,6 @@ log = logging.getLogger(__name__)
 
 READY_POLL_SECONDS = 0.1
 APP_QUIT_GRACE_SECONDS = 10.0  # the app stops its own serve first (interrupt, 5 s, kill)
-
-# Who else respawns a server: killing it behind their back only makes it come back.
-ExternalSupervisor = SystemdService | OllamaApp
 
 
 class PortInUse(SupervisorError):
@@ -158,7 +155,6 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         platform: str = sys.platform,
-        on_exit: Callable[[int], None] | None = None,
         app_finder: AppFinder | None = None,
     ) -> None:
         """``app_finder``: how this OS's Ollama app is recognised (default: the OS's own; none on Linux)."""
@@ -174,7 +170,8 @@ class Supervisor:
         self.own_models_dir = default_models_dir(server_settings_env, home=ollama_home(self.env, platform))
         self.app_finder = app_finder if app_finder is not None else app_finder_for(platform, self.env)
         self.user_stop = UserStop(paths.user_stop_file)
-        self.on_exit = on_exit  # called from a watcher thread when a server we started exits
+        self._exit_listeners: list[Callable[[int], None]] = []  # called from a watcher thread
+        self._listeners_lock = threading.Lock()  # not _lock: a stop or start holds that for long
 
         self.server: ProcessRef | None = None
         self.external: ExternalSupervisor | None = None
@@ -256,6 +253,27 @@ class Supervisor:
             live = set(runners_of(self.server))
             self.runners = {r for r in self.runners | live if r.alive()}
 
+    def subscribe_exit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback`` (from a watcher thread) with the status of a server this app started that exits unasked."""
+        with self._listeners_lock:
+            self._exit_listeners.append(callback)
+
+    def forget_server(self) -> None:
+        """The server was stopped through its owner (the Ollama app, systemctl): nothing is there to watch."""
+        with self._lock:
+            self.external = None
+            self.server = None
+
+    def set_env_overlay(self, env: Mapping[str, str]) -> None:
+        """Variables to set on top of the ``[ollama_server]`` settings at the next start (the OOM ladder's)."""
+        with self._lock:
+            self.env_overlay = dict(env)
+
+    def reconfigure(self, config: Config) -> None:
+        """Use new settings from the next start, stop or wait on (the address and models folder stay)."""
+        with self._lock:
+            self.config = config
+
     def take_exit(self) -> int | None:
         """Exit status of the server this app started if it died unasked; reported once."""
         with self._lock:
@@ -290,7 +308,7 @@ class Supervisor:
             begun = time.monotonic()
             if self.client.answers_as_ollama():
                 self.adopt()
-                self.history.record("adopt", f"Ollama already running (pid {self.pid}); watching it")
+                self.history.record(EventKind.ADOPT, f"Ollama already running (pid {self.pid}); watching it")
                 self._note_settings_not_in_effect()
                 return StartOutcome(False, self.pid, self.managed_by)
             self._check_port_free()
@@ -326,7 +344,7 @@ class Supervisor:
             self.adopt()
             outcome = StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
             self.history.record(
-                "start", f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
+                EventKind.START, f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
             )
             return outcome
 
@@ -353,7 +371,7 @@ class Supervisor:
         )
         if choice.warning:
             log.warning("%s", choice.warning)
-            self.history.record("external", choice.warning[0].upper() + choice.warning[1:], {"kind": str(choice.route)})
+            self._record_warning(choice.warning, choice.route)
         return choice.route, app_command if choice.route is StartRoute.VIA_APP else None
 
     def _note_settings_not_in_effect(self) -> None:
@@ -364,7 +382,10 @@ class Supervisor:
             return
         port = self.host.port
         choice = choose_start(own_server=True, port=port, installed=True, running=True, login_item=False, app_port=port)
-        self.history.record("external", choice.warning[0].upper() + choice.warning[1:], {"kind": str(choice.route)})
+        self._record_warning(choice.warning, choice.route)
+
+    def _record_warning(self, warning: str, route: StartRoute) -> None:
+        self.history.record(EventKind.EXTERNAL, warning[0].upper() + warning[1:], {"kind": str(route)})
 
     def _wait_for_app_server(self, reason: str, begun: float) -> StartOutcome:
         """The Ollama app runs: its server answers again within a second or two of any exit."""
@@ -381,7 +402,7 @@ class Supervisor:
         self.server = None
         self.adopt()
         self.history.record(
-            "adopt", f"Ollama is run by the Ollama app (pid {self.pid}); watching it", {"reason": reason}
+            EventKind.ADOPT, f"Ollama is run by the Ollama app (pid {self.pid}); watching it", {"reason": reason}
         )
         return StartOutcome(False, self.pid, self.managed_by, time.monotonic() - begun)
 
@@ -406,8 +427,11 @@ class Supervisor:
 
         def wait() -> None:
             code = popen.wait()
-            if self.on_exit is not None and not self.expected_exit and self.popen is popen:
-                self.on_exit(code)  # the monitor then collects it with take_exit()
+            if not self.expected_exit and self.popen is popen:
+                with self._listeners_lock:
+                    listeners = list(self._exit_listeners)
+                for listener in listeners:
+                    listener(code)  # the monitor then collects it with take_exit()
 
         threading.Thread(target=wait, name=f"ollama-{popen.pid}-watch", daemon=True).start()
 
@@ -433,7 +457,7 @@ class Supervisor:
                 outcome = self._stop_process()
             outcome.runners_reaped = self.reap_runners()
             self.history.record(
-                "stop",
+                EventKind.STOP,
                 f"Ollama stopped ({outcome.how()})",
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
@@ -509,7 +533,7 @@ class Supervisor:
                 # Something respawned the server behind our back: do not fight it.
                 self.adopt()
                 self.history.record(
-                    "external",
+                    EventKind.EXTERNAL,
                     f"Ollama was restarted by another program (pid {self.pid}); watching it instead of managing it",
                 )
                 return StartOutcome(False, self.pid, self.managed_by)
@@ -547,7 +571,7 @@ class Supervisor:
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()
-        self.history.record("restart", f"Ollama restarted through {owner.describe()}{done}", {"reason": reason})
+        self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}{done}", {"reason": reason})
         return StartOutcome(True, self.pid, self.managed_by, time.monotonic() - begun)
 
     def close(self) -> None:

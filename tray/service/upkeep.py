@@ -4,7 +4,8 @@ Record a metrics sample, evaluate the alert rules, walk the out-of-memory
 ladder (from probe errors and new server-log lines) and carry its moves out
 (:class:`OomEffects`), and note restarts the manager did not ask for.
 Everything lands in the history as events, which the tray turns into
-notifications.
+notifications. What the monitor should do about it comes back from
+:meth:`DaemonDuties.after_tick` as :class:`UpkeepWants`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import concurrent.futures
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +23,7 @@ from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.system.owners import SystemdService
-from tray.gateway.breaker import FallbackUsage
-from tray.history import History
+from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
 from tray.system.logs import LogTail
@@ -30,7 +31,7 @@ from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
     from tray.models.keeper import ModelKeeper
-    from tray.service.supervisor import Supervisor
+    from tray.service.ports import SupervisorPort, UsageReading
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,46 @@ COMPACT_EVERY_SECONDS = 3600.0
 RESTART_MEMORY_SECONDS = 3600.0
 
 
+@dataclass(frozen=True)
+class UpkeepWants:
+    """What the upkeep after a check asks of the monitor."""
+
+    leak_restart: bool = False  # the memory-leak alert was raised and alerts.leak_restart is on
+    reprobe: bool = False  # the machine woke and something looked wrong: check again at the short cadence
+    oom_restart: str | None = None  # why the server must restart for the OOM ladder's settings to apply
+
+
 class DaemonDuties:
+    """``oom_effects`` carries the OOM ladder's moves out; without it they are only reported.
+
+    ``server_log``: the log of the running server (it changes with the server's owner).
+    """
+
     def __init__(
-        self, config: Config, history: History, server_log: Path | Callable[[], Path | None], recheck_seconds: float
+        self,
+        config: Config,
+        history: History,
+        server_log: Path | Callable[[], Path | None],
+        recheck_seconds: float,
+        oom_effects: OomEffects | None = None,
     ) -> None:
-        """``server_log``: the log of the running server (it changes with the server's owner)."""
         self.config = config
         self.history = history
-        # The longest normal gap between checks: the interval (or the re-check
-        # cadence while failing) plus a probe that runs into its timeout.
-        expected_gap = max(config.health_check_interval, recheck_seconds) + 3 * config.health_check_timeout
-        self.alerts = AlertEngine(config.alerts, interval_seconds=expected_gap)
+        self.recheck_seconds = recheck_seconds
+        self.alerts = AlertEngine(config.alerts, interval_seconds=expected_gap(config, recheck_seconds))
         self.oom = OomLadder(num_ctx=config.ollama_server.context_length or OomLadder.num_ctx)
-        self.oom_effects: OomEffects | None = None  # set by the monitor, which owns the server and the model
+        self.oom_effects = oom_effects
         self.log_tail = LogTail(server_log)
         self.restart_times: deque[float] = deque()
         self.last_compact: float | None = None
-        self.leak_restart_wanted = False
+
+    def reconfigure(self, config: Config) -> None:
+        """Use new settings from the next check on: the alert limits and the gap that means a sleep."""
+        self.config = config
+        self.alerts.thresholds = config.alerts
+        self.alerts.interval_seconds = expected_gap(config, self.recheck_seconds)
+        if self.oom_effects is not None:
+            self.oom_effects.config = config
 
     def note_restart(self, now: float) -> None:
         self.restart_times.append(now)
@@ -66,11 +90,14 @@ class DaemonDuties:
         probe: ProbeResult,
         sample: ResourceSample | None,
         model_status: str | None,
-        fallback: FallbackUsage | None = None,
+        fallback: UsageReading | None = None,
         busy: Busy | None = None,
         busy_known: bool = False,
-    ) -> None:
-        """``busy_known``: the server answered this tick, so ``busy`` None means idle, not unknown."""
+    ) -> UpkeepWants:
+        """Record, alert and walk the OOM ladder after one check; what the monitor should do about it.
+
+        ``busy_known``: the server answered this tick, so ``busy`` None means idle, not unknown.
+        """
         self._record_sample(health, probe, sample)
         self._walk_oom_ladder(now, probe)
         while self.restart_times and now - self.restart_times[0] > RESTART_MEMORY_SECONDS:
@@ -92,19 +119,22 @@ class DaemonDuties:
             busy_model=busy.model if busy else None,
             busy_quiet_seconds=busy.quiet_seconds(now) if busy else None,
         )
-        for alert in self.alerts.observe(now, metrics):
+        report = self.alerts.observe(now, metrics)
+        leak_restart = False
+        for alert in report.events:
             self.history.record(
-                "alert",
+                EventKind.ALERT,
                 f"{alert.title}: {alert.message}",
                 {"kind": str(alert.kind), "state": str(alert.state), "severity": str(alert.severity)},
             )
             if alert.requests_restart and alert.state is AlertState.RAISED and self.config.alerts.leak_restart:
-                self.leak_restart_wanted = True
+                leak_restart = True
         if self.last_compact is None or now - self.last_compact >= COMPACT_EVERY_SECONDS:
             self.last_compact = now
             self.history.compact()
+        return UpkeepWants(leak_restart, report.reprobe, self._oom_restart_reason())
 
-    def oom_restart_reason(self) -> str | None:
+    def _oom_restart_reason(self) -> str | None:
         """Why the server must restart to apply the OOM ladder's environment, or None when it need not."""
         return self.oom_effects.restart_reason() if self.oom_effects is not None else None
 
@@ -152,10 +182,20 @@ class DaemonDuties:
                 effects.start(move, self.oom)
 
 
+def expected_gap(config: Config, recheck_seconds: float) -> float:
+    """The longest normal gap between checks: the interval (or the re-check cadence while failing) plus a
+    probe that runs into its timeout; the alert engine takes a gap well past it for a sleep.
+
+    >>> expected_gap(Config(health_check_interval=300, health_check_timeout=5), 2.0)
+    315.0
+    """
+    return float(max(config.health_check_interval, recheck_seconds) + 3 * config.health_check_timeout)
+
+
 def record_oom_event(history: History, move: OomEvent, message: str, phase: str) -> None:
     """One event about a ladder move; ``phase`` ("down", "up", "applied", "failed") keys its notification."""
     history.record(
-        "oom",
+        EventKind.OOM,
         message,
         {
             "kind": phase,
@@ -184,7 +224,7 @@ class OomEffects:
     OOMs seen meanwhile as the same failure.
     """
 
-    def __init__(self, config: Config, history: History, supervisor: Supervisor, keeper: ModelKeeper) -> None:
+    def __init__(self, config: Config, history: History, supervisor: SupervisorPort, keeper: ModelKeeper) -> None:
         self.config = config
         self.history = history
         self.supervisor = supervisor
@@ -223,7 +263,7 @@ class OomEffects:
         targets = ladder.targets
         sup = self.supervisor
         if sup.managed_by == "manager":
-            sup.env_overlay = dict(targets.server_env)
+            sup.set_env_overlay(targets.server_env)
         acting = False
         if move.place is Place.SERVER_ENV:
             self._server_move = move if sup.overlay_pending else None

@@ -15,8 +15,12 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 from tray.system.processes import ProcessRef
+
+if TYPE_CHECKING:
+    from tray.system.ollama_app import OllamaApp
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class SystemdService:
 
     def describe(self) -> str:
         return f"the systemd service {self.unit}"
+
+
+# Who else respawns a server: systemd here, the desktop app in tray.system.ollama_app (which imports this module).
+ExternalSupervisor = Union[SystemdService, "OllamaApp"]  # noqa: UP007 - a forward reference needs Union
 
 
 def systemd_unit_from_cgroup(cgroup_text: str) -> SystemdService | None:

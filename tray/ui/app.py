@@ -1,6 +1,6 @@
 """The tray adapter: renders the status as icon, tooltip and menu, and runs menu actions.
 
-The tray holds no policy. It reads the latest status dict and the settings
+The tray holds no policy. It reads the latest status and the settings
 from a :class:`Controller`, renders them through :mod:`tray.ui.icon` and
 :mod:`tray.ui.menu`, and hands every action back to the controller, which runs
 it off the UI thread. The icon itself comes from a backend
@@ -18,12 +18,13 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from PIL import Image
 
 from tray import APP_NAME
+from tray.core.status import Status
 from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip, truncate
 from tray.ui.menu import (
     ACTION_LABELS,
@@ -52,11 +53,11 @@ SETTING_FOR_TOGGLE = {TOGGLE_AUTOSTART: "autostart", TOGGLE_NOTIFICATIONS: "noti
 class Controller(Protocol):
     """What the tray needs from the rest of the app."""
 
-    def snapshot(self) -> dict[str, Any]:
-        """The latest status dict."""
+    def snapshot(self) -> Status:
+        """The latest status."""
         ...
 
-    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         """Call ``callback`` (from a background thread) on every status change; return an unsubscribe function."""
         ...
 
@@ -166,7 +167,7 @@ class TrayApp:
         self._quit_stop_timeout = quit_stop_timeout
         self._lock = threading.Lock()
         self._render_lock = threading.Lock()
-        self._status: dict[str, Any] = dict(controller.snapshot())
+        self._status = controller.snapshot()
         self._running_actions: set[str] = set()
         self._ready = False
         self._dirty = False
@@ -262,10 +263,10 @@ class TrayApp:
         """A plain click on the icon where the menu opens otherwise or not at all (:func:`click_action`)."""
         self.run_action(click_action(self.entries))
 
-    def on_status(self, status: Mapping[str, Any]) -> None:
-        """Take a new status dict (any thread) and re-render."""
+    def on_status(self, status: Status) -> None:
+        """Take a new status (any thread) and re-render."""
         with self._lock:
-            self._status = dict(status)
+            self._status = status
         self.refresh()
 
     def refresh(self) -> None:
@@ -371,8 +372,8 @@ class TrayApp:
         with self._lock:
             return build_menu(self._status, settings, self._running_actions)
 
-    def _image_key(self, status: Mapping[str, Any]) -> tuple[IconState, bool]:
-        return icon_state(status), bool(status.get("cloud_active"))
+    def _image_key(self, status: Status) -> tuple[IconState, bool]:
+        return icon_state(status), status.cloud_active
 
     def _image(self, key: tuple[IconState, bool]) -> Image.Image:
         if key not in self._images:
@@ -381,7 +382,7 @@ class TrayApp:
 
     def _new_icon(self) -> Any:
         with self._lock:
-            status, running = dict(self._status), frozenset(self._running_actions)
+            status, running = self._status, frozenset(self._running_actions)
         key = self._image_key(status)
         icon = self._create_icon(self._image(key), tooltip(status, running))
         self._shown_image_key = key

@@ -8,8 +8,8 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from tray.core.status import Status
 from tray.system.autostart import Autostart
 from tray.settings.config import Config
 from tray.history import History
@@ -59,10 +59,10 @@ class MonitorController:
         self.autostart = autostart
         self.stop_ollama_on_quit = config.stop_ollama_on_quit
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Status:
         return self.monitor.snapshot()
 
-    def subscribe(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+    def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]:
         return self.monitor.subscribe(callback)
 
     def request(self, action: str) -> concurrent.futures.Future[str]:

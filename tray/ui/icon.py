@@ -1,6 +1,6 @@
-"""The tray icon and its tooltip, derived from the monitor's status dict.
+"""The tray icon and its tooltip, derived from the monitor's :class:`~tray.core.status.Status`.
 
-Everything here is pure: a status dict goes in, a state, an image or a line of
+Everything here is pure: a status goes in, a state, an image or a line of
 text comes out. The icon is drawn by code at four times the requested size and
 downsampled, so it stays crisp from 16 px panels to HiDPI menu bars. Each state
 has its own shape and mark, so the icon reads without colour too.
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from PIL import Image, ImageDraw
 
-Status = Mapping[str, Any]
+from tray.core.health import Health
+from tray.core.status import Activity, ActivityKind, BusyStatus, MonitorState, Status
+
 RGB = tuple[int, int, int]
 
 TOOLTIP_MAX_CHARS = 127  # Windows NOTIFYICONDATA.szTip holds 128 chars with the NUL
@@ -37,17 +38,19 @@ class IconState(enum.Enum):
         return self.value
 
 
-TRANSITIONAL_STATES = frozenset({"starting", "restarting", "stopping"})
-BUSY_ACTIVITY_KINDS = frozenset({"start", "stop", "restart", "build", "pull"})
+TRANSITIONAL_STATES = frozenset({MonitorState.STARTING, MonitorState.RESTARTING})
+BUSY_ACTIVITY_KINDS = frozenset(
+    {ActivityKind.START, ActivityKind.STOP, ActivityKind.RESTART, ActivityKind.BUILD, ActivityKind.PULL}
+)
 
 ACTIVITY_DEFAULT_TEXT = {
-    "start": "Starting Ollama",
-    "stop": "Stopping Ollama",
-    "restart": "Restarting Ollama",
-    "build": "Building model",
-    "pull": "Pulling model",
-    "verify": "Verifying model",
-    "unload": "Unloading models",
+    ActivityKind.START: "Starting Ollama",
+    ActivityKind.STOP: "Stopping Ollama",
+    ActivityKind.RESTART: "Restarting Ollama",
+    ActivityKind.BUILD: "Building model",
+    ActivityKind.PULL: "Pulling model",
+    ActivityKind.VERIFY: "Verifying model",
+    ActivityKind.UNLOAD: "Unloading models",
 }
 
 PENDING_ACTION_TEXT = {
@@ -60,29 +63,29 @@ PENDING_ACTION_TEXT = {
 
 
 def icon_state(status: Status) -> IconState:
-    """The icon state for a status dict.
+    """The icon state for a status.
 
-    Work in progress (a starting/restarting/stopping server, or a build, pull,
+    Work in progress (a starting or restarting server, or a build, pull,
     start, stop or restart activity) wins; then a server the manager gave up on
     is DOWN, a stopped one STOPPED; otherwise the health decides. Health
     ``unknown`` on a live server means the first check is still running.
     """
-    activity = status.get("activity") or {}
-    state = status.get("state")
-    if state in TRANSITIONAL_STATES or activity.get("kind") in BUSY_ACTIVITY_KINDS:
+    activity = status.activity
+    state = status.state
+    if state in TRANSITIONAL_STATES or (activity is not None and activity.kind in BUSY_ACTIVITY_KINDS):
         return IconState.BUSY
-    if state == "failed":
+    if state is MonitorState.FAILED:
         return IconState.DOWN
-    if state == "stopped":
+    if state is MonitorState.STOPPED:
         return IconState.STOPPED
-    health = status.get("health")
-    if health == "healthy":
+    health = status.health
+    if health is Health.HEALTHY:
         return IconState.HEALTHY
-    if health == "unhealthy":
+    if health is Health.UNHEALTHY:
         return IconState.UNHEALTHY
-    if health == "down":
+    if health is Health.DOWN:
         return IconState.DOWN
-    return IconState.BUSY if status.get("ollama_running") else IconState.STOPPED
+    return IconState.BUSY if status.ollama_running else IconState.STOPPED
 
 
 # --- text -------------------------------------------------------------------
@@ -125,80 +128,81 @@ def format_percent(fraction: float) -> str:
     return f"{math.floor(clamped * 100 + 1e-9)} %"
 
 
-def activity_text(activity: Mapping[str, Any]) -> str:
-    """``Building model 45 %``: the activity's text plus its progress, if known."""
-    text = activity.get("text") or ACTIVITY_DEFAULT_TEXT.get(activity.get("kind", ""), "Working")
-    progress = activity.get("progress")
+def activity_text(activity: Activity) -> str:
+    """``Building model 45 %``: the activity's text plus its progress, if known.
+
+    >>> activity_text(Activity(ActivityKind.BUILD, "Building model", 0.45)), activity_text(Activity(ActivityKind.PULL))
+    ('Building model 45 %', 'Pulling model')
+    """
+    text = activity.text or ACTIVITY_DEFAULT_TEXT.get(activity.kind, "Working")
+    progress = activity.progress
     return f"{text} {format_percent(progress)}" if progress is not None else text
 
 
 def restart_text(status: Status) -> str:
     """``Restarting (attempt 2 of 3)``, plus when the next try starts if known."""
-    attempt = status.get("restart_attempt") or 0
-    attempts_max = status.get("restart_attempts_max") or 0
+    attempt = status.restart_attempt
+    attempts_max = status.restart_attempts_max
     text = f"Restarting (attempt {attempt} of {attempts_max})" if attempt and attempts_max else "Restarting"
-    retry_in = status.get("next_retry_in")
+    retry_in = status.next_retry_in
     return f"{text} — next try in {format_duration(retry_in)}" if retry_in is not None else text
 
 
-def busy_text(busy: Mapping[str, Any]) -> str:
+def busy_text(busy: BusyStatus) -> str:
     """What Ollama is working on, from the status' ``busy`` value.
 
-    >>> busy_text({"model": "llama3", "since_seconds": 80.0, "requests": 1, "stuck": False})
+    >>> from tray.core.health import BusySource
+    >>> busy_text(BusyStatus("llama3", 1, 0, 80.0, None, BusySource.GATEWAY, stuck=False))
     'busy: generating on llama3 for 1 min'
-    >>> busy_text({"model": None, "since_seconds": 12.0, "requests": 3, "stuck": False})
+    >>> busy_text(BusyStatus(None, 3, 1, 12.0, None, BusySource.GATEWAY, stuck=False))
     'busy: generating for 12 s (3 requests)'
-    >>> busy_text({"model": "llama3", "since_seconds": 960.0, "progress_seconds_ago": 905.0, "stuck": True})
+    >>> busy_text(BusyStatus("llama3", None, None, 960.0, 905.0, BusySource.PROBE, stuck=True))
     'stuck: no progress on llama3 for 15 min'
     """
-    model = busy.get("model")
-    on = f" on {model}" if model else ""
-    if busy.get("stuck"):
-        quiet = busy.get("progress_seconds_ago")
-        quiet = quiet if quiet is not None else busy.get("since_seconds") or 0
+    on = f" on {busy.model}" if busy.model else ""
+    if busy.stuck:
+        quiet = busy.progress_seconds_ago if busy.progress_seconds_ago is not None else busy.since_seconds
         return f"stuck: no progress{on} for {format_duration(quiet)}"
-    requests = busy.get("requests")
-    count = f" ({requests} requests)" if isinstance(requests, int) and requests > 1 else ""
-    return f"busy: generating{on} for {format_duration(busy.get('since_seconds') or 0)}{count}"
+    requests = busy.requests
+    count = f" ({requests} requests)" if requests is not None and requests > 1 else ""
+    return f"busy: generating{on} for {format_duration(busy.since_seconds)}{count}"
 
 
 def health_text(status: Status) -> str:
     """The line for a server that is up (or supposed to be): health, latency and what it is busy with."""
-    health = status.get("health")
-    if health == "down":
-        retry_in = status.get("next_retry_in")
+    health = status.health
+    if health is Health.DOWN:
+        retry_in = status.next_retry_in
         return f"Down — retrying in {format_duration(retry_in)}" if retry_in is not None else "Ollama: down"
-    if health not in ("healthy", "unhealthy"):
+    if health not in (Health.HEALTHY, Health.UNHEALTHY):
         return "Ollama: checking…"
-    latency = status.get("latency_ms")
-    busy = status.get("busy")
+    latency = status.latency_ms
+    busy = status.busy
     return (
         f"Ollama: {health}"
         + (f" · {format_latency(latency)}" if latency is not None else "")
-        + (f" · {busy_text(busy)}" if busy else "")
+        + (f" · {busy_text(busy)}" if busy is not None else "")
     )
 
 
 def _lifecycle_text(status: Status) -> str | None:
-    state = status.get("state")
-    if state == "restarting":
+    state = status.state
+    if state is MonitorState.RESTARTING:
         return restart_text(status)
-    if state == "starting":
+    if state is MonitorState.STARTING:
         return "Starting Ollama…"
-    if state == "stopping":
-        return "Stopping Ollama…"
-    if state == "stopped":
+    if state is MonitorState.STOPPED:
         return "Stopped"
-    if state == "failed":
-        attempts = status.get("restart_attempts_max") or 0
+    if state is MonitorState.FAILED:
+        attempts = status.restart_attempts_max
         return f"Down — gave up after {attempts} restart attempts" if attempts else "Down — gave up"
     return None
 
 
 def _work_in_progress(status: Status, pending_actions: Iterable[str]) -> str | None:
     """The line for an activity, a lifecycle state or a pending action, if any."""
-    activity = status.get("activity")
-    if activity:
+    activity = status.activity
+    if activity is not None:
         return activity_text(activity)
     lifecycle = _lifecycle_text(status)
     if lifecycle is not None:
@@ -227,11 +231,11 @@ def tooltip(status: Status, pending_actions: Iterable[str] = ()) -> str:
     """
     work = _work_in_progress(status, pending_actions)
     parts = [work or health_text(status)]
-    model = status.get("model")
-    named_by_busy = bool((status.get("busy") or {}).get("model"))
-    if work is None and model and status.get("health") in ("healthy", "unhealthy") and not named_by_busy:
-        parts.append(str(model))
-    if status.get("cloud_active"):
+    model = status.model
+    named_by_busy = status.busy is not None and bool(status.busy.model)
+    if work is None and model and status.health in (Health.HEALTHY, Health.UNHEALTHY) and not named_by_busy:
+        parts.append(model)
+    if status.cloud_active:
         parts.append("cloud fallback active")
     return truncate(" · ".join(parts), TOOLTIP_MAX_CHARS)
 

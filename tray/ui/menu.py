@@ -1,4 +1,4 @@
-"""The tray menu as plain data, built from the status dict and the settings.
+"""The tray menu as plain data, built from the monitor's status and the settings.
 
 :func:`build_menu` decides which entries exist, their labels, which are
 enabled or checked and which one a plain click runs; the pystray adapter in
@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tray.core.health import Health
+from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
 from tray.ui.icon import status_summary, truncate
-
-Status = Mapping[str, Any]
 
 # Menu action ids. The first five go to Controller.request().
 START, STOP, RESTART, REBUILD, UNLOAD = "start", "stop", "restart", "rebuild", "unload"
@@ -32,14 +32,14 @@ SERVER_ACTIONS = (START, STOP, RESTART, REBUILD, UNLOAD)
 CONFLICTS: dict[str, frozenset[str]] = {action: frozenset(SERVER_ACTIONS) for action in SERVER_ACTIONS}
 
 # The monitor's own activities block the same menu actions as the user's.
-ACTIVITY_BLOCKS: dict[str, str] = {
-    "start": START,
-    "stop": STOP,
-    "restart": RESTART,
-    "build": REBUILD,
-    "pull": REBUILD,
-    "verify": REBUILD,
-    "unload": UNLOAD,
+ACTIVITY_BLOCKS: dict[ActivityKind, str] = {
+    ActivityKind.START: START,
+    ActivityKind.STOP: STOP,
+    ActivityKind.RESTART: RESTART,
+    ActivityKind.BUILD: REBUILD,
+    ActivityKind.PULL: REBUILD,
+    ActivityKind.VERIFY: REBUILD,
+    ActivityKind.UNLOAD: UNLOAD,
 }
 
 ACTION_LABELS: dict[str, str] = {
@@ -56,7 +56,7 @@ ACTION_LABELS: dict[str, str] = {
 }
 
 ERROR_LINE_MAX_CHARS = 80
-SERVER_UP_STATES = frozenset({"starting", "running", "restarting", "stopping"})
+SERVER_UP_STATES = frozenset({MonitorState.STARTING, MonitorState.RUNNING, MonitorState.RESTARTING})
 
 
 @dataclass(frozen=True)
@@ -116,45 +116,46 @@ def processor_split(size: int, size_vram: int) -> str:
     return f"{cpu_percent}%/{100 - cpu_percent}% CPU/GPU"
 
 
-def loaded_model_label(model: Mapping[str, Any]) -> str:
-    """``llama3:latest 4.7 GB · 100% CPU``."""
-    size = int(model.get("size") or 0)
-    size_vram = int(model.get("size_vram") or 0)
-    return f"{model.get('name', '?')} {human_bytes(size)} · {processor_split(size, size_vram)}"
+def loaded_model_label(model: LoadedModelStatus) -> str:
+    """``llama3:latest 4.7 GB · 100% CPU``.
+
+    >>> loaded_model_label(LoadedModelStatus("llama3:latest", 4_661_224_676, 0))
+    'llama3:latest 4.7 GB · 100% CPU'
+    """
+    return f"{model.name} {human_bytes(model.size)} · {processor_split(model.size, model.size_vram)}"
 
 
 def blocked_actions(status: Status, running_actions: Iterable[str]) -> frozenset[str]:
     """Actions that must wait: those conflicting with a running action or activity."""
     busy = set(running_actions)
-    activity = status.get("activity") or {}
-    if activity.get("kind") in ACTIVITY_BLOCKS:
-        busy.add(ACTIVITY_BLOCKS[activity["kind"]])
+    if status.activity is not None and status.activity.kind in ACTIVITY_BLOCKS:
+        busy.add(ACTIVITY_BLOCKS[status.activity.kind])
     return frozenset(action for action in SERVER_ACTIONS if busy & CONFLICTS[action])
 
 
 def server_is_up(status: Status) -> bool:
     """Whether Ollama runs or is meant to run, so Stop (not Start) applies."""
-    return bool(status.get("ollama_running")) or status.get("state") in SERVER_UP_STATES
+    return status.ollama_running or status.state in SERVER_UP_STATES
 
 
 def action_enabled(action: str, status: Status, blocked: frozenset[str]) -> bool:
-    """Whether a server action can run now, given the status and blocked actions."""
+    """Whether a server action can run now, given the status and blocked actions.
+
+    A stop under way blocks Stop, Restart and Rebuild through its activity (:func:`blocked_actions`).
+    """
     if action in blocked:
         return False
-    state = status.get("state")
-    if action == STOP:
-        return state != "stopping"
     if action == RESTART:
-        return state not in ("stopped", "stopping")
+        return status.state is not MonitorState.STOPPED
     if action == REBUILD:
-        return bool(status.get("ollama_running")) and state != "stopping"
+        return status.ollama_running
     if action == UNLOAD:
-        return bool(status.get("loaded_models"))
+        return bool(status.loaded_models)
     return True
 
 
 def _loaded_model_entries(status: Status) -> list[MenuEntry]:
-    models = status.get("loaded_models") or []
+    models = status.loaded_models
     if not models:
         return [MenuEntry("No models in memory", enabled=False, key="loaded:none")]
     return [
@@ -164,11 +165,11 @@ def _loaded_model_entries(status: Status) -> list[MenuEntry]:
 
 def _error_entries(status: Status) -> list[MenuEntry]:
     """The last error, while it still explains the current trouble."""
-    error = status.get("last_error")
-    troubled = status.get("health") in ("down", "unhealthy") or status.get("state") == "failed"
+    error = status.last_error
+    troubled = status.health in (Health.DOWN, Health.UNHEALTHY) or status.state is MonitorState.FAILED
     if not error or not troubled:
         return []
-    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    first_line = next((line.strip() for line in error.splitlines() if line.strip()), "")
     return [MenuEntry(truncate(f"Last error: {first_line}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")]
 
 
@@ -184,12 +185,12 @@ def build_menu(status: Status, settings: Mapping[str, Any], running_actions: Ite
     finished yet. A plain click restarts Ollama while its health is ``down``.
     """
     blocked = blocked_actions(status, running_actions)
-    restart_on_click = status.get("health") == "down"
+    restart_on_click = status.health is Health.DOWN
     start_or_stop = STOP if server_is_up(status) else START
     return [
         MenuEntry(status_summary(status, running_actions), enabled=False, key="status"),
         *_error_entries(status),
-        MenuEntry(f"Model: {status.get('model') or 'none'}", enabled=False, key="model"),
+        MenuEntry(f"Model: {status.model or 'none'}", enabled=False, key="model"),
         *_loaded_model_entries(status),
         _action_entry(UNLOAD, status, blocked),
         SEPARATOR,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 
+from tray.core.status import Status
 from tray.errors import CliError
 from tray.system.paths import AppPaths
 
@@ -27,14 +27,15 @@ class MonitorLink:
             return None
         return f"http://127.0.0.1:{port}"
 
-    def status(self) -> dict[str, Any] | None:
+    def status(self) -> Status | None:
+        """The running monitor's status; None when none answers (or it answers something else)."""
         base = self.address()
         if base is None:
             return None
         try:
             response = httpx.get(f"{base}/api/status", timeout=5, trust_env=False)
             response.raise_for_status()
-            return dict(response.json())
+            return Status.from_json(response.json())
         except (httpx.HTTPError, ValueError):
             return None
 

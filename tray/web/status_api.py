@@ -1,7 +1,7 @@
 """The status API: a loopback-only HTTP endpoint served by a running monitor.
 
-``GET /api/status`` returns the status dict, ``GET /api/events`` the event
-history, ``POST /api/actions/<action>`` queues one of the monitor's
+``GET /api/status`` returns the monitor's status (:meth:`~tray.core.status.Status.to_json`),
+``GET /api/events`` the event history, ``POST /api/actions/<action>`` queues one of the monitor's
 ``ACTIONS`` (start, stop, restart, unload, the model jobs, and ``check``:
 probe Ollama now, as a standalone gateway asks when a request went wrong).
 Only loopback clients with a loopback/localhost ``Host`` header are served
@@ -48,7 +48,7 @@ def load_or_create_token(path: Path) -> str:
 
 def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequence[BaseRoute] = ()) -> Any:
     async def status(request: Request) -> Response:
-        return JSONResponse(monitor.snapshot())
+        return JSONResponse(monitor.snapshot().to_json())
 
     async def events(request: Request) -> Response:
         try:
