@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_supervisor import answers, serve_pids, summary  # noqa: E402
+
 from standin.harness import StandinEnv  # noqa: E402
 from tests.manager import Manager, wait_until  # noqa: E402
 
@@ -111,8 +112,11 @@ def second_request_delay(base_url: str, after: float) -> float:
 
 
 def probe_latency(pairs: int) -> None:
-    settings = {"OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "1", "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "1",
-                "OLLAMA_MANAGER_OLLAMA_MODEL": MODEL}
+    settings = {
+        "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "1",
+        "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "1",
+        "OLLAMA_MANAGER_OLLAMA_MODEL": MODEL,
+    }
     with environment(settings) as (standin, manager):
         standin.spawn_serve()
         standin.wait_ready()

@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tray.models.integrity import sha256_file, verify_model
-from tray.models.store import MEDIA_MODEL
 from tray.models.progress import ProgressEvent
+from tray.models.store import MEDIA_MODEL
 
 MB = 1000 * 1000
 

@@ -45,6 +45,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sni_host import SniHost  # noqa: E402
 from standin.harness import StandinEnv  # noqa: E402
+from tests.manager import Manager  # noqa: E402
+from tray.ui.icon import IconState  # noqa: E402
 from tray_driver import (  # noqa: E402
     NotificationLog,
     TrayProcess,
@@ -55,9 +57,6 @@ from tray_driver import (  # noqa: E402
     wait_for,
 )
 from xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
-
-from tests.manager import Manager  # noqa: E402
-from tray.ui.icon import IconState  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT = 30.0
@@ -122,7 +121,9 @@ def launch_tray(
     manager = Manager(standin.env, workdir)
     manager.env.update(extra_env or {})
     bus_address = desktop.bus.address if desktop.bus is not None else "disabled:"
-    tray = TrayProcess(tray_env(manager.env, desktop.display, NotificationLog(workdir), bus_address=bus_address), workdir)
+    tray = TrayProcess(
+        tray_env(manager.env, desktop.display, NotificationLog(workdir), bus_address=bus_address), workdir
+    )
     return tray.start(), standin, manager
 
 
@@ -216,7 +217,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="cold starts to time (default 5)")
     parser.add_argument("--idle-seconds", type=float, default=60, help="idle measurement length (default 60)")
-    parser.add_argument("--backend", choices=("xembed", "sni", "both"), default="both", help="which tray (default both)")
+    parser.add_argument(
+        "--backend", choices=("xembed", "sni", "both"), default="both", help="which tray (default both)"
+    )
     args = parser.parse_args()
     backends = ["xembed", "sni"] if args.backend == "both" else [args.backend]
     missing = (missing_tools() if "xembed" in backends else []) + (missing_xfce_tools() if "sni" in backends else [])

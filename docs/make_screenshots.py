@@ -92,8 +92,10 @@ def main() -> int:
     args = parser.parse_args()
     missing = missing_tools()
     if missing:
-        print(f"make_screenshots: needs {', '.join(missing)} (apt-get install -y xvfb openbox tint2 imagemagick)",
-              file=sys.stderr)
+        print(
+            f"make_screenshots: needs {', '.join(missing)} (apt-get install -y xvfb openbox tint2 imagemagick)",
+            file=sys.stderr,
+        )
         return 1
     with tempfile.TemporaryDirectory(prefix="tray-shots-") as workdir:
         try:

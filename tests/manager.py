@@ -72,7 +72,9 @@ class Manager:
         self.workdir = workdir
         self.monitors: list[subprocess.Popen[str]] = []
 
-    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "tray", *args],
             env=env or self.env,

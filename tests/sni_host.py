@@ -149,7 +149,9 @@ class SniHost:
     def __enter__(self) -> SniHost:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -170,7 +172,9 @@ class SniHost:
     def registered_items(self) -> list[ItemRef]:
         """The items the watcher lists (empty when there is no watcher)."""
         try:
-            (value,) = self.call(WATCHER.with_interface(PROPERTIES), "Get", "ss", (WATCHER.interface, "RegisteredStatusNotifierItems"))
+            (value,) = self.call(
+                WATCHER.with_interface(PROPERTIES), "Get", "ss", (WATCHER.interface, "RegisteredStatusNotifierItems")
+            )
         except HostError:
             return []
         return [parse_registration(entry) for entry in value[1]]

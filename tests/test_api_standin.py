@@ -33,8 +33,16 @@ def test_the_design_notes_api(user_env):
     assert status["ollama_running"] is True and status["health"] == "healthy"
     assert status["pid"] != pid_before
     assert set(status) >= {
-        "ollama_running", "model_loaded", "latency_ms", "health", "uptime_seconds",
-        "inference_count", "memory_usage_mb", "gpu_available", "cpu_usage_percent", "last_error",
+        "ollama_running",
+        "model_loaded",
+        "latency_ms",
+        "health",
+        "uptime_seconds",
+        "inference_count",
+        "memory_usage_mb",
+        "gpu_available",
+        "cpu_usage_percent",
+        "last_error",
     }
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from fake_registry import FakeRegistry
-
 from tray.system import autostart as autostart_module
 from tray.system.autostart import (
     Autostart,
@@ -377,7 +376,11 @@ def test_autostart_subcommand_writes_the_xdg_entry_the_menu_reads(tmp_path: Path
     entry = tmp_path / "config" / "autostart" / "ollama-manager.desktop"
     assert run("status").stdout == f"Start at login: disabled (XDG autostart entry {entry})\n"
     done = run("enable")
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"Start at login enabled: XDG autostart entry {entry}\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"Start at login enabled: XDG autostart entry {entry}\n",
+        "",
+    )
     # The tray's "Start at login" checkbox reads the same entry.
     controller_view = autostart_for("linux", home=tmp_path / "home", env={"XDG_CONFIG_HOME": str(tmp_path / "config")})
     assert controller_view.is_enabled() is True

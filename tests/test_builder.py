@@ -47,13 +47,6 @@ from tray.models.errors import (
     OllamaAPIError,
     OllamaUnreachable,
 )
-from tray.models.store import (
-    MEDIA_MODEL,
-    blob_path,
-    list_models,
-    parse_model_name,
-    read_manifest,
-)
 from tray.models.progress import (
     PlainLineState,
     ProgressEvent,
@@ -62,6 +55,13 @@ from tray.models.progress import (
     format_plain_line,
     human_bytes,
     plain_line_due,
+)
+from tray.models.store import (
+    MEDIA_MODEL,
+    blob_path,
+    list_models,
+    parse_model_name,
+    read_manifest,
 )
 
 BASE_URL = "http://ollama.test"
@@ -432,8 +432,8 @@ def test_parameter_overrides_are_built_in_recorded_and_kept_by_later_checks(env)
     assert ensure(fake, models, state, modelfile, overrides={"num_ctx": 2048}).action == "none"
     out = io.StringIO()
     assert run_list(MODEL, models_dir=models, state_dir=state, out=out) == 0
-    assert out.getvalue().splitlines()[2].endswith(
-        "active, built by manager, with PARAMETER num_ctx 2048 (out of memory)"
+    assert (
+        out.getvalue().splitlines()[2].endswith("active, built by manager, with PARAMETER num_ctx 2048 (out of memory)")
     )
     # Without them, the model is built as the Modelfile says again.
     back = ensure(fake, models, state, modelfile)
@@ -838,7 +838,10 @@ def test_run_ensure_error_is_one_line_and_returns_1(env):
     )
     assert code == 1
     assert out.getvalue() == ""
-    assert err.getvalue() == f'ollama-manager: {modelfile}:2: unterminated quote: no closing """ before the end of the file\n'
+    assert (
+        err.getvalue()
+        == f'ollama-manager: {modelfile}:2: unterminated quote: no closing """ before the end of the file\n'
+    )
 
 
 def test_run_verify_exit_codes(env):

@@ -130,10 +130,12 @@ def test_a_stopped_serve_is_replaced_even_in_the_middle_of_a_generation(manager,
     request = Background(lambda: chat(standin, stream=False, timeout=180))
     # Busy for longer than the old restart took, on the same server: busy is not hung ...
     wait_until(
-        lambda: (s := manager.api_status())
-        and s["pid"] == pid
-        and s["health"] == "healthy"
-        and (s.get("busy") or {}).get("since_seconds", 0) > OLD_RESTART_SECONDS,
+        lambda: (
+            (s := manager.api_status())
+            and s["pid"] == pid
+            and s["health"] == "healthy"
+            and (s.get("busy") or {}).get("since_seconds", 0) > OLD_RESTART_SECONDS
+        ),
         60,
         interval=0.5,
         what="a long busy spell without a restart",

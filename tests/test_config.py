@@ -1,4 +1,3 @@
-
 import pytest
 
 from tray.settings.config import Config, ConfigError, load_config

@@ -1,10 +1,10 @@
 from pathlib import Path
 
-from tray.settings.config import load_config
-from tray.service.notices import notify_events
-from tray.ui.controller import MonitorController, ollama_log_locations
 from tray.history import History
+from tray.service.notices import notify_events
+from tray.settings.config import load_config
 from tray.system.paths import AppPaths
+from tray.ui.controller import MonitorController, ollama_log_locations
 
 
 class RecordingNotifier:
@@ -51,7 +51,10 @@ def test_log_locations_per_os(tmp_path):
     paths = paths_in(tmp_path)
     env = {"HOME": "/home/u", "LOCALAPPDATA": "C:/Users/u/AppData/Local"}
     assert ollama_log_locations(paths, "darwin", env) == [str(paths.log_dir), str(Path("/home/u/.ollama/logs"))]
-    assert ollama_log_locations(paths, "win32", env) == [str(paths.log_dir), str(Path("C:/Users/u/AppData/Local/Ollama"))]
+    assert ollama_log_locations(paths, "win32", env) == [
+        str(paths.log_dir),
+        str(Path("C:/Users/u/AppData/Local/Ollama")),
+    ]
     assert ollama_log_locations(paths, "linux", env) == [str(paths.log_dir), str(paths.server_log)]
 
 
@@ -66,5 +69,7 @@ def test_menu_toggles_are_saved_keeping_the_users_comments(tmp_path):
     controller.set_setting("autostart", True)
     assert notifier.enabled is False and autostart.on is True
     assert controller.settings() == {"notifications": False, "autostart": True, "stop_ollama_on_quit": False}
-    assert paths.config_file.read_text() == "# my settings\nhealth_check_interval = 10  # seconds\nnotifications = false\n"
+    assert (
+        paths.config_file.read_text() == "# my settings\nhealth_check_interval = 10  # seconds\nnotifications = false\n"
+    )
     assert load_config(env={}, paths=paths).notifications is False

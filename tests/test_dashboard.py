@@ -19,10 +19,11 @@ import httpx
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
-from standin.harness import free_port
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from standin.harness import free_port
+from tray import __version__
 from tray.core.health import BusySource, Health
 from tray.core.status import (
     Activity,
@@ -35,17 +36,16 @@ from tray.core.status import (
     Status,
     make_status,
 )
-from tray import __version__
-from tray.settings.config import load_config
 from tray.dashboard import Dashboard, dashboard_command, dashboard_url, mount_dashboard, open_dashboard
 from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_config, setting_specs
 from tray.dashboard.stream import StreamHub, sse_frames
 from tray.dashboard.views import action_views, bucket_samples, gateway_view, history_view, status_view
 from tray.history import Event, History
+from tray.settings.config import load_config
+from tray.settings.meta import setting
+from tray.settings.server import OllamaServerSettings
 from tray.system.paths import AppPaths
 from tray.system.resources import GpuStats, ResourceSample
-from tray.settings.server import OllamaServerSettings
-from tray.settings.meta import setting
 from tray.web.status_api import build_app
 
 TOKEN = "s3cret-token"
@@ -546,11 +546,18 @@ BUSY = BusyStatus("uncensored-llama3:latest", None, None, 80.0, 0.0, BusySource.
 def test_the_live_panel_says_what_ollama_is_busy_with() -> None:
     view = status_view(healthy_status(busy=BUSY), NOW)
     assert view["summary"] == "Ollama: healthy · 245 ms · busy: generating on uncensored-llama3:latest for 1 min"
-    assert view["busy"] == {"text": "generating on uncensored-llama3:latest for 1 min", "stuck": False, "source": "runner"}
+    assert view["busy"] == {
+        "text": "generating on uncensored-llama3:latest for 1 min",
+        "stuck": False,
+        "source": "runner",
+    }
     stuck = replace(BUSY, stuck=True, progress_seconds_ago=None, since_seconds=960.0, source=BusySource.PROBE)
     view = status_view(healthy_status(busy=stuck), NOW)
-    assert view["busy"] == {"text": "stuck: no progress on uncensored-llama3:latest for 16 min", "stuck": True,
-                            "source": "probe"}
+    assert view["busy"] == {
+        "text": "stuck: no progress on uncensored-llama3:latest for 16 min",
+        "stuck": True,
+        "source": "probe",
+    }
     assert view["health"] == "healthy"  # busy, even stuck, is not a health value
 
 

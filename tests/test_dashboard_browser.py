@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from standin.harness import StandinEnv, free_port, same_process
 
+from standin.harness import StandinEnv, free_port, same_process
 from tests.manager import wait_until
-from tray.settings.config import Config
 from tray.dashboard import dashboard_command
+from tray.settings.config import Config
 from tray.system.paths import AppPaths
 
 CHROMIUM = Path("/usr/bin/chromium")

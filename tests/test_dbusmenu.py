@@ -18,7 +18,9 @@ MY_MODEL = LoadedModelStatus("my_model:latest", 2_000_000_000, 0)
 
 def labels(layout, parent: int = 0) -> list[str]:
     return [
-        "---" if layout.nodes[child].properties.get("type") == ("s", "separator") else layout.nodes[child].properties["label"][1]
+        "---"
+        if layout.nodes[child].properties.get("type") == ("s", "separator")
+        else layout.nodes[child].properties["label"][1]
         for child in layout.nodes[parent].children
     ]
 
@@ -118,7 +120,11 @@ def test_a_label_or_state_change_is_a_property_update() -> None:
     assert updated[status_id] == {"label": ("s", "Restarting Ollama…")}
     toggle_id = next(n.id for n in before.nodes.values() if n.action == "toggle_autostart")
     assert updated[toggle_id] == {"toggle-state": ("i", 1)}
-    assert all(props == {"enabled": ("b", False)} for node_id, props in updated.items() if node_id not in (status_id, toggle_id))
+    assert all(
+        props == {"enabled": ("b", False)}
+        for node_id, props in updated.items()
+        if node_id not in (status_id, toggle_id)
+    )
     back = layout_change(after, before)
     assert dict(back.removed) == {node_id: ("enabled",) for node_id in updated if node_id not in (status_id, toggle_id)}
 

@@ -17,14 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests import manager
-from tests.manager import in_thread
-
 from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
+from tests import manager
+from tests.manager import in_thread
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
-from tray.settings.config import ConfigError, load_table, settable_fields
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
@@ -39,6 +37,7 @@ from tray.gateway.commands import (
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
+from tray.settings.config import ConfigError, load_table, settable_fields
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 
@@ -649,7 +648,11 @@ class TestSlowIsNotBroken:
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))  # loaded and idle
         ollama.set_faults(token_ms=200)  # each answer takes 1.4 s, nothing sent before it is complete
         generate = {"model": "llama3", "prompt": LONG["messages"][0]["content"], "stream": False}
-        requests = [("/api/chat", dict(LONG, stream=False)), ("/v1/chat/completions", LONG), ("/api/generate", generate)]
+        requests = [
+            ("/api/chat", dict(LONG, stream=False)),
+            ("/v1/chat/completions", LONG),
+            ("/api/generate", generate),
+        ]
         for path, body in requests:
             started = time.monotonic()
             response = gw.post(path, body)
@@ -1131,7 +1134,6 @@ class TestClients:
             )
         finally:
             client.close()
-
 
     def test_python_chat_api_waits_for_slow_answers_and_loads(self, ollama: StandinEnv, cloud: StandinCloud) -> None:
         reports: list[str] = []

@@ -30,7 +30,13 @@ def test_docstring_examples():
 
 @pytest.mark.parametrize(
     "latency, health",
-    [(0.1, Health.HEALTHY), (4.99, Health.HEALTHY), (5.0, Health.UNHEALTHY), (15.0, Health.UNHEALTHY), (15.01, Health.DOWN)],
+    [
+        (0.1, Health.HEALTHY),
+        (4.99, Health.HEALTHY),
+        (5.0, Health.UNHEALTHY),
+        (15.0, Health.UNHEALTHY),
+        (15.01, Health.DOWN),
+    ],
 )
 def test_design_notes_table(latency, health):
     assert classify(ProbeResult(True, latency), timeout=5) is health
@@ -126,7 +132,12 @@ def test_busy_from_each_source_and_back_to_idle():
     gateway = GatewayActivity({"llama3": 1}, waiting=1, last_progress=None)
     busy = tracker.observe(clock.advance(30), BusyEvidence(gateway=gateway, runner_cpu=WORKING_CPU))
     assert (busy.source, busy.model, busy.requests, busy.waiting, busy.since) == (
-        BusySource.GATEWAY, "llama3", 1, 1, clock.now)
+        BusySource.GATEWAY,
+        "llama3",
+        1,
+        1,
+        clock.now,
+    )
     busy = tracker.observe(clock.advance(30), BusyEvidence(runner_cpu=WORKING_CPU, runner_model="llama3:latest"))
     assert (busy.source, busy.model, busy.requests, busy.since) == (BusySource.RUNNER, "llama3:latest", None, 130.0)
     assert busy.last_progress == clock.now

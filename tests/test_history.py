@@ -59,7 +59,9 @@ def test_a_simulated_week_of_samples_stays_bounded(tmp_path):
     interval = 30.0
     for tick in range(7 * 24 * 3600 // int(interval)):
         now[0] = tick * interval
-        history.record_sample({"health": "down" if tick == 5 else "healthy", "latency_ms": 100.0 + tick % 2, "memory_mb": 4096.0})
+        history.record_sample(
+            {"health": "down" if tick == 5 else "healthy", "latency_ms": 100.0 + tick % 2, "memory_mb": 4096.0}
+        )
         if tick % 120 == 0:  # hourly, as the monitor does
             history.compact(retention)
     history.compact(retention)

@@ -110,7 +110,14 @@ def test_stopped_server_offers_start_only() -> None:
     entries = build_menu(stopped, SETTINGS, set())
     assert rows(entries)[0] == ("Stopped", None, False, None, False)
     assert find_entry(entries, "stop") is None
-    assert enabled_actions(entries) == {"start", "open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "start",
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
     assert default_action(entries) is None
 
 
@@ -134,7 +141,13 @@ def test_plain_click_restarts_only_when_down() -> None:
 
 def test_running_restart_disables_every_server_action() -> None:
     entries = build_menu(status(health=Health.DOWN, loaded_models=(LLAMA3,)), SETTINGS, {"restart"})
-    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
     # No plain-click restart while one is already running.
     assert default_action(entries) is None
 
@@ -152,7 +165,13 @@ def test_opening_logs_blocks_nothing() -> None:
 def test_monitor_activity_blocks_server_actions(kind: ActivityKind) -> None:
     busy = status(activity=Activity(kind), loaded_models=(LLAMA3,))
     entries = build_menu(busy, SETTINGS, set())
-    assert enabled_actions(entries) == {"open_dashboard", "open_logs", "toggle_autostart", "toggle_notifications", "quit"}
+    assert enabled_actions(entries) == {
+        "open_dashboard",
+        "open_logs",
+        "toggle_autostart",
+        "toggle_notifications",
+        "quit",
+    }
 
 
 def test_stopping_disables_stop_restart_and_rebuild() -> None:
@@ -810,7 +829,9 @@ class MenuLessIcon(FakeIcon):
     HAS_MENU = False
 
 
-def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(make_app: Callable[..., Any]) -> None:
+def test_a_tray_without_menus_opens_the_dashboard_on_a_click_and_restarts_when_down(
+    make_app: Callable[..., Any],
+) -> None:
     app, controller, icon = make_app(icon_class=MenuLessIcon)
     icon.click()
     assert (controller.dashboards_opened, controller.requests) == (1, [])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from standin import standin_gguf as gguf
 from standin.harness import StandinEnv
-
 from tray.models.builder import ModelReport, ensure_model_loaded, rebuild, verify
 from tray.models.commands import run_ensure
 from tray.models.store import blob_path, read_manifest

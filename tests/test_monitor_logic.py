@@ -10,21 +10,21 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
 from tray.history import History
-from tray.settings.hosts import parse_ollama_host
-from tray.system.paths import AppPaths
+from tray.ollama.client import LoadedModel
 from tray.service.monitor import RECHECK_SECONDS, Monitor
 from tray.service.ports import GatewayFeed, SupervisorPort
-from tray.ollama.client import LoadedModel
+from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
+from tray.settings.config import Config
+from tray.settings.hosts import parse_ollama_host
 from tray.system.owners import ExternalSupervisor
+from tray.system.paths import AppPaths
 from tray.system.processes import ProcessRef, StopOutcome
 from tray.system.resources import ResourceSample
-from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 
 OK = ProbeResult(True, 0.05, "api")
 REFUSED = ProbeResult(False, 0.0, "api", Failure.REFUSED, "connection refused")
@@ -564,8 +564,11 @@ def test_runner_cpu_with_no_gateway_bytes_since_the_last_check_is_someone_elses_
 
 
 def stuck_alerts(monitor):
-    return [(e.data["state"], e.message) for e in monitor.history.events() if e.kind == "alert"
-            and e.data["kind"] == "stuck_runner"]
+    return [
+        (e.data["state"], e.message)
+        for e in monitor.history.events()
+        if e.kind == "alert" and e.data["kind"] == "stuck_runner"
+    ]
 
 
 def test_a_frozen_runner_raises_the_stuck_alert_then_restarts_once():
@@ -658,8 +661,10 @@ def test_an_out_of_memory_restart_waits_while_someone_generates(tmp_path):
     sup.paths.server_log.write_text("")
     due = run_ticks(monitor, clock, 1)  # idle; the server log is read from here on
     with open(sup.paths.server_log, "a") as log:  # a load fails for lack of memory as a user's generation starts
-        log.write("ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
-                  "cudaMalloc failed: out of memory\n")
+        log.write(
+            "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 4096.00 MiB on device 0: "
+            "cudaMalloc failed: out of memory\n"
+        )
     for _ in range(4):  # the generation runs: the runner works between the checks
         cpu.seconds += 3.0
         clock.now = due

@@ -349,7 +349,7 @@ def failing_notify_send(tmp_path) -> str:
     bin_dir.mkdir()
     script = bin_dir / "notify-send"
     script.write_text(
-        "#!/bin/sh\necho \"$@\" >> \"$(dirname \"$0\")/calls\"\n"
+        '#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\n'
         "echo 'GDBus.Error:org.freedesktop.DBus.Error.ServiceUnknown: The name is not activatable' >&2\nexit 1\n"
     )
     script.chmod(0o755)

@@ -394,7 +394,6 @@ def test_the_stand_in_app_reaps_a_serve_holding_its_port(standin):
     assert standin.serve_pids()[-1] in standin.app_serve_pids()[1:]
 
 
-
 def test_docstring_examples():
     import doctest
 

@@ -36,6 +36,7 @@ def test_the_examples_in_the_docstrings_hold() -> None:
 
 # --- Recognition ----------------------------------------------------------------------------------
 
+
 def test_the_substrings_are_ollamas_own_list_as_the_stand_in_has_it() -> None:
     # The stand-in copies llm/status.go of v0.33 on its own; the two copies must agree.
     assert OLLAMA_OOM_SUBSTRINGS == standin_status.OUT_OF_MEMORY_SUBSTRINGS

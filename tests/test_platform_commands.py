@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tray.system.owners import SystemdService, systemd_unit_from_cgroup
 from tray.settings.hosts import parse_ollama_host
 from tray.system.ollama_app import mac_start_command, windows_start_command
+from tray.system.owners import SystemdService, systemd_unit_from_cgroup
 from tray.system.processes import (
     CREATE_NEW_CONSOLE,
     CREATE_NEW_PROCESS_GROUP,
@@ -85,7 +85,10 @@ def test_binary_found_on_path_or_configured(tmp_path):
     assert find_ollama_binary(str(binary), {"PATH": ""}, "linux") == binary
     with pytest.raises(OllamaNotInstalled) as err:
         find_ollama_binary(str(tmp_path / "missing"), {"PATH": ""}, "linux")
-    assert str(err.value) == f"ollama_binary {tmp_path / 'missing'} does not exist: install Ollama from https://ollama.com/download"
+    assert (
+        str(err.value)
+        == f"ollama_binary {tmp_path / 'missing'} does not exist: install Ollama from https://ollama.com/download"
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,16 +149,16 @@ class FakeKernel32:
         self.calls.append((name, *args))
         return 0 if name == self.fail else 1
 
-    def AttachConsole(self, pid):  # noqa: N802
+    def AttachConsole(self, pid):
         return self._call("AttachConsole", pid)
 
-    def SetConsoleCtrlHandler(self, handler, add):  # noqa: N802
+    def SetConsoleCtrlHandler(self, handler, add):
         return self._call("SetConsoleCtrlHandler", handler, add)
 
-    def GenerateConsoleCtrlEvent(self, event, group):  # noqa: N802
+    def GenerateConsoleCtrlEvent(self, event, group):
         return self._call("GenerateConsoleCtrlEvent", event, group)
 
-    def FreeConsole(self):  # noqa: N802
+    def FreeConsole(self):
         return self._call("FreeConsole")
 
     def last_error(self):

@@ -11,8 +11,15 @@ def policy(**kw):
 
 
 def test_systemd_restart_steps():
-    assert [round(geometric_delay(n, 1.0, 60.0, 5), 2) for n in range(0, 8)] == [
-        0.0, 1.0, 2.27, 5.14, 11.67, 26.46, 60.0, 60.0,
+    assert [round(geometric_delay(n, 1.0, 60.0, 5), 2) for n in range(8)] == [
+        0.0,
+        1.0,
+        2.27,
+        5.14,
+        11.67,
+        26.46,
+        60.0,
+        60.0,
     ]
 
 

@@ -27,9 +27,9 @@ from tray.ui.menu import MenuEntry, build_menu
 from tray.ui.sni import StatusNotifierIcon, argb32_pixmaps, watcher_on_bus
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sni_host import HostError, ItemRef, SniHost, image_from_pixmap  # noqa: E402
-from tray_driver import wait_for  # noqa: E402
-from xdesktop import SessionBus, missing_tools  # noqa: E402
+from sni_host import HostError, ItemRef, SniHost, image_from_pixmap
+from tray_driver import wait_for
+from xdesktop import SessionBus, missing_tools
 
 if missing_tools(("dbus-daemon",)):
     pytest.skip("needs dbus-daemon (apt-get install -y dbus)", allow_module_level=True)
@@ -150,16 +150,28 @@ def test_properties_introspection_and_errors_as_hosts_see_them(bus: SessionBus, 
         properties = host.properties(item)
         assert properties["Menu"] == "/MenuBar"
         assert host.tooltip(item) == ("Ollama Manager", "Ollama: healthy")
-        (value,) = host.call(item.address("org.freedesktop.DBus.Properties"), "Get", "ss", ("org.kde.StatusNotifierItem", "Category"))
+        (value,) = host.call(
+            item.address("org.freedesktop.DBus.Properties"), "Get", "ss", ("org.kde.StatusNotifierItem", "Category")
+        )
         assert value == ("s", "SystemServices")
         menu_props = host.call(
-            DBusAddress("/MenuBar", item.bus_name, "org.freedesktop.DBus.Properties"), "GetAll", "s", ("com.canonical.dbusmenu",)
+            DBusAddress("/MenuBar", item.bus_name, "org.freedesktop.DBus.Properties"),
+            "GetAll",
+            "s",
+            ("com.canonical.dbusmenu",),
         )[0]
         assert menu_props["Version"] == ("u", 3)
         with pytest.raises(HostError, match="PropertyReadOnly"):
-            host.call(item.address("org.freedesktop.DBus.Properties"), "Set", "ssv", ("org.kde.StatusNotifierItem", "Title", ("s", "x")))
+            host.call(
+                item.address("org.freedesktop.DBus.Properties"),
+                "Set",
+                "ssv",
+                ("org.kde.StatusNotifierItem", "Title", ("s", "x")),
+            )
         with pytest.raises(HostError, match="UnknownProperty"):
-            host.call(item.address("org.freedesktop.DBus.Properties"), "Get", "ss", ("org.kde.StatusNotifierItem", "Nope"))
+            host.call(
+                item.address("org.freedesktop.DBus.Properties"), "Get", "ss", ("org.kde.StatusNotifierItem", "Nope")
+            )
         (xml,) = host.call(DBusAddress("/MenuBar", item.bus_name, "org.freedesktop.DBus.Introspectable"), "Introspect")
         assert '<method name="EventGroup">' in xml
         with pytest.raises(HostError, match="UnknownObject"):
@@ -182,14 +194,19 @@ def test_clicks_run_enabled_actions_only_and_activate_reaches_the_app(bus: Sessi
         assert host.click(item, menu.find("Restart Ollama").id, group=True) == []
         menu_address = host.menu_address(item)
         unknown = host.call(
-            menu_address, "EventGroup", "a(isvu)", ([(menu.find("Quit").id, "hovered", ("i", 0), 0), (777, "clicked", ("i", 0), 0)],)
+            menu_address,
+            "EventGroup",
+            "a(isvu)",
+            ([(menu.find("Quit").id, "hovered", ("i", 0), 0), (777, "clicked", ("i", 0), 0)],),
         )[0]
         assert unknown == [777]
         host.activate(item)
         wait_for(lambda: running.actions == ["restart"] and running.activations == 1, 5, "the click and activation")
 
 
-def test_the_item_registers_when_a_watcher_appears_and_again_after_it_restarts(bus: SessionBus, running: Running) -> None:
+def test_the_item_registers_when_a_watcher_appears_and_again_after_it_restarts(
+    bus: SessionBus, running: Running
+) -> None:
     assert running.icon.registered_with is None
     assert watcher_on_bus(bus.address) is False
     first = FakeWatcher(bus.address)

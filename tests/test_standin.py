@@ -396,7 +396,11 @@ def test_create_with_only_a_modelfile_is_rejected(api: httpx.Client) -> None:
 def test_create_from_a_model_not_present_pulls_it_first(served: StandinEnv, api: httpx.Client) -> None:
     statuses = [line["status"] for line in ndjson(api.post("/api/create", json={"model": "small", "from": "llama3.2"}))]
     pulled = statuses.index("success") + 1
-    assert statuses[0] == "pulling manifest" and statuses[pulled - 3 : pulled] == ["verifying sha256 digest", "writing manifest", "success"]
+    assert statuses[0] == "pulling manifest" and statuses[pulled - 3 : pulled] == [
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ]
     base = read_manifest(served, "llama3.2")["layers"]
     # Go re-encodes the inherited params (escaping < and >), so they become a new layer.
     params = BASE_PARAMS.replace("<", "\\u003c").replace(">", "\\u003e") + "\n"
@@ -672,7 +676,9 @@ def test_cli_list_pull_ps_rm(served: StandinEnv, api: httpx.Client) -> None:
 def test_cli_cp_show_and_stop(served: StandinEnv, api: httpx.Client) -> None:
     copied = served.ollama("cp", "llama3", "cli-copy")
     assert (copied.returncode, copied.stdout) == (0, "copied 'llama3' to 'cli-copy'\n")
-    api.post("/api/create", json={"model": "cli-copy", "from": "llama3", "system": "Talk like a robot.", "stream": False})
+    api.post(
+        "/api/create", json={"model": "cli-copy", "from": "llama3", "system": "Talk like a robot.", "stream": False}
+    )
     assert served.ollama("show", "cli-copy", "--system").stdout == "Talk like a robot.\n"
     summary = served.ollama("show", "cli-copy").stdout.splitlines()
     assert summary[:3] == ["  Model", "    architecture        llama", "    parameters          8.0B"]

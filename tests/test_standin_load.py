@@ -403,7 +403,7 @@ def test_a_client_closing_while_waiting_for_the_slot_is_logged_like_ollama(env: 
     time.sleep(0.3)  # let it reach the slot it waits for
     waiting.close()
     wait_until(lambda: cancellations(env) == [("waiting", "/api/generate")])
-    assert "msg=\"aborting completion request due to client closing the connection\"" in env.log_text()
+    assert 'msg="aborting completion request due to client closing the connection"' in env.log_text()
     busy.join()
     assert busy.lines[-1]["done"] is True
 
@@ -474,7 +474,7 @@ def test_a_reload_waits_for_the_busy_runner_to_finish(env: StandinEnv) -> None:
     assert new["time"] * 1e9 > busy.ended_ns
     assert other.lines[-1]["load_duration"] >= 600_000_000
     assert [e["pid"] for e in env.events_of("runner_exit")] == [old["pid"]]
-    assert 'level=DEBUG source=sched.go:259 msg=reloading runner=' in env.log_text()
+    assert "level=DEBUG source=sched.go:259 msg=reloading runner=" in env.log_text()
 
 
 def test_an_unresponsive_runner_is_replaced(env: StandinEnv) -> None:

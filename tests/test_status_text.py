@@ -6,9 +6,9 @@ import doctest
 from dataclasses import replace
 
 from tray import cli
+from tray.cli import format_status
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, MonitorState, make_status
-from tray.cli import format_status
 
 RUNNING = make_status(
     latency_ms=12,

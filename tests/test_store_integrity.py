@@ -18,6 +18,7 @@ from tray.models.integrity import (
     sha256_file,
     verify_model,
 )
+from tray.models.progress import ProgressEvent
 from tray.models.store import (
     MEDIA_MODEL,
     ModelName,
@@ -32,7 +33,6 @@ from tray.models.store import (
     referenced_digests,
     scan_blobs,
 )
-from tray.models.progress import ProgressEvent
 
 MEDIA_SYSTEM = "application/vnd.ollama.image.system"
 MEDIA_CONFIG = "application/vnd.docker.container.image.v1+json"

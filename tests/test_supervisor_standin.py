@@ -78,7 +78,9 @@ def test_start_adopts_a_running_ollama_instead_of_starting_a_second(manager, sta
 
 def test_not_installed_is_one_clear_line(manager, standin):
     env = dict(manager.env)
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(p, "ollama")))
+    env["PATH"] = os.pathsep.join(
+        p for p in env["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(p, "ollama"))
+    )
     done = manager.run("start", env=env)
     assert done.returncode == 1
     assert done.stderr == "ollama-manager: Ollama is not installed: get it from https://ollama.com/download\n"
@@ -86,7 +88,11 @@ def test_not_installed_is_one_clear_line(manager, standin):
 
 def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, tmp_path):
     foreign = subprocess.Popen(
-        [sys.executable, "-c", f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)"],
+        [
+            sys.executable,
+            "-c",
+            f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)",
+        ],
     )
     try:
         wait_until(lambda: _port_open(standin.port), 10, what="the foreign listener")

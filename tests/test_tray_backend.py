@@ -111,7 +111,10 @@ def test_a_bus_that_refuses_the_question_counts_as_no_bus() -> None:
     [
         ({}, "no graphical display (DISPLAY is not set)"),
         ({"WAYLAND_DISPLAY": "wayland-0"}, "Wayland desktop without X11 (DISPLAY is not set)"),
-        ({"DISPLAY": ":2", "DBUS_SESSION_BUS_ADDRESS": "disabled:"}, "nothing owns _NET_SYSTEM_TRAY_S0 on X display :2"),
+        (
+            {"DISPLAY": ":2", "DBUS_SESSION_BUS_ADDRESS": "disabled:"},
+            "nothing owns _NET_SYSTEM_TRAY_S0 on X display :2",
+        ),
     ],
 )
 def test_neither_a_bus_nor_an_x_tray_means_no_tray(env: dict[str, str], reason: str) -> None:
@@ -145,7 +148,10 @@ def test_forced_appindicator_needs_a_watcher() -> None:
 
 def test_dummy_backend_shows_nothing() -> None:
     env = {"DISPLAY": ":3", "PYSTRAY_BACKEND": "dummy"}
-    assert tray_available(env, "linux", probe_watcher=never, probe_x=never) == (False, "PYSTRAY_BACKEND=dummy shows no icon")
+    assert tray_available(env, "linux", probe_watcher=never, probe_x=never) == (
+        False,
+        "PYSTRAY_BACKEND=dummy shows no icon",
+    )
 
 
 def test_real_probes_without_display_or_bus() -> None:
@@ -173,7 +179,10 @@ def test_choice_needs_a_bus_to_wait_on() -> None:
     ("env", "address"),
     [
         ({"DBUS_SESSION_BUS_ADDRESS": "unix:abstract=/tmp/dbus-x,guid=1"}, "unix:abstract=/tmp/dbus-x,guid=1"),
-        ({"DBUS_SESSION_BUS_ADDRESS": "tcp:host=localhost,port=1;unix:path=/b"}, "tcp:host=localhost,port=1;unix:path=/b"),
+        (
+            {"DBUS_SESSION_BUS_ADDRESS": "tcp:host=localhost,port=1;unix:path=/b"},
+            "tcp:host=localhost,port=1;unix:path=/b",
+        ),
         ({"DBUS_SESSION_BUS_ADDRESS": "tcp:host=localhost,port=1"}, None),
         ({"DBUS_SESSION_BUS_ADDRESS": "disabled:", "XDG_RUNTIME_DIR": "/run/user/1"}, None),
         ({}, None),

@@ -84,8 +84,14 @@ def launch(
 
 
 def expect_icon(
-    desktop: XDesktop, tray: TrayProcess, manager: Manager, tmp_path: Path, state: IconState | None, timeout: float,
-    *, leaving: bool = False,
+    desktop: XDesktop,
+    tray: TrayProcess,
+    manager: Manager,
+    tmp_path: Path,
+    state: IconState | None,
+    timeout: float,
+    *,
+    leaving: bool = False,
 ) -> list[IconState | None]:
     """Wait for the panel to show ``state`` (or, with ``leaving``, anything else); return the states seen.
 
@@ -130,7 +136,11 @@ def serve_create_time(standin: StandinEnv, pid: int) -> float | None:
 
 
 def test_icon_is_green_turns_red_or_blue_when_ollama_is_killed_and_green_after_the_restart(
-    launch: Any, desktop: XDesktop, manager: Manager, standin: StandinEnv, notifications: NotificationLog,
+    launch: Any,
+    desktop: XDesktop,
+    manager: Manager,
+    standin: StandinEnv,
+    notifications: NotificationLog,
     tmp_path: Path,
 ) -> None:
     tray, first_pid = start_green_tray(launch, desktop, manager, tmp_path)
@@ -168,7 +178,11 @@ def test_icon_is_green_turns_red_or_blue_when_ollama_is_killed_and_green_after_t
 
 
 def test_a_click_on_the_red_icon_runs_the_restart_item_and_restarts_the_running_server(
-    launch: Any, desktop: XDesktop, manager: Manager, standin: StandinEnv, notifications: NotificationLog,
+    launch: Any,
+    desktop: XDesktop,
+    manager: Manager,
+    standin: StandinEnv,
+    notifications: NotificationLog,
     tmp_path: Path,
 ) -> None:
     # How the Restart item is triggered: pystray's xorg backend has no menu of
@@ -231,7 +245,11 @@ def test_a_click_on_the_green_icon_opens_the_dashboard_and_restarts_nothing(
 
 
 def test_a_second_launch_says_who_runs_and_draws_no_second_icon(
-    launch: Any, desktop: XDesktop, manager: Manager, standin: StandinEnv, notifications: NotificationLog,
+    launch: Any,
+    desktop: XDesktop,
+    manager: Manager,
+    standin: StandinEnv,
+    notifications: NotificationLog,
     tmp_path: Path,
 ) -> None:
     first, _ = start_green_tray(launch, desktop, manager, tmp_path)

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 import pytest
-from standin.harness import StandinEnv
 
+from standin.harness import StandinEnv
 from tests.manager import Manager
 from tray.ui.icon import IconState
 
@@ -238,8 +238,13 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
 
 
 def test_restart_clicked_in_the_menu_restarts_ollama(
-    desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager, standin: StandinEnv,
-    notifications: NotificationLog, tmp_path: Path,
+    desktop: XfceDesktop,
+    trays: Trays,
+    host: SniHost,
+    manager: Manager,
+    standin: StandinEnv,
+    notifications: NotificationLog,
+    tmp_path: Path,
 ) -> None:
     tray = trays.start(desktop)
     item = started_item(host, tray)

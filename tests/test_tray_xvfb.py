@@ -43,9 +43,7 @@ if MISSING:
 
 # What the status API would send; the driver reads it back as the monitor's Status.
 HEALTHY = make_status(uptime_seconds=10, memory_usage_mb=4096, cpu_usage_percent=10.0).to_json()
-DOWN = make_status(
-    health=Health.DOWN, latency_ms=None, next_retry_in=300.0, last_error="connection refused"
-).to_json()
+DOWN = make_status(health=Health.DOWN, latency_ms=None, next_retry_in=300.0, last_error="connection refused").to_json()
 
 DRIVER = textwrap.dedent(
     """

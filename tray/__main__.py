@@ -8,6 +8,6 @@ if len(sys.argv) > 1 and sys.argv[1] == HELPER_FLAG:
 
     raise SystemExit(console_break_main(sys.argv[2:]))
 
-from tray.cli import main  # noqa: E402
+from tray.cli import main
 
 raise SystemExit(main())

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from tray.settings.config import Config, load_config
 from tray.core.health import classify
 from tray.history import EventKind, History
 from tray.service.monitor import Monitor
-from tray.system.paths import AppPaths
 from tray.service.supervisor import Supervisor, SupervisorError
+from tray.settings.config import Config, load_config
+from tray.system.paths import AppPaths
 
 
 def _supervisor(config: Config | None) -> Supervisor:
@@ -56,8 +56,8 @@ def ensure_model_loaded(model_name: str | None = None, config: Config | None = N
     Starts Ollama first when it is not running; pulls the base model when it
     is not local; confirms the model is listed and answers a test inference.
     """
-    from tray.models.defaults import install_default_modelfile
     from tray.models.builder import ensure_model_loaded as ensure
+    from tray.models.defaults import install_default_modelfile
     from tray.models.errors import ModelError
 
     sup = _supervisor(config)

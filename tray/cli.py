@@ -15,23 +15,24 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING
 
 from tray import __version__
 from tray.core.health import BusySource
 from tray.core.status import BusyStatus, Status
 from tray.errors import CliError
-from tray.models.defaults import install_default_modelfile
-from tray.web.link import MonitorLink
-from tray.settings.config import Config, ConfigError, load_config
 from tray.history import EventKind, History
+from tray.models.defaults import install_default_modelfile
+from tray.service.monitor import Monitor
+from tray.service.notices import notify_events
+from tray.service.supervisor import Supervisor, SupervisorError
+from tray.settings.config import Config, ConfigError, load_config
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
-from tray.service.notices import notify_events
-from tray.service.monitor import Monitor
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
-from tray.service.supervisor import Supervisor, SupervisorError
+from tray.web.link import MonitorLink
 
 if TYPE_CHECKING:
     from tray.gateway.app import GatewayServer
@@ -197,7 +198,9 @@ def cmd_model(ctx: Context) -> int:
         if not sup.client.answers_as_ollama():
             print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
     if args.model_command == "ensure":
-        return commands.run_ensure(sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common)
+        return commands.run_ensure(
+            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common
+        )
     if args.model_command == "rebuild":
         return commands.run_rebuild(
             sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, full=True, **common
@@ -219,9 +222,9 @@ def cmd_metrics(ctx: Context) -> int:
         return 0
     print(f"{'time':<25} {'health':<9} {'latency':>9} {'memory':>10} {'cpu':>6} {'gpu mem':>9}")
     for row in samples:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        when = datetime.fromtimestamp(row["time"], timezone.utc).isoformat(timespec="seconds")
+        when = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="seconds")
         print(
             f"{when:<25} {row['health'] or '-':<9} {_num(row['latency_ms'], 'ms'):>9} "
             f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} {_num(row['gpu_memory_mb'], 'MB'):>9}"
@@ -276,9 +279,9 @@ def cmd_monitor(ctx: Context) -> int:
 def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
     from tray.system.autostart import autostart_for
-    from tray.ui.controller import MonitorController
     from tray.ui.app import TrayApp
     from tray.ui.backend import backend_for, choose_tray, no_tray_message
+    from tray.ui.controller import MonitorController
     from tray.ui.sni import StatusNotifierError
 
     setup_logging(ctx.paths.app_log)
@@ -392,13 +395,13 @@ def cmd_notify(args: argparse.Namespace) -> int:
 class running_services:
     """Single-instance lock, monitor thread, status API and gateway, torn down in order."""
 
-    def __init__(self, ctx: Context, notifier: "Notifier | None" = None) -> None:
+    def __init__(self, ctx: Context, notifier: Notifier | None = None) -> None:
         self.ctx = ctx
         self.notifier = notifier
         self.instance = SingleInstance(ctx.paths.instance_lock, ctx.paths.monitor_file)
         self.gateway: GatewayServer | None = None
 
-    def __enter__(self) -> "running_services":
+    def __enter__(self) -> running_services:
         from tray.dashboard import Dashboard
         from tray.gateway.commands import gateway_for_monitor, serve_beside_monitor
         from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file

@@ -272,7 +272,7 @@ def probe_nvml(loader: Callable[[], object] = lambda: importlib.import_module("p
     finally:
         try:
             nvml.nvmlShutdown()  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001, S110 - nothing to do about a failed shutdown
+        except Exception:  # noqa: BLE001 - nothing to do about a failed shutdown
             pass
     return NvmlFacts(library=library, gpu_count=count, driver=driver_text)
 
@@ -316,8 +316,8 @@ def gather_facts(
 
     ``config_path`` is the ``--config`` option (default: the usual settings file).
     """
-    from tray.system.autostart import launch_command
     from tray.settings.config import ConfigError, config_file_path, load_config
+    from tray.system.autostart import launch_command
 
     env = os.environ if env is None else env
     paths = AppPaths.default()

@@ -13,11 +13,11 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(self.time, UTC).isoformat(timespec="milliseconds"),
             "kind": self.kind,
             "message": self.message,
         }
@@ -220,7 +220,7 @@ class History:
             try:
                 self._db.execute("BEGIN")
                 self._db.execute(
-                    f"""INSERT INTO samples(time, span, health, {', '.join(NUMERIC_FIELDS)})
+                    f"""INSERT INTO samples(time, span, health, {", ".join(NUMERIC_FIELDS)})
                         SELECT CAST(time / ? AS INTEGER) * ?, ?,
                                -- the worst health seen in the bucket
                                CASE MAX(CASE health WHEN 'down' THEN 3 WHEN 'unhealthy' THEN 2

@@ -232,9 +232,7 @@ def reap_servers(own_child: int) -> List[int]:
     """
     ours = os.path.abspath(resolve_ollama())
     try:
-        listing = subprocess.run(
-            ["ps", "-axww", "-o", "pid=,args="], capture_output=True, text=True, timeout=10
-        ).stdout
+        listing = subprocess.run(["ps", "-axww", "-o", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     reaped = []

@@ -81,6 +81,8 @@ RUNNER_STOPPED = (
     "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, "
     "check ollama server logs for details"
 )
+
+
 class ScheduleError(Exception):
     """A model could not be loaded; ``status`` and ``message`` are the HTTP answer."""
 

@@ -100,11 +100,24 @@ from standin_common import (
     write_line,
 )
 from standin_scheduler import PendingRequest, Runner, ScheduleError, Scheduler, runner_options
-from standin_wire import Cancelled, ClientWatch, RunnerFailed
 from standin_store import LocalModel, ModelMissing, ModelStore, Registry, StreamError
+from standin_wire import Cancelled, ClientWatch, RunnerFailed
 
 MAX_ECHO_WORDS = 200
-FILLER = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
+FILLER = [
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+]
 
 
 class ApiError(Exception):
@@ -198,7 +211,7 @@ def decode_request(body: bytes, type_name: str) -> Dict[str, Any]:
         )
     for field, (expected, go_type) in FIELD_TYPES.items():
         item = value.get(field)
-        if item is not None and not isinstance(item, expected) or (expected is not bool and isinstance(item, bool)):
+        if (item is not None and not isinstance(item, expected)) or (expected is not bool and isinstance(item, bool)):
             found = GO_TYPES.get(type(item).__name__, "value")
             raise ApiError(
                 400,

@@ -41,6 +41,8 @@ OUT_OF_MEMORY_SUBSTRINGS = (
 )
 RECOVERABLE_OUT_OF_MEMORY_SUBSTRINGS = ("retrying without pipeline parallelism",)
 MAX_CAPTURED_ERROR_BYTES = 8 * 1024
+
+
 def is_out_of_memory(message: str) -> bool:
     """``IsOutOfMemoryMessage``.
 

@@ -100,10 +100,14 @@ class AlertThresholds:
     disk_free_mb: int = field(default=10240, metadata=setting("Alert when the models volume has less free MB", 0))
     gpu_memory_percent: float = field(default=95.0, metadata=setting("Alert when a GPU's memory is fuller (%)", 0))
     leak_window_seconds: float = field(default=1800.0, metadata=setting("Window of the memory-leak trend (s)", 0))
-    leak_min_growth_mb: int = field(default=512, metadata=setting("Growth over the window that counts as a leak (MB)", 0))
+    leak_min_growth_mb: int = field(
+        default=512, metadata=setting("Growth over the window that counts as a leak (MB)", 0)
+    )
     leak_min_fit: float = field(default=0.8, metadata=setting("How straight the growth must be (r², 0-1)", 0))
     leak_restart: bool = field(default=False, metadata=setting("Restart Ollama when a memory leak is detected"))
-    cooldown_seconds: float = field(default=900.0, metadata=setting("Quiet time before the same alert fires again (s)", 0))
+    cooldown_seconds: float = field(
+        default=900.0, metadata=setting("Quiet time before the same alert fires again (s)", 0)
+    )
     confirm_observations: int = field(default=2, metadata=setting("Checks in a row before an alert changes state", 1))
     clear_ratio: float = field(default=0.9, metadata=setting("An alert clears below this share of its limit", 0))
     wake_gap_factor: float = field(default=3.0, metadata=setting("A check gap this many intervals long means sleep", 1))

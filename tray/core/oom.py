@@ -253,7 +253,6 @@ def _run_kind(kinds: list[OomKind]) -> OomKind:
 # --- Where each setting acts ----------------------------------------------------------------------------
 
 
-
 class Place(StrEnum):
     """Where a rung's setting takes effect."""
 
@@ -735,6 +734,15 @@ class OomLadder:
     def _event(self, move: LadderMove, step: OomStep, before: OomSettings, kind: OomKind, now: float) -> OomEvent:
         text = describe_move(move, step, before, self.current, self.situation, self.gpu_layers)
         return OomEvent(
-            move, step, self.level, before, self.current, kind, text.place, text.change, text.message,
-            text.done_message, now,
+            move,
+            step,
+            self.level,
+            before,
+            self.current,
+            kind,
+            text.place,
+            text.change,
+            text.message,
+            text.done_message,
+            now,
         )

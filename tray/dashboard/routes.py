@@ -39,12 +39,12 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tray.core.status import Status
-from tray.settings.config import Config
 from tray.dashboard.metrics import ManagerMetrics
 from tray.dashboard.settings_form import APPLIED_NOW, ApplyPlan, SettingsService, patched_config
 from tray.dashboard.stream import Message, StreamHub, sse_frames
 from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, status_view
 from tray.history import Event, History
+from tray.settings.config import Config
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_HEADERS = {

@@ -19,8 +19,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-
-from tray.settings.store import set_config_values
 from tray.settings.config import (
     ENV_PREFIX,
     Config,
@@ -31,6 +29,7 @@ from tray.settings.config import (
     read_config_file,
     settable_fields,
 )
+from tray.settings.store import set_config_values
 
 KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 

@@ -707,9 +707,7 @@ class Gateway:
             self._announce_changes()
         return await self._relay_local(upstream, route, self.settings.idle_timeout, exchange)
 
-    async def _first_byte(
-        self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange
-    ) -> httpx.Response:
+    async def _first_byte(self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange) -> httpx.Response:
         """Send to Ollama and wait for its answer to begin, as ``plan`` says; else :class:`BackendFailure`.
 
         At the first-byte deadline, the silence counts only if the model was

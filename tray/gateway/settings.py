@@ -43,7 +43,9 @@ class CloudSettings:
     )
     base_url: str = field(
         default="",
-        metadata=setting("Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)"),
+        metadata=setting(
+            "Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)"
+        ),
     )
     model: str = field(default="", metadata=setting("Model the provider answers with; required when enabled"))
     embedding_model: str = field(
@@ -143,7 +145,8 @@ class GatewaySettings:
         ),
     )
     fallback_window_seconds: float = field(
-        default=600.0, metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1)
+        default=600.0,
+        metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1),
     )
 
     def __post_init__(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -60,7 +60,7 @@ def rfc3339_nano(wall_seconds: float) -> str:
     >>> rfc3339_nano(1700000000.5)
     '2023-11-14T22:13:20.500000Z'
     """
-    moment = datetime.fromtimestamp(wall_seconds, timezone.utc)
+    moment = datetime.fromtimestamp(wall_seconds, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -54,6 +54,7 @@ from tray.models.modelfile import (
     load_modelfile,
     resolve_sources,
 )
+from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes, no_progress
 from tray.models.store import (
     Leftovers,
     ModelName,
@@ -66,7 +67,6 @@ from tray.models.store import (
     read_manifest,
     short_digest,
 )
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes, no_progress
 
 DEFAULT_MIN_FREE_BYTES = 8 * 1000**3  # when the base model's size is unknown (llama3 is ~4.7 GB)
 TEST_PROMPT = "test"

@@ -25,8 +25,8 @@ from tray.models.builder import (
     verify,
 )
 from tray.models.errors import ModelError
-from tray.models.store import list_models, parse_model_name
 from tray.models.progress import ProgressRenderer, human_bytes
+from tray.models.store import list_models, parse_model_name
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tray.models.errors import ManifestNotFound, StoreError
+from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
 from tray.models.store import (
     Manifest,
     ModelName,
@@ -32,7 +33,6 @@ from tray.models.store import (
     read_manifest,
     short_digest,
 )
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
 
 CHUNK_SIZE = 1024 * 1024  # fits in L2 cache: measurably faster than 4 MiB with hashlib
 PROGRESS_MIN_SIZE = 32 * 1024 * 1024  # smaller files hash too fast to be worth a progress line

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tray.core.status import ActivityKind, ModelStatus
-from tray.settings.config import Config
 from tray.history import EventKind, History
 from tray.models import builder
 from tray.models.errors import ModelError
 from tray.models.progress import ProgressEvent
+from tray.settings.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,21 @@ class ModelKeeper:
     def _ensure(self) -> str:
         self.set_activity(ActivityKind.BUILD, "Checking model", None)
         report = builder.ensure_model_loaded(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            **self._build_args(),  # type: ignore[arg-type]
         )
         return self._built(report)
 
     def _rebuild(self) -> str:
         self.set_activity(ActivityKind.BUILD, "Rebuilding model", None)
         report = builder.rebuild(
-            self.base_url, self.config.ollama_model, self.config.modelfile_path, full=True, **self._build_args()  # type: ignore[arg-type]
+            self.base_url,
+            self.config.ollama_model,
+            self.config.modelfile_path,
+            full=True,
+            **self._build_args(),  # type: ignore[arg-type]
         )
         return self._built(report)
 

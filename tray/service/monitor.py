@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,
@@ -53,16 +52,17 @@ from tray.core.status import (
     MonitorState,
     Status,
 )
-from tray.system.ollama_app import OllamaApp
-from tray.system.owners import SystemdService, systemd_active_state
-from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.history import EventKind, History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
-from tray.system.processes import ProcessRef, cpu_seconds
-from tray.system.resources import ResourceSample, ResourceSampler
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import SupervisorError
+from tray.service.upkeep import DaemonDuties, OomEffects
+from tray.settings.config import Config
+from tray.system.ollama_app import OllamaApp
+from tray.system.owners import SystemdService, systemd_active_state
+from tray.system.processes import ProcessRef, cpu_seconds
+from tray.system.resources import ResourceSample, ResourceSampler
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from tray.history import Event, EventKind, History
 from tray.system.notify import Notifier
 
-
 # Events worth a desktop notification, with their title.
 NOTIFY_EVENTS: dict[str, str] = {
     EventKind.CRASH: "Ollama crashed",

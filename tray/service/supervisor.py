@@ -30,9 +30,13 @@ from pathlib import Path
 
 import psutil
 
-from tray.system.atomic import write_atomically
-from tray.settings.config import Config
 from tray.errors import SupervisorError
+from tray.history import EventKind, History
+from tray.models.store import default_models_dir
+from tray.ollama.client import OllamaClient
+from tray.settings.config import Config
+from tray.settings.server import customizes_server, server_env
+from tray.system.atomic import write_atomically
 from tray.system.ollama_app import (
     AppFinder,
     AppGone,
@@ -50,9 +54,6 @@ from tray.system.ollama_app import (
     running_app,
 )
 from tray.system.owners import ExternalSupervisor, SystemdService, detect_supervisor, run_command
-from tray.history import EventKind, History
-from tray.models.store import default_models_dir
-from tray.ollama.client import OllamaClient
 from tray.system.paths import AppPaths
 from tray.system.processes import (
     OllamaNotInstalled,
@@ -70,7 +71,6 @@ from tray.system.processes import (
     spawn,
     terminate,
 )
-from tray.settings.server import customizes_server, server_env
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +293,7 @@ class Supervisor:
         pid = listening_pid(self.host.port)
         if answer is False and server_on_port(self.host.port) is not None:
             raise StartFailed(
-                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: "
-                "run `ollama-manager restart`"
+                f"Ollama (pid {pid}) holds port {self.host.port} but does not answer: run `ollama-manager restart`"
             )
         if answer is False or (answer is None and pid is not None):
             raise PortInUse(
@@ -567,7 +566,9 @@ class Supervisor:
         deadline = time.monotonic() + self.config.startup_timeout
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
-                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}")
+                raise StartFailed(
+                    f"Ollama did not answer within {self.config.startup_timeout:g} s after restarting {owner.describe()}"
+                )
             time.sleep(READY_POLL_SECONDS)
         self.server = None
         self.adopt()

@@ -18,15 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tray.settings.config import Config
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
-from tray.system.owners import SystemdService
 from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
+from tray.settings.config import Config
 from tray.system.logs import LogTail
+from tray.system.owners import SystemdService
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
@@ -315,4 +315,3 @@ class OomEffects:
         else:
             text = f"{move.change} was not applied: rebuilding {self.config.ollama_model} failed: {error}"
             record_oom_event(self.history, move, text, "failed")
-

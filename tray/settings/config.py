@@ -22,9 +22,9 @@ from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
-from tray.system.paths import AppPaths
-from tray.settings.server import OllamaServerSettings
 from tray.settings.meta import setting
+from tray.settings.server import OllamaServerSettings
+from tray.system.paths import AppPaths
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"
@@ -44,14 +44,15 @@ class Config:
     )
     ollama_model: str = field(default="uncensored-llama3", metadata=setting("The model the manager keeps built"))
     modelfile: str = field(
-        default="", metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir")
+        default="",
+        metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir"),
     )
-    health_check_interval: float = field(
-        default=30.0, metadata=setting("Seconds between health checks", minimum=0.1)
-    )
+    health_check_interval: float = field(default=30.0, metadata=setting("Seconds between health checks", minimum=0.1))
     health_check_timeout: float = field(
         default=5.0,
-        metadata=setting("Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1),
+        metadata=setting(
+            "Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1
+        ),
     )
     auto_restart_attempts: int = field(
         default=3, metadata=setting("Restart attempts before giving up and relying on the cloud fallback", minimum=0)
@@ -91,14 +92,13 @@ class Config:
         default="", metadata=setting("Quantization for builds from an F16/F32 base, e.g. 'q4_K_M' (empty: as the base)")
     )
     auto_build_model: bool = field(
-        default=True, metadata=setting("Build or repair the model automatically when it is missing, outdated or damaged")
+        default=True,
+        metadata=setting("Build or repair the model automatically when it is missing, outdated or damaged"),
     )
     model_verify_interval: float = field(
         default=3600.0, metadata=setting("Seconds between model integrity checks", minimum=1)
     )
-    stop_ollama_on_quit: bool = field(
-        default=False, metadata=setting("Stop Ollama when the tray app quits")
-    )
+    stop_ollama_on_quit: bool = field(default=False, metadata=setting("Stop Ollama when the tray app quits"))
     tray_host_wait: float = field(
         default=30.0,
         metadata=setting(
@@ -109,7 +109,8 @@ class Config:
 
     alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=setting("Alert thresholds"))
     cloud: CloudSettings = field(
-        default_factory=CloudSettings, metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)")
+        default_factory=CloudSettings,
+        metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)"),
     )
     gateway: GatewaySettings = field(
         default_factory=GatewaySettings, metadata=setting("The local gateway apps point at instead of Ollama")

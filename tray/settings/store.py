@@ -13,8 +13,8 @@ from typing import Any
 
 import tomlkit
 
-from tray.system.atomic import write_atomically
 from tray.settings.config import ConfigError
+from tray.system.atomic import write_atomically
 
 NEW_FILE_MODE = 0o644
 

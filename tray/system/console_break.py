@@ -34,13 +34,13 @@ class ConsoleBreakError(Exception):
 class ConsoleApi(Protocol):
     """The kernel32 console functions the sequence calls (each returns non-zero on success)."""
 
-    def AttachConsole(self, pid: int) -> int: ...  # noqa: N802 - the Windows API's names
+    def AttachConsole(self, pid: int) -> int: ...
 
-    def SetConsoleCtrlHandler(self, handler: object, add: bool) -> int: ...  # noqa: N802
+    def SetConsoleCtrlHandler(self, handler: object, add: bool) -> int: ...
 
-    def GenerateConsoleCtrlEvent(self, event: int, process_group: int) -> int: ...  # noqa: N802
+    def GenerateConsoleCtrlEvent(self, event: int, process_group: int) -> int: ...
 
-    def FreeConsole(self) -> int: ...  # noqa: N802
+    def FreeConsole(self) -> int: ...
 
     def last_error(self) -> int: ...
 
@@ -75,16 +75,16 @@ class Kernel32Console:
         kernel32.GenerateConsoleCtrlEvent.argtypes = [wintypes.DWORD, wintypes.DWORD]
         self._kernel32 = kernel32
 
-    def AttachConsole(self, pid: int) -> int:  # noqa: N802
+    def AttachConsole(self, pid: int) -> int:
         return int(self._kernel32.AttachConsole(pid))
 
-    def SetConsoleCtrlHandler(self, handler: object, add: bool) -> int:  # noqa: N802
+    def SetConsoleCtrlHandler(self, handler: object, add: bool) -> int:
         return int(self._kernel32.SetConsoleCtrlHandler(handler, add))
 
-    def GenerateConsoleCtrlEvent(self, event: int, process_group: int) -> int:  # noqa: N802
+    def GenerateConsoleCtrlEvent(self, event: int, process_group: int) -> int:
         return int(self._kernel32.GenerateConsoleCtrlEvent(event, process_group))
 
-    def FreeConsole(self) -> int:  # noqa: N802
+    def FreeConsole(self) -> int:
         return int(self._kernel32.FreeConsole())
 
     def last_error(self) -> int:

@@ -21,7 +21,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file handler that swallows (and counts) its own write errors."""
 
-    def __init__(self, path: Path, ring: "RingHandler", **kwargs: object) -> None:
+    def __init__(self, path: Path, ring: RingHandler, **kwargs: object) -> None:
         super().__init__(path, encoding="utf-8", delay=True, **kwargs)  # type: ignore[arg-type]
         self.ring = ring
         self.failures = 0

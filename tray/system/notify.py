@@ -321,6 +321,7 @@ def default_channels(platform: str = sys.platform, app_name: str = APP_NAME, ico
     if platform == "darwin":
         return [plyer, Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name)))]
     if platform == "win32":
+
         def balloon_send(t: str, m: str) -> None:
             plyer_notify(t, m, app_name, icon, confirmed_only=False)
 

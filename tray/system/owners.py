@@ -73,7 +73,7 @@ class SystemdService:
 
 
 # Who else respawns a server: systemd here, the desktop app in tray.system.ollama_app (which imports this module).
-ExternalSupervisor = Union[SystemdService, "OllamaApp"]  # noqa: UP007 - a forward reference needs Union
+ExternalSupervisor = Union[SystemdService, "OllamaApp"]
 
 
 def systemd_unit_from_cgroup(cgroup_text: str) -> SystemdService | None:

@@ -18,7 +18,7 @@ class AppPaths:
     state_dir: Path
 
     @classmethod
-    def default(cls) -> "AppPaths":
+    def default(cls) -> AppPaths:
         # appauthor=False keeps Windows paths at %LOCALAPPDATA%\ollama-manager.
         dirs = platformdirs.PlatformDirs(APP_NAME, appauthor=False)
         return cls(

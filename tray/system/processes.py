@@ -271,7 +271,7 @@ class ProcessRef:
     create_time: float
 
     @classmethod
-    def of(cls, proc: psutil.Process) -> "ProcessRef":
+    def of(cls, proc: psutil.Process) -> ProcessRef:
         return cls(proc.pid, proc.create_time())
 
     def get(self) -> psutil.Process | None:

@@ -10,16 +10,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tray.core.status import Status
-from tray.system.autostart import Autostart
-from tray.settings.config import Config
 from tray.history import History
 from tray.service.monitor import Monitor
+from tray.settings.config import Config
+from tray.settings.store import set_config_value
+from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
 from tray.system.ollama_app import app_layout
 from tray.system.paths import AppPaths
-from tray.settings.store import set_config_value
 
 log = logging.getLogger(__name__)
+
 
 def ollama_log_locations(
     paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None, server_log: Path | None = None

@@ -24,6 +24,7 @@ Variant = tuple[str, Any]
 Properties = dict[str, Variant]
 LayoutTree = tuple[int, Properties, list[tuple[str, Any]]]
 
+
 def escape_label(text: str) -> str:
     """A label with its underscores doubled: a single ``_`` marks a mnemonic in dbusmenu.
 

@@ -646,7 +646,9 @@ class StatusNotifierIcon:
             return self._handle_menu(call, interface, member, body)
         raise _CallError(ERROR_UNKNOWN_OBJECT, f"no object at {path}")
 
-    def _handle_properties(self, call: Message, member: str, body: tuple, own: str, values: dict[str, Variant]) -> Message:
+    def _handle_properties(
+        self, call: Message, member: str, body: tuple, own: str, values: dict[str, Variant]
+    ) -> Message:
         if member == "GetAll":
             return new_method_return(call, "a{sv}", (values if body[0] in (own, "") else {},))
         if member == "Get":

@@ -10,7 +10,6 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-
 ALLOWED_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 

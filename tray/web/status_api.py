@@ -26,12 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from tray.system.atomic import write_atomically
-from tray.web.loopback import LoopbackOnly
 from tray.history import History
 from tray.service.monitor import ACTIONS, Monitor
+from tray.system.atomic import write_atomically
+from tray.web.loopback import LoopbackOnly
 
 log = logging.getLogger(__name__)
+
 
 def load_or_create_token(path: Path) -> str:
     """The per-user secret that authorises actions; created 0600 on first use."""
