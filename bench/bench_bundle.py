@@ -61,7 +61,8 @@ def timed(command: Sequence[str], env: dict[str, str], runs: int) -> list[float]
 
 def summary(values: list[float]) -> str:
     ordered = sorted(values)
-    return f"first {values[0] * 1000:.0f} ms, median {statistics.median(ordered) * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+    first, median, largest = values[0] * 1000, statistics.median(ordered) * 1000, ordered[-1] * 1000
+    return f"first {first:.0f} ms, median {median:.0f} ms, max {largest:.0f} ms"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

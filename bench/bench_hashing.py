@@ -112,7 +112,8 @@ def main() -> int:
         seconds, digest = timed(lambda: sha256_file(data, progress=count))
         assert digest == expected
         print(
-            f"integrity sha256_file with progress (1 MiB):  {size / MB / seconds:8.0f} MB/s  ({seconds:.2f} s, {events} events)"
+            f"integrity sha256_file with progress (1 MiB):  {size / MB / seconds:8.0f} MB/s  "
+            f"({seconds:.2f} s, {events} events)"
         )
 
         seconds, digest = timed(lambda: openssl_hex(data))

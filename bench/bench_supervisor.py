@@ -59,7 +59,7 @@ def recovery(standin: StandinEnv, manager: Manager, signum: int) -> float:
 
 def summary(name: str, values: list[float]) -> str:
     ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return f"{name}: n={len(values)} p50={statistics.median(values):.2f} s p95={p95:.2f} s max={max(values):.2f} s"
 
 

@@ -70,7 +70,7 @@ def capture(out_dir: Path, scale: int, padding: int, workdir: Path) -> list[Path
             )
             (icon,) = docked_icons(desktop.display)
             area = padded(icon.box, padding, desktop.tray_box)
-            status = wait_for(lambda: manager.api_status(), 20, "the status API")
+            status = wait_for(manager.api_status, 20, "the status API")
             os.kill(status["pid"], signal.SIGKILL)  # type: ignore[index]
             down, _ = wait_for_icon_state(
                 screenshot, desktop.tray_box, lambda s: s is IconState.DOWN, 10, "a red icon", interval=0.0

@@ -587,7 +587,7 @@ def check_tray_linux(bundle: Bundle, root: Path, seconds: float, version: str | 
 
 def check_tray_sni_linux(bundle: Bundle, root: Path, version: str | None, report: Report) -> None:
     """The tray as a StatusNotifierItem in xfce4-panel: registered, its menu exported, its icon drawn."""
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path[:0] = [str(REPO / "tests"), str(REPO)]  # tray_driver imports tests.manager
     from sni_host import SniHost
     from standin.harness import StandinEnv
     from tray_driver import icon_state_of

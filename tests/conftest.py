@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 from standin.harness import StandinEnv
+from tests.manager import Manager
+from tests.system_install import OllamaService, SystemdStandin, session_manager
+from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
+
+# The stand-in's modules import each other by their bare names, as its `ollama` script runs them; they are
+# not importable as `standin.*` for doctest collection (tests/test_standin*.py test them through the script).
+collect_ignore_glob = ["standin/standin_*.py"]
 
 
 @pytest.fixture
@@ -18,3 +25,67 @@ def standin(tmp_path: Path) -> Iterator[StandinEnv]:
         yield env
     finally:
         env.cleanup()
+
+
+# --- other users: the manager as a desktop user, Ollama as a system service ------------------------
+
+
+@pytest.fixture(scope="session")
+def user_runtime() -> Iterator[UserRuntime]:
+    """A Python (venv from Debian's python3, with the runtime dependencies) and the code, usable by any user."""
+    if not can_switch_users():
+        pytest.skip("running processes as other users needs root, useradd and Debian's /usr/bin/python3")
+    with scratch("om-runtime-") as root:
+        yield build_user_runtime(root)
+
+
+@pytest.fixture
+def accounts(user_runtime: UserRuntime) -> Iterator[Accounts]:
+    """Creates users for this test (``accounts.regular()``, ``accounts.system(role, home)``); removes them after."""
+    with scratch("om-accounts-") as root:
+        made = Accounts(root)
+        try:
+            yield made
+        finally:
+            made.cleanup()
+
+
+@pytest.fixture
+def desktop_user(accounts: Accounts) -> Account:
+    """A regular user, as the person logged in to the desktop."""
+    return accounts.regular("desk")
+
+
+@pytest.fixture
+def systemd(user_runtime: UserRuntime) -> Iterator[SystemdStandin]:
+    """The stand-in service manager, running (as root) with no units yet."""
+    with scratch("om-systemd-") as root:
+        manager = SystemdStandin(root, user_runtime)
+        manager.start()
+        try:
+            yield manager
+        finally:
+            manager.stop()
+
+
+@pytest.fixture
+def ollama_service(accounts: Accounts, user_runtime: UserRuntime, systemd: SystemdStandin) -> Iterator[OllamaService]:
+    """Ollama installed by install.sh (not started): ``ollama.service`` running the stand-in as a system account."""
+    with scratch("om-install-") as root:
+        service = OllamaService(root, accounts, user_runtime, systemd)
+        try:
+            yield service
+        finally:
+            service.cleanup()
+
+
+@pytest.fixture
+def desktop_manager(
+    desktop_user: Account, user_runtime: UserRuntime, systemd: SystemdStandin, ollama_service: OllamaService
+) -> Iterator[Manager]:
+    """``ollama-manager`` run by the desktop user, Ollama's service installed beside it."""
+    manager = session_manager(desktop_user, user_runtime, systemd, ollama_service)
+    try:
+        yield manager
+    finally:
+        manager.cleanup()

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from tests.users import Account, popen_as
+
 FAST_SETTINGS = {
     "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "0.5",
     "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "0.5",
@@ -49,7 +51,7 @@ def in_thread(call: Callable[[], Any], timeout: float = 120) -> Callable[[], Any
     def run() -> None:
         try:
             box["value"] = call()
-        except BaseException as exc:  # handed to the waiting test
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting test
             box["error"] = exc
 
     thread = threading.Thread(target=run, daemon=True)
@@ -65,25 +67,40 @@ def in_thread(call: Callable[[], Any], timeout: float = 120) -> Callable[[], Any
 
 
 class Manager:
-    """The CLI and a background ``monitor`` process, with everything reaped at the end."""
+    """The CLI and a background ``monitor`` process, with everything reaped at the end.
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    With ``account`` (and the ``python`` that user can run) both run as that user, the way a
+    desktop user runs the manager; ``workdir`` must then be writable by that user.
+    """
+
+    def __init__(
+        self, env: dict[str, str], workdir: Path, *, account: Account | None = None, python: Path | None = None
+    ) -> None:
         self.env = {**env, **FAST_SETTINGS}
         self.workdir = workdir
+        self.account = account
+        self.python = str(python or sys.executable)
         self.monitors: list[subprocess.Popen[str]] = []
+
+    def _popen(self, argv: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
+        if self.account is not None:
+            return popen_as(self.account, argv, env=env, cwd=self.workdir, **kwargs)
+        return subprocess.Popen(argv, env=env, cwd=self.workdir, **kwargs)
 
     def run(
         self, *args: str, timeout: float = 60, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tray", *args],
-            env=env or self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-        )
+        argv = [self.python, "-m", "tray", *args]
+        with self._popen(
+            argv, env or self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        ) as process:
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate()
+                raise
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
     def status(self) -> dict[str, Any]:
         done = self.run("status", "--json")
@@ -94,14 +111,13 @@ class Manager:
 
     def spawn_monitor(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         log = open(self.workdir / f"monitor-{len(self.monitors)}.log", "w")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tray", "monitor"],
-            env={**self.env, **(extra_env or {})},
+        proc = self._popen(
+            [self.python, "-m", "tray", "monitor"],
+            {**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
-            cwd=self.workdir,
             start_new_session=True,
         )
         log.close()
@@ -119,8 +135,8 @@ class Manager:
         except (OSError, ValueError, KeyError, httpx.HTTPError):
             return None
 
-    def action(self, name: str) -> str:
-        """Run a menu action (``unload``, ``restart`` …) through the running monitor's status API."""
+    def action_answer(self, name: str) -> dict[str, Any]:
+        """Run a menu action (``unload``, ``restart`` …) through the running monitor's status API; its answer."""
         state = Path(self.env["XDG_STATE_HOME"]) / "ollama-manager"
         info = json.loads((state / "monitor.json").read_text())
         token = (state / "api-token").read_text().strip()
@@ -129,7 +145,11 @@ class Manager:
             headers={"Authorization": f"Bearer {token}"},
             timeout=60,
         )
-        body = response.json()
+        return dict(response.json())
+
+    def action(self, name: str) -> str:
+        """Run a menu action that must succeed; its one-line message."""
+        body = self.action_answer(name)
         assert body.get("ok"), body
         return str(body["message"])
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
 import random
 from collections.abc import Iterable
 
 import pytest
 
-from tray.core import alerts as alerts_module
 from tray.core.alerts import (
     GIB,
     MIB,
@@ -26,10 +24,6 @@ from tray.core.alerts import (
 )
 
 TICK = 30.0
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(alerts_module).failed == 0
 
 
 def feed(engine: AlertEngine, observations: Iterable[tuple[float, Metrics]]) -> list[tuple[float, AlertEvent]]:
@@ -185,7 +179,7 @@ def twice(start: float, metrics: Metrics) -> list[tuple[float, Metrics]]:
 
 def test_health_unhealthy_then_down_escalates_at_once_then_clears() -> None:
     engine = AlertEngine()
-    script = twice(0, Metrics(health="unhealthy")) + [(60.0, Metrics(health="down"))]
+    script = [*twice(0, Metrics(health="unhealthy")), (60.0, Metrics(health="down"))]
     script += [(90.0, Metrics(health="unhealthy")), (120.0, Metrics(health="down"))]  # no re-escalation
     script += twice(150, Metrics(health="healthy"))
     events = feed(engine, script)

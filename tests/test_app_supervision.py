@@ -28,12 +28,17 @@ from tray.ui.controller import ollama_log_locations
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the stand-in app is a POSIX program")
 
 
-def make_supervisor(standin, tmp_path: Path, server_settings: str = "", **overrides) -> Supervisor:
+def make_supervisor(
+    standin, tmp_path: Path, server_settings: str = "", env_models: Path | None = None, **overrides
+) -> Supervisor:
+    """``env_models``: the manager's own OLLAMA_MODELS, when it is not the stand-in's store."""
     paths = AppPaths(*(tmp_path / "manager" / name for name in ("config", "log", "data", "state")))
     if server_settings:
         paths.config_dir.mkdir(parents=True)
         paths.config_file.write_text(f"[ollama_server]\n{server_settings}\n")
     env = {**standin.env, **FAST_SETTINGS}
+    if env_models is not None:
+        env["OLLAMA_MODELS"] = str(env_models)
     config = load_config(env=env, paths=paths)
     return Supervisor(config, paths, History(None), env=env, app_finder=StandinAppFinder.of(standin), **overrides)
 
@@ -55,6 +60,25 @@ def test_the_apps_server_is_adopted_as_the_apps(standin, app_running, tmp_path):
     assert not outcome.started and outcome.managed_by == "ollama-app"
     assert sup.pid == standin.app_serve_pids()[-1]
     assert sup.server_log == Path(standin.env["HOME"]) / ".ollama" / "logs" / "server.log"
+
+
+def test_the_models_dir_is_the_one_the_apps_server_uses(standin, app_running, tmp_path):
+    layout = StandinAppFinder.of(standin).layout
+    elsewhere = tmp_path / "app-model-location"
+    elsewhere.mkdir()
+    sup = make_supervisor(standin, tmp_path, env_models=elsewhere)
+    standin.pull("llama3")
+    response = httpx.post(
+        f"{standin.base_url}/api/generate", json={"model": "llama3", "prompt": "", "keep_alive": -1}, timeout=30
+    )
+    assert response.status_code == 200
+    wait_until(standin.alive_runner_pids, 10, what="a runner")
+    sup.adopt()
+    assert sup.managed_by == "ollama-app"
+    assert sup.configured_models_dir == elsewhere  # what a server of the manager's own would use
+    assert sup.models_dir == standin.models_dir  # the app's server's own, confirmed by /api/tags
+    assert sup.store_source.endswith("matching /api/tags")
+    assert layout.server_log == sup.server_log
 
 
 def test_restart_through_the_app_ends_its_serve_and_awaits_the_respawn(standin, app_running, tmp_path):

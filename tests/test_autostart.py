@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import plistlib
 import stat
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from fake_registry import FakeRegistry
-from tray.system import autostart as autostart_module
 from tray.system.autostart import (
     Autostart,
     LaunchAgentAutostart,
@@ -26,10 +24,6 @@ from tray.system.autostart import (
 )
 
 COMMAND = ["/usr/local/bin/ollama-manager"]
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(autostart_module).failed == 0
 
 
 # --- through the interface, on every OS -------------------------------------------

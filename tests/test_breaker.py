@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, MonitorState, Status, make_status
-from tray.gateway import breaker as breaker_module
 from tray.gateway.breaker import (
     Activation,
     Backend,
@@ -416,7 +413,3 @@ class TestWhatIsLoaded:
 def test_local_activity_defaults() -> None:
     assert LocalActivity() == LocalActivity(in_flight={}, waiting=0, last_progress=None)
     assert LocalActivity().idle and not LocalActivity({"llama3:latest": 2}, 1, 12.5).idle
-
-
-def test_doctests() -> None:
-    assert doctest.testmod(breaker_module).failed == 0

@@ -78,7 +78,7 @@ class Background:
     def _run(self, call) -> None:
         try:
             self.result = call()
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
 
     def running(self) -> bool:

@@ -347,7 +347,8 @@ def test_form_text_is_converted_like_environment_values(setup: Setup) -> None:
     )
     assert response.status_code == 200
     assert setup.config_path.read_text().endswith(
-        "health_check_interval = 30  # every half minute\nstop_timeout = 2.5\nnotifications = false\n\n[alerts]\n# Tell me early.\nmemory_mb = 4096\n"
+        "health_check_interval = 30  # every half minute\nstop_timeout = 2.5\nnotifications = false\n\n"
+        "[alerts]\n# Tell me early.\nmemory_mb = 4096\n"
     )
 
 
@@ -537,7 +538,16 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
             "cloud": 2,
             "cloud_share": 0.25,
         },
+        "settings_note": None,
     }
+
+
+def test_the_state_names_a_systemd_servers_unit_and_account_and_the_drop_in() -> None:
+    note = "[ollama_server] does not reach Ollama run by ollama.service; …"
+    status = healthy_status(managed_by="systemd", unit="ollama.service", owner="ollama", server_settings_note=note)
+    view = status_view(status, NOW)
+    assert view["state"].endswith("managed by systemd (ollama.service), run by ollama (pid 4242)")
+    assert view["settings_note"] == note
 
 
 BUSY = BusyStatus("uncensored-llama3:latest", None, None, 80.0, 0.0, BusySource.RUNNER, stuck=False)

@@ -363,7 +363,8 @@ def test_server_settings_reach_the_next_ollama_the_page_starts(app: App, standin
     page.click("#save")
     wait_for_outcome(page, "save-result", "ok")
     assert page.text_content("#save-result") == (
-        f"Saved 2 settings to {app.config}. When Ollama next starts: ollama_server.keep_alive, ollama_server.num_parallel."
+        f"Saved 2 settings to {app.config}. "
+        "When Ollama next starts: ollama_server.keep_alive, ollama_server.num_parallel."
     )
     before = serve_pid(standin)
     page.click("nav a[href='/']")

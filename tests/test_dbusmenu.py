@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
 from dataclasses import replace
 
 from tray.core.status import LoadedModelStatus, MonitorState, make_status
-from tray.ui import dbusmenu as dbusmenu_module
 from tray.ui.dbusmenu import LAYOUT_SIGNATURE, MenuIds, build_layout, layout_change
 from tray.ui.menu import MenuEntry, build_menu
 
@@ -23,10 +21,6 @@ def labels(layout, parent: int = 0) -> list[str]:
         else layout.nodes[child].properties["label"][1]
         for child in layout.nodes[parent].children
     ]
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(dbusmenu_module).failed == 0
 
 
 def test_every_entry_becomes_an_item_under_the_root() -> None:

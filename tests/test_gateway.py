@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -237,8 +237,9 @@ def test_the_gateway_refuses_to_forward_to_its_own_port() -> None:
 
 
 def test_relayed_headers_lose_hop_by_hop_and_cors_fields() -> None:
-    raw = [(b"Content-Type", b"application/x-ndjson"), (b"Transfer-Encoding", b"chunked"), (b"Connection", b"keep-alive"),
-           (b"Access-Control-Allow-Origin", b"*"), (b"Content-Length", b"10"), (b"Date", b"x")]  # fmt: skip
+    raw = [(b"Content-Type", b"application/x-ndjson"), (b"Transfer-Encoding", b"chunked"),
+           (b"Connection", b"keep-alive"), (b"Access-Control-Allow-Origin", b"*"), (b"Content-Length", b"10"),
+           (b"Date", b"x")]  # fmt: skip
     assert relay_response_headers(raw, Backend.LOCAL, keep_length=False) == [
         (b"content-type", b"application/x-ndjson"), (b"date", b"x"), (b"x-ollama-manager-backend", b"local"),
     ]  # fmt: skip
@@ -266,7 +267,8 @@ class TestSetKeyCommand:
             ("\n", MemoryStore(), "ollama-manager: no key given (type it, or pipe it in on one line)"),
             ("two words\n", MemoryStore(), "ollama-manager: an API key has no spaces; nothing stored"),
             ("k\n", MemoryStore(broken=True),
-             "ollama-manager: cannot store the key: the OS keyring is not available (no backend); set $TOGETHER_KEY instead"),
+             "ollama-manager: cannot store the key: the OS keyring is not available (no backend); "
+             "set $TOGETHER_KEY instead"),
         ],
     )  # fmt: skip
     def test_failures_are_one_line(
@@ -284,7 +286,7 @@ class TestSetKeyCommand:
 
         class InMemory(keyring.backend.KeyringBackend):
             priority = 1  # type: ignore[assignment]
-            data: dict[tuple[str, str], str] = {}
+            data: ClassVar[dict[tuple[str, str], str]] = {}
 
             def get_password(self, service: str, username: str) -> str | None:
                 return self.data.get((service, username))
@@ -362,8 +364,8 @@ def cloud(tmp_path: Path) -> Iterator[StandinCloud]:
 def gateways() -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
-    def start(local_url: str, cloud: CloudSettings, *, env: dict[str, str] | None = None, store: MemoryStore | None = None,
-              probe: bool = False, **settings: Any) -> Running:  # fmt: skip
+    def start(local_url: str, cloud: CloudSettings, *, env: dict[str, str] | None = None,
+              store: MemoryStore | None = None, probe: bool = False, **settings: Any) -> Running:  # fmt: skip
         running = Running(server=None, notifier=FakeNotifier(), history=History(None))  # type: ignore[arg-type]
         gateway = Gateway(
             local_url=local_url,
@@ -421,15 +423,18 @@ class TestHealthyOllama:
         gw = gateways(ollama.base_url, cloud_settings(cloud), probe=True)
         direct = httpx.Client(base_url=ollama.base_url, timeout=30)
         via = httpx.Client(base_url=gw.url, timeout=30)
-        for method, path, body in [("GET", "/api/tags", None), ("GET", "/api/version", None), ("POST", "/api/show", {"model": "llama3"}),
-                                   ("GET", "/v1/models", None), ("GET", "/", None), ("POST", "/api/show", {"model": "nope"})]:  # fmt: skip
+        for method, path, body in [("GET", "/api/tags", None), ("GET", "/api/version", None),
+                                   ("POST", "/api/show", {"model": "llama3"}), ("GET", "/v1/models", None),
+                                   ("GET", "/", None), ("POST", "/api/show", {"model": "nope"})]:  # fmt: skip
             expected, got = direct.request(method, path, json=body), via.request(method, path, json=body)
             assert (got.status_code, got.content) == (expected.status_code, expected.content), path
             assert got.headers["content-type"] == expected.headers["content-type"]
             assert got.headers[HEADER] == "local"
         direct.post("/api/chat", json=CHAT)  # load the model first, so no answer below carries a load_duration
-        for path, body in [("/api/chat", CHAT), ("/api/chat", dict(CHAT, stream=False)), ("/api/generate", {"model": "llama3", "prompt": "a b"}),
-                           ("/v1/chat/completions", dict(CHAT, stream=True)), ("/v1/chat/completions", CHAT)]:  # fmt: skip
+        for path, body in [("/api/chat", CHAT), ("/api/chat", dict(CHAT, stream=False)),
+                           ("/api/generate", {"model": "llama3", "prompt": "a b"}),
+                           ("/v1/chat/completions", dict(CHAT, stream=True)),
+                           ("/v1/chat/completions", CHAT)]:  # fmt: skip
             expected, got = direct.post(path, json=body), via.post(path, json=body)
             assert got.headers[HEADER] == "local"
             assert got.headers["content-type"] == expected.headers["content-type"]
@@ -847,7 +852,7 @@ class TestClientGoesAway:
             with pytest.raises(httpx.ReadTimeout):
                 gw.post("/v1/chat/completions", LONG, timeout=httpx.Timeout(30, read=0.5))
         gone = time.time()  # the stand-in cloud stamps its events with the wall clock
-        event = wait_until(lambda: cloud.events(), what="the cloud to see the client gone")[0]
+        event = wait_until(cloud.events, what="the cloud to see the client gone")[0]
         assert (event["event"], event["path"]) == ("client_gone", "/v1/chat/completions")
         assert event["time"] - gone < 1.0
 
@@ -1187,8 +1192,8 @@ class TestWiring:
             == f"Gateway on http://127.0.0.1:{port} for Ollama at {ollama.base_url}; cloud fallback off"
         )
         assert (
-            out.err
-            == f"ollama-manager: the gateway cannot listen on 127.0.0.1:{port} (Address already in use); set gateway.port to a free port\n"
+            out.err == f"ollama-manager: the gateway cannot listen on 127.0.0.1:{port} (Address already in use); "
+            "set gateway.port to a free port\n"
         )
 
     def test_inside_the_monitor_it_follows_the_monitors_health(self, ollama: StandinEnv, cloud: StandinCloud) -> None:

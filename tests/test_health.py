@@ -1,8 +1,5 @@
-import doctest
-
 import pytest
 
-from tray.core import health as health_module
 from tray.core.health import (
     UNKNOWN_CPU,
     BusyEvidence,
@@ -22,10 +19,6 @@ from tray.core.health import (
     stuck_runner_bound,
 )
 from tray.core.status import BusyStatus
-
-
-def test_docstring_examples():
-    assert doctest.testmod(health_module).failed == 0
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import itertools
 from typing import Any
 
@@ -11,7 +10,6 @@ from PIL import Image, ImageChops
 
 from tray.core.health import BusySource, Health
 from tray.core.status import Activity, ActivityKind, BusyStatus, MonitorState, Status, make_status
-from tray.ui import icon as icon_module
 from tray.ui.icon import (
     TOOLTIP_MAX_CHARS,
     IconState,
@@ -27,10 +25,6 @@ from tray.ui.icon import (
 def status(**overrides: Any) -> Status:
     """A healthy running server, changed by ``overrides``."""
     return make_status(**overrides)
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(icon_module).failed == 0
 
 
 # --- icon_state ---------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import doctest
 import json
 import os
 import subprocess
@@ -12,13 +11,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from tray.core.health import BusySource, Health
 from tray.core.status import Activity, ActivityKind, BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
-from tray.ui import menu as menu_module
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
@@ -51,10 +49,6 @@ def rows(entries: list[MenuEntry]) -> list[tuple[object, ...]]:
 
 def enabled_actions(entries: list[MenuEntry]) -> set[str]:
     return {entry.action for entry in entries if entry.action and entry.enabled}
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(menu_module).failed == 0
 
 
 # --- the menu model -------------------------------------------------------------
@@ -292,7 +286,7 @@ def pystray_module() -> Any:
 class FakeIcon:
     """Records what the adapter does to pystray's Icon; ``run`` plays a script."""
 
-    script: list[Callable[[FakeIcon], None]] = []
+    script: ClassVar[list[Callable[[FakeIcon], None]]] = []
 
     def __init__(self, name: str, icon: Any = None, title: str = "", menu: Any = None) -> None:
         self.name = name
@@ -850,7 +844,7 @@ def test_a_tray_with_menus_keeps_its_plain_click(make_app: Callable[..., Any]) -
 class EntryIcon:
     """A backend icon that renders the menu model itself, as tray.ui.sni does."""
 
-    script: list[Callable[[EntryIcon], None]] = []
+    script: ClassVar[list[Callable[[EntryIcon], None]]] = []
 
     def __init__(self, app: TrayApp, name: str, image: Any, title: str) -> None:
         self.app, self.name, self.icon, self.title = app, name, image, title

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from tests.manager import Manager, wait_until
+from tests.standin.harness import flip_middle_byte, weights_blob
 
 pytestmark = pytest.mark.slow
 
@@ -60,14 +59,8 @@ def test_the_monitor_builds_the_model_and_rebuilds_it_after_a_delete(manager, st
 def test_a_flipped_byte_in_the_base_is_found_and_repaired(manager, standin):
     manager.spawn_monitor()
     wait_model_ok(manager)
-    manifest = standin.models_dir / "manifests/registry.ollama.ai/library/llama3/latest"
-    weights = next(
-        layer["digest"] for layer in json.loads(manifest.read_text())["layers"] if layer["mediaType"].endswith(".model")
-    )
-    blob = standin.models_dir / "blobs" / weights.replace(":", "-")
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))  # same size, new mtime: the periodic check rehashes it
+    weights, blob = weights_blob(standin.models_dir)
+    flip_middle_byte(blob)  # same size, new mtime: the periodic check rehashes it
 
     wait_until(lambda: "model_repaired" in kinds(manager), 60, what="the repair")
     corrupt = [e for e in manager.events() if e["kind"] == "model_corrupt"]

@@ -72,8 +72,8 @@ def test_typed_parameters():
         "PARAMETER top_p .9",
         "PARAMETER min_p 5e-2",
         "PARAMETER seed 42",
-        "PARAMETER use_mmap false",
-        "PARAMETER numa T",
+        "PARAMETER use_mmap T",
+        "PARAMETER draft_num_predict 8",
         "PARAMETER repeat_penalty 1",
     )
     params = parse(text).parameters
@@ -84,8 +84,8 @@ def test_typed_parameters():
         "top_p": 0.9,
         "min_p": 0.05,
         "seed": 42,
-        "use_mmap": False,
-        "numa": True,
+        "use_mmap": True,
+        "draft_num_predict": 8,
         "repeat_penalty": 1.0,
     }
     assert type(params["num_ctx"]) is int
@@ -423,3 +423,22 @@ def test_repository_modelfile_parses():
     parsed = load_modelfile(path)
     assert parsed.sources == (SourceRef("model", "llama3", 4),)
     assert parsed.system
+
+
+@pytest.mark.parametrize("name", ["tfs_z", "numa"])
+def test_options_ollama_no_longer_has_are_refused(name):
+    # api/types.go dropped them: `ollama create` fails with "unknown parameter".
+    with pytest.raises(ModelfileError, match=f"M:2: unknown parameter '{name}'"):
+        parse(lines("FROM x", f"PARAMETER {name} 1"))
+
+
+def test_only_the_last_adapter_is_sent_as_ollama_takes_one():
+    parsed = parse(lines("FROM x", "ADAPTER ./a.gguf", "ADAPTER ./b.gguf"))
+    assert [(ref.kind, ref.value) for ref in parsed.sources] == [("model", "x"), ("adapter", "./b.gguf")]
+    assert parsed.warnings == ("M:3: only one ADAPTER is used; this one replaces the earlier",)
+
+
+def test_crlf_inside_a_multi_line_value_is_kept():
+    parsed = parse('FROM x\r\nSYSTEM """one\r\ntwo"""\r\nTEMPLATE """a\nb"""\r\n')
+    assert parsed.system == "one\r\ntwo"
+    assert parsed.template == "a\nb"

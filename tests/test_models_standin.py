@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from standin import standin_gguf as gguf
-from standin.harness import StandinEnv
+from standin.harness import StandinEnv, flip_middle_byte
 from tray.models.builder import ModelReport, ensure_model_loaded, rebuild, verify
 from tray.models.commands import run_ensure
 from tray.models.store import blob_path, read_manifest
@@ -57,14 +57,6 @@ def ensure(env: StandinEnv, modelfile: Path, state: Path, recorder: RecordingCli
         client=recorder.client,
         min_free_bytes=64 * MIB,
     )
-
-
-def flip_middle_byte(path: Path) -> None:
-    with open(path, "r+b") as handle:
-        handle.seek(path.stat().st_size // 2)
-        byte = handle.read(1)
-        handle.seek(-1, 1)
-        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def test_fresh_store_pulls_builds_and_tests(served, modelfile, tmp_path):

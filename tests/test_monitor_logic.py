@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import random
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+import psutil
+import pytest
 
 from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
@@ -21,7 +26,7 @@ from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 from tray.settings.config import Config
 from tray.settings.hosts import parse_ollama_host
-from tray.system.owners import ExternalSupervisor
+from tray.system.owners import ExternalSupervisor, SystemdService
 from tray.system.paths import AppPaths
 from tray.system.processes import ProcessRef, StopOutcome
 from tray.system.resources import ResourceSample
@@ -88,6 +93,16 @@ class FakeClient:
         return None
 
 
+_files = tempfile.TemporaryDirectory(prefix="om-fake-app-")  # for fakes built outside this module's tests
+fake_paths = AppPaths(*(Path(_files.name) / d for d in ("config", "log", "data", "state")))
+
+
+@pytest.fixture(autouse=True)
+def _app_files_in_a_temp_dir(tmp_path, monkeypatch):
+    """The app's files go to this test's temp dir."""
+    monkeypatch.setitem(globals(), "fake_paths", AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state"))))
+
+
 class FakeSupervisor:
     """Scripted in place of :class:`~tray.service.supervisor.Supervisor`: the monitor sees it as a SupervisorPort."""
 
@@ -99,7 +114,12 @@ class FakeSupervisor:
         self.runners: set[ProcessRef] = set()
         self.host = parse_ollama_host(None)
         self.models_dir = Path("/nonexistent")
-        self.paths = paths or AppPaths(*(Path("/nonexistent") / d for d in ("config", "log", "data", "state")))
+        self.store_source = "the manager's settings"
+        self.owner: str | None = None
+        self.unit: str | None = None
+        self.refused: str | None = None
+        self.reaped_names: dict[int, str] = {}
+        self.paths = paths or fake_paths
         self.managed_by = "manager"
         self.platform = "linux"
         self.env_overlay: dict[str, str] = {}
@@ -121,6 +141,9 @@ class FakeSupervisor:
 
     def adopt(self) -> None: ...
 
+    def systemd_owner(self) -> SystemdService | None:
+        return None
+
     def track_runners(self) -> None: ...
 
     def reap_runners(self) -> list[int]:
@@ -130,17 +153,17 @@ class FakeSupervisor:
         code, self.exit_code = self.exit_code, None
         return code
 
-    def start(self, reason: str = "start") -> StartOutcome:
+    def start(self, reason: str = "start", interactive: bool = False) -> StartOutcome:
         return StartOutcome(True, 1, "manager")
 
-    def restart(self, reason: str) -> StartOutcome:
+    def restart(self, reason: str, interactive: bool = False) -> StartOutcome:
         self.restarts.append(reason)
         if self.restart_errors:
             raise self.restart_errors.pop(0)
         self.started_overlay = dict(self.env_overlay)
         return StartOutcome(True, 2, "manager", 0.5)
 
-    def stop(self, reason: str = "stop") -> StopOutcome:
+    def stop(self, reason: str = "stop", interactive: bool = False) -> StopOutcome:
         self.stops += 1
         return StopOutcome()
 
@@ -349,6 +372,29 @@ def test_an_out_of_memory_error_restarts_a_server_the_manager_started_with_a_sma
     restart = [e for e in monitor.history.events() if e.kind == "restart"][-1]
     assert restart.data == {"reason": "out of memory: smaller context", "ok": True}
     assert monitor.policy.attempts == 0  # a change of settings, not a failure: no restart attempt is spent
+
+
+def test_the_ladder_and_what_it_changed_outlive_a_restart_of_the_app(tmp_path):
+    paths = AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state")))
+    monitor, sup, clock = make([OOM], paths)
+    run_ticks(monitor, clock, 1)
+    assert sup.started_overlay == {"OLLAMA_CONTEXT_LENGTH": "2048"}
+    monitor.models.parameter_overrides = {"num_ctx": 2048}  # as a rebuild for the Modelfile model leaves it
+    monitor.duties._save_ladder()
+
+    again, sup_again, _ = make([OK], paths)  # the app starts again
+    assert sup_again.env_overlay == {"OLLAMA_CONTEXT_LENGTH": "2048"}  # its first start keeps the smaller context
+    assert again.models.parameter_overrides == {"num_ctx": 2048}  # the keeper builds the model as it was
+    assert again.duties.oom.level == 1 and again.duties.oom.current.num_ctx == 2048
+
+
+def test_an_unreadable_saved_ladder_is_ignored(tmp_path, caplog):
+    paths = AppPaths(*(tmp_path / d for d in ("config", "log", "data", "state")))
+    paths.state_dir.mkdir(parents=True)
+    paths.oom_ladder_file.write_text('{"ladder": {"taken": "sideways"}}')
+    monitor, sup, clock = make([OK], paths)
+    assert monitor.duties.oom.level == 0 and sup.env_overlay == {}
+    assert "not a saved out-of-memory ladder" in caplog.text
 
 
 def test_the_restart_waits_until_no_model_build_runs_on_the_server():
@@ -828,3 +874,43 @@ def test_new_settings_rebuild_what_derives_from_them():
     assert monitor.busy_tracker.stuck_after == 45
     assert monitor.duties.alerts.thresholds.memory_mb == 1024
     assert monitor.duties.alerts.interval_seconds == 120 + 3 * 5
+
+
+def test_a_unit_stuck_restarting_is_given_up_on_once_with_the_command_that_shows_why(monkeypatch):
+    monitor, sup, clock = make([REFUSED] * 40, startup_timeout=20, auto_build_model=False)
+    unit = SystemdService("ollama.service")
+    sup.external, sup.managed_by = unit, "systemd"
+    # systemd's view: restarting, and "active" for a moment each time the server starts and exits again
+    states = itertools.cycle(["activating", "active", "activating"])
+    monkeypatch.setattr("tray.service.monitor.systemd_active_state", lambda service: next(states))
+    journal = ["Started ollama.service.", "Error: mkdir /srv/models: permission denied", "ollama.service: Main …"]
+    monkeypatch.setattr("tray.service.monitor.read_journal", lambda service, lines: journal)
+
+    run_ticks(monitor, clock, 10)  # 18 s: systemd is restarting it, as it does after a crash
+    assert monitor.state is MonitorState.RUNNING
+    assert not [e for e in monitor.history.events() if e.kind == "gave_up"]
+
+    due = run_ticks(monitor, clock, 20)  # well past the startup timeout: stuck in a restart loop
+    given_up = [e for e in monitor.history.events() if e.kind == "gave_up"]
+    assert [e.message for e in given_up] == [
+        "Ollama does not answer and the systemd service ollama.service has been restarting for 22 s: it keeps "
+        "exiting as it starts (Error: mkdir /srv/models: permission denied); "
+        "see why with `journalctl -u ollama.service -n 50`"
+    ]
+    status = monitor.snapshot()
+    assert (status.state, status.last_error, status.cloud_active) == (MonitorState.FAILED, given_up[0].message, True)
+    assert due == clock.now + 30  # watched at the normal interval, not every 2 s
+    assert sup.restarts == []  # a restart of ours would only join systemd's loop
+
+    sup.client.probes = [OK]
+    run_ticks(monitor, clock, 1)  # the unit came up after all
+    assert (monitor.state, monitor.last_error) == (MonitorState.RUNNING, None)
+
+
+def test_an_active_unit_whose_watched_server_refuses_is_restarted(monkeypatch):
+    monitor, sup, clock = make([REFUSED])
+    sup.external, sup.managed_by = SystemdService("ollama.service"), "systemd"
+    sup.server = ProcessRef.of(psutil.Process())  # alive: not a server systemd just started
+    monkeypatch.setattr("tray.service.monitor.systemd_active_state", lambda service: "active")
+    monitor.tick()
+    assert sup.restarts == ["down"]

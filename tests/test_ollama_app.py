@@ -15,6 +15,7 @@ import pytest
 from standin_app_finder import StandinAppFinder
 from tests.manager import wait_until
 from tray.settings.hosts import parse_ollama_host
+from tray.system import processes
 from tray.system.ollama_app import (
     AppQuit,
     ConsoleBreak,
@@ -25,7 +26,7 @@ from tray.system.ollama_app import (
     StartRoute,
     WindowsAppFinder,
     app_layout,
-    app_models_dir,
+    app_model_location,
     app_owning,
     app_starts_at_login,
     choose_start,
@@ -40,7 +41,7 @@ from tray.system.ollama_app import (
     running_app,
     windows_start_command,
 )
-from tray.system.processes import ProcessRef, server_on_port
+from tray.system.processes import ProcessRef, ollama_home, server_on_port
 
 MAC_LAYOUT = app_layout("darwin", {"HOME": "/Users/ada"})
 WIN_ENV = {
@@ -119,7 +120,8 @@ def test_windows_finder_and_models_follow_userprofile_not_home(tmp_path):
     assert finder.candidates == (Path("C:/Users/ada/AppData/Local/Programs/Ollama/ollama app.exe"),)
     assert finder.layout.server_log == Path("C:/Users/ada/AppData/Local/Ollama/server.log")
     no_db = app_layout("win32", {**WIN_ENV, "LOCALAPPDATA": str(tmp_path)})
-    assert app_models_dir(None, no_db, WIN_ENV) == Path("C:/Users/ada/.ollama/models")
+    assert app_model_location(no_db) is None  # no "Model location": Ollama's default under Go's home folder
+    assert ollama_home(WIN_ENV, "win32") / ".ollama" / "models" == Path("C:/Users/ada/.ollama/models")
 
 
 def test_mac_finder_looks_in_both_applications_folders():
@@ -150,19 +152,13 @@ def test_model_location_setting_is_read_from_the_apps_database(tmp_path):
     write_app_settings(layout.settings_db, models=str(models), expose=1)
     settings = read_app_settings(layout.settings_db)
     assert (settings.models, settings.expose) == (str(models), True)
-    assert app_models_dir(None, layout, {"HOME": str(tmp_path)}) == models
+    assert app_model_location(layout) == models
 
 
 def test_a_model_location_that_does_not_exist_is_ignored_as_the_app_ignores_it(tmp_path):
     layout = app_layout("darwin", {"HOME": str(tmp_path)})
     write_app_settings(layout.settings_db, models=str(tmp_path / "unplugged-disk"))
-    assert app_models_dir(None, layout, {"HOME": str(tmp_path)}) == tmp_path / ".ollama" / "models"
-
-
-def test_a_runners_model_path_wins_over_the_setting(tmp_path):
-    layout = app_layout("darwin", {"HOME": str(tmp_path)})
-    runner = ["/Applications/Ollama.app/Contents/Resources/llama-server", "--model", "/Volumes/m/blobs/sha256-ab"]
-    assert app_models_dir(None, layout, {"HOME": str(tmp_path)}, [runner]) == Path("/Volumes/m")
+    assert app_model_location(layout) is None
 
 
 def test_macos_login_item_from_launchctl():
@@ -268,19 +264,22 @@ def app_env(standin):
     yield standin, app_process, finder, app
 
 
-def hide_listeners(monkeypatch):
-    """As on macOS without root: the system-wide socket table is refused."""
+def hide_listeners(monkeypatch, tmp_path):
+    """As on macOS without root: no /proc socket tables, and the system-wide socket table is refused."""
 
     def refused(*_args, **_kwargs):
         raise psutil.AccessDenied()
 
+    monkeypatch.setattr(processes, "PROC", tmp_path / "no-proc")
     monkeypatch.setattr(psutil, "net_connections", refused)
 
 
 @posix_only
-def test_the_apps_server_is_found_from_the_process_table_when_the_socket_table_is_refused(app_env, monkeypatch):
+def test_the_apps_server_is_found_from_the_process_table_when_the_socket_table_is_refused(
+    app_env, monkeypatch, tmp_path
+):
     standin, app_process, finder, _app = app_env
-    hide_listeners(monkeypatch)
+    hide_listeners(monkeypatch, tmp_path)
     server = server_on_port(standin.port)
     assert server is not None and server.pid == standin.app_serve_pids()[-1]
     app = app_owning(server, finder)
@@ -351,21 +350,6 @@ def test_restart_notices_an_app_that_quits_meanwhile(app_env):
 
 
 @posix_only
-def test_models_dir_comes_from_the_runner_of_the_apps_server(app_env, tmp_path):
-    standin, _app_process, finder, app = app_env
-    standin.pull("llama3")
-    response = httpx.post(
-        f"{standin.base_url}/api/generate", json={"model": "llama3", "prompt": "", "keep_alive": -1}, timeout=30
-    )
-    assert response.status_code == 200
-    server = app.serve_child()
-    runner_pid = wait_until(standin.alive_runner_pids, 10, what="a runner")[0]
-    runners = [psutil.Process(runner_pid).cmdline()]
-    assert app_models_dir(server, finder.layout, standin.env, runners) == standin.models_dir
-    assert app_models_dir(server, finder.layout, standin.env) == standin.models_dir  # the serve's OLLAMA_MODELS
-
-
-@posix_only
 def test_the_stand_in_app_rotates_its_server_log_like_the_app(standin):
     app_process = standin.spawn_app()
     standin.wait_ready(20)
@@ -392,12 +376,3 @@ def test_the_stand_in_app_reaps_a_serve_holding_its_port(standin):
     standin.wait_ready(10)
     assert app_process.poll() is None
     assert standin.serve_pids()[-1] in standin.app_serve_pids()[1:]
-
-
-def test_docstring_examples():
-    import doctest
-
-    from tray.system import console_break, notify, ollama_app, processes
-
-    for module in (ollama_app, console_break, processes, notify):
-        assert doctest.testmod(module).failed == 0, module.__name__

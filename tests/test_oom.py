@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
-import tray.core.oom as oom_module
 from standin import standin_status
 from tray.core.oom import (
     OLLAMA_OOM_SUBSTRINGS,
@@ -28,11 +25,6 @@ from tray.core.oom import (
     route,
 )
 from tray.settings.server import GPU_OFF_ENV
-
-
-def test_the_examples_in_the_docstrings_hold() -> None:
-    assert doctest.testmod(oom_module).failed == 0
-
 
 # --- Recognition ----------------------------------------------------------------------------------
 

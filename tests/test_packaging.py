@@ -520,7 +520,8 @@ def test_runtime_hook_gives_children_the_users_environment(tmp_path):
         "_PYI_PARENT_PROCESS_LEVEL": "1",
         "KEEP": "me",
     }
-    script = f"exec(open({str(PACKAGING / 'runtime_hook_environment.py')!r}).read()); import os, json; print(json.dumps(dict(os.environ)))"
+    hook = str(PACKAGING / "runtime_hook_environment.py")
+    script = f"exec(open({hook!r}).read()); import os, json; print(json.dumps(dict(os.environ)))"
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=30, check=False
     )
@@ -603,7 +604,9 @@ def test_macos_may_notify_through_osascript_instead_of_plyer(tmp_path):
     report = {
         **good_doctor_report(tmp_path),
         "tray backend": "darwin (pystray._darwin)",
-        "notifier": "plyer unavailable: plyer.platforms.macosx.notification: ModuleNotFoundError: No module named 'pyobjus'",
+        "notifier": (
+            "plyer unavailable: plyer.platforms.macosx.notification: ModuleNotFoundError: No module named 'pyobjus'"
+        ),
         "notifier fallbacks": "osascript (/usr/bin/osascript)",
     }
     assert (
@@ -616,7 +619,10 @@ def test_macos_may_notify_through_osascript_instead_of_plyer(tmp_path):
 
 
 def test_import_errors_are_found_in_a_log():
-    log = "INFO starting\nTraceback (most recent call last):\n  File x\nModuleNotFoundError: No module named 'tomlkit'\nINFO ok\n"
+    log = (
+        "INFO starting\nTraceback (most recent call last):\n  File x\n"
+        "ModuleNotFoundError: No module named 'tomlkit'\nINFO ok\n"
+    )
     assert smoke.import_errors(log) == [
         "Traceback (most recent call last):",
         "ModuleNotFoundError: No module named 'tomlkit'",

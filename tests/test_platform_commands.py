@@ -322,9 +322,10 @@ def test_windows_home_is_userprofile_as_gos_user_home_dir():
     assert standard_locations("win32", env)[0] == Path("C:/Users/ada/AppData/Local/Programs/Ollama/ollama.exe")
 
 
-def test_a_server_is_found_from_the_process_table_when_the_socket_table_is_refused(standin, monkeypatch):
+def test_a_server_is_found_from_the_process_table_when_the_socket_table_is_refused(standin, monkeypatch, tmp_path):
     import psutil
 
+    from tray.system import processes
     from tray.system.processes import server_on_port
 
     serve = standin.spawn_serve()
@@ -333,7 +334,22 @@ def test_a_server_is_found_from_the_process_table_when_the_socket_table_is_refus
     def refused(*_args, **_kwargs):
         raise psutil.AccessDenied()
 
+    # As on macOS without root: no /proc socket tables, and the system-wide socket table refused.
+    monkeypatch.setattr(processes, "PROC", tmp_path / "no-proc")
     monkeypatch.setattr(psutil, "net_connections", refused)
     found = server_on_port(standin.port)
     assert found is not None and found.pid == serve.pid
     assert server_on_port(standin.port + 1 if standin.port < 65535 else standin.port - 1) is None
+
+
+def test_the_supervisor_and_the_app_owner_import_without_a_passwd_database():
+    """Windows has no ``pwd`` module: the Linux owner code must not need it to be imported."""
+    script = (
+        "import sys; sys.modules['pwd'] = None\n"
+        "import tray.service.supervisor, tray.system.ollama_app, tray.ui.controller\n"
+        "from tray.system.owners import UnitState, SystemdService, user_name\n"
+        "print(user_name(1000), UnitState(SystemdService('ollama.service'), run_as='ollama').account_uid())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["uid", "1000", "None"]

@@ -7,7 +7,6 @@ quickly; the real host (xfce4-panel) is in ``test_tray_sni.py``.
 
 from __future__ import annotations
 
-import doctest
 import sys
 import threading
 from collections.abc import Iterator
@@ -37,10 +36,6 @@ if missing_tools(("dbus-daemon",)):
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}
 HEALTHY = make_status(latency_ms=5, model="m")
 STOPPED = replace(HEALTHY, state=MonitorState.STOPPED, ollama_running=False)
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(sni_module).failed == 0
 
 
 def test_pixmaps_are_argb32_in_network_byte_order_at_every_size() -> None:
@@ -119,7 +114,7 @@ class Running:
     def _run(self) -> None:
         try:
             self.icon.run()
-        except BaseException as exc:  # reported by stop()
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self.error = exc
 
     @property
@@ -278,5 +273,5 @@ def test_no_bus_at_the_address_is_one_line(tmp_path: Path) -> None:
         on_activate=print,
         bus_address=f"unix:path={tmp_path / 'nothing'}",
     )
-    with pytest.raises(sni_module.StatusNotifierError, match="^cannot connect to the session bus at unix:path="):
+    with pytest.raises(sni_module.StatusNotifierError, match=r"^cannot connect to the session bus at unix:path="):
         icon.run()

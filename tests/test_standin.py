@@ -360,7 +360,10 @@ def test_create_from_with_system_and_parameters(served: StandinEnv, api: httpx.C
     base = read_manifest(served, "llama3")["layers"]
     body = {"model": "pirate", "from": "llama3", "system": "You are a pirate.", "parameters": {"temperature": 0.7}}
     lines = ndjson(api.post("/api/create", json=body))
-    params = '{"num_keep":24,"stop":["\\u003c|start_header_id|\\u003e","\\u003c|end_header_id|\\u003e","\\u003c|eot_id|\\u003e"],"temperature":0.7}\n'
+    params = (
+        '{"num_keep":24,"stop":["\\u003c|start_header_id|\\u003e","\\u003c|end_header_id|\\u003e",'
+        '"\\u003c|eot_id|\\u003e"],"temperature":0.7}\n'
+    )
     assert [line["status"] for line in lines] == [
         "using existing layer " + base[0]["digest"],
         "using existing layer " + base[1]["digest"],

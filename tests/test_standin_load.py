@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import itertools
 import json
 import re
 import socket
@@ -173,7 +174,7 @@ def test_requests_to_a_loaded_model_wait_for_the_slot_without_a_queue_limit(env:
     requests = [Timed(env, "/api/generate", generate(prompt="n%d" % index)) for index in range(4)]
     assert [request.join().status for request in requests] == [200] * 4
     spans = sorted((request.began_ns, request.ended_ns) for request in requests)
-    assert all(later[0] > earlier[1] for earlier, later in zip(spans, spans[1:]))
+    assert all(later[0] > earlier[1] for earlier, later in itertools.pairwise(spans))
 
 
 def test_embeddings_take_the_slot_too(env: StandinEnv) -> None:
@@ -214,7 +215,7 @@ def test_loads_are_serialized(env: StandinEnv) -> None:
     both = [Timed(env, "/api/generate", generate(model=model, prompt="x")) for model in ("llama3", "mistral")]
     assert [request.join().status for request in both] == [200, 200]
     first_ready, second_ready = env.events_of("runner_ready")
-    second_start = [e for e in env.events_of("runner_start") if e["pid"] == second_ready["pid"]][0]
+    second_start = next(e for e in env.events_of("runner_start") if e["pid"] == second_ready["pid"])
     assert second_start["time"] >= first_ready["time"]
 
 

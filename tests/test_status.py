@@ -48,6 +48,10 @@ API_KEYS = (
     "loaded_models",
     "model_status",
     "model_info",
+    # who runs the server (added last: the keys above keep their places)
+    "owner",
+    "unit",
+    "server_settings_note",
 )
 
 EVERYTHING = make_status(
@@ -58,6 +62,10 @@ EVERYTHING = make_status(
     model_info=ModelInfo(4_661_224_676, "8.0B", "Q4_0", 1_800_000_000.5),
     next_retry_in=4.5,
     last_error="connection refused",
+    managed_by="systemd",
+    owner="ollama",
+    unit="ollama.service",
+    server_settings_note="[ollama_server] does not reach Ollama run by ollama.service; …",
 )
 
 
@@ -145,6 +153,7 @@ def test_an_older_monitors_json_reads_with_defaults() -> None:
         None,
         None,
     )
+    assert (status.owner, status.unit, status.server_settings_note) == (None, None, None)
 
 
 def test_unknown_or_ill_typed_values_count_as_not_sent() -> None:
@@ -191,3 +200,13 @@ def test_make_status_is_a_healthy_server_the_manager_started() -> None:
     )
     assert status.model_status is ModelStatus.OK
     assert make_status(state=MonitorState.STOPPED, ollama_running=False).state is MonitorState.STOPPED
+
+
+def test_a_server_another_account_runs_reads_back_typed() -> None:
+    status = Status.from_json({"ollama_running": False, "state": "refused", "owner": "mallory", "unit": 7})
+    assert (status.state, status.owner, status.unit, status.server_settings_note) == (
+        MonitorState.REFUSED,
+        "mallory",
+        None,
+        None,
+    )

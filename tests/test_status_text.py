@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
 from dataclasses import replace
 
-from tray import cli
 from tray.cli import format_status
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, MonitorState, make_status
@@ -19,10 +17,6 @@ RUNNING = make_status(
     memory_usage_mb=4608,
     cpu_usage_percent=95.5,
 )
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(cli).failed == 0
 
 
 def test_an_idle_server() -> None:

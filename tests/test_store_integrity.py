@@ -336,7 +336,8 @@ def test_flipped_byte_in_the_base_blob_is_reported_with_its_digest(store, tmp_pa
     assert bad.actual_digest == sha(flipped)
     assert bad.actual_size == len(WEIGHTS)
     assert report.summary() == (
-        f"mine:latest: blob {sha(WEIGHTS)} (mine:latest, llama3:latest) is corrupt: its content hashes to {sha(flipped)}"
+        f"mine:latest: blob {sha(WEIGHTS)} (mine:latest, llama3:latest) is corrupt: "
+        f"its content hashes to {sha(flipped)}"
     )
     assert report.cached_blobs == 4
     assert report.hashed_bytes == len(WEIGHTS)
@@ -417,3 +418,33 @@ def test_progress_is_reported_for_big_blobs_only(store, tmp_path, monkeypatch):
     verify_model(store, "mine", progress=events.append)
     assert {(e.phase, e.detail) for e in events} == {("verifying", "sha256:" + sha(WEIGHTS)[7:19])}
     assert events[-1].completed == events[-1].total == len(WEIGHTS)
+
+
+def test_cleanup_spares_legacy_names_and_counts_partials_as_ollama_leaves_them(store):
+    now = 2_000_000_000.0
+    blobs = store / "blobs"
+    legacy = blobs / ("sha256:" + "a" * 64)  # renamed to sha256-<hex> by Ollama at its next start
+    legacy.write_bytes(b"legacy")
+    resumable = blobs / ("sha256-" + "b" * 64 + ".tmp")  # a resumable safetensors/MLX pull
+    resumable.write_bytes(b"part")
+    sparse = blobs / ("sha256-" + "c" * 64 + "-partial")  # pre-sized to the whole blob, mostly holes
+    with open(sparse, "wb") as handle:
+        handle.write(b"x" * 4096)
+        handle.truncate(1 << 30)
+    for path in (legacy, resumable, sparse):
+        _age(path, 7200, now)
+
+    scan = scan_blobs(store)
+    assert [item.path for item in scan.legacy] == [legacy]
+    leftovers = find_leftovers(store, now)
+    assert legacy not in [item.path for item in leftovers.files]
+    assert sorted(item.path for item in leftovers.partials) == sorted([resumable, sparse])
+    assert leftovers.others == []
+    sizes = {item.path: item.size for item in leftovers.partials}
+    assert sizes[resumable] == 4
+    assert 4096 <= sizes[sparse] < 1 << 20  # what it occupies, not its length of 1 GiB
+
+
+def test_a_tilde_in_ollama_models_is_not_expanded(tmp_path):
+    # Ollama's envconfig.Models() returns the value as written.
+    assert default_models_dir({"OLLAMA_MODELS": "~/models"}, home=tmp_path) == Path("~/models")

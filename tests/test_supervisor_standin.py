@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.manager import Manager, wait_until
+from tests.standin.harness import weights_blob
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,8 @@ def test_start_launches_ollama_serve_when_nothing_runs(manager, standin):
     assert httpx.get(standin.base_url + "/", timeout=5).text == "Ollama is running"
     # Its output goes to the server log in the app's log dir.
     log = os.path.join(standin.env["XDG_STATE_HOME"], "ollama-manager", "log", "ollama-server.log")
-    assert "Listening on" in open(log).read()
+    with open(log) as server_log:
+        assert "Listening on" in server_log.read()
 
 
 def test_start_adopts_a_running_ollama_instead_of_starting_a_second(manager, standin):
@@ -91,7 +93,8 @@ def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, t
         [
             sys.executable,
             "-c",
-            f"import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)",
+            "import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(('127.0.0.1', {standin.port})); s.listen(); time.sleep(120)",
         ],
     )
     try:
@@ -269,3 +272,95 @@ def test_metrics_prints_the_recorded_samples(manager, standin):
     bad = manager.run("metrics", "--since", "yesterday")
     assert bad.returncode == 1
     assert bad.stderr == "ollama-manager: --since must look like 90s, 15m, 1h or 7d, got 'yesterday'\n"
+
+
+def _users_llama_server(standin, tmp_path):
+    """The user's own llama.cpp server on a blob of the models folder (a common way to reuse Ollama's weights)."""
+    _, blob = weights_blob(standin.models_dir)
+    link = tmp_path / "llama.cpp" / "llama-server"
+    link.parent.mkdir()
+    link.symlink_to(os.path.realpath(sys.executable))
+    return subprocess.Popen(
+        [str(link), "-c", "import time; time.sleep(600)", "--model", str(blob), "--port", "18080"],
+        start_new_session=True,
+    )
+
+
+def test_a_users_own_llama_server_survives_stop_restart_and_a_crash(manager, standin, tmp_path):
+    manager.spawn_monitor()
+    manager.wait_monitor_ready()
+    standin.pull("llama3")
+    mine = _users_llama_server(standin, tmp_path)
+    try:
+        assert psutil.Process(mine.pid).name() == "llama-server"
+        os.kill(serve_starts(standin)[0]["pid"], signal.SIGKILL)  # a crash
+        wait_until(lambda: len(serve_starts(standin)) == 2, 15, what="the restart after the crash")
+        manager.wait_monitor_ready()
+        assert manager.run("restart").returncode == 0
+        manager.wait_monitor_ready()
+        stopped = manager.run("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert manager.run("stop").returncode == 0  # with Ollama not running
+        assert mine.poll() is None
+        crash = next(e for e in manager.events() if e["kind"] == "crash")
+        assert crash["data"]["runners_reaped"] == []
+    finally:
+        mine.kill()
+        mine.wait()
+
+
+def test_stop_names_the_runners_it_reaped(manager, standin):
+    # A serve that ignores SIGTERM is killed after stop_timeout, leaving its runner behind.
+    assert manager.run("start", env={**manager.env, "OLLAMA_STANDIN_IGNORE_SIGTERM": "1"}).returncode == 0
+    runners = load_model(standin)
+    done = manager.run("stop")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "Ollama stopped (killed: it did not exit within 1 s); "
+        f"reaped 1 orphaned runner (pid {runners[0]}: llama-server)\n"
+    )
+    assert not psutil.pid_exists(runners[0]) or psutil.Process(runners[0]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_orphans_are_reaped_when_the_models_dir_is_a_symlink(tmp_path):
+    from standin.harness import StandinEnv
+
+    real = tmp_path / "disk" / "models"
+    real.mkdir(parents=True)
+    env = StandinEnv(tmp_path / "env")
+    env.models_dir.symlink_to(real)  # ~/.ollama/models -> another disk
+    m = Manager(env.env, tmp_path)
+    try:
+        m.spawn_monitor()
+        m.wait_monitor_ready()
+        runners = load_model(env)
+        wait_until(lambda: (s := m.api_status()) and s["memory_usage_mb"] > 60, 10, what="the runner to be tracked")
+        os.kill(serve_starts(env)[0]["pid"], signal.SIGKILL)
+        wait_until(lambda: len(serve_starts(env)) == 2, 15, what="the restart")
+        wait_until(
+            lambda: (
+                not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in runners)
+            ),
+            10,
+            what="the orphan to be reaped",
+        )
+    finally:
+        m.cleanup()
+        env.cleanup()
+
+
+def test_mlx_runners_are_reaped_after_a_kill_9(manager, standin):
+    manager.spawn_monitor(extra_env={"OLLAMA_STANDIN_MLX": "1"})
+    manager.wait_monitor_ready()
+    runners = load_model(standin)
+    assert "--mlx-engine" in psutil.Process(runners[0]).cmdline()  # its --model is a name, not a blob path
+    wait_until(lambda: (s := manager.api_status()) and s["memory_usage_mb"] > 60, 10, what="the runner to be tracked")
+    os.kill(serve_starts(standin)[0]["pid"], signal.SIGKILL)
+    wait_until(lambda: len(serve_starts(standin)) == 2, 15, what="the restart")
+    wait_until(
+        lambda: not psutil.pid_exists(runners[0]) or psutil.Process(runners[0]).status() == psutil.STATUS_ZOMBIE,
+        10,
+        what="the MLX runner to be reaped",
+    )
+    crash = next(e for e in manager.events() if e["kind"] == "crash")
+    assert crash["data"]["runners_reaped"] == runners

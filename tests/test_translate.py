@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, ClassVar
 
 import pytest
 
@@ -206,7 +207,7 @@ def test_stream_defaults_differ_between_the_dialects() -> None:
 
 
 class TestWholeAnswers:
-    COMPLETION = {
+    COMPLETION: ClassVar[dict[str, Any]] = {
         "id": "chatcmpl-9",
         "object": "chat.completion",
         "created": 5,
@@ -255,12 +256,15 @@ class TestWholeAnswers:
             ],
         }
         assert tr.openai_response_to_ollama(answer, "chat", "g", STAMP)["message"] == {
-            "role": "assistant", "content": "", "tool_calls": [{"function": {"index": 0, "name": "f", "arguments": {"a": 1}}, "id": "c"}],
+            "role": "assistant", "content": "",
+            "tool_calls": [{"function": {"index": 0, "name": "f", "arguments": {"a": 1}}, "id": "c"}],
         }  # fmt: skip
 
     def test_ollama_chat_as_completion(self) -> None:
         answer = {
-            "model": "llama3", "created_at": STAMP, "message": {"role": "assistant", "content": "", "thinking": "hm", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
+            "model": "llama3", "created_at": STAMP,
+            "message": {"role": "assistant", "content": "", "thinking": "hm",
+                        "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
             "done": True, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 6, "total_duration": 99,
         }  # fmt: skip
         assert tr.ollama_response_to_openai(answer, "chatcmpl-1", 1700) == {
@@ -300,7 +304,8 @@ class TestWholeAnswers:
         assert tr.openai_embeddings_to_ollama(openai, "e", legacy=True) == {"embedding": [0.1]}
         ollama = {"model": "all-minilm", "embeddings": [[0.5, 0.5]], "prompt_eval_count": 1}
         assert tr.ollama_embeddings_to_openai(ollama, "x") == {
-            "object": "list", "data": [{"object": "embedding", "embedding": [0.5, 0.5], "index": 0}], "model": "all-minilm",
+            "object": "list", "data": [{"object": "embedding", "embedding": [0.5, 0.5], "index": 0}],
+            "model": "all-minilm",
             "usage": {"prompt_tokens": 1, "total_tokens": 1},
         }  # fmt: skip
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
 from typing import Any
 
 import pytest
 
-from tray.ui import backend as backend_module
 from tray.ui.backend import (
     TrayBackend,
     TrayChoice,
@@ -34,10 +32,6 @@ def x_tray(display: str) -> tuple[bool, str]:
 
 def no_x_tray(display: str) -> tuple[bool, str]:
     return False, f"nothing owns _NET_SYSTEM_TRAY_S0 on X display {display}"
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(backend_module).failed == 0
 
 
 # --- at start ---------------------------------------------------------------------

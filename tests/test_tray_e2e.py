@@ -281,6 +281,7 @@ def test_without_a_tray_host_it_says_so_and_offers_the_monitor_command(
         screen.start_window_manager()  # openbox, but no tint2: nothing owns the tray selection
         done = subprocess.run(
             [sys.executable, "-m", "tray"],
+            check=False,
             env=tray_env(manager.env, screen.display, notifications),
             capture_output=True,
             text=True,

@@ -232,7 +232,7 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
 
     # A plain click while healthy opens the dashboard (a restart is one right click away).
     host.activate(item)
-    (url,) = wait_for(lambda: browser.opened(), 10, "the dashboard in the browser")
+    (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
     monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
     assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
 

@@ -26,7 +26,7 @@ from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
-from tray.service.supervisor import Supervisor, SupervisorError
+from tray.service.supervisor import Supervisor, SupervisorError, stop_message
 from tray.settings.config import Config, ConfigError, load_config
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
@@ -66,7 +66,7 @@ def cmd_start(ctx: Context) -> int:
     if message is None:
         sup = ctx.supervisor()
         sup.user_stop.clear()
-        message = sup.start(reason="user").describe(sup.host.url)
+        message = sup.start(reason="user", interactive=sys.stdin.isatty()).describe(sup.host.url)
     print(message)
     return 0
 
@@ -77,13 +77,12 @@ def cmd_stop(ctx: Context) -> int:
         sup = ctx.supervisor()
         if sup.answers() is None:
             sup.user_stop.set()
-            sup.reap_runners()
             print("Ollama is not running")
             return 0
-        stopped = sup.stop(reason="user")
+        stopped = sup.stop(reason="user", interactive=sys.stdin.isatty())
         sup.user_stop.set()
         sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
-        message = stopped.message()
+        message = stop_message(stopped, sup.reaped_names)
     print(message)
     return 0
 
@@ -93,7 +92,7 @@ def cmd_restart(ctx: Context) -> int:
     if message is None:
         sup = ctx.supervisor()
         sup.user_stop.clear()
-        message = sup.restart(reason="user").describe(sup.host.url)
+        message = sup.restart(reason="user", interactive=sys.stdin.isatty()).describe(sup.host.url)
     print(message)
     return 0
 
@@ -115,7 +114,7 @@ def cmd_status(ctx: Context) -> int:
 MANAGED_BY = {
     "manager": ", started by this manager",
     "external": ", started outside the manager",
-    "systemd": ", run by systemd",
+    "systemd": ", managed by systemd",
     "ollama-app": ", run by the Ollama app",
     "none": "",
 }
@@ -125,6 +124,10 @@ def format_status(status: Status, monitor_running: bool) -> str:
     latency = f" ({status.latency_ms} ms)" if status.latency_ms is not None else ""
     pid = f", pid {status.pid}" if status.pid else ""
     owner = MANAGED_BY.get(status.managed_by, status.managed_by)
+    if status.unit:
+        owner += f" ({status.unit})"
+    if status.owner and status.managed_by != "manager":
+        owner += f", run by {status.owner}"
     lines = [
         f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
         f"Address: {status.ollama_host}",
@@ -140,6 +143,8 @@ def format_status(status: Status, monitor_running: bool) -> str:
         lines.append(f"Restart attempts: {status.restart_attempt} of {status.restart_attempts_max}")
     if status.last_error:
         lines.append(f"Last error: {status.last_error}")
+    if status.server_settings_note:
+        lines.append(f"Settings: {status.server_settings_note}")
     lines.append("Monitor: " + ("running" if monitor_running else "not running"))
     return "\n".join(lines)
 
@@ -192,24 +197,25 @@ def cmd_model(ctx: Context) -> int:
     args, config, paths = ctx.args, ctx.config, ctx.paths
     install_default_modelfile(config, paths)
     sup = ctx.supervisor()
-    common = {"models_dir": sup.models_dir, "state_dir": paths.state_dir}
+    if sup.client.answers_as_ollama():
+        sup.adopt()  # the store of the server that runs (a systemd server keeps its own)
+    models_dir, state_dir = sup.models_dir, paths.state_dir
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
-    if args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete):
-        if not sup.client.answers_as_ollama():
-            print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
+    if wants_server and not sup.client.answers_as_ollama():
+        print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
+    url, model, modelfile = sup.host.url, config.ollama_model, config.modelfile_path
     if args.model_command == "ensure":
-        return commands.run_ensure(
-            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, **common
-        )
+        return commands.run_ensure(url, model, modelfile, quantize=quantize, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "rebuild":
         return commands.run_rebuild(
-            sup.host.url, config.ollama_model, config.modelfile_path, quantize=quantize, full=True, **common
+            url, model, modelfile, quantize=quantize, full=True, models_dir=models_dir, state_dir=state_dir
         )
     if args.model_command == "verify":
-        return commands.run_verify(config.ollama_model, full=args.full, **common)
+        return commands.run_verify(model, full=args.full, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "list":
-        return commands.run_list(config.ollama_model, **common)
-    return commands.run_cleanup(sup.host.url, config.ollama_model, delete=args.delete, **common)
+        return commands.run_list(model, models_dir=models_dir, state_dir=state_dir)
+    return commands.run_cleanup(url, model, delete=args.delete, models_dir=models_dir, state_dir=state_dir)
 
 
 def cmd_metrics(ctx: Context) -> int:
@@ -227,7 +233,8 @@ def cmd_metrics(ctx: Context) -> int:
         when = datetime.fromtimestamp(row["time"], UTC).isoformat(timespec="seconds")
         print(
             f"{when:<25} {row['health'] or '-':<9} {_num(row['latency_ms'], 'ms'):>9} "
-            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} {_num(row['gpu_memory_mb'], 'MB'):>9}"
+            f"{_num(row['memory_mb'], 'MB'):>10} {_num(row['cpu_percent'], '%'):>6} "
+            f"{_num(row['gpu_memory_mb'], 'MB'):>9}"
         )
     return 0
 
@@ -442,8 +449,9 @@ class running_services:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.gateway is not None:
-            self.gateway.stop()
+        gateway = getattr(self, "gateway", None)  # unset when __enter__ failed before starting it
+        if gateway is not None:
+            gateway.stop()
         self.monitor.stop()
         self.dashboard.close()  # ends the dashboards' open event streams, so the server can stop
         self.server.stop()

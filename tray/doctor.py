@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import TextIO
 
 from tray import __version__
@@ -252,7 +253,7 @@ def available_fallbacks(
     return found
 
 
-def probe_nvml(loader: Callable[[], object] = lambda: importlib.import_module("pynvml")) -> NvmlFacts:
+def probe_nvml(loader: Callable[[], ModuleType] = lambda: importlib.import_module("pynvml")) -> NvmlFacts:
     """Initialise NVML once, read the GPU count and driver, and shut it down again."""
     try:
         nvml = loader()
@@ -260,18 +261,18 @@ def probe_nvml(loader: Callable[[], object] = lambda: importlib.import_module("p
         return NvmlFacts(library=None)
     library = _distribution_version("nvidia-ml-py") or "?"
     try:
-        nvml.nvmlInit()  # type: ignore[attr-defined]
+        nvml.nvmlInit()
     except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends
         return NvmlFacts(library=library, error=type(exc).__name__)
     try:
-        count = int(nvml.nvmlDeviceGetCount())  # type: ignore[attr-defined]
-        driver = nvml.nvmlSystemGetDriverVersion()  # type: ignore[attr-defined]
+        count = int(nvml.nvmlDeviceGetCount())
+        driver = nvml.nvmlSystemGetDriverVersion()
         driver_text = driver.decode() if isinstance(driver, bytes) else str(driver)
     except Exception as exc:  # noqa: BLE001
         return NvmlFacts(library=library, gpu_count=0, error=type(exc).__name__)
     finally:
         try:
-            nvml.nvmlShutdown()  # type: ignore[attr-defined]
+            nvml.nvmlShutdown()
         except Exception:  # noqa: BLE001 - nothing to do about a failed shutdown
             pass
     return NvmlFacts(library=library, gpu_count=count, driver=driver_text)

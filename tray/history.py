@@ -59,6 +59,7 @@ class EventKind(StrEnum):
     RESTART = "restart"
     ADOPT = "adopt"  # an Ollama started elsewhere is watched
     EXTERNAL = "external"  # another program restarted Ollama: watched, not managed
+    NOT_PERMITTED = "not_permitted"  # its owner (systemd, another account) refused this user: the command that works
     USER_STOP = "user_stop"
     CRASH = "crash"
     UNEXPECTED_RESTART = "unexpected_restart"
@@ -66,11 +67,13 @@ class EventKind(StrEnum):
     RESUME = "resume"  # the machine woke from sleep
     ERROR = "error"
     ALERT = "alert"
+    LOG_ACCESS = "log_access"  # the journal refuses this user Ollama's log: how to get access
     OOM = "oom"  # a move of the out-of-memory ladder
     CLOUD = "cloud"  # the gateway's cloud fallback turned on or off
     MODEL_MISSING = "model_missing"
     MODEL_CORRUPT = "model_corrupt"
     MODEL_ERROR = "model_error"
+    MODEL_UNVERIFIED = "model_unverified"  # the store is another account's and cannot be read: not checked
     MODEL_BUILT = "model_built"
     MODEL_REPAIRED = "model_repaired"
 
@@ -205,7 +208,7 @@ class History:
             except sqlite3.Error as exc:
                 log.warning("could not read samples from %s: %s", self.path, exc)
                 return []
-        return [dict(zip(("time", "span", *SAMPLE_FIELDS), row)) for row in rows]
+        return [dict(zip(("time", "span", *SAMPLE_FIELDS), row, strict=True)) for row in rows]
 
     def compact(self, retention: Retention = Retention()) -> None:
         """Average raw samples older than a day into buckets and drop what is past retention."""

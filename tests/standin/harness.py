@@ -43,7 +43,7 @@ def free_port() -> int:
 
 def _search_path(original: str) -> list[str]:
     """PATH entries without any directory that holds an ``ollama``, this interpreter's directory first."""
-    entries = [str(Path(sys.executable).parent)] + original.split(os.pathsep)
+    entries = [str(Path(sys.executable).parent), *original.split(os.pathsep)]
     kept: list[str] = []
     for entry in entries:
         if entry and entry not in kept and not any((Path(entry) / name).exists() for name in OLLAMA_FILE_NAMES):
@@ -55,6 +55,23 @@ def frozen_standin() -> Path | None:
     """The frozen stand-in named by ``$OLLAMA_STANDIN_EXECUTABLE``, if any."""
     configured = os.environ.get(FROZEN_ENV, "")
     return Path(configured) if configured else None
+
+
+def weights_blob(models_dir: Path, model: str = "llama3") -> tuple[str, Path]:
+    """The digest (``sha256:<hex>``) and file of a library model's weights layer in a store."""
+    manifest = Path(models_dir) / "manifests" / "registry.ollama.ai" / "library" / model / "latest"
+    layers = json.loads(manifest.read_text())["layers"]
+    digest = next(layer["digest"] for layer in layers if layer["mediaType"].endswith(".model"))
+    return digest, Path(models_dir) / "blobs" / digest.replace(":", "-")
+
+
+def flip_middle_byte(path: Path) -> None:
+    """Damage a blob the way a bad disk does: same size, one byte changed (and a new mtime)."""
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
 
 
 def same_process(pid: int, create_time: float | None) -> psutil.Process | None:
@@ -81,9 +98,12 @@ class StandinEnv:
         runner_mb: int | None = None,
         extra_env: Mapping[str, str] | None = None,
         executable: Path | None = None,
+        standin_bin: Path = STANDIN_BIN,
     ) -> None:
-        """``executable``: a frozen stand-in for PATH (default ``$OLLAMA_STANDIN_EXECUTABLE``, else the script)."""
+        """``executable``: a frozen stand-in for PATH (default ``$OLLAMA_STANDIN_EXECUTABLE``, else the script);
+        ``standin_bin``: the script the PATH's ``ollama`` links to (a copy another account can run)."""
         self.root = Path(root)
+        self.standin_bin = standin_bin
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.base_url = f"http://{self.host}"
@@ -107,7 +127,7 @@ class StandinEnv:
         if self.executable == self.bin_dir / "ollama" and not self.executable.exists():
             if sys.platform == "win32":
                 raise RuntimeError(f"Windows runs the stand-in frozen: set {FROZEN_ENV} (tests/standin/freeze.py)")
-            self.executable.symlink_to(STANDIN_BIN)
+            self.executable.symlink_to(self.standin_bin)
         dirs = {
             "HOME": self.root / "home",
             "XDG_CONFIG_HOME": self.root / "xdg" / "config",
@@ -127,7 +147,11 @@ class StandinEnv:
             OLLAMA_MODELS=str(self.models_dir),
             OLLAMA_STANDIN_CONTROL=str(self.control_file),
             OLLAMA_STANDIN_EVENTS=str(self.events_file),
-            PATH=os.pathsep.join([str(self.bin_dir)] + _search_path(os.environ.get("PATH", ""))),
+            # The stand-in systemctl/journalctl: without OLLAMA_STANDIN_SYSTEMD a machine with no units, so a
+            # real systemd (and a real ollama.service) on the test machine is never seen.
+            PATH=os.pathsep.join(
+                [str(self.bin_dir), str(self.standin_bin.parent / "sbin"), *_search_path(os.environ.get("PATH", ""))]
+            ),
         )
         if blob_mb is not None:
             env["OLLAMA_STANDIN_BLOB_MB"] = str(blob_mb)
@@ -223,13 +247,14 @@ class StandinEnv:
         self,
         *args: str,
         timeout: float = 60.0,
-        input: str | None = None,
+        input: str | None = None,  # noqa: A002 - subprocess.run's name
         extra_env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run the CLI with this environment; output is captured as text."""
         return subprocess.run(
             [str(self.executable), *args],
+            check=False,
             env=dict(self.env, **(extra_env or {})),
             input=input,
             capture_output=True,
@@ -278,9 +303,9 @@ class StandinEnv:
     def runner_pid(self, model: str | None = None) -> int | None:
         """The live runner most recently started (for ``model``, e.g. ``llama3:latest``), None when there is none."""
         for event in reversed(self.events_of("runner_start")):
-            if model is None or event["model"] == model:
-                if same_process(event["pid"], event.get("create_time")) is not None:
-                    return int(event["pid"])
+            wanted = model is None or event["model"] == model
+            if wanted and same_process(event["pid"], event.get("create_time")) is not None:
+                return int(event["pid"])
         return None
 
     def serve_pids(self) -> list[int]:

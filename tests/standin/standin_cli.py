@@ -140,7 +140,7 @@ def table(header: List[str], rows: List[List[str]]) -> str:
     widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
     head = "    ".join(cell.ljust(widths[i]) for i, cell in enumerate(header)) + " "
     body = ["".join(cell.ljust(widths[i]) + "    " for i, cell in enumerate(row)) for row in rows]
-    return "\n".join([head] + body) + "\n"
+    return "\n".join([head, *body]) + "\n"
 
 
 def require_args(
@@ -224,7 +224,7 @@ def processor_text(size: int, size_vram: int) -> str:
         return "100% CPU"
     if size_vram >= size:
         return "100% GPU"
-    cpu = int(round(100 * (size - size_vram) / size))
+    cpu = round(100 * (size - size_vram) / size)
     return "%d%%/%d%% CPU/GPU" % (cpu, 100 - cpu)
 
 
@@ -372,7 +372,7 @@ def cmd_stop(args: List[str]) -> int:
 def cmd_show(argv: List[str]) -> int:
     """``ollama show MODEL [--modelfile|--parameters|--template|--system|--license]``."""
     sections = ("--modelfile", "--parameters", "--template", "--system", "--license")
-    args, flags = split_flags(argv, (), sections + ("-v", "--verbose"))
+    args, flags = split_flags(argv, (), (*sections, "-v", "--verbose"))
     require_args(args, exactly=1)
     api = client()
     api.heartbeat()

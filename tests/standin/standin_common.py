@@ -164,7 +164,7 @@ def models_dir_from_env() -> str:
     """OLLAMA_MODELS, else ``~/.ollama/models``."""
     configured = env_var("OLLAMA_MODELS")
     if configured:
-        return os.path.abspath(os.path.expanduser(configured))
+        return os.path.abspath(configured)  # as written: Ollama does not expand "~"
     return os.path.join(os.path.expanduser("~"), ".ollama", "models")
 
 
@@ -209,7 +209,7 @@ def parse_go_duration(text: str) -> int:
             raise DurationError('time: unknown unit "%s" in duration "%s"' % (unit, original))
         total += float(number) * _UNIT_NS[unit]
         text = text[match.end() :]
-    return sign * int(round(total))
+    return sign * round(total)
 
 
 def go_duration_string(ns: int) -> str:
@@ -256,10 +256,7 @@ def keep_alive_seconds(value: Any, default: Optional[float]) -> Optional[float]:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError("Unsupported type: '%s'" % _go_type_name(value))
-    if isinstance(value, str):
-        seconds = parse_go_duration(value) / 1e9
-    else:
-        seconds = float(value)
+    seconds = parse_go_duration(value) / 1e9 if isinstance(value, str) else float(value)
     return FOREVER if seconds < 0 else seconds
 
 
@@ -388,7 +385,7 @@ def human_duration(seconds_float: float) -> str:
         return "About a minute"
     if minutes < 60:
         return "%d minutes" % minutes
-    hours = int(round(seconds_float / 3600))
+    hours = round(seconds_float / 3600)
     if hours == 1:
         return "About an hour"
     if hours < 48:

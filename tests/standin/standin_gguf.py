@@ -176,6 +176,6 @@ def human_number(count: int) -> str:
             if value >= 100:
                 return "%d%s" % (int(value), unit)
             if value >= 10:
-                return "%d%s" % (int(round(value)), unit)
+                return "%d%s" % (round(value), unit)
             return "%.1f%s" % (value, unit)
     return str(count)

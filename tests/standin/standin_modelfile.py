@@ -50,7 +50,10 @@ DEPRECATED_PARAMS = (
     "mirostat_eta",
     "tfs_z",
 )
-_INVALID_COMMAND = 'command must be one of "from", "license", "template", "system", "adapter", "renderer", "parser", "parameter", "message", or "requires"'
+_INVALID_COMMAND = (
+    'command must be one of "from", "license", "template", "system", "adapter", "renderer", "parser", "parameter", '
+    '"message", or "requires"'
+)
 
 
 class ModelfileError(ValueError):

@@ -335,7 +335,7 @@ def act_out_oom(server: RunnerHTTPServer, model: str, oom: Dict[str, Any], llama
     os._exit(1)
 
 
-def run(model: str, port: int, llama_server: bool) -> int:
+def run(model: str, port: int, llama_server: bool, model_is_name: bool = False) -> int:
     """Listen, load (memory, load time, the planned failure), then serve until killed."""
     plan = read_plan()
     state = RunnerState(float(plan.get("cpu_ms", DEFAULT_CPU_MS)))
@@ -352,7 +352,7 @@ def run(model: str, port: int, llama_server: bool) -> int:
         _say("srv    load_model: loading model '%s'" % model)
     else:
         _say(slog_line("INFO", "runner.go:1006", "Server listening on 127.0.0.1:%d" % port))
-    problem = model_error(model)
+    problem = None if model_is_name else model_error(model)
     if problem:
         _say("llama_model_load: error loading model: %s" % problem)
         if llama_server:
@@ -387,10 +387,10 @@ def _start(name: str, argv: List[str]) -> Tuple[str, int]:
 
 
 def runner_main(argv: List[str]) -> int:
-    """Entry point of the hidden ``ollama runner`` command (Ollama < 0.30)."""
+    """Entry point of the hidden ``ollama runner`` command (Ollama < 0.30, and the MLX engine's ``--mlx-engine``)."""
     model, port = _start("ollama", argv)
     _say(slog_line("INFO", "runner.go:963", "starting go runner"))
-    return run(model, port, llama_server=False)
+    return run(model, port, llama_server=False, model_is_name="--mlx-engine" in argv)
 
 
 def llama_server_main(argv: List[str]) -> int:

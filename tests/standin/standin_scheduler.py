@@ -767,10 +767,15 @@ class Scheduler:
         }
         if oom is not None:
             plan["oom"] = oom
-        if self.llama_server:
+        if common.env_var("OLLAMA_STANDIN_MLX") in ("1", "true"):
+            # The MLX engine's runner names the model, not a blob (x/imagegen, x/mlxrunner).
+            command = [sys.executable, common.EXECUTABLE, "runner", "--mlx-engine", "--model", model.name.display]
+            command += ["--port", str(port)]
+            shown = command[1:]
+        elif self.llama_server:
             args = llama_server_args(model, port, request.options, num_parallel, embedding)
             prefix = llama_server_executable()
-            command, shown = prefix + args, [prefix[0]] + args
+            command, shown = prefix + args, [prefix[0], *args]
         else:
             runner = [sys.executable] if common.FROZEN else [sys.executable, common.EXECUTABLE]
             command = runner + ["runner", "--model", model.model_path, "--port", str(port)]
@@ -871,10 +876,10 @@ class Scheduler:
                 return
             if status == ERROR and self.llama_server:
                 message = runner.last_error
-                if not (is_recoverable_out_of_memory(message) or is_recoverable_out_of_memory(detail)):
-                    if is_out_of_memory(message) or is_out_of_memory(detail):
-                        self._kill(runner.proc)
-                        raise ScheduleError(500, oom_during_startup(message if is_out_of_memory(message) else detail))
+                recoverable = is_recoverable_out_of_memory(message) or is_recoverable_out_of_memory(detail)
+                if not recoverable and (is_out_of_memory(message) or is_out_of_memory(detail)):
+                    self._kill(runner.proc)
+                    raise ScheduleError(500, oom_during_startup(message if is_out_of_memory(message) else detail))
             last_status = status
             self.sleep(HEALTH_POLL_S)
 

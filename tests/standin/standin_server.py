@@ -45,6 +45,7 @@ Environment (read at start):
   OLLAMA_STANDIN_CRASH_AFTER     seconds, then exit 2 like a Go panic (runners are orphaned)
   OLLAMA_STANDIN_VERSION         version reported by server and CLI (default 0.33.0); below 0.30 the
                                  runner is ``ollama runner`` and the texts are v0.12's
+  OLLAMA_STANDIN_MLX             1: runners are the MLX engine's ``ollama runner --mlx-engine --model <name>``
 
 Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every request; times in ms):
   slow_ms          every API path but / waits this long before its handler
@@ -310,7 +311,7 @@ def reply_tokens(
     (['You', ' said:', ' hi', ' lorem', ' ipsum'], 'stop')
     """
     words = prompt.split()[:MAX_ECHO_WORDS]
-    parts = [go_json({"reply": " ".join(words)})] if json_format else ["You", "said:"] + words
+    parts = [go_json({"reply": " ".join(words)})] if json_format else ["You", "said:", *words]
     tokens = [part if index == 0 else " " + part for index, part in enumerate(parts)]
     stopped = False
     for index, token in enumerate(tokens):
@@ -1467,7 +1468,8 @@ def log_startup(app: App, host: common.HostSpec, server: StandinServer, models: 
         "2562047h47m16.854775807s" if keep_alive == FOREVER else common.go_duration_string(int(keep_alive * 1e9))
     )
     env_map = (
-        "map[OLLAMA_CONTEXT_LENGTH:%d OLLAMA_HOST:%s://%s OLLAMA_KEEP_ALIVE:%s OLLAMA_MAX_LOADED_MODELS:%d OLLAMA_MODELS:%s OLLAMA_NOPRUNE:%s]"
+        "map[OLLAMA_CONTEXT_LENGTH:%d OLLAMA_HOST:%s://%s OLLAMA_KEEP_ALIVE:%s OLLAMA_MAX_LOADED_MODELS:%d "
+        "OLLAMA_MODELS:%s OLLAMA_NOPRUNE:%s]"
         % (
             app.default_num_ctx,
             host.scheme,

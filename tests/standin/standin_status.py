@@ -23,9 +23,15 @@ OLD_ERROR_PREFIXES = (
     "Deepseek2 does not support K-shift",
 )
 ERROR_PREFIXES = (
-    ("mlx:", "MLX:", "panic:", "fatal error:", "error:", "Error:")
-    + OLD_ERROR_PREFIXES[1:]
-    + ("signal arrived during cgo execution", "llama_init_from_model:")
+    "mlx:",
+    "MLX:",
+    "panic:",
+    "fatal error:",
+    "error:",
+    "Error:",
+    *OLD_ERROR_PREFIXES[1:],
+    "signal arrived during cgo execution",
+    "llama_init_from_model:",
 )
 OUT_OF_MEMORY_SUBSTRINGS = (
     "out of memory",

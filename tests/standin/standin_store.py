@@ -152,7 +152,8 @@ def profile_for(name: ModelName) -> Profile:
 
 CHAT_TEMPLATE = (
     "{{- if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
-    "{{- if .Tools }}<|start_header_id|>tools<|end_header_id|>\n\n{{ range .Tools }}{{ . }}\n{{ end }}<|eot_id|>{{ end }}"
+    "{{- if .Tools }}<|start_header_id|>tools<|end_header_id|>\n\n"
+    "{{ range .Tools }}{{ . }}\n{{ end }}<|eot_id|>{{ end }}"
     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
     "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
@@ -550,7 +551,7 @@ class ModelStore:
             raise StreamError("pull model manifest: file does not exist")
         data, layers, config = self.registry.manifest(name)
         fresh: List[RemoteLayer] = []
-        for layer in layers + [config]:
+        for layer in [*layers, config]:
             with self.blob_lock(layer.digest):
                 if os.path.exists(self.blob_path(layer.digest)):
                     yield _progress(layer, layer.size)
@@ -567,7 +568,7 @@ class ModelStore:
             except (ModelMissing, ValueError):
                 old_document = {}
             self.write_manifest(name, data)
-            wanted = {layer.digest for layer in layers + [config]}
+            wanted = {layer.digest for layer in [*layers, config]}
             stale = [digest for digest in _manifest_digests(old_document) if digest not in wanted]
             if stale:
                 yield {"status": "removing unused layers"}
@@ -632,7 +633,8 @@ class ModelStore:
         for layer, metadata in base:
             if metadata is not None and layer.media_type == MODEL:
                 if quantize:
-                    layer, metadata = yield from self._maybe_quantize(layer, metadata, quantize)
+                    # the quantized layer replaces the original, as in Ollama's create
+                    layer, metadata = yield from self._maybe_quantize(layer, metadata, quantize)  # noqa: PLW2901
                 _fill_config(config, metadata)
             layers.append(layer)
         layers = self._apply_request(layers, request)

@@ -163,7 +163,7 @@ class RunnerCall:
                 wait = min(wait, self.deadline - time.monotonic())
                 if wait <= 0:
                     raise RunnerTimeout()
-            readable = wait_for([self.sock] + self.watch.selectable(), wait)
+            readable = wait_for([self.sock, *self.watch.selectable()], wait)
             if self.watch.gone():
                 raise Cancelled(self.stage)
             if self.sock in readable:

@@ -48,6 +48,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Any
 
 from tray.settings.meta import setting
 
@@ -67,6 +68,8 @@ class AlertKind(StrEnum):
     GPU_MEMORY = "gpu_memory"
     LEAK = "leak"
     STUCK_RUNNER = "stuck_runner"
+    # Raised by the monitor, not by a rule: what answers on Ollama's port is another user's and is not used.
+    UNTRUSTED_SERVER = "untrusted_server"
 
 
 class AlertState(StrEnum):
@@ -600,13 +603,13 @@ class AlertEngine:
         )
 
 
-def thresholds_from_mapping(values: Mapping[str, object]) -> AlertThresholds:
+def thresholds_from_mapping(values: Mapping[str, Any]) -> AlertThresholds:
     """Build thresholds from an ``[alerts]`` table; ValueError (one line) on an unknown key or bad value."""
     known = {f.name for f in fields(AlertThresholds)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown key '{unknown[0]}' in [alerts]")
-    return AlertThresholds(**values)  # type: ignore[arg-type]
+    return AlertThresholds(**values)  # the values are checked by AlertThresholds.__post_init__
 
 
 __all__ = [

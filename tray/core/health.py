@@ -67,6 +67,7 @@ class Failure(StrEnum):
     HTTP_ERROR = "http_error"  # answered with an error status: alive, not well
     BAD_RESPONSE = "bad_response"  # answered something that is not Ollama
     MODEL_ERROR = "model_error"  # the model is missing or broken; the server is fine
+    UNTRUSTED = "untrusted"  # answers, but another user runs it: never used, never restarted
 
 
 DOWN_FACTOR = 3.0

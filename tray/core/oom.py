@@ -642,6 +642,40 @@ class OomLadder:
         """Rungs below normal (0 = no overrides)."""
         return len(self._taken)
 
+    def saved(self) -> dict[str, object]:
+        """The rungs taken, as JSON-ready data, so the ladder outlives a restart of the app.
+
+        >>> ladder = OomLadder(num_ctx=4096)
+        >>> _ = ladder.record_oom(0.0)
+        >>> ladder.saved()
+        {'taken': [['smaller_context', {'num_ctx': None, 'num_gpu': None, 'cloud_fallback': False}]], \
+'current': {'num_ctx': 2048, 'num_gpu': None, 'cloud_fallback': False}}
+        >>> again = OomLadder(num_ctx=4096)
+        >>> again.restore(ladder.saved()), again.level, again.current.num_ctx
+        (True, 1, 2048)
+        """
+        return {
+            "taken": [[str(step), _settings_data(before)] for step, before in self._taken],
+            "current": _settings_data(self.current),
+        }
+
+    def restore(self, data: Mapping[str, object]) -> bool:
+        """Take back the rungs :meth:`saved` gave; False, and nothing changed, when ``data`` does not fit.
+
+        >>> OomLadder().restore({"taken": [["sideways", {}]], "current": {}})
+        False
+        """
+        raw_taken, raw_current = data.get("taken"), data.get("current")
+        if not isinstance(raw_taken, list) or not isinstance(raw_current, dict):
+            return False
+        try:
+            taken = [(OomStep(step), OomSettings(**before)) for step, before in raw_taken]
+            current = OomSettings(**raw_current)
+        except (TypeError, ValueError):
+            return False
+        self._taken, self.current = taken, current
+        return True
+
     @property
     def targets(self) -> OomTargets:
         """What each place should hold now."""
@@ -746,3 +780,7 @@ class OomLadder:
             text.done_message,
             now,
         )
+
+
+def _settings_data(settings: OomSettings) -> dict[str, object]:
+    return {"num_ctx": settings.num_ctx, "num_gpu": settings.num_gpu, "cloud_fallback": settings.cloud_fallback}

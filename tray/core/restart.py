@@ -47,7 +47,8 @@ def geometric_delay(step: int, first: float, maximum: float, steps: int) -> floa
         return 0.0
     if step > steps:
         return maximum
-    return first * (maximum / first) ** ((step - 1) / steps)
+    growth: float = (maximum / first) ** ((step - 1) / steps)  # float ** float is typed Any: it may be complex
+    return first * growth
 
 
 @dataclass
@@ -83,7 +84,7 @@ class RestartPolicy:
 
     def slow_retry_delay(self, retry: int) -> float:
         """Un-jittered wait before slow retry ``retry`` (0-based) after giving up."""
-        return min(self.retry_max, self.retry_after_give_up * 2**retry)
+        return min(self.retry_max, self.retry_after_give_up * 2.0**retry)
 
     def decide(self, now: float) -> Decision:
         """A restart is wanted now: run it, wait, or give up."""

@@ -38,6 +38,7 @@ class MonitorState(StrEnum):
     RESTARTING = "restarting"  # a restart is under way or waiting for its next attempt
     FAILED = "failed"  # the restart policy gave up; retried rarely
     STOPPED = "stopped"  # the user stopped it; it stays stopped until they start it
+    REFUSED = "refused"  # what answers on the port is another user's: never used, never signalled
 
 
 class ActivityKind(StrEnum):
@@ -264,6 +265,9 @@ class Status:
     loaded_models: tuple[LoadedModelStatus, ...] = ()
     model_status: ModelStatus | None = None
     model_info: ModelInfo | None = None
+    owner: str | None = None  # the account that runs the server, when known
+    unit: str | None = None  # the server's systemd unit, when systemd runs it
+    server_settings_note: str | None = None  # [ollama_server] cannot reach a systemd server: the drop-in that would
 
     def to_json(self) -> dict[str, Any]:
         """The status API's JSON object (keys in :data:`STATUS_KEYS` order, enums as their strings)."""
@@ -293,6 +297,9 @@ class Status:
             "loaded_models": [model.to_json() for model in self.loaded_models],
             "model_status": str(self.model_status) if self.model_status is not None else None,
             "model_info": self.model_info.to_json() if self.model_info is not None else None,
+            "owner": self.owner,
+            "unit": self.unit,
+            "server_settings_note": self.server_settings_note,
         }
 
     @classmethod
@@ -338,6 +345,9 @@ class Status:
             loaded_models=tuple(model for model in models if model is not None),
             model_status=_enum(ModelStatus, data.get("model_status"), None),
             model_info=ModelInfo.from_json(data.get("model_info")),
+            owner=_value(str, data.get("owner"), None),
+            unit=_value(str, data.get("unit"), None),
+            server_settings_note=_value(str, data.get("server_settings_note"), None),
         )
 
 

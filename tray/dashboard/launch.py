@@ -61,7 +61,7 @@ def open_dashboard(paths: AppPaths, open_browser: BrowserOpener = webbrowser.ope
     return url
 
 
-def add_dashboard_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+def add_dashboard_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``dashboard`` to the CLI's subcommands."""
     parser = subparsers.add_parser("dashboard", help="open the dashboard of the running manager in a web browser")
     parser.add_argument("--url", action="store_true", help="print its address instead of opening a browser")

@@ -128,7 +128,7 @@ def _gpu_families(sample: ResourceSample | None) -> list[Metric]:
     }
     for gpu in sample.gpus if sample is not None else ():
         for family, value in zip(
-            families.values(), (gpu.memory_used_bytes, gpu.memory_total_bytes, gpu.utilization_percent)
+            families.values(), (gpu.memory_used_bytes, gpu.memory_total_bytes, gpu.utilization_percent), strict=True
         ):
             if value is not None:
                 family.add_metric([str(gpu.index), gpu.name], float(value))

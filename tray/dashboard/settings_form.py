@@ -27,6 +27,7 @@ from tray.settings.config import (
     is_section,
     load_table,
     read_config_file,
+    section_type,
     settable_fields,
 )
 from tray.settings.store import set_config_values
@@ -120,8 +121,9 @@ def setting_specs(cls: type = Config, prefix: str = "") -> list[SettingSpec]:
     nested: list[SettingSpec] = []
     for f in settable_fields(cls):
         key = prefix + f.name
-        if is_section(f):
-            nested.extend(setting_specs(f.default_factory, prefix=key + "."))  # type: ignore[arg-type]
+        section_cls = section_type(f)
+        if section_cls is not None:
+            nested.extend(setting_specs(section_cls, prefix=key + "."))
             continue
         meta = f.metadata
         plain.append(

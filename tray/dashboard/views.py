@@ -37,7 +37,7 @@ HEALTH_RANK = {"down": 3, "unhealthy": 2, "healthy": 1}
 MANAGED_BY = {
     "manager": "started by this manager",
     "external": "started outside the manager",
-    "systemd": "run by systemd",
+    "systemd": "managed by systemd",
     "ollama-app": "run by the Ollama app",
     "none": "not running",
 }
@@ -108,6 +108,10 @@ def status_view(status: Status, now: float) -> dict[str, Any]:
     latency = status.latency_ms
     pid = status.pid
     owner = MANAGED_BY.get(status.managed_by, status.managed_by)
+    if status.unit:
+        owner += f" ({status.unit})"
+    if status.owner and status.managed_by != "manager":
+        owner += f", run by {status.owner}"
     return {
         "health": str(status.health),
         "summary": status_summary(status),
@@ -124,6 +128,7 @@ def status_view(status: Status, now: float) -> dict[str, Any]:
         "actions": action_views(status),
         "model": model_view(status, now),
         "gateway": gateway_view(status.gateway),
+        "settings_note": status.server_settings_note,
     }
 
 

@@ -53,7 +53,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -261,7 +261,7 @@ class RawResponse(Response):
 class RelayResponse(Response):
     """A body streamed from an async iterator, closed however the exchange ends."""
 
-    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], chunks: AsyncGenerator[bytes, None]) -> None:
         self.status_code = status
         self.raw_headers = headers
         self.background = None
@@ -276,7 +276,7 @@ class RelayResponse(Response):
         except OSError:
             log.debug("client went away during a streamed answer")
         finally:
-            await self._chunks.aclose()  # type: ignore[attr-defined]
+            await self._chunks.aclose()
 
 
 def json_response(status: int, value: Any, backend: Backend, content_type: str = tr.JSON) -> RawResponse:
@@ -461,7 +461,7 @@ class Gateway:
         with self._lock:
             self.router.observe_health(health, self.clock())
             waiting: list[_Exchange] = []
-            if health is LocalHealth.DOWN:
+            if health in (LocalHealth.DOWN, LocalHealth.REFUSED):
                 self._down_reports += 1
                 waiting = [e for e in self._exchanges if not e.answered]
         if waiting and self._loop is not None:
@@ -823,7 +823,7 @@ class Gateway:
 
     async def _local_chunks(
         self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Ollama's body as it arrives; a break mid-way ends it with an error in its own format."""
         content_type = upstream.headers.get("content-type", "")
         chunks = upstream.aiter_raw()
@@ -933,7 +933,7 @@ class Gateway:
         translated = call.translate_body(answer, self._timestamp(), _completion_id(), int(self.wall_clock()))
         return json_response(200, translated, Backend.CLOUD)
 
-    async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncIterator[bytes]:
+    async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncGenerator[bytes, None]:
         translator = call.stream_translator(self._timestamp, _completion_id(), int(self.wall_clock()))
         last = b"\n"
         try:
@@ -965,8 +965,9 @@ class Gateway:
             now = self.clock()
             breaker = self.router.breaker
             # As soon as Ollama answers again (a health report, a good answer) the lists come from it.
-            skip_local = self.cloud.enabled and (
-                breaker.state(now) is BreakerState.OPEN or breaker.last_health is LocalHealth.DOWN
+            skip_local = breaker.refused or (
+                self.cloud.enabled
+                and (breaker.state(now) is BreakerState.OPEN or breaker.last_health is LocalHealth.DOWN)
             )
             permit = breaker.passive_permit(now)
         problem = f"Ollama is skipped after failing ({self.router.breaker.reason})"
@@ -1069,9 +1070,12 @@ class Gateway:
         threading.Thread(target=self._call_report, args=(why,), name="gateway-report", daemon=True).start()
 
     def _call_report(self, why: str) -> None:
+        report = self.report_problem
+        if report is None:
+            return
         try:
-            self.report_problem(why)  # type: ignore[misc]
-        except Exception as exc:  # the gateway keeps serving whatever the monitor says
+            report(why)
+        except Exception as exc:  # noqa: BLE001 - the gateway keeps serving whatever the monitor says
             log.warning("could not ask the monitor to check Ollama: %s", exc)
 
     def _served(self, backend: Backend) -> None:
@@ -1241,7 +1245,7 @@ class GatewayServer:
         for callback in self._on_stop:
             try:
                 callback()
-            except Exception as exc:  # stopping goes on regardless
+            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
                 log.warning("gateway stop hook failed: %s", exc)
         self._server.should_exit = True
         if self._thread is not None:

@@ -58,6 +58,7 @@ class LocalHealth(StrEnum):
     SLOW = "slow"  # answers, but slowly (the notes' "unhealthy")
     DOWN = "down"
     UNKNOWN = "unknown"
+    REFUSED = "refused"  # something answers, but another user runs it: no request ever goes there
 
     @property
     def answering(self) -> bool:
@@ -71,14 +72,18 @@ def health_from_status(status: Status) -> LocalHealth:
     """Map a monitor's status to :class:`LocalHealth`.
 
     A monitor that gave up (``state`` "failed") or a user stop means down,
-    whatever the last probe said.
+    whatever the last probe said; a server another user runs is refused.
 
     >>> from tray.core.status import make_status
     >>> health_from_status(make_status(health=Health.HEALTHY, state=MonitorState.RUNNING))
     <LocalHealth.UP: 'up'>
     >>> health_from_status(make_status(health=Health.UNKNOWN, state=MonitorState.FAILED))
     <LocalHealth.DOWN: 'down'>
+    >>> health_from_status(make_status(health=Health.DOWN, state=MonitorState.REFUSED))
+    <LocalHealth.REFUSED: 'refused'>
     """
+    if status.state is MonitorState.REFUSED:
+        return LocalHealth.REFUSED
     if status.state in (MonitorState.FAILED, MonitorState.STOPPED):
         return LocalHealth.DOWN
     return _MONITOR_HEALTH.get(status.health, LocalHealth.UNKNOWN)
@@ -150,8 +155,15 @@ class CircuitBreaker:
 
     # -- requests
 
+    @property
+    def refused(self) -> bool:
+        """What answers on Ollama's port is another user's: nothing goes there, not even a trial."""
+        return self._last_health is LocalHealth.REFUSED
+
     def try_acquire(self, now: float) -> Permit:
         """May a request go to Ollama now? In half-open only one trial at a time."""
+        if self.refused:
+            return Permit(False, generation=self._generation)
         state = self.state(now)
         if state is BreakerState.CLOSED:
             return Permit(True, generation=self._generation)
@@ -165,6 +177,8 @@ class CircuitBreaker:
 
         It is ``allowed`` only while closed, so only then do its outcomes count.
         """
+        if self.refused:
+            return Permit(False, generation=-1)
         state = self.state(now)
         return Permit(state is BreakerState.CLOSED, generation=self._generation if state is BreakerState.CLOSED else -1)
 
@@ -218,7 +232,7 @@ class CircuitBreaker:
         """
         self._last_health = health
         state = self.state(now)
-        if health is LocalHealth.DOWN:
+        if health in (LocalHealth.DOWN, LocalHealth.REFUSED):
             if state is not BreakerState.OPEN:
                 self._open(now, "Ollama is down", longer=state is BreakerState.HALF_OPEN)
             return
@@ -538,7 +552,7 @@ class Router:
         retry_at = self.breaker.retry_at(now)
         if self.cloud_enabled:
             return Route(Target.CLOUD, permit, retry_at=retry_at)
-        if self.breaker.state(now) is BreakerState.HALF_OPEN:
+        if self.breaker.state(now) is BreakerState.HALF_OPEN and not self.breaker.refused:
             # Without a cloud, nothing is gained by failing the requests that queue behind a trial.
             return Route(Target.LOCAL, permit)
         return Route(Target.REFUSE, permit, retry_at=retry_at)

@@ -208,7 +208,7 @@ class LocalFirstChat:
         stream: bool = False,
         options: Mapping[str, Any] | None = None,
         tools: list[Any] | None = None,
-        format: str | dict[str, Any] | None = None,  # Ollama's field name
+        format: str | dict[str, Any] | None = None,  # noqa: A002 - Ollama's field name
         keep_alive: str | float | None = None,
     ) -> ChatReply | ChatStream:
         """Answer ``messages`` (Ollama's chat format); a :class:`ChatStream` when ``stream``."""
@@ -357,7 +357,8 @@ class LocalFirstChat:
             response = self._cloud_http.send(request, stream=True)
         except httpx.HTTPError as exc:
             raise ChatError(
-                f"{problem}, and the cloud fallback failed: cannot reach {self.cloud.host_label} ({describe_error(exc)})"
+                f"{problem}, and the cloud fallback failed: "
+                f"cannot reach {self.cloud.host_label} ({describe_error(exc)})"
             ) from None
         if response.status_code >= 400:
             if response.status_code in (401, 403):
@@ -416,7 +417,7 @@ _default_lock = threading.Lock()
 
 def default_client() -> LocalFirstChat:
     """The process-wide client for the app's settings, created on first use."""
-    global _default
+    global _default  # noqa: PLW0603 - one client per process, made on first use
     with _default_lock:
         if _default is None:
             from tray.settings.config import load_config
@@ -458,7 +459,7 @@ def chat(
     stream: bool = False,
     options: Mapping[str, Any] | None = None,
     tools: list[Any] | None = None,
-    format: str | dict[str, Any] | None = None,  # Ollama's field name
+    format: str | dict[str, Any] | None = None,  # noqa: A002 - Ollama's field name
     client: LocalFirstChat | None = None,
 ) -> ChatReply | ChatStream:
     """Chat with the local model, the cloud fallback taking over when Ollama fails.

@@ -82,7 +82,7 @@ class SystemKeyStore:
     def get(self, account: str) -> str | None:
         keyring, errors = self._modules()
         try:
-            return keyring.get_password(self.service, account)  # type: ignore[no-any-return]
+            return keyring.get_password(self.service, account)
         except errors.KeyringError as exc:
             raise KeyStoreError(f"the OS keyring is not available ({_one_line(exc)})") from None
 

@@ -26,11 +26,11 @@ PROG = "ollama-manager"
 
 
 def cloud_settings(config: Any) -> CloudSettings:
-    return config.cloud  # type: ignore[no-any-return]
+    return config.cloud
 
 
 def gateway_settings(config: Any) -> GatewaySettings:
-    return config.gateway  # type: ignore[no-any-return]
+    return config.gateway
 
 
 def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:

@@ -37,7 +37,8 @@ class CloudSettings:
     provider: str = field(
         default="openai",
         metadata=setting(
-            "'openai' for any OpenAI-compatible API (OpenAI, OpenRouter, Groq, vLLM, ...), 'ollama' for an Ollama-API host",
+            "'openai' for any OpenAI-compatible API (OpenAI, OpenRouter, Groq, vLLM, ...), "
+            "'ollama' for an Ollama-API host",
             choices=PROVIDERS,
         ),
     )

@@ -38,6 +38,7 @@ from tray.models.errors import (
     OllamaAPIError,
     OllamaUnreachable,
     StoreError,
+    StoreUnreadable,
 )
 from tray.models.integrity import (
     CHUNK_SIZE,
@@ -59,6 +60,7 @@ from tray.models.store import (
     Leftovers,
     ModelName,
     blob_path,
+    check_readable,
     exclusive_size,
     find_leftovers,
     find_manifest_path,
@@ -66,7 +68,9 @@ from tray.models.store import (
     parse_model_name,
     read_manifest,
     short_digest,
+    store_writable,
 )
+from tray.system.resources import nearest_existing_dir
 
 DEFAULT_MIN_FREE_BYTES = 8 * 1000**3  # when the base model's size is unknown (llama3 is ~4.7 GB)
 TEST_PROMPT = "test"
@@ -353,10 +357,7 @@ def override_words(overrides: Mapping[str, int]) -> str:
 
 def disk_free_bytes(path: Path) -> int:
     """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
-    probe = Path(path).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
+    return shutil.disk_usage(nearest_existing_dir(Path(path))).free
 
 
 def bytes_needed_for_pull(models_dir: Path, base: ModelName, fallback: int) -> int:
@@ -578,6 +579,10 @@ def _store_warnings(models_dir: Path, model: ModelName, listed: Mapping[str, Any
     """Notice when ``models_dir`` is not the store the server uses (a different OLLAMA_MODELS or user)."""
     if listed is None:
         return []
+    try:
+        check_readable(models_dir)
+    except StoreUnreadable as exc:
+        return [str(exc)]
     path = find_manifest_path(models_dir, model)
     if path is None:
         return [
@@ -707,7 +712,14 @@ def ensure_model_loaded(
 
 
 def _damaged_blobs(ctx: _Context, plan: BuildPlan, full: bool) -> list[IntegrityReport]:
-    """Integrity reports of the model (with its base) and, when the model is absent, of the base alone."""
+    """Integrity reports of the model (with its base) and, when the model is absent, of the base alone.
+
+    None when the store cannot be read by this user: nothing can be checked, the build goes on.
+    """
+    try:
+        check_readable(ctx.models_dir)
+    except StoreUnreadable:
+        return []
     reports = []
     model_report = verify_model(ctx.models_dir, plan.model, cache_path=ctx.cache_path, full=full, progress=ctx.progress)
     reports.append(model_report)
@@ -723,7 +735,12 @@ def _damaged_blobs(ctx: _Context, plan: BuildPlan, full: bool) -> list[Integrity
 
 
 def _delete_damaged(ctx: _Context, plan: BuildPlan, reports: list[IntegrityReport]) -> tuple[tuple[str, ...], bool]:
-    """Delete damaged blob files. Returns (damaged digests, whether the base model must be pulled again)."""
+    """Delete damaged blobs. Returns (damaged digests, whether the base model must be pulled again).
+
+    Where this user may not write the store (the server runs as another
+    account), the models that use a damaged blob are deleted through the API
+    instead: Ollama then removes the blob itself, and the base is pulled again.
+    """
     cache = HashCache(ctx.cache_path)
     damaged: dict[str, None] = {}
     base_affected = False
@@ -731,13 +748,39 @@ def _delete_damaged(ctx: _Context, plan: BuildPlan, reports: list[IntegrityRepor
         for blob in report.bad:
             damaged[blob.digest] = None
             base_affected = base_affected or _comes_from_base(ctx, plan, report, blob.digest, blob.used_by)
+            cache.forget(blob.path)
+    cache.save()
+    if not damaged:
+        return (), base_affected
+    if not store_writable(ctx.models_dir):
+        _delete_users_through_api(ctx, plan, tuple(damaged))
+        return tuple(damaged), True
+    for report in reports:
+        for blob in report.bad:
             try:
                 blob.path.unlink(missing_ok=True)
             except OSError as exc:
                 raise ModelError(f"cannot delete damaged blob {blob.path}: {exc.strerror}") from None
-            cache.forget(blob.path)
-    cache.save()
     return tuple(damaged), base_affected
+
+
+def _delete_users_through_api(ctx: _Context, plan: BuildPlan, digests: tuple[str, ...]) -> None:
+    """Delete every model that uses one of ``digests`` (``DELETE /api/delete``): Ollama prunes the blobs."""
+    users = [
+        entry.name.display
+        for entry in list_models(ctx.models_dir)
+        if entry.manifest is not None and any(blob.digest in digests for blob in entry.manifest.blobs)
+    ]
+    for name in users:
+        try:
+            ctx.api.delete(name)
+        except OllamaAPIError as exc:
+            if exc.status != 404:
+                base = plan.base.display if plan.base else name
+                raise ModelError(
+                    f"{exc}; the store is not writable by this user: "
+                    f"run `ollama rm {' '.join(users)} && ollama pull {base}`"
+                ) from None
 
 
 def _comes_from_base(

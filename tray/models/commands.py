@@ -185,7 +185,7 @@ def run_list(
         rows.append((entry.name.display, entry.manifest.digest[:12], size, modified, ", ".join(notes)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("    ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() + "\n")
+        out.write("    ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
     return EXIT_OK
 
 

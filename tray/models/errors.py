@@ -5,7 +5,8 @@
     ModelError                  anything that keeps the model from being built, current or intact
      ├── ModelfileError         the Modelfile is missing or malformed ("<file>:<line>: <problem>")
      ├── StoreError             Ollama's model directory cannot be read as expected
-     │    └── ManifestNotFound  the model is not in the store
+     │    ├── ManifestNotFound  the model is not in the store
+     │    └── StoreUnreadable   this user may not read the store (another account's): nothing is checked
      ├── OllamaAPIError         Ollama answered a request with an error (HTTP status or streamed)
      ├── OllamaUnreachable      no answer from Ollama at all
      └── DiskSpaceError         not enough free space to download the base model
@@ -47,3 +48,7 @@ class DiskSpaceError(ModelError):
 
 class ManifestNotFound(StoreError):
     """The model has no manifest in the store (it is not installed there)."""
+
+
+class StoreUnreadable(StoreError):
+    """The store belongs to another account and this user may not read it: verification is skipped, not failed."""

@@ -27,6 +27,7 @@ from tray.models.store import (
     ModelName,
     base_model_of,
     blob_path,
+    check_readable,
     digest_hex,
     list_models,
     parse_model_name,
@@ -336,6 +337,7 @@ def verify_model(
     cached digests. Missing or corrupt manifests and blobs are reported, not raised.
     """
     name = parse_model_name(model) if isinstance(model, str) else model
+    check_readable(models_dir)  # an unreadable store raises: it is not a missing model
     try:
         manifest = read_manifest(models_dir, name)
     except ManifestNotFound:

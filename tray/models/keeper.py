@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 from tray.core.status import ActivityKind, ModelStatus
 from tray.history import EventKind, History
 from tray.models import builder
-from tray.models.errors import ModelError
+from tray.models.errors import ModelError, StoreUnreadable
 from tray.models.progress import ProgressEvent
 from tray.settings.config import Config
 
@@ -48,6 +49,16 @@ def activity_text(event: ProgressEvent) -> tuple[ActivityKind, str, float | None
     return kind, label if fraction is None else f"{label} {int(fraction * 100)} %", fraction
 
 
+class _BuildArgs(TypedDict):
+    """Keyword arguments shared by every build the keeper starts."""
+
+    models_dir: Path
+    state_dir: Path
+    quantize: str | None
+    progress: Callable[[ProgressEvent], None]
+    overrides: dict[str, int]
+
+
 class ModelKeeper:
     def __init__(
         self,
@@ -73,6 +84,7 @@ class ModelKeeper:
         # never "repairs" them away. Replaced whole (never mutated), as the keeper thread reads it.
         self.parameter_overrides: dict[str, int] = {}
         self._ensured = False
+        self._unreadable_told = False
         self._was_present = False
         self._next_verify: float | None = None
         self._jobs: queue.Queue[tuple[str, concurrent.futures.Future[str]] | None] = queue.Queue()
@@ -152,7 +164,7 @@ class ModelKeeper:
     def _progress(self, event: ProgressEvent) -> None:
         self.set_activity(*activity_text(event))
 
-    def _build_args(self) -> dict[str, object]:
+    def _build_args(self) -> _BuildArgs:
         return {
             "models_dir": self.models_dir,
             "state_dir": self.state_dir,
@@ -167,7 +179,7 @@ class ModelKeeper:
             self.base_url,
             self.config.ollama_model,
             self.config.modelfile_path,
-            **self._build_args(),  # type: ignore[arg-type]
+            **self._build_args(),
         )
         return self._built(report)
 
@@ -178,7 +190,7 @@ class ModelKeeper:
             self.config.ollama_model,
             self.config.modelfile_path,
             full=True,
-            **self._build_args(),  # type: ignore[arg-type]
+            **self._build_args(),
         )
         return self._built(report)
 
@@ -193,9 +205,16 @@ class ModelKeeper:
 
     def _verify(self) -> str:
         self.set_activity(ActivityKind.VERIFY, "Verifying model", None)
-        result = builder.verify(
-            self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
-        )
+        try:
+            result = builder.verify(
+                self.config.ollama_model, models_dir=self.models_dir, state_dir=self.state_dir, progress=self._progress
+            )
+        except StoreUnreadable as exc:  # another account's store: say so once, never call the model missing
+            if not self._unreadable_told:
+                self._unreadable_told = True
+                self.history.record(EventKind.MODEL_UNVERIFIED, str(exc))
+            return str(exc)
+        self._unreadable_told = False
         self.last_verified = time.time()
         if result.ok:
             self.status = ModelStatus.OK

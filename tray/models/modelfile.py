@@ -43,7 +43,8 @@ _FLOAT = "float"
 _BOOL = "bool"
 _STR_LIST = "list"
 
-# Every option name Ollama's api.Options/Runner has accepted (api/types.go), with its type.
+# Every option name Ollama's api.Options/Runner accepts (api/types.go), with its type; tfs_z and numa are gone
+# (create fails on them), draft_num_predict is the speculative decoder's.
 PARAMETER_TYPES: dict[str, str] = {
     # sampling / prediction
     "num_keep": _INT,
@@ -52,7 +53,6 @@ PARAMETER_TYPES: dict[str, str] = {
     "top_k": _INT,
     "top_p": _FLOAT,
     "min_p": _FLOAT,
-    "tfs_z": _FLOAT,
     "typical_p": _FLOAT,
     "repeat_last_n": _INT,
     "temperature": _FLOAT,
@@ -65,7 +65,6 @@ PARAMETER_TYPES: dict[str, str] = {
     "penalize_newline": _BOOL,
     "stop": _STR_LIST,
     # runner (set when the model loads)
-    "numa": _BOOL,
     "num_ctx": _INT,
     "num_batch": _INT,
     "num_gpu": _INT,
@@ -77,6 +76,7 @@ PARAMETER_TYPES: dict[str, str] = {
     "use_mmap": _BOOL,
     "use_mlock": _BOOL,
     "num_thread": _INT,
+    "draft_num_predict": _INT,
 }
 
 # Accepted, but current Ollama ignores them (parser/parser.go deprecatedParameters).
@@ -126,7 +126,7 @@ _GO_BOOLS = {
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 _SEMVER_RE = re.compile(r"^v?(0|[1-9]\d*)(\.(0|[1-9]\d*)){0,2}(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
-_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
+_NEWLINE_RE = re.compile(r"(\r\n|\r|\n)")
 _WORD_RE = re.compile(r"[ \t]*(\S+)(?:[ \t]+(.*))?$", re.DOTALL)
 
 SourceKind = Literal["model", "adapter", "draft"]
@@ -244,7 +244,10 @@ def fingerprint(create_request: Mapping[str, Any]) -> str:
 class _Parser:
     def __init__(self, text: str, filename: str) -> None:
         self.filename = filename
-        self.lines = _NEWLINE_RE.split(text.removeprefix("\ufeff"))
+        # Lines and the line ends that follow them: a multi-line value keeps its own (CRLF stays CRLF, as in Ollama).
+        pieces = _NEWLINE_RE.split(text.removeprefix("\ufeff"))
+        self.lines = pieces[0::2]
+        self.ends = [*pieces[1::2], ""]
         self.sources: list[SourceRef] = []
         self.fields: dict[str, str] = {}
         self.parameters: dict[str, ParamValue] = {}
@@ -297,6 +300,12 @@ class _Parser:
         value, after = self.value(index, rest)
         if keyword in ("FROM", "ADAPTER", "DRAFT"):
             kind: SourceKind = "model" if keyword == "FROM" else "adapter" if keyword == "ADAPTER" else "draft"
+            if kind == "adapter" and any(ref.kind == "adapter" for ref in self.sources):
+                # Ollama keeps only the last ADAPTER (each replaces the request's adapters).
+                self.sources = [ref for ref in self.sources if ref.kind != "adapter"]
+                self.warnings.append(
+                    f"{self.filename}:{line_no}: only one ADAPTER is used; this one replaces the earlier"
+                )
             self.sources.append(SourceRef(kind, value, line_no))
         elif keyword == "LICENSE":
             self.licenses.append(value)
@@ -322,7 +331,7 @@ class _Parser:
             end += 1
             if end >= len(self.lines):
                 raise self.fail(index + 1, f"unterminated quote: no closing {quote} before the end of the file")
-            collected += "\n" + self.lines[end]
+            collected += self.ends[end - 1] + self.lines[end]
         return collected.strip()[len(quote) : -len(quote)], end + 1
 
     def parameter(self, index: int, rest: str) -> int:
@@ -500,7 +509,8 @@ def resolve_sources(modelfile: Modelfile, base_dir: Path, home: Path | None = No
                 raise ModelfileError(f"{modelfile.filename}:{ref.line}: {ref.kind} file not found: {path}")
             if not is_model_name(ref.value):
                 raise ModelfileError(
-                    f"{modelfile.filename}:{ref.line}: '{_clip(ref.value)}' is neither an existing file nor a valid model name"
+                    f"{modelfile.filename}:{ref.line}: '{_clip(ref.value)}' "
+                    "is neither an existing file nor a valid model name"
                 )
             from_model = ref.value
             continue

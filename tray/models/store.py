@@ -16,11 +16,11 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tray.models.errors import ManifestNotFound, StoreError
+from tray.models.errors import ManifestNotFound, StoreError, StoreUnreadable
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -30,17 +30,126 @@ MEDIA_MODEL = "application/vnd.ollama.image.model"
 
 _DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
 _BLOB_NAME_RE = re.compile(r"^sha256-([0-9a-fA-F]{64})$")
-_PARTIAL_RE = re.compile(r"^sha256-[0-9a-fA-F]{64}-partial(-\d+)?$")
+# Unfinished downloads: "-partial[-N]" (GGUF pulls, sparse, pre-sized to the whole blob) and ".tmp" (resumable
+# safetensors/MLX pulls).
+_PARTIAL_RE = re.compile(r"^sha256-[0-9a-fA-F]{64}(-partial(-\d+)?|\.tmp)$")
+# Blob names of old Ollama versions; the server renames them to sha256-<hex> at start (server/fixblobs.go).
+_LEGACY_BLOB_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 _PART_MAX_LEN = {"host": 350}
 
 
 def default_models_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
-    """``$OLLAMA_MODELS`` (trimmed of spaces and quotes, as Ollama reads it), else ``~/.ollama/models``."""
+    """``$OLLAMA_MODELS`` (trimmed of spaces and quotes, as Ollama reads it), else ``~/.ollama/models``.
+
+    A ``~`` in ``OLLAMA_MODELS`` stays as written: Ollama does not expand it either.
+
+    >>> default_models_dir({"OLLAMA_MODELS": "~/models"}).as_posix()
+    '~/models'
+    """
     env = os.environ if env is None else env
     configured = env.get("OLLAMA_MODELS", "").strip().strip("\"'")
     if configured:
-        return Path(configured).expanduser()
+        return Path(configured)
     return (home or Path.home()) / ".ollama" / "models"
+
+
+_CONFIG_MODELS_RE = re.compile(r"OLLAMA_MODELS:(.*?)(?: OLLAMA_[A-Z_]+:|\])")
+
+
+def models_dir_from_log(lines: Iterable[str]) -> Path | None:
+    """The models dir a server logged in its last ``server config`` line (``env="map[… OLLAMA_MODELS:/x …]"``).
+
+    >>> line = 'level=INFO msg="server config" env="map[OLLAMA_HOST:x OLLAMA_MODELS:/srv/m OLLAMA_NOPRUNE:false]"'
+    >>> models_dir_from_log([line])
+    PosixPath('/srv/m')
+    """
+    found = None
+    for line in lines:
+        if "server config" in line:
+            match = _CONFIG_MODELS_RE.search(line)
+            if match and match.group(1):
+                found = Path(match.group(1))
+    return found
+
+
+def models_dir_of_runner(model_path: str) -> Path | None:
+    """The store a runner's ``--model <models>/blobs/sha256-…`` path lies in (None for an MLX model name).
+
+    >>> models_dir_of_runner("/usr/share/ollama/.ollama/models/blobs/sha256-" + "a" * 64).as_posix()
+    '/usr/share/ollama/.ollama/models'
+    """
+    path = Path(model_path)
+    if path.parent.name == "blobs" and _BLOB_NAME_RE.match(path.name):
+        return path.parent.parent
+    return None
+
+
+def listed_in(models_dir: Path, tags: Iterable[Mapping[str, Any]]) -> bool | None:
+    """Whether ``models_dir`` holds the manifests ``/api/tags`` lists (their bytes hash to the listed digests).
+
+    None when nothing can be told: no model listed, or the store cannot be read.
+    """
+    try:
+        check_readable(models_dir)
+    except StoreUnreadable:
+        return None
+    seen = False
+    for entry in tags:
+        name, digest = entry.get("name") or entry.get("model"), entry.get("digest")
+        if not isinstance(name, str) or not isinstance(digest, str) or not is_model_name(name):
+            continue
+        try:
+            path = find_manifest_path(models_dir, parse_model_name(name))
+            if path is None:
+                return False
+            seen = True
+            if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                return False
+        except OSError:
+            return None
+    return True if seen else None
+
+
+def _owner_of(path: Path) -> str:
+    """The account owning ``path`` or, where it cannot be looked at, its nearest visible ancestor."""
+    for candidate in (path, *path.parents):
+        try:
+            uid = candidate.stat().st_uid
+        except OSError:
+            continue
+        try:
+            import pwd
+
+            return pwd.getpwuid(uid).pw_name
+        except (ImportError, KeyError):
+            return f"uid {uid}"
+    return "another user"
+
+
+def check_readable(models_dir: Path) -> None:
+    """Raise :class:`StoreUnreadable` when this user may not read the store (another account's, closed to others).
+
+    A store that does not exist yet is not unreadable: it is empty.
+    """
+    models_dir = Path(models_dir)
+    for part in (models_dir / "manifests", models_dir / "blobs"):
+        try:
+            os.listdir(part)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            raise StoreUnreadable(
+                f"cannot read Ollama's model store {models_dir} (it belongs to {_owner_of(models_dir)}): "
+                "verification skipped"
+            ) from None
+        except OSError:
+            continue
+
+
+def store_writable(models_dir: Path) -> bool:
+    """Whether this user may delete and write blobs in the store (not so for another account's)."""
+    blobs = Path(models_dir) / "blobs"
+    return os.access(blobs, os.W_OK | os.X_OK) if blobs.exists() else os.access(models_dir, os.W_OK)
 
 
 # --- model names ---------------------------------------------------------------------------------
@@ -243,8 +352,11 @@ def parse_manifest(data: bytes, name: ModelName, path: Path) -> Manifest:
 def find_manifest_path(models_dir: Path, name: ModelName) -> Path | None:
     """The manifest file of ``name``: the exact path, else a case-insensitive match; None when absent."""
     exact = manifest_path(models_dir, name)
-    if exact.is_file():
-        return exact
+    try:
+        if exact.is_file():
+            return exact
+    except OSError:  # a store this user may not look into
+        return None
     for entry in _manifest_files(models_dir):
         if entry[0].same_as(name):
             return entry[1]
@@ -254,6 +366,7 @@ def find_manifest_path(models_dir: Path, name: ModelName) -> Path | None:
 def read_manifest(models_dir: Path, name: ModelName | str) -> Manifest:
     """Read a model's manifest; ManifestNotFound when absent, StoreError when unreadable."""
     model = parse_model_name(name) if isinstance(name, str) else name
+    check_readable(models_dir)
     path = find_manifest_path(models_dir, model)
     if path is None:
         raise ManifestNotFound(f"model '{model.display}' has no manifest in {models_dir}")
@@ -365,8 +478,9 @@ class BlobScan:
     """The files of ``blobs/``, sorted into blobs, partial downloads and other files."""
 
     blobs: dict[str, StoreFile]  # digest -> file, for well-named blobs
-    partials: list[StoreFile]  # unfinished downloads
+    partials: list[StoreFile]  # unfinished downloads (size: the bytes on disk; they are sparse)
     others: list[StoreFile]  # temp files and anything else Ollama would prune
+    legacy: list[StoreFile] = field(default_factory=list)  # sha256:<hex> names Ollama renames: never deleted
 
 
 def scan_blobs(models_dir: Path) -> BlobScan:
@@ -374,6 +488,7 @@ def scan_blobs(models_dir: Path) -> BlobScan:
     blobs: dict[str, StoreFile] = {}
     partials: list[StoreFile] = []
     others: list[StoreFile] = []
+    legacy: list[StoreFile] = []
     directory = Path(models_dir) / "blobs"
     if not directory.is_dir():
         return BlobScan(blobs, partials, others)
@@ -389,10 +504,18 @@ def scan_blobs(models_dir: Path) -> BlobScan:
         if blob_match:
             blobs[f"sha256:{blob_match.group(1).lower()}"] = item
         elif _PARTIAL_RE.match(path.name):
-            partials.append(item)
+            partials.append(StoreFile(path, _bytes_on_disk(stat), stat.st_mtime))
+        elif _LEGACY_BLOB_RE.match(path.name):
+            legacy.append(item)
         else:
             others.append(item)
-    return BlobScan(blobs, partials, others)
+    return BlobScan(blobs, partials, others, legacy)
+
+
+def _bytes_on_disk(stat: os.stat_result) -> int:
+    """What a (sparse) file occupies: its allocated blocks where the OS tells, else its length."""
+    blocks = getattr(stat, "st_blocks", None)
+    return min(stat.st_size, blocks * 512) if blocks is not None else stat.st_size
 
 
 @dataclass(frozen=True)

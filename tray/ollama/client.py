@@ -128,6 +128,15 @@ class OllamaClient:
             return ProbeResult(False, latency, "api", Failure.BAD_RESPONSE, "not an Ollama answer"), None
         return ProbeResult(True, latency, "api"), names
 
+    def tags(self, timeout: float = 5.0) -> list[dict[str, Any]] | None:
+        """``/api/tags``' model entries (name, digest, ...); None when Ollama does not answer them."""
+        try:
+            response = self._http.get("/api/tags", timeout=timeout)
+            models = response.json().get("models") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else None
+
     def ping(self, timeout: float) -> ProbeResult:
         """GET /api/version: does the server's HTTP layer answer, and how fast."""
         started = time.monotonic()

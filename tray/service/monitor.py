@@ -10,12 +10,16 @@ restart policy what to do, carries it out through the supervisor
 :class:`~tray.core.status.Status` to subscribers (tray, dashboard, gateway, status API).
 Other threads never touch processes or the monitor's state: they queue an
 action with :meth:`Monitor.request`, or new settings with
-:meth:`Monitor.apply_settings`, and get a Future back.
+:meth:`Monitor.apply_settings`, and get a Future back. One exception: a
+user's start, stop or restart of a systemd unit runs ``systemctl`` on a
+thread of its own (polkit may ask for a password), and its outcome is handed
+back to the monitor thread.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import logging
 import queue
 import random
@@ -23,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
 from tray.core.alerts import AlertKind
 from tray.core.health import (
@@ -53,14 +58,22 @@ from tray.core.status import (
     Status,
 )
 from tray.history import EventKind, History
+from tray.models.errors import StoreError
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
+from tray.models.store import parse_model_name
 from tray.service.ports import GatewayFeed, SupervisorPort
-from tray.service.supervisor import SupervisorError
+from tray.service.supervisor import NotPermitted, SupervisorError, stop_message
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.settings.config import Config
+from tray.settings.server import systemd_dropin
 from tray.system.ollama_app import OllamaApp
-from tray.system.owners import SystemdService, systemd_active_state
+from tray.system.owners import (
+    SystemdService,
+    read_journal,
+    stuck_unit_line,
+    systemd_active_state,
+)
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
 
@@ -69,6 +82,12 @@ log = logging.getLogger(__name__)
 RECHECK_SECONDS = 2.0  # probe cadence while something is wrong
 WAKE_GAP_FACTOR = 3.0  # a tick gap this many intervals long means the machine slept
 ACTIONS = ("start", "stop", "restart", "unload", "check", *MODEL_JOBS)
+OWNER_ACTIONS = ("start", "stop", "restart")  # through systemd when a unit runs Ollama
+ACTION_TEXT = {
+    ActivityKind.START: "Starting Ollama",
+    ActivityKind.STOP: "Stopping Ollama",
+    ActivityKind.RESTART: "Restarting Ollama",
+}
 
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
@@ -110,6 +129,8 @@ class Monitor:
         self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
         self._commands: queue.Queue[tuple[str | Config, concurrent.futures.Future[str]]] = queue.Queue()
+        self._on_loop: queue.Queue[Callable[[], None]] = queue.Queue()  # work handed back to this thread
+        self._told: set[str] = set()  # "not permitted" / "refused" messages already notified
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,10 +161,18 @@ class Monitor:
             clock,
         )
         oom_effects = OomEffects(config, history, supervisor, self.models)
-        self.duties = DaemonDuties(config, history, lambda: supervisor.server_log, RECHECK_SECONDS, oom_effects)
+        self.duties = DaemonDuties(
+            config,
+            history,
+            lambda: supervisor.server_log,
+            RECHECK_SECONDS,
+            oom_effects,
+            supervisor.paths.oom_ladder_file,
+        )
         self._leak_restart_wanted = False  # until nothing runs on the server
         self._seen_server = supervisor.server
         self._restarting_ourselves = False
+        self._unit_busy_since: float | None = None  # since when the server's unit restarts while nothing answers
         self._status = self._build_status()
 
     # ------------------------------------------------------------------ public, any thread
@@ -234,6 +263,7 @@ class Monitor:
             if ran_command or self.clock() >= next_check:
                 next_check = self.tick()
         self._fail_pending("the monitor is shutting down")
+        self.duties.close()
         self.history.record(EventKind.MONITOR, "monitor stopped")
 
     def _initial_start(self) -> None:
@@ -297,6 +327,7 @@ class Monitor:
         if wants.oom_restart is not None and self._restart_for_oom_ladder(wants.oom_restart):
             return self.clock() + RECHECK_SECONDS
         if result.ok:
+            self._unit_busy_since = None
             # After a wake, what looked wrong is checked again soon: that fresh look may raise its alert.
             settled = self.health is Health.HEALTHY and not wants.reprobe
             return now + (self.config.health_check_interval if settled else RECHECK_SECONDS)
@@ -312,7 +343,41 @@ class Monitor:
             return now + RECHECK_SECONDS
         if self._user_stopped_through_owner():
             return now + self.config.health_check_interval
+        owner = self.supervisor.external
+        if is_dead(result) and isinstance(owner, SystemdService):
+            state = systemd_active_state(owner)
+            if state in ("activating", "deactivating") or (state == "active" and self._unit_started_another()):
+                return self._wait_for_unit(now, owner, stopping=state == "deactivating")
+        self._unit_busy_since = None
         return self._restart_if_allowed(now, "not responding" if timeout_restart else "down")
+
+    def _unit_started_another(self) -> bool:
+        """The unit is active, but the server watched is gone: systemd started another one, not answering yet.
+
+        A unit restarting in a loop is "active" for a moment each time its server starts, and exits again.
+        """
+        server = self.supervisor.server
+        return self._unit_busy_since is not None or server is None or not server.alive()
+
+    def _wait_for_unit(self, now: float, owner: SystemdService, stopping: bool) -> float:
+        """Leave a unit between a crash and its own restart to systemd, up to the startup timeout.
+
+        Past it the unit is stuck (restarting in a loop, or not finishing a
+        stop): given up, said once with the command that shows why, and no
+        restart of ours, which would only join the loop.
+        """
+        if self._unit_busy_since is None:
+            self._unit_busy_since = now
+        waited = now - self._unit_busy_since
+        if waited <= self.config.startup_timeout:
+            return now + RECHECK_SECONDS
+        if self.state is not MonitorState.FAILED:
+            self.policy.give_up_now(now)
+            self.state = MonitorState.FAILED
+            self.last_error = stuck_unit_line(owner, stopping, round(waited), read_journal(owner, lines=50))
+            self.history.record(EventKind.GAVE_UP, self.last_error, {"unit": owner.unit})
+            self._publish()
+        return now + self.config.health_check_interval
 
     def _tick_while_user_stopped(self, now: float) -> float:
         if self.supervisor.client.answers_as_ollama():
@@ -358,7 +423,8 @@ class Monitor:
             self.state = MonitorState.FAILED
             self.history.record(
                 EventKind.GAVE_UP,
-                f"Ollama is down after {self.policy.attempts} restart attempts; using the cloud fallback and retrying rarely",
+                f"Ollama is down after {self.policy.attempts} restart attempts; "
+                "using the cloud fallback and retrying rarely",
             )
             decision = self.policy.decide(now)
         if decision.verdict is Verdict.WAIT:
@@ -381,9 +447,12 @@ class Monitor:
             outcome = self.supervisor.restart(reason=reason)
         except SupervisorError as exc:
             self.last_error = str(exc)
-            self.history.record(
-                EventKind.RESTART, f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False}
-            )
+            if isinstance(exc, NotPermitted):
+                self._tell_once(EventKind.NOT_PERMITTED, str(exc), {"reason": reason})
+            else:
+                self.history.record(
+                    EventKind.RESTART, f"restart attempt {attempt} failed: {exc}", {"reason": reason, "ok": False}
+                )
             if not exc.retryable:
                 self.policy.give_up_now(self.clock())
                 self.state = MonitorState.FAILED
@@ -433,8 +502,18 @@ class Monitor:
         if not retryable:
             self.policy.give_up_now(self.clock())
         self.state = MonitorState.FAILED if not retryable else MonitorState.RESTARTING
-        self.history.record(EventKind.ERROR, str(exc))
+        if isinstance(exc, NotPermitted):
+            self._tell_once(EventKind.NOT_PERMITTED, str(exc))
+        else:
+            self.history.record(EventKind.ERROR, str(exc))
         self._publish()
+
+    def _tell_once(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
+        """One event (so one notification) per distinct message: a refusal repeated at each retry is not news."""
+        if message in self._told:
+            return
+        self._told.add(message)
+        self.history.record(kind, message, data)
 
     def _on_server_exit(self, code: int) -> None:
         """Called from the watcher thread the moment a server we started exits: wake the loop."""
@@ -468,12 +547,15 @@ class Monitor:
             self._cpu_baseline = None
             return api
         self._note_server()
+        if self.supervisor.refused is not None:
+            self._cpu_baseline = None
+            return ProbeResult(False, api.latency, "api", Failure.UNTRUSTED, self.supervisor.refused)
         model = self.config.ollama_model
         self.model_present = _has_model(names, model)
         loaded = client.loaded_models(timeout=down_after)
         if loaded is not None:
             self.loaded_models = tuple(LoadedModelStatus(m.name, m.size, m.size_vram) for m in loaded)
-        is_loaded = any(_same_model(m.name, model) for m in loaded or ())
+        is_loaded = any(same_model(m.name, model) for m in loaded or ())
         gateway = self._gateway_activity()
         runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
         choice = choose_inference_probe(self.config.health_probe, self.model_present, is_loaded, gateway, runner_cpu)
@@ -512,6 +594,25 @@ class Monitor:
             self.supervisor.adopt()
         else:
             self.supervisor.track_runners()
+        self._follow_store()
+        refused = self.supervisor.refused
+        if refused is not None and refused not in self._told:
+            self._told.add(refused)
+            self.history.record(
+                EventKind.ALERT,
+                f"Not using the Ollama on this port: {refused}",
+                {"kind": str(AlertKind.UNTRUSTED_SERVER), "state": "raised", "severity": "critical"},
+            )
+
+    def _follow_store(self) -> None:
+        """Check, clean and measure the store of the server that runs (a systemd server's, not ~/.ollama/models)."""
+        store = self.supervisor.models_dir
+        if store != self.models.models_dir:
+            log.info("Ollama's models are in %s (from %s)", store, self.supervisor.store_source)
+            self.models.models_dir = store
+            self.sampler.models_dir = store
+        unit = self.supervisor.external if isinstance(self.supervisor.external, SystemdService) else None
+        self.duties.follow_log(unit)
 
     def _read_runner_cpu(self) -> dict[ProcessRef, float | None]:
         return self.read_cpu_seconds(list(self.supervisor.runners))
@@ -540,7 +641,6 @@ class Monitor:
         self._observe_work(now)
         if result.ok:
             self._note_server_identity(now)
-            self._follow_models_dir()
         self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
         if result.ok:
             if self.health is Health.HEALTHY:
@@ -551,9 +651,14 @@ class Monitor:
                 self.state = MonitorState.RUNNING
             self.next_retry_at = None
             self.last_error = None if self.health is Health.HEALTHY else self.last_error
+        elif result.failure is Failure.UNTRUSTED:
+            self.state = MonitorState.REFUSED
+            self.last_error = result.detail
         elif self.state is not MonitorState.FAILED or self.last_error is None:
             # Once given up, the error that made it give up says more than "connection refused".
             self.last_error = result.detail or str(result.failure)
+            if self.state is MonitorState.REFUSED:
+                self.state = MonitorState.FAILED
         if previous is not self.health:
             latency = f"{result.latency * 1000:.0f} ms" if result.ok else (result.detail or str(result.failure))
             self.history.record(EventKind.HEALTH, f"health {previous} -> {self.health} ({latency})")
@@ -585,14 +690,6 @@ class Monitor:
             {"old_pid": previous.pid, "new_pid": current.pid},
         )
 
-    def _follow_models_dir(self) -> None:
-        """The models folder is the running server's: the Ollama app's "Model location" when the app runs it."""
-        models_dir = self.supervisor.models_dir
-        if models_dir != self.models.models_dir:
-            log.info("models folder: %s", models_dir)
-            self.models.models_dir = models_dir
-            self.sampler.models_dir = models_dir
-
     # ------------------------------------------------------------------ commands
 
     def _drain_commands(self) -> bool:
@@ -600,10 +697,20 @@ class Monitor:
         ran = False
         while True:
             try:
+                self._on_loop.get_nowait()()
+                ran = True
+                continue
+            except queue.Empty:
+                pass
+            try:
                 command, future = self._commands.get_nowait()
             except queue.Empty:
                 return ran
             if not future.set_running_or_notify_cancel():
+                continue
+            if isinstance(command, str) and command in OWNER_ACTIONS and self.supervisor.systemd_owner() is not None:
+                ran = True
+                self._through_owner(ActivityKind(command), future)
                 continue
             try:
                 if isinstance(command, Config):
@@ -611,8 +718,69 @@ class Monitor:
                 else:
                     ran = True
                     future.set_result(self._run_command(command))
-            except Exception as exc:  # the caller shows it as one line
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who shows it as one line
                 future.set_exception(exc)
+
+    def _through_owner(self, action: ActivityKind, future: concurrent.futures.Future[str]) -> None:
+        """A user's start/stop/restart of Ollama's systemd unit, on a thread of its own.
+
+        polkit may ask the user for a password (with a timeout): the health
+        checks go on meanwhile. The outcome is handed back to this thread.
+        """
+        sup = self.supervisor
+        if action in (ActivityKind.START, ActivityKind.RESTART):
+            self._restarting_ourselves = True
+            sup.user_stop.clear()
+            self.policy.reset()
+            self.timeouts.reset()
+        self._set_activity(action, ACTION_TEXT[action])
+
+        def work() -> None:
+            try:
+                if action is ActivityKind.STOP:
+                    message = stop_message(sup.stop(reason="user", interactive=True), sup.reaped_names)
+                elif action is ActivityKind.START:
+                    message = sup.start(reason="user", interactive=True).describe(sup.host.url)
+                else:
+                    message = sup.restart(reason="user", interactive=True).describe(sup.host.url)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller, who shows it as one line
+                self._on_loop.put(functools.partial(self._owner_action_done, action, future, None, exc))
+            else:
+                self._on_loop.put(functools.partial(self._owner_action_done, action, future, message, None))
+            self._wake.set()
+
+        threading.Thread(target=work, name=f"systemctl-{action}", daemon=True).start()
+
+    def _owner_action_done(
+        self,
+        action: ActivityKind,
+        future: concurrent.futures.Future[str],
+        message: str | None,
+        error: BaseException | None,
+    ) -> None:
+        self._set_activity(None)
+        if error is not None:
+            if isinstance(error, NotPermitted):
+                self._tell_once(EventKind.NOT_PERMITTED, str(error))
+            future.set_exception(error)
+            return
+        if action is ActivityKind.STOP:
+            self._after_user_stop()
+        else:
+            self.state = MonitorState.RUNNING
+            self.last_error = None
+            if action is ActivityKind.RESTART:
+                self.history.record(EventKind.RESTART, "Ollama restarted by the user", {"reason": "user", "ok": True})
+        assert message is not None
+        future.set_result(message)
+
+    def _after_user_stop(self) -> None:
+        self.supervisor.user_stop.set()
+        self.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
+        self.state = MonitorState.STOPPED
+        self.health = Health.DOWN
+        self.last_probe = STOPPED_PROBE
+        self._publish()
 
     def _use_settings(self, config: Config) -> str:
         """Use ``config`` from now on, and rebuild what derives from it (the one place that does)."""
@@ -647,13 +815,8 @@ class Monitor:
                 stopped = sup.stop(reason="user")
             finally:
                 self._set_activity(None)
-            sup.user_stop.set()
-            self.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
-            self.state = MonitorState.STOPPED
-            self.health = Health.DOWN
-            self.last_probe = STOPPED_PROBE
-            self._publish()
-            return stopped.message()
+            self._after_user_stop()
+            return stop_message(stopped, sup.reaped_names)
         if action == "restart":
             sup.user_stop.clear()
             self.policy.reset()
@@ -729,6 +892,10 @@ class Monitor:
             loaded_models=self.loaded_models,
             model_status=self.models.status,
             model_info=self._model_info(),
+            owner=sup.owner,
+            unit=sup.unit,
+            # [ollama_server] cannot reach a server systemd runs: the drop-in that would.
+            server_settings_note=systemd_dropin(self.config.ollama_server, sup.unit) if sup.unit else None,
         )
 
     def _model_info(self) -> ModelInfo | None:
@@ -776,21 +943,27 @@ class _Mailbox:
             with self._ready:
                 while self._latest is None and not self._closed:
                     self._ready.wait()
-                if self._closed or self._latest is None:
+                status = self._latest
+                if self._closed or status is None:
                     return
-                status, self._latest = self._latest, None
+                self._latest = None
             try:
                 self.callback(status)
             except Exception:  # a broken subscriber must not stop the others
                 log.exception("status subscriber failed")
 
 
-def _same_model(a: str, b: str) -> bool:
-    def full(name: str) -> str:
-        return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+def same_model(a: str, b: str) -> bool:
+    """Whether two names are one model: tags filled in, case ignored (Ollama's ``Name.EqualFold``).
 
-    return full(a) == full(b)
+    >>> same_model("Llama3", "llama3:latest"), same_model("llama3", "llama3:8b")
+    (True, False)
+    """
+    try:
+        return parse_model_name(a).same_as(parse_model_name(b))
+    except StoreError:
+        return a == b
 
 
 def _has_model(names: set[str], model: str) -> bool:
-    return any(_same_model(n, model) for n in names)
+    return any(same_model(n, model) for n in names)

@@ -11,6 +11,8 @@ NOTIFY_EVENTS: dict[str, str] = {
     EventKind.UNEXPECTED_RESTART: "Ollama restarted unexpectedly",
     EventKind.GAVE_UP: "Ollama is down",
     EventKind.EXTERNAL: "Ollama is managed elsewhere",
+    EventKind.NOT_PERMITTED: "Ollama needs you",
+    EventKind.LOG_ACCESS: "Ollama's log",
     EventKind.ERROR: "Ollama Manager",
     EventKind.ALERT: "Ollama alert",
     EventKind.OOM: "Ollama memory",

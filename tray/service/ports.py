@@ -25,7 +25,7 @@ from tray.ollama.client import LoadedModel
 from tray.service.supervisor import StartOutcome
 from tray.settings.config import Config
 from tray.settings.hosts import OllamaHost
-from tray.system.owners import ExternalSupervisor
+from tray.system.owners import ExternalSupervisor, SystemdService
 from tray.system.paths import AppPaths
 from tray.system.processes import ProcessRef, StopOutcome
 
@@ -110,6 +110,31 @@ class SupervisorPort(Protocol):
         ...
 
     @property
+    def owner(self) -> str | None:
+        """The name of the account that runs the server, when known."""
+        ...
+
+    @property
+    def unit(self) -> str | None:
+        """The server's systemd unit, when systemd runs it."""
+        ...
+
+    @property
+    def refused(self) -> str | None:
+        """Why what answers on the port is not used (another user runs it), or None when it is used."""
+        ...
+
+    @property
+    def store_source(self) -> str:
+        """How :attr:`models_dir` was learned (the manager's settings, the unit's ``Environment=``, …)."""
+        ...
+
+    @property
+    def reaped_names(self) -> Mapping[int, str]:
+        """The runners the last reap killed: pid -> process name."""
+        ...
+
+    @property
     def overlay_pending(self) -> bool:
         """The server this app started runs with another environment overlay than the next start would give it."""
         ...
@@ -128,11 +153,17 @@ class SupervisorPort(Protocol):
 
     def reap_runners(self) -> list[int]: ...
 
-    def start(self, reason: str = "start") -> StartOutcome: ...
+    def systemd_owner(self) -> SystemdService | None:
+        """The systemd unit that runs Ollama, or is installed to: start, stop and restart then go through it."""
+        ...
 
-    def stop(self, reason: str = "stop") -> StopOutcome: ...
+    def start(self, reason: str = "start", interactive: bool = False) -> StartOutcome:
+        """``interactive``: a user's own action, for which polkit may ask for a password."""
+        ...
 
-    def restart(self, reason: str) -> StartOutcome: ...
+    def stop(self, reason: str = "stop", interactive: bool = False) -> StopOutcome: ...
+
+    def restart(self, reason: str, interactive: bool = False) -> StartOutcome: ...
 
     def subscribe_exit(self, callback: Callable[[int], None]) -> None:
         """Call ``callback`` (from a watcher thread) with the status of a server this app started that exits unasked."""
@@ -144,6 +175,11 @@ class SupervisorPort(Protocol):
 
     def set_env_overlay(self, env: Mapping[str, str]) -> None:
         """Variables to set on top of the ``[ollama_server]`` settings at the next start."""
+        ...
+
+    @property
+    def env_overlay(self) -> Mapping[str, str]:
+        """The variables :meth:`set_env_overlay` set, for the next start."""
         ...
 
     def reconfigure(self, config: Config) -> None:

@@ -11,6 +11,7 @@ notifications. What the monitor should do about it comes back from
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -25,8 +26,9 @@ from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
 from tray.settings.config import Config
-from tray.system.logs import LogTail
-from tray.system.owners import SystemdService
+from tray.system.atomic import write_atomically
+from tray.system.logs import ServerLogTail
+from tray.system.owners import SystemdService, current_uid, journal_access_line, user_name
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ class DaemonDuties:
         server_log: Path | Callable[[], Path | None],
         recheck_seconds: float,
         oom_effects: OomEffects | None = None,
+        ladder_file: Path | None = None,
     ) -> None:
         self.config = config
         self.history = history
@@ -68,7 +71,10 @@ class DaemonDuties:
         self.alerts = AlertEngine(config.alerts, interval_seconds=expected_gap(config, recheck_seconds))
         self.oom = OomLadder(num_ctx=config.ollama_server.context_length or OomLadder.num_ctx)
         self.oom_effects = oom_effects
-        self.log_tail = LogTail(server_log)
+        self.ladder_file = ladder_file
+        self._restore_ladder()
+        self.log_tail = ServerLogTail(server_log, self._journal_refused)
+        self._refused_units: set[str] = set()
         self.restart_times: deque[float] = deque()
         self.last_compact: float | None = None
 
@@ -79,6 +85,20 @@ class DaemonDuties:
         self.alerts.interval_seconds = expected_gap(config, self.recheck_seconds)
         if self.oom_effects is not None:
             self.oom_effects.config = config
+
+    def follow_log(self, unit: SystemdService | None) -> None:
+        """Read the log of the server that runs: its unit's journal, else the file it writes."""
+        self.log_tail.follow(unit)
+
+    def _journal_refused(self, unit: SystemdService) -> None:
+        """Called from the journal's reader thread: say once per unit how to get access."""
+        if unit.unit not in self._refused_units:
+            self._refused_units.add(unit.unit)
+            line = journal_access_line(unit, user_name(current_uid()))
+            self.history.record(EventKind.LOG_ACCESS, line, {"unit": unit.unit})
+
+    def close(self) -> None:
+        self.log_tail.close()
 
     def note_restart(self, now: float) -> None:
         self.restart_times.append(now)
@@ -180,6 +200,33 @@ class DaemonDuties:
                 record_oom_event(self.history, move, move.message, str(move.move))
             else:
                 effects.start(move, self.oom)
+            self._save_ladder()
+
+    def _save_ladder(self) -> None:
+        """Keep the rungs and what they changed, so a restart of the app does not undo them (and rebuild)."""
+        if self.ladder_file is None:
+            return
+        data = {"ladder": self.oom.saved(), **(self.oom_effects.in_effect() if self.oom_effects else {})}
+        try:
+            write_atomically(self.ladder_file, json.dumps(data).encode(), mode=0o600)
+        except OSError as exc:
+            log.warning("could not keep the out-of-memory ladder in %s: %s", self.ladder_file, exc)
+
+    def _restore_ladder(self) -> None:
+        if self.ladder_file is None:
+            return
+        try:
+            data = json.loads(self.ladder_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("could not read the out-of-memory ladder in %s: %s", self.ladder_file, exc)
+            return
+        if not isinstance(data, dict) or not self.oom.restore(data.get("ladder") or {}):
+            log.warning("ignoring %s: not a saved out-of-memory ladder", self.ladder_file)
+            return
+        if self.oom_effects is not None:
+            self.oom_effects.resume(data)
 
 
 def expected_gap(config: Config, recheck_seconds: float) -> float:
@@ -279,6 +326,21 @@ class OomEffects:
         else:
             text = f"Ollama ran out of memory: {move.change} is already in effect"
             record_oom_event(self.history, move, text, "down")
+
+    def in_effect(self) -> dict[str, dict[str, object]]:
+        """What the ladder's rungs changed: the next start's server environment, the model's PARAMETERs."""
+        return {
+            "server_env": dict(self.supervisor.env_overlay),
+            "model_parameters": dict(self.keeper.parameter_overrides),
+        }
+
+    def resume(self, saved: dict[str, object]) -> None:
+        """Put back what :meth:`in_effect` gave, at start: the server starts with it, the model keeps it."""
+        env, parameters = saved.get("server_env"), saved.get("model_parameters")
+        if isinstance(env, dict):
+            self.supervisor.set_env_overlay({str(k): str(v) for k, v in env.items()})
+        if isinstance(parameters, dict):
+            self.keeper.parameter_overrides = {str(k): int(v) for k, v in parameters.items() if isinstance(v, int)}
 
     def restart_reason(self) -> str | None:
         move = self._server_move

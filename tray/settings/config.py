@@ -60,7 +60,8 @@ class Config:
     health_probe: str = field(
         default="inference",
         metadata=setting(
-            "'inference' runs a one-token test prompt when the model exists; 'api' only checks the API so the model can unload",
+            "'inference' runs a one-token test prompt when the model exists; "
+            "'api' only checks the API so the model can unload",
             choices=("inference", "api"),
         ),
     )
@@ -140,15 +141,21 @@ def settable_fields(cls: type = Config) -> list[dataclasses.Field[Any]]:
     return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
+def section_type(f: dataclasses.Field[Any]) -> type | None:
+    """The settings dataclass of a ``[section]`` field (one whose default is that dataclass), else None."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+
+
 def is_section(f: dataclasses.Field[Any]) -> bool:
     """A ``[section]`` of the file: a field whose default is a settings dataclass."""
-    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+    return section_type(f) is not None
 
 
 def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
     """Check and convert one value of dataclass ``cls``; raise ValueError with the problem."""
     kind = typing.get_type_hints(cls)[key]
-    meta = cls.__dataclass_fields__[key].metadata  # type: ignore[attr-defined]
+    meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == key)
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -195,13 +202,14 @@ def load_table(
             raise ConfigError(f"{path}: unknown {what} '{key}'{where}")
     values: dict[str, Any] = {}
     for key, f in fields.items():
-        if is_section(f):
+        section_cls = section_type(f)
+        if section_cls is not None:
             section = table.get(key, {})
             if not isinstance(section, dict):
                 raise ConfigError(f"{path}: '{key}' must be a [{key}] section")
-            sub_values = load_table(f.default_factory, section, env, path, prefix=f"{prefix}{key}.")  # type: ignore[arg-type]
+            sub_values = load_table(section_cls, section, env, path, prefix=f"{prefix}{key}.")
             try:
-                values[key] = f.default_factory(**sub_values)  # type: ignore[misc]
+                values[key] = section_cls(**sub_values)
             except ValueError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
             continue

@@ -174,3 +174,38 @@ def customizes_server(settings: OllamaServerSettings) -> bool:
     """
     defaults = OllamaServerSettings()
     return any(getattr(settings, f.name) != getattr(defaults, f.name) for f in fields(settings))
+
+
+def settings_variables(settings: OllamaServerSettings, home: str = "~") -> dict[str, str]:
+    """The variables the ``[ollama_server]`` settings set (those left to Ollama are not listed).
+
+    >>> settings_variables(OllamaServerSettings(keep_alive="1h", num_parallel=2))
+    {'OLLAMA_KEEP_ALIVE': '1h', 'OLLAMA_NUM_PARALLEL': '2'}
+    """
+    base = {"OLLAMA_HOST": "127.0.0.1", "HOME": home}
+    env = server_env(settings, base)
+    return {key: value for key, value in env.items() if base.get(key) != value}
+
+
+def systemd_dropin(settings: OllamaServerSettings, unit: str = "ollama.service", home: str = "~") -> str | None:
+    """How to give a systemd-run Ollama the ``[ollama_server]`` settings (they cannot reach it otherwise).
+
+    None when no setting differs from Ollama's defaults.
+
+    >>> print(systemd_dropin(OllamaServerSettings(keep_alive="1h")))
+    [ollama_server] does not reach Ollama run by ollama.service; to apply it, run `sudo systemctl edit ollama`, add
+    [Service]
+    Environment="OLLAMA_KEEP_ALIVE=1h"
+    then run `sudo systemctl restart ollama`
+    """
+    variables = settings_variables(settings, home)
+    if not variables:
+        return None
+    short = unit.removesuffix(".service")
+    lines = [
+        f"[ollama_server] does not reach Ollama run by {unit}; to apply it, run `sudo systemctl edit {short}`, add",
+        "[Service]",
+        *(f'Environment="{key}={value}"' for key, value in sorted(variables.items())),
+        f"then run `sudo systemctl restart {short}`",
+    ]
+    return "\n".join(lines)

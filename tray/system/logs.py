@@ -2,8 +2,12 @@
 
 A rotating file in the platform log dir; when the dir cannot be created or
 a write fails (full disk, read-only home), the failure is counted and the
-line is kept in an in-memory ring instead. :class:`LogTail` follows a log
-file another program writes and rotates (the server's).
+line is kept in an in-memory ring instead.
+
+:class:`ServerLogTail` follows the log of the server that runs, wherever it is:
+a file another program writes and rotates (:class:`LogTail`: the Ollama app's
+``server.log``, the manager's own file) or a systemd unit's journal
+(:class:`JournalTail`).
 """
 
 from __future__ import annotations
@@ -11,9 +15,16 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import queue
+import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from tray.system.owners import SystemdService, journal_command, journal_refused
+
+log = logging.getLogger(__name__)
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -21,8 +32,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file handler that swallows (and counts) its own write errors."""
 
-    def __init__(self, path: Path, ring: RingHandler, **kwargs: object) -> None:
-        super().__init__(path, encoding="utf-8", delay=True, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, path: Path, ring: RingHandler, *, max_bytes: int = 0, backup_count: int = 0) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True)
         self.ring = ring
         self.failures = 0
 
@@ -33,7 +44,7 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
                 self.stream.close()
             except OSError:
                 pass
-            self.stream = None  # type: ignore[assignment]  # reopened on the next record
+            self.stream = None  # reopened on the next record
 
 
 class RingHandler(logging.Handler):
@@ -46,16 +57,16 @@ class RingHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self.lines.append(self.format(record))
-        except Exception:  # formatting a bad record must not raise into the caller
+        except Exception:  # noqa: BLE001 - formatting a bad record must not raise into the caller
             pass
 
 
 def setup_logging(log_file: Path | None, level: int = logging.INFO, stderr: bool = False) -> RingHandler:
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     formatter = logging.Formatter(FORMAT)
     ring = RingHandler()
     ring.setFormatter(formatter)
@@ -63,7 +74,7 @@ def setup_logging(log_file: Path | None, level: int = logging.INFO, stderr: bool
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            handler: logging.Handler = SafeRotatingFileHandler(log_file, ring, maxBytes=2_000_000, backupCount=3)
+            handler: logging.Handler = SafeRotatingFileHandler(log_file, ring, max_bytes=2_000_000, backup_count=3)
             handler.setFormatter(formatter)
             root.addHandler(handler)
         except OSError:
@@ -153,3 +164,104 @@ class LogTail:
         if path == self.path:
             self.offset = size
         return data.decode("utf-8", "replace").splitlines()
+
+    def close(self) -> None:
+        """Nothing to release: each read opens the file anew."""
+
+
+class JournalTail:
+    """New messages of a systemd unit, from ``journalctl -u UNIT -f`` (where the server's stderr goes).
+
+    The journal refuses users outside ``systemd-journal``/``adm``: ``on_refused``
+    is then called once, from the reader thread.
+    """
+
+    def __init__(self, service: SystemdService, on_refused: Callable[[], None]) -> None:
+        self.service = service
+        self.on_refused = on_refused
+        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._refused = False
+        try:
+            self._process: subprocess.Popen[str] | None = subprocess.Popen(
+                journal_command(service, follow=True, lines=0),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            log.warning("cannot follow the journal of %s: %s", service.unit, exc.strerror or exc)
+            self._process = None
+            return
+        threading.Thread(target=self._read_out, name="journal-tail", daemon=True).start()
+        threading.Thread(target=self._read_err, name="journal-tail-err", daemon=True).start()
+
+    def _read_out(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+
+    def _read_err(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        for line in self._process.stderr:
+            if not self._refused and journal_refused(line, self.service.user):
+                self._refused = True
+                self.on_refused()
+
+    def new_lines(self) -> list[str]:
+        lines = []
+        while True:
+            try:
+                lines.append(self._lines.get_nowait())
+            except queue.Empty:
+                return lines
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+
+
+class ServerLogTail:
+    """New lines of the running server's log, wherever it is.
+
+    A server run by a systemd unit logs to the unit's journal (:meth:`follow` names
+    the unit); any other writes a file, ``file`` (a callable when it changes with the
+    server's owner: the Ollama app's ``server.log``, the manager's own file), followed
+    across its rotations. ``on_journal_refused`` is called once per unit whose journal
+    this user may not read.
+    """
+
+    def __init__(
+        self,
+        file: Path | Callable[[], Path | None],
+        on_journal_refused: Callable[[SystemdService], None] = lambda _unit: None,
+    ) -> None:
+        self.unit: SystemdService | None = None
+        self._on_journal_refused = on_journal_refused
+        self._file_source = file
+        self._file = LogTail(file)
+        self._journal: JournalTail | None = None
+
+    def follow(self, unit: SystemdService | None) -> None:
+        """Read ``unit``'s journal from now on; None: the server's file, from its end."""
+        if unit == self.unit:
+            return
+        self.close()
+        self.unit = unit
+        if unit is not None:
+            self._journal = JournalTail(unit, lambda: self._on_journal_refused(unit))
+        else:
+            self._file = LogTail(self._file_source)
+
+    def new_lines(self) -> list[str]:
+        return self._journal.new_lines() if self._journal is not None else self._file.new_lines()
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None

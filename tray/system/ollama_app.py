@@ -35,7 +35,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -50,7 +50,6 @@ from tray.system.processes import (
     ProcessRef,
     is_server_cmdline,
     ollama_home,
-    runner_model_path,
     runners_of,
     username_of,
 )
@@ -470,44 +469,15 @@ def read_app_settings(db: Path) -> AppSettings:
     return AppSettings(models=str(row[0] or ""), expose=bool(row[1]))
 
 
-def models_dir_of_runner(cmdline: Sequence[str]) -> Path | None:
-    """``<models>`` from a runner's ``--model <models>/blobs/sha256-…``.
+def app_model_location(layout: AppLayout) -> Path | None:
+    """The app's "Model location" setting, which it passes to its serve as ``OLLAMA_MODELS`` only when that folder
+    exists; None when it is unset or missing (the serve then uses Ollama's default).
 
-    >>> models_dir_of_runner(["llama-server", "--model", "/m/blobs/sha256-ab", "--port", "1"]).as_posix()
-    '/m'
-    >>> models_dir_of_runner(["ollama", "runner", "--mlx-engine", "--model", "llama3"]) is None
-    True
+    Where the running server really keeps its models is the supervisor's to learn (its environment, a
+    runner's ``--model`` path, this setting, its home), as for every other server.
     """
-    model = runner_model_path(list(cmdline))
-    if not model:
-        return None
-    blob = Path(model)
-    return blob.parent.parent if blob.parent.name == "blobs" else None
-
-
-def app_models_dir(
-    server: ProcessRef | None, layout: AppLayout, env: Mapping[str, str], runners: Iterable[Sequence[str]] = ()
-) -> Path:
-    """Where the app's server keeps its models.
-
-    A runner's ``--model`` path first (what the server really uses), then the serve's own
-    ``OLLAMA_MODELS``, then the app's "Model location" (which it passes only when that folder
-    exists), else Ollama's default under Go's home folder.
-    """
-    for cmdline in runners:
-        found = models_dir_of_runner(cmdline)
-        if found is not None:
-            return found
-    proc = server.get() if server else None
-    if proc is not None:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-            configured = proc.environ().get("OLLAMA_MODELS", "").strip().strip("\"'")
-            if configured:
-                return Path(configured)
     setting = read_app_settings(layout.settings_db).models
-    if setting and Path(setting).exists():
-        return Path(setting)
-    return ollama_home(env, layout.platform) / ".ollama" / "models"
+    return Path(setting) if setting and Path(setting).exists() else None
 
 
 # --------------------------------------------------------------------------- start at login

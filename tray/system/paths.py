@@ -60,5 +60,10 @@ class AppPaths:
         return self.state_dir / "api-token"
 
     @property
+    def oom_ladder_file(self) -> Path:
+        """The out-of-memory ladder's rungs and what they changed, kept across restarts of the app."""
+        return self.state_dir / "oom-ladder.json"
+
+    @property
     def user_stop_file(self) -> Path:
         return self.state_dir / "user-stopped.json"

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -157,7 +157,7 @@ def _hidden_window() -> Any:
 
 def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
     """Start the plan detached from us, output appended to ``log_path`` (or discarded)."""
-    stdout: int | object = subprocess.DEVNULL
+    stdout: int | IO[bytes] = subprocess.DEVNULL
     log_file = None
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
             plan.argv,
             env=plan.env,
             stdin=subprocess.DEVNULL,
-            stdout=stdout,  # type: ignore[arg-type]
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             start_new_session=plan.new_session,
             creationflags=plan.creationflags,
@@ -238,8 +238,108 @@ def _cmdline(proc: psutil.Process) -> list[str]:
         return []
 
 
-def listening_pid(port: int) -> int | None:
-    """PID of the process listening on TCP ``port``, where the OS lets us see it."""
+@dataclass(frozen=True)
+class Listener:
+    """Who listens on a TCP port, as far as this user can tell.
+
+    ``uid`` owns the listening socket (Linux tells everyone: ``/proc/net/tcp``);
+    ``pid`` is None where the OS hides which process holds it (another user's).
+    """
+
+    port: int
+    uid: int | None = None
+    pid: int | None = None
+    inode: int | None = None
+
+
+_TCP_LISTEN = "0A"
+
+
+def parse_proc_net_tcp(text: str, port: int) -> list[tuple[int, int]]:
+    r"""(uid, socket inode) of each socket listening on ``port`` in a ``/proc/net/tcp{,6}`` table.
+
+    >>> table = (
+    ...     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    ...     "   0: 0100007F:2CAA 00000000:0000 0A 00000000:00000000 00:00000000 00000000   996        0 48213 1\n"
+    ...     "   1: 0100007F:2CAA 0100007F:9C40 01 00000000:00000000 00:00000000 00000000   996        0 48300 1\n"
+    ... )
+    >>> parse_proc_net_tcp(table, 11434)
+    [(996, 48213)]
+    """
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != _TCP_LISTEN:
+            continue
+        try:
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            uid, inode = int(fields[7]), int(fields[9])
+        except (IndexError, ValueError):
+            continue
+        if local_port == port:
+            found.append((uid, inode))
+    return found
+
+
+def _pid_of_socket(inode: int, uid: int, proc: Path) -> int | None:
+    """The process holding socket ``inode``, among those of ``uid`` whose fds this user may read."""
+    target = f"socket:[{inode}]"
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+            for fd in (entry / "fd").iterdir():
+                if os.readlink(fd) == target:
+                    return int(entry.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None
+
+
+def _lone_server_of(uid: int) -> int | None:
+    """The one ``ollama serve`` process ``uid`` runs, when there is exactly one (the table is world-readable)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "uids", "cmdline"]):
+        uids = proc.info.get("uids")
+        if uids is not None and uids.real == uid and is_server_cmdline(proc.info.get("cmdline") or []):
+            found.append(int(proc.info["pid"]))
+    return found[0] if len(found) == 1 else None
+
+
+PROC = Path("/proc")  # Linux's process and socket tables; absent elsewhere
+
+
+def find_listener(port: int, proc: Path | None = None) -> Listener | None:
+    """The listener of TCP ``port``: its socket's owner from ``/proc/net/tcp{,6}`` (Linux), its process where visible.
+
+    The process comes from ``/proc/<pid>/fd`` where this user may read it, else
+    from the process table when the socket's owner runs exactly one ``ollama serve``.
+    Without ``/proc`` (macOS, Windows) it comes from ``psutil.net_connections``, which
+    on macOS is refused unless root: then the user's own ``ollama serve`` on the port
+    is found from the process table (:func:`own_server_on_port`).
+    """
+    proc = PROC if proc is None else proc
+    tables = [proc / "net" / "tcp", proc / "net" / "tcp6"]
+    if not any(table.exists() for table in tables):
+        pid = _psutil_listening_pid(port)
+        if pid is None:
+            own = own_server_on_port(port)
+            pid = own.pid if own is not None else None
+        return Listener(port, pid=pid) if pid else None
+    for table in tables:
+        try:
+            sockets = parse_proc_net_tcp(table.read_text(), port)
+        except OSError:
+            continue
+        for uid, inode in sockets:
+            pid = _pid_of_socket(inode, uid, proc) or _lone_server_of(uid)
+            return Listener(port, uid, pid, inode)
+    return None
+
+
+def _psutil_listening_pid(port: int) -> int | None:
     try:
         connections = psutil.net_connections(kind="tcp")
     except (psutil.AccessDenied, OSError):
@@ -248,6 +348,12 @@ def listening_pid(port: int) -> int | None:
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
             return int(conn.pid)
     return None
+
+
+def listening_pid(port: int) -> int | None:
+    """PID of the process listening on TCP ``port``, where the OS lets us see it."""
+    listener = find_listener(port)
+    return listener.pid if listener else None
 
 
 def describe_process(pid: int | None) -> str:
@@ -333,7 +439,7 @@ def server_on_port(port: int) -> ProcessRef | None:
     """The ollama server process listening on ``port``, if that is what listens there."""
     pid = listening_pid(port)
     if pid is None:
-        return own_server_on_port(port)
+        return None
     try:
         proc = psutil.Process(pid)
         if is_server_cmdline(_cmdline(proc)):
@@ -378,25 +484,6 @@ def cpu_seconds(refs: Iterable[ProcessRef]) -> dict[ProcessRef, float | None]:
         except psutil.AccessDenied:
             times[ref] = None
     return times
-
-
-def orphaned_runners(models_dir: Path) -> list[ProcessRef]:
-    """Runners of this models dir whose server is gone (a ``kill -9`` leaves them holding RAM/VRAM)."""
-    models = str(models_dir.resolve())
-    found = []
-    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if not is_runner_cmdline(cmdline):
-            continue
-        model = runner_model_path(cmdline)
-        if not model or not os.path.abspath(model).startswith(models + os.sep):
-            continue
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            parent = proc.parent()
-            if parent is not None and is_server_cmdline(_cmdline(parent)):
-                continue  # a live server still owns it
-            found.append(ProcessRef.of(proc))
-    return found
 
 
 # --------------------------------------------------------------------------- stopping
@@ -533,8 +620,10 @@ def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.pl
 def kill_runners(refs: Iterable[ProcessRef]) -> list[int]:
     """SIGKILL runners (they hold no state worth a graceful exit) and wait for them."""
     procs = [p for p in (ref.get() for ref in refs) if p is not None]
+    killed = []
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.kill()
-    psutil.wait_procs(procs, timeout=5)
-    return [p.pid for p in procs]
+            killed.append(proc)
+    psutil.wait_procs(killed, timeout=5)
+    return [p.pid for p in killed]

@@ -106,13 +106,18 @@ def with_ps_gpu_share(sample: ResourceSample, ps_json: object) -> ResourceSample
 def nearest_existing_dir(path: Path) -> Path:
     """``path`` or its closest existing ancestor (the models dir may not exist yet).
 
-    >>> nearest_existing_dir(Path("/nonexistent/a/b"))
-    PosixPath('/')
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as home:
+    ...     nearest_existing_dir(Path(home, "models", "blobs")) == Path(home)
+    True
     """
     path = Path(path).expanduser().absolute()
     for candidate in (path, *path.parents):
-        if candidate.is_dir():
-            return candidate
+        try:
+            if candidate.is_dir():
+                return candidate
+        except OSError:  # not ours to look into (another account's store): its parent tells the volume
+            continue
     return Path(path.anchor or "/")
 
 
@@ -284,7 +289,7 @@ class ResourceSampler:
 
     @property
     def models_dir(self) -> Path | None:
-        """The folder whose disk's free space is sampled: the running server's models folder."""
+        """The store whose disk's free space is sampled: the running server's (it follows the server that runs)."""
         return self._models_dir
 
     @models_dir.setter

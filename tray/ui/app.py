@@ -120,6 +120,7 @@ def open_path(
     when the opener cannot be started.
     """
     if platform == "win32":
+        # typeshed declares os.startfile for Windows only, and mypy checks this file as on Linux
         os.startfile(path)  # type: ignore[attr-defined,unused-ignore]
         return
     process = spawn(
@@ -315,7 +316,7 @@ class TrayApp:
         """Menu: Open dashboard, in the default browser."""
         try:
             self._controller.open_dashboard()
-        except Exception as exc:  # shown to the user as one line
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
             self._controller.notify(f"{ACTION_LABELS[OPEN_DASHBOARD]} failed", error_line(exc))
 
     def on_open_logs(self) -> None:
@@ -344,7 +345,7 @@ class TrayApp:
         if self._controller.settings().get("stop_ollama_on_quit"):
             try:
                 self._quit_stop = self._controller.request(STOP)
-            except Exception as exc:  # the icon must still go away
+            except Exception as exc:  # noqa: BLE001 - the icon must still go away
                 log.error("cannot stop Ollama on quit: %s", error_line(exc))
         with self._lock:
             self._stopped = True
@@ -431,7 +432,7 @@ class TrayApp:
         self.refresh()
         try:
             future = self._controller.request(action)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
             self._finish(action, None, exc)
             return
         future.add_done_callback(functools.partial(self._on_request_done, action))
@@ -459,7 +460,7 @@ class TrayApp:
         value = not self._controller.settings().get(key, False)
         try:
             self._controller.set_setting(key, value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - shown to the user as one line
             self._controller.notify(f"{ACTION_LABELS[action]} failed", error_line(exc))
         self.refresh()
 
@@ -468,7 +469,7 @@ class TrayApp:
             return
         try:
             self._quit_stop.result(timeout=self._quit_stop_timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the icon must still go away
             log.error("stopping Ollama on quit failed: %s", error_line(exc))
 
     def _live_entry(self, key: str, fallback: MenuEntry) -> MenuEntry:

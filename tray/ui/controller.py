@@ -17,6 +17,7 @@ from tray.settings.store import set_config_value
 from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
 from tray.system.ollama_app import app_layout
+from tray.system.owners import SystemdService, current_uid, user_name, write_journal_snapshot
 from tray.system.paths import AppPaths
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,16 @@ class MonitorController:
         set_config_value(Path(self.config.source), key, value)
 
     def log_paths(self) -> list[str]:
-        return ollama_log_locations(self.paths, server_log=self.monitor.supervisor.server_log)
+        """Where to look, the first that exists wins: the journal of a systemd server (copied to a file to open),
+        the folder of the log the running server writes (the Ollama app's), then the manager's logs."""
+        supervisor = self.monitor.supervisor
+        external = supervisor.external
+        if isinstance(external, SystemdService):
+            snapshot = write_journal_snapshot(
+                external, self.paths.log_dir / "ollama-journal.log", user_name(current_uid())
+            )
+            return [str(snapshot), *ollama_log_locations(self.paths)]
+        return ollama_log_locations(self.paths, server_log=supervisor.server_log)
 
     def open_dashboard(self) -> None:
         from tray.dashboard.launch import open_dashboard

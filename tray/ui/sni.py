@@ -79,7 +79,9 @@ Variant = tuple[str, Any]
 Pixmap = tuple[int, int, bytes]
 
 _STANDARD_INTERFACES = f""" <interface name="{PROPERTIES_INTERFACE}">
-  <method name="Get"><arg type="s" direction="in"/><arg type="s" direction="in"/><arg type="v" direction="out"/></method>
+  <method name="Get">
+   <arg type="s" direction="in"/><arg type="s" direction="in"/><arg type="v" direction="out"/>
+  </method>
   <method name="GetAll"><arg type="s" direction="in"/><arg type="a{{sv}}" direction="out"/></method>
  </interface>
  <interface name="{INTROSPECTABLE_INTERFACE}">
@@ -109,8 +111,12 @@ INTROSPECTION = {
   <property name="Menu" type="o" access="read"/>
   <method name="ContextMenu"><arg name="x" type="i" direction="in"/><arg name="y" type="i" direction="in"/></method>
   <method name="Activate"><arg name="x" type="i" direction="in"/><arg name="y" type="i" direction="in"/></method>
-  <method name="SecondaryActivate"><arg name="x" type="i" direction="in"/><arg name="y" type="i" direction="in"/></method>
-  <method name="Scroll"><arg name="delta" type="i" direction="in"/><arg name="orientation" type="s" direction="in"/></method>
+  <method name="SecondaryActivate">
+   <arg name="x" type="i" direction="in"/><arg name="y" type="i" direction="in"/>
+  </method>
+  <method name="Scroll">
+   <arg name="delta" type="i" direction="in"/><arg name="orientation" type="s" direction="in"/>
+  </method>
   <signal name="NewTitle"/>
   <signal name="NewIcon"/>
   <signal name="NewAttentionIcon"/>

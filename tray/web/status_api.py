@@ -68,7 +68,7 @@ def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequ
         future = monitor.request(name)
         try:
             message = await asyncio.wrap_future(future)
-        except Exception as exc:  # reported to the caller as one line
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
             return JSONResponse({"ok": False, "error": str(exc)}, 500)
         return JSONResponse({"ok": True, "message": message})
 

@@ -38,6 +38,8 @@ function renderStatus({ view }) {
   const error = $("last-error");
   error.hidden = !view.last_error;
   setText("last-error", view.last_error ? `Last error: ${view.last_error}` : "");
+  $("settings-note").hidden = !view.settings_note;
+  setText("settings-note", view.settings_note || "");
   $("cloud-note").hidden = !view.cloud_active;
 
   const model = view.model;

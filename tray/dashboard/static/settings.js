@@ -8,7 +8,9 @@ const APPLIES = {
   app_restart: "applies after the app restarts",
 };
 const SECTION_NOTES = {
-  ollama_server: "Passed to an Ollama the manager starts itself, not to one run by the Ollama app or systemd.",
+  ollama_server:
+    "Passed to an Ollama the manager starts itself, not to one run by the Ollama app or systemd " +
+    "(for systemd, the status page and `ollama-manager status` give the `systemctl edit ollama` lines that would).",
 };
 
 const page = { token: takeToken(), settings: [] };
