@@ -256,7 +256,7 @@ def test_a_windows_server_that_ignores_the_break_is_killed_after_the_timeout(mon
     try:
         breaks: list[int] = []
         ran: list[list[str]] = []
-        monkeypatch.setattr(processes, "console_break", lambda pid: breaks.append(pid))
+        monkeypatch.setattr(processes, "console_break", breaks.append)
 
         def taskkill(argv, **_kwargs):
             ran.append(argv)

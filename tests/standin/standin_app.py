@@ -232,7 +232,9 @@ def reap_servers(own_child: int) -> List[int]:
     """
     ours = os.path.abspath(resolve_ollama())
     try:
-        listing = subprocess.run(["ps", "-axww", "-o", "pid=,args="], capture_output=True, text=True, timeout=10).stdout
+        listing = subprocess.run(
+            ["ps", "-axww", "-o", "pid=,args="], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return []
     reaped = []
@@ -291,7 +293,7 @@ class ServerSupervisor:
     def _run_once(self) -> None:
         os.makedirs(os.path.dirname(server_log_path()), exist_ok=True)
         rotate(server_log_path())
-        log_file = open(server_log_path(), "ab")
+        log_file = open(server_log_path(), "ab")  # noqa: SIM115 - each serve started below writes to it
         self.cleanup()
         reaped = False
         try:

@@ -778,7 +778,7 @@ class Scheduler:
             command, shown = prefix + args, [prefix[0], *args]
         else:
             runner = [sys.executable] if common.FROZEN else [sys.executable, common.EXECUTABLE]
-            command = runner + ["runner", "--model", model.model_path, "--port", str(port)]
+            command = [*runner, "runner", "--model", model.model_path, "--port", str(port)]
             shown = command[len(runner) - 1 :]
         log("INFO", self.texts.starting[0], self.texts.starting[1], ("cmd", " ".join(shown)))
         env = dict(os.environ, OLLAMA_STANDIN_RUNNER_PLAN=json.dumps(plan))

@@ -291,7 +291,7 @@ class WindowsToast:
         app_name: str = APP_NAME,
         icon: str = "",
         registry: Callable[[], RegistryValues] = lambda: WinregKey(APP_ID_KEY),
-        run: Callable[[Sequence[str]], None] = lambda argv: run_command(argv),
+        run: Callable[[Sequence[str]], None] = run_command,
     ) -> None:
         self.app_name = app_name
         self.icon = icon

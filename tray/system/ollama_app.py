@@ -521,7 +521,7 @@ Run = Callable[[list[str]], "tuple[int, str]"]
 def run_capturing(argv: list[str]) -> tuple[int, str]:
     """Exit status and standard output of a short command; -1 when it cannot run."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return -1, ""
     return done.returncode, done.stdout

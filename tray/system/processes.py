@@ -551,6 +551,7 @@ def hard_kill(proc: psutil.Process, platform: str = sys.platform) -> None:
                 timeout=30,
                 stdin=subprocess.DEVNULL,
                 creationflags=CREATE_NO_WINDOW,
+                check=False,
             )
             if done.returncode == 0:
                 return
