@@ -342,14 +342,36 @@ def test_a_server_is_found_from_the_process_table_when_the_socket_table_is_refus
     assert server_on_port(standin.port + 1 if standin.port < 65535 else standin.port - 1) is None
 
 
-def test_the_supervisor_and_the_app_owner_import_without_a_passwd_database():
-    """Windows has no ``pwd`` module: the Linux owner code must not need it to be imported."""
-    script = (
-        "import sys; sys.modules['pwd'] = None\n"
-        "import tray.service.supervisor, tray.system.ollama_app, tray.ui.controller\n"
+# Windows has no passwd or group database: importing these must fail there as it does, not just be absent here.
+WITHOUT_POSIX_ACCOUNTS = """
+import importlib.abc, sys
+
+class NoPosixAccounts(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in ("pwd", "grp"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+for name in ("pwd", "grp"):
+    sys.modules.pop(name, None)
+sys.meta_path.insert(0, NoPosixAccounts())
+"""
+
+
+def test_the_monitor_supervisor_and_cli_import_and_name_accounts_without_pwd_and_grp():
+    """The Linux owner code (accounts, systemd units) must not need ``pwd``/``grp`` to be imported or asked."""
+    script = WITHOUT_POSIX_ACCOUNTS + (
+        "import tray.cli, tray.service.monitor, tray.service.supervisor, tray.system.ollama_app, tray.ui.controller\n"
         "from tray.system.owners import UnitState, SystemdService, user_name\n"
+        "from tray.models.store import _owner_of\n"
+        "import pathlib\n"
+        "try:\n"
+        "    import pwd\n"
+        "except ModuleNotFoundError:\n"
+        "    print('blocked')\n"
         "print(user_name(1000), UnitState(SystemdService('ollama.service'), run_as='ollama').account_uid())\n"
+        "print(_owner_of(pathlib.Path(sys.executable)).startswith('uid '))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["uid", "1000", "None"]
+    assert done.stdout.split() == ["blocked", "uid", "1000", "None", "True"]
