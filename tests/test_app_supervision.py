@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 from standin_app_finder import StandinAppFinder
 from tests.manager import FAST_SETTINGS, wait_until
 from tray.history import History
-from tray.service.supervisor import Supervisor
+from tray.service.supervisor import StartFailed, Supervisor
 from tray.settings.config import load_config
 from tray.system.logs import LogTail
 from tray.system.ollama_app import StartRoute
@@ -132,6 +133,26 @@ def test_while_the_app_runs_its_server_comes_back_and_the_app_is_never_quit(stan
     assert app_running.poll() is None and not standin.events_of("app_exit")
     (warning,) = events(sup, "external")
     assert warning.startswith("The Ollama app runs the server") and "quit the Ollama app from its menu" in warning
+
+
+def test_an_app_whose_server_does_not_come_back_is_reported_with_its_log(standin, app_running, tmp_path):
+    sup = make_supervisor(standin, tmp_path)
+    sup.reconfigure(replace(sup.config, startup_timeout=2))
+    serve = standin.app_serve_pids()[-1]
+    app_running.send_signal(signal.SIGSTOP)  # the app hangs: it respawns nothing
+    try:
+        os.kill(serve, signal.SIGKILL)
+        wait_until(lambda: sup.answers() is None, 10, what="the server to be down")
+        with pytest.raises(StartFailed) as failed:
+            sup.start()
+    finally:
+        app_running.send_signal(signal.SIGCONT)
+    assert str(failed.value) == (
+        f"the Ollama app is running but its server does not answer at {standin.base_url} within 2 s: "
+        f"see {standin.app_server_log}, or quit the app from its menu and open it again"
+    )
+    assert len(standin.events_of("serve_start")) == 1  # no serve of the manager's own beside the app
+    assert app_running.poll() is None
 
 
 def test_when_the_app_takes_the_port_back_the_lost_settings_are_reported(standin, tmp_path):
