@@ -602,16 +602,12 @@ class Supervisor:
 
     def _wait_for_app_server(self, reason: str, begun: float) -> StartOutcome:
         """The Ollama app runs: its server answers again within a second or two of any exit."""
-        deadline = begun + self.config.startup_timeout
-        while not self.client.answers_as_ollama(timeout=1.0):
-            if time.monotonic() > deadline:
-                log_path = self.app_finder.layout.server_log if self.app_finder else self.paths.server_log
-                raise StartFailed(
-                    f"the Ollama app is running but its server does not answer at {self.host.url} within "
-                    f"{self.config.startup_timeout:g} s: see {log_path}, or quit the app from its menu and open it "
-                    "again"
-                )
-            time.sleep(READY_POLL_SECONDS)
+        log_path = self.app_finder.layout.server_log if self.app_finder else self.paths.server_log
+        self._wait_answering(
+            failure=f"the Ollama app is running but its server does not answer at {self.host.url} within "
+            f"{self.config.startup_timeout:g} s: see {log_path}, or quit the app from its menu and open it again",
+            begun=begun,
+        )
         self.server = None
         self.adopt()
         self.history.record(
@@ -823,12 +819,18 @@ class Supervisor:
             self.history.record(EventKind(verb), f"Ollama {done} through {service.describe()}", {"reason": reason})
             return self._outcome(True, time.monotonic() - begun)
 
-    def _wait_answering(self, after: str) -> None:
-        """Wait for Ollama to answer once its owner started it; StartFailed after the startup timeout."""
-        deadline = time.monotonic() + self.config.startup_timeout
+    def _wait_answering(self, after: str = "", *, failure: str = "", begun: float | None = None) -> None:
+        """Wait for Ollama to answer once its owner started it; StartFailed after the startup timeout.
+
+        The error says what was done (``after``), unless ``failure`` is the whole message; the timeout counts
+        from ``begun`` when given (a monotonic time), else from now.
+        """
+        deadline = (time.monotonic() if begun is None else begun) + self.config.startup_timeout
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
-                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after {after}")
+                raise StartFailed(
+                    failure or f"Ollama did not answer within {self.config.startup_timeout:g} s after {after}"
+                )
             time.sleep(READY_POLL_SECONDS)
 
     def _true_state(self, pid: int | None) -> str:
