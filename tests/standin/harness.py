@@ -348,6 +348,8 @@ class StandinEnv:
                 process = same_process(popen.pid, None)
                 if process is not None:
                     targets[process.pid] = process
+        for process in self._unregistered_processes():
+            targets.setdefault(process.pid, process)
         for process in list(targets.values()):
             try:
                 for child in process.children(recursive=True):
@@ -367,6 +369,29 @@ class StandinEnv:
             except subprocess.TimeoutExpired:
                 pass
         _wait_gone(list(targets.values()), timeout=10)
+
+    def _unregistered_processes(self) -> list[psutil.Process]:
+        """Stand-in programs of this environment that have not written their start event yet.
+
+        A serve a manager started just before it was stopped may still be starting when the
+        events are read. It is known by its environment, which names this events file, and its
+        program, which lies in this environment (``bin/ollama``, ``lib/ollama/llama-server``) or
+        is the frozen stand-in.
+        """
+        marker = str(self.events_file)
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if process.pid == os.getpid() or process.environ().get("OLLAMA_STANDIN_EVENTS") != marker:
+                    continue
+                # The program comes first, after its interpreter (and /usr/bin/env, while a shebang is followed).
+                if any(self._is_standin_program(arg) for arg in process.cmdline()[:3]):
+                    found.append(process)
+        return found
+
+    def _is_standin_program(self, arg: str) -> bool:
+        path = Path(arg)
+        return path == self.executable or path.is_relative_to(self.root) or path.is_relative_to(self.bin_dir)
 
 
 def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:
