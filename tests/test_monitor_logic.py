@@ -20,7 +20,7 @@ from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
 from tray.history import History
-from tray.ollama.client import LoadedModel
+from tray.ollama.client import InstalledModel, LoadedModel
 from tray.service.monitor import RECHECK_SECONDS, Monitor
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
@@ -77,6 +77,12 @@ class FakeClient:
 
     def loaded_models(self, timeout: float) -> list[LoadedModel] | None:
         return [LoadedModel(name, 100, 0) for name in self.loaded]
+
+    def installed_models(self, timeout: float) -> list[InstalledModel] | None:
+        return [InstalledModel("llama3:latest", 100, "8B", "Q4_0")]
+
+    def preload(self, model: str, keep_alive: int | str | None, timeout: float) -> str | None:
+        return None
 
     def probe_inference(self, model: str, timeout: float) -> ProbeResult:
         self.inference_timeouts.append(timeout)
