@@ -125,7 +125,8 @@ class OllamaClient:
             return None
         models = []
         for entry in entries:
-            details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+            details = entry.get("details")
+            details = details if isinstance(details, dict) else {}
             name, size = entry.get("name"), entry.get("size")
             if not isinstance(name, str):
                 continue
