@@ -62,6 +62,8 @@ Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every reques
                    (at the first token), mlx, full, recoverable (the load recovers); before 0.30:
                    system (default) and the runner kinds
   slow_pull_ms_per_mb
+  pull_offline     pulls fail at the manifest as Ollama's do without a network (DNS lookup of the registry)
+  pull_disk_full_after_mb  a pull's download fails with ENOSPC once this many MiB of a blob are written
 """
 
 from __future__ import annotations
