@@ -538,6 +538,7 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
             "cloud": 2,
             "cloud_share": 0.25,
         },
+        "models": {"rows": [], "modelfile": "uncensored-llama3", "modelfile_active": True, "loading": None},
         "settings_note": None,
     }
 

@@ -972,7 +972,7 @@ def test_the_modelfile_choice_is_off_while_that_model_is_active_and_choices_wait
     switching = build_menu(status(installed_models=INSTALLED), SETTINGS, {"use_model:mistral:latest"})
     assert not any(entry.enabled for entry in find_entry(switching, "model").submenu)  # type: ignore[union-attr]
     nothing = build_menu(status(), SETTINGS, set())
-    assert [e.label for e in find_entry(nothing, "model").submenu][0] == "No models installed"  # type: ignore[union-attr]
+    assert next(e.label for e in find_entry(nothing, "model").submenu) == "No models installed"  # type: ignore[union-attr]
 
 
 def test_choosing_a_model_in_the_pystray_menu_asks_the_controller(make_app: Callable[..., Any]) -> None:
