@@ -927,8 +927,9 @@ class Monitor:
         if names != self._installed_names:
             details = self.supervisor.client.installed_models(timeout=self.config.health_check_timeout)
             if details is not None:
-                self.installed_models = tuple(
-                    InstalledModelStatus(m.name, m.size, m.parameter_size, m.quantization) for m in details
+                self.installed_models = tuple(  # by name: a menu's order stays put when a model is pulled again
+                    InstalledModelStatus(m.name, m.size, m.parameter_size, m.quantization)
+                    for m in sorted(details, key=lambda m: m.name.lower())
                 )
                 self._installed_names = names
         if self.active_model and not _has_model(names, self.active_model):
