@@ -913,6 +913,7 @@ class Monitor:
             else:
                 log.info("%s loaded in %.1f s", model, self.clock() - started)
             self._publish()
+            self.request("check")  # the models in memory changed: look now, not at the next check
 
         def tick() -> None:
             while not done.wait(LOAD_TICK_SECONDS) and self._loading == (model, started):
