@@ -191,3 +191,24 @@ def test_a_pull_shows_progress_makes_the_model_selectable_and_failures_say_why(
         "ollama-manager: cannot pull no-such-model: the registry has no model of that name"
     )
     assert "Traceback" not in offline.stderr + full.stderr + unknown.stderr
+
+
+def test_without_a_monitor_model_use_checks_the_installed_models_and_saves_the_choice_for_its_start(
+    manager: Manager, standin: StandinEnv
+) -> None:
+    standin.spawn_serve()
+    standin.wait_ready()
+    standin.pull("mistral")
+    used = manager.run("model", "use", "mistral")
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.strip() == f"Using mistral:latest; saved in {config_file(manager)}, for the manager's next start"
+    assert saved_active_model(manager) == "mistral:latest"
+    missing = manager.run("model", "use", "tinyllama")
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "ollama-manager: model tinyllama is not installed: run `ollama-manager model pull tinyllama`\n",
+    )
+    assert saved_active_model(manager) == "mistral:latest"
+
+    manager.spawn_monitor()
+    status_where(manager, "the monitor starting on mistral", lambda s: s["model_loaded"] == "mistral:latest")
