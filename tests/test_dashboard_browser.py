@@ -381,15 +381,6 @@ def model_row(model: str) -> str:
     return f"#models tr[data-model='{model}']"
 
 
-def probes_of(standin: StandinEnv, model: str) -> int:
-    """The health probe's test prompts Ollama answered for ``model``."""
-    return sum(
-        1
-        for e in standin.events_of("request_done")
-        if e["path"] == "/api/chat" and e["model"] == model and e.get("prompt") == "test"
-    )
-
-
 def test_choosing_a_model_on_the_page_switches_the_probe_and_status_while_the_old_answer_finishes(
     standin: StandinEnv, tmp_path: Path, browser: Any
 ) -> None:
@@ -410,13 +401,7 @@ def test_choosing_a_model_on_the_page_switches_the_probe_and_status_while_the_ol
 
         standin.set_faults(token_ms=40, tokens=100, load_ms=2000)
 
-        def generate() -> dict[str, Any]:
-            with httpx.Client(base_url=standin.base_url, timeout=120, trust_env=False) as client:
-                response = client.post("/api/generate", json={"model": "llama3", "prompt": "go on", "stream": False})
-            assert response.status_code == 200, response.text
-            return dict(response.json())
-
-        answer = in_thread(generate)
+        answer = in_thread(lambda: standin.generate("llama3", "go on"))
         wait_until(lambda: standin.runner_pid("llama3:latest"), 30, what="llama3 loaded for the long answer")
         page.click(f"{model_row('mistral:latest')} input")
         wait_for_outcome(page, "model-result", "ok")
@@ -429,7 +414,7 @@ def test_choosing_a_model_on_the_page_switches_the_probe_and_status_while_the_ol
         done = answer()
         assert done["done"] is True and done["eval_count"] == 100  # the old model finished its answer
         standin.clear_faults()
-        wait_until(lambda: probes_of(standin, "mistral:latest") >= 2, 30, what="the health probe asking mistral")
+        wait_until(lambda: standin.probes_answered("mistral:latest") >= 2, 30, what="the health probe asking mistral")
         status = httpx.get(app.base + "/api/status", timeout=5, trust_env=False).json()
         assert (status["model"], status["model_loaded"]) == ("mistral:latest", "mistral:latest")
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from standin.harness import StandinEnv
@@ -68,31 +67,12 @@ def in_memory(status: dict[str, Any], model: str) -> bool:
     return f"{model}:latest" in {loaded["name"] for loaded in status["loaded_models"]}
 
 
-def probes_of(standin: StandinEnv, model: str) -> list[dict[str, Any]]:
-    """The health probe's test prompts that Ollama answered for ``model``."""
-    return [
-        e
-        for e in standin.events_of("request_done")
-        if e["path"] == "/api/chat" and e["model"] == model and e.get("prompt") == "test"
-    ]
-
-
-def generate_in_background(standin: StandinEnv, model: str) -> Any:
-    def generate() -> dict[str, Any]:
-        with httpx.Client(base_url=standin.base_url, timeout=120, trust_env=False) as client:
-            response = client.post("/api/generate", json={"model": model, "prompt": "tell me", "stream": False})
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    return in_thread(generate)
-
-
 def test_model_use_switches_the_probe_and_the_status_while_the_old_model_finishes_its_answer(
     manager: Manager, standin: StandinEnv
 ) -> None:
     start_with_two_models(manager, standin)
     standin.set_faults(**LONG_ANSWER, load_ms=1500)
-    answer = generate_in_background(standin, MODELFILE_MODEL)
+    answer = in_thread(lambda: standin.generate(MODELFILE_MODEL, "tell me"))
     wait_until(lambda: standin.runner_pid("llama3:latest"), 30, what="llama3 loaded for the long answer")
 
     used = manager.run("model", "use", "mistral")
@@ -110,11 +90,11 @@ def test_model_use_switches_the_probe_and_the_status_while_the_old_model_finishe
     assert done["done"] is True and done["eval_count"] == LONG_ANSWER["tokens"]  # not cut short by the switch
     assert standin.events_of("runner_exit") == []  # nothing was unloaded to make room
     standin.clear_faults()
-    wait_until(lambda: probes_of(standin, "mistral:latest"), 30, what="the probe's test prompt to mistral")
-    probes_before = len(probes_of(standin, "llama3:latest"))
-    seen = len(probes_of(standin, "mistral:latest"))
-    wait_until(lambda: len(probes_of(standin, "mistral:latest")) >= seen + 2, 30, what="two more probes of mistral")
-    assert len(probes_of(standin, "llama3:latest")) == probes_before  # the probe left the old model alone
+    wait_until(lambda: standin.probes_answered("mistral:latest"), 30, what="the probe's test prompt to mistral")
+    probes_before = standin.probes_answered("llama3:latest")
+    seen = standin.probes_answered("mistral:latest")
+    wait_until(lambda: standin.probes_answered("mistral:latest") >= seen + 2, 30, what="two more probes of mistral")
+    assert standin.probes_answered("llama3:latest") == probes_before  # the probe left the old model alone
 
     assert saved_active_model(manager) == "mistral:latest"
     listed = manager.run("model", "list").stdout.splitlines()

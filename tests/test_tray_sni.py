@@ -459,13 +459,7 @@ def test_choosing_a_model_in_the_menu_switches_the_probe_status_and_check_mark_w
     # A long answer on the old model, under way while the user switches.
     standin.set_faults(token_ms=40, tokens=100, load_ms=2000)
 
-    def generate() -> dict[str, Any]:
-        with httpx.Client(base_url=standin.base_url, timeout=120, trust_env=False) as client:
-            response = client.post("/api/generate", json={"model": "llama3", "prompt": "go on", "stream": False})
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    answer = in_thread(generate)
+    answer = in_thread(lambda: standin.generate("llama3", "go on"))
     wait_for(lambda: standin.runner_pid("llama3:latest"), 30, "llama3 loaded for the long answer")
     assert host.click(item, mistral.id) == []
     wait_for(lambda: host.tooltip(item)[1].startswith("Loading mistral:latest… "), 10, "the loading tooltip")
@@ -480,14 +474,7 @@ def test_choosing_a_model_in_the_menu_switches_the_probe_status_and_check_mark_w
     assert done["done"] is True and done["eval_count"] == 100  # the old model finished its answer
     standin.clear_faults()
 
-    def probed(model: str) -> int:
-        return sum(
-            1
-            for e in standin.events_of("request_done")
-            if e["path"] == "/api/chat" and e["model"] == model and e.get("prompt") == "test"
-        )
-
-    wait_for(lambda: probed("mistral:latest") >= 2, 30, "the health probe asking mistral")
+    wait_for(lambda: standin.probes_answered("mistral:latest") >= 2, 30, "the health probe asking mistral")
     wait_for(lambda: re.search(r"· mistral:latest$", host.tooltip(item)[1]), 15, "mistral named in the tooltip")
 
     # And back, from the same submenu.

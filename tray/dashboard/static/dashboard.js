@@ -76,24 +76,32 @@ function renderActions(actions) {
   lock.textContent = LOCKED_TEXT;
 }
 
-async function runAction(id) {
-  if (!page.token || page.busyAction) return;
-  page.busyAction = id;
-  renderActions(page.view.actions);
-  const result = $("action-result");
+// POST with the page's token, the outcome shown in the result line ``resultId``.
+async function postAndShow(path, body, resultId, pendingText) {
+  const result = $(resultId);
   result.dataset.outcome = "pending";
-  result.textContent = `${$("actions").querySelector(`[data-action="${id}"]`).textContent}…`;
+  result.textContent = pendingText;
   try {
-    const { status, body } = await postJSON(`/api/actions/${id}`, page.token);
+    const { status, body: answer } = await postJSON(path, page.token, body);
     if (status === 401) {
       forgetToken();
       page.token = null;
     }
-    result.dataset.outcome = body.ok ? "ok" : "failed";
-    result.textContent = body.ok ? body.message : body.error || `failed (${status})`;
+    result.dataset.outcome = answer.ok ? "ok" : "failed";
+    result.textContent = answer.ok ? answer.message : answer.error || `failed (${status})`;
   } catch (error) {
     result.dataset.outcome = "failed";
     result.textContent = `The manager did not answer: ${error.message}`;
+  }
+}
+
+async function runAction(id) {
+  if (!page.token || page.busyAction) return;
+  page.busyAction = id;
+  renderActions(page.view.actions);
+  const label = $("actions").querySelector(`[data-action="${id}"]`).textContent;
+  try {
+    await postAndShow(`/api/actions/${id}`, undefined, "action-result", `${label}…`);
   } finally {
     page.busyAction = null;
     renderActions(page.view.actions);
@@ -144,20 +152,8 @@ async function useModel(name) {
   if (!page.token || page.busyAction) return;
   page.busyAction = "use-model";
   renderModels(page.view.models);
-  const result = $("model-result");
-  result.dataset.outcome = "pending";
-  result.textContent = `Switching to ${name || page.view.models.modelfile}…`;
   try {
-    const { status, body } = await postJSON("/api/model", page.token, { model: name });
-    if (status === 401) {
-      forgetToken();
-      page.token = null;
-    }
-    result.dataset.outcome = body.ok ? "ok" : "failed";
-    result.textContent = body.ok ? body.message : body.error || `failed (${status})`;
-  } catch (error) {
-    result.dataset.outcome = "failed";
-    result.textContent = `The manager did not answer: ${error.message}`;
+    await postAndShow("/api/model", { model: name }, "model-result", `Switching to ${name || page.view.models.modelfile}…`);
   } finally {
     page.busyAction = null;
     renderModels(page.view.models);
