@@ -936,7 +936,7 @@ class Monitor:
         if self.active_model and not _has_model(names, self.active_model):
             gone = self.active_model
             self._set_active("")
-            if self.config.source:
+            if self.config.source and self._thread is not None:  # a one-shot `status` changes no settings
                 try:
                     set_config_value(Path(self.config.source), "active_model", "")
                 except ConfigError as exc:
