@@ -136,7 +136,7 @@ def test_the_choice_survives_a_restart_and_a_deleted_active_model_falls_back_onc
     wait_until(lambda: len(samples(manager)) >= checks + 3, 30, what="three more health checks")
     fallbacks = [e for e in manager.events() if e["kind"] == "model_missing"]
     assert [e["message"] for e in fallbacks] == [
-        "the active model mistral:latest was deleted outside the manager; using the Modelfile model llama3 again"
+        "the active model mistral:latest is no longer installed; using the Modelfile model llama3 again"
     ]
     assert saved_active_model(manager) == ""
 

@@ -970,7 +970,7 @@ def test_an_active_model_deleted_elsewhere_falls_back_with_one_event(tmp_path):
     assert monitor.snapshot().model == "llama3"
     missing = [e for e in history.events() if e.kind == EventKind.MODEL_MISSING]
     assert [e.message for e in missing] == [
-        "the active model mistral:latest was deleted outside the manager; using the Modelfile model llama3 again"
+        "the active model mistral:latest is no longer installed; using the Modelfile model llama3 again"
     ]
     assert not config_file.exists()  # ticks outside the running loop (a one-shot `status`) save nothing
 

@@ -313,9 +313,15 @@ def test_state_changes_reach_the_host_as_signals_and_redraw_icon_and_menu(
             answer = client.post("/api/generate", json={"model": "llama3", "prompt": "hi", "stream": False})
         assert answer.status_code == 200, answer.text
         signals.wait_for("LayoutUpdated", 15)
+
+    def loaded_lines() -> list[str]:
+        menu = host.layout(item)[1]
+        return [child.label for child in menu.children if child.label.startswith("llama3:latest")]
+
+    # The pull changes the layout too (the Model submenu gains llama3): wait for the section itself.
+    loaded = wait_for(loaded_lines, 15, "llama3 in the loaded-models section")
+    assert len(loaded) == 1 and loaded[0].endswith("· 100% CPU"), loaded
     menu = host.layout(item)[1]
-    loaded = [child.label for child in menu.children if child.label.startswith("llama3:latest")]
-    assert len(loaded) == 1 and loaded[0].endswith("· 100% CPU"), [child.label for child in menu.children]
     assert flat(menu)["Unload models"].enabled is True
 
 

@@ -162,7 +162,7 @@ def run_list(
     out, err = _streams(out, err)
     try:
         active = parse_model_name(model_name)
-        modelfile = parse_model_name(modelfile_model or model_name)
+        modelfile = parse_model_name(modelfile_model) if modelfile_model else None
     except ModelError as exc:
         return _fail(err, exc)
     entries = list_models(Path(models_dir))
@@ -175,7 +175,7 @@ def run_list(
         notes = []
         if entry.name.same_as(active):
             notes.append("active")
-        if entry.name.same_as(modelfile):
+        if modelfile is not None and entry.name.same_as(modelfile):
             notes.append("Modelfile model")
         record = records.get(entry.name.display)
         if record is not None:

@@ -943,7 +943,7 @@ class Monitor:
                     log.warning("could not save the fallback to the Modelfile model: %s", exc)
             self.history.record(
                 EventKind.MODEL_MISSING,
-                f"the active model {gone} was deleted outside the manager; using the Modelfile model "
+                f"the active model {gone} is no longer installed; using the Modelfile model "
                 f"{self.config.ollama_model} again",
                 {"model": gone, "active": True},
             )
