@@ -487,3 +487,9 @@ def test_choosing_a_model_in_the_menu_switches_the_probe_status_and_check_mark_w
     assert host.click(item, choices.find("Use the Modelfile model").id) == []
     wait_for(lambda: model_menu().find("llama3:latest (Modelfile)").checked, 15, "the check mark back on llama3")
     assert model_menu().label == "Model: llama3"
+
+    # From the command line, through the tray's own monitor: the same check mark moves.
+    used = manager.run("model", "use", "mistral")
+    assert (used.returncode, used.stdout.strip()) == (0, "Using mistral:latest"), used.stderr
+    wait_for(lambda: model_menu().find("mistral:latest").checked, 15, "the check mark on mistral after model use")
+    assert model_menu().label == "Model: mistral:latest"
