@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tray.core.health import BusySource
@@ -23,7 +24,7 @@ from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
-from tray.service.supervisor import Supervisor, SupervisorError, reaped_words
+from tray.service.supervisor import Supervisor, SupervisorError, stop_message
 from tray.settings.config import Config, ConfigError, load_config
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
@@ -77,11 +78,10 @@ def cmd_stop(ctx: Context) -> int:
             sup.user_stop.set()
             print("Ollama is not running")
             return 0
-        sup.stop(reason="user", interactive=sys.stdin.isatty())
+        stopped = sup.stop(reason="user", interactive=sys.stdin.isatty())
         sup.user_stop.set()
         sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
-        reaped = reaped_words(sup.reaped_names)
-        message = "Ollama stopped" + (f"; {reaped}" if reaped else "")
+        message = stop_message(stopped, sup.reaped_names)
     print(message)
     return 0
 
@@ -130,7 +130,8 @@ def format_status(status: Status, monitor_running: bool) -> str:
     lines = [
         f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
         f"Address: {status.ollama_host}",
-        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})",
+        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})"
+        + (f"; Modelfile model: {status.modelfile_model}" if status.modelfile_model != status.model else ""),
     ]
     if status.ollama_running:
         lines.append(
@@ -194,13 +195,18 @@ def cmd_model(ctx: Context) -> int:
     from tray.models import commands
 
     args, config, paths = ctx.args, ctx.config, ctx.paths
+    if args.model_command == "use":
+        print(use_model(ctx, args.name))
+        return 0
     install_default_modelfile(config, paths)
     sup = ctx.supervisor()
     if sup.client.answers_as_ollama():
         sup.adopt()  # the store of the server that runs (a systemd server keeps its own)
     models_dir, state_dir = sup.models_dir, paths.state_dir
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
-    wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
+    wants_server = args.model_command in ("ensure", "rebuild", "pull") or (
+        args.model_command == "cleanup" and args.delete
+    )
     if wants_server and not sup.client.answers_as_ollama():
         print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
     url, model, modelfile = sup.host.url, config.ollama_model, config.modelfile_path
@@ -213,8 +219,40 @@ def cmd_model(ctx: Context) -> int:
     if args.model_command == "verify":
         return commands.run_verify(model, full=args.full, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "list":
-        return commands.run_list(model, models_dir=models_dir, state_dir=state_dir)
+        return commands.run_list(config.model_in_use, modelfile_model=model, models_dir=models_dir, state_dir=state_dir)
+    if args.model_command == "pull":
+        return commands.run_pull(url, args.name, models_dir=models_dir)
     return commands.run_cleanup(url, model, delete=args.delete, models_dir=models_dir, state_dir=state_dir)
+
+
+def use_model(ctx: Context, name: str) -> str:
+    """``model use NAME``: through the running monitor (it switches and preloads at once), else saved for its start."""
+    from tray.models.store import list_models, same_model
+    from tray.service.monitor import not_installed_line
+    from tray.settings.store import set_config_value
+
+    name = name.strip()
+    if not name:
+        raise CliError("name the model to use, e.g. `ollama-manager model use llama3`")
+    link = MonitorLink(ctx.paths)
+    message = link.use_model(name)
+    if message is not None:
+        return message
+    config = ctx.config
+    chosen = ""
+    if not same_model(name, config.ollama_model):
+        sup = ctx.supervisor(History(None))
+        installed = sup.client.installed_models() if sup.client.answers_as_ollama() else None
+        if installed is not None:
+            names = [model.name for model in installed]
+        else:
+            names = [entry.name.display for entry in list_models(sup.models_dir)]
+        chosen = next((listed for listed in names if same_model(listed, name)), "")
+        if not chosen:
+            raise CliError(not_installed_line(name))
+    set_config_value(Path(config.source), "active_model", chosen)
+    shown = chosen or f"{config.ollama_model} (the Modelfile model)"
+    return f"Using {shown}; saved in {config.source}, for the manager's next start"
 
 
 def cmd_metrics(ctx: Context) -> int:
@@ -380,6 +418,21 @@ def cmd_autostart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one notification through the first method that works, and say which (or why none did)."""
+    from tray.system.notify import NotificationError
+
+    try:
+        delivery = Notifier().deliver(args.title, args.message)
+    except NotificationError as exc:
+        raise CliError(f"no notification method worked: {exc}") from None
+    if delivery.confirmed:
+        print(f"Notification sent via {delivery.channel}")
+    else:
+        print(f"Notification handed to {delivery.channel}, which cannot tell whether it showed")
+    return 0
+
+
 class running_services:
     """Single-instance lock, monitor thread, status API and gateway, torn down in order."""
 
@@ -491,19 +544,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
     autostart = sub.add_parser("autostart", help="start the tray at login: enable, disable, or show the status")
     autostart.add_argument("autostart_action", choices=["enable", "disable", "status"], metavar="enable|disable|status")
+    notify = sub.add_parser("notify", help="send a notification, to check that notifications show")
+    notify.add_argument("title", nargs="?", default="Ollama Manager", help="its title (default: Ollama Manager)")
+    notify.add_argument("message", nargs="?", default="Notifications work", help="its text")
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
     metrics.add_argument("--since", default="1h", help="how far back: 90s, 15m, 1h, 7d (default 1h)")
     metrics.add_argument("--json", action="store_true", help="print JSON")
-    model = sub.add_parser("model", help="build, verify and repair the model")
+    model = sub.add_parser("model", help="build, verify and repair the model; list, pull and choose models")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     model_sub.add_parser("ensure", help="build the model if it is missing or its Modelfile changed")
     rebuild = model_sub.add_parser("rebuild", help="rebuild the model, repairing damaged files")
     rebuild.add_argument("--quantize", metavar="Q", help="quantization, e.g. q4_K_M (for F16/F32 bases)")
     verify = model_sub.add_parser("verify", help="check every file of the model against its digest")
     verify.add_argument("--full", action="store_true", help="rehash everything, ignoring the cache")
-    model_sub.add_parser("list", help="list the installed models; the active one is marked")
+    model_sub.add_parser("list", help="list the installed models; the active one and the Modelfile one are marked")
+    use = model_sub.add_parser("use", help="make an installed model the active one (the Modelfile model's name: back)")
+    use.add_argument("name", metavar="NAME")
+    pull = model_sub.add_parser("pull", help="download a model from the registry, with progress")
+    pull.add_argument("name", metavar="NAME")
     cleanup = model_sub.add_parser("cleanup", help="report stale copies, unused files and partial downloads")
     cleanup.add_argument("--delete", action="store_true", help="delete them")
     return parser
@@ -555,6 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "autostart":  # needs no settings either
             return cmd_autostart(args)
+        if args.command == "notify":
+            setup_logging(AppPaths.default().app_log)  # each failed method goes to the log; the summary to stderr
+            return cmd_notify(args)
         ctx = Context(args)
         if args.command is None:
             return cmd_tray(ctx)

@@ -38,7 +38,7 @@ Environment (read at start):
   OLLAMA_STANDIN_RUNNER_MB       memory each runner child holds (default 64)
   OLLAMA_STANDIN_REGISTRY        extra pullable names, comma-separated
   OLLAMA_STANDIN_EVENTS          file receiving one JSON line per event (serve_start/exit, runner_start/
-                                 ready/exit/reload, request_queued, request_cancelled)
+                                 ready/exit/reload, request_queued, request_cancelled, request_done)
   OLLAMA_STANDIN_EXIT_ON_START   exit at once with this code (message: OLLAMA_STANDIN_EXIT_MESSAGE,
                                  default ``mkdir <models>: permission denied``)
   OLLAMA_STANDIN_IGNORE_SIGTERM  1: SIGTERM is ignored
@@ -62,6 +62,8 @@ Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every reques
                    (at the first token), mlx, full, recoverable (the load recovers); before 0.30:
                    system (default) and the runner kinds
   slow_pull_ms_per_mb
+  pull_offline     pulls fail at the manifest as Ollama's do without a network (DNS lookup of the registry)
+  pull_disk_full_after_mb  a pull's download fails with ENOSPC once this many MiB of a blob are written
 """
 
 from __future__ import annotations
@@ -386,10 +388,14 @@ class Turn:
 
 
 class StandinServer(http.server.ThreadingHTTPServer):
-    """Threaded HTTP server that binds like Go's listener (SO_REUSEADDR, no reverse DNS)."""
+    """Threaded HTTP server that binds like Go's listener (no reverse DNS).
+
+    Go sets SO_REUSEADDR on Unix only: on Windows that option lets a second
+    socket bind a port in use, so a second serve would not fail as Ollama's does.
+    """
 
     daemon_threads = True
-    allow_reuse_address = True
+    allow_reuse_address = sys.platform != "win32"
     request_queue_size = 128
 
     app: "App"
@@ -888,6 +894,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_chunks()
         else:
             self.send_json(200, final("".join(text)))
+        self.request_done(turn.model, prompt=turn.prompt, tokens=len(text))
+
+    def request_done(self, model: LocalModel, **details: Any) -> None:
+        """The events file's ``request_done``: an answer (or a load-only request) sent in full."""
+        event = {"event": "request_done", "path": urlsplit(self.path).path, "model": model.name.display}
+        append_event(dict(event, **details, time=time.time()))
 
     def api_generate(self) -> None:
         """``POST /api/generate``."""
@@ -910,6 +922,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if not prompt:
                 self.send_json(200, dict(base(), response="", done=True, done_reason="load"))
+                self.request_done(model, load_only=True, keep_alive=keep_alive)
                 return
             system = str(request.get("system") or model.system)
             fmt = request.get("format")
@@ -955,6 +968,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if not messages:
                 self.send_json(200, dict(base(), message=empty_message, done_reason="load", done=True))
+                self.request_done(model, load_only=True, keep_alive=keep_alive)
                 return
             self.run_chat(turn, messages, options, request, base)
         finally:
@@ -1347,9 +1361,19 @@ def listen(host: common.HostSpec) -> StandinServer:
     except socket.gaierror:
         _die("listen tcp: lookup %s: no such host" % host.host, 1)
     except OSError as error:
-        reason = os.strerror(error.errno).lower() if error.errno else str(error)
-        _die("listen tcp %s: bind: %s" % (host.hostport, reason), 1)
+        _die("listen tcp %s: bind: %s" % (host.hostport, bind_error_text(error)), 1)
     raise AssertionError("unreachable")
+
+
+WSAEADDRINUSE = 10048
+WINDOWS_ADDRESS_IN_USE = "Only one usage of each socket address (protocol/network address/port) is normally permitted."
+
+
+def bind_error_text(error: OSError) -> str:
+    """Go's text for a failed bind: the C library's message on Unix, the Winsock one on Windows."""
+    if getattr(error, "winerror", None) == WSAEADDRINUSE:
+        return WINDOWS_ADDRESS_IN_USE
+    return os.strerror(error.errno).lower() if error.errno else str(error)
 
 
 def _is_loopback(host: str) -> bool:
@@ -1409,13 +1433,20 @@ def serve_main(argv: List[str]) -> int:
 
 
 def install_signal_handlers() -> List[int]:
-    """SIGINT/SIGTERM set a flag the main loop acts on (SIGTERM ignored when asked)."""
+    """SIGINT/SIGTERM (and on Windows the console's Ctrl+Break, SIGBREAK) set a flag the main loop acts on.
+
+    Go maps both console events, Ctrl+C and Ctrl+Break, to ``os.Interrupt``; a serve started in its own
+    process group (as Ollama's app and the manager start it) only ever receives Ctrl+Break. SIGTERM is
+    ignored when asked.
+    """
     received: List[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
         received.append(number)
 
     signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, on_signal)
     if common.env_var("OLLAMA_STANDIN_IGNORE_SIGTERM") in ("1", "true", "yes"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:

@@ -23,13 +23,13 @@ import psutil
 
 from tray.core.health import ProbeResult
 from tray.core.status import GatewayStatus
-from tray.ollama.client import LoadedModel
+from tray.ollama.client import InstalledModel, LoadedModel
 from tray.service.supervisor import StartOutcome
 from tray.settings.config import Config
 from tray.settings.hosts import OllamaHost
 from tray.system.owners import ExternalSupervisor, SystemdService
 from tray.system.paths import AppPaths
-from tray.system.processes import ProcessRef
+from tray.system.processes import ProcessRef, StopOutcome
 
 
 class OllamaProbe(Protocol):
@@ -40,6 +40,14 @@ class OllamaProbe(Protocol):
         ...
 
     def loaded_models(self, timeout: float) -> list[LoadedModel] | None: ...
+
+    def installed_models(self, timeout: float) -> list[InstalledModel] | None:
+        """The installed models with their details (``/api/tags``)."""
+        ...
+
+    def preload(self, model: str, keep_alive: int | str | None, timeout: float) -> str | None:
+        """Load ``model`` without generating; the error, or None once it is loaded."""
+        ...
 
     def probe_inference(self, model: str, timeout: float) -> ProbeResult: ...
 
@@ -81,6 +89,11 @@ class SupervisorPort(Protocol):
 
     @property
     def paths(self) -> AppPaths: ...
+
+    @property
+    def server_log(self) -> Path:
+        """The log the running server writes (the Ollama app's own when the app runs it)."""
+        ...
 
     @property
     def platform(self) -> str: ...
@@ -160,7 +173,7 @@ class SupervisorPort(Protocol):
         """``interactive``: a user's own action, for which polkit may ask for a password."""
         ...
 
-    def stop(self, reason: str = "stop", interactive: bool = False) -> object: ...
+    def stop(self, reason: str = "stop", interactive: bool = False) -> StopOutcome: ...
 
     def restart(self, reason: str, interactive: bool = False) -> StartOutcome: ...
 

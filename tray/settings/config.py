@@ -42,7 +42,17 @@ class Config:
     ollama_binary: str = field(
         default="", metadata=setting("Path of the ollama executable; default: found on PATH or the OS install location")
     )
-    ollama_model: str = field(default="uncensored-llama3", metadata=setting("The model the manager keeps built"))
+    ollama_model: str = field(
+        default="uncensored-llama3",
+        metadata=setting("The Modelfile model: the one the manager builds from the Modelfile, verifies and repairs"),
+    )
+    active_model: str = field(
+        default="",
+        metadata=setting(
+            "The model in use: the health probe's, the one the tray and the gateway name; "
+            "any installed model (empty: the Modelfile model)"
+        ),
+    )
     modelfile: str = field(
         default="",
         metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir"),
@@ -131,6 +141,15 @@ class Config:
     def stuck_runner_seconds(self) -> float:
         """The stuck-runner bound in effect (``stuck_runner_timeout``, else the load budget plus 10 min)."""
         return stuck_runner_bound(self.stuck_runner_timeout, self.model_load_timeout)
+
+    @property
+    def model_in_use(self) -> str:
+        """The active model: ``active_model``, else the Modelfile model (``ollama_model``).
+
+        >>> Config().model_in_use, Config(active_model="llama3:8b").model_in_use
+        ('uncensored-llama3', 'llama3:8b')
+        """
+        return self.active_model or self.ollama_model
 
     @property
     def modelfile_path(self) -> Path:
