@@ -364,3 +364,22 @@ def test_mlx_runners_are_reaped_after_a_kill_9(manager, standin):
     )
     crash = next(e for e in manager.events() if e["kind"] == "crash")
     assert crash["data"]["runners_reaped"] == runners
+
+
+def test_the_cloud_key_is_not_in_the_environment_of_the_server_or_its_runners(manager, standin):
+    secrets = {
+        "OPENAI_API_KEY": "sk-default-provider-key",
+        "GROQ_KEY": "gsk-configured-key",
+        "OLLAMA_MANAGER_CLOUD_API_KEY_ENV": "GROQ_KEY",
+        "OLLAMA_MANAGER_CLOUD_PROVIDER": "openai",
+    }
+    done = manager.run("start", env={**manager.env, **secrets})
+    assert done.returncode == 0, done.stderr
+    serve = psutil.Process(serve_starts(standin)[0]["pid"])
+    environments = [serve.environ()] + [psutil.Process(pid).environ() for pid in load_model(standin)]
+    for environ in environments:
+        assert "GROQ_KEY" not in environ
+        assert not [name for name in environ if name.startswith("OLLAMA_MANAGER_")]
+        assert environ["OLLAMA_HOST"]  # the server's own settings are still there
+    # Only the configured key's variable is removed; another program's variables are the user's business.
+    assert serve.environ()["OPENAI_API_KEY"] == "sk-default-provider-key"

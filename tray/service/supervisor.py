@@ -36,7 +36,7 @@ from tray.history import EventKind, History
 from tray.models.store import default_models_dir, listed_in, models_dir_from_log, models_dir_of_runner
 from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
-from tray.settings.server import customizes_server, server_env
+from tray.settings.server import customizes_server, server_env, without_secrets
 from tray.system.atomic import write_atomically
 from tray.system.ollama_app import (
     AppFinder,
@@ -543,7 +543,8 @@ class Supervisor:
                     raise
                 binary = None
             plan = launch_plan(binary, self.host, platform=self.platform, app_command=app_command, env=self.env)
-            plan = replace(plan, env={**server_env(server_settings, plan.env), **overlay})
+            server_environment = {**server_env(server_settings, plan.env), **overlay}
+            plan = replace(plan, env=without_secrets(server_environment, [self.config.cloud.key_env]))
             self._rotate_server_log()
             log.info("starting Ollama: %s", " ".join(plan.argv))
             try:

@@ -12,7 +12,7 @@ its desktop app or by systemd keeps the environment its owner gives it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -164,6 +164,23 @@ def server_env(settings: OllamaServerSettings, base_env: Mapping[str, str]) -> d
     if settings.expose:
         env["OLLAMA_HOST"] = exposed_host(base_env.get("OLLAMA_HOST"))
     return env
+
+
+MANAGER_PREFIX = "OLLAMA_MANAGER_"
+
+
+def without_secrets(env: Mapping[str, str], key_variables: Iterable[str]) -> dict[str, str]:
+    """``env`` without the cloud key's variables and the manager's own ``OLLAMA_MANAGER_*`` settings.
+
+    Ollama reads neither, and every runner it spawns inherits its environment,
+    so a key left there would be readable wherever the server's environment is.
+
+    >>> env = {"PATH": "/bin", "OPENAI_API_KEY": "sk-1", "OLLAMA_MANAGER_CLOUD_MODEL": "m"}
+    >>> without_secrets(env, ["OPENAI_API_KEY"])
+    {'PATH': '/bin'}
+    """
+    dropped = set(key_variables)
+    return {name: value for name, value in env.items() if name not in dropped and not name.startswith(MANAGER_PREFIX)}
 
 
 def customizes_server(settings: OllamaServerSettings) -> bool:
