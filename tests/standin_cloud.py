@@ -25,7 +25,10 @@ Faults come from the JSON ``--control`` file, re-read on every request:
 ``{"status": 503}`` answers that status; ``{"drop": true}`` closes the
 connection without an answer; ``{"slow_ms": N}`` waits before answering;
 ``{"token_ms": N}`` waits between streamed tokens; ``{"break_after": N}``
-closes a stream after N tokens. SIGTERM/SIGINT stop the server (exit 0).
+closes a stream after N tokens; ``{"echo_auth": true}`` puts the received key
+and ``Authorization`` header in fault errors and in an error event after a
+stream's first token, as proxies such as LiteLLM do. SIGTERM/SIGINT stop the
+server (exit 0).
 """
 
 from __future__ import annotations
@@ -153,6 +156,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return True
             time.sleep(min(0.02, left))
 
+    def echoed_credentials(self, faults: dict[str, Any]) -> str:
+        """What a proxy such as LiteLLM puts in its errors with ``echo_auth``: the key it received, in full."""
+        if not faults.get("echo_auth"):
+            return ""
+        header = self.headers.get("Authorization", "")
+        return f" (Received API Key = {header.removeprefix('Bearer ')}; Authorization: {header})"
+
     def send_json(self, status: int, value: Any) -> None:
         data = dumps(value).encode()
         self.send_response(status)
@@ -200,7 +210,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if faults.get("status"):
             status = int(faults["status"])
-            self.send_json(status, error_body(status, f"stand-in cloud fault {status}"))
+            message = f"stand-in cloud fault {status}" + self.echoed_credentials(faults)
+            self.send_json(status, error_body(status, message))
             return
         if not authorized:
             self.send_json(401, error_body(401, "Incorrect API key provided."))
@@ -302,6 +313,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if index and token_ms and not self.wait(token_ms / 1000.0):
                 return
             self.write_event(dict(chunk, choices=[{"index": 0, "delta": {"content": token}, "finish_reason": None}]))
+            if faults.get("echo_auth") and index == 0:  # an error event mid-stream, as OpenAI-style proxies send
+                self.write_event(error_body(500, "upstream failed" + self.echoed_credentials(faults)))
         if tool_call is not None:
             arguments = tool_call["function"]["arguments"]
             half = len(arguments) // 2

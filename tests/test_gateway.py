@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import random
 import re
 import threading
 import time
@@ -34,6 +36,7 @@ from tray.gateway.commands import (
     same_address,
     serve_beside_monitor,
 )
+from tray.gateway.redact import StreamRedactor, redact_bytes
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
@@ -113,6 +116,32 @@ class TestSettings:
         with pytest.raises(ConfigError) as error:
             load_table(GatewaySettings, {"port": "x"}, {}, tmp_path / "c.toml", "gateway.")
         assert str(error.value) == f"{tmp_path / 'c.toml'}: key 'gateway.port' must be a whole number, got 'x'"
+
+
+class TestRedaction:
+    SECRET = "sk-proj-Abc123_secret"
+    TEXTS: ClassVar[list[str]] = [
+        f'data: {{"error": "bad key {SECRET}; Authorization: Bearer {SECRET}"}}\n\n',
+        "BEARER\tabc.def unbearer kept, bearer  eyJ0eXAi.x-y/z= then sk-proj-Abc12 stays",
+        f"{SECRET}{SECRET} Bearer",
+    ]
+
+    @pytest.mark.parametrize("text", TEXTS)
+    def test_a_stream_split_anywhere_is_redacted_as_the_whole_text(self, text: str) -> None:
+        data = text.encode()
+        whole = redact_bytes(data, [self.SECRET])
+        assert self.SECRET.encode() not in whole
+        chooser = random.Random(text)
+        for _ in range(500):
+            cuts = sorted(chooser.sample(range(1, len(data)), chooser.randint(1, min(12, len(data) - 1))))
+            redactor = StreamRedactor([self.SECRET])
+            out = b"".join(redactor.feed(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True))
+            assert out + redactor.close() == whole, cuts
+
+    def test_text_without_a_secret_is_not_held_back(self) -> None:
+        redactor = StreamRedactor([self.SECRET])
+        assert redactor.feed(b'data: {"content": "Hello"}\n\n') == b'data: {"content": "Hello"}\n\n'
+        assert redactor.feed(b"ends in s") == b"ends in "  # "s" may begin the key
 
 
 class MemoryStore:
@@ -969,6 +998,35 @@ class TestNobodyAnswers:
         assert cut.status_code == 200
         assert [c.get("message", {}).get("content") for c in ndjson(cut)[:2]] == ["Cloud", " answer"]
         assert ndjson(cut)[-1]["error"].startswith("127.0.0.1 broke off the answer")
+
+    def test_a_provider_that_echoes_the_key_is_relayed_logged_and_recorded_without_it(
+        self,
+        ollama: StandinEnv,
+        cloud: StandinCloud,
+        gateways: Callable[..., Running],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.cleanup()
+        cloud.set_faults(status=400, echo_auth=True)
+        with caplog.at_level(logging.DEBUG):
+            failed = gw.post("/api/chat", CHAT)
+            assert failed.status_code == 400
+            assert failed.json()["error"].endswith(
+                "127.0.0.1 answered 400: stand-in cloud fault 400 "
+                "(Received API Key = [redacted]; Authorization: Bearer [redacted])"
+            )
+            cloud.set_faults(echo_auth=True)
+            streamed = gw.post("/v1/chat/completions", dict(CHAT, stream=True))
+            assert streamed.headers[HEADER] == "cloud"
+            events = sse_events(streamed)
+            assert events[2]["error"]["message"] == (
+                "upstream failed (Received API Key = [redacted]; Authorization: Bearer [redacted])"
+            )
+            whole = gw.post("/v1/chat/completions", CHAT)
+        assert cloud.requests()[-1]["authorized"]  # the provider did get the key
+        for text in (failed.text, streamed.text, whole.text, caplog.text, repr(gw.history.events())):
+            assert KEY not in text
 
     def test_a_refused_key_is_named_never_shown_and_keeps_its_meaning(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]

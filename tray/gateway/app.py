@@ -106,6 +106,7 @@ from tray.gateway.cloud import (
     request_headers,
     streamed_request,
 )
+from tray.gateway.redact import RedactingFilter, StreamRedactor, redact, redact_bytes
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.gateway.upstream import UpstreamClient, UpstreamResponse
@@ -432,6 +433,7 @@ class Gateway:
         self._local: UpstreamClient | None = None
         self._cloud: httpx.AsyncClient | None = None
         self._key: ApiKey | None = None
+        self._sent_keys: frozenset[str] = frozenset()  # keys sent to the provider: never relayed, logged, recorded
         self._local_models: list[dict[str, Any]] = []
         self._local_version: str | None = None
         self._loaded = LoadedModels(LOADED_TTL)
@@ -535,9 +537,12 @@ class Gateway:
             ),
         )
         probe_task = asyncio.create_task(self._probe_loop()) if self.probe else None
+        log_filter = RedactingFilter(self.sent_keys)
+        log.addFilter(log_filter)
         try:
             yield
         finally:
+            log.removeFilter(log_filter)
             if probe_task is not None:
                 probe_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -908,9 +913,11 @@ class Gateway:
         try:
             upstream = await self._send_cloud(call)
         except BackendFailure as failure:
-            return error_response(dialect, failure.status, f"{local_problem}, and the cloud fallback failed: {failure}")
+            message = f"{local_problem}, and the cloud fallback failed: {failure}"
+            return error_response(dialect, failure.status, self.redacted(message))
         if upstream.status_code >= 400:
             detail = provider_error(self.cloud, upstream.status_code, await _read_some(upstream, self.cloud.timeout))
+            detail = self.redacted(detail)
             await upstream.aclose()
             if upstream.status_code in (401, 403):
                 self._key = None
@@ -944,13 +951,13 @@ class Gateway:
         try:
             raw = await upstream.aread()
         except httpx.HTTPError as exc:
-            return error_response(
-                dialect, 502, f"{local_problem}, and the cloud fallback failed: {describe_error(exc)}"
-            )
+            message = f"{local_problem}, and the cloud fallback failed: {describe_error(exc)}"
+            return error_response(dialect, 502, self.redacted(message))
         finally:
             await upstream.aclose()
+        raw = redact_bytes(raw, self._sent_keys)
         if call.same_dialect:
-            content_type = upstream.headers.get("content-type", tr.JSON)
+            content_type = self.redacted(upstream.headers.get("content-type", tr.JSON))
             return RawResponse(
                 200,
                 [
@@ -971,19 +978,24 @@ class Gateway:
 
     async def _cloud_chunks(self, upstream: httpx.Response, call: CloudCall) -> AsyncGenerator[bytes, None]:
         translator = call.stream_translator(self._timestamp, _completion_id(), int(self.wall_clock()))
+        redactor = StreamRedactor(self._sent_keys)
         last = b"\n"
         try:
             async for chunk in upstream.aiter_raw():
-                out = translator.feed(chunk) if translator is not None else chunk
+                out = redactor.feed(translator.feed(chunk) if translator is not None else chunk)
                 if out:
                     last = out
                     yield out
-            if translator is not None:
-                tail = translator.close()
-                if tail:
-                    yield tail
+            tail = redactor.feed(translator.close()) if translator is not None else b""
+            tail += redactor.close()
+            if tail:
+                yield tail
         except httpx.HTTPError as exc:
-            message = f"{self.cloud.host_label} broke off the answer ({describe_error(exc)})"
+            held = redactor.close()
+            if held:
+                last = held
+                yield held
+            message = self.redacted(f"{self.cloud.host_label} broke off the answer ({describe_error(exc)})")
             yield tr.stream_error_tail(call.client_content_type, message, ended_mid_line=not last.endswith(b"\n"))
         finally:
             await upstream.aclose()
@@ -991,7 +1003,17 @@ class Gateway:
     async def _api_key(self) -> ApiKey | None:
         if self._key is None:
             self._key = await asyncio.to_thread(find_api_key, self.cloud, self.env, self.key_store)
+            if self._key is not None:
+                self._sent_keys = self._sent_keys | {self._key.value}
         return self._key
+
+    def sent_keys(self) -> frozenset[str]:
+        """The keys sent to the provider so far (any thread)."""
+        return self._sent_keys
+
+    def redacted(self, text: str) -> str:
+        """``text`` without any key sent to the provider or any ``Bearer`` token."""
+        return redact(text, self.sent_keys())
 
     # -- metadata and everything else
 
@@ -1140,7 +1162,7 @@ class Gateway:
                 "provider": self.cloud.host_label,
                 "model": self.cloud.model,
             }
-            self.history.record(EventKind.CLOUD, notice.message, data)
+            self.history.record(EventKind.CLOUD, self.redacted(notice.message), data)
         if self.notifier is not None:
             threading.Thread(
                 target=self.notifier.notify,
