@@ -7,6 +7,7 @@ import argparse
 import io
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -23,6 +24,7 @@ from standin.harness import StandinEnv
 from standin_cloud import StandinCloud
 from tests import manager
 from tests.manager import in_thread
+from tests.users import SYSTEM_PYTHON, Account, run_as
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
@@ -1302,3 +1304,58 @@ def _try_get(url: str) -> httpx.Response | None:
         return httpx.get(url, timeout=2)
     except httpx.HTTPError:
         return None
+
+
+class TestOtherUsers:
+    """Another local user's program reaches the gateway on loopback like any other; the key is the owner's."""
+
+    POST = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), "
+        "headers={'Content-Type': 'application/json'})\n"
+        "try:\n"
+        "    answer = urllib.request.urlopen(request, timeout=30)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    answer = error\n"
+        "print(json.dumps([answer.status, answer.headers['x-ollama-manager-backend'], answer.read().decode()]))\n"
+    )
+
+    def post_as(self, account: Account, url: str, body: dict[str, Any]) -> tuple[int, str, str]:
+        done = run_as(
+            account,
+            [str(SYSTEM_PYTHON), "-c", self.POST, url, json.dumps(body)],
+            env=account.env({"PATH": "/usr/bin:/bin"}),
+        )
+        assert done.returncode == 0, done.stderr
+        status, backend, text = json.loads(done.stdout)
+        return status, backend, text
+
+    @pytest.mark.slow
+    def test_another_user_is_served_locally_but_never_spends_the_key(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running], desktop_user: Account
+    ) -> None:
+        assert desktop_user.uid != os.getuid()
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        request = dict(CHAT, stream=False)
+        status, backend, _ = self.post_as(desktop_user, gw.url + "/api/chat", request)
+        assert (status, backend) == (200, "local")
+
+        ollama.cleanup()
+        for _ in range(2):
+            status, backend, text = self.post_as(desktop_user, gw.url + "/api/chat", request)
+            assert (status, backend) == (403, "gateway")
+            assert json.loads(text)["error"].endswith(
+                "the cloud fallback answers only its owner's programs, "
+                f"and this came from another user (uid {desktop_user.uid})"
+            )
+        assert cloud.requests() == []
+        # The owner's own programs still get the cloud.
+        own = gw.post("/api/chat", request)
+        assert (own.status_code, own.headers[HEADER]) == (200, "cloud")
+        assert len(cloud.requests()) == 1
+        refused = [e for e in gw.history.events() if (e.data or {}).get("refused_uid") is not None]
+        assert [(e.data or {})["refused_uid"] for e in refused] == [desktop_user.uid]  # recorded once
+        assert refused[0].message == (
+            f"The gateway kept a request from user id {desktop_user.uid} from the cloud fallback: "
+            "only your programs may use your key"
+        )

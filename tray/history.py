@@ -69,7 +69,7 @@ class EventKind(StrEnum):
     ALERT = "alert"
     LOG_ACCESS = "log_access"  # the journal refuses this user Ollama's log: how to get access
     OOM = "oom"  # a move of the out-of-memory ladder
-    CLOUD = "cloud"  # the gateway's cloud fallback turned on or off
+    CLOUD = "cloud"  # the gateway's cloud fallback turned on or off, or kept another user's request from it
     MODEL_MISSING = "model_missing"
     MODEL_CORRUPT = "model_corrupt"
     MODEL_ERROR = "model_error"

@@ -30,7 +30,10 @@ Every answer carries ``X-Ollama-Manager-Backend: local | cloud | gateway``.
 
 Safety: only loopback clients with a loopback/localhost ``Host`` header
 (DNS rebinding) and no foreign ``Origin`` (a web page in the user's browser)
-are served; CORS headers are stripped, so no page can read an answer.
+are served; CORS headers are stripped, so no page can read an answer. The
+cloud key is spent only on requests from the gateway's own user where the OS
+shows who a connection belongs to (Linux; see :mod:`tray.system.peers`), and
+never relayed: provider text is redacted (:mod:`tray.gateway.redact`).
 
 Inference paths, all ``POST``: ``/api/chat``, ``/api/generate``,
 ``/api/embed``, ``/api/embeddings``, ``/v1/chat/completions``,
@@ -89,6 +92,7 @@ from tray.gateway.breaker import (
     loaded_names,
     model_key,
     plan_wait,
+    requester_of,
     status_busy,
 )
 from tray.gateway.cloud import (
@@ -111,6 +115,7 @@ from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.gateway.upstream import UpstreamClient, UpstreamResponse
 from tray.history import EventKind
+from tray.system.peers import Address, peer_lookup_available, peer_uid
 from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
 from tray.web.server import LoopbackServer
 
@@ -129,6 +134,7 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }  # fmt: skip
+OWN_UID = os.getuid() if hasattr(os, "getuid") else None  # None on Windows, which has no peer lookup
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -403,6 +409,9 @@ class Gateway:
         history: Any = None,
         notifier: Any = None,
         probe: bool = False,
+        own_uid: int | None = OWN_UID,
+        find_peer_uid: Callable[[Address, Address], int | None] = peer_uid,
+        peer_lookup: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -416,6 +425,9 @@ class Gateway:
         self.history = history
         self.notifier = notifier
         self.probe = probe
+        self.own_uid = own_uid
+        self.find_peer_uid = find_peer_uid
+        self.peer_lookup = peer_lookup_available() if peer_lookup is None else peer_lookup
         self.clock = clock
         self.wall_clock = wall_clock
         policy = BreakerPolicy(
@@ -443,6 +455,7 @@ class Gateway:
         self._last_progress: float | None = None
         self._down_reports = 0  # how many times Ollama was reported down (requests routed before see it)
         self._reports = Throttle(REPORT_INTERVAL)
+        self._refused_peers: set[int | None] = set()  # users whose requests were kept from the cloud
         self.last_local_problem = ""
 
     # -- health feeds (any thread)
@@ -601,7 +614,7 @@ class Gateway:
         if route.target is Target.REFUSE:
             return error_response(dialect, 503, self._skipped_message(route) + "; the cloud fallback is off")
         if route.target is Target.CLOUD:
-            return await self._from_cloud(path, dialect, body, self._skipped_message(route))
+            return await self._from_cloud(request, path, dialect, body, self._skipped_message(route))
         model = model_key(str(payload.get("model") or "")) if payload is not None else ""
         exchange: _Exchange | None = None
         try:
@@ -616,7 +629,7 @@ class Gateway:
                 self._end_exchange(exchange)
             self._local_failed(route, failure)
             if failure.kind.cloud_may_answer and self.cloud.enabled:
-                return await self._from_cloud(path, dialect, body, str(failure))
+                return await self._from_cloud(request, path, dialect, body, str(failure))
             suffix = "; the cloud fallback is off" if failure.kind.cloud_may_answer else ""
             return error_response(dialect, failure.status, f"{failure}{suffix}")
         except BaseException:
@@ -900,9 +913,17 @@ class Gateway:
 
     # -- the cloud
 
-    async def _from_cloud(self, path: str, dialect: Dialect, body: bytes, local_problem: str) -> Response:
+    async def _from_cloud(
+        self, request: Request, path: str, dialect: Dialect, body: bytes, local_problem: str
+    ) -> Response:
         if not self.cloud.enabled:
             return error_response(dialect, 503, f"{local_problem}; the cloud fallback is off")
+        peer = await self._peer_uid(request)
+        if not requester_of(peer, self.own_uid, self.peer_lookup).may_spend_key:
+            self._refused_other_user(peer)
+            who = "another user" if peer is None else f"another user (uid {peer})"
+            message = f"{local_problem}; the cloud fallback answers only its owner's programs, and this came from {who}"
+            return error_response(dialect, 403, message)
         payload = _json_object(body)
         if payload is None:
             return error_response(dialect, 400, "the request body is not a JSON object")
@@ -930,6 +951,24 @@ class Gateway:
             headers = [(b"content-type", call.client_content_type.encode()), (BACKEND_HEADER.encode(), b"cloud")]
             return RelayResponse(200, headers, self._cloud_chunks(upstream, call))
         return await self._cloud_whole(upstream, call, dialect, local_problem)
+
+    async def _peer_uid(self, request: Request) -> int | None:
+        client, server = request.scope.get("client"), request.scope.get("server")
+        if not self.peer_lookup or not client or not server:
+            return None
+        return await asyncio.to_thread(self.find_peer_uid, (client[0], client[1]), (server[0], server[1]))
+
+    def _refused_other_user(self, peer: int | None) -> None:
+        """Log and record, once per user, that another user's request was kept from the cloud."""
+        with self._lock:
+            if peer in self._refused_peers:
+                return
+            self._refused_peers.add(peer)
+        who = "a connection whose owner the OS does not show" if peer is None else f"user id {peer}"
+        message = f"The gateway kept a request from {who} from the cloud fallback: only your programs may use your key"
+        log.warning("%s", message)
+        if self.history is not None:
+            self.history.record(EventKind.CLOUD, message, {"refused_uid": peer})
 
     async def _send_cloud(self, call: CloudCall) -> httpx.Response:
         assert self._cloud is not None

@@ -508,6 +508,35 @@ class Throttle:
         return True
 
 
+class Requester(StrEnum):
+    """Whose program sent a request, as far as the OS tells (see :func:`requester_of`)."""
+
+    OWNER = "owner"  # the user the gateway runs as
+    OTHER_USER = "other user"  # another local user, or a connection the OS does not show
+    UNCHECKED = "unchecked"  # this OS gives no peer lookup (macOS, Windows)
+
+    @property
+    def may_spend_key(self) -> bool:
+        """May the request go to the cloud with the owner's key?"""
+        return self is not Requester.OTHER_USER
+
+
+def requester_of(peer_uid: int | None, own_uid: int | None, lookup_available: bool) -> Requester:
+    """Whose request this is, from the peer's uid (None: not found) and the gateway's own uid.
+
+    Where the OS shows socket owners, a connection it does not show is not
+    taken as the owner's.
+
+    >>> requester_of(1000, 1000, True), requester_of(1001, 1000, True), requester_of(None, 1000, True)
+    (<Requester.OWNER: 'owner'>, <Requester.OTHER_USER: 'other user'>, <Requester.OTHER_USER: 'other user'>)
+    >>> requester_of(None, None, False)
+    <Requester.UNCHECKED: 'unchecked'>
+    """
+    if not lookup_available or own_uid is None:
+        return Requester.UNCHECKED
+    return Requester.OWNER if peer_uid == own_uid else Requester.OTHER_USER
+
+
 class Target(StrEnum):
     LOCAL = "local"
     CLOUD = "cloud"
