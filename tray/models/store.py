@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tray.core.names import ModelName, parse_name
 from tray.models.errors import ManifestNotFound, StoreError, StoreUnreadable
-
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
 
@@ -35,7 +32,6 @@ _BLOB_NAME_RE = re.compile(r"^sha256-([0-9a-fA-F]{64})$")
 _PARTIAL_RE = re.compile(r"^sha256-[0-9a-fA-F]{64}(-partial(-\d+)?|\.tmp)$")
 # Blob names of old Ollama versions; the server renames them to sha256-<hex> at start (server/fixblobs.go).
 _LEGACY_BLOB_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
-_PART_MAX_LEN = {"host": 350}
 
 
 def default_models_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
@@ -155,94 +151,25 @@ def store_writable(models_dir: Path) -> bool:
 # --- model names ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelName:
-    """A fully qualified model name ``host/namespace/model:tag``."""
-
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    @property
-    def display(self) -> str:
-        """The shortest form, always with a tag, as Ollama echoes names (``llama3:latest``)."""
-        if self.host.lower() != DEFAULT_HOST:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace.lower() != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
-
-    @property
-    def manifest_relpath(self) -> Path:
-        return Path("manifests", self.host, self.namespace, self.model, self.tag)
-
-    def key(self) -> tuple[str, str, str, str]:
-        """Case-insensitive identity: Ollama treats ``Mistral`` and ``mistral`` as one model."""
-        return (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
-
-    def same_as(self, other: ModelName) -> bool:
-        """Whether both name the same model, ignoring case."""
-        return self.key() == other.key()
-
-    def __str__(self) -> str:
-        return self.display
-
-
-def _valid_part(kind: str, text: str) -> bool:
-    if not text or len(text) > _PART_MAX_LEN.get(kind, 80):
-        return False
-    if not (text[0].isascii() and (text[0].isalnum() or text[0] == "_")):
-        return False
-    for char in text[1:]:
-        if char in "_-":
-            continue
-        if char == ".":
-            if kind == "namespace":
-                return False
-            continue
-        if char == ":":
-            if kind != "host":
-                return False
-            continue
-        if not (char.isascii() and char.isalnum()):
-            return False
-    return True
-
-
 def parse_model_name(text: str) -> ModelName:
-    """Parse ``[host/][namespace/]model[:tag][@digest]`` and fill Ollama's defaults.
+    """Parse ``[host/][namespace/]model[:tag][@digest]`` and fill Ollama's defaults; StoreError when invalid.
 
     >>> parse_model_name("llama3").display
     'llama3:latest'
     >>> parse_model_name("hf.co/org/repo:Q4_K_M").manifest_relpath.as_posix()
     'manifests/hf.co/org/repo/Q4_K_M'
     """
-    rest = text.strip()
-    for scheme in ("http://", "https://"):
-        rest = rest.removeprefix(scheme)
-    rest = rest.split("@", 1)[0]
-    tag = DEFAULT_TAG
-    if rest.rfind(":") > rest.rfind("/"):
-        rest, tag = rest.rsplit(":", 1)
-    pieces = rest.split("/")
-    if len(pieces) > 3:
-        raise StoreError(f"invalid model name '{text}'")
-    model = pieces[-1]
-    namespace = pieces[-2] if len(pieces) >= 2 else DEFAULT_NAMESPACE
-    host = pieces[-3] if len(pieces) == 3 else DEFAULT_HOST
-    name = ModelName(host=host, namespace=namespace, model=model, tag=tag)
-    parts = {"host": host, "namespace": namespace, "model": model, "tag": tag}
-    if not all(_valid_part(kind, value) for kind, value in parts.items()):
-        raise StoreError(f"invalid model name '{text}'")
-    return name
+    try:
+        return parse_name(text)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def is_model_name(text: str) -> bool:
     """Whether ``text`` parses as a model name."""
     try:
-        parse_model_name(text)
-    except StoreError:
+        parse_name(text)
+    except ValueError:
         return False
     return True
 
