@@ -140,3 +140,54 @@ def test_every_setting_in_every_section_has_help():
                 walk(f.default_factory, prefix + f.name + ".")
 
     walk(Config)
+
+
+# --------------------------------------------------------------------------- reading the file
+
+
+def test_a_deeply_nested_array_is_one_line_not_a_recursion_error(paths, tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(file, env={}, paths=paths)
+    assert str(err.value) == f"{file}: invalid TOML: arrays or tables nested too deeply"
+
+
+def test_a_utf8_byte_order_mark_is_accepted(paths, tmp_path):
+    file = tmp_path / "c.toml"
+    file.write_bytes(b"\xef\xbb\xbfhealth_check_interval = 12\n")
+    assert load_config(file, env={}, paths=paths).health_check_interval == 12
+
+
+def test_a_fifo_as_the_config_file_is_refused_at_once(paths, tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo)
+    outcome: list[str] = []
+    reader = threading.Thread(target=lambda: outcome.append(_load_error(fifo, paths)), daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():  # unblock the reader before failing: a writer end lets its open() return
+        with open(fifo, "w"):
+            pass
+        reader.join(5)
+        pytest.fail("reading a FIFO as the config file blocked")
+    assert outcome == [f"{fifo}: is a named pipe (FIFO), not a regular file"]
+
+
+def _load_error(path, paths) -> str:
+    try:
+        load_config(path, env={}, paths=paths)
+    except ConfigError as exc:
+        return str(exc)
+    return "loaded"
+
+
+def test_dev_zero_and_huge_files_are_refused_without_reading_them(paths, tmp_path):
+    assert _load_error("/dev/zero", paths) == "/dev/zero: is a character device, not a regular file"
+    huge = tmp_path / "huge.toml"
+    with open(huge, "wb") as handle:
+        handle.truncate(3 * 2**30)  # sparse: 3 GiB long, nothing on disk
+    assert _load_error(huge, paths) == f"{huge}: is too large (3,221,225,472 bytes; at most 1,048,576)"

@@ -24,10 +24,12 @@ from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
 from tray.settings.meta import setting
 from tray.settings.server import OllamaServerSettings
+from tray.settings.textfile import FileRefused, read_regular_file
 from tray.system.paths import AppPaths
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"
+MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few kB; anything near this is not one
 
 
 class ConfigError(Exception):
@@ -239,21 +241,34 @@ def config_file_path(explicit: str | Path | None, env: Mapping[str, str], paths:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The file's table, or {} when it does not exist."""
+    """The file's table, or {} when it does not exist; a regular file of at most 1 MiB, a UTF-8 BOM allowed."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return {}
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except FileRefused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
+    return parse_toml(text, path)
+
+
+def parse_toml(text: str, path: Path) -> dict[str, Any]:
+    """The table of a settings file's text; ConfigError (one line) when it is not valid TOML."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+    except ValueError:  # a number with more digits than Python converts
+        raise ConfigError(f"{path}: invalid TOML: a number with too many digits") from None
 
 
 def load_config(
