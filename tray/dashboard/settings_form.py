@@ -72,6 +72,7 @@ class SettingSpec:
     default: Any
     minimum: float | None
     choices: tuple[str, ...]
+    maximum: float | None = None
 
     @property
     def name(self) -> str:
@@ -135,6 +136,7 @@ def setting_specs(cls: type = Config, prefix: str = "") -> list[SettingSpec]:
                 default=_default_of(f),
                 minimum=meta.get("minimum"),
                 choices=tuple(meta.get("choices") or ()),
+                maximum=meta.get("maximum"),
             )
         )
     return plain + nested
@@ -322,6 +324,7 @@ def setting_json(spec: SettingSpec, value: Any, in_effect: Any, env: Mapping[str
         "value": value,
         "default": spec.default,
         "minimum": spec.minimum,
+        "maximum": spec.maximum,
         "choices": list(spec.choices),
         "applies": str(spec.applies),
         "env_override": spec.env_name if spec.env_name in env else None,

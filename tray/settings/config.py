@@ -20,9 +20,10 @@ from typing import Any
 
 from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
+from tray.core.names import parse_name
 from tray.gateway.settings import CloudSettings, GatewaySettings
-from tray.settings.hosts import DEFAULT_HOST, OllamaHost, parse_ollama_host
-from tray.settings.meta import setting
+from tray.settings.hosts import DEFAULT_HOST, OllamaHost, check_ollama_host, exposure_warning, parse_ollama_host
+from tray.settings.meta import DAY, MAX_PORT, check_fields, check_value, setting, shown
 from tray.settings.server import OllamaServerSettings
 from tray.settings.textfile import FileRefused, read_regular_file
 from tray.system.paths import AppPaths
@@ -36,28 +37,55 @@ class ConfigError(Exception):
     """A bad setting; ``str()`` is the one line shown to the user."""
 
 
+def check_model_name(value: str) -> None:
+    """Raise ValueError unless Ollama accepts ``value`` as a model name (types/model's rules).
+
+    >>> check_model_name("my model")
+    Traceback (most recent call last):
+    ValueError: must be a model name such as 'llama3' or 'namespace/model:tag', got 'my model'
+    """
+    try:
+        parse_name(value)
+    except ValueError:
+        raise ValueError(
+            f"must be a model name such as 'llama3' or 'namespace/model:tag', got {shown(value)}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Config:
     ollama_host: str = field(
-        default="", metadata=setting("Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434")
+        default="",
+        metadata=setting(
+            "Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434", check=check_ollama_host
+        ),
     )
     ollama_binary: str = field(
         default="", metadata=setting("Path of the ollama executable; default: found on PATH or the OS install location")
     )
-    ollama_model: str = field(default="uncensored-llama3", metadata=setting("The model the manager keeps built"))
+    ollama_model: str = field(
+        default="uncensored-llama3", metadata=setting("The model the manager keeps built", check=check_model_name)
+    )
     modelfile: str = field(
         default="",
         metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir"),
     )
-    health_check_interval: float = field(default=30.0, metadata=setting("Seconds between health checks", minimum=0.1))
+    health_check_interval: float = field(
+        default=30.0, metadata=setting("Seconds between health checks", minimum=0.1, maximum=DAY)
+    )
     health_check_timeout: float = field(
         default=5.0,
         metadata=setting(
-            "Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this", minimum=0.1
+            "Latency (s) above which Ollama is unhealthy; a probe gives up (down) at 3x this",
+            minimum=0.1,
+            maximum=DAY,
         ),
     )
     auto_restart_attempts: int = field(
-        default=3, metadata=setting("Restart attempts before giving up and relying on the cloud fallback", minimum=0)
+        default=3,
+        metadata=setting(
+            "Restart attempts before giving up and relying on the cloud fallback", minimum=0, maximum=1000
+        ),
     )
     health_probe: str = field(
         default="inference",
@@ -68,13 +96,14 @@ class Config:
         ),
     )
     startup_timeout: float = field(
-        default=30.0, metadata=setting("Seconds to wait for a started Ollama to answer", minimum=1)
+        default=30.0, metadata=setting("Seconds to wait for a started Ollama to answer", minimum=1, maximum=DAY)
     )
     model_load_timeout: float = field(
         default=300.0,
         metadata=setting(
             "Seconds a model may take to load from disk (Ollama's own default); part of the stuck-runner bound",
             minimum=1,
+            maximum=DAY,
         ),
     )
     stuck_runner_timeout: float = field(
@@ -83,13 +112,16 @@ class Config:
             "Seconds Ollama may stay busy with no progress before its runner counts as stuck (an alert); "
             "0: model_load_timeout + 600",
             minimum=0,
+            maximum=DAY,
         ),
     )
     stop_timeout: float = field(
-        default=5.0, metadata=setting("Seconds between SIGTERM and SIGKILL when stopping Ollama", minimum=0.1)
+        default=5.0,
+        metadata=setting("Seconds between SIGTERM and SIGKILL when stopping Ollama", minimum=0.1, maximum=DAY),
     )
     status_port: int = field(
-        default=11436, metadata=setting("Loopback port of the status API (0 = any free port)", minimum=0)
+        default=11436,
+        metadata=setting("Loopback port of the status API (0 = any free port)", minimum=0, maximum=MAX_PORT),
     )
     model_quantize: str = field(
         default="", metadata=setting("Quantization for builds from an F16/F32 base, e.g. 'q4_K_M' (empty: as the base)")
@@ -99,13 +131,16 @@ class Config:
         metadata=setting("Build or repair the model automatically when it is missing, outdated or damaged"),
     )
     model_verify_interval: float = field(
-        default=3600.0, metadata=setting("Seconds between model integrity checks", minimum=1)
+        default=3600.0,
+        metadata=setting("Seconds between model integrity checks", minimum=1, maximum=30 * DAY),
     )
     stop_ollama_on_quit: bool = field(default=False, metadata=setting("Stop Ollama when the tray app quits"))
     tray_host_wait: float = field(
         default=30.0,
         metadata=setting(
-            "Seconds the tray, started before the desktop's panel, waits for a tray to show its icon in", minimum=0
+            "Seconds the tray, started before the desktop's panel, waits for a tray to show its icon in",
+            minimum=0,
+            maximum=DAY,
         ),
     )
     notifications: bool = field(default=True, metadata=setting("Show desktop notifications"))
@@ -124,6 +159,9 @@ class Config:
     )
 
     source: str = field(default="", compare=False, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        check_fields(self, "")
 
     @property
     def host(self) -> OllamaHost:
@@ -155,41 +193,45 @@ def is_section(f: dataclasses.Field[Any]) -> bool:
 
 
 def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
-    """Check and convert one value of dataclass ``cls``; raise ValueError with the problem."""
+    """Check and convert one value of dataclass ``cls``; raise ValueError with the problem.
+
+    ``from_env``: ``raw`` is text (an environment variable, a form field, a
+    command-line argument) to read as the key's type.
+    """
     kind = typing.get_type_hints(cls)[key]
     meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == key)
+    value: Any
     if kind is bool:
         if isinstance(raw, bool):
             return raw
         if from_env and isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
             return _BOOL_WORDS[raw.strip().lower()]
-        raise ValueError(f"must be true or false, got {raw!r}")
+        raise ValueError(f"must be true or false, got {shown(raw)}")
     if kind in (int, float):
-        value: int | float
         if isinstance(raw, bool):
-            raise ValueError(f"must be a number, got {raw!r}")
+            raise ValueError(f"must be a number, got {shown(raw)}")
         if from_env and isinstance(raw, str):
             try:
                 raw = int(raw) if kind is int else float(raw)
             except ValueError:
-                raise ValueError(f"must be {'a whole number' if kind is int else 'a number'}, got {raw!r}") from None
+                wanted = "a whole number" if kind is int else "a number"
+                raise ValueError(f"must be {wanted}, got {shown(raw)}") from None
         if kind is int and not isinstance(raw, int):
-            raise ValueError(f"must be a whole number, got {raw!r}")
+            raise ValueError(f"must be a whole number, got {shown(raw)}")
         if kind is float and not isinstance(raw, (int, float)):
-            raise ValueError(f"must be a number, got {raw!r}")
-        value = kind(raw)
-        minimum = meta.get("minimum")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"must be at least {minimum:g}, got {raw!r}")
-        return value
-    if kind is str:
+            raise ValueError(f"must be a number, got {shown(raw)}")
+        try:
+            value = kind(raw)
+        except OverflowError:
+            raise ValueError(f"must be a finite number, got {len(str(raw))} digits") from None
+    elif kind is str:
         if not isinstance(raw, str):
-            raise ValueError(f"must be a string, got {raw!r}")
-        choices = meta.get("choices") or ()
-        if choices and raw not in choices:
-            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}, got {raw!r}")
-        return raw
-    raise AssertionError(f"unsupported setting type {kind!r}")  # pragma: no cover
+            raise ValueError(f"must be a string, got {shown(raw)}")
+        value = raw
+    else:  # pragma: no cover
+        raise AssertionError(f"unsupported setting type {kind!r}")
+    check_value(meta, value)
+    return value
 
 
 def load_table(
@@ -201,7 +243,7 @@ def load_table(
         if key not in fields:
             where = f" in [{prefix.rstrip('.')}]" if prefix else ""
             what = "section" if isinstance(value, dict) else "key"
-            raise ConfigError(f"{path}: unknown {what} '{key}'{where}")
+            raise ConfigError(f"{path}: unknown {what} {shown(key)}{where}")
     values: dict[str, Any] = {}
     for key, f in fields.items():
         section_cls = section_type(f)
@@ -284,7 +326,19 @@ def load_config(
         raise ConfigError(f"{path}: config file not found")
     values = load_table(Config, read_config_file(path), env, path)
     if not values.get("ollama_host"):
-        values["ollama_host"] = env.get("OLLAMA_HOST") or DEFAULT_HOST
+        try:
+            values["ollama_host"] = convert_value(Config, "ollama_host", env.get("OLLAMA_HOST") or DEFAULT_HOST, True)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable OLLAMA_HOST {exc} (or set ollama_host)") from None
     if not values.get("modelfile"):
         values["modelfile"] = str(paths.config_dir / "uncensored.Modelfile")
-    return Config(**values, source=str(path))
+    try:
+        return Config(**values, source=str(path))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What a valid configuration still deserves a word about, one line each (said at start and on the page)."""
+    warning = exposure_warning(config.ollama_host)
+    return [warning] if warning else []
