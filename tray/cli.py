@@ -28,6 +28,7 @@ from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
 from tray.service.supervisor import Supervisor, SupervisorError, reaped_words
 from tray.settings.config import Config, ConfigError, load_config
+from tray.settings.meta import shown
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.system.notify import Notifier
@@ -452,6 +453,27 @@ class running_services:
 # --------------------------------------------------------------------------- parsing
 
 
+MAX_EVENT_LIMIT = 1_000_000
+
+
+def event_limit(text: str) -> int:
+    """``events --limit``: a whole number from 1 to a million.
+
+    >>> event_limit("50")
+    50
+    >>> event_limit("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a whole number from 1 to 1000000, got '0'
+    """
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_EVENT_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_EVENT_LIMIT}, got {shown(text)}")
+    return limit
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -468,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("monitor", help="run the health monitor in the foreground, without a tray icon")
     events = sub.add_parser("events", help="show restarts, health changes and errors")
     events.add_argument("--json", action="store_true", help="print JSON")
-    events.add_argument("--limit", type=int, default=100, metavar="N", help="newest N events (default 100)")
+    events.add_argument("--limit", type=event_limit, default=100, metavar="N", help="newest N events (default 100)")
     from tray.gateway.commands import add_cloud_parser, add_gateway_parser
 
     add_gateway_parser(sub)

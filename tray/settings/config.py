@@ -9,11 +9,12 @@ key and the problem.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,28 @@ def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
         raise AssertionError(f"unsupported setting type {kind!r}")
     check_value(meta, value)
     return value
+
+
+def setting_argument(cls: type, key: str) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a command-line flag that stands for setting ``key`` of ``cls``.
+
+    The flag passes the same check as the setting; argparse prints the problem
+    as ``argument --port: must be at most 65535, got 70000`` and exits with 2.
+
+    >>> from tray.gateway.settings import GatewaySettings
+    >>> setting_argument(GatewaySettings, "port")("70000")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be at most 65535, got 70000
+    """
+
+    def convert(text: str) -> Any:
+        try:
+            return convert_value(cls, key, text, from_env=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = key  # argparse names the type in some messages
+    return convert
 
 
 def load_table(
