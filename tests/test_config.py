@@ -212,7 +212,7 @@ def test_non_finite_and_huge_numbers_are_refused_in_the_environment(paths, key, 
             '[cloud]\nbase_url = "https://box:99999/v1"',
             "key 'cloud.base_url' must have a port from 1 to 65535, got 'https://box:99999/v1'",
         ),
-        ("[cloud]\napi_key_env = \"sk-secret\"", None),  # refused without echoing what may be the key itself
+        ('[cloud]\napi_key_env = "sk-secret"', None),  # refused without echoing what may be the key itself
         ("auto_restart_attempts = " + "9" * 400, "key 'auto_restart_attempts' must be at most 1000, got " + "9" * 400),
         ("health_check_interval = " + "9" * 400, "key 'health_check_interval' must be a finite number, got 400 digits"),
         ("x = " + "1" * 5000, "invalid TOML: a number with too many digits"),

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
 from tray.service.supervisor import Supervisor, SupervisorError, reaped_words
-from tray.settings.config import Config, ConfigError, load_config
+from tray.settings.config import Config, ConfigError, config_warnings, load_config
 from tray.settings.meta import shown
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
@@ -273,6 +273,51 @@ def cmd_events(ctx: Context) -> int:
     return 0
 
 
+def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``config get [KEY]`` and ``config set KEY VALUE``: the settings file, through the settings page's validator.
+
+    Runs without loading the settings first, so a value that stops the app can
+    be corrected here. A bad key or value is one line and exit status 2.
+    """
+    import tomlkit
+
+    from tray.dashboard.settings_form import effective_values, refusal_line, setting_specs, validate_changes
+    from tray.settings.config import config_file_path, config_warnings, read_config_file
+    from tray.settings.store import set_config_values
+
+    path = config_file_path(args.config, env, AppPaths.default())
+    specs = {spec.key: spec for spec in setting_specs()}
+    key = args.key
+    if key is not None and key not in specs:
+        print(f"{PROG}: {shown(key)} is not a setting (ollama-manager config get lists them)", file=sys.stderr)
+        return 2
+    table = read_config_file(path)
+    if args.config_command == "set":
+        validation = validate_changes(list(specs.values()), table, {key: args.value}, path)
+        if not validation.ok:
+            print(f"{PROG}: {path}: {refusal_line(validation)}", file=sys.stderr)
+            return 2
+        set_config_values(path, validation.values)
+        spec = specs[key]
+        shown_value = tomlkit.item(validation.values[key]).as_string()
+        overridden = f"; {spec.env_name} is set and overrides it" if spec.env_name in env else ""
+        print(f"Saved {key} = {shown_value} to {path}{overridden}; Ollama Manager uses it from its next start")
+        for warning in config_warnings(load_config(path, env=env)):
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        return 0
+    values = effective_values(Config, table, env, path, list(specs.values()))
+    if key is not None:
+        value = values[key]
+        print(value if isinstance(value, str) else tomlkit.item(value).as_string())
+        return 0
+    for name, value in values.items():
+        line = f"{name} = {tomlkit.item(value).as_string()}"
+        if specs[name].env_name in env:
+            line += f"  # from {specs[name].env_name}"
+        print(line)
+    return 0
+
+
 def cmd_monitor(ctx: Context) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -406,6 +451,9 @@ class running_services:
         self.history = self.ctx.history()
         notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
+        for warning in config_warnings(config):
+            log.warning("%s", warning)
+            self.history.record(EventKind.ALERT, warning)
         try:
             # It reports to the monitor built next, once it serves (after the monitor started).
             gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
@@ -505,6 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
     metrics.add_argument("--since", default="1h", help="how far back: 90s, 15m, 1h, 7d (default 1h)")
     metrics.add_argument("--json", action="store_true", help="print JSON")
+    config = sub.add_parser("config", help="show or change a setting in the settings file")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    get = config_sub.add_parser("get", help="show every setting in effect, or the value of one")
+    get.add_argument("key", nargs="?", metavar="KEY", help="a setting, e.g. health_check_interval or gateway.port")
+    set_ = config_sub.add_parser("set", help="check a value as the app would and save it to the settings file")
+    set_.add_argument("key", metavar="KEY", help="a setting, e.g. health_check_interval or gateway.port")
+    set_.add_argument("value", metavar="VALUE", help="its new value")
     model = sub.add_parser("model", help="build, verify and repair the model")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     model_sub.add_parser("ensure", help="build the model if it is missing or its Modelfile changed")
@@ -562,6 +617,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor_command(as_json=args.json, config_path=args.config)
     try:
+        if args.command == "config":  # reads the file itself: it must be able to fix a value that stops the app
+            return config_command(args, os.environ)
         if args.command == "autostart":  # needs no settings either
             return cmd_autostart(args)
         ctx = Context(args)
