@@ -52,6 +52,7 @@ API_KEYS = (
     "owner",
     "unit",
     "server_settings_note",
+    "supervising",
 )
 
 EVERYTHING = make_status(

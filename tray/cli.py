@@ -110,7 +110,7 @@ def cmd_status(ctx: Context) -> int:
         print(json.dumps({**status.to_json(), "monitor_running": monitor_running}, indent=2))
     else:
         print(format_status(status, monitor_running))
-    return 0 if status.ollama_running else 3
+    return 0 if status.ollama_running and status.supervising else 3
 
 
 MANAGED_BY = {
@@ -147,7 +147,12 @@ def format_status(status: Status, monitor_running: bool) -> str:
         lines.append(f"Last error: {status.last_error}")
     if status.server_settings_note:
         lines.append(f"Settings: {status.server_settings_note}")
-    lines.append("Monitor: " + ("running" if monitor_running else "not running"))
+    if not monitor_running:
+        lines.append("Monitor: not running")
+    elif status.supervising:
+        lines.append("Monitor: running")
+    else:
+        lines.append("Monitor: running but NOT supervising Ollama; restart Ollama Manager")
     return "\n".join(lines)
 
 

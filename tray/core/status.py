@@ -268,6 +268,7 @@ class Status:
     owner: str | None = None  # the account that runs the server, when known
     unit: str | None = None  # the server's systemd unit, when systemd runs it
     server_settings_note: str | None = None  # [ollama_server] cannot reach a systemd server: the drop-in that would
+    supervising: bool = True  # False: the monitor's loop has stopped, nothing watches Ollama (last_error says why)
 
     def to_json(self) -> dict[str, Any]:
         """The status API's JSON object (keys in :data:`STATUS_KEYS` order, enums as their strings)."""
@@ -300,6 +301,7 @@ class Status:
             "owner": self.owner,
             "unit": self.unit,
             "server_settings_note": self.server_settings_note,
+            "supervising": self.supervising,
         }
 
     @classmethod
@@ -348,6 +350,7 @@ class Status:
             owner=_value(str, data.get("owner"), None),
             unit=_value(str, data.get("unit"), None),
             server_settings_note=_value(str, data.get("server_settings_note"), None),
+            supervising=_value(bool, data.get("supervising"), default.supervising),
         )
 
 
