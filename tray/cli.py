@@ -55,8 +55,16 @@ class Context:
         self.paths = AppPaths.default()
         self.config: Config = load_config(args.config, paths=self.paths)
 
-    def history(self) -> History:
-        return History(self.paths.history_db)
+    def history(self, *, repair: bool = False) -> History:
+        """The history database; ``repair``: move a damaged one aside and start afresh (the monitor, its writer)."""
+        return History(self.paths.history_db, repair=repair)
+
+    def readable_history(self) -> History:
+        """The history for ``events`` and ``metrics``; CliError when it is unavailable, rather than nothing."""
+        history = self.history()
+        if history.problem is not None:
+            raise CliError(f"the history is unavailable: {history.problem}")
+        return history
 
     def supervisor(self, history: History | None = None) -> Supervisor:
         return Supervisor(self.config, self.paths, history or self.history())
@@ -229,7 +237,10 @@ def cmd_metrics(ctx: Context) -> int:
     import time
 
     since = time.time() - parse_since(ctx.args.since)
-    samples = ctx.history().samples(since=since)
+    history = ctx.readable_history()
+    samples = history.samples(since=since)
+    if history.problem is not None:
+        raise CliError(f"the history is unavailable: {history.problem}")
     if ctx.args.json:
         print(json.dumps(samples, indent=2))
         return 0
@@ -267,8 +278,10 @@ def parse_since(text: str) -> float:
 
 
 def cmd_events(ctx: Context) -> int:
-    history = ctx.history()
+    history = ctx.readable_history()
     events = history.events(limit=ctx.args.limit)
+    if history.problem is not None:
+        raise CliError(f"the history is unavailable: {history.problem}")
     if ctx.args.json:
         print(json.dumps([e.to_json() for e in events], indent=2))
     else:
@@ -453,7 +466,7 @@ class running_services:
         config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
         install_default_modelfile(config, paths)
-        self.history = self.ctx.history()
+        self.history = self.ctx.history(repair=True)
         notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
         for warning in config_warnings(config):
