@@ -53,6 +53,7 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.paths = AppPaths.default()
+        self.paths.make_private()
         self.config: Config = load_config(args.config, paths=self.paths)
 
     def history(self, *, repair: bool = False) -> History:
@@ -303,7 +304,9 @@ def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from tray.settings.config import config_file_path, config_warnings, read_config_file
     from tray.settings.store import set_config_values
 
-    path = config_file_path(args.config, env, AppPaths.default())
+    paths = AppPaths.default()
+    paths.make_private()
+    path = config_file_path(args.config, env, paths)
     specs = {spec.key: spec for spec in setting_specs()}
     key = args.key
     if key is not None and key not in specs:

@@ -166,7 +166,8 @@ class History:
     def _open(self, path: Path) -> sqlite3.Connection:
         """The database at ``path``, created when missing and checked; sqlite3.DatabaseError when damaged."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(path)  # SQLite gives its -wal and -shm files the database file's mode
         except OSError as exc:
             raise sqlite3.OperationalError(exc.strerror or str(exc)) from None
         db = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
@@ -327,3 +328,19 @@ def _damaged(exc: sqlite3.OperationalError) -> bool:
     """Does this error of opening a database say its file is damaged (rather than locked or unreachable)?"""
     text = str(exc).lower()
     return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _private(path: Path) -> None:
+    """Create the database file for the user alone (0600), or take group and others' access away.
+
+    The history is a shared leaf that imports nothing from the app, so this
+    is not tray.system.atomic.private_file.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            info = os.stat(file)
+        except FileNotFoundError:
+            continue
+        if info.st_mode & 0o077 and (not hasattr(os, "getuid") or info.st_uid == os.getuid()):
+            os.chmod(file, 0o600)

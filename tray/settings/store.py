@@ -20,7 +20,7 @@ from tray.settings.config import MAX_CONFIG_BYTES, ConfigError
 from tray.settings.textfile import FileRefused, read_regular_file
 from tray.system.atomic import write_atomically
 
-NEW_FILE_MODE = 0o644
+NEW_FILE_MODE = 0o600  # settings may name a key's variable or a private address: the user's business
 
 
 def set_config_value(path: Path, key: str, value: Any) -> None:

@@ -24,6 +24,7 @@ import psutil
 
 from tray.errors import SupervisorError
 from tray.settings.hosts import DEFAULT_PORT, OllamaHost
+from tray.system.atomic import private_dir, private_file
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,8 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
     stdout: int | IO[bytes] = subprocess.DEVNULL
     log_file = None
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
+        private_file(log_path)
         log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         stdout = log_file
     except OSError as exc:

@@ -120,4 +120,4 @@ class StatusServer:
 
 
 def write_monitor_file(path: Path, pid: int, port: int) -> None:
-    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"))
+    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"), mode=0o600)
