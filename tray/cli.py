@@ -485,14 +485,27 @@ class running_services:
         self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
         self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
-        self.server = StatusServer(
-            self.monitor, self.history, token, self.ctx.config.status_port, extra_routes=self.dashboard.routes()
-        )
+        wanted = config.status_port
+        self.server = StatusServer(self.monitor, self.history, token, wanted, extra_routes=self.dashboard.routes())
         try:
             port = self.server.start()
         except OSError as exc:
-            self.instance.release()
-            raise CliError(f"{exc}: set status_port to a free port") from None
+            if wanted == 0:
+                self.instance.release()
+                raise CliError(f"{exc}: set status_port to a free port") from None
+            # Another program holds the port: any free one will do, since the CLI finds it in monitor.json.
+            self.server = StatusServer(self.monitor, self.history, token, 0, extra_routes=self.dashboard.routes())
+            try:
+                port = self.server.start()
+            except OSError as again:
+                self.instance.release()
+                raise CliError(f"{again}: set status_port to a free port") from None
+            moved = (
+                f"the status port {wanted} is in use by another program; the status API listens on 127.0.0.1:{port} "
+                f"instead (ollama-manager finds it through {paths.monitor_file})"
+            )
+            log.warning("%s", moved)
+            self.history.record(EventKind.MONITOR, moved)
         self.status_port = port
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
