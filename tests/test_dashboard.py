@@ -913,3 +913,20 @@ def test_the_tray_item_opens_the_same_address(tmp_path: Path) -> None:
     opened: list[str] = []
     url = open_dashboard(running_manager(tmp_path), open_browser=lambda u: opened.append(u) or True)
     assert opened == [url] == [dashboard_url("http://127.0.0.1:11436", TOKEN)]
+
+
+# --------------------------------------------------------------------------- bad input on the status API
+
+
+def test_a_non_ascii_bearer_token_is_refused_not_a_server_error(setup: Setup) -> None:
+    client = setup.client()
+    for path, body in (("/api/actions/restart", None), ("/api/settings", {"values": {"stop_timeout": 9}})):
+        response = client.post(path, json=body, headers={"Authorization": "Bearer caf\u00e9".encode()})
+        assert response.status_code == 401, path
+    assert setup.config_path.read_text() == CONFIG_TEXT
+
+
+@pytest.mark.parametrize("limit", ["9" * 30, "0", "-5", "lots"])
+def test_an_unusable_event_limit_is_one_line_not_a_server_error(setup: Setup, limit: str) -> None:
+    response = setup.client().get(f"/api/events?limit={limit}")
+    assert (response.status_code, response.json()) == (400, {"error": "limit must be a whole number from 1 to 1000000"})
