@@ -304,6 +304,15 @@ def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
     assert setup.monitor.config.alerts.memory_mb == 4096  # saved, but applies after the app restarts
 
 
+def test_saving_an_address_on_every_interface_says_ollama_is_exposed(setup: Setup) -> None:
+    answer = setup.client().post("/api/settings", json={"values": {"ollama_host": "0.0.0.0:11434"}}, headers=AUTH)
+    assert answer.status_code == 200
+    assert answer.json()["message"].endswith(
+        " Warning: Ollama started by this app listens on every network interface (OLLAMA_HOST 0.0.0.0:11434): "
+        'anyone on the network can use it; set ollama_host = "127.0.0.1:11434" to keep it on this machine.'
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "errors"),
     [

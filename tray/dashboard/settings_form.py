@@ -30,6 +30,7 @@ from tray.settings.config import (
     section_type,
     settable_fields,
 )
+from tray.settings.hosts import exposure_warning
 from tray.settings.store import set_config_values
 
 KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
@@ -419,12 +420,9 @@ class SettingsService:
             self.apply_live(plan, wanted)
             for key in (*plan.now, *plan.ollama_start):
                 self._in_effect[key] = wanted[key]
-            return 200, {
-                "ok": True,
-                "saved": saved,
-                "applies": plan.to_json(),
-                "message": save_message(self.path, saved, plan),
-            }
+            warning = exposure_warning(wanted["ollama_host"]) if "ollama_host" in saved else None
+            message = save_message(self.path, saved, plan) + (f" Warning: {warning}." if warning else "")
+            return 200, {"ok": True, "saved": saved, "applies": plan.to_json(), "message": message}
 
 
 def refusal_line(validation: Validation) -> str:
