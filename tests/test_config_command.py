@@ -109,3 +109,42 @@ def test_a_huge_events_limit_is_refused_in_one_line(config_file: Path, capsys) -
     assert err.splitlines()[-1] == (
         f"ollama-manager events: error: argument --limit: must be a whole number from 1 to 1000000, got '{'9' * 30}'"
     )
+
+
+@pytest.mark.slow
+def test_the_monitor_warns_at_start_when_ollama_would_listen_on_every_interface(tmp_path: Path) -> None:
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tests.manager import wait_until
+
+    with socket.socket() as sock:  # a port nothing listens on: no Ollama is found or started here
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        **{name: str(tmp_path / name.lower()) for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")},
+        "OLLAMA_MANAGER_OLLAMA_HOST": f"0.0.0.0:{port}",
+        "OLLAMA_MANAGER_STATUS_PORT": "0",
+        "OLLAMA_MANAGER_AUTO_BUILD_MODEL": "false",
+    }
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "tray", "monitor"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        monitor_file = tmp_path / "xdg_state_home" / "ollama-manager" / "monitor.json"
+        wait_until(monitor_file.exists, 60, what="the monitor to start")
+        events = [sys.executable, "-m", "tray", "events", "--json"]
+        done = subprocess.run(events, env=env, capture_output=True, text=True, timeout=60, check=True)
+    finally:
+        monitor.terminate()
+        monitor.wait(30)
+    alerts = [event["message"] for event in json.loads(done.stdout) if event["kind"] == "alert"]
+    assert alerts == [
+        f"Ollama started by this app listens on every network interface (OLLAMA_HOST 0.0.0.0:{port}): anyone on "
+        f'the network can use it; set ollama_host = "127.0.0.1:{port}" to keep it on this machine'
+    ]
