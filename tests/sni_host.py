@@ -128,8 +128,8 @@ class MenuItemView:
 
     @property
     def checked(self) -> bool | None:
-        """For a checkmark item, whether it is ticked; None for other items."""
-        return None if self.toggle_type != "checkmark" else self.toggle_state == 1
+        """For a checkmark or radio item, whether it is ticked; None for other items."""
+        return None if self.toggle_type not in ("checkmark", "radio") else self.toggle_state == 1
 
 
 def image_from_pixmap(width: int, height: int, data: bytes) -> Image.Image:

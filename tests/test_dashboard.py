@@ -41,6 +41,7 @@ from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_con
 from tray.dashboard.stream import StreamHub, sse_frames
 from tray.dashboard.views import action_views, bucket_samples, gateway_view, history_view, status_view
 from tray.history import Event, History
+from tray.service.monitor import ModelChoiceError, not_installed_line
 from tray.settings.config import load_config
 from tray.settings.meta import setting
 from tray.settings.server import OllamaServerSettings
@@ -108,6 +109,15 @@ class FakeMonitor:
         self.requested.append(action)
         future: concurrent.futures.Future[str] = concurrent.futures.Future()
         future.set_result(f"{action} done")
+        return future
+
+    def use_model(self, name: str) -> concurrent.futures.Future[str]:
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        if name == "tinyllama":
+            future.set_exception(ModelChoiceError(not_installed_line(name)))
+        else:
+            self.config = replace(self.config, active_model=name)
+            future.set_result(f"Using {name}")
         return future
 
     def apply_settings(self, config: Any) -> concurrent.futures.Future[str]:
@@ -205,12 +215,36 @@ def test_changing_endpoints_refuse_a_request_without_the_token(setup: Setup, hea
     action = client.post("/api/actions/restart", headers=headers)
     assert action.status_code == 401
     assert setup.monitor.requested == []
+    switch = client.post("/api/model", json={"model": "mistral:latest"}, headers=headers)
+    assert switch.status_code == 401
+    assert setup.monitor.config.active_model == ""
 
 
 def test_the_page_runs_the_menu_actions_with_the_token(setup: Setup) -> None:
     response = setup.client().post("/api/actions/restart", headers=AUTH)
     assert response.json() == {"ok": True, "message": "restart done"}
     assert setup.monitor.requested == ["restart"]
+
+
+def test_the_page_switches_models_with_the_token_and_a_missing_model_gets_one_line(setup: Setup) -> None:
+    client = setup.client()
+    used = client.post("/api/model", json={"model": "mistral:latest"}, headers=AUTH)
+    assert used.json() == {"ok": True, "message": "Using mistral:latest"}
+    missing = client.post("/api/model", json={"model": "tinyllama"}, headers=AUTH)
+    assert (missing.status_code, missing.json()) == (
+        400,
+        {"ok": False, "error": "model tinyllama is not installed: run `ollama-manager model pull tinyllama`"},
+    )
+    bad = client.post("/api/model", json={"name": 3}, headers=AUTH)
+    assert (bad.status_code, bad.json()["ok"]) == (400, False)
+
+
+def test_a_settings_save_keeps_a_model_chosen_elsewhere(setup: Setup) -> None:
+    client = setup.client()
+    client.post("/api/model", json={"model": "mistral:latest"}, headers=AUTH)
+    saved = client.post("/api/settings", json={"values": {"health_check_interval": 12}}, headers=AUTH)
+    assert saved.json()["ok"] is True
+    assert (setup.monitor.config.active_model, setup.monitor.config.health_check_interval) == ("mistral:latest", 12)
 
 
 def test_mount_dashboard_takes_a_plain_starlette_app_too(setup: Setup) -> None:
@@ -590,6 +624,7 @@ def test_status_view_shows_what_the_page_needs(setup: Setup) -> None:
             "cloud": 2,
             "cloud_share": 0.25,
         },
+        "models": {"rows": [], "modelfile": "uncensored-llama3", "modelfile_active": True, "loading": None},
         "settings_note": None,
     }
 

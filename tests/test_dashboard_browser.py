@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from standin.harness import StandinEnv, free_port, same_process
-from tests.manager import wait_until
+from tests.manager import in_thread, wait_until
 from tray.dashboard import dashboard_command
 from tray.settings.config import Config
 from tray.system.paths import AppPaths
@@ -375,3 +375,53 @@ def test_server_settings_reach_the_next_ollama_the_page_starts(app: App, standin
     assert serve_pid(standin) != before
     assert (environment["OLLAMA_KEEP_ALIVE"], environment["OLLAMA_NUM_PARALLEL"]) == ("45m", "2")
     assert errors == []
+
+
+def model_row(model: str) -> str:
+    return f"#models tr[data-model='{model}']"
+
+
+def test_choosing_a_model_on_the_page_switches_the_probe_and_status_while_the_old_answer_finishes(
+    standin: StandinEnv, tmp_path: Path, browser: Any
+) -> None:
+    app = App(standin, tmp_path, auto_build=False)
+    with app.config.open("a") as config:
+        config.write('ollama_model = "llama3"  # the Modelfile model, pulled here rather than built\n')
+    app.start()
+    try:
+        page, errors = open_page(browser, app.url())
+        wait_for_text(page, "health-word", "healthy")
+        standin.pull("llama3")
+        standin.pull("mistral")
+        page.wait_for_selector(model_row("mistral:latest"))
+        assert page.is_checked(f"{model_row('llama3:latest')} input")
+        assert page.text_content(f"{model_row('llama3:latest')} .badge") == "Modelfile"
+        assert not page.is_checked(f"{model_row('mistral:latest')} input")
+        assert page.is_disabled("#use-modelfile")
+
+        standin.set_faults(token_ms=40, tokens=100, load_ms=2000)
+
+        answer = in_thread(lambda: standin.generate("llama3", "go on"))
+        wait_until(lambda: standin.runner_pid("llama3:latest"), 30, what="llama3 loaded for the long answer")
+        page.click(f"{model_row('mistral:latest')} input")
+        wait_for_outcome(page, "model-result", "ok")
+        assert page.text_content("#model-result") == "Using mistral:latest"
+        wait_until_true(page, "document.getElementById('model-loading').textContent.startsWith('Loading mistral')")
+        page.wait_for_selector(f"{model_row('mistral:latest')}[data-active=true]")
+        assert not page.is_checked(f"{model_row('llama3:latest')} input")
+        wait_for_text(page, "model-loading", "", timeout_ms=30_000)
+        page.wait_for_selector(f"{model_row('mistral:latest')} .in-memory:text-is('loaded')")
+        done = answer()
+        assert done["done"] is True and done["eval_count"] == 100  # the old model finished its answer
+        standin.clear_faults()
+        wait_until(lambda: standin.probes_answered("mistral:latest") >= 2, 30, what="the health probe asking mistral")
+        status = httpx.get(app.base + "/api/status", timeout=5, trust_env=False).json()
+        assert (status["model"], status["model_loaded"]) == ("mistral:latest", "mistral:latest")
+
+        page.click("#use-modelfile")
+        wait_for_outcome(page, "model-result", "ok")
+        page.wait_for_selector(f"{model_row('llama3:latest')}[data-active=true]")
+        assert page.is_checked(f"{model_row('llama3:latest')} input")
+        assert errors == []
+    finally:
+        app.stop()

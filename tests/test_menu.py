@@ -16,7 +16,16 @@ from typing import Any, ClassVar
 import pytest
 
 from tray.core.health import BusySource, Health
-from tray.core.status import Activity, ActivityKind, BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
+from tray.core.status import (
+    Activity,
+    ActivityKind,
+    BusyStatus,
+    InstalledModelStatus,
+    LoadedModelStatus,
+    MonitorState,
+    Status,
+    make_status,
+)
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
@@ -58,7 +67,7 @@ def test_menu_for_a_healthy_server() -> None:
     entries = build_menu(status(loaded_models=(LLAMA3,)), SETTINGS, set())
     assert rows(entries) == [
         ("Ollama: healthy · 245 ms", None, False, None, False),
-        ("Model: uncensored-llama3", None, False, None, False),
+        ("Model: uncensored-llama3", None, True, None, False),
         ("llama3:latest 4.7 GB · 100% CPU", None, False, None, False),
         ("Unload models", "unload", True, None, False),
         ("---",),
@@ -374,6 +383,9 @@ class FakeController:
         self.futures[action] = future
         return future
 
+    def use_model(self, name: str) -> concurrent.futures.Future[str]:
+        return self.request(f"use {name}")
+
     def settings(self) -> dict[str, bool]:
         return dict(self.current_settings)
 
@@ -442,7 +454,7 @@ def test_initial_icon_title_and_menu(make_app: Callable[..., Any]) -> None:
     assert icon.item("Notifications").checked is True
     assert icon.item("Start at login").checked is False
     assert icon.item("Quit").checked is None
-    assert icon.item("Model: uncensored-llama3").enabled is False
+    assert icon.item("Model: uncensored-llama3").submenu is not None
 
 
 def test_status_change_updates_icon_title_and_the_same_menu_items(make_app: Callable[..., Any]) -> None:
@@ -930,3 +942,52 @@ def test_switching_before_the_icon_is_up_waits_for_it(make_app: Callable[..., An
     assert first.stopped is False
     app.run()
     assert first.stopped is True and len(created) == 1 and created[0].stopped is True
+
+
+# --- the Model submenu --------------------------------------------------------------
+
+INSTALLED = (
+    InstalledModelStatus("uncensored-llama3:latest", 4_700_000_000, "8.0B", "Q4_0"),
+    InstalledModelStatus("mistral:latest", 4_100_000_000, "7.2B", "Q4_K_M"),
+)
+
+
+def test_the_model_submenu_checks_the_active_model_and_marks_the_modelfile_one() -> None:
+    entries = build_menu(status(installed_models=INSTALLED, model="mistral:latest"), SETTINGS, set())
+    model = find_entry(entries, "model")
+    assert model is not None and model.label == "Model: mistral:latest"
+    assert rows(list(model.submenu)) == [
+        ("uncensored-llama3:latest (Modelfile)", "use_model:uncensored-llama3:latest", True, False, False),
+        ("mistral:latest", "use_model:mistral:latest", True, True, False),
+        ("---",),
+        ("Use the Modelfile model", "use_modelfile_model", True, None, False),
+    ]
+    assert all(entry.radio for entry in model.submenu[:2])
+
+
+def test_the_modelfile_choice_is_off_while_that_model_is_active_and_choices_wait_for_a_switch() -> None:
+    active = build_menu(status(installed_models=INSTALLED), SETTINGS, set())
+    assert find_entry(active, "use_modelfile_model").enabled is False  # type: ignore[union-attr]
+    assert find_entry(active, "use_model:uncensored-llama3:latest").checked is True  # type: ignore[union-attr]
+    switching = build_menu(status(installed_models=INSTALLED), SETTINGS, {"use_model:mistral:latest"})
+    assert not any(entry.enabled for entry in find_entry(switching, "model").submenu)  # type: ignore[union-attr]
+    nothing = build_menu(status(), SETTINGS, set())
+    assert next(e.label for e in find_entry(nothing, "model").submenu) == "No models installed"  # type: ignore[union-attr]
+
+
+def test_choosing_a_model_in_the_pystray_menu_asks_the_controller(make_app: Callable[..., Any]) -> None:
+    app, controller, icon = make_app(status(installed_models=INSTALLED))
+    submenu = icon.item("Model: uncensored-llama3").submenu
+    mistral = next(item for item in submenu if item.text == "mistral:latest")
+    assert mistral.radio is True and mistral.checked is False
+    mistral(icon)
+    assert controller.requests == ["use mistral:latest"]
+    assert app.running_actions == {"use_model:mistral:latest"}
+    controller.futures["use mistral:latest"].set_result("Using mistral:latest")
+    assert controller.notifications == [("Use model", "Using mistral:latest")]
+    app.on_status(status(installed_models=INSTALLED, model="mistral:latest"))
+    submenu = icon.item("Model: mistral:latest").submenu
+    assert next(item for item in submenu if item.text == "mistral:latest").checked is True
+    back = next(item for item in submenu if item.text == "Use the Modelfile model")
+    back(icon)
+    assert controller.requests[-1] == "use "

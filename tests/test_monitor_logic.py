@@ -15,17 +15,19 @@ from typing import Any
 import psutil
 import pytest
 
+from tests.manager import wait_until
 from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
-from tray.history import History
-from tray.ollama.client import LoadedModel
-from tray.service.monitor import RECHECK_SECONDS, Monitor
+from tray.history import EventKind, History
+from tray.ollama.client import InstalledModel, LoadedModel
+from tray.service.monitor import RECHECK_SECONDS, ModelChoiceError, Monitor
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
 from tray.settings.config import Config
 from tray.settings.hosts import parse_ollama_host
+from tray.settings.server import OllamaServerSettings
 from tray.system.owners import ExternalSupervisor, SystemdService
 from tray.system.paths import AppPaths
 from tray.system.processes import ProcessRef
@@ -70,13 +72,22 @@ class FakeClient:
     pings: list[ProbeResult] = field(default_factory=list)  # answers to the re-check after a probe timed out
     inference_timeouts: list[float] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
+    installed: list[str] = field(default_factory=lambda: ["llama3:latest"])  # what /api/tags lists
+    preloaded: list[tuple[str, int | str | None]] = field(default_factory=list)
 
     def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
         result = self.probes.pop(0) if self.probes else OK
-        return result, ({"llama3:latest"} if result.ok else None)
+        return result, (set(self.installed) if result.ok else None)
 
     def loaded_models(self, timeout: float) -> list[LoadedModel] | None:
         return [LoadedModel(name, 100, 0) for name in self.loaded]
+
+    def installed_models(self, timeout: float) -> list[InstalledModel] | None:
+        return [InstalledModel(name, 100, "8B", "Q4_0") for name in self.installed]
+
+    def preload(self, model: str, keep_alive: int | str | None, timeout: float) -> str | None:
+        self.preloaded.append((model, keep_alive))
+        return None
 
     def probe_inference(self, model: str, timeout: float) -> ProbeResult:
         self.inference_timeouts.append(timeout)
@@ -998,3 +1009,77 @@ def test_a_monitor_thread_that_died_unseen_is_not_reported_as_supervising():
     status = monitor.snapshot()
     assert (status.supervising, status.health) == (False, Health.UNKNOWN)
     assert status.last_error == "supervision stopped: the monitor thread ended"
+
+
+# --- the active model ----------------------------------------------------------------------------
+
+
+def test_a_switch_saves_the_choice_preloads_with_the_keep_alive_and_leaves_the_modelfile_model_to_the_keeper(
+    tmp_path,
+):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("# mine\nhealth_probe = 'inference'\n")
+    server = OllamaServerSettings(keep_alive="1h")
+    monitor, sup, clock = make([], ollama_model="llama3", ollama_server=server, source=str(config_file))
+    sup.client.installed = ["llama3:latest", "mistral:latest"]
+    monitor.tick()
+    future = monitor.use_model("Mistral")
+    monitor._drain_commands()
+    assert future.result(0) == "Using mistral:latest"
+    wait_until(lambda: sup.client.preloaded, 5, what="the preload")
+    assert sup.client.preloaded == [("mistral:latest", "1h")]
+    assert 'active_model = "mistral:latest"' in config_file.read_text() and "# mine" in config_file.read_text()
+    status = monitor.snapshot()
+    assert (status.model, status.modelfile_model, status.model_loaded) == ("mistral:latest", "llama3", "mistral:latest")
+    assert monitor.models.config.ollama_model == "llama3"  # the keeper still keeps the Modelfile model
+    assert monitor.modelfile_model_present is True
+
+    refused = monitor.use_model("tinyllama")
+    monitor._drain_commands()
+    with pytest.raises(ModelChoiceError, match=r"^model tinyllama is not installed: run `ollama-manager model pull"):
+        refused.result(0)
+    assert monitor.model_in_use == "mistral:latest"
+
+    back = monitor.use_model("llama3:latest")  # the Modelfile model by its full name
+    monitor._drain_commands()
+    assert back.result(0) == "Using llama3 (the Modelfile model)"
+    assert monitor.active_model == "" and 'active_model = ""' in config_file.read_text()
+
+
+def test_an_active_model_deleted_elsewhere_falls_back_with_one_event(tmp_path):
+    config_file = tmp_path / "config.toml"
+    history = History(None)
+    monitor, sup, clock = make([], ollama_model="llama3", active_model="mistral:latest", source=str(config_file))
+    monitor.history = history
+    sup.client.installed = ["llama3:latest", "mistral:latest"]
+    run_ticks(monitor, clock, 2)
+    assert monitor.snapshot().model == "mistral:latest"
+    sup.client.installed = ["llama3:latest"]
+    run_ticks(monitor, clock, 4)
+    assert monitor.snapshot().model == "llama3"
+    missing = [e for e in history.events() if e.kind == EventKind.MODEL_MISSING]
+    assert [e.message for e in missing] == [
+        "the active model mistral:latest is no longer installed; using the Modelfile model llama3 again"
+    ]
+    assert not config_file.exists()  # ticks outside the running loop (a one-shot `status`) save nothing
+
+
+def test_a_choice_saved_on_the_settings_page_switches_at_once():
+    monitor, sup, clock = make([], ollama_model="llama3")
+    sup.client.installed = ["llama3:latest", "mistral:latest"]
+    monitor.apply_settings(replace(monitor.config, active_model="mistral:latest"))
+    monitor._drain_commands()
+    assert monitor.snapshot().model == "mistral:latest"
+    wait_until(lambda: sup.client.preloaded, 5, what="the preload")
+    assert sup.client.preloaded == [("mistral:latest", None)]  # no keep_alive set: the server's own
+
+
+def test_the_oom_ladder_rebuilds_only_while_the_modelfile_model_is_active():
+    monitor, sup, clock = make([], ollama_model="llama3", auto_build_model=True)
+    sup.client.installed = ["llama3:latest", "mistral:latest"]
+    effects = monitor.duties.oom_effects
+    assert effects is not None
+    assert (effects.situation().model, effects.situation().builds_model) == ("llama3", True)
+    monitor.use_model("mistral")
+    monitor._drain_commands()
+    assert (effects.situation().model, effects.situation().builds_model) == ("mistral:latest", False)

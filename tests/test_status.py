@@ -52,6 +52,10 @@ API_KEYS = (
     "owner",
     "unit",
     "server_settings_note",
+    # model switching (added last again)
+    "modelfile_model",
+    "installed_models",
+    "model_loading",
     "supervising",
 )
 

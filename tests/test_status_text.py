@@ -12,6 +12,7 @@ RUNNING = make_status(
     latency_ms=12,
     pid=4242,
     model="llama3",
+    modelfile_model="llama3",
     model_loaded="llama3",
     uptime_seconds=3700,
     memory_usage_mb=4608,
@@ -28,6 +29,11 @@ def test_an_idle_server() -> None:
         "Busy: no",
         "Monitor: running",
     ]
+
+
+def test_another_active_model_is_named_beside_the_modelfile_model() -> None:
+    lines = format_status(replace(RUNNING, model="mistral:latest", model_loaded="mistral:latest"), True).splitlines()
+    assert lines[2] == "Model: mistral:latest (present); Modelfile model: llama3"
 
 
 def test_a_busy_server_gets_one_line_saying_with_what() -> None:

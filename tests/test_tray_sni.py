@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager
+from tests.manager import Manager, in_thread
 from tray.ui.icon import IconState
 
 pytestmark = pytest.mark.slow
@@ -217,7 +217,7 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     assert "Start Ollama" not in items
     assert items["Notifications"].checked is True
     assert (items["No models in memory"].enabled, items["Unload models"].enabled) == (False, False)
-    assert menu.labels().count("---") == 3
+    assert menu.labels().count("---") == 4  # three in the menu, one in the Model submenu
     assert host.about_to_show(item, 0) is False
     assert host.about_to_show_group(item, [0, items["Quit"].id, 9999]) == ([], [9999])
 
@@ -225,7 +225,8 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     _shot, lines = right_click_menu(desktop, tmp_path, "menu")
     close_menu(desktop)
     # The status line's latency changes with every check; the rest must read exactly as GetLayout says.
-    labels = ["Ollama: healthy", *[label for label in items if not label.startswith("Ollama: healthy")]]
+    top = [child.label for child in menu.children if child.type != "separator"]  # a submenu's items need a hover
+    labels = ["Ollama: healthy", *[label for label in top if not label.startswith("Ollama: healthy")]]
     missing = [label for label in labels if find_line(lines, label) is None]
     assert missing == [], f"not on screen: {missing}; read: {[line.text for line in lines]}"
     assert host.layout(item)[0] == revision  # opening the menu changed nothing
@@ -312,9 +313,15 @@ def test_state_changes_reach_the_host_as_signals_and_redraw_icon_and_menu(
             answer = client.post("/api/generate", json={"model": "llama3", "prompt": "hi", "stream": False})
         assert answer.status_code == 200, answer.text
         signals.wait_for("LayoutUpdated", 15)
+
+    def loaded_lines() -> list[str]:
+        menu = host.layout(item)[1]
+        return [child.label for child in menu.children if child.label.startswith("llama3:latest")]
+
+    # The pull changes the layout too (the Model submenu gains llama3): wait for the section itself.
+    loaded = wait_for(loaded_lines, 15, "llama3 in the loaded-models section")
+    assert len(loaded) == 1 and loaded[0].endswith("· 100% CPU"), loaded
     menu = host.layout(item)[1]
-    loaded = [child.label for child in menu.children if child.label.startswith("llama3:latest")]
-    assert len(loaded) == 1 and loaded[0].endswith("· 100% CPU"), [child.label for child in menu.children]
     assert flat(menu)["Unload models"].enabled is True
 
 
@@ -433,3 +440,56 @@ def test_without_any_tray_host_the_tray_gives_up_after_its_wait_and_says_so(
     assert (done.returncode, done.stdout, done.stderr) == (1, "", f"ollama-manager: {message}\n")
     assert waited >= 1.5
     assert notifications.received()[-1] == ("Ollama Manager", message)
+
+
+def test_choosing_a_model_in_the_menu_switches_the_probe_status_and_check_mark_without_cutting_an_answer(
+    desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager, standin: StandinEnv
+) -> None:
+    manager.env["OLLAMA_MANAGER_OLLAMA_MODEL"] = "llama3"  # the Modelfile model, pulled here rather than built
+    item = started_item(host, trays.start(desktop))
+    wait_healthy(manager, 30)
+    standin.pull("llama3")
+    standin.pull("mistral")
+
+    def model_menu() -> MenuItemView:
+        return next(child for child in host.layout(item)[1].children if child.label.startswith("Model: "))
+
+    wait_for(lambda: "mistral:latest" in model_menu().labels(), 30, "mistral in the Model submenu")
+    choices = model_menu()
+    assert choices.children_display == "submenu"
+    assert choices.labels() == ["llama3:latest (Modelfile)", "mistral:latest", "---", "Use the Modelfile model"]
+    llama3, mistral = choices.find("llama3:latest (Modelfile)"), choices.find("mistral:latest")
+    assert (llama3.toggle_type, llama3.checked, mistral.checked) == ("radio", True, False)
+    assert choices.find("Use the Modelfile model").enabled is False
+
+    # A long answer on the old model, under way while the user switches.
+    standin.set_faults(token_ms=40, tokens=100, load_ms=2000)
+
+    answer = in_thread(lambda: standin.generate("llama3", "go on"))
+    wait_for(lambda: standin.runner_pid("llama3:latest"), 30, "llama3 loaded for the long answer")
+    assert host.click(item, mistral.id) == []
+    wait_for(lambda: host.tooltip(item)[1].startswith("Loading mistral:latest… "), 10, "the loading tooltip")
+    wait_for(lambda: (manager.api_status() or {}).get("model") == "mistral:latest", 15, "mistral active")
+    choices = wait_for(
+        lambda: (menu := model_menu()).find("mistral:latest").checked and menu, 15, "the check mark on mistral"
+    )
+    assert choices.label == "Model: mistral:latest"
+    assert choices.find("llama3:latest (Modelfile)").checked is False
+    assert choices.find("Use the Modelfile model").enabled is True
+    done = answer()
+    assert done["done"] is True and done["eval_count"] == 100  # the old model finished its answer
+    standin.clear_faults()
+
+    wait_for(lambda: standin.probes_answered("mistral:latest") >= 2, 30, "the health probe asking mistral")
+    wait_for(lambda: re.search(r"· mistral:latest$", host.tooltip(item)[1]), 15, "mistral named in the tooltip")
+
+    # And back, from the same submenu.
+    assert host.click(item, choices.find("Use the Modelfile model").id) == []
+    wait_for(lambda: model_menu().find("llama3:latest (Modelfile)").checked, 15, "the check mark back on llama3")
+    assert model_menu().label == "Model: llama3"
+
+    # From the command line, through the tray's own monitor: the same check mark moves.
+    used = manager.run("model", "use", "mistral")
+    assert (used.returncode, used.stdout.strip()) == (0, "Using mistral:latest"), used.stderr
+    wait_for(lambda: model_menu().find("mistral:latest").checked, 15, "the check mark on mistral after model use")
+    assert model_menu().label == "Model: mistral:latest"

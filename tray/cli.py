@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tray import __version__
@@ -142,7 +143,8 @@ def format_status(status: Status, monitor_running: bool) -> str:
     lines = [
         f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
         f"Address: {status.ollama_host}",
-        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})",
+        f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})"
+        + (f"; Modelfile model: {status.modelfile_model}" if status.modelfile_model != status.model else ""),
     ]
     if status.ollama_running:
         lines.append(
@@ -211,13 +213,18 @@ def cmd_model(ctx: Context) -> int:
     from tray.models import commands
 
     args, config, paths = ctx.args, ctx.config, ctx.paths
+    if args.model_command == "use":
+        print(use_model(ctx, args.name))
+        return 0
     install_default_modelfile(config, paths)
     sup = ctx.supervisor()
     if sup.client.answers_as_ollama():
         sup.adopt()  # the store of the server that runs (a systemd server keeps its own)
     models_dir, state_dir = sup.models_dir, paths.state_dir
     quantize = getattr(args, "quantize", None) or config.model_quantize or None
-    wants_server = args.model_command in ("ensure", "rebuild") or (args.model_command == "cleanup" and args.delete)
+    wants_server = args.model_command in ("ensure", "rebuild", "pull") or (
+        args.model_command == "cleanup" and args.delete
+    )
     if wants_server and not sup.client.answers_as_ollama():
         print(sup.start(reason="model").describe(sup.host.url), file=sys.stderr)
     url, model, modelfile = sup.host.url, config.ollama_model, config.modelfile_path
@@ -230,8 +237,40 @@ def cmd_model(ctx: Context) -> int:
     if args.model_command == "verify":
         return commands.run_verify(model, full=args.full, models_dir=models_dir, state_dir=state_dir)
     if args.model_command == "list":
-        return commands.run_list(model, models_dir=models_dir, state_dir=state_dir)
+        return commands.run_list(config.model_in_use, modelfile_model=model, models_dir=models_dir, state_dir=state_dir)
+    if args.model_command == "pull":
+        return commands.run_pull(url, args.name, models_dir=models_dir)
     return commands.run_cleanup(url, model, delete=args.delete, models_dir=models_dir, state_dir=state_dir)
+
+
+def use_model(ctx: Context, name: str) -> str:
+    """``model use NAME``: through the running monitor (it switches and preloads at once), else saved for its start."""
+    from tray.models.store import list_models, same_model
+    from tray.service.monitor import not_installed_line
+    from tray.settings.store import set_config_value
+
+    name = name.strip()
+    if not name:
+        raise CliError("name the model to use, e.g. `ollama-manager model use llama3`")
+    link = MonitorLink(ctx.paths)
+    message = link.use_model(name)
+    if message is not None:
+        return message
+    config = ctx.config
+    chosen = ""
+    if not same_model(name, config.ollama_model):
+        sup = ctx.supervisor(History(None))
+        installed = sup.client.installed_models() if sup.client.answers_as_ollama() else None
+        if installed is not None:
+            names = [model.name for model in installed]
+        else:
+            names = [entry.name.display for entry in list_models(sup.models_dir)]
+        chosen = next((listed for listed in names if same_model(listed, name)), "")
+        if not chosen:
+            raise CliError(not_installed_line(name))
+    set_config_value(Path(config.source), "active_model", chosen)
+    shown = chosen or f"{config.ollama_model} (the Modelfile model)"
+    return f"Using {shown}; saved in {config.source}, for the manager's next start"
 
 
 def cmd_metrics(ctx: Context) -> int:
@@ -594,14 +633,18 @@ def build_parser() -> argparse.ArgumentParser:
     set_ = config_sub.add_parser("set", help="check a value as the app would and save it to the settings file")
     set_.add_argument("key", metavar="KEY", help="a setting, e.g. health_check_interval or gateway.port")
     set_.add_argument("value", metavar="VALUE", help="its new value")
-    model = sub.add_parser("model", help="build, verify and repair the model")
+    model = sub.add_parser("model", help="build, verify and repair the model; list, pull and choose models")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     model_sub.add_parser("ensure", help="build the model if it is missing or its Modelfile changed")
     rebuild = model_sub.add_parser("rebuild", help="rebuild the model, repairing damaged files")
     rebuild.add_argument("--quantize", metavar="Q", help="quantization, e.g. q4_K_M (for F16/F32 bases)")
     verify = model_sub.add_parser("verify", help="check every file of the model against its digest")
     verify.add_argument("--full", action="store_true", help="rehash everything, ignoring the cache")
-    model_sub.add_parser("list", help="list the installed models; the active one is marked")
+    model_sub.add_parser("list", help="list the installed models; the active one and the Modelfile one are marked")
+    use = model_sub.add_parser("use", help="make an installed model the active one (the Modelfile model's name: back)")
+    use.add_argument("name", metavar="NAME")
+    pull = model_sub.add_parser("pull", help="download a model from the registry, with progress")
+    pull.add_argument("name", metavar="NAME")
     cleanup = model_sub.add_parser("cleanup", help="report stale copies, unused files and partial downloads")
     cleanup.add_argument("--delete", action="store_true", help="delete them")
     return parser

@@ -81,6 +81,7 @@ class EventKind(StrEnum):
     MODEL_UNVERIFIED = "model_unverified"  # the store is another account's and cannot be read: not checked
     MODEL_BUILT = "model_built"
     MODEL_REPAIRED = "model_repaired"
+    MODEL_SWITCHED = "model_switched"  # another model became the active one (the user's choice, or a fallback)
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,13 @@ class StandinEnv:
             raise RuntimeError(f"pull {name} failed: {response.status_code} {body}")
         return body
 
+    def generate(self, model: str, prompt: str, timeout: float = 120.0) -> dict[str, Any]:
+        """One ``/api/generate`` answer (``stream: false``); AssertionError on an error answer."""
+        with self.client(timeout) as client:
+            response = client.post("/api/generate", json={"model": model, "prompt": prompt, "stream": False})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
     # events
 
     def events(self) -> list[dict[str, Any]]:
@@ -243,6 +250,14 @@ class StandinEnv:
     def events_of(self, kind: str) -> list[dict[str, Any]]:
         """The events of one kind (``runner_start``, ``runner_reload``, ``request_cancelled``, ...), oldest first."""
         return [event for event in self.events() if event["event"] == kind]
+
+    def probes_answered(self, model: str) -> int:
+        """The manager's health probes (the test prompt over ``/api/chat``) answered in full for ``model``."""
+        return sum(
+            1
+            for event in self.events_of("request_done")
+            if event["path"] == "/api/chat" and event["model"] == model and event.get("prompt") == "test"
+        )
 
     def runner_pid(self, model: str | None = None) -> int | None:
         """The live runner most recently started (for ``model``, e.g. ``llama3:latest``), None when there is none."""

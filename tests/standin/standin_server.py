@@ -38,7 +38,7 @@ Environment (read at start):
   OLLAMA_STANDIN_RUNNER_MB       memory each runner child holds (default 64)
   OLLAMA_STANDIN_REGISTRY        extra pullable names, comma-separated
   OLLAMA_STANDIN_EVENTS          file receiving one JSON line per event (serve_start/exit, runner_start/
-                                 ready/exit/reload, request_queued, request_cancelled)
+                                 ready/exit/reload, request_queued, request_cancelled, request_done)
   OLLAMA_STANDIN_EXIT_ON_START   exit at once with this code (message: OLLAMA_STANDIN_EXIT_MESSAGE,
                                  default ``mkdir <models>: permission denied``)
   OLLAMA_STANDIN_IGNORE_SIGTERM  1: SIGTERM is ignored
@@ -62,6 +62,8 @@ Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every reques
                    (at the first token), mlx, full, recoverable (the load recovers); before 0.30:
                    system (default) and the runner kinds
   slow_pull_ms_per_mb
+  pull_offline     pulls fail at the manifest as Ollama's do without a network (DNS lookup of the registry)
+  pull_disk_full_after_mb  a pull's download fails with ENOSPC once this many MiB of a blob are written
 """
 
 from __future__ import annotations
@@ -888,6 +890,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_chunks()
         else:
             self.send_json(200, final("".join(text)))
+        self.request_done(turn.model, prompt=turn.prompt, tokens=len(text))
+
+    def request_done(self, model: LocalModel, **details: Any) -> None:
+        """The events file's ``request_done``: an answer (or a load-only request) sent in full."""
+        event = {"event": "request_done", "path": urlsplit(self.path).path, "model": model.name.display}
+        append_event(dict(event, **details, time=time.time()))
 
     def api_generate(self) -> None:
         """``POST /api/generate``."""
@@ -910,6 +918,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if not prompt:
                 self.send_json(200, dict(base(), response="", done=True, done_reason="load"))
+                self.request_done(model, load_only=True, keep_alive=keep_alive)
                 return
             system = str(request.get("system") or model.system)
             fmt = request.get("format")
@@ -955,6 +964,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if not messages:
                 self.send_json(200, dict(base(), message=empty_message, done_reason="load", done=True))
+                self.request_done(model, load_only=True, keep_alive=keep_alive)
                 return
             self.run_chat(turn, messages, options, request, base)
         finally:

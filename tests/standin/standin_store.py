@@ -547,6 +547,12 @@ class ModelStore:
     def pull(self, name: ModelName) -> Iterator[Dict[str, Any]]:
         """Ollama's ``PullModel`` against the fake registry, as progress objects."""
         yield {"status": "pulling manifest"}
+        if self.control().get("pull_offline"):
+            # What Ollama's registry client says when DNS (or the route) is gone; the manifest line is out already.
+            raise StreamError(
+                'pull model manifest: Get "https://%s/v2/%s/%s/manifests/%s": dial tcp: lookup %s: no such host'
+                % (name.host, name.namespace, name.model, name.tag, name.host)
+            )
         if not self.registry.knows(name):
             raise StreamError("pull model manifest: file does not exist")
         data, layers, config = self.registry.manifest(name)
@@ -580,8 +586,12 @@ class ModelStore:
         partial = final + "-partial"
         yield _progress(layer, 0)
         done = 0
+        room = self.control().get("pull_disk_full_after_mb")
         with open(partial, "wb") as handle:
             for chunk in layer.produce():
+                if room is not None and done + len(chunk) > float(room) * MIB:
+                    # download.go writes the blob in parts; a full disk fails the part's write (ENOSPC)
+                    raise StreamError("write %s-0: no space left on device" % partial)
                 handle.write(chunk)
                 handle.flush()
                 done += len(chunk)

@@ -208,6 +208,52 @@ class LoadedModelStatus:
 
 
 @dataclass(frozen=True)
+class InstalledModelStatus:
+    """A model Ollama has installed (``/api/tags``): its size, parameters and quantization."""
+
+    name: str
+    size: int
+    parameter_size: str | None = None
+    quantization: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "parameter_size": self.parameter_size,
+            "quantization": self.quantization,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> InstalledModelStatus | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("name"), str):
+            return None
+        return cls(
+            data["name"],
+            _value(int, data.get("size"), 0),
+            _value(str, data.get("parameter_size"), None),
+            _value(str, data.get("quantization"), None),
+        )
+
+
+@dataclass(frozen=True)
+class ModelLoading:
+    """The active model being preloaded after a switch, and for how long so far (Ollama reports no percentage)."""
+
+    model: str
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, data: object) -> ModelLoading | None:
+        if not isinstance(data, Mapping) or not isinstance(data.get("model"), str):
+            return None
+        return cls(data["model"], _number(data.get("seconds"), 0.0))
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """The kept model's size, parameters and quantization from its last build, and its last verification."""
 
@@ -241,7 +287,7 @@ class Status:
     """One status of the monitor; the defaults say "nothing known yet"."""
 
     ollama_running: bool = False  # the last probe got an answer
-    model_loaded: str | None = None  # the configured model, when the server answers and has it
+    model_loaded: str | None = None  # the active model, when the server answers and has it
     latency_ms: int | None = None  # of the last successful probe
     health: Health = Health.UNKNOWN
     uptime_seconds: int = 0
@@ -254,7 +300,7 @@ class Status:
     managed_by: str = "none"  # "manager", "external", "systemd", "ollama-app" or "none"
     pid: int | None = None
     ollama_host: str = ""
-    model: str = ""  # the configured model
+    model: str = ""  # the active model: the probe's, the one the tray and the gateway name
     restart_attempt: int = 0
     restart_attempts_max: int = 0
     next_retry_in: float | None = None  # seconds until the next restart attempt
@@ -268,6 +314,9 @@ class Status:
     owner: str | None = None  # the account that runs the server, when known
     unit: str | None = None  # the server's systemd unit, when systemd runs it
     server_settings_note: str | None = None  # [ollama_server] cannot reach a systemd server: the drop-in that would
+    modelfile_model: str = ""  # the model built from the Modelfile (``ollama_model``); ``model`` may be another
+    installed_models: tuple[InstalledModelStatus, ...] = ()
+    model_loading: ModelLoading | None = None
     supervising: bool = True  # False: the monitor's loop has stopped, nothing watches Ollama (last_error says why)
 
     def to_json(self) -> dict[str, Any]:
@@ -301,6 +350,9 @@ class Status:
             "owner": self.owner,
             "unit": self.unit,
             "server_settings_note": self.server_settings_note,
+            "modelfile_model": self.modelfile_model,
+            "installed_models": [model.to_json() for model in self.installed_models],
+            "model_loading": self.model_loading.to_json() if self.model_loading is not None else None,
             "supervising": self.supervising,
         }
 
@@ -321,6 +373,9 @@ class Status:
         running = _value(bool, data.get("ollama_running"), default.ollama_running)
         loaded = data.get("loaded_models")
         models = [LoadedModelStatus.from_json(entry) for entry in loaded] if isinstance(loaded, list) else []
+        listed = data.get("installed_models")
+        installed = [InstalledModelStatus.from_json(entry) for entry in listed] if isinstance(listed, list) else []
+        model = _value(str, data.get("model"), default.model)
         return cls(
             ollama_running=running,
             model_loaded=_value(str, data.get("model_loaded"), None),
@@ -336,7 +391,7 @@ class Status:
             managed_by=_value(str, data.get("managed_by"), default.managed_by),
             pid=_value(int, data.get("pid"), None),
             ollama_host=_value(str, data.get("ollama_host"), default.ollama_host),
-            model=_value(str, data.get("model"), default.model),
+            model=model,
             restart_attempt=_value(int, data.get("restart_attempt"), default.restart_attempt),
             restart_attempts_max=_value(int, data.get("restart_attempts_max"), default.restart_attempts_max),
             next_retry_in=_number(data.get("next_retry_in"), None),
@@ -350,6 +405,9 @@ class Status:
             owner=_value(str, data.get("owner"), None),
             unit=_value(str, data.get("unit"), None),
             server_settings_note=_value(str, data.get("server_settings_note"), None),
+            modelfile_model=_value(str, data.get("modelfile_model"), model),
+            installed_models=tuple(entry for entry in installed if entry is not None),
+            model_loading=ModelLoading.from_json(data.get("model_loading")),
             supervising=_value(bool, data.get("supervising"), default.supervising),
         )
 
@@ -381,6 +439,7 @@ HEALTHY_EXAMPLE = Status(
     pid=4242,
     ollama_host="http://127.0.0.1:11434",
     model="uncensored-llama3",
+    modelfile_model="uncensored-llama3",
     restart_attempts_max=3,
     model_status=ModelStatus.OK,
 )
@@ -416,8 +475,10 @@ __all__ = [
     "ActivityKind",
     "BusyStatus",
     "GatewayStatus",
+    "InstalledModelStatus",
     "LoadedModelStatus",
     "ModelInfo",
+    "ModelLoading",
     "ModelStatus",
     "MonitorState",
     "Status",

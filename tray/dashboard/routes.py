@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import os
@@ -149,7 +150,10 @@ class Dashboard:
         keys = (*plan.now, *plan.ollama_start)
         if not keys:
             return
-        self._config = patched_config(self._config, wanted, keys)
+        base = self._config
+        if "active_model" not in keys:  # the tray or the CLI may have switched models since: keep their choice
+            base = dataclasses.replace(base, active_model=self.monitor.config.active_model)
+        self._config = patched_config(base, wanted, keys)
         applied = self.monitor.apply_settings(self._config)
         try:
             applied.result(timeout=APPLY_WAIT_SECONDS)

@@ -46,6 +46,7 @@ APPLIED_NOW = frozenset(
         "startup_timeout",
         "stop_timeout",
         "notifications",
+        "active_model",  # the monitor switches to it (and preloads it) at once
     }
 )
 # The supervisor builds the server's environment from these when it starts Ollama.

@@ -14,7 +14,8 @@ from typing import Any
 from tray.core.health import Health
 from tray.core.status import BusyStatus, GatewayStatus, Status
 from tray.history import NUMERIC_FIELDS, Event
-from tray.ui.icon import busy_text, format_duration, format_latency, status_summary
+from tray.models.store import same_model
+from tray.ui.icon import busy_text, format_duration, format_latency, loading_text, status_summary
 from tray.ui.menu import (
     ACTION_LABELS,
     REBUILD,
@@ -59,13 +60,18 @@ def action_views(status: Status) -> list[dict[str, Any]]:
 
 
 def model_view(status: Status, now: float) -> dict[str, Any]:
-    """Name, presence, size, parameters, quantization and last verification of the kept model."""
+    """Name, presence, size, parameters, quantization and last verification of the Modelfile (kept) model."""
     info = status.model_info
+    modelfile = status.modelfile_model or status.model
+    if status.installed_models and not same_model(modelfile, status.model):
+        present = any(same_model(model.name, modelfile) for model in status.installed_models)
+    else:
+        present = bool(status.model_loaded)
     size = info.size if info else None
     verified = info.last_verified if info else None
     return {
-        "name": status.model or NOTHING,
-        "present": bool(status.model_loaded),
+        "name": modelfile or NOTHING,
+        "present": present,
         "status": str(status.model_status or "unknown"),
         "size": human_bytes(size) if size else NOTHING,
         "parameters": (info.parameter_size if info else None) or NOTHING,
@@ -73,6 +79,39 @@ def model_view(status: Status, now: float) -> dict[str, Any]:
         "last_verified": ago(verified, now) if verified else "never",
         "last_verified_at": iso_time(verified) if verified else None,
         "loaded": [loaded_model_label(model) for model in status.loaded_models],
+    }
+
+
+def models_view(status: Status) -> dict[str, Any]:
+    """The installed models (name, size, parameters, quantization, in memory or not), the active one and the
+    Modelfile one marked, and a preload under way.
+
+    >>> from tray.core.status import InstalledModelStatus, LoadedModelStatus, make_status
+    >>> view = models_view(make_status(model="mistral:latest", loaded_models=(LoadedModelStatus("mistral", 9, 0),),
+    ...     installed_models=(InstalledModelStatus("mistral:latest", 4_100_000_000, "7.2B", "Q4_K_M"),)))
+    >>> [(row["name"], row["size"], row["quantization"], row["loaded"], row["active"]) for row in view["rows"]]
+    [('mistral:latest', '4.1 GB', 'Q4_K_M', True, True)]
+    >>> view["modelfile"], view["modelfile_active"], view["loading"]
+    ('uncensored-llama3', False, None)
+    """
+    modelfile = status.modelfile_model or status.model
+    rows = [
+        {
+            "name": model.name,
+            "size": human_bytes(model.size) if model.size else NOTHING,
+            "parameters": model.parameter_size or NOTHING,
+            "quantization": model.quantization or NOTHING,
+            "loaded": any(same_model(loaded.name, model.name) for loaded in status.loaded_models),
+            "active": bool(status.model) and same_model(model.name, status.model),
+            "modelfile": bool(modelfile) and same_model(model.name, modelfile),
+        }
+        for model in status.installed_models
+    ]
+    return {
+        "rows": rows,
+        "modelfile": modelfile or NOTHING,
+        "modelfile_active": not status.model or same_model(status.model, modelfile),
+        "loading": loading_text(status.model_loading) if status.model_loading is not None else None,
     }
 
 
@@ -127,6 +166,7 @@ def status_view(status: Status, now: float) -> dict[str, Any]:
         "busy": busy_view(status.busy, running),
         "actions": action_views(status),
         "model": model_view(status, now),
+        "models": models_view(status),
         "gateway": gateway_view(status.gateway),
         "settings_note": status.server_settings_note,
     }

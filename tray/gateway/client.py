@@ -164,7 +164,7 @@ class LocalFirstChat:
         """A client for the app's settings (``Config``)."""
         return cls(
             local_url=config.host.url,
-            model=config.ollama_model,
+            model=config.model_in_use,
             cloud=getattr(config, "cloud", CloudSettings()),
             settings=getattr(config, "gateway", GatewaySettings()),
             **kwargs,
@@ -464,7 +464,7 @@ def chat(
 ) -> ChatReply | ChatStream:
     """Chat with the local model, the cloud fallback taking over when Ollama fails.
 
-    ``model`` defaults to the configured ``ollama_model``; ``client`` to
+    ``model`` defaults to the active model (``active_model``, else ``ollama_model``); ``client`` to
     :func:`default_client`. Raises :class:`ChatError` when nobody answers.
     """
     chosen = client or default_client()

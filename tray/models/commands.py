@@ -16,6 +16,7 @@ import httpx
 
 from tray.models.builder import (
     ModelReport,
+    OllamaModelAPI,
     cleanup,
     cleanup_report,
     ensure_model_loaded,
@@ -24,7 +25,7 @@ from tray.models.builder import (
     rebuild,
     verify,
 )
-from tray.models.errors import ModelError
+from tray.models.errors import ModelError, OllamaAPIError
 from tray.models.progress import ProgressRenderer, human_bytes
 from tray.models.store import list_models, parse_model_name
 
@@ -153,13 +154,15 @@ def run_list(
     *,
     models_dir: Path | str,
     state_dir: Path | str,
+    modelfile_model: str | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """``model list``: the models in the store, marking the active one and the manager's builds."""
+    """``model list``: the models in the store, marking the active one, the Modelfile one and the manager's builds."""
     out, err = _streams(out, err)
     try:
         active = parse_model_name(model_name)
+        modelfile = parse_model_name(modelfile_model) if modelfile_model else None
     except ModelError as exc:
         return _fail(err, exc)
     entries = list_models(Path(models_dir))
@@ -172,6 +175,8 @@ def run_list(
         notes = []
         if entry.name.same_as(active):
             notes.append("active")
+        if modelfile is not None and entry.name.same_as(modelfile):
+            notes.append("Modelfile model")
         record = records.get(entry.name.display)
         if record is not None:
             notes.append("built by manager")
@@ -186,6 +191,67 @@ def run_list(
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("    ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    return EXIT_OK
+
+
+NO_NETWORK_SIGNS = (
+    "no such host",
+    "dial tcp",
+    "network is unreachable",
+    "i/o timeout",
+    "tls handshake timeout",
+    "temporary failure in name resolution",
+    "server misbehaving",
+)
+
+
+def pull_failure_line(model: str, error: str, models_dir: Path | str) -> str:
+    """Why a pull failed, in one line, from Ollama's error text.
+
+    >>> pull_failure_line("mistral", 'pull mistral failed: pull model manifest: Get "https://r/v2/m": '
+    ...     'dial tcp: lookup r: no such host', "/m")
+    'cannot pull mistral: no network (the model registry cannot be reached)'
+    >>> pull_failure_line("mistral", "pull mistral failed: write /m/blobs/x-partial-0: no space left on device", "/m")
+    'cannot pull mistral: the disk is full (no space left in /m)'
+    >>> pull_failure_line("nosuch", "pull nosuch failed: pull model manifest: file does not exist", "/m")
+    'cannot pull nosuch: the registry has no model of that name'
+    """
+    text = error.lower()
+    if "no space left on device" in text:
+        reason = f"the disk is full (no space left in {models_dir})"
+    elif "pull model manifest" in text and "file does not exist" in text:
+        reason = "the registry has no model of that name"
+    elif any(sign in text for sign in NO_NETWORK_SIGNS):
+        reason = "no network (the model registry cannot be reached)"
+    else:
+        reason = " ".join(error.split()).removeprefix(f"pull {model} failed: ")
+    return f"cannot pull {model}: {reason}"
+
+
+def run_pull(
+    base_url: str,
+    model_name: str,
+    *,
+    models_dir: Path | str,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    client: httpx.Client | None = None,
+) -> int:
+    """``model pull NAME``: download a model with progress on ``err``; one line saying why when it fails."""
+    out, err = _streams(out, err)
+    renderer = ProgressRenderer(err)
+    try:
+        with OllamaModelAPI(base_url, client) as api:
+            api.pull(model_name, renderer)
+    except OllamaAPIError as exc:
+        renderer.close()
+        err.write(f"ollama-manager: {pull_failure_line(model_name, str(exc), models_dir)}\n")
+        return EXIT_FAILED
+    except ModelError as exc:
+        renderer.close()
+        return _fail(err, exc)
+    renderer.close()
+    out.write(f"pulled {model_name}; make it the active model with `ollama-manager model use {model_name}`\n")
     return EXIT_OK
 
 

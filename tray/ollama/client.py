@@ -25,6 +25,31 @@ class LoadedModel:
     size_vram: int
 
 
+@dataclass(frozen=True)
+class InstalledModel:
+    name: str
+    size: int
+    parameter_size: str | None
+    quantization: str | None
+
+
+def keep_alive_value(text: str) -> int | str | None:
+    """A ``keep_alive`` for the API from the ``OLLAMA_KEEP_ALIVE`` form (plain seconds or a Go duration).
+
+    Ollama reads a JSON number as seconds and a string as a Go duration only, so plain seconds go as a number.
+
+    >>> keep_alive_value("5m"), keep_alive_value("-1"), keep_alive_value("3600"), keep_alive_value(" ")
+    ('5m', -1, 3600, None)
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _failure_of(exc: Exception) -> tuple[Failure, str]:
     if isinstance(exc, httpx.TimeoutException):
         return Failure.TIMEOUT, "no answer in time"
@@ -92,6 +117,49 @@ class OllamaClient:
             ]
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def installed_models(self, timeout: float = 5.0) -> list[InstalledModel] | None:
+        """``/api/tags``' models with their size, parameters and quantization; None when Ollama does not answer."""
+        entries = self.tags(timeout)
+        if entries is None:
+            return None
+        models = []
+        for entry in entries:
+            details = entry.get("details")
+            details = details if isinstance(details, dict) else {}
+            name, size = entry.get("name"), entry.get("size")
+            if not isinstance(name, str):
+                continue
+            parameters, quantization = details.get("parameter_size"), details.get("quantization_level")
+            models.append(
+                InstalledModel(
+                    name,
+                    size if isinstance(size, int) else 0,
+                    parameters if isinstance(parameters, str) and parameters else None,
+                    quantization if isinstance(quantization, str) and quantization else None,
+                )
+            )
+        return models
+
+    def preload(self, model: str, keep_alive: int | str | None, timeout: float) -> str | None:
+        """Load ``model`` into memory without generating (an empty prompt); the error text, or None once loaded.
+
+        ``keep_alive`` None leaves the server's own default in effect.
+        """
+        body: dict[str, Any] = {"model": model, "stream": False}
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        try:
+            response = self._http.post("/api/generate", json=body, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return _failure_of(exc)[1]
+        if response.status_code != 200:
+            return _error_text(response)
+        try:
+            done = response.json().get("done") is True
+        except (ValueError, AttributeError):
+            done = False
+        return None if done else "not an Ollama answer"
 
     def unload(self, model: str, timeout: float = 30.0) -> str | None:
         """Ask Ollama to unload ``model`` now (keep_alive 0); the error text, or None on success."""

@@ -26,7 +26,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from tray.core.alerts import AlertKind
@@ -52,21 +53,24 @@ from tray.core.status import (
     Activity,
     ActivityKind,
     BusyStatus,
+    InstalledModelStatus,
     LoadedModelStatus,
     ModelInfo,
+    ModelLoading,
     MonitorState,
     Status,
 )
 from tray.history import EventKind, History
-from tray.models.errors import StoreError
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
-from tray.models.store import parse_model_name
+from tray.models.store import same_model
+from tray.ollama.client import keep_alive_value
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import NotPermitted, SupervisorError, reaped_words
 from tray.service.upkeep import DaemonDuties, OomEffects
-from tray.settings.config import Config
+from tray.settings.config import Config, ConfigError
 from tray.settings.server import systemd_dropin
+from tray.settings.store import set_config_value
 from tray.system.owners import (
     OllamaApp,
     SystemdService,
@@ -94,8 +98,30 @@ ACTION_TEXT = {
 
 STOPPED_PROBE = ProbeResult(False, 0.0, "api", Failure.REFUSED, "stopped by the user")
 
+LOAD_TICK_SECONDS = 1.0  # how often the elapsed time of a preload is published
+
 Subscriber = Callable[[Status], None]
 CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
+
+
+@dataclass(frozen=True)
+class UseModel:
+    """The user's choice of the active model; ``name`` empty: the Modelfile model."""
+
+    name: str
+
+
+class ModelChoiceError(ValueError):
+    """A model that cannot become the active one; ``str()`` is one line naming the command that helps."""
+
+
+def not_installed_line(name: str) -> str:
+    """The one line for a model that is not installed, with the command that installs it.
+
+    >>> not_installed_line("mistral")
+    'model mistral is not installed: run `ollama-manager model pull mistral`'
+    """
+    return f"model {name} is not installed: run `ollama-manager model pull {name}`"
 
 
 class Monitor:
@@ -131,7 +157,7 @@ class Monitor:
 
         self._subscribers: list[_Mailbox] = []
         self._sub_lock = threading.Lock()
-        self._commands: queue.Queue[tuple[str | Config, concurrent.futures.Future[str]]] = queue.Queue()
+        self._commands: queue.Queue[tuple[str | Config | UseModel, concurrent.futures.Future[str]]] = queue.Queue()
         self._on_loop: queue.Queue[Callable[[], None]] = queue.Queue()  # work handed back to this thread
         self._told: set[str] = set()  # "not permitted" / "refused" messages already notified
         self._last_step_failure: str | None = None  # the error event of a failing check, recorded once
@@ -144,7 +170,12 @@ class Monitor:
         self.last_probe: ProbeResult | None = None
         self.last_error: str | None = None
         self.inference_count = 0
-        self.model_present = False
+        self.model_present = False  # the active model is installed
+        self.modelfile_model_present = False
+        self.active_model = config.active_model  # empty: the Modelfile model
+        self.installed_models: tuple[InstalledModelStatus, ...] = ()
+        self._installed_names: set[str] | None = None
+        self._loading: tuple[str, float] | None = None  # the model being preloaded, since (monotonic)
         self.state = MonitorState.STARTING
         self.activity: Activity | None = None
         self.next_retry_at: float | None = None
@@ -212,6 +243,21 @@ class Monitor:
         if action in MODEL_JOBS:
             return self.models.request(action)  # builds take minutes: the keeper's own thread
         self._commands.put((action, future))
+        self._wake.set()
+        return future
+
+    @property
+    def model_in_use(self) -> str:
+        """The active model: the user's choice, else the Modelfile model."""
+        return self.active_model or self.config.ollama_model
+
+    def use_model(self, name: str) -> concurrent.futures.Future[str]:
+        """Queue a switch of the active model (``name`` empty: the Modelfile model); the result is one line.
+
+        The choice is saved in the settings file, and the model preloaded with the configured keep-alive.
+        """
+        future: concurrent.futures.Future[str] = concurrent.futures.Future()
+        self._commands.put((UseModel(name.strip()), future))
         self._wake.set()
         return future
 
@@ -353,7 +399,7 @@ class Monitor:
             self._cpu_baseline = None
         result = self.probe()
         self._observe(result, now)
-        self.models.on_tick(now, result.ok, self.model_present)
+        self.models.on_tick(now, result.ok, self.modelfile_model_present)
         wants = self.duties.after_tick(
             now,
             str(self.health),
@@ -596,8 +642,8 @@ class Monitor:
         if self.supervisor.refused is not None:
             self._cpu_baseline = None
             return ProbeResult(False, api.latency, "api", Failure.UNTRUSTED, self.supervisor.refused)
-        model = self.config.ollama_model
-        self.model_present = _has_model(names, model)
+        self._follow_installed(names)
+        model = self.model_in_use
         loaded = client.loaded_models(timeout=down_after)
         if loaded is not None:
             self.loaded_models = tuple(LoadedModelStatus(m.name, m.size, m.size_vram) for m in loaded)
@@ -761,6 +807,9 @@ class Monitor:
             try:
                 if isinstance(command, Config):
                     future.set_result(self._use_settings(command))
+                elif isinstance(command, UseModel):
+                    ran = True  # a check follows: the probe and the status name the new model at once
+                    future.set_result(self._switch_model(command.name))
                 else:
                     ran = True
                     future.set_result(self._run_command(command))
@@ -831,7 +880,10 @@ class Monitor:
 
     def _use_settings(self, config: Config) -> str:
         """Use ``config`` from now on, and rebuild what derives from it (the one place that does)."""
+        chosen = config.active_model != self.config.active_model and config.active_model != self.active_model
         self.config = config
+        if chosen:  # saved on the settings page: the file has it already
+            self._make_active(config.active_model, "settings")
         self.supervisor.reconfigure(config)
         self.policy.max_attempts = config.auto_restart_attempts
         self.busy_tracker.stuck_after = config.stuck_runner_seconds
@@ -839,6 +891,111 @@ class Monitor:
         self.models.config = config
         self._publish()
         return "settings in use"
+
+    # ------------------------------------------------------------------ the active model
+
+    def _switch_model(self, name: str) -> str:
+        """Make ``name`` the active model (empty or the Modelfile model's name: that one), save it, preload it."""
+        modelfile_model = self.config.ollama_model
+        if not name or same_model(name, modelfile_model):
+            chosen = ""
+        else:
+            installed = self.supervisor.client.installed_models(timeout=self.config.health_check_timeout)
+            if installed is None:
+                raise ModelChoiceError(
+                    f"cannot see which models are installed: Ollama at {self.supervisor.host.url} is not answering"
+                )
+            listed = next((model.name for model in installed if same_model(model.name, name)), None)
+            if listed is None:
+                raise ModelChoiceError(not_installed_line(name))
+            chosen = listed
+        if self.config.source:
+            set_config_value(Path(self.config.source), "active_model", chosen)
+        self._make_active(chosen, "user")
+        shown = chosen or modelfile_model
+        return f"Using {shown}" + (" (the Modelfile model)" if not chosen else "")
+
+    def _make_active(self, chosen: str, by: str) -> None:
+        previous = self.model_in_use
+        self._set_active(chosen)
+        current = self.model_in_use
+        if not same_model(previous, current):
+            self.history.record(
+                EventKind.MODEL_SWITCHED, f"active model: {current} (was {previous})", {"model": current, "by": by}
+            )
+        self._observe_models()
+        self._publish()
+        self._preload(current)
+
+    def _set_active(self, chosen: str) -> None:
+        self.active_model = chosen
+        self.config = replace(self.config, active_model=chosen)
+        self.models.config = self.config
+        self.duties.reconfigure(self.config)  # the OOM ladder acts on the active model
+
+    def _observe_models(self) -> None:
+        names = self._installed_names or set()
+        self.model_present = _has_model(names, self.model_in_use)
+        self.modelfile_model_present = _has_model(names, self.config.ollama_model)
+
+    def _preload(self, model: str) -> None:
+        """Load ``model`` with the configured keep-alive, on a thread of its own; its elapsed time goes in the status.
+
+        Nothing is unloaded: Ollama evicts the previous model when it needs the room, and waits for its
+        requests to finish first.
+        """
+        started = self.clock()
+        self._loading = (model, started)
+        done = threading.Event()
+        keep_alive = keep_alive_value(self.config.ollama_server.keep_alive)
+        timeout = self.config.model_load_timeout + self.config.health_check_timeout * DOWN_FACTOR
+        client = self.supervisor.client
+
+        def load() -> None:
+            error = client.preload(model, keep_alive, timeout)
+            done.set()
+            if self._loading == (model, started):
+                self._loading = None
+            if error is not None:
+                self.history.record(EventKind.MODEL_ERROR, f"could not load {model}: {error}")
+            else:
+                log.info("%s loaded in %.1f s", model, self.clock() - started)
+            self._publish()
+            self.request("check")  # the models in memory changed: look now, not at the next check
+
+        def tick() -> None:
+            while not done.wait(LOAD_TICK_SECONDS) and self._loading == (model, started):
+                self._publish()
+
+        threading.Thread(target=load, name="model-preload", daemon=True).start()
+        threading.Thread(target=tick, name="model-preload-clock", daemon=True).start()
+        self._publish()
+
+    def _follow_installed(self, names: set[str]) -> None:
+        """Track the installed models; fall back to the Modelfile model when the active one was deleted."""
+        if names != self._installed_names:
+            details = self.supervisor.client.installed_models(timeout=self.config.health_check_timeout)
+            if details is not None:
+                self.installed_models = tuple(  # by name: a menu's order stays put when a model is pulled again
+                    InstalledModelStatus(m.name, m.size, m.parameter_size, m.quantization)
+                    for m in sorted(details, key=lambda m: m.name.lower())
+                )
+                self._installed_names = names
+        if self.active_model and not _has_model(names, self.active_model):
+            gone = self.active_model
+            self._set_active("")
+            if self.config.source and self._thread is not None:  # a one-shot `status` changes no settings
+                try:
+                    set_config_value(Path(self.config.source), "active_model", "")
+                except ConfigError as exc:
+                    log.warning("could not save the fallback to the Modelfile model: %s", exc)
+            self.history.record(
+                EventKind.MODEL_MISSING,
+                f"the active model {gone} is no longer installed; using the Modelfile model "
+                f"{self.config.ollama_model} again",
+                {"model": gone, "active": True},
+            )
+        self._observe_models()
 
     def _run_command(self, action: str) -> str:
         sup = self.supervisor
@@ -911,9 +1068,10 @@ class Monitor:
         uptime = int(time.time() - sup.server.create_time) if running and sup.server else 0
         next_retry = None if self.next_retry_at is None else max(0.0, self.next_retry_at - self.clock())
         gateway = self.gateway.snapshot() if self.gateway is not None else None
+        loading = self._loading
         return Status(
             ollama_running=running,
-            model_loaded=self.config.ollama_model if running and self.model_present else None,
+            model_loaded=self.model_in_use if running and self.model_present else None,
             latency_ms=int(probe.latency * 1000) if probe is not None and probe.ok else None,
             health=self.health,
             uptime_seconds=uptime,
@@ -926,7 +1084,7 @@ class Monitor:
             managed_by=sup.managed_by,
             pid=sup.pid,
             ollama_host=sup.host.url,
-            model=self.config.ollama_model,
+            model=self.model_in_use,
             restart_attempt=self.policy.attempts,
             restart_attempts_max=self.policy.max_attempts,
             next_retry_in=next_retry,
@@ -944,6 +1102,9 @@ class Monitor:
             unit=sup.unit,
             # [ollama_server] cannot reach a server systemd runs: the drop-in that would.
             server_settings_note=systemd_dropin(self.config.ollama_server, sup.unit) if sup.unit else None,
+            modelfile_model=self.config.ollama_model,
+            installed_models=self.installed_models,
+            model_loading=ModelLoading(loading[0], round(max(0.0, self.clock() - loading[1]), 1)) if loading else None,
         )
 
     def _model_info(self) -> ModelInfo | None:
@@ -1005,18 +1166,6 @@ class _Mailbox:
 def not_supervising(status: Status, why: str) -> Status:
     """A status for a monitor whose loop no longer runs: nothing is known about Ollama any more."""
     return replace(status, supervising=False, health=Health.UNKNOWN, last_error=why)
-
-
-def same_model(a: str, b: str) -> bool:
-    """Whether two names are one model: tags filled in, case ignored (Ollama's ``Name.EqualFold``).
-
-    >>> same_model("Llama3", "llama3:latest"), same_model("llama3", "llama3:8b")
-    (True, False)
-    """
-    try:
-        return parse_model_name(a).same_as(parse_model_name(b))
-    except StoreError:
-        return a == b
 
 
 def _has_model(names: set[str], model: str) -> bool:

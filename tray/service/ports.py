@@ -21,7 +21,7 @@ from typing import Protocol
 
 from tray.core.health import ProbeResult
 from tray.core.status import GatewayStatus
-from tray.ollama.client import LoadedModel
+from tray.ollama.client import InstalledModel, LoadedModel
 from tray.service.supervisor import StartOutcome
 from tray.settings.config import Config
 from tray.settings.hosts import OllamaHost
@@ -38,6 +38,14 @@ class OllamaProbe(Protocol):
         ...
 
     def loaded_models(self, timeout: float) -> list[LoadedModel] | None: ...
+
+    def installed_models(self, timeout: float) -> list[InstalledModel] | None:
+        """The installed models with their details (``/api/tags``)."""
+        ...
+
+    def preload(self, model: str, keep_alive: int | str | None, timeout: float) -> str | None:
+        """Load ``model`` without generating; the error, or None once it is loaded."""
+        ...
 
     def probe_inference(self, model: str, timeout: float) -> ProbeResult: ...
 

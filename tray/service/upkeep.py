@@ -28,6 +28,7 @@ from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
+from tray.models.store import same_model
 from tray.settings.config import Config
 from tray.system.atomic import write_atomically
 from tray.system.owners import SystemdService, journal_access_line, journal_command, journal_refused
@@ -388,13 +389,15 @@ class OomEffects:
     def situation(self) -> OomSituation:
         sup = self.supervisor
         owner = sup.external
-        builds = self.config.auto_build_model
+        # The rebuild rung changes the Modelfile model only: with another model active, it only suggests.
+        active = self.config.model_in_use
+        builds = self.config.auto_build_model and same_model(active, self.config.ollama_model)
         return OomSituation(
             server=sup.managed_by,
             systemd_unit=owner.unit if isinstance(owner, SystemdService) else OomSituation.systemd_unit,
             systemd_user=owner.user if isinstance(owner, SystemdService) else False,
             platform=sup.platform,
-            model=self.config.ollama_model,
+            model=active,
             builds_model=builds,
             modelfile_parameters=self._modelfile_parameters() if builds else frozenset(),
             cloud_enabled=self.config.cloud.enabled and self.config.gateway.enabled,
@@ -416,7 +419,7 @@ class OomEffects:
         if move.place is Place.SERVER_ENV:
             self._server_move = move if sup.overlay_pending else None
             acting = self._server_move is not None
-        if self.config.auto_build_model and dict(targets.model_parameters) != self.keeper.parameter_overrides:
+        if self.situation().builds_model and dict(targets.model_parameters) != self.keeper.parameter_overrides:
             self._model_build = self.keeper.set_parameter_overrides(dict(targets.model_parameters))
             self._model_move = move
             acting = acting or move.place is Place.MODEL_PARAMETER

@@ -53,6 +53,18 @@ def check_model_name(value: str) -> None:
         ) from None
 
 
+def check_optional_model_name(value: str) -> None:
+    """Like :func:`check_model_name`, where empty means "the default model".
+
+    >>> check_optional_model_name("")
+    >>> check_optional_model_name("a/b/c/d")
+    Traceback (most recent call last):
+    ValueError: must be a model name such as 'llama3' or 'namespace/model:tag', got 'a/b/c/d'
+    """
+    if value:
+        check_model_name(value)
+
+
 @dataclass(frozen=True)
 class Config:
     ollama_host: str = field(
@@ -65,7 +77,19 @@ class Config:
         default="", metadata=setting("Path of the ollama executable; default: found on PATH or the OS install location")
     )
     ollama_model: str = field(
-        default="uncensored-llama3", metadata=setting("The model the manager keeps built", check=check_model_name)
+        default="uncensored-llama3",
+        metadata=setting(
+            "The Modelfile model: the one the manager builds from the Modelfile, verifies and repairs",
+            check=check_model_name,
+        ),
+    )
+    active_model: str = field(
+        default="",
+        metadata=setting(
+            "The model in use: the health probe's, the one the tray and the gateway name; "
+            "any installed model (empty: the Modelfile model)",
+            check=check_optional_model_name,
+        ),
     )
     modelfile: str = field(
         default="",
@@ -172,6 +196,15 @@ class Config:
     def stuck_runner_seconds(self) -> float:
         """The stuck-runner bound in effect (``stuck_runner_timeout``, else the load budget plus 10 min)."""
         return stuck_runner_bound(self.stuck_runner_timeout, self.model_load_timeout)
+
+    @property
+    def model_in_use(self) -> str:
+        """The active model: ``active_model``, else the Modelfile model (``ollama_model``).
+
+        >>> Config().model_in_use, Config(active_model="llama3:8b").model_in_use
+        ('uncensored-llama3', 'llama3:8b')
+        """
+        return self.active_model or self.ollama_model
 
     @property
     def modelfile_path(self) -> Path:

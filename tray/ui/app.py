@@ -38,10 +38,13 @@ from tray.ui.menu import (
     TOGGLE_AUTOSTART,
     TOGGLE_NOTIFICATIONS,
     UNLOAD,
+    USE_MODELFILE_MODEL,
     MenuEntry,
     build_menu,
     click_action,
     find_entry,
+    model_of_action,
+    use_model_action,
 )
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,10 @@ class Controller(Protocol):
 
         The future's result is a one-line message; an exception means failure.
         """
+        ...
+
+    def use_model(self, name: str) -> concurrent.futures.Future[str]:
+        """Make ``name`` the active model ("" : the Modelfile model) off the UI thread; the result is one line."""
         ...
 
     def settings(self) -> dict[str, bool]:
@@ -254,7 +261,7 @@ class TrayApp:
 
     def run_action(self, action: str) -> None:
         """Run the menu action with id ``action``, as its menu item would."""
-        callback = self._callbacks.get(action)
+        callback = self._callback_for(action)
         if callback is None:
             log.info("ignoring unknown menu action %s", action)
             return
@@ -311,6 +318,10 @@ class TrayApp:
     def on_unload(self) -> None:
         """Menu: Unload models."""
         self._request(UNLOAD)
+
+    def on_use_model(self, name: str) -> None:
+        """Menu: Model → an installed model ("" : Use the Modelfile model)."""
+        self._request(use_model_action(name) if name else USE_MODELFILE_MODEL)
 
     def on_open_dashboard(self) -> None:
         """Menu: Open dashboard, in the default browser."""
@@ -431,7 +442,8 @@ class TrayApp:
             self._running_actions.add(action)
         self.refresh()
         try:
-            future = self._controller.request(action)
+            model = model_of_action(action)
+            future = self._controller.request(action) if model is None else self._controller.use_model(model)
         except Exception as exc:  # noqa: BLE001 - shown to the user as one line
             self._finish(action, None, exc)
             return
@@ -448,7 +460,7 @@ class TrayApp:
         with self._lock:
             self._running_actions.discard(action)
         self.refresh()
-        label = ACTION_LABELS[action]
+        label = ACTION_LABELS.get(action, "Use model")
         if error is not None:
             log.warning("%s failed: %s", label, error_line(error))
             self._controller.notify(f"{label} failed", error_line(error))
@@ -472,6 +484,12 @@ class TrayApp:
         except Exception as exc:  # noqa: BLE001 - the icon must still go away
             log.error("stopping Ollama on quit failed: %s", error_line(exc))
 
+    def _callback_for(self, action: str) -> Callable[[], None] | None:
+        model = model_of_action(action)
+        if model is not None:
+            return lambda: self.on_use_model(model)  # pystray calls a callback by its own arity: no partial
+        return self._callbacks.get(action)
+
     def _live_entry(self, key: str, fallback: MenuEntry) -> MenuEntry:
         with self._lock:
             return find_entry(self._entries, key) or fallback
@@ -494,13 +512,14 @@ class TrayApp:
         def live(_item: Any = None) -> MenuEntry:
             return self._live_entry(entry.key, entry)
 
-        action: Any = self._callbacks.get(entry.action) if entry.action else None
+        action: Any = self._callback_for(entry.action) if entry.action else None
         if entry.submenu:
             action = Menu(*(self._menu_item(child) for child in entry.submenu))
         return MenuItem(
             lambda item: live(item).label,
             action,
             checked=(lambda item: live(item).checked) if entry.checked is not None else None,
+            radio=entry.radio,
             enabled=lambda item: live(item).enabled,
             default=lambda item: live(item).default,
         )

@@ -62,6 +62,9 @@ class MonitorController:
     def request(self, action: str) -> concurrent.futures.Future[str]:
         return self.monitor.request(action)
 
+    def use_model(self, name: str) -> concurrent.futures.Future[str]:
+        return self.monitor.use_model(name)
+
     def settings(self) -> dict[str, bool]:
         return {
             "notifications": self.notifier.enabled,

@@ -39,6 +39,8 @@ def entry_properties(entry: MenuEntry) -> Properties:
 
     >>> entry_properties(MenuEntry("Start at login", "toggle_autostart", checked=False))
     {'label': ('s', 'Start at login'), 'toggle-type': ('s', 'checkmark'), 'toggle-state': ('i', 0)}
+    >>> entry_properties(MenuEntry("llama3:latest", "use_model:llama3:latest", checked=True, radio=True))["toggle-type"]
+    ('s', 'radio')
     >>> entry_properties(MenuEntry(separator=True, enabled=False, key="-"))
     {'type': ('s', 'separator')}
     """
@@ -48,7 +50,7 @@ def entry_properties(entry: MenuEntry) -> Properties:
     if not entry.enabled:
         properties["enabled"] = ("b", False)
     if entry.checked is not None:
-        properties["toggle-type"] = ("s", "checkmark")
+        properties["toggle-type"] = ("s", "radio" if entry.radio else "checkmark")
         properties["toggle-state"] = ("i", 1 if entry.checked else 0)
     if entry.submenu:
         properties["children-display"] = ("s", "submenu")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from PIL import Image, ImageDraw
 
 from tray.core.health import Health
-from tray.core.status import Activity, ActivityKind, BusyStatus, MonitorState, Status
+from tray.core.status import Activity, ActivityKind, BusyStatus, ModelLoading, MonitorState, Status
 
 RGB = tuple[int, int, int]
 
@@ -168,6 +168,15 @@ def busy_text(busy: BusyStatus) -> str:
     return f"busy: generating{on} for {format_duration(busy.since_seconds)}{count}"
 
 
+def loading_text(loading: ModelLoading) -> str:
+    """A preload under way, with the time so far (Ollama reports no percentage).
+
+    >>> loading_text(ModelLoading("mistral:latest", 12.0))
+    'Loading mistral:latest… 12 s'
+    """
+    return f"Loading {loading.model}… {format_duration(loading.seconds)}"
+
+
 def health_text(status: Status) -> str:
     """The line for a server that is up (or supposed to be): health, latency and what it is busy with."""
     health = status.health
@@ -212,6 +221,8 @@ def _work_in_progress(status: Status, pending_actions: Iterable[str]) -> str | N
     lifecycle = _lifecycle_text(status)
     if lifecycle is not None:
         return lifecycle
+    if status.model_loading is not None:
+        return loading_text(status.model_loading)
     for action in sorted(pending_actions):
         if action in PENDING_ACTION_TEXT:
             return PENDING_ACTION_TEXT[action]

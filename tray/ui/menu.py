@@ -14,6 +14,7 @@ from typing import Any
 
 from tray.core.health import Health
 from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
+from tray.models.store import same_model
 from tray.ui.icon import status_summary, truncate
 
 # Menu action ids. The first five go to Controller.request().
@@ -26,6 +27,8 @@ OPEN_DASHBOARD, OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
     "quit",
 )
 SERVER_ACTIONS = (START, STOP, RESTART, REBUILD, UNLOAD)
+# Model choices: USE_MODEL_PREFIX + an installed model's name, or the Modelfile model.
+USE_MODEL_PREFIX, USE_MODELFILE_MODEL = "use_model:", "use_modelfile_model"
 
 # Each server action touches the one Ollama server or its models, so none may
 # start while another is under way.
@@ -48,6 +51,7 @@ ACTION_LABELS: dict[str, str] = {
     RESTART: "Restart Ollama",
     REBUILD: "Rebuild model",
     UNLOAD: "Unload models",
+    USE_MODELFILE_MODEL: "Use the Modelfile model",
     OPEN_DASHBOARD: "Open dashboard",
     OPEN_LOGS: "Open logs",
     TOGGLE_AUTOSTART: "Start at login",
@@ -76,6 +80,7 @@ class MenuEntry:
     separator: bool = False
     submenu: tuple[MenuEntry, ...] = ()
     key: str = field(default="")
+    radio: bool = False  # a checked entry that is one of a group of choices
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -163,6 +168,59 @@ def _loaded_model_entries(status: Status) -> list[MenuEntry]:
     ]
 
 
+def use_model_action(name: str) -> str:
+    """The action id of choosing ``name`` as the active model.
+
+    >>> use_model_action("llama3:latest"), model_of_action("use_model:llama3:latest")
+    ('use_model:llama3:latest', 'llama3:latest')
+    """
+    return USE_MODEL_PREFIX + name
+
+
+def model_of_action(action: str) -> str | None:
+    """The model an action chooses: its name, "" for the Modelfile model, None for another action."""
+    if action == USE_MODELFILE_MODEL:
+        return ""
+    return action.removeprefix(USE_MODEL_PREFIX) if action.startswith(USE_MODEL_PREFIX) else None
+
+
+def is_model_choice(action: str) -> bool:
+    return model_of_action(action) is not None
+
+
+def model_label(name: str, modelfile_model: str) -> str:
+    """An installed model's line in the Model submenu; the Modelfile-built one is marked.
+
+    >>> model_label("uncensored-llama3:latest", "uncensored-llama3"), model_label("llama3:latest", "x")
+    ('uncensored-llama3:latest (Modelfile)', 'llama3:latest')
+    """
+    return f"{name} (Modelfile)" if modelfile_model and same_model(name, modelfile_model) else name
+
+
+def model_menu(status: Status, running_actions: Iterable[str]) -> MenuEntry:
+    """The Model submenu: the installed models as radio items (the active one checked), then the Modelfile model."""
+    switching = any(is_model_choice(action) for action in running_actions)
+    modelfile = status.modelfile_model or status.model
+    choices = [
+        MenuEntry(
+            model_label(model.name, modelfile),
+            use_model_action(model.name),
+            enabled=not switching,
+            checked=same_model(model.name, status.model),
+            radio=True,
+        )
+        for model in status.installed_models
+    ]
+    if not choices:
+        choices = [MenuEntry("No models installed", enabled=False, key="model:none")]
+    back = MenuEntry(
+        ACTION_LABELS[USE_MODELFILE_MODEL],
+        USE_MODELFILE_MODEL,
+        enabled=not switching and bool(status.model) and not same_model(status.model, modelfile),
+    )
+    return MenuEntry(f"Model: {status.model or 'none'}", submenu=(*choices, SEPARATOR, back), key="model")
+
+
 def _error_entries(status: Status) -> list[MenuEntry]:
     """The last error, while it still explains the current trouble."""
     error = status.last_error
@@ -190,7 +248,7 @@ def build_menu(status: Status, settings: Mapping[str, Any], running_actions: Ite
     return [
         MenuEntry(status_summary(status, running_actions), enabled=False, key="status"),
         *_error_entries(status),
-        MenuEntry(f"Model: {status.model or 'none'}", enabled=False, key="model"),
+        model_menu(status, running_actions),
         *_loaded_model_entries(status),
         _action_entry(UNLOAD, status, blocked),
         SEPARATOR,

@@ -41,6 +41,13 @@ class MonitorLink:
 
     def action(self, name: str) -> str | None:
         """Run an action in the monitor; None when no monitor answers."""
+        return self._post(f"/api/actions/{name}")
+
+    def use_model(self, name: str) -> str | None:
+        """Make ``name`` the running monitor's active model ("" : the Modelfile model); None when none answers."""
+        return self._post("/api/model", {"model": name})
+
+    def _post(self, path: str, body: dict[str, str] | None = None) -> str | None:
         base = self.address()
         if base is None:
             return None
@@ -50,7 +57,8 @@ class MonitorLink:
             raise CliError(f"cannot read the manager's token at {self.paths.api_token}") from None
         try:
             response = httpx.post(
-                f"{base}/api/actions/{name}",
+                f"{base}{path}",
+                json=body,
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=180,
                 trust_env=False,

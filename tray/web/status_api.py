@@ -3,7 +3,9 @@
 ``GET /api/status`` returns the monitor's status (:meth:`~tray.core.status.Status.to_json`),
 ``GET /api/events`` the event history, ``POST /api/actions/<action>`` queues one of the monitor's
 ``ACTIONS`` (start, stop, restart, unload, the model jobs, and ``check``:
-probe Ollama now, as a standalone gateway asks when a request went wrong).
+probe Ollama now, as a standalone gateway asks when a request went wrong),
+``POST /api/model`` ``{"model": NAME}`` makes an installed model the active one
+(an empty name: the Modelfile model).
 Only loopback clients with a loopback/localhost ``Host`` header are served
 (DNS rebinding), there is no CORS, and actions need the per-user token kept
 in a file only the user can read.
@@ -27,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tray.history import History
-from tray.service.monitor import ACTIONS, Monitor
+from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.atomic import write_atomically
 from tray.web.loopback import LoopbackOnly
 
@@ -82,11 +84,30 @@ def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequ
             return JSONResponse({"ok": False, "error": str(exc)}, 500)
         return JSONResponse({"ok": True, "message": message})
 
+    async def use_model(request: Request) -> Response:
+        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not secrets.compare_digest(supplied, token):
+            return JSONResponse({"error": "missing or wrong token"}, 401)
+        try:
+            name = json.loads(await request.body()).get("model")
+        except (ValueError, AttributeError):
+            name = None
+        if not isinstance(name, str):
+            return JSONResponse({"ok": False, "error": 'expected a JSON object {"model": "name"}'}, 400)
+        try:
+            message = await asyncio.wrap_future(monitor.use_model(name))
+        except ModelChoiceError as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, 400)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller as one line
+            return JSONResponse({"ok": False, "error": str(exc)}, 500)
+        return JSONResponse({"ok": True, "message": message})
+
     app = Starlette(
         routes=[
             Route("/api/status", status),
             Route("/api/events", events),
             Route("/api/actions/{name}", action, methods=["POST"]),
+            Route("/api/model", use_model, methods=["POST"]),
             *extra_routes,
         ]
     )

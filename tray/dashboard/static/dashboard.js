@@ -52,6 +52,7 @@ function renderStatus({ view }) {
   $("model-verified").title = model.last_verified_at || "";
   setText("model-loaded", model.loaded.length ? model.loaded.join(", ") : "none");
   renderActions(view.actions);
+  renderModels(view.models);
   if (gpuKnownNow) drawCharts(); // the GPU chart says whether there is a GPU at all
   requestHistory();
 }
@@ -75,26 +76,87 @@ function renderActions(actions) {
   lock.textContent = LOCKED_TEXT;
 }
 
-async function runAction(id) {
-  if (!page.token || page.busyAction) return;
-  page.busyAction = id;
-  renderActions(page.view.actions);
-  const result = $("action-result");
+// POST with the page's token, the outcome shown in the result line ``resultId``.
+async function postAndShow(path, body, resultId, pendingText) {
+  const result = $(resultId);
   result.dataset.outcome = "pending";
-  result.textContent = `${$("actions").querySelector(`[data-action="${id}"]`).textContent}…`;
+  result.textContent = pendingText;
   try {
-    const { status, body } = await postJSON(`/api/actions/${id}`, page.token);
+    const { status, body: answer } = await postJSON(path, page.token, body);
     if (status === 401) {
       forgetToken();
       page.token = null;
     }
-    result.dataset.outcome = body.ok ? "ok" : "failed";
-    result.textContent = body.ok ? body.message : body.error || `failed (${status})`;
+    result.dataset.outcome = answer.ok ? "ok" : "failed";
+    result.textContent = answer.ok ? answer.message : answer.error || `failed (${status})`;
   } catch (error) {
     result.dataset.outcome = "failed";
     result.textContent = `The manager did not answer: ${error.message}`;
+  }
+}
+
+async function runAction(id) {
+  if (!page.token || page.busyAction) return;
+  page.busyAction = id;
+  renderActions(page.view.actions);
+  const label = $("actions").querySelector(`[data-action="${id}"]`).textContent;
+  try {
+    await postAndShow(`/api/actions/${id}`, undefined, "action-result", `${label}…`);
   } finally {
     page.busyAction = null;
+    renderActions(page.view.actions);
+  }
+}
+
+// ------------------------------------------------------------------ models
+
+function modelRow(model) {
+  const choice = element("input", { type: "radio", name: "active-model", value: model.name, "aria-label": `Use ${model.name}` });
+  const name = element("td", { text: model.name });
+  if (model.modelfile) name.append(" ", element("span", { class: "badge", text: "Modelfile" }));
+  const row = element(
+    "tr",
+    { "data-model": model.name },
+    element("td", {}, choice),
+    name,
+    element("td", { text: model.size }),
+    element("td", { text: model.parameters }),
+    element("td", { text: model.quantization }),
+    element("td", { class: "in-memory", text: model.loaded ? "loaded" : "—" })
+  );
+  return row;
+}
+
+function renderModels(models) {
+  const body = $("models");
+  const names = models.rows.map((m) => m.name).join("\n");
+  if (body.dataset.names !== names) {
+    body.replaceChildren(...models.rows.map(modelRow));
+    body.dataset.names = names;
+  }
+  for (const model of models.rows) {
+    const row = body.querySelector(`tr[data-model="${CSS.escape(model.name)}"]`);
+    row.dataset.active = String(model.active);
+    row.querySelector(".in-memory").textContent = model.loaded ? "loaded" : "—";
+    const choice = row.querySelector("input");
+    choice.checked = model.active;
+    choice.disabled = !page.token || page.busyAction !== null;
+  }
+  if (!models.rows.length) body.replaceChildren(element("tr", {}, element("td", { colspan: "6", text: "No models installed" })));
+  $("use-modelfile").disabled = !page.token || page.busyAction !== null || models.modelfile_active;
+  $("model-loading").hidden = !models.loading;
+  setText("model-loading", models.loading || "");
+}
+
+async function useModel(name) {
+  if (!page.token || page.busyAction) return;
+  page.busyAction = "use-model";
+  renderModels(page.view.models);
+  try {
+    await postAndShow("/api/model", { model: name }, "model-result", `Switching to ${name || page.view.models.modelfile}…`);
+  } finally {
+    page.busyAction = null;
+    renderModels(page.view.models);
     renderActions(page.view.actions);
   }
 }
@@ -213,6 +275,12 @@ $("actions").addEventListener("click", (event) => {
   const button = event.target.closest("button[data-action]");
   if (button) runAction(button.dataset.action);
 });
+
+$("models").addEventListener("change", (event) => {
+  const choice = event.target.closest("input[name=active-model]");
+  if (choice) useModel(choice.value);
+});
+$("use-modelfile").addEventListener("click", () => useModel(""));
 
 for (const button of document.querySelectorAll("[data-range]")) {
   button.addEventListener("click", () => {
