@@ -20,6 +20,7 @@ from tray.system.autostart import (
     COMMENT,
     DEFAULT_ICON,
     LAUNCH_AGENT_LABEL,
+    WINDOWED_EXECUTABLE,
     desktop_exec,
 )
 
@@ -83,7 +84,7 @@ def bundle_layout(platform: str) -> BundleLayout:
         executable = f"{app}/Contents/MacOS/{APP_DISPLAY_NAME}"
         return BundleLayout(platform, app, executable, executable)
     if platform == "win32":
-        return BundleLayout(platform, CLI_NAME, f"{CLI_NAME}/{APP_DISPLAY_NAME}.exe", f"{CLI_NAME}/{CLI_NAME}.exe")
+        return BundleLayout(platform, CLI_NAME, f"{CLI_NAME}/{WINDOWED_EXECUTABLE}", f"{CLI_NAME}/{CLI_NAME}.exe")
     if platform.startswith("linux"):
         return BundleLayout("linux", CLI_NAME, f"{CLI_NAME}/{CLI_NAME}", f"{CLI_NAME}/{CLI_NAME}")
     raise ValueError(f"no bundle for platform {platform!r}; supported: {', '.join(SUPPORTED_PLATFORMS)}")

@@ -1,21 +1,32 @@
 """Smoke-test a built bundle: ``python packaging/smoke_test.py [--dist dist]``.
 
 Runs the frozen executable, never the source tree, with its own temporary
-HOME and XDG folders:
+HOME, XDG and Windows app-data folders, on Linux, macOS and Windows alike:
 
 1. ``--version`` prints the package version;
 2. ``doctor --json`` reports a frozen app that loaded its tray backend,
    plyer, NVML bindings, jeepney (Linux), the default Modelfile and the icon,
    and whose start-at-login command points into the bundle;
 3. ``status --json`` with no Ollama answers ``ollama_running: false``, exit 3;
-4. (Linux, macOS) ``monitor`` against the stand-in Ollama from
-   ``tests/standin``: it starts ``ollama serve``, the serve gets the user's
-   environment (not the bundle's library path), ``status --json`` sees it,
-   and after ``kill -9`` the monitor starts a new one;
-5. the tray (no arguments) runs for a few seconds, under Xvfb + openbox +
+4. against the stand-in Ollama from ``tests/standin`` (frozen into
+   ``ollama.exe`` + ``llama-server.exe`` on Windows, by
+   ``tests/standin/freeze.py``): ``start`` runs ``ollama serve``, ``status
+   --json`` calls it healthy, ``stop`` ends it gracefully (on Windows through
+   the server's own console, as Ollama's app does);
+5. ``monitor`` against the stand-in: it starts ``ollama serve``, the serve
+   gets the user's environment (not the bundle's library path), ``status
+   --json`` sees it, and after the server is killed the monitor starts a new one;
+6. ``autostart enable|status|disable`` round trip with the OS's real
+   mechanism (LaunchAgent plist checked by ``plutil``, the HKCU Run value read
+   back with ``reg query``, the XDG entry), pointing at the bundle's windowed
+   executable;
+7. ``notify`` sends a notification without error (on Linux to a private
+   session bus with a notification server);
+8. the tray (no arguments) runs for a few seconds, under Xvfb + openbox +
    tint2 on Linux, and its log holds no import error; on Linux its icon
-   must show in the panel;
-6. (Linux) under Xvfb + a private session bus + xfce4-panel, the doctor
+   must show in the panel; where the runner has no tray (the doctor names
+   no tray backend), the check says so and is skipped;
+9. (Linux) under Xvfb + a private session bus + xfce4-panel, the doctor
    names the StatusNotifierItem backend, the tray registers its item with
    the panel's watcher, exports its menu (GetLayout) and the panel draws
    its icon in a health colour.
@@ -259,14 +270,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 class Report:
-    """Prints each check as it passes."""
+    """Prints each check as it passes, or why it could not run here."""
 
     def __init__(self) -> None:
         self.passed = 0
+        self.skipped = 0
 
     def ok(self, what: str) -> None:
         self.passed += 1
         print(f"ok   {what}", flush=True)
+
+    def skip(self, why: str) -> None:
+        self.skipped += 1
+        print(f"skip {why}", flush=True)
 
 
 def installed_version() -> str | None:
@@ -326,38 +342,48 @@ def check_status_without_ollama(bundle: Bundle, env: Mapping[str, str], report: 
     )
 
 
-def _monitor_port(state_home: Path) -> int | None:
+def cli_status(bundle: Bundle, env: Mapping[str, str]) -> dict[str, Any] | None:
+    """``status --json`` of the frozen app (the running monitor's, when there is one), or None."""
     try:
-        return int(json.loads((state_home / "ollama-manager" / "monitor.json").read_text())["port"])
-    except (OSError, ValueError, KeyError, TypeError):
+        done = bundle.run("status", "--json", env=env, timeout=60)
+        return dict(json.loads(done.stdout))
+    except (ValueError, subprocess.TimeoutExpired):
         return None
 
 
-def api_status(state_home: Path) -> dict[str, Any] | None:
-    """The running monitor's status through its API, or None."""
-    import httpx
-
-    port = _monitor_port(state_home)
-    if port is None:
+def healthy_status(bundle: Bundle, env: Mapping[str, str], monitor: bool = True) -> dict[str, Any] | None:
+    """The status when Ollama is up and healthy (and, with ``monitor``, watched by a running monitor)."""
+    status = cli_status(bundle, env)
+    if not status or not status.get("ollama_running") or status.get("health") != "healthy":
         return None
-    try:
-        return dict(httpx.get(f"http://127.0.0.1:{port}/api/status", timeout=5, trust_env=False).json())
-    except (httpx.HTTPError, ValueError):
+    if monitor and (not status.get("monitor_running") or status.get("state") != "running"):
         return None
+    return status
 
 
-def healthy_status(state_home: Path) -> dict[str, Any] | None:
-    status = api_status(state_home)
-    return status if status and status.get("state") == "running" and status.get("health") == "healthy" else None
+def kill(pid: int) -> None:
+    """A hard kill: SIGKILL on POSIX, TerminateProcess on Windows."""
+    import psutil
+
+    psutil.Process(pid).kill()
 
 
 def serve_pids(standin: Any) -> list[int]:
     return [event["pid"] for event in standin.events() if event["event"] == "serve_start"]
 
 
-def bundle_leaks(environment: Mapping[str, str], bundle_dir: Path) -> list[str]:
-    """Variables the bundle's bootloader set that a child process must not inherit."""
-    leaks = [name for name in environment if name.startswith("_PYI_")]
+def bundle_leaks(environment: Mapping[str, str], bundle_dir: Path, frozen_child: bool = False) -> list[str]:
+    """Variables the bundle's bootloader set that a child process must not inherit.
+
+    ``frozen_child``: the child is a PyInstaller program itself (the frozen stand-in),
+    whose own bootloader sets ``_PYI_*`` variables; only those naming our bundle leak.
+    """
+    if frozen_child:
+        leaks = [
+            name for name, value in environment.items() if name.startswith("_PYI_") and is_inside(value, bundle_dir)
+        ]
+    else:
+        leaks = [name for name in environment if name.startswith("_PYI_")]
     leaks += [
         f"LD_LIBRARY_PATH={entry}"
         for entry in environment.get("LD_LIBRARY_PATH", "").split(os.pathsep)
@@ -366,36 +392,68 @@ def bundle_leaks(environment: Mapping[str, str], bundle_dir: Path) -> list[str]:
     return leaks
 
 
-def check_monitor_against_standin(bundle: Bundle, root: Path, report: Report) -> None:
-    """``monitor`` starts the stand-in's serve, ``status`` sees it, and a ``kill -9`` is repaired."""
-    import psutil
-
+def standin_env(root: Path, executable: Path | None) -> tuple[Any, dict[str, str]]:
+    """A stand-in Ollama (not started) and the frozen app's environment pointing at it."""
     sys.path.insert(0, str(REPO / "tests"))
     from standin.harness import StandinEnv
 
-    standin = StandinEnv(root / "standin")
-    env = {**standin.env, **FAST_SETTINGS}
-    state_home = Path(env["XDG_STATE_HOME"])
+    standin = StandinEnv(root / "standin", executable=executable)
+    env = {**isolated_env(root / "manager", standin.env), **FAST_SETTINGS}
+    return standin, env
+
+
+def check_cli_against_standin(bundle: Bundle, root: Path, report: Report, executable: Path | None) -> None:
+    """``start`` runs the stand-in's serve, ``status --json`` calls it healthy, ``stop`` ends it gracefully."""
+    standin, env = standin_env(root, executable)
+    try:
+        done = bundle.run("start", env=env)
+        started = f"Ollama is running at {standin.base_url} (started, pid "
+        if done.returncode != 0 or not done.stdout.startswith(started):
+            raise SmokeFailure(f"start exited {done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}")
+        pid = serve_pids(standin)[0]
+        report.ok(f"start: {done.stdout.strip()}")
+        status = wait_until(lambda: healthy_status(bundle, env, monitor=False), 30, "status --json to say healthy")
+        if status.get("pid") != pid:
+            raise SmokeFailure(f"status --json names pid {status.get('pid')}, the serve is {pid}")
+        report.ok(f"status --json: ollama_running, health {status['health']}, pid {pid}")
+        done = bundle.run("stop", env=env)
+        if done.returncode != 0 or done.stdout.strip() != "Ollama stopped":
+            raise SmokeFailure(f"stop exited {done.returncode}: {(done.stdout + done.stderr).strip()[-300:]}")
+        exits = [event for event in standin.events() if event["event"] == "serve_exit" and event["pid"] == pid]
+        if not exits:
+            raise SmokeFailure(f"stop killed ollama serve (pid {pid}) instead of asking it to stop")
+        events = json.loads(bundle.run("events", "--json", env=env).stdout)
+        stops = [event["message"] for event in events if event.get("kind") == "stop"]
+        if not stops or "gracefully" not in stops[-1]:
+            raise SmokeFailure(f"the stop was not graceful: {stops[-1:]}")
+        report.ok(f"stop: ollama serve (pid {pid}) exited on its own, signal {exits[0]['signal']} ({stops[-1]})")
+        after = bundle.run("status", "--json", env=env)
+        if after.returncode != STATUS_NOT_RUNNING_EXIT:
+            raise SmokeFailure(f"status --json after stop: exit {after.returncode}")
+    finally:
+        standin.cleanup()
+
+
+def check_monitor_against_standin(bundle: Bundle, root: Path, report: Report, executable: Path | None) -> None:
+    """``monitor`` starts the stand-in's serve, ``status`` sees it, and a killed serve is replaced."""
+    import psutil
+
+    standin, env = standin_env(root / "monitor", executable)
     try:
         with bundle.background(["monitor"], env, root / "monitor.log") as monitor:
-            first = wait_until(lambda: healthy_status(state_home), 30, "the frozen monitor to report a healthy Ollama")
+            first = wait_until(lambda: healthy_status(bundle, env), 60, "the frozen monitor to report a healthy Ollama")
             pid = serve_pids(standin)[0]
             report.ok(f"monitor started ollama serve (pid {pid}), health {first['health']}")
-            leaks = bundle_leaks(psutil.Process(pid).environ(), bundle.dir)
+            leaks = bundle_leaks(psutil.Process(pid).environ(), bundle.dir, frozen_child=executable is not None)
             if leaks:
                 raise SmokeFailure(f"ollama serve inherited the bundle's environment: {', '.join(leaks)}")
             report.ok("ollama serve runs with the user's environment (no bundle library path)")
-            done = bundle.run("status", "--json", env=env)
-            status = json.loads(done.stdout)
-            if done.returncode != 0 or not status["ollama_running"] or not status["monitor_running"]:
-                raise SmokeFailure(f"status --json with the monitor: exit {done.returncode}, {done.stdout[:300]}")
-            report.ok("status --json: ollama_running and monitor_running")
-            os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: len(serve_pids(standin)) >= 2, 30, "the monitor to start a new serve after kill -9")
-            again = wait_until(lambda: healthy_status(state_home), 30, "health after the restart")
+            kill(pid)
+            wait_until(lambda: len(serve_pids(standin)) >= 2, 30, "the monitor to start a new serve after the kill")
+            again = wait_until(lambda: healthy_status(bundle, env), 60, "health after the restart")
             if again.get("pid") == pid:
-                raise SmokeFailure(f"after kill -9 the status still names the dead pid {pid}")
-            report.ok(f"kill -9 of serve {pid}: restarted as pid {again.get('pid')}")
+                raise SmokeFailure(f"after the kill the status still names the dead pid {pid}")
+            report.ok(f"kill of serve {pid} noticed: restarted as pid {again.get('pid')}")
             if monitor.poll() is not None:
                 raise SmokeFailure(f"the monitor exited with status {monitor.returncode}")
         problems = import_errors((root / "monitor.log").read_text(errors="replace"))
@@ -403,6 +461,95 @@ def check_monitor_against_standin(bundle: Bundle, root: Path, report: Report) ->
             raise SmokeFailure(f"monitor log: {problems[0]}")
     finally:
         standin.cleanup()
+
+
+RUN_KEY = r"HKCU\Software\Microsoft\Windows\CurrentVersion\Run"
+
+
+def autostart_artifact(bundle: Bundle, env: Mapping[str, str]) -> str | None:
+    """What the OS will start at login, read back with the OS's own tools; None when nothing is registered."""
+    if bundle.platform == "darwin":
+        import plistlib
+
+        plist = Path(env["HOME"]) / "Library" / "LaunchAgents" / "io.github.ollama-manager.plist"
+        if not plist.exists():
+            return None
+        lint = subprocess.run(["plutil", "-lint", str(plist)], capture_output=True, text=True, check=False)
+        if lint.returncode != 0:
+            raise SmokeFailure(f"plutil -lint {plist}: {lint.stdout.strip()}")
+        with plist.open("rb") as file:
+            agent = plistlib.load(file)
+        if agent.get("RunAtLoad") is not True:
+            raise SmokeFailure(f"{plist} does not run at load: {agent}")
+        return " ".join(agent["ProgramArguments"])
+    if bundle.platform == "win32":
+        done = subprocess.run(
+            ["reg", "query", RUN_KEY, "/v", "Ollama Manager"], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            return None
+        line = next((line for line in done.stdout.splitlines() if "Ollama Manager" in line and "REG_SZ" in line), "")
+        return line.split("REG_SZ", 1)[-1].strip()
+    entry = Path(env["XDG_CONFIG_HOME"]) / "autostart" / "ollama-manager.desktop"
+    if not entry.exists():
+        return None
+    return next(line[5:] for line in entry.read_text().splitlines() if line.startswith("Exec="))
+
+
+def check_autostart_round_trip(bundle: Bundle, root: Path, report: Report) -> None:
+    """``autostart enable``, ``status``, ``disable`` with the OS's own mechanism, for the windowed executable."""
+    env = isolated_env(root / "autostart")
+    before = bundle.run("autostart", "status", env=env).stdout.strip()
+    if bundle.platform == "win32" and ": enabled" in before:
+        report.skip(f"autostart: this user already starts Ollama Manager at login ({before}); not touched")
+        return
+    try:
+        done = bundle.run("autostart", "enable", env=env)
+        if done.returncode != 0:
+            raise SmokeFailure(f"autostart enable exited {done.returncode}: {done.stderr.strip()}")
+        registered = autostart_artifact(bundle, env)
+        expected = bundle.gui.absolute()
+        if registered is None or str(expected) not in registered.replace('"', ""):
+            raise SmokeFailure(f"start at login runs {registered!r}, not the bundle's {expected}")
+        status = bundle.run("autostart", "status", env=env).stdout.strip()
+        if ": enabled" not in status:
+            raise SmokeFailure(f"autostart status after enable: {status}")
+        done = bundle.run("autostart", "disable", env=env)
+        if done.returncode != 0 or autostart_artifact(bundle, env) is not None:
+            raise SmokeFailure(f"autostart disable left {autostart_artifact(bundle, env)!r}: {done.stdout.strip()}")
+        report.ok(f"autostart enable|status|disable: {registered}")
+    finally:
+        bundle.run("autostart", "disable", env=env)
+
+
+def check_notification(bundle: Bundle, root: Path, report: Report) -> None:
+    """``notify`` sends a notification without error; on Linux a private bus's notification server gets it."""
+    env = isolated_env(root / "notify")
+    if not bundle.platform.startswith("linux"):
+        done = bundle.run("notify", "Ollama Manager", "Smoke test notification", env=env)
+        if done.returncode != 0:
+            raise SmokeFailure(f"notify exited {done.returncode}: {done.stderr.strip()}")
+        report.ok(f"notify: {done.stdout.strip()}")
+        return
+    sys.path.insert(0, str(REPO / "tests"))
+    from notification_server import NoDbusDaemon, NotificationServer, private_session_bus
+
+    try:
+        with private_session_bus() as address:
+            server = NotificationServer(address)
+            try:
+                env = {**env, "DBUS_SESSION_BUS_ADDRESS": address}
+                done = bundle.run("notify", "Ollama Manager", "Smoke test notification", env=env)
+                if done.returncode != 0:
+                    raise SmokeFailure(f"notify exited {done.returncode}: {done.stderr.strip()}")
+                received = server.notifications(1)
+                if not received or received[0][3:5] != ("Ollama Manager", "Smoke test notification"):
+                    raise SmokeFailure(f"the notification server received {received}")
+                report.ok(f"notify: {done.stdout.strip()}, received by the session's notification server")
+            finally:
+                server.close()
+    except NoDbusDaemon:
+        raise SmokeFailure("the notification check needs dbus-daemon (apt-get install dbus)") from None
 
 
 def check_tray_linux(bundle: Bundle, root: Path, seconds: float, version: str | None, report: Report) -> None:
@@ -487,8 +634,27 @@ def check_tray_sni_linux(bundle: Bundle, root: Path, version: str | None, report
         standin.cleanup()
 
 
+def missing_tray_host(platform: str = sys.platform) -> str | None:
+    """Why this session cannot show a tray icon (macOS, Windows), or None when it can."""
+    if platform == "win32":
+        import ctypes
+
+        if not ctypes.windll.user32.GetShellWindow():  # type: ignore[attr-defined]
+            return "no Windows shell (Explorer, which hosts the notification area) runs in this session"
+        return None
+    if platform == "darwin":
+        done = subprocess.run(["launchctl", "managername"], capture_output=True, text=True, check=False)
+        if done.stdout.strip() != "Aqua":
+            return f"this is a {done.stdout.strip() or 'non-GUI'} session, not a GUI (Aqua) one with a menu bar"
+    return None
+
+
 def check_tray_plain(bundle: Bundle, root: Path, seconds: float, report: Report) -> None:
-    """macOS and Windows: the tray executable keeps running and logs no import error."""
+    """macOS and Windows: the tray executable keeps running and logs no import error, where a tray can show."""
+    missing = missing_tray_host(bundle.platform)
+    if missing is not None:
+        report.skip(f"tray: this runner cannot show a tray ({missing}); every other check ran")
+        return
     env = {**isolated_env(root / "tray-home"), **FAST_SETTINGS, "OLLAMA_HOST": f"127.0.0.1:{free_port()}"}
     log = root / "tray.log"
     with bundle.background([], env, log, gui=True) as tray:
@@ -516,6 +682,19 @@ def check_tray_logs(output: Path, log_root: Path, report: Report) -> None:
     report.ok("tray log has no import errors")
 
 
+def frozen_standin(root: Path, platform: str = sys.platform) -> Path | None:
+    """Windows runs only executables: the stand-in, frozen (reused while current); elsewhere the script."""
+    configured = os.environ.get("OLLAMA_STANDIN_EXECUTABLE", "")
+    if configured:
+        return Path(configured)
+    if platform != "win32":
+        return None
+    sys.path.insert(0, str(REPO / "tests" / "standin"))
+    import freeze
+
+    return Path(freeze.freeze(root))
+
+
 def smoke_test(dist: Path, *, standin: bool, tray: bool, tray_seconds: float) -> int:
     """Run every check against the bundle in ``dist``; the number of checks passed."""
     report = Report()
@@ -528,8 +707,12 @@ def smoke_test(dist: Path, *, standin: bool, tray: bool, tray_seconds: float) ->
         check_version(bundle, env, version, report)
         check_doctor(bundle, env, version, report, tray_expected=bundle.platform in ("darwin", "win32"))
         check_status_without_ollama(bundle, env, report)
-        if standin and os.name == "posix":
-            check_monitor_against_standin(bundle, root, report)
+        if standin:
+            executable = frozen_standin(root / "standin-build")
+            check_cli_against_standin(bundle, root / "cli", report, executable)
+            check_monitor_against_standin(bundle, root, report, executable)
+        check_autostart_round_trip(bundle, root, report)
+        check_notification(bundle, root, report)
         if tray and bundle.platform.startswith("linux"):
             check_tray_linux(bundle, root, tray_seconds, version, report)
             check_tray_sni_linux(bundle, root, version, report)
@@ -542,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(description="Smoke-test the bundle that build.py made.")
     parser.add_argument("--dist", type=Path, default=REPO / "dist", help="folder holding the bundle (default dist/)")
-    parser.add_argument("--skip-standin", action="store_true", help="skip the monitor against the stand-in Ollama")
+    parser.add_argument("--skip-standin", action="store_true", help="skip the checks against the stand-in Ollama")
     parser.add_argument("--skip-tray", action="store_true", help="skip running the tray")
     parser.add_argument("--tray-seconds", type=float, default=5.0, help="how long the tray runs (default 5)")
     args = parser.parse_args(argv)

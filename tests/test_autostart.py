@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_registry import FakeRegistry
 from tray.system.autostart import (
     Autostart,
     LaunchAgentAutostart,
@@ -23,22 +24,6 @@ from tray.system.autostart import (
 )
 
 COMMAND = ["/usr/local/bin/ollama-manager"]
-
-
-class FakeRegistry:
-    """The HKCU Run key as a dict."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def get(self, name: str) -> str | None:
-        return self.values.get(name)
-
-    def set(self, name: str, data: str) -> None:
-        self.values[name] = data
-
-    def delete(self, name: str) -> None:
-        self.values.pop(name, None)
 
 
 # --- through the interface, on every OS -------------------------------------------
@@ -250,6 +235,7 @@ def test_write_atomically_replaces_and_leaves_no_temp_file(tmp_path: Path) -> No
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.txt"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows refuses the replace with another error")
 def test_failed_write_removes_its_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "file.txt"
     target.mkdir()  # os.replace cannot put a file over a directory
@@ -273,14 +259,26 @@ def test_console_script_next_to_the_interpreter(tmp_path: Path) -> None:
     assert command == [str(tmp_path / "ollama-manager")]
 
 
-def test_console_script_in_the_windows_scripts_folder(tmp_path: Path) -> None:
+def test_windows_from_source_starts_pythonw_not_the_console_script(tmp_path: Path) -> None:
     (tmp_path / "python.exe").touch()
+    (tmp_path / "pythonw.exe").touch()
     (tmp_path / "Scripts").mkdir()
-    (tmp_path / "Scripts" / "ollama-manager.exe").touch()
+    (tmp_path / "Scripts" / "ollama-manager.exe").touch()  # a console launcher: a console window at every login
     command = launch_command(
         frozen=False, executable=str(tmp_path / "python.exe"), platform="win32", which=lambda _: None
     )
-    assert command == [str(tmp_path / "Scripts" / "ollama-manager.exe")]
+    assert command == [str(tmp_path / "pythonw.exe"), "-m", "tray"]
+
+
+def test_windows_bundle_starts_the_windowed_executable_even_from_the_console_one(tmp_path: Path) -> None:
+    bundle = tmp_path / "ollama-manager"
+    bundle.mkdir()
+    (bundle / "ollama-manager.exe").touch()
+    (bundle / "Ollama Manager.exe").touch()
+    for executable in ("ollama-manager.exe", "Ollama Manager.exe"):
+        command = launch_command(frozen=True, executable=str(bundle / executable), platform="win32")
+        assert command == [str(bundle / "Ollama Manager.exe")]
+    assert RegistryRunAutostart(FakeRegistry(), command).command_line == f'"{bundle / "Ollama Manager.exe"}"'
 
 
 def test_console_script_on_path(tmp_path: Path) -> None:
@@ -335,6 +333,7 @@ def test_autostart_command_round_trip_on_every_os(platform: str, tmp_path: Path)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the message is POSIX's")
 def test_autostart_command_failure_is_one_line(tmp_path: Path) -> None:
     from tray.cli import autostart_action
     from tray.errors import CliError
@@ -349,6 +348,7 @@ def test_autostart_command_failure_is_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG entry is Linux's mechanism")
 def test_autostart_subcommand_writes_the_xdg_entry_the_menu_reads(tmp_path: Path) -> None:
     env = {
         "HOME": str(tmp_path / "home"),

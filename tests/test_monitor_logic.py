@@ -30,7 +30,7 @@ from tray.settings.hosts import parse_ollama_host
 from tray.settings.server import OllamaServerSettings
 from tray.system.owners import ExternalSupervisor, SystemdService
 from tray.system.paths import AppPaths
-from tray.system.processes import ProcessRef
+from tray.system.processes import ProcessRef, StopOutcome
 from tray.system.resources import ResourceSample
 
 OK = ProbeResult(True, 0.05, "api")
@@ -174,8 +174,13 @@ class FakeSupervisor:
         self.started_overlay = dict(self.env_overlay)
         return StartOutcome(True, 2, "manager", 0.5)
 
-    def stop(self, reason: str = "stop", interactive: bool = False) -> None:
+    def stop(self, reason: str = "stop", interactive: bool = False) -> StopOutcome:
         self.stops += 1
+        return StopOutcome()
+
+    @property
+    def server_log(self) -> Path:
+        return self.paths.server_log
 
     def subscribe_exit(self, callback: Callable[[int], None]) -> None:
         self.exit_listeners.append(callback)

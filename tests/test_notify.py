@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,11 +37,8 @@ from tray.system.notify import (
 )
 
 jeepney = pytest.importorskip("jeepney")
-from jeepney import MessageType, new_error, new_method_return  # noqa: E402
-from jeepney.bus_messages import message_bus  # noqa: E402
-from jeepney.io.blocking import open_dbus_connection  # noqa: E402
-
-NOTIFICATIONS = "org.freedesktop.Notifications"
+from fake_registry import FakeRegistry  # noqa: E402
+from notification_server import NoDbusDaemon, NotificationServer, private_session_bus  # noqa: E402
 
 # --- Command lines ---------------------------------------------------------------------------------
 
@@ -74,19 +70,60 @@ def test_powershell_quote_doubles_every_kind_of_single_quote() -> None:
     assert powershell_quote('$env:HOME "x"') == "'$env:HOME \"x\"'"  # no expansion inside single quotes
 
 
-def test_powershell_toast_script() -> None:
+def test_powershell_toast_script_shows_the_toast_under_the_apps_own_id() -> None:
     script = powershell_toast_script("Ollama down", "Model 'x' is gone")
     lines = script.splitlines()
-    assert lines[0] == "$ErrorActionPreference = 'Stop'"
-    assert "  $lines.Item(0).AppendChild($xml.CreateTextNode('Ollama down')) | Out-Null" in lines
-    assert "  $lines.Item(1).AppendChild($xml.CreateTextNode('Model ''x'' is gone')) | Out-Null" in lines
-    assert (
-        "  [Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier("
-        "'{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\\WindowsPowerShell\\v1.0\\powershell.exe').Show($toast)"
-    ) in lines
-    assert "  $balloon.Text = 'Ollama Manager'" in lines
-    assert "  $balloon.BalloonTipTitle = 'Ollama down'" in lines
-    assert "  $balloon.BalloonTipText = 'Model ''x'' is gone'" in lines
+    assert lines[0] == "$ErrorActionPreference = 'Stop'"  # any failure: a non-zero exit, so the next method runs
+    assert "$lines.Item(0).AppendChild($xml.CreateTextNode('Ollama down')) | Out-Null" in lines
+    assert "$lines.Item(1).AppendChild($xml.CreateTextNode('Model ''x'' is gone')) | Out-Null" in lines
+    assert lines[-1] == (
+        "[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier('io.github.ollama-manager')"
+        ".Show($toast)"
+    )
+    assert "PowerShell" not in script and "balloon" not in script.lower()
+
+
+def test_the_toasts_app_id_is_registered_once_with_the_apps_name_and_icon() -> None:
+    from tray.system.notify import APP_ID_KEY, WindowsToast
+
+    registry = FakeRegistry()
+    opened: list[str] = []
+    ran: list[list[str]] = []
+
+    def open_key() -> FakeRegistry:
+        opened.append(APP_ID_KEY)
+        return registry
+
+    toast = WindowsToast("Ollama Manager", "C:/om/_internal/tray/data/icons/ollama-manager.png", open_key, ran.append)
+    toast("Ollama down", "Not responding")
+    toast("Ollama healthy", "Back")
+    assert APP_ID_KEY == r"Software\Classes\AppUserModelId\io.github.ollama-manager"
+    assert opened == [APP_ID_KEY]
+    assert registry.values == {
+        "DisplayName": "Ollama Manager",
+        "IconUri": "C:/om/_internal/tray/data/icons/ollama-manager.png",
+    }
+    assert ran == [powershell_command("Ollama down", "Not responding"), powershell_command("Ollama healthy", "Back")]
+
+
+def test_a_toast_that_cannot_register_its_app_id_fails_so_the_balloon_is_tried() -> None:
+    from tray.system.notify import WindowsToast
+
+    def no_registry() -> FakeRegistry:
+        raise PermissionError(13, "Access is denied")
+
+    balloon = Recorder()
+    notifier = Notifier(
+        channels=[
+            Channel("toast", WindowsToast(registry=no_registry, run=Recorder())),
+            Channel("plyer", balloon, confirms=False),
+        ],
+        clock=Clock(),
+    )
+    assert notifier.deliver("t", "m") == notify.Delivery("plyer", confirmed=False)
+    # Handed to a method that cannot tell: not reported as shown.
+    assert notifier.notify("t2", "m") is False
+    assert balloon.sent == [("t", "m"), ("t2", "m")]
 
 
 def test_powershell_command_carries_the_script_encoded() -> None:
@@ -109,7 +146,7 @@ def test_powershell_command_carries_the_script_encoded() -> None:
     [
         ("linux", ["plyer", "dbus", "notify-send"]),
         ("darwin", ["plyer", "osascript"]),
-        ("win32", ["plyer", "powershell"]),
+        ("win32", ["toast", "plyer"]),  # plyer's balloon last: it runs on a thread and reports nothing
     ],
 )
 def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
@@ -119,6 +156,7 @@ def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
 # --- Running commands ------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(os.name != "posix", reason="runs sh, sleep and true")
 def test_run_command_reports_failures_in_one_line() -> None:
     with pytest.raises(NotificationError, match=r"^no-such-notifier-binary not found$"):
         run_command(["no-such-notifier-binary", "x"])
@@ -215,77 +253,11 @@ def test_failures_are_logged_and_never_raised(caplog) -> None:
 
 @pytest.fixture
 def session_bus() -> Iterator[str]:
-    daemon_path = shutil.which("dbus-daemon")
-    if daemon_path is None:
-        pytest.skip("dbus-daemon is not installed")
-    # A short directory: unix socket paths are limited to ~100 bytes.
-    with tempfile.TemporaryDirectory(prefix="om-dbus-", dir="/tmp") as directory:
-        daemon = subprocess.Popen(
-            [daemon_path, "--session", "--nofork", "--print-address=1", f"--address=unix:path={directory}/bus"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        try:
-            assert daemon.stdout is not None
-            address = daemon.stdout.readline().strip()
-            assert address.startswith("unix:path="), address
+    try:
+        with private_session_bus() as address:
             yield address
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=10)
-
-
-class NotificationServer:
-    """Owns org.freedesktop.Notifications on a bus and records the calls it gets."""
-
-    def __init__(self, address: str) -> None:
-        self.calls: list[tuple[str, tuple]] = []
-        self._received = threading.Condition()
-        self._stop = threading.Event()
-        self._connection = open_dbus_connection(bus=address)
-        reply = self._connection.send_and_get_reply(message_bus.RequestName(NOTIFICATIONS), timeout=5)
-        assert reply.body == (1,)  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def notifications(self, count: int, timeout: float = 10.0) -> list[tuple]:
-        """The bodies of the first ``count`` Notify calls, waiting for them to arrive."""
-        with self._received:
-            self._received.wait_for(lambda: len(self._notify_bodies()) >= count, timeout=timeout)
-            return self._notify_bodies()
-
-    def _notify_bodies(self) -> list[tuple]:
-        return [body for member, body in self.calls if member == "Notify"]
-
-    def _serve(self) -> None:
-        next_id = 1
-        while not self._stop.is_set():
-            try:
-                message = self._connection.receive(timeout=0.1)
-            except TimeoutError:
-                continue
-            if message.header.message_type is not MessageType.method_call:
-                continue
-            member = message.header.fields.get(jeepney.HeaderFields.member)
-            if member == "Notify":
-                reply = new_method_return(message, "u", (next_id,))
-                next_id += 1
-            elif member == "GetCapabilities":
-                reply = new_method_return(message, "as", (["body"],))
-            elif member == "GetServerInformation":
-                reply = new_method_return(message, "ssss", ("test-server", "tests", "1.0", "1.2"))
-            else:
-                reply = new_error(message, "org.freedesktop.DBus.Error.UnknownMethod", "s", (f"no {member}",))
-            self._connection.send(reply)
-            with self._received:
-                self.calls.append((member, message.body))
-                self._received.notify_all()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._connection.close()
+    except NoDbusDaemon:
+        pytest.skip("dbus-daemon is not installed")
 
 
 @pytest.fixture
@@ -347,17 +319,21 @@ def test_when_plyer_and_dbus_fail_notify_send_delivers(
     assert ("GetServerInformation", ()) in notification_server.calls
 
 
-def _plyer_can_notify_here() -> bool:
+def _plyer_backend_name() -> str:
+    """The backend plyer's Linux module picks here, asked the way plyer asks it."""
+    import warnings
+
     try:
-        import dbus  # noqa: F401
-    except ImportError:
-        return shutil.which("notify-send") is not None
-    return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from plyer.platforms.linux.notification import instance
+
+            return type(instance()).__name__
+    except Exception:  # noqa: BLE001 - no backend at all
+        return "none"
 
 
-@pytest.mark.skipif(
-    not _plyer_can_notify_here(), reason="plyer has no Linux backend here (no dbus-python, no notify-send)"
-)
+@pytest.mark.skipif(_plyer_backend_name() != "NotifyDbus", reason="plyer's D-Bus backend needs dbus-python")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux D-Bus session test")
 def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServer, caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="tray.system.notify")
@@ -365,6 +341,54 @@ def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServ
     (body,) = notification_server.notifications(1)
     assert (body[0], body[3], body[4]) == (APP_NAME, "Ollama healthy", "Ollama is healthy again")
     assert "Notification shown via plyer: Ollama healthy" in [r.getMessage() for r in caplog.records]
+
+
+def failing_notify_send(tmp_path) -> str:
+    """A ``notify-send`` that fails as libnotify's does without a notification service; a PATH holding it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "notify-send"
+    script.write_text(
+        '#!/bin/sh\necho "$@" >> "$(dirname "$0")/calls"\n'
+        "echo 'GDBus.Error:org.freedesktop.DBus.Error.ServiceUnknown: The name is not activatable' >&2\nexit 1\n"
+    )
+    script.chmod(0o755)
+    return f"{bin_dir}:/usr/bin:/bin"
+
+
+@pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
+def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
+    notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, tmp_path, caplog
+) -> None:
+    """plyer runs notify-send and ignores its status: the D-Bus channel must still deliver."""
+    monkeypatch.setenv("PATH", failing_notify_send(tmp_path))
+    caplog.set_level(logging.DEBUG, logger="tray.system.notify")
+    assert Notifier().notify("Ollama down", "Ollama is not responding") is True
+    (body,) = notification_server.notifications(1)
+    assert body[3:5] == ("Ollama down", "Ollama is not responding")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Notification via plyer failed: plyer's NotifySendNotification cannot tell whether it showed anything",
+        "Notification shown via dbus: Ollama down",
+    ]
+    assert not (tmp_path / "bin" / "calls").exists()
+
+
+@pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
+def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """A bus without a notification service: every channel fails, and notify() does not claim success."""
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", session_bus)
+    monkeypatch.setenv("PATH", failing_notify_send(tmp_path))
+    notifier = Notifier()
+    assert notifier.notify("Ollama down", "Ollama is not responding") is False
+    with pytest.raises(NotificationError) as err:
+        notifier.deliver("Ollama down", "again")
+    assert str(err.value).split("; ") == [
+        "plyer: plyer's NotifySendNotification cannot tell whether it showed anything",
+        "dbus: D-Bus notification refused: org.freedesktop.DBus.Error.ServiceUnknown",
+        "notify-send: notify-send exited with status 1: "
+        "GDBus.Error:org.freedesktop.DBus.Error.ServiceUnknown: The name is not activatable",
+    ]
+    assert len((tmp_path / "bin" / "calls").read_text().splitlines()) == 2  # only our own, checked, runs
 
 
 def test_a_bus_without_a_notification_service_is_a_clear_error(session_bus: str) -> None:
@@ -379,3 +403,31 @@ def test_no_session_bus_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # no "bus" socket in it
     with pytest.raises(NotificationError, match=r"^no D-Bus session bus \(DBUS_SESSION_BUS_ADDRESS is not set\)$"):
         dbus_notify("t", "m")
+
+
+def _run_notify_command(env_changes: dict[str, str], tmp_path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "state"), **env_changes}
+    return subprocess.run(
+        [sys.executable, "-m", "tray", "notify", "Ollama Manager", "Notifications work"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_notify_command_names_the_method_that_delivered(notification_server: NotificationServer, session_bus, tmp_path):
+    done = _run_notify_command({"DBUS_SESSION_BUS_ADDRESS": session_bus}, tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout in ("Notification sent via dbus\n", "Notification sent via plyer\n")
+    (body,) = notification_server.notifications(1)
+    assert body[3:5] == ("Ollama Manager", "Notifications work")
+
+
+def test_notify_command_without_any_working_method_is_one_line(session_bus, tmp_path):
+    env = {"DBUS_SESSION_BUS_ADDRESS": session_bus, "PATH": failing_notify_send(tmp_path)}
+    done = _run_notify_command(env, tmp_path)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("ollama-manager: no notification method worked: ")
+    assert done.stderr.count("\n") == 1

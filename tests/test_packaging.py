@@ -26,6 +26,7 @@ from tray.system.paths import AppPaths
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
+SMOKE_WORKFLOW = REPO / ".github" / "workflows" / "smoke.yml"
 
 
 def load(name: str) -> ModuleType:
@@ -638,6 +639,11 @@ def test_bundle_leaks_name_the_bootloader_variables(tmp_path):
     }
     assert smoke.bundle_leaks(environment, bundle) == ["_PYI_ARCHIVE_FILE", f"LD_LIBRARY_PATH={bundle / '_internal'}"]
     assert smoke.bundle_leaks({"PATH": "/bin", "LD_LIBRARY_PATH": "/opt/lib"}, bundle) == []
+    # A frozen stand-in's own bootloader sets _PYI_ variables too: only those naming our bundle leaked.
+    own = {"_PYI_ARCHIVE_FILE": str(tmp_path / "standin" / "ollama"), "_PYI_PARENT_PROCESS_LEVEL": "0"}
+    assert smoke.bundle_leaks(own, bundle, frozen_child=True) == []
+    leaked = {**own, "_PYI_APPLICATION_HOME_DIR": str(bundle / "_internal")}
+    assert smoke.bundle_leaks(leaked, bundle, frozen_child=True) == ["_PYI_APPLICATION_HOME_DIR"]
 
 
 def test_panel_pixels_that_differ_from_the_background():
@@ -987,6 +993,10 @@ def test_release_workflow_passes_actionlint():
     assert actionlint(WORKFLOW) == []
 
 
+def test_smoke_workflow_passes_actionlint():
+    assert actionlint(SMOKE_WORKFLOW) == []
+
+
 def test_actionlint_does_report_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text(
@@ -998,9 +1008,9 @@ def test_actionlint_does_report_a_broken_workflow(tmp_path):
     ]
 
 
-def _workflow() -> dict:
+def _workflow(path: Path = WORKFLOW) -> dict:
     yaml = pytest.importorskip("yaml", reason="PyYAML reads the workflow")
-    document = yaml.safe_load(WORKFLOW.read_text())
+    document = yaml.safe_load(path.read_text())
     document["on"] = document.pop(True, document.get("on"))  # YAML 1.1 reads a bare `on` as true
     return document
 
@@ -1031,3 +1041,34 @@ def test_workflow_uploads_every_archive_the_build_names():
     assert release["needs"] == "bundle"
     assert release["if"] == "startsWith(github.ref, 'refs/tags/v')"
     assert release["permissions"] == {"contents": "write"}
+
+
+def test_smoke_job_runs_on_every_os_for_pushes_to_main_and_pull_requests():
+    workflow = _workflow(SMOKE_WORKFLOW)
+    assert workflow["on"]["push"] == {"branches": ["main"]}
+    assert "pull_request" in workflow["on"]
+    smoke = workflow["jobs"]["smoke"]
+    assert smoke["strategy"]["matrix"]["os"] == ["ubuntu-latest", "macos-latest", "windows-latest"]
+    assert smoke["strategy"]["fail-fast"] is False
+    commands = [step.get("run", "") for step in smoke["steps"]]
+    # One entry point does every step, the same one tests/test_bundle.py runs here.
+    assert commands[-1] == "python packaging/ci_smoke.py"
+    python = next(step for step in smoke["steps"] if step.get("uses", "").startswith("actions/setup-python"))
+    assert python["with"]["python-version"] == "3.11"
+
+
+def test_linux_jobs_install_what_the_smoke_test_needs():
+    """The tray, StatusNotifierItem and notification checks need these; .ci/run installs them here."""
+    needed = {"xvfb", "openbox", "tint2", "xfce4-panel", "dbus", "dbus-x11", "imagemagick", "xdotool"}
+    for path, job in ((WORKFLOW, "bundle"), (SMOKE_WORKFLOW, "smoke")):
+        steps = _workflow(path)["jobs"][job]["steps"]
+        apt = next(step["run"] for step in steps if "apt-get install" in step.get("run", ""))
+        assert needed <= set(apt.replace("\\", " ").split()), path.name
+    ci_run = (REPO / ".ci" / "run").read_text()
+    assert needed - {"dbus"} <= set(ci_run.replace("\\", " ").split())
+
+
+def test_ci_smoke_unit_tests_exist_and_run_in_order():
+    ci_smoke = load("ci_smoke")
+    assert all((REPO / test).is_file() for test in ci_smoke.UNIT_TESTS)
+    assert {"tests/test_ollama_app.py", "tests/test_platform_commands.py"} <= set(ci_smoke.UNIT_TESTS)

@@ -220,6 +220,32 @@ def test_sigkill_orphans_the_runner_until_cleanup(standin: StandinEnv) -> None:
     assert standin.alive_runner_pids() == []
 
 
+def test_cleanup_reaps_a_serve_still_starting_and_only_its_own(tmp_path: Path) -> None:
+    """A serve a manager started just before it was stopped has written no start event yet: cleanup still ends it."""
+    mine, other = StandinEnv(tmp_path / "mine"), StandinEnv(tmp_path / "other")
+    others_serve = other.spawn_serve()
+    # Started as a manager starts it (not by the harness), and held before it could say it started.
+    serve = subprocess.Popen(
+        [str(mine.executable), "serve"],
+        env=mine.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        os.kill(serve.pid, signal.SIGSTOP)
+        mine.events_file.write_text("")  # whatever it managed to record is not there yet
+        mine.cleanup()
+        assert serve.wait(timeout=10) == -signal.SIGKILL
+        assert others_serve.poll() is None  # another environment's serve is not this cleanup's
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        other.cleanup()
+
+
 def test_runner_is_a_child_of_serve_holding_real_memory(served: StandinEnv, api: httpx.Client) -> None:
     copy_model(api, "llama3", "rss-check")
     assert api.post("/api/generate", json={"model": "rss-check", "keep_alive": -1}).json()["done_reason"] == "load"

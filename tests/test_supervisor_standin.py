@@ -315,7 +315,10 @@ def test_stop_names_the_runners_it_reaped(manager, standin):
     runners = load_model(standin)
     done = manager.run("stop")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"Ollama stopped; reaped 1 orphaned runner (pid {runners[0]}: llama-server)\n"
+    assert done.stdout == (
+        "Ollama stopped (killed: it did not exit within 1 s); "
+        f"reaped 1 orphaned runner (pid {runners[0]}: llama-server)\n"
+    )
     assert not psutil.pid_exists(runners[0]) or psutil.Process(runners[0]).status() == psutil.STATUS_ZOMBIE
 
 

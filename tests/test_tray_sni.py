@@ -139,8 +139,19 @@ def start_green_item(trays: Trays, desktop: XfceDesktop, host: SniHost, manager:
 
 
 def right_click_menu(desktop: XfceDesktop, tmp_path: Path, name: str) -> tuple[Any, list[Any]]:
-    """Right-click the icon with xdotool; return the screenshot with the menu open and its text lines."""
-    before = desktop.screenshot(tmp_path / f"{name}-before.png")
+    """Right-click the icon with xdotool; return the screenshot with the menu open and its text lines.
+
+    The pointer first leaves the panel: resting on the icon (where an earlier click left it) it raises the
+    icon's tooltip over the panel, which would hide the icon and move the click off it.
+    """
+    subprocess.run(["xdotool", "mousemove", "0", "0"], env=desktop.env, check=True, timeout=10)
+
+    def only_the_icon_drawn() -> Any:
+        shot = desktop.screenshot(tmp_path / f"{name}-before.png")
+        left, _top, right, _bottom = panel_drawn_box(shot, desktop)
+        return shot if right - left <= desktop.tray_box[3] - desktop.tray_box[1] else None
+
+    before = wait_for(only_the_icon_drawn, 10, "the panel to show the icon alone once the pointer left it")
     top = desktop.tray_box[1]
     x, y = panel_icon_centre(before, desktop)
     subprocess.run(["xdotool", "mousemove", str(x), str(y), "click", "3"], env=desktop.env, check=True, timeout=10)
@@ -159,6 +170,12 @@ def right_click_menu(desktop: XfceDesktop, tmp_path: Path, name: str) -> tuple[A
 
 def panel_icon_centre(image: Any, desktop: XDesktop) -> tuple[int, int]:
     """The centre of the coloured badge in the panel."""
+    left, top, right, bottom = panel_drawn_box(image, desktop)
+    return (left + right) // 2, (top + bottom) // 2
+
+
+def panel_drawn_box(image: Any, desktop: XDesktop) -> tuple[int, int, int, int]:
+    """The screen box of what is drawn on the panel's background (the badge, and whatever covers the panel)."""
     left, top = desktop.tray_box[:2]
     panel = image.crop(desktop.tray_box).convert("RGB")
     background = panel.getpixel((panel.width - 1, panel.height // 2))
@@ -170,7 +187,7 @@ def panel_icon_centre(image: Any, desktop: XDesktop) -> tuple[int, int]:
     ]
     assert points, "nothing drawn in the panel"
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    return left + (min(xs) + max(xs)) // 2, top + (min(ys) + max(ys)) // 2
+    return left + min(xs), top + min(ys), left + max(xs), top + max(ys)
 
 
 def close_menu(desktop: XfceDesktop) -> None:

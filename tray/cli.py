@@ -27,7 +27,7 @@ from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
-from tray.service.supervisor import Supervisor, SupervisorError, reaped_words
+from tray.service.supervisor import Supervisor, SupervisorError, stop_message
 from tray.settings.config import Config, ConfigError, config_warnings, load_config
 from tray.settings.meta import shown
 from tray.system.instance import AlreadyRunning, SingleInstance
@@ -90,11 +90,10 @@ def cmd_stop(ctx: Context) -> int:
             sup.user_stop.set()
             print("Ollama is not running")
             return 0
-        sup.stop(reason="user", interactive=sys.stdin.isatty())
+        stopped = sup.stop(reason="user", interactive=sys.stdin.isatty())
         sup.user_stop.set()
         sup.history.record(EventKind.USER_STOP, "Ollama stopped by the user; it stays stopped until started again")
-        reaped = reaped_words(sup.reaped_names)
-        message = "Ollama stopped" + (f"; {reaped}" if reaped else "")
+        message = stop_message(stopped, sup.reaped_names)
     print(message)
     return 0
 
@@ -491,6 +490,21 @@ def cmd_autostart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Send one notification through the first method that works, and say which (or why none did)."""
+    from tray.system.notify import NotificationError
+
+    try:
+        delivery = Notifier().deliver(args.title, args.message)
+    except NotificationError as exc:
+        raise CliError(f"no notification method worked: {exc}") from None
+    if delivery.confirmed:
+        print(f"Notification sent via {delivery.channel}")
+    else:
+        print(f"Notification handed to {delivery.channel}, which cannot tell whether it showed")
+    return 0
+
+
 class running_services:
     """Single-instance lock, monitor thread, status API and gateway, torn down in order."""
 
@@ -621,6 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
     autostart = sub.add_parser("autostart", help="start the tray at login: enable, disable, or show the status")
     autostart.add_argument("autostart_action", choices=["enable", "disable", "status"], metavar="enable|disable|status")
+    notify = sub.add_parser("notify", help="send a notification, to check that notifications show")
+    notify.add_argument("title", nargs="?", default="Ollama Manager", help="its title (default: Ollama Manager)")
+    notify.add_argument("message", nargs="?", default="Notifications work", help="its text")
     doctor = sub.add_parser("doctor", help="show what this copy of the app loaded and where its files are")
     doctor.add_argument("--json", action="store_true", help="print JSON")
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
@@ -698,6 +715,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return config_command(args, os.environ)
         if args.command == "autostart":  # needs no settings either
             return cmd_autostart(args)
+        if args.command == "notify":
+            setup_logging(AppPaths.default().app_log)  # each failed method goes to the log; the summary to stderr
+            return cmd_notify(args)
         ctx = Context(args)
         if args.command is None:
             return cmd_tray(ctx)

@@ -9,6 +9,7 @@ log and, in :meth:`StandinEnv.cleanup`, kills every process the stand-in reporte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,12 @@ import psutil
 
 STANDIN_DIR = Path(__file__).resolve().parent
 STANDIN_BIN = STANDIN_DIR / "ollama"
+STANDIN_APP = STANDIN_DIR / "ollama-app"
 CREATE_TIME_TOLERANCE_S = 2.0
+# A frozen stand-in (tests/standin/freeze.py) to run instead of the script; Windows runs only executables.
+FROZEN_ENV = "OLLAMA_STANDIN_EXECUTABLE"
+OLLAMA_FILE_NAMES = ("ollama", "ollama.exe")
+NEW_PROCESS_GROUP = 0x00000200 if sys.platform == "win32" else 0  # CREATE_NEW_PROCESS_GROUP, as a group leader
 
 
 def free_port() -> int:
@@ -40,9 +46,15 @@ def _search_path(original: str) -> list[str]:
     entries = [str(Path(sys.executable).parent), *original.split(os.pathsep)]
     kept: list[str] = []
     for entry in entries:
-        if entry and entry not in kept and not (Path(entry) / "ollama").exists():
+        if entry and entry not in kept and not any((Path(entry) / name).exists() for name in OLLAMA_FILE_NAMES):
             kept.append(entry)
     return kept
+
+
+def frozen_standin() -> Path | None:
+    """The frozen stand-in named by ``$OLLAMA_STANDIN_EXECUTABLE``, if any."""
+    configured = os.environ.get(FROZEN_ENV, "")
+    return Path(configured) if configured else None
 
 
 def weights_blob(models_dir: Path, model: str = "llama3") -> tuple[str, Path]:
@@ -85,8 +97,11 @@ class StandinEnv:
         blob_mb: float | None = None,
         runner_mb: int | None = None,
         extra_env: Mapping[str, str] | None = None,
+        executable: Path | None = None,
         standin_bin: Path = STANDIN_BIN,
     ) -> None:
+        """``executable``: a frozen stand-in for PATH (default ``$OLLAMA_STANDIN_EXECUTABLE``, else the script);
+        ``standin_bin``: the script the PATH's ``ollama`` links to (a copy another account can run)."""
         self.root = Path(root)
         self.standin_bin = standin_bin
         self.port = free_port()
@@ -99,13 +114,20 @@ class StandinEnv:
         self.log_path = self.root / "serve.log"
         self._faults: dict[str, Any] = {}
         self._popens: list[subprocess.Popen[bytes]] = []
+        frozen = executable or frozen_standin()
+        if frozen is not None:
+            self.bin_dir = frozen.parent
+            self.executable = frozen
+        else:
+            self.executable = self.bin_dir / "ollama"
         self.env = self._build_env(blob_mb, runner_mb, extra_env or {})
 
     def _build_env(self, blob_mb: float | None, runner_mb: int | None, extra: Mapping[str, str]) -> dict[str, str]:
         self.bin_dir.mkdir(parents=True, exist_ok=True)
-        link = self.bin_dir / "ollama"
-        if not link.exists():
-            link.symlink_to(self.standin_bin)
+        if self.executable == self.bin_dir / "ollama" and not self.executable.exists():
+            if sys.platform == "win32":
+                raise RuntimeError(f"Windows runs the stand-in frozen: set {FROZEN_ENV} (tests/standin/freeze.py)")
+            self.executable.symlink_to(self.standin_bin)
         dirs = {
             "HOME": self.root / "home",
             "XDG_CONFIG_HOME": self.root / "xdg" / "config",
@@ -119,6 +141,7 @@ class StandinEnv:
         dirs["XDG_RUNTIME_DIR"].chmod(0o700)
         env = {key: value for key, value in os.environ.items() if not key.startswith("OLLAMA_")}
         env.update({key: str(path) for key, path in dirs.items()})
+        env["USERPROFILE"] = env["HOME"]  # the home of Python's expanduser and Go's os.UserHomeDir on Windows
         env.update(
             OLLAMA_HOST=self.host,
             OLLAMA_MODELS=str(self.models_dir),
@@ -162,15 +185,48 @@ class StandinEnv:
         env = dict(self.env, **(extra_env or {}))
         with open(self.log_path, "ab") as log:
             process = subprocess.Popen(
-                [str(self.bin_dir / "ollama"), "serve"],
+                [str(self.executable), "serve"],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=os.name == "posix",
+                creationflags=NEW_PROCESS_GROUP,
+            )
+        self._popens.append(process)
+        return process
+
+    def install_app(self) -> Path:
+        """Put the stand-in Ollama app beside ``bin/ollama``, as the real app ships its ``ollama``."""
+        link = self.bin_dir / "ollama-app"
+        if not link.exists():
+            link.symlink_to(STANDIN_APP)
+        return link
+
+    def spawn_app(self, *args: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the stand-in Ollama app (``bin/ollama-app``, POSIX), which runs and respawns ``bin/ollama serve``."""
+        link = self.install_app()
+        env = dict(self.env, **(extra_env or {}))
+        with open(self.root / "app-output.log", "ab") as output:
+            process = subprocess.Popen(
+                [str(link), *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self._popens.append(process)
         return process
+
+    @property
+    def app_server_log(self) -> Path:
+        """The stand-in app's ``~/.ollama/logs/server.log``."""
+        return Path(self.env["HOME"]) / ".ollama" / "logs" / "server.log"
+
+    def app_serve_pids(self) -> list[int]:
+        """PIDs of every serve the stand-in app started, oldest first."""
+        return [event["pid"] for event in self.events_of("app_serve_start")]
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Wait until ``GET /`` answers ``Ollama is running``; fail early if the last serve exited."""
@@ -197,7 +253,7 @@ class StandinEnv:
     ) -> subprocess.CompletedProcess[str]:
         """Run the CLI with this environment; output is captured as text."""
         return subprocess.run(
-            [str(self.bin_dir / "ollama"), *args],
+            [str(self.executable), *args],
             check=False,
             env=dict(self.env, **(extra_env or {})),
             input=input,
@@ -286,10 +342,19 @@ class StandinEnv:
     # teardown
 
     def cleanup(self) -> None:
-        """SIGKILL every live process the events name (and their children) plus our Popens; reap them."""
+        """SIGKILL every live process the events name (and their children) plus our Popens; reap them.
+
+        Apps go first, so none respawns a serve killed after it.
+        """
         targets: dict[int, psutil.Process] = {}
+        apps = [same_process(e["pid"], e.get("create_time")) for e in self.events_of("app_start")]
+        for app in apps:
+            if app is not None:
+                with contextlib.suppress(psutil.Error):
+                    app.kill()
+        _wait_gone([app for app in apps if app is not None], timeout=10)
         for event in self.events():
-            if event["event"] in ("serve_start", "runner_start"):
+            if event["event"] in ("serve_start", "runner_start", "app_serve_start"):
                 process = same_process(event["pid"], event.get("create_time"))
                 if process is not None:
                     targets[process.pid] = process
@@ -298,6 +363,8 @@ class StandinEnv:
                 process = same_process(popen.pid, None)
                 if process is not None:
                     targets[process.pid] = process
+        for process in self._unregistered_processes():
+            targets.setdefault(process.pid, process)
         for process in list(targets.values()):
             try:
                 for child in process.children(recursive=True):
@@ -306,7 +373,8 @@ class StandinEnv:
                 pass
         for process in targets.values():
             try:
-                process.send_signal(signal.SIGCONT)
+                if hasattr(signal, "SIGCONT"):
+                    process.send_signal(signal.SIGCONT)
                 process.kill()
             except psutil.Error:
                 pass
@@ -316,6 +384,29 @@ class StandinEnv:
             except subprocess.TimeoutExpired:
                 pass
         _wait_gone(list(targets.values()), timeout=10)
+
+    def _unregistered_processes(self) -> list[psutil.Process]:
+        """Stand-in programs of this environment that have not written their start event yet.
+
+        A serve a manager started just before it was stopped may still be starting when the
+        events are read. It is known by its environment, which names this events file, and its
+        program, which lies in this environment (``bin/ollama``, ``lib/ollama/llama-server``) or
+        is the frozen stand-in.
+        """
+        marker = str(self.events_file)
+        found = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if process.pid == os.getpid() or process.environ().get("OLLAMA_STANDIN_EVENTS") != marker:
+                    continue
+                # The program comes first, after its interpreter (and /usr/bin/env, while a shebang is followed).
+                if any(self._is_standin_program(arg) for arg in process.cmdline()[:3]):
+                    found.append(process)
+        return found
+
+    def _is_standin_program(self, arg: str) -> bool:
+        path = Path(arg)
+        return path == self.executable or path.is_relative_to(self.root) or path.is_relative_to(self.bin_dir)
 
 
 def _wait_gone(processes: list[psutil.Process], timeout: float) -> None:

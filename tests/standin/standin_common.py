@@ -22,6 +22,8 @@ FOREVER = float("inf")
 
 # The executable that spawns runners; set by the `ollama` entry point.
 EXECUTABLE = ""
+# Built into real executables by tests/standin/freeze.py (Windows finds ``ollama.exe`` only).
+FROZEN = bool(getattr(sys, "frozen", False))
 
 
 def version_tuple(text: str) -> Tuple[int, ...]:
@@ -571,17 +573,67 @@ def append_event(event: Dict[str, Any]) -> None:
 
 
 def process_create_time(pid: int) -> float:
-    """A process's start time in epoch seconds, computed the way psutil does on Linux."""
+    """A process's start time in epoch seconds, read the way psutil reads it on each OS."""
     try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            stat = handle.read()
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        ticks = int(fields[19])
-        with open("/proc/stat", "rb") as handle:
-            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
+        if sys.platform.startswith("linux"):
+            return _linux_create_time(pid)
+        if sys.platform == "win32":
+            return _windows_create_time(pid)
+        if sys.platform == "darwin":
+            return _darwin_create_time(pid)
+    except (OSError, ValueError, IndexError, StopIteration, AttributeError):
+        pass
+    return time.time()
+
+
+def _linux_create_time(pid: int) -> float:
+    with open("/proc/%d/stat" % pid, "rb") as handle:
+        stat = handle.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    ticks = int(fields[19])
+    with open("/proc/stat", "rb") as handle:
+        boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime"))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+FILETIME_EPOCH_OFFSET_S = 11644473600  # 1601-01-01 to 1970-01-01
+PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+
+
+def _windows_create_time(pid: int) -> float:
+    """``GetProcessTimes``' creation time (100 ns ticks since 1601)."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    handle = kernel32.OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        raise OSError(ctypes.get_last_error(), "OpenProcess failed")  # type: ignore[attr-defined]
+    try:
+        times = [wintypes.FILETIME() for _ in range(4)]
+        if not kernel32.GetProcessTimes(handle, *[ctypes.byref(t) for t in times]):
+            raise OSError(ctypes.get_last_error(), "GetProcessTimes failed")  # type: ignore[attr-defined]
+        created = times[0]
+        ticks = (created.dwHighDateTime << 32) | created.dwLowDateTime
+        return ticks / 1e7 - FILETIME_EPOCH_OFFSET_S
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+def _darwin_create_time(pid: int) -> float:
+    """``kinfo_proc.kp_proc.p_starttime`` from ``sysctl(CTL_KERN, KERN_PROC, KERN_PROC_PID, pid)``."""
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    mib = (ctypes.c_int * 4)(1, 14, 1, pid)  # CTL_KERN, KERN_PROC, KERN_PROC_PID
+    buffer = ctypes.create_string_buffer(1024)  # sizeof(struct kinfo_proc) is 648 on 64-bit macOS
+    size = ctypes.c_size_t(len(buffer))
+    if libc.sysctl(mib, 4, buffer, ctypes.byref(size), None, 0) != 0 or size.value == 0:
+        raise OSError(ctypes.get_errno(), "sysctl failed")
+    seconds, microseconds = struct.unpack_from("qi", buffer.raw, 0)  # struct timeval p_starttime
+    return seconds + microseconds / 1e6
 
 
 def set_process_name(name: str) -> None:

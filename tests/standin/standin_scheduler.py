@@ -66,6 +66,8 @@ RUNNER_DEFAULTS: Dict[str, Any] = {
 }
 STANDIN_DIR = os.path.dirname(os.path.abspath(__file__))
 RUNNER_SCRIPT = os.path.join(STANDIN_DIR, "standin_runner.py")
+# Ollama starts its Windows runners without a console window (llm/llama_server.go: CREATE_NO_WINDOW).
+RUNNER_CREATION_FLAGS = 0x08000000 if sys.platform == "win32" else 0
 # The ``oom`` fault's kinds: acted out by the runner during its load (or, for ``runtime``, at its first
 # token), or answered by serve itself before any runner starts.
 RUNNER_OOM_KINDS = ("cuda", "host", "windows", "metal", "vulkan", "compute", "health", "runtime", "recoverable")
@@ -338,6 +340,9 @@ def llama_server_executable() -> List[str]:
     Where no link can be made (Windows without the privilege) the interpreter itself is used.
     """
     name = "llama-server.exe" if sys.platform == "win32" else "llama-server"
+    if common.FROZEN:
+        # The frozen stand-in (tests/standin/freeze.py) ships a real llama-server executable beside ollama.
+        return [os.path.join(os.path.dirname(sys.executable), name)]
     target = os.path.realpath(sys.executable)
     invoked = os.path.dirname(os.path.abspath(sys.argv[0] if sys.argv and sys.argv[0] else STANDIN_DIR))
     candidates = []
@@ -772,12 +777,19 @@ class Scheduler:
             prefix = llama_server_executable()
             command, shown = prefix + args, [prefix[0], *args]
         else:
-            command = [sys.executable, common.EXECUTABLE, "runner", "--model", model.model_path, "--port", str(port)]
-            shown = command[1:]
+            runner = [sys.executable] if common.FROZEN else [sys.executable, common.EXECUTABLE]
+            command = [*runner, "runner", "--model", model.model_path, "--port", str(port)]
+            shown = command[len(runner) - 1 :]
         log("INFO", self.texts.starting[0], self.texts.starting[1], ("cmd", " ".join(shown)))
         env = dict(os.environ, OLLAMA_STANDIN_RUNNER_PLAN=json.dumps(plan))
         proc = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, close_fds=True, env=env
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            env=env,
+            creationflags=RUNNER_CREATION_FLAGS,
         )
         with self._children_lock:
             self._children[proc.pid] = proc

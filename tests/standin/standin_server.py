@@ -388,10 +388,14 @@ class Turn:
 
 
 class StandinServer(http.server.ThreadingHTTPServer):
-    """Threaded HTTP server that binds like Go's listener (SO_REUSEADDR, no reverse DNS)."""
+    """Threaded HTTP server that binds like Go's listener (no reverse DNS).
+
+    Go sets SO_REUSEADDR on Unix only: on Windows that option lets a second
+    socket bind a port in use, so a second serve would not fail as Ollama's does.
+    """
 
     daemon_threads = True
-    allow_reuse_address = True
+    allow_reuse_address = sys.platform != "win32"
     request_queue_size = 128
 
     app: "App"
@@ -1357,9 +1361,19 @@ def listen(host: common.HostSpec) -> StandinServer:
     except socket.gaierror:
         _die("listen tcp: lookup %s: no such host" % host.host, 1)
     except OSError as error:
-        reason = os.strerror(error.errno).lower() if error.errno else str(error)
-        _die("listen tcp %s: bind: %s" % (host.hostport, reason), 1)
+        _die("listen tcp %s: bind: %s" % (host.hostport, bind_error_text(error)), 1)
     raise AssertionError("unreachable")
+
+
+WSAEADDRINUSE = 10048
+WINDOWS_ADDRESS_IN_USE = "Only one usage of each socket address (protocol/network address/port) is normally permitted."
+
+
+def bind_error_text(error: OSError) -> str:
+    """Go's text for a failed bind: the C library's message on Unix, the Winsock one on Windows."""
+    if getattr(error, "winerror", None) == WSAEADDRINUSE:
+        return WINDOWS_ADDRESS_IN_USE
+    return os.strerror(error.errno).lower() if error.errno else str(error)
 
 
 def _is_loopback(host: str) -> bool:
@@ -1419,13 +1433,20 @@ def serve_main(argv: List[str]) -> int:
 
 
 def install_signal_handlers() -> List[int]:
-    """SIGINT/SIGTERM set a flag the main loop acts on (SIGTERM ignored when asked)."""
+    """SIGINT/SIGTERM (and on Windows the console's Ctrl+Break, SIGBREAK) set a flag the main loop acts on.
+
+    Go maps both console events, Ctrl+C and Ctrl+Break, to ``os.Interrupt``; a serve started in its own
+    process group (as Ollama's app and the manager start it) only ever receives Ctrl+Break. SIGTERM is
+    ignored when asked.
+    """
     received: List[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
         received.append(number)
 
     signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGBREAK"):
+        signal.signal(signal.SIGBREAK, on_signal)
     if common.env_var("OLLAMA_STANDIN_IGNORE_SIGTERM") in ("1", "true", "yes"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:

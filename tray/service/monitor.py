@@ -66,20 +66,17 @@ from tray.models.keeper import ModelKeeper
 from tray.models.store import same_model
 from tray.ollama.client import keep_alive_value
 from tray.service.ports import GatewayFeed, SupervisorPort
-from tray.service.supervisor import NotPermitted, SupervisorError, reaped_words
+from tray.service.supervisor import NotPermitted, SupervisorError, stop_message
 from tray.service.upkeep import DaemonDuties, OomEffects
 from tray.settings.config import Config, ConfigError
 from tray.settings.server import systemd_dropin
 from tray.settings.store import set_config_value
+from tray.system.ollama_app import OllamaApp
 from tray.system.owners import (
-    OllamaApp,
     SystemdService,
-    app_running,
-    current_uid,
     read_journal,
     stuck_unit_line,
     systemd_active_state,
-    user_name,
 )
 from tray.system.processes import ProcessRef, cpu_seconds
 from tray.system.resources import ResourceSample, ResourceSampler
@@ -198,7 +195,12 @@ class Monitor:
         )
         oom_effects = OomEffects(config, history, supervisor, self.models)
         self.duties = DaemonDuties(
-            config, history, supervisor.paths.server_log, RECHECK_SECONDS, oom_effects, supervisor.paths.oom_ladder_file
+            config,
+            history,
+            lambda: supervisor.server_log,
+            RECHECK_SECONDS,
+            oom_effects,
+            supervisor.paths.oom_ladder_file,
         )
         self._leak_restart_wanted = False  # until nothing runs on the server
         self._seen_server = supervisor.server
@@ -497,7 +499,7 @@ class Monitor:
         owner = self.supervisor.external
         stopped = False
         if isinstance(owner, OllamaApp):
-            stopped = not app_running(owner)
+            stopped = not owner.alive()
         elif isinstance(owner, SystemdService):
             stopped = systemd_active_state(owner) == "inactive"
         if stopped and owner is not None:
@@ -704,7 +706,7 @@ class Monitor:
             self.models.models_dir = store
             self.sampler.models_dir = store
         unit = self.supervisor.external if isinstance(self.supervisor.external, SystemdService) else None
-        self.duties.follow_log(unit, user_name(current_uid()))
+        self.duties.follow_log(unit)
 
     def _read_runner_cpu(self) -> dict[ProcessRef, float | None]:
         return self.read_cpu_seconds(list(self.supervisor.runners))
@@ -833,8 +835,7 @@ class Monitor:
         def work() -> None:
             try:
                 if action is ActivityKind.STOP:
-                    sup.stop(reason="user", interactive=True)
-                    message = "Ollama stopped"
+                    message = stop_message(sup.stop(reason="user", interactive=True), sup.reaped_names)
                 elif action is ActivityKind.START:
                     message = sup.start(reason="user", interactive=True).describe(sup.host.url)
                 else:
@@ -1016,12 +1017,11 @@ class Monitor:
         if action == "stop":
             self._set_activity(ActivityKind.STOP, "Stopping Ollama")
             try:
-                sup.stop(reason="user")
+                stopped = sup.stop(reason="user")
             finally:
                 self._set_activity(None)
             self._after_user_stop()
-            reaped = reaped_words(sup.reaped_names)
-            return "Ollama stopped" + (f"; {reaped}" if reaped else "")
+            return stop_message(stopped, sup.reaped_names)
         if action == "restart":
             sup.user_stop.clear()
             self.policy.reset()

@@ -27,7 +27,7 @@ from tray.settings.config import Config
 from tray.settings.hosts import OllamaHost
 from tray.system.owners import ExternalSupervisor, SystemdService
 from tray.system.paths import AppPaths
-from tray.system.processes import ProcessRef
+from tray.system.processes import ProcessRef, StopOutcome
 
 
 class OllamaProbe(Protocol):
@@ -87,6 +87,11 @@ class SupervisorPort(Protocol):
 
     @property
     def paths(self) -> AppPaths: ...
+
+    @property
+    def server_log(self) -> Path:
+        """The log the running server writes (the Ollama app's own when the app runs it)."""
+        ...
 
     @property
     def platform(self) -> str: ...
@@ -164,7 +169,7 @@ class SupervisorPort(Protocol):
         """``interactive``: a user's own action, for which polkit may ask for a password."""
         ...
 
-    def stop(self, reason: str = "stop", interactive: bool = False) -> object: ...
+    def stop(self, reason: str = "stop", interactive: bool = False) -> StopOutcome: ...
 
     def restart(self, reason: str, interactive: bool = False) -> StartOutcome: ...
 

@@ -38,10 +38,25 @@ from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
 from tray.settings.server import customizes_server, server_env
 from tray.system.atomic import write_atomically
+from tray.system.ollama_app import (
+    AppFinder,
+    AppGone,
+    OllamaApp,
+    StartRoute,
+    app_finder_for,
+    app_model_location,
+    app_owning,
+    app_server_port,
+    app_starts_at_login,
+    choose_start,
+    needs_own_server,
+    quit_app,
+    restart_app_server,
+    running_app,
+)
 from tray.system.owners import (
     CommandResult,
     ExternalSupervisor,
-    OllamaApp,
     SystemdService,
     Trust,
     current_uid,
@@ -61,12 +76,12 @@ from tray.system.processes import (
     StopOutcome,
     describe_process,
     find_listener,
-    find_ollama_app,
     find_ollama_binary,
     is_server_cmdline,
     kill_runners,
     launch_plan,
     listening_pid,
+    ollama_home,
     runner_model_path,
     runners_of,
     spawn,
@@ -76,6 +91,7 @@ from tray.system.processes import (
 log = logging.getLogger(__name__)
 
 READY_POLL_SECONDS = 0.1
+APP_QUIT_GRACE_SECONDS = 10.0  # the app stops its own serve first (interrupt, 5 s, kill)
 
 
 class PortInUse(SupervisorError):
@@ -158,6 +174,16 @@ def reaped_words(names: Mapping[int, str]) -> str:
     return f"reaped {len(names)} orphaned runner{plural} ({listed})"
 
 
+def stop_message(outcome: StopOutcome, reaped: Mapping[int, str]) -> str:
+    """What the user is told after a stop: how it stopped when it took a kill, and the runners reaped.
+
+    >>> stop_message(StopOutcome(), {12: "llama-server"})
+    'Ollama stopped; reaped 1 orphaned runner (pid 12: llama-server)'
+    """
+    words = reaped_words(reaped)
+    return outcome.message() + (f"; {words}" if words else "")
+
+
 class UserStop:
     """The user's stop, remembered until they start Ollama again (or the machine reboots)."""
 
@@ -197,7 +223,9 @@ class Supervisor:
         *,
         env: Mapping[str, str] | None = None,
         platform: str = sys.platform,
+        app_finder: AppFinder | None = None,
     ) -> None:
+        """``app_finder``: how this OS's Ollama app is recognised (default: the OS's own; none on Linux)."""
         self.config = config
         self.paths = paths
         self.history = history
@@ -206,9 +234,12 @@ class Supervisor:
         self.host = config.host
         self.client = OllamaClient(self.host.url)
         server_settings_env = server_env(config.ollama_server, self.env)
-        self.models_dir = default_models_dir(server_settings_env, home=Path(self.env.get("HOME") or Path.home()))
-        self.configured_models_dir = self.models_dir  # where a server this app starts keeps its models
+        # Where a server this app starts keeps its models (Go's home folder, as Ollama's); models_dir is the
+        # running server's, learned when it is adopted.
+        self.configured_models_dir = default_models_dir(server_settings_env, home=ollama_home(self.env, platform))
+        self.models_dir = self.configured_models_dir
         self.store_source = "the manager's settings"  # how models_dir was learned
+        self.app_finder = app_finder if app_finder is not None else app_finder_for(platform, self.env)
         self.user_stop = UserStop(paths.user_stop_file)
         self._exit_listeners: list[Callable[[int], None]] = []  # called from a watcher thread
         self._listeners_lock = threading.Lock()  # not _lock: a stop or start holds that for long
@@ -239,6 +270,14 @@ class Supervisor:
         return "external" if self.server is not None else "none"
 
     @property
+    def server_log(self) -> Path:
+        """The log the running server writes: the Ollama app's ``server.log`` when the app runs it."""
+        owner = self.external
+        if isinstance(owner, OllamaApp):
+            return owner.layout.server_log
+        return self.paths.server_log
+
+    @property
     def overlay_pending(self) -> bool:
         """The server this app started runs with another overlay than the next start would give it."""
         return self.managed_by == "manager" and self.started_overlay != self.env_overlay
@@ -263,7 +302,7 @@ class Supervisor:
                 ref = ProcessRef.of(psutil.Process(self.popen.pid))  # the OS hides the listener; it is our child
             if ref != self.server:
                 self.server = ref
-                self.external = detect_supervisor(ref, self.platform) if ref else None
+                self.external = self._owner_of(ref) if ref else None
                 if self.popen is not None and (ref is None or ref.pid != self.popen.pid):
                     self.popen = None  # what answers is not the process we started
             self.owner_uid = listener.uid if listener and listener.uid is not None else self._uid_of(ref)
@@ -330,9 +369,10 @@ class Supervisor:
 
         A server this app started uses the configured store. Otherwise, in order:
         its unit's ``Environment=OLLAMA_MODELS``, its own environment (readable
-        when it is this user's), a runner's ``--model`` path, its log's ``server
-        config`` line, its account's ``~/.ollama/models``; each checked against
-        the digests ``/api/tags`` lists where the store can be read.
+        when it is this user's), a runner's ``--model`` path, the Ollama app's
+        "Model location" when the app runs it, its log's ``server config`` line,
+        its account's ``~/.ollama/models``; each checked against the digests
+        ``/api/tags`` lists where the store can be read.
         """
         if self.popen is not None and self.server is not None and self.server.pid == self.popen.pid:
             return self.configured_models_dir, "the manager's settings"
@@ -349,6 +389,10 @@ class Supervisor:
             store = models_dir_of_runner(model) if model else None
             if store is not None:
                 candidates.append((store, "a runner's --model path"))
+        if isinstance(self.external, OllamaApp):
+            location = app_model_location(self.external.layout)
+            if location is not None:
+                candidates.append((location, "the Ollama app's Model location"))
         log_lines = read_journal(self.external) if isinstance(self.external, SystemdService) else None
         from_log = models_dir_from_log(log_lines or [])
         if from_log is not None:
@@ -372,8 +416,9 @@ class Supervisor:
             return None
 
     def _owner_home(self, environ: dict[str, str] | None) -> Path | None:
-        if environ is not None and environ.get("HOME"):
-            return Path(environ["HOME"])
+        """The home of the server's account: Go's ``os.UserHomeDir`` of its environment, else its passwd entry."""
+        if environ is not None and (environ.get("HOME") or environ.get("USERPROFILE")):
+            return ollama_home(environ, self.platform)
         if self.owner_uid is None:
             return None
         try:
@@ -400,6 +445,12 @@ class Supervisor:
             return None
         installed = installed_ollama_unit()
         return installed.service if installed is not None else None
+
+    def _owner_of(self, server: ProcessRef) -> ExternalSupervisor | None:
+        systemd = detect_supervisor(server, self.platform)
+        if systemd is not None or self.app_finder is None:
+            return systemd
+        return app_owning(server, self.app_finder)
 
     def track_runners(self) -> None:
         """Remember the server's runners, so they can be reaped if the server dies with kill -9."""
@@ -467,6 +518,7 @@ class Supervisor:
                 if self.refused is not None:
                     raise Untrusted(self.refused)
                 self.history.record(EventKind.ADOPT, f"Ollama already running (pid {self.pid}); watching it")
+                self._note_settings_not_in_effect()
                 return self._outcome(False)
             service = self.systemd_owner()
         if service is not None:
@@ -478,14 +530,16 @@ class Supervisor:
             overlay = dict(self.env_overlay)
             # The Ollama app starts its server with its own environment: it cannot honour these settings.
             customized = customizes_server(server_settings) or bool(overlay)
-            app = None if customized else find_ollama_app(self.platform, self.env)
+            route, app_command = self._start_route(customized)
+            if route is StartRoute.WAIT_FOR_APP:
+                return self._wait_for_app_server(reason, begun)
             try:
                 binary = find_ollama_binary(self.config.ollama_binary, self.env, self.platform)
             except OllamaNotInstalled:
-                if app is None:
+                if app_command is None:
                     raise
                 binary = None
-            plan = launch_plan(binary, self.host, platform=self.platform, app=app, env=self.env)
+            plan = launch_plan(binary, self.host, platform=self.platform, app_command=app_command, env=self.env)
             plan = replace(plan, env={**server_env(server_settings, plan.env), **overlay})
             self._rotate_server_log()
             log.info("starting Ollama: %s", " ".join(plan.argv))
@@ -506,6 +560,60 @@ class Supervisor:
                 EventKind.START, f"Ollama started (pid {self.pid}) in {outcome.seconds:.1f} s", {"reason": reason}
             )
             return outcome
+
+    def _start_route(self, customized: bool) -> tuple[StartRoute, list[str] | None]:
+        """Whether the Ollama app starts the server, runs it already, or the manager runs its own.
+
+        The app is bypassed only while it is not running, and never quit for it; when it will
+        take the port back at the next login (its login item), the user is told.
+        """
+        finder = self.app_finder
+        own = needs_own_server(self.host, customized)
+        app_command = finder.start_command() if finder is not None else None
+        running = running_app(finder) if finder is not None else None
+        login_item = False
+        if finder is not None and app_command is not None and own and running is None:
+            login_item = app_starts_at_login(finder.layout)
+        choice = choose_start(
+            own_server=own,
+            port=self.host.port,
+            installed=app_command is not None,
+            running=running is not None,
+            login_item=login_item,
+            app_port=app_server_port(running),
+        )
+        if choice.warning:
+            log.warning("%s", choice.warning)
+            self._record_warning(choice.warning, choice.route)
+        return choice.route, app_command if choice.route is StartRoute.VIA_APP else None
+
+    def _note_settings_not_in_effect(self) -> None:
+        """The Ollama app runs the server (it takes its port back when it starts): say which settings are lost."""
+        owner = self.external
+        customized = customizes_server(self.config.ollama_server) or bool(self.env_overlay)
+        if not isinstance(owner, OllamaApp) or not needs_own_server(self.host, customized):
+            return
+        port = self.host.port
+        choice = choose_start(own_server=True, port=port, installed=True, running=True, login_item=False, app_port=port)
+        self._record_warning(choice.warning, choice.route)
+
+    def _record_warning(self, warning: str, route: StartRoute) -> None:
+        self.history.record(EventKind.EXTERNAL, warning[0].upper() + warning[1:], {"kind": str(route)})
+
+    def _wait_for_app_server(self, reason: str, begun: float) -> StartOutcome:
+        """The Ollama app runs: its server answers again within a second or two of any exit."""
+        log_path = self.app_finder.layout.server_log if self.app_finder else self.paths.server_log
+        self._wait_answering(
+            failure=f"the Ollama app is running but its server does not answer at {self.host.url} within "
+            f"{self.config.startup_timeout:g} s: see {log_path}, or quit the app from its menu and open it again",
+            begun=begun,
+        )
+        self.server = None
+        self.adopt()
+        self.history.record(
+            EventKind.ADOPT, f"Ollama is run by the Ollama app (pid {self.pid}); watching it", {"reason": reason}
+        )
+        return self._outcome(False, time.monotonic() - begun)
 
     def _wait_ready(self, popen: subprocess.Popen[bytes], via_app: bool) -> None:
         deadline = time.monotonic() + self.config.startup_timeout
@@ -554,27 +662,18 @@ class Supervisor:
             if self.refused is not None:
                 raise Untrusted(self.refused)
             owner = self.external
+        outcome: StopOutcome | None = None
         if isinstance(owner, SystemdService):
-            self._stop_external(owner, interactive)  # no lock held: polkit may ask the user
+            outcome = self._stop_external(owner, interactive)  # no lock held: polkit may ask the user
         with self._lock:
             self.expected_exit = True
-            if owner is None:
-                outcome = self._stop_process()
-            else:
-                if not isinstance(owner, SystemdService):
-                    self._stop_external(owner, interactive)
-                outcome = StopOutcome()
+            if outcome is None:
+                outcome = self._stop_external(owner, interactive) if owner is not None else self._stop_process()
             outcome.runners_reaped = self.reap_runners()
-            if not outcome.found:
-                how = "it was not running"
-            elif outcome.graceful:
-                how = "gracefully"
-            else:
-                how = f"killed after {self.config.stop_timeout:g} s"
             reaped = reaped_words(self.reaped_names)
             self.history.record(
                 EventKind.STOP,
-                f"Ollama stopped ({how})" + (f"; {reaped}" if reaped else ""),
+                f"Ollama stopped ({outcome.how()})" + (f"; {reaped}" if reaped else ""),
                 {"reason": reason, "killed": outcome.killed, "runners_reaped": outcome.runners_reaped},
             )
             self.server = None
@@ -608,7 +707,7 @@ class Supervisor:
             f"stop it: run `sudo kill {self.server.pid}`"
         )
 
-    def _stop_external(self, owner: ExternalSupervisor, interactive: bool = False) -> None:
+    def _stop_external(self, owner: ExternalSupervisor, interactive: bool = False) -> StopOutcome:
         if isinstance(owner, SystemdService):
             result = self._systemctl(owner, "stop", interactive)
             if not result.ok:
@@ -616,13 +715,13 @@ class Supervisor:
                     f"Ollama runs as {owner.describe()}, which this user may not stop "
                     f"({systemctl_reason(result.message, 'stop', owner.unit)}): run `{owner.manual_command('stop')}`"
                 )
+            outcome = StopOutcome()
         else:
-            result = run_command(owner.quit_command())
-            if not result.ok:
-                raise NotPermitted(
-                    f"could not quit {owner.describe()} ({result.message}): {owner.manual_command('stop')}"
-                )
+            self.track_runners()
+            quit_ = quit_app(owner, self.config.stop_timeout + APP_QUIT_GRACE_SECONDS)
+            outcome = StopOutcome(graceful=quit_.graceful, killed=quit_.killed, hard_kill_reason=quit_.detail)
         self._wait_gone(self.config.stop_timeout + 10)
+        return outcome
 
     def _wait_gone(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -720,12 +819,18 @@ class Supervisor:
             self.history.record(EventKind(verb), f"Ollama {done} through {service.describe()}", {"reason": reason})
             return self._outcome(True, time.monotonic() - begun)
 
-    def _wait_answering(self, after: str) -> None:
-        """Wait for Ollama to answer once its owner started it; StartFailed after the startup timeout."""
-        deadline = time.monotonic() + self.config.startup_timeout
+    def _wait_answering(self, after: str = "", *, failure: str = "", begun: float | None = None) -> None:
+        """Wait for Ollama to answer once its owner started it; StartFailed after the startup timeout.
+
+        The error says what was done (``after``), unless ``failure`` is the whole message; the timeout counts
+        from ``begun`` when given (a monotonic time), else from now.
+        """
+        deadline = (time.monotonic() if begun is None else begun) + self.config.startup_timeout
         while not self.client.answers_as_ollama(timeout=1.0):
             if time.monotonic() > deadline:
-                raise StartFailed(f"Ollama did not answer within {self.config.startup_timeout:g} s after {after}")
+                raise StartFailed(
+                    failure or f"Ollama did not answer within {self.config.startup_timeout:g} s after {after}"
+                )
             time.sleep(READY_POLL_SECONDS)
 
     def _true_state(self, pid: int | None) -> str:
@@ -745,22 +850,26 @@ class Supervisor:
         return StartOutcome(started, self.pid, self.managed_by, seconds, self.unit)
 
     def _restart_external(self, owner: ExternalSupervisor, reason: str) -> StartOutcome:
-        """Restart through the Ollama app: quit it, reap what its server left, open it again."""
+        """Restart the Ollama app's server: end it as the app does, and await the one the app starts 1 s later."""
+        assert isinstance(owner, OllamaApp)
         begun = time.monotonic()
         self.track_runners()
-        assert isinstance(owner, OllamaApp)
-        quit_result = run_command(owner.quit_command())
-        if not quit_result.ok:
-            raise NotPermitted(f"could not quit {owner.describe()} ({quit_result.message})")
-        self._wait_gone(self.config.stop_timeout + 10)
+        try:
+            respawn = restart_app_server(owner, self.config.stop_timeout, self.config.startup_timeout)
+        except AppGone:
+            raise StartFailed(
+                "the Ollama app quit while its server was restarting: open Ollama again, or run `ollama-manager start`"
+            ) from None
+        except TimeoutError as exc:
+            raise StartFailed(f"{exc}: quit Ollama from its menu and open it again") from None
+        old = f"its server (pid {respawn.old.pid}) " if respawn.old else "its server "
+        how = "ended" if respawn.graceful else f"was killed ({respawn.detail})"
+        done = f": {old}{how}, and the app started pid {respawn.new.pid}"
         self.reap_runners()
-        start_result = run_command(owner.start_command())
-        if not start_result.ok:
-            raise StartFailed(f"could not reopen {owner.describe()}: {start_result.message}")
         self._wait_answering(f"restarting {owner.describe()}")
         self.server = None
         self.adopt()
-        self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}", {"reason": reason})
+        self.history.record(EventKind.RESTART, f"Ollama restarted through {owner.describe()}{done}", {"reason": reason})
         return self._outcome(True, time.monotonic() - begun)
 
     def close(self) -> None:

@@ -13,14 +13,11 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
-import queue
-import subprocess
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
@@ -31,7 +28,8 @@ from tray.models.modelfile import load_modelfile
 from tray.models.store import same_model
 from tray.settings.config import Config
 from tray.system.atomic import write_atomically
-from tray.system.owners import SystemdService, journal_access_line, journal_command, journal_refused
+from tray.system.logs import ServerLogTail
+from tray.system.owners import SystemdService, current_uid, journal_access_line, user_name
 from tray.system.resources import ResourceSample
 
 if TYPE_CHECKING:
@@ -42,100 +40,6 @@ log = logging.getLogger(__name__)
 
 COMPACT_EVERY_SECONDS = 3600.0
 RESTART_MEMORY_SECONDS = 3600.0
-LOG_TAIL_MAX_BYTES = 65536
-
-
-class ServerLogTail:
-    """New lines appended to a log file since the last read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset: int | None = None
-
-    def close(self) -> None:
-        pass
-
-    def new_lines(self) -> list[str]:
-        try:
-            size = self.path.stat().st_size
-        except OSError:
-            return []
-        if self.offset is None or size < self.offset:  # first look, or the log was rotated
-            self.offset = size if self.offset is None else 0
-            if self.offset == size:
-                return []
-        start = max(self.offset, size - LOG_TAIL_MAX_BYTES)
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(start)
-                data = handle.read(size - start)
-        except OSError:
-            return []
-        self.offset = size
-        return data.decode("utf-8", "replace").splitlines()
-
-
-class LogTail(Protocol):
-    def new_lines(self) -> list[str]: ...
-
-    def close(self) -> None: ...
-
-
-class JournalTail:
-    """New messages of a systemd unit, from ``journalctl -u UNIT -f`` (where the server's stderr goes).
-
-    The journal refuses users outside ``systemd-journal``/``adm``: ``on_refused``
-    is then called once, from the reader thread.
-    """
-
-    def __init__(self, service: SystemdService, on_refused: Callable[[], None]) -> None:
-        self.service = service
-        self.on_refused = on_refused
-        self._lines: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._refused = False
-        try:
-            self._process: subprocess.Popen[str] | None = subprocess.Popen(
-                journal_command(service, follow=True, lines=0),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                errors="replace",
-            )
-        except OSError as exc:
-            log.warning("cannot follow the journal of %s: %s", service.unit, exc.strerror or exc)
-            self._process = None
-            return
-        threading.Thread(target=self._read_out, name="journal-tail", daemon=True).start()
-        threading.Thread(target=self._read_err, name="journal-tail-err", daemon=True).start()
-
-    def _read_out(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.put(line.rstrip("\n"))
-
-    def _read_err(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
-        for line in self._process.stderr:
-            if not self._refused and journal_refused(line, self.service.user):
-                self._refused = True
-                self.on_refused()
-
-    def new_lines(self) -> list[str]:
-        lines = []
-        while True:
-            try:
-                lines.append(self._lines.get_nowait())
-            except queue.Empty:
-                return lines
-
-    def close(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
 
 
 @dataclass(frozen=True)
@@ -148,13 +52,16 @@ class UpkeepWants:
 
 
 class DaemonDuties:
-    """``oom_effects`` carries the OOM ladder's moves out; without it they are only reported."""
+    """``oom_effects`` carries the OOM ladder's moves out; without it they are only reported.
+
+    ``server_log``: the log of the running server (it changes with the server's owner).
+    """
 
     def __init__(
         self,
         config: Config,
         history: History,
-        server_log: Path,
+        server_log: Path | Callable[[], Path | None],
         recheck_seconds: float,
         oom_effects: OomEffects | None = None,
         ladder_file: Path | None = None,
@@ -167,9 +74,7 @@ class DaemonDuties:
         self.oom_effects = oom_effects
         self.ladder_file = ladder_file
         self._restore_ladder()
-        self.server_log = server_log
-        self.log_tail: LogTail = ServerLogTail(server_log)
-        self.log_unit: SystemdService | None = None
+        self.log_tail = ServerLogTail(server_log, self._journal_refused)
         self._refused_units: set[str] = set()
         self.restart_times: deque[float] = deque()
         self.last_compact: float | None = None
@@ -182,22 +87,16 @@ class DaemonDuties:
         if self.oom_effects is not None:
             self.oom_effects.config = config
 
-    def follow_log(self, unit: SystemdService | None, user: str) -> None:
-        """Read the log of the server that runs: the unit's journal, else the file of the server this app started."""
-        if unit == self.log_unit:
-            return
-        self.log_tail.close()
-        self.log_unit = unit
-        if unit is None:
-            self.log_tail = ServerLogTail(self.server_log)
-            return
+    def follow_log(self, unit: SystemdService | None) -> None:
+        """Read the log of the server that runs: its unit's journal, else the file it writes."""
+        self.log_tail.follow(unit)
 
-        def refused() -> None:
-            if unit.unit not in self._refused_units:
-                self._refused_units.add(unit.unit)
-                self.history.record(EventKind.LOG_ACCESS, journal_access_line(unit, user), {"unit": unit.unit})
-
-        self.log_tail = JournalTail(unit, refused)
+    def _journal_refused(self, unit: SystemdService) -> None:
+        """Called from the journal's reader thread: say once per unit how to get access."""
+        if unit.unit not in self._refused_units:
+            self._refused_units.add(unit.unit)
+            line = journal_access_line(unit, user_name(current_uid()))
+            self.history.record(EventKind.LOG_ACCESS, line, {"unit": unit.unit})
 
     def close(self) -> None:
         self.log_tail.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tray.system.atomic import write_atomically
+from tray.system.registry import RegistryValues, WinregKey
 
 APP_DISPLAY_NAME = "Ollama Manager"
 LAUNCH_AGENT_LABEL = "io.github.ollama-manager"
@@ -24,6 +25,7 @@ RUN_KEY_PATH = r"Software\Microsoft\Windows\CurrentVersion\Run"
 RUN_VALUE_NAME = APP_DISPLAY_NAME
 DESKTOP_FILE_NAME = "ollama-manager.desktop"
 CONSOLE_SCRIPT = "ollama-manager"
+WINDOWED_EXECUTABLE = f"{APP_DISPLAY_NAME}.exe"  # the bundle's tray executable on Windows (packaging/info.py)
 COMMENT = "Keeps the local Ollama server alive and healthy"
 DEFAULT_ICON = "ollama-manager"
 
@@ -59,22 +61,31 @@ def launch_command(
     which: Callable[[str], str | None] = shutil.which,
     exists: Callable[[Path], bool] = Path.is_file,
 ) -> list[str]:
-    """The argv that starts this app at login.
+    """The argv that starts this app at login: always a program without a console window.
 
     A frozen bundle (PyInstaller) starts its own executable, which on macOS is
-    the ``.app``'s ``Contents/MacOS/…`` file. Otherwise the installed
-    ``ollama-manager`` console script next to the interpreter (or on PATH),
-    else ``python -m tray``.
+    the ``.app``'s ``Contents/MacOS/…`` file; on Windows it is the windowed
+    ``Ollama Manager.exe`` beside the console ``ollama-manager.exe``, even when
+    start at login is enabled from the command line (the console one would open
+    a console window at every login). From source on Windows, ``pythonw.exe -m tray``
+    for the same reason. Elsewhere the installed ``ollama-manager`` console script
+    next to the interpreter (or on PATH), else ``python -m tray``.
     """
     frozen = bool(getattr(sys, "frozen", False)) if frozen is None else frozen
     executable = executable or sys.executable
     if frozen:
-        return [str(Path(executable).absolute())]
-    script_name = CONSOLE_SCRIPT + (".exe" if platform == "win32" else "")
+        program = Path(executable).absolute()
+        if platform == "win32":
+            windowed = program.with_name(WINDOWED_EXECUTABLE)
+            if exists(windowed):
+                return [str(windowed)]
+        return [str(program)]
     interpreter_dir = Path(executable).parent
-    for candidate in (interpreter_dir / script_name, interpreter_dir / "Scripts" / script_name):
-        if exists(candidate):
-            return [str(candidate)]
+    if platform == "win32":
+        pythonw = interpreter_dir / "pythonw.exe"
+        return [str(pythonw if exists(pythonw) else Path(executable)), "-m", "tray"]
+    if exists(interpreter_dir / CONSOLE_SCRIPT):
+        return [str(interpreter_dir / CONSOLE_SCRIPT)]
     on_path = which(CONSOLE_SCRIPT)
     if on_path:
         return [str(Path(on_path).absolute())]
@@ -129,57 +140,6 @@ class LaunchAgentAutostart:
 
 
 # --- Windows ----------------------------------------------------------------
-
-
-class RegistryValues(Protocol):
-    """String values of one registry key (HKCU\\…\\Run)."""
-
-    def get(self, name: str) -> str | None:
-        """The value's data, or None when the value does not exist."""
-        ...
-
-    def set(self, name: str, data: str) -> None:
-        """Create or replace a REG_SZ value."""
-        ...
-
-    def delete(self, name: str) -> None:
-        """Remove a value; no error when it does not exist."""
-        ...
-
-
-class WinregRunKey:
-    """:class:`RegistryValues` on ``HKEY_CURRENT_USER\\Software\\Microsoft\\Windows\\CurrentVersion\\Run``."""
-
-    def __init__(self, key_path: str = RUN_KEY_PATH) -> None:
-        import winreg
-
-        self._winreg = winreg
-        self._key_path = key_path
-
-    def get(self, name: str) -> str | None:
-        """The value's data, or None."""
-        winreg = self._winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, self._key_path) as key:
-                data, _kind = winreg.QueryValueEx(key, name)
-        except FileNotFoundError:
-            return None
-        return str(data)
-
-    def set(self, name: str, data: str) -> None:
-        """Write a REG_SZ value."""
-        winreg = self._winreg
-        with winreg.CreateKeyEx(winreg.HKEY_CURRENT_USER, self._key_path, 0, winreg.KEY_SET_VALUE) as key:
-            winreg.SetValueEx(key, name, 0, winreg.REG_SZ, data)
-
-    def delete(self, name: str) -> None:
-        """Delete the value if present."""
-        winreg = self._winreg
-        try:
-            with winreg.OpenKey(winreg.HKEY_CURRENT_USER, self._key_path, 0, winreg.KEY_SET_VALUE) as key:
-                winreg.DeleteValue(key, name)
-        except FileNotFoundError:
-            pass
 
 
 class RegistryRunAutostart:
@@ -326,5 +286,5 @@ def autostart_for(
     if platform == "darwin":
         return LaunchAgentAutostart(home, command)
     if platform == "win32":
-        return RegistryRunAutostart(registry if registry is not None else WinregRunKey(), command)
+        return RegistryRunAutostart(registry if registry is not None else WinregKey(RUN_KEY_PATH), command)
     return XdgAutostart(xdg_config_home(home, env), command)

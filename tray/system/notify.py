@@ -1,18 +1,24 @@
 """Native desktop notifications, with a fallback per OS and rate limiting.
 
-:class:`Notifier` tries plyer first, then the OS's own way:
+:class:`Notifier` tries each channel in turn until one delivers:
 
-- Linux: the ``org.freedesktop.Notifications.Notify`` D-Bus call (through
-  ``jeepney``, pure Python), then the ``notify-send`` command;
-- macOS: ``osascript -e 'display notification ...'``;
-- Windows: a PowerShell toast (a tray balloon on systems without toasts).
+- Linux: plyer (only through its D-Bus backend), the
+  ``org.freedesktop.Notifications.Notify`` D-Bus call (through ``jeepney``,
+  pure Python), then the ``notify-send`` command;
+- macOS: plyer (when its backend can report), then
+  ``osascript -e 'display notification ...'``;
+- Windows: a toast under the app's own identity (the AppUserModelID
+  ``io.github.ollama-manager``, registered under HKCU with the app's name),
+  then plyer's tray balloon.
+
+A channel counts as delivered only when it can tell: plyer's ``notify-send``
+backend ignores the command's exit status and its Windows balloon runs on a
+thread of its own, so they never pass for a success ahead of a channel that
+reports failures. The balloon stays as Windows' last resort, whose delivery is
+logged as unconfirmed.
 
 A notification is never worth crashing for: every failure is logged and
 :meth:`Notifier.notify` returns False instead of raising.
-
-Known limit: when plyer's Linux backend is ``notify-send`` it ignores the
-command's exit status, so a missing notification daemon is not seen as a
-failure there.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tray.system.registry import RegistryValues, WinregKey
+
 log = logging.getLogger(__name__)
 
 APP_NAME = "Ollama Manager"
@@ -36,8 +44,12 @@ EXPIRE_MS = 10_000
 COMMAND_TIMEOUT_S = 15.0
 DBUS_TIMEOUT_S = 5.0
 
-# Windows PowerShell's own AUMID: toasts from an unregistered app id are dropped silently.
-POWERSHELL_APP_ID = r"{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\WindowsPowerShell\v1.0\powershell.exe"
+# The AppUserModelID toasts are shown under: Windows drops toasts of an app id it does not know, so
+# it is registered under HKCU (Software\Classes\AppUserModelId\<id>) with the name and icon to show.
+WINDOWS_APP_ID = "io.github.ollama-manager"
+APP_ID_KEY = rf"Software\Classes\AppUserModelId\{WINDOWS_APP_ID}"
+# plyer backends whose notify() fails when nothing was delivered (the others ignore errors or run detached).
+CONFIRMING_PLYER_BACKENDS = frozenset({"NotifyDbus"})
 
 Clock = Callable[[], float]
 Send = Callable[[str, str], None]
@@ -49,10 +61,20 @@ class NotificationError(Exception):
 
 @dataclass(frozen=True)
 class Channel:
-    """One way to show a notification; ``send(title, message)`` raises on failure."""
+    """One way to show a notification; ``send(title, message)`` raises on failure.
+
+    ``confirms``: a send that returns was delivered; False for a last resort that cannot tell.
+    """
 
     name: str
     send: Send
+    confirms: bool = True
+
+
+@dataclass(frozen=True)
+class Delivery:
+    channel: str
+    confirmed: bool
 
 
 # --- Command lines (pure) ---------------------------------------------------
@@ -101,41 +123,47 @@ def powershell_quote(text: str) -> str:
     return f"'{text}'"
 
 
-def powershell_toast_script(title: str, message: str, app_name: str = APP_NAME, app_id: str = POWERSHELL_APP_ID) -> str:
-    """PowerShell that shows a toast, or a tray balloon where WinRT toasts are unavailable."""
-    t, m, a, i = (powershell_quote(v) for v in (title, message, app_name, app_id))
+def powershell_toast_script(title: str, message: str, app_id: str = WINDOWS_APP_ID) -> str:
+    """PowerShell that shows a toast under ``app_id``; any failure ends it with a non-zero status."""
+    t, m, i = (powershell_quote(v) for v in (title, message, app_id))
     return "\n".join(
         [
             "$ErrorActionPreference = 'Stop'",
-            "try {",
-            "  [Windows.UI.Notifications.ToastNotificationManager, Windows.UI.Notifications,"
+            "[Windows.UI.Notifications.ToastNotificationManager, Windows.UI.Notifications,"
             " ContentType = WindowsRuntime] | Out-Null",
-            "  $xml = [Windows.UI.Notifications.ToastNotificationManager]::GetTemplateContent("
+            "$xml = [Windows.UI.Notifications.ToastNotificationManager]::GetTemplateContent("
             "[Windows.UI.Notifications.ToastTemplateType]::ToastText02)",
-            "  $lines = $xml.GetElementsByTagName('text')",
-            f"  $lines.Item(0).AppendChild($xml.CreateTextNode({t})) | Out-Null",
-            f"  $lines.Item(1).AppendChild($xml.CreateTextNode({m})) | Out-Null",
-            "  $toast = [Windows.UI.Notifications.ToastNotification]::new($xml)",
-            f"  [Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier({i}).Show($toast)",
-            "} catch {",
-            "  Add-Type -AssemblyName System.Windows.Forms",
-            "  $balloon = New-Object System.Windows.Forms.NotifyIcon",
-            "  $balloon.Icon = [System.Drawing.SystemIcons]::Information",
-            f"  $balloon.Text = {a}",
-            f"  $balloon.BalloonTipTitle = {t}",
-            f"  $balloon.BalloonTipText = {m}",
-            "  $balloon.Visible = $true",
-            "  $balloon.ShowBalloonTip(10000)",
-            "  Start-Sleep -Seconds 6",
-            "  $balloon.Dispose()",
-            "}",
+            "$lines = $xml.GetElementsByTagName('text')",
+            f"$lines.Item(0).AppendChild($xml.CreateTextNode({t})) | Out-Null",
+            f"$lines.Item(1).AppendChild($xml.CreateTextNode({m})) | Out-Null",
+            "$toast = [Windows.UI.Notifications.ToastNotification]::new($xml)",
+            f"[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier({i}).Show($toast)",
         ]
     )
 
 
-def powershell_command(title: str, message: str, app_name: str = APP_NAME) -> list[str]:
+def app_id_values(app_name: str = APP_NAME, icon: str = "") -> dict[str, str]:
+    """The values that register the toasts' app id (Windows' "AppUserModelId" registry key).
+
+    >>> app_id_values("Ollama Manager", "C:/om/icon.png")
+    {'DisplayName': 'Ollama Manager', 'IconUri': 'C:/om/icon.png'}
+    """
+    values = {"DisplayName": app_name}
+    if icon:
+        values["IconUri"] = icon
+    return values
+
+
+def register_app_id(registry: RegistryValues, app_name: str = APP_NAME, icon: str = "") -> None:
+    """Write the app id's values where they differ (HKCU, no privileges needed)."""
+    for name, data in app_id_values(app_name, icon).items():
+        if registry.get(name) != data:
+            registry.set(name, data)
+
+
+def powershell_command(title: str, message: str, app_id: str = WINDOWS_APP_ID) -> list[str]:
     """The ``powershell.exe`` argv; the script goes base64 (UTF-16LE) so no quoting survives the command line."""
-    script = powershell_toast_script(title, message, app_name)
+    script = powershell_toast_script(title, message, app_id)
     encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
     return [
         "powershell.exe",
@@ -229,10 +257,25 @@ def dbus_notify(
     return int(notification_id)
 
 
-def plyer_notify(title: str, message: str, app_name: str = APP_NAME, icon: str = "") -> None:
-    """plyer's notification; raises when plyer has no backend on this machine."""
+def plyer_backend() -> object:
+    """The backend plyer's notification facade resolves to on this machine (raises when there is none)."""
     from plyer import notification
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "The Python dbus package is not installed": it falls back to notify-send
+        object.__getattribute__(notification, "_ensure_obj")()  # plyer's lazy proxy loads its backend
+    return object.__getattribute__(notification, "_obj")
+
+
+def plyer_notify(
+    title: str, message: str, app_name: str = APP_NAME, icon: str = "", *, confirmed_only: bool = True
+) -> None:
+    """plyer's notification; with ``confirmed_only`` it refuses a backend that cannot report a failure."""
+    from plyer import notification
+
+    backend = type(plyer_backend()).__name__
+    if confirmed_only and backend not in CONFIRMING_PLYER_BACKENDS:
+        raise NotificationError(f"plyer's {backend} cannot tell whether it showed anything")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         notification.notify(title=title, message=message, app_name=app_name, app_icon=icon, timeout=EXPIRE_MS // 1000)
@@ -240,17 +283,51 @@ def plyer_notify(title: str, message: str, app_name: str = APP_NAME, icon: str =
         log.debug("plyer: %s", " ".join(str(warning.message).split()))
 
 
+class WindowsToast:
+    """A toast under the app's own AppUserModelID, registered (once) before the first one."""
+
+    def __init__(
+        self,
+        app_name: str = APP_NAME,
+        icon: str = "",
+        registry: Callable[[], RegistryValues] = lambda: WinregKey(APP_ID_KEY),
+        run: Callable[[Sequence[str]], None] = run_command,
+    ) -> None:
+        self.app_name = app_name
+        self.icon = icon
+        self._registry = registry
+        self._run = run
+        self._registered = False
+
+    def __call__(self, title: str, message: str) -> None:
+        if not self._registered:
+            try:
+                register_app_id(self._registry(), self.app_name, self.icon)
+            except OSError as exc:
+                raise NotificationError(f"cannot register the notifications' app id: {_one_line(exc)}") from None
+            self._registered = True
+        self._run(powershell_command(title, message))
+
+
 def default_channels(platform: str = sys.platform, app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
-    """plyer first, then the platform's fallbacks, in the order they are tried."""
-    channels = [Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))]
+    """The channels in the order they are tried: those that report failures first."""
+    plyer = Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))
     if platform.startswith("linux") or "bsd" in platform:
-        channels.append(Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, m, app_name, icon))))
-        channels.append(Channel("notify-send", lambda t, m: run_command(notify_send_command(t, m, app_name))))
-    elif platform == "darwin":
-        channels.append(Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name))))
-    elif platform == "win32":
-        channels.append(Channel("powershell", lambda t, m: run_command(powershell_command(t, m, app_name))))
-    return channels
+        return [
+            plyer,
+            Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, m, app_name, icon))),
+            Channel("notify-send", lambda t, m: run_command(notify_send_command(t, m, app_name))),
+        ]
+    if platform == "darwin":
+        return [plyer, Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name)))]
+    if platform == "win32":
+
+        def balloon_send(t: str, m: str) -> None:
+            plyer_notify(t, m, app_name, icon, confirmed_only=False)
+
+        balloon = Channel("plyer", balloon_send, confirms=False)
+        return [Channel("toast", WindowsToast(app_name, icon)), balloon]
+    return [plyer]
 
 
 def _ignore_id(_notification_id: int) -> None:
@@ -314,10 +391,10 @@ class Notifier:
         self._clock = clock
 
     def notify(self, title: str, message: str, *, key: str | None = None) -> bool:
-        """Show a notification; True when one method delivered it.
+        """Show a notification; True when a method delivered it and could tell.
 
         ``key`` groups repeats for the rate limit (default: the title).
-        False when switched off, rate-limited, or every method failed.
+        False when switched off, rate-limited, or no method delivered it.
         """
         if not self.enabled:
             log.debug("Notifications are off; not shown: %s", title)
@@ -325,13 +402,26 @@ class Notifier:
         if not self.limiter.allow(key if key is not None else title, self._clock()):
             log.info("Notification rate-limited: %s", title)
             return False
+        try:
+            delivery = self.deliver(title, message)
+        except NotificationError:
+            log.warning("Notification not shown, no method worked: %s: %s", title, message)
+            return False
+        return delivery.confirmed
+
+    def deliver(self, title: str, message: str) -> Delivery:
+        """Try each channel in turn; NotificationError naming every failure when none delivered."""
+        failures = []
         for channel in self.channels:
             try:
                 channel.send(title, message)
             except Exception as exc:  # noqa: BLE001 - a failed notification must never propagate
                 log.warning("Notification via %s failed: %s", channel.name, _one_line(exc))
+                failures.append(f"{channel.name}: {_one_line(exc)}")
                 continue
-            log.debug("Notification shown via %s: %s", channel.name, title)
-            return True
-        log.warning("Notification not shown, no method worked: %s: %s", title, message)
-        return False
+            if channel.confirms:
+                log.debug("Notification shown via %s: %s", channel.name, title)
+            else:
+                log.info("Notification handed to %s, which cannot tell whether it showed: %s", channel.name, title)
+            return Delivery(channel.name, channel.confirms)
+        raise NotificationError("; ".join(failures) or "no notification method on this system")

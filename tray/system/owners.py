@@ -2,7 +2,7 @@
 
 - Linux: the installer's systemd ``ollama.service`` (``Restart=always``).
 - macOS / Windows: the official Ollama desktop app, which restarts ``serve``
-  one second after it exits.
+  one second after it exits (:mod:`tray.system.ollama_app`).
 
 Killing a server one of these owns only makes it respawn (a kill/respawn
 ping-pong), so the manager asks the owner instead. The command lines are
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shlex
 import subprocess
 import sys
@@ -21,10 +20,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING, Union
 
 from tray.system.processes import ProcessRef, is_server_cmdline
+
+if TYPE_CHECKING:
+    from tray.system.ollama_app import OllamaApp
 
 
 @dataclass(frozen=True)
@@ -92,33 +93,8 @@ class SystemdService:
         return f"the systemd service {self.unit}"
 
 
-@dataclass(frozen=True)
-class OllamaApp:
-    """The official desktop app, which owns (and respawns) ``ollama serve``."""
-
-    app_path: Path
-    app_pid: int
-    platform: str = sys.platform
-    name: str = "ollama-app"
-
-    def quit_command(self) -> list[str]:
-        if self.platform == "darwin":
-            return ["osascript", "-e", 'tell application "Ollama" to quit']
-        return ["taskkill", "/PID", str(self.app_pid), "/T"]
-
-    def start_command(self) -> list[str]:
-        if self.platform == "darwin":
-            return ["open", "-j", "-a", str(self.app_path), "--args", "--fast-startup"]
-        return [str(self.app_path), "--hide", "--fast-startup"]
-
-    def manual_command(self, verb: str) -> str:
-        return "quit Ollama from its menu, then open it again" if verb == "restart" else f"{verb} Ollama from its menu"
-
-    def describe(self) -> str:
-        return "the Ollama app"
-
-
-ExternalSupervisor = SystemdService | OllamaApp
+# Who else respawns a server: systemd here, the desktop app in tray.system.ollama_app (which imports this module).
+ExternalSupervisor = Union[SystemdService, "OllamaApp"]
 
 
 def systemd_unit_from_cgroup(cgroup_text: str) -> SystemdService | None:
@@ -223,8 +199,10 @@ class UnitState:
 
     def account_uid(self) -> int | None:
         try:
+            import pwd  # POSIX only: Windows has no passwd database (and no systemd)
+
             return pwd.getpwnam(self.account).pw_uid
-        except KeyError:
+        except (ImportError, KeyError):
             return None
 
     @property
@@ -454,8 +432,10 @@ def user_name(uid: int | None) -> str:
     if uid is None:
         return "an unknown user"
     try:
+        import pwd  # POSIX only: Windows has no passwd database
+
         return pwd.getpwuid(uid).pw_name
-    except KeyError:
+    except (ImportError, KeyError):
         return f"uid {uid}"
 
 
@@ -463,40 +443,15 @@ def current_uid() -> int:
     return os.getuid() if hasattr(os, "getuid") else -1
 
 
-def _is_app_process(proc: psutil.Process, platform: str) -> Path | None:
-    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-        exe = proc.exe()
-        if platform == "darwin" and "/Ollama.app/Contents/MacOS/" in exe:
-            return Path(exe.split("/Contents/MacOS/")[0])
-        if platform == "win32" and Path(exe).name.lower() == "ollama app.exe":
-            return Path(exe)
-    return None
-
-
-def detect_supervisor(server: ProcessRef, platform: str = sys.platform) -> ExternalSupervisor | None:
-    """Who, besides us, would respawn this server."""
+def detect_supervisor(server: ProcessRef, platform: str = sys.platform) -> SystemdService | None:
+    """Who, besides us, would respawn this server (the Ollama app: :mod:`tray.system.ollama_app`)."""
     proc = server.get()
     if proc is None:
         return None
     if platform.startswith("linux"):
         unit = unit_running(proc.pid, platform)
         return unit.service if unit is not None else None
-    if platform in ("darwin", "win32"):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            for parent in proc.parents():
-                app = _is_app_process(parent, platform)
-                if app is not None:
-                    return OllamaApp(app, parent.pid, platform)
     return None
-
-
-def app_running(app: OllamaApp) -> bool:
-    """Is the official app still running (a user who quit it has stopped Ollama on purpose)."""
-    try:
-        proc = psutil.Process(app.app_pid)
-        return _is_app_process(proc, app.platform) is not None
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
 
 
 def systemd_active_state(service: SystemdService) -> str:

@@ -15,16 +15,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
 from tray.errors import SupervisorError
-from tray.settings.hosts import DEFAULT_PORT, OllamaHost
+from tray.settings.hosts import OllamaHost, parse_ollama_host
 from tray.system.atomic import private_dir, private_file
+from tray.system.console_break import console_break
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,12 @@ INSTALL_URL = "https://ollama.com/download"
 RUNNER_NAMES = {"llama-server", "llama-server.exe", "ollama_llama_server", "ollama_llama_server.exe"}
 OLLAMA_NAMES = {"ollama", "ollama.exe"}
 
-# Windows process creation flags (subprocess defines them only on Windows).
+# Windows process creation flags and window state (subprocess defines them only on Windows).
 CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NEW_CONSOLE = 0x00000010
 CREATE_NO_WINDOW = 0x08000000
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
 
 
 class OllamaNotInstalled(SupervisorError):
@@ -45,9 +49,24 @@ class OllamaNotInstalled(SupervisorError):
 # --------------------------------------------------------------------------- discovery
 
 
+def ollama_home(env: Mapping[str, str], platform: str = sys.platform) -> Path:
+    """The home folder Ollama keeps ``.ollama`` in: Go's ``os.UserHomeDir``.
+
+    That is ``%USERPROFILE%`` on Windows, where ``$HOME`` (set by Git Bash, MSYS or
+    Cygwin) may point elsewhere, and ``$HOME`` on every other OS.
+
+    >>> str(ollama_home({"HOME": "/c/Users/ada/msys", "USERPROFILE": "/c/Users/ada"}, "win32"))
+    '/c/Users/ada'
+    >>> str(ollama_home({"HOME": "/home/ada", "USERPROFILE": "/x"}, "linux"))
+    '/home/ada'
+    """
+    first, second = ("USERPROFILE", "HOME") if platform == "win32" else ("HOME", "USERPROFILE")
+    return Path(env.get(first) or env.get(second) or Path.home())
+
+
 def standard_locations(platform: str, env: Mapping[str, str]) -> list[Path]:
     """Where each OS's official installers put the ollama executable."""
-    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    home = ollama_home(env, platform)
     if platform == "darwin":
         return [
             Path("/Applications/Ollama.app/Contents/Resources/ollama"),
@@ -81,20 +100,6 @@ def find_ollama_binary(
     raise OllamaNotInstalled()
 
 
-def find_ollama_app(platform: str = sys.platform, env: Mapping[str, str] | None = None) -> Path | None:
-    """The official desktop app (macOS/Windows), which supervises its own server."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
-    if platform == "darwin":
-        candidates = [Path("/Applications/Ollama.app"), home / "Applications/Ollama.app"]
-    elif platform == "win32":
-        local = Path(env.get("LOCALAPPDATA") or home / "AppData/Local")
-        candidates = [local / "Programs/Ollama/ollama app.exe"]
-    else:
-        return None
-    return next((c for c in candidates if c.exists()), None)
-
-
 # --------------------------------------------------------------------------- launching
 
 
@@ -105,6 +110,7 @@ class LaunchPlan:
     via_app: bool = False  # the official app starts (and then supervises) the server
     creationflags: int = 0
     new_session: bool = True
+    hidden_window: bool = False  # Windows: its new console starts hidden
 
 
 def launch_plan(
@@ -112,38 +118,42 @@ def launch_plan(
     host: OllamaHost,
     *,
     platform: str = sys.platform,
-    app: Path | None = None,
+    app_command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
-    """How to start Ollama on this OS (pure).
+    """How to start Ollama on this OS (pure): through the app's ``app_command``, else ``ollama serve``.
 
-    The official app is used only for the default address: it serves
-    ``OLLAMA_HOST`` from its own environment, not from ours.
+    Whether the app may start it is :func:`tray.system.ollama_app.choose_start`'s call: the app
+    serves ``127.0.0.1:11434`` from its own environment, never from ours.
+
+    On Windows the serve gets a console of its own, hidden, in its own process group, as
+    Ollama's app starts it: a console control event (Ctrl+Break) can then stop it alone.
     """
     child_env = dict(os.environ if env is None else env)
     child_env["OLLAMA_HOST"] = host.bind_value
-    default_address = host.port == DEFAULT_PORT and host.connect_host in ("127.0.0.1", "localhost")
-    if app is not None and default_address:
-        if platform == "darwin":
-            return LaunchPlan(["open", "-j", "-a", str(app), "--args", "--fast-startup"], child_env, via_app=True)
-        if platform == "win32":
-            return LaunchPlan(
-                [str(app), "--hide", "--fast-startup"],
-                child_env,
-                via_app=True,
-                creationflags=CREATE_NO_WINDOW,
-                new_session=False,
-            )
+    if app_command is not None:
+        flags = CREATE_NO_WINDOW if platform == "win32" else 0
+        new_session = platform != "win32"
+        return LaunchPlan(list(app_command), child_env, via_app=True, creationflags=flags, new_session=new_session)
     if binary is None:
         raise OllamaNotInstalled()
     if platform == "win32":
         return LaunchPlan(
             [str(binary), "serve"],
             child_env,
-            creationflags=CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP,
+            creationflags=CREATE_NEW_CONSOLE | CREATE_NEW_PROCESS_GROUP,
             new_session=False,
+            hidden_window=True,
         )
     return LaunchPlan([str(binary), "serve"], child_env)
+
+
+def _hidden_window() -> Any:
+    """Windows ``STARTUPINFO`` that starts the new console's window hidden (Go's ``HideWindow``)."""
+    info = subprocess.STARTUPINFO()  # type: ignore[attr-defined,unused-ignore]
+    info.dwFlags |= STARTF_USESHOWWINDOW
+    info.wShowWindow = SW_HIDE
+    return info
 
 
 def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
@@ -166,6 +176,7 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=plan.new_session,
             creationflags=plan.creationflags,
+            startupinfo=_hidden_window() if plan.hidden_window and sys.platform == "win32" else None,
             close_fds=True,
         )
     finally:
@@ -299,17 +310,25 @@ def _lone_server_of(uid: int) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-def find_listener(port: int, proc: Path = Path("/proc")) -> Listener | None:
+PROC = Path("/proc")  # Linux's process and socket tables; absent elsewhere
+
+
+def find_listener(port: int, proc: Path | None = None) -> Listener | None:
     """The listener of TCP ``port``: its socket's owner from ``/proc/net/tcp{,6}`` (Linux), its process where visible.
 
     The process comes from ``/proc/<pid>/fd`` where this user may read it, else
-    from the process table when the socket's owner runs exactly one ``ollama serve``;
-    elsewhere from ``psutil.net_connections`` (which sees only this user's sockets
-    on macOS unless root).
+    from the process table when the socket's owner runs exactly one ``ollama serve``.
+    Without ``/proc`` (macOS, Windows) it comes from ``psutil.net_connections``, which
+    on macOS is refused unless root: then the user's own ``ollama serve`` on the port
+    is found from the process table (:func:`own_server_on_port`).
     """
+    proc = PROC if proc is None else proc
     tables = [proc / "net" / "tcp", proc / "net" / "tcp6"]
     if not any(table.exists() for table in tables):
         pid = _psutil_listening_pid(port)
+        if pid is None:
+            own = own_server_on_port(port)
+            pid = own.pid if own is not None else None
         return Listener(port, pid=pid) if pid else None
     for table in tables:
         try:
@@ -378,6 +397,46 @@ class ProcessRef:
         return self.get() is not None
 
 
+def username_of(proc: psutil.Process) -> str | None:
+    """Who runs ``proc``; None when the OS does not say."""
+    try:
+        return proc.username()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError):
+        return None
+
+
+def _listens_on(proc: psutil.Process, port: int) -> bool:
+    """Whether ``proc`` listens on TCP ``port``: its own sockets, else (hidden) the port its OLLAMA_HOST names."""
+    try:
+        connections = proc.net_connections(kind="tcp")
+    except psutil.AccessDenied:
+        try:
+            return parse_ollama_host(proc.environ().get("OLLAMA_HOST")).port == port
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            return False
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
+
+
+def own_server_on_port(port: int) -> ProcessRef | None:
+    """The user's own ``ollama serve`` listening on ``port``, found from the process table.
+
+    For when the OS hides who listens on the port: on macOS ``psutil.net_connections()``
+    raises AccessDenied unless root, yet a process's own sockets, command line and
+    environment are readable by the user who runs it (the Ollama app's server, a
+    Homebrew service, a serve started in a terminal).
+    """
+    me = username_of(psutil.Process())
+    for proc in psutil.process_iter(["cmdline", "username"]):
+        if me is None or proc.info.get("username") != me or not is_server_cmdline(proc.info.get("cmdline") or []):
+            continue
+        if _listens_on(proc, port):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                return ProcessRef.of(proc)
+    return None
+
+
 def server_on_port(port: int) -> ProcessRef | None:
     """The ollama server process listening on ``port``, if that is what listens there."""
     pid = listening_pid(port)
@@ -436,43 +495,127 @@ def cpu_seconds(refs: Iterable[ProcessRef]) -> dict[ProcessRef, float | None]:
 class StopOutcome:
     found: bool = True  # there was a live process to stop
     graceful: bool = True  # exited on the polite signal
-    killed: list[int] = field(default_factory=list)  # PIDs that needed SIGKILL
+    killed: list[int] = field(default_factory=list)  # PIDs that needed a hard kill
     runners_reaped: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    hard_kill_reason: str = ""  # why the polite way did not do it
+
+    def how(self) -> str:
+        """How it stopped, for "Ollama stopped (…)".
+
+        >>> StopOutcome(graceful=False, killed=[7], hard_kill_reason="it did not exit within 5 s").how()
+        'killed: it did not exit within 5 s'
+        """
+        if not self.found:
+            return "it was not running"
+        if self.graceful:
+            return "gracefully"
+        return f"killed: {self.hard_kill_reason}" if self.hard_kill_reason else "killed"
+
+    def message(self) -> str:
+        """What the user is told: a stop that took a kill says so."""
+        return "Ollama stopped" if self.graceful else f"Ollama stopped ({self.how()})"
 
 
-def _polite_signal(proc: psutil.Process) -> None:
-    if sys.platform == "win32":
-        # The console-break equivalent of SIGTERM for a process started in its own group.
-        try:
-            os.kill(proc.pid, signal.CTRL_BREAK_EVENT)
-        except OSError:
-            proc.terminate()
-        return
+def hard_kill_command(pid: int) -> list[str]:
+    """Windows: end ``pid`` and every process it started, as Ollama's installer ends Ollama.
+
+    >>> hard_kill_command(42)
+    ['taskkill', '/F', '/T', '/PID', '42']
+    """
+    return ["taskkill", "/F", "/T", "/PID", str(pid)]
+
+
+def polite_stop(proc: psutil.Process, platform: str = sys.platform) -> str | None:
+    """Ask ``proc`` to exit; None when asked, else why it could not be asked (one line).
+
+    POSIX: SIGTERM (and SIGCONT for a stopped process). Windows: Ctrl+Break on the
+    process's own console, the way Ollama's app stops its server
+    (:mod:`tray.system.console_break`); a console event sent from another console never arrives.
+    """
+    if platform == "win32":
+        return console_break(proc.pid)
     proc.send_signal(signal.SIGTERM)
     # A stopped (SIGSTOP) process only acts on SIGTERM once continued.
     with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
         if proc.status() == psutil.STATUS_STOPPED:
             proc.send_signal(signal.SIGCONT)
+    return None
 
 
-def terminate(refs: Iterable[ProcessRef], timeout: float) -> StopOutcome:
-    """SIGTERM, wait ``timeout`` seconds, then SIGKILL what is left."""
+def hard_kill(proc: psutil.Process, platform: str = sys.platform) -> None:
+    """SIGKILL; on Windows ``taskkill /F /T``, which ends the runners with their server."""
+    if platform == "win32":
+        try:
+            done = subprocess.run(
+                hard_kill_command(proc.pid),
+                capture_output=True,
+                timeout=30,
+                stdin=subprocess.DEVNULL,
+                creationflags=CREATE_NO_WINDOW,
+                check=False,
+            )
+            if done.returncode == 0:
+                return
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    proc.kill()
+
+
+def _exited(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def wait_exited(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` s for each process to exit; those still running.
+
+    A process that exited but whose parent has not reaped it yet (a zombie: an
+    orphan waits for init to collect it) has exited: psutil alone would wait
+    for it until the timeout and count it as alive.
+    """
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        _, alive = psutil.wait_procs(alive, timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+        alive = [proc for proc in alive if not _exited(proc)]
+        if time.monotonic() >= deadline:
+            break
+    return alive
+
+
+def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.platform) -> StopOutcome:
+    """Ask politely, wait ``timeout`` seconds, then kill what is left; one that cannot be asked is killed at once."""
     started = time.monotonic()
     outcome = StopOutcome()
     procs = [p for p in (ref.get() for ref in refs) if p is not None]
     outcome.found = bool(procs)
+    asked: list[psutil.Process] = []
+    unasked: list[psutil.Process] = []
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            _polite_signal(proc)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+            reason = polite_stop(proc, platform)
+            if reason is None:
+                asked.append(proc)
+            else:
+                log.warning("could not ask Ollama (pid %s) to stop: %s", proc.pid, reason)
+                unasked.append(proc)
+                outcome.hard_kill_reason = reason
+    alive = wait_exited(asked, timeout)
     if alive:
+        outcome.hard_kill_reason = f"it did not exit within {timeout:g} s"
+    leftovers = unasked + list(alive)
+    if leftovers:
         outcome.graceful = False
-        for proc in alive:
+        for proc in leftovers:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                proc.kill()
+                hard_kill(proc, platform)
                 outcome.killed.append(proc.pid)
-        psutil.wait_procs(alive, timeout=5)
+        wait_exited(leftovers, 5)
     outcome.seconds = time.monotonic() - started
     return outcome
 

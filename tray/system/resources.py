@@ -287,6 +287,15 @@ class ResourceSampler:
         self._cpu_count = psutil.cpu_count() or 1
         self._log = _LogOnce()
 
+    @property
+    def models_dir(self) -> Path | None:
+        """The store whose disk's free space is sampled: the running server's (it follows the server that runs)."""
+        return self._models_dir
+
+    @models_dir.setter
+    def models_dir(self, value: Path | str | None) -> None:
+        self._models_dir = Path(value) if value is not None else None
+
     def sample(self, server_pid: int | None) -> ResourceSample:
         """Measure now. A dead or missing ``server_pid`` gives an empty tree, not an error."""
         taken_at = self._clock()
@@ -310,15 +319,6 @@ class ResourceSampler:
             disk_free_bytes=disk_free,
             disk_total_bytes=disk_total,
         )
-
-    @property
-    def models_dir(self) -> Path | None:
-        return self._models_dir
-
-    @models_dir.setter
-    def models_dir(self, path: Path | str | None) -> None:
-        """The store whose disk is measured (it follows the server that runs)."""
-        self._models_dir = Path(path) if path is not None else None
 
     def close(self) -> None:
         """Release NVML."""

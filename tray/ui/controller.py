@@ -16,23 +16,31 @@ from tray.settings.config import Config
 from tray.settings.store import set_config_value
 from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
+from tray.system.ollama_app import app_layout
 from tray.system.owners import SystemdService, current_uid, user_name, write_journal_snapshot
 from tray.system.paths import AppPaths
 
 log = logging.getLogger(__name__)
 
 
-def ollama_log_locations(paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None) -> list[str]:
-    """The app's log folder, then where Ollama's own server log lives on this OS."""
+def ollama_log_locations(
+    paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None, server_log: Path | None = None
+) -> list[str]:
+    """Where "Open logs" looks, the first that exists wins.
+
+    The folder of the running server's log when another program writes it (the Ollama
+    app's ``server.log``), then the manager's own log folder, then Ollama's app log folder
+    on this OS (or, on Linux, the log of a server the manager started).
+    """
     env = dict(os.environ if env is None else env)
-    home = Path(env.get("HOME") or Path.home())
-    locations = [str(paths.log_dir)]
-    if platform == "darwin":
-        locations.append(str(home / ".ollama" / "logs"))
-    elif platform == "win32":
-        locations.append(str(Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "Ollama"))
-    else:
-        locations.append(str(paths.server_log))
+    locations = []
+    if server_log is not None and server_log != paths.server_log:
+        locations.append(str(server_log.parent))
+    locations.append(str(paths.log_dir))
+    layout = app_layout(platform, env)
+    extra = str(layout.log_dir) if layout is not None else str(paths.server_log)
+    if extra not in locations:
+        locations.append(extra)
     return locations
 
 
@@ -85,14 +93,16 @@ class MonitorController:
         set_config_value(Path(self.config.source), key, value)
 
     def log_paths(self) -> list[str]:
-        """Where to look: the journal of a systemd server (copied to a file to open), then the app's logs."""
-        external = self.monitor.supervisor.external
+        """Where to look, the first that exists wins: the journal of a systemd server (copied to a file to open),
+        the folder of the log the running server writes (the Ollama app's), then the manager's logs."""
+        supervisor = self.monitor.supervisor
+        external = supervisor.external
         if isinstance(external, SystemdService):
             snapshot = write_journal_snapshot(
                 external, self.paths.log_dir / "ollama-journal.log", user_name(current_uid())
             )
             return [str(snapshot), *ollama_log_locations(self.paths)]
-        return ollama_log_locations(self.paths)
+        return ollama_log_locations(self.paths, server_log=supervisor.server_log)
 
     def open_dashboard(self) -> None:
         from tray.dashboard.launch import open_dashboard
