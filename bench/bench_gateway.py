@@ -1,9 +1,11 @@
 """The gateway's cost: added latency and streaming throughput, against the stand-in Ollama.
 
-    python bench/bench_gateway.py [--requests N] [--streams M]
+    python bench/bench_gateway.py [--requests N] [--streams M] [--token-ms T] [--in-process]
 
 Runs the stand-in ``ollama serve`` and the stand-in cloud as real processes
-and the gateway (uvicorn, in this process's background thread), then measures
+and the gateway (uvicorn) in a process of its own, as it runs in the
+monitor's (``--in-process``: on a background thread of the bench's, whose
+client then competes with it for the interpreter lock), then measures
 with one keep-alive HTTP client each:
 
 - latency of ``GET /api/version`` and of a whole ``POST /api/chat``, called
@@ -14,6 +16,9 @@ with one keep-alive HTTP client each:
   chunks and bytes per second;
 - the same chat answered by the cloud fallback (Ollama killed), translated
   from SSE to NDJSON, for scale.
+
+The stand-in sends its tokens ``T`` ms apart (default 0: as fast as it can,
+so the gateway's own cost per chunk is what the streaming rates compare).
 
 The stand-in's stdlib HTTP server writes headers and body in two sends with
 Nagle's algorithm on, so on a kept-alive connection each answer waits ~40 ms
@@ -27,7 +32,9 @@ the gateway's cost.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -50,6 +58,55 @@ NODELAY_SITECUSTOMIZE = "import socketserver\nsocketserver.StreamRequestHandler.
 LONG_PROMPT = " ".join(f"w{i}" for i in range(198))  # the stand-in echoes up to 200 words, one per chunk
 CHAT: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", "content": "hi there"}], "stream": False}
 STREAM_CHAT: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", "content": LONG_PROMPT}]}
+
+
+# The gateway in its own process: it prints its URL, then serves until its stdin closes.
+GATEWAY_PROCESS = """
+import json, sys
+from tray.gateway.app import Gateway, GatewayServer
+from tray.gateway.settings import CloudSettings, GatewaySettings
+local_url, cloud_url = sys.argv[1:3]
+settings = CloudSettings(enabled=True, base_url=cloud_url, model="cloud-model", api_key_env="BENCH_KEY")
+gateway = Gateway(local_url=local_url, cloud=settings, settings=GatewaySettings(), env={"BENCH_KEY": "bench-key"},
+                  key_store=None)
+server = GatewayServer(gateway, 0)
+server.start()
+print(server.url, flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+class GatewayProcess:
+    """The gateway served by a child interpreter; ``url`` once it serves."""
+
+    def __init__(self, local_url: str, cloud_url: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", GATEWAY_PROCESS, local_url, cloud_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))},
+        )
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url.startswith("http://"):
+            self.stop()
+            raise RuntimeError("the gateway process did not start")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the gateway's process has used."""
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
+
+    def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -101,7 +158,7 @@ def stream_line(name: str, direct: tuple[float, float, float], via: tuple[float,
     )
 
 
-def run(requests: int, streams: int) -> None:
+def run(requests: int, streams: int, token_ms: float, in_process: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ollama = StandinEnv(Path(tmp) / "ollama")
         cloud = StandinCloud(str(Path(tmp) / "cloud"), api_key="bench-key")
@@ -110,34 +167,59 @@ def run(requests: int, streams: int) -> None:
             site = Path(tmp) / "site"
             site.mkdir()
             (site / "sitecustomize.py").write_text(NODELAY_SITECUSTOMIZE)
-            ollama.spawn_serve(extra_env={"PYTHONPATH": str(site)})
+            ollama.spawn_serve(extra_env={"PYTHONPATH": str(site), "OLLAMA_STANDIN_TOKEN_MS": f"{token_ms:g}"})
             ollama.wait_ready()
+            ollama.set_faults(token_ms=token_ms)
             ollama.pull("llama3")
-            settings = CloudSettings(
-                enabled=True, base_url=cloud.base_url, model="cloud-model", api_key_env="BENCH_KEY"
-            )
-            gateway = Gateway(
-                local_url=ollama.base_url,
-                cloud=settings,
-                settings=GatewaySettings(),
-                env={"BENCH_KEY": "bench-key"},
-                key_store=None,
-            )
-            server = GatewayServer(gateway, 0)
-            server.start()
+            if in_process:
+                settings = CloudSettings(
+                    enabled=True, base_url=cloud.base_url, model="cloud-model", api_key_env="BENCH_KEY"
+                )
+                gateway = Gateway(
+                    local_url=ollama.base_url,
+                    cloud=settings,
+                    settings=GatewaySettings(),
+                    env={"BENCH_KEY": "bench-key"},
+                    key_store=None,
+                )
+                server = GatewayServer(gateway, 0)
+                server.start()
+                gateway_url = server.url
+            else:
+                server = GatewayProcess(ollama.base_url, cloud.base_url)
+                gateway_url = server.url
             direct = httpx.Client(base_url=ollama.base_url, timeout=60)
-            via = httpx.Client(base_url=server.url, timeout=60)
+            via = httpx.Client(base_url=gateway_url, timeout=60)
             for client in (direct, via):  # warm up: load the model, open the connections
                 client.post("/api/chat", json=CHAT)
                 client.get("/api/version")
 
-            print(f"gateway bench: {requests} requests, {streams} streams of ~200 chunks each")
-            version = interleaved(lambda: direct.get("/api/version"), lambda: via.get("/api/version"), requests)
-            print(latency_line("GET /api/version", *version))
-            chat = interleaved(
-                lambda: direct.post("/api/chat", json=CHAT), lambda: via.post("/api/chat", json=CHAT), requests
+            print(
+                f"gateway bench: {requests} requests, {streams} streams of ~200 chunks each, "
+                f"token delay {token_ms:g} ms, gateway {'in this process' if in_process else 'in its own process'}"
             )
-            print(latency_line("POST /api/chat (whole)", *chat))
+
+            def cpu_per_request(
+                run: Callable[[], tuple[list[float], list[float]]],
+            ) -> tuple[tuple[list[float], list[float]], str]:
+                """Run a phase; its latencies and what the gateway's process spent per request through it."""
+                if not isinstance(server, GatewayProcess):
+                    return run(), ""
+                before = server.cpu_seconds()
+                result = run()
+                spent = (server.cpu_seconds() - before) / requests * 1e6
+                return result, f" | gateway CPU {spent:.0f} µs/request"
+
+            version, version_cpu = cpu_per_request(
+                lambda: interleaved(lambda: direct.get("/api/version"), lambda: via.get("/api/version"), requests)
+            )
+            print(latency_line("GET /api/version", *version) + version_cpu)
+            chat, chat_cpu = cpu_per_request(
+                lambda: interleaved(
+                    lambda: direct.post("/api/chat", json=CHAT), lambda: via.post("/api/chat", json=CHAT), requests
+                )
+            )
+            print(latency_line("POST /api/chat (whole)", *chat) + chat_cpu)
             print(
                 stream_line(
                     "stream /api/chat (NDJSON)",
@@ -182,8 +264,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--streams", type=int, default=30)
+    parser.add_argument("--token-ms", type=float, default=0.0, help="the stand-in's delay between tokens (default 0)")
+    parser.add_argument("--in-process", action="store_true", help="serve the gateway on a thread of the bench's")
     args = parser.parse_args()
-    run(args.requests, args.streams)
+    run(args.requests, args.streams, args.token_ms, args.in_process)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ own config/state dirs through the XDG variables of the stand-in's env.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +32,32 @@ FAST_SETTINGS = {
     # Supervision tests do not build the model; the model tests turn it back on.
     "OLLAMA_MANAGER_AUTO_BUILD_MODEL": "false",
 }
+# The default interval: once Ollama is found healthy, the next check is 30 s away.
+DEFAULT_INTERVAL = {"OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "30", "OLLAMA_MANAGER_HEALTH_CHECK_TIMEOUT": "5"}
+
+
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of all the live threads of ``pid``: each time one woke."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/status") as status:  # OSError: it ended
+            total += sum(int(line.split()[1]) for line in status if "ctxt_switches:" in line)
+    return total
+
+
+def quietest_wakeups(pid: int, span: float = 12.0, window: float = 3.0, step: float = 0.5) -> tuple[int, list[int]]:
+    """The fewest wakeups of ``pid`` in any ``window`` seconds of the next ``span``, and the readings.
+
+    A thread that polls (a 0.1 s tick, a wait with a 1 s timeout) wakes
+    several times in every window; one-off work (the end of a start-up)
+    leaves the others quiet.
+    """
+    readings: list[int] = []
+    for _ in range(round(span / step) + 1):
+        readings.append(context_switches(pid))
+        time.sleep(step)
+    per_window = round(window / step)
+    return min(b - a for a, b in zip(readings, readings[per_window:], strict=False)), readings
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:

@@ -36,7 +36,8 @@ from tray.core.status import (
     Status,
     make_status,
 )
-from tray.dashboard import Dashboard, dashboard_command, dashboard_url, mount_dashboard, open_dashboard
+from tray.dashboard.launch import dashboard_command, dashboard_url, open_dashboard
+from tray.dashboard.routes import Dashboard, mount_dashboard
 from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_config, setting_specs
 from tray.dashboard.stream import StreamHub, sse_frames
 from tray.dashboard.views import action_views, bucket_samples, gateway_view, history_view, status_view

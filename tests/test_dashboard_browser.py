@@ -25,7 +25,7 @@ import pytest
 
 from standin.harness import StandinEnv, free_port, same_process
 from tests.manager import in_thread, wait_until
-from tray.dashboard import dashboard_command
+from tray.dashboard.launch import dashboard_command
 from tray.settings.config import Config
 from tray.system.paths import AppPaths
 
@@ -54,7 +54,7 @@ APP_SCRIPT = """
 import os, signal, sys, threading
 import uvicorn
 from tray.settings.config import load_config
-from tray.dashboard import Dashboard, mount_dashboard
+from tray.dashboard.routes import Dashboard, mount_dashboard
 from tray.history import History
 from tray.service.monitor import Monitor
 from tray.system.paths import AppPaths

@@ -6,7 +6,7 @@ import itertools
 import random
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,6 +142,9 @@ class FakeSupervisor:
         self.restart_errors: list[Exception] = []
         self.stops = 0
         self.exit_code: int | None = None  # set by a test: our child died with this status
+        self.runners_tracked_from: list[Sequence[psutil.Process] | None] = []
+        self.process_table_looks = 0
+        self.tree: list[psutil.Process] = []  # what a look at the process table finds under the server
 
     @property
     def overlay_pending(self) -> bool:
@@ -155,7 +158,13 @@ class FakeSupervisor:
     def systemd_owner(self) -> SystemdService | None:
         return None
 
-    def track_runners(self) -> None: ...
+    def track_runners(self, descendants: Sequence[psutil.Process] | None = None) -> None:
+        self.runners_tracked_from.append(descendants)
+
+    def list_descendants(self, server: ProcessRef) -> list[psutil.Process] | None:
+        """The server's process tree as the OS would list it, counting the looks."""
+        self.process_table_looks += 1
+        return self.tree
 
     def reap_runners(self) -> list[int]:
         return []
@@ -206,8 +215,31 @@ def make(
     policy = RestartPolicy(max_attempts=cfg.auto_restart_attempts, jitter=0, rng=random.Random(1))
     port: SupervisorPort = sup  # what the monitor needs, checked by mypy
     monitor = Monitor(port, cfg, History(None), gateway=gateway, policy=policy, clock=clock)
+    monitor.list_descendants = sup.list_descendants
     monitor.state = MonitorState.RUNNING
     return monitor, sup, clock
+
+
+class TreeRecordingSampler:
+    """Notes the server's process tree each sample was given."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[int | None, Sequence[psutil.Process] | None]] = []
+
+    def sample(self, server_pid, descendants=None):
+        self.given.append((server_pid, descendants))
+        return memory_sample(1 * GIB)
+
+
+def test_a_check_looks_at_the_process_table_once_for_the_runners_and_the_sample():
+    monitor, sup, clock = make([OK] * 3)
+    sup.pid = 1  # the server's, as ProcessRef(1, ...)
+    sup.tree = tree = [psutil.Process()]
+    monitor.sampler = TreeRecordingSampler()
+    run_ticks(monitor, clock, 3)
+    assert sup.process_table_looks == 3
+    assert sup.runners_tracked_from == [tree] * 3
+    assert monitor.sampler.given == [(1, tree)] * 3
 
 
 def run_ticks(monitor, clock, count):
@@ -784,7 +816,7 @@ class FakeSampler:
     def __init__(self, rss_bytes: int) -> None:
         self.rss_bytes = rss_bytes
 
-    def sample(self, server_pid):
+    def sample(self, server_pid, descendants=None):
         return memory_sample(self.rss_bytes)
 
 
@@ -821,7 +853,7 @@ def test_a_longer_interval_saved_on_the_settings_page_is_taken_on_the_monitor_th
 ):
     from starlette.testclient import TestClient
 
-    from tray.dashboard import Dashboard, mount_dashboard
+    from tray.dashboard.routes import Dashboard, mount_dashboard
     from tray.web.status_api import build_app
 
     config_path = tmp_path / "config.toml"

@@ -344,6 +344,10 @@ EXPECTED_CHAT_LINES = [
 ]
 
 
+# Text that JSON must escape or may write as is: quotes, backslashes, control characters, non-ASCII.
+TRICKY_TEXTS = ["plain", 'a "quote" and a \\ backslash', "line\nbreak\ttab\x00\x1f", "ünïcödé 🦙 \u2028", "</script>"]
+
+
 class TestSseToNdjson:
     @pytest.mark.parametrize("size", [1, 3, 7, 64, 10_000])
     def test_chat_stream_in_any_pieces(self, size: int) -> None:
@@ -359,6 +363,15 @@ class TestSseToNdjson:
                 '{"model":"gpt-x","created_at":"2026-01-02T03:04:05.000000Z","message":{"role":"assistant","content":"é"},"done":false}\n'
             ).encode()
         )
+
+    @pytest.mark.parametrize("kind", ["chat", "generate"])
+    def test_a_text_chunk_is_written_as_the_object_would_be_encoded(self, kind: str) -> None:
+        for text in TRICKY_TEXTS:
+            written = tr.SseToNdjson(kind, "cloud", stamp).feed(sse(chunk({"role": "assistant", "content": text})))
+            field = {"response": text} if kind == "generate" else {"message": {"role": "assistant", "content": text}}
+            assert (
+                written == (tr.dumps({"model": "gpt-x", "created_at": STAMP, **field, "done": False}) + "\n").encode()
+            )
 
     def test_generate_stream(self) -> None:
         out = feed_in_pieces(tr.SseToNdjson("generate", "cloud", stamp), OPENAI_STREAM, 5)
@@ -488,6 +501,19 @@ class TestNdjsonToSse:
         ]
         assert out.endswith(b"data: [DONE]\n\n")
 
+    def test_a_text_chunk_is_written_as_the_object_would_be_encoded(self) -> None:
+        for text in TRICKY_TEXTS:
+            line = json.dumps({"model": "llama3", "message": {"role": "assistant", "content": text}, "done": False})
+            expected = {
+                "id": "chatcmpl-7",
+                "object": "chat.completion.chunk",
+                "created": 42,
+                "model": "llama3",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}],
+            }
+            written = tr.NdjsonToSse("chatcmpl-7", 42, "cloud").feed(line.encode() + b"\n")
+            assert written == f"data: {tr.dumps(expected)}\n\n".encode()
+
     def test_without_usage_and_with_length(self) -> None:
         data = OLLAMA_STREAM.replace(b'"done_reason": "stop"', b'"done_reason": "length"')
         out = events(feed_in_pieces(tr.NdjsonToSse("chatcmpl-7", 42, "cloud"), data, 50))
@@ -544,8 +570,8 @@ def test_error_bodies_per_dialect() -> None:
 
 def test_sse_parser_multi_line_data_and_unterminated_end() -> None:
     parser = tr.SseParser()
-    assert parser.feed(b"event: x\ndata: a\ndata: b\n\nid: 3\ndata:c") == ["a\nb"]
-    assert parser.close() == ["c"]
+    assert parser.feed(b"event: x\ndata: a\ndata: b\n\nid: 3\ndata:c") == [b"a\nb"]
+    assert parser.close() == [b"c"]
 
 
 def test_line_splitter_keeps_partial_lines() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from standin.harness import StandinEnv, same_process
-from tests.manager import Manager
+from tests.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.ui.icon import IconState
 
 pytestmark = pytest.mark.slow
@@ -270,6 +270,18 @@ def test_a_second_launch_says_who_runs_and_draws_no_second_icon(
     # The one icon left is the first tray's, still green.
     (icon,) = docked_icons(desktop.display)
     assert icon_state_of(desktop.screenshot(tmp_path / "after.png"), icon.box) is GREEN
+
+
+def test_a_docked_tray_between_checks_has_no_thread_that_wakes(
+    launch: Any, desktop: XDesktop, manager: Manager, tmp_path: Path
+) -> None:
+    # pystray's X event loop, the host watch, the monitor inside: at most one wakeup in the quietest 3 s
+    # of the 12 after Ollama is found healthy, with the next check 30 s away.
+    manager.env.update(DEFAULT_INTERVAL)
+    tray, _ = start_green_tray(launch, desktop, manager, tmp_path)
+    quietest, readings = quietest_wakeups(tray.pid)
+    assert tray.running()
+    assert quietest <= 1, f"the tray woke {quietest} times in its quietest 3 s: {readings}"
 
 
 def test_without_a_tray_host_it_says_so_and_offers_the_monitor_command(

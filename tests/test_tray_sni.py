@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager, in_thread
+from tests.manager import DEFAULT_INTERVAL, Manager, in_thread, quietest_wakeups
 from tray.ui.icon import IconState
 
 pytestmark = pytest.mark.slow
@@ -102,6 +102,9 @@ def host(desktop: XfceDesktop) -> Iterator[SniHost]:
     assert desktop.bus is not None
     with SniHost(desktop.bus.address) as connection:
         wait_for(lambda: connection.registered_items() == [], 10, "the last test's item to leave the watcher")
+        # A pointer left where the last right click put it would hover the new item into showing its tooltip
+        # over the panel, where the next right click looks for the icon.
+        park_pointer(desktop)
         yield connection
 
 
@@ -144,7 +147,7 @@ def right_click_menu(desktop: XfceDesktop, tmp_path: Path, name: str) -> tuple[A
     The pointer first leaves the panel: resting on the icon (where an earlier click left it) it raises the
     icon's tooltip over the panel, which would hide the icon and move the click off it.
     """
-    subprocess.run(["xdotool", "mousemove", "0", "0"], env=desktop.env, check=True, timeout=10)
+    park_pointer(desktop)
 
     def only_the_icon_drawn() -> Any:
         shot = desktop.screenshot(tmp_path / f"{name}-before.png")
@@ -188,6 +191,11 @@ def panel_drawn_box(image: Any, desktop: XDesktop) -> tuple[int, int, int, int]:
     assert points, "nothing drawn in the panel"
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     return left + min(xs), top + min(ys), left + max(xs), top + max(ys)
+
+
+def park_pointer(desktop: XDesktop) -> None:
+    """Move the pointer to the top of the screen, away from the panel."""
+    subprocess.run(["xdotool", "mousemove", str(desktop.width // 2), "0"], env=desktop.env, check=True, timeout=10)
 
 
 def close_menu(desktop: XfceDesktop) -> None:
@@ -253,6 +261,19 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
     monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
     assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
+
+
+def test_a_statusnotifier_tray_between_checks_has_no_thread_that_wakes(
+    desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager
+) -> None:
+    # The bus receiver, the item's event loop, the host watch, the monitor inside: at most one wakeup in
+    # the quietest 3 s of the 12 after the icon turned green, with the next check 30 s away.
+    manager.env.update(DEFAULT_INTERVAL)
+    start_green_item(trays, desktop, host, manager)
+    tray = trays.started[-1]
+    quietest, readings = quietest_wakeups(tray.pid)
+    assert tray.running()
+    assert quietest <= 1, f"the tray woke {quietest} times in its quietest 3 s: {readings}"
 
 
 def test_restart_clicked_in_the_menu_restarts_ollama(

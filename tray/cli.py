@@ -11,15 +11,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tray import __version__
 from tray.core.health import BusySource
 from tray.core.status import BusyStatus, Status
 from tray.errors import CliError
@@ -34,10 +31,11 @@ from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
+from tray.system.stopping import sleep_until, stop_on_signals
 from tray.web.link import MonitorLink
 
 if TYPE_CHECKING:
-    from tray.gateway.app import GatewayServer
+    from tray.gateway.app import Gateway, GatewayServer
     from tray.system.autostart import Autostart
     from tray.ui.app import TrayApp
     from tray.ui.backend import TrayChoice
@@ -378,14 +376,11 @@ def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_monitor(ctx: Context) -> int:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     setup_logging(ctx.paths.app_log, stderr=True)
     with running_services(ctx) as services:
         log.info("monitoring %s (status API on port %s)", services.monitor.supervisor.host.url, services.status_port)
-        while not stop.wait(1.0):
-            pass
+        sleep_until(stop)
     return 0
 
 
@@ -515,8 +510,7 @@ class running_services:
         self.gateway: GatewayServer | None = None
 
     def __enter__(self) -> running_services:
-        from tray.dashboard import Dashboard
-        from tray.gateway.commands import gateway_for_monitor, serve_beside_monitor
+        from tray.dashboard.ondemand import DashboardOnDemand
         from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
 
         config, paths = self.ctx.config, self.ctx.paths
@@ -528,16 +522,20 @@ class running_services:
         for warning in config_warnings(config):
             log.warning("%s", warning)
             self.history.record(EventKind.ALERT, warning)
-        try:
-            # It reports to the monitor built next, once it serves (after the monitor started).
-            gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
-        except OSError as exc:
-            self.history.close()
-            self.instance.release()
-            raise CliError(str(exc)) from None
+        gateway: Gateway | None = None
+        if config.gateway.enabled:  # else nothing of the gateway is imported
+            from tray.gateway.commands import gateway_for_monitor
+
+            try:
+                # It reports to the monitor built next, once it serves (after the monitor started).
+                gateway = gateway_for_monitor(config, lambda: self.monitor.request("check"), self.history, notifier)
+            except OSError as exc:
+                self.history.close()
+                self.instance.release()
+                raise CliError(str(exc)) from None
         self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
-        self.dashboard = Dashboard(self.monitor, self.history, token, notifier=notifier)
+        self.dashboard = DashboardOnDemand(self.monitor, self.history, token, notifier=notifier)
         wanted = config.status_port
         self.server = StatusServer(self.monitor, self.history, token, wanted, extra_routes=self.dashboard.routes())
         try:
@@ -563,6 +561,8 @@ class running_services:
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
         if gateway is not None:
+            from tray.gateway.commands import serve_beside_monitor
+
             try:
                 self.gateway = serve_beside_monitor(gateway, config.gateway.port, self.monitor)
             except OSError as exc:
@@ -609,12 +609,25 @@ def event_limit(text: str) -> int:
     return limit
 
 
+class ShowVersion(argparse.Action):
+    """``--version``: the version, read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=str(kwargs.get("help")))
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from tray import __version__
+
+        print(f"{PROG} {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Keeps a local Ollama server alive and healthy. With no command, shows the tray icon.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=ShowVersion, help="show the version and exit")
     parser.add_argument("--config", metavar="PATH", help="settings file (default: the platform config dir)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("start", help="start Ollama (or adopt the one running)")

@@ -225,32 +225,43 @@ class History:
                 log.exception("event listener failed")
         return event
 
-    def subscribe(self, listener: Callable[[Event], None]) -> None:
-        """Call ``listener`` with every event recorded from now on (from the recording thread)."""
+    def subscribe(self, listener: Callable[[Event], None], replay_since: float | None = None) -> None:
+        """Call ``listener`` with every event recorded from now on (from the recording thread).
+
+        With ``replay_since``, first call it (here) with the events recorded
+        since then: each event reaches it exactly once, however recording and
+        subscribing interleave.
+        """
         with self._lock:
+            past = self._events_locked(replay_since, None) if replay_since is not None else []
             self._listeners.append(listener)
+        for event in past:
+            listener(event)
 
     def events(self, since: float | None = None, limit: int | None = None) -> list[Event]:
         """Events oldest first (the newest ``limit`` when given)."""
         with self._lock:
-            if self._db is None:
-                selected = [e for e in self._memory if since is None or e.time >= since]
-                return selected[-limit:] if limit else selected
-            query = "SELECT time, kind, message, data FROM events"
-            args: list[Any] = []
-            if since is not None:
-                query += " WHERE time >= ?"
-                args.append(since)
-            query += " ORDER BY id DESC"
-            if limit:
-                query += " LIMIT ?"
-                args.append(limit)
-            try:
-                rows = self._db.execute(query, args).fetchall()
-            except sqlite3.Error as exc:
-                self.problem = f"{self.path} cannot be read ({exc})"
-                log.warning("could not read events from %s: %s", self.path, exc)
-                return list(self._memory)
+            return self._events_locked(since, limit)
+
+    def _events_locked(self, since: float | None, limit: int | None) -> list[Event]:
+        if self._db is None:
+            selected = [e for e in self._memory if since is None or e.time >= since]
+            return selected[-limit:] if limit else selected
+        query = "SELECT time, kind, message, data FROM events"
+        args: list[Any] = []
+        if since is not None:
+            query += " WHERE time >= ?"
+            args.append(since)
+        query += " ORDER BY id DESC"
+        if limit:
+            query += " LIMIT ?"
+            args.append(limit)
+        try:
+            rows = self._db.execute(query, args).fetchall()
+        except sqlite3.Error as exc:
+            self.problem = f"{self.path} cannot be read ({exc})"
+            log.warning("could not read events from %s: %s", self.path, exc)
+            return list(self._memory)
         return [Event(t, k, m, json.loads(d) if d else None) for t, k, m, d in reversed(rows)]
 
     def record_sample(self, values: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import webbrowser
 from collections.abc import Callable
 from typing import TextIO
 
@@ -50,12 +49,16 @@ def running_dashboard_url(paths: AppPaths) -> str:
     return dashboard_url(base, token)
 
 
-def open_dashboard(paths: AppPaths, open_browser: BrowserOpener = webbrowser.open) -> str:
-    """Open the running manager's dashboard in the default browser; the URL opened.
+def open_dashboard(paths: AppPaths, open_browser: BrowserOpener | None = None) -> str:
+    """Open the running manager's dashboard in the default browser (``webbrowser.open``); the URL opened.
 
     For the tray's "Open dashboard" item; raises DashboardUnavailable.
     """
     url = running_dashboard_url(paths)
+    if open_browser is None:
+        import webbrowser
+
+        open_browser = webbrowser.open
     if not open_browser(url):
         raise DashboardUnavailable("no web browser could be started: run `ollama-manager dashboard --url`")
     return url
@@ -72,7 +75,7 @@ def dashboard_command(
     args: argparse.Namespace,
     paths: AppPaths,
     *,
-    open_browser: BrowserOpener = webbrowser.open,
+    open_browser: BrowserOpener | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:

@@ -10,7 +10,9 @@ app (never the global one):
 - a probe-latency histogram fed by the samples the monitor records once per
   health check, read from the history at each scrape.
 
-Counters start at zero when the app starts, as Prometheus expects.
+Counters start at zero when the app starts, as Prometheus expects; built
+later (on the first request), the registry counts the events recorded since
+the app started (``since``) and feeds the histogram the samples since then.
 """
 
 from __future__ import annotations
@@ -187,6 +189,7 @@ class ManagerMetrics:
         monitor: Any,
         history: History,
         wall_clock: Callable[[], float] = time.time,
+        since: float | None = None,
     ) -> None:
         self.history = history
         self.registry = CollectorRegistry(auto_describe=False)
@@ -209,9 +212,9 @@ class ManagerMetrics:
         )
         self.registry.register(StatusCollector(monitor))
         # Samples are a health check apart, so their times order them without ties.
-        self._samples_after = wall_clock()
+        self._samples_after = wall_clock() if since is None else since
         self._ingest_lock = threading.Lock()
-        history.subscribe(self.observe_event)
+        history.subscribe(self.observe_event, replay_since=since)
 
     def observe_event(self, event: Event) -> None:
         """Count one history event (called from the thread that recorded it)."""

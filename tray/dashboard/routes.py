@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from tray.core.status import Status
+from tray.dashboard import urls
 from tray.dashboard.metrics import ManagerMetrics
 from tray.dashboard.settings_form import APPLIED_NOW, ApplyPlan, SettingsService, patched_config
 from tray.dashboard.stream import Message, StreamHub, sse_frames
@@ -97,7 +98,9 @@ class Dashboard:
     The gateway's local/cloud split comes from the status' ``gateway``
     (None: "gateway off"). Given the ``notifier`` (anything with an
     ``enabled`` attribute), a saved ``notifications`` applies at once.
-    Call :meth:`close` before stopping the HTTP server: it ends the open streams.
+    Built after the app started, ``since`` (wall time) is when it did: the
+    metrics count from then. Call :meth:`close` before stopping the HTTP
+    server: it ends the open streams.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class Dashboard:
         env: Mapping[str, str] | None = None,
         notifier: Any = None,
         wall_clock: Callable[[], float] = time.time,
+        since: float | None = None,
     ) -> None:
         self.monitor = monitor
         self.history = history
@@ -117,7 +121,7 @@ class Dashboard:
         self.notifier = notifier
         self.wall_clock = wall_clock
         self.hub = StreamHub()
-        self.metrics = ManagerMetrics(monitor, history, wall_clock)
+        self.metrics = ManagerMetrics(monitor, history, wall_clock, since)
         live_keys = APPLIED_NOW if notifier is not None else APPLIED_NOW - {"notifications"}
         self.settings = SettingsService(
             config_path or Path(monitor.config.source),
@@ -212,14 +216,14 @@ class Dashboard:
     def routes(self) -> list[BaseRoute]:
         """The routes to add to the status API's app."""
         return [
-            Route("/", page("dashboard.html")),
-            Route("/settings", page("settings.html")),
-            Mount("/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static"),
-            Route("/api/stream", self.stream),
-            Route("/api/history", self.history_data),
-            Route("/api/settings", self.settings_data, methods=["GET"]),
-            Route("/api/settings", self.save_settings, methods=["POST"]),
-            Route("/metrics", self.metrics_text),
+            Route(urls.PAGE, page("dashboard.html")),
+            Route(urls.SETTINGS_PAGE, page("settings.html")),
+            Mount(urls.STATIC, StaticFiles(directory=STATIC_DIR), name="dashboard-static"),
+            Route(urls.STREAM, self.stream),
+            Route(urls.HISTORY, self.history_data),
+            Route(urls.SETTINGS, self.settings_data, methods=["GET"]),
+            Route(urls.SETTINGS, self.save_settings, methods=["POST"]),
+            Route(urls.METRICS, self.metrics_text),
         ]
 
 

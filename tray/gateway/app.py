@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -59,7 +58,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -110,8 +108,10 @@ from tray.gateway.cloud import (
 )
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
+from tray.gateway.upstream import UpstreamClient, UpstreamResponse
 from tray.history import EventKind
-from tray.web.loopback import LoopbackOnly, host_allowed
+from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
+from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -304,16 +304,6 @@ class BackendFailure(Exception):
         self.kind = kind
 
 
-class AsgiEndpoint:
-    """An ASGI callable Starlette routes to as it is (a method would be wrapped as a request handler)."""
-
-    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        self.handler = handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handler(scope, receive, send)
-
-
 async def _client_gone(receive: Receive) -> None:
     """Return once the client has disconnected (or the answer is complete), once the request body is read."""
     while (await receive())["type"] != "http.disconnect":
@@ -328,20 +318,31 @@ async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
     upstream. Call only once the request body has been read. True when
     ``work`` ran to its end.
     """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_client_gone(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
+    task = asyncio.current_task()
+    assert task is not None
+    gone = finished = False
+
+    def client_left(watcher: asyncio.Future[None]) -> None:
+        nonlocal gone
+        if watcher.cancelled():
+            return
+        watcher.exception()  # a broken receive() means the client is gone as well
+        if not finished:
+            gone = True
             task.cancel()
-            await asyncio.wait({task})
+
+    watcher = asyncio.ensure_future(_client_gone(receive))
+    watcher.add_done_callback(client_left)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            log.debug("client went away; its request was cancelled")
+            return False
+        raise
+    finally:
+        finished = True
         watcher.cancel()
-        await asyncio.wait({watcher})
-    if task.cancelled():
-        log.debug("client went away; its request was cancelled")
-        return False
-    task.result()
     return True
 
 
@@ -369,10 +370,11 @@ class ForeignOriginRefused:
 class _Exchange:
     """One inference request sent to Ollama and not finished (see :meth:`Gateway.local_activity`)."""
 
-    def __init__(self, model: str, found_down: asyncio.Event) -> None:
+    def __init__(self, model: str, found_down: asyncio.Future[None]) -> None:
         self.model = model
-        self.found_down = found_down  # set when the monitor declares Ollama down while no byte came back
+        self.found_down = found_down  # done when the monitor declares Ollama down while no byte came back
         self.answered = False  # a byte came back
+        self.progress_at: float | None = None  # the gateway's clock when the last byte came back
         self.model_loaded = False  # Ollama answered 200: the model is in memory
         self.loaded_when_sent: asyncio.Future[bool] | None = None  # was the model in memory as the request left?
 
@@ -427,7 +429,7 @@ class Gateway:
         )
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._local: httpx.AsyncClient | None = None
+        self._local: UpstreamClient | None = None
         self._cloud: httpx.AsyncClient | None = None
         self._key: ApiKey | None = None
         self._local_models: list[dict[str, Any]] = []
@@ -467,7 +469,7 @@ class Gateway:
         if waiting and self._loop is not None:
             log.warning("Ollama was found down; answering %d waiting request(s) now", len(waiting))
             for exchange in waiting:
-                self._loop.call_soon_threadsafe(exchange.found_down.set)
+                self._loop.call_soon_threadsafe(_settle, exchange.found_down)
         self._announce_changes()
 
     def local_activity(self) -> LocalActivity:
@@ -477,7 +479,10 @@ class Gateway:
             for exchange in self._exchanges:
                 in_flight[exchange.model] = in_flight.get(exchange.model, 0) + 1
             waiting = sum(1 for e in self._exchanges if not e.answered)
-            return LocalActivity(in_flight, waiting, self._last_progress)
+            stamps = [e.progress_at for e in self._exchanges if e.progress_at is not None]
+            if self._last_progress is not None:
+                stamps.append(self._last_progress)
+            return LocalActivity(in_flight, waiting, max(stamps, default=None))
 
     # -- reading (any thread)
 
@@ -521,11 +526,8 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        self._local = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=LOCAL_CONNECT_TIMEOUT, read=None, write=self.settings.idle_timeout, pool=None
-            ),
-            trust_env=False,
+        self._local = UpstreamClient(
+            self.local_url, connect_timeout=LOCAL_CONNECT_TIMEOUT, write_timeout=self.settings.idle_timeout
         )
         self._cloud = httpx.AsyncClient(
             timeout=httpx.Timeout(
@@ -650,7 +652,7 @@ class Gateway:
         """
         assert self._local is not None
         try:
-            response = await self._local.get(self.local_url + "/api/ps", timeout=PS_TIMEOUT)
+            response = await self._local.get("/api/ps", PS_TIMEOUT)
         except httpx.HTTPError:
             return False
         if response.status_code == 200:
@@ -669,23 +671,26 @@ class Gateway:
         return await self._look_up_loaded(model)
 
     def _begin_exchange(self, model: str, down_reports: int) -> _Exchange:
-        exchange = _Exchange(model, asyncio.Event())
+        exchange = _Exchange(model, asyncio.get_running_loop().create_future())
         with self._lock:
             self._exchanges.add(exchange)
             if self._down_reports != down_reports:  # found down since this request was routed
-                exchange.found_down.set()
+                _settle(exchange.found_down)
         return exchange
 
     def _progress(self, exchange: _Exchange) -> None:
+        """Ollama's answer to ``exchange`` began (or came whole); its bytes then mark progress without a lock."""
         with self._lock:
             exchange.answered = True
-            self._last_progress = self.clock()
+            exchange.progress_at = self.clock()
 
     def _end_exchange(self, exchange: _Exchange) -> None:
         with self._lock:
             if exchange not in self._exchanges:
                 return
             self._exchanges.discard(exchange)
+            if exchange.progress_at is not None:
+                self._last_progress = max(self._last_progress or exchange.progress_at, exchange.progress_at)
             if exchange.model_loaded:
                 self._loaded.saw_answer(exchange.model, self.clock())
 
@@ -707,7 +712,7 @@ class Gateway:
             self._announce_changes()
         return await self._relay_local(upstream, route, self.settings.idle_timeout, exchange)
 
-    async def _first_byte(self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange) -> httpx.Response:
+    async def _first_byte(self, request: Request, body: bytes, plan: WaitPlan, exchange: _Exchange) -> UpstreamResponse:
         """Send to Ollama and wait for its answer to begin, as ``plan`` says; else :class:`BackendFailure`.
 
         At the first-byte deadline, the silence counts only if the model was
@@ -717,58 +722,75 @@ class Gateway:
         Ollama down, the client going away) cancels the request, which closes
         its connection: Ollama then stops working on it.
         """
-        assert self._local is not None
-        sending = asyncio.ensure_future(self._local.send(self._outgoing(request, body), stream=True))
-        found_down = asyncio.ensure_future(exchange.found_down.wait())
+        task = asyncio.current_task()
+        assert task is not None
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        marks = [(plan.report_after, "report"), (plan.fall_back_after, "fall back"), (plan.give_up_after, "give up")]
-        pending = sorted((at, what) for at, what in marks if at is not None)
-        handed_over = False
-        try:
-            while True:
-                at, what = pending.pop(0) if pending else (None, "")
-                timeout = None if at is None else max(0.0, started + at - loop.time())
-                await asyncio.wait({sending, found_down}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if sending.done():
-                    error = sending.exception()
-                    if isinstance(error, httpx.HTTPError):
-                        raise self._send_failure(error) from None
-                    response = sending.result()
-                    handed_over = True
-                    return response
-                if found_down.done():
-                    raise BackendFailure(
-                        "Ollama stopped answering (the health check found it down)", 503, FailureKind.FOUND_DOWN
-                    )
-                if what in ("report", "fall back"):
-                    trouble = await self._silence_means_trouble(exchange.model, exchange.loaded_when_sent)
-                    if sending.done() or found_down.done():
-                        continue  # settled while /api/ps was asked
-                    if not trouble:
-                        # Not in memory (or /api/ps too slow to say) at the deadline: this request is loading it.
-                        log.debug("the model %s is loading; waiting for it", exchange.model)
-                        pending = [(t, w) for t, w in pending if w == "give up"]
-                    elif what == "report":
-                        self._report(f"a streamed request to a loaded model got nothing from Ollama for {at:g} s")
-                    else:
-                        raise BackendFailure(f"Ollama sent nothing for {at:g} s", 504, FailureKind.FIRST_BYTE)
-                elif what == "give up":
-                    raise BackendFailure(
+        why_ended: list[BackendFailure] = []  # what ended the wait early, once it cancelled the request
+        finished = False
+        timers: dict[str, asyncio.TimerHandle] = {}
+        judging: set[asyncio.Task[None]] = set()
+
+        def end(failure: BackendFailure) -> None:
+            if not finished and not why_ended:
+                why_ended.append(failure)
+                task.cancel()
+
+        def found_down(_: asyncio.Future[None]) -> None:
+            end(
+                BackendFailure("Ollama stopped answering (the health check found it down)", 503, FailureKind.FOUND_DOWN)
+            )
+
+        async def judge(what: str, at: float) -> None:
+            if not await self._silence_means_trouble(exchange.model, exchange.loaded_when_sent):
+                # Not in memory (or /api/ps too slow to say) at the deadline: this request is loading it.
+                log.debug("the model %s is loading; waiting for it", exchange.model)
+            elif what == "report":
+                self._report(f"a streamed request to a loaded model got nothing from Ollama for {at:g} s")
+            else:
+                end(BackendFailure(f"Ollama sent nothing for {at:g} s", 504, FailureKind.FIRST_BYTE))
+
+        def mark(what: str, at: float) -> None:
+            timers.pop(what, None)
+            if what == "give up":
+                end(
+                    BackendFailure(
                         f"Ollama sent nothing for {at:g} s (to wait longer for loads and whole answers, "
                         "raise gateway.local_timeout)",
                         504,
                         FailureKind.NO_ANSWER,
                     )
+                )
+            else:
+                judging.add(loop.create_task(judge(what, at)))
+
+        # The request goes out on this task; the plan's marks are timers and the monitor's news a callback,
+        # which cancel it (closing its connection) with the reason why.
+        started = loop.time()
+        for at, what in (
+            (plan.report_after, "report"),
+            (plan.fall_back_after, "fall back"),
+            (plan.give_up_after, "give up"),
+        ):
+            if at is not None:
+                timers[what] = loop.call_at(started + at, mark, what, at)
+        exchange.found_down.add_done_callback(found_down)
+        try:
+            return await self._to_local(request, body)
+        except asyncio.CancelledError:
+            if why_ended and task.uncancel() == 0:
+                raise why_ended[0] from None
+            raise
+        except httpx.HTTPError as error:
+            raise self._send_failure(error) from None
         finally:
-            found_down.cancel()
+            finished = True
+            exchange.found_down.remove_done_callback(found_down)
+            for timer in timers.values():
+                timer.cancel()
+            for job in judging:
+                job.cancel()
             if exchange.loaded_when_sent is not None:
                 exchange.loaded_when_sent.cancel()
-            if not sending.done():
-                sending.cancel()
-                await asyncio.wait({sending})
-            if not handed_over and not sending.cancelled() and sending.exception() is None:
-                await sending.result().aclose()
 
     def _send_failure(self, exc: httpx.HTTPError) -> BackendFailure:
         """What a failed send to Ollama means."""
@@ -778,35 +800,39 @@ class Gateway:
             )
         return BackendFailure(f"Ollama failed: {describe_error(exc)}", 502, FailureKind.BROKEN)
 
-    def _outgoing(self, request: Request, content: bytes | AsyncIterator[bytes]) -> httpx.Request:
+    async def _to_local(self, request: Request, content: bytes | AsyncIterator[bytes]) -> UpstreamResponse:
+        """Send the client's request on to Ollama: its method, path, query and headers (hop-by-hop ones left out)."""
         assert self._local is not None
-        query = request.url.query
-        url = self.local_url + request.url.path + (f"?{query}" if query else "")
+        scope = request.scope
+        raw_path, query = scope.get("raw_path"), scope.get("query_string")
+        target = raw_path.decode("latin-1") if raw_path else request.url.path  # as the client wrote it
+        if query:
+            target += "?" + query.decode("latin-1")
         keep_length = not isinstance(content, (bytes, bytearray))
-        return self._local.build_request(
-            request.method, url, headers=forward_request_headers(request.headers, keep_length), content=content
-        )
+        headers = forward_request_headers(request.headers, keep_length)
+        return await self._local.send(request.method, target, headers, content)
 
     async def _send_local(
         self, request: Request, content: bytes | AsyncIterator[bytes], budget: float | None
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Send a request that is not inference (model lists, pulls, ...) to Ollama."""
-        assert self._local is not None
         try:
-            return await asyncio.wait_for(self._local.send(self._outgoing(request, content), stream=True), budget)
+            async with asyncio.timeout(budget):
+                return await self._to_local(request, content)
         except TimeoutError:
             raise BackendFailure(f"Ollama sent nothing for {budget:g} s", 504, FailureKind.NO_ANSWER) from None
         except httpx.HTTPError as exc:
             raise self._send_failure(exc) from None
 
     async def _relay_local(
-        self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None = None
+        self, upstream: UpstreamResponse, route: Route | None, idle: float | None, exchange: _Exchange | None = None
     ) -> Response:
         """Ollama's answer for the client; ``route`` None: outcomes do not count for the breaker."""
         length = upstream.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) <= BUFFER_LIMIT:
             try:
-                body = await asyncio.wait_for(upstream.aread(), idle)
+                async with asyncio.timeout(idle):
+                    body = await upstream.aread()
             except (TimeoutError, httpx.HTTPError) as exc:
                 raise BackendFailure(
                     f"Ollama broke off its answer ({describe_error(exc)})", 502, FailureKind.STALLED
@@ -822,28 +848,36 @@ class Gateway:
         return RelayResponse(upstream.status_code, headers, self._local_chunks(upstream, route, idle, exchange))
 
     async def _local_chunks(
-        self, upstream: httpx.Response, route: Route | None, idle: float | None, exchange: _Exchange | None
+        self, upstream: UpstreamResponse, route: Route | None, idle: float | None, exchange: _Exchange | None
     ) -> AsyncGenerator[bytes, None]:
-        """Ollama's body as it arrives; a break mid-way ends it with an error in its own format."""
+        """Ollama's body as it arrives; a break mid-way ends it with an error in its own format.
+
+        Per chunk: the bytes, and two stamps (the idle watch's, the
+        exchange's progress) that take no lock and set no timer; the watch's
+        one timer is moved at most once per ``idle`` seconds.
+        """
         content_type = upstream.headers.get("content-type", "")
-        chunks = upstream.aiter_raw()
-        loop = asyncio.get_running_loop()
+        watch = _IdleWatch(idle) if idle is not None else None
         last = b"\n"
         try:
-            # One deadline, moved for each read and lifted while the client takes the chunk.
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(None if idle is None else loop.time() + idle)
-                    try:
-                        chunk = await chunks.__anext__()
-                    except StopAsyncIteration:
-                        return
-                    deadline.reschedule(None)
-                    if exchange is not None:
-                        self._progress(exchange)
-                    if chunk:
-                        last = chunk
-                        yield chunk
+            chunks = upstream.aiter_raw()
+            while True:
+                if watch is not None:
+                    watch.reading()
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    return
+                except asyncio.CancelledError:
+                    if watch is not None and watch.timed_out():
+                        raise TimeoutError from None
+                    raise
+                if watch is not None:
+                    watch.delivering()  # the time the client takes the chunk is not Ollama's silence
+                if exchange is not None:
+                    exchange.progress_at = self.clock()
+                last = chunk
+                yield chunk
         except (TimeoutError, httpx.HTTPError) as exc:
             timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
             message = (
@@ -855,6 +889,8 @@ class Gateway:
             if content_type.startswith((tr.NDJSON, tr.SSE)):
                 yield tr.stream_error_tail(content_type, message, ended_mid_line=not last.endswith(b"\n"))
         finally:
+            if watch is not None:
+                watch.stop()
             await upstream.aclose()
 
     # -- the cloud
@@ -1136,9 +1172,7 @@ class Gateway:
     async def _probe_version(self) -> LocalHealth:
         assert self._local is not None
         try:
-            response = await self._local.get(
-                self.local_url + "/api/version", timeout=httpx.Timeout(PROBE_TIMEOUT, connect=LOCAL_CONNECT_TIMEOUT)
-            )
+            response = await self._local.get("/api/version", PROBE_TIMEOUT)
         except httpx.HTTPError:
             return LocalHealth.DOWN
         if response.status_code != 200:
@@ -1147,7 +1181,56 @@ class Gateway:
         return LocalHealth.UP
 
 
-async def _read_some(response: httpx.Response, timeout: float, limit: int = 64 * 1024) -> bytes:
+class _IdleWatch:
+    """Cancels the task reading an answer once one read has waited ``idle`` seconds for Ollama.
+
+    One timer, moved only when it fires: each read stamps when it began
+    (:meth:`reading`) and each chunk that it ended (:meth:`delivering`), so
+    the time the client takes a chunk never counts, and a stream sets no
+    timer per chunk. Made and used on the task that reads.
+    """
+
+    def __init__(self, idle: float) -> None:
+        self.idle = idle
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._began = self._loop.time()
+        self._waiting = False
+        self._fired = False
+        self._timer = self._loop.call_at(self._began + idle, self._check)
+
+    def reading(self) -> None:
+        self._began = self._loop.time()
+        self._waiting = True
+
+    def delivering(self) -> None:
+        self._waiting = False
+
+    def timed_out(self) -> bool:
+        """Was the task's cancellation this watch's doing? It is then taken back."""
+        return self._fired and self._task.uncancel() == 0
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self._waiting and now - self._began >= self.idle:
+            self._fired = True
+            self._task.cancel()
+            return
+        self._timer = self._loop.call_at((self._began if self._waiting else now) + self.idle, self._check)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """Complete ``future`` unless it is already done (a thread's news may come twice)."""
+    if not future.done():
+        future.set_result(None)
+
+
+async def _read_some(response: httpx.Response | UpstreamResponse, timeout: float, limit: int = 64 * 1024) -> bytes:
     """At most ``limit`` bytes of an error body, given at most ``timeout`` seconds."""
     data = b""
 
@@ -1159,7 +1242,8 @@ async def _read_some(response: httpx.Response, timeout: float, limit: int = 64 *
                 return
 
     with contextlib.suppress(TimeoutError, httpx.HTTPError):
-        await asyncio.wait_for(read(), timeout)
+        async with asyncio.timeout(timeout):
+            await read()
     return data[:limit]
 
 
@@ -1184,69 +1268,17 @@ def _requested_model(body: bytes) -> str:
 # --------------------------------------------------------------------------- the server
 
 
-class GatewayServer:
+class GatewayServer(LoopbackServer):
     """Runs a :class:`Gateway` with uvicorn in a background thread, on a loopback socket."""
 
     def __init__(self, gateway: Gateway, port: int, host: str = "127.0.0.1") -> None:
         self.gateway = gateway
-        self.host = host
-        self.requested_port = port
-        config = uvicorn.Config(
+        super().__init__(
             gateway.asgi_app(),
-            log_level="warning",
-            access_log=False,
+            port,
+            what="the gateway",
+            host=host,
             lifespan="on",
-            server_header=False,
-            date_header=False,
-            timeout_graceful_shutdown=2,
+            graceful_seconds=2,
+            thread_name="gateway",
         )
-        self._server = uvicorn.Server(config)  # off the main thread, uvicorn leaves signal handlers alone
-        self._thread: threading.Thread | None = None
-        self._on_stop: list[Callable[[], None]] = []
-        self.port: int | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def on_stop(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` when the server stops (e.g. to unsubscribe from the monitor)."""
-        self._on_stop.append(callback)
-
-    def start(self, timeout: float = 10.0) -> int:
-        """Listen and serve; the port. OSError (one line) when the port cannot be had."""
-        sock = socket.socket(
-            socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-        )  # asyncio sets TCP_NODELAY only then
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.requested_port))
-            sock.listen(128)
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"the gateway cannot listen on {self.host}:{self.requested_port} ({exc.strerror or exc})"
-            ) from None
-        self.port = int(sock.getsockname()[1])
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="gateway", daemon=True
-        )
-        self._thread.start()
-        ready = threading.Event()
-        deadline = time.monotonic() + timeout
-        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
-            ready.wait(0.02)
-        if not self._server.started:
-            self._server.should_exit = True
-            raise OSError(f"the gateway did not start on {self.host}:{self.port}")
-        return self.port
-
-    def stop(self) -> None:
-        for callback in self._on_stop:
-            try:
-                callback()
-            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
-                log.warning("gateway stop hook failed: %s", exc)
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)

@@ -9,16 +9,18 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tray.core.status import Status
-from tray.gateway.app import Gateway, GatewayServer
-from tray.gateway.cloud import KeyStore, KeyStoreError, SystemKeyStore, key_account
 from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.system.stopping import sleep_until, stop_on_signals
+
+if TYPE_CHECKING:  # the server, its libraries and the key store load when used, not with the CLI's parser
+    from tray.gateway.app import Gateway, GatewayServer
+    from tray.gateway.cloud import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ def monitor_status(paths: Any) -> Callable[[], Status | None]:
 
 def build_gateway(config: Any, **kwargs: Any) -> Gateway:
     """A gateway for the app's settings."""
+    from tray.gateway.app import Gateway
+
     settings = gateway_settings(config)
     if settings.restart_interval != GatewaySettings().restart_interval:
         log.info("gateway.restart_interval is ignored: the gateway never restarts Ollama, the monitor decides")
@@ -106,6 +110,7 @@ def build_gateway(config: Any, **kwargs: Any) -> Gateway:
 
 def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: threading.Event | None = None) -> int:
     """Run the gateway in the foreground until SIGINT/SIGTERM (or ``stop`` is set); the exit status."""
+    from tray.gateway.app import GatewayServer
     from tray.history import History
     from tray.system.notify import Notifier
 
@@ -134,21 +139,13 @@ def gateway_command(args: argparse.Namespace, config: Any, paths: Any, *, stop: 
     fallback = f"cloud fallback: {cloud.host_label} ({cloud.model})" if cloud.enabled else "cloud fallback off"
     print(f"Gateway on {server.url} for Ollama at {config.host.url}; {fallback}", flush=True)
     if stop is None:
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
     try:
-        while not stop.wait(0.5):
-            pass
+        sleep_until(stop)
     finally:
         server.stop()
         history.close()
     return 0
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    return stop
 
 
 def read_secret(stdin: TextIO, prompt: str) -> str:
@@ -162,6 +159,8 @@ def cloud_set_key_command(
     args: argparse.Namespace, config: Any, paths: Any, *, stdin: TextIO | None = None, key_store: KeyStore | None = None
 ) -> int:
     """Store the provider's API key in the OS keyring; the exit status. The key is never printed or logged."""
+    from tray.gateway.cloud import KeyStoreError, SystemKeyStore, key_account
+
     cloud = cloud_settings(config)
     account = key_account(cloud)
     secret = read_secret(stdin or sys.stdin, f"API key for {account}: ").strip()
@@ -213,6 +212,8 @@ def serve_beside_monitor(gateway: Gateway, port: int, monitor: MonitorStatusFeed
 
     Raises OSError (one line) when the port cannot be had.
     """
+    from tray.gateway.app import GatewayServer
+
     server = GatewayServer(gateway, port)
     server.start()
     unsubscribe = monitor.subscribe(gateway.observe_status)

@@ -54,6 +54,12 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+# A string as :func:`dumps` writes it (json's C encoder where there is one).
+_json_text: Callable[[str], str] = getattr(json.encoder, "c_encode_basestring", None) or (
+    json.encoder.py_encode_basestring
+)
+
+
 def rfc3339_nano(wall_seconds: float) -> str:
     """An Ollama ``created_at`` timestamp.
 
@@ -496,33 +502,31 @@ class LineSplitter:
 
 
 class SseParser:
-    """The ``data`` payload of each server-sent event (comments and other fields ignored)."""
+    """The ``data`` payload of each server-sent event, as bytes (comments and other fields ignored)."""
 
     def __init__(self) -> None:
         self._lines = LineSplitter()
-        self._data: list[str] = []
+        self._data: list[bytes] = []
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> list[bytes]:
         return self._take(self._lines.feed(data))
 
-    def close(self) -> list[str]:
+    def close(self) -> list[bytes]:
         events = self._take(self._lines.close())
         if self._data:
-            events.append("\n".join(self._data))
+            events.append(b"\n".join(self._data))
             self._data = []
         return events
 
-    def _take(self, lines: list[bytes]) -> list[str]:
-        events: list[str] = []
-        for raw in lines:
-            line = raw.decode("utf-8", "replace")
+    def _take(self, lines: list[bytes]) -> list[bytes]:
+        events: list[bytes] = []
+        for line in lines:
             if not line:
                 if self._data:
-                    events.append("\n".join(self._data))
+                    events.append(self._data[0] if len(self._data) == 1 else b"\n".join(self._data))
                     self._data = []
-            elif line.startswith("data:"):
-                value = line[5:]
-                self._data.append(value[1:] if value.startswith(" ") else value)
+            elif line.startswith(b"data:"):
+                self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
         return events
 
 
@@ -542,6 +546,11 @@ class _ToolCallParts:
     id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
+
+
+# Stream chunks that carry text and nothing else; their lines are written from a template.
+_PLAIN_DELTA = frozenset({"role", "content", "refusal"})
+_PLAIN_MESSAGE = frozenset({"role", "content", "images"})
 
 
 class SseToNdjson:
@@ -570,10 +579,10 @@ class SseToNdjson:
                 out += self._line(ollama_error("the cloud provider ended the answer early"))
         return out
 
-    def _event(self, payload: str) -> bytes:
+    def _event(self, payload: bytes) -> bytes:
         if self.finished:
             return b""
-        if payload.strip() == "[DONE]":
+        if payload.strip() == b"[DONE]":
             return self._final()
         chunk = _json_object(payload)
         if chunk is None:
@@ -596,6 +605,9 @@ class SseToNdjson:
         return out
 
     def _delta(self, delta: dict[str, Any]) -> bytes:
+        if delta.keys() <= _PLAIN_DELTA:
+            text = str(delta.get("content") or "")
+            return self._text_line(text) if text else b""
         for call in delta.get("tool_calls") or []:
             parts = self._tool_calls.setdefault(int(call.get("index") or 0), _ToolCallParts())
             function = call.get("function") or {}
@@ -619,6 +631,14 @@ class SseToNdjson:
         chunk = self._chunk("", "")
         chunk["message"]["tool_calls"] = _ollama_tool_calls(calls)
         return self._line(chunk)
+
+    def _text_line(self, text: str) -> bytes:
+        """``self._line(self._chunk(text, ""))``, written without building and encoding the object."""
+        field = "response" if self.kind == "generate" else "message"
+        head = f'{{"model":{_json_text(self.model)},"created_at":{_json_text(self.timestamp())},"{field}":'
+        if self.kind == "generate":
+            return f'{head}{_json_text(text)},"done":false}}\n'.encode()
+        return f'{head}{{"role":"assistant","content":{_json_text(text)}}},"done":false}}\n'.encode()
 
     def _chunk(self, text: str, thinking: str) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "created_at": self.timestamp()}
@@ -685,6 +705,8 @@ class NdjsonToSse:
         if chunk.get("model"):
             self.model = str(chunk["model"])
         message = chunk.get("message") or {}
+        if not chunk.get("done") and isinstance(message, dict) and message.keys() <= _PLAIN_MESSAGE:
+            return self._text_event(str(message.get("content") or ""))
         out = b""
         delta: dict[str, Any] = {"role": "assistant", "content": str(message.get("content") or "")}
         if message.get("thinking"):
@@ -711,6 +733,14 @@ class NdjsonToSse:
             out += self._event(dict(self._chunk([]), usage=usage))
         self.finished = True
         return out + b"data: [DONE]\n\n"
+
+    def _text_event(self, text: str) -> bytes:
+        """A content-only chunk's event, as :meth:`_event` writes it, without building and encoding the object."""
+        return (
+            f'data: {{"id":{_json_text(self.ident)},"object":"chat.completion.chunk","created":{self.created:d},'
+            f'"model":{_json_text(self.model)},"choices":[{{"index":0,"delta":{{"role":"assistant",'
+            f'"content":{_json_text(text)}}},"finish_reason":null}}]}}\n\n'
+        ).encode()
 
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {

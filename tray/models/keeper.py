@@ -16,14 +16,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from tray.core.status import ActivityKind, ModelStatus
 from tray.history import EventKind, History
-from tray.models import builder
 from tray.models.errors import ModelError, StoreUnreadable
 from tray.models.progress import ProgressEvent
 from tray.settings.config import Config
+
+if TYPE_CHECKING:  # the builder and the store code behind it load for the first job
+    from tray.models import builder
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +176,8 @@ class ModelKeeper:
         }
 
     def _ensure(self) -> str:
+        from tray.models import builder
+
         self.set_activity(ActivityKind.BUILD, "Checking model", None)
         report = builder.ensure_model_loaded(
             self.base_url,
@@ -184,6 +188,8 @@ class ModelKeeper:
         return self._built(report)
 
     def _rebuild(self) -> str:
+        from tray.models import builder
+
         self.set_activity(ActivityKind.BUILD, "Rebuilding model", None)
         report = builder.rebuild(
             self.base_url,
@@ -204,6 +210,8 @@ class ModelKeeper:
         return report.summary()
 
     def _verify(self) -> str:
+        from tray.models import builder
+
         self.set_activity(ActivityKind.VERIFY, "Verifying model", None)
         try:
             result = builder.verify(

@@ -15,6 +15,7 @@ import httpx
 from tray.core.health import Failure, ProbeResult
 
 OLLAMA_ROOT_TEXT = "Ollama is running"
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)  # dropped before an answer
 PROBE_PROMPT = "test"
 
 
@@ -55,7 +56,7 @@ def _failure_of(exc: Exception) -> tuple[Failure, str]:
         return Failure.TIMEOUT, "no answer in time"
     if isinstance(exc, httpx.ConnectError):
         return Failure.REFUSED, "connection refused"
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
+    if isinstance(exc, STALE_CONNECTION):
         return Failure.REFUSED, "connection dropped"
     return Failure.BAD_RESPONSE, str(exc) or type(exc).__name__
 
@@ -75,8 +76,14 @@ class OllamaClient:
 
     def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        # No proxies: the manager only ever talks to its own local server.
-        self._http = httpx.Client(base_url=self.base_url, transport=transport, trust_env=False)
+        # No proxies: the manager only ever talks to its own local server. Its connection stays open between
+        # checks however far apart they are (Ollama's server closes no idle connection): a check is its requests.
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            transport=transport,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=None),
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -172,22 +179,27 @@ class OllamaClient:
         return None if response.status_code == 200 else _error_text(response)
 
     def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
-        """Liveness from the HTTP layer: GET /api/version, then /api/tags for the model names.
+        """Liveness from the HTTP layer, and the model names: one GET /api/tags.
 
-        Ollama answers both without its scheduler, so they stay fast while a
-        model generates; they stop only when the whole server is stuck. The
-        latency is the slower of the two answers.
+        Ollama answers it without its scheduler, so it stays fast while a
+        model generates; it stops only when the whole server is stuck. An
+        answer that is not Ollama's model list (another program on the port)
+        is a bad response. Over the client's kept-alive connection this is
+        one round trip per check.
         """
-        version = self.ping(timeout)
-        if not version.ok:
-            return version, None
         started = time.monotonic()
         try:
-            response = self._http.get("/api/tags", timeout=timeout)
+            try:
+                response = self._http.get("/api/tags", timeout=timeout)
+            except STALE_CONNECTION:
+                # The kept-alive connection was closed under the request (a server restarted since the last
+                # check, a proxy's idle limit): only a fresh connection says whether the server is gone.
+                started = time.monotonic()
+                response = self._http.get("/api/tags", timeout=timeout)
         except httpx.HTTPError as exc:
             failure, detail = _failure_of(exc)
             return ProbeResult(False, time.monotonic() - started, "api", failure, detail), None
-        latency = max(version.latency, time.monotonic() - started)
+        latency = time.monotonic() - started
         if response.status_code != 200:
             return ProbeResult(False, latency, "api", Failure.HTTP_ERROR, _error_text(response)), None
         try:

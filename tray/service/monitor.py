@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tray.core.alerts import AlertKind
 from tray.core.health import (
     DOWN_FACTOR,
@@ -78,7 +80,7 @@ from tray.system.owners import (
     stuck_unit_line,
     systemd_active_state,
 )
-from tray.system.processes import ProcessRef, cpu_seconds
+from tray.system.processes import ProcessRef, cpu_seconds, descendants_of
 from tray.system.resources import ResourceSample, ResourceSampler
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ LOAD_TICK_SECONDS = 1.0  # how often the elapsed time of a preload is published
 
 Subscriber = Callable[[Status], None]
 CpuReader = Callable[[Iterable[ProcessRef]], dict[ProcessRef, float | None]]
+DescendantsReader = Callable[[ProcessRef], list[psutil.Process] | None]
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class Monitor:
         self.timeouts = TimeoutCounter(threshold=3)
         self.busy_tracker = BusyTracker(stuck_after=config.stuck_runner_seconds)
         self.read_cpu_seconds: CpuReader = cpu_seconds
+        self.list_descendants: DescendantsReader = descendants_of
+        self._server_tree: tuple[int, list[psutil.Process]] | None = None  # this check's look at the server's tree
         supervisor.subscribe_exit(self._on_server_exit)
 
         self._subscribers: list[_Mailbox] = []
@@ -636,6 +641,7 @@ class Monitor:
         down_after = self.config.health_check_timeout * DOWN_FACTOR
         self.evidence = None
         self.probe_choice = None
+        self._server_tree = None
         api, names = client.probe_api(timeout=down_after)
         if not api.ok or names is None:
             self._cpu_baseline = None
@@ -651,7 +657,8 @@ class Monitor:
             self.loaded_models = tuple(LoadedModelStatus(m.name, m.size, m.size_vram) for m in loaded)
         is_loaded = any(same_model(m.name, model) for m in loaded or ())
         gateway = self._gateway_activity()
-        runner_cpu = runner_cpu_since(self._cpu_baseline, self._read_runner_cpu())
+        runners_cpu = self._read_runner_cpu()
+        runner_cpu = runner_cpu_since(self._cpu_baseline, runners_cpu)
         choice = choose_inference_probe(self.config.health_probe, self.model_present, is_loaded, gateway, runner_cpu)
         self.probe_choice = choice
         result, outcome = api, InferenceProbe.NOT_SENT
@@ -671,7 +678,8 @@ class Monitor:
                     log.info("the test prompt waited %g s on %s: busy; cancelled", inference.latency, model)
                 else:
                     result = replace(inference, failure=Failure.HTTP_ERROR, detail=f"test prompt: {inference.detail}")
-        self._cpu_baseline = {ref: t for ref, t in self._read_runner_cpu().items() if t is not None}
+            runners_cpu = self._read_runner_cpu()  # after the test prompt, so its work counts for no one
+        self._cpu_baseline = {ref: t for ref, t in runners_cpu.items() if t is not None}
         loaded_names = [m.name for m in self.loaded_models]
         self.evidence = BusyEvidence(
             gateway=gateway,
@@ -683,11 +691,19 @@ class Monitor:
         return result
 
     def _note_server(self) -> None:
-        """Learn which process answers (and its runners), so their CPU time can be read."""
-        if self.supervisor.server is None:
+        """Learn which process answers (and its runners), so their CPU time can be read.
+
+        The server's process tree is listed once per check (a look at the
+        whole process table): the runners and the resource sample both use it.
+        """
+        server = self.supervisor.server
+        if server is None:
             self.supervisor.adopt()
         else:
-            self.supervisor.track_runners()
+            descendants = self.list_descendants(server)
+            self.supervisor.track_runners(descendants)
+            if descendants is not None:
+                self._server_tree = (server.pid, descendants)
         self._follow_store()
         refused = self.supervisor.refused
         if refused is not None and refused not in self._told:
@@ -735,7 +751,9 @@ class Monitor:
         self._observe_work(now)
         if result.ok:
             self._note_server_identity(now)
-        self.sample = self.sampler.sample(self.supervisor.pid if result.ok else None)
+        pid = self.supervisor.pid if result.ok else None
+        tree, self._server_tree = self._server_tree, None
+        self.sample = self.sampler.sample(pid, tree[1] if tree is not None and tree[0] == pid else None)
         if result.ok:
             if self.health is Health.HEALTHY:
                 self.policy.record_healthy(now)

@@ -15,9 +15,11 @@ changes it only through its methods.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Protocol
+
+import psutil
 
 from tray.core.health import ProbeResult
 from tray.core.status import GatewayStatus
@@ -153,7 +155,9 @@ class SupervisorPort(Protocol):
         """Take note of the Ollama answering on the port and who supervises it."""
         ...
 
-    def track_runners(self) -> None: ...
+    def track_runners(self, descendants: Sequence[psutil.Process] | None = None) -> None:
+        """Remember the server's runners; ``descendants``: the server's, when already looked up."""
+        ...
 
     def take_exit(self) -> int | None:
         """The exit status of a server this app started that died unasked; reported once."""

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -452,10 +452,13 @@ class Supervisor:
             return systemd
         return app_owning(server, self.app_finder)
 
-    def track_runners(self) -> None:
-        """Remember the server's runners, so they can be reaped if the server dies with kill -9."""
+    def track_runners(self, descendants: Sequence[psutil.Process] | None = None) -> None:
+        """Remember the server's runners, so they can be reaped if the server dies with kill -9.
+
+        ``descendants``: the server's, when the caller looked them up already (:func:`descendants_of`).
+        """
         if self.server is not None:
-            live = set(runners_of(self.server))
+            live = set(runners_of(self.server, descendants))
             self.runners = {r for r in self.runners | live if r.alive()}
 
     def subscribe_exit(self, callback: Callable[[int], None]) -> None:

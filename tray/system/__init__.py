@@ -11,6 +11,7 @@ Modules:
 - :mod:`tray.system.resources`: CPU, memory, disk and GPU sampling
 - :mod:`tray.system.paths`: the app's config, log, data and state folders
 - :mod:`tray.system.instance`: the single-instance lock
+- :mod:`tray.system.stopping`: a foreground command's main thread, asleep until a signal stops it
 - :mod:`tray.system.logs`: the app's log file
 - :mod:`tray.system.atomic`: atomic file writes
 """

@@ -451,16 +451,22 @@ def server_on_port(port: int) -> ProcessRef | None:
     return None
 
 
-def runners_of(server: ProcessRef) -> list[ProcessRef]:
+def descendants_of(server: ProcessRef) -> list[psutil.Process] | None:
+    """Every process under ``server`` (a look at the whole process table); None when it is gone or hidden."""
     proc = server.get()
     if proc is None:
-        return []
-    refs = []
+        return None
     try:
-        children = proc.children(recursive=True)
+        return proc.children(recursive=True)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
-    for child in children:
+        return None
+
+
+def runners_of(server: ProcessRef, descendants: Sequence[psutil.Process] | None = None) -> list[ProcessRef]:
+    """The runners under ``server``; ``descendants`` when already looked up (:func:`descendants_of`)."""
+    children = descendants if descendants is not None else descendants_of(server)
+    refs: list[ProcessRef] = []
+    for child in children or ():
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             if is_runner_cmdline(_cmdline(child)):
                 refs.append(ProcessRef.of(child))

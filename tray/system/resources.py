@@ -14,9 +14,12 @@ logs each kind of error once.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -135,7 +138,45 @@ class _LogOnce:
         log.warning(message, *args)
 
 
+class NvmlMissing(Exception):
+    """The NVIDIA driver's NVML library is not on this machine; ``str()`` says so in one line."""
+
+
+def nvml_library_present(
+    platform: str = sys.platform,
+    environ: Mapping[str, str] = os.environ,
+    exists: Callable[[str], bool] = os.path.exists,
+    load: Callable[[str], object] = ctypes.CDLL,
+) -> bool:
+    """Could NVML's bindings find the driver's library here (where nvidia-ml-py looks for it)?
+
+    Asked before importing the bindings, so a machine without an NVIDIA
+    driver never loads them.
+
+    >>> nvml_library_present("darwin")
+    False
+    >>> nvml_library_present("win32", {"WINDIR": "C:/Windows"}, exists=lambda path: path.endswith("System32/nvml.dll"))
+    True
+    """
+    if platform == "darwin":
+        return False
+    if platform == "win32":
+        candidates = (
+            os.path.join(environ.get("WINDIR", "C:/Windows"), "System32/nvml.dll"),
+            os.path.join(environ.get("ProgramFiles", "C:/Program Files"), "NVIDIA Corporation/NVSMI/nvml.dll"),
+        )
+        return any(exists(path) for path in candidates)
+    try:
+        load("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def _load_pynvml() -> Any | None:
+    """The ``pynvml`` module; None when the bindings are not installed, NvmlMissing when the driver is not."""
+    if not nvml_library_present():
+        raise NvmlMissing("no NVIDIA driver (its NVML library is not on this machine)")
     try:
         import pynvml
     except ImportError:
@@ -167,7 +208,11 @@ class NvmlGateway:
 
     def _initialise(self) -> bool:
         if self._library is None:
-            self._library = self._loader()
+            try:
+                self._library = self._loader()
+            except NvmlMissing as exc:
+                self._log.warning("nvml:driver", "GPU monitoring unavailable: %s", exc)
+                return False
         if self._library is None:
             self._log.warning("nvml:import", "GPU monitoring unavailable: the nvidia-ml-py package is not installed")
             return False
@@ -296,10 +341,14 @@ class ResourceSampler:
     def models_dir(self, value: Path | str | None) -> None:
         self._models_dir = Path(value) if value is not None else None
 
-    def sample(self, server_pid: int | None) -> ResourceSample:
-        """Measure now. A dead or missing ``server_pid`` gives an empty tree, not an error."""
+    def sample(self, server_pid: int | None, descendants: Sequence[psutil.Process] | None = None) -> ResourceSample:
+        """Measure now. A dead or missing ``server_pid`` gives an empty tree, not an error.
+
+        ``descendants``: the server's processes when the caller has just
+        listed them (one look at the process table per check); else listed here.
+        """
         taken_at = self._clock()
-        tree = self._tree(server_pid)
+        tree = self._tree(server_pid, descendants)
         pids, rss, cpu = self._measure(tree)
         gpu = read_gpus(self._nvml)
         ram = psutil.virtual_memory()
@@ -324,13 +373,14 @@ class ResourceSampler:
         """Release NVML."""
         self._nvml.shutdown()
 
-    def _tree(self, server_pid: int | None) -> list[psutil.Process]:
+    def _tree(self, server_pid: int | None, descendants: Sequence[psutil.Process] | None) -> list[psutil.Process]:
         if server_pid is None:
             self._processes = {}
             return []
         try:
             root = self._known(psutil.Process(server_pid))
-            descendants = root.children(recursive=True)
+            if descendants is None:
+                descendants = root.children(recursive=True)
         except psutil.NoSuchProcess:
             self._processes = {}
             return []

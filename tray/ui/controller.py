@@ -13,7 +13,6 @@ from tray.core.status import Status
 from tray.history import History
 from tray.service.monitor import Monitor
 from tray.settings.config import Config
-from tray.settings.store import set_config_value
 from tray.system.autostart import Autostart
 from tray.system.notify import Notifier
 from tray.system.ollama_app import app_layout
@@ -90,6 +89,8 @@ class MonitorController:
             self.stop_ollama_on_quit = value
         else:
             raise ValueError(f"unknown setting {key!r}")
+        from tray.settings.store import set_config_value  # the comment-keeping TOML writer, loaded when saving
+
         set_config_value(Path(self.config.source), key, value)
 
     def log_paths(self) -> list[str]:

@@ -1,14 +1,17 @@
 """Who may talk to the app's loopback servers: loopback clients that name this machine (no DNS rebinding).
 
-Shared by the status API, the dashboard and the gateway.
+Shared by the status API, the dashboard and the gateway, with :class:`AsgiEndpoint` for the routes they
+hand to an ASGI callable of their own.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 ALLOWED_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -50,3 +53,13 @@ class LoopbackOnly:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class AsgiEndpoint:
+    """An ASGI callable Starlette routes to as it is (a method would be wrapped as a request handler)."""
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)

@@ -17,12 +17,10 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -32,6 +30,7 @@ from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.atomic import write_atomically
 from tray.web.loopback import LoopbackOnly
+from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -114,40 +113,14 @@ def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequ
     return LoopbackOnly(app)
 
 
-class StatusServer:
-    """Runs the status API with uvicorn in a background thread."""
+class StatusServer(LoopbackServer):
+    """Serves the status API (and the routes added to it) on ``127.0.0.1:port`` in a background thread."""
 
     def __init__(
         self, monitor: Monitor, history: History, token: str, port: int, extra_routes: Sequence[BaseRoute] = ()
     ) -> None:
-        config = uvicorn.Config(
-            build_app(monitor, history, token, extra_routes),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
-        self._server = uvicorn.Server(config)  # off the main thread, uvicorn leaves signals alone
-        self._thread = threading.Thread(target=self._server.run, name="status-api", daemon=True)
-        self.port: int | None = None
-
-    def start(self, timeout: float = 10.0) -> int:
-        self._thread.start()
-        deadline = threading.Event()
-        waited = 0.0
-        while not self._server.started and self._thread.is_alive() and waited < timeout:
-            deadline.wait(0.02)
-            waited += 0.02
-        if not self._server.started:
-            raise OSError(f"the status API could not listen on 127.0.0.1:{self._server.config.port}")
-        sockets = self._server.servers[0].sockets
-        self.port = int(sockets[0].getsockname()[1])
-        return self.port
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(5)
+        app = build_app(monitor, history, token, extra_routes)
+        super().__init__(app, port, what="the status API", thread_name="status-api")
 
 
 def write_monitor_file(path: Path, pid: int, port: int) -> None:

@@ -1,0 +1,128 @@
+"""The loopback server runner: uvicorn on a thread that sleeps until a connection or a stop request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import uvicorn.server
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from tray.web.server import LoopbackServer, QuietServer
+
+
+class Timeline:
+    """What happened, in order, across threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.entries: list[str] = []
+
+    def note(self, entry: str) -> None:
+        with self._lock:
+            self.entries.append(entry)
+
+
+@pytest.fixture
+def timeline(monkeypatch: pytest.MonkeyPatch) -> Iterator[Timeline]:
+    """Notes every ``asyncio.sleep`` uvicorn's server code makes (its polling main loop is made of them)."""
+    notes = Timeline()
+    real_sleep = asyncio.sleep
+
+    async def noted_sleep(delay: float, result: Any = None) -> Any:
+        notes.note(f"uvicorn slept {delay:g} s")
+        return await real_sleep(delay, result)
+
+    proxy = types.SimpleNamespace(
+        **{name: getattr(asyncio, name) for name in dir(asyncio) if not name.startswith("__")}
+    )
+    proxy.sleep = noted_sleep
+    monkeypatch.setattr(uvicorn.server, "asyncio", proxy)
+    yield notes
+
+
+def hello_app(timeline: Timeline) -> Starlette:
+    async def hello(request: Request) -> Response:
+        timeline.note("served")
+        return PlainTextResponse("hello")
+
+    return Starlette(routes=[Route("/", hello)])
+
+
+def test_an_idle_server_sleeps_until_it_is_asked_to_stop(timeline: Timeline) -> None:
+    server = LoopbackServer(hello_app(timeline), 0, what="the test server")
+    server.start()
+    assert httpx.get(server.url + "/", trust_env=False).text == "hello"
+    timeline.note("stop asked")
+    server.stop()
+    assert not server.serving
+    # uvicorn's own loop sleeps 0.1 s at a time from the start; this one does not sleep until shutdown.
+    first_sleep = next((i for i, e in enumerate(timeline.entries) if e.startswith("uvicorn slept")), None)
+    assert timeline.entries[:2] == ["served", "stop asked"]
+    assert first_sleep is None or first_sleep > timeline.entries.index("stop asked")
+
+
+def test_a_stop_asked_from_another_thread_while_serving_ends_the_thread() -> None:
+    notes = Timeline()
+    server = LoopbackServer(hello_app(notes), 0, what="the test server", thread_name="test-server")
+    server.start()
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    assert not server.serving
+    assert not any(thread.name == "test-server" for thread in threading.enumerate())
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/", trust_env=False, timeout=5)
+
+
+def test_answers_carry_neither_a_date_nor_a_server_header() -> None:
+    server = LoopbackServer(hello_app(Timeline()), 0, what="the test server")
+    server.start()
+    try:
+        response = httpx.get(server.url + "/", trust_env=False)
+    finally:
+        server.stop()
+    assert response.status_code == 200
+    assert "date" not in response.headers and "server" not in response.headers
+
+
+def test_a_taken_port_is_one_line_naming_the_server() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        server = LoopbackServer(hello_app(Timeline()), port, what="the test server")
+        with pytest.raises(OSError) as raised:
+            server.start()
+    assert str(raised.value).startswith(f"the test server cannot listen on 127.0.0.1:{port} (")
+    assert "\n" not in str(raised.value)
+
+
+def test_a_failed_start_up_is_one_line() -> None:
+    async def lifespan(app: Any) -> Any:
+        raise RuntimeError("no start today")
+        yield  # pragma: no cover
+
+    app = Starlette(lifespan=contextlib.asynccontextmanager(lifespan))
+    server = LoopbackServer(app, 0, what="the test server", lifespan="on")
+    with pytest.raises(OSError, match="the test server did not start"):
+        server.start()
+
+
+def test_settings_that_need_uvicorns_ticking_loop_are_refused() -> None:
+    app = hello_app(Timeline())
+    for config in (uvicorn.Config(app, date_header=True), uvicorn.Config(app, date_header=False, limit_max_requests=9)):
+        with pytest.raises(ValueError):
+            QuietServer(config)
