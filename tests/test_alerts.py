@@ -438,10 +438,12 @@ def test_thresholds_from_a_config_table() -> None:
     )
     with pytest.raises(ValueError, match=r"^unknown key 'memory_gb' in \[alerts\]$"):
         thresholds_from_mapping({"memory_gb": 8})
-    with pytest.raises(ValueError, match=r"^alerts.cooldown_seconds must not be negative, got -1$"):
+    with pytest.raises(ValueError, match=r"^alerts.cooldown_seconds must be at least 0, got -1$"):
         AlertThresholds(cooldown_seconds=-1)
-    with pytest.raises(ValueError, match=r"^alerts.clear_ratio must be in \(0, 1\], got 1.5$"):
+    with pytest.raises(ValueError, match=r"^alerts.clear_ratio must be at most 1, got 1.5$"):
         AlertThresholds(clear_ratio=1.5)
+    with pytest.raises(ValueError, match=r"^alerts.cpu_percent must be a finite number, got nan$"):
+        AlertThresholds(cpu_percent=float("nan"))
 
 
 def test_format_bytes() -> None:

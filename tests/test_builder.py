@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -790,16 +791,63 @@ def test_cleanup_lists_and_deletes_stale_builds_and_leftovers(env):
     assert [(m.name, m.size) for m in report.stale_models] == [("old-build:latest", len(b"You are brief."))]
     assert [item.path for item in report.leftovers.unreferenced] == [orphan]
     assert [item.path for item in report.leftovers.partials] == [partial]
+    assert f"unreferenced blob {orphan}  6 B" in report.lines()
+    assert f"partial download {partial}  4 B" in report.lines()
 
     fake.calls.clear()
     result = cleanup(BASE_URL, MODEL, models_dir=models, state_dir=state, client=fake.client(), now=now)
     assert fake.calls == [("DELETE", "/api/delete")]
     assert fake.bodies["/api/delete"] == [{"model": "old-build:latest"}]
     assert result.errors == ()
-    assert "old-build:latest" in result.deleted and partial.name in result.deleted and orphan.name in result.deleted
+    assert set(result.deleted) == {"old-build:latest", str(partial), str(orphan)}  # files by their full path
     assert not partial.exists() and not orphan.exists()
     assert set(load_records(state)) == {"uncensored-llama3:latest"}
     assert result.freed_bytes == report.total_size
+
+
+def test_cleanup_deletes_only_names_ollama_makes_and_lists_the_rest_by_full_path(env):
+    fake, models, state, modelfile = env
+    ensure(fake, models, state, modelfile)
+    now = time.time()  # run_cleanup compares with the clock
+    blobs = models / "blobs"
+    notes = blobs / "notes.txt"  # put there by the user: Ollama never makes such a name
+    notes.write_text("mine")
+    layer_temp = blobs / "sha256-2849202111"  # a layer Ollama was writing (os.CreateTemp)
+    layer_temp.write_bytes(b"tmp")
+    quantize_temp = blobs / "Q4_K_M3141592653"  # a quantization Ollama was writing
+    quantize_temp.write_bytes(b"q")
+    for path in blobs.iterdir():
+        os.utime(path, (now - 7200, now - 7200))
+    out = io.StringIO()
+    code = run_cleanup(BASE_URL, MODEL, models_dir=models, state_dir=state, delete=True, out=out, client=fake.client())
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert f"temporary file {layer_temp}  3 B" in lines and f"temporary file {quantize_temp}  1 B" in lines
+    assert f"left alone (not a file Ollama makes): {notes}" in lines
+    assert notes.read_text() == "mine"
+    assert not layer_temp.exists() and not quantize_temp.exists()
+
+
+@pytest.mark.parametrize("folder", ["blobs", "manifests"])
+def test_cleanup_never_follows_a_symlinked_store_folder_out_of_the_store(env, tmp_path, folder):
+    fake, models, state, modelfile = env
+    ensure(fake, models, state, modelfile)
+    now = 2_000_000_000.0
+    elsewhere = tmp_path / "elsewhere"
+    (models / folder).rename(elsewhere)
+    (models / folder).symlink_to(elsewhere)
+    blobs_dir = elsewhere if folder == "blobs" else models / "blobs"
+    victims = [blobs_dir / "thesis.pdf", blobs_dir / ("sha256-" + "d" * 64), blobs_dir / "sha256-123456"]
+    for victim in victims:
+        victim.write_bytes(b"precious")
+    for path in blobs_dir.iterdir():
+        os.utime(path, (now - 7200, now - 7200))
+    report = cleanup_report(MODEL, models_dir=models, state_dir=state, now=now)
+    assert report.leftovers.files == []
+    assert report.leftovers.withheld == f"{models / folder} is a symlink to {elsewhere}: no file there is deleted"
+    result = cleanup(BASE_URL, MODEL, models_dir=models, state_dir=state, client=fake.client(), now=now)
+    assert (result.deleted, result.errors) == ((), ())
+    assert all(victim.read_bytes() == b"precious" for victim in victims)
 
 
 def test_cleanup_report_skips_the_active_model_and_missing_stale_ones(env):

@@ -273,6 +273,7 @@ def test_settings_list_every_key_with_value_help_and_when_it_applies(setup: Setu
         "value": 30.0,
         "default": 30.0,
         "minimum": 0.1,
+        "maximum": 86400.0,
         "choices": [],
         "applies": "now",
         "env_override": None,
@@ -338,6 +339,15 @@ def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
     assert setup.monitor.config.alerts.memory_mb == 4096  # saved, but applies after the app restarts
 
 
+def test_saving_an_address_on_every_interface_says_ollama_is_exposed(setup: Setup) -> None:
+    answer = setup.client().post("/api/settings", json={"values": {"ollama_host": "0.0.0.0:11434"}}, headers=AUTH)
+    assert answer.status_code == 200
+    assert answer.json()["message"].endswith(
+        " Warning: Ollama started by this app listens on every network interface (OLLAMA_HOST 0.0.0.0:11434): "
+        'anyone on the network can use it; set ollama_host = "127.0.0.1:11434" to keep it on this machine.'
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "errors"),
     [
@@ -354,7 +364,8 @@ def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
         ({"health_probe": "ping"}, {"health_probe": "health_probe must be one of 'inference', 'api', got 'ping'"}),
         ({"notifications": "maybe"}, {"notifications": "notifications must be true or false, got 'maybe'"}),
         ({"colour": "blue"}, {"colour": "colour is not a setting"}),
-        ({"alerts.clear_ratio": 2}, {"alerts.clear_ratio": "alerts.clear_ratio must be in (0, 1], got 2.0"}),
+        ({"alerts.clear_ratio": 2}, {"alerts.clear_ratio": "alerts.clear_ratio must be at most 1, got 2"}),
+        ({"alerts.clear_ratio": 0}, {"alerts.clear_ratio": "alerts.clear_ratio must be in (0, 1], got 0.0"}),
         ({"alerts.memory_mb": -5}, {"alerts.memory_mb": "alerts.memory_mb must be at least 0, got -5"}),
     ],
 )
@@ -364,6 +375,30 @@ def test_invalid_values_are_refused_with_the_loaders_message(
     response = setup.client().post("/api/settings", json={"values": values}, headers=AUTH)
     assert response.status_code == 400
     assert response.json() == {"ok": False, "errors": errors, "error": next(iter(errors.values()))}
+    assert setup.config_path.read_text() == CONFIG_TEXT
+    assert setup.monitor.config.health_check_interval == 30.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        # Non-finite and huge numbers stopped supervision; typed in the form or sent as JSON numbers, they are refused.
+        ("health_check_interval", "nan", "must be a finite number, got nan"),
+        ("health_check_timeout", "NaN", "must be a finite number, got nan"),
+        ("health_check_interval", 1e308, "must be at most 86400, got 1e+308"),
+        ("stop_timeout", "inf", "must be a finite number, got inf"),
+        ("gateway.first_byte_timeout", "nan", "must be a finite number, got nan"),
+        # Values that were saved and broke the next start.
+        ("status_port", 70000, "must be at most 65535, got 70000"),
+        ("ollama_host", "localhost:70000", "must have a port from 1 to 65535, got 'localhost:70000'"),
+        ("ollama_host", "ftp://x", "must be an http:// or https:// address, got 'ftp://x'"),
+        ("ollama_model", "a/b/c/d", "must be a model name such as 'llama3' or 'namespace/model:tag', got 'a/b/c/d'"),
+    ],
+)
+def test_unusable_values_are_refused_before_they_are_saved(setup: Setup, key: str, value: Any, problem: str) -> None:
+    response = setup.client().post("/api/settings", json={"values": {key: value}}, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["errors"] == {key: f"{key} {problem}"}
     assert setup.config_path.read_text() == CONFIG_TEXT
     assert setup.monitor.config.health_check_interval == 30.0
 
@@ -422,6 +457,23 @@ def test_a_broken_file_is_reported_and_not_overwritten(setup: Setup) -> None:
     assert response.status_code == 400
     assert response.json()["error"].startswith(f"{setup.config_path}: invalid TOML: ")
     assert setup.config_path.read_text() == "health_check_interval = [\n"
+
+
+def test_a_lone_surrogate_in_a_value_is_refused_not_a_server_error(setup: Setup) -> None:
+    body = b'{"values": {"ollama_model": "llama\\ud800"}}'
+    response = setup.client().post("/api/settings", content=body, headers=AUTH)
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"ollama_model": "ollama_model must be valid text, got a lone surrogate"}
+    assert setup.config_path.read_text() == CONFIG_TEXT
+
+
+def test_json_nan_and_infinity_literals_are_refused(setup: Setup) -> None:
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        body = b'{"values": {"health_check_timeout": ' + literal + b"}}"
+        response = setup.client().post("/api/settings", content=body, headers=AUTH)
+        assert response.status_code == 400
+        assert response.json()["error"].startswith("health_check_timeout must be a finite number, got ")
+    assert setup.config_path.read_text() == CONFIG_TEXT
 
 
 @pytest.mark.parametrize("body", [b"not json", b'["values"]', b'{"values": 3}'])
@@ -906,3 +958,20 @@ def test_the_tray_item_opens_the_same_address(tmp_path: Path) -> None:
     opened: list[str] = []
     url = open_dashboard(running_manager(tmp_path), open_browser=lambda u: opened.append(u) or True)
     assert opened == [url] == [dashboard_url("http://127.0.0.1:11436", TOKEN)]
+
+
+# --------------------------------------------------------------------------- bad input on the status API
+
+
+def test_a_non_ascii_bearer_token_is_refused_not_a_server_error(setup: Setup) -> None:
+    client = setup.client()
+    for path, body in (("/api/actions/restart", None), ("/api/settings", {"values": {"stop_timeout": 9}})):
+        response = client.post(path, json=body, headers={"Authorization": "Bearer caf\u00e9".encode()})
+        assert response.status_code == 401, path
+    assert setup.config_path.read_text() == CONFIG_TEXT
+
+
+@pytest.mark.parametrize("limit", ["9" * 30, "0", "-5", "lots"])
+def test_an_unusable_event_limit_is_one_line_not_a_server_error(setup: Setup, limit: str) -> None:
+    response = setup.client().get(f"/api/events?limit={limit}")
+    assert (response.status_code, response.json()) == (400, {"error": "limit must be a whole number from 1 to 1000000"})

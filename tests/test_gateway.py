@@ -97,8 +97,9 @@ class TestSettings:
     @pytest.mark.parametrize(
         ("kwargs", "message"),
         [
-            ({"port": 70000}, "gateway.port must be between 0 and 65535, got 70000"),
-            ({"first_byte_timeout": 0}, "gateway.first_byte_timeout must be above 0, got 0"),
+            ({"port": 70000}, "gateway.port must be at most 65535, got 70000"),
+            ({"first_byte_timeout": 0}, "gateway.first_byte_timeout must be at least 0.1, got 0"),
+            ({"first_byte_timeout": float("nan")}, "gateway.first_byte_timeout must be a finite number, got nan"),
             ({"breaker_failures": 0}, "gateway.breaker_failures must be at least 1, got 0"),
             ({"breaker_open_seconds": 60.0, "breaker_max_open_seconds": 30.0},
              "gateway.breaker_max_open_seconds must be at least gateway.breaker_open_seconds (30.0 < 60.0)"),

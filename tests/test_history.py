@@ -98,3 +98,73 @@ def test_compaction_keeps_the_worst_health_of_a_bucket(tmp_path):
     now[0] = 10 * 3600
     history.compact(Retention(raw_seconds=3600, bucket_seconds=600))
     assert [(s["time"], s["span"], s["health"], s["latency_ms"]) for s in history.samples()] == [(0, 600, "down", 10.0)]
+
+
+# --------------------------------------------------------------------------- a damaged or deleted database
+
+
+def damage(db) -> None:
+    """A history database whose first page is overwritten, as a crash of the disk or a stray write leaves it."""
+    history = History(db)
+    history.record("start", "Ollama started")
+    history.close()  # the last connection checkpoints the log into the file and removes it
+    with open(db, "r+b") as handle:
+        handle.write(b"this is no longer a database" * 4)
+
+
+def test_a_damaged_database_is_moved_aside_and_started_afresh_with_an_event(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    damage(db)
+    history = History(db, repair=True)
+    assert history.problem is None
+    aside = [path for path in tmp_path.iterdir() if path.name.startswith("history.sqlite3.damaged-")]
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is no longer a database")
+    events = history.events()
+    assert [event.kind for event in events] == ["error"]
+    assert events[0].message.startswith("the history database was damaged (file is not a database); moved it to ")
+    assert events[0].message.endswith(f"{aside[0]} and started afresh")
+    history.record("start", "Ollama started")
+    assert [event.kind for event in History(db).events()] == ["error", "start"]  # written to the new file
+
+
+def test_a_reader_says_the_database_is_damaged_and_leaves_it_alone(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    damage(db)
+    history = History(db)
+    assert history.problem == (
+        f"{db} is damaged (file is not a database); Ollama Manager starts it afresh at its next start"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["history.sqlite3"]
+
+
+def test_a_database_deleted_while_in_use_is_started_afresh_at_the_next_sample(tmp_path):
+    db = tmp_path / "history.sqlite3"
+    history = History(db, repair=True)
+    history.record("start", "Ollama started")
+    for path in tmp_path.iterdir():
+        path.unlink()
+    history.record_sample({"health": "healthy", "latency_ms": 12})
+    events = History(db).events()
+    assert [(event.kind, event.message) for event in events] == [
+        ("error", f"the history database {db} was deleted; started afresh")
+    ]
+    assert len(History(db).samples()) == 1
+
+
+def test_events_and_metrics_say_when_the_history_is_unavailable(tmp_path, monkeypatch, capsys):
+    from tray.cli import main
+
+    for name, folder in (("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data")):
+        monkeypatch.setenv(name, str(tmp_path / folder))
+    monkeypatch.delenv("OLLAMA_MANAGER_CONFIG", raising=False)
+    db = tmp_path / "data" / "ollama-manager" / "history.sqlite3"
+    db.parent.mkdir(parents=True)
+    damage(db)
+    for argv in (["events"], ["metrics"], ["events", "--json"]):
+        assert main(argv) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == (
+            f"ollama-manager: the history is unavailable: {db} is damaged (file is not a database); "
+            "Ollama Manager starts it afresh at its next start\n"
+        )

@@ -277,6 +277,37 @@ def test_load_uses_the_path_in_messages_and_rejects_non_utf8(tmp_path):
     assert str(caught.value) == f"{path}:2: not valid UTF-8 text"
 
 
+def test_a_fifo_modelfile_is_refused_at_once(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "uncensored.Modelfile"
+    os.mkfifo(fifo)
+    errors: list[str] = []
+
+    def load() -> None:
+        try:
+            load_modelfile(fifo)
+        except ModelfileError as exc:
+            errors.append(str(exc))
+
+    reader = threading.Thread(target=load, daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():  # a writer lets the blocked reader go before the test fails
+        with open(fifo, "w"):
+            pass
+        reader.join(5)
+        pytest.fail("reading a FIFO as the Modelfile blocked")
+    assert errors == [f"{fifo}: is a named pipe (FIFO), not a regular file"]
+
+
+def test_dev_zero_as_the_modelfile_is_refused_without_reading_it():
+    with pytest.raises(ModelfileError) as caught:
+        load_modelfile("/dev/zero")
+    assert str(caught.value) == "/dev/zero: is a character device, not a regular file"
+
+
 def test_load_reads_bom_file(tmp_path):
     path = tmp_path / "m"
     path.write_bytes(b"\xef\xbb\xbfFROM llama3\n")

@@ -959,6 +959,95 @@ def test_an_active_unit_whose_watched_server_refuses_is_restarted(monkeypatch):
     assert sup.restarts == ["down"]
 
 
+# --------------------------------------------------------------------------- supervision never stops silently
+
+
+class ExplodingClient(FakeClient):
+    """Raises from the health probe while ``failures`` lasts: a bug in a check, not an answer of Ollama."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.calls = 0
+
+    def probe_api(self, timeout: float) -> tuple[ProbeResult, set[str] | None]:
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise ZeroDivisionError("float division by zero")
+        return super().probe_api(timeout)
+
+
+def test_an_exception_in_a_check_is_an_error_event_and_the_checks_go_on():
+    monitor, sup, clock = make([], auto_build_model=False)
+    sup.client = ExplodingClient(failures=2)
+    errors = threading.Semaphore(0)
+    monitor.history.subscribe(lambda event: event.kind == "error" and errors.release())
+    monitor.start()
+    try:
+        assert errors.acquire(timeout=10)  # the first check failed and said so
+        assert monitor._thread.is_alive()
+        assert monitor.snapshot().last_error == (
+            "the health check failed (ZeroDivisionError: float division by zero); checking again in 30 s"
+        )
+        checked = threading.Event()
+        monitor.subscribe(lambda status: status.health is Health.HEALTHY and checked.set())
+        for _ in range(2):  # the failing check again (no second event), then a good one
+            clock.now += 30
+            monitor._wake.set()
+            wait_until_calls(sup.client, sup.client.calls + 1)
+        assert checked.wait(10)
+        status = monitor.snapshot()
+        assert status.supervising and status.last_error is None
+    finally:
+        monitor.stop()
+    events = monitor.history.events()
+    assert [event.kind for event in events].count("error") == 1
+    assert "monitor stopped" in [event.message for event in events]
+
+
+def wait_until_calls(client: ExplodingClient, calls: int) -> None:
+    for _ in range(1000):
+        if client.calls >= calls:
+            return
+        threading.Event().wait(0.01)
+    pytest.fail(f"the monitor did not check again ({client.calls} checks, wanted {calls})")
+
+
+def test_a_monitor_whose_loop_ended_says_it_no_longer_supervises():
+    monitor, sup, clock = make([OK])
+    monitor.tick()
+    assert monitor.snapshot().health is Health.HEALTHY
+
+    def broken_loop() -> None:
+        raise SystemExit("the loop was torn down")  # nothing inside the loop catches this
+
+    monitor._run = broken_loop
+    seen = []
+    monitor.subscribe(seen.append)
+    thread = threading.Thread(target=monitor.run, name="monitor")
+    monitor._thread = thread
+    thread.start()
+    thread.join(10)
+    status = monitor.snapshot()
+    assert (status.supervising, status.health) == (False, Health.UNKNOWN)
+    assert status.last_error == "supervision stopped: SystemExit: the loop was torn down"
+    assert status.to_json()["supervising"] is False
+    assert [e.message for e in monitor.history.events() if e.kind == "error"] == [status.last_error]
+
+
+def test_a_monitor_thread_that_died_unseen_is_not_reported_as_supervising():
+    monitor, sup, clock = make([OK])
+    monitor.tick()
+    thread = threading.Thread(target=lambda: None)
+    thread.start()
+    thread.join()
+    monitor._thread = thread
+    status = monitor.snapshot()
+    assert (status.supervising, status.health) == (False, Health.UNKNOWN)
+    assert status.last_error == "supervision stopped: the monitor thread ended"
+
+
 # --- the active model ----------------------------------------------------------------------------
 
 

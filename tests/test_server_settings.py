@@ -143,7 +143,7 @@ def test_a_bad_gpu_list_is_refused_in_one_line() -> None:
 def test_negative_counts_are_refused() -> None:
     with pytest.raises(ValueError) as refused:
         OllamaServerSettings(num_parallel=-2)
-    assert str(refused.value) == "ollama_server.num_parallel must not be negative, got -2"
+    assert str(refused.value) == "ollama_server.num_parallel must be at least 0, got -2"
 
 
 def test_customizes_server_is_false_only_for_the_defaults() -> None:

@@ -56,6 +56,7 @@ API_KEYS = (
     "modelfile_model",
     "installed_models",
     "model_loading",
+    "supervising",
 )
 
 EVERYTHING = make_status(

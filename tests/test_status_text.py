@@ -59,3 +59,22 @@ def test_a_stopped_server_has_no_busy_line() -> None:
     assert not any(line.startswith("Busy:") for line in lines)
     assert lines[0] == "Ollama: down, stopped"
     assert lines[-1] == "Monitor: not running"
+
+
+def test_a_monitor_that_no_longer_supervises_says_so() -> None:
+    from tray.service.monitor import not_supervising
+
+    halted = not_supervising(RUNNING, "supervision stopped: RuntimeError: boom")
+    lines = format_status(halted, monitor_running=True).splitlines()
+    assert lines[0].startswith("Ollama: unknown")
+    assert "Last error: supervision stopped: RuntimeError: boom" in lines
+    assert lines[-1] == "Monitor: running but NOT supervising Ollama; restart Ollama Manager"
+
+
+def test_the_tray_and_the_dashboard_say_when_nothing_is_supervised() -> None:
+    from tray.service.monitor import not_supervising
+    from tray.ui.icon import status_summary, tooltip
+
+    halted = not_supervising(RUNNING, "supervision stopped: RuntimeError: boom")
+    assert status_summary(halted) == "Not supervising Ollama — restart Ollama Manager"
+    assert tooltip(halted) == "Not supervising Ollama — restart Ollama Manager"

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,8 @@ from tray.models.defaults import install_default_modelfile
 from tray.service.monitor import Monitor
 from tray.service.notices import notify_events
 from tray.service.supervisor import Supervisor, SupervisorError, stop_message
-from tray.settings.config import Config, ConfigError, load_config
+from tray.settings.config import Config, ConfigError, config_warnings, load_config
+from tray.settings.meta import shown
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
 from tray.system.notify import Notifier
@@ -51,10 +52,19 @@ class Context:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.paths = AppPaths.default()
+        self.paths.make_private()
         self.config: Config = load_config(args.config, paths=self.paths)
 
-    def history(self) -> History:
-        return History(self.paths.history_db)
+    def history(self, *, repair: bool = False) -> History:
+        """The history database; ``repair``: move a damaged one aside and start afresh (the monitor, its writer)."""
+        return History(self.paths.history_db, repair=repair)
+
+    def readable_history(self) -> History:
+        """The history for ``events`` and ``metrics``; CliError when it is unavailable, rather than nothing."""
+        history = self.history()
+        if history.problem is not None:
+            raise CliError(f"the history is unavailable: {history.problem}")
+        return history
 
     def supervisor(self, history: History | None = None) -> Supervisor:
         return Supervisor(self.config, self.paths, history or self.history())
@@ -107,7 +117,7 @@ def cmd_status(ctx: Context) -> int:
         print(json.dumps({**status.to_json(), "monitor_running": monitor_running}, indent=2))
     else:
         print(format_status(status, monitor_running))
-    return 0 if status.ollama_running else 3
+    return 0 if status.ollama_running and status.supervising else 3
 
 
 MANAGED_BY = {
@@ -145,7 +155,12 @@ def format_status(status: Status, monitor_running: bool) -> str:
         lines.append(f"Last error: {status.last_error}")
     if status.server_settings_note:
         lines.append(f"Settings: {status.server_settings_note}")
-    lines.append("Monitor: " + ("running" if monitor_running else "not running"))
+    if not monitor_running:
+        lines.append("Monitor: not running")
+    elif status.supervising:
+        lines.append("Monitor: running")
+    else:
+        lines.append("Monitor: running but NOT supervising Ollama; restart Ollama Manager")
     return "\n".join(lines)
 
 
@@ -259,7 +274,10 @@ def cmd_metrics(ctx: Context) -> int:
     import time
 
     since = time.time() - parse_since(ctx.args.since)
-    samples = ctx.history().samples(since=since)
+    history = ctx.readable_history()
+    samples = history.samples(since=since)
+    if history.problem is not None:
+        raise CliError(f"the history is unavailable: {history.problem}")
     if ctx.args.json:
         print(json.dumps(samples, indent=2))
         return 0
@@ -297,14 +315,63 @@ def parse_since(text: str) -> float:
 
 
 def cmd_events(ctx: Context) -> int:
-    history = ctx.history()
+    history = ctx.readable_history()
     events = history.events(limit=ctx.args.limit)
+    if history.problem is not None:
+        raise CliError(f"the history is unavailable: {history.problem}")
     if ctx.args.json:
         print(json.dumps([e.to_json() for e in events], indent=2))
     else:
         for event in events:
             item = event.to_json()
             print(f"{item['time']}  {item['kind']:<10} {item['message']}")
+    return 0
+
+
+def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """``config get [KEY]`` and ``config set KEY VALUE``: the settings file, through the settings page's validator.
+
+    Runs without loading the settings first, so a value that stops the app can
+    be corrected here. A bad key or value is one line and exit status 2.
+    """
+    import tomlkit
+
+    from tray.dashboard.settings_form import effective_values, refusal_line, setting_specs, validate_changes
+    from tray.settings.config import config_file_path, config_warnings, read_config_file
+    from tray.settings.store import set_config_values
+
+    paths = AppPaths.default()
+    paths.make_private()
+    path = config_file_path(args.config, env, paths)
+    specs = {spec.key: spec for spec in setting_specs()}
+    key = args.key
+    if key is not None and key not in specs:
+        print(f"{PROG}: {shown(key)} is not a setting (ollama-manager config get lists them)", file=sys.stderr)
+        return 2
+    table = read_config_file(path)
+    if args.config_command == "set":
+        validation = validate_changes(list(specs.values()), table, {key: args.value}, path)
+        if not validation.ok:
+            print(f"{PROG}: {path}: {refusal_line(validation)}", file=sys.stderr)
+            return 2
+        set_config_values(path, validation.values)
+        spec = specs[key]
+        shown_value = tomlkit.item(validation.values[key]).as_string()
+        overridden = f"; {spec.env_name} is set and overrides it" if spec.env_name in env else ""
+        print(f"Saved {key} = {shown_value} to {path}{overridden}; Ollama Manager uses it from its next start")
+        for warning in config_warnings(load_config(path, env=env)):
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        return 0
+    values = effective_values(Config, table, env, path, list(specs.values()))
+    if key is not None:
+        value = values[key]
+        print(value if isinstance(value, str) else tomlkit.item(value).as_string())
+        return 0
+    for name, value in values.items():
+        line = f"{name} = {tomlkit.item(value).as_string()}"
+        if specs[name].env_name in env:
+            line += f"  # from {specs[name].env_name}"
+        print(line)
     return 0
 
 
@@ -449,9 +516,12 @@ class running_services:
         config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
         install_default_modelfile(config, paths)
-        self.history = self.ctx.history()
+        self.history = self.ctx.history(repair=True)
         notifier = self.notifier or Notifier(enabled=config.notifications)
         notify_events(self.history, notifier)
+        for warning in config_warnings(config):
+            log.warning("%s", warning)
+            self.history.record(EventKind.ALERT, warning)
         gateway: Gateway | None = None
         if config.gateway.enabled:  # else nothing of the gateway is imported
             from tray.gateway.commands import gateway_for_monitor
@@ -466,14 +536,27 @@ class running_services:
         self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
         token = load_or_create_token(paths.api_token)
         self.dashboard = DashboardOnDemand(self.monitor, self.history, token, notifier=notifier)
-        self.server = StatusServer(
-            self.monitor, self.history, token, self.ctx.config.status_port, extra_routes=self.dashboard.routes()
-        )
+        wanted = config.status_port
+        self.server = StatusServer(self.monitor, self.history, token, wanted, extra_routes=self.dashboard.routes())
         try:
             port = self.server.start()
         except OSError as exc:
-            self.instance.release()
-            raise CliError(f"{exc}: set status_port to a free port") from None
+            if wanted == 0:
+                self.instance.release()
+                raise CliError(f"{exc}: set status_port to a free port") from None
+            # Another program holds the port: any free one will do, since the CLI finds it in monitor.json.
+            self.server = StatusServer(self.monitor, self.history, token, 0, extra_routes=self.dashboard.routes())
+            try:
+                port = self.server.start()
+            except OSError as again:
+                self.instance.release()
+                raise CliError(f"{again}: set status_port to a free port") from None
+            moved = (
+                f"the status port {wanted} is in use by another program; the status API listens on 127.0.0.1:{port} "
+                f"instead (ollama-manager finds it through {paths.monitor_file})"
+            )
+            log.warning("%s", moved)
+            self.history.record(EventKind.MONITOR, moved)
         self.status_port = port
         write_monitor_file(paths.monitor_file, os.getpid(), port)
         self.monitor.start()
@@ -505,6 +588,27 @@ class running_services:
 # --------------------------------------------------------------------------- parsing
 
 
+MAX_EVENT_LIMIT = 1_000_000
+
+
+def event_limit(text: str) -> int:
+    """``events --limit``: a whole number from 1 to a million.
+
+    >>> event_limit("50")
+    50
+    >>> event_limit("0")
+    Traceback (most recent call last):
+    argparse.ArgumentTypeError: must be a whole number from 1 to 1000000, got '0'
+    """
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_EVENT_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_EVENT_LIMIT}, got {shown(text)}")
+    return limit
+
+
 class ShowVersion(argparse.Action):
     """``--version``: the version, read only when asked for."""
 
@@ -534,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("monitor", help="run the health monitor in the foreground, without a tray icon")
     events = sub.add_parser("events", help="show restarts, health changes and errors")
     events.add_argument("--json", action="store_true", help="print JSON")
-    events.add_argument("--limit", type=int, default=100, metavar="N", help="newest N events (default 100)")
+    events.add_argument("--limit", type=event_limit, default=100, metavar="N", help="newest N events (default 100)")
     from tray.gateway.commands import add_cloud_parser, add_gateway_parser
 
     add_gateway_parser(sub)
@@ -552,6 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = sub.add_parser("metrics", help="show the recorded health and resource samples")
     metrics.add_argument("--since", default="1h", help="how far back: 90s, 15m, 1h, 7d (default 1h)")
     metrics.add_argument("--json", action="store_true", help="print JSON")
+    config = sub.add_parser("config", help="show or change a setting in the settings file")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    get = config_sub.add_parser("get", help="show every setting in effect, or the value of one")
+    get.add_argument("key", nargs="?", metavar="KEY", help="a setting, e.g. health_check_interval or gateway.port")
+    set_ = config_sub.add_parser("set", help="check a value as the app would and save it to the settings file")
+    set_.add_argument("key", metavar="KEY", help="a setting, e.g. health_check_interval or gateway.port")
+    set_.add_argument("value", metavar="VALUE", help="its new value")
     model = sub.add_parser("model", help="build, verify and repair the model; list, pull and choose models")
     model_sub = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     model_sub.add_parser("ensure", help="build the model if it is missing or its Modelfile changed")
@@ -613,6 +724,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return doctor_command(as_json=args.json, config_path=args.config)
     try:
+        if args.command == "config":  # reads the file itself: it must be able to fix a value that stops the app
+            return config_command(args, os.environ)
         if args.command == "autostart":  # needs no settings either
             return cmd_autostart(args)
         if args.command == "notify":

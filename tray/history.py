@@ -3,12 +3,17 @@
 Each event is committed as it happens, so a crash of the manager loses
 nothing already recorded. When the database cannot be opened or written
 (full disk, read-only home), events are kept in memory and supervision goes on.
+A damaged database is moved aside and started afresh by the app that writes
+it (``repair=True``), with an event saying so; one deleted while the app runs
+is started afresh at the next sample. Readers (``events``, ``metrics``) see
+``problem`` say why the history is unavailable instead of an empty list.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -110,28 +115,94 @@ class Event:
 class History:
     """Thread-safe event store; ``path=None`` keeps everything in memory."""
 
-    def __init__(self, path: Path | None, wall_clock: Any = time.time) -> None:
+    def __init__(self, path: Path | None, wall_clock: Any = time.time, *, repair: bool = False) -> None:
         self._lock = threading.Lock()
         self._clock = wall_clock
         self._memory: deque[Event] = deque(maxlen=1000)
         self._listeners: list[Callable[[Event], None]] = []
         self._db: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self.path = path
+        self.repair = repair
+        self.problem: str | None = None  # why the database is not in use (events then live in memory only)
         if path is not None:
-            self._db = self._open(path)
+            self._db = self._open_or_repair(path)
 
-    @staticmethod
-    def _open(path: Path) -> sqlite3.Connection | None:
+    def _open_or_repair(self, path: Path) -> sqlite3.Connection | None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
+            return self._open(path)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _damaged(exc):
+                self._unavailable(path, exc)  # locked, read-only, no such folder: not the file's fault
+                return None
+            if not self.repair:
+                self.problem = f"{path} is damaged ({exc}); Ollama Manager starts it afresh at its next start"
+                log.warning("history database %s", self.problem)
+                return None
+            damage = str(exc)
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            db = self._open(path)
+        except (sqlite3.Error, OSError) as again:
+            self._unavailable(path, again)
+            return None
+        self._started_afresh(db, f"the history database was damaged ({damage}); moved it to {aside} and started afresh")
+        return db
+
+    def _started_afresh(self, db: sqlite3.Connection, message: str) -> None:
+        """Say in the new database (and the log) why it is new."""
+        log.warning("%s", message)
+        now = self._clock()
+        self._memory.append(Event(now, str(EventKind.ERROR), message))
+        db.execute("INSERT INTO events(time, kind, message) VALUES (?, ?, ?)", (now, str(EventKind.ERROR), message))
+
+    def _unavailable(self, path: Path, exc: BaseException) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        self.problem = f"{path} cannot be used ({reason})"
+        log.warning("history database %s; keeping events in memory", self.problem)
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        """The database at ``path``, created when missing and checked; sqlite3.DatabaseError when damaged."""
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(path)  # SQLite gives its -wal and -shm files the database file's mode
+        except OSError as exc:
+            raise sqlite3.OperationalError(exc.strerror or str(exc)) from None
+        db = sqlite3.connect(path, check_same_thread=False, timeout=5, isolation_level=None)
+        try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
-            return db
-        except (sqlite3.Error, OSError) as exc:
-            log.warning("history database %s unavailable (%s); keeping events in memory", path, exc)
-            return None
+            verdict = db.execute("PRAGMA quick_check").fetchone()
+            if verdict is None or verdict[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {verdict[0] if verdict else 'no answer'}")
+            info = os.stat(path)
+        except BaseException:
+            db.close()
+            raise
+        self._identity = (info.st_dev, info.st_ino)
+        return db
+
+    def _follow_file(self) -> None:
+        """Start afresh when the database file was deleted or replaced under the open connection (lock held)."""
+        if self.path is None or self._db is None or self._identity is None:
+            return
+        try:
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._identity:
+                return
+            gone = "replaced"
+        except FileNotFoundError:
+            gone = "deleted"
+        except OSError:
+            return
+        self._db.close()
+        self._db = self._open_or_repair(self.path)
+        if self._db is not None:
+            self._started_afresh(self._db, f"the history database {self.path} was {gone}; started afresh")
 
     def record(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> Event:
         event = Event(self._clock(), str(kind), message, data)
@@ -188,6 +259,7 @@ class History:
         try:
             rows = self._db.execute(query, args).fetchall()
         except sqlite3.Error as exc:
+            self.problem = f"{self.path} cannot be read ({exc})"
             log.warning("could not read events from %s: %s", self.path, exc)
             return list(self._memory)
         return [Event(t, k, m, json.loads(d) if d else None) for t, k, m, d in reversed(rows)]
@@ -196,6 +268,7 @@ class History:
         """Store one tick's measurements (keys from SAMPLE_FIELDS; missing ones are NULL)."""
         row = (self._clock(), *(values.get(name) for name in SAMPLE_FIELDS))
         with self._lock:
+            self._follow_file()
             if self._db is None:
                 return
             try:
@@ -218,6 +291,7 @@ class History:
             try:
                 rows = self._db.execute(query + " ORDER BY time", args).fetchall()
             except sqlite3.Error as exc:
+                self.problem = f"{self.path} cannot be read ({exc})"
                 log.warning("could not read samples from %s: %s", self.path, exc)
                 return []
         return [dict(zip(("time", "span", *SAMPLE_FIELDS), row, strict=True)) for row in rows]
@@ -260,3 +334,25 @@ class History:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _damaged(exc: sqlite3.OperationalError) -> bool:
+    """Does this error of opening a database say its file is damaged (rather than locked or unreachable)?"""
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text or "corrupt" in text
+
+
+def _private(path: Path) -> None:
+    """Create the database file for the user alone (0600), or take group and others' access away.
+
+    The history is a shared leaf that imports nothing from the app, so this
+    is not tray.system.atomic.private_file.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            info = os.stat(file)
+        except FileNotFoundError:
+            continue
+        if info.st_mode & 0o077 and (not hasattr(os, "getuid") or info.st_uid == os.getuid()):
+            os.chmod(file, 0o600)

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from tray.settings.meta import setting
+from tray.settings.meta import DAY, check_fields, setting
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -94,38 +94,57 @@ _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 class AlertThresholds:
     """Alert limits; field names are the keys of the ``[alerts]`` config section."""
 
-    memory_mb: int = field(default=6144, metadata=setting("Alert when Ollama (server + runners) uses more MB", 0))
-    cpu_percent: float = field(default=80.0, metadata=setting("Alert when Ollama's CPU share stays above this %", 0))
-    cpu_window_seconds: float = field(default=60.0, metadata=setting("How long the CPU must stay high (s)", 0))
-    restarts_per_hour: int = field(default=3, metadata=setting("Alert on more restarts than this in an hour", 0))
-    fallback_ratio: float = field(default=0.5, metadata=setting("Alert when the cloud serves more than this share", 0))
-    fallback_min_calls: int = field(default=5, metadata=setting("Calls needed before the cloud share counts", 0))
-    disk_free_mb: int = field(default=10240, metadata=setting("Alert when the models volume has less free MB", 0))
-    gpu_memory_percent: float = field(default=95.0, metadata=setting("Alert when a GPU's memory is fuller (%)", 0))
-    leak_window_seconds: float = field(default=1800.0, metadata=setting("Window of the memory-leak trend (s)", 0))
-    leak_min_growth_mb: int = field(
-        default=512, metadata=setting("Growth over the window that counts as a leak (MB)", 0)
+    memory_mb: int = field(
+        default=6144, metadata=setting("Alert when Ollama (server + runners) uses more MB", 0, maximum=10**9)
     )
-    leak_min_fit: float = field(default=0.8, metadata=setting("How straight the growth must be (r², 0-1)", 0))
+    cpu_percent: float = field(
+        default=80.0, metadata=setting("Alert when Ollama's CPU share stays above this %", 0, maximum=100)
+    )
+    cpu_window_seconds: float = field(
+        default=60.0, metadata=setting("How long the CPU must stay high (s)", 0, maximum=DAY)
+    )
+    restarts_per_hour: int = field(
+        default=3, metadata=setting("Alert on more restarts than this in an hour", 0, maximum=10_000)
+    )
+    fallback_ratio: float = field(
+        default=0.5, metadata=setting("Alert when the cloud serves more than this share", 0, maximum=1)
+    )
+    fallback_min_calls: int = field(
+        default=5, metadata=setting("Calls needed before the cloud share counts", 0, maximum=10**6)
+    )
+    disk_free_mb: int = field(
+        default=10240, metadata=setting("Alert when the models volume has less free MB", 0, maximum=10**9)
+    )
+    gpu_memory_percent: float = field(
+        default=95.0, metadata=setting("Alert when a GPU's memory is fuller (%)", 0, maximum=100)
+    )
+    leak_window_seconds: float = field(
+        default=1800.0, metadata=setting("Window of the memory-leak trend (s)", 0, maximum=7 * DAY)
+    )
+    leak_min_growth_mb: int = field(
+        default=512, metadata=setting("Growth over the window that counts as a leak (MB)", 0, maximum=10**9)
+    )
+    leak_min_fit: float = field(
+        default=0.8, metadata=setting("How straight the growth must be (r², 0-1)", 0, maximum=1)
+    )
     leak_restart: bool = field(default=False, metadata=setting("Restart Ollama when a memory leak is detected"))
     cooldown_seconds: float = field(
-        default=900.0, metadata=setting("Quiet time before the same alert fires again (s)", 0)
+        default=900.0, metadata=setting("Quiet time before the same alert fires again (s)", 0, maximum=7 * DAY)
     )
-    confirm_observations: int = field(default=2, metadata=setting("Checks in a row before an alert changes state", 1))
-    clear_ratio: float = field(default=0.9, metadata=setting("An alert clears below this share of its limit", 0))
-    wake_gap_factor: float = field(default=3.0, metadata=setting("A check gap this many intervals long means sleep", 1))
+    confirm_observations: int = field(
+        default=2, metadata=setting("Checks in a row before an alert changes state", 1, maximum=1000)
+    )
+    clear_ratio: float = field(
+        default=0.9, metadata=setting("An alert clears below this share of its limit", 0, maximum=1)
+    )
+    wake_gap_factor: float = field(
+        default=3.0, metadata=setting("A check gap this many intervals long means sleep", 1, maximum=1000)
+    )
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, bool) and value < 0:
-                raise ValueError(f"alerts.{f.name} must not be negative, got {value!r}")
+        check_fields(self, "alerts.")
         if not 0 < self.clear_ratio <= 1:
             raise ValueError(f"alerts.clear_ratio must be in (0, 1], got {self.clear_ratio!r}")
-        if not 0 <= self.leak_min_fit <= 1:
-            raise ValueError(f"alerts.leak_min_fit must be in [0, 1], got {self.leak_min_fit!r}")
-        if self.confirm_observations < 1:
-            raise ValueError(f"alerts.confirm_observations must be at least 1, got {self.confirm_observations!r}")
         if self.wake_gap_factor <= 1:
             raise ValueError(f"alerts.wake_gap_factor must be above 1, got {self.wake_gap_factor!r}")
 

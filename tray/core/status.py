@@ -317,6 +317,7 @@ class Status:
     modelfile_model: str = ""  # the model built from the Modelfile (``ollama_model``); ``model`` may be another
     installed_models: tuple[InstalledModelStatus, ...] = ()
     model_loading: ModelLoading | None = None
+    supervising: bool = True  # False: the monitor's loop has stopped, nothing watches Ollama (last_error says why)
 
     def to_json(self) -> dict[str, Any]:
         """The status API's JSON object (keys in :data:`STATUS_KEYS` order, enums as their strings)."""
@@ -352,6 +353,7 @@ class Status:
             "modelfile_model": self.modelfile_model,
             "installed_models": [model.to_json() for model in self.installed_models],
             "model_loading": self.model_loading.to_json() if self.model_loading is not None else None,
+            "supervising": self.supervising,
         }
 
     @classmethod
@@ -406,6 +408,7 @@ class Status:
             modelfile_model=_value(str, data.get("modelfile_model"), model),
             installed_models=tuple(entry for entry in installed if entry is not None),
             model_loading=ModelLoading.from_json(data.get("model_loading")),
+            supervising=_value(bool, data.get("supervising"), default.supervising),
         )
 
 

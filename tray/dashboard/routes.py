@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -47,6 +46,7 @@ from tray.dashboard.stream import Message, StreamHub, sse_frames
 from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, status_view
 from tray.history import Event, History
 from tray.settings.config import Config
+from tray.web.status_api import token_matches
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_HEADERS = {
@@ -77,12 +77,6 @@ class MonitorLike(Protocol):
     def subscribe(self, callback: Callable[[Status], None]) -> Callable[[], None]: ...
 
     def apply_settings(self, config: Config) -> concurrent.futures.Future[str]: ...
-
-
-def token_matches(request: Request, token: str) -> bool:
-    """Does the request carry ``Authorization: Bearer <token>``?"""
-    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    return secrets.compare_digest(supplied.encode(), token.encode())
 
 
 def unauthorised() -> JSONResponse:

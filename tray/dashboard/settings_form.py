@@ -30,6 +30,7 @@ from tray.settings.config import (
     section_type,
     settable_fields,
 )
+from tray.settings.hosts import exposure_warning
 from tray.settings.store import set_config_values
 
 KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
@@ -73,6 +74,7 @@ class SettingSpec:
     default: Any
     minimum: float | None
     choices: tuple[str, ...]
+    maximum: float | None = None
 
     @property
     def name(self) -> str:
@@ -136,6 +138,7 @@ def setting_specs(cls: type = Config, prefix: str = "") -> list[SettingSpec]:
                 default=_default_of(f),
                 minimum=meta.get("minimum"),
                 choices=tuple(meta.get("choices") or ()),
+                maximum=meta.get("maximum"),
             )
         )
     return plain + nested
@@ -323,6 +326,7 @@ def setting_json(spec: SettingSpec, value: Any, in_effect: Any, env: Mapping[str
         "value": value,
         "default": spec.default,
         "minimum": spec.minimum,
+        "maximum": spec.maximum,
         "choices": list(spec.choices),
         "applies": str(spec.applies),
         "env_override": spec.env_name if spec.env_name in env else None,
@@ -417,12 +421,9 @@ class SettingsService:
             self.apply_live(plan, wanted)
             for key in (*plan.now, *plan.ollama_start):
                 self._in_effect[key] = wanted[key]
-            return 200, {
-                "ok": True,
-                "saved": saved,
-                "applies": plan.to_json(),
-                "message": save_message(self.path, saved, plan),
-            }
+            warning = exposure_warning(wanted["ollama_host"]) if "ollama_host" in saved else None
+            message = save_message(self.path, saved, plan) + (f" Warning: {warning}." if warning else "")
+            return 200, {"ok": True, "saved": saved, "applies": plan.to_json(), "message": message}
 
 
 def refusal_line(validation: Validation) -> str:

@@ -40,7 +40,14 @@ def add_gateway_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "gateway", help="run the local gateway (Ollama first, the cloud fallback when it fails)"
     )
-    parser.add_argument("--port", type=int, default=None, help="loopback port (default: gateway.port, 11435)")
+    from tray.settings.config import setting_argument
+
+    parser.add_argument(
+        "--port",
+        type=setting_argument(GatewaySettings, "port"),
+        default=None,
+        help="loopback port (default: gateway.port, 11435)",
+    )
     return parser
 
 

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from tray.settings.meta import setting
+from tray.settings.meta import DAY, MAX_PORT, check_fields, setting, shown
 
 PROVIDERS = ("openai", "ollama")
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "ollama": "https://ollama.com"}
@@ -24,6 +24,47 @@ DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "ollama": "OLLAMA_API_KEY"}
 DEFAULT_GATEWAY_PORT = 11435
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_http_url(value: str) -> None:
+    """Raise ValueError unless ``value`` is empty (the provider's default) or an http(s) address with a host.
+
+    >>> check_http_url("https://openrouter.ai/api/v1")
+    >>> check_http_url("https://box:99999/v1")
+    Traceback (most recent call last):
+    ValueError: must have a port from 1 to 65535, got 'https://box:99999/v1'
+    """
+    if not value:
+        return
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:  # an unclosed [IPv6] bracket, a port that is no number or out of range
+        parts, port = None, -1
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        if port == -1 and value.startswith(("http://", "https://")):
+            raise ValueError(f"must have a port from 1 to {MAX_PORT}, got {shown(value)}")
+        raise ValueError(f"must be an http:// or https:// address, got {shown(value)}")
+    if port is not None and not 1 <= port <= MAX_PORT:
+        raise ValueError(f"must have a port from 1 to {MAX_PORT}, got {shown(value)}")
+
+
+def check_env_name(value: str) -> None:
+    """Raise ValueError unless ``value`` is empty or an environment variable's name.
+
+    The value is not echoed: a user may have pasted the key itself here.
+
+    >>> check_env_name("OPENROUTER_API_KEY")
+    >>> check_env_name("sk-abc123")
+    Traceback (most recent call last):
+    ValueError: must be the name of an environment variable, not the key itself (store the key with: \
+ollama-manager cloud set-key)
+    """
+    if value and not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            "must be the name of an environment variable, not the key itself "
+            "(store the key with: ollama-manager cloud set-key)"
+        )
 
 
 @dataclass(frozen=True)
@@ -45,7 +86,8 @@ class CloudSettings:
     base_url: str = field(
         default="",
         metadata=setting(
-            "Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)"
+            "Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)",
+            check=check_http_url,
         ),
     )
     model: str = field(default="", metadata=setting("Model the provider answers with; required when enabled"))
@@ -57,28 +99,19 @@ class CloudSettings:
         default="",
         metadata=setting(
             "Environment variable holding the API key (default OPENAI_API_KEY / OLLAMA_API_KEY); "
-            "without it the OS keyring entry from 'ollama-manager cloud set-key' is used"
+            "without it the OS keyring entry from 'ollama-manager cloud set-key' is used",
+            check=check_env_name,
         ),
     )
     timeout: float = field(
-        default=30.0, metadata=setting("Seconds the provider may stay silent before the request fails", minimum=1)
+        default=30.0,
+        metadata=setting("Seconds the provider may stay silent before the request fails", minimum=1, maximum=DAY),
     )
 
     def __post_init__(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise ValueError(f"cloud.provider must be one of {', '.join(map(repr, PROVIDERS))}, got {self.provider!r}")
-        if self.base_url and not _is_http_url(self.base_url):
-            raise ValueError(f"cloud.base_url must be an http:// or https:// address, got {self.base_url!r}")
-        if self.api_key_env and not _ENV_NAME.fullmatch(self.api_key_env):
-            # The value is not echoed: a user may have pasted the key itself here.
-            raise ValueError(
-                "cloud.api_key_env must be the name of an environment variable, not the key itself "
-                "(store the key with: ollama-manager cloud set-key)"
-            )
+        check_fields(self, "cloud.")
         if self.enabled and not self.model.strip():
             raise ValueError("cloud.model must be set when cloud.enabled is true")
-        if self.timeout < 1:
-            raise ValueError(f"cloud.timeout must be at least 1, got {self.timeout!r}")
 
     @property
     def url(self) -> str:
@@ -102,7 +135,8 @@ class GatewaySettings:
 
     enabled: bool = field(default=False, metadata=setting("Run the gateway inside the monitor and the tray app"))
     port: int = field(
-        default=DEFAULT_GATEWAY_PORT, metadata=setting("Loopback port of the gateway (0 = any free port)", minimum=0)
+        default=DEFAULT_GATEWAY_PORT,
+        metadata=setting("Loopback port of the gateway (0 = any free port)", minimum=0, maximum=MAX_PORT),
     )
     first_byte_timeout: float = field(
         default=15.0,
@@ -110,6 +144,7 @@ class GatewaySettings:
             "Seconds a streamed request to a loaded, idle model may wait for its first byte before the cloud "
             "takes it (without the cloud: before the monitor is asked to check Ollama)",
             minimum=0.1,
+            maximum=DAY,
         ),
     )
     local_timeout: float = field(
@@ -118,59 +153,52 @@ class GatewaySettings:
             "Seconds a model load, a stream:false answer or a request queued behind another may wait for "
             "Ollama's first byte; then a clear error, never the cloud",
             minimum=1,
+            maximum=DAY,
         ),
     )
     idle_timeout: float = field(
-        default=60.0, metadata=setting("Seconds Ollama may pause inside an answer it has started", minimum=1)
+        default=60.0,
+        metadata=setting("Seconds Ollama may pause inside an answer it has started", minimum=1, maximum=DAY),
     )
     probe_interval: float = field(
         default=3.0,
         metadata=setting(
-            "Seconds between the gateway's own health checks when it runs without the monitor", minimum=0.05
+            "Seconds between the gateway's own health checks when it runs without the monitor",
+            minimum=0.05,
+            maximum=DAY,
         ),
     )
     breaker_failures: int = field(
-        default=3, metadata=setting("Failures in a row after which Ollama is skipped for a while", minimum=1)
+        default=3,
+        metadata=setting("Failures in a row after which Ollama is skipped for a while", minimum=1, maximum=1000),
     )
     breaker_open_seconds: float = field(
         default=30.0,
-        metadata=setting("Seconds Ollama is skipped after it failed; doubles on each new failure", minimum=0.1),
+        metadata=setting(
+            "Seconds Ollama is skipped after it failed; doubles on each new failure", minimum=0.1, maximum=DAY
+        ),
     )
     breaker_max_open_seconds: float = field(
-        default=300.0, metadata=setting("Longest time Ollama is skipped before it is tried again", minimum=0.1)
+        default=300.0,
+        metadata=setting("Longest time Ollama is skipped before it is tried again", minimum=0.1, maximum=DAY),
     )
     restart_interval: float = field(
         default=120.0,
         metadata=setting(
-            "Deprecated and ignored: the gateway never restarts Ollama; it asks the monitor to check it", minimum=0
+            "Deprecated and ignored: the gateway never restarts Ollama; it asks the monitor to check it",
+            minimum=0,
+            maximum=DAY,
         ),
     )
     fallback_window_seconds: float = field(
         default=600.0,
-        metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1),
+        metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1, maximum=DAY),
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"gateway.port must be between 0 and 65535, got {self.port!r}")
-        positive = (
-            "first_byte_timeout", "local_timeout", "idle_timeout", "probe_interval",
-            "breaker_open_seconds", "breaker_max_open_seconds", "fallback_window_seconds",
-        )  # fmt: skip
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"gateway.{name} must be above 0, got {getattr(self, name)!r}")
-        if self.breaker_failures < 1:
-            raise ValueError(f"gateway.breaker_failures must be at least 1, got {self.breaker_failures!r}")
-        if self.restart_interval < 0:
-            raise ValueError(f"gateway.restart_interval must not be negative, got {self.restart_interval!r}")
+        check_fields(self, "gateway.")
         if self.breaker_max_open_seconds < self.breaker_open_seconds:
             raise ValueError(
                 "gateway.breaker_max_open_seconds must be at least gateway.breaker_open_seconds "
                 f"({self.breaker_max_open_seconds!r} < {self.breaker_open_seconds!r})"
             )
-
-
-def _is_http_url(value: str) -> bool:
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -64,6 +64,7 @@ from tray.models.store import (
     exclusive_size,
     find_leftovers,
     find_manifest_path,
+    inside_blobs,
     list_models,
     parse_model_name,
     read_manifest,
@@ -892,10 +893,12 @@ class CleanupReport:
 
     def lines(self) -> list[str]:
         """Human-readable lines, one per item, then a total."""
+        leftovers = self.leftovers
         out = [f"stale model {model.name}  {human_bytes(model.size)}" for model in self.stale_models]
-        out += [f"unreferenced blob {item.path.name}  {human_bytes(item.size)}" for item in self.leftovers.unreferenced]
-        out += [f"partial download {item.path.name}  {human_bytes(item.size)}" for item in self.leftovers.partials]
-        out += [f"stray file {item.path.name}  {human_bytes(item.size)}" for item in self.leftovers.others]
+        out += [f"unreferenced blob {item.path}  {human_bytes(item.size)}" for item in leftovers.unreferenced]
+        out += [f"partial download {item.path}  {human_bytes(item.size)}" for item in leftovers.partials]
+        out += [f"temporary file {item.path}  {human_bytes(item.size)}" for item in leftovers.others]
+        out += [f"left alone (not a file Ollama makes): {item.path}" for item in leftovers.foreign]
         if self.leftovers.withheld:
             out.append(f"note: {self.leftovers.withheld}")
         out.append(f"total {human_bytes(self.total_size)}")
@@ -973,11 +976,14 @@ def cleanup(
                 freed += model.size
             save_records(state, records)
     for item in report.leftovers.files:
+        if not inside_blobs(item.path, Path(models_dir)):  # the store changed since it was scanned
+            errors.append(f"not deleted: {item.path} is no longer a file of {Path(models_dir) / 'blobs'}")
+            continue
         try:
             item.path.unlink(missing_ok=True)
         except OSError as exc:
             errors.append(f"cannot delete {item.path}: {exc.strerror}")
             continue
-        deleted.append(item.path.name)
+        deleted.append(str(item.path))
         freed += item.size
     return CleanupResult(freed, tuple(deleted), tuple(errors))

@@ -272,6 +272,8 @@ def run_cleanup(
         report = cleanup_report(model_name, models_dir=models_dir, state_dir=state_dir)
         if report.empty:
             out.write("nothing to clean up\n")
+            for item in report.leftovers.foreign:
+                out.write(f"left alone (not a file Ollama makes): {item.path}\n")
             if report.leftovers.withheld:
                 out.write(f"note: {report.leftovers.withheld}\n")
             return EXIT_OK

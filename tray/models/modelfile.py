@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from tray.models.errors import ModelfileError
 from tray.models.store import is_model_name
+from tray.settings.textfile import FileRefused, read_regular_file
 
 ParamValue = int | float | bool | str | list[str]
 
@@ -408,6 +409,7 @@ def parse_modelfile(text: str, filename: str = "Modelfile") -> Modelfile:
     return _Parser(text, filename).run()
 
 
+MAX_MODELFILE_BYTES = 16 << 20  # Modelfiles hold instructions and text (a system prompt, a licence), never weights
 _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
 
 
@@ -430,11 +432,13 @@ def load_modelfile(path: str | Path) -> Modelfile:
     """Read and parse a Modelfile; a missing file gives ``<file>: Modelfile not found``."""
     name = str(path)
     try:
-        data = Path(path).expanduser().read_bytes()
+        data = read_regular_file(Path(path).expanduser(), MAX_MODELFILE_BYTES)
     except FileNotFoundError:
         raise ModelfileError(f"{name}: Modelfile not found") from None
     except IsADirectoryError:
         raise ModelfileError(f"{name}: is a directory, not a Modelfile") from None
+    except FileRefused as exc:
+        raise ModelfileError(f"{name}: {exc}") from None
     except OSError as exc:
         raise ModelfileError(f"{name}: cannot read Modelfile: {exc.strerror}") from None
     return parse_modelfile(decode_modelfile(data, name), name)

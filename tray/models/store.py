@@ -20,11 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tray.core.names import ModelName, parse_name
 from tray.models.errors import ManifestNotFound, StoreError, StoreUnreadable
-
-DEFAULT_HOST = "registry.ollama.ai"
-DEFAULT_NAMESPACE = "library"
-DEFAULT_TAG = "latest"
 
 MEDIA_MODEL = "application/vnd.ollama.image.model"
 
@@ -33,9 +30,13 @@ _BLOB_NAME_RE = re.compile(r"^sha256-([0-9a-fA-F]{64})$")
 # Unfinished downloads: "-partial[-N]" (GGUF pulls, sparse, pre-sized to the whole blob) and ".tmp" (resumable
 # safetensors/MLX pulls).
 _PARTIAL_RE = re.compile(r"^sha256-[0-9a-fA-F]{64}(-partial(-\d+)?|\.tmp)$")
+# Temp files Ollama makes in blobs/ (os.CreateTemp: a prefix and random digits) while it writes a layer
+# (manifest/layer.go), splits or copies one, or quantizes to a type such as Q4_K_M (server/create.go, quantization.go).
+_OLLAMA_TEMP_RE = re.compile(
+    r"^(?:sha256-|split-copy|projector-metadata|compat-tensors|COPY|(?:I?Q\d|TQ\d|B?F16|F32|MXFP4)[A-Za-z0-9_]*?)\d+$"
+)
 # Blob names of old Ollama versions; the server renames them to sha256-<hex> at start (server/fixblobs.go).
 _LEGACY_BLOB_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
-_PART_MAX_LEN = {"host": 350}
 
 
 def default_models_dir(env: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
@@ -155,87 +156,18 @@ def store_writable(models_dir: Path) -> bool:
 # --- model names ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelName:
-    """A fully qualified model name ``host/namespace/model:tag``."""
-
-    host: str
-    namespace: str
-    model: str
-    tag: str
-
-    @property
-    def display(self) -> str:
-        """The shortest form, always with a tag, as Ollama echoes names (``llama3:latest``)."""
-        if self.host.lower() != DEFAULT_HOST:
-            return f"{self.host}/{self.namespace}/{self.model}:{self.tag}"
-        if self.namespace.lower() != DEFAULT_NAMESPACE:
-            return f"{self.namespace}/{self.model}:{self.tag}"
-        return f"{self.model}:{self.tag}"
-
-    @property
-    def manifest_relpath(self) -> Path:
-        return Path("manifests", self.host, self.namespace, self.model, self.tag)
-
-    def key(self) -> tuple[str, str, str, str]:
-        """Case-insensitive identity: Ollama treats ``Mistral`` and ``mistral`` as one model."""
-        return (self.host.lower(), self.namespace.lower(), self.model.lower(), self.tag.lower())
-
-    def same_as(self, other: ModelName) -> bool:
-        """Whether both name the same model, ignoring case."""
-        return self.key() == other.key()
-
-    def __str__(self) -> str:
-        return self.display
-
-
-def _valid_part(kind: str, text: str) -> bool:
-    if not text or len(text) > _PART_MAX_LEN.get(kind, 80):
-        return False
-    if not (text[0].isascii() and (text[0].isalnum() or text[0] == "_")):
-        return False
-    for char in text[1:]:
-        if char in "_-":
-            continue
-        if char == ".":
-            if kind == "namespace":
-                return False
-            continue
-        if char == ":":
-            if kind != "host":
-                return False
-            continue
-        if not (char.isascii() and char.isalnum()):
-            return False
-    return True
-
-
 def parse_model_name(text: str) -> ModelName:
-    """Parse ``[host/][namespace/]model[:tag][@digest]`` and fill Ollama's defaults.
+    """Parse ``[host/][namespace/]model[:tag][@digest]`` and fill Ollama's defaults; StoreError when invalid.
 
     >>> parse_model_name("llama3").display
     'llama3:latest'
     >>> parse_model_name("hf.co/org/repo:Q4_K_M").manifest_relpath.as_posix()
     'manifests/hf.co/org/repo/Q4_K_M'
     """
-    rest = text.strip()
-    for scheme in ("http://", "https://"):
-        rest = rest.removeprefix(scheme)
-    rest = rest.split("@", 1)[0]
-    tag = DEFAULT_TAG
-    if rest.rfind(":") > rest.rfind("/"):
-        rest, tag = rest.rsplit(":", 1)
-    pieces = rest.split("/")
-    if len(pieces) > 3:
-        raise StoreError(f"invalid model name '{text}'")
-    model = pieces[-1]
-    namespace = pieces[-2] if len(pieces) >= 2 else DEFAULT_NAMESPACE
-    host = pieces[-3] if len(pieces) == 3 else DEFAULT_HOST
-    name = ModelName(host=host, namespace=namespace, model=model, tag=tag)
-    parts = {"host": host, "namespace": namespace, "model": model, "tag": tag}
-    if not all(_valid_part(kind, value) for kind, value in parts.items()):
-        raise StoreError(f"invalid model name '{text}'")
-    return name
+    try:
+        return parse_name(text)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def same_model(a: str, b: str) -> bool:
@@ -253,8 +185,8 @@ def same_model(a: str, b: str) -> bool:
 def is_model_name(text: str) -> bool:
     """Whether ``text`` parses as a model name."""
     try:
-        parse_model_name(text)
-    except StoreError:
+        parse_name(text)
+    except ValueError:
         return False
     return True
 
@@ -491,8 +423,9 @@ class BlobScan:
 
     blobs: dict[str, StoreFile]  # digest -> file, for well-named blobs
     partials: list[StoreFile]  # unfinished downloads (size: the bytes on disk; they are sparse)
-    others: list[StoreFile]  # temp files and anything else Ollama would prune
+    others: list[StoreFile]  # temp files Ollama makes
     legacy: list[StoreFile] = field(default_factory=list)  # sha256:<hex> names Ollama renames: never deleted
+    foreign: list[StoreFile] = field(default_factory=list)  # names Ollama never makes, and symlinks: never deleted
 
 
 def scan_blobs(models_dir: Path) -> BlobScan:
@@ -501,27 +434,58 @@ def scan_blobs(models_dir: Path) -> BlobScan:
     partials: list[StoreFile] = []
     others: list[StoreFile] = []
     legacy: list[StoreFile] = []
+    foreign: list[StoreFile] = []
     directory = Path(models_dir) / "blobs"
     if not directory.is_dir():
         return BlobScan(blobs, partials, others)
     for path in sorted(directory.iterdir()):
         try:
             stat = path.stat()
+            linked = path.is_symlink()
         except OSError:
-            continue  # vanished while scanning
+            continue  # vanished while scanning, or a dangling link
         if not path.is_file():
             continue
         item = StoreFile(path, stat.st_size, stat.st_mtime)
         blob_match = _BLOB_NAME_RE.match(path.name)
-        if blob_match:
+        if linked:
+            foreign.append(item)
+        elif blob_match:
             blobs[f"sha256:{blob_match.group(1).lower()}"] = item
         elif _PARTIAL_RE.match(path.name):
             partials.append(StoreFile(path, _bytes_on_disk(stat), stat.st_mtime))
         elif _LEGACY_BLOB_RE.match(path.name):
             legacy.append(item)
-        else:
+        elif _OLLAMA_TEMP_RE.match(path.name):
             others.append(item)
-    return BlobScan(blobs, partials, others, legacy)
+        else:
+            foreign.append(item)
+    return BlobScan(blobs, partials, others, legacy, foreign)
+
+
+def store_folder_outside(models_dir: Path) -> str | None:
+    """Why files of ``blobs/`` must not be deleted: it or ``manifests/`` leads out of the store (a symlink), else None.
+
+    A symlinked folder may point at anything (a home directory, a disk of
+    other data); cleaning it would delete files that are not Ollama's.
+    """
+    root = Path(os.path.realpath(models_dir))
+    for folder in ("blobs", "manifests"):
+        path = Path(models_dir) / folder
+        real = Path(os.path.realpath(path))
+        if path.is_symlink() or not real.is_relative_to(root):
+            return f"{path} is a symlink to {real}: no file there is deleted"
+    return None
+
+
+def inside_blobs(path: Path, models_dir: Path) -> bool:
+    """Is ``path`` a file directly in the store's own ``blobs/`` (checked again just before it is deleted)?"""
+    blobs = Path(models_dir) / "blobs"
+    return (
+        store_folder_outside(models_dir) is None
+        and not path.is_symlink()
+        and Path(os.path.realpath(path.parent)) == Path(os.path.realpath(blobs))
+    )
 
 
 def _bytes_on_disk(stat: os.stat_result) -> int:
@@ -538,6 +502,7 @@ class Leftovers:
     partials: list[StoreFile]
     others: list[StoreFile]
     withheld: str | None = None
+    foreign: list[StoreFile] = field(default_factory=list)  # listed, never deleted: not a file Ollama makes
 
     @property
     def files(self) -> list[StoreFile]:
@@ -556,6 +521,9 @@ def find_leftovers(models_dir: Path, now: float, grace_seconds: float = 3600.0) 
     prune does. When a manifest is unreadable the unreferenced list is withheld:
     that manifest may need blobs that look unused.
     """
+    outside = store_folder_outside(models_dir)
+    if outside is not None:
+        return Leftovers([], [], [], withheld=outside)
     entries = list_models(models_dir)
     scan = scan_blobs(models_dir)
 
@@ -567,10 +535,10 @@ def find_leftovers(models_dir: Path, now: float, grace_seconds: float = 3600.0) 
     others = [item for item in scan.others if old(item)]
     if corrupt:
         reason = f"manifest {corrupt[0].path} is unreadable, so unused blobs cannot be told apart"
-        return Leftovers([], partials, others, withheld=reason)
+        return Leftovers([], partials, others, withheld=reason, foreign=scan.foreign)
     used = referenced_digests(entries)
     unreferenced = [item for digest, item in sorted(scan.blobs.items()) if digest not in used and old(item)]
-    return Leftovers(unreferenced, partials, others)
+    return Leftovers(unreferenced, partials, others, foreign=scan.foreign)
 
 
 def exclusive_size(entries: list[ManifestEntry], name: ModelName) -> int:

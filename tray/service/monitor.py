@@ -162,6 +162,8 @@ class Monitor:
         self._commands: queue.Queue[tuple[str | Config | UseModel, concurrent.futures.Future[str]]] = queue.Queue()
         self._on_loop: queue.Queue[Callable[[], None]] = queue.Queue()  # work handed back to this thread
         self._told: set[str] = set()  # "not permitted" / "refused" messages already notified
+        self._last_step_failure: str | None = None  # the error event of a failing check, recorded once
+        self._halted: str | None = None  # why the loop ended without being asked to
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -232,7 +234,12 @@ class Monitor:
         return unsubscribe
 
     def snapshot(self) -> Status:
-        return self._status
+        status = self._status
+        thread = self._thread
+        if status.supervising and thread is not None and not thread.is_alive() and not self._stopping.is_set():
+            # The loop ended without being asked to (killed by something no guard catches).
+            return not_supervising(status, self._halted or "supervision stopped: the monitor thread ended")
+        return status
 
     def request(self, action: str) -> concurrent.futures.Future[str]:
         """Queue a user action for the monitor thread; the Future's result is a one-line message."""
@@ -295,27 +302,68 @@ class Monitor:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - the thread ends here either way; the status must say so
+            # Past the per-step guard: only a failure of the loop itself. Say so rather than show a stale status.
+            self._stopped_supervising(exc)
+
+    def _run(self) -> None:
         self.history.record(EventKind.MONITOR, "monitor started")
         next_check = self.clock()
         if self.supervisor.user_stop.is_set():
             self.state = MonitorState.STOPPED
         else:
-            self._initial_start()
+            self._guarded(self._initial_start)
         while not self._stopping.is_set():
             self._wake.wait(timeout=max(0.0, next_check - self.clock()))
             self._wake.clear()
             if self._stopping.is_set():
                 break
-            ran_command = self._drain_commands()
-            code = self.supervisor.take_exit()
-            if code is not None:
-                self._handle_crash(code)
-                next_check = self.clock()
-            if ran_command or self.clock() >= next_check:
-                next_check = self.tick()
+            next_check = self._guarded(functools.partial(self._loop_step, next_check))
         self._fail_pending("the monitor is shutting down")
         self.duties.close()
         self.history.record(EventKind.MONITOR, "monitor stopped")
+
+    def _loop_step(self, next_check: float) -> float:
+        """Queued commands, a server that exited, and the check when it is due; when the next check is due."""
+        ran_command = self._drain_commands()
+        code = self.supervisor.take_exit()
+        if code is not None:
+            self._handle_crash(code)
+            next_check = self.clock()
+        if ran_command or self.clock() >= next_check:
+            next_check = self.tick()
+        return next_check
+
+    def _guarded(self, step: Callable[[], float | None]) -> float:
+        """Run one step of the loop; an exception in it is an ``error`` event and a later check, never the end.
+
+        The same failure at each check is recorded once, until a check passes again.
+        """
+        try:
+            due = step()
+        except Exception as exc:
+            log.exception("a health check failed")
+            retry = max(self.config.health_check_interval, RECHECK_SECONDS)
+            message = f"the health check failed ({type(exc).__name__}: {exc}); checking again in {retry:g} s"
+            self.last_error = message
+            if message != self._last_step_failure:
+                self._last_step_failure = message
+                self.history.record(EventKind.ERROR, message)
+            self._publish()
+            return self.clock() + retry
+        self._last_step_failure = None
+        return self.clock() if due is None else due
+
+    def _stopped_supervising(self, exc: BaseException) -> None:
+        log.error("the monitor stopped: %s", exc, exc_info=exc)
+        self._halted = f"supervision stopped: {type(exc).__name__}: {exc}"
+        try:
+            self.history.record(EventKind.ERROR, self._halted)
+        except Exception:  # the status below still says it
+            log.exception("could not record that the monitor stopped")
+        self._publish()
 
     def _initial_start(self) -> None:
         try:
@@ -1089,7 +1137,8 @@ class Monitor:
         )
 
     def _publish(self) -> None:
-        self._status = self._build_status()
+        status = self._build_status()
+        self._status = status if self._halted is None else not_supervising(status, self._halted)
         with self._sub_lock:
             subscribers = list(self._subscribers)
         for mailbox in subscribers:
@@ -1130,6 +1179,11 @@ class _Mailbox:
                 self.callback(status)
             except Exception:  # a broken subscriber must not stop the others
                 log.exception("status subscriber failed")
+
+
+def not_supervising(status: Status, why: str) -> Status:
+    """A status for a monitor whose loop no longer runs: nothing is known about Ollama any more."""
+    return replace(status, supervising=False, health=Health.UNKNOWN, last_error=why)
 
 
 def _has_model(names: set[str], model: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from tray.settings.hosts import parse_ollama_host
-from tray.settings.meta import setting
+from tray.settings.meta import check_fields, setting
 
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 CPU_ONLY = "cpu"
@@ -65,17 +65,22 @@ class OllamaServerSettings:
     )
     max_loaded_models: int = field(
         default=0,
-        metadata=setting("Models kept in memory at once (OLLAMA_MAX_LOADED_MODELS); 0: Ollama decides", minimum=0),
+        metadata=setting(
+            "Models kept in memory at once (OLLAMA_MAX_LOADED_MODELS); 0: Ollama decides", minimum=0, maximum=1000
+        ),
     )
     num_parallel: int = field(
         default=0,
-        metadata=setting("Requests each model serves at once (OLLAMA_NUM_PARALLEL); 0: Ollama's default", minimum=0),
+        metadata=setting(
+            "Requests each model serves at once (OLLAMA_NUM_PARALLEL); 0: Ollama's default", minimum=0, maximum=1000
+        ),
     )
     context_length: int = field(
         default=0,
         metadata=setting(
             "Default context window in tokens (OLLAMA_CONTEXT_LENGTH); 0: Ollama picks one from the GPU memory",
             minimum=0,
+            maximum=1 << 24,
         ),
     )
     expose: bool = field(
@@ -86,10 +91,7 @@ class OllamaServerSettings:
     )
 
     def __post_init__(self) -> None:
-        for name in ("max_loaded_models", "num_parallel", "context_length"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ValueError(f"ollama_server.{name} must not be negative, got {value!r}")
+        check_fields(self, "ollama_server.")
         if self.gpu_devices and gpu_device_list(self.gpu_devices) is None:
             raise ValueError(
                 "ollama_server.gpu_devices must be 'cpu' or comma-separated GPU indices or UUIDs "

@@ -2,10 +2,13 @@
 
 tomlkit edits the document in place (a plain TOML writer would drop every
 comment); the file is replaced atomically so a crash never leaves half a file.
+A symlinked settings file (a dotfiles repository) stays a symlink: the file
+it points to is the one replaced.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,10 +16,11 @@ from typing import Any
 
 import tomlkit
 
-from tray.settings.config import ConfigError
+from tray.settings.config import MAX_CONFIG_BYTES, ConfigError
+from tray.settings.textfile import FileRefused, read_regular_file
 from tray.system.atomic import write_atomically
 
-NEW_FILE_MODE = 0o644
+NEW_FILE_MODE = 0o600  # settings may name a key's variable or a private address: the user's business
 
 
 def set_config_value(path: Path, key: str, value: Any) -> None:
@@ -26,13 +30,20 @@ def set_config_value(path: Path, key: str, value: Any) -> None:
 
 def set_config_values(path: Path, changes: Mapping[str, Any]) -> None:
     """Set each dotted key in the TOML file at ``path`` in one atomic write."""
+    target = Path(os.path.realpath(path))  # through a symlink (also a dangling one) to the file it names
     try:
-        text = path.read_text(encoding="utf-8")
-        mode = stat.S_IMODE(path.stat().st_mode)
+        data = read_regular_file(target, MAX_CONFIG_BYTES)
+        mode = stat.S_IMODE(target.stat().st_mode)
     except FileNotFoundError:
-        text, mode = "", NEW_FILE_MODE
+        data, mode = b"", NEW_FILE_MODE
+    except FileRefused as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     try:
         document = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
@@ -46,6 +57,6 @@ def set_config_values(path: Path, changes: Mapping[str, Any]) -> None:
             table = table[section]
         table[name] = value
     try:
-        write_atomically(path, tomlkit.dumps(document).encode("utf-8"), mode)
+        write_atomically(target, tomlkit.dumps(document).encode("utf-8"), mode)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write: {exc.strerror or exc}") from None

@@ -119,7 +119,7 @@ class LaunchAgentAutostart:
 
     def enable(self) -> None:
         """Write the plist (not loaded now: this app is already running)."""
-        write_atomically(self.path, plistlib.dumps(launch_agent_plist(self.command, self.label)))
+        write_atomically(self.path, plistlib.dumps(launch_agent_plist(self.command, self.label)), mode=0o644)
 
     def disable(self) -> None:
         """Delete the plist."""
@@ -249,7 +249,7 @@ class XdgAutostart:
 
     def enable(self) -> None:
         """Write the desktop entry."""
-        write_atomically(self.path, desktop_entry(self.command, self.icon).encode("utf-8"))
+        write_atomically(self.path, desktop_entry(self.command, self.icon).encode("utf-8"), mode=0o644)
 
     def disable(self) -> None:
         """Delete the desktop entry."""

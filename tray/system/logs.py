@@ -21,7 +21,9 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from tray.system.atomic import private_dir, private_file
 from tray.system.owners import SystemdService, journal_command, journal_refused
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,11 @@ class SafeRotatingFileHandler(logging.handlers.RotatingFileHandler):
         super().__init__(path, maxBytes=max_bytes, backupCount=backup_count, encoding="utf-8", delay=True)
         self.ring = ring
         self.failures = 0
+
+    def _open(self) -> Any:
+        """The log file, created for the user alone (0600), also after each rotation."""
+        private_file(Path(self.baseFilename))
+        return super()._open()
 
     def handleError(self, record: logging.LogRecord) -> None:
         self.failures += 1
@@ -73,7 +80,7 @@ def setup_logging(log_file: Path | None, level: int = logging.INFO, stderr: bool
     root.addHandler(ring)
     if log_file is not None:
         try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(log_file.parent)
             handler: logging.Handler = SafeRotatingFileHandler(log_file, ring, max_bytes=2_000_000, backup_count=3)
             handler.setFormatter(formatter)
             root.addHandler(handler)

@@ -28,6 +28,16 @@ class AppPaths:
             state_dir=Path(dirs.user_state_dir),
         )
 
+    def make_private(self) -> None:
+        """Create the app's folders for the user alone (0700), and tighten ones an older version left open."""
+        from tray.system.atomic import private_dir
+
+        for folder in dict.fromkeys((self.config_dir, self.log_dir, self.data_dir, self.state_dir)):
+            try:
+                private_dir(folder)
+            except OSError:
+                pass  # each writer reports its own folder's problem
+
     @property
     def config_file(self) -> Path:
         return self.config_dir / "config.toml"

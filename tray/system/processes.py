@@ -24,6 +24,7 @@ import psutil
 
 from tray.errors import SupervisorError
 from tray.settings.hosts import OllamaHost, parse_ollama_host
+from tray.system.atomic import private_dir, private_file
 from tray.system.console_break import console_break
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
     stdout: int | IO[bytes] = subprocess.DEVNULL
     log_file = None
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
+        private_file(log_path)
         log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         stdout = log_file
     except OSError as exc:

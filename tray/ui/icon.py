@@ -208,8 +208,13 @@ def _lifecycle_text(status: Status) -> str | None:
     return None
 
 
+NOT_SUPERVISING_TEXT = "Not supervising Ollama — restart Ollama Manager"
+
+
 def _work_in_progress(status: Status, pending_actions: Iterable[str]) -> str | None:
-    """The line for an activity, a lifecycle state or a pending action, if any."""
+    """The line for a monitor that stopped, an activity, a lifecycle state or a pending action, if any."""
+    if not status.supervising:
+        return NOT_SUPERVISING_TEXT
     activity = status.activity
     if activity is not None:
         return activity_text(activity)

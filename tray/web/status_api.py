@@ -48,6 +48,15 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
+MAX_EVENTS = 1_000_000  # ?limit= of /api/events: above this SQLite's integer overflows long before it means anything
+
+
+def token_matches(request: Request, token: str) -> bool:
+    """Does the request carry ``Authorization: Bearer <token>``? Any header text is compared, never an error."""
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    return secrets.compare_digest(supplied.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+
+
 def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequence[BaseRoute] = ()) -> Any:
     async def status(request: Request) -> Response:
         return JSONResponse(monitor.snapshot().to_json())
@@ -56,13 +65,14 @@ def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequ
         try:
             limit = int(request.query_params.get("limit", "200"))
         except ValueError:
-            return JSONResponse({"error": "limit must be a whole number"}, 400)
+            limit = 0
+        if not 1 <= limit <= MAX_EVENTS:
+            return JSONResponse({"error": f"limit must be a whole number from 1 to {MAX_EVENTS}"}, 400)
         return JSONResponse([e.to_json() for e in history.events(limit=limit)])
 
     async def action(request: Request) -> Response:
         name = request.path_params["name"]
-        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not secrets.compare_digest(supplied, token):
+        if not token_matches(request, token):
             return JSONResponse({"error": "missing or wrong token"}, 401)
         if name not in ACTIONS:
             return JSONResponse({"error": f"unknown action '{name}'"}, 404)
@@ -114,4 +124,4 @@ class StatusServer(LoopbackServer):
 
 
 def write_monitor_file(path: Path, pid: int, port: int) -> None:
-    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"))
+    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"), mode=0o600)
