@@ -64,6 +64,8 @@ Faults in the JSON file named by OLLAMA_STANDIN_CONTROL (re-read on every reques
   slow_pull_ms_per_mb
   pull_offline     pulls fail at the manifest as Ollama's do without a network (DNS lookup of the registry)
   pull_disk_full_after_mb  a pull's download fails with ENOSPC once this many MiB of a blob are written
+  progress_lines   a list of objects a pull or create stream sends after its first line, as they come (a
+                   registry or a newer Ollama can send a digest, total or completed of another shape)
 """
 
 from __future__ import annotations
@@ -151,6 +153,14 @@ class Control:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+
+def _with_injected_lines(items: Iterator[Dict[str, Any]], extra: List[Any]) -> Iterator[Dict[str, Any]]:
+    """``items`` with the ``progress_lines`` fault's objects after the first one."""
+    for index, item in enumerate(items):
+        yield item
+        if index == 0:
+            yield from extra
 
 
 def injected_error(faults: Dict[str, Any], path: str) -> Optional[Tuple[int, str]]:
@@ -628,7 +638,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         """``streamResponse``/``waitForStream`` for pull and create."""
         latest: Dict[str, Any] = {}
         try:
-            for item in items:
+            for item in _with_injected_lines(items, self.app.control.read().get("progress_lines") or []):
                 latest = item
                 if stream:
                     if not self.headers_sent:

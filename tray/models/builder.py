@@ -55,7 +55,15 @@ from tray.models.modelfile import (
     load_modelfile,
     resolve_sources,
 )
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes, no_progress
+from tray.models.progress import (
+    ProgressCallback,
+    ProgressEvent,
+    human_bytes,
+    measured,
+    no_progress,
+    plain_detail,
+    progress_detail,
+)
 from tray.models.store import (
     Leftovers,
     ModelName,
@@ -205,11 +213,11 @@ class OllamaModelAPI:
         for item in self._stream("/api/pull", {"model": model, "stream": True}, what):
             status = str(item.get("status", ""))
             finished = finished or status == "success"
-            digest = item.get("digest")
-            if isinstance(digest, str) and digest:
-                progress(ProgressEvent("pulling", short_digest(digest), item.get("completed", 0), item.get("total")))
+            if item.get("digest"):
+                completed, total = measured(item.get("completed"), item.get("total"))
+                progress(ProgressEvent("pulling", progress_detail(item["digest"], status), completed, total))
             else:
-                progress(ProgressEvent("pulling", status))
+                progress(ProgressEvent("pulling", plain_detail(status)))
         if not finished:
             raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
 
@@ -254,9 +262,8 @@ class OllamaModelAPI:
         for item in self._stream("/api/create", dict(request, stream=True), what):
             status = str(item.get("status", ""))
             finished = finished or status == "success"
-            total = item.get("total")
-            completed = item.get("completed") if total else None
-            progress(ProgressEvent("creating", status, completed, total))
+            completed, total = measured(item.get("completed"), item.get("total")) if item.get("total") else (None, None)
+            progress(ProgressEvent("creating", plain_detail(status), completed, total))
         if not finished:
             raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
 

@@ -10,11 +10,15 @@ touches the stream and the clock.
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
+
+from tray.core.text import plain_line
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,68 @@ class ProgressEvent:
 
 
 ProgressCallback = Callable[[ProgressEvent], None]
+
+_PULL_DIGEST_RE = re.compile(r"^sha256[:-]([0-9a-fA-F]{64})$")
+DETAIL_MAX_CHARS = 80
+
+
+def _count(value: object) -> int | None:
+    """A non-negative whole count from a JSON number, else ``None`` (bools, text, nan, negatives)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        return None
+    return int(value) if value >= 0 else None
+
+
+def measured(completed: object, total: object) -> tuple[int | None, int | None]:
+    """``(completed, total)`` of a progress line when they make sense, else what can be kept.
+
+    A server's line may lack either number or carry one of another shape; a step
+    is measurable only with ``0 <= completed <= total``.
+
+    >>> measured(40, 100)
+    (40, 100)
+    >>> measured(None, 100)
+    (0, 100)
+    >>> measured("40", 100), measured(-1, 100), measured(float("nan"), 100)
+    ((None, None), (None, None), (None, None))
+    >>> measured(150, 100), measured(5, -1), measured(5, None)
+    ((None, None), (None, None), (5, None))
+    """
+    done, size = _count(completed), _count(total)
+    if completed is not None and done is None:
+        return None, None
+    if total is not None and size is None:
+        return None, None
+    if size is None:
+        return done, None
+    done = done or 0
+    return (done, size) if done <= size else (None, None)
+
+
+def progress_detail(digest: object, status: object) -> str:
+    """What a pull line works on: the short digest, else the status as one plain bounded line.
+
+    >>> progress_detail("sha256:" + "ab" * 32, "pulling abab")
+    'sha256:abababababab'
+    >>> progress_detail("sha256:xyz", "pulling <b>layer</b>\\n")
+    'pulling layer'
+    """
+    if isinstance(digest, str):
+        match = _PULL_DIGEST_RE.match(digest)
+        if match:
+            return f"sha256:{match.group(1).lower()[:12]}"
+    return plain_detail(status)
+
+
+def plain_detail(text: object) -> str:
+    """A server's status text as one line without markup or control characters, at most DETAIL_MAX_CHARS.
+
+    >>> plain_detail("writing\\x1b[31m <i>manifest</i>\\r\\n")
+    'writing [31m manifest'
+    """
+    return plain_line(str(text) if isinstance(text, str) else "", DETAIL_MAX_CHARS)
 
 
 def no_progress(event: ProgressEvent) -> None:
