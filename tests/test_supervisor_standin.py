@@ -111,6 +111,27 @@ def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, t
         foreign.wait()
 
 
+def test_stop_with_a_web_server_on_the_port_says_nothing_was_stopped(manager, standin):
+    foreign = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "foreign_server.py"), str(standin.port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert foreign.stdout is not None and foreign.stdout.readline() == "ready\n"
+        done = manager.run("stop")
+        assert done.returncode == 1
+        assert "Ollama stopped" not in done.stdout + done.stderr
+        assert done.stderr.startswith(f"ollama-manager: nothing was stopped: port {standin.port} is held by python")
+        assert f"pid {foreign.pid}" in done.stderr
+        assert f"run by {psutil.Process().username()}" in done.stderr
+        assert done.stderr.count("\n") == 1
+        assert foreign.poll() is None  # never signalled
+    finally:
+        foreign.kill()
+        foreign.wait()
+
+
 def _port_open(port):
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0

@@ -664,7 +664,9 @@ class Supervisor:
             if self.server is None and self.popen is None:
                 self.adopt()
             if self.refused is not None:
-                raise Untrusted(self.refused)
+                raise Untrusted(f"nothing was stopped: {self.refused}")
+            if self.server is None and self.popen is None:
+                self._refuse_foreign_stop()
             owner = self.external
         outcome: StopOutcome | None = None
         if isinstance(owner, SystemdService):
@@ -683,6 +685,21 @@ class Supervisor:
             self.server = None
             self.popen = None
             return outcome
+
+    def _refuse_foreign_stop(self) -> None:
+        """A program that is not Ollama on the port is never signalled, and a stop must not claim it stopped."""
+        listener = find_listener(self.host.port)
+        answer = self.client.answers_as_ollama(timeout=1.0)
+        if answer is not False and (answer is True or listener is None):
+            return
+        pid = listener.pid if listener else None
+        holder = describe_process(pid)
+        if listener is not None and listener.uid is not None:
+            holder += f", run by {user_name(listener.uid)}"
+        raise PortInUse(
+            f"nothing was stopped: port {self.host.port} is held by {holder}, which is not Ollama; "
+            "the manager leaves it alone"
+        )
 
     def _stop_process(self) -> StopOutcome:
         self.track_runners()
