@@ -295,6 +295,22 @@ def test_when_plyer_fails_the_dbus_fallback_delivers(
     ]
 
 
+def test_a_body_with_markup_characters_is_shown_as_written(
+    notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def plyer_without_backend(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("No usable implementation found!")
+
+    monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
+    text = "pull failed: <b>502</b> from a<b & <a href='http://x.invalid'>proxy</a>"
+    assert Notifier().notify("Model build failed", text) is True
+    (body,) = notification_server.notifications(1)
+    assert body[3] == "Model build failed"
+    assert body[4] == (
+        "pull failed: &lt;b&gt;502&lt;/b&gt; from a&lt;b &amp; &lt;a href='http://x.invalid'&gt;proxy&lt;/a&gt;"
+    )
+
+
 @pytest.mark.skipif(shutil.which("notify-send") is None, reason="notify-send (libnotify-bin) is not installed")
 def test_when_plyer_and_dbus_fail_notify_send_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch

@@ -32,6 +32,7 @@ from typing import Any, Literal, Self
 import filelock
 import httpx
 
+from tray.core.text import describe_body, plain_line
 from tray.models.errors import (
     DiskSpaceError,
     ModelError,
@@ -138,11 +139,11 @@ class OllamaModelAPI:
 
     @staticmethod
     def _status_error(what: str, response: httpx.Response) -> OllamaAPIError:
-        message = response.text
+        message = describe_body(response.text, response.headers.get("content-type", ""), response.status_code)
         try:
-            body = json.loads(message)
+            body = json.loads(response.text)
             if isinstance(body, dict) and isinstance(body.get("error"), str):
-                message = body["error"]
+                message = plain_line(body["error"])
         except ValueError:
             pass
         return OllamaAPIError(
@@ -189,7 +190,8 @@ class OllamaModelAPI:
                     if isinstance(item, dict) and item.get("error"):
                         status = item.get("status")
                         raise OllamaAPIError(
-                            f"{what} failed: {_one_line(item['error'])}", status if isinstance(status, int) else 200
+                            f"{what} failed: {_one_line(plain_line(str(item['error'])))}",
+                            status if isinstance(status, int) else 200,
                         )
                     if isinstance(item, dict):
                         yield item

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from tray.core.health import Failure, ProbeResult
+from tray.core.text import describe_body, plain_line
 
 OLLAMA_ROOT_TEXT = "Ollama is running"
 STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)  # dropped before an answer
@@ -62,12 +63,14 @@ def _failure_of(exc: Exception) -> tuple[Failure, str]:
 
 
 def _error_text(response: httpx.Response) -> str:
+    """One plain line for a failed answer: Ollama's ``error``, else the body described (an HTML page by its title)."""
     try:
         body = response.json()
     except ValueError:
-        return response.text.strip()[:200] or f"HTTP {response.status_code}"
+        text = describe_body(response.text, response.headers.get("content-type", ""), response.status_code)
+        return text or f"HTTP {response.status_code}"
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
+        return plain_line(body["error"]) or f"HTTP {response.status_code}"
     return f"HTTP {response.status_code}"
 
 

@@ -24,6 +24,7 @@ A notification is never worth crashing for: every failure is logged and
 from __future__ import annotations
 
 import base64
+import html
 import logging
 import os
 import subprocess
@@ -78,6 +79,15 @@ class Delivery:
 
 
 # --- Command lines (pure) ---------------------------------------------------
+
+
+def body_markup(text: str) -> str:
+    """Plain text as a freedesktop notification body, which servers read as a subset of HTML.
+
+    >>> body_markup("model 'a<b>' & <i>x</i>")
+    "model 'a&lt;b&gt;' &amp; &lt;i&gt;x&lt;/i&gt;"
+    """
+    return html.escape(text, quote=False)
 
 
 def notify_send_command(title: str, message: str, app_name: str = APP_NAME, expire_ms: int = EXPIRE_MS) -> list[str]:
@@ -313,10 +323,11 @@ def default_channels(platform: str = sys.platform, app_name: str = APP_NAME, ico
     """The channels in the order they are tried: those that report failures first."""
     plyer = Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))
     if platform.startswith("linux") or "bsd" in platform:
+        # Freedesktop servers read the body as markup (GNOME, KDE, dunst, xfce4-notifyd): it goes escaped.
         return [
-            plyer,
-            Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, m, app_name, icon))),
-            Channel("notify-send", lambda t, m: run_command(notify_send_command(t, m, app_name))),
+            Channel("plyer", lambda t, m: plyer_notify(t, body_markup(m), app_name, icon)),
+            Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, body_markup(m), app_name, icon))),
+            Channel("notify-send", lambda t, m: run_command(notify_send_command(t, body_markup(m), app_name))),
         ]
     if platform == "darwin":
         return [plyer, Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name)))]

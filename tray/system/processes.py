@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import psutil
 
+from tray.core.text import plain_line
 from tray.errors import SupervisorError
 from tray.settings.hosts import OllamaHost, parse_ollama_host
 from tray.system.atomic import private_dir, private_file
@@ -367,7 +368,9 @@ def describe_process(pid: int | None) -> str:
         cmdline = _cmdline(proc)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return f"process {pid}"
-    shown = " ".join(cmdline[:3]) if cmdline else name
+    # Another program's name and arguments are its own choice: shown as one plain line, bounded.
+    name = plain_line(name, 40)
+    shown = plain_line(" ".join(cmdline[:3]), 120) if cmdline else name
     return f"{name} (pid {pid}: {shown})" if shown != name else f"{name} (pid {pid})"
 
 
