@@ -30,6 +30,18 @@ def standin(tmp_path: Path) -> Iterator[StandinEnv]:
 # --- other users: the manager as a desktop user, Ollama as a system service ------------------------
 
 
+@pytest.fixture
+def session_bus() -> Iterator[str]:
+    """A private D-Bus session bus (its address), for notification and tray tests."""
+    from tests.notification_server import NoDbusDaemon, private_session_bus
+
+    try:
+        with private_session_bus() as address:
+            yield address
+    except NoDbusDaemon:
+        pytest.skip("dbus-daemon is not installed")
+
+
 @pytest.fixture(scope="session")
 def user_runtime() -> Iterator[UserRuntime]:
     """A Python (venv from Debian's python3, with the runtime dependencies) and the code, usable by any user."""

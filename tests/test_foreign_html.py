@@ -12,22 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.manager import Manager, wait_until
-
-sys.path.insert(0, str(Path(__file__).parent))
-from notification_server import NoDbusDaemon, NotificationServer, private_session_bus
+from tests.notification_server import NotificationServer
 
 pytestmark = pytest.mark.slow
 
 MARKUP = ("<html", "<h1", "<p>", "<br", "</", "<title", "\x1b", "<script", "alert(")
-
-
-@pytest.fixture
-def session_bus() -> Iterator[str]:
-    try:
-        with private_session_bus() as address:
-            yield address
-    except NoDbusDaemon:
-        pytest.skip("dbus-daemon is not installed")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from tray.system.notify import (
 
 jeepney = pytest.importorskip("jeepney")
 from fake_registry import FakeRegistry  # noqa: E402
-from notification_server import NoDbusDaemon, NotificationServer, private_session_bus  # noqa: E402
+from notification_server import NotificationServer  # noqa: E402
 
 # --- Command lines ---------------------------------------------------------------------------------
 
@@ -249,15 +249,6 @@ def test_failures_are_logged_and_never_raised(caplog) -> None:
 
 
 # --- A real D-Bus session --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def session_bus() -> Iterator[str]:
-    try:
-        with private_session_bus() as address:
-            yield address
-    except NoDbusDaemon:
-        pytest.skip("dbus-daemon is not installed")
 
 
 @pytest.fixture
