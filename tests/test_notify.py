@@ -251,6 +251,10 @@ def test_failures_are_logged_and_never_raised(caplog) -> None:
 # --- A real D-Bus session --------------------------------------------------------------------------
 
 
+def plyer_without_backend(*args: object, **kwargs: object) -> None:
+    raise NotImplementedError("No usable implementation found!")
+
+
 @pytest.fixture
 def notification_server(session_bus: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[NotificationServer]:
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", session_bus)
@@ -271,9 +275,6 @@ def test_dbus_notify_arrives_with_summary_and_body(notification_server: Notifica
 def test_when_plyer_fails_the_dbus_fallback_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
-    def plyer_without_backend(*args: object, **kwargs: object) -> None:
-        raise NotImplementedError("No usable implementation found!")
-
     monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
     caplog.set_level(logging.DEBUG, logger="tray.system.notify")
     notifier = Notifier()  # the real per-OS channels
@@ -289,9 +290,6 @@ def test_when_plyer_fails_the_dbus_fallback_delivers(
 def test_a_body_with_markup_characters_is_shown_as_written(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def plyer_without_backend(*args: object, **kwargs: object) -> None:
-        raise NotImplementedError("No usable implementation found!")
-
     monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
     text = "pull failed: <b>502</b> from a<b & <a href='http://x.invalid'>proxy</a>"
     assert Notifier().notify("Model build failed", text) is True
