@@ -336,6 +336,10 @@ def test_a_server_of_another_user_is_refused_with_an_alert(
         assert f"pid {serve.pid}" in status["last_error"]
         alerts = [e for e in desktop_manager.events() if e["kind"] == "alert" and described in e["message"]]
         assert len(alerts) == 1
+        stopped = desktop_manager.run("stop")
+        assert stopped.returncode == 1 and "Ollama stopped" not in stopped.stdout
+        assert stopped.stderr.startswith("ollama-manager: nothing was stopped: port ")
+        assert described in stopped.stderr and f"pid {serve.pid}" in stopped.stderr
         assert serve.poll() is None  # never signalled
         assert desktop_serves(desktop_manager.account) == []
     finally:
