@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.atomic import write_atomically
+from tray.system.monitor_record import write_record
 from tray.web.loopback import LoopbackOnly
 from tray.web.server import LoopbackServer
 
@@ -124,4 +125,5 @@ class StatusServer(LoopbackServer):
 
 
 def write_monitor_file(path: Path, pid: int, port: int) -> None:
-    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"), mode=0o600)
+    """Record where the status API listens, with the pid's start time (so a reused pid is never trusted)."""
+    write_record(path, pid, port)
