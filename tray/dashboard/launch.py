@@ -39,9 +39,13 @@ def running_dashboard_url(paths: AppPaths) -> str:
     """The dashboard of the monitor or tray running for this user; DashboardUnavailable otherwise."""
     from tray.web.link import MonitorLink
 
-    base = MonitorLink(paths).address()
+    link = MonitorLink(paths, report=lambda line: None)  # the stale reason goes into the one line raised
+    base = link.address()
     if base is None:
-        raise DashboardUnavailable("the manager is not running: start the tray app or `ollama-manager monitor` first")
+        stale = f" ({link.stale})" if link.stale else ""
+        raise DashboardUnavailable(
+            f"the manager is not running{stale}: start the tray app or `ollama-manager monitor` first"
+        )
     try:
         token = paths.api_token.read_text().strip()
     except OSError:

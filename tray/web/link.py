@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
-import json
+import logging
+from collections.abc import Callable
 
 import httpx
 
 from tray.core.status import Status
 from tray.errors import CliError
+from tray.system.monitor_record import verified_record
 from tray.system.paths import AppPaths
+
+log = logging.getLogger(__name__)
 
 
 class MonitorLink:
-    """Talks to the status API of a monitor (or tray) that is already running."""
+    """Talks to the status API of a monitor (or tray) that is already running.
 
-    def __init__(self, paths: AppPaths) -> None:
+    ``monitor.json`` is trusted only once it is proven to name the monitor running now
+    (:func:`tray.system.monitor_record.verified_record`); a stale one gets one line through
+    ``report`` (the log by default) and the link behaves as when no monitor runs.
+    """
+
+    def __init__(self, paths: AppPaths, report: Callable[[str], None] | None = None) -> None:
         self.paths = paths
+        self.report = report or log.warning
+        self.stale: str | None = None  # why monitor.json was not trusted, once address() found it stale
 
     def address(self) -> str | None:
-        try:
-            info = json.loads(self.paths.monitor_file.read_text())
-            pid, port = int(info["pid"]), int(info["port"])
-        except (OSError, ValueError, KeyError, TypeError):
+        """The running monitor's status API base URL; None when no monitor is proven to run."""
+        record, stale = verified_record(self.paths.monitor_file)
+        if stale is not None and stale != self.stale:
+            self.stale = stale
+            self.report(f"no monitor is running ({stale})")
+        if record is None:
             return None
-        if not _pid_alive(pid):
-            return None
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{record.port}"
 
     def status(self) -> Status | None:
         """The running monitor's status; None when none answers (or it answers something else)."""
@@ -71,9 +82,3 @@ class MonitorLink:
         if not body.get("ok"):
             raise CliError(body.get("error") or f"the running manager answered {response.status_code}")
         return str(body["message"])
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    return psutil.pid_exists(pid)
