@@ -910,28 +910,63 @@ def test_a_hub_feeds_streams_from_other_threads_and_closes_them() -> None:
 # --------------------------------------------------------------------------- opening the dashboard
 
 
-def running_manager(tmp_path: Path, port: int = 11436) -> AppPaths:
-    paths = AppPaths(tmp_path / "c", tmp_path / "l", tmp_path / "d", tmp_path / "s")
-    paths.state_dir.mkdir(parents=True)
-    paths.monitor_file.write_text(json.dumps({"pid": os.getpid(), "port": port}))
-    paths.api_token.write_text(TOKEN + "\n")
-    return paths
+@dataclass(frozen=True)
+class RunningManager:
+    paths: AppPaths
+    base: str
+    token: str
 
 
-def test_dashboard_url_prints_the_address_with_the_token_in_the_fragment(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def running_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningManager]:
+    """A real ``ollama-manager monitor`` (no Ollama installed, nothing on its host): what the dashboard opens."""
+    import subprocess
+    import sys
+
+    from tests.manager import wait_until
+    from tray.system.monitor_record import read_record
+
+    root = tmp_path_factory.mktemp("running-manager")
+    xdg = {name: root / name.lower() for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(root),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        **{name: str(path) for name, path in xdg.items()},
+        "OLLAMA_HOST": f"127.0.0.1:{free_port()}",
+        "OLLAMA_MANAGER_STATUS_PORT": "0",
+        "OLLAMA_MANAGER_AUTO_BUILD_MODEL": "false",
+    }
+    state = xdg["XDG_STATE_HOME"] / "ollama-manager"
+    paths = AppPaths(root / "c", root / "l", root / "d", state)
+    log = (root / "monitor.log").open("w")
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "tray", "monitor"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root
+    )
+    try:
+        record = wait_until(lambda: read_record(paths.monitor_file), 60, what="the monitor to write monitor.json")
+        yield RunningManager(paths, f"http://127.0.0.1:{record.port}", paths.api_token.read_text().strip())
+    finally:
+        monitor.terminate()
+        monitor.wait(30)
+        log.close()
+
+
+def test_dashboard_url_prints_the_address_with_the_token_in_the_fragment(running_manager: RunningManager) -> None:
     out, err = io.StringIO(), io.StringIO()
-    status = dashboard_command(argparse.Namespace(url=True), running_manager(tmp_path), out=out, err=err)
-    assert (status, out.getvalue(), err.getvalue()) == (0, f"http://127.0.0.1:11436/#token={TOKEN}\n", "")
+    status = dashboard_command(argparse.Namespace(url=True), running_manager.paths, out=out, err=err)
+    expected = f"{running_manager.base}/#token={running_manager.token}\n"
+    assert (status, out.getvalue(), err.getvalue()) == (0, expected, "")
 
 
-def test_dashboard_opens_the_browser_on_that_address(tmp_path: Path) -> None:
+def test_dashboard_opens_the_browser_on_that_address(running_manager: RunningManager) -> None:
     opened: list[str] = []
     status = dashboard_command(
         argparse.Namespace(url=False),
-        running_manager(tmp_path, 12000),
+        running_manager.paths,
         open_browser=lambda url: opened.append(url) or True,
     )
-    assert (status, opened) == (0, [f"http://127.0.0.1:12000/#token={TOKEN}"])
+    assert (status, opened) == (0, [f"{running_manager.base}/#token={running_manager.token}"])
 
 
 def test_without_a_running_manager_it_says_so_in_one_line(tmp_path: Path) -> None:
@@ -943,10 +978,34 @@ def test_without_a_running_manager_it_says_so_in_one_line(tmp_path: Path) -> Non
     )
 
 
-def test_a_browser_that_cannot_start_is_one_line(tmp_path: Path) -> None:
+def test_a_stale_monitor_record_prints_no_token_and_says_why(tmp_path: Path) -> None:
+    """monitor.json naming a live process that is not the manager (this one, listening on the port): no URL."""
+    import socket
+
+    import psutil
+
+    paths = AppPaths(tmp_path / "c", tmp_path / "l", tmp_path / "d", tmp_path / "s")
+    paths.state_dir.mkdir(parents=True)
+    paths.api_token.write_text(TOKEN + "\n")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        started = psutil.Process().create_time()
+        record = {"pid": os.getpid(), "port": squatter.getsockname()[1], "started": started}
+        paths.monitor_file.write_text(json.dumps(record))
+        out, err = io.StringIO(), io.StringIO()
+        assert dashboard_command(argparse.Namespace(url=True), paths, out=out, err=err) == 1
+    assert (out.getvalue(), err.getvalue()) == (
+        "",
+        f"ollama-manager: the manager is not running (monitor.json is stale: pid {os.getpid()} is another program): "
+        "start the tray app or `ollama-manager monitor` first\n",
+    )
+
+
+def test_a_browser_that_cannot_start_is_one_line(running_manager: RunningManager) -> None:
     err = io.StringIO()
     status = dashboard_command(
-        argparse.Namespace(url=False), running_manager(tmp_path), open_browser=lambda url: False, err=err
+        argparse.Namespace(url=False), running_manager.paths, open_browser=lambda url: False, err=err
     )
     assert (status, err.getvalue()) == (
         1,
@@ -954,10 +1013,10 @@ def test_a_browser_that_cannot_start_is_one_line(tmp_path: Path) -> None:
     )
 
 
-def test_the_tray_item_opens_the_same_address(tmp_path: Path) -> None:
+def test_the_tray_item_opens_the_same_address(running_manager: RunningManager) -> None:
     opened: list[str] = []
-    url = open_dashboard(running_manager(tmp_path), open_browser=lambda u: opened.append(u) or True)
-    assert opened == [url] == [dashboard_url("http://127.0.0.1:11436", TOKEN)]
+    url = open_dashboard(running_manager.paths, open_browser=lambda u: opened.append(u) or True)
+    assert opened == [url] == [dashboard_url(running_manager.base, running_manager.token)]
 
 
 # --------------------------------------------------------------------------- bad input on the status API
