@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 
 from tray.system.atomic import write_atomically
-from tray.system.processes import PROC, find_listener
+from tray.system.processes import find_listener
 
 MANAGER_NAMES = {"ollama-manager", "ollama-manager.exe", "ollama manager", "ollama manager.exe"}
 START_TIME_TOLERANCE = 0.01  # seconds: psutil's create_time is read from the same clock each time
@@ -153,22 +153,28 @@ def observe(record: MonitorRecord) -> ProcessFacts:
         return ProcessFacts(False)
     except psutil.AccessDenied:
         return ProcessFacts(True)
-    listener = find_listener(record.port)
-    hidden = listener is None or listener.pid is None
-    # Without /proc (macOS refuses the socket table to a user), a process's own sockets are still visible.
-    if hidden and not (PROC / "net" / "tcp").exists() and _listens_on(record.pid, record.port):
+    # While the pid listens on 127.0.0.1:port (or every address) no other user can bind 127.0.0.1:port, so
+    # the link's connection reaches it. Its own sockets are visible on every OS (macOS refuses the whole table).
+    if _listens_for_loopback(proc, record.port):
         return ProcessFacts(True, started, cmdline, record.pid, port_listened=True)
+    listener = find_listener(record.port)  # who holds the port instead, for the one line
     if listener is None:
         return ProcessFacts(True, started, cmdline)
     return ProcessFacts(True, started, cmdline, listener.pid, listener.uid, port_listened=True)
 
 
-def _listens_on(pid: int, port: int) -> bool:
+LOOPBACK_REACHING = {"127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1"}
+
+
+def _listens_for_loopback(proc: psutil.Process, port: int) -> bool:
     try:
-        connections = psutil.Process(pid).net_connections(kind="tcp")
+        connections = proc.net_connections(kind="tcp")
     except (psutil.Error, OSError):
         return False
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
+    return any(
+        c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.laddr.ip in LOOPBACK_REACHING
+        for c in connections
+    )
 
 
 def verified_record(path: Path) -> tuple[MonitorRecord | None, str | None]:
