@@ -47,7 +47,8 @@ FAKE_SERVER = textwrap.dedent(
         def log_message(self, *args):
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
+    address = (sys.argv[3], int(sys.argv[4])) if len(sys.argv) > 4 else ("127.0.0.1", 0)
+    server = HTTPServer(address, Handler)
     with open(sys.argv[1] + ".tmp", "w") as port:
         port.write(str(server.server_address[1]))
     import os
@@ -60,13 +61,15 @@ FAKE_SERVER = textwrap.dedent(
 class FakeServer:
     """The recording server, run as this user or as ``account``."""
 
-    def __init__(self, root: Path, account: Account | None = None) -> None:
+    def __init__(self, root: Path, account: Account | None = None, address: tuple[str, int] | None = None) -> None:
         self.script = root / "fake_server.py"
         self.script.write_text(FAKE_SERVER)
         self.port_file = root / "port"
         self.seen_file = root / "seen.jsonl"
         self.seen_file.touch()
         argv = [sys.executable, str(self.script), str(self.port_file), str(self.seen_file)]
+        if address is not None:
+            argv += [address[0], str(address[1])]
         if account is None:
             self.process = subprocess.Popen(argv)
         else:
@@ -206,5 +209,27 @@ def test_another_users_listener_on_the_recorded_port_never_gets_the_token(manage
             status = manager.run("status", "--json")
             assert json.loads(status.stdout)["monitor_running"] is False
             assert server.seen() == []
+        finally:
+            server.stop()
+
+
+def test_another_users_listener_beside_the_monitor_on_another_address_leaves_it_trusted(manager, accounts) -> None:
+    """127.0.0.2 on the monitor's port is another socket: the link still reaches the monitor, and only it."""
+    other = accounts.regular("other")
+    monitor = manager.spawn_monitor()
+    monitor_json = state_dir(manager) / "monitor.json"
+    wait_until(monitor_json.exists, 60, what="the monitor to write monitor.json")
+    manager.wait_monitor_ready()
+    port = json.loads(monitor_json.read_text())["port"]
+    with scratch("om-fake-") as root:
+        server = FakeServer(root, other, ("127.0.0.2", port))
+        try:
+            status = manager.run("status", "--json")
+            assert (json.loads(status.stdout)["monitor_running"], status.stderr) == (True, "")
+            restarted = manager.run("restart")
+            assert (restarted.returncode, restarted.stderr) == (0, ""), restarted.stderr
+            assert "FAKE" not in restarted.stdout
+            assert server.seen() == []
+            assert monitor.poll() is None
         finally:
             server.stop()
