@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
-import io
 import json
-import os
 import stat
 import threading
 from collections.abc import Iterator
@@ -36,7 +33,6 @@ from tray.core.status import (
     Status,
     make_status,
 )
-from tray.dashboard.launch import dashboard_command, dashboard_url, open_dashboard
 from tray.dashboard.routes import Dashboard, mount_dashboard
 from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_config, setting_specs
 from tray.dashboard.stream import StreamHub, sse_frames
@@ -905,59 +901,6 @@ def test_a_hub_feeds_streams_from_other_threads_and_closes_them() -> None:
         b'event: status\ndata: {"health":"healthy"}\n\n',
         b": keepalive\n\n",
     ]
-
-
-# --------------------------------------------------------------------------- opening the dashboard
-
-
-def running_manager(tmp_path: Path, port: int = 11436) -> AppPaths:
-    paths = AppPaths(tmp_path / "c", tmp_path / "l", tmp_path / "d", tmp_path / "s")
-    paths.state_dir.mkdir(parents=True)
-    paths.monitor_file.write_text(json.dumps({"pid": os.getpid(), "port": port}))
-    paths.api_token.write_text(TOKEN + "\n")
-    return paths
-
-
-def test_dashboard_url_prints_the_address_with_the_token_in_the_fragment(tmp_path: Path) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    status = dashboard_command(argparse.Namespace(url=True), running_manager(tmp_path), out=out, err=err)
-    assert (status, out.getvalue(), err.getvalue()) == (0, f"http://127.0.0.1:11436/#token={TOKEN}\n", "")
-
-
-def test_dashboard_opens_the_browser_on_that_address(tmp_path: Path) -> None:
-    opened: list[str] = []
-    status = dashboard_command(
-        argparse.Namespace(url=False),
-        running_manager(tmp_path, 12000),
-        open_browser=lambda url: opened.append(url) or True,
-    )
-    assert (status, opened) == (0, [f"http://127.0.0.1:12000/#token={TOKEN}"])
-
-
-def test_without_a_running_manager_it_says_so_in_one_line(tmp_path: Path) -> None:
-    paths = AppPaths(tmp_path / "c", tmp_path / "l", tmp_path / "d", tmp_path / "s")
-    err = io.StringIO()
-    assert dashboard_command(argparse.Namespace(url=True), paths, out=io.StringIO(), err=err) == 1
-    assert err.getvalue() == (
-        "ollama-manager: the manager is not running: start the tray app or `ollama-manager monitor` first\n"
-    )
-
-
-def test_a_browser_that_cannot_start_is_one_line(tmp_path: Path) -> None:
-    err = io.StringIO()
-    status = dashboard_command(
-        argparse.Namespace(url=False), running_manager(tmp_path), open_browser=lambda url: False, err=err
-    )
-    assert (status, err.getvalue()) == (
-        1,
-        "ollama-manager: no web browser could be started: run `ollama-manager dashboard --url`\n",
-    )
-
-
-def test_the_tray_item_opens_the_same_address(tmp_path: Path) -> None:
-    opened: list[str] = []
-    url = open_dashboard(running_manager(tmp_path), open_browser=lambda u: opened.append(u) or True)
-    assert opened == [url] == [dashboard_url("http://127.0.0.1:11436", TOKEN)]
 
 
 # --------------------------------------------------------------------------- bad input on the status API

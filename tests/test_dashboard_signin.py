@@ -9,9 +9,12 @@ still signs the owner in, once.
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -24,12 +27,11 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from tray.dashboard.launch import dashboard_command, open_dashboard
 from tray.system.paths import AppPaths
 from tray.web.signin import MINT, REDEEM
 from tray.web.status_api import StatusServer, rotate_token, write_monitor_file
-
-sys.path.insert(0, str(Path(__file__).parent))
-from users import Accounts, can_switch_users, popen_as, run_as, shared_dir  # noqa: E402
+from users import Accounts, can_switch_users, popen_as, run_as, shared_dir
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -177,6 +179,30 @@ def test_dashboard_url_prints_the_page_address_and_no_secret(
     assert redeem(api.base, code_in(paths.signin_page)).status_code == 200
 
 
+def test_without_a_running_manager_it_says_so_in_one_line(user_dirs: tuple[dict[str, str], AppPaths]) -> None:
+    err = io.StringIO()
+    assert dashboard_command(argparse.Namespace(url=True), user_dirs[1], out=io.StringIO(), err=err) == 1
+    assert err.getvalue() == (
+        "ollama-manager: the manager is not running: start the tray app or `ollama-manager monitor` first\n"
+    )
+
+
+def test_a_browser_that_cannot_start_is_one_line(api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths]) -> None:
+    err = io.StringIO()
+    status = dashboard_command(argparse.Namespace(url=False), user_dirs[1], open_browser=lambda url: False, err=err)
+    assert (status, err.getvalue()) == (
+        1,
+        "ollama-manager: no web browser could be started: run `ollama-manager dashboard --url`\n",
+    )
+
+
+def test_the_tray_item_opens_the_same_private_page(api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths]) -> None:
+    opened: list[str] = []
+    url = open_dashboard(user_dirs[1], open_browser=lambda u: opened.append(u) or True)
+    assert opened == [url] == [user_dirs[1].signin_page.as_uri()]
+    assert redeem(api.base, code_in(user_dirs[1].signin_page)).status_code == 200
+
+
 def test_a_code_needs_the_token_and_a_wrong_code_is_refused(api: StatusApi) -> None:
     assert httpx.post(api.base + MINT, trust_env=False).status_code == 401
     minted = httpx.post(api.base + MINT, headers={"Authorization": f"Bearer {api.token}"}, trust_env=False).json()
@@ -244,6 +270,4 @@ def test_another_user_polling_proc_finds_neither_the_token_nor_a_usable_code(
         assert peek.returncode != 0
         assert redeem(api.base, code_in(paths.signin_page)).status_code == 200
     finally:
-        import shutil
-
         shutil.rmtree(shared, ignore_errors=True)
