@@ -27,6 +27,8 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from standin.harness import StandinEnv
+from tests.manager import Manager
 from tray.dashboard.launch import dashboard_command, open_dashboard
 from tray.system.paths import AppPaths
 from tray.web.signin import MINT, REDEEM
@@ -212,11 +214,21 @@ def test_a_code_needs_the_token_and_a_wrong_code_is_refused(api: StatusApi) -> N
     assert redeem(api.base, minted["code"]).status_code == 200
 
 
-def test_the_token_rotates_at_each_start(user_dirs: tuple[dict[str, str], AppPaths]) -> None:
-    paths = user_dirs[1]
-    first, second = rotate_token(paths.api_token), rotate_token(paths.api_token)
-    assert first != second and paths.api_token.read_text() == second
-    assert stat.S_IMODE(paths.api_token.stat().st_mode) == 0o600
+def test_the_token_rotates_at_each_start_of_the_monitor(standin: StandinEnv, tmp_path: Path) -> None:
+    manager = Manager(standin.env, tmp_path)
+    token_file = Path(standin.env["XDG_STATE_HOME"]) / "ollama-manager" / "api-token"
+    tokens = []
+    try:
+        for _ in range(2):
+            manager.spawn_monitor()
+            manager.wait_monitor_ready(60)
+            tokens.append(token_file.read_text().strip())
+            assert manager.action("check")  # the CLI's way of finding the token finds the new one
+            manager.cleanup()
+    finally:
+        manager.cleanup()
+    assert tokens[0] != tokens[1]
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
 
 @pytest.mark.skipif(not can_switch_users(), reason="needs root to run a second user")
