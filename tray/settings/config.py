@@ -404,6 +404,6 @@ def load_config(
 
 
 def config_warnings(config: Config) -> list[str]:
-    """What a valid configuration still deserves a word about, one line each (said at start and on the page)."""
+    """What a valid configuration still deserves a word about, one line each (said at start and by `config set`)."""
     warning = exposure_warning(config.ollama_host)
     return [warning] if warning else []
