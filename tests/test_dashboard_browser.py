@@ -313,6 +313,7 @@ def check_settings_page(app: App, browser: Any) -> None:
     page.wait_for_selector(interval)
     assert page.input_value(interval) == "0.5"
     original = app.config.read_bytes()
+    check_command_only_keys_are_read_only(app, page)
 
     page.fill(interval, "-1")
     page.click("#save")
@@ -348,6 +349,36 @@ def check_settings_page(app: App, browser: Any) -> None:
     assert not page.is_visible("[data-key='alerts.cpu_percent'] .badge.pending")
     assert page.is_disabled("#save")
     assert errors == []
+
+
+POST_WITH_THE_PAGES_TOKEN = """async (values) => {
+  const token = sessionStorage.getItem("ollama-manager-token");
+  const response = await fetch("/api/settings", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ values }),
+  });
+  return [response.status, await response.json()];
+}"""
+
+
+def check_command_only_keys_are_read_only(app: App, page: Any) -> None:
+    """What chooses a program, an address or where data goes is shown, not editable, with its command."""
+    binary = "[data-key=ollama_binary] input"
+    modelfile = "[data-key=modelfile] input"
+    assert page.input_value(modelfile) == str(app.workdir / "uncensored.Modelfile")
+    assert not page.is_editable(binary) and not page.is_editable(modelfile)
+    assert page.is_disabled("[data-key='ollama_server.expose'] input")
+    assert page.text_content("[data-key=ollama_binary] .command code") == (
+        f"ollama-manager --config {app.config} config set ollama_binary /path/to/ollama"
+    )
+    assert page.is_visible("[data-key='cloud.base_url'] .badge.read-only")
+    status, answer = page.evaluate(POST_WITH_THE_PAGES_TOKEN, {"ollama_binary": "/tmp/evil/ollama"})
+    assert (status, answer["error"]) == (
+        403,
+        "ollama_binary is changed only from a terminal on this machine: "
+        f"ollama-manager --config {app.config} config set ollama_binary /tmp/evil/ollama",
+    )
 
 
 def screenshot_dashboard(page: Any, tmp_path: Path) -> None:
