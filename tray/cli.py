@@ -516,7 +516,7 @@ class running_services:
 
     def __enter__(self) -> running_services:
         from tray.dashboard.ondemand import DashboardOnDemand
-        from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
+        from tray.web.status_api import StatusServer, rotate_token, write_monitor_file
 
         config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
@@ -539,7 +539,7 @@ class running_services:
                 self.instance.release()
                 raise CliError(str(exc)) from None
         self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
-        token = load_or_create_token(paths.api_token)
+        token = rotate_token(paths.api_token)  # a token read by anyone before this start is worthless now
         self.dashboard = DashboardOnDemand(self.monitor, self.history, token, notifier=notifier)
         wanted = config.status_port
         self.server = StatusServer(self.monitor, self.history, token, wanted, extra_routes=self.dashboard.routes())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -58,7 +59,16 @@ class MonitorLink:
         """Make ``name`` the running monitor's active model ("" : the Modelfile model); None when none answers."""
         return self._post("/api/model", {"model": name})
 
+    def signin_code(self) -> str | None:
+        """A one-time code that signs a browser tab in to the dashboard; None when no monitor answers."""
+        answer = self._post_json("/api/signin-code")
+        return None if answer is None else str(answer["code"])
+
     def _post(self, path: str, body: dict[str, str] | None = None) -> str | None:
+        answer = self._post_json(path, body)
+        return None if answer is None else str(answer["message"])
+
+    def _post_json(self, path: str, body: dict[str, str] | None = None) -> dict[str, Any] | None:
         base = self.address()
         if base is None:
             return None
@@ -78,7 +88,11 @@ class MonitorLink:
             return None
         except httpx.HTTPError as exc:
             raise CliError(f"the running manager did not answer: {exc}") from None
-        body = response.json()
-        if not body.get("ok"):
-            raise CliError(body.get("error") or f"the running manager answered {response.status_code}")
-        return str(body["message"])
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            error = answer.get("error") if isinstance(answer, dict) else None
+            raise CliError(error or f"the running manager answered {response.status_code}")
+        return answer
