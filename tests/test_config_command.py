@@ -148,3 +148,34 @@ def test_the_monitor_warns_at_start_when_ollama_would_listen_on_every_interface(
         f"Ollama started by this app listens on every network interface (OLLAMA_HOST 0.0.0.0:{port}): anyone on "
         f'the network can use it; set ollama_host = "127.0.0.1:{port}" to keep it on this machine'
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "attribute"),
+    [
+        ("ollama_host", "127.0.0.1:11500", lambda c: c.ollama_host),
+        ("ollama_binary", "/opt/ollama dir/ollama", lambda c: c.ollama_binary),
+        ("modelfile", "/srv/my.Modelfile", lambda c: c.modelfile),
+        ("cloud.base_url", "https://llm.example/v1", lambda c: c.cloud.base_url),
+        ("cloud.api_key_env", "MY_LLM_KEY", lambda c: c.cloud.api_key_env),
+        ("ollama_server.models_dir", "/srv/models", lambda c: c.ollama_server.models_dir),
+        ("ollama_server.expose", True, lambda c: c.ollama_server.expose),
+    ],
+)
+def test_the_command_the_web_api_gives_for_a_command_only_key_sets_it(
+    config_file: Path, capsys, key: str, value: object, attribute
+) -> None:
+    import shlex
+
+    from tray.dashboard.settings_form import SettingsService
+    from tray.settings.config import load_config
+
+    service = SettingsService(config_file, {}, lambda plan, wanted: None)
+    status, answer = service.save({key: value})
+    assert status == 403
+    command = shlex.split(answer["error"].partition(": ")[2])
+    assert command[:4] == ["ollama-manager", "--config", str(config_file), "config"]
+    code, out, err = run(capsys, *command[1:])
+    assert (code, out.startswith(f"Saved {key} = ")) == (0, True), err
+    assert attribute(load_config(config_file, env={})) == value
+    assert config_file.read_text().startswith(COMMENTED)

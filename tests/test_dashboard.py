@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
-import io
 import json
-import os
 import stat
 import threading
 from collections.abc import Iterator
@@ -36,9 +33,8 @@ from tray.core.status import (
     Status,
     make_status,
 )
-from tray.dashboard.launch import dashboard_command, dashboard_url, open_dashboard
-from tray.dashboard.routes import Dashboard, mount_dashboard
-from tray.dashboard.settings_form import ApplyPlan, SettingsService, patched_config, setting_specs
+from tray.dashboard.routes import STATIC_DIR, Dashboard, mount_dashboard
+from tray.dashboard.settings_form import ApplyPlan, SettingsService, command_only_keys, patched_config, setting_specs
 from tray.dashboard.stream import StreamHub, sse_frames
 from tray.dashboard.views import action_views, bucket_samples, gateway_view, history_view, status_view
 from tray.history import Event, History
@@ -278,6 +274,8 @@ def test_settings_list_every_key_with_value_help_and_when_it_applies(setup: Setu
         "applies": "now",
         "env_override": None,
         "pending_restart": False,
+        "read_only": False,
+        "command": None,
     }
     assert rows["alerts.memory_mb"]["value"] == 4096
     assert rows["alerts.memory_mb"]["applies"] == "app_restart"
@@ -339,13 +337,87 @@ def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
     assert setup.monitor.config.alerts.memory_mb == 4096  # saved, but applies after the app restarts
 
 
-def test_saving_an_address_on_every_interface_says_ollama_is_exposed(setup: Setup) -> None:
-    answer = setup.client().post("/api/settings", json={"values": {"ollama_host": "0.0.0.0:11434"}}, headers=AUTH)
-    assert answer.status_code == 200
-    assert answer.json()["message"].endswith(
-        " Warning: Ollama started by this app listens on every network interface (OLLAMA_HOST 0.0.0.0:11434): "
-        'anyone on the network can use it; set ollama_host = "127.0.0.1:11434" to keep it on this machine.'
+# What chooses a program the app runs, an address, or where data or the cloud key goes.
+COMMAND_ONLY = {
+    "ollama_host": "0.0.0.0:11434",
+    "ollama_binary": "/tmp/evil/ollama",
+    "modelfile": "/tmp/evil.Modelfile",
+    "cloud.base_url": "https://collector.example/v1",
+    "cloud.api_key_env": "HOME",
+    "ollama_server.models_dir": "/tmp/evil-models",
+    "ollama_server.expose": True,
+}
+
+
+def test_the_command_only_keys_are_one_list_in_the_settings_metadata() -> None:
+    assert command_only_keys() == list(COMMAND_ONLY)
+
+
+@pytest.mark.parametrize(("key", "value"), list(COMMAND_ONLY.items()))
+def test_the_web_api_refuses_a_command_only_key_with_the_command_even_with_the_token(
+    setup: Setup, key: str, value: Any
+) -> None:
+    before = setup.monitor.config
+    response = setup.client().post("/api/settings", json={"values": {key: value}}, headers=AUTH)
+    assert response.status_code == 403
+    shown = {True: "true", "HOME": "HOME"}.get(value, value)
+    line = (
+        f"{key} is changed only from a terminal on this machine: "
+        f"ollama-manager --config {setup.config_path} config set {key} {shown}"
     )
+    assert response.json() == {"ok": False, "errors": {key: line}, "error": line}
+    assert setup.config_path.read_text() == CONFIG_TEXT
+    assert (setup.monitor.applied, setup.monitor.config) == ([], before)
+
+
+def test_a_command_only_key_refuses_the_whole_save(setup: Setup) -> None:
+    values = {"stop_timeout": 2, "ollama_server.keep_alive": "1h", "ollama_binary": "/tmp/evil/ollama"}
+    response = setup.client().post("/api/settings", json={"values": values}, headers=AUTH)
+    assert (response.status_code, list(response.json()["errors"])) == (403, ["ollama_binary"])
+    assert setup.config_path.read_text() == CONFIG_TEXT
+    assert setup.monitor.applied == []
+
+
+def test_a_refused_value_that_is_no_argument_gets_the_keys_example_quoted(setup: Setup) -> None:
+    values = {"ollama_binary": "/opt/my ollama/ollama", "modelfile": ["x"], "cloud.base_url": "a\nb"}
+    errors = setup.client().post("/api/settings", json={"values": values}, headers=AUTH).json()["errors"]
+    command = f"ollama-manager --config {setup.config_path} config set"
+    assert errors == {
+        "ollama_binary": f"ollama_binary is changed only from a terminal on this machine: "
+        f"{command} ollama_binary '/opt/my ollama/ollama'",
+        "modelfile": f"modelfile is changed only from a terminal on this machine: "
+        f"{command} modelfile /path/to/uncensored.Modelfile",
+        "cloud.base_url": f"cloud.base_url is changed only from a terminal on this machine: "
+        f"{command} cloud.base_url https://api.openai.com/v1",
+    }
+
+
+def test_the_page_shows_command_only_keys_read_only_with_the_command(setup: Setup) -> None:
+    rows = {row["key"]: row for row in setup.client().get("/api/settings").json()["settings"]}
+    read_only = {key: row["command"] for key, row in rows.items() if row["read_only"]}
+    command = f"ollama-manager --config {setup.config_path} config set"
+    assert read_only == {
+        "ollama_host": f"{command} ollama_host 127.0.0.1:11434",
+        "ollama_binary": f"{command} ollama_binary /path/to/ollama",
+        "modelfile": f"{command} modelfile /path/to/uncensored.Modelfile",
+        "ollama_server.models_dir": f"{command} ollama_server.models_dir /path/to/models",
+        "ollama_server.expose": f"{command} ollama_server.expose true",
+        "cloud.base_url": f"{command} cloud.base_url https://api.openai.com/v1",
+        "cloud.api_key_env": f"{command} cloud.api_key_env OPENAI_API_KEY",
+    }
+    assert all(row["command"] is None for row in rows.values() if not row["read_only"])
+
+
+def test_the_settings_script_renders_command_only_keys_read_only_and_never_sends_them() -> None:
+    script = (STATIC_DIR / "settings.js").read_text()
+    assert "readonly: setting.read_only" in script
+    assert "if (setting.read_only) continue;" in script  # changedValues() leaves them out of a save
+
+
+def test_the_readme_lists_the_command_only_keys() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    paragraph = readme[readme.index("changed only from a terminal") :].split("\n\n")[0]
+    assert [key for key in COMMAND_ONLY if f"`{key}`" in paragraph] == list(COMMAND_ONLY)
 
 
 @pytest.mark.parametrize(
@@ -390,8 +462,6 @@ def test_invalid_values_are_refused_with_the_loaders_message(
         ("gateway.first_byte_timeout", "nan", "must be a finite number, got nan"),
         # Values that were saved and broke the next start.
         ("status_port", 70000, "must be at most 65535, got 70000"),
-        ("ollama_host", "localhost:70000", "must have a port from 1 to 65535, got 'localhost:70000'"),
-        ("ollama_host", "ftp://x", "must be an http:// or https:// address, got 'ftp://x'"),
         ("ollama_model", "a/b/c/d", "must be a model name such as 'llama3' or 'namespace/model:tag', got 'a/b/c/d'"),
     ],
 )
@@ -502,23 +572,17 @@ def test_server_settings_apply_when_ollama_next_starts_and_the_models_folder_aft
         running["config"] = patched_config(running["config"], wanted, (*plan.now, *plan.ollama_start))
 
     service = SettingsService(path, {}, apply_live, cls=WithServerSection)
-    status, answer = service.save(
-        {"ollama_server.keep_alive": "-1", "ollama_server.gpu_devices": "cpu", "ollama_server.models_dir": "/srv/m"}
-    )
+    status, answer = service.save({"ollama_server.keep_alive": "-1", "ollama_server.gpu_devices": "cpu"})
     assert (status, answer["applies"]) == (
         200,
-        {
-            "now": [],
-            "ollama_start": ["ollama_server.gpu_devices", "ollama_server.keep_alive"],
-            "app_restart": ["ollama_server.models_dir"],
-        },
+        {"now": [], "ollama_start": ["ollama_server.gpu_devices", "ollama_server.keep_alive"], "app_restart": []},
     )
+    rows = {row["key"]: row for row in service.page()["settings"]}
+    assert rows["ollama_server.models_dir"]["applies"] == "app_restart"  # set with config set, used after a restart
     assert running["config"] == WithServerSection(
         ollama_server=OllamaServerSettings(gpu_devices="cpu", keep_alive="-1")
     )
-    assert path.read_text() == (
-        '[ollama_server]\nkeep_alive = "-1"  # the default, written down\ngpu_devices = "cpu"\nmodels_dir = "/srv/m"\n'
-    )
+    assert path.read_text() == '[ollama_server]\nkeep_alive = "-1"  # the default, written down\ngpu_devices = "cpu"\n'
 
 
 def test_a_sections_own_check_refuses_the_value_beside_its_field(tmp_path: Path) -> None:
@@ -905,59 +969,6 @@ def test_a_hub_feeds_streams_from_other_threads_and_closes_them() -> None:
         b'event: status\ndata: {"health":"healthy"}\n\n',
         b": keepalive\n\n",
     ]
-
-
-# --------------------------------------------------------------------------- opening the dashboard
-
-
-def running_manager(tmp_path: Path, port: int = 11436) -> AppPaths:
-    paths = AppPaths(tmp_path / "c", tmp_path / "l", tmp_path / "d", tmp_path / "s")
-    paths.state_dir.mkdir(parents=True)
-    paths.monitor_file.write_text(json.dumps({"pid": os.getpid(), "port": port}))
-    paths.api_token.write_text(TOKEN + "\n")
-    return paths
-
-
-def test_dashboard_url_prints_the_address_with_the_token_in_the_fragment(tmp_path: Path) -> None:
-    out, err = io.StringIO(), io.StringIO()
-    status = dashboard_command(argparse.Namespace(url=True), running_manager(tmp_path), out=out, err=err)
-    assert (status, out.getvalue(), err.getvalue()) == (0, f"http://127.0.0.1:11436/#token={TOKEN}\n", "")
-
-
-def test_dashboard_opens_the_browser_on_that_address(tmp_path: Path) -> None:
-    opened: list[str] = []
-    status = dashboard_command(
-        argparse.Namespace(url=False),
-        running_manager(tmp_path, 12000),
-        open_browser=lambda url: opened.append(url) or True,
-    )
-    assert (status, opened) == (0, [f"http://127.0.0.1:12000/#token={TOKEN}"])
-
-
-def test_without_a_running_manager_it_says_so_in_one_line(tmp_path: Path) -> None:
-    paths = AppPaths(tmp_path / "c", tmp_path / "l", tmp_path / "d", tmp_path / "s")
-    err = io.StringIO()
-    assert dashboard_command(argparse.Namespace(url=True), paths, out=io.StringIO(), err=err) == 1
-    assert err.getvalue() == (
-        "ollama-manager: the manager is not running: start the tray app or `ollama-manager monitor` first\n"
-    )
-
-
-def test_a_browser_that_cannot_start_is_one_line(tmp_path: Path) -> None:
-    err = io.StringIO()
-    status = dashboard_command(
-        argparse.Namespace(url=False), running_manager(tmp_path), open_browser=lambda url: False, err=err
-    )
-    assert (status, err.getvalue()) == (
-        1,
-        "ollama-manager: no web browser could be started: run `ollama-manager dashboard --url`\n",
-    )
-
-
-def test_the_tray_item_opens_the_same_address(tmp_path: Path) -> None:
-    opened: list[str] = []
-    url = open_dashboard(running_manager(tmp_path), open_browser=lambda u: opened.append(u) or True)
-    assert opened == [url] == [dashboard_url("http://127.0.0.1:11436", TOKEN)]
 
 
 # --------------------------------------------------------------------------- bad input on the status API

@@ -171,8 +171,8 @@ class App:
         self.stop()
         self.start()
 
-    def url(self, page: str = "/") -> str:
-        """The address `ollama-manager dashboard --url` prints, for ``page``."""
+    def url(self) -> str:
+        """The address `ollama-manager dashboard --url` prints: a private sign-in page, good once."""
         out = io.StringIO()
 
         def printed() -> bool:
@@ -182,7 +182,7 @@ class App:
             return dashboard_command(argparse.Namespace(url=True), self.paths, out=out, err=io.StringIO()) == 0
 
         wait_until(printed, 10, interval=0.05, what="`ollama-manager dashboard --url`")
-        return out.getvalue().strip().replace("/#token=", f"{page}#token=")
+        return out.getvalue().strip()
 
     def log(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("app-*.log")))
@@ -223,6 +223,15 @@ def open_page(browser: Any, url: str) -> tuple[Any, list[str]]:
     return page, errors
 
 
+def open_signed_in(browser: Any, app: App, page: str = "/") -> tuple[Any, list[str]]:
+    """A new tab signed in the way `ollama-manager dashboard` does it, then at ``page`` of the dashboard."""
+    tab, errors = open_page(browser, app.url())
+    tab.wait_for_url(app.base + "/")
+    if page != "/":
+        tab.goto(app.base + page)
+    return tab, errors
+
+
 def wait_until_true(page: Any, expression: str, timeout_ms: int = TIMEOUT_MS) -> None:
     page.wait_for_function(f"() => {expression}", timeout=timeout_ms)  # a function: the page's CSP forbids eval
 
@@ -254,8 +263,8 @@ WATCH_HEALTH = """() => {
 def test_health_stays_live_through_a_kill_and_restart_from_the_page(
     app: App, standin: StandinEnv, browser: Any
 ) -> None:
-    page, errors = open_page(browser, app.url())
-    assert "#token=" not in page.url  # the page took the token out of the address bar
+    page, errors = open_signed_in(browser, app)
+    assert page.url == app.base + "/"  # signed in, and no secret in the address or the history
     wait_for_text(page, "health-word", "healthy")
     wait_for_text(page, "connection", "live")
     assert page.is_enabled("button[data-action=restart]")
@@ -285,7 +294,7 @@ def test_settings_are_saved_survive_an_app_restart_and_bad_values_are_refused(
 ) -> None:
     app = start_app(standin, tmp_path, auto_build=True)
     try:
-        dashboard, dashboard_errors = open_page(browser, app.url())
+        dashboard, dashboard_errors = open_signed_in(browser, app)
         wait_for_text(dashboard, "connection", "live")
         check_settings_page(app, browser)
         # The dashboard's stream did not stop the app from stopping; it comes back by itself.
@@ -298,12 +307,13 @@ def test_settings_are_saved_survive_an_app_restart_and_bad_values_are_refused(
 
 
 def check_settings_page(app: App, browser: Any) -> None:
-    page, errors = open_page(browser, app.url("/settings"))
+    page, errors = open_signed_in(browser, app, "/settings")
     interval = "[data-key=health_check_interval] input"
     cpu = "[data-key='alerts.cpu_percent'] input"
     page.wait_for_selector(interval)
     assert page.input_value(interval) == "0.5"
     original = app.config.read_bytes()
+    check_command_only_keys_are_read_only(app, page)
 
     page.fill(interval, "-1")
     page.click("#save")
@@ -341,6 +351,36 @@ def check_settings_page(app: App, browser: Any) -> None:
     assert errors == []
 
 
+POST_WITH_THE_PAGES_TOKEN = """async (values) => {
+  const token = sessionStorage.getItem("ollama-manager-token");
+  const response = await fetch("/api/settings", {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+    body: JSON.stringify({ values }),
+  });
+  return [response.status, await response.json()];
+}"""
+
+
+def check_command_only_keys_are_read_only(app: App, page: Any) -> None:
+    """What chooses a program, an address or where data goes is shown, not editable, with its command."""
+    binary = "[data-key=ollama_binary] input"
+    modelfile = "[data-key=modelfile] input"
+    assert page.input_value(modelfile) == str(app.workdir / "uncensored.Modelfile")
+    assert not page.is_editable(binary) and not page.is_editable(modelfile)
+    assert page.is_disabled("[data-key='ollama_server.expose'] input")
+    assert page.text_content("[data-key=ollama_binary] .command code") == (
+        f"ollama-manager --config {app.config} config set ollama_binary /path/to/ollama"
+    )
+    assert page.is_visible("[data-key='cloud.base_url'] .badge.read-only")
+    status, answer = page.evaluate(POST_WITH_THE_PAGES_TOKEN, {"ollama_binary": "/tmp/evil/ollama"})
+    assert (status, answer["error"]) == (
+        403,
+        "ollama_binary is changed only from a terminal on this machine: "
+        f"ollama-manager --config {app.config} config set ollama_binary /tmp/evil/ollama",
+    )
+
+
 def screenshot_dashboard(page: Any, tmp_path: Path) -> None:
     wait_for_text(page, "model-parameters", "8.0B", timeout_ms=60_000)
     page.wait_for_timeout(1500)  # one more history refresh, so the charts have points
@@ -357,7 +397,7 @@ def screenshot_dashboard(page: Any, tmp_path: Path) -> None:
     reason="the [ollama_server] section is not wired into Config yet",
 )
 def test_server_settings_reach_the_next_ollama_the_page_starts(app: App, standin: StandinEnv, browser: Any) -> None:
-    page, errors = open_page(browser, app.url("/settings"))
+    page, errors = open_signed_in(browser, app, "/settings")
     page.fill("[data-key='ollama_server.keep_alive'] input", "45m")
     page.fill("[data-key='ollama_server.num_parallel'] input", "2")
     page.click("#save")
@@ -389,7 +429,7 @@ def test_choosing_a_model_on_the_page_switches_the_probe_and_status_while_the_ol
         config.write('ollama_model = "llama3"  # the Modelfile model, pulled here rather than built\n')
     app.start()
     try:
-        page, errors = open_page(browser, app.url())
+        page, errors = open_signed_in(browser, app)
         wait_for_text(page, "health-word", "healthy")
         standin.pull("llama3")
         standin.pull("mistral")

@@ -897,6 +897,36 @@ def test_a_longer_interval_saved_on_the_settings_page_is_taken_on_the_monitor_th
     assert memory_alerts(monitor) == ["raised"]
 
 
+def test_a_running_monitor_is_not_given_a_command_only_key_the_settings_page_was_sent(tmp_path):
+    from starlette.testclient import TestClient
+
+    from tray.dashboard.routes import Dashboard, mount_dashboard
+    from tray.web.status_api import build_app
+
+    config_path = tmp_path / "config.toml"
+    config_path.write_text("health_check_interval = 30\n")
+    monitor, sup, _ = make([OK] * 10)
+    before = (monitor.config, sup.config)
+    dashboard = Dashboard(monitor, monitor.history, "token", config_path=config_path, env={})
+    app = mount_dashboard(build_app(monitor, monitor.history, "token"), dashboard)
+    client = TestClient(app, base_url="http://127.0.0.1:11436", client=("127.0.0.1", 50123))
+    monitor.start()
+    try:
+        answer = client.post(
+            "/api/settings",
+            json={"values": {"ollama_server.expose": True, "ollama_server.keep_alive": "1h"}},
+            headers={"Authorization": "Bearer token"},
+        )
+        monitor.request("check").result(timeout=10)  # anything handed to the monitor's thread is taken by now
+    finally:
+        monitor.stop()
+        dashboard.close()
+    assert answer.status_code == 403
+    assert answer.json()["error"].endswith(f"--config {config_path} config set ollama_server.expose true")
+    assert (monitor.config, sup.config) == before
+    assert config_path.read_text() == "health_check_interval = 30\n"
+
+
 def test_new_settings_rebuild_what_derives_from_them():
     monitor, sup, clock = make([OK])
     changed = Config(

@@ -239,7 +239,9 @@ def test_a_click_on_the_green_icon_opens_the_dashboard_and_restarts_nothing(
     desktop.click(*icon.centre)
     (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
     monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
-    assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
+    page = Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "open-dashboard.html"  # no XDG_RUNTIME_DIR here
+    assert url == page.as_uri()  # a private sign-in page: no secret on the browser's command line
+    assert f'action="http://127.0.0.1:{monitor["port"]}/signin"' in page.read_text()
     assert standin.serve_pids() == [first_pid]
     assert tray.running()
 

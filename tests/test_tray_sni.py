@@ -260,7 +260,9 @@ def test_icon_registers_green_and_its_menu_carries_the_design_card_actions(
     host.activate(item)
     (url,) = wait_for(browser.opened, 10, "the dashboard in the browser")
     monitor = json.loads((Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "monitor.json").read_text())
-    assert url.startswith(f"http://127.0.0.1:{monitor['port']}/#token="), url
+    page = Path(manager.env["XDG_STATE_HOME"]) / "ollama-manager" / "open-dashboard.html"  # no XDG_RUNTIME_DIR here
+    assert url == page.as_uri()  # a private sign-in page: no secret on the browser's command line
+    assert f'action="http://127.0.0.1:{monitor["port"]}/signin"' in page.read_text()
 
 
 def test_a_statusnotifier_tray_between_checks_has_no_thread_that_wakes(

@@ -70,8 +70,13 @@ class Context:
         return Supervisor(self.config, self.paths, history or self.history())
 
 
+def monitor_link(ctx: Context) -> MonitorLink:
+    """The link to a running monitor; a stale monitor.json is one line on stderr, then the command acts itself."""
+    return MonitorLink(ctx.paths, report=lambda line: print(f"{PROG}: {line}", file=sys.stderr))
+
+
 def cmd_start(ctx: Context) -> int:
-    message = MonitorLink(ctx.paths).action("start")
+    message = monitor_link(ctx).action("start")
     if message is None:
         sup = ctx.supervisor()
         sup.user_stop.clear()
@@ -81,7 +86,7 @@ def cmd_start(ctx: Context) -> int:
 
 
 def cmd_stop(ctx: Context) -> int:
-    message = MonitorLink(ctx.paths).action("stop")
+    message = monitor_link(ctx).action("stop")
     if message is None:
         sup = ctx.supervisor()
         if sup.answers() is None:
@@ -97,7 +102,7 @@ def cmd_stop(ctx: Context) -> int:
 
 
 def cmd_restart(ctx: Context) -> int:
-    message = MonitorLink(ctx.paths).action("restart")
+    message = monitor_link(ctx).action("restart")
     if message is None:
         sup = ctx.supervisor()
         sup.user_stop.clear()
@@ -107,7 +112,7 @@ def cmd_restart(ctx: Context) -> int:
 
 
 def cmd_status(ctx: Context) -> int:
-    status = MonitorLink(ctx.paths).status()
+    status = monitor_link(ctx).status()
     monitor_running = status is not None
     if status is None:
         history = History(None)
@@ -249,7 +254,7 @@ def use_model(ctx: Context, name: str) -> str:
     name = name.strip()
     if not name:
         raise CliError("name the model to use, e.g. `ollama-manager model use llama3`")
-    link = MonitorLink(ctx.paths)
+    link = monitor_link(ctx)
     message = link.use_model(name)
     if message is not None:
         return message
@@ -511,7 +516,7 @@ class running_services:
 
     def __enter__(self) -> running_services:
         from tray.dashboard.ondemand import DashboardOnDemand
-        from tray.web.status_api import StatusServer, load_or_create_token, write_monitor_file
+        from tray.web.status_api import StatusServer, rotate_token, write_monitor_file
 
         config, paths = self.ctx.config, self.ctx.paths
         self.instance.acquire()
@@ -534,7 +539,7 @@ class running_services:
                 self.instance.release()
                 raise CliError(str(exc)) from None
         self.monitor = Monitor(self.ctx.supervisor(self.history), config, self.history, gateway=gateway)
-        token = load_or_create_token(paths.api_token)
+        token = rotate_token(paths.api_token)  # a token read by anyone before this start is worthless now
         self.dashboard = DashboardOnDemand(self.monitor, self.history, token, notifier=notifier)
         wanted = config.status_port
         self.server = StatusServer(self.monitor, self.history, token, wanted, extra_routes=self.dashboard.routes())

@@ -1,19 +1,26 @@
 """Opening the dashboard: ``ollama-manager dashboard [--url]`` and the tray's "Open dashboard".
 
-The page is opened with the status API's token in the URL fragment
-(``#token=...``): browsers never send a fragment to a server, and the page
-keeps it for that browser tab only and takes it out of the address bar at once.
-Only someone who can read the token file (mode 0600) can build this URL.
+No secret goes on the browser's command line (any local user reads
+``/proc/<pid>/cmdline``) or into its history: the running manager hands out a
+one-time code (:mod:`tray.web.signin`), which is written into a small page only
+the user can read (0600, in the runtime folder), and the browser opens that
+page's ``file://`` address. The page posts the code to the dashboard, which
+signs the tab in and moves on to its plain address. The code works once, for a
+minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from tray.errors import CliError
+from tray.system.atomic import private_dir, write_atomically
 from tray.system.paths import AppPaths
+from tray.web.signin import REDEEM
 
 PROG = "ollama-manager"
 
@@ -24,37 +31,56 @@ class DashboardUnavailable(Exception):
     """Why the dashboard cannot be opened; ``str()`` is the one line for the user."""
 
 
-def dashboard_url(base: str, token: str | None, page: str = "/") -> str:
-    """The address to open: ``base`` + ``page``, with the token in the fragment when there is one.
+def not_running(why: str | None = None) -> str:
+    """The one line when no manager is proven to run; ``why``: what was wrong with its record."""
+    reason = f" ({why})" if why else ""
+    return f"the manager is not running{reason}: start the tray app or `ollama-manager monitor` first"
 
-    >>> dashboard_url("http://127.0.0.1:11436", "s3cret")
-    'http://127.0.0.1:11436/#token=s3cret'
-    >>> dashboard_url("http://127.0.0.1:11436", None, "/settings")
-    'http://127.0.0.1:11436/settings'
+
+def signin_page(base: str, code: str) -> str:
+    """The page the browser opens: it posts ``code`` to the dashboard at ``base`` at once.
+
+    >>> 'action="http://127.0.0.1:11436/signin"' in signin_page("http://127.0.0.1:11436", "abc")
+    True
     """
-    return f"{base}{page}#token={token}" if token else f"{base}{page}"
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>Ollama Manager</title></head>"
+        f'<body><form method="post" action="{html.escape(base + REDEEM)}">'
+        f'<input type="hidden" name="code" value="{html.escape(code)}">'
+        '<noscript><button type="submit">Open the dashboard</button></noscript></form>'
+        "<script>document.forms[0].submit()</script></body></html>"
+    )
 
 
-def running_dashboard_url(paths: AppPaths) -> str:
-    """The dashboard of the monitor or tray running for this user; DashboardUnavailable otherwise."""
+def write_signin_page(paths: AppPaths) -> str:
+    """Ask the running manager for a one-time code, write the page holding it (0600); its ``file://`` address."""
     from tray.web.link import MonitorLink
 
-    base = MonitorLink(paths).address()
+    link = MonitorLink(paths, report=lambda line: None)  # the stale reason goes into the one line raised
+    base = link.address()
     if base is None:
-        raise DashboardUnavailable("the manager is not running: start the tray app or `ollama-manager monitor` first")
+        raise DashboardUnavailable(not_running(link.stale))
     try:
-        token = paths.api_token.read_text().strip()
-    except OSError:
-        raise DashboardUnavailable(f"cannot read the manager's token at {paths.api_token}") from None
-    return dashboard_url(base, token)
+        code = link.signin_code()
+    except CliError as exc:
+        raise DashboardUnavailable(str(exc)) from None
+    if code is None:
+        raise DashboardUnavailable(not_running())
+    page = paths.signin_page
+    try:
+        private_dir(page.parent)
+        write_atomically(page, signin_page(base, code).encode("utf-8"), mode=0o600)
+    except OSError as exc:
+        raise DashboardUnavailable(f"cannot write {page}: {exc.strerror or exc}") from None
+    return page.as_uri()
 
 
 def open_dashboard(paths: AppPaths, open_browser: BrowserOpener | None = None) -> str:
-    """Open the running manager's dashboard in the default browser (``webbrowser.open``); the URL opened.
+    """Open the running manager's dashboard in the default browser (``webbrowser.open``); the address opened.
 
     For the tray's "Open dashboard" item; raises DashboardUnavailable.
     """
-    url = running_dashboard_url(paths)
+    url = write_signin_page(paths)
     if open_browser is None:
         import webbrowser
 
@@ -67,7 +93,11 @@ def open_dashboard(paths: AppPaths, open_browser: BrowserOpener | None = None) -
 def add_dashboard_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     """Add ``dashboard`` to the CLI's subcommands."""
     parser = subparsers.add_parser("dashboard", help="open the dashboard of the running manager in a web browser")
-    parser.add_argument("--url", action="store_true", help="print its address instead of opening a browser")
+    parser.add_argument(
+        "--url",
+        action="store_true",
+        help="print the address of a sign-in page (it works once, for a minute) instead of opening a browser",
+    )
     return parser
 
 
@@ -84,7 +114,7 @@ def dashboard_command(
     err = err or sys.stderr
     try:
         if args.url:
-            print(running_dashboard_url(paths), file=out)
+            print(write_signin_page(paths), file=out)
         else:
             open_dashboard(paths, open_browser)
     except DashboardUnavailable as exc:

@@ -7,7 +7,9 @@
 ``GET /api/stream``         server-sent events: ``status`` and ``event`` messages
 ``GET /api/history``        chart points and timeline, ``?range=1h`` or ``1d``
 ``GET /api/settings``       every setting with its value, help and limits
-``POST /api/settings``      save changes (``Authorization: Bearer <token>``)
+``POST /api/settings``      save changes (``Authorization: Bearer <token>``); 403 with the
+                            ``config set`` command for a command-only key (the program, addresses,
+                            data folders, where the cloud key goes)
 ``GET /metrics``            Prometheus exposition
 ==========================  =====================================================
 

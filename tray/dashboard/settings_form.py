@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import shlex
 import threading
 import typing
 from collections.abc import Callable, Mapping
@@ -30,8 +32,9 @@ from tray.settings.config import (
     section_type,
     settable_fields,
 )
-from tray.settings.hosts import exposure_warning
+from tray.settings.meta import number_text, text_problem
 from tray.settings.store import set_config_values
+from tray.system.paths import AppPaths
 
 KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
 
@@ -75,6 +78,12 @@ class SettingSpec:
     minimum: float | None
     choices: tuple[str, ...]
     maximum: float | None = None
+    command_example: str | None = None  # set: a command-only key (see tray.settings.meta.setting), with an example
+
+    @property
+    def command_only(self) -> bool:
+        """Changed only by ``ollama-manager config set``: read-only on the settings page, refused by the web API."""
+        return self.command_example is not None
 
     @property
     def name(self) -> str:
@@ -139,9 +148,54 @@ def setting_specs(cls: type = Config, prefix: str = "") -> list[SettingSpec]:
                 minimum=meta.get("minimum"),
                 choices=tuple(meta.get("choices") or ()),
                 maximum=meta.get("maximum"),
+                command_example=meta.get("command_only"),
             )
         )
     return plain + nested
+
+
+def command_only_keys(cls: type = Config) -> list[str]:
+    """The keys the settings page shows read-only and the web API refuses, in the file's order."""
+    return [spec.key for spec in setting_specs(cls) if spec.command_only]
+
+
+def command_value(spec: SettingSpec, raw: Any) -> str:
+    """``raw`` as the VALUE argument of ``config set``, shell-quoted; the key's example when it cannot be one.
+
+    >>> spec = SettingSpec("ollama_binary", Config, "str", "", "", None, (), command_example="/path/to/ollama")
+    >>> command_value(spec, "/opt/my ollama"), command_value(spec, ["x"]), command_value(spec, "a\\nb")
+    ("'/opt/my ollama'", '/path/to/ollama', '/path/to/ollama')
+    """
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int | float) and math.isfinite(raw):
+        return number_text(raw)
+    if isinstance(raw, str) and raw.strip() and text_problem(raw) is None:
+        return shlex.quote(raw.strip())
+    return shlex.quote(spec.command_example or "VALUE")
+
+
+def config_set_command(key: str, value: str, path: Path) -> str:
+    """The command that sets ``key`` in the settings file at ``path`` (``--config`` only when it is not the default).
+
+    >>> default = AppPaths.default().config_file
+    >>> config_set_command("ollama_binary", "/path/to/ollama", default)
+    'ollama-manager config set ollama_binary /path/to/ollama'
+    >>> config_set_command("cloud.base_url", "https://x/v1", Path("/srv/my settings.toml"))
+    "ollama-manager --config '/srv/my settings.toml' config set cloud.base_url https://x/v1"
+    """
+    default = AppPaths.default().config_file
+    chosen = f" --config {shlex.quote(str(path))}" if path != default else ""
+    return f"ollama-manager{chosen} config set {key} {value}"
+
+
+def command_only_refusal(key: str, command: str) -> str:
+    """The one line that refuses a command-only key from the web.
+
+    >>> command_only_refusal("ollama_binary", "ollama-manager config set ollama_binary /x")
+    'ollama_binary is changed only from a terminal on this machine: ollama-manager config set ollama_binary /x'
+    """
+    return f"{key} is changed only from a terminal on this machine: {command}"
 
 
 def section_specs(cls: type = Config) -> list[SectionSpec]:
@@ -315,8 +369,13 @@ def patched_config(running: Any, wanted: Mapping[str, Any], keys: tuple[str, ...
 # --------------------------------------------------------------------------- the page's data
 
 
-def setting_json(spec: SettingSpec, value: Any, in_effect: Any, env: Mapping[str, str]) -> dict[str, Any]:
-    """One row of the settings page: ``value`` is the file's, ``in_effect`` what the running app uses."""
+def setting_json(
+    spec: SettingSpec, value: Any, in_effect: Any, env: Mapping[str, str], command: str | None = None
+) -> dict[str, Any]:
+    """One row of the settings page: ``value`` is the file's, ``in_effect`` what the running app uses.
+
+    ``command`` is how a read-only (command-only) key is changed.
+    """
     return {
         "key": spec.key,
         "section": spec.section,
@@ -331,6 +390,8 @@ def setting_json(spec: SettingSpec, value: Any, in_effect: Any, env: Mapping[str
         "applies": str(spec.applies),
         "env_override": spec.env_name if spec.env_name in env else None,
         "pending_restart": in_effect != value,
+        "read_only": spec.command_only,
+        "command": command,
     }
 
 
@@ -398,12 +459,35 @@ class SettingsService:
             "error": error,
             "sections": [{"name": s.name, "help": s.help} for s in self.sections],
             "settings": [
-                setting_json(spec, values[spec.key], self._in_effect[spec.key], self.env) for spec in self.specs
+                setting_json(spec, values[spec.key], self._in_effect[spec.key], self.env, self.change_command(spec))
+                for spec in self.specs
             ],
         }
 
+    def change_command(self, spec: SettingSpec, raw: Any = None) -> str | None:
+        """How a command-only key is changed (with ``raw`` as its value when given), else None."""
+        if not spec.command_only:
+            return None
+        value = command_value(spec, raw)
+        return config_set_command(spec.key, value, self.path)
+
+    def command_only_refusals(self, changes: Mapping[str, Any]) -> dict[str, str]:
+        """key -> the line refusing it, for each command-only key among ``changes``."""
+        by_key = {spec.key: spec for spec in self.specs}
+        return {
+            key: command_only_refusal(key, self.change_command(by_key[key], raw) or "")
+            for key, raw in changes.items()
+            if key in by_key and by_key[key].command_only
+        }
+
     def save(self, changes: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Validate, write and apply ``changes`` (dotted key -> value); an HTTP status and the answer."""
+        """Validate, write and apply ``changes`` (dotted key -> value); an HTTP status and the answer.
+
+        A command-only key refuses the whole save with 403 and the command that changes it.
+        """
+        refusals = self.command_only_refusals(changes)
+        if refusals:
+            return 403, {"ok": False, "errors": refusals, "error": next(iter(refusals.values()))}
         with self._lock:
             try:
                 validation = validate_changes(self.specs, read_config_file(self.path), changes, self.path, self.cls)
@@ -421,8 +505,7 @@ class SettingsService:
             self.apply_live(plan, wanted)
             for key in (*plan.now, *plan.ollama_start):
                 self._in_effect[key] = wanted[key]
-            warning = exposure_warning(wanted["ollama_host"]) if "ollama_host" in saved else None
-            message = save_message(self.path, saved, plan) + (f" Warning: {warning}." if warning else "")
+            message = save_message(self.path, saved, plan)
             return 200, {"ok": True, "saved": saved, "applies": plan.to_json(), "message": message}
 
 

@@ -88,6 +88,7 @@ class CloudSettings:
         metadata=setting(
             "Provider address; default: https://api.openai.com/v1 (openai) or https://ollama.com (ollama)",
             check=check_http_url,
+            command_only="https://api.openai.com/v1",
         ),
     )
     model: str = field(default="", metadata=setting("Model the provider answers with; required when enabled"))
@@ -101,6 +102,7 @@ class CloudSettings:
             "Environment variable holding the API key (default OPENAI_API_KEY / OLLAMA_API_KEY); "
             "without it the OS keyring entry from 'ollama-manager cloud set-key' is used",
             check=check_env_name,
+            command_only="OPENAI_API_KEY",
         ),
     )
     timeout: float = field(

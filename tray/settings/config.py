@@ -70,11 +70,17 @@ class Config:
     ollama_host: str = field(
         default="",
         metadata=setting(
-            "Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434", check=check_ollama_host
+            "Ollama's address; default: $OLLAMA_HOST, else http://127.0.0.1:11434",
+            check=check_ollama_host,
+            command_only="127.0.0.1:11434",
         ),
     )
     ollama_binary: str = field(
-        default="", metadata=setting("Path of the ollama executable; default: found on PATH or the OS install location")
+        default="",
+        metadata=setting(
+            "Path of the ollama executable; default: found on PATH or the OS install location",
+            command_only="/path/to/ollama",
+        ),
     )
     ollama_model: str = field(
         default="uncensored-llama3",
@@ -93,7 +99,10 @@ class Config:
     )
     modelfile: str = field(
         default="",
-        metadata=setting("Modelfile the model is built from; default: uncensored.Modelfile in the config dir"),
+        metadata=setting(
+            "Modelfile the model is built from; default: uncensored.Modelfile in the config dir",
+            command_only="/path/to/uncensored.Modelfile",
+        ),
     )
     health_check_interval: float = field(
         default=30.0, metadata=setting("Seconds between health checks", minimum=0.1, maximum=DAY)
@@ -395,6 +404,6 @@ def load_config(
 
 
 def config_warnings(config: Config) -> list[str]:
-    """What a valid configuration still deserves a word about, one line each (said at start and on the page)."""
+    """What a valid configuration still deserves a word about, one line each (said at start and by `config set`)."""
     warning = exposure_warning(config.ollama_host)
     return [warning] if warning else []

@@ -28,12 +28,24 @@ def setting(
     *,
     maximum: float | None = None,
     check: TextCheck | None = None,
+    command_only: str | None = None,
 ) -> dict[str, Any]:
     """``field(metadata=setting("one-line help", minimum=0, maximum=DAY))``.
 
     ``check`` is a text setting's own rule (an address, a model name).
+    ``command_only`` marks a setting that chooses a program the app runs, an
+    address, or where data or the cloud key goes: only ``ollama-manager config
+    set`` (or the file) changes it, never the settings page or the web API. Its
+    text is an example value for the command shown, e.g. ``"/path/to/ollama"``.
     """
-    return {"help": text, "minimum": minimum, "maximum": maximum, "choices": choices, "check": check}
+    return {
+        "help": text,
+        "minimum": minimum,
+        "maximum": maximum,
+        "choices": choices,
+        "check": check,
+        "command_only": command_only,
+    }
 
 
 def shown(value: Any) -> str:

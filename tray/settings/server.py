@@ -46,7 +46,8 @@ class OllamaServerSettings:
     models_dir: str = field(
         default="",
         metadata=setting(
-            "Folder Ollama keeps its models in (OLLAMA_MODELS); empty: Ollama's default, ~/.ollama/models"
+            "Folder Ollama keeps its models in (OLLAMA_MODELS); empty: Ollama's default, ~/.ollama/models",
+            command_only="/path/to/models",
         ),
     )
     gpu_devices: str = field(
@@ -86,7 +87,8 @@ class OllamaServerSettings:
     expose: bool = field(
         default=False,
         metadata=setting(
-            "Listen on every network interface (OLLAMA_HOST=0.0.0.0:port): anyone on the network can then use Ollama"
+            "Listen on every network interface (OLLAMA_HOST=0.0.0.0:port): anyone on the network can then use Ollama",
+            command_only="true",
         ),
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,19 @@ class AppPaths:
     def monitor_file(self) -> Path:
         """Written by a running monitor: its pid and the status API's address."""
         return self.state_dir / "monitor.json"
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Short-lived private files: ``$XDG_RUNTIME_DIR/ollama-manager`` on Linux, else the state folder."""
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        if sys.platform.startswith("linux") and runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
+            return Path(runtime) / APP_NAME
+        return self.state_dir
+
+    @property
+    def signin_page(self) -> Path:
+        """The page that signs a browser in to the dashboard with a one-time code (0600)."""
+        return self.runtime_dir / "open-dashboard.html"
 
     @property
     def api_token(self) -> Path:

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
-import json
+import logging
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 
 from tray.core.status import Status
 from tray.errors import CliError
+from tray.system.monitor_record import verified_record
 from tray.system.paths import AppPaths
+
+log = logging.getLogger(__name__)
 
 
 class MonitorLink:
-    """Talks to the status API of a monitor (or tray) that is already running."""
+    """Talks to the status API of a monitor (or tray) that is already running.
 
-    def __init__(self, paths: AppPaths) -> None:
+    ``monitor.json`` is trusted only once it is proven to name the monitor running now
+    (:func:`tray.system.monitor_record.verified_record`); a stale one gets one line through
+    ``report`` (the log by default) and the link behaves as when no monitor runs.
+    """
+
+    def __init__(self, paths: AppPaths, report: Callable[[str], None] | None = None) -> None:
         self.paths = paths
+        self.report = report or log.warning
+        self.stale: str | None = None  # why monitor.json was not trusted, once address() found it stale
 
     def address(self) -> str | None:
-        try:
-            info = json.loads(self.paths.monitor_file.read_text())
-            pid, port = int(info["pid"]), int(info["port"])
-        except (OSError, ValueError, KeyError, TypeError):
+        """The running monitor's status API base URL; None when no monitor is proven to run."""
+        record, stale = verified_record(self.paths.monitor_file)
+        if stale is not None and stale != self.stale:
+            self.stale = stale
+            self.report(f"no monitor is running ({stale})")
+        if record is None:
             return None
-        if not _pid_alive(pid):
-            return None
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{record.port}"
 
     def status(self) -> Status | None:
         """The running monitor's status; None when none answers (or it answers something else)."""
@@ -47,7 +59,16 @@ class MonitorLink:
         """Make ``name`` the running monitor's active model ("" : the Modelfile model); None when none answers."""
         return self._post("/api/model", {"model": name})
 
+    def signin_code(self) -> str | None:
+        """A one-time code that signs a browser tab in to the dashboard; None when no monitor answers."""
+        answer = self._post_json("/api/signin-code")
+        return None if answer is None else str(answer["code"])
+
     def _post(self, path: str, body: dict[str, str] | None = None) -> str | None:
+        answer = self._post_json(path, body)
+        return None if answer is None else str(answer["message"])
+
+    def _post_json(self, path: str, body: dict[str, str] | None = None) -> dict[str, Any] | None:
         base = self.address()
         if base is None:
             return None
@@ -67,13 +88,11 @@ class MonitorLink:
             return None
         except httpx.HTTPError as exc:
             raise CliError(f"the running manager did not answer: {exc}") from None
-        body = response.json()
-        if not body.get("ok"):
-            raise CliError(body.get("error") or f"the running manager answered {response.status_code}")
-        return str(body["message"])
-
-
-def _pid_alive(pid: int) -> bool:
-    import psutil
-
-    return psutil.pid_exists(pid)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict) or not answer.get("ok"):
+            error = answer.get("error") if isinstance(answer, dict) else None
+            raise CliError(error or f"the running manager answered {response.status_code}")
+        return answer

@@ -6,6 +6,8 @@
 probe Ollama now, as a standalone gateway asks when a request went wrong),
 ``POST /api/model`` ``{"model": NAME}`` makes an installed model the active one
 (an empty name: the Modelfile model).
+``POST /api/signin-code`` and ``POST /signin`` sign a browser tab in with a one-time code
+(:mod:`tray.web.signin`).
 Only loopback clients with a loopback/localhost ``Host`` header are served
 (DNS rebinding), there is no CORS, and actions need the per-user token kept
 in a file only the user can read.
@@ -29,8 +31,10 @@ from starlette.routing import BaseRoute, Route
 from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.atomic import write_atomically
+from tray.system.monitor_record import write_record
 from tray.web.loopback import LoopbackOnly
 from tray.web.server import LoopbackServer
+from tray.web.signin import SignInCodes, signin_routes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,11 @@ def load_or_create_token(path: Path) -> str:
             return token
     except OSError:
         pass
+    return rotate_token(path)
+
+
+def rotate_token(path: Path) -> str:
+    """A new per-user secret, written 0600 to ``path``: each start of the manager makes the last one worthless."""
     token = secrets.token_urlsafe(32)
     write_atomically(path, token.encode("ascii"), mode=0o600)
     return token
@@ -57,7 +66,13 @@ def token_matches(request: Request, token: str) -> bool:
     return secrets.compare_digest(supplied.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
-def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequence[BaseRoute] = ()) -> Any:
+def build_app(
+    monitor: Monitor,
+    history: History,
+    token: str,
+    extra_routes: Sequence[BaseRoute] = (),
+    codes: SignInCodes | None = None,
+) -> Any:
     async def status(request: Request) -> Response:
         return JSONResponse(monitor.snapshot().to_json())
 
@@ -107,6 +122,7 @@ def build_app(monitor: Monitor, history: History, token: str, extra_routes: Sequ
             Route("/api/events", events),
             Route("/api/actions/{name}", action, methods=["POST"]),
             Route("/api/model", use_model, methods=["POST"]),
+            *signin_routes(token, codes or SignInCodes(), token_matches),
             *extra_routes,
         ]
     )
@@ -124,4 +140,5 @@ class StatusServer(LoopbackServer):
 
 
 def write_monitor_file(path: Path, pid: int, port: int) -> None:
-    write_atomically(path, json.dumps({"pid": pid, "port": port}).encode("utf-8"), mode=0o600)
+    """Record where the status API listens, with the pid's start time (so a reused pid is never trusted)."""
+    write_record(path, pid, port)

@@ -2,14 +2,13 @@
 
 const TOKEN_KEY = "ollama-manager-token";
 
-// The tray and `ollama-manager dashboard` open the page with #token=... in the
-// URL: keep it for this tab only and take it out of the address bar at once.
+// The tray and `ollama-manager dashboard` sign the tab in through /signin
+// (signin.js), which keeps the token here for this tab only.
+export function keepToken(token) {
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
 export function takeToken() {
-  const match = location.hash.match(/(?:^#|&)token=([^&]+)/);
-  if (match) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-    history.replaceState(null, "", location.pathname + location.search);
-  }
   return sessionStorage.getItem(TOKEN_KEY);
 }
 

@@ -18,7 +18,8 @@ const page = { token: takeToken(), settings: [] };
 function inputFor(setting) {
   const id = `setting-${setting.key}`;
   if (setting.kind === "bool") {
-    return element("input", { id, type: "checkbox", name: setting.key, checked: setting.value === true });
+    const disabled = setting.read_only;
+    return element("input", { id, type: "checkbox", name: setting.key, checked: setting.value === true, disabled });
   }
   if (setting.choices.length) {
     const select = element("select", { id, name: setting.key });
@@ -35,6 +36,7 @@ function inputFor(setting) {
     step: numeric ? (setting.kind === "int" ? "1" : "any") : null,
     spellcheck: "false",
     placeholder: setting.kind === "str" ? "default" : null,
+    readonly: setting.read_only,
   });
   input.value = setting.value === null ? "" : String(setting.value);
   return input;
@@ -54,12 +56,20 @@ function settingRow(setting) {
   if (setting.pending_restart) {
     badges.push(element("span", { class: "badge pending", text: "saved, not yet in use" }));
   }
+  if (setting.read_only) {
+    badges.push(element("span", { class: "badge read-only", text: "read only here" }));
+  }
+  // Keys that choose a program, an address or where data or the cloud key goes change only from a terminal.
+  const command = setting.read_only
+    ? [element("p", { class: "command" }, "Change it in a terminal: ", element("code", { text: setting.command }))]
+    : [];
   return element(
     "div",
     { class: "setting", "data-key": setting.key },
     element("label", { for: id, text: setting.name }),
     element("div", { class: "control" }, inputFor(setting), ...badges),
     element("p", { class: "help", text: `${setting.help} · default: ${describeDefault(setting)}` }),
+    ...command,
     element("p", { class: "field-error", id: `error-${setting.key}`, role: "alert", hidden: true })
   );
 }
@@ -101,6 +111,7 @@ function currentValue(setting) {
 function changedValues() {
   const values = {};
   for (const setting of page.settings) {
+    if (setting.read_only) continue;
     const value = currentValue(setting);
     if (value !== setting.value) values[setting.key] = value;
   }
