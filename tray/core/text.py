@@ -21,12 +21,12 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u
 
 
 def truncate_text(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, with an ellipsis when cut.
+    """``text`` cut to ``limit`` characters, with an ellipsis when cut (after no trailing blank).
 
-    >>> truncate_text("abcdef", 4)
-    'abc…'
+    >>> truncate_text("abcdef", 4), truncate_text("ab def", 4)
+    ('abc…', 'ab…')
     """
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
+    return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
 
 
 def plain_line(text: str, limit: int = LINE_MAX_CHARS) -> str:

@@ -25,7 +25,8 @@ from PIL import Image
 
 from tray import APP_NAME
 from tray.core.status import Status
-from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip, truncate
+from tray.core.text import truncate_text
+from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip
 from tray.ui.menu import (
     ACTION_LABELS,
     OPEN_DASHBOARD,
@@ -100,7 +101,7 @@ def one_line(text: str, fallback: str = "") -> str:
     """The first non-blank line of ``text``, shortened for a notification."""
     for line in str(text).splitlines():
         if line.strip():
-            return truncate(line.strip(), MESSAGE_MAX_CHARS)
+            return truncate_text(line.strip(), MESSAGE_MAX_CHARS)
     return fallback
 
 

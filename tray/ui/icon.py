@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from tray.core.health import Health
 from tray.core.status import Activity, ActivityKind, BusyStatus, ModelLoading, MonitorState, Status
+from tray.core.text import truncate_text
 
 RGB = tuple[int, int, int]
 
@@ -253,7 +254,7 @@ def tooltip(status: Status, pending_actions: Iterable[str] = ()) -> str:
         parts.append(model)
     if status.cloud_active:
         parts.append("cloud fallback active")
-    return truncate(" · ".join(parts), TOOLTIP_MAX_CHARS)
+    return truncate_text(" · ".join(parts), TOOLTIP_MAX_CHARS)
 
 
 _LATIN1_STAND_INS = str.maketrans({"—": "-", "–": "-", "…": "...", "‘": "'", "’": "'", "“": '"', "”": '"'})
@@ -266,11 +267,6 @@ def latin1_text(text: str) -> str:
     'Down - retrying in 5 min · Starting...'
     """
     return text.translate(_LATIN1_STAND_INS).encode("latin-1", "replace").decode("latin-1")
-
-
-def truncate(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, ending in an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 # --- drawing ----------------------------------------------------------------

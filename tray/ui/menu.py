@@ -14,8 +14,9 @@ from typing import Any
 
 from tray.core.health import Health
 from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
+from tray.core.text import truncate_text
 from tray.models.store import same_model
-from tray.ui.icon import status_summary, truncate
+from tray.ui.icon import status_summary
 
 # Menu action ids. The first five go to Controller.request().
 START, STOP, RESTART, REBUILD, UNLOAD = "start", "stop", "restart", "rebuild", "unload"
@@ -228,7 +229,7 @@ def _error_entries(status: Status) -> list[MenuEntry]:
     if not error or not troubled:
         return []
     first_line = next((line.strip() for line in error.splitlines() if line.strip()), "")
-    return [MenuEntry(truncate(f"Last error: {first_line}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")]
+    return [MenuEntry(truncate_text(f"Last error: {first_line}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")]
 
 
 def _action_entry(action: str, status: Status, blocked: frozenset[str], default: bool = False) -> MenuEntry:
