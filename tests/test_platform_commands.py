@@ -10,9 +10,6 @@ from tray.settings.hosts import parse_ollama_host
 from tray.system.ollama_app import mac_start_command, windows_start_command
 from tray.system.owners import SystemdService, systemd_unit_from_cgroup
 from tray.system.processes import (
-    CREATE_NEW_CONSOLE,
-    CREATE_NEW_PROCESS_GROUP,
-    CREATE_NO_WINDOW,
     OllamaNotInstalled,
     find_ollama_binary,
     is_runner_cmdline,
@@ -21,6 +18,7 @@ from tray.system.processes import (
     runner_model_path,
     standard_locations,
 )
+from tray.system.processes_windows import CREATE_NEW_CONSOLE, CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW
 
 DEFAULT = parse_ollama_host(None)
 CUSTOM = parse_ollama_host("127.0.0.1:12345")
@@ -224,7 +222,7 @@ def _sleeper() -> subprocess.Popen:
 def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_reported_so(monkeypatch):
     import psutil
 
-    from tray.system import processes
+    from tray.system import processes, processes_windows
 
     child = _sleeper()
     try:
@@ -235,8 +233,10 @@ def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_repo
             child.kill()  # what taskkill /F does
             return subprocess.CompletedProcess(argv, 0, b"", b"")
 
-        monkeypatch.setattr(processes, "console_break", lambda pid: f"AttachConsole({pid}) failed with Windows error 5")
-        monkeypatch.setattr(processes.subprocess, "run", taskkill)
+        monkeypatch.setattr(
+            processes_windows, "console_break", lambda pid: f"AttachConsole({pid}) failed with Windows error 5"
+        )
+        monkeypatch.setattr(processes_windows.subprocess, "run", taskkill)
         outcome = processes.terminate([processes.ProcessRef.of(psutil.Process(child.pid))], 30, platform="win32")
         assert ran == [["taskkill", "/F", "/T", "/PID", str(child.pid)]]
         assert (outcome.found, outcome.graceful, outcome.killed) == (True, False, [child.pid])
@@ -250,20 +250,20 @@ def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_repo
 def test_a_windows_server_that_ignores_the_break_is_killed_after_the_timeout(monkeypatch):
     import psutil
 
-    from tray.system import processes
+    from tray.system import processes, processes_windows
 
     child = _sleeper()
     try:
         breaks: list[int] = []
         ran: list[list[str]] = []
-        monkeypatch.setattr(processes, "console_break", breaks.append)
+        monkeypatch.setattr(processes_windows, "console_break", breaks.append)
 
         def taskkill(argv, **_kwargs):
             ran.append(argv)
             child.kill()
             return subprocess.CompletedProcess(argv, 0, b"", b"")
 
-        monkeypatch.setattr(processes.subprocess, "run", taskkill)
+        monkeypatch.setattr(processes_windows.subprocess, "run", taskkill)
         outcome = processes.terminate([processes.ProcessRef.of(psutil.Process(child.pid))], 0.5, platform="win32")
         assert breaks == [child.pid] and ran == [["taskkill", "/F", "/T", "/PID", str(child.pid)]]
         assert outcome.how() == "killed: it did not exit within 0.5 s"

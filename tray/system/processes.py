@@ -11,14 +11,13 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import psutil
 
@@ -26,7 +25,6 @@ from tray.core.text import plain_line
 from tray.errors import SupervisorError
 from tray.settings.hosts import OllamaHost, parse_ollama_host
 from tray.system.atomic import private_dir, private_file
-from tray.system.console_break import console_break
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +32,80 @@ INSTALL_URL = "https://ollama.com/download"
 RUNNER_NAMES = {"llama-server", "llama-server.exe", "ollama_llama_server", "ollama_llama_server.exe"}
 OLLAMA_NAMES = {"ollama", "ollama.exe"}
 
-# Windows process creation flags and window state (subprocess defines them only on Windows).
-CREATE_NEW_PROCESS_GROUP = 0x00000200
-CREATE_NEW_CONSOLE = 0x00000010
-CREATE_NO_WINDOW = 0x08000000
-STARTF_USESHOWWINDOW = 0x00000001
-SW_HIDE = 0
-
 
 class OllamaNotInstalled(SupervisorError):
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or f"Ollama is not installed: get it from {INSTALL_URL}")
 
 
+# --------------------------------------------------------------------------- launching (the plan)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    argv: list[str]
+    env: dict[str, str]
+    via_app: bool = False  # the official app starts (and then supervises) the server
+    creationflags: int = 0
+    new_session: bool = True
+    hidden_window: bool = False  # Windows: its new console starts hidden
+
+
+# --------------------------------------------------------------------------- what differs per OS
+
+
+class ProcessOS(Protocol):
+    """Where one OS keeps Ollama, and how it starts and stops a process there."""
+
+    def home(self, env: Mapping[str, str]) -> Path:
+        """The home folder Ollama keeps ``.ollama`` in: Go's ``os.UserHomeDir``."""
+        ...
+
+    def install_locations(self, env: Mapping[str, str]) -> list[Path]:
+        """Where this OS's official installers put the ollama executable."""
+        ...
+
+    def serve_plan(self, binary: Path, env: dict[str, str]) -> LaunchPlan:
+        """How ``ollama serve`` is started, detached from us."""
+        ...
+
+    def app_plan(self, command: Sequence[str], env: dict[str, str]) -> LaunchPlan:
+        """How the Ollama app's start command is run."""
+        ...
+
+    def startupinfo(self, plan: LaunchPlan) -> Any:
+        """The ``startupinfo`` for ``subprocess.Popen`` (Windows window state), or None."""
+        ...
+
+    def polite_stop(self, proc: psutil.Process) -> str | None:
+        """Ask ``proc`` to exit; None when asked, else why it could not be asked (one line)."""
+        ...
+
+    def hard_kill(self, proc: psutil.Process) -> None:
+        """Kill ``proc`` (raises psutil errors for a vanished or hidden process)."""
+        ...
+
+
+def process_os_for(platform: str | None = None) -> ProcessOS:
+    """The implementation for ``platform`` (a ``sys.platform`` value; default: this OS)."""
+    platform = sys.platform if platform is None else platform
+    if platform == "win32":
+        from tray.system.processes_windows import WindowsProcesses
+
+        return WindowsProcesses()
+    if platform == "darwin":
+        from tray.system.processes_darwin import DarwinProcesses
+
+        return DarwinProcesses()
+    from tray.system.processes_linux import LinuxProcesses
+
+    return LinuxProcesses()
+
+
 # --------------------------------------------------------------------------- discovery
 
 
-def ollama_home(env: Mapping[str, str], platform: str = sys.platform) -> Path:
+def ollama_home(env: Mapping[str, str], platform: str | None = None) -> Path:
     """The home folder Ollama keeps ``.ollama`` in: Go's ``os.UserHomeDir``.
 
     That is ``%USERPROFILE%`` on Windows, where ``$HOME`` (set by Git Bash, MSYS or
@@ -61,30 +116,15 @@ def ollama_home(env: Mapping[str, str], platform: str = sys.platform) -> Path:
     >>> str(ollama_home({"HOME": "/home/ada", "USERPROFILE": "/x"}, "linux"))
     '/home/ada'
     """
-    first, second = ("USERPROFILE", "HOME") if platform == "win32" else ("HOME", "USERPROFILE")
-    return Path(env.get(first) or env.get(second) or Path.home())
+    return process_os_for(platform).home(env)
 
 
-def standard_locations(platform: str, env: Mapping[str, str]) -> list[Path]:
+def standard_locations(platform: str | None, env: Mapping[str, str]) -> list[Path]:
     """Where each OS's official installers put the ollama executable."""
-    home = ollama_home(env, platform)
-    if platform == "darwin":
-        return [
-            Path("/Applications/Ollama.app/Contents/Resources/ollama"),
-            home / "Applications/Ollama.app/Contents/Resources/ollama",
-            Path("/opt/homebrew/bin/ollama"),
-            Path("/usr/local/bin/ollama"),
-        ]
-    if platform == "win32":
-        local = Path(env.get("LOCALAPPDATA") or home / "AppData/Local")
-        program_files = Path(env.get("ProgramFiles") or "C:/Program Files")
-        return [local / "Programs/Ollama/ollama.exe", program_files / "Ollama/ollama.exe"]
-    return [Path("/usr/local/bin/ollama"), Path("/usr/bin/ollama"), Path("/bin/ollama"), Path("/snap/bin/ollama")]
+    return process_os_for(platform).install_locations(env)
 
 
-def find_ollama_binary(
-    configured: str = "", env: Mapping[str, str] | None = None, platform: str = sys.platform
-) -> Path:
+def find_ollama_binary(configured: str = "", env: Mapping[str, str] | None = None, platform: str | None = None) -> Path:
     """The ollama executable: the configured path, else PATH, else the OS's install locations."""
     env = os.environ if env is None else env
     if configured:
@@ -104,57 +144,28 @@ def find_ollama_binary(
 # --------------------------------------------------------------------------- launching
 
 
-@dataclass(frozen=True)
-class LaunchPlan:
-    argv: list[str]
-    env: dict[str, str]
-    via_app: bool = False  # the official app starts (and then supervises) the server
-    creationflags: int = 0
-    new_session: bool = True
-    hidden_window: bool = False  # Windows: its new console starts hidden
-
-
 def launch_plan(
     binary: Path | None,
     host: OllamaHost,
     *,
-    platform: str = sys.platform,
+    platform: str | None = None,
     app_command: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> LaunchPlan:
     """How to start Ollama on this OS (pure): through the app's ``app_command``, else ``ollama serve``.
 
     Whether the app may start it is :func:`tray.system.ollama_app.choose_start`'s call: the app
-    serves ``127.0.0.1:11434`` from its own environment, never from ours.
-
-    On Windows the serve gets a console of its own, hidden, in its own process group, as
-    Ollama's app starts it: a console control event (Ctrl+Break) can then stop it alone.
+    serves ``127.0.0.1:11434`` from its own environment, never from ours. How each OS starts
+    either is :class:`ProcessOS`'s.
     """
     child_env = dict(os.environ if env is None else env)
     child_env["OLLAMA_HOST"] = host.bind_value
+    system = process_os_for(platform)
     if app_command is not None:
-        flags = CREATE_NO_WINDOW if platform == "win32" else 0
-        new_session = platform != "win32"
-        return LaunchPlan(list(app_command), child_env, via_app=True, creationflags=flags, new_session=new_session)
+        return system.app_plan(app_command, child_env)
     if binary is None:
         raise OllamaNotInstalled()
-    if platform == "win32":
-        return LaunchPlan(
-            [str(binary), "serve"],
-            child_env,
-            creationflags=CREATE_NEW_CONSOLE | CREATE_NEW_PROCESS_GROUP,
-            new_session=False,
-            hidden_window=True,
-        )
-    return LaunchPlan([str(binary), "serve"], child_env)
-
-
-def _hidden_window() -> Any:
-    """Windows ``STARTUPINFO`` that starts the new console's window hidden (Go's ``HideWindow``)."""
-    info = subprocess.STARTUPINFO()  # type: ignore[attr-defined,unused-ignore]
-    info.dwFlags |= STARTF_USESHOWWINDOW
-    info.wShowWindow = SW_HIDE
-    return info
+    return system.serve_plan(binary, child_env)
 
 
 def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
@@ -177,7 +188,7 @@ def spawn(plan: LaunchPlan, log_path: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=plan.new_session,
             creationflags=plan.creationflags,
-            startupinfo=_hidden_window() if plan.hidden_window and sys.platform == "win32" else None,
+            startupinfo=process_os_for().startupinfo(plan),
             close_fds=True,
         )
     finally:
@@ -526,49 +537,18 @@ class StopOutcome:
         return "Ollama stopped" if self.graceful else f"Ollama stopped ({self.how()})"
 
 
-def hard_kill_command(pid: int) -> list[str]:
-    """Windows: end ``pid`` and every process it started, as Ollama's installer ends Ollama.
-
-    >>> hard_kill_command(42)
-    ['taskkill', '/F', '/T', '/PID', '42']
-    """
-    return ["taskkill", "/F", "/T", "/PID", str(pid)]
-
-
-def polite_stop(proc: psutil.Process, platform: str = sys.platform) -> str | None:
+def polite_stop(proc: psutil.Process, platform: str | None = None) -> str | None:
     """Ask ``proc`` to exit; None when asked, else why it could not be asked (one line).
 
     POSIX: SIGTERM (and SIGCONT for a stopped process). Windows: Ctrl+Break on the
-    process's own console, the way Ollama's app stops its server
-    (:mod:`tray.system.console_break`); a console event sent from another console never arrives.
+    process's own console, the way Ollama's app stops its server.
     """
-    if platform == "win32":
-        return console_break(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    # A stopped (SIGSTOP) process only acts on SIGTERM once continued.
-    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-        if proc.status() == psutil.STATUS_STOPPED:
-            proc.send_signal(signal.SIGCONT)
-    return None
+    return process_os_for(platform).polite_stop(proc)
 
 
-def hard_kill(proc: psutil.Process, platform: str = sys.platform) -> None:
+def hard_kill(proc: psutil.Process, platform: str | None = None) -> None:
     """SIGKILL; on Windows ``taskkill /F /T``, which ends the runners with their server."""
-    if platform == "win32":
-        try:
-            done = subprocess.run(
-                hard_kill_command(proc.pid),
-                capture_output=True,
-                timeout=30,
-                stdin=subprocess.DEVNULL,
-                creationflags=CREATE_NO_WINDOW,
-                check=False,
-            )
-            if done.returncode == 0:
-                return
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    proc.kill()
+    process_os_for(platform).hard_kill(proc)
 
 
 def _exited(proc: psutil.Process) -> bool:
@@ -597,9 +577,10 @@ def wait_exited(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.
     return alive
 
 
-def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.platform) -> StopOutcome:
+def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str | None = None) -> StopOutcome:
     """Ask politely, wait ``timeout`` seconds, then kill what is left; one that cannot be asked is killed at once."""
     started = time.monotonic()
+    system = process_os_for(platform)
     outcome = StopOutcome()
     procs = [p for p in (ref.get() for ref in refs) if p is not None]
     outcome.found = bool(procs)
@@ -607,7 +588,7 @@ def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.pl
     unasked: list[psutil.Process] = []
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            reason = polite_stop(proc, platform)
+            reason = system.polite_stop(proc)
             if reason is None:
                 asked.append(proc)
             else:
@@ -622,7 +603,7 @@ def terminate(refs: Iterable[ProcessRef], timeout: float, platform: str = sys.pl
         outcome.graceful = False
         for proc in leftovers:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                hard_kill(proc, platform)
+                system.hard_kill(proc)
                 outcome.killed.append(proc.pid)
         wait_exited(leftovers, 5)
     outcome.seconds = time.monotonic() - started
