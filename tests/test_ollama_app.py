@@ -19,28 +19,29 @@ from tray.system import processes
 from tray.system.ollama_app import (
     AppQuit,
     ConsoleBreak,
-    MacAppFinder,
     OllamaApp,
     RunCommand,
     SendSignal,
     StartRoute,
-    WindowsAppFinder,
     app_layout,
     app_model_location,
     app_owning,
     app_starts_at_login,
     choose_start,
-    launchctl_disabled_command,
-    launchctl_print_command,
-    mac_start_command,
     needs_own_server,
     perform,
     quit_app,
     read_app_settings,
     restart_app_server,
     running_app,
-    windows_start_command,
 )
+from tray.system.ollama_app_darwin import (
+    MacAppFinder,
+    launchctl_disabled_command,
+    launchctl_print_command,
+    mac_start_command,
+)
+from tray.system.ollama_app_windows import WindowsAppFinder, windows_start_command
 from tray.system.processes import ProcessRef, ollama_home, server_on_port
 
 MAC_LAYOUT = app_layout("darwin", {"HOME": "/Users/ada"})

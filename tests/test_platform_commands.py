@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tray.settings.hosts import parse_ollama_host
-from tray.system.ollama_app import mac_start_command, windows_start_command
+from tray.system.ollama_app_darwin import mac_start_command
+from tray.system.ollama_app_windows import windows_start_command
 from tray.system.owners import SystemdService, systemd_unit_from_cgroup
 from tray.system.processes import (
     OllamaNotInstalled,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -49,21 +48,14 @@ from tray.system.owners import run_command
 from tray.system.processes import (
     ProcessRef,
     is_server_cmdline,
-    ollama_home,
     runners_of,
     username_of,
 )
 
 log = logging.getLogger(__name__)
 
-LAUNCH_AGENT_LABEL = "com.ollama.ollama"
-STARTUP_SHORTCUT = "Ollama.lnk"
-STARTUP_APPROVED_KEY = r"Software\Microsoft\Windows\CurrentVersion\Explorer\StartupApproved\StartupFolder"
-WINDOWS_APP_EXE = "ollama app.exe"
-MAC_EXECUTABLE_DIR = "/Ollama.app/Contents/MacOS/"
 APP_STOP_GRACE_S = 5.0  # the app's own interrupt → kill delay for its serve
 POLL_S = 0.05
-SIGKILL = getattr(signal, "SIGKILL", 9)
 
 
 # --------------------------------------------------------------------------- where its files are
@@ -83,7 +75,7 @@ class AppLayout:
         return self.server_log.parent
 
 
-def app_layout(platform: str, env: Mapping[str, str]) -> AppLayout | None:
+def app_layout(platform: str | None, env: Mapping[str, str]) -> AppLayout | None:
     """The app's files on ``platform``; None where Ollama has no desktop app (Linux).
 
     >>> app_layout("darwin", {"HOME": "/Users/ada"}).server_log.as_posix()
@@ -91,26 +83,8 @@ def app_layout(platform: str, env: Mapping[str, str]) -> AppLayout | None:
     >>> app_layout("win32", {"LOCALAPPDATA": "C:/Users/ada/AppData/Local"}).server_log.as_posix()
     'C:/Users/ada/AppData/Local/Ollama/server.log'
     """
-    if platform == "darwin":
-        home = ollama_home(env, platform)
-        support = home / "Library" / "Application Support" / "Ollama"
-        return AppLayout(
-            platform,
-            server_log=home / ".ollama" / "logs" / "server.log",
-            settings_db=support / "db.sqlite",
-            login_item=home / "Library" / "LaunchAgents" / f"{LAUNCH_AGENT_LABEL}.plist",
-        )
-    if platform == "win32":
-        home = ollama_home(env, platform)
-        local = Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local")
-        roaming = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
-        return AppLayout(
-            platform,
-            server_log=local / "Ollama" / "server.log",
-            settings_db=local / "Ollama" / "db.sqlite",
-            login_item=roaming / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup" / STARTUP_SHORTCUT,
-        )
-    return None
+    system = app_os_for(platform)
+    return None if system is None else system.layout(env)
 
 
 # --------------------------------------------------------------------------- control steps (pure values)
@@ -179,30 +153,29 @@ class OllamaApp:
     def quit_steps(self) -> list[ControlStep]:
         """How the app is asked to quit: SIGTERM (macOS), WM_CLOSE through ``taskkill`` without /F (Windows).
 
+        >>> import signal
         >>> mac = OllamaApp(ProcessRef(42, 0.0), Path("/Applications/Ollama.app"), app_layout("darwin", {"HOME": "/h"}))
         >>> mac.quit_steps() == [SendSignal(42, signal.SIGTERM)]
         True
         """
-        if self.platform == "win32":
-            return [RunCommand(("taskkill", "/PID", str(self.pid)))]
-        return [SendSignal(self.pid, signal.SIGTERM)]
+        return self._os.quit_steps(self.pid)
 
     def force_quit_steps(self, tree: Sequence[int] = ()) -> list[ControlStep]:
         """Kill the app and, since a killed app leaves them behind, its serve and runners (``tree``)."""
-        if self.platform == "win32":
-            return [RunCommand(("taskkill", "/F", "/T", "/PID", str(self.pid)))]
-        return [SendSignal(pid, SIGKILL) for pid in (self.pid, *tree)]
+        return self._os.force_quit_steps(self.pid, tree)
 
     def server_stop_steps(self, serve_pid: int) -> list[ControlStep]:
         """End the app's serve the way the app itself does, so it respawns one 1 s later."""
-        if self.platform == "win32":
-            return [ConsoleBreak(serve_pid)]
-        return [SendSignal(serve_pid, signal.SIGTERM)]
+        return self._os.server_stop_steps(serve_pid)
 
     def server_kill_steps(self, serve_pid: int, runners: Sequence[int] = ()) -> list[ControlStep]:
-        if self.platform == "win32":
-            return [RunCommand(("taskkill", "/F", "/T", "/PID", str(serve_pid)))]
-        return [SendSignal(pid, SIGKILL) for pid in (serve_pid, *runners)]
+        return self._os.server_kill_steps(serve_pid, runners)
+
+    @property
+    def _os(self) -> AppOS:
+        system = app_os_for(self.platform)
+        assert system is not None, f"Ollama has no desktop app on {self.platform}"
+        return system
 
     def alive(self) -> bool:
         return self.process.alive()
@@ -357,60 +330,63 @@ class InstalledAppFinder:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class MacAppFinder(InstalledAppFinder):
-    """``Ollama.app`` in /Applications or ~/Applications; the app is its ``Contents/MacOS/Ollama``."""
+class AppOS(Protocol):
+    """One OS's Ollama app: where it keeps its files, how it is found, told to quit, and started at login."""
 
-    @classmethod
-    def for_env(cls, env: Mapping[str, str]) -> MacAppFinder:
-        layout = app_layout("darwin", env)
-        assert layout is not None
-        home = ollama_home(env, "darwin")
-        return cls(layout, (Path("/Applications/Ollama.app"), home / "Applications" / "Ollama.app"))
+    def layout(self, env: Mapping[str, str]) -> AppLayout:
+        """Where the app keeps its files for the user of ``env``."""
+        ...
 
-    def start_command_for(self, app: Path) -> list[str]:
-        return mac_start_command(app)
+    def finder(self, env: Mapping[str, str]) -> AppFinder:
+        """How the app is recognised."""
+        ...
 
-    def is_app(self, proc: psutil.Process) -> bool:
-        return MAC_EXECUTABLE_DIR in proc.exe()
+    def quit_steps(self, pid: int) -> list[ControlStep]:
+        """Ask the app ``pid`` to quit."""
+        ...
 
+    def force_quit_steps(self, pid: int, tree: Sequence[int]) -> list[ControlStep]:
+        """Kill the app ``pid`` and the processes it ran (``tree``)."""
+        ...
 
-@dataclass(frozen=True)
-class WindowsAppFinder(InstalledAppFinder):
-    """``%LOCALAPPDATA%\\Programs\\Ollama\\ollama app.exe``; the app is any ``ollama app.exe``."""
+    def server_stop_steps(self, serve_pid: int) -> list[ControlStep]:
+        """End the app's serve the way the app itself does."""
+        ...
 
-    @classmethod
-    def for_env(cls, env: Mapping[str, str]) -> WindowsAppFinder:
-        layout = app_layout("win32", env)
-        assert layout is not None
-        local = Path(env.get("LOCALAPPDATA") or ollama_home(env, "win32") / "AppData" / "Local")
-        return cls(layout, (local / "Programs" / "Ollama" / WINDOWS_APP_EXE,))
+    def server_kill_steps(self, serve_pid: int, runners: Sequence[int]) -> list[ControlStep]:
+        """Kill the app's serve and its runners."""
+        ...
 
-    def start_command_for(self, app: Path) -> list[str]:
-        return windows_start_command(app)
-
-    def is_app(self, proc: psutil.Process) -> bool:
-        return Path(proc.exe()).name.lower() == WINDOWS_APP_EXE
-
-
-def mac_start_command(bundle: Path) -> list[str]:
-    """``open -j -a`` (hidden), as Ollama's CLI opens the app (cmd/start_darwin.go)."""
-    return ["open", "-j", "-a", str(bundle), "--args", "--fast-startup"]
+    def starts_at_login(
+        self,
+        layout: AppLayout,
+        *,
+        run: Run,
+        uid: int | None,
+        startup_approved: Callable[[str], bytes | None] | None,
+    ) -> bool:
+        """Whether the app's login item will start it at the next login."""
+        ...
 
 
-def windows_start_command(executable: Path) -> list[str]:
-    """``ollama app.exe --hide --fast-startup``, as Ollama's CLI starts it (cmd/start_windows.go)."""
-    return [str(executable), "--hide", "--fast-startup"]
-
-
-def app_finder_for(platform: str = sys.platform, env: Mapping[str, str] | None = None) -> AppFinder | None:
-    """The finder for this OS's app; None on Linux, where Ollama has no desktop app."""
-    env = os.environ if env is None else env
+def app_os_for(platform: str | None = None) -> AppOS | None:
+    """The Ollama app of ``platform`` (a ``sys.platform`` value; default: this OS); None on Linux, which has none."""
+    platform = sys.platform if platform is None else platform
     if platform == "darwin":
-        return MacAppFinder.for_env(env)
+        from tray.system.ollama_app_darwin import DarwinApp
+
+        return DarwinApp()
     if platform == "win32":
-        return WindowsAppFinder.for_env(env)
+        from tray.system.ollama_app_windows import WindowsApp
+
+        return WindowsApp()
     return None
+
+
+def app_finder_for(platform: str | None = None, env: Mapping[str, str] | None = None) -> AppFinder | None:
+    """The finder for this OS's app; None on Linux, where Ollama has no desktop app."""
+    system = app_os_for(platform)
+    return None if system is None else system.finder(os.environ if env is None else env)
 
 
 def _as_app(proc: psutil.Process, finder: AppFinder) -> OllamaApp | None:
@@ -483,38 +459,6 @@ def app_model_location(layout: AppLayout) -> Path | None:
 # --------------------------------------------------------------------------- start at login
 
 
-def launchctl_print_command(uid: int) -> list[str]:
-    return ["launchctl", "print", f"gui/{uid}/{LAUNCH_AGENT_LABEL}"]
-
-
-def launchctl_disabled_command(uid: int) -> list[str]:
-    return ["launchctl", "print-disabled", f"gui/{uid}"]
-
-
-def launchctl_disables(output: str, label: str = LAUNCH_AGENT_LABEL) -> bool:
-    """Whether ``launchctl print-disabled`` lists ``label`` as disabled (``=> disabled``; older: ``=> true``).
-
-    >>> launchctl_disables('disabled services = {\\n\\t"com.ollama.ollama" => disabled\\n}')
-    True
-    >>> launchctl_disables('\\t"com.ollama.ollama" => enabled\\n\\t"x" => true')
-    False
-    """
-    for line in output.splitlines():
-        name, arrow, state = line.strip().partition("=>")
-        if arrow and name.strip().strip('"') == label:
-            return state.strip() in ("disabled", "true")
-    return False
-
-
-def startup_approved_disables(data: bytes | None) -> bool:
-    """Whether Task Manager switched a startup entry off (first byte odd: ``03 00 …``; on: ``02 00 …``).
-
-    >>> [startup_approved_disables(data) for data in (bytes([3, 0, 0, 0]), bytes([2, 0]), None)]
-    [True, False, False]
-    """
-    return bool(data) and data[0] & 1 == 1  # type: ignore[index]
-
-
 Run = Callable[[list[str]], "tuple[int, str]"]
 
 
@@ -527,36 +471,19 @@ def run_capturing(argv: list[str]) -> tuple[int, str]:
     return done.returncode, done.stdout
 
 
-def read_startup_approved(name: str) -> bytes | None:
-    """Task Manager's switch for a Startup-folder entry (HKCU ``…\\StartupApproved\\StartupFolder``)."""
-    import winreg  # type: ignore[import-not-found,unused-ignore]
-
-    try:
-        with winreg.OpenKey(winreg.HKEY_CURRENT_USER, STARTUP_APPROVED_KEY) as key:  # type: ignore[attr-defined,unused-ignore]
-            data, _kind = winreg.QueryValueEx(key, name)  # type: ignore[attr-defined,unused-ignore]
-    except OSError:
-        return None
-    return bytes(data) if isinstance(data, (bytes, bytearray)) else None
-
-
 def app_starts_at_login(
     layout: AppLayout,
     *,
     run: Run = run_capturing,
     uid: int | None = None,
-    startup_approved: Callable[[str], bytes | None] = read_startup_approved,
+    startup_approved: Callable[[str], bytes | None] | None = None,
 ) -> bool:
-    """Whether the app's login item will start it (and its server) at the next login."""
-    if layout.platform == "win32":
-        return layout.login_item.exists() and not startup_approved_disables(startup_approved(STARTUP_SHORTCUT))
-    uid = os.getuid() if uid is None and hasattr(os, "getuid") else (uid or 0)
-    code, output = run(launchctl_disabled_command(uid))
-    if code == 0 and launchctl_disables(output):
-        return False
-    if layout.login_item.exists():
-        return True
-    code, _output = run(launchctl_print_command(uid))
-    return code == 0
+    """Whether the app's login item will start it (and its server) at the next login.
+
+    ``run`` runs macOS's ``launchctl``; ``startup_approved`` reads Windows' Task Manager switch.
+    """
+    system = app_os_for(layout.platform)
+    return system is not None and system.starts_at_login(layout, run=run, uid=uid, startup_approved=startup_approved)
 
 
 # --------------------------------------------------------------------------- how to start (pure)
