@@ -19,22 +19,19 @@ from dataclasses import dataclass, field
 import pytest
 
 import tray.system.notify as notify
+import tray.system.notify_linux as notify_linux
 from tray.system.notify import (
     APP_NAME,
     Channel,
     NotificationError,
     Notifier,
     RateLimiter,
-    applescript_quote,
-    dbus_notify,
     default_channels,
-    notify_send_command,
-    osascript_command,
-    powershell_command,
-    powershell_quote,
-    powershell_toast_script,
     run_command,
 )
+from tray.system.notify_darwin import applescript_quote, osascript_command
+from tray.system.notify_linux import dbus_notify, notify_send_command
+from tray.system.notify_windows import powershell_command, powershell_quote, powershell_toast_script
 
 jeepney = pytest.importorskip("jeepney")
 from fake_registry import FakeRegistry  # noqa: E402
@@ -84,7 +81,7 @@ def test_powershell_toast_script_shows_the_toast_under_the_apps_own_id() -> None
 
 
 def test_the_toasts_app_id_is_registered_once_with_the_apps_name_and_icon() -> None:
-    from tray.system.notify import APP_ID_KEY, WindowsToast
+    from tray.system.notify_windows import APP_ID_KEY, WindowsToast
 
     registry = FakeRegistry()
     opened: list[str] = []
@@ -107,7 +104,7 @@ def test_the_toasts_app_id_is_registered_once_with_the_apps_name_and_icon() -> N
 
 
 def test_a_toast_that_cannot_register_its_app_id_fails_so_the_balloon_is_tried() -> None:
-    from tray.system.notify import WindowsToast
+    from tray.system.notify_windows import WindowsToast
 
     def no_registry() -> FakeRegistry:
         raise PermissionError(13, "Access is denied")
@@ -275,7 +272,7 @@ def test_dbus_notify_arrives_with_summary_and_body(notification_server: Notifica
 def test_when_plyer_fails_the_dbus_fallback_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
-    monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
+    monkeypatch.setattr(notify_linux, "plyer_notify", plyer_without_backend)
     caplog.set_level(logging.DEBUG, logger="tray.system.notify")
     notifier = Notifier()  # the real per-OS channels
     assert notifier.notify("Ollama memory high", "Ollama is using 7.2 GB of memory (limit 6 GB)") is True
@@ -290,7 +287,7 @@ def test_when_plyer_fails_the_dbus_fallback_delivers(
 def test_a_body_with_markup_characters_is_shown_as_written(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(notify, "plyer_notify", plyer_without_backend)
+    monkeypatch.setattr(notify_linux, "plyer_notify", plyer_without_backend)
     text = "pull failed: <b>502</b> from a<b & <a href='http://x.invalid'>proxy</a>"
     assert Notifier().notify("Model build failed", text) is True
     (body,) = notification_server.notifications(1)
@@ -307,8 +304,8 @@ def test_when_plyer_and_dbus_fail_notify_send_delivers(
     def fails(*args: object, **kwargs: object) -> None:
         raise NotificationError("simulated failure")
 
-    monkeypatch.setattr(notify, "plyer_notify", fails)
-    monkeypatch.setattr(notify, "dbus_notify", fails)
+    monkeypatch.setattr(notify_linux, "plyer_notify", fails)
+    monkeypatch.setattr(notify_linux, "dbus_notify", fails)
     assert Notifier().notify("Low disk space", "3 GB free on the models disk (minimum 10 GB)") is True
     (body,) = notification_server.notifications(1)
     app_name, replaces_id, _icon, summary, text, actions, _hints, expire = body

@@ -23,20 +23,14 @@ A notification is never worth crashing for: every failure is logged and
 
 from __future__ import annotations
 
-import base64
-import html
 import logging
-import os
 import subprocess
 import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-from tray.system.registry import RegistryValues, WinregKey
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +39,6 @@ EXPIRE_MS = 10_000
 COMMAND_TIMEOUT_S = 15.0
 DBUS_TIMEOUT_S = 5.0
 
-# The AppUserModelID toasts are shown under: Windows drops toasts of an app id it does not know, so
-# it is registered under HKCU (Software\Classes\AppUserModelId\<id>) with the name and icon to show.
-WINDOWS_APP_ID = "io.github.ollama-manager"
-APP_ID_KEY = rf"Software\Classes\AppUserModelId\{WINDOWS_APP_ID}"
 # plyer backends whose notify() fails when nothing was delivered (the others ignore errors or run detached).
 CONFIRMING_PLYER_BACKENDS = frozenset({"NotifyDbus"})
 
@@ -78,116 +68,6 @@ class Delivery:
     confirmed: bool
 
 
-# --- Command lines (pure) ---------------------------------------------------
-
-
-def body_markup(text: str) -> str:
-    """Plain text as a freedesktop notification body, which servers read as a subset of HTML.
-
-    >>> body_markup("model 'a<b>' & <i>x</i>")
-    "model 'a&lt;b&gt;' &amp; &lt;i&gt;x&lt;/i&gt;"
-    """
-    return html.escape(text, quote=False)
-
-
-def notify_send_command(title: str, message: str, app_name: str = APP_NAME, expire_ms: int = EXPIRE_MS) -> list[str]:
-    """The ``notify-send`` argv; ``--`` keeps a title starting with ``-`` from reading as an option.
-
-    >>> notify_send_command("Ollama down", "Not responding")
-    ['notify-send', '--app-name=Ollama Manager', '--expire-time=10000', '--', 'Ollama down', 'Not responding']
-    """
-    return ["notify-send", f"--app-name={app_name}", f"--expire-time={expire_ms}", "--", title, message]
-
-
-def applescript_quote(text: str) -> str:
-    r"""An AppleScript string literal.
-
-    >>> print(applescript_quote('say "hi" \\ bye'))
-    "say \"hi\" \\ bye"
-    """
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    escaped = escaped.replace("\r\n", "\\n").replace("\n", "\\n").replace("\r", "\\n")
-    return f'"{escaped}"'
-
-
-def osascript_command(title: str, message: str, app_name: str = APP_NAME) -> list[str]:
-    """The ``osascript`` argv: the app name as title, the alert title as subtitle."""
-    script = (
-        f"display notification {applescript_quote(message)} "
-        f"with title {applescript_quote(app_name)} subtitle {applescript_quote(title)}"
-    )
-    return ["osascript", "-e", script]
-
-
-_POWERSHELL_SINGLE_QUOTES = ("'", "\u2018", "\u2019", "\u201a", "\u201b")
-
-
-def powershell_quote(text: str) -> str:
-    """A PowerShell single-quoted literal; PowerShell also treats the typographic single quotes as quotes.
-
-    >>> print(powershell_quote("it's"))
-    'it''s'
-    """
-    for quote in _POWERSHELL_SINGLE_QUOTES:
-        text = text.replace(quote, quote * 2)
-    return f"'{text}'"
-
-
-def powershell_toast_script(title: str, message: str, app_id: str = WINDOWS_APP_ID) -> str:
-    """PowerShell that shows a toast under ``app_id``; any failure ends it with a non-zero status."""
-    t, m, i = (powershell_quote(v) for v in (title, message, app_id))
-    return "\n".join(
-        [
-            "$ErrorActionPreference = 'Stop'",
-            "[Windows.UI.Notifications.ToastNotificationManager, Windows.UI.Notifications,"
-            " ContentType = WindowsRuntime] | Out-Null",
-            "$xml = [Windows.UI.Notifications.ToastNotificationManager]::GetTemplateContent("
-            "[Windows.UI.Notifications.ToastTemplateType]::ToastText02)",
-            "$lines = $xml.GetElementsByTagName('text')",
-            f"$lines.Item(0).AppendChild($xml.CreateTextNode({t})) | Out-Null",
-            f"$lines.Item(1).AppendChild($xml.CreateTextNode({m})) | Out-Null",
-            "$toast = [Windows.UI.Notifications.ToastNotification]::new($xml)",
-            f"[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier({i}).Show($toast)",
-        ]
-    )
-
-
-def app_id_values(app_name: str = APP_NAME, icon: str = "") -> dict[str, str]:
-    """The values that register the toasts' app id (Windows' "AppUserModelId" registry key).
-
-    >>> app_id_values("Ollama Manager", "C:/om/icon.png")
-    {'DisplayName': 'Ollama Manager', 'IconUri': 'C:/om/icon.png'}
-    """
-    values = {"DisplayName": app_name}
-    if icon:
-        values["IconUri"] = icon
-    return values
-
-
-def register_app_id(registry: RegistryValues, app_name: str = APP_NAME, icon: str = "") -> None:
-    """Write the app id's values where they differ (HKCU, no privileges needed)."""
-    for name, data in app_id_values(app_name, icon).items():
-        if registry.get(name) != data:
-            registry.set(name, data)
-
-
-def powershell_command(title: str, message: str, app_id: str = WINDOWS_APP_ID) -> list[str]:
-    """The ``powershell.exe`` argv; the script goes base64 (UTF-16LE) so no quoting survives the command line."""
-    script = powershell_toast_script(title, message, app_id)
-    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
-    return [
-        "powershell.exe",
-        "-NoProfile",
-        "-NonInteractive",
-        "-ExecutionPolicy",
-        "Bypass",
-        "-WindowStyle",
-        "Hidden",
-        "-EncodedCommand",
-        encoded,
-    ]
-
-
 # --- Delivery (side effects) ------------------------------------------------
 
 
@@ -195,9 +75,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> None:
-    """Run a notification command; NotificationError when it cannot run or exits non-zero."""
-    flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
+def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S, *, creationflags: int = 0) -> None:
+    """Run a notification command; NotificationError when it cannot run or exits non-zero.
+
+    ``creationflags``: Windows process creation flags (a console program's window stays hidden).
+    """
     try:
         done = subprocess.run(
             list(argv),
@@ -207,7 +89,7 @@ def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> None
             errors="replace",
             timeout=timeout,
             check=False,
-            creationflags=flags,
+            creationflags=creationflags,
         )
     except FileNotFoundError:
         raise NotificationError(f"{argv[0]} not found") from None
@@ -219,52 +101,6 @@ def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> None
         detail = (done.stderr or done.stdout or "").strip().splitlines()
         reason = f": {detail[-1]}" if detail else ""
         raise NotificationError(f"{argv[0]} exited with status {done.returncode}{reason}")
-
-
-def session_bus_address(env: Mapping[str, str] = os.environ) -> str:
-    """The D-Bus session bus address: ``$DBUS_SESSION_BUS_ADDRESS``, else the systemd user bus."""
-    address = env.get("DBUS_SESSION_BUS_ADDRESS", "")
-    if address:
-        return address
-    runtime_dir = env.get("XDG_RUNTIME_DIR", "")
-    if runtime_dir and Path(runtime_dir, "bus").exists():
-        return f"unix:path={runtime_dir}/bus"
-    raise NotificationError("no D-Bus session bus (DBUS_SESSION_BUS_ADDRESS is not set)")
-
-
-def dbus_notify(
-    title: str,
-    message: str,
-    app_name: str = APP_NAME,
-    icon: str = "",
-    bus_address: str | None = None,
-    timeout: float = DBUS_TIMEOUT_S,
-) -> int:
-    """``org.freedesktop.Notifications.Notify`` on the session bus; returns the notification id."""
-    try:
-        from jeepney import DBusAddress, new_method_call
-        from jeepney.io.blocking import open_dbus_connection
-        from jeepney.wrappers import DBusErrorResponse, unwrap_msg
-    except ImportError:
-        raise NotificationError("the jeepney package is not installed") from None
-    address = bus_address or session_bus_address()
-    target = DBusAddress(
-        "/org/freedesktop/Notifications",
-        bus_name="org.freedesktop.Notifications",
-        interface="org.freedesktop.Notifications",
-    )
-    call = new_method_call(target, "Notify", "susssasa{sv}i", (app_name, 0, icon, title, message, [], {}, EXPIRE_MS))
-    try:
-        with open_dbus_connection(bus=address, auth_timeout=timeout) as connection:
-            reply = connection.send_and_get_reply(call, timeout=timeout)
-        (notification_id,) = unwrap_msg(reply)
-    except DBusErrorResponse as exc:
-        raise NotificationError(f"D-Bus notification refused: {exc.name}") from None
-    except TimeoutError:
-        raise NotificationError(f"no answer from the notification service within {timeout:g} s") from None
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise NotificationError(f"D-Bus session bus unusable: {_one_line(exc)}") from None
-    return int(notification_id)
 
 
 def plyer_backend() -> object:
@@ -293,56 +129,23 @@ def plyer_notify(
         log.debug("plyer: %s", " ".join(str(warning.message).split()))
 
 
-class WindowsToast:
-    """A toast under the app's own AppUserModelID, registered (once) before the first one."""
-
-    def __init__(
-        self,
-        app_name: str = APP_NAME,
-        icon: str = "",
-        registry: Callable[[], RegistryValues] = lambda: WinregKey(APP_ID_KEY),
-        run: Callable[[Sequence[str]], None] = run_command,
-    ) -> None:
-        self.app_name = app_name
-        self.icon = icon
-        self._registry = registry
-        self._run = run
-        self._registered = False
-
-    def __call__(self, title: str, message: str) -> None:
-        if not self._registered:
-            try:
-                register_app_id(self._registry(), self.app_name, self.icon)
-            except OSError as exc:
-                raise NotificationError(f"cannot register the notifications' app id: {_one_line(exc)}") from None
-            self._registered = True
-        self._run(powershell_command(title, message))
-
-
-def default_channels(platform: str = sys.platform, app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
-    """The channels in the order they are tried: those that report failures first."""
-    plyer = Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))
+def default_channels(platform: str | None = None, app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
+    """The channels of ``platform`` (a ``sys.platform`` value; default: this OS) in the order they are tried:
+    those that report failures first."""
+    platform = sys.platform if platform is None else platform
     if platform.startswith("linux") or "bsd" in platform:
-        # Freedesktop servers read the body as markup (GNOME, KDE, dunst, xfce4-notifyd): it goes escaped.
-        return [
-            Channel("plyer", lambda t, m: plyer_notify(t, body_markup(m), app_name, icon)),
-            Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, body_markup(m), app_name, icon))),
-            Channel("notify-send", lambda t, m: run_command(notify_send_command(t, body_markup(m), app_name))),
-        ]
+        from tray.system.notify_linux import linux_channels
+
+        return linux_channels(app_name, icon)
     if platform == "darwin":
-        return [plyer, Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name)))]
+        from tray.system.notify_darwin import darwin_channels
+
+        return darwin_channels(app_name, icon)
     if platform == "win32":
+        from tray.system.notify_windows import windows_channels
 
-        def balloon_send(t: str, m: str) -> None:
-            plyer_notify(t, m, app_name, icon, confirmed_only=False)
-
-        balloon = Channel("plyer", balloon_send, confirms=False)
-        return [Channel("toast", WindowsToast(app_name, icon)), balloon]
-    return [plyer]
-
-
-def _ignore_id(_notification_id: int) -> None:
-    return None
+        return windows_channels(app_name, icon)
+    return [Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))]
 
 
 # --- Rate limiting (pure) ---------------------------------------------------
