@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
 from tray import APP_NAME
+from tray.system.host import host_for
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,8 @@ class AppPaths:
     @property
     def runtime_dir(self) -> Path:
         """Short-lived private files: ``$XDG_RUNTIME_DIR/ollama-manager`` on Linux, else the state folder."""
-        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-        if sys.platform.startswith("linux") and runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
-            return Path(runtime) / APP_NAME
-        return self.state_dir
+        runtime = host_for().runtime_root(os.environ)
+        return runtime / APP_NAME if runtime is not None else self.state_dir
 
     @property
     def signin_page(self) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tray.system.host import host_for
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ class NvmlMissing(Exception):
 
 
 def nvml_library_present(
-    platform: str = sys.platform,
+    platform: str | None = None,
     environ: Mapping[str, str] = os.environ,
     exists: Callable[[str], bool] = os.path.exists,
     load: Callable[[str], object] = ctypes.CDLL,
@@ -158,19 +159,7 @@ def nvml_library_present(
     >>> nvml_library_present("win32", {"WINDIR": "C:/Windows"}, exists=lambda path: path.endswith("System32/nvml.dll"))
     True
     """
-    if platform == "darwin":
-        return False
-    if platform == "win32":
-        candidates = (
-            os.path.join(environ.get("WINDIR", "C:/Windows"), "System32/nvml.dll"),
-            os.path.join(environ.get("ProgramFiles", "C:/Program Files"), "NVIDIA Corporation/NVSMI/nvml.dll"),
-        )
-        return any(exists(path) for path in candidates)
-    try:
-        load("libnvidia-ml.so.1")
-    except OSError:
-        return False
-    return True
+    return host_for(platform).nvml_library_present(environ, exists, load)
 
 
 def _load_pynvml() -> Any | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
+
+from tray.system.host import host_for
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -17,14 +18,14 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def sleep_until(stop: threading.Event, platform: str = sys.platform) -> None:
+def sleep_until(stop: threading.Event, platform: str | None = None) -> None:
     """Block until ``stop`` is set, without waking in between where the OS lets a signal end the wait.
 
     On POSIX a signal interrupts a wait without a timeout, so the handler's
     ``set()`` ends it. On Windows, before Python 3.14, such a wait cannot be
     interrupted by Ctrl+C: there it looks once a second.
     """
-    if platform == "win32" and sys.version_info < (3, 14):
+    if not host_for(platform).signal_ends_wait():
         while not stop.wait(1.0):
             pass
         return

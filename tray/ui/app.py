@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ from PIL import Image
 from tray import APP_NAME
 from tray.core.status import Status
 from tray.core.text import truncate_text
+from tray.system.host import host_for
 from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip
 from tray.ui.menu import (
     ACTION_LABELS,
@@ -110,15 +110,15 @@ def error_line(error: BaseException) -> str:
     return one_line(str(error), fallback=type(error).__name__)
 
 
-def open_command(path: str, platform: str = sys.platform) -> list[str]:
-    """The command that shows ``path`` in the desktop's file manager or viewer (not Windows)."""
-    return ["open", path] if platform == "darwin" else ["xdg-open", path]
+def open_command(path: str, platform: str | None = None) -> list[str] | None:
+    """The command that shows ``path`` in the desktop's file manager or viewer (None on Windows)."""
+    return host_for(platform).open_command(path)
 
 
 def open_path(
     path: str,
     *,
-    platform: str = sys.platform,
+    platform: str | None = None,
     spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
 ) -> None:
     """Open a file or folder with the desktop's default application, detached.
@@ -127,19 +127,7 @@ def open_path(
     (``start_new_session``) and reaped by a daemon thread. Raises ``OSError``
     when the opener cannot be started.
     """
-    if platform == "win32":
-        # typeshed declares os.startfile for Windows only, and mypy checks this file as on Linux
-        os.startfile(path)  # type: ignore[attr-defined,unused-ignore]
-        return
-    process = spawn(
-        open_command(path, platform),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-    )
-    threading.Thread(target=process.wait, name="reap-opener", daemon=True).start()
+    host_for(platform).open_path(path, spawn)
 
 
 def pick_log_path(paths: list[str], exists: Callable[[str], bool] = os.path.exists) -> str | None:
