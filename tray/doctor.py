@@ -28,6 +28,8 @@ from types import ModuleType
 from typing import TextIO
 
 from tray import __version__
+from tray.system.host import platform_name
+from tray.system.notify import notify_os_for
 from tray.system.paths import AppPaths
 from tray.ui.backend import TrayBackend, TrayChoice, choose_tray, xembed_backend
 
@@ -38,9 +40,6 @@ BUNDLED_ICON = "icons/ollama-manager.png"
 
 # pystray's backends; a failed import leaves no module behind, the chosen one owns pystray.Icon.
 PYSTRAY_BACKENDS = ("appindicator", "gtk", "xorg", "darwin", "win32", "dummy")
-
-# plyer's name for each sys.platform (plyer.utils.platform).
-PLYER_PLATFORMS = {"linux": "linux", "win32": "win", "darwin": "macosx"}
 
 
 @dataclass(frozen=True)
@@ -221,9 +220,9 @@ def probe_chosen_backend(choice: TrayChoice) -> Probe:
     return probe_tray_backend()
 
 
-def probe_plyer(platform: str = sys.platform) -> Probe:
+def probe_plyer(platform: str | None = None) -> Probe:
     """Load plyer's notification backend module for ``platform`` as plyer does."""
-    plyer_platform = PLYER_PLATFORMS.get(platform, platform)
+    plyer_platform = notify_os_for(platform).plyer_platform
     module_name = f"plyer.platforms.{plyer_platform}.notification"
     try:
         with warnings.catch_warnings():
@@ -236,21 +235,12 @@ def probe_plyer(platform: str = sys.platform) -> Probe:
 
 
 def available_fallbacks(
-    platform: str = sys.platform,
+    platform: str | None = None,
     which: Callable[[str], str | None] = shutil.which,
     jeepney_present: bool = False,
 ) -> list[str]:
     """The notification fallbacks of :mod:`tray.system.notify` that could run here."""
-    if platform == "darwin":
-        candidates = ["osascript"]
-    elif platform == "win32":
-        candidates = ["powershell.exe"]
-    else:
-        candidates = ["notify-send"]
-    found = [f"{name} ({where})" for name in candidates if (where := which(name))]
-    if platform.startswith("linux") and jeepney_present:
-        found.insert(0, "D-Bus (jeepney)")
-    return found
+    return notify_os_for(platform).fallbacks(which, jeepney_present)
 
 
 def probe_nvml(loader: Callable[[], ModuleType] = lambda: importlib.import_module("pynvml")) -> NvmlFacts:
@@ -311,7 +301,7 @@ def probe_ollama(configured: str = "", env: Mapping[str, str] | None = None) -> 
 
 
 def gather_facts(
-    config_path: str | None = None, env: Mapping[str, str] | None = None, platform: str = sys.platform
+    config_path: str | None = None, env: Mapping[str, str] | None = None, platform: str | None = None
 ) -> Facts:
     """Look at this process and machine; each failure becomes part of the answer.
 
@@ -321,6 +311,7 @@ def gather_facts(
     from tray.system.autostart import launch_command
 
     env = os.environ if env is None else env
+    platform = platform_name(platform)
     paths = AppPaths.default()
     config_error: str | None = None
     modelfile: Path | None = None

@@ -45,9 +45,18 @@ class HostOS(Protocol):
         ...
 
 
+def platform_name(platform: str | None = None) -> str:
+    """``platform`` when given, else this OS's ``sys.platform``: the one place the running OS is read.
+
+    Every per-OS factory (``host_for``, ``process_os_for``, ``app_os_for``, ``notify_os_for``,
+    ``autostart_for``, ``choose_tray``) picks its implementation by this value.
+    """
+    return sys.platform if platform is None else platform
+
+
 def host_for(platform: str | None = None) -> HostOS:
     """The implementation for ``platform`` (a ``sys.platform`` value; default: this OS)."""
-    platform = sys.platform if platform is None else platform
+    platform = platform_name(platform)
     if platform == "win32":
         from tray.system.host_windows import WindowsHost
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from tray.system.host import platform_name
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +131,58 @@ def plyer_notify(
         log.debug("plyer: %s", " ".join(str(warning.message).split()))
 
 
-def default_channels(platform: str | None = None, app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
-    """The channels of ``platform`` (a ``sys.platform`` value; default: this OS) in the order they are tried:
-    those that report failures first."""
-    platform = sys.platform if platform is None else platform
+class NotifyOS(Protocol):
+    """One OS's ways to notify: the channels in the order they are tried (those that report failures first)."""
+
+    @property
+    def plyer_platform(self) -> str:
+        """plyer's name for the OS (plyer.utils.platform): its backend is ``plyer.platforms.<it>.notification``."""
+        ...
+
+    def channels(self, app_name: str, icon: str) -> list[Channel]:
+        """The channels, first tried first."""
+        ...
+
+    def fallbacks(self, which: Callable[[str], str | None], jeepney_present: bool) -> list[str]:
+        """The channels besides plyer that could run here, each with where it was found."""
+        ...
+
+
+@dataclass(frozen=True)
+class PlyerOnly:
+    """An OS this app knows no other way for: plyer alone."""
+
+    plyer_platform: str
+
+    def channels(self, app_name: str, icon: str) -> list[Channel]:
+        return [Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))]
+
+    def fallbacks(self, which: Callable[[str], str | None], jeepney_present: bool) -> list[str]:
+        return []
+
+
+def notify_os_for(platform: str | None = None) -> NotifyOS:
+    """The notification channels of ``platform`` (a ``sys.platform`` value; default: this OS)."""
+    platform = platform_name(platform)
     if platform.startswith("linux") or "bsd" in platform:
-        from tray.system.notify_linux import linux_channels
+        from tray.system.notify_linux import LinuxNotify
 
-        return linux_channels(app_name, icon)
+        return LinuxNotify()
     if platform == "darwin":
-        from tray.system.notify_darwin import darwin_channels
+        from tray.system.notify_darwin import DarwinNotify
 
-        return darwin_channels(app_name, icon)
+        return DarwinNotify()
     if platform == "win32":
-        from tray.system.notify_windows import windows_channels
+        from tray.system.notify_windows import WindowsNotify
 
-        return windows_channels(app_name, icon)
-    return [Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon))]
+        return WindowsNotify()
+    return PlyerOnly(platform)
+
+
+def default_channels(platform: str | None = None, app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
+    """The channels of ``platform`` (default: this OS) in the order they are tried: those that report failures
+    first."""
+    return notify_os_for(platform).channels(app_name, icon)
 
 
 # --- Rate limiting (pure) ---------------------------------------------------

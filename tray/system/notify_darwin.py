@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from tray.system.notify import APP_NAME, Channel, plyer_notify, run_command
 
 
@@ -25,9 +27,16 @@ def osascript_command(title: str, message: str, app_name: str = APP_NAME) -> lis
     return ["osascript", "-e", script]
 
 
-def darwin_channels(app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
+class DarwinNotify:
     """plyer, then ``osascript``."""
-    return [
-        Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon)),
-        Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name))),
-    ]
+
+    plyer_platform = "macosx"
+
+    def channels(self, app_name: str, icon: str) -> list[Channel]:
+        return [
+            Channel("plyer", lambda t, m: plyer_notify(t, m, app_name, icon)),
+            Channel("osascript", lambda t, m: run_command(osascript_command(t, m, app_name))),
+        ]
+
+    def fallbacks(self, which: Callable[[str], str | None], jeepney_present: bool) -> list[str]:
+        return [f"osascript ({where})"] if (where := which("osascript")) else []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tray.system.notify import (
@@ -86,13 +86,21 @@ def dbus_notify(
     return int(notification_id)
 
 
-def linux_channels(app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
+class LinuxNotify:
     """plyer (only through its D-Bus backend), the D-Bus call through jeepney, then ``notify-send``."""
-    return [
-        Channel("plyer", lambda t, m: plyer_notify(t, body_markup(m), app_name, icon)),
-        Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, body_markup(m), app_name, icon))),
-        Channel("notify-send", lambda t, m: run_command(notify_send_command(t, body_markup(m), app_name))),
-    ]
+
+    plyer_platform = "linux"
+
+    def channels(self, app_name: str, icon: str) -> list[Channel]:
+        return [
+            Channel("plyer", lambda t, m: plyer_notify(t, body_markup(m), app_name, icon)),
+            Channel("dbus", lambda t, m: _ignore_id(dbus_notify(t, body_markup(m), app_name, icon))),
+            Channel("notify-send", lambda t, m: run_command(notify_send_command(t, body_markup(m), app_name))),
+        ]
+
+    def fallbacks(self, which: Callable[[str], str | None], jeepney_present: bool) -> list[str]:
+        found = [f"notify-send ({where})"] if (where := which("notify-send")) else []
+        return (["D-Bus (jeepney)"] if jeepney_present else []) + found
 
 
 def _ignore_id(_notification_id: int) -> None:

@@ -115,10 +115,16 @@ class WindowsToast:
         self._run(powershell_command(title, message))
 
 
-def windows_channels(app_name: str = APP_NAME, icon: str = "") -> list[Channel]:
+class WindowsNotify:
     """The toast, then plyer's balloon, whose delivery cannot be confirmed (it runs on a thread of its own)."""
 
-    def balloon_send(t: str, m: str) -> None:
-        plyer_notify(t, m, app_name, icon, confirmed_only=False)
+    plyer_platform = "win"
 
-    return [Channel("toast", WindowsToast(app_name, icon)), Channel("plyer", balloon_send, confirms=False)]
+    def channels(self, app_name: str, icon: str) -> list[Channel]:
+        def balloon_send(t: str, m: str) -> None:
+            plyer_notify(t, m, app_name, icon, confirmed_only=False)
+
+        return [Channel("toast", WindowsToast(app_name, icon)), Channel("plyer", balloon_send, confirms=False)]
+
+    def fallbacks(self, which: Callable[[str], str | None], jeepney_present: bool) -> list[str]:
+        return [f"powershell.exe ({where})"] if (where := which("powershell.exe")) else []

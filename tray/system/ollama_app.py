@@ -32,7 +32,6 @@ import logging
 import os
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ import psutil
 
 from tray.settings.hosts import DEFAULT_PORT, OllamaHost, parse_ollama_host
 from tray.system.console_break import console_break
+from tray.system.host import platform_name
 from tray.system.owners import run_command
 from tray.system.processes import (
     ProcessRef,
@@ -371,7 +371,7 @@ class AppOS(Protocol):
 
 def app_os_for(platform: str | None = None) -> AppOS | None:
     """The Ollama app of ``platform`` (a ``sys.platform`` value; default: this OS); None on Linux, which has none."""
-    platform = sys.platform if platform is None else platform
+    platform = platform_name(platform)
     if platform == "darwin":
         from tray.system.ollama_app_darwin import DarwinApp
 

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from tray.core.text import plain_line
 from tray.errors import SupervisorError
 from tray.settings.hosts import OllamaHost, parse_ollama_host
 from tray.system.atomic import private_dir, private_file
+from tray.system.host import platform_name
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class ProcessOS(Protocol):
 
 def process_os_for(platform: str | None = None) -> ProcessOS:
     """The implementation for ``platform`` (a ``sys.platform`` value; default: this OS)."""
-    platform = sys.platform if platform is None else platform
+    platform = platform_name(platform)
     if platform == "win32":
         from tray.system.processes_windows import WindowsProcesses
 
