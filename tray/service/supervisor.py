@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
 from tray.settings.server import customizes_server, server_env, without_secrets
 from tray.system.atomic import write_atomically
+from tray.system.host import platform_name
 from tray.system.ollama_app import (
     AppFinder,
     AppGone,
@@ -61,10 +61,10 @@ from tray.system.owners import (
     Trust,
     current_uid,
     detect_supervisor,
-    installed_ollama_unit,
     judge_owner,
     read_journal,
     run_command,
+    service_manager_for,
     unit_state,
     user_name,
 )
@@ -222,7 +222,7 @@ class Supervisor:
         history: History,
         *,
         env: Mapping[str, str] | None = None,
-        platform: str = sys.platform,
+        platform: str | None = None,
         app_finder: AppFinder | None = None,
     ) -> None:
         """``app_finder``: how this OS's Ollama app is recognised (default: the OS's own; none on Linux)."""
@@ -230,7 +230,8 @@ class Supervisor:
         self.paths = paths
         self.history = history
         self.env = dict(os.environ if env is None else env)
-        self.platform = platform
+        self.platform = platform = platform_name(platform)
+        self.services = service_manager_for(platform)  # systemd on Linux
         self.host = config.host
         self.client = OllamaClient(self.host.url)
         server_settings_env = server_env(config.ollama_server, self.env)
@@ -318,8 +319,8 @@ class Supervisor:
 
     def _server_process(self, pid: int | None, uid: int | None) -> ProcessRef | None:
         """The ``ollama serve`` holding the port: the listener's pid, else the MainPID of the unit run as its owner."""
-        if pid is None and uid is not None and self.platform.startswith("linux"):
-            unit = installed_ollama_unit()
+        if pid is None and uid is not None:
+            unit = self.services.installed_unit()
             if unit is not None and unit.main_pid and self._uid_of_pid(unit.main_pid) == uid:
                 pid = unit.main_pid
         if pid is None:
@@ -441,9 +442,9 @@ class Supervisor:
         """The unit that runs Ollama, or is installed to (then the manager never starts a serve of its own)."""
         if isinstance(self.external, SystemdService):
             return self.external
-        if self.popen is not None or not self.platform.startswith("linux"):
+        if self.popen is not None:
             return None
-        installed = installed_ollama_unit()
+        installed = self.services.installed_unit()
         return installed.service if installed is not None else None
 
     def _owner_of(self, server: ProcessRef) -> ExternalSupervisor | None:

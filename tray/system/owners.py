@@ -11,17 +11,16 @@ built by pure methods and checked exactly in tests.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import subprocess
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Protocol, Union
 
+from tray.system.host import platform_name
 from tray.system.processes import ProcessRef, is_server_cmdline
 
 if TYPE_CHECKING:
@@ -259,29 +258,50 @@ def _read_cgroup(pid: int) -> str:
     return Path(f"/proc/{pid}/cgroup").read_text()
 
 
+class ServiceManager(Protocol):
+    """The OS's service manager, as far as it may run Ollama and respawn it."""
+
+    def unit_running(
+        self, pid: int, run: CommandRunner = ..., read_cgroup: Callable[[int], str] = ...
+    ) -> UnitState | None:
+        """The unit whose service ``pid`` is, if any."""
+        ...
+
+    def installed_unit(self) -> UnitState | None:
+        """The installed unit that runs ``ollama serve``, if any."""
+        ...
+
+
+class NoServiceManager:
+    """macOS and Windows: no system service runs Ollama; its desktop app does (:mod:`tray.system.ollama_app`)."""
+
+    def unit_running(
+        self, pid: int, run: CommandRunner = _run_quietly, read_cgroup: Callable[[int], str] = _read_cgroup
+    ) -> UnitState | None:
+        return None
+
+    def installed_unit(self) -> UnitState | None:
+        return None
+
+
+def service_manager_for(platform: str | None = None) -> ServiceManager:
+    """systemd on Linux; none elsewhere (``platform``: a ``sys.platform`` value; default: this OS)."""
+    if platform_name(platform).startswith("linux"):
+        from tray.system.owners_linux import SystemdManager
+
+        return SystemdManager()
+    return NoServiceManager()
+
+
 def unit_running(
     pid: int,
-    platform: str = sys.platform,
+    platform: str | None = None,
     run: CommandRunner = _run_quietly,
     read_cgroup: Callable[[int], str] = _read_cgroup,
 ) -> UnitState | None:
     """The systemd unit whose service ``pid`` is: its cgroup's unit (any name) when that unit runs
     ``ollama serve`` or has it as MainPID, else an installed unit whose MainPID it is."""
-    if not platform.startswith("linux"):
-        return None
-    from_cgroup = None
-    with contextlib.suppress(OSError):
-        from_cgroup = systemd_unit_from_cgroup(read_cgroup(pid))
-    if from_cgroup is not None:
-        state = unit_state(from_cgroup, run)
-        if state.installed and (state.main_pid == pid or state.runs_ollama_serve):
-            return state
-    for service in INSTALLED_UNITS:
-        if service != from_cgroup:
-            state = unit_state(service, run)
-            if state.installed and state.main_pid == pid:
-                return state
-    return None
+    return service_manager_for(platform).unit_running(pid, run, read_cgroup)
 
 
 def journal_command(service: SystemdService, *, follow: bool = False, lines: int | None = None) -> list[str]:
@@ -443,15 +463,13 @@ def current_uid() -> int:
     return os.getuid() if hasattr(os, "getuid") else -1
 
 
-def detect_supervisor(server: ProcessRef, platform: str = sys.platform) -> SystemdService | None:
+def detect_supervisor(server: ProcessRef, platform: str | None = None) -> SystemdService | None:
     """Who, besides us, would respawn this server (the Ollama app: :mod:`tray.system.ollama_app`)."""
     proc = server.get()
     if proc is None:
         return None
-    if platform.startswith("linux"):
-        unit = unit_running(proc.pid, platform)
-        return unit.service if unit is not None else None
-    return None
+    unit = service_manager_for(platform).unit_running(proc.pid)
+    return unit.service if unit is not None else None
 
 
 def systemd_active_state(service: SystemdService) -> str:
