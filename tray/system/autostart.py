@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tray.system.atomic import write_atomically
+from tray.system.host import platform_name
 from tray.system.registry import RegistryValues, WinregKey
 
 APP_DISPLAY_NAME = "Ollama Manager"
@@ -57,33 +58,43 @@ def launch_command(
     *,
     frozen: bool | None = None,
     executable: str | None = None,
-    platform: str = sys.platform,
+    platform: str | None = None,
     which: Callable[[str], str | None] = shutil.which,
     exists: Callable[[Path], bool] = Path.is_file,
 ) -> list[str]:
     """The argv that starts this app at login: always a program without a console window.
 
     A frozen bundle (PyInstaller) starts its own executable, which on macOS is
-    the ``.app``'s ``Contents/MacOS/…`` file; on Windows it is the windowed
-    ``Ollama Manager.exe`` beside the console ``ollama-manager.exe``, even when
-    start at login is enabled from the command line (the console one would open
-    a console window at every login). From source on Windows, ``pythonw.exe -m tray``
-    for the same reason. Elsewhere the installed ``ollama-manager`` console script
-    next to the interpreter (or on PATH), else ``python -m tray``.
+    the ``.app``'s ``Contents/MacOS/…`` file. Windows and the other OSes differ:
+    :func:`windows_launch_command`, :func:`posix_launch_command`.
     """
     frozen = bool(getattr(sys, "frozen", False)) if frozen is None else frozen
     executable = executable or sys.executable
+    if platform_name(platform) == "win32":
+        return windows_launch_command(frozen, executable, exists)
+    return posix_launch_command(frozen, executable, which, exists)
+
+
+def windows_launch_command(frozen: bool, executable: str, exists: Callable[[Path], bool]) -> list[str]:
+    """A bundle's windowed ``Ollama Manager.exe`` beside the console ``ollama-manager.exe``, even when start
+    at login is enabled from the command line (the console one would open a console window at every login);
+    from source ``pythonw.exe -m tray`` for the same reason."""
+    program = Path(executable).absolute()
     if frozen:
-        program = Path(executable).absolute()
-        if platform == "win32":
-            windowed = program.with_name(WINDOWED_EXECUTABLE)
-            if exists(windowed):
-                return [str(windowed)]
-        return [str(program)]
+        windowed = program.with_name(WINDOWED_EXECUTABLE)
+        return [str(windowed if exists(windowed) else program)]
+    pythonw = Path(executable).parent / "pythonw.exe"
+    return [str(pythonw if exists(pythonw) else Path(executable)), "-m", "tray"]
+
+
+def posix_launch_command(
+    frozen: bool, executable: str, which: Callable[[str], str | None], exists: Callable[[Path], bool]
+) -> list[str]:
+    """A bundle's own executable; else the installed ``ollama-manager`` console script next to the interpreter
+    (or on PATH), else ``python -m tray``."""
+    if frozen:
+        return [str(Path(executable).absolute())]
     interpreter_dir = Path(executable).parent
-    if platform == "win32":
-        pythonw = interpreter_dir / "pythonw.exe"
-        return [str(pythonw if exists(pythonw) else Path(executable)), "-m", "tray"]
     if exists(interpreter_dir / CONSOLE_SCRIPT):
         return [str(interpreter_dir / CONSOLE_SCRIPT)]
     on_path = which(CONSOLE_SCRIPT)
@@ -269,7 +280,7 @@ class XdgAutostart:
 
 
 def autostart_for(
-    platform: str = sys.platform,
+    platform: str | None = None,
     home: Path | None = None,
     env: Mapping[str, str] | None = None,
     command: Sequence[str] | None = None,
@@ -282,6 +293,7 @@ def autostart_for(
     """
     home = Path.home() if home is None else home
     env = os.environ if env is None else env
+    platform = platform_name(platform)
     command = launch_command(platform=platform) if command is None else list(command)
     if platform == "darwin":
         return LaunchAgentAutostart(home, command)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from tray.system.host import platform_name
+
 log = logging.getLogger(__name__)
 
 FALLBACK_SETTLE_S = 5.0  # how long an XEmbed tray must be there without a watcher before it takes the icon
@@ -216,13 +218,14 @@ def probe_hosts(
 
 def choose_tray(
     env: Mapping[str, str] | None = None,
-    platform: str = sys.platform,
+    platform: str | None = None,
     *,
     probe_watcher: Callable[[str], bool] | None = None,
     probe_x: Callable[[str], TrayVerdict] = x_tray_owner,
 ) -> TrayChoice:
-    """The backend for this session, and why."""
+    """The backend for this session, and why: pystray on macOS and Windows, a probe of the hosts elsewhere."""
     env = os.environ if env is None else env
+    platform = platform_name(platform)
     if platform == "darwin":
         return TrayChoice(TrayBackend.PYSTRAY, "macOS menu bar")
     if platform == "win32":
@@ -241,7 +244,7 @@ def choose_tray(
 
 def tray_available(
     env: Mapping[str, str] | None = None,
-    platform: str = sys.platform,
+    platform: str | None = None,
     *,
     probe_watcher: Callable[[str], bool] | None = None,
     probe_x: Callable[[str], TrayVerdict] = x_tray_owner,

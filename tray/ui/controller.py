@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def ollama_log_locations(
-    paths: AppPaths, platform: str = sys.platform, env: dict[str, str] | None = None, server_log: Path | None = None
+    paths: AppPaths, platform: str | None = None, env: dict[str, str] | None = None, server_log: Path | None = None
 ) -> list[str]:
     """Where "Open logs" looks, the first that exists wins.
 
