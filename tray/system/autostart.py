@@ -70,7 +70,8 @@ def launch_command(
     """
     frozen = bool(getattr(sys, "frozen", False)) if frozen is None else frozen
     executable = executable or sys.executable
-    if platform_name(platform) == "win32":
+    platform = platform_name(platform)
+    if platform == "win32":
         return windows_launch_command(frozen, executable, exists)
     return posix_launch_command(frozen, executable, which, exists)
 

@@ -47,6 +47,11 @@ from tray.ui.menu import (
     model_of_action,
     use_model_action,
 )
+from tray.ui.pystray_fixes import (
+    accept_xorg_clicks,
+    log_xorg_tray_loss_in_one_line,
+    send_xorg_requests_on_own_connection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -512,91 +517,6 @@ class TrayApp:
             enabled=lambda item: live(item).enabled,
             default=lambda item: live(item).default,
         )
-
-
-def accept_xorg_clicks(icon: Any) -> None:
-    """Let pystray's xorg icon window receive mouse clicks.
-
-    pystray 0.19.5 creates the XEmbed window without ``ButtonPressMask``, so a
-    click never reaches its default action (pystray issue #151). Other
-    backends are left alone.
-    """
-    if type(icon).__module__ != "pystray._xorg":
-        return
-    window, display = getattr(icon, "_window", None), getattr(icon, "_display", None)
-    if window is None or display is None:
-        return
-    from Xlib import X
-
-    window.change_attributes(event_mask=X.ExposureMask | X.StructureNotifyMask | X.ButtonPressMask)
-    display.flush()
-
-
-def send_xorg_requests_on_own_connection(icon: Any) -> None:
-    """Make pystray's xorg icon safe to update from other threads.
-
-    pystray 0.19.5 runs ``icon.icon = ...``, ``icon.title = ...``,
-    ``visible`` and ``stop()`` by sending a ClientMessage to its own window
-    on the icon's X connection from the calling thread, while the event loop
-    uses that connection on the main thread. python-xlib 0.33 cannot share a
-    connection that way: a thread that flushes while input is pending returns
-    without waking a thread waiting for a reply, so the event loop blocks for
-    good in ``get_geometry()`` and every later update waits on it (the icon
-    freezes; ~5 % of launches under Xvfb). A second connection carries those
-    messages instead; the event loop still receives them on its own.
-    """
-    if type(icon).__module__ != "pystray._xorg":
-        return
-    from Xlib import X
-    from Xlib import display as xdisplay
-    from Xlib.protocol import event
-
-    sender = xdisplay.Display(icon._display.get_display_name())
-    send_lock = threading.Lock()
-    send_on_loop_thread = icon._send_message
-
-    def send_message(window: Any, client_type: int, l0: int = 0, l1: int = 0, l2: int = 0, l3: int = 0) -> None:
-        loop = getattr(icon, "_thread", None)
-        if loop is not None and threading.current_thread().ident == loop.ident:
-            send_on_loop_thread(window, client_type, l0, l1, l2, l3)
-            return
-        message = event.ClientMessage(
-            window=window.id, client_type=client_type, data=(32, (X.CurrentTime, l0, l1, l2, l3))
-        )
-        with send_lock:
-            sender.create_resource_object("window", window.id).send_event(message, event_mask=X.NoEventMask)
-            sender.flush()
-
-    icon._send_message = send_message
-
-
-class _TrayLossInOneLine(logging.Filter):
-    """Turns pystray's "Failed to dock icon" traceback into one warning line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Failed to dock icon" and record.exc_info:
-            record.msg = "the XEmbed system tray went away; the icon waits for the tray hosts to change"
-            record.args = None
-            record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-_TRAY_LOSS_FILTER = _TrayLossInOneLine()
-
-
-def log_xorg_tray_loss_in_one_line(icon: Any) -> None:
-    """Keep pystray's xorg backend from logging a traceback when the XEmbed tray goes away.
-
-    pystray 0.19.5 logs "Failed to dock icon" with the AssertionError of its
-    own docking check when the tray window is destroyed (a panel that quits or
-    restarts): an expected event, which :class:`~tray.ui.backend.HostWatch`
-    answers, not a bug.
-    """
-    if type(icon).__module__ == "pystray._xorg":
-        logger = logging.getLogger("pystray._base")
-        if _TRAY_LOSS_FILTER not in logger.filters:
-            logger.addFilter(_TRAY_LOSS_FILTER)
 
 
 def _import_pystray() -> Any:
