@@ -47,11 +47,7 @@ from tray.ui.menu import (
     model_of_action,
     use_model_action,
 )
-from tray.ui.pystray_fixes import (
-    accept_xorg_clicks,
-    log_xorg_tray_loss_in_one_line,
-    send_xorg_requests_on_own_connection,
-)
+from tray.ui.pystray_fixes import fix_xorg_icon
 
 log = logging.getLogger(__name__)
 
@@ -392,9 +388,7 @@ class TrayApp:
         key = self._image_key(status)
         icon = self._create_icon(self._image(key), tooltip(status, running))
         self._shown_image_key = key
-        accept_xorg_clicks(icon)
-        send_xorg_requests_on_own_connection(icon)
-        log_xorg_tray_loss_in_one_line(icon)
+        fix_xorg_icon(icon)
         return icon
 
     def _create_icon(self, image: Image.Image, title: str) -> Any:

@@ -1,14 +1,58 @@
 """Workarounds for bugs of pystray's xorg (XEmbed) backend, each reaching into its private internals.
 
+They were written against pystray 0.19.5 (the latest release; pyproject.toml asks for at
+least that) and are applied only to that version: :func:`fix_xorg_icon` skips them, with one
+warning, for any other. A release that renames what they patch must not break the tray,
+and a release that fixes the bugs must not be patched again; the tray's X tests show which
+it is when pystray is upgraded. No upper bound is pinned, so a fixed pystray can be installed.
+
 Other backends are left alone: each function returns at once for an icon that is not
 ``pystray._xorg``'s.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import threading
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+PATCHED_PYSTRAY = "0.19.5"  # the pystray release these workarounds were written and tested against
+_warned_versions: set[str | None] = set()  # each skipped version is reported once
+
+
+def pystray_version() -> str | None:
+    """The installed pystray's version (a bundle carries its metadata); None when it cannot be told."""
+    try:
+        return importlib.metadata.version("pystray")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def fix_xorg_icon(icon: Any, version: str | None = None) -> bool:
+    """Apply every workaround to pystray's xorg ``icon`` when pystray is the version they were written for.
+
+    ``version``: the installed pystray's (default: read from its metadata). True when applied.
+    """
+    if type(icon).__module__ != "pystray._xorg":
+        return False
+    version = pystray_version() if version is None else version
+    if version != PATCHED_PYSTRAY:
+        if version not in _warned_versions:
+            _warned_versions.add(version)
+            log.warning(
+                "pystray %s is not %s, which the tray's xorg workarounds were written for: they are skipped "
+                "(clicks on the icon and updates from other threads work as pystray itself makes them)",
+                version or "of an unknown version",
+                PATCHED_PYSTRAY,
+            )
+        return False
+    accept_xorg_clicks(icon)
+    send_xorg_requests_on_own_connection(icon)
+    log_xorg_tray_loss_in_one_line(icon)
+    return True
 
 
 def accept_xorg_clicks(icon: Any) -> None:
