@@ -5,15 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from tray.system.host import Spawn, spawn_detached
+from tray.system.host_posix import PosixHost
 
 
-class LinuxHost:
-    def open_command(self, path: str) -> list[str]:
-        return ["xdg-open", path]
-
-    def open_path(self, path: str, spawn: Spawn) -> None:
-        spawn_detached(self.open_command(path), spawn)
+class LinuxHost(PosixHost):
+    opener = "xdg-open"
 
     def runtime_root(self, env: Mapping[str, str]) -> Path | None:
         """``$XDG_RUNTIME_DIR`` when it names an existing absolute folder."""
@@ -21,10 +17,6 @@ class LinuxHost:
         if runtime and Path(runtime).is_absolute() and Path(runtime).is_dir():
             return Path(runtime)
         return None
-
-    def signal_ends_wait(self) -> bool:
-        """A signal interrupts a wait without a timeout, so the handler's ``set()`` ends it."""
-        return True
 
     def nvml_library_present(
         self, environ: Mapping[str, str], exists: Callable[[str], bool], load: Callable[[str], object]
