@@ -63,7 +63,7 @@ from tray.gateway.cloud import (
     provider_error,
     request_headers,
 )
-from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.settings.gateway import CloudSettings, GatewaySettings
 
 LOCAL_CONNECT_TIMEOUT = 2.0
 PS_TIMEOUT = 1.0

@@ -22,7 +22,7 @@ from typing import Any
 from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.core.names import parse_name
-from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, check_ollama_host, exposure_warning, parse_ollama_host
 from tray.settings.meta import DAY, MAX_PORT, check_fields, check_value, setting, shown
 from tray.settings.server import OllamaServerSettings
@@ -283,7 +283,7 @@ def setting_argument(cls: type, key: str) -> Callable[[str], Any]:
     The flag passes the same check as the setting; argparse prints the problem
     as ``argument --port: must be at most 65535, got 70000`` and exits with 2.
 
-    >>> from tray.gateway.settings import GatewaySettings
+    >>> from tray.settings.gateway import GatewaySettings
     >>> setting_argument(GatewaySettings, "port")("70000")
     Traceback (most recent call last):
     argparse.ArgumentTypeError: must be at most 65535, got 70000
