@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.core.names import parse_name
+from tray.settings.alerts import AlertSettings
 from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, check_ollama_host, exposure_warning, parse_ollama_host
 from tray.settings.meta import DAY, MAX_PORT, check_fields, check_value, setting, shown
@@ -179,7 +179,7 @@ class Config:
     )
     notifications: bool = field(default=True, metadata=setting("Show desktop notifications"))
 
-    alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=setting("Alert thresholds"))
+    alerts: AlertSettings = field(default_factory=AlertSettings, metadata=setting("Alert thresholds"))
     cloud: CloudSettings = field(
         default_factory=CloudSettings,
         metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)"),
