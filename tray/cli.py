@@ -364,7 +364,7 @@ def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         shown_value = tomlkit.item(validation.values[key]).as_string()
         overridden = f"; {spec.env_name} is set and overrides it" if spec.env_name in env else ""
         print(f"Saved {key} = {shown_value} to {path}{overridden}; Ollama Manager uses it from its next start")
-        for warning in config_warnings(load_config(path, env=env)):
+        for warning in config_warnings(load_config(path, env=env, paths=paths)):
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         return 0
     values = effective_values(Config, table, env, path, list(specs.values()))
