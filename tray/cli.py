@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -391,6 +392,7 @@ def cmd_monitor(ctx: Context) -> int:
 
 def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
+    from tray.dashboard.launch import open_dashboard
     from tray.system.autostart import autostart_for
     from tray.ui.app import TrayApp
     from tray.ui.backend import backend_for, choose_tray, no_tray_message
@@ -412,7 +414,13 @@ def cmd_tray(ctx: Context) -> int:
     try:
         with running_services(ctx, notifier) as services:
             controller = MonitorController(
-                services.monitor, ctx.config, ctx.paths, services.history, notifier, autostart_for()
+                services.monitor,
+                ctx.config,
+                ctx.paths,
+                services.history,
+                notifier,
+                autostart_for(),
+                open_dashboard=functools.partial(open_dashboard, ctx.paths),
             )
             app = TrayApp(controller, backend=backend_for(choice.backend, choice.bus_address))
             with follow_tray_hosts(choice, app, gave_up, ctx.config.tray_host_wait):
