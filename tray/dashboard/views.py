@@ -11,24 +11,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from tray.core.health import Health
-from tray.core.status import BusyStatus, GatewayStatus, Status
-from tray.core.units import format_age, format_duration, format_latency, human_bytes
-from tray.history import NUMERIC_FIELDS, Event
-from tray.models.store import same_model
-from tray.ui.icon import busy_text, loading_text, status_summary
-from tray.ui.menu import (
-    ACTION_LABELS,
+from tray.core.actions import (
     REBUILD,
     RESTART,
+    SERVER_ACTION_LABELS,
     START,
     STOP,
     UNLOAD,
     action_enabled,
     blocked_actions,
-    loaded_model_label,
     server_is_up,
 )
+from tray.core.health import Health
+from tray.core.status import BusyStatus, GatewayStatus, Status
+from tray.core.status_text import busy_text, loaded_model_label, loading_text, status_summary
+from tray.core.units import format_age, format_duration, format_latency, human_bytes
+from tray.history import NUMERIC_FIELDS, Event
+from tray.models.store import same_model
 
 RANGES: dict[str, float] = {"1h": 3600.0, "1d": 86400.0}
 CHART_POINTS = 360
@@ -54,7 +53,7 @@ def action_views(status: Status) -> list[dict[str, Any]]:
     blocked = blocked_actions(status, ())
     start_or_stop = STOP if server_is_up(status) else START
     return [
-        {"id": action, "label": ACTION_LABELS[action], "enabled": action_enabled(action, status, blocked)}
+        {"id": action, "label": SERVER_ACTION_LABELS[action], "enabled": action_enabled(action, status, blocked)}
         for action in (start_or_stop, RESTART, REBUILD, UNLOAD)
     ]
 
