@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,12 @@ def test_the_tree_as_it_is_keeps_both_contracts(tree: Path) -> None:
     done = lint_imports(tree)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Contracts: 2 kept, 0 broken." in done.stdout
+
+
+def test_the_layers_have_no_exceptions() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    layers = next(c for c in config["tool"]["importlinter"]["contracts"] if c["id"] == "layers")
+    assert layers.get("ignore_imports", []) == []
 
 
 @pytest.mark.parametrize(
