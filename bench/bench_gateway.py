@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from standin.harness import StandinEnv  # noqa: E402
 from standin_cloud import StandinCloud  # noqa: E402
 from tray.gateway.app import Gateway, GatewayServer  # noqa: E402
-from tray.gateway.settings import CloudSettings, GatewaySettings  # noqa: E402
+from tray.settings.gateway import CloudSettings, GatewaySettings  # noqa: E402
 
 NODELAY_SITECUSTOMIZE = "import socketserver\nsocketserver.StreamRequestHandler.disable_nagle_algorithm = True\n"
 LONG_PROMPT = " ".join(f"w{i}" for i in range(198))  # the stand-in echoes up to 200 words, one per chunk
@@ -64,7 +64,7 @@ STREAM_CHAT: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", 
 GATEWAY_PROCESS = """
 import json, sys
 from tray.gateway.app import Gateway, GatewayServer
-from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.settings.gateway import CloudSettings, GatewaySettings
 local_url, cloud_url = sys.argv[1:3]
 settings = CloudSettings(enabled=True, base_url=cloud_url, model="cloud-model", api_key_env="BENCH_KEY")
 gateway = Gateway(local_url=local_url, cloud=settings, settings=GatewaySettings(), env={"BENCH_KEY": "bench-key"},

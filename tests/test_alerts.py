@@ -20,8 +20,8 @@ from tray.core.alerts import (
     Severity,
     fit_trend,
     format_bytes,
-    thresholds_from_mapping,
 )
+from tray.settings.alerts import AlertSettings, thresholds_from_mapping
 
 TICK = 30.0
 
@@ -433,17 +433,17 @@ def test_thresholds_defaults_match_the_design_notes() -> None:
 
 
 def test_thresholds_from_a_config_table() -> None:
-    assert thresholds_from_mapping({"memory_mb": 8192, "leak_restart": True}) == AlertThresholds(
+    assert thresholds_from_mapping({"memory_mb": 8192, "leak_restart": True}) == AlertSettings(
         memory_mb=8192, leak_restart=True
     )
     with pytest.raises(ValueError, match=r"^unknown key 'memory_gb' in \[alerts\]$"):
         thresholds_from_mapping({"memory_gb": 8})
     with pytest.raises(ValueError, match=r"^alerts.cooldown_seconds must be at least 0, got -1$"):
-        AlertThresholds(cooldown_seconds=-1)
+        AlertSettings(cooldown_seconds=-1)
     with pytest.raises(ValueError, match=r"^alerts.clear_ratio must be at most 1, got 1.5$"):
-        AlertThresholds(clear_ratio=1.5)
+        AlertSettings(clear_ratio=1.5)
     with pytest.raises(ValueError, match=r"^alerts.cpu_percent must be a finite number, got nan$"):
-        AlertThresholds(cpu_percent=float("nan"))
+        AlertSettings(cpu_percent=float("nan"))
 
 
 def test_format_bytes() -> None:

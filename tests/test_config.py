@@ -304,7 +304,7 @@ def test_every_number_setting_has_a_finite_maximum():
 
 
 def test_settings_built_in_code_pass_the_same_limits():
-    from tray.gateway.settings import GatewaySettings
+    from tray.settings.gateway import GatewaySettings
 
     with pytest.raises(ValueError, match=r"^health_check_timeout must be a finite number, got nan$"):
         Config(health_check_timeout=float("nan"))

@@ -169,6 +169,7 @@ def test_the_command_the_web_api_gives_for_a_command_only_key_sets_it(
 
     from tray.dashboard.settings_form import SettingsService
     from tray.settings.config import load_config
+    from tray.system.paths import AppPaths
 
     service = SettingsService(config_file, {}, lambda plan, wanted: None)
     status, answer = service.save({key: value})
@@ -177,5 +178,5 @@ def test_the_command_the_web_api_gives_for_a_command_only_key_sets_it(
     assert command[:4] == ["ollama-manager", "--config", str(config_file), "config"]
     code, out, err = run(capsys, *command[1:])
     assert (code, out.startswith(f"Saved {key} = ")) == (0, True), err
-    assert attribute(load_config(config_file, env={})) == value
+    assert attribute(load_config(config_file, env={}, paths=AppPaths.default())) == value
     assert config_file.read_text().startswith(COMMENTED)

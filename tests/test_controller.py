@@ -64,7 +64,7 @@ def test_menu_toggles_are_saved_keeping_the_users_comments(tmp_path):
     paths.config_file.write_text("# my settings\nhealth_check_interval = 10  # seconds\n")
     config = load_config(env={}, paths=paths)
     notifier, autostart = RecordingNotifier(), FakeAutostart()
-    controller = MonitorController(None, config, paths, History(None), notifier, autostart)
+    controller = MonitorController(None, config, paths, History(None), notifier, autostart, open_dashboard=lambda: None)
     controller.set_setting("notifications", False)
     controller.set_setting("autostart", True)
     assert notifier.enabled is False and autostart.on is True
@@ -73,3 +73,19 @@ def test_menu_toggles_are_saved_keeping_the_users_comments(tmp_path):
         paths.config_file.read_text() == "# my settings\nhealth_check_interval = 10  # seconds\nnotifications = false\n"
     )
     assert load_config(env={}, paths=paths).notifications is False
+
+
+def test_open_dashboard_runs_what_the_composition_layer_handed_in(tmp_path):
+    paths = paths_in(tmp_path)
+    opened = []
+    controller = MonitorController(
+        None,
+        load_config(env={}, paths=paths),
+        paths,
+        History(None),
+        RecordingNotifier(),
+        FakeAutostart(),
+        open_dashboard=lambda: opened.append("dashboard"),
+    )
+    controller.open_dashboard()
+    assert opened == ["dashboard"]

@@ -39,10 +39,10 @@ from tray.gateway.commands import (
     serve_beside_monitor,
 )
 from tray.gateway.redact import StreamRedactor, redact_bytes
-from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.history import History
 from tray.settings.config import ConfigError, load_table, settable_fields
+from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 

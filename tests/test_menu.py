@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from tray.core.actions import blocked_actions
 from tray.core.health import BusySource, Health
 from tray.core.status import (
     Activity,
@@ -26,16 +27,15 @@ from tray.core.status import (
     Status,
     make_status,
 )
+from tray.core.status_text import processor_split
+from tray.core.units import human_bytes
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
     MenuEntry,
-    blocked_actions,
     build_menu,
     default_action,
     find_entry,
-    human_bytes,
-    processor_split,
 )
 
 SETTINGS = {"notifications": True, "autostart": False, "stop_ollama_on_quit": False}

@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 from tests.manager import wait_until
-from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
@@ -25,6 +24,7 @@ from tray.ollama.client import InstalledModel, LoadedModel
 from tray.service.monitor import RECHECK_SECONDS, ModelChoiceError, Monitor
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import PortInUse, StartFailed, StartOutcome
+from tray.settings.alerts import AlertSettings
 from tray.settings.config import Config
 from tray.settings.hosts import parse_ollama_host
 from tray.settings.server import OllamaServerSettings
@@ -935,7 +935,7 @@ def test_new_settings_rebuild_what_derives_from_them():
             "auto_restart_attempts": 5,
             "stuck_runner_timeout": 45,
             "health_check_interval": 120,
-            "alerts": AlertThresholds(memory_mb=1024),
+            "alerts": AlertSettings(memory_mb=1024),
         }
     )
     future = monitor.apply_settings(changed)

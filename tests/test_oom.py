@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from standin import standin_status
+from tray.core.ollama_env import GPU_OFF_ENV
 from tray.core.oom import (
     OLLAMA_OOM_SUBSTRINGS,
     RECOVERABLE_SUBSTRINGS,
@@ -24,7 +25,6 @@ from tray.core.oom import (
     oom_targets,
     route,
 )
-from tray.settings.server import GPU_OFF_ENV
 
 # --- Recognition ----------------------------------------------------------------------------------
 

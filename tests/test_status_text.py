@@ -72,8 +72,9 @@ def test_a_monitor_that_no_longer_supervises_says_so() -> None:
 
 
 def test_the_tray_and_the_dashboard_say_when_nothing_is_supervised() -> None:
+    from tray.core.status_text import status_summary
     from tray.service.monitor import not_supervising
-    from tray.ui.icon import status_summary, tooltip
+    from tray.ui.icon import tooltip
 
     halted = not_supervising(RUNNING, "supervision stopped: RuntimeError: boom")
     assert status_summary(halted) == "Not supervising Ollama — restart Ollama Manager"

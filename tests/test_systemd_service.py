@@ -395,7 +395,9 @@ from tray.ui.controller import MonitorController
 log_dir = Path(sys.argv[1])
 monitor = SimpleNamespace(supervisor=SimpleNamespace(external=SystemdService("ollama.service")))
 paths = SimpleNamespace(log_dir=log_dir, server_log=log_dir / "ollama-server.log")
-controller = MonitorController(monitor, SimpleNamespace(stop_ollama_on_quit=False), paths, None, None, None)
+controller = MonitorController(
+    monitor, SimpleNamespace(stop_ollama_on_quit=False), paths, None, None, None, open_dashboard=lambda: None
+)
 first = controller.log_paths()[0]
 print(first)
 print(Path(first).read_text())

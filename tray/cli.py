@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -364,7 +365,7 @@ def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         shown_value = tomlkit.item(validation.values[key]).as_string()
         overridden = f"; {spec.env_name} is set and overrides it" if spec.env_name in env else ""
         print(f"Saved {key} = {shown_value} to {path}{overridden}; Ollama Manager uses it from its next start")
-        for warning in config_warnings(load_config(path, env=env)):
+        for warning in config_warnings(load_config(path, env=env, paths=paths)):
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         return 0
     values = effective_values(Config, table, env, path, list(specs.values()))
@@ -391,6 +392,7 @@ def cmd_monitor(ctx: Context) -> int:
 
 def cmd_tray(ctx: Context) -> int:
     """The tray app: the default when ``ollama-manager`` runs with no command."""
+    from tray.dashboard.launch import open_dashboard
     from tray.system.autostart import autostart_for
     from tray.ui.app import TrayApp
     from tray.ui.backend import backend_for, choose_tray, no_tray_message
@@ -412,7 +414,13 @@ def cmd_tray(ctx: Context) -> int:
     try:
         with running_services(ctx, notifier) as services:
             controller = MonitorController(
-                services.monitor, ctx.config, ctx.paths, services.history, notifier, autostart_for()
+                services.monitor,
+                ctx.config,
+                ctx.paths,
+                services.history,
+                notifier,
+                autostart_for(),
+                open_dashboard=functools.partial(open_dashboard, ctx.paths),
             )
             app = TrayApp(controller, backend=backend_for(choice.backend, choice.bus_address))
             with follow_tray_hosts(choice, app, gave_up, ctx.config.tray_host_wait):

@@ -4,7 +4,7 @@ Pure: no threads, no I/O; every call takes ``now`` (monotonic seconds).
 The monitor measures, this module decides what deserves a notification.
 
 Rules (the design notes' "Daemon Responsibilities", limits from
-:class:`AlertThresholds`, i.e. the ``[alerts]`` config section):
+:class:`AlertThresholds`, the values of the ``[alerts]`` config section):
 
 =============  ===========================================================
 kind           raised when
@@ -45,12 +45,9 @@ How an alert behaves:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
-
-from tray.settings.meta import DAY, check_fields, setting
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -92,57 +89,29 @@ _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 @dataclass(frozen=True)
 class AlertThresholds:
-    """Alert limits; field names are the keys of the ``[alerts]`` config section."""
+    """Alert limits; field names are the keys of the ``[alerts]`` config section.
 
-    memory_mb: int = field(
-        default=6144, metadata=setting("Alert when Ollama (server + runners) uses more MB", 0, maximum=10**9)
-    )
-    cpu_percent: float = field(
-        default=80.0, metadata=setting("Alert when Ollama's CPU share stays above this %", 0, maximum=100)
-    )
-    cpu_window_seconds: float = field(
-        default=60.0, metadata=setting("How long the CPU must stay high (s)", 0, maximum=DAY)
-    )
-    restarts_per_hour: int = field(
-        default=3, metadata=setting("Alert on more restarts than this in an hour", 0, maximum=10_000)
-    )
-    fallback_ratio: float = field(
-        default=0.5, metadata=setting("Alert when the cloud serves more than this share", 0, maximum=1)
-    )
-    fallback_min_calls: int = field(
-        default=5, metadata=setting("Calls needed before the cloud share counts", 0, maximum=10**6)
-    )
-    disk_free_mb: int = field(
-        default=10240, metadata=setting("Alert when the models volume has less free MB", 0, maximum=10**9)
-    )
-    gpu_memory_percent: float = field(
-        default=95.0, metadata=setting("Alert when a GPU's memory is fuller (%)", 0, maximum=100)
-    )
-    leak_window_seconds: float = field(
-        default=1800.0, metadata=setting("Window of the memory-leak trend (s)", 0, maximum=7 * DAY)
-    )
-    leak_min_growth_mb: int = field(
-        default=512, metadata=setting("Growth over the window that counts as a leak (MB)", 0, maximum=10**9)
-    )
-    leak_min_fit: float = field(
-        default=0.8, metadata=setting("How straight the growth must be (r², 0-1)", 0, maximum=1)
-    )
-    leak_restart: bool = field(default=False, metadata=setting("Restart Ollama when a memory leak is detected"))
-    cooldown_seconds: float = field(
-        default=900.0, metadata=setting("Quiet time before the same alert fires again (s)", 0, maximum=7 * DAY)
-    )
-    confirm_observations: int = field(
-        default=2, metadata=setting("Checks in a row before an alert changes state", 1, maximum=1000)
-    )
-    clear_ratio: float = field(
-        default=0.9, metadata=setting("An alert clears below this share of its limit", 0, maximum=1)
-    )
-    wake_gap_factor: float = field(
-        default=3.0, metadata=setting("A check gap this many intervals long means sleep", 1, maximum=1000)
-    )
+    Only the values: their help and limits are the settings' (:class:`tray.settings.alerts.AlertSettings`).
+    """
+
+    memory_mb: int = 6144
+    cpu_percent: float = 80.0
+    cpu_window_seconds: float = 60.0
+    restarts_per_hour: int = 3
+    fallback_ratio: float = 0.5
+    fallback_min_calls: int = 5
+    disk_free_mb: int = 10240
+    gpu_memory_percent: float = 95.0
+    leak_window_seconds: float = 1800.0
+    leak_min_growth_mb: int = 512
+    leak_min_fit: float = 0.8
+    leak_restart: bool = False
+    cooldown_seconds: float = 900.0
+    confirm_observations: int = 2
+    clear_ratio: float = 0.9
+    wake_gap_factor: float = 3.0
 
     def __post_init__(self) -> None:
-        check_fields(self, "alerts.")
         if not 0 < self.clear_ratio <= 1:
             raise ValueError(f"alerts.clear_ratio must be in (0, 1], got {self.clear_ratio!r}")
         if self.wake_gap_factor <= 1:
@@ -622,15 +591,6 @@ class AlertEngine:
         )
 
 
-def thresholds_from_mapping(values: Mapping[str, Any]) -> AlertThresholds:
-    """Build thresholds from an ``[alerts]`` table; ValueError (one line) on an unknown key or bad value."""
-    known = {f.name for f in fields(AlertThresholds)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown key '{unknown[0]}' in [alerts]")
-    return AlertThresholds(**values)  # the values are checked by AlertThresholds.__post_init__
-
-
 __all__ = [
     "AlertEngine",
     "AlertEvent",
@@ -646,5 +606,4 @@ __all__ = [
     "fit_trend",
     "format_bytes",
     "format_duration",
-    "thresholds_from_mapping",
 ]

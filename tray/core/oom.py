@@ -56,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from tray.settings.server import CONTEXT_VARIABLE, GPU_OFF_ENV
+from tray.core.ollama_env import CONTEXT_VARIABLE, GPU_OFF_ENV
 
 
 class OomKind(StrEnum):

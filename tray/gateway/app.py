@@ -111,10 +111,10 @@ from tray.gateway.cloud import (
     streamed_request,
 )
 from tray.gateway.redact import RedactingFilter, StreamRedactor, redact, redact_bytes
-from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.gateway.upstream import UpstreamClient, UpstreamResponse
 from tray.history import EventKind
+from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.system.peers import Address, peer_lookup_available, peer_uid
 from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
 from tray.web.server import LoopbackServer

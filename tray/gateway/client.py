@@ -63,7 +63,7 @@ from tray.gateway.cloud import (
     provider_error,
     request_headers,
 )
-from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.settings.gateway import CloudSettings, GatewaySettings
 
 LOCAL_CONNECT_TIMEOUT = 2.0
 PS_TIMEOUT = 1.0
@@ -421,8 +421,9 @@ def default_client() -> LocalFirstChat:
     with _default_lock:
         if _default is None:
             from tray.settings.config import load_config
+            from tray.system.paths import AppPaths
 
-            _default = LocalFirstChat.from_config(load_config())
+            _default = LocalFirstChat.from_config(load_config(paths=AppPaths.default()))
         return _default
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tray.gateway import translate as tr
-from tray.gateway.settings import CloudSettings
 from tray.gateway.translate import Dialect
+from tray.settings.gateway import CloudSettings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tray.core.status import Status
-from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.system.stopping import sleep_until, stop_on_signals
 
 if TYPE_CHECKING:  # the server, its libraries and the key store load when used, not with the CLI's parser

@@ -17,17 +17,16 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tray.core.alerts import AlertThresholds
 from tray.core.health import stuck_runner_bound
 from tray.core.names import parse_name
-from tray.gateway.settings import CloudSettings, GatewaySettings
+from tray.settings.alerts import AlertSettings
+from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.settings.hosts import DEFAULT_HOST, OllamaHost, check_ollama_host, exposure_warning, parse_ollama_host
 from tray.settings.meta import DAY, MAX_PORT, check_fields, check_value, setting, shown
 from tray.settings.server import OllamaServerSettings
 from tray.settings.textfile import FileRefused, read_regular_file
-from tray.system.paths import AppPaths
 
 ENV_PREFIX = "OLLAMA_MANAGER_"
 CONFIG_ENV = "OLLAMA_MANAGER_CONFIG"
@@ -36,6 +35,17 @@ MAX_CONFIG_BYTES = 1 << 20  # a settings file is a few kB; anything near this is
 
 class ConfigError(Exception):
     """A bad setting; ``str()`` is the one line shown to the user."""
+
+
+class ConfigPlace(Protocol):
+    """Where the settings live on this machine: the OS adapter that knows (``tray.system.paths.AppPaths``) hands
+    it in, so the settings need no OS knowledge of their own."""
+
+    @property
+    def config_dir(self) -> Path: ...
+
+    @property
+    def config_file(self) -> Path: ...
 
 
 def check_model_name(value: str) -> None:
@@ -179,7 +189,7 @@ class Config:
     )
     notifications: bool = field(default=True, metadata=setting("Show desktop notifications"))
 
-    alerts: AlertThresholds = field(default_factory=AlertThresholds, metadata=setting("Alert thresholds"))
+    alerts: AlertSettings = field(default_factory=AlertSettings, metadata=setting("Alert thresholds"))
     cloud: CloudSettings = field(
         default_factory=CloudSettings,
         metadata=setting("The cloud LLM answering while Ollama is down (off until enabled)"),
@@ -283,7 +293,7 @@ def setting_argument(cls: type, key: str) -> Callable[[str], Any]:
     The flag passes the same check as the setting; argparse prints the problem
     as ``argument --port: must be at most 65535, got 70000`` and exits with 2.
 
-    >>> from tray.gateway.settings import GatewaySettings
+    >>> from tray.settings.gateway import GatewaySettings
     >>> setting_argument(GatewaySettings, "port")("70000")
     Traceback (most recent call last):
     argparse.ArgumentTypeError: must be at most 65535, got 70000
@@ -339,7 +349,7 @@ def load_table(
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def config_file_path(explicit: str | Path | None, env: Mapping[str, str], paths: AppPaths) -> Path:
+def config_file_path(explicit: str | Path | None, env: Mapping[str, str], paths: ConfigPlace) -> Path:
     if explicit:
         return Path(explicit).expanduser()
     if env.get(CONFIG_ENV):
@@ -381,11 +391,15 @@ def parse_toml(text: str, path: Path) -> dict[str, Any]:
 def load_config(
     explicit: str | Path | None = None,
     env: Mapping[str, str] | None = None,
-    paths: AppPaths | None = None,
+    *,
+    paths: ConfigPlace,
 ) -> Config:
-    """Load the settings; raise ConfigError on a bad file or variable."""
+    """Load the settings; raise ConfigError on a bad file or variable.
+
+    ``paths`` says where the settings file and the default Modelfile are when neither ``explicit`` nor
+    ``$OLLAMA_MANAGER_CONFIG`` names the file.
+    """
     env = os.environ if env is None else env
-    paths = paths or AppPaths.default()
     path = config_file_path(explicit, env, paths)
     if explicit and not path.exists():
         raise ConfigError(f"{path}: config file not found")

@@ -16,22 +16,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from tray.core.ollama_env import CONTEXT_VARIABLE, GPU_OFF_ENV, GPU_VARIABLES, NO_GPU_ID
 from tray.settings.hosts import parse_ollama_host
 from tray.settings.meta import check_fields, setting
 
-GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")
 CPU_ONLY = "cpu"
-NO_GPU_ID = "-1"  # an id no GPU has: Ollama then runs on the CPU (Ollama's docs/gpu.md)
-# Every variable that hides the GPUs from Ollama (envconfig/config.go, discover/runner.go): CUDA, ROCm
-# (ROCR on Linux, HIP and then GPU_DEVICE_ORDINAL elsewhere) and Vulkan, which Ollama enables by default:
-# OLLAMA_VULKAN=0 skips its library, GGML_VK_VISIBLE_DEVICES=-1 its devices. Metal has no such variable.
-GPU_OFF_ENV: Mapping[str, str] = {
-    **dict.fromkeys(GPU_VARIABLES, NO_GPU_ID),
-    "GPU_DEVICE_ORDINAL": NO_GPU_ID,
-    "GGML_VK_VISIBLE_DEVICES": NO_GPU_ID,
-    "OLLAMA_VULKAN": "0",
-}
-CONTEXT_VARIABLE = "OLLAMA_CONTEXT_LENGTH"
 ALL_INTERFACES = "0.0.0.0"
 
 _GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")

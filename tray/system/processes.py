@@ -20,10 +20,10 @@ from typing import IO, Any, Protocol
 
 import psutil
 
+from tray.atomic import private_dir, private_file
 from tray.core.text import plain_line
 from tray.errors import SupervisorError
 from tray.settings.hosts import OllamaHost, parse_ollama_host
-from tray.system.atomic import private_dir, private_file
 from tray.system.host import platform_name
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from tray import APP_NAME
+from tray.core.actions import REBUILD, RESTART, START, STOP, UNLOAD
 from tray.core.status import Status
 from tray.core.text import truncate_text
 from tray.system.host import host_for
@@ -32,13 +33,8 @@ from tray.ui.menu import (
     OPEN_DASHBOARD,
     OPEN_LOGS,
     QUIT,
-    REBUILD,
-    RESTART,
-    START,
-    STOP,
     TOGGLE_AUTOSTART,
     TOGGLE_NOTIFICATIONS,
-    UNLOAD,
     USE_MODELFILE_MODEL,
     MenuEntry,
     build_menu,

@@ -51,12 +51,17 @@ class MonitorController:
         history: History,
         notifier: Notifier,
         autostart: Autostart,
+        *,
+        open_dashboard: Callable[[], object],
     ) -> None:
+        """``open_dashboard`` opens the dashboard in a browser or raises with a one-line reason; the composition
+        layer hands it in (the tray sits beside the dashboard, not above it)."""
         self.monitor = monitor
         self.config = config
         self.paths = paths
         self.notifier = notifier
         self.autostart = autostart
+        self._open_dashboard = open_dashboard
         self.stop_ollama_on_quit = config.stop_ollama_on_quit
 
     def snapshot(self) -> Status:
@@ -105,9 +110,7 @@ class MonitorController:
         return ollama_log_locations(self.paths, server_log=supervisor.server_log)
 
     def open_dashboard(self) -> None:
-        from tray.dashboard.launch import open_dashboard
-
-        open_dashboard(self.paths)
+        self._open_dashboard()
 
     def notify(self, title: str, message: str) -> None:
         self.notifier.notify(title, message)

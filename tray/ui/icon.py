@@ -1,7 +1,8 @@
 """The tray icon and its tooltip, derived from the monitor's :class:`~tray.core.status.Status`.
 
 Everything here is pure: a status goes in, a state, an image or a line of
-text comes out. The icon is drawn by code at four times the requested size and
+text comes out; the words come from :mod:`tray.core.status_text`, which the
+dashboard shares. The icon is drawn by code at four times the requested size and
 downsampled, so it stays crisp from 16 px panels to HiDPI menu bars. Each state
 has its own shape and mark, so the icon reads without colour too.
 """
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterable
 from PIL import Image, ImageDraw
 
 from tray.core.health import Health
-from tray.core.status import Activity, ActivityKind, BusyStatus, ModelLoading, MonitorState, Status
+from tray.core.status import ActivityKind, MonitorState, Status
+from tray.core.status_text import health_text, work_in_progress
 from tray.core.text import truncate_text
 
 RGB = tuple[int, int, int]
@@ -43,24 +45,6 @@ TRANSITIONAL_STATES = frozenset({MonitorState.STARTING, MonitorState.RESTARTING}
 BUSY_ACTIVITY_KINDS = frozenset(
     {ActivityKind.START, ActivityKind.STOP, ActivityKind.RESTART, ActivityKind.BUILD, ActivityKind.PULL}
 )
-
-ACTIVITY_DEFAULT_TEXT = {
-    ActivityKind.START: "Starting Ollama",
-    ActivityKind.STOP: "Stopping Ollama",
-    ActivityKind.RESTART: "Restarting Ollama",
-    ActivityKind.BUILD: "Building model",
-    ActivityKind.PULL: "Pulling model",
-    ActivityKind.VERIFY: "Verifying model",
-    ActivityKind.UNLOAD: "Unloading models",
-}
-
-PENDING_ACTION_TEXT = {
-    "start": "Starting Ollama…",
-    "stop": "Stopping Ollama…",
-    "restart": "Restarting Ollama…",
-    "rebuild": "Rebuilding model…",
-    "unload": "Unloading models…",
-}
 
 
 def icon_state(status: Status) -> IconState:
@@ -92,153 +76,6 @@ def icon_state(status: Status) -> IconState:
 # --- text -------------------------------------------------------------------
 
 
-def format_latency(milliseconds: float) -> str:
-    """``245 ms`` below a second, ``7.2 s`` above.
-
-    >>> format_latency(245), format_latency(7240)
-    ('245 ms', '7.2 s')
-    """
-    if milliseconds < 1000:
-        return f"{round(milliseconds)} ms"
-    return f"{milliseconds / 1000:.1f} s"
-
-
-def format_duration(seconds: float) -> str:
-    """A short, rounded duration: ``12 s``, ``5 min``, ``2 h 5 min``.
-
-    >>> format_duration(0.3), format_duration(299), format_duration(7500)
-    ('1 s', '5 min', '2 h 5 min')
-    """
-    whole_seconds = max(1, math.ceil(seconds))
-    if whole_seconds < 60:
-        return f"{whole_seconds} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
-def format_percent(fraction: float) -> str:
-    """A 0–1 progress fraction as whole percent, never rounded up to 100 early.
-
-    >>> format_percent(0.45), format_percent(0.999), format_percent(1.2)
-    ('45 %', '99 %', '100 %')
-    """
-    clamped = min(1.0, max(0.0, fraction))
-    return f"{math.floor(clamped * 100 + 1e-9)} %"
-
-
-def activity_text(activity: Activity) -> str:
-    """``Building model 45 %``: the activity's text plus its progress, if known.
-
-    >>> activity_text(Activity(ActivityKind.BUILD, "Building model", 0.45)), activity_text(Activity(ActivityKind.PULL))
-    ('Building model 45 %', 'Pulling model')
-    """
-    text = activity.text or ACTIVITY_DEFAULT_TEXT.get(activity.kind, "Working")
-    progress = activity.progress
-    return f"{text} {format_percent(progress)}" if progress is not None else text
-
-
-def restart_text(status: Status) -> str:
-    """``Restarting (attempt 2 of 3)``, plus when the next try starts if known."""
-    attempt = status.restart_attempt
-    attempts_max = status.restart_attempts_max
-    text = f"Restarting (attempt {attempt} of {attempts_max})" if attempt and attempts_max else "Restarting"
-    retry_in = status.next_retry_in
-    return f"{text} — next try in {format_duration(retry_in)}" if retry_in is not None else text
-
-
-def busy_text(busy: BusyStatus) -> str:
-    """What Ollama is working on, from the status' ``busy`` value.
-
-    >>> from tray.core.health import BusySource
-    >>> busy_text(BusyStatus("llama3", 1, 0, 80.0, None, BusySource.GATEWAY, stuck=False))
-    'busy: generating on llama3 for 1 min'
-    >>> busy_text(BusyStatus(None, 3, 1, 12.0, None, BusySource.GATEWAY, stuck=False))
-    'busy: generating for 12 s (3 requests)'
-    >>> busy_text(BusyStatus("llama3", None, None, 960.0, 905.0, BusySource.PROBE, stuck=True))
-    'stuck: no progress on llama3 for 15 min'
-    """
-    on = f" on {busy.model}" if busy.model else ""
-    if busy.stuck:
-        quiet = busy.progress_seconds_ago if busy.progress_seconds_ago is not None else busy.since_seconds
-        return f"stuck: no progress{on} for {format_duration(quiet)}"
-    requests = busy.requests
-    count = f" ({requests} requests)" if requests is not None and requests > 1 else ""
-    return f"busy: generating{on} for {format_duration(busy.since_seconds)}{count}"
-
-
-def loading_text(loading: ModelLoading) -> str:
-    """A preload under way, with the time so far (Ollama reports no percentage).
-
-    >>> loading_text(ModelLoading("mistral:latest", 12.0))
-    'Loading mistral:latest… 12 s'
-    """
-    return f"Loading {loading.model}… {format_duration(loading.seconds)}"
-
-
-def health_text(status: Status) -> str:
-    """The line for a server that is up (or supposed to be): health, latency and what it is busy with."""
-    health = status.health
-    if health is Health.DOWN:
-        retry_in = status.next_retry_in
-        return f"Down — retrying in {format_duration(retry_in)}" if retry_in is not None else "Ollama: down"
-    if health not in (Health.HEALTHY, Health.UNHEALTHY):
-        return "Ollama: checking…"
-    latency = status.latency_ms
-    busy = status.busy
-    return (
-        f"Ollama: {health}"
-        + (f" · {format_latency(latency)}" if latency is not None else "")
-        + (f" · {busy_text(busy)}" if busy is not None else "")
-    )
-
-
-def _lifecycle_text(status: Status) -> str | None:
-    state = status.state
-    if state is MonitorState.RESTARTING:
-        return restart_text(status)
-    if state is MonitorState.STARTING:
-        return "Starting Ollama…"
-    if state is MonitorState.STOPPED:
-        return "Stopped"
-    if state is MonitorState.FAILED:
-        attempts = status.restart_attempts_max
-        return f"Down — gave up after {attempts} restart attempts" if attempts else "Down — gave up"
-    return None
-
-
-NOT_SUPERVISING_TEXT = "Not supervising Ollama — restart Ollama Manager"
-
-
-def _work_in_progress(status: Status, pending_actions: Iterable[str]) -> str | None:
-    """The line for a monitor that stopped, an activity, a lifecycle state or a pending action, if any."""
-    if not status.supervising:
-        return NOT_SUPERVISING_TEXT
-    activity = status.activity
-    if activity is not None:
-        return activity_text(activity)
-    lifecycle = _lifecycle_text(status)
-    if lifecycle is not None:
-        return lifecycle
-    if status.model_loading is not None:
-        return loading_text(status.model_loading)
-    for action in sorted(pending_actions):
-        if action in PENDING_ACTION_TEXT:
-            return PENDING_ACTION_TEXT[action]
-    return None
-
-
-def status_summary(status: Status, pending_actions: Iterable[str] = ()) -> str:
-    """One line saying what Ollama is doing, without the model name.
-
-    ``pending_actions`` are actions the user asked for that the monitor has not
-    reported yet; they are shown only when nothing more specific is known.
-    """
-    return _work_in_progress(status, pending_actions) or health_text(status)
-
-
 def tooltip(status: Status, pending_actions: Iterable[str] = ()) -> str:
     """The tray tooltip, e.g. ``Ollama: healthy · 245 ms · uncensored-llama3``.
 
@@ -246,7 +83,7 @@ def tooltip(status: Status, pending_actions: Iterable[str] = ()) -> str:
     the cloud fallback is mentioned whenever it answers. At most 127
     characters (the Windows limit).
     """
-    work = _work_in_progress(status, pending_actions)
+    work = work_in_progress(status, pending_actions)
     parts = [work or health_text(status)]
     model = status.model
     named_by_busy = status.busy is not None and bool(status.busy.model)

@@ -7,19 +7,28 @@ enabled or checked and which one a plain click runs; the pystray adapter in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tray.core.actions import (
+    REBUILD,
+    RESTART,
+    SERVER_ACTION_LABELS,
+    START,
+    STOP,
+    UNLOAD,
+    action_enabled,
+    blocked_actions,
+    server_is_up,
+)
 from tray.core.health import Health
-from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
+from tray.core.status import MonitorState, Status
+from tray.core.status_text import loaded_model_label, status_summary
 from tray.core.text import truncate_text
 from tray.models.store import same_model
-from tray.ui.icon import status_summary
 
-# Menu action ids. The first five go to Controller.request().
-START, STOP, RESTART, REBUILD, UNLOAD = "start", "stop", "restart", "rebuild", "unload"
+# Menu action ids besides the server actions (tray.core.actions), which go to Controller.request().
 OPEN_DASHBOARD, OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
     "open_dashboard",
     "open_logs",
@@ -27,31 +36,11 @@ OPEN_DASHBOARD, OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
     "toggle_notifications",
     "quit",
 )
-SERVER_ACTIONS = (START, STOP, RESTART, REBUILD, UNLOAD)
 # Model choices: USE_MODEL_PREFIX + an installed model's name, or the Modelfile model.
 USE_MODEL_PREFIX, USE_MODELFILE_MODEL = "use_model:", "use_modelfile_model"
 
-# Each server action touches the one Ollama server or its models, so none may
-# start while another is under way.
-CONFLICTS: dict[str, frozenset[str]] = {action: frozenset(SERVER_ACTIONS) for action in SERVER_ACTIONS}
-
-# The monitor's own activities block the same menu actions as the user's.
-ACTIVITY_BLOCKS: dict[ActivityKind, str] = {
-    ActivityKind.START: START,
-    ActivityKind.STOP: STOP,
-    ActivityKind.RESTART: RESTART,
-    ActivityKind.BUILD: REBUILD,
-    ActivityKind.PULL: REBUILD,
-    ActivityKind.VERIFY: REBUILD,
-    ActivityKind.UNLOAD: UNLOAD,
-}
-
 ACTION_LABELS: dict[str, str] = {
-    START: "Start Ollama",
-    STOP: "Stop Ollama",
-    RESTART: "Restart Ollama",
-    REBUILD: "Rebuild model",
-    UNLOAD: "Unload models",
+    **SERVER_ACTION_LABELS,
     USE_MODELFILE_MODEL: "Use the Modelfile model",
     OPEN_DASHBOARD: "Open dashboard",
     OPEN_LOGS: "Open logs",
@@ -61,7 +50,6 @@ ACTION_LABELS: dict[str, str] = {
 }
 
 ERROR_LINE_MAX_CHARS = 80
-SERVER_UP_STATES = frozenset({MonitorState.STARTING, MonitorState.RUNNING, MonitorState.RESTARTING})
 
 
 @dataclass(frozen=True)
@@ -89,75 +77,6 @@ class MenuEntry:
 
 
 SEPARATOR = MenuEntry(separator=True, enabled=False, key="-")
-
-
-def human_bytes(size: int) -> str:
-    """Decimal sizes the way Ollama prints them (``format.HumanBytes``).
-
-    >>> human_bytes(4_661_224_676), human_bytes(26_000_000_000), human_bytes(999)
-    ('4.7 GB', '26 GB', '999 B')
-    """
-    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if size >= scale:
-            value = size / scale
-            if value >= 10 or value == math.trunc(value):
-                return f"{math.trunc(value)} {unit}"
-            return f"{value:.1f} {unit}"
-    return f"{size} B"
-
-
-def processor_split(size: int, size_vram: int) -> str:
-    """Where a loaded model sits, as the PROCESSOR column of ``ollama ps``.
-
-    >>> processor_split(100, 0), processor_split(100, 100), processor_split(100, 52)
-    ('100% CPU', '100% GPU', '48%/52% CPU/GPU')
-    """
-    if size_vram == 0:
-        return "100% CPU"
-    if size_vram == size:
-        return "100% GPU"
-    if size_vram > size or size <= 0:
-        return "Unknown"
-    cpu_percent = math.floor((size - size_vram) / size * 100 + 0.5)  # Go's math.Round
-    return f"{cpu_percent}%/{100 - cpu_percent}% CPU/GPU"
-
-
-def loaded_model_label(model: LoadedModelStatus) -> str:
-    """``llama3:latest 4.7 GB · 100% CPU``.
-
-    >>> loaded_model_label(LoadedModelStatus("llama3:latest", 4_661_224_676, 0))
-    'llama3:latest 4.7 GB · 100% CPU'
-    """
-    return f"{model.name} {human_bytes(model.size)} · {processor_split(model.size, model.size_vram)}"
-
-
-def blocked_actions(status: Status, running_actions: Iterable[str]) -> frozenset[str]:
-    """Actions that must wait: those conflicting with a running action or activity."""
-    busy = set(running_actions)
-    if status.activity is not None and status.activity.kind in ACTIVITY_BLOCKS:
-        busy.add(ACTIVITY_BLOCKS[status.activity.kind])
-    return frozenset(action for action in SERVER_ACTIONS if busy & CONFLICTS[action])
-
-
-def server_is_up(status: Status) -> bool:
-    """Whether Ollama runs or is meant to run, so Stop (not Start) applies."""
-    return status.ollama_running or status.state in SERVER_UP_STATES
-
-
-def action_enabled(action: str, status: Status, blocked: frozenset[str]) -> bool:
-    """Whether a server action can run now, given the status and blocked actions.
-
-    A stop under way blocks Stop, Restart and Rebuild through its activity (:func:`blocked_actions`).
-    """
-    if action in blocked:
-        return False
-    if action == RESTART:
-        return status.state is not MonitorState.STOPPED
-    if action == REBUILD:
-        return status.ollama_running
-    if action == UNLOAD:
-        return bool(status.loaded_models)
-    return True
 
 
 def _loaded_model_entries(status: Status) -> list[MenuEntry]:

@@ -1,4 +1,4 @@
-"""The ``[cloud]`` and ``[gateway]`` config sections.
+"""The ``[cloud]`` and ``[gateway]`` config sections: the gateway apps point at and its cloud fallback.
 
 Both are frozen dataclasses the config loader fills from the TOML file and
 ``OLLAMA_MANAGER_CLOUD_<KEY>`` / ``OLLAMA_MANAGER_GATEWAY_<KEY>`` variables.
