@@ -6,14 +6,18 @@ the outcome is a :class:`~tray.core.health.ProbeResult` or ``None``.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 import httpx
 
 from tray.core.health import Failure, ProbeResult
 from tray.core.text import describe_body, plain_line
+from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaUnreachable
 
 OLLAMA_ROOT_TEXT = "Ollama is running"
 STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)  # dropped before an answer
@@ -275,3 +279,209 @@ class OllamaClient:
             return ProbeResult(False, latency, "inference", Failure.BAD_RESPONSE, "not a chat answer")
         load_seconds = float(payload.get("load_duration", 0)) / 1e9
         return ProbeResult(True, latency, "inference", load_seconds=load_seconds)
+
+
+# --- the model builder's calls --------------------------------------------------------------------
+
+UPLOAD_CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. ``stream`` bounds the silence between two progress lines of a pull/create."""
+
+    connect: float = 5.0
+    api: float = 30.0
+    stream: float = 600.0
+    inference: float = 300.0  # a cold model load from disk can take minutes
+
+
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "no details"
+
+
+def _short_digest(digest: str) -> str:
+    """``sha256:<first 12 hex>``, as ``ollama list`` shows a digest."""
+    return digest.replace("sha256-", "sha256:", 1)[:19].lower()
+
+
+class OllamaModelAPI:
+    """The Ollama endpoints model management needs; every failure raises an :class:`OllamaError`."""
+
+    def __init__(
+        self, base_url: str, client: httpx.Client | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        self._own_client = client is None
+        self._client = client or httpx.Client(timeout=httpx.Timeout(timeouts.api, connect=timeouts.connect))
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _timeout(self, read: float) -> httpx.Timeout:
+        return httpx.Timeout(read, connect=self.timeouts.connect)
+
+    def _transport_error(self, what: str, exc: httpx.HTTPError) -> OllamaError:
+        if isinstance(exc, httpx.ConnectError):
+            return OllamaUnreachable(f"cannot reach Ollama at {self.base_url} ({what}): {_one_line(str(exc))}")
+        if isinstance(exc, httpx.TimeoutException):
+            return OllamaUnreachable(f"Ollama at {self.base_url} stopped answering during {what}")
+        return OllamaUnreachable(
+            f"connection to Ollama lost during {what}: {_one_line(str(exc)) or type(exc).__name__}"
+        )
+
+    @staticmethod
+    def _status_error(what: str, response: httpx.Response) -> OllamaAPIError:
+        message = describe_body(response.text, response.headers.get("content-type", ""), response.status_code)
+        try:
+            body = json.loads(response.text)
+            if isinstance(body, dict) and isinstance(body.get("error"), str):
+                message = plain_line(body["error"])
+        except ValueError:
+            pass
+        return OllamaAPIError(
+            f"{what} failed: {_one_line(message)} (HTTP {response.status_code})", response.status_code
+        )
+
+    def _call(
+        self, method: str, path: str, what: str, *, read_timeout: float | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        timeout = self._timeout(read_timeout or self.timeouts.api)
+        try:
+            response = self._client.request(method, self.base_url + path, timeout=timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(what, exc) from None
+        if response.status_code >= 400 and method != "HEAD":
+            raise self._status_error(what, response)
+        return response
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            raise OllamaAPIError(f"{what}: Ollama sent something that is not JSON", response.status_code) from None
+        if not isinstance(body, dict):
+            raise OllamaAPIError(f"{what}: unexpected answer from Ollama", response.status_code)
+        return body
+
+    def _stream(self, path: str, payload: dict[str, Any], what: str) -> Iterator[dict[str, Any]]:
+        """POST and yield each NDJSON object; a streamed ``{"error": ...}`` raises."""
+        try:
+            with self._client.stream(
+                "POST", self.base_url + path, json=payload, timeout=self._timeout(self.timeouts.stream)
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise self._status_error(what, response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        raise OllamaAPIError(f"{what}: Ollama sent a line that is not JSON", 200) from None
+                    if isinstance(item, dict) and item.get("error"):
+                        status = item.get("status")
+                        raise OllamaAPIError(
+                            f"{what} failed: {_one_line(plain_line(str(item['error'])))}",
+                            status if isinstance(status, int) else 200,
+                        )
+                    if isinstance(item, dict):
+                        yield item
+        except httpx.HTTPError as exc:
+            raise self._transport_error(what, exc) from None
+
+    def _until_success(self, items: Iterator[dict[str, Any]], what: str) -> Iterator[dict[str, Any]]:
+        finished = False
+        for item in items:
+            finished = finished or str(item.get("status", "")) == "success"
+            yield item
+        if not finished:
+            raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
+
+    def tags(self) -> list[dict[str, Any]]:
+        """The installed models, as ``/api/tags`` lists them."""
+        body = self._json(self._call("GET", "/api/tags", "listing models"), "listing models")
+        models = body.get("models") or []
+        return [item for item in models if isinstance(item, dict)]
+
+    def show(self, model: str) -> dict[str, Any]:
+        """``/api/show``: details, model_info, template, parameters of an installed model."""
+        return self._json(self._call("POST", "/api/show", f"show {model}", json={"model": model}), f"show {model}")
+
+    def pull(self, model: str) -> Iterator[dict[str, Any]]:
+        """Pull a model: its progress lines as Ollama sends them; raise unless they end in ``success``."""
+        what = f"pull {model}"
+        return self._until_success(self._stream("/api/pull", {"model": model, "stream": True}, what), what)
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the server already holds the blob (``HEAD /api/blobs/<digest>``)."""
+        response = self._call("HEAD", f"/api/blobs/{digest}", f"checking blob {_short_digest(digest)}")
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        raise OllamaAPIError(
+            f"checking blob {_short_digest(digest)} failed (HTTP {response.status_code})", response.status_code
+        )
+
+    def upload_blob(self, digest: str, path: Path, sent: Callable[[int, int], None]) -> None:
+        """Send a local file to ``POST /api/blobs/<digest>``; Ollama hashes it and rejects a mismatch.
+
+        ``sent(done, size)`` is called with the bytes handed over so far, from 0 on.
+        """
+        size = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            done = 0
+            sent(0, size)
+            with open(path, "rb") as handle:
+                while chunk := handle.read(UPLOAD_CHUNK_SIZE):
+                    done += len(chunk)
+                    sent(done, size)
+                    yield chunk
+
+        self._call(
+            "POST",
+            f"/api/blobs/{digest}",
+            f"upload of {path}",
+            read_timeout=self.timeouts.stream,
+            content=chunks(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+
+    def create(self, request: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST ``/api/create``: its progress lines as Ollama sends them; raise unless they end in ``success``."""
+        what = f"create {request.get('model')}"
+        return self._until_success(self._stream("/api/create", dict(request, stream=True), what), what)
+
+    def chat_test(self, model: str) -> dict[str, Any]:
+        """A one-token, non-streamed chat with the prompt ``test``."""
+        payload = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROBE_PROMPT}],
+            "stream": False,
+            "options": {"num_predict": 1},
+        }
+        what = f"test inference with {model}"
+        body = self._json(
+            self._call("POST", "/api/chat", what, json=payload, read_timeout=self.timeouts.inference), what
+        )
+        if not isinstance(body.get("message"), dict):
+            raise OllamaAPIError(f"{what}: the answer has no message", 200)
+        return body
+
+    def delete(self, model: str) -> None:
+        """Remove a model; Ollama deletes the blobs no other model uses."""
+        self._call("DELETE", "/api/delete", f"delete {model}", json={"model": model})
