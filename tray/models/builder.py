@@ -14,7 +14,7 @@ nothing is sent; otherwise the model is built::
 blob already on disk as a cache hit and never re-downloads it, so a corrupt
 base blob is deleted before the base is pulled again.
 
-The HTTP calls are :class:`~tray.ollama.client.OllamaModelAPI`'s. Ollama's
+The HTTP calls are :class:`~tray.ollama.client.OllamaClient`'s. Ollama's
 errors, whether an HTTP 4xx/5xx ``{"error": ...}`` or an ``{"error": ...}``
 line in a 200 stream, are one-line :class:`~tray.ollama.errors.OllamaError`\\ s;
 the builder's own are :class:`ModelError`\\ s (both in ``MODEL_FAILURES``).
@@ -79,7 +79,7 @@ from tray.models.store import (
     short_digest,
     store_writable,
 )
-from tray.ollama.client import DEFAULT_TIMEOUTS, OllamaModelAPI, Timeouts
+from tray.ollama.client import DEFAULT_TIMEOUTS, OllamaClient, Timeouts
 from tray.ollama.errors import OllamaAPIError
 from tray.system.resources import nearest_existing_dir
 
@@ -89,7 +89,7 @@ RECORDS_FILE = "models.json"
 LOCK_FILE = "model-build.lock"
 
 
-def pull_model(api: OllamaModelAPI, model: str, progress: ProgressCallback) -> None:
+def pull_model(api: OllamaClient, model: str, progress: ProgressCallback) -> None:
     """Pull ``model``, reporting per-blob download progress; raise unless the pull ends in ``success``."""
     for item in api.pull(model):
         status = str(item.get("status", ""))
@@ -306,7 +306,7 @@ def plan_build(
 class _Context:
     """Everything one ensure/rebuild call works with."""
 
-    api: OllamaModelAPI
+    api: OllamaClient
     models_dir: Path
     state_dir: Path
     progress: ProgressCallback
@@ -459,7 +459,7 @@ def _locked_context(
 ) -> Iterator[_Context]:
     """The context of one ensure/rebuild call, holding the build lock throughout."""
     ctx = _Context(
-        api=OllamaModelAPI(base_url, client, timeouts),
+        api=OllamaClient(base_url, http=client, timeouts=timeouts),
         models_dir=Path(models_dir),
         state_dir=Path(state_dir),
         progress=progress or no_progress,
@@ -790,7 +790,7 @@ def cleanup(
     errors: list[str] = []
     freed = 0
     if report.stale_models:
-        with OllamaModelAPI(base_url, client, timeouts) as api:
+        with OllamaClient(base_url, http=client, timeouts=timeouts) as api:
             records = load_records(state)
             for model in report.stale_models:
                 try:

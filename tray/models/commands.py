@@ -28,7 +28,7 @@ from tray.models.builder import (
 from tray.models.errors import MODEL_FAILURES, ModelError
 from tray.models.progress import ProgressRenderer, human_bytes
 from tray.models.store import list_models, parse_model_name
-from tray.ollama.client import OllamaModelAPI
+from tray.ollama.client import OllamaClient
 from tray.ollama.errors import OllamaAPIError, OllamaError
 
 EXIT_OK = 0
@@ -243,7 +243,7 @@ def run_pull(
     out, err = _streams(out, err)
     renderer = ProgressRenderer(err)
     try:
-        with OllamaModelAPI(base_url, client) as api:
+        with OllamaClient(base_url, http=client) as api:
             pull_model(api, model_name, renderer)
     except OllamaAPIError as exc:
         renderer.close()
