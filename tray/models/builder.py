@@ -34,6 +34,7 @@ from typing import Any, Literal
 import filelock
 import httpx
 
+from tray.core.names import ModelName
 from tray.models.errors import (
     MODEL_FAILURES,
     DiskSpaceError,
@@ -66,7 +67,6 @@ from tray.models.progress import (
 )
 from tray.models.store import (
     Leftovers,
-    ModelName,
     blob_path,
     check_readable,
     exclusive_size,
