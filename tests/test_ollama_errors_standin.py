@@ -17,6 +17,9 @@ import pytest
 
 from standin.harness import StandinEnv, free_port
 from tray.core.health import Failure
+from tray.gateway.app import Gateway, GatewayServer
+from tray.gateway.breaker import LocalHealth
+from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.ollama.client import OllamaClient
 from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaMalformed, OllamaTimeout, OllamaUnreachable
 
@@ -113,17 +116,22 @@ class NotOllama(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def not_ollama() -> Iterator[OllamaClient]:
+def not_ollama_url() -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotOllama)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with OllamaClient(f"http://127.0.0.1:{server.server_address[1]}") as client:
-            yield client
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@pytest.fixture
+def not_ollama(not_ollama_url: str) -> Iterator[OllamaClient]:
+    with OllamaClient(not_ollama_url) as client:
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -159,3 +167,25 @@ def test_every_failure_is_one_ollama_error(not_ollama: OllamaClient):
         for client in (refused, not_ollama):
             with pytest.raises(OllamaError):
                 client.tags(timeout=5)
+
+
+def test_the_gateways_own_probe_reads_another_program_as_the_monitor_does(not_ollama_url: str):
+    """A web page on Ollama's port is down for the gateway's probe too, not a healthy Ollama."""
+    gateway = Gateway(
+        local_url=not_ollama_url,
+        cloud=CloudSettings(),
+        settings=GatewaySettings(probe_interval=0.05),
+        env={},
+        probe=True,
+    )
+    server = GatewayServer(gateway, 0)
+    server.start()
+    try:
+        deadline = threading.Event()
+        for _ in range(200):  # each probe takes a round trip; the first answer decides
+            if gateway.router.breaker.last_health is not LocalHealth.UNKNOWN:
+                break
+            deadline.wait(0.05)
+        assert gateway.router.breaker.last_health is LocalHealth.DOWN
+    finally:
+        server.stop()
