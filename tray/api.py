@@ -58,7 +58,7 @@ def ensure_model_loaded(model_name: str | None = None, config: Config | None = N
     """
     from tray.models.builder import ensure_model_loaded as ensure
     from tray.models.defaults import install_default_modelfile
-    from tray.models.errors import ModelError
+    from tray.models.errors import MODEL_FAILURES
 
     sup = _supervisor(config)
     try:
@@ -74,7 +74,7 @@ def ensure_model_loaded(model_name: str | None = None, config: Config | None = N
             quantize=sup.config.model_quantize or None,
         )
         return report.ok
-    except (ModelError, SupervisorError) as exc:
+    except (*MODEL_FAILURES, SupervisorError) as exc:
         sup.history.record(EventKind.MODEL_ERROR, f"ensure_model_loaded failed: {exc}")
         return False
     finally:

@@ -114,6 +114,8 @@ from tray.gateway.redact import RedactingFilter, StreamRedactor, redact, redact_
 from tray.gateway.translate import Dialect
 from tray.gateway.upstream import UpstreamClient, UpstreamResponse
 from tray.history import EventKind
+from tray.ollama.client import OllamaClient, Timeouts
+from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaMalformed, OllamaUnreachable
 from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.system.peers import Address, peer_lookup_available, peer_uid
 from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
@@ -443,6 +445,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._local: UpstreamClient | None = None
+        self._ollama: OllamaClient | None = None  # the gateway's own questions (/api/ps, /api/version)
         self._cloud: httpx.AsyncClient | None = None
         self._key: ApiKey | None = None
         self._sent_keys: frozenset[str] = frozenset()  # keys sent to the provider: never relayed, logged, recorded
@@ -544,6 +547,7 @@ class Gateway:
         self._local = UpstreamClient(
             self.local_url, connect_timeout=LOCAL_CONNECT_TIMEOUT, write_timeout=self.settings.idle_timeout
         )
+        self._ollama = OllamaClient(self.local_url, timeouts=Timeouts(connect=LOCAL_CONNECT_TIMEOUT))
         self._cloud = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 connect=CONNECT_TIMEOUT, read=self.cloud.timeout, write=self.cloud.timeout, pool=None
@@ -561,6 +565,7 @@ class Gateway:
                 with contextlib.suppress(asyncio.CancelledError):
                     await probe_task
             await self._local.aclose()
+            self._ollama.close()
             await self._cloud.aclose()
 
     async def _status_endpoint(self, request: Request) -> Response:
@@ -668,14 +673,16 @@ class Gateway:
         generations; while a model loads it waits for the load (Ollama holds
         the runner's lock), so a slow answer means a load is under way.
         """
-        assert self._local is not None
+        assert self._ollama is not None
         try:
-            response = await self._local.get("/api/ps", PS_TIMEOUT)
-        except httpx.HTTPError:
+            running = await asyncio.to_thread(self._ollama.running, PS_TIMEOUT)
+        except OllamaUnreachable:  # no answer in time included
             return False
-        if response.status_code == 200:
-            self._remember("/api/ps", response.content)
+        except OllamaError:
+            running = None
         with self._lock:
+            if running is not None:
+                self._loaded.saw_list([entry.name for entry in running], self.clock())
             return bool(self._loaded.is_loaded(model, self.clock()))
 
     async def _silence_means_trouble(self, model: str, loaded_when_sent: asyncio.Future[bool] | None) -> bool:
@@ -1231,14 +1238,15 @@ class Gateway:
             await asyncio.sleep(self.settings.probe_interval)
 
     async def _probe_version(self) -> LocalHealth:
-        assert self._local is not None
+        assert self._ollama is not None
         try:
-            response = await self._local.get("/api/version", PROBE_TIMEOUT)
-        except httpx.HTTPError:
+            self._local_version = await asyncio.to_thread(self._ollama.version, PROBE_TIMEOUT)
+        except OllamaMalformed:  # another program on the port: down, as the monitor reads it
             return LocalHealth.DOWN
-        if response.status_code != 200:
+        except OllamaAPIError:  # Ollama answers, not well
             return LocalHealth.SLOW
-        self._remember("/api/version", response.content)
+        except OllamaError:  # refused, dropped or no answer in time
+            return LocalHealth.DOWN
         return LocalHealth.UP
 
 

@@ -48,7 +48,6 @@ from tray.gateway.breaker import (
     Target,
     Throttle,
     choose_budget,
-    loaded_names,
     model_key,
 )
 from tray.gateway.cloud import (
@@ -63,6 +62,8 @@ from tray.gateway.cloud import (
     provider_error,
     request_headers,
 )
+from tray.ollama.client import OllamaClient, Timeouts
+from tray.ollama.errors import OllamaError
 from tray.settings.gateway import CloudSettings, GatewaySettings
 
 LOCAL_CONNECT_TIMEOUT = 2.0
@@ -141,6 +142,7 @@ class LocalFirstChat:
         self.report_problem = report_problem
         self.http = http or httpx.Client(trust_env=False)
         self._cloud_http = http or httpx.Client()
+        self._ollama = OllamaClient(self.local_url, http=self.http, timeouts=Timeouts(connect=LOCAL_CONNECT_TIMEOUT))
         self.clock = clock
         self.wall_clock = wall_clock
         policy = BreakerPolicy(
@@ -255,9 +257,8 @@ class LocalFirstChat:
 
     def _look_up_loaded(self, model: str) -> bool:
         try:
-            response = self.http.get(self.local_url + "/api/ps", timeout=PS_TIMEOUT)
-            names = loaded_names(response.json().get("models")) if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
+            names: list[str] | None = [entry.name for entry in self._ollama.running(PS_TIMEOUT)]
+        except OllamaError:
             names = None
         with self._lock:
             if names is not None:

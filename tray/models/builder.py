@@ -14,8 +14,10 @@ nothing is sent; otherwise the model is built::
 blob already on disk as a cache hit and never re-downloads it, so a corrupt
 base blob is deleted before the base is pulled again.
 
-Ollama errors, whether an HTTP 4xx/5xx ``{"error": ...}`` or an
-``{"error": ...}`` line in a 200 stream, become one-line :class:`ModelError`\\ s.
+The HTTP calls are :class:`~tray.ollama.client.OllamaClient`'s. Ollama's
+errors, whether an HTTP 4xx/5xx ``{"error": ...}`` or an ``{"error": ...}``
+line in a 200 stream, are one-line :class:`~tray.ollama.errors.OllamaError`\\ s;
+the builder's own are :class:`ModelError`\\ s (both in ``MODEL_FAILURES``).
 """
 
 from __future__ import annotations
@@ -27,22 +29,20 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import filelock
 import httpx
 
-from tray.core.text import describe_body, plain_line
+from tray.core.names import ModelName
 from tray.models.errors import (
+    MODEL_FAILURES,
     DiskSpaceError,
     ModelError,
-    OllamaAPIError,
-    OllamaUnreachable,
     StoreError,
     StoreUnreadable,
 )
 from tray.models.integrity import (
-    CHUNK_SIZE,
     HashCache,
     IntegrityReport,
     hash_with_cache,
@@ -67,7 +67,6 @@ from tray.models.progress import (
 )
 from tray.models.store import (
     Leftovers,
-    ModelName,
     blob_path,
     check_readable,
     exclusive_size,
@@ -80,214 +79,25 @@ from tray.models.store import (
     short_digest,
     store_writable,
 )
+from tray.ollama.client import DEFAULT_TIMEOUTS, OllamaClient, Timeouts
+from tray.ollama.errors import OllamaAPIError
 from tray.system.resources import nearest_existing_dir
 
 DEFAULT_MIN_FREE_BYTES = 8 * 1000**3  # when the base model's size is unknown (llama3 is ~4.7 GB)
-TEST_PROMPT = "test"
 HASH_CACHE_FILE = "blob-hashes.json"
 RECORDS_FILE = "models.json"
 LOCK_FILE = "model-build.lock"
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Seconds. ``stream`` bounds the silence between two progress lines of a pull/create."""
-
-    connect: float = 5.0
-    api: float = 30.0
-    stream: float = 600.0
-    inference: float = 300.0  # a cold model load from disk can take minutes
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "no details"
-
-
-# --- HTTP ----------------------------------------------------------------------------------------
-
-
-class OllamaModelAPI:
-    """The few Ollama endpoints model management needs, with errors turned into ModelErrors."""
-
-    def __init__(self, base_url: str, client: httpx.Client | None = None, timeouts: Timeouts = Timeouts()) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeouts = timeouts
-        self._own_client = client is None
-        self._client = client or httpx.Client(timeout=httpx.Timeout(timeouts.api, connect=timeouts.connect))
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _timeout(self, read: float) -> httpx.Timeout:
-        return httpx.Timeout(read, connect=self.timeouts.connect)
-
-    def _transport_error(self, what: str, exc: httpx.HTTPError) -> ModelError:
-        if isinstance(exc, httpx.ConnectError):
-            return OllamaUnreachable(f"cannot reach Ollama at {self.base_url} ({what}): {_one_line(str(exc))}")
-        if isinstance(exc, httpx.TimeoutException):
-            return OllamaUnreachable(f"Ollama at {self.base_url} stopped answering during {what}")
-        return OllamaUnreachable(
-            f"connection to Ollama lost during {what}: {_one_line(str(exc)) or type(exc).__name__}"
-        )
-
-    @staticmethod
-    def _status_error(what: str, response: httpx.Response) -> OllamaAPIError:
-        message = describe_body(response.text, response.headers.get("content-type", ""), response.status_code)
-        try:
-            body = json.loads(response.text)
-            if isinstance(body, dict) and isinstance(body.get("error"), str):
-                message = plain_line(body["error"])
-        except ValueError:
-            pass
-        return OllamaAPIError(
-            f"{what} failed: {_one_line(message)} (HTTP {response.status_code})", response.status_code
-        )
-
-    def _call(
-        self, method: str, path: str, what: str, *, read_timeout: float | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        timeout = self._timeout(read_timeout or self.timeouts.api)
-        try:
-            response = self._client.request(method, self.base_url + path, timeout=timeout, **kwargs)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(what, exc) from None
-        if response.status_code >= 400 and method != "HEAD":
-            raise self._status_error(what, response)
-        return response
-
-    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
-        try:
-            body = response.json()
-        except ValueError:
-            raise OllamaAPIError(f"{what}: Ollama sent something that is not JSON", response.status_code) from None
-        if not isinstance(body, dict):
-            raise OllamaAPIError(f"{what}: unexpected answer from Ollama", response.status_code)
-        return body
-
-    def _stream(self, path: str, payload: dict[str, Any], what: str) -> Iterator[dict[str, Any]]:
-        """POST and yield each NDJSON object; a streamed ``{"error": ...}`` raises."""
-        try:
-            with self._client.stream(
-                "POST", self.base_url + path, json=payload, timeout=self._timeout(self.timeouts.stream)
-            ) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise self._status_error(what, response)
-                for line in response.iter_lines():
-                    if not line.strip():
-                        continue
-                    try:
-                        item = json.loads(line)
-                    except ValueError:
-                        raise OllamaAPIError(f"{what}: Ollama sent a line that is not JSON", 200) from None
-                    if isinstance(item, dict) and item.get("error"):
-                        status = item.get("status")
-                        raise OllamaAPIError(
-                            f"{what} failed: {_one_line(plain_line(str(item['error'])))}",
-                            status if isinstance(status, int) else 200,
-                        )
-                    if isinstance(item, dict):
-                        yield item
-        except httpx.HTTPError as exc:
-            raise self._transport_error(what, exc) from None
-
-    def tags(self) -> list[dict[str, Any]]:
-        """The installed models, as ``/api/tags`` lists them."""
-        body = self._json(self._call("GET", "/api/tags", "listing models"), "listing models")
-        models = body.get("models") or []
-        return [item for item in models if isinstance(item, dict)]
-
-    def show(self, model: str) -> dict[str, Any]:
-        """``/api/show``: details, model_info, template, parameters of an installed model."""
-        return self._json(self._call("POST", "/api/show", f"show {model}", json={"model": model}), f"show {model}")
-
-    def pull(self, model: str, progress: ProgressCallback) -> None:
-        """Pull a model, reporting per-blob download progress; raise unless it ends in ``success``."""
-        what = f"pull {model}"
-        finished = False
-        for item in self._stream("/api/pull", {"model": model, "stream": True}, what):
-            status = str(item.get("status", ""))
-            finished = finished or status == "success"
-            if item.get("digest"):
-                completed, total = measured(item.get("completed"), item.get("total"))
-                progress(ProgressEvent("pulling", progress_detail(item["digest"], status), completed, total))
-            else:
-                progress(ProgressEvent("pulling", plain_detail(status)))
-        if not finished:
-            raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
-
-    def has_blob(self, digest: str) -> bool:
-        """Whether the server already holds the blob (``HEAD /api/blobs/<digest>``)."""
-        response = self._call("HEAD", f"/api/blobs/{digest}", f"checking blob {short_digest(digest)}")
-        if response.status_code == 200:
-            return True
-        if response.status_code == 404:
-            return False
-        raise OllamaAPIError(
-            f"checking blob {short_digest(digest)} failed (HTTP {response.status_code})", response.status_code
-        )
-
-    def upload_blob(self, digest: str, path: Path, progress: ProgressCallback) -> None:
-        """Send a local file to ``POST /api/blobs/<digest>``; Ollama hashes it and rejects a mismatch."""
-        size = path.stat().st_size
-        detail = f"{path.name} {short_digest(digest)}"
-
-        def chunks() -> Iterator[bytes]:
-            done = 0
-            progress(ProgressEvent("uploading", detail, 0, size))
-            with open(path, "rb") as handle:
-                while chunk := handle.read(CHUNK_SIZE):
-                    done += len(chunk)
-                    progress(ProgressEvent("uploading", detail, done, size))
-                    yield chunk
-
-        self._call(
-            "POST",
-            f"/api/blobs/{digest}",
-            f"upload of {path}",
-            read_timeout=self.timeouts.stream,
-            content=chunks(),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
-        )
-
-    def create(self, request: Mapping[str, Any], progress: ProgressCallback) -> None:
-        """POST ``/api/create`` and follow its progress; raise unless it ends in ``success``."""
-        what = f"create {request.get('model')}"
-        finished = False
-        for item in self._stream("/api/create", dict(request, stream=True), what):
-            status = str(item.get("status", ""))
-            finished = finished or status == "success"
-            completed, total = measured(item.get("completed"), item.get("total")) if item.get("total") else (None, None)
-            progress(ProgressEvent("creating", plain_detail(status), completed, total))
-        if not finished:
-            raise OllamaAPIError(f"{what} failed: the stream ended before 'success'", 200)
-
-    def chat_test(self, model: str) -> dict[str, Any]:
-        """A one-token, non-streamed chat with the prompt ``test``."""
-        payload = {
-            "model": model,
-            "messages": [{"role": "user", "content": TEST_PROMPT}],
-            "stream": False,
-            "options": {"num_predict": 1},
-        }
-        what = f"test inference with {model}"
-        body = self._json(
-            self._call("POST", "/api/chat", what, json=payload, read_timeout=self.timeouts.inference), what
-        )
-        if not isinstance(body.get("message"), dict):
-            raise OllamaAPIError(f"{what}: the answer has no message", 200)
-        return body
-
-    def delete(self, model: str) -> None:
-        """Remove a model; Ollama deletes the blobs no other model uses."""
-        self._call("DELETE", "/api/delete", f"delete {model}", json={"model": model})
+def pull_model(api: OllamaClient, model: str, progress: ProgressCallback) -> None:
+    """Pull ``model``, reporting per-blob download progress; raise unless the pull ends in ``success``."""
+    for item in api.pull(model):
+        status = str(item.get("status", ""))
+        if item.get("digest"):
+            completed, total = measured(item.get("completed"), item.get("total"))
+            progress(ProgressEvent("pulling", progress_detail(item["digest"], status), completed, total))
+        else:
+            progress(ProgressEvent("pulling", plain_detail(status)))
 
 
 def find_listed(tags: list[dict[str, Any]], name: ModelName) -> dict[str, Any] | None:
@@ -496,7 +306,7 @@ def plan_build(
 class _Context:
     """Everything one ensure/rebuild call works with."""
 
-    api: OllamaModelAPI
+    api: OllamaClient
     models_dir: Path
     state_dir: Path
     progress: ProgressCallback
@@ -512,7 +322,7 @@ class _Context:
 def _pull_base(ctx: _Context, base: ModelName) -> None:
     needed = bytes_needed_for_pull(ctx.models_dir, base, ctx.min_free_bytes)
     check_disk_space(needed, ctx.disk_free(ctx.models_dir), f"pull {base.display}", ctx.models_dir)
-    ctx.api.pull(base.display, ctx.progress)
+    pull_model(ctx.api, base.display, ctx.progress)
 
 
 def _upload_local_files(ctx: _Context, plan: BuildPlan) -> tuple[str, ...]:
@@ -520,9 +330,18 @@ def _upload_local_files(ctx: _Context, plan: BuildPlan) -> tuple[str, ...]:
     for item in plan.sources.local_files:
         digest = _request_digest(plan.request, item.key)
         if not ctx.api.has_blob(digest):
-            ctx.api.upload_blob(digest, item.path, ctx.progress)
+            ctx.api.upload_blob(
+                digest, item.path, _upload_progress(ctx.progress, f"{item.path.name} {short_digest(digest)}")
+            )
             uploaded.append(digest)
     return tuple(uploaded)
+
+
+def _upload_progress(progress: ProgressCallback, detail: str) -> Callable[[int, int], None]:
+    def sent(done: int, size: int) -> None:
+        progress(ProgressEvent("uploading", detail, done, size))
+
+    return sent
 
 
 def _request_digest(request: Mapping[str, Any], key: str) -> str:
@@ -541,7 +360,10 @@ def _build(ctx: _Context, plan: BuildPlan, *, pull_base: bool) -> tuple[bool, tu
         _pull_base(ctx, base)
         pulled = True
     uploaded = _upload_local_files(ctx, plan)
-    ctx.api.create(plan.request, ctx.progress)
+    for item in ctx.api.create(plan.request):
+        status = str(item.get("status", ""))
+        completed, total = measured(item.get("completed"), item.get("total")) if item.get("total") else (None, None)
+        ctx.progress(ProgressEvent("creating", plain_detail(status), completed, total))
     listed = find_listed(ctx.api.tags(), plan.model)
     if listed is None:
         raise OllamaAPIError(f"{plan.model.display} was created but /api/tags does not list it", 200)
@@ -580,7 +402,7 @@ def _describe(ctx: _Context, report: ModelReport, listed: Mapping[str, Any], *, 
     started = ctx.clock()
     try:
         ctx.api.chat_test(report.model)
-    except ModelError as exc:
+    except MODEL_FAILURES as exc:
         return replace(report, inference_ok=False, inference_error=str(exc), inference_seconds=ctx.clock() - started)
     return replace(report, inference_ok=True, inference_seconds=ctx.clock() - started)
 
@@ -637,7 +459,7 @@ def _locked_context(
 ) -> Iterator[_Context]:
     """The context of one ensure/rebuild call, holding the build lock throughout."""
     ctx = _Context(
-        api=OllamaModelAPI(base_url, client, timeouts),
+        api=OllamaClient(base_url, http=client, timeouts=timeouts),
         models_dir=Path(models_dir),
         state_dir=Path(state_dir),
         progress=progress or no_progress,
@@ -693,7 +515,7 @@ def ensure_model_loaded(
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     disk_free: Callable[[Path], int] = disk_free_bytes,
     clock: Callable[[], float] = time.monotonic,
-    timeouts: Timeouts = Timeouts(),
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     lock_timeout: float = 3600.0,
     overrides: Mapping[str, int] | None = None,
 ) -> ModelReport:
@@ -825,7 +647,7 @@ def rebuild(
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     disk_free: Callable[[Path], int] = disk_free_bytes,
     clock: Callable[[], float] = time.monotonic,
-    timeouts: Timeouts = Timeouts(),
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     lock_timeout: float = 3600.0,
     overrides: Mapping[str, int] | None = None,
 ) -> ModelReport:
@@ -957,7 +779,7 @@ def cleanup(
     client: httpx.Client | None = None,
     now: float | None = None,
     grace_seconds: float = 3600.0,
-    timeouts: Timeouts = Timeouts(),
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> CleanupResult:
     """Delete what :func:`cleanup_report` lists: stale models through ``DELETE /api/delete``, files directly."""
     report = cleanup_report(
@@ -968,7 +790,7 @@ def cleanup(
     errors: list[str] = []
     freed = 0
     if report.stale_models:
-        with OllamaModelAPI(base_url, client, timeouts) as api:
+        with OllamaClient(base_url, http=client, timeouts=timeouts) as api:
             records = load_records(state)
             for model in report.stale_models:
                 try:
@@ -977,7 +799,7 @@ def cleanup(
                     if exc.status != 404:
                         errors.append(str(exc))
                         continue
-                except ModelError as exc:
+                except MODEL_FAILURES as exc:
                     errors.append(str(exc))
                     continue
                 records.pop(model.name, None)

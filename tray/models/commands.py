@@ -16,18 +16,20 @@ import httpx
 
 from tray.models.builder import (
     ModelReport,
-    OllamaModelAPI,
     cleanup,
     cleanup_report,
     ensure_model_loaded,
     load_records,
     override_words,
+    pull_model,
     rebuild,
     verify,
 )
-from tray.models.errors import ModelError, OllamaAPIError
+from tray.models.errors import MODEL_FAILURES, ModelError
 from tray.models.progress import ProgressRenderer, human_bytes
 from tray.models.store import list_models, parse_model_name
+from tray.ollama.client import OllamaClient
+from tray.ollama.errors import OllamaAPIError, OllamaError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,7 +40,7 @@ def _streams(out: TextIO | None, err: TextIO | None) -> tuple[TextIO, TextIO]:
     return out or sys.stdout, err or sys.stderr
 
 
-def _fail(err: TextIO, exc: ModelError) -> int:
+def _fail(err: TextIO, exc: ModelError | OllamaError) -> int:
     err.write(f"ollama-manager: {exc}\n")
     return EXIT_FAILED
 
@@ -54,7 +56,7 @@ def _run_build(build: Callable[[ProgressRenderer], ModelReport], out: TextIO, er
     renderer = ProgressRenderer(err)
     try:
         report = build(renderer)
-    except ModelError as exc:
+    except MODEL_FAILURES as exc:
         renderer.close()  # end the progress line before the error
         return _fail(err, exc)
     renderer.close()
@@ -241,13 +243,13 @@ def run_pull(
     out, err = _streams(out, err)
     renderer = ProgressRenderer(err)
     try:
-        with OllamaModelAPI(base_url, client) as api:
-            api.pull(model_name, renderer)
+        with OllamaClient(base_url, http=client) as api:
+            pull_model(api, model_name, renderer)
     except OllamaAPIError as exc:
         renderer.close()
         err.write(f"ollama-manager: {pull_failure_line(model_name, str(exc), models_dir)}\n")
         return EXIT_FAILED
-    except ModelError as exc:
+    except MODEL_FAILURES as exc:
         renderer.close()
         return _fail(err, exc)
     renderer.close()
@@ -283,7 +285,7 @@ def run_cleanup(
             out.write("run with --delete to remove these\n")
             return EXIT_OK
         result = cleanup(base_url, model_name, models_dir=models_dir, state_dir=state_dir, client=client)
-    except ModelError as exc:
+    except MODEL_FAILURES as exc:
         return _fail(err, exc)
     for problem in result.errors:
         err.write(f"error: {problem}\n")

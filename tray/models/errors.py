@@ -7,15 +7,31 @@
      ├── StoreError             Ollama's model directory cannot be read as expected
      │    ├── ManifestNotFound  the model is not in the store
      │    └── StoreUnreadable   this user may not read the store (another account's): nothing is checked
-     ├── OllamaAPIError         Ollama answered a request with an error (HTTP status or streamed)
-     ├── OllamaUnreachable      no answer from Ollama at all
      └── DiskSpaceError         not enough free space to download the base model
+
+Ollama's own answers fail as :class:`~tray.ollama.errors.OllamaError`
+(``OllamaAPIError``, ``OllamaUnreachable``, named here too): a caller of the
+builder catches ``MODEL_FAILURES``, both roots.
 
 A ``ModelError`` never means the server itself is unhealthy: restarting Ollama
 does not fix a bad Modelfile or a corrupt blob.
 """
 
 from __future__ import annotations
+
+from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaUnreachable
+
+__all__ = [
+    "MODEL_FAILURES",
+    "DiskSpaceError",
+    "ManifestNotFound",
+    "ModelError",
+    "ModelfileError",
+    "OllamaAPIError",
+    "OllamaUnreachable",
+    "StoreError",
+    "StoreUnreadable",
+]
 
 
 class ModelError(Exception):
@@ -30,18 +46,6 @@ class StoreError(ModelError):
     """Ollama's on-disk store (manifests, blobs) is unreadable or a name is invalid."""
 
 
-class OllamaAPIError(ModelError):
-    """Ollama answered with an error: ``status`` is the HTTP status (200 for a streamed error line)."""
-
-    def __init__(self, message: str, status: int = 0) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class OllamaUnreachable(ModelError):
-    """Connecting to Ollama failed or it stopped answering."""
-
-
 class DiskSpaceError(ModelError):
     """Too little free disk space for a download."""
 
@@ -52,3 +56,6 @@ class ManifestNotFound(StoreError):
 
 class StoreUnreadable(StoreError):
     """The store belongs to another account and this user may not read it: verification is skipped, not failed."""
+
+
+MODEL_FAILURES = (ModelError, OllamaError)  # what building, pulling or cleaning up a model can fail with

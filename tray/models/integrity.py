@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tray.core.names import ModelName
 from tray.models.errors import ManifestNotFound, StoreError
 from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
 from tray.models.store import (
     Manifest,
-    ModelName,
     base_model_of,
     blob_path,
     check_readable,

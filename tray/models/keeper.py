@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from tray.core.status import ActivityKind, ModelStatus
 from tray.history import EventKind, History
-from tray.models.errors import ModelError, StoreUnreadable
+from tray.models.errors import MODEL_FAILURES, StoreUnreadable
 from tray.models.progress import ProgressEvent
 from tray.settings.config import Config
 
@@ -153,7 +153,7 @@ class ModelKeeper:
             self._busy.set()
             try:
                 future.set_result(getattr(self, f"_{job}")())
-            except ModelError as exc:
+            except MODEL_FAILURES as exc:
                 self.history.record(EventKind.MODEL_ERROR, f"{job} of {self.config.ollama_model} failed: {exc}")
                 future.set_exception(exc)
             except Exception as exc:  # reported to the caller; the keeper goes on

@@ -34,7 +34,7 @@ from tray.atomic import write_atomically
 from tray.errors import SupervisorError
 from tray.history import EventKind, History
 from tray.models.store import default_models_dir, listed_in, models_dir_from_log, models_dir_of_runner
-from tray.ollama.client import OllamaClient
+from tray.ollama.client import OllamaClient, or_none
 from tray.settings.config import Config
 from tray.settings.server import customizes_server, server_env, without_secrets
 from tray.system.host import platform_name
@@ -403,7 +403,7 @@ class Supervisor:
             candidates.append((home / ".ollama" / "models", f"the home of {user_name(self.owner_uid)}"))
         if not candidates:
             return self.configured_models_dir, "the manager's settings"
-        tags = self.client.tags()
+        tags = or_none(lambda: self.client.tags(timeout=5.0))
         for path, source in candidates:
             if tags and listed_in(path, tags) is True:
                 return path, f"{source}, matching /api/tags"
