@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import TextIO
 
 from tray import __version__
+from tray.core.text import error_line
 from tray.system.paths import AppPaths
 from tray.ui.backend import TrayBackend, TrayChoice, choose_tray, xembed_backend
 
@@ -166,10 +167,6 @@ def render_json(lines: Sequence[Line]) -> str:
 # --- looking (side effects) -----------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
-
-
 def _distribution_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -196,7 +193,7 @@ def probe_tray_backend() -> Probe:
     try:
         import pystray
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer
-        return Probe(error=_one_line(exc))
+        return Probe(error=error_line(exc, named=True))
     for name in PYSTRAY_BACKENDS:
         module = sys.modules.get(f"pystray._{name}")
         if module is not None and getattr(module, "Icon", None) is pystray.Icon:
@@ -210,13 +207,13 @@ def probe_chosen_backend(choice: TrayChoice) -> Probe:
         try:
             importlib.import_module("tray.ui.sni")
         except Exception as exc:  # noqa: BLE001
-            return Probe(error=_one_line(exc))
+            return Probe(error=error_line(exc, named=True))
         return Probe(loaded=f"sni (StatusNotifierItem over jeepney {importable_version('jeepney', 'jeepney')})")
     if choice.backend is TrayBackend.XEMBED:
         try:
             icon_class = xembed_backend().Icon
         except Exception as exc:  # noqa: BLE001 - the xorg backend raises X errors on import
-            return Probe(error=_one_line(exc))
+            return Probe(error=error_line(exc, named=True))
         return Probe(loaded=f"xorg ({icon_class.__module__})")
     return probe_tray_backend()
 
@@ -231,7 +228,7 @@ def probe_plyer(platform: str = sys.platform) -> Probe:
             module = importlib.import_module(module_name)
             backend = module.instance()
     except Exception as exc:  # noqa: BLE001
-        return Probe(error=f"{module_name}: {_one_line(exc)}")
+        return Probe(error=f"{module_name}: {error_line(exc, named=True)}")
     return Probe(loaded=f"plyer {importable_version('plyer', 'plyer')} ({type(backend).__name__} from {module_name})")
 
 
@@ -285,7 +282,7 @@ def probe_keyring() -> Probe:
 
         backend = keyring.get_keyring()
     except Exception as exc:  # noqa: BLE001
-        return Probe(error=_one_line(exc))
+        return Probe(error=error_line(exc, named=True))
     kind = type(backend)
     return Probe(loaded=f"{kind.__module__}.{kind.__name__}")
 

@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tray.core.text import error_line
 from tray.system.registry import RegistryValues, WinregKey
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,6 @@ def powershell_command(title: str, message: str, app_id: str = WINDOWS_APP_ID) -
 # --- Delivery (side effects) ------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> None:
     """Run a notification command; NotificationError when it cannot run or exits non-zero."""
     flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
@@ -263,7 +260,7 @@ def dbus_notify(
     except TimeoutError:
         raise NotificationError(f"no answer from the notification service within {timeout:g} s") from None
     except (OSError, RuntimeError, ValueError) as exc:
-        raise NotificationError(f"D-Bus session bus unusable: {_one_line(exc)}") from None
+        raise NotificationError(f"D-Bus session bus unusable: {error_line(exc)}") from None
     return int(notification_id)
 
 
@@ -314,7 +311,7 @@ class WindowsToast:
             try:
                 register_app_id(self._registry(), self.app_name, self.icon)
             except OSError as exc:
-                raise NotificationError(f"cannot register the notifications' app id: {_one_line(exc)}") from None
+                raise NotificationError(f"cannot register the notifications' app id: {error_line(exc)}") from None
             self._registered = True
         self._run(powershell_command(title, message))
 
@@ -427,8 +424,8 @@ class Notifier:
             try:
                 channel.send(title, message)
             except Exception as exc:  # noqa: BLE001 - a failed notification must never propagate
-                log.warning("Notification via %s failed: %s", channel.name, _one_line(exc))
-                failures.append(f"{channel.name}: {_one_line(exc)}")
+                log.warning("Notification via %s failed: %s", channel.name, error_line(exc))
+                failures.append(f"{channel.name}: {error_line(exc)}")
                 continue
             if channel.confirms:
                 log.debug("Notification shown via %s: %s", channel.name, title)

@@ -26,6 +26,8 @@ from typing import Any
 
 import psutil
 
+from tray.core.text import error_line
+
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
@@ -219,7 +221,7 @@ class NvmlGateway:
         try:
             self._library.nvmlInit()
         except Exception as exc:  # noqa: BLE001 - see class docstring
-            self._log.warning("nvml:init", "GPU monitoring unavailable (%s): %s", type(exc).__name__, _one_line(exc))
+            self._log.warning("nvml:init", "GPU monitoring unavailable (%s): %s", type(exc).__name__, error_line(exc))
             return False
         return True
 
@@ -235,17 +237,13 @@ class NvmlGateway:
             return getattr(self._library, function)(*args)
         except Exception as exc:  # noqa: BLE001 - see class docstring
             kind = type(exc).__name__
-            self._log.warning(f"{function}:{kind}", "NVML %s failed (%s): %s", function, kind, _one_line(exc))
+            self._log.warning(f"{function}:{kind}", "NVML %s failed (%s): %s", function, kind, error_line(exc))
             return default
 
     def shutdown(self) -> None:
         if self._ready:
             self.call("nvmlShutdown")
         self._ready = None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _text(value: object) -> str:
