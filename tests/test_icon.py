@@ -10,12 +10,11 @@ from PIL import Image, ImageChops
 
 from tray.core.health import BusySource, Health
 from tray.core.status import Activity, ActivityKind, BusyStatus, MonitorState, Status, make_status
+from tray.core.units import format_duration, format_latency
 from tray.ui.icon import (
     TOOLTIP_MAX_CHARS,
     IconState,
     draw_icon,
-    format_duration,
-    format_latency,
     icon_state,
     status_summary,
     tooltip,

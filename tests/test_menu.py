@@ -26,6 +26,7 @@ from tray.core.status import (
     Status,
     make_status,
 )
+from tray.core.units import human_bytes
 from tray.ui.app import TrayApp, open_command, open_path
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import (
@@ -34,7 +35,6 @@ from tray.ui.menu import (
     build_menu,
     default_action,
     find_entry,
-    human_bytes,
     processor_split,
 )
 

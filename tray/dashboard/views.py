@@ -13,9 +13,10 @@ from typing import Any
 
 from tray.core.health import Health
 from tray.core.status import BusyStatus, GatewayStatus, Status
+from tray.core.units import format_age, format_duration, format_latency, human_bytes
 from tray.history import NUMERIC_FIELDS, Event
 from tray.models.store import same_model
-from tray.ui.icon import busy_text, format_duration, format_latency, loading_text, status_summary
+from tray.ui.icon import busy_text, loading_text, status_summary
 from tray.ui.menu import (
     ACTION_LABELS,
     REBUILD,
@@ -25,7 +26,6 @@ from tray.ui.menu import (
     UNLOAD,
     action_enabled,
     blocked_actions,
-    human_bytes,
     loaded_model_label,
     server_is_up,
 )
@@ -76,7 +76,7 @@ def model_view(status: Status, now: float) -> dict[str, Any]:
         "size": human_bytes(size) if size else NOTHING,
         "parameters": (info.parameter_size if info else None) or NOTHING,
         "quantization": (info.quantization if info else None) or NOTHING,
-        "last_verified": ago(verified, now) if verified else "never",
+        "last_verified": format_age(now - verified) if verified else "never",
         "last_verified_at": iso_time(verified) if verified else None,
         "loaded": [loaded_model_label(model) for model in status.loaded_models],
     }
@@ -179,16 +179,6 @@ def megabytes_text(megabytes: float) -> str:
     ('512 MB', '4.0 GB')
     """
     return f"{megabytes / 1024:.1f} GB" if megabytes >= 1024 else f"{round(megabytes)} MB"
-
-
-def ago(then: float, now: float) -> str:
-    """``5 min ago``; ``just now`` under a second.
-
-    >>> ago(100.0, 400.0), ago(100.0, 100.4)
-    ('5 min ago', 'just now')
-    """
-    seconds = now - then
-    return "just now" if seconds < 1 else f"{format_duration(seconds)} ago"
 
 
 def iso_time(unix: float) -> str:

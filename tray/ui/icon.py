@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from tray.core.health import Health
 from tray.core.status import Activity, ActivityKind, BusyStatus, ModelLoading, MonitorState, Status
 from tray.core.text import truncate_text
+from tray.core.units import format_duration, format_latency
 
 RGB = tuple[int, int, int]
 
@@ -90,33 +91,6 @@ def icon_state(status: Status) -> IconState:
 
 
 # --- text -------------------------------------------------------------------
-
-
-def format_latency(milliseconds: float) -> str:
-    """``245 ms`` below a second, ``7.2 s`` above.
-
-    >>> format_latency(245), format_latency(7240)
-    ('245 ms', '7.2 s')
-    """
-    if milliseconds < 1000:
-        return f"{round(milliseconds)} ms"
-    return f"{milliseconds / 1000:.1f} s"
-
-
-def format_duration(seconds: float) -> str:
-    """A short, rounded duration: ``12 s``, ``5 min``, ``2 h 5 min``.
-
-    >>> format_duration(0.3), format_duration(299), format_duration(7500)
-    ('1 s', '5 min', '2 h 5 min')
-    """
-    whole_seconds = max(1, math.ceil(seconds))
-    if whole_seconds < 60:
-        return f"{whole_seconds} s"
-    minutes = round(seconds / 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 def format_percent(fraction: float) -> str:

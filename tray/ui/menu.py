@@ -15,6 +15,7 @@ from typing import Any
 from tray.core.health import Health
 from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
 from tray.core.text import truncate_text
+from tray.core.units import human_bytes
 from tray.models.store import same_model
 from tray.ui.icon import status_summary
 
@@ -89,21 +90,6 @@ class MenuEntry:
 
 
 SEPARATOR = MenuEntry(separator=True, enabled=False, key="-")
-
-
-def human_bytes(size: int) -> str:
-    """Decimal sizes the way Ollama prints them (``format.HumanBytes``).
-
-    >>> human_bytes(4_661_224_676), human_bytes(26_000_000_000), human_bytes(999)
-    ('4.7 GB', '26 GB', '999 B')
-    """
-    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
-        if size >= scale:
-            value = size / scale
-            if value >= 10 or value == math.trunc(value):
-                return f"{math.trunc(value)} {unit}"
-            return f"{value:.1f} {unit}"
-    return f"{size} B"
 
 
 def processor_split(size: int, size_vram: int) -> str:
