@@ -160,7 +160,7 @@ def test_cpu_sustained_for_the_window_alerts_once_then_clears() -> None:
     script += [(120.0, cpu(75)), (150.0, cpu(70)), (180.0, cpu(12))]  # 75 is above 0.9 x 80 = 72: holds
     events = feed(engine, script)
     assert summary(events) == [(60.0, "cpu", "raised"), (180.0, "cpu", "cleared")]
-    assert events[0][1].message == "Ollama has used over 80% CPU for 60 s (now 93%)"
+    assert events[0][1].message == "Ollama has used over 80% CPU for 1 min (now 93%)"
     assert events[1][1].message == "Ollama is using 12% CPU (limit 80%)"
 
 

@@ -25,7 +25,7 @@ def test_an_idle_server() -> None:
         "Ollama: healthy (12 ms), running, pid 4242, started by this manager",
         "Address: http://127.0.0.1:11434",
         "Model: llama3 (present)",
-        "Uptime: 1h 1m, memory 4608 MB, CPU 95.5 %, GPU none",
+        "Uptime: 1 h 2 min, memory 4608 MB, CPU 95.5 %, GPU none",
         "Busy: no",
         "Monitor: running",
     ]
@@ -41,7 +41,7 @@ def test_a_busy_server_gets_one_line_saying_with_what() -> None:
     lines = format_status(replace(RUNNING, busy=busy), monitor_running=True).splitlines()
     assert lines[0].startswith("Ollama: healthy")
     assert lines[4] == (
-        "Busy: generating on llama3:latest for 2m 5s; last progress 0s ago; seen by the runner's CPU use"
+        "Busy: generating on llama3:latest for 2 min; last progress just now; seen by the runner's CPU use"
     )
 
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
+from tray.core.units import format_duration
 from tray.settings.meta import DAY, check_fields, setting
 
 MIB = 1024 * 1024
@@ -258,19 +259,6 @@ def format_bytes(count: float) -> str:
     if abs(count) >= GIB:
         return _trim(f"{count / GIB:.1f}") + " GB"
     return f"{count / MIB:.0f} MB"
-
-
-def format_duration(seconds: float) -> str:
-    """Short human duration.
-
-    >>> format_duration(60), format_duration(1800), format_duration(5400)
-    ('60 s', '30 min', '1.5 h')
-    """
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return _trim(f"{seconds / HOUR:.1f}") + " h"
 
 
 def _trim(number: str) -> str:
@@ -645,6 +633,5 @@ __all__ = [
     "Signal",
     "fit_trend",
     "format_bytes",
-    "format_duration",
     "thresholds_from_mapping",
 ]

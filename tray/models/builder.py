@@ -33,6 +33,7 @@ import filelock
 import httpx
 
 from tray.core.text import describe_body, plain_line
+from tray.core.units import human_bytes
 from tray.models.errors import (
     DiskSpaceError,
     ModelError,
@@ -59,7 +60,6 @@ from tray.models.modelfile import (
 from tray.models.progress import (
     ProgressCallback,
     ProgressEvent,
-    human_bytes,
     measured,
     no_progress,
     plain_detail,

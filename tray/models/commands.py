@@ -14,6 +14,7 @@ from typing import TextIO
 
 import httpx
 
+from tray.core.units import human_bytes
 from tray.models.builder import (
     ModelReport,
     OllamaModelAPI,
@@ -26,7 +27,7 @@ from tray.models.builder import (
     verify,
 )
 from tray.models.errors import ModelError, OllamaAPIError
-from tray.models.progress import ProgressRenderer, human_bytes
+from tray.models.progress import ProgressRenderer
 from tray.models.store import list_models, parse_model_name
 
 EXIT_OK = 0

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tray.core.units import human_bytes
 from tray.models.errors import ManifestNotFound, StoreError
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
+from tray.models.progress import ProgressCallback, ProgressEvent
 from tray.models.store import (
     Manifest,
     ModelName,
