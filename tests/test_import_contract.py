@@ -54,6 +54,7 @@ def test_the_tree_as_it_is_keeps_both_contracts(tree: Path) -> None:
         ("tray/system/paths.py", "import tray.service.monitor", "tray.system.paths -> tray.service.monitor"),
         ("tray/gateway/breaker.py", "import tray.ui.menu", "tray.gateway.breaker -> tray.ui.menu"),  # siblings
         ("tray/history.py", "import tray.settings.config", "tray.history -> tray.settings.config"),  # a leaf
+        ("tray/atomic.py", "import tray.history", "tray.atomic -> tray.history"),  # the bottom leaf
     ],
 )
 def test_an_upward_or_sideways_import_breaks_the_layers(tree: Path, module: str, statement: str, broken: str) -> None:

@@ -25,6 +25,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from tray.atomic import PRIVATE_DIR, owner_only, private_file
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -167,7 +169,7 @@ class History:
     def _open(self, path: Path) -> sqlite3.Connection:
         """The database at ``path``, created when missing and checked; sqlite3.DatabaseError when damaged."""
         try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
             _private(path)  # SQLite gives its -wal and -shm files the database file's mode
         except OSError as exc:
             raise sqlite3.OperationalError(exc.strerror or str(exc)) from None
@@ -343,16 +345,8 @@ def _damaged(exc: sqlite3.OperationalError) -> bool:
 
 
 def _private(path: Path) -> None:
-    """Create the database file for the user alone (0600), or take group and others' access away.
-
-    The history is a shared leaf that imports nothing from the app, so this
-    is not tray.system.atomic.private_file.
-    """
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        try:
-            info = os.stat(file)
-        except FileNotFoundError:
-            continue
-        if info.st_mode & 0o077 and (not hasattr(os, "getuid") or info.st_uid == os.getuid()):
-            os.chmod(file, 0o600)
+    """Create the database file for the user alone (0600), or take group and others' access away, and its
+    -wal and -shm files' too."""
+    private_file(path, check=True)
+    for file in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        owner_only(file)

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
+from tray.atomic import private_dir, write_atomically
 from tray.errors import CliError
-from tray.system.atomic import private_dir, write_atomically
 from tray.system.paths import AppPaths
 from tray.web.signin import REDEEM
 

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import psutil
 
+from tray.atomic import write_atomically
 from tray.errors import SupervisorError
 from tray.history import EventKind, History
 from tray.models.store import default_models_dir, listed_in, models_dir_from_log, models_dir_of_runner
 from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
 from tray.settings.server import customizes_server, server_env, without_secrets
-from tray.system.atomic import write_atomically
 from tray.system.ollama_app import (
     AppFinder,
     AppGone,

@@ -16,9 +16,9 @@ from typing import Any
 
 import tomlkit
 
+from tray.atomic import write_atomically
 from tray.settings.config import MAX_CONFIG_BYTES, ConfigError
 from tray.settings.textfile import FileRefused, read_regular_file
-from tray.system.atomic import write_atomically
 
 NEW_FILE_MODE = 0o600  # settings may name a key's variable or a private address: the user's business
 

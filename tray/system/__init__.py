@@ -13,5 +13,4 @@ Modules:
 - :mod:`tray.system.instance`: the single-instance lock
 - :mod:`tray.system.stopping`: a foreground command's main thread, asleep until a signal stops it
 - :mod:`tray.system.logs`: the app's log file
-- :mod:`tray.system.atomic`: atomic file writes
 """

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from tray.system.atomic import write_atomically
+from tray.atomic import write_atomically
 from tray.system.registry import RegistryValues, WinregKey
 
 APP_DISPLAY_NAME = "Ollama Manager"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tray.system.atomic import private_dir, private_file
+from tray.atomic import private_dir, private_file
 from tray.system.owners import SystemdService, journal_command, journal_refused
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from tray.system.atomic import write_atomically
+from tray.atomic import write_atomically
 from tray.system.processes import find_listener
 
 MANAGER_NAMES = {"ollama-manager", "ollama-manager.exe", "ollama manager", "ollama manager.exe"}

@@ -32,7 +32,7 @@ class AppPaths:
 
     def make_private(self) -> None:
         """Create the app's folders for the user alone (0700), and tighten ones an older version left open."""
-        from tray.system.atomic import private_dir
+        from tray.atomic import private_dir
 
         for folder in dict.fromkeys((self.config_dir, self.log_dir, self.data_dir, self.state_dir)):
             try:

@@ -22,10 +22,10 @@ from typing import IO, Any
 
 import psutil
 
+from tray.atomic import private_dir, private_file
 from tray.core.text import plain_line
 from tray.errors import SupervisorError
 from tray.settings.hosts import OllamaHost, parse_ollama_host
-from tray.system.atomic import private_dir, private_file
 from tray.system.console_break import console_break
 
 log = logging.getLogger(__name__)

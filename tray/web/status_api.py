@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from tray.atomic import write_atomically
 from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
-from tray.system.atomic import write_atomically
 from tray.system.monitor_record import write_record
 from tray.web.loopback import LoopbackOnly
 from tray.web.server import LoopbackServer

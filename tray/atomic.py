@@ -3,6 +3,9 @@
 Everything the app keeps (settings, history, logs, the status API's address
 and token) is the user's business: files are 0600 and the app's own folders
 0700, so other local users cannot read them.
+
+A shared leaf, like :mod:`tray.errors` and :mod:`tray.history` (which uses it):
+it imports nothing from the app, so every layer may write its files this way.
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ PRIVATE_DIR = 0o700
 def private_dir(path: Path) -> None:
     """Create the app's own folder ``path`` readable by the user alone, or take group and others' access away."""
     path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    _owner_only(path, PRIVATE_DIR)
+    owner_only(path, PRIVATE_DIR)
 
 
-def private_file(path: Path) -> None:
-    """Create ``path`` empty for the user alone when missing, or take group and others' access away (0600)."""
+def private_file(path: Path, *, check: bool = False) -> None:
+    """Create ``path`` empty for the user alone when missing, or take group and others' access away (0600).
+
+    A failure to create it is left to the writer that follows, unless ``check`` raises its OSError here.
+    """
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE))
     except OSError:
-        return  # the writer that follows says what is wrong
-    _owner_only(path, PRIVATE_FILE)
+        if check:
+            raise
+        return
+    owner_only(path, PRIVATE_FILE)
 
 
-def _owner_only(path: Path, mode: int) -> None:
+def owner_only(path: Path, mode: int = PRIVATE_FILE) -> None:
+    """Take group and others' access to ``path`` away when it is the user's own; nothing when it is missing."""
     try:
         info = os.stat(path)
         if info.st_mode & 0o077 and (not hasattr(os, "getuid") or info.st_uid == os.getuid()):
