@@ -36,6 +36,11 @@ def test_another_active_model_is_named_beside_the_modelfile_model() -> None:
     assert lines[2] == "Model: mistral:latest (present); Modelfile model: llama3"
 
 
+def test_the_modelfile_model_is_not_named_again_under_another_spelling_of_the_same_name() -> None:
+    lines = format_status(replace(RUNNING, model="Llama3:latest", modelfile_model="llama3"), True).splitlines()
+    assert lines[2] == "Model: Llama3:latest (present)"
+
+
 def test_a_busy_server_gets_one_line_saying_with_what() -> None:
     busy = BusyStatus("llama3:latest", None, None, 125.0, 0.0, BusySource.RUNNER, stuck=False)
     lines = format_status(replace(RUNNING, busy=busy), monitor_running=True).splitlines()

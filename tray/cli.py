@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tray.core.health import BusySource
+from tray.core.names import same_model
 from tray.core.status import BusyStatus, Status
 from tray.core.units import format_age, format_duration, format_latency
 from tray.errors import CliError
@@ -147,7 +148,11 @@ def format_status(status: Status, monitor_running: bool) -> str:
         f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
         f"Address: {status.ollama_host}",
         f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})"
-        + (f"; Modelfile model: {status.modelfile_model}" if status.modelfile_model != status.model else ""),
+        + (
+            f"; Modelfile model: {status.modelfile_model}"
+            if not same_model(status.modelfile_model, status.model)
+            else ""
+        ),
     ]
     if status.ollama_running:
         lines.append(
@@ -242,7 +247,7 @@ def cmd_model(ctx: Context) -> int:
 
 def use_model(ctx: Context, name: str) -> str:
     """``model use NAME``: through the running monitor (it switches and preloads at once), else saved for its start."""
-    from tray.models.store import list_models, same_model
+    from tray.models.store import list_models
     from tray.service.monitor import not_installed_line
     from tray.settings.store import set_config_value
 

@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tray.core.health import Health
+from tray.core.names import same_model
 from tray.core.status import BusyStatus, GatewayStatus, Status
 from tray.core.units import format_age, format_duration, format_latency, human_bytes
 from tray.history import NUMERIC_FIELDS, Event
-from tray.models.store import same_model
 from tray.ui.icon import busy_text, loading_text, status_summary
 from tray.ui.menu import (
     ACTION_LABELS,

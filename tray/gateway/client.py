@@ -34,6 +34,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from tray.core.names import model_key
 from tray.gateway import translate as tr
 from tray.gateway.breaker import (
     Backend,
@@ -49,7 +50,6 @@ from tray.gateway.breaker import (
     Throttle,
     choose_budget,
     loaded_names,
-    model_key,
 )
 from tray.gateway.cloud import (
     CONNECT_TIMEOUT,

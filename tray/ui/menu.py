@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tray.core.health import Health
+from tray.core.names import same_model
 from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
 from tray.core.text import truncate_text
 from tray.core.units import human_bytes
-from tray.models.store import same_model
 from tray.ui.icon import status_summary
 
 # Menu action ids. The first five go to Controller.request().
