@@ -8,8 +8,6 @@ from collections.abc import Iterable
 import pytest
 
 from tray.core.alerts import (
-    GIB,
-    MIB,
     AlertEngine,
     AlertEvent,
     AlertKind,
@@ -19,9 +17,9 @@ from tray.core.alerts import (
     Metrics,
     Severity,
     fit_trend,
-    format_bytes,
     thresholds_from_mapping,
 )
+from tray.core.units import GIB, MIB, human_memory
 
 TICK = 30.0
 
@@ -447,4 +445,4 @@ def test_thresholds_from_a_config_table() -> None:
 
 
 def test_format_bytes() -> None:
-    assert [format_bytes(v) for v in (6 * GIB, int(7.25 * GIB), 512 * MIB, 0)] == ["6 GB", "7.2 GB", "512 MB", "0 MB"]
+    assert [human_memory(v) for v in (6 * GIB, int(7.25 * GIB), 512 * MIB, 0)] == ["6 GB", "7.2 GB", "512 MB", "0 MB"]

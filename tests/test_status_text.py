@@ -25,7 +25,7 @@ def test_an_idle_server() -> None:
         "Ollama: healthy (12 ms), running, pid 4242, started by this manager",
         "Address: http://127.0.0.1:11434",
         "Model: llama3 (present)",
-        "Uptime: 1 h 2 min, memory 4608 MB, CPU 95.5 %, GPU none",
+        "Uptime: 1 h 2 min, memory 4.5 GB, CPU 95.5 %, GPU none",
         "Busy: no",
         "Monitor: running",
     ]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from tray.core.health import BusySource
 from tray.core.names import same_model
 from tray.core.status import BusyStatus, Status
-from tray.core.units import format_age, format_duration, format_latency
+from tray.core.units import MIB, format_age, format_duration, format_latency, human_memory
 from tray.errors import CliError
 from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
@@ -156,7 +156,7 @@ def format_status(status: Status, monitor_running: bool) -> str:
     ]
     if status.ollama_running:
         lines.append(
-            f"Uptime: {format_duration(status.uptime_seconds)}, memory {status.memory_usage_mb} MB, "
+            f"Uptime: {format_duration(status.uptime_seconds)}, memory {human_memory(status.memory_usage_mb * MIB)}, "
             f"CPU {status.cpu_usage_percent} %, GPU {'yes' if status.gpu_available else 'none'}"
         )
         lines.append(busy_line(status.busy))

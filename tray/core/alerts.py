@@ -50,11 +50,9 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
-from tray.core.units import format_duration
+from tray.core.units import MIB, format_duration, human_memory
 from tray.settings.meta import DAY, check_fields, setting
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
 HOUR = 3600.0
 
 
@@ -250,21 +248,6 @@ def fit_trend(points: Sequence[tuple[float, float]]) -> LeakTrend | None:
     return LeakTrend(slope_bytes_per_second=slope, fit=fit, span_seconds=span)
 
 
-def format_bytes(count: float) -> str:
-    """Human size in binary units, written GB/MB as users expect.
-
-    >>> format_bytes(6144 * 1024 * 1024), format_bytes(7.2 * 1024**3), format_bytes(300 * 1024 * 1024)
-    ('6 GB', '7.2 GB', '300 MB')
-    """
-    if abs(count) >= GIB:
-        return _trim(f"{count / GIB:.1f}") + " GB"
-    return f"{count / MIB:.0f} MB"
-
-
-def _trim(number: str) -> str:
-    return number[:-2] if number.endswith(".0") else number
-
-
 def _percent(value: float) -> str:
     return f"{value:.0f}%"
 
@@ -301,7 +284,7 @@ def memory_rule(x: RuleInput) -> Reading:
         return HOLD
     limit = x.limits.memory_mb * MIB
     signal = _band_above(used, limit, limit * x.limits.clear_ratio)
-    return Reading(signal, f"Ollama is using {format_bytes(used)} of memory (limit {format_bytes(limit)})")
+    return Reading(signal, f"Ollama is using {human_memory(used)} of memory (limit {human_memory(limit)})")
 
 
 def cpu_rule(x: RuleInput) -> Reading:
@@ -370,7 +353,7 @@ def disk_rule(x: RuleInput) -> Reading:
         return HOLD
     minimum = x.limits.disk_free_mb * MIB
     signal = _band_below(free, minimum, minimum / x.limits.clear_ratio)
-    return Reading(signal, f"{format_bytes(free)} free on the models disk (minimum {format_bytes(minimum)})")
+    return Reading(signal, f"{human_memory(free)} free on the models disk (minimum {human_memory(minimum)})")
 
 
 def gpu_memory_rule(x: RuleInput) -> Reading:
@@ -380,7 +363,7 @@ def gpu_memory_rule(x: RuleInput) -> Reading:
     percent = used / total * 100
     limit = x.limits.gpu_memory_percent
     signal = _band_above(percent, limit, limit * x.limits.clear_ratio)
-    return Reading(signal, f"GPU memory is {_percent(percent)} full ({format_bytes(used)} of {format_bytes(total)})")
+    return Reading(signal, f"GPU memory is {_percent(percent)} full ({human_memory(used)} of {human_memory(total)})")
 
 
 def leak_rule(x: RuleInput) -> Reading:
@@ -399,13 +382,13 @@ def leak_rule(x: RuleInput) -> Reading:
     steady = trend.slope_bytes_per_second > 0 and trend.fit >= limits.leak_min_fit
     over = format_duration(trend.span_seconds)
     if steady and rise >= min_rise:
-        message = f"Ollama memory grew by {format_bytes(rise)} over {over} at a steady rate (possible leak)"
+        message = f"Ollama memory grew by {human_memory(rise)} over {over} at a steady rate (possible leak)"
         if limits.leak_restart:
             message += "; restarting Ollama"
         return Reading(Signal.FAILING, message)
     relaxed = limits.clear_ratio
     if trend.slope_bytes_per_second <= 0 or trend.fit < limits.leak_min_fit * relaxed or rise < min_rise * relaxed:
-        return Reading(Signal.OK, f"Ollama memory is no longer climbing (changed {format_bytes(rise)} over {over})")
+        return Reading(Signal.OK, f"Ollama memory is no longer climbing (changed {human_memory(rise)} over {over})")
     return HOLD
 
 
@@ -632,6 +615,5 @@ __all__ = [
     "Severity",
     "Signal",
     "fit_trend",
-    "format_bytes",
     "thresholds_from_mapping",
 ]
