@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import TextIO
 
 from tray import __version__
-from tray.core.text import error_line
+from tray.core.text import error_line, one_line
 from tray.system.paths import AppPaths
 from tray.ui.backend import TrayBackend, TrayChoice, choose_tray, xembed_backend
 
@@ -304,7 +304,7 @@ def probe_ollama(configured: str = "", env: Mapping[str, str] | None = None) -> 
     try:
         return Probe(loaded=str(find_ollama_binary(configured, env)))
     except OllamaNotInstalled as exc:
-        return Probe(error=" ".join(str(exc).split()) or "not installed")
+        return Probe(error=one_line(str(exc), fallback="not installed"))
 
 
 def gather_facts(
@@ -326,7 +326,7 @@ def gather_facts(
         config = load_config(config_path, env=env, paths=paths)
         modelfile, ollama_binary = Path(config.modelfile), config.ollama_binary
     except ConfigError as exc:
-        config_error = " ".join(str(exc).split())
+        config_error = one_line(str(exc))
     jeepney = importable_version("jeepney", "jeepney")
     choice = choose_tray(env, platform)
     frozen = bool(getattr(sys, "frozen", False))

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tray.core.text import error_line
+from tray.core.text import error_line, one_line
 from tray.system.registry import RegistryValues, WinregKey
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def plyer_notify(
         warnings.simplefilter("always")
         notification.notify(title=title, message=message, app_name=app_name, app_icon=icon, timeout=EXPIRE_MS // 1000)
     for warning in caught:
-        log.debug("plyer: %s", " ".join(str(warning.message).split()))
+        log.debug("plyer: %s", one_line(str(warning.message)))
 
 
 class WindowsToast:

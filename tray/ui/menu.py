@@ -15,7 +15,7 @@ from typing import Any
 from tray.core.health import Health
 from tray.core.names import same_model
 from tray.core.status import ActivityKind, LoadedModelStatus, MonitorState, Status
-from tray.core.text import truncate_text
+from tray.core.text import first_line, truncate_text
 from tray.core.units import human_bytes
 from tray.ui.icon import status_summary
 
@@ -214,8 +214,9 @@ def _error_entries(status: Status) -> list[MenuEntry]:
     troubled = status.health in (Health.DOWN, Health.UNHEALTHY) or status.state is MonitorState.FAILED
     if not error or not troubled:
         return []
-    first_line = next((line.strip() for line in error.splitlines() if line.strip()), "")
-    return [MenuEntry(truncate_text(f"Last error: {first_line}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")]
+    return [
+        MenuEntry(truncate_text(f"Last error: {first_line(error)}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")
+    ]
 
 
 def _action_entry(action: str, status: Status, blocked: frozenset[str], default: bool = False) -> MenuEntry:
