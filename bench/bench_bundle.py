@@ -14,7 +14,6 @@ builds it first, into that folder, with a temporary work folder):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import socket
@@ -25,22 +24,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_packaging(name: str) -> ModuleType:
-    """``packaging/<name>.py`` by path (the folder is not a package)."""
-    module_name = f"ollama_manager_packaging_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, ROOT / "packaging" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.append(str(ROOT / "packaging"))
+from load_packaging import load_packaging  # noqa: E402 - found through the folder appended above
 
 
 def free_port() -> int:

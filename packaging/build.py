@@ -30,7 +30,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+
+from load_packaging import load_packaging
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,20 +43,7 @@ NOTARY_PROFILE_ENV = "OLLAMA_MANAGER_NOTARY_PROFILE"
 NOTARY_CREDENTIAL_ENVS = ("APPLE_ID", "APPLE_TEAM_ID", "APPLE_APP_PASSWORD")
 
 
-def load_sibling(name: str) -> ModuleType:
-    """Import ``packaging/<name>.py`` by path (the folder is not a package)."""
-    module_name = f"ollama_manager_packaging_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-info = load_sibling("info")
+info = load_packaging("info")
 
 
 class BuildError(Exception):
@@ -147,7 +135,7 @@ def run(command: Sequence[str], env: Mapping[str, str] | None = None, secret: st
 
 def write_generated_files(work_dir: Path, version: str, platform: str, env: Mapping[str, str]) -> None:
     """Icons, the Windows version resource and the macOS entitlements the spec reads."""
-    make_icons = load_sibling("make_icons")
+    make_icons = load_packaging("make_icons")
     make_icons.write_icons(make_icons.load_source(make_icons.DEFAULT_SOURCE), work_dir / "icons")
     (work_dir / "version-info.txt").write_text(info.windows_version_file(version), encoding="utf-8")
     if platform == "darwin" and env.get(IDENTITY_ENV):

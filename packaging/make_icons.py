@@ -11,12 +11,11 @@ from the tray's own drawing code (the healthy state, 1024 px).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
+from load_packaging import load_packaging
 from PIL import Image
 
 HERE = Path(__file__).resolve().parent
@@ -27,20 +26,7 @@ SOURCE_SIZE = 1024
 MIN_SOURCE_SIZE = 512
 
 
-def load_sibling(name: str) -> ModuleType:
-    """Import ``packaging/<name>.py`` by path (the folder is not a package)."""
-    module_name = f"ollama_manager_packaging_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-info = load_sibling("info")
+info = load_packaging("info")
 
 
 class IconError(Exception):

@@ -52,8 +52,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from load_packaging import load_packaging
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -68,19 +69,6 @@ FAST_SETTINGS = {
     "OLLAMA_MANAGER_STARTUP_TIMEOUT": "10",
     "OLLAMA_MANAGER_STATUS_PORT": "0",
 }
-
-
-def load_sibling(name: str) -> ModuleType:
-    """Import ``packaging/<name>.py`` by path (the folder is not a package)."""
-    module_name = f"ollama_manager_packaging_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, HERE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class SmokeFailure(Exception):
@@ -211,7 +199,7 @@ class Bundle:
     @classmethod
     def in_dist(cls, dist: Path, platform: str = sys.platform) -> Bundle:
         """The bundle ``build.py`` left in ``dist``; SmokeFailure when it is not there."""
-        layout = load_sibling("info").bundle_layout(platform)
+        layout = load_packaging("info").bundle_layout(platform)
         bundle = cls(dist / layout.bundle_dir, dist / layout.cli_executable, dist / layout.gui_executable, platform)
         if not bundle.cli.is_file():
             raise SmokeFailure(f"no bundle at {bundle.cli}: run python packaging/build.py first")

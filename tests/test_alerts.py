@@ -8,8 +8,6 @@ from collections.abc import Iterable
 import pytest
 
 from tray.core.alerts import (
-    GIB,
-    MIB,
     AlertEngine,
     AlertEvent,
     AlertKind,
@@ -19,8 +17,8 @@ from tray.core.alerts import (
     Metrics,
     Severity,
     fit_trend,
-    format_bytes,
 )
+from tray.core.units import GIB, MIB, human_memory
 from tray.settings.alerts import AlertSettings, thresholds_from_mapping
 
 TICK = 30.0
@@ -160,7 +158,7 @@ def test_cpu_sustained_for_the_window_alerts_once_then_clears() -> None:
     script += [(120.0, cpu(75)), (150.0, cpu(70)), (180.0, cpu(12))]  # 75 is above 0.9 x 80 = 72: holds
     events = feed(engine, script)
     assert summary(events) == [(60.0, "cpu", "raised"), (180.0, "cpu", "cleared")]
-    assert events[0][1].message == "Ollama has used over 80% CPU for 60 s (now 93%)"
+    assert events[0][1].message == "Ollama has used over 80% CPU for 1 min (now 93%)"
     assert events[1][1].message == "Ollama is using 12% CPU (limit 80%)"
 
 
@@ -447,4 +445,4 @@ def test_thresholds_from_a_config_table() -> None:
 
 
 def test_format_bytes() -> None:
-    assert [format_bytes(v) for v in (6 * GIB, int(7.25 * GIB), 512 * MIB, 0)] == ["6 GB", "7.2 GB", "512 MB", "0 MB"]
+    assert [human_memory(v) for v in (6 * GIB, int(7.25 * GIB), 512 * MIB, 0)] == ["6 GB", "7.2 GB", "512 MB", "0 MB"]

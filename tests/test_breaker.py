@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tray.core.health import BusySource, Health
+from tray.core.names import model_key
 from tray.core.status import BusyStatus, MonitorState, Status, make_status
 from tray.gateway.breaker import (
     Activation,
@@ -25,7 +26,6 @@ from tray.gateway.breaker import (
     WaitPlan,
     choose_budget,
     health_from_status,
-    model_key,
     plan_wait,
     status_busy,
 )
@@ -388,6 +388,13 @@ class TestWhatIsLoaded:
         assert model_key("LLaMA3") == model_key("llama3:latest") == "llama3:latest"
         assert model_key("llama3:8b") != model_key("llama3")
         assert model_key("hf.co/bartowski/Qwen3-8B-GGUF:Q4_K_M") == "hf.co/bartowski/qwen3-8b-gguf:q4_k_m"
+        # the default namespace and registry are the same model too (Ollama's Name.EqualFold on parsed names)
+        assert model_key("library/llama3") == model_key("registry.ollama.ai/library/Llama3:latest") == "llama3:latest"
+
+    def test_a_model_loaded_under_its_long_name_counts_as_loaded(self) -> None:
+        loaded = LoadedModels(ttl=60.0)
+        loaded.saw_list(["registry.ollama.ai/library/llama3:latest"], now=0.0)
+        assert loaded.is_loaded("Llama3", now=1.0) is True
 
     def test_a_list_and_answers_are_known_for_the_ttl_only(self) -> None:
         cache = LoadedModels(ttl=5.0)

@@ -20,6 +20,7 @@ import filelock
 import httpx
 import pytest
 
+from tray.core.units import human_bytes
 from tray.models.builder import (
     BuildRecord,
     ModelReport,
@@ -54,7 +55,6 @@ from tray.models.progress import (
     ProgressRenderer,
     format_bar,
     format_plain_line,
-    human_bytes,
     plain_line_due,
 )
 from tray.models.store import (
@@ -501,9 +501,7 @@ def test_pull_needs_the_configured_minimum_when_the_base_size_is_unknown(env):
     fake, models, state, modelfile = env
     with pytest.raises(DiskSpaceError) as caught:
         ensure(fake, models, state, modelfile, disk_free=lambda _p: 2 * GB, min_free_bytes=8 * GB)
-    assert (
-        str(caught.value) == f"not enough disk space to pull llama3:latest: need 8.0 GB free in {models}, have 2.0 GB"
-    )
+    assert str(caught.value) == f"not enough disk space to pull llama3:latest: need 8 GB free in {models}, have 2 GB"
     assert fake.count("POST", "/api/pull") == 0
 
 
@@ -987,11 +985,11 @@ def test_renderer_writes_sparse_plain_lines_when_not_a_tty():
     renderer.close()
     lines = stream.getvalue().splitlines()
     assert lines[0] == "pulling manifest"
-    assert lines[1] == "pulling sha256:abc    0%  0 B/1.0 MB"
+    assert lines[1] == "pulling sha256:abc    0%  0 B/1 MB"
     assert lines[-1] == "creating success"
     progress_lines = lines[1:-1]
     assert len(progress_lines) == 11  # one per 10 % step
-    assert progress_lines[-1] == "pulling sha256:abc  100%  1.0 MB/1.0 MB  20.0 KB/s"
+    assert progress_lines[-1] == "pulling sha256:abc  100%  1 MB/1 MB  20 KB/s"
 
 
 def test_renderer_draws_a_bar_on_a_tty():
@@ -1005,7 +1003,7 @@ def test_renderer_draws_a_bar_on_a_tty():
     frames = text.split("\r")[1:]
     assert len(frames) == 3
     assert frames[1].startswith("verifying sha256:abc")
-    assert " 50% 500 B/1.0 KB 500 B/s\x1b[K\n" in frames[1]
+    assert " 50% 500 B/1 KB 500 B/s\x1b[K\n" in frames[1]
     assert "█" * 5 in frames[1]
     assert frames[2] == "creating success\x1b[K\n"
     assert all(len(frame.split("\x1b")[0]) <= 80 for frame in frames)
@@ -1015,5 +1013,8 @@ def test_format_helpers():
     assert human_bytes(0) == "0 B"
     assert human_bytes(1_500) == "1.5 KB"
     assert human_bytes(4_700_000_000) == "4.7 GB"
+    # sizes as `ollama pull` and the tray's menu print them: no ".0", no decimal from ten up
+    pulling = ProgressEvent("pulling", "sha256:6a0746a1ec1a", 4_000_000_000, 26_000_000_000)
+    assert format_plain_line(pulling, 35_123_456.0) == "pulling sha256:6a0746a1ec1a   15%  4 GB/26 GB  35 MB/s"
     assert format_plain_line(ProgressEvent("creating", "writing manifest"), None) == "creating writing manifest"
     assert format_bar(ProgressEvent("hashing", "w.gguf", 10, None), None) == "hashing w.gguf  10 B"

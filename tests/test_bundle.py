@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,13 +31,11 @@ pytestmark = [
 ]
 
 
-def _load_info():
-    spec = importlib.util.spec_from_file_location("ollama_manager_packaging_info", REPO / "packaging" / "info.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+def _load_info() -> ModuleType:
+    sys.path.append(str(REPO / "packaging"))
+    from load_packaging import load_packaging
+
+    return load_packaging("info")
 
 
 @pytest.fixture(scope="session")

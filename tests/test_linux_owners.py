@@ -11,7 +11,8 @@ import pytest
 import tray.service.supervisor
 import tray.system.owners
 import tray.system.processes
-from tray.service.monitor import _has_model, same_model
+from tray.core.names import same_model
+from tray.service.monitor import _has_model
 from tray.system.owners import (
     SystemdService,
     Trust,

@@ -449,11 +449,22 @@ def test_fingerprint_changes_with_system_quantize_and_file_digest(tmp_path):
     assert one != two
 
 
+REPOSITORY_MODELFILE = Path(__file__).resolve().parents[1] / "uncensored.Modelfile"
+SHIPPED_MODELFILE = Path(__file__).resolve().parents[1] / "tray" / "data" / "uncensored.Modelfile"
+
+
 def test_repository_modelfile_parses():
-    path = Path(__file__).resolve().parents[1] / "uncensored.Modelfile"
-    parsed = load_modelfile(path)
+    parsed = load_modelfile(REPOSITORY_MODELFILE)
     assert parsed.sources == (SourceRef("model", "llama3", 4),)
     assert parsed.system
+
+
+def test_the_shipped_modelfile_is_the_repository_one():
+    # tray/data/uncensored.Modelfile (installed on first run, bundled) is a link to the one at the top of the
+    # repository. A checkout without links (git on Windows with core.symlinks off) makes it a text file holding
+    # the link's path, and the package would ship that: this fails there, and if the link is ever made a copy
+    # that drifts.
+    assert SHIPPED_MODELFILE.read_bytes() == REPOSITORY_MODELFILE.read_bytes()
 
 
 @pytest.mark.parametrize("name", ["tfs_z", "numa"])

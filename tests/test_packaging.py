@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -29,23 +29,13 @@ WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
 SMOKE_WORKFLOW = REPO / ".github" / "workflows" / "smoke.yml"
 
 
-def load(name: str) -> ModuleType:
-    """``packaging/<name>.py``, loaded the way build.py loads its siblings."""
-    module_name = f"ollama_manager_packaging_{name}"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, PACKAGING / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.append(str(PACKAGING))
+from load_packaging import load_packaging  # noqa: E402 - found through the folder appended above
 
-
-info = load("info")
-build = load("build")
-make_icons = load("make_icons")
-smoke = load("smoke_test")
+info = load_packaging("info")
+build = load_packaging("build")
+make_icons = load_packaging("make_icons")
+smoke = load_packaging("smoke_test")
 
 
 # --- versions and names ---------------------------------------------------------------
@@ -1069,6 +1059,6 @@ def test_linux_jobs_install_what_the_smoke_test_needs():
 
 
 def test_ci_smoke_unit_tests_exist_and_run_in_order():
-    ci_smoke = load("ci_smoke")
+    ci_smoke = load_packaging("ci_smoke")
     assert all((REPO / test).is_file() for test in ci_smoke.UNIT_TESTS)
     assert {"tests/test_ollama_app.py", "tests/test_platform_commands.py"} <= set(ci_smoke.UNIT_TESTS)

@@ -25,7 +25,7 @@ def test_an_idle_server() -> None:
         "Ollama: healthy (12 ms), running, pid 4242, started by this manager",
         "Address: http://127.0.0.1:11434",
         "Model: llama3 (present)",
-        "Uptime: 1h 1m, memory 4608 MB, CPU 95.5 %, GPU none",
+        "Uptime: 1 h 2 min, memory 4.5 GB, CPU 95.5 %, GPU none",
         "Busy: no",
         "Monitor: running",
     ]
@@ -36,12 +36,17 @@ def test_another_active_model_is_named_beside_the_modelfile_model() -> None:
     assert lines[2] == "Model: mistral:latest (present); Modelfile model: llama3"
 
 
+def test_the_modelfile_model_is_not_named_again_under_another_spelling_of_the_same_name() -> None:
+    lines = format_status(replace(RUNNING, model="Llama3:latest", modelfile_model="llama3"), True).splitlines()
+    assert lines[2] == "Model: Llama3:latest (present)"
+
+
 def test_a_busy_server_gets_one_line_saying_with_what() -> None:
     busy = BusyStatus("llama3:latest", None, None, 125.0, 0.0, BusySource.RUNNER, stuck=False)
     lines = format_status(replace(RUNNING, busy=busy), monitor_running=True).splitlines()
     assert lines[0].startswith("Ollama: healthy")
     assert lines[4] == (
-        "Busy: generating on llama3:latest for 2m 5s; last progress 0s ago; seen by the runner's CPU use"
+        "Busy: generating on llama3:latest for 2 min; last progress just now; seen by the runner's CPU use"
     )
 
 

@@ -320,7 +320,7 @@ def test_intact_model_and_base_verify(store, tmp_path):
     assert report.hashed_bytes == total
     assert report.cached_blobs == 0
     assert total == 16491
-    assert report.summary() == "mine:latest: 5 blobs intact (16.5 KB; 5 hashed, 0 from cache)"
+    assert report.summary() == "mine:latest: 5 blobs intact (16 KB; 5 hashed, 0 from cache)"
 
 
 def test_flipped_byte_in_the_base_blob_is_reported_with_its_digest(store, tmp_path):

@@ -553,6 +553,11 @@ def test_error_message(body: object, message: str) -> None:
     assert tr.error_message(body) == message
 
 
+def test_a_long_error_message_is_cut_with_an_ellipsis_and_no_control_characters() -> None:
+    message = tr.error_message({"error": "quota\x1b[31m exceeded " + "x" * 400})
+    assert message.startswith("quota [31m exceeded xxx") and message.endswith("…") and len(message) == 300
+
+
 def test_stream_error_tails() -> None:
     assert tr.stream_error_tail("application/x-ndjson", "boom") == b'{"error":"boom"}\n'
     assert tr.stream_error_tail("application/x-ndjson", "boom", ended_mid_line=True) == b'\n{"error":"boom"}\n'

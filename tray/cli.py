@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tray.core.health import BusySource
+from tray.core.names import same_model
 from tray.core.status import BusyStatus, Status
+from tray.core.units import MIB, format_age, format_duration, format_latency, human_memory
 from tray.errors import CliError
 from tray.history import EventKind, History
 from tray.models.defaults import install_default_modelfile
@@ -136,7 +138,7 @@ MANAGED_BY = {
 
 
 def format_status(status: Status, monitor_running: bool) -> str:
-    latency = f" ({status.latency_ms} ms)" if status.latency_ms is not None else ""
+    latency = f" ({format_latency(status.latency_ms)})" if status.latency_ms is not None else ""
     pid = f", pid {status.pid}" if status.pid else ""
     owner = MANAGED_BY.get(status.managed_by, status.managed_by)
     if status.unit:
@@ -147,11 +149,15 @@ def format_status(status: Status, monitor_running: bool) -> str:
         f"Ollama: {status.health}{latency}, {status.state}{pid}{owner}",
         f"Address: {status.ollama_host}",
         f"Model: {status.model} ({'present' if status.model_loaded else 'not available'})"
-        + (f"; Modelfile model: {status.modelfile_model}" if status.modelfile_model != status.model else ""),
+        + (
+            f"; Modelfile model: {status.modelfile_model}"
+            if not same_model(status.modelfile_model, status.model)
+            else ""
+        ),
     ]
     if status.ollama_running:
         lines.append(
-            f"Uptime: {_duration(status.uptime_seconds)}, memory {status.memory_usage_mb} MB, "
+            f"Uptime: {format_duration(status.uptime_seconds)}, memory {human_memory(status.memory_usage_mb * MIB)}, "
             f"CPU {status.cpu_usage_percent} %, GPU {'yes' if status.gpu_available else 'none'}"
         )
         lines.append(busy_line(status.busy))
@@ -183,10 +189,10 @@ def busy_line(busy: BusyStatus | None) -> str:
     >>> busy_line(None)
     'Busy: no'
     >>> print(busy_line(BusyStatus("llama3", 2, 1, 80.4, 0.5, BusySource.GATEWAY, stuck=False)))
-    Busy: generating on llama3 for 1m 20s; 2 requests through the gateway (1 waiting); last progress 0s ago; \
+    Busy: generating on llama3 for 1 min; 2 requests through the gateway (1 waiting); last progress just now; \
 seen by the gateway's requests
     >>> busy_line(BusyStatus("llama3", None, None, 950, None, BusySource.PROBE, stuck=True))
-    'Busy: STUCK, no progress on llama3 for 15m 50s; no progress seen; seen by the health probe waiting its turn'
+    'Busy: STUCK, no progress on llama3 for 16 min; no progress seen; seen by the health probe waiting its turn'
     """
     if busy is None:
         return "Busy: no"
@@ -194,22 +200,16 @@ seen by the gateway's requests
     since = busy.since_seconds
     progress = busy.progress_seconds_ago
     if busy.stuck:
-        head = f"STUCK, no progress{on} for {_duration(progress if progress is not None else since)}"
+        head = f"STUCK, no progress{on} for {format_duration(progress if progress is not None else since)}"
     else:
-        head = f"generating{on} for {_duration(since)}"
+        head = f"generating{on} for {format_duration(since)}"
     parts = [head]
     if busy.requests is not None:
         count, waiting = busy.requests, busy.waiting or 0
         parts.append(f"{count} request{'s' if count != 1 else ''} through the gateway ({waiting} waiting)")
-    parts.append(f"last progress {_duration(progress)} ago" if progress is not None else "no progress seen")
+    parts.append(f"last progress {format_age(progress)}" if progress is not None else "no progress seen")
     parts.append("seen by " + BUSY_SEEN_BY.get(busy.source, str(busy.source)))
     return "Busy: " + "; ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes}m" if hours else (f"{minutes}m {secs}s" if minutes else f"{secs}s")
 
 
 def cmd_model(ctx: Context) -> int:
@@ -248,7 +248,7 @@ def cmd_model(ctx: Context) -> int:
 
 def use_model(ctx: Context, name: str) -> str:
     """``model use NAME``: through the running monitor (it switches and preloads at once), else saved for its start."""
-    from tray.models.store import list_models, same_model
+    from tray.models.store import list_models
     from tray.service.monitor import not_installed_line
     from tray.settings.store import set_config_value
 

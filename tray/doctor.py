@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import TextIO
 
 from tray import __version__
+from tray.core.text import error_line, one_line
 from tray.system.host import platform_name
 from tray.system.notify import notify_os_for
 from tray.system.paths import AppPaths
@@ -165,10 +166,6 @@ def render_json(lines: Sequence[Line]) -> str:
 # --- looking (side effects) -----------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
-
-
 def _distribution_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)
@@ -195,7 +192,7 @@ def probe_tray_backend() -> Probe:
     try:
         import pystray
     except Exception as exc:  # noqa: BLE001 - any failure here is the answer
-        return Probe(error=_one_line(exc))
+        return Probe(error=error_line(exc, named=True))
     for name in PYSTRAY_BACKENDS:
         module = sys.modules.get(f"pystray._{name}")
         if module is not None and getattr(module, "Icon", None) is pystray.Icon:
@@ -209,13 +206,13 @@ def probe_chosen_backend(choice: TrayChoice) -> Probe:
         try:
             importlib.import_module("tray.ui.sni")
         except Exception as exc:  # noqa: BLE001
-            return Probe(error=_one_line(exc))
+            return Probe(error=error_line(exc, named=True))
         return Probe(loaded=f"sni (StatusNotifierItem over jeepney {importable_version('jeepney', 'jeepney')})")
     if choice.backend is TrayBackend.XEMBED:
         try:
             icon_class = xembed_backend().Icon
         except Exception as exc:  # noqa: BLE001 - the xorg backend raises X errors on import
-            return Probe(error=_one_line(exc))
+            return Probe(error=error_line(exc, named=True))
         return Probe(loaded=f"xorg ({icon_class.__module__})")
     return probe_tray_backend()
 
@@ -230,7 +227,7 @@ def probe_plyer(platform: str | None = None) -> Probe:
             module = importlib.import_module(module_name)
             backend = module.instance()
     except Exception as exc:  # noqa: BLE001
-        return Probe(error=f"{module_name}: {_one_line(exc)}")
+        return Probe(error=f"{module_name}: {error_line(exc, named=True)}")
     return Probe(loaded=f"plyer {importable_version('plyer', 'plyer')} ({type(backend).__name__} from {module_name})")
 
 
@@ -275,7 +272,7 @@ def probe_keyring() -> Probe:
 
         backend = keyring.get_keyring()
     except Exception as exc:  # noqa: BLE001
-        return Probe(error=_one_line(exc))
+        return Probe(error=error_line(exc, named=True))
     kind = type(backend)
     return Probe(loaded=f"{kind.__module__}.{kind.__name__}")
 
@@ -297,7 +294,7 @@ def probe_ollama(configured: str = "", env: Mapping[str, str] | None = None) -> 
     try:
         return Probe(loaded=str(find_ollama_binary(configured, env)))
     except OllamaNotInstalled as exc:
-        return Probe(error=" ".join(str(exc).split()) or "not installed")
+        return Probe(error=one_line(str(exc), fallback="not installed"))
 
 
 def gather_facts(
@@ -320,7 +317,7 @@ def gather_facts(
         config = load_config(config_path, env=env, paths=paths)
         modelfile, ollama_binary = Path(config.modelfile), config.ollama_binary
     except ConfigError as exc:
-        config_error = " ".join(str(exc).split())
+        config_error = one_line(str(exc))
     jeepney = importable_version("jeepney", "jeepney")
     choice = choose_tray(env, platform)
     frozen = bool(getattr(sys, "frozen", False))

@@ -49,8 +49,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+from tray.core.units import MIB, format_duration, human_memory
+
 HOUR = 3600.0
 
 
@@ -218,34 +218,6 @@ def fit_trend(points: Sequence[tuple[float, float]]) -> LeakTrend | None:
     return LeakTrend(slope_bytes_per_second=slope, fit=fit, span_seconds=span)
 
 
-def format_bytes(count: float) -> str:
-    """Human size in binary units, written GB/MB as users expect.
-
-    >>> format_bytes(6144 * 1024 * 1024), format_bytes(7.2 * 1024**3), format_bytes(300 * 1024 * 1024)
-    ('6 GB', '7.2 GB', '300 MB')
-    """
-    if abs(count) >= GIB:
-        return _trim(f"{count / GIB:.1f}") + " GB"
-    return f"{count / MIB:.0f} MB"
-
-
-def format_duration(seconds: float) -> str:
-    """Short human duration.
-
-    >>> format_duration(60), format_duration(1800), format_duration(5400)
-    ('60 s', '30 min', '1.5 h')
-    """
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return _trim(f"{seconds / HOUR:.1f}") + " h"
-
-
-def _trim(number: str) -> str:
-    return number[:-2] if number.endswith(".0") else number
-
-
 def _percent(value: float) -> str:
     return f"{value:.0f}%"
 
@@ -282,7 +254,7 @@ def memory_rule(x: RuleInput) -> Reading:
         return HOLD
     limit = x.limits.memory_mb * MIB
     signal = _band_above(used, limit, limit * x.limits.clear_ratio)
-    return Reading(signal, f"Ollama is using {format_bytes(used)} of memory (limit {format_bytes(limit)})")
+    return Reading(signal, f"Ollama is using {human_memory(used)} of memory (limit {human_memory(limit)})")
 
 
 def cpu_rule(x: RuleInput) -> Reading:
@@ -351,7 +323,7 @@ def disk_rule(x: RuleInput) -> Reading:
         return HOLD
     minimum = x.limits.disk_free_mb * MIB
     signal = _band_below(free, minimum, minimum / x.limits.clear_ratio)
-    return Reading(signal, f"{format_bytes(free)} free on the models disk (minimum {format_bytes(minimum)})")
+    return Reading(signal, f"{human_memory(free)} free on the models disk (minimum {human_memory(minimum)})")
 
 
 def gpu_memory_rule(x: RuleInput) -> Reading:
@@ -361,7 +333,7 @@ def gpu_memory_rule(x: RuleInput) -> Reading:
     percent = used / total * 100
     limit = x.limits.gpu_memory_percent
     signal = _band_above(percent, limit, limit * x.limits.clear_ratio)
-    return Reading(signal, f"GPU memory is {_percent(percent)} full ({format_bytes(used)} of {format_bytes(total)})")
+    return Reading(signal, f"GPU memory is {_percent(percent)} full ({human_memory(used)} of {human_memory(total)})")
 
 
 def leak_rule(x: RuleInput) -> Reading:
@@ -380,13 +352,13 @@ def leak_rule(x: RuleInput) -> Reading:
     steady = trend.slope_bytes_per_second > 0 and trend.fit >= limits.leak_min_fit
     over = format_duration(trend.span_seconds)
     if steady and rise >= min_rise:
-        message = f"Ollama memory grew by {format_bytes(rise)} over {over} at a steady rate (possible leak)"
+        message = f"Ollama memory grew by {human_memory(rise)} over {over} at a steady rate (possible leak)"
         if limits.leak_restart:
             message += "; restarting Ollama"
         return Reading(Signal.FAILING, message)
     relaxed = limits.clear_ratio
     if trend.slope_bytes_per_second <= 0 or trend.fit < limits.leak_min_fit * relaxed or rise < min_rise * relaxed:
-        return Reading(Signal.OK, f"Ollama memory is no longer climbing (changed {format_bytes(rise)} over {over})")
+        return Reading(Signal.OK, f"Ollama memory is no longer climbing (changed {human_memory(rise)} over {over})")
     return HOLD
 
 
@@ -604,6 +576,4 @@ __all__ = [
     "Severity",
     "Signal",
     "fit_trend",
-    "format_bytes",
-    "format_duration",
 ]

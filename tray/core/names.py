@@ -1,7 +1,9 @@
 """Ollama's model names: ``[host/][namespace/]model[:tag]``, parsed and checked by Ollama's own rules (types/model).
 
-Pure: the store (:mod:`tray.models.store`) finds a name's manifest, and the
-settings (``ollama_model``) refuse a name Ollama would refuse.
+Pure: the store (:mod:`tray.models.store`) finds a name's manifest, the
+settings (``ollama_model``) refuse a name Ollama would refuse, and every
+comparison of two names goes through :func:`same_model` (or :func:`model_key`
+for sets and dict keys), case-insensitive as Ollama compares them.
 """
 
 from __future__ import annotations
@@ -100,3 +102,29 @@ def parse_name(text: str) -> ModelName:
     if not all(_valid_part(kind, value) for kind, value in parts.items()):
         raise ValueError(f"invalid model name '{text}'")
     return ModelName(host=host, namespace=namespace, model=model, tag=tag)
+
+
+def model_key(name: str) -> str:
+    """A name as Ollama matches it (``Name.EqualFold``): case ignored, defaults filled in, shortest form; a text that
+    is not a valid name (a cloud model's, say) is matched as itself, case ignored. For sets and dict keys.
+
+    >>> model_key("Llama3"), model_key("llama3:8B"), model_key("library/llama3"), model_key("localhost:5000/me/m")
+    ('llama3:latest', 'llama3:8b', 'llama3:latest', 'localhost:5000/me/m:latest')
+    >>> model_key(" gpt 4o "), model_key("")
+    ('gpt 4o', '')
+    """
+    try:
+        return parse_name(name).display.lower()
+    except ValueError:
+        return name.strip().lower()
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two names are one model, as Ollama compares them (:meth:`ModelName.same_as` on parsed names).
+
+    >>> same_model("Llama3", "llama3:latest"), same_model("registry.ollama.ai/library/llama3", "llama3")
+    (True, True)
+    >>> same_model("llama3", "llama3:8b"), same_model("", "")
+    (False, True)
+    """
+    return model_key(a) == model_key(b)

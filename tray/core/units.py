@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+MIB = 1024 * 1024
+GIB = 1024 * MIB
 _SIZE_UNITS = (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3))
 
 
@@ -29,6 +31,17 @@ def human_bytes(size: float) -> str:
                 return f"{math.trunc(value)} {unit}"
             return f"{value:.1f} {unit}"
     return f"{whole} B"
+
+
+def human_memory(size: float) -> str:
+    """Memory in binary units, as the OS counts it, written GB/MB as users expect and without a trailing ``.0``.
+
+    >>> human_memory(6144 * MIB), human_memory(7.25 * GIB), human_memory(300 * MIB), human_memory(0)
+    ('6 GB', '7.2 GB', '300 MB', '0 MB')
+    """
+    if abs(size) >= GIB:
+        return f"{size / GIB:.1f}".removesuffix(".0") + " GB"
+    return f"{size / MIB:.0f} MB"
 
 
 def format_duration(seconds: float) -> str:

@@ -23,11 +23,11 @@ from tray.core.actions import (
     server_is_up,
 )
 from tray.core.health import Health
+from tray.core.names import same_model
 from tray.core.status import BusyStatus, GatewayStatus, Status
 from tray.core.status_text import busy_text, loaded_model_label, loading_text, status_summary
-from tray.core.units import format_age, format_duration, format_latency, human_bytes
+from tray.core.units import MIB, format_age, format_duration, format_latency, human_bytes, human_memory
 from tray.history import NUMERIC_FIELDS, Event
-from tray.models.store import same_model
 
 RANGES: dict[str, float] = {"1h": 3600.0, "1d": 86400.0}
 CHART_POINTS = 360
@@ -156,7 +156,7 @@ def status_view(status: Status, now: float) -> dict[str, Any]:
         "latency": format_latency(latency) if latency is not None else NOTHING,
         "uptime": format_duration(status.uptime_seconds) if running and status.uptime_seconds else NOTHING,
         "state": f"{status.state}, {owner}" + (f" (pid {pid})" if pid else ""),
-        "memory": megabytes_text(status.memory_usage_mb) if running else NOTHING,
+        "memory": human_memory(status.memory_usage_mb * MIB) if running else NOTHING,
         "cpu": f"{status.cpu_usage_percent} %" if running else NOTHING,
         "gpu": "available" if status.gpu_available else "none",
         "host": status.ollama_host or NOTHING,
@@ -169,15 +169,6 @@ def status_view(status: Status, now: float) -> dict[str, Any]:
         "gateway": gateway_view(status.gateway),
         "settings_note": status.server_settings_note,
     }
-
-
-def megabytes_text(megabytes: float) -> str:
-    """``512 MB`` below a gigabyte, ``4.0 GB`` above (binary units, as the status counts).
-
-    >>> megabytes_text(512), megabytes_text(4096)
-    ('512 MB', '4.0 GB')
-    """
-    return f"{megabytes / 1024:.1f} GB" if megabytes >= 1024 else f"{round(megabytes)} MB"
 
 
 def iso_time(unix: float) -> str:

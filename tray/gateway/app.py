@@ -67,6 +67,7 @@ from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
+from tray.core.names import model_key
 from tray.core.status import GatewayStatus, Status
 from tray.gateway import translate as tr
 from tray.gateway.breaker import (
@@ -90,7 +91,6 @@ from tray.gateway.breaker import (
     choose_budget,
     health_from_status,
     loaded_names,
-    model_key,
     plan_wait,
     requester_of,
     status_busy,
@@ -1111,8 +1111,8 @@ class Gateway:
         """What the gateway answers for model lists while Ollama is down and the cloud is on."""
         stamp = self._timestamp()
         cloud_models = [m for m in (self.cloud.model, self.cloud.embedding_model) if m]
-        local_names = model_names(self._local_models)
-        tags = self._local_models + [tag_entry(m, stamp) for m in cloud_models if m not in local_names]
+        local_names = {model_key(name) for name in model_names(self._local_models)}
+        tags = self._local_models + [tag_entry(m, stamp) for m in cloud_models if model_key(m) not in local_names]
         if path == "/":
             text = b"Ollama is running"
             headers = [

@@ -42,6 +42,7 @@ from enum import StrEnum
 from typing import Any
 
 from tray.core.health import BusySource, Health
+from tray.core.names import model_key
 from tray.core.status import MonitorState, Status
 
 
@@ -383,18 +384,6 @@ def plan_wait(budget: Budget, *, first_byte_timeout: float, local_timeout: float
     if cloud_enabled:
         return WaitPlan(budget, first_byte_timeout, None, give_up)
     return WaitPlan(budget, None, first_byte_timeout, give_up)
-
-
-def model_key(name: str) -> str:
-    """A model name as Ollama matches it: case-insensitive, ``x`` meaning ``x:latest``.
-
-    >>> model_key("Llama3"), model_key("llama3:8B"), model_key("localhost:5000/me/m"), model_key("")
-    ('llama3:latest', 'llama3:8b', 'localhost:5000/me/m:latest', '')
-    """
-    name = name.strip().lower()
-    if not name:
-        return ""
-    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
 def loaded_names(entries: Any) -> list[str]:

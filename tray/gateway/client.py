@@ -34,6 +34,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from tray.core.names import model_key
 from tray.gateway import translate as tr
 from tray.gateway.breaker import (
     Backend,
@@ -48,7 +49,6 @@ from tray.gateway.breaker import (
     Target,
     Throttle,
     choose_budget,
-    model_key,
 )
 from tray.gateway.cloud import (
     CONNECT_TIMEOUT,

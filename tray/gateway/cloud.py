@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from tray.core.text import error_line
 from tray.gateway import translate as tr
 from tray.gateway.translate import Dialect
 from tray.settings.gateway import CloudSettings
@@ -84,14 +85,14 @@ class SystemKeyStore:
         try:
             return keyring.get_password(self.service, account)
         except errors.KeyringError as exc:
-            raise KeyStoreError(f"the OS keyring is not available ({_one_line(exc)})") from None
+            raise KeyStoreError(f"the OS keyring is not available ({error_line(exc)})") from None
 
     def set(self, account: str, secret: str) -> None:
         keyring, errors = self._modules()
         try:
             keyring.set_password(self.service, account, secret)
         except errors.KeyringError as exc:
-            raise KeyStoreError(f"the OS keyring is not available ({_one_line(exc)})") from None
+            raise KeyStoreError(f"the OS keyring is not available ({error_line(exc)})") from None
 
     @staticmethod
     def _modules() -> tuple[Any, Any]:
@@ -256,10 +257,6 @@ def provider_error(cloud: CloudSettings, status: int, body: bytes) -> str:
     return f"{cloud.host_label} answered {status}" + (f": {detail}" if detail else "")
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def describe_error(exc: BaseException) -> str:
     """A transport error in a few words ("connection refused", "timed out", else its text)."""
     seen: BaseException | None = exc
@@ -269,4 +266,4 @@ def describe_error(exc: BaseException) -> str:
         if isinstance(seen, TimeoutError) or type(seen).__name__.endswith("Timeout"):
             return "timed out"
         seen = seen.__cause__ or seen.__context__
-    return _one_line(exc)
+    return error_line(exc)

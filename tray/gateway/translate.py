@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from tray.core.text import one_line
+
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 JSON = "application/json; charset=utf-8"
@@ -105,7 +107,7 @@ def error_message(body: bytes | str | Any, limit: int = 300) -> str:
     if isinstance(parsed, dict):
         inner = parsed.get("error", parsed.get("message", parsed))
         message = inner.get("message", inner) if isinstance(inner, dict) else inner
-    return " ".join(str(message).split())[:limit]
+    return one_line(str(message), limit=limit)
 
 
 def stream_error_tail(content_type: str, message: str, ended_mid_line: bool = False) -> bytes:

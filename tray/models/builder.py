@@ -35,6 +35,7 @@ import filelock
 import httpx
 
 from tray.core.names import ModelName
+from tray.core.units import human_bytes
 from tray.models.errors import (
     MODEL_FAILURES,
     DiskSpaceError,
@@ -59,7 +60,6 @@ from tray.models.modelfile import (
 from tray.models.progress import (
     ProgressCallback,
     ProgressEvent,
-    human_bytes,
     measured,
     no_progress,
     plain_detail,

@@ -14,6 +14,8 @@ from typing import TextIO
 
 import httpx
 
+from tray.core.text import one_line
+from tray.core.units import human_bytes
 from tray.models.builder import (
     ModelReport,
     cleanup,
@@ -26,7 +28,7 @@ from tray.models.builder import (
     verify,
 )
 from tray.models.errors import MODEL_FAILURES, ModelError
-from tray.models.progress import ProgressRenderer, human_bytes
+from tray.models.progress import ProgressRenderer
 from tray.models.store import list_models, parse_model_name
 from tray.ollama.client import OllamaClient
 from tray.ollama.errors import OllamaAPIError, OllamaError
@@ -226,7 +228,7 @@ def pull_failure_line(model: str, error: str, models_dir: Path | str) -> str:
     elif any(sign in text for sign in NO_NETWORK_SIGNS):
         reason = "no network (the model registry cannot be reached)"
     else:
-        reason = " ".join(error.split()).removeprefix(f"pull {model} failed: ")
+        reason = one_line(error).removeprefix(f"pull {model} failed: ")
     return f"cannot pull {model}: {reason}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from tray.atomic import write_atomically
 from tray.settings.config import Config
 from tray.system.paths import AppPaths
 
@@ -18,7 +19,6 @@ def install_default_modelfile(config: Config, paths: AppPaths) -> None:
     if target.exists() or target != paths.config_dir / "uncensored.Modelfile":
         return
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(files("tray").joinpath("data/uncensored.Modelfile").read_bytes())
+        write_atomically(target, files("tray").joinpath("data/uncensored.Modelfile").read_bytes())
     except OSError as exc:
         log.warning("could not install the default Modelfile at %s: %s", target, exc)

@@ -15,14 +15,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tray.atomic import write_atomically
 from tray.core.names import ModelName
+from tray.core.units import human_bytes
 from tray.models.errors import ManifestNotFound, StoreError
-from tray.models.progress import ProgressCallback, ProgressEvent, human_bytes
+from tray.models.progress import ProgressCallback, ProgressEvent
 from tray.models.store import (
     Manifest,
     base_model_of,
@@ -143,22 +144,8 @@ class HashCache:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so readers see the old or the new file, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except OSError:
-            pass
-        raise
+    """Write JSON so readers see the old or the new file, never half of one (for the user alone)."""
+    write_atomically(path, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def hash_with_cache(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from tray.core.text import plain_line
+from tray.core.units import human_bytes
 
 
 @dataclass(frozen=True)
@@ -111,27 +112,6 @@ def plain_detail(text: object) -> str:
 
 def no_progress(event: ProgressEvent) -> None:
     """A callback that ignores every event."""
-
-
-_UNITS = ("B", "KB", "MB", "GB", "TB", "PB")
-
-
-def human_bytes(count: float) -> str:
-    """Decimal units, as ``ollama list`` prints sizes.
-
-    >>> human_bytes(999)
-    '999 B'
-    >>> human_bytes(4_700_000_000)
-    '4.7 GB'
-    """
-    value = float(count)
-    for unit in _UNITS:
-        if abs(value) < 1000 or unit == _UNITS[-1]:
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def phase_key(event: ProgressEvent) -> tuple[str, str]:

@@ -170,18 +170,6 @@ def parse_model_name(text: str) -> ModelName:
         raise StoreError(str(exc)) from None
 
 
-def same_model(a: str, b: str) -> bool:
-    """Whether two names are one model: tags filled in, case ignored (Ollama's ``Name.EqualFold``).
-
-    >>> same_model("Llama3", "llama3:latest"), same_model("llama3", "llama3:8b")
-    (True, False)
-    """
-    try:
-        return parse_model_name(a).same_as(parse_model_name(b))
-    except StoreError:
-        return a == b
-
-
 def is_model_name(text: str) -> bool:
     """Whether ``text`` parses as a model name."""
     try:

@@ -50,6 +50,7 @@ from tray.core.health import (
     is_dead,
     runner_cpu_since,
 )
+from tray.core.names import same_model
 from tray.core.restart import RestartPolicy, Verdict
 from tray.core.status import (
     Activity,
@@ -65,7 +66,6 @@ from tray.core.status import (
 from tray.history import EventKind, History
 from tray.models.keeper import JOBS as MODEL_JOBS
 from tray.models.keeper import ModelKeeper
-from tray.models.store import same_model
 from tray.ollama.client import keep_alive_value
 from tray.service.ports import GatewayFeed, SupervisorPort
 from tray.service.supervisor import NotPermitted, SupervisorError, stop_message
@@ -899,7 +899,9 @@ class Monitor:
 
     def _use_settings(self, config: Config) -> str:
         """Use ``config`` from now on, and rebuild what derives from it (the one place that does)."""
-        chosen = config.active_model != self.config.active_model and config.active_model != self.active_model
+        chosen = not same_model(config.active_model, self.config.active_model) and not same_model(
+            config.active_model, self.active_model
+        )
         self.config = config
         if chosen:  # saved on the settings page: the file has it already
             self._make_active(config.active_model, "settings")

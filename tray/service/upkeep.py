@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 from tray.atomic import write_atomically
 from tray.core.alerts import AlertEngine, AlertState, Metrics
 from tray.core.health import Busy, ProbeResult
+from tray.core.names import same_model
 from tray.core.oom import LadderMove, OomEvent, OomLadder, OomSituation, Place
 from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
-from tray.models.store import same_model
 from tray.settings.config import Config
 from tray.system.logs import ServerLogTail
 from tray.system.owners import SystemdService, current_uid, journal_access_line, user_name

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tray.core.text import error_line, one_line
 from tray.system.host import platform_name
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,6 @@ class Delivery:
 
 
 # --- Delivery (side effects) ------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def run_command(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S, *, creationflags: int = 0) -> None:
@@ -128,7 +125,7 @@ def plyer_notify(
         warnings.simplefilter("always")
         notification.notify(title=title, message=message, app_name=app_name, app_icon=icon, timeout=EXPIRE_MS // 1000)
     for warning in caught:
-        log.debug("plyer: %s", " ".join(str(warning.message).split()))
+        log.debug("plyer: %s", one_line(str(warning.message)))
 
 
 class NotifyOS(Protocol):
@@ -267,8 +264,8 @@ class Notifier:
             try:
                 channel.send(title, message)
             except Exception as exc:  # noqa: BLE001 - a failed notification must never propagate
-                log.warning("Notification via %s failed: %s", channel.name, _one_line(exc))
-                failures.append(f"{channel.name}: {_one_line(exc)}")
+                log.warning("Notification via %s failed: %s", channel.name, error_line(exc))
+                failures.append(f"{channel.name}: {error_line(exc)}")
                 continue
             if channel.confirms:
                 log.debug("Notification shown via %s: %s", channel.name, title)

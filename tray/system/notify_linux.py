@@ -10,13 +10,13 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tray.core.text import error_line
 from tray.system.notify import (
     APP_NAME,
     DBUS_TIMEOUT_S,
     EXPIRE_MS,
     Channel,
     NotificationError,
-    _one_line,
     plyer_notify,
     run_command,
 )
@@ -82,7 +82,7 @@ def dbus_notify(
     except TimeoutError:
         raise NotificationError(f"no answer from the notification service within {timeout:g} s") from None
     except (OSError, RuntimeError, ValueError) as exc:
-        raise NotificationError(f"D-Bus session bus unusable: {_one_line(exc)}") from None
+        raise NotificationError(f"D-Bus session bus unusable: {error_line(exc)}") from None
     return int(notification_id)
 
 

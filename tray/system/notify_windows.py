@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 
-from tray.system.notify import APP_NAME, Channel, NotificationError, _one_line, plyer_notify, run_command
+from tray.core.text import error_line
+from tray.system.notify import APP_NAME, Channel, NotificationError, plyer_notify, run_command
 from tray.system.registry import RegistryValues, WinregKey
 
 # The AppUserModelID toasts are shown under: Windows drops toasts of an app id it does not know, so
@@ -110,7 +111,7 @@ class WindowsToast:
             try:
                 register_app_id(self._registry(), self.app_name, self.icon)
             except OSError as exc:
-                raise NotificationError(f"cannot register the notifications' app id: {_one_line(exc)}") from None
+                raise NotificationError(f"cannot register the notifications' app id: {error_line(exc)}") from None
             self._registered = True
         self._run(powershell_command(title, message))
 

@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Union
 
+from tray.atomic import write_atomically
 from tray.system.host import platform_name
 from tray.system.processes import ProcessRef, is_server_cmdline
 
@@ -403,8 +404,7 @@ def write_journal_snapshot(service: SystemdService, path: Path, user: str, run: 
         text = journal_access_line(service, user) + "\n"
     else:
         text = done.stdout
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_atomically(path, text.encode("utf-8"))
     return path
 
 

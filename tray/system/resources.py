@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from tray.core.text import error_line
 from tray.system.host import host_for
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class NvmlGateway:
         try:
             self._library.nvmlInit()
         except Exception as exc:  # noqa: BLE001 - see class docstring
-            self._log.warning("nvml:init", "GPU monitoring unavailable (%s): %s", type(exc).__name__, _one_line(exc))
+            self._log.warning("nvml:init", "GPU monitoring unavailable (%s): %s", type(exc).__name__, error_line(exc))
             return False
         return True
 
@@ -224,17 +225,13 @@ class NvmlGateway:
             return getattr(self._library, function)(*args)
         except Exception as exc:  # noqa: BLE001 - see class docstring
             kind = type(exc).__name__
-            self._log.warning(f"{function}:{kind}", "NVML %s failed (%s): %s", function, kind, _one_line(exc))
+            self._log.warning(f"{function}:{kind}", "NVML %s failed (%s): %s", function, kind, error_line(exc))
             return default
 
     def shutdown(self) -> None:
         if self._ready:
             self.call("nvmlShutdown")
         self._ready = None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _text(value: object) -> str:

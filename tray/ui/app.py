@@ -25,7 +25,7 @@ from PIL import Image
 from tray import APP_NAME
 from tray.core.actions import REBUILD, RESTART, START, STOP, UNLOAD
 from tray.core.status import Status
-from tray.core.text import truncate_text
+from tray.core.text import error_line, first_line
 from tray.system.host import host_for
 from tray.ui.icon import IconState, draw_icon, icon_state, latin1_text, tooltip
 from tray.ui.menu import (
@@ -47,7 +47,6 @@ from tray.ui.pystray_fixes import fix_xorg_icon
 
 log = logging.getLogger(__name__)
 
-MESSAGE_MAX_CHARS = 200
 SETTING_FOR_TOGGLE = {TOGGLE_AUTOSTART: "autostart", TOGGLE_NOTIFICATIONS: "notifications"}
 
 
@@ -92,19 +91,6 @@ class Controller(Protocol):
     def notify(self, title: str, message: str) -> None:
         """Show a desktop notification (the controller honours the setting)."""
         ...
-
-
-def one_line(text: str, fallback: str = "") -> str:
-    """The first non-blank line of ``text``, shortened for a notification."""
-    for line in str(text).splitlines():
-        if line.strip():
-            return truncate_text(line.strip(), MESSAGE_MAX_CHARS)
-    return fallback
-
-
-def error_line(error: BaseException) -> str:
-    """One line for a failure: its message, else its class name."""
-    return one_line(str(error), fallback=type(error).__name__)
 
 
 def open_command(path: str, platform: str | None = None) -> list[str] | None:
@@ -314,7 +300,7 @@ class TrayApp:
         try:
             self._controller.open_dashboard()
         except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-            self._controller.notify(f"{ACTION_LABELS[OPEN_DASHBOARD]} failed", error_line(exc))
+            self._controller.notify(f"{ACTION_LABELS[OPEN_DASHBOARD]} failed", error_line(exc, headline=True))
 
     def on_open_logs(self) -> None:
         """Menu: Open logs: the first existing log path, with the desktop's opener."""
@@ -327,7 +313,9 @@ class TrayApp:
         try:
             self._opener(target)
         except OSError as exc:
-            self._controller.notify(f"{ACTION_LABELS[OPEN_LOGS]} failed", f"Cannot open {target}: {error_line(exc)}")
+            self._controller.notify(
+                f"{ACTION_LABELS[OPEN_LOGS]} failed", f"Cannot open {target}: {error_line(exc, headline=True)}"
+            )
 
     def on_toggle_autostart(self) -> None:
         """Menu: Start at login (checkbox)."""
@@ -343,7 +331,7 @@ class TrayApp:
             try:
                 self._quit_stop = self._controller.request(STOP)
             except Exception as exc:  # noqa: BLE001 - the icon must still go away
-                log.error("cannot stop Ollama on quit: %s", error_line(exc))
+                log.error("cannot stop Ollama on quit: %s", error_line(exc, headline=True))
         with self._lock:
             self._stopped = True
         self._icon.stop()
@@ -446,10 +434,10 @@ class TrayApp:
         self.refresh()
         label = ACTION_LABELS.get(action, "Use model")
         if error is not None:
-            log.warning("%s failed: %s", label, error_line(error))
-            self._controller.notify(f"{label} failed", error_line(error))
+            log.warning("%s failed: %s", label, error_line(error, headline=True))
+            self._controller.notify(f"{label} failed", error_line(error, headline=True))
         else:
-            self._controller.notify(label, one_line(message or "", fallback="Done"))
+            self._controller.notify(label, first_line(message or "", fallback="Done"))
 
     def _toggle(self, action: str) -> None:
         key = SETTING_FOR_TOGGLE[action]
@@ -457,7 +445,7 @@ class TrayApp:
         try:
             self._controller.set_setting(key, value)
         except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-            self._controller.notify(f"{ACTION_LABELS[action]} failed", error_line(exc))
+            self._controller.notify(f"{ACTION_LABELS[action]} failed", error_line(exc, headline=True))
         self.refresh()
 
     def _wait_for_quit_stop(self) -> None:
@@ -466,7 +454,7 @@ class TrayApp:
         try:
             self._quit_stop.result(timeout=self._quit_stop_timeout)
         except Exception as exc:  # noqa: BLE001 - the icon must still go away
-            log.error("stopping Ollama on quit failed: %s", error_line(exc))
+            log.error("stopping Ollama on quit failed: %s", error_line(exc, headline=True))
 
     def _callback_for(self, action: str) -> Callable[[], None] | None:
         model = model_of_action(action)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
+from tray.core.text import error_line
 from tray.system.host import platform_name
 
 log = logging.getLogger(__name__)
@@ -150,10 +151,6 @@ def next_step(
 # --- probes -----------------------------------------------------------------------
 
 
-def _one_line(text: str) -> str:
-    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
-
-
 def x_tray_owner(display: str) -> TrayVerdict:
     """Whether an XEmbed system tray owns ``_NET_SYSTEM_TRAY_S<screen>`` on ``display``."""
     try:
@@ -165,7 +162,7 @@ def x_tray_owner(display: str) -> TrayVerdict:
     try:
         connection = xdisplay.Display(display)
     except (DisplayError, OSError) as exc:
-        return False, f"cannot open X display {display}: {_one_line(str(exc)) or type(exc).__name__}"
+        return False, f"cannot open X display {display}: {error_line(exc, headline=True)}"
     try:
         selection = f"_NET_SYSTEM_TRAY_S{connection.get_default_screen()}"
         owner = connection.get_selection_owner(connection.intern_atom(selection))
@@ -198,7 +195,7 @@ def watcher_verdict(
     try:
         present = (probe_watcher or watcher_on_bus)(address)
     except (OSError, TimeoutError, StatusNotifierError) as exc:
-        return None, False, f"cannot reach the D-Bus session bus ({_one_line(str(exc)) or type(exc).__name__})"
+        return None, False, f"cannot reach the D-Bus session bus ({error_line(exc, headline=True)})"
     if present:
         return address, True, "StatusNotifier host found on the session bus"
     return address, False, "no StatusNotifier host on the session bus"
@@ -401,7 +398,7 @@ class HostWatch:
 
             connection = xdisplay.Display(self.display)
         except Exception as exc:  # noqa: BLE001 - no X server: follow the bus alone
-            log.info("not following the X tray on %s: %s", self.display, _one_line(str(exc)))
+            log.info("not following the X tray on %s: %s", self.display, error_line(exc, headline=True))
             return None
         if not connection.has_extension(xfixes.extname):
             log.info("X display %s has no XFIXES; not following its system tray", self.display)
@@ -464,7 +461,7 @@ class HostWatch:
                 self._drain_bus()
                 self._drain_x()
         except (OSError, ValueError) as exc:  # the bus or the X server went away under us
-            log.info("stopped following the tray hosts: %s", _one_line(str(exc)) or type(exc).__name__)
+            log.info("stopped following the tray hosts: %s", error_line(exc, headline=True))
 
     def _hosts_reason(self) -> str:
         x_reason = x_tray_verdict({"DISPLAY": self.display})[1]

@@ -23,10 +23,10 @@ from tray.core.actions import (
     server_is_up,
 )
 from tray.core.health import Health
+from tray.core.names import same_model
 from tray.core.status import MonitorState, Status
 from tray.core.status_text import loaded_model_label, status_summary
-from tray.core.text import truncate_text
-from tray.models.store import same_model
+from tray.core.text import first_line, truncate_text
 
 # Menu action ids besides the server actions (tray.core.actions), which go to Controller.request().
 OPEN_DASHBOARD, OPEN_LOGS, TOGGLE_AUTOSTART, TOGGLE_NOTIFICATIONS, QUIT = (
@@ -147,8 +147,9 @@ def _error_entries(status: Status) -> list[MenuEntry]:
     troubled = status.health in (Health.DOWN, Health.UNHEALTHY) or status.state is MonitorState.FAILED
     if not error or not troubled:
         return []
-    first_line = next((line.strip() for line in error.splitlines() if line.strip()), "")
-    return [MenuEntry(truncate_text(f"Last error: {first_line}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")]
+    return [
+        MenuEntry(truncate_text(f"Last error: {first_line(error)}", ERROR_LINE_MAX_CHARS), enabled=False, key="error")
+    ]
 
 
 def _action_entry(action: str, status: Status, blocked: frozenset[str], default: bool = False) -> MenuEntry:
