@@ -29,11 +29,15 @@ Every answer carries ``X-Ollama-Manager-Backend: local | cloud | gateway``.
 :meth:`Gateway.local_activity` tells the monitor what is in flight.
 
 Safety: only loopback clients with a loopback/localhost ``Host`` header
-(DNS rebinding) and no foreign ``Origin`` (a web page in the user's browser)
-are served; CORS headers are stripped, so no page can read an answer. The
-cloud key is spent only on requests from the gateway's own user where the OS
-shows who a connection belongs to (Linux; see :mod:`tray.system.peers`), and
-never relayed: provider text is redacted (:mod:`tray.gateway.redact`).
+(DNS rebinding) are served, and of requests a browser sends (those with an
+``Origin``) only those from ``gateway.allowed_origins`` (default: Ollama's own
+list) or the user's ``OLLAMA_ORIGINS``; CORS headers are stripped, so no page
+can read an answer. The cloud key is spent only on requests without an
+``Origin`` or from ``gateway.allowed_origins`` (what only ``OLLAMA_ORIGINS``
+lists reaches Ollama, as it would directly, never the cloud), and only from
+the gateway's own user where the OS shows who a connection belongs to
+(Linux; see :mod:`tray.system.peers`). The key is never relayed: provider
+text is redacted (:mod:`tray.gateway.redact`).
 
 Inference paths, all ``POST``: ``/api/chat``, ``/api/generate``,
 ``/api/embed``, ``/api/embeddings``, ``/v1/chat/completions``,
@@ -55,10 +59,9 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
@@ -115,8 +118,8 @@ from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.gateway.upstream import UpstreamClient, UpstreamResponse
 from tray.history import EventKind
-from tray.system.peers import Address, peer_lookup_available, peer_uid
-from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
+from tray.system.peers import OWN_UID, Address, peer_lookup_available, peer_uid
+from tray.web.loopback import AsgiEndpoint, LoopbackOnly
 from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -134,7 +137,6 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }  # fmt: skip
-OWN_UID = os.getuid() if hasattr(os, "getuid") else None  # None on Windows, which has no peer lookup
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -154,8 +156,12 @@ def is_metadata(method: str, path: str) -> bool:
 
 
 def forward_request_headers(headers: Mapping[str, str] | httpx.Headers, keep_length: bool) -> list[tuple[str, str]]:
-    """A client's headers as sent on to Ollama: no hop-by-hop fields, no Host."""
-    dropped = HOP_BY_HOP | {"host"} | (set() if keep_length else {"content-length"})
+    """A client's headers as sent on to Ollama: no hop-by-hop fields, no Host, no Origin.
+
+    The gateway has judged the Origin itself (``gateway.allowed_origins``, ``OLLAMA_ORIGINS``); an origin
+    the user listed only for the gateway must not be refused again by Ollama's narrower default.
+    """
+    dropped = HOP_BY_HOP | {"host", "origin"} | (set() if keep_length else {"content-length"})
     return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
 
 
@@ -175,14 +181,37 @@ def relay_response_headers(
     return out
 
 
-def origin_allowed(origin: str) -> bool:
-    """Is a browser ``Origin`` a loopback page? ``null`` (sandboxed or file pages) is not.
+def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
+    """Does a browser ``Origin`` match one of ``patterns`` (as Ollama matches ``OLLAMA_ORIGINS``)?
 
-    >>> origin_allowed("http://localhost:3000"), origin_allowed("https://evil.example"), origin_allowed("null")
-    (True, False, False)
+    A pattern is an exact origin, ``*`` alone (every origin), or one ``*`` standing for any text
+    between a prefix and a suffix. Letter case does not count. ``null`` (a sandboxed frame, or a
+    file the browser opened) matches only an exact ``null`` or ``*``.
+
+    >>> allowed = ("http://localhost:*", "vscode-webview://*", "https://*.example.com")
+    >>> [origin_allowed(o, allowed) for o in ("http://localhost:3000", "vscode-webview://1a2b", "https://a.example.com")]
+    [True, True, True]
+    >>> [origin_allowed(o, allowed) for o in ("http://localhost", "https://evil.example", "null")]
+    [False, False, False]
     """
-    parts = urlsplit(origin.strip())
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and host_allowed(parts.netloc)
+    origin = origin.strip().lower()
+    for pattern in (text.lower() for text in patterns):
+        if pattern == "*" or pattern == origin:
+            return True
+        prefix, star, suffix = pattern.partition("*")
+        if star and len(origin) >= len(prefix) + len(suffix) and origin.startswith(prefix) and origin.endswith(suffix):
+            return True
+    return False
+
+
+def ollama_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The extra origins the user gave Ollama in ``OLLAMA_ORIGINS`` (comma-separated, as Ollama reads it).
+
+    >>> ollama_origins({"OLLAMA_ORIGINS": " chrome-extension://*, moz-extension://* "}), ollama_origins({})
+    (('chrome-extension://*', 'moz-extension://*'), ())
+    """
+    text = env.get("OLLAMA_ORIGINS", "").strip().strip("'\"")
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -354,18 +383,18 @@ async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
 
 
 class ForeignOriginRefused:
-    """ASGI middleware refusing requests sent by a web page that is not on this machine."""
+    """ASGI middleware refusing requests from a browser origin that is not allowed (a web page elsewhere)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, allowed: Callable[[str], bool]) -> None:
         self.app = app
+        self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             origin = dict(scope.get("headers") or []).get(b"origin")
-            if origin is not None and not origin_allowed(origin.decode("latin-1")):
-                response = json_response(
-                    403, {"error": "forbidden: requests from web pages are refused"}, Backend.GATEWAY
-                )
+            if origin is not None and not self.allowed(origin.decode("latin-1")):
+                message = "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"
+                response = json_response(403, {"error": message}, Backend.GATEWAY)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -456,6 +485,9 @@ class Gateway:
         self._down_reports = 0  # how many times Ollama was reported down (requests routed before see it)
         self._reports = Throttle(REPORT_INTERVAL)
         self._refused_peers: set[int | None] = set()  # users whose requests were kept from the cloud
+        # What Ollama itself lets in (the user's OLLAMA_ORIGINS) reaches Ollama through the gateway too;
+        # only gateway.allowed_origins may spend the cloud key.
+        self.served_origins = (*settings.allowed_origins, *ollama_origins(self.env))
         self.last_local_problem = ""
 
     # -- health feeds (any thread)
@@ -536,7 +568,7 @@ class Gateway:
             ],
             lifespan=self._lifespan,
         )
-        return LoopbackOnly(ForeignOriginRefused(app))
+        return LoopbackOnly(ForeignOriginRefused(app, lambda origin: origin_allowed(origin, self.served_origins)))
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -918,6 +950,13 @@ class Gateway:
     ) -> Response:
         if not self.cloud.enabled:
             return error_response(dialect, 503, f"{local_problem}; the cloud fallback is off")
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self.settings.allowed_origins):
+            message = (
+                f"{local_problem}; the cloud fallback answers only the browser origins in gateway.allowed_origins, "
+                f"and this came from {origin[:100]!r}"
+            )
+            return error_response(dialect, 403, message)
         peer = await self._peer_uid(request)
         if not requester_of(peer, self.own_uid, self.peer_lookup).may_spend_key:
             self._refused_other_user(peer)
