@@ -327,6 +327,20 @@ def test_a_valid_save_keeps_comments_writes_once_and_applies_what_it_can(setup: 
     )
 
 
+def test_a_list_is_shown_as_a_list_and_saved_from_comma_separated_text(setup: Setup) -> None:
+    client = setup.client()
+    rows = {row["key"]: row for row in client.get("/api/settings", headers=AUTH).json()["settings"]}
+    origins = rows["gateway.allowed_origins"]
+    assert (origins["kind"], origins["value"][-2:]) == ("list", ["vscode-webview://*", "vscode-file://*"])
+    saved = client.post(
+        "/api/settings", json={"values": {"gateway.allowed_origins": " vscode-webview://*, tauri://* "}}, headers=AUTH
+    )
+    assert saved.json()["ok"] is True
+    assert 'allowed_origins = ["vscode-webview://*", "tauri://*"]' in setup.config_path.read_text()
+    rows = {row["key"]: row for row in client.get("/api/settings", headers=AUTH).json()["settings"]}
+    assert rows["gateway.allowed_origins"]["value"] == ["vscode-webview://*", "tauri://*"]
+
+
 def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
     client = setup.client()
     first = client.post("/api/settings", json={"values": {"alerts.memory_mb": 8192}}, headers=AUTH).json()
@@ -463,6 +477,13 @@ def test_invalid_values_are_refused_with_the_loaders_message(
         # Values that were saved and broke the next start.
         ("status_port", 70000, "must be at most 65535, got 70000"),
         ("ollama_model", "a/b/c/d", "must be a model name such as 'llama3' or 'namespace/model:tag', got 'a/b/c/d'"),
+        (
+            "gateway.allowed_origins",
+            "vscode-webview://*, null",
+            "must be an origin such as 'http://localhost:3000' or a pattern with one '*' such as "
+            "'vscode-webview://*', got 'null'",
+        ),
+        ("gateway.allowed_origins", ["app://*", 5], "must be an array of strings, got an array"),
     ],
 )
 def test_unusable_values_are_refused_before_they_are_saved(setup: Setup, key: str, value: Any, problem: str) -> None:
