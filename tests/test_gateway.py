@@ -532,7 +532,8 @@ class TestHealthyOllama:
             {"error": "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"},
         )
         assert local_page.status_code == 200
-        assert not [h for h in local_page.headers if h.lower().startswith("access-control-")]
+        cors = {name: value for name, value in local_page.headers.items() if name.startswith("access-control-")}
+        assert cors == {"access-control-allow-origin": "http://localhost:3000"}  # the gateway's, as Ollama's
 
 
 class TestBrowserOrigins:
@@ -577,6 +578,33 @@ class TestBrowserOrigins:
         webview = self.ask(gw, "vscode-webview://1n2b3c4d5e")
         assert (webview.status_code, webview.headers[HEADER]) == (200, "cloud")
         assert (self.ask(gw, None).status_code, len(cloud.requests())) == (200, 2)
+
+    def test_an_allowed_page_gets_ollamas_cors_answer_and_can_read_it(
+        self, ollama: StandinEnv, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, CloudSettings())
+        webview = "vscode-webview://1n2b3c4d5e"
+        preflight = httpx.options(
+            gw.url + "/api/chat",
+            headers={
+                "Origin": webview,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == webview
+        assert "POST" in preflight.headers["access-control-allow-methods"].split(",")
+        assert "content-type" in preflight.headers["access-control-allow-headers"].lower().split(",")
+        answer = self.ask(gw, webview)
+        assert (answer.status_code, answer.headers["access-control-allow-origin"]) == (200, webview)
+        assert answer.headers["vary"] == "Origin"
+        # A program (no Origin) gets no CORS fields; a foreign page's preflight is refused.
+        assert not [name for name in self.ask(gw, None).headers if name.startswith("access-control-")]
+        foreign = httpx.options(
+            gw.url + "/api/chat", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
 
     def test_origins_in_ollama_origins_reach_ollama_as_they_would_directly_but_never_the_cloud(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]

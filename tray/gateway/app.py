@@ -31,8 +31,8 @@ Every answer carries ``X-Ollama-Manager-Backend: local | cloud | gateway``.
 Safety: only loopback clients with a loopback/localhost ``Host`` header
 (DNS rebinding) are served, and of requests a browser sends (those with an
 ``Origin``) only those from ``gateway.allowed_origins`` (default: Ollama's own
-list) or the user's ``OLLAMA_ORIGINS``; CORS headers are stripped, so no page
-can read an answer. The cloud key is spent only on requests without an
+list) or the user's ``OLLAMA_ORIGINS``, which get Ollama's CORS answer (so
+the page can read it; Ollama's own CORS fields are dropped). The cloud key is spent only on requests without an
 ``Origin`` or from ``gateway.allowed_origins`` (what only ``OLLAMA_ORIGINS``
 lists reaches Ollama, as it would directly, never the cloud), and only from
 the gateway's own user where the OS shows who a connection belongs to
@@ -68,7 +68,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tray.core.status import GatewayStatus, Status
 from tray.gateway import translate as tr
@@ -382,22 +382,56 @@ async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
     return True
 
 
-class ForeignOriginRefused:
-    """ASGI middleware refusing requests from a browser origin that is not allowed (a web page elsewhere)."""
+# Ollama's CORS answer to a page it lets in (server/routes.go: gin-contrib/cors' defaults, its header list).
+CORS_METHODS = b"GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"
+CORS_HEADERS = (
+    b"Authorization,Content-Type,User-Agent,Accept,X-Requested-With,OpenAI-Beta,x-stainless-arch,"
+    b"x-stainless-async,x-stainless-custom-poll-interval,x-stainless-helper-method,x-stainless-lang,"
+    b"x-stainless-os,x-stainless-package-version,x-stainless-poll-helper,x-stainless-retry-count,"
+    b"x-stainless-runtime,x-stainless-runtime-version,x-stainless-timeout"
+)
+CORS_MAX_AGE = b"43200"  # seconds a browser may reuse a preflight's answer, as Ollama's 12 hours
+
+
+class BrowserOrigins:
+    """ASGI middleware for requests a browser sends (they carry an ``Origin``), as Ollama's CORS handling does.
+
+    An origin ``allowed`` refuses gets a 403 and nothing else. An allowed one gets its preflight answered
+    here (204) and ``Access-Control-Allow-Origin`` on every answer, so the page can read it; the relay
+    drops Ollama's own CORS fields, so these are the only ones.
+    """
 
     def __init__(self, app: Any, allowed: Callable[[str], bool]) -> None:
         self.app = app
         self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            origin = dict(scope.get("headers") or []).get(b"origin")
-            if origin is not None and not self.allowed(origin.decode("latin-1")):
-                message = "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"
-                response = json_response(403, {"error": message}, Backend.GATEWAY)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        origin = headers.get(b"origin")
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        if not self.allowed(origin.decode("latin-1")):
+            message = "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"
+            await json_response(403, {"error": message}, Backend.GATEWAY)(scope, receive, send)
+            return
+        cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            preflight = [
+                (b"access-control-allow-methods", CORS_METHODS),
+                (b"access-control-allow-headers", CORS_HEADERS),
+                (b"access-control-max-age", CORS_MAX_AGE),
+                (BACKEND_HEADER.encode(), Backend.GATEWAY.value.encode()),
+            ]
+            await RawResponse(204, cors + preflight, b"")(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -568,7 +602,7 @@ class Gateway:
             ],
             lifespan=self._lifespan,
         )
-        return LoopbackOnly(ForeignOriginRefused(app, lambda origin: origin_allowed(origin, self.served_origins)))
+        return LoopbackOnly(BrowserOrigins(app, lambda origin: origin_allowed(origin, self.served_origins)))
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
