@@ -30,14 +30,15 @@ Every answer carries ``X-Ollama-Manager-Backend: local | cloud | gateway``.
 
 Safety: only loopback clients with a loopback/localhost ``Host`` header
 (DNS rebinding) are served, and of requests a browser sends (those with an
-``Origin``) only those from ``gateway.allowed_origins`` (default: Ollama's own
-list) or the user's ``OLLAMA_ORIGINS``, which get Ollama's CORS answer (so
-the page can read it; Ollama's own CORS fields are dropped). The cloud key is spent only on requests without an
-``Origin`` or from ``gateway.allowed_origins`` (what only ``OLLAMA_ORIGINS``
-lists reaches Ollama, as it would directly, never the cloud), and only from
-the gateway's own user where the OS shows who a connection belongs to
-(Linux; see :mod:`tray.system.peers`). The key is never relayed: provider
-text is redacted (:mod:`tray.gateway.redact`).
+``Origin``) only those from ``gateway.allowed_origins`` (default: Ollama's
+own list) or the user's ``OLLAMA_ORIGINS``; these get Ollama's CORS answer,
+so the page can read it (Ollama's own CORS fields are dropped). The cloud key
+is spent only on requests without an ``Origin`` or from
+``gateway.allowed_origins`` (what only ``OLLAMA_ORIGINS`` lists reaches
+Ollama, as it would directly, never the cloud), and only from the gateway's
+own user where the OS shows who a connection belongs to (Linux; see
+:mod:`tray.system.peers`). The key is never relayed: provider text is
+redacted (:mod:`tray.gateway.redact`).
 
 Inference paths, all ``POST``: ``/api/chat``, ``/api/generate``,
 ``/api/embed``, ``/api/embeddings``, ``/v1/chat/completions``,
