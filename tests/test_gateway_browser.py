@@ -6,25 +6,23 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from standin.harness import StandinEnv
+from tests.test_dashboard_browser import CHROMIUM, browser  # noqa: F401 - the headless Chromium fixture
+from tests.test_gateway import ollama  # noqa: F401 - the stand-in Ollama with llama3 pulled
 from tray.gateway.app import Gateway, GatewayServer
 from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.history import History
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 pytestmark = [
     pytest.mark.process,
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 # What a chat page does: POST JSON (so the browser asks first with a preflight) and read the answer.
 ASK = """async (url) => {
@@ -66,14 +64,6 @@ def page_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def ollama(standin: StandinEnv) -> StandinEnv:
-    standin.spawn_serve()
-    standin.wait_ready()
-    standin.pull("llama3")
-    return standin
-
-
-@pytest.fixture
 def gateway(ollama: StandinEnv) -> Iterator[Callable[..., GatewayServer]]:
     started: list[GatewayServer] = []
 
@@ -90,16 +80,6 @@ def gateway(ollama: StandinEnv) -> Iterator[Callable[..., GatewayServer]]:
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def ask_from_page(browser: Any, page_url: str, gateway_url: str) -> dict[str, Any]:
