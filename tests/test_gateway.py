@@ -10,6 +10,8 @@ import logging
 import os
 import random
 import re
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +22,11 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from standin.harness import StandinEnv
+from standin.harness import StandinEnv, free_port
 from standin_cloud import StandinCloud
 from tests import manager
 from tests.manager import in_thread
-from tests.users import SYSTEM_PYTHON, Account, run_as
+from tests.users import SYSTEM_PYTHON, Account, popen_as, run_as
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.gateway.app import Gateway, GatewayServer, ollama_origins, origin_allowed, relay_response_headers
@@ -1512,3 +1514,42 @@ class TestOtherUsers:
             f"The gateway kept a request from user id {desktop_user.uid} from the cloud fallback: "
             "only your programs may use your key"
         )
+
+    @pytest.mark.slow
+    def test_a_page_another_user_serves_on_localhost_never_spends_the_key(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running], desktop_user: Account
+    ) -> None:
+        # The request comes from the owner's browser, but the page that sent it from another user's server.
+        port = free_port()
+        server = popen_as(
+            desktop_user,
+            [str(SYSTEM_PYTHON), "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+            env=desktop_user.env({"PATH": "/usr/bin:/bin"}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        own_page = socket.create_server(("127.0.0.1", 0))
+        try:
+            wait_until(lambda: _try_get(f"http://127.0.0.1:{port}/") is not None, what="the other user's page")
+            gw = gateways(ollama.base_url, cloud_settings(cloud))
+            request = dict(CHAT, stream=False)
+            foreign = gw.post("/api/chat", request, headers={"Origin": f"http://127.0.0.1:{port}"})
+            assert (foreign.status_code, foreign.headers[HEADER]) == (200, "local")  # Ollama serves it, as directly
+            ollama.cleanup()
+            refused = gw.post("/api/chat", request, headers={"Origin": f"http://localhost:{port}"})
+            assert (refused.status_code, refused.headers[HEADER]) == (403, "gateway")
+            assert refused.json()["error"].endswith(
+                f"the cloud fallback answers only its owner's programs, and the page 'http://localhost:{port}' "
+                "is not served by one"
+            )
+            assert cloud.requests() == []
+            events = [e for e in gw.history.events() if (e.data or {}).get("refused_uid") is not None]
+            assert [(e.data or {})["refused_uid"] for e in events] == [desktop_user.uid]
+            # A page the owner serves gets the cloud like the owner's other programs.
+            own_origin = f"http://127.0.0.1:{own_page.getsockname()[1]}"
+            own = gw.post("/api/chat", request, headers={"Origin": own_origin})
+            assert (own.status_code, own.headers[HEADER]) == (200, "cloud")
+        finally:
+            own_page.close()
+            server.kill()
+            server.wait(10)

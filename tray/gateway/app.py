@@ -37,7 +37,7 @@ is spent only on requests without an ``Origin`` or from
 ``gateway.allowed_origins`` (what only ``OLLAMA_ORIGINS`` lists reaches
 Ollama, as it would directly, never the cloud), and only from the gateway's
 own user where the OS shows who a connection belongs to (Linux; see
-:mod:`tray.system.peers`). The key is never relayed: provider text is
+:mod:`tray.system.peers`), the server of a page on a loopback port included. The key is never relayed: provider text is
 redacted (:mod:`tray.gateway.redact`).
 
 Inference paths, all ``POST``: ``/api/chat``, ``/api/generate``,
@@ -63,6 +63,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from starlette.applications import Starlette
@@ -119,7 +120,7 @@ from tray.gateway.settings import CloudSettings, GatewaySettings
 from tray.gateway.translate import Dialect
 from tray.gateway.upstream import UpstreamClient, UpstreamResponse
 from tray.history import EventKind
-from tray.system.peers import OWN_UID, Address, peer_lookup_available, peer_uid
+from tray.system.peers import OWN_UID, Address, listener_uid, peer_lookup_available, peer_uid
 from tray.web.loopback import AsgiEndpoint, LoopbackOnly
 from tray.web.server import LoopbackServer
 
@@ -203,6 +204,24 @@ def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
         if star and len(origin) >= len(prefix) + len(suffix) and origin.startswith(prefix) and origin.endswith(suffix):
             return True
     return False
+
+
+def loopback_page_port(origin: str) -> int | None:
+    """The port of a page served on this machine's loopback (``localhost``, ``127.0.0.1``, ``0.0.0.0``, ``[::1]``).
+
+    >>> loopback_page_port("http://localhost:3000"), loopback_page_port("https://127.0.0.1"), loopback_page_port("x")
+    (3000, 443, None)
+    >>> loopback_page_port("vscode-webview://abc"), loopback_page_port("https://example.com:3000")
+    (None, None)
+    """
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or parts.hostname not in ("localhost", "127.0.0.1", "0.0.0.0", "::1"):
+        return None
+    return port or (443 if parts.scheme == "https" else 80)
 
 
 def ollama_origins(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -475,6 +494,7 @@ class Gateway:
         probe: bool = False,
         own_uid: int | None = OWN_UID,
         find_peer_uid: Callable[[Address, Address], int | None] = peer_uid,
+        find_listener_uid: Callable[[int], int | None] = listener_uid,
         peer_lookup: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -491,6 +511,7 @@ class Gateway:
         self.probe = probe
         self.own_uid = own_uid
         self.find_peer_uid = find_peer_uid
+        self.find_listener_uid = find_listener_uid
         self.peer_lookup = peer_lookup_available() if peer_lookup is None else peer_lookup
         self.clock = clock
         self.wall_clock = wall_clock
@@ -992,6 +1013,15 @@ class Gateway:
                 f"and this came from {origin[:100]!r}"
             )
             return error_response(dialect, 403, message)
+        page_owner = await self._page_owner(origin)
+        if origin is not None and not requester_of(page_owner, self.own_uid, self.peer_lookup).may_spend_key:
+            # The user's browser sent it, but another user's program serves the page that made it do so.
+            self._refused_other_user(page_owner)
+            message = (
+                f"{local_problem}; the cloud fallback answers only its owner's programs, "
+                f"and the page {origin[:100]!r} is not served by one"
+            )
+            return error_response(dialect, 403, message)
         peer = await self._peer_uid(request)
         if not requester_of(peer, self.own_uid, self.peer_lookup).may_spend_key:
             self._refused_other_user(peer)
@@ -1025,6 +1055,13 @@ class Gateway:
             headers = [(b"content-type", call.client_content_type.encode()), (BACKEND_HEADER.encode(), b"cloud")]
             return RelayResponse(200, headers, self._cloud_chunks(upstream, call))
         return await self._cloud_whole(upstream, call, dialect, local_problem)
+
+    async def _page_owner(self, origin: str | None) -> int | None:
+        """For a page on a loopback port, the uid of the program serving it; else the gateway's own (nothing to ask)."""
+        port = None if origin is None else loopback_page_port(origin)
+        if port is None or not self.peer_lookup:
+            return self.own_uid
+        return await asyncio.to_thread(self.find_listener_uid, port)
 
     async def _peer_uid(self, request: Request) -> int | None:
         client, server = request.scope.get("client"), request.scope.get("server")

@@ -87,6 +87,44 @@ def uid_of_connection(table: str, local: Address, remote: Address) -> int | None
     return None
 
 
+LISTEN = "0A"  # the ``st`` column of a listening socket
+
+
+def uid_of_listener(table: str, port: int) -> int | None:
+    """The ``uid`` of the socket listening on ``port`` in a ``/proc/net/tcp{,6}`` table.
+
+    >>> table = (
+    ...     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\\n"
+    ...     "   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001        0 48213 1\\n"
+    ...     "   1: 0100007F:9C40 0100007F:1F40 01 00000000:00000000 00:00000000 00000000  1000        0 48300 1\\n"
+    ... )
+    >>> uid_of_listener(table, 8000), uid_of_listener(table, 40000)
+    (1001, None)
+    """
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or fields[3] != LISTEN:
+            continue
+        try:
+            if proc_net_address(fields[1])[1] == port:
+                return int(fields[7])
+        except ValueError:
+            continue
+    return None
+
+
+def listener_uid(port: int, proc: Path = PROC) -> int | None:
+    """The uid of the program listening on TCP ``port`` here; None when it cannot be told or none listens."""
+    for name in TABLES:
+        try:
+            uid = uid_of_listener((proc / "net" / name).read_text(), port)
+        except OSError:
+            continue
+        if uid is not None:
+            return uid
+    return None
+
+
 def peer_lookup_available(proc: Path = PROC) -> bool:
     """Does this OS show whose a loopback connection is (Linux's ``/proc/net/tcp{,6}``)?"""
     return any((proc / "net" / name).exists() for name in TABLES)
