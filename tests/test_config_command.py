@@ -59,6 +59,9 @@ def test_config_set_saves_a_checked_value_and_keeps_comments(config_file: Path, 
         ("cloud.base_url", "https://box:99999/v1",
          "cloud.base_url must have a port from 1 to 65535, got 'https://box:99999/v1'"),
         ("cloud.enabled", "true", "cloud.model must be set when cloud.enabled is true"),
+        ("gateway.allowed_origins", "vscode-webview://*,localhost:3000",
+         "gateway.allowed_origins must be an origin such as 'http://localhost:3000' or a pattern with one '*' "
+         "such as 'vscode-webview://*', got 'localhost:3000'"),
     ],
 )  # fmt: skip
 def test_config_set_refuses_a_bad_value_in_one_line_with_status_2(
@@ -68,6 +71,16 @@ def test_config_set_refuses_a_bad_value_in_one_line_with_status_2(
     assert (code, out) == (2, "")
     assert err == f"ollama-manager: {config_file}: {problem}\n"
     assert config_file.read_text() == COMMENTED
+
+
+def test_config_set_takes_a_list_as_comma_separated_text_and_get_shows_it(config_file: Path, capsys) -> None:
+    argv = ("--config", str(config_file), "config")
+    code, out, err = run(capsys, *argv, "set", "gateway.allowed_origins", "vscode-webview://*, chrome-extension://*")
+    assert (code, err) == (0, "")
+    assert out.startswith('Saved gateway.allowed_origins = ["vscode-webview://*", "chrome-extension://*"] to ')
+    assert '[gateway]\nallowed_origins = ["vscode-webview://*", "chrome-extension://*"]\n' in config_file.read_text()
+    got = run(capsys, *argv, "get", "gateway.allowed_origins")[1]
+    assert got == '["vscode-webview://*", "chrome-extension://*"]\n'
 
 
 def test_config_set_and_get_refuse_an_unknown_key(config_file: Path, capsys) -> None:

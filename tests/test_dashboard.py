@@ -254,7 +254,7 @@ def test_mount_dashboard_takes_a_plain_starlette_app_too(setup: Setup) -> None:
 
 
 def test_settings_list_every_key_with_value_help_and_when_it_applies(setup: Setup) -> None:
-    page = setup.client().get("/api/settings").json()
+    page = setup.client().get("/api/settings", headers=AUTH).json()
     assert page["path"] == str(setup.config_path)
     assert page["error"] is None
     assert [row["key"] for row in page["settings"]] == [spec.key for spec in setting_specs()]
@@ -320,11 +320,25 @@ def test_a_valid_save_keeps_comments_writes_once_and_applies_what_it_can(setup: 
     config = setup.monitor.config
     assert (config.health_check_interval, config.health_probe) == (12.0, "api")
     assert config.alerts.memory_mb == 4096  # applies after the app restarts
-    rows = {row["key"]: row for row in setup.client().get("/api/settings").json()["settings"]}
+    rows = {row["key"]: row for row in setup.client().get("/api/settings", headers=AUTH).json()["settings"]}
     assert (rows["health_check_interval"]["pending_restart"], rows["alerts.memory_mb"]["pending_restart"]) == (
         False,
         True,
     )
+
+
+def test_a_list_is_shown_as_a_list_and_saved_from_comma_separated_text(setup: Setup) -> None:
+    client = setup.client()
+    rows = {row["key"]: row for row in client.get("/api/settings", headers=AUTH).json()["settings"]}
+    origins = rows["gateway.allowed_origins"]
+    assert (origins["kind"], origins["value"][-2:]) == ("list", ["vscode-webview://*", "vscode-file://*"])
+    saved = client.post(
+        "/api/settings", json={"values": {"gateway.allowed_origins": " vscode-webview://*, tauri://* "}}, headers=AUTH
+    )
+    assert saved.json()["ok"] is True
+    assert 'allowed_origins = ["vscode-webview://*", "tauri://*"]' in setup.config_path.read_text()
+    rows = {row["key"]: row for row in client.get("/api/settings", headers=AUTH).json()["settings"]}
+    assert rows["gateway.allowed_origins"]["value"] == ["vscode-webview://*", "tauri://*"]
 
 
 def test_each_save_reports_only_its_own_keys(setup: Setup) -> None:
@@ -393,7 +407,7 @@ def test_a_refused_value_that_is_no_argument_gets_the_keys_example_quoted(setup:
 
 
 def test_the_page_shows_command_only_keys_read_only_with_the_command(setup: Setup) -> None:
-    rows = {row["key"]: row for row in setup.client().get("/api/settings").json()["settings"]}
+    rows = {row["key"]: row for row in setup.client().get("/api/settings", headers=AUTH).json()["settings"]}
     read_only = {key: row["command"] for key, row in rows.items() if row["read_only"]}
     command = f"ollama-manager --config {setup.config_path} config set"
     assert read_only == {
@@ -463,6 +477,13 @@ def test_invalid_values_are_refused_with_the_loaders_message(
         # Values that were saved and broke the next start.
         ("status_port", 70000, "must be at most 65535, got 70000"),
         ("ollama_model", "a/b/c/d", "must be a model name such as 'llama3' or 'namespace/model:tag', got 'a/b/c/d'"),
+        (
+            "gateway.allowed_origins",
+            "vscode-webview://*, null",
+            "must be an origin such as 'http://localhost:3000' or a pattern with one '*' such as "
+            "'vscode-webview://*', got 'null'",
+        ),
+        ("gateway.allowed_origins", ["app://*", 5], "must be an array of strings, got an array"),
     ],
 )
 def test_unusable_values_are_refused_before_they_are_saved(setup: Setup, key: str, value: Any, problem: str) -> None:
@@ -508,7 +529,7 @@ def test_without_the_notifier_notifications_wait_for_a_restart(setup: Setup) -> 
 
 def test_a_key_the_environment_overrides_is_saved_but_changes_nothing_running(tmp_path: Path) -> None:
     built = Setup(tmp_path, env={"OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "5"})
-    rows = {row["key"]: row for row in built.client().get("/api/settings").json()["settings"]}
+    rows = {row["key"]: row for row in built.client().get("/api/settings", headers=AUTH).json()["settings"]}
     assert rows["health_check_interval"]["env_override"] == "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL"
     assert rows["health_check_interval"]["value"] == 5.0
     answer = built.client().post("/api/settings", json={"values": {"health_check_interval": 12}}, headers=AUTH).json()
@@ -520,7 +541,7 @@ def test_a_key_the_environment_overrides_is_saved_but_changes_nothing_running(tm
 
 def test_a_broken_file_is_reported_and_not_overwritten(setup: Setup) -> None:
     setup.config_path.write_text("health_check_interval = [\n")
-    page = setup.client().get("/api/settings").json()
+    page = setup.client().get("/api/settings", headers=AUTH).json()
     assert page["error"].startswith(f"{setup.config_path}: invalid TOML: ")
     assert {row["key"]: row["value"] for row in page["settings"]}["alerts.memory_mb"] == 4096  # what is in effect
     response = setup.client().post("/api/settings", json={"values": {"stop_timeout": 2}}, headers=AUTH)
@@ -984,5 +1005,5 @@ def test_a_non_ascii_bearer_token_is_refused_not_a_server_error(setup: Setup) ->
 
 @pytest.mark.parametrize("limit", ["9" * 30, "0", "-5", "lots"])
 def test_an_unusable_event_limit_is_one_line_not_a_server_error(setup: Setup, limit: str) -> None:
-    response = setup.client().get(f"/api/events?limit={limit}")
+    response = setup.client().get(f"/api/events?limit={limit}", headers=AUTH)
     assert (response.status_code, response.json()) == (400, {"error": "limit must be a whole number from 1 to 1000000"})

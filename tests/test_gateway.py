@@ -10,6 +10,8 @@ import logging
 import os
 import random
 import re
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,14 +22,14 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from standin.harness import StandinEnv
+from standin.harness import StandinEnv, free_port
 from standin_cloud import StandinCloud
 from tests import manager
 from tests.manager import in_thread
-from tests.users import SYSTEM_PYTHON, Account, run_as
+from tests.users import SYSTEM_PYTHON, Account, popen_as, run_as
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
-from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers
+from tray.gateway.app import Gateway, GatewayServer, ollama_origins, origin_allowed, relay_response_headers
 from tray.gateway.breaker import Backend
 from tray.gateway.client import ChatError, LocalFirstChat, chat
 from tray.gateway.cloud import ApiKey, KeyStoreError, NotServed, SystemKeyStore, find_api_key, plan_cloud_call
@@ -42,7 +44,7 @@ from tray.gateway.redact import StreamRedactor, redact_bytes
 from tray.gateway.translate import Dialect
 from tray.history import History
 from tray.settings.config import ConfigError, load_table, settable_fields
-from tray.settings.gateway import CloudSettings, GatewaySettings
+from tray.settings.gateway import DEFAULT_ORIGINS, CloudSettings, GatewaySettings
 from tray.settings.hosts import parse_ollama_host
 from tray.system.paths import AppPaths
 
@@ -72,7 +74,7 @@ class TestSettings:
     def test_every_field_has_help_and_a_type_the_config_loader_reads(self, cls: type) -> None:
         for f in settable_fields(cls):
             assert f.metadata["help"], f.name
-            assert f.type in ("bool", "int", "float", "str"), f.name
+            assert f.type in ("bool", "int", "float", "str", "tuple[str, ...]"), f.name
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),
@@ -250,15 +252,56 @@ class TestPlanning:
         assert str(error.value) == message
 
 
-def test_origins() -> None:
-    assert [origin_allowed(o) for o in ("http://127.0.0.1:8080", "http://[::1]:3000", "https://localhost")] == [
-        True,
-        True,
-        True,
-    ]
-    assert [
-        origin_allowed(o) for o in ("null", "https://evil.example", "http://localhost.evil.example", "file://")
-    ] == [False] * 4
+# One of each kind of origin Ollama lets in by default (envconfig.AllowedOrigins), as browsers and shells send them.
+DEFAULT_ORIGIN_KINDS = (
+    "http://localhost", "https://localhost", "http://localhost:3000", "https://localhost:8443",
+    "http://127.0.0.1", "http://127.0.0.1:8080", "https://127.0.0.1:5173", "http://0.0.0.0:8000", "https://0.0.0.0",
+    "app://obsidian.md", "file://", "tauri://localhost", "vscode-webview://1n2b3c4d5e",
+    "vscode-file://vscode-app",
+)  # fmt: skip
+# Ollama refuses these by default: a web page elsewhere, a lookalike host, a sandboxed or browser-opened file,
+# a browser extension (until OLLAMA_ORIGINS lists it) and loopback names Ollama's list does not hold.
+FOREIGN_ORIGINS = (
+    "https://evil.example", "http://localhost.evil.example", "http://127.0.0.1.nip.io:8080", "null",
+    "chrome-extension://abcdefghijklmnop", "moz-extension://4b1d", "http://[::1]:3000", "http://127.0.0.2",
+)  # fmt: skip
+
+
+def test_the_default_origins_are_ollamas_own() -> None:
+    assert GatewaySettings().allowed_origins == DEFAULT_ORIGINS
+    assert [o for o in DEFAULT_ORIGIN_KINDS if not origin_allowed(o, DEFAULT_ORIGINS)] == []
+    assert [o for o in FOREIGN_ORIGINS if origin_allowed(o, DEFAULT_ORIGINS)] == []
+    assert origin_allowed("VSCODE-WEBVIEW://ABC", DEFAULT_ORIGINS)  # letter case does not count
+    assert origin_allowed("https://anything.example", ("*",))
+
+
+@pytest.mark.parametrize("value", ["null", "http://*.a.*", "http://a b", "localhost:3000"])
+def test_a_bad_origin_is_one_line_wherever_it_is_set(tmp_path: Path, value: str) -> None:
+    problem = (
+        "must be an origin such as 'http://localhost:3000' or a pattern with one '*' such as "
+        f"'vscode-webview://*', got {value!r}"
+    )
+    with pytest.raises(ValueError, match=f"^gateway\\.allowed_origins {re.escape(problem)}$"):
+        GatewaySettings(allowed_origins=(value,))
+    file = tmp_path / "c.toml"
+    env = {"OLLAMA_MANAGER_GATEWAY_ALLOWED_ORIGINS": f"vscode-webview://*, {value}"}
+    with pytest.raises(
+        ConfigError, match=f"^environment variable OLLAMA_MANAGER_GATEWAY_ALLOWED_ORIGINS {re.escape(problem)}$"
+    ):
+        load_table(GatewaySettings, {}, env, file, prefix="gateway.")
+    with pytest.raises(
+        ConfigError, match=f"^{re.escape(f'{file}: key ')}'gateway\\.allowed_origins' {re.escape(problem)}$"
+    ):
+        load_table(GatewaySettings, {"allowed_origins": [value]}, {}, file, prefix="gateway.")
+    with pytest.raises(ConfigError, match=r"'gateway\.allowed_origins' must be an array of strings, got 'x'$"):
+        load_table(GatewaySettings, {"allowed_origins": "x"}, {}, file, prefix="gateway.")
+
+
+def test_origins_from_text_are_comma_separated_as_ollama_origins_is(tmp_path: Path) -> None:
+    env = {"OLLAMA_MANAGER_GATEWAY_ALLOWED_ORIGINS": " chrome-extension://*,http://localhost:* ,"}
+    loaded = load_table(GatewaySettings, {}, env, tmp_path / "c.toml", prefix="gateway.")
+    assert loaded["allowed_origins"] == ("chrome-extension://*", "http://localhost:*")
+    assert ollama_origins({"OLLAMA_ORIGINS": '"moz-extension://*, app://*"'}) == ("moz-extension://*", "app://*")
 
 
 def test_the_gateway_refuses_to_forward_to_its_own_port() -> None:
@@ -486,9 +529,120 @@ class TestHealthyOllama:
             403,
             {"error": "forbidden: loopback clients and localhost names only"},
         )
-        assert (page.status_code, page.json()) == (403, {"error": "forbidden: requests from web pages are refused"})
+        assert (page.status_code, page.json()) == (
+            403,
+            {"error": "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"},
+        )
         assert local_page.status_code == 200
-        assert not [h for h in local_page.headers if h.lower().startswith("access-control-")]
+        cors = {name: value for name, value in local_page.headers.items() if name.startswith("access-control-")}
+        assert cors == {"access-control-allow-origin": "http://localhost:3000"}  # the gateway's, as Ollama's
+
+
+class TestBrowserOrigins:
+    """A request a browser sends (it has an Origin) is served as Ollama would serve it, and spends the cloud key
+    only for an origin in gateway.allowed_origins; an unlisted origin gets nothing at all."""
+
+    WHOLE: ClassVar[dict[str, Any]] = dict(CHAT, stream=False)
+
+    def ask(self, gw: Running, origin: str | None, body: dict[str, Any] | None = None) -> httpx.Response:
+        headers = {} if origin is None else {"Origin": origin}
+        return gw.post("/api/chat", body or self.WHOLE, headers=headers)
+
+    def test_each_default_kind_reaches_ollama_and_a_foreign_page_gets_nothing(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        for origin in DEFAULT_ORIGIN_KINDS:
+            response = self.ask(gw, origin)
+            assert (response.status_code, response.headers[HEADER]) == (200, "local"), origin
+        for origin in FOREIGN_ORIGINS:
+            headers = {"Origin": origin}
+            for response in (
+                self.ask(gw, origin),
+                httpx.get(gw.url + "/api/tags", headers=headers),
+                httpx.request("DELETE", gw.url + "/api/delete", json={"model": "llama3"}, headers=headers),
+            ):
+                assert (response.status_code, response.headers[HEADER]) == (403, "gateway"), origin
+        assert [m["name"] for m in ollama.client().get("/api/tags").json()["models"]] == ["llama3:latest"]
+        assert cloud.requests() == []
+
+    def test_an_unlisted_origin_never_gets_the_cloud_and_a_listed_editor_webview_does(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.cleanup()
+        for origin in ("https://evil.example", "null", "chrome-extension://abcdefghijklmnop"):
+            refused = self.ask(gw, origin)
+            assert (refused.status_code, refused.headers[HEADER]) == (403, "gateway"), origin
+            assert self.ask(gw, origin, CHAT).status_code == 403
+        assert cloud.requests() == []
+        # An editor's webview is one of the user's programs, as the same extension without a browser would be.
+        webview = self.ask(gw, "vscode-webview://1n2b3c4d5e")
+        assert (webview.status_code, webview.headers[HEADER]) == (200, "cloud")
+        assert (self.ask(gw, None).status_code, len(cloud.requests())) == (200, 2)
+
+    def test_an_allowed_page_gets_ollamas_cors_answer_and_can_read_it(
+        self, ollama: StandinEnv, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, CloudSettings())
+        webview = "vscode-webview://1n2b3c4d5e"
+        preflight = httpx.options(
+            gw.url + "/api/chat",
+            headers={
+                "Origin": webview,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == webview
+        assert "POST" in preflight.headers["access-control-allow-methods"].split(",")
+        assert "content-type" in preflight.headers["access-control-allow-headers"].lower().split(",")
+        answer = self.ask(gw, webview)
+        assert (answer.status_code, answer.headers["access-control-allow-origin"]) == (200, webview)
+        assert answer.headers["vary"] == "Origin"
+        # A program (no Origin) gets no CORS fields; a foreign page's preflight is refused.
+        assert not [name for name in self.ask(gw, None).headers if name.startswith("access-control-")]
+        foreign = httpx.options(
+            gw.url + "/api/chat", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
+
+    def test_origins_in_ollama_origins_reach_ollama_as_they_would_directly_but_never_the_cloud(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        extension = "chrome-extension://abcdefghijklmnop"
+        gw = gateways(
+            ollama.base_url, cloud_settings(cloud), env={KEY_ENV: KEY, "OLLAMA_ORIGINS": "chrome-extension://*"}
+        )
+        served = self.ask(gw, extension)
+        assert (served.status_code, served.headers[HEADER]) == (200, "local")
+        assert self.ask(gw, "moz-extension://4b1d").status_code == 403
+        ollama.cleanup()
+        refused = self.ask(gw, extension)
+        assert (refused.status_code, refused.headers[HEADER]) == (403, "gateway")
+        assert refused.json()["error"].endswith(
+            f"the cloud fallback answers only the browser origins in gateway.allowed_origins, "
+            f"and this came from {extension!r}"
+        )
+        assert cloud.requests() == []
+
+    def test_an_origin_listed_for_the_gateway_alone_is_answered_by_ollama_and_then_the_cloud(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        extension = "chrome-extension://abcdefghijklmnop"
+        gw = gateways(ollama.base_url, cloud_settings(cloud), allowed_origins=(extension,))
+        # Ollama itself refuses the extension (not in its default list): the gateway has judged the origin already.
+        assert (
+            httpx.post(ollama.base_url + "/api/chat", json=self.WHOLE, headers={"Origin": extension}).status_code == 403
+        )
+        served = self.ask(gw, extension)
+        assert (served.status_code, served.headers[HEADER]) == (200, "local")
+        assert self.ask(gw, "http://localhost:3000").status_code == 403  # the list replaces the default
+        ollama.cleanup()
+        answered = self.ask(gw, extension)
+        assert (answered.status_code, answered.headers[HEADER]) == (200, "cloud")
+        assert len(cloud.requests()) == 1
 
 
 class TestOllamaDies:
@@ -1360,3 +1514,42 @@ class TestOtherUsers:
             f"The gateway kept a request from user id {desktop_user.uid} from the cloud fallback: "
             "only your programs may use your key"
         )
+
+    @pytest.mark.slow
+    def test_a_page_another_user_serves_on_localhost_never_spends_the_key(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running], desktop_user: Account
+    ) -> None:
+        # The request comes from the owner's browser, but the page that sent it from another user's server.
+        port = free_port()
+        server = popen_as(
+            desktop_user,
+            [str(SYSTEM_PYTHON), "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+            env=desktop_user.env({"PATH": "/usr/bin:/bin"}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        own_page = socket.create_server(("127.0.0.1", 0))
+        try:
+            wait_until(lambda: _try_get(f"http://127.0.0.1:{port}/") is not None, what="the other user's page")
+            gw = gateways(ollama.base_url, cloud_settings(cloud))
+            request = dict(CHAT, stream=False)
+            foreign = gw.post("/api/chat", request, headers={"Origin": f"http://127.0.0.1:{port}"})
+            assert (foreign.status_code, foreign.headers[HEADER]) == (200, "local")  # Ollama serves it, as directly
+            ollama.cleanup()
+            refused = gw.post("/api/chat", request, headers={"Origin": f"http://localhost:{port}"})
+            assert (refused.status_code, refused.headers[HEADER]) == (403, "gateway")
+            assert refused.json()["error"].endswith(
+                f"the cloud fallback answers only its owner's programs, and the page 'http://localhost:{port}' "
+                "is not served by one"
+            )
+            assert cloud.requests() == []
+            events = [e for e in gw.history.events() if (e.data or {}).get("refused_uid") is not None]
+            assert [(e.data or {})["refused_uid"] for e in events] == [desktop_user.uid]
+            # A page the owner serves gets the cloud like the owner's other programs.
+            own_origin = f"http://127.0.0.1:{own_page.getsockname()[1]}"
+            own = gw.post("/api/chat", request, headers={"Origin": own_origin})
+            assert (own.status_code, own.headers[HEADER]) == (200, "cloud")
+        finally:
+            own_page.close()
+            server.kill()
+            server.wait(10)

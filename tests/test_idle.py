@@ -162,7 +162,7 @@ def restarts_by_user(metrics_text: str) -> float:
 def test_the_status_api_answers_without_building_the_dashboard(tmp_path: Path) -> None:
     client, on_demand, history, monitor = status_api(tmp_path)
     assert client.get("/api/status").status_code == 200
-    assert client.get("/api/events").status_code == 200
+    assert client.get("/api/events", headers={"Authorization": "Bearer token"}).status_code == 200
     assert client.get("/nothing-here").status_code == 404
     assert on_demand.dashboard is None and monitor.subscribers == []
     page = client.get("/")

@@ -285,6 +285,29 @@ def host_allowed(host_header: str) -> bool:
     )
 
 
+def allowed_origins(ollama_origins: str) -> List[str]:
+    """``envconfig.AllowedOrigins``: ``OLLAMA_ORIGINS``' entries, then Ollama's defaults."""
+    origins = ollama_origins.split(",") if ollama_origins else []
+    for host in ("localhost", "127.0.0.1", "0.0.0.0"):
+        origins += ["http://" + host, "https://" + host, "http://%s:*" % host, "https://%s:*" % host]
+    return [*origins, "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*"]
+
+
+def origin_allowed(origin: str, host_header: str, patterns: List[str]) -> bool:
+    """gin-contrib/cors as Ollama configures it (wildcards on): a same-host origin is not a CORS request;
+    else ``*``, an exact origin (the list lower-cased), or one ``*`` between a prefix and a suffix."""
+    if origin in ("http://" + host_header, "https://" + host_header):
+        return True
+    for pattern in (entry.lower() for entry in patterns):
+        if pattern == "*" or pattern == origin:
+            return True
+        if pattern.count("*") == 1:
+            prefix, suffix = pattern.split("*")
+            if origin.startswith(prefix) and origin.endswith(suffix):
+                return True
+    return False
+
+
 def merged_options(model: LocalModel, request_options: Any) -> Dict[str, Any]:
     """Model parameters overridden by the request's ``options``."""
     options = dict(model.params)
@@ -507,7 +530,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.watch = ClientWatch(self.connection)
         try:
             self.apply_faults(path)
-            if not host_allowed(self.headers.get("Host", "")) and self.app.loopback:
+            origin = self.headers.get("Origin")
+            if origin and not origin_allowed(origin, self.headers.get("Host", ""), self.app.origins):
+                self.send_bytes(403, b"", None)  # the CORS middleware runs first and aborts with no body
+            elif not host_allowed(self.headers.get("Host", "")) and self.app.loopback:
                 self.send_bytes(403, b"", None)
             elif name is None:
                 code = 405 if known else 404
@@ -1329,6 +1355,7 @@ class App:
         self.scheduler = scheduler
         self.control = control
         self.loopback = loopback
+        self.origins = allowed_origins(common.env_var("OLLAMA_ORIGINS"))
         self.default_keep_alive = common.default_keep_alive()
         self.default_num_ctx = _int_env("OLLAMA_CONTEXT_LENGTH", 4096)
         self.default_token_ms = common.ms_env("OLLAMA_STANDIN_TOKEN_MS", 0.0)

@@ -6,7 +6,8 @@
 ``GET /static/...``         the pages' CSS and JavaScript, from the package
 ``GET /api/stream``         server-sent events: ``status`` and ``event`` messages
 ``GET /api/history``        chart points and timeline, ``?range=1h`` or ``1d``
-``GET /api/settings``       every setting with its value, help and limits
+``GET /api/settings``       every setting with its value, help and limits (the user only: the token,
+                            or a connection the OS shows to be the user's)
 ``POST /api/settings``      save changes (``Authorization: Bearer <token>``); 403 with the
                             ``config set`` command for a command-only key (the program, addresses,
                             data folders, where the cloud key goes)
@@ -14,11 +15,12 @@
 ==========================  =====================================================
 
 The status API's middleware already refuses non-loopback clients and
-foreign ``Host`` headers. The token never appears in a page: the tray and
-``ollama-manager dashboard`` open the page with it in the URL fragment,
-which the browser does not send to any server. A changing request must
-carry it in the ``Authorization`` header, which another web page can
-neither read nor make a browser send cross-origin.
+foreign ``Host`` headers. The token never appears in a page: a tab signs in
+with a one-time code (:mod:`tray.web.signin`) and keeps it in its session
+storage. A changing request must carry it in the ``Authorization`` header,
+which another web page can neither read nor make a browser send
+cross-origin; reading the settings needs it too, unless the OS shows the
+connection to be the user's own (Linux).
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from tray.dashboard.stream import Message, StreamHub, sse_frames
 from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, status_view
 from tray.history import Event, History
 from tray.settings.config import Config
-from tray.web.status_api import token_matches
+from tray.system.peers import OwnUserCheck
+from tray.web.status_api import NOT_THE_USER, from_the_user, token_matches
 
 STATIC_DIR = Path(__file__).with_name("static")
 PAGE_HEADERS = {
@@ -116,10 +119,12 @@ class Dashboard:
         notifier: Any = None,
         wall_clock: Callable[[], float] = time.time,
         since: float | None = None,
+        owners: OwnUserCheck | None = None,
     ) -> None:
         self.monitor = monitor
         self.history = history
         self.token = token
+        self.owners = owners if owners is not None else OwnUserCheck()
         self.notifier = notifier
         self.wall_clock = wall_clock
         self.hub = StreamHub()
@@ -194,8 +199,10 @@ class Dashboard:
         events = self.history.events(since=now - seconds, limit=TIMELINE_LIMIT)
         return JSONResponse(history_view(samples, events, seconds, now))
 
-    def settings_data(self, request: Request) -> Response:
-        return JSONResponse(self.settings.page())
+    async def settings_data(self, request: Request) -> Response:
+        if not await from_the_user(request, self.token, self.owners):
+            return JSONResponse({"ok": False, "error": NOT_THE_USER}, 401)
+        return JSONResponse(await asyncio.to_thread(self.settings.page))
 
     async def save_settings(self, request: Request) -> Response:
         if not token_matches(request, self.token):

@@ -36,7 +36,7 @@ from tray.settings.meta import number_text, text_problem
 from tray.settings.store import set_config_values
 from tray.system.paths import AppPaths
 
-KINDS: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str"}
+KINDS: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str", tuple[str, ...]: "list"}
 
 # Read by the monitor on every check or by the supervisor on every start/stop.
 APPLIED_NOW = frozenset(
@@ -72,7 +72,7 @@ class SettingSpec:
 
     key: str  # "health_check_interval", or "alerts.cpu_percent" inside a section
     owner: type  # the dataclass that declares the field
-    kind: str  # "bool", "int", "float" or "str"
+    kind: str  # "bool", "int", "float", "str" or "list" (of strings; as text, comma-separated)
     help: str
     default: Any
     minimum: float | None

@@ -29,11 +29,16 @@ Every answer carries ``X-Ollama-Manager-Backend: local | cloud | gateway``.
 :meth:`Gateway.local_activity` tells the monitor what is in flight.
 
 Safety: only loopback clients with a loopback/localhost ``Host`` header
-(DNS rebinding) and no foreign ``Origin`` (a web page in the user's browser)
-are served; CORS headers are stripped, so no page can read an answer. The
-cloud key is spent only on requests from the gateway's own user where the OS
-shows who a connection belongs to (Linux; see :mod:`tray.system.peers`), and
-never relayed: provider text is redacted (:mod:`tray.gateway.redact`).
+(DNS rebinding) are served, and of requests a browser sends (those with an
+``Origin``) only those from ``gateway.allowed_origins`` (default: Ollama's
+own list) or the user's ``OLLAMA_ORIGINS``; these get Ollama's CORS answer,
+so the page can read it (Ollama's own CORS fields are dropped). The cloud key
+is spent only on requests without an ``Origin`` or from
+``gateway.allowed_origins`` (what only ``OLLAMA_ORIGINS`` lists reaches
+Ollama, as it would directly, never the cloud), and only from the gateway's
+own user where the OS shows who a connection belongs to (Linux; see
+:mod:`tray.system.peers`), the server of a page on a loopback port included. The key is never relayed: provider text is
+redacted (:mod:`tray.gateway.redact`).
 
 Inference paths, all ``POST``: ``/api/chat``, ``/api/generate``,
 ``/api/embed``, ``/api/embeddings``, ``/v1/chat/completions``,
@@ -55,7 +60,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,7 +70,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route as StarletteRoute
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from tray.core.names import model_key
 from tray.core.status import GatewayStatus, Status
@@ -117,8 +122,8 @@ from tray.history import EventKind
 from tray.ollama.client import OllamaClient, Timeouts
 from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaMalformed, OllamaUnreachable
 from tray.settings.gateway import CloudSettings, GatewaySettings
-from tray.system.peers import Address, peer_lookup_available, peer_uid
-from tray.web.loopback import AsgiEndpoint, LoopbackOnly, host_allowed
+from tray.system.peers import OWN_UID, Address, listener_uid, peer_lookup_available, peer_uid
+from tray.web.loopback import AsgiEndpoint, LoopbackOnly
 from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -136,7 +141,6 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }  # fmt: skip
-OWN_UID = os.getuid() if hasattr(os, "getuid") else None  # None on Windows, which has no peer lookup
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -156,8 +160,12 @@ def is_metadata(method: str, path: str) -> bool:
 
 
 def forward_request_headers(headers: Mapping[str, str] | httpx.Headers, keep_length: bool) -> list[tuple[str, str]]:
-    """A client's headers as sent on to Ollama: no hop-by-hop fields, no Host."""
-    dropped = HOP_BY_HOP | {"host"} | (set() if keep_length else {"content-length"})
+    """A client's headers as sent on to Ollama: no hop-by-hop fields, no Host, no Origin.
+
+    The gateway has judged the Origin itself (``gateway.allowed_origins``, ``OLLAMA_ORIGINS``); an origin
+    the user listed only for the gateway must not be refused again by Ollama's narrower default.
+    """
+    dropped = HOP_BY_HOP | {"host", "origin"} | (set() if keep_length else {"content-length"})
     return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
 
 
@@ -177,14 +185,55 @@ def relay_response_headers(
     return out
 
 
-def origin_allowed(origin: str) -> bool:
-    """Is a browser ``Origin`` a loopback page? ``null`` (sandboxed or file pages) is not.
+def origin_allowed(origin: str, patterns: Iterable[str]) -> bool:
+    """Does a browser ``Origin`` match one of ``patterns`` (as Ollama matches ``OLLAMA_ORIGINS``)?
 
-    >>> origin_allowed("http://localhost:3000"), origin_allowed("https://evil.example"), origin_allowed("null")
-    (True, False, False)
+    A pattern is an exact origin, ``*`` alone (every origin), or one ``*`` standing for any text
+    between a prefix and a suffix. Letter case does not count. ``null`` (a sandboxed frame, or a
+    file the browser opened) matches only an exact ``null`` or ``*``.
+
+    >>> allowed = ("http://localhost:*", "vscode-webview://*", "https://*.example.com")
+    >>> [origin_allowed(o, allowed) for o in ("http://localhost:3000", "vscode-webview://1a2b", "https://a.example.com")]
+    [True, True, True]
+    >>> [origin_allowed(o, allowed) for o in ("http://localhost", "https://evil.example", "null")]
+    [False, False, False]
     """
-    parts = urlsplit(origin.strip())
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and host_allowed(parts.netloc)
+    origin = origin.strip().lower()
+    for pattern in (text.lower() for text in patterns):
+        if pattern == "*" or pattern == origin:
+            return True
+        prefix, star, suffix = pattern.partition("*")
+        if star and len(origin) >= len(prefix) + len(suffix) and origin.startswith(prefix) and origin.endswith(suffix):
+            return True
+    return False
+
+
+def loopback_page_port(origin: str) -> int | None:
+    """The port of a page served on this machine's loopback (``localhost``, ``127.0.0.1``, ``0.0.0.0``, ``[::1]``).
+
+    >>> loopback_page_port("http://localhost:3000"), loopback_page_port("https://127.0.0.1"), loopback_page_port("x")
+    (3000, 443, None)
+    >>> loopback_page_port("vscode-webview://abc"), loopback_page_port("https://example.com:3000")
+    (None, None)
+    """
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or parts.hostname not in ("localhost", "127.0.0.1", "0.0.0.0", "::1"):
+        return None
+    return port or (443 if parts.scheme == "https" else 80)
+
+
+def ollama_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The extra origins the user gave Ollama in ``OLLAMA_ORIGINS`` (comma-separated, as Ollama reads it).
+
+    >>> ollama_origins({"OLLAMA_ORIGINS": " chrome-extension://*, moz-extension://* "}), ollama_origins({})
+    (('chrome-extension://*', 'moz-extension://*'), ())
+    """
+    text = env.get("OLLAMA_ORIGINS", "").strip().strip("'\"")
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 @dataclass(frozen=True)
@@ -355,22 +404,56 @@ async def run_until_disconnect(work: Awaitable[None], receive: Receive) -> bool:
     return True
 
 
-class ForeignOriginRefused:
-    """ASGI middleware refusing requests sent by a web page that is not on this machine."""
+# Ollama's CORS answer to a page it lets in (server/routes.go: gin-contrib/cors' defaults, its header list).
+CORS_METHODS = b"GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"
+CORS_HEADERS = (
+    b"Authorization,Content-Type,User-Agent,Accept,X-Requested-With,OpenAI-Beta,x-stainless-arch,"
+    b"x-stainless-async,x-stainless-custom-poll-interval,x-stainless-helper-method,x-stainless-lang,"
+    b"x-stainless-os,x-stainless-package-version,x-stainless-poll-helper,x-stainless-retry-count,"
+    b"x-stainless-runtime,x-stainless-runtime-version,x-stainless-timeout"
+)
+CORS_MAX_AGE = b"43200"  # seconds a browser may reuse a preflight's answer, as Ollama's 12 hours
 
-    def __init__(self, app: Any) -> None:
+
+class BrowserOrigins:
+    """ASGI middleware for requests a browser sends (they carry an ``Origin``), as Ollama's CORS handling does.
+
+    An origin ``allowed`` refuses gets a 403 and nothing else. An allowed one gets its preflight answered
+    here (204) and ``Access-Control-Allow-Origin`` on every answer, so the page can read it; the relay
+    drops Ollama's own CORS fields, so these are the only ones.
+    """
+
+    def __init__(self, app: Any, allowed: Callable[[str], bool]) -> None:
         self.app = app
+        self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            origin = dict(scope.get("headers") or []).get(b"origin")
-            if origin is not None and not origin_allowed(origin.decode("latin-1")):
-                response = json_response(
-                    403, {"error": "forbidden: requests from web pages are refused"}, Backend.GATEWAY
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
+        origin = headers.get(b"origin")
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        if not self.allowed(origin.decode("latin-1")):
+            message = "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"
+            await json_response(403, {"error": message}, Backend.GATEWAY)(scope, receive, send)
+            return
+        cors = [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            preflight = [
+                (b"access-control-allow-methods", CORS_METHODS),
+                (b"access-control-allow-headers", CORS_HEADERS),
+                (b"access-control-max-age", CORS_MAX_AGE),
+                (BACKEND_HEADER.encode(), Backend.GATEWAY.value.encode()),
+            ]
+            await RawResponse(204, cors + preflight, b"")(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *cors]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
 
 
 # --------------------------------------------------------------------------- the gateway
@@ -413,6 +496,7 @@ class Gateway:
         probe: bool = False,
         own_uid: int | None = OWN_UID,
         find_peer_uid: Callable[[Address, Address], int | None] = peer_uid,
+        find_listener_uid: Callable[[int], int | None] = listener_uid,
         peer_lookup: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -429,6 +513,7 @@ class Gateway:
         self.probe = probe
         self.own_uid = own_uid
         self.find_peer_uid = find_peer_uid
+        self.find_listener_uid = find_listener_uid
         self.peer_lookup = peer_lookup_available() if peer_lookup is None else peer_lookup
         self.clock = clock
         self.wall_clock = wall_clock
@@ -459,6 +544,9 @@ class Gateway:
         self._down_reports = 0  # how many times Ollama was reported down (requests routed before see it)
         self._reports = Throttle(REPORT_INTERVAL)
         self._refused_peers: set[int | None] = set()  # users whose requests were kept from the cloud
+        # What Ollama itself lets in (the user's OLLAMA_ORIGINS) reaches Ollama through the gateway too;
+        # only gateway.allowed_origins may spend the cloud key.
+        self.served_origins = (*settings.allowed_origins, *ollama_origins(self.env))
         self.last_local_problem = ""
 
     # -- health feeds (any thread)
@@ -539,7 +627,7 @@ class Gateway:
             ],
             lifespan=self._lifespan,
         )
-        return LoopbackOnly(ForeignOriginRefused(app))
+        return LoopbackOnly(BrowserOrigins(app, lambda origin: origin_allowed(origin, self.served_origins)))
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -925,6 +1013,22 @@ class Gateway:
     ) -> Response:
         if not self.cloud.enabled:
             return error_response(dialect, 503, f"{local_problem}; the cloud fallback is off")
+        origin = request.headers.get("origin")
+        if origin is not None and not origin_allowed(origin, self.settings.allowed_origins):
+            message = (
+                f"{local_problem}; the cloud fallback answers only the browser origins in gateway.allowed_origins, "
+                f"and this came from {origin[:100]!r}"
+            )
+            return error_response(dialect, 403, message)
+        page_owner = await self._page_owner(origin)
+        if origin is not None and not requester_of(page_owner, self.own_uid, self.peer_lookup).may_spend_key:
+            # The user's browser sent it, but another user's program serves the page that made it do so.
+            self._refused_other_user(page_owner)
+            message = (
+                f"{local_problem}; the cloud fallback answers only its owner's programs, "
+                f"and the page {origin[:100]!r} is not served by one"
+            )
+            return error_response(dialect, 403, message)
         peer = await self._peer_uid(request)
         if not requester_of(peer, self.own_uid, self.peer_lookup).may_spend_key:
             self._refused_other_user(peer)
@@ -958,6 +1062,13 @@ class Gateway:
             headers = [(b"content-type", call.client_content_type.encode()), (BACKEND_HEADER.encode(), b"cloud")]
             return RelayResponse(200, headers, self._cloud_chunks(upstream, call))
         return await self._cloud_whole(upstream, call, dialect, local_problem)
+
+    async def _page_owner(self, origin: str | None) -> int | None:
+        """For a page on a loopback port, the uid of the program serving it; else the gateway's own (nothing to ask)."""
+        port = None if origin is None else loopback_page_port(origin)
+        if port is None or not self.peer_lookup:
+            return self.own_uid
+        return await asyncio.to_thread(self.find_listener_uid, port)
 
     async def _peer_uid(self, request: Request) -> int | None:
         client, server = request.scope.get("client"), request.scope.get("server")

@@ -249,7 +249,8 @@ def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
     """Check and convert one value of dataclass ``cls``; raise ValueError with the problem.
 
     ``from_env``: ``raw`` is text (an environment variable, a form field, a
-    command-line argument) to read as the key's type.
+    command-line argument) to read as the key's type; a list's text is its
+    entries separated by commas.
     """
     kind = typing.get_type_hints(cls)[key]
     meta = next(f.metadata for f in dataclasses.fields(cls) if f.name == key)
@@ -281,6 +282,12 @@ def convert_value(cls: type, key: str, raw: Any, from_env: bool) -> Any:
         if not isinstance(raw, str):
             raise ValueError(f"must be a string, got {shown(raw)}")
         value = raw
+    elif kind == tuple[str, ...]:
+        if from_env and isinstance(raw, str):  # text: comma-separated, as Ollama reads OLLAMA_ORIGINS
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+            raise ValueError(f"must be an array of strings, got {shown(raw)}")
+        value = tuple(raw)
     else:  # pragma: no cover
         raise AssertionError(f"unsupported setting type {kind!r}")
     check_value(meta, value)

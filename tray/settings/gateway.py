@@ -24,6 +24,35 @@ DEFAULT_KEY_ENVS = {"openai": "OPENAI_API_KEY", "ollama": "OLLAMA_API_KEY"}
 DEFAULT_GATEWAY_PORT = 11435
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ORIGIN_PATTERN = re.compile(r"[a-z][a-z0-9+.-]*://[^\s,*]*\*?[^\s,*]*", re.IGNORECASE)
+
+# Ollama's own default (envconfig.AllowedOrigins), in its order: loopback pages on any port, then
+# Electron apps, local files, Tauri, VS Code webviews and VS Code's file scheme.
+DEFAULT_ORIGINS = (
+    "http://localhost", "https://localhost", "http://localhost:*", "https://localhost:*",
+    "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
+    "http://0.0.0.0", "https://0.0.0.0", "http://0.0.0.0:*", "https://0.0.0.0:*",
+    "app://*", "file://*", "tauri://*", "vscode-webview://*", "vscode-file://*",
+)  # fmt: skip
+
+
+def check_origin_pattern(value: str) -> None:
+    """Raise ValueError unless ``value`` is a browser origin, or one with a single ``*`` standing for any text.
+
+    Patterns are what Ollama's ``OLLAMA_ORIGINS`` takes: ``*`` alone is every origin.
+
+    >>> check_origin_pattern("chrome-extension://*"), check_origin_pattern("https://*.example.com")
+    (None, None)
+    >>> check_origin_pattern("null")
+    Traceback (most recent call last):
+    ValueError: must be an origin such as 'http://localhost:3000' or a pattern with one '*' \
+such as 'vscode-webview://*', got 'null'
+    """
+    if value != "*" and not _ORIGIN_PATTERN.fullmatch(value):
+        raise ValueError(
+            "must be an origin such as 'http://localhost:3000' or a pattern with one '*' "
+            f"such as 'vscode-webview://*', got {shown(value)}"
+        )
 
 
 def check_http_url(value: str) -> None:
@@ -195,6 +224,15 @@ class GatewaySettings:
     fallback_window_seconds: float = field(
         default=600.0,
         metadata=setting("Seconds of calls the cloud share (the >50 % alert) is computed over", minimum=1, maximum=DAY),
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=DEFAULT_ORIGINS,
+        metadata=setting(
+            "Browser origins (web pages, editor webviews, app shells) whose requests the gateway serves, "
+            "the cloud fallback included; '*' in a pattern matches any text. Default: Ollama's own list. "
+            "Requests without an Origin (programs, scripts) are always served",
+            check=check_origin_pattern,
+        ),
     )
 
     def __post_init__(self) -> None:

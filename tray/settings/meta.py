@@ -17,6 +17,7 @@ from typing import Any
 DAY = 86400.0
 MAX_PORT = 65535
 SHOWN_CHARS = 60  # of a refused value in its one-line error
+MAX_LIST_ITEMS = 100  # entries of a list setting (origins): a few in practice
 
 TextCheck = Callable[[str], None]  # raises ValueError("must be …, got …") for a text Ollama or the app cannot use
 
@@ -105,6 +106,12 @@ def check_value(meta: dict[str, Any] | Any, value: Any) -> None:
     """Raise ValueError ("must …, got …") when ``value``, already of its field's type, breaks its field's rules."""
     problem: str | None = None
     if isinstance(value, bool):
+        return
+    if isinstance(value, tuple):  # a list setting: each entry is checked as a text setting's value
+        if len(value) > MAX_LIST_ITEMS:
+            raise ValueError(f"must have at most {MAX_LIST_ITEMS} entries, got {len(value)}")
+        for item in value:
+            check_value(meta, item)
         return
     if isinstance(value, int | float):
         problem = number_problem(value, meta.get("minimum"), meta.get("maximum"))

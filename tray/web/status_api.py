@@ -10,7 +10,9 @@ probe Ollama now, as a standalone gateway asks when a request went wrong),
 (:mod:`tray.web.signin`).
 Only loopback clients with a loopback/localhost ``Host`` header are served
 (DNS rebinding), there is no CORS, and actions need the per-user token kept
-in a file only the user can read.
+in a file only the user can read. What is the user's own to read (the events
+here, the dashboard's settings) answers the token, or a connection the OS
+shows to be the user's (:func:`from_the_user`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tray.atomic import write_atomically
 from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.monitor_record import write_record
+from tray.system.peers import OwnUserCheck
 from tray.web.loopback import LoopbackOnly
 from tray.web.server import LoopbackServer
 from tray.web.signin import SignInCodes, signin_routes
@@ -66,17 +69,35 @@ def token_matches(request: Request, token: str) -> bool:
     return secrets.compare_digest(supplied.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
+async def from_the_user(request: Request, token: str, owners: OwnUserCheck) -> bool:
+    """Is this request the user's: the token, or (where the OS shows it, Linux) a program of the user's?"""
+    if token_matches(request, token):
+        return True
+    client, server = request.scope.get("client"), request.scope.get("server")
+    if not owners.lookup or not client or not server:
+        return False
+    return await asyncio.to_thread(owners.is_own, (client[0], client[1]), (server[0], server[1]))
+
+
+NOT_THE_USER = "answered only to the user who runs Ollama Manager: send Authorization: Bearer <token>"
+
+
 def build_app(
     monitor: Monitor,
     history: History,
     token: str,
     extra_routes: Sequence[BaseRoute] = (),
     codes: SignInCodes | None = None,
+    owners: OwnUserCheck | None = None,
 ) -> Any:
+    owners = owners if owners is not None else OwnUserCheck()
+
     async def status(request: Request) -> Response:
         return JSONResponse(monitor.snapshot().to_json())
 
     async def events(request: Request) -> Response:
+        if not await from_the_user(request, token, owners):
+            return JSONResponse({"error": NOT_THE_USER}, 401)
         try:
             limit = int(request.query_params.get("limit", "200"))
         except ValueError:

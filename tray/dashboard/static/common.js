@@ -16,8 +16,9 @@ export function forgetToken() {
   sessionStorage.removeItem(TOKEN_KEY);
 }
 
-export const LOCKED_TEXT =
-  "Read only: open the dashboard from the tray menu or with `ollama-manager dashboard` to use the buttons.";
+const SIGN_IN_TEXT = "open the dashboard from the tray menu or with `ollama-manager dashboard`";
+
+export const LOCKED_TEXT = `Read only: ${SIGN_IN_TEXT} to use the buttons.`;
 
 export function $(id) {
   return document.getElementById(id);
@@ -28,8 +29,12 @@ export function setText(id, value) {
   if (node && node.textContent !== String(value)) node.textContent = value;
 }
 
-export async function getJSON(path) {
-  const response = await fetch(path, { cache: "no-store" });
+// GET, with the token when the tab has one (what only the user may read needs it where the OS
+// cannot show the connection is the user's: macOS, Windows).
+export async function getJSON(path, token = null) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(path, { cache: "no-store", headers });
+  if (response.status === 401) throw new Error(`${path} answers only the signed-in user: ${SIGN_IN_TEXT}`);
   if (!response.ok) throw new Error(`${path} answered ${response.status}`);
   return response.json();
 }

@@ -38,13 +38,20 @@ function inputFor(setting) {
     placeholder: setting.kind === "str" ? "default" : null,
     readonly: setting.read_only,
   });
-  input.value = setting.value === null ? "" : String(setting.value);
+  input.value = shownValue(setting.value);
   return input;
+}
+
+// A value as its text field shows it: a list's entries separated by commas (the form the server reads back).
+function shownValue(value) {
+  if (value === null) return "";
+  return Array.isArray(value) ? value.join(", ") : String(value);
 }
 
 function describeDefault(setting) {
   if (setting.kind === "bool") return setting.default ? "on" : "off";
-  return setting.default === "" ? "empty" : String(setting.default);
+  if (setting.kind === "list" && !setting.default.length) return "none";
+  return setting.default === "" ? "empty" : shownValue(setting.default);
 }
 
 function settingRow(setting) {
@@ -113,7 +120,8 @@ function changedValues() {
   for (const setting of page.settings) {
     if (setting.read_only) continue;
     const value = currentValue(setting);
-    if (value !== setting.value) values[setting.key] = value;
+    const unchanged = setting.kind === "list" ? value === shownValue(setting.value) : value === setting.value;
+    if (!unchanged) values[setting.key] = value;
   }
   return values;
 }
@@ -129,7 +137,7 @@ function showErrors(errors) {
 }
 
 async function load() {
-  render(await getJSON("/api/settings"));
+  render(await getJSON("/api/settings", page.token));
 }
 
 async function save(event) {
