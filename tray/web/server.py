@@ -55,7 +55,10 @@ except ImportError:  # Windows: no descriptor limit to share
 
 log = logging.getLogger(__name__)
 
-BACKLOG = 128
+# The listen queue, and how many connections asyncio accepts at one wake-up before any of them reaches the
+# protocol's cap: kept small, so a burst overshoots the cap by a few dozen descriptors, not by thousands
+# (uvicorn's default of 2,048 let one burst of idle sockets take every descriptor of the process).
+BACKLOG = 32
 LOG_EVERY = 60.0  # seconds between two log lines about refused or failed accepts
 OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BUSY_ANSWER = (
@@ -67,18 +70,19 @@ BUSY_ANSWER = (
 def connection_budget(descriptor_limit: int | None) -> int:
     """How many connections one loopback server keeps open, given the process's descriptor limit.
 
-    A fifth of the limit each: the status API and a gateway together hold at most
-    two fifths, the rest stays for supervision (sockets to Ollama, the history
+    An eighth of the limit each: with what a burst of accepts adds before the
+    cap applies (a few BACKLOGs), the status API and a gateway together hold at
+    most half, the rest stays for supervision (sockets to Ollama, the history
     database, log files, child pipes).
 
     >>> connection_budget(1024), connection_budget(256), connection_budget(10), connection_budget(1 << 20)
-    (204, 51, 16, 1024)
+    (128, 32, 16, 1024)
     >>> connection_budget(None)
     512
     """
     if descriptor_limit is None:
         return 512
-    return max(16, min(1024, descriptor_limit // 5))
+    return max(16, min(1024, descriptor_limit // 8))
 
 
 def descriptor_limit() -> int | None:
@@ -302,6 +306,7 @@ class LoopbackServer:
             app,
             http=self.protocol_for(what, self.limits),
             loop="asyncio",
+            backlog=BACKLOG,
             log_level="warning",
             access_log=False,
             lifespan=lifespan,
