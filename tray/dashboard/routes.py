@@ -48,7 +48,7 @@ from tray.dashboard.stream import Message, StreamHub, sse_frames
 from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, status_view
 from tray.history import Event, History
 from tray.settings.config import Config
-from tray.web.loopback import CLOSE, BodyTooLarge, read_body
+from tray.web.loopback import BodyTooLarge, read_body
 from tray.web.status_api import token_matches
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -204,7 +204,7 @@ class Dashboard:
         try:
             body = await read_body(request, MAX_SETTINGS_BODY)
         except BodyTooLarge as exc:
-            return JSONResponse({"ok": False, "error": str(exc)}, 413, headers=CLOSE)
+            return JSONResponse({"ok": False, "error": str(exc)}, 413)
         try:
             changes = json.loads(body).get("values")
         except (ValueError, AttributeError):

@@ -574,9 +574,7 @@ class Gateway:
         try:
             content = await self._request_content(request)
         except BodyTooLarge as exc:
-            refusal = error_response(dialect_of(request.url.path), 413, str(exc))
-            refusal.raw_headers.append((b"connection", b"close"))
-            await refusal(scope, receive, send)
+            await error_response(dialect_of(request.url.path), 413, str(exc))(scope, receive, send)
             return
 
         async def answer() -> None:

@@ -15,11 +15,16 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 ALLOWED_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
-CLOSE = {"connection": "close"}  # on a refusal sent before the body was read: the rest of it is not wanted
 
 
 class BodyTooLarge(Exception):
-    """A request body over the endpoint's limit (known from its Content-Length, or counted as it arrived)."""
+    """A request body over the endpoint's limit (known from its Content-Length, or counted as it arrived).
+
+    The 413 that answers it keeps the connection open: the server drops the
+    rest of the body as it comes (never holding it), so a client that sends
+    its whole body before reading (as most do) reads the 413 instead of a
+    reset connection.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -32,7 +32,7 @@ from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.atomic import write_atomically
 from tray.system.monitor_record import write_record
-from tray.web.loopback import CLOSE, BodyTooLarge, LoopbackOnly, read_body
+from tray.web.loopback import BodyTooLarge, LoopbackOnly, read_body
 from tray.web.server import LoopbackServer
 from tray.web.signin import SignInCodes, signin_routes
 
@@ -106,7 +106,7 @@ def build_app(
         try:
             name = json.loads(await read_body(request, MAX_MODEL_BODY)).get("model")
         except BodyTooLarge as exc:
-            return JSONResponse({"ok": False, "error": str(exc)}, 413, headers=CLOSE)
+            return JSONResponse({"ok": False, "error": str(exc)}, 413)
         except (ValueError, AttributeError):
             name = None
         if not isinstance(name, str):
