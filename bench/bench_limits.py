@@ -144,7 +144,7 @@ def main() -> int:
         manager = Manager(
             {**standin.env, "PYTHONPATH": str(args.code.resolve())}, workdir, python=limited_python(workdir)
         )
-        manager.env.update({"OLLAMA_MANAGER_GATEWAY_ENABLED": "true", "OLLAMA_MANAGER_GATEWAY_PORT": str(gateway)})
+        manager.enable_gateway(gateway)
         try:
             monitor = manager.spawn_monitor()
             manager.wait_monitor_ready(60)
