@@ -109,6 +109,10 @@ class Manager:
         self.python = str(python or sys.executable)
         self.monitors: list[subprocess.Popen[str]] = []
 
+    def enable_gateway(self, port: int) -> None:
+        """Have the monitor serve its gateway on ``port``."""
+        self.env.update({"OLLAMA_MANAGER_GATEWAY_ENABLED": "true", "OLLAMA_MANAGER_GATEWAY_PORT": str(port)})
+
     def _popen(self, argv: list[str], env: dict[str, str], **kwargs: Any) -> subprocess.Popen[str]:
         if self.account is not None:
             return popen_as(self.account, argv, env=env, cwd=self.workdir, **kwargs)

@@ -51,6 +51,7 @@ from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, stat
 from tray.history import Event, History
 from tray.settings.config import Config
 from tray.system.peers import OwnUserCheck
+from tray.web.loopback import BodyTooLarge, read_body
 from tray.web.status_api import NOT_THE_USER, from_the_user, token_matches
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -207,9 +208,10 @@ class Dashboard:
     async def save_settings(self, request: Request) -> Response:
         if not token_matches(request, self.token):
             return unauthorised()
-        body = await request.body()
-        if len(body) > MAX_SETTINGS_BODY:
-            return JSONResponse({"ok": False, "error": "the request is too large"}, 413)
+        try:
+            body = await read_body(request, MAX_SETTINGS_BODY)
+        except BodyTooLarge as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, 413)
         try:
             changes = json.loads(body).get("values")
         except (ValueError, AttributeError):

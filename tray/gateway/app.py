@@ -123,7 +123,7 @@ from tray.ollama.client import OllamaClient, Timeouts
 from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaMalformed, OllamaUnreachable
 from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.system.peers import OWN_UID, Address, listener_uid, peer_lookup_available, peer_uid
-from tray.web.loopback import AsgiEndpoint, LoopbackOnly
+from tray.web.loopback import AsgiEndpoint, BodyTooLarge, LoopbackOnly, read_body
 from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,8 @@ PS_TIMEOUT = 1.0  # an /api/ps slower than this means a model is loading
 LOADED_TTL = 5.0  # seconds what Ollama holds in memory is taken as known
 REPORT_INTERVAL = 5.0  # least seconds between two reports to the monitor
 BUFFER_LIMIT = 8 * 1024 * 1024  # answers with a Content-Length up to this are read whole before replying
+# The largest JSON request the gateway reads (a chat with a few photos as base64 fits); above it a 413.
+JSON_BODY_LIMIT = 32 * 1024 * 1024
 HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
@@ -662,7 +664,11 @@ class Gateway:
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one request; a client that goes away cancels it, and what it started upstream."""
         request = Request(scope, receive)
-        content = await self._request_content(request)
+        try:
+            content = await self._request_content(request)
+        except BodyTooLarge as exc:
+            await error_response(dialect_of(request.url.path), 413, str(exc))(scope, receive, send)
+            return
 
         async def answer() -> None:
             async with contextlib.AsyncExitStack() as after_answer:
@@ -675,13 +681,21 @@ class Gateway:
             await answer()
 
     async def _request_content(self, request: Request) -> bytes | AsyncIterator[bytes]:
-        """The request body: read whole, unless it is a large or chunked upload passed through as it comes."""
+        """The request body: read whole, unless it is a large or chunked upload passed through as it comes.
+
+        What the gateway reads itself (inference, metadata) is JSON, refused
+        above JSON_BODY_LIMIT (BodyTooLarge); what it only relays is read whole
+        when its Content-Length is at most BUFFER_LIMIT, streamed otherwise
+        (blob uploads, of any size).
+        """
         path, method = request.url.path, request.method
+        if (method == "POST" and path in INFERENCE_PATHS) or is_metadata(method, path):
+            return await read_body(request, JSON_BODY_LIMIT)
         length = request.headers.get("content-length")
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         small = not chunked and (length is None or (length.isdigit() and int(length) <= BUFFER_LIMIT))
-        if small or (method == "POST" and path in INFERENCE_PATHS) or is_metadata(method, path):
-            return await request.body()
+        if small:
+            return await read_body(request, BUFFER_LIMIT)
         return request.stream()
 
     async def _handle(

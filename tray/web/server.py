@@ -15,23 +15,220 @@ for. What the replaced loop did once is done once: the default headers are
 set at start-up. A ``Date`` header, ``limit_max_requests`` and
 ``callback_notify`` need the periodic loop, so the server refuses a config
 that asks for them.
+
+Every server has the same :class:`Limits`, enforced by :class:`BoundedH11Protocol`
+(uvicorn's h11 protocol with what it lacks): a connection must send its request
+headers within ``header_timeout`` seconds of its first byte (or of being accepted),
+a request body may pause at most ``body_timeout`` seconds between two pieces, and
+at most ``max_connections`` are open at once — one more closes the connection
+that has waited longest without sending a request, or, when every one is in a
+request, is answered 503 and closed at accept — so sockets that never send a
+byte can neither take the descriptors the rest of the process (health checks,
+the history database, Ollama's pipes) needs nor keep the user out. uvicorn's
+own ``limit_concurrency`` answers 503 only once a request has arrived, which
+such a socket never sends, and its keep-alive timeout starts only after a first
+answer. Accept errors (out of descriptors all the same) are logged
+at most once a minute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:
+    import resource
+except ImportError:  # Windows: no descriptor limit to share
+    resource = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
-BACKLOG = 128
+# The listen queue, and how many connections asyncio accepts at one wake-up before any of them reaches the
+# protocol's cap: kept small, so a burst overshoots the cap by a few dozen descriptors, not by thousands
+# (uvicorn's default of 2,048 let one burst of idle sockets take every descriptor of the process).
+BACKLOG = 32
+LOG_EVERY = 60.0  # seconds between two log lines about refused or failed accepts
+OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+BUSY_ANSWER = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 33\r\nconnection: close\r\n\r\ntoo many connections, try again\r\n"
+)
+
+
+def connection_budget(descriptor_limit: int | None) -> int:
+    """How many connections one loopback server keeps open, given the process's descriptor limit.
+
+    An eighth of the limit each: with what a burst of accepts adds before the
+    cap applies (a few BACKLOGs), the status API and a gateway together hold at
+    most half, the rest stays for supervision (sockets to Ollama, the history
+    database, log files, child pipes).
+
+    >>> connection_budget(1024), connection_budget(256), connection_budget(10), connection_budget(1 << 20)
+    (128, 32, 16, 1024)
+    >>> connection_budget(None)
+    512
+    """
+    if descriptor_limit is None:
+        return 512
+    return max(16, min(1024, descriptor_limit // 8))
+
+
+def descriptor_limit() -> int | None:
+    """The process's soft limit on open descriptors; None where there is none to read (Windows) or it is unlimited."""
+    if resource is None:
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one loopback server allows a connection (seconds and counts)."""
+
+    header_timeout: float = 10.0  # from accept (or a kept-alive request's first byte) to the end of its headers
+    body_timeout: float = 30.0  # the longest pause between two pieces of a request body
+    max_connections: int = 0  # 0: :func:`connection_budget` of the descriptor limit when the server starts
+
+    def resolved(self) -> Limits:
+        if self.max_connections > 0:
+            return self
+        return Limits(self.header_timeout, self.body_timeout, connection_budget(descriptor_limit()))
+
+
+class RateLimitedLog:
+    """Logs the first of a kind of message at once, then at most one line per ``every`` seconds with the count."""
+
+    def __init__(self, every: float = LOG_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self._last: float | None = None
+        self._held = 0
+
+    def note(self, message: str) -> None:
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every:
+            self._held += 1
+            return
+        more = f" ({self._held} more since the last report)" if self._held else ""
+        self._last, self._held = now, 0
+        log.warning("%s%s", message, more)
+
+
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with header and body read timeouts and a cap on open connections.
+
+    A subclass per server sets ``limits``, ``what`` and ``refusals`` (see :meth:`LoopbackServer.protocol_for`).
+    """
+
+    limits: ClassVar[Limits] = Limits(max_connections=512)
+    what: ClassVar[str] = "a loopback server"
+    refusals: ClassVar[RateLimitedLog] = RateLimitedLog()
+
+    _read_timer: asyncio.TimerHandle | None = None
+    _refused = False
+    _idle_since = 0.0  # loop time since when the connection waits for a request
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(self.connections) >= self.limits.max_connections and not self._make_room():
+            self._refused = True
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(BUSY_ANSWER)
+            transport.close()
+            self.refusals.note(f"{self.what} refused a connection: all {self.limits.max_connections} are busy")
+            return
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._idle_since = self.loop.time()
+        self._arm(self.limits.header_timeout)
+
+    def waiting_for_request(self) -> bool:
+        """Has this connection no request under way (none sent yet, or an answer given and a next one awaited)?"""
+        return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+
+    def _make_room(self) -> bool:
+        """Close the connection that has waited longest without a request, for a new one: True if there was one.
+
+        Sockets that never send a byte then push out each other, never a
+        request being answered, and a client that sends its request at once
+        (as every real one does) is served even while they keep coming.
+        """
+        idle = [c for c in self.connections if isinstance(c, BoundedH11Protocol) and c.waiting_for_request()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c._idle_since)
+        self.connections.discard(oldest)  # at once: its close completes on a later turn of the loop
+        oldest._disarm()
+        oldest.transport.close()
+        self.refusals.note(
+            f"{self.what} closed idle connections to make room: all {self.limits.max_connections} were open"
+        )
+        return True
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._idle_since = self.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            self._arm(self.limits.body_timeout)  # each piece of the body restarts the wait for the next
+        elif state is h11.IDLE:
+            if self._read_timer is None:  # headers under way: the deadline runs from their first byte
+                self._arm(self.limits.header_timeout)
+        else:
+            self._disarm()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, seconds)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_timed_out(self, seconds: float) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the app is not reading yet: the client is not the one who is late
+            self._arm(seconds)
+            return
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+            self.transport.close()  # a request in progress sees the client leave
+
+
+def quiet_accept_errors(
+    what: str, refusals: RateLimitedLog
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """A loop exception handler that logs accept failures (out of descriptors) rarely, and the rest as asyncio does."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES and "accept" in context.get("message", ""):
+            refusals.note(f"{what} cannot accept connections: {exc.strerror or exc}")
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 class QuietServer(uvicorn.Server):
@@ -63,6 +260,9 @@ class QuietServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._exit_requested = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        protocol = self.config.http
+        if isinstance(protocol, type) and issubclass(protocol, BoundedH11Protocol):
+            self._loop.set_exception_handler(quiet_accept_errors(protocol.what, protocol.refusals))
         await super().startup(sockets=sockets)
         if self.started:
             self.started_or_ended.set()
@@ -81,7 +281,8 @@ class LoopbackServer:
 
     ``what`` names the server in errors ("the status API"); ``lifespan`` is
     uvicorn's setting; ``graceful_seconds`` is how long a stop waits for
-    requests in progress before cancelling them (None: as long as they take).
+    requests in progress before cancelling them (None: as long as they take);
+    ``limits`` the timeouts and connection cap (:class:`Limits`).
     """
 
     def __init__(
@@ -94,13 +295,18 @@ class LoopbackServer:
         lifespan: Literal["auto", "on", "off"] = "off",
         graceful_seconds: int | None = None,
         thread_name: str = "loopback-server",
+        limits: Limits = Limits(),
     ) -> None:
         self.what = what
         self.host = host
         self.requested_port = port
         self.thread_name = thread_name
+        self.limits = limits.resolved()
         config = uvicorn.Config(
             app,
+            http=self.protocol_for(what, self.limits),
+            loop="asyncio",
+            backlog=BACKLOG,
             log_level="warning",
             access_log=False,
             lifespan=lifespan,
@@ -112,6 +318,16 @@ class LoopbackServer:
         self._thread: threading.Thread | None = None
         self._on_stop: list[Callable[[], None]] = []
         self.port: int | None = None
+
+    @staticmethod
+    def protocol_for(what: str, limits: Limits) -> type[BoundedH11Protocol]:
+        """The protocol class of one server: its limits, and one log budget shared by its connections."""
+
+        class Protocol(BoundedH11Protocol):
+            pass
+
+        Protocol.limits, Protocol.what, Protocol.refusals = limits, what, RateLimitedLog()
+        return Protocol
 
     @property
     def url(self) -> str:

@@ -35,7 +35,7 @@ from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.monitor_record import write_record
 from tray.system.peers import OwnUserCheck
-from tray.web.loopback import LoopbackOnly
+from tray.web.loopback import BodyTooLarge, LoopbackOnly, read_body
 from tray.web.server import LoopbackServer
 from tray.web.signin import SignInCodes, signin_routes
 
@@ -60,6 +60,7 @@ def rotate_token(path: Path) -> str:
     return token
 
 
+MAX_MODEL_BODY = 64 * 1024  # POST /api/model: a model name in a small JSON object
 MAX_EVENTS = 1_000_000  # ?limit= of /api/events: above this SQLite's integer overflows long before it means anything
 
 
@@ -124,7 +125,9 @@ def build_app(
         if not secrets.compare_digest(supplied, token):
             return JSONResponse({"error": "missing or wrong token"}, 401)
         try:
-            name = json.loads(await request.body()).get("model")
+            name = json.loads(await read_body(request, MAX_MODEL_BODY)).get("model")
+        except BodyTooLarge as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, 413)
         except (ValueError, AttributeError):
             name = None
         if not isinstance(name, str):
