@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager
-from tests.system_install import OllamaService, SystemdStandin, session_manager
-from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
+from tests.support.manager import Manager
+from tests.support.system_install import OllamaService, SystemdStandin, session_manager
+from tests.support.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
 
 # The stand-in's modules import each other by their bare names, as its `ollama` script runs them; they are
 # not importable as `standin.*` for doctest collection (tests/test_standin*.py test them through the script).
@@ -33,7 +33,7 @@ def standin(tmp_path: Path) -> Iterator[StandinEnv]:
 @pytest.fixture
 def session_bus() -> Iterator[str]:
     """A private D-Bus session bus (its address), for notification and tray tests."""
-    from tests.notification_server import NoDbusDaemon, private_session_bus
+    from tests.support.notification_server import NoDbusDaemon, private_session_bus
 
     try:
         with private_session_bus() as address:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.manager import FAST_SETTINGS
+from tests.support.manager import FAST_SETTINGS
 from tray import api
 
 pytestmark = pytest.mark.slow

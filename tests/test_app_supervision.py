@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from standin_app_finder import StandinAppFinder
-from tests.manager import FAST_SETTINGS, wait_until
+from tests.support.manager import FAST_SETTINGS, wait_until
+from tests.support.standin_app_finder import StandinAppFinder
 from tray.history import History
 from tray.service.supervisor import StartFailed, Supervisor
 from tray.settings.config import load_config

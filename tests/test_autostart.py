@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_registry import FakeRegistry
+from tests.support.fake_registry import FakeRegistry
 from tray.system.autostart import (
     Autostart,
     LaunchAgentAutostart,

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
 
 pytestmark = pytest.mark.slow
 

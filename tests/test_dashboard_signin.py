@@ -27,12 +27,12 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv, free_port
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
+from tests.support.users import Accounts, can_switch_users, popen_as, run_as, shared_dir
 from tray.dashboard.launch import dashboard_command, open_dashboard
 from tray.system.monitor_record import read_record
 from tray.system.paths import AppPaths
 from tray.web.signin import MINT, REDEEM
-from users import Accounts, can_switch_users, popen_as, run_as, shared_dir
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -21,10 +21,10 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv
-from standin_cloud import StandinCloud
-from tests import manager
-from tests.manager import in_thread
-from tests.users import SYSTEM_PYTHON, Account, run_as
+from tests.support import manager
+from tests.support.manager import in_thread
+from tests.support.standin_cloud import StandinCloud
+from tests.support.users import SYSTEM_PYTHON, Account, run_as
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.gateway.app import Gateway, GatewayServer, origin_allowed, relay_response_headers

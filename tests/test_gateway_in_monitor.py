@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv, free_port
-from standin_cloud import StandinCloud
-from tests.manager import Manager, in_thread, wait_until
+from tests.support.manager import Manager, in_thread, wait_until
+from tests.support.standin_cloud import StandinCloud
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from standin.harness import StandinEnv
-from tests.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
+from tests.support.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.core.status import Status, make_status
 from tray.dashboard.ondemand import DashboardOnDemand
 from tray.history import EventKind, History

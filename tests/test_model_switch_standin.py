@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager, in_thread, wait_until
+from tests.support.manager import Manager, in_thread, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.manager import wait_until
+from tests.support.manager import wait_until
 from tray.core.alerts import AlertThresholds
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy

@@ -37,8 +37,8 @@ from tray.system.notify import (
 )
 
 jeepney = pytest.importorskip("jeepney")
-from fake_registry import FakeRegistry  # noqa: E402
-from notification_server import NotificationServer  # noqa: E402
+from tests.support.fake_registry import FakeRegistry  # noqa: E402
+from tests.support.notification_server import NotificationServer  # noqa: E402
 
 # --- Command lines ---------------------------------------------------------------------------------
 

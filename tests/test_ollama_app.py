@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from standin_app_finder import StandinAppFinder
-from tests.manager import wait_until
+from tests.support.manager import wait_until
+from tests.support.standin_app_finder import StandinAppFinder
 from tray.settings.hosts import parse_ollama_host
 from tray.system import processes
 from tray.system.ollama_app import (

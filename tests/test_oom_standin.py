@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
 
 pytestmark = pytest.mark.slow
 

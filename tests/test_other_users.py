@@ -8,7 +8,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.users import run_as
+from tests.support.users import run_as
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import wait_until
+from tests.support.manager import wait_until
 from tray.system.resources import ResourceSampler
 
 pytestmark = pytest.mark.slow

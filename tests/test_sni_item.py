@@ -7,7 +7,6 @@ quickly; the real host (xfce4-panel) is in ``test_tray_sni.py``.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,16 +18,14 @@ from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call, new
 from jeepney.io.threading import ReceiveStopped, open_dbus_connection
 from PIL import Image
 
+from tests.support.sni_host import HostError, ItemRef, SniHost, image_from_pixmap
+from tests.support.tray_driver import wait_for
+from tests.support.xdesktop import SessionBus, missing_tools
 from tray.core.status import MonitorState, make_status
 from tray.ui import sni as sni_module
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import MenuEntry, build_menu
 from tray.ui.sni import StatusNotifierIcon, argb32_pixmaps, watcher_on_bus
-
-sys.path.insert(0, str(Path(__file__).parent))
-from sni_host import HostError, ItemRef, SniHost, image_from_pixmap
-from tray_driver import wait_for
-from xdesktop import SessionBus, missing_tools
 
 if missing_tools(("dbus-daemon",)):
     pytest.skip("needs dbus-daemon (apt-get install -y dbus)", allow_module_level=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import Manager, wait_until
 from tests.standin.harness import weights_blob
+from tests.support.manager import Manager, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -113,7 +113,7 @@ def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, t
 
 def test_stop_with_a_web_server_on_the_port_says_nothing_was_stopped(manager, standin):
     foreign = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "foreign_server.py"), str(standin.port)],
+        [sys.executable, os.path.join(os.path.dirname(__file__), "support", "foreign_server.py"), str(standin.port)],
         stdout=subprocess.PIPE,
         text=True,
     )

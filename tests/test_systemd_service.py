@@ -17,10 +17,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import wait_until
 from tests.standin.harness import flip_middle_byte, weights_blob
-from tests.system_install import OllamaService, session_manager
-from tests.users import popen_as, run_as, scratch
+from tests.support.manager import wait_until
+from tests.support.system_install import OllamaService, session_manager
+from tests.support.users import popen_as, run_as, scratch
 
 pytestmark = pytest.mark.slow
 

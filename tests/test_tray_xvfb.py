@@ -31,8 +31,7 @@ from tray.ui.icon import IconState
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(Path(__file__).parent))
-from xdesktop import XDesktop, missing_tools  # noqa: E402
+from tests.support.xdesktop import XDesktop, missing_tools  # noqa: E402
 
 MISSING = missing_tools()
 if MISSING:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.users import Account, popen_as
+from tests.support.users import Account, popen_as
 
 FAST_SETTINGS = {
     "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "0.5",
