@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from standin.harness import StandinEnv
 from tests.support.manager import Manager
+from tests.support.spawn_guard import MARKER, UnmarkedProcess, refuse_processes, unmarked_message
 from tests.support.system_install import OllamaService, SystemdStandin, session_manager
 from tests.support.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
 
 # The stand-in's modules import each other by their bare names, as its `ollama` script runs them; they are
 # not importable as `standin.*` for doctest collection (tests/test_standin*.py test them through the script).
 collect_ignore_glob = ["standin/standin_*.py"]
+
+
+# --- the `process` marker: a test that starts a process says so, or fails ----------------------------
+
+
+def _refusing_processes(item: pytest.Item) -> Generator[None, object, object]:
+    """Runs one phase of ``item`` (setup, call or teardown); without the marker, starting a process fails it."""
+    if item.get_closest_marker(MARKER) is not None:
+        return (yield)
+    with refuse_processes(item.nodeid) as attempts:
+        try:
+            result = yield
+        except BaseException as exc:
+            if attempts and not isinstance(exc, UnmarkedProcess):
+                raise UnmarkedProcess(unmarked_message(item.nodeid, attempts[0])) from exc
+            raise
+    if attempts:  # refused where the test caught the error, or in a thread of its own
+        raise UnmarkedProcess(unmarked_message(item.nodeid, attempts[0]))
+    return result
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_refusing_processes)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_refusing_processes)
+pytest_runtest_teardown = pytest.hookimpl(wrapper=True)(_refusing_processes)
 
 
 @pytest.fixture

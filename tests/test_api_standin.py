@@ -7,7 +7,7 @@ import pytest
 from tests.support.manager import FAST_SETTINGS
 from tray import api
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MODEL = "llama3"
 TOKEN_MS = 50

@@ -111,6 +111,7 @@ def test_a_huge_events_limit_is_refused_in_one_line(config_file: Path, capsys) -
     )
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_the_monitor_warns_at_start_when_ollama_would_listen_on_every_interface(tmp_path: Path) -> None:
     import json

@@ -43,6 +43,7 @@ CHROMIUM_FLAGS = [
 TIMEOUT_MS = 20_000
 
 pytestmark = [
+    pytest.mark.process,
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]

@@ -14,7 +14,7 @@ import pytest
 from tests.support.manager import Manager, wait_until
 from tests.support.notification_server import NotificationServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MARKUP = ("<html", "<h1", "<p>", "<br", "</", "<title", "\x1b", "<script", "alert(")
 

@@ -312,6 +312,7 @@ class TestSetKeyCommand:
         )
         assert capsys.readouterr().err == message + "\n"
 
+    @pytest.mark.process
     def test_through_the_keyring_package(self) -> None:
         import keyring
         import keyring.backend
@@ -448,6 +449,7 @@ def sse_events(response: httpx.Response) -> list[Any]:
     return [b if b == "[DONE]" else json.loads(b) for b in blocks]
 
 
+@pytest.mark.process
 class TestHealthyOllama:
     def test_answers_come_from_ollama_byte_identical(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -491,6 +493,7 @@ class TestHealthyOllama:
         assert not [h for h in local_page.headers if h.lower().startswith("access-control-")]
 
 
+@pytest.mark.process
 class TestOllamaDies:
     @pytest.mark.parametrize(
         ("path", "body", "check"),
@@ -675,6 +678,7 @@ def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
     return [e for e in ollama.events() if e.get("event") == "request_cancelled"]
 
 
+@pytest.mark.process
 class TestSlowIsNotBroken:
     """Silence that the work explains (a whole answer, a load, a queue) is waited for locally, never sent away."""
 
@@ -758,6 +762,7 @@ class TestSlowIsNotBroken:
         assert len(cloud.requests()) == 1
 
 
+@pytest.mark.process
 class TestHangFoundByTheMonitor:
     """When the monitor's probe finds Ollama down, requests with no byte back are answered at once."""
 
@@ -816,6 +821,7 @@ class TestHangFoundByTheMonitor:
         assert cloud.requests() == []
 
 
+@pytest.mark.process
 class TestClientGoesAway:
     """A client that disconnects cancels what the gateway sent for it, at once."""
 
@@ -889,6 +895,7 @@ class TestClientGoesAway:
         assert event["time"] - gone < 1.0
 
 
+@pytest.mark.process
 class TestWhatTheMonitorSees:
     def test_local_activity_counts_requests_sent_to_ollama(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -923,6 +930,7 @@ class TestWhatTheMonitorSees:
         assert cloud_only.gateway.local_activity() == LocalActivity({}, 0, None)  # nothing went to Ollama
 
 
+@pytest.mark.process
 class TestModelLists:
     def test_lists_come_from_ollama_as_soon_as_the_monitor_says_it_answers(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -954,6 +962,7 @@ class TestModelLists:
         assert httpx.get(gw.url + "/v1/models/LLAMA3").json()["id"] == "llama3:latest"
 
 
+@pytest.mark.process
 class TestNobodyAnswers:
     @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
     @pytest.mark.parametrize("stream", [True, False])
@@ -1080,6 +1089,7 @@ class TestNobodyAnswers:
         assert cloud.requests() == []
 
 
+@pytest.mark.process
 class TestClients:
     def test_official_ollama_and_openai_libraries_work_unmodified(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -1221,6 +1231,7 @@ class TestClients:
             client.close()
 
 
+@pytest.mark.process
 class TestWiring:
     def test_gateway_command_serves_until_stopped_and_reports_a_taken_port(
         self, ollama: StandinEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -1307,6 +1318,7 @@ def _try_get(url: str) -> httpx.Response | None:
         return None
 
 
+@pytest.mark.process
 class TestOtherUsers:
     """Another local user's program reaches the gateway on loopback like any other; the key is the owner's."""
 

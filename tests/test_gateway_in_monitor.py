@@ -21,7 +21,7 @@ from standin.harness import StandinEnv, free_port
 from tests.support.manager import Manager, in_thread, wait_until
 from tests.support.standin_cloud import StandinCloud
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 KEY = "sk-standin-0123456789"
 KEY_ENV = "STANDIN_CLOUD_KEY"

@@ -21,7 +21,7 @@ from tests.support.manager import Manager, wait_until
 from tests.support.users import Account, popen_as, scratch
 from tray.system.monitor_record import read_record
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 TOKEN = "t0ken-that-must-stay-home"
 

@@ -156,6 +156,7 @@ def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
 # --- Running commands ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.skipif(os.name != "posix", reason="runs sh, sleep and true")
 def test_run_command_reports_failures_in_one_line() -> None:
     with pytest.raises(NotificationError, match=r"^no-such-notifier-binary not found$"):
@@ -263,6 +264,7 @@ def notification_server(session_bus: str, monkeypatch: pytest.MonkeyPatch) -> It
     server.close()
 
 
+@pytest.mark.process
 def test_dbus_notify_arrives_with_summary_and_body(notification_server: NotificationServer) -> None:
     assert dbus_notify("Ollama down", "Ollama is not responding (down)") == 1
     assert dbus_notify("Second", "two") == 2
@@ -272,6 +274,7 @@ def test_dbus_notify_arrives_with_summary_and_body(notification_server: Notifica
     ]
 
 
+@pytest.mark.process
 def test_when_plyer_fails_the_dbus_fallback_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
@@ -287,6 +290,7 @@ def test_when_plyer_fails_the_dbus_fallback_delivers(
     ]
 
 
+@pytest.mark.process
 def test_a_body_with_markup_characters_is_shown_as_written(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -300,6 +304,7 @@ def test_a_body_with_markup_characters_is_shown_as_written(
     )
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("notify-send") is None, reason="notify-send (libnotify-bin) is not installed")
 def test_when_plyer_and_dbus_fail_notify_send_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
@@ -361,6 +366,7 @@ def failing_notify_send(tmp_path) -> str:
     return f"{bin_dir}:/usr/bin:/bin"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
 def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, tmp_path, caplog
@@ -378,6 +384,7 @@ def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
     assert not (tmp_path / "bin" / "calls").exists()
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
 def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
     """A bus without a notification service: every channel fails, and notify() does not claim success."""
@@ -396,6 +403,7 @@ def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypa
     assert len((tmp_path / "bin" / "calls").read_text().splitlines()) == 2  # only our own, checked, runs
 
 
+@pytest.mark.process
 def test_a_bus_without_a_notification_service_is_a_clear_error(session_bus: str) -> None:
     with pytest.raises(
         NotificationError, match=r"^D-Bus notification refused: org.freedesktop.DBus.Error.ServiceUnknown$"
@@ -422,6 +430,7 @@ def _run_notify_command(env_changes: dict[str, str], tmp_path) -> subprocess.Com
     )
 
 
+@pytest.mark.process
 def test_notify_command_names_the_method_that_delivered(notification_server: NotificationServer, session_bus, tmp_path):
     done = _run_notify_command({"DBUS_SESSION_BUS_ADDRESS": session_bus}, tmp_path)
     assert (done.returncode, done.stderr) == (0, "")
@@ -430,6 +439,7 @@ def test_notify_command_names_the_method_that_delivered(notification_server: Not
     assert body[3:5] == ("Ollama Manager", "Notifications work")
 
 
+@pytest.mark.process
 def test_notify_command_without_any_working_method_is_one_line(session_bus, tmp_path):
     env = {"DBUS_SESSION_BUS_ADDRESS": session_bus, "PATH": failing_notify_send(tmp_path)}
     done = _run_notify_command(env, tmp_path)

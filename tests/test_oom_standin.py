@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 HI = [{"role": "user", "content": "hi"}]
 SERVE_LOG = Path("ollama-manager") / "log" / "ollama-server.log"

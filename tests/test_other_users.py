@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.users import run_as
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def test_the_desktop_user_runs_the_project_with_its_own_identity(desktop_user, user_runtime, desktop_manager):

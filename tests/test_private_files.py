@@ -12,7 +12,7 @@ import pytest
 from tests.support.manager import wait_until
 from tests.support.users import Account, popen_as, run_as
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def free_port() -> int:

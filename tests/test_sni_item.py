@@ -136,6 +136,7 @@ def running(bus: SessionBus) -> Iterator[Running]:
         served.stop()
 
 
+@pytest.mark.process
 def test_properties_introspection_and_errors_as_hosts_see_them(bus: SessionBus, running: Running) -> None:
     with SniHost(bus.address) as host:
         item = running.item
@@ -175,6 +176,7 @@ def test_properties_introspection_and_errors_as_hosts_see_them(bus: SessionBus, 
             host.call(host.menu_address(item), "GetLayout", "iias", (4242, -1, []))
 
 
+@pytest.mark.process
 def test_clicks_run_enabled_actions_only_and_activate_reaches_the_app(bus: SessionBus, running: Running) -> None:
     with SniHost(bus.address) as host:
         item = running.item
@@ -196,6 +198,7 @@ def test_clicks_run_enabled_actions_only_and_activate_reaches_the_app(bus: Sessi
         wait_for(lambda: running.actions == ["restart"] and running.activations == 1, 5, "the click and activation")
 
 
+@pytest.mark.process
 def test_the_item_registers_when_a_watcher_appears_and_again_after_it_restarts(
     bus: SessionBus, running: Running
 ) -> None:
@@ -215,6 +218,7 @@ def test_the_item_registers_when_a_watcher_appears_and_again_after_it_restarts(
         second.close()
 
 
+@pytest.mark.process
 def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: SessionBus, running: Running) -> None:
     with SniHost(bus.address) as host:
         item = running.item
@@ -245,6 +249,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
         assert host.tooltip(item)[1] == "Ollama: down"
 
 
+@pytest.mark.process
 def test_a_lost_bus_ends_run_with_one_line(tmp_path: Path) -> None:
     session = SessionBus(tmp_path, {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     session.start()

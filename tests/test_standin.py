@@ -20,7 +20,7 @@ import pytest
 
 from standin.harness import STANDIN_BIN, StandinEnv, same_process
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 MIB = 1024 * 1024
 JSON = "application/json; charset=utf-8"

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def test_a_taken_status_port_falls_back_to_a_free_one_the_cli_finds(standin, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from tests.standin.harness import weights_blob
 from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 DESIGN_NOTES_FIELDS = {
     "ollama_running": bool,

@@ -22,7 +22,7 @@ from tests.support.manager import wait_until
 from tests.support.system_install import OllamaService, session_manager
 from tests.support.users import popen_as, run_as, scratch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MODEL = "uncensored-llama3"
 

@@ -25,7 +25,7 @@ from standin.harness import StandinEnv, same_process
 from tests.support.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.ui.icon import IconState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 from tests.support.tray_driver import (  # noqa: E402
     BrowserLog,

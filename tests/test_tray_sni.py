@@ -28,7 +28,7 @@ from standin.harness import StandinEnv
 from tests.support.manager import DEFAULT_INTERVAL, Manager, in_thread, quietest_wakeups
 from tray.ui.icon import IconState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 from tests.support.screen_text import changed_box, find_line, read_lines, tesseract_missing  # noqa: E402
 from tests.support.sni_host import HostError, ItemRef, MenuItemView, SniHost  # noqa: E402

@@ -29,7 +29,7 @@ from tray.core.status import make_status
 from tray.ui.backend import tray_available
 from tray.ui.icon import IconState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 from tests.support.xdesktop import XDesktop, missing_tools  # noqa: E402
 
