@@ -518,7 +518,7 @@ class TestOllamaDies:
         ollama.cleanup()
         started = time.monotonic()
         response = gw.post(path, body)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < GatewaySettings().first_byte_timeout / 5  # no budget waited out
         assert (response.status_code, response.headers[HEADER]) == (200, "cloud")
         if check == "ollama-stream":
             assert response.headers["content-type"] == "application/x-ndjson"
@@ -604,12 +604,13 @@ class TestOllamaDies:
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud), idle_timeout=1.0)
-        ollama.set_faults(token_ms=2500)
+        token_pause = 8.0
+        ollama.set_faults(token_ms=token_pause * 1000)
         started = time.monotonic()
         response = gw.post("/api/generate", {"model": "llama3", "prompt": "one two"})
         elapsed = time.monotonic() - started
         chunks = ndjson(response)
-        assert 1.0 <= elapsed < 2.0
+        assert 1.0 <= elapsed < token_pause / 2  # after its idle budget, long before Ollama's next token
         assert (response.headers[HEADER], chunks[0]["response"], chunks[-1]) == (
             "local",
             "You",
@@ -632,8 +633,8 @@ class TestOllamaDies:
             timings.append(time.monotonic() - started)
             assert response.headers[HEADER] == "cloud"
             assert "".join(c["message"]["content"] for c in ndjson(response)) == "Cloud answer to: hi there"
-        assert 0.5 <= timings[0] < 1.5 and 0.5 <= timings[1] < 1.5
-        assert timings[2] < 0.4  # the breaker is open: Ollama is not even tried
+        assert min(timings[:2]) >= 0.5
+        assert timings[2] < min(timings[:2]) / 2  # the breaker is open: Ollama is not even tried
         status = gw.status()
         assert (status["breaker"], status["breaker_reason"], status["cloud_active"]) == (
             "open",
@@ -671,6 +672,7 @@ class TestOllamaDies:
 
 LONG: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", "content": "one two three four five six"}]}
 LONG_REPLY = "You said: one two three four five six"  # 8 tokens: 7 pauses of token_ms
+LONG_PAUSES = 7
 
 
 def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
@@ -769,7 +771,8 @@ class TestHangFoundByTheMonitor:
     def test_waiting_requests_are_answered_by_the_cloud_at_once(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
-        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=30)
+        budget = 30.0
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=budget)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(hang_inference=True)
         whole = in_thread(lambda: gw.post("/api/chat", dict(CHAT, stream=False), timeout=60))
@@ -778,7 +781,7 @@ class TestHangFoundByTheMonitor:
         found_down = time.monotonic()
         gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         answers = [whole(), streamed()]
-        assert time.monotonic() - found_down < 1.0
+        assert time.monotonic() - found_down < budget / 10  # at once, not when their budget runs out
         assert [a.headers[HEADER] for a in answers] == ["cloud", "cloud"]
         assert answers[0].json()["message"]["content"] == "Cloud answer to: hi there"
         assert sse_events(answers[1])[-1] == "[DONE]"
@@ -829,7 +832,7 @@ class TestClientGoesAway:
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
-        ollama.set_faults(token_ms=400)
+        ollama.set_faults(token_ms=1000)
         with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
             lines = response.iter_lines()  # kept: a dropped iterator closes the connection
             next(lines)
@@ -837,7 +840,7 @@ class TestClientGoesAway:
         gone = time.time()  # the stand-in stamps its events with the wall clock
         event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
         assert (event["stage"], event["path"]) == ("generating", "/api/chat")
-        assert event["time"] - gone < 1.0
+        assert event["time"] - gone < LONG_PAUSES * 1.0 / 2  # long before the answer would have ended
         wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="the gateway to let go of it")
 
     def test_while_waiting_for_a_whole_answer(
@@ -851,7 +854,7 @@ class TestClientGoesAway:
         gone = time.time()
         event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
         assert (event["stage"], event["path"]) == ("generating", "/api/chat")
-        assert event["time"] - gone < 1.0
+        assert event["time"] - gone < LONG_PAUSES * 1.0 / 2  # long before the answer would have ended
         assert cloud.requests() == []
 
     def test_while_queued_behind_another_request(
@@ -865,12 +868,12 @@ class TestClientGoesAway:
         wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a first answer being generated")
         with pytest.raises(httpx.ReadTimeout):
             gw.post("/api/chat", LONG, timeout=httpx.Timeout(30, read=0.5))
-        gone = time.time()
         event = wait_until(lambda: cancelled(ollama), what="Ollama to drop the queued request")[0]
         assert (event["stage"], event["path"]) == ("waiting", "/api/chat")  # for the model's one slot
-        assert event["time"] - gone < 1.0
         assert gw.gateway.local_activity().in_flight == {"llama3:latest": 1}  # the first one goes on
         assert ahead().json()["response"] == "You said: a b c d e f"
+        done = [e for e in ollama.events() if e.get("event") == "request_done" and e["path"] == "/api/generate"]
+        assert event["time"] < done[0]["time"]  # dropped while the request ahead was still answered
         assert cloud.requests() == []
 
     @pytest.mark.parametrize("stream", [False, True])
@@ -879,7 +882,7 @@ class TestClientGoesAway:
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud, timeout=30))
         ollama.cleanup()
-        cloud.set_faults(slow_ms=0 if stream else 10_000, token_ms=1000)
+        cloud.set_faults(slow_ms=0 if stream else 10_000, token_ms=1000)  # either way, more than 7 s to go
         if stream:
             with httpx.stream("POST", gw.url + "/v1/chat/completions", json=dict(LONG, stream=True), timeout=30) as r:
                 assert r.headers[HEADER] == "cloud"
@@ -892,7 +895,7 @@ class TestClientGoesAway:
         gone = time.time()  # the stand-in cloud stamps its events with the wall clock
         event = wait_until(cloud.events, what="the cloud to see the client gone")[0]
         assert (event["event"], event["path"]) == ("client_gone", "/v1/chat/completions")
-        assert event["time"] - gone < 1.0
+        assert event["time"] - gone < LONG_PAUSES * 1.0 / 2  # long before the answer would have ended
 
 
 @pytest.mark.process
@@ -974,7 +977,7 @@ class TestNobodyAnswers:
         cloud.stop()
         started = time.monotonic()
         response = gw.post(path, dict(CHAT, stream=stream))
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < GatewaySettings().first_byte_timeout / 5  # no budget waited out
         message = (
             f"Ollama is not reachable at {ollama.base_url} (connection refused), "
             f"and the cloud fallback failed: cannot reach 127.0.0.1 (connection refused)"
@@ -997,10 +1000,11 @@ class TestNobodyAnswers:
             502,
             "the cloud fallback failed: 127.0.0.1 answered 503: stand-in cloud fault 503",
         )
-        cloud.set_faults(slow_ms=4000)
+        cloud_pause = 8.0
+        cloud.set_faults(slow_ms=cloud_pause * 1000)
         started = time.monotonic()
         slow = gw.post("/v1/chat/completions", CHAT)
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < cloud_pause / 2  # given up after its 1 s, not waited on
         assert (slow.status_code, slow.json()["error"]["message"].split(", and ")[1]) == (
             504,
             "the cloud fallback failed: 127.0.0.1 sent nothing for 1 s",
