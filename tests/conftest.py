@@ -9,7 +9,14 @@ import pytest
 
 from standin.harness import StandinEnv
 from tests.support.manager import Manager
-from tests.support.spawn_guard import MARKER, UnmarkedProcess, refuse_processes, unmarked_message
+from tests.support.spawn_guard import (
+    MARKER,
+    UnmarkedProcess,
+    deselects_process_tests,
+    marked_as_a_whole,
+    refuse_processes,
+    unmarked_message,
+)
 from tests.support.system_install import OllamaService, SystemdStandin, session_manager
 from tests.support.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
 
@@ -40,6 +47,15 @@ def _refusing_processes(item: pytest.Item) -> Generator[None, object, object]:
 pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_refusing_processes)
 pytest_runtest_call = pytest.hookimpl(wrapper=True)(_refusing_processes)
 pytest_runtest_teardown = pytest.hookimpl(wrapper=True)(_refusing_processes)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """In a run that deselects every ``process`` test, a module marked ``process`` as a whole is not even imported."""
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if not deselects_process_tests(config.option.markexpr):
+        return None
+    return marked_as_a_whole(collection_path.read_text(encoding="utf-8")) or None
 
 
 @pytest.fixture

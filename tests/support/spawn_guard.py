@@ -6,6 +6,7 @@ guard makes a missing marker fail the test that needs it instead of slowing the 
 
 from __future__ import annotations
 
+import ast
 import multiprocessing.util
 import os
 import subprocess
@@ -15,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
+
+from _pytest.mark.expression import Expression
 
 MARKER = "process"
 
@@ -30,6 +33,37 @@ _ENTRY_POINTS: list[tuple[ModuleType | type, str]] = [
     (os, "posix_spawnp"),
     (os, "system"),
 ]
+
+
+def deselects_process_tests(markexpr: str) -> bool:
+    """Whether ``-m markexpr`` leaves out every test with the ``process`` marker, whatever its other markers.
+
+    >>> deselects_process_tests("not process"), deselects_process_tests("slow and not process")
+    (True, True)
+    >>> deselects_process_tests(""), deselects_process_tests("process"), deselects_process_tests("not slow")
+    (False, False, False)
+    """
+    if not markexpr:
+        return False
+    expression = Expression.compile(markexpr)
+    # The other markers unknown: the test is left out only if it is with none of them and with all of them.
+    return not expression.evaluate(lambda name, **_: name == MARKER) and not expression.evaluate(lambda *_, **__: True)
+
+
+def marked_as_a_whole(source: str) -> bool:
+    """Whether a test module's ``pytestmark`` includes the ``process`` marker.
+
+    >>> marked_as_a_whole("import pytest\\n\\npytestmark = [pytest.mark.slow, pytest.mark.process]\\n")
+    True
+    >>> marked_as_a_whole("@pytest.mark.process\\ndef test_x():\\n    pass\\n")
+    False
+    """
+    if "pytestmark" not in source or f"mark.{MARKER}" not in source:
+        return False
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            return f"pytest.mark.{MARKER}" in ast.unparse(node.value)
+    return False
 
 
 class UnmarkedProcess(RuntimeError):
