@@ -343,6 +343,7 @@ def _plyer_backend_name() -> str:
         return "none"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_plyer_backend_name() != "NotifyDbus", reason="plyer's D-Bus backend needs dbus-python")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux D-Bus session test")
 def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServer, caplog) -> None:
