@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_supervisor import answers, serve_pids, summary  # noqa: E402
 
 from standin.harness import StandinEnv  # noqa: E402
-from tests.manager import Manager, wait_until  # noqa: E402
+from tests.support.manager import Manager, wait_until  # noqa: E402
 
 DEFAULTS = {
     "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "30",

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from standin.harness import StandinEnv  # noqa: E402
-from standin_cloud import StandinCloud  # noqa: E402
+from tests.support.standin_cloud import StandinCloud  # noqa: E402
 from tray.gateway.app import Gateway, GatewayServer  # noqa: E402
 from tray.settings.gateway import CloudSettings, GatewaySettings  # noqa: E402
 

@@ -57,9 +57,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from standin.harness import StandinEnv  # noqa: E402
-from tests.manager import Manager, wait_until  # noqa: E402
-from tray_driver import NotificationLog, TrayProcess, tray_env  # noqa: E402
-from xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
+from tests.support.manager import Manager, wait_until  # noqa: E402
+from tests.support.tray_driver import NotificationLog, TrayProcess, tray_env  # noqa: E402
+from tests.support.xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
 
 LOOK_EVERY = 0.25
 BEFORE_CHECK = 0.5  # a check's work starts at most this long before the sample it records

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from standin.harness import StandinEnv, free_port  # noqa: E402
-from tests.manager import Manager  # noqa: E402
+from tests.support.manager import Manager  # noqa: E402
 from tests.test_limits import limited_python, status_port  # noqa: E402
 
 ANSWER_TIMEOUT = 5.0

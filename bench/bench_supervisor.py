@@ -31,8 +31,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.manager import Manager, wait_until  # noqa: E402
 from tests.standin.harness import StandinEnv  # noqa: E402
+from tests.support.manager import Manager, wait_until  # noqa: E402
 
 
 def serve_pids(standin: StandinEnv) -> list[int]:

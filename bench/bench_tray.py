@@ -43,11 +43,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from sni_host import SniHost  # noqa: E402
 from standin.harness import StandinEnv  # noqa: E402
-from tests.manager import Manager  # noqa: E402
-from tray.ui.icon import IconState  # noqa: E402
-from tray_driver import (  # noqa: E402
+from tests.support.manager import Manager  # noqa: E402
+from tests.support.sni_host import SniHost  # noqa: E402
+from tests.support.tray_driver import (  # noqa: E402
     NotificationLog,
     TrayProcess,
     docked_icons,
@@ -56,7 +55,8 @@ from tray_driver import (  # noqa: E402
     tray_env,
     wait_for,
 )
-from xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
+from tests.support.xdesktop import XDesktop, XfceDesktop, missing_tools, missing_xfce_tools  # noqa: E402
+from tray.ui.icon import IconState  # noqa: E402
 
 POLL_SECONDS = 0.005
 START_TIMEOUT = 30.0

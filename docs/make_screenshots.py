@@ -31,9 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from standin.harness import StandinEnv  # noqa: E402
-from tests.manager import Manager  # noqa: E402
-from tray.ui.icon import IconState  # noqa: E402
-from tray_driver import (  # noqa: E402
+from tests.support.manager import Manager  # noqa: E402
+from tests.support.tray_driver import (  # noqa: E402
     Box,
     NotificationLog,
     TrayProcess,
@@ -43,7 +42,8 @@ from tray_driver import (  # noqa: E402
     wait_for,
     wait_for_icon_state,
 )
-from xdesktop import XDesktop, missing_tools  # noqa: E402
+from tests.support.xdesktop import XDesktop, missing_tools  # noqa: E402
+from tray.ui.icon import IconState  # noqa: E402
 
 HEALTHY_FILE = "tray-healthy.png"
 DOWN_FILE = "tray-down.png"

@@ -60,7 +60,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 IMPORT_ERROR_MARKERS = ("ModuleNotFoundError", "ImportError", "No module named", "Traceback (most recent call last)")
 STATUS_NOT_RUNNING_EXIT = 3
-PANEL_BACKGROUND = (0x20, 0x20, 0x20)  # tests/xdesktop.py's tint2 panel colour
+PANEL_BACKGROUND = (0x20, 0x20, 0x20)  # tests/support/xdesktop.py's tint2 panel colour
 
 FAST_SETTINGS = {
     "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "0.5",
@@ -519,8 +519,8 @@ def check_notification(bundle: Bundle, root: Path, report: Report) -> None:
             raise SmokeFailure(f"notify exited {done.returncode}: {done.stderr.strip()}")
         report.ok(f"notify: {done.stdout.strip()}")
         return
-    sys.path.insert(0, str(REPO / "tests"))
-    from notification_server import NoDbusDaemon, NotificationServer, private_session_bus
+    sys.path[:0] = [str(REPO / "tests"), str(REPO)]
+    from tests.support.notification_server import NoDbusDaemon, NotificationServer, private_session_bus
 
     try:
         with private_session_bus() as address:
@@ -542,9 +542,9 @@ def check_notification(bundle: Bundle, root: Path, report: Report) -> None:
 
 def check_tray_linux(bundle: Bundle, root: Path, seconds: float, version: str | None, report: Report) -> None:
     """The tray under Xvfb + openbox + tint2: doctor sees the tray, the icon docks, no import errors."""
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path[:0] = [str(REPO / "tests"), str(REPO)]
     from standin.harness import StandinEnv
-    from xdesktop import XDesktop, missing_tools
+    from tests.support.xdesktop import XDesktop, missing_tools
 
     missing = missing_tools()
     if missing:
@@ -576,10 +576,10 @@ def check_tray_linux(bundle: Bundle, root: Path, seconds: float, version: str | 
 def check_tray_sni_linux(bundle: Bundle, root: Path, version: str | None, report: Report) -> None:
     """The tray as a StatusNotifierItem in xfce4-panel: registered, its menu exported, its icon drawn."""
     sys.path[:0] = [str(REPO / "tests"), str(REPO)]  # tray_driver imports tests.manager
-    from sni_host import SniHost
     from standin.harness import StandinEnv
-    from tray_driver import icon_state_of
-    from xdesktop import XfceDesktop, missing_xfce_tools
+    from tests.support.sni_host import SniHost
+    from tests.support.tray_driver import icon_state_of
+    from tests.support.xdesktop import XfceDesktop, missing_xfce_tools
 
     missing = missing_xfce_tools()
     if missing:

@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager
-from tests.system_install import OllamaService, SystemdStandin, session_manager
-from tests.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
+from tests.support.manager import Manager
+from tests.support.spawn_guard import (
+    MARKER,
+    UnmarkedProcess,
+    deselects_process_tests,
+    marked_as_a_whole,
+    refuse_processes,
+    unmarked_message,
+)
+from tests.support.system_install import OllamaService, SystemdStandin, session_manager
+from tests.support.users import Account, Accounts, UserRuntime, build_user_runtime, can_switch_users, scratch
 
 # The stand-in's modules import each other by their bare names, as its `ollama` script runs them; they are
 # not importable as `standin.*` for doctest collection (tests/test_standin*.py test them through the script).
 collect_ignore_glob = ["standin/standin_*.py"]
+
+
+# --- the `process` marker: a test that starts a process says so, or fails ----------------------------
+
+
+def _refusing_processes(item: pytest.Item) -> Generator[None, object, object]:
+    """Runs one phase of ``item`` (setup, call or teardown); without the marker, starting a process fails it."""
+    # The pure run is Linux's; on macOS and Windows CI runs its list of test files whole (packaging/ci_smoke.py).
+    if item.get_closest_marker(MARKER) is not None or not sys.platform.startswith("linux"):
+        return (yield)
+    with refuse_processes(item.nodeid) as attempts:
+        try:
+            result = yield
+        except BaseException as exc:
+            if attempts and not isinstance(exc, UnmarkedProcess):
+                raise UnmarkedProcess(unmarked_message(item.nodeid, attempts[0])) from exc
+            raise
+    if attempts:  # refused where the test caught the error, or in a thread of its own
+        raise UnmarkedProcess(unmarked_message(item.nodeid, attempts[0]))
+    return result
+
+
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_refusing_processes)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_refusing_processes)
+pytest_runtest_teardown = pytest.hookimpl(wrapper=True)(_refusing_processes)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """In a run that deselects every ``process`` test, a module marked ``process`` as a whole is not even imported."""
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    if not deselects_process_tests(config.option.markexpr):
+        return None
+    return marked_as_a_whole(collection_path.read_text(encoding="utf-8")) or None
 
 
 @pytest.fixture
@@ -33,7 +76,7 @@ def standin(tmp_path: Path) -> Iterator[StandinEnv]:
 @pytest.fixture
 def session_bus() -> Iterator[str]:
     """A private D-Bus session bus (its address), for notification and tray tests."""
-    from tests.notification_server import NoDbusDaemon, private_session_bus
+    from tests.support.notification_server import NoDbusDaemon, private_session_bus
 
     try:
         with private_session_bus() as address:

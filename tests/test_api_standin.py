@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.manager import FAST_SETTINGS
+from tests.support.manager import FAST_SETTINGS
 from tray import api
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from standin_app_finder import StandinAppFinder
-from tests.manager import FAST_SETTINGS, wait_until
+from tests.support.manager import FAST_SETTINGS, wait_until
+from tests.support.standin_app_finder import StandinAppFinder
 from tray.history import History
 from tray.service.supervisor import StartFailed, Supervisor
 from tray.settings.config import load_config
@@ -55,6 +55,7 @@ def events(sup: Supervisor, kind: str) -> list[str]:
     return [event.message for event in sup.history.events() if event.kind == kind]
 
 
+@pytest.mark.process
 def test_the_apps_server_is_adopted_as_the_apps(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     outcome = sup.start()
@@ -63,6 +64,7 @@ def test_the_apps_server_is_adopted_as_the_apps(standin, app_running, tmp_path):
     assert sup.server_log == Path(standin.env["HOME"]) / ".ollama" / "logs" / "server.log"
 
 
+@pytest.mark.process
 def test_the_models_dir_is_the_one_the_apps_server_uses(standin, app_running, tmp_path):
     layout = StandinAppFinder.of(standin).layout
     elsewhere = tmp_path / "app-model-location"
@@ -82,6 +84,7 @@ def test_the_models_dir_is_the_one_the_apps_server_uses(standin, app_running, tm
     assert layout.server_log == sup.server_log
 
 
+@pytest.mark.process
 def test_restart_through_the_app_ends_its_serve_and_awaits_the_respawn(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.adopt()
@@ -98,6 +101,7 @@ def test_restart_through_the_app_ends_its_serve_and_awaits_the_respawn(standin, 
     assert httpx.get(standin.base_url + "/", timeout=5).text == "Ollama is running"
 
 
+@pytest.mark.process
 def test_stop_through_the_app_quits_it_by_signal(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.adopt()
@@ -110,6 +114,7 @@ def test_stop_through_the_app_quits_it_by_signal(standin, app_running, tmp_path)
     assert events(sup, "stop") == ["Ollama stopped (gracefully)"]
 
 
+@pytest.mark.process
 def test_custom_settings_bypass_the_app_while_it_is_not_running(standin, tmp_path):
     standin.install_app()
     sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
@@ -121,6 +126,7 @@ def test_custom_settings_bypass_the_app_while_it_is_not_running(standin, tmp_pat
     sup.stop()
 
 
+@pytest.mark.process
 def test_while_the_app_runs_its_server_comes_back_and_the_app_is_never_quit(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
     serve = standin.app_serve_pids()[-1]
@@ -135,6 +141,7 @@ def test_while_the_app_runs_its_server_comes_back_and_the_app_is_never_quit(stan
     assert warning.startswith("The Ollama app runs the server") and "quit the Ollama app from its menu" in warning
 
 
+@pytest.mark.process
 def test_an_app_whose_server_does_not_come_back_is_reported_with_its_log(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.reconfigure(replace(sup.config, startup_timeout=2))
@@ -155,6 +162,7 @@ def test_an_app_whose_server_does_not_come_back_is_reported_with_its_log(standin
     assert app_running.poll() is None
 
 
+@pytest.mark.process
 def test_when_the_app_takes_the_port_back_the_lost_settings_are_reported(standin, tmp_path):
     """The app's login item starts it beside the manager's own server: it reaps that server and serves instead."""
     sup = make_supervisor(standin, tmp_path, 'keep_alive = "10m"')
@@ -186,6 +194,7 @@ def test_a_login_item_that_will_take_the_port_back_is_recorded(standin, tmp_path
     assert warning.startswith("The Ollama app starts at login and will then take port 11434 back")
 
 
+@pytest.mark.process
 def test_the_apps_server_log_is_tailed_across_its_rotation(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.adopt()
@@ -206,6 +215,7 @@ def test_the_apps_server_log_is_tailed_across_its_rotation(standin, app_running,
     assert sup.server_log.with_name("server-1.log").exists()
 
 
+@pytest.mark.process
 def test_open_logs_opens_the_apps_log_folder_when_the_app_runs_the_server(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.adopt()
@@ -214,12 +224,14 @@ def test_open_logs_opens_the_apps_log_folder_when_the_app_runs_the_server(standi
     assert locations[1] == str(sup.paths.log_dir)
 
 
+@pytest.mark.process
 def test_models_dir_of_the_apps_server(standin, app_running, tmp_path):
     sup = make_supervisor(standin, tmp_path)
     sup.adopt()
     assert sup.models_dir == standin.models_dir
 
 
+@pytest.mark.process
 def test_the_monitor_reads_the_models_where_the_apps_server_keeps_them(standin, tmp_path):
     """The app's "Model location" is not the manager's default: the model keeper and disk checks follow it."""
     from tray.service.monitor import Monitor

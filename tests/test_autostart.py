@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_registry import FakeRegistry
+from tests.support.fake_registry import FakeRegistry
 from tray.system.autostart import (
     Autostart,
     LaunchAgentAutostart,
@@ -348,6 +348,7 @@ def test_autostart_command_failure_is_one_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG entry is Linux's mechanism")
 def test_autostart_subcommand_writes_the_xdg_entry_the_menu_reads(tmp_path: Path) -> None:
     env = {

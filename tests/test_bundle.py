@@ -24,6 +24,7 @@ BUILD_TIMEOUT_S = 900
 SIZE_BUDGET_MB = 100
 
 pytestmark = [
+    pytest.mark.process,
     pytest.mark.slow,
     pytest.mark.skipif(not BUILD_ENABLED, reason="builds the bundle (minutes); set OLLAMA_MANAGER_BUILD_BUNDLE=1"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux bundle; other OSes build in CI"),

@@ -18,9 +18,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MODEL = "llama3"
 TOKEN_MS = 50
@@ -185,10 +185,6 @@ def test_a_stopped_runner_raises_the_stuck_runner_alert_within_the_bound(manager
     assert restarts == ["stuck runner"]
 
 
-def samples_recorded(manager) -> int:
-    return len(json.loads(manager.run("metrics", "--json").stdout))
-
-
 @pytest.mark.timeout(180)
 def test_after_unload_models_the_probe_does_not_load_the_model_again(manager, standin):
     start_ready(manager, standin)
@@ -196,8 +192,7 @@ def test_after_unload_models_the_probe_does_not_load_the_model_again(manager, st
     assert manager.action("unload") == "unloaded 1 model(s)"
     wait_until(lambda: not standin.alive_runner_pids(), 10, what="the runner to exit")
     probes = manager.api_status()["inference_count"]
-    ticks = samples_recorded(manager)
-    wait_until(lambda: samples_recorded(manager) >= ticks + 5, 30, interval=0.5, what="five more health checks")
+    manager.wait_checks(5)
     status = manager.api_status()
     assert len(standin.events_of("runner_start")) == 1  # nothing loaded it again
     assert status["loaded_models"] == [] and status["inference_count"] == probes

@@ -124,6 +124,7 @@ def test_a_huge_events_limit_is_refused_in_one_line(config_file: Path, capsys) -
     )
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_the_monitor_warns_at_start_when_ollama_would_listen_on_every_interface(tmp_path: Path) -> None:
     import json
@@ -131,7 +132,7 @@ def test_the_monitor_warns_at_start_when_ollama_would_listen_on_every_interface(
     import subprocess
     import sys
 
-    from tests.manager import wait_until
+    from tests.support.manager import wait_until
 
     with socket.socket() as sock:  # a port nothing listens on: no Ollama is found or started here
         sock.bind(("127.0.0.1", 0))

@@ -18,17 +18,20 @@ class RecordingNotifier:
 
 
 class FakeAutostart:
-    def __init__(self):
+    def __init__(self) -> None:
         self.on = False
 
-    def enable(self):
+    def enable(self) -> None:
         self.on = True
 
-    def disable(self):
+    def disable(self) -> None:
         self.on = False
 
-    def is_enabled(self):
+    def is_enabled(self) -> bool:
         return self.on
+
+    def describe(self) -> str:
+        return "a flag in memory"
 
 
 def paths_in(tmp_path):

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from standin.harness import StandinEnv, free_port, same_process
-from tests.manager import in_thread, wait_until
+from tests.support.manager import in_thread, wait_until
 from tray.dashboard.launch import dashboard_command
 from tray.settings.config import Config
 from tray.system.paths import AppPaths
@@ -43,6 +43,7 @@ CHROMIUM_FLAGS = [
 TIMEOUT_MS = 20_000
 
 pytestmark = [
+    pytest.mark.process,
     pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (apt-get install chromium)"),
 ]

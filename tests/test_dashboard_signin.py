@@ -27,12 +27,12 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv, free_port
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
+from tests.support.users import Accounts, can_switch_users, popen_as, run_as, shared_dir
 from tray.dashboard.launch import dashboard_command, open_dashboard
 from tray.system.monitor_record import read_record
 from tray.system.paths import AppPaths
 from tray.web.signin import MINT, REDEEM
-from users import Accounts, can_switch_users, popen_as, run_as, shared_dir
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -163,6 +163,7 @@ def code_in(page: Path) -> str:
     return match.group(1)
 
 
+@pytest.mark.process
 def test_the_browser_opens_a_private_page_that_signs_in_once(
     api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths], tmp_path: Path
 ) -> None:
@@ -186,6 +187,7 @@ def test_the_browser_opens_a_private_page_that_signs_in_once(
     assert redeem(api.base, code).status_code == 403  # once only
 
 
+@pytest.mark.process
 def test_dashboard_url_prints_the_page_address_and_no_secret(
     api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths]
 ) -> None:
@@ -203,6 +205,7 @@ def test_without_a_running_manager_it_says_so_in_one_line(user_dirs: tuple[dict[
     )
 
 
+@pytest.mark.process
 def test_a_browser_that_cannot_start_is_one_line(api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths]) -> None:
     err = io.StringIO()
     status = dashboard_command(argparse.Namespace(url=False), user_dirs[1], open_browser=lambda url: False, err=err)
@@ -212,6 +215,7 @@ def test_a_browser_that_cannot_start_is_one_line(api: StatusApi, user_dirs: tupl
     )
 
 
+@pytest.mark.process
 def test_the_tray_item_opens_the_same_private_page(api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths]) -> None:
     opened: list[str] = []
     url = open_dashboard(user_dirs[1], open_browser=lambda u: opened.append(u) or True)
@@ -219,6 +223,7 @@ def test_the_tray_item_opens_the_same_private_page(api: StatusApi, user_dirs: tu
     assert redeem(api.base, code_in(user_dirs[1].signin_page)).status_code == 200
 
 
+@pytest.mark.process
 def test_a_code_needs_the_token_and_a_wrong_code_is_refused(api: StatusApi) -> None:
     assert httpx.post(api.base + MINT, trust_env=False).status_code == 401
     minted = httpx.post(api.base + MINT, headers={"Authorization": f"Bearer {api.token}"}, trust_env=False).json()
@@ -228,6 +233,7 @@ def test_a_code_needs_the_token_and_a_wrong_code_is_refused(api: StatusApi) -> N
     assert redeem(api.base, minted["code"]).status_code == 200
 
 
+@pytest.mark.process
 def test_the_token_rotates_at_each_start_of_the_monitor(standin: StandinEnv, tmp_path: Path) -> None:
     manager = Manager(standin.env, tmp_path)
     token_file = Path(standin.env["XDG_STATE_HOME"]) / "ollama-manager" / "api-token"
@@ -245,6 +251,7 @@ def test_the_token_rotates_at_each_start_of_the_monitor(standin: StandinEnv, tmp
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not can_switch_users(), reason="needs root to run a second user")
 def test_another_user_polling_proc_finds_neither_the_token_nor_a_usable_code(
     api: StatusApi, user_dirs: tuple[dict[str, str], AppPaths], accounts: Accounts, tmp_path: Path

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.manager import Manager, wait_until
-from tests.notification_server import NotificationServer
+from tests.support.manager import Manager, wait_until
+from tests.support.notification_server import NotificationServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MARKUP = ("<html", "<h1", "<p>", "<br", "</", "<title", "\x1b", "<script", "alert(")
 
@@ -22,7 +22,7 @@ MARKUP = ("<html", "<h1", "<p>", "<br", "</", "<title", "\x1b", "<script", "aler
 @pytest.fixture
 def foreign(standin) -> Iterator[subprocess.Popen[str]]:
     server = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "foreign_server.py"), str(standin.port)],
+        [sys.executable, os.path.join(os.path.dirname(__file__), "support", "foreign_server.py"), str(standin.port)],
         stdout=subprocess.PIPE,
         text=True,
     )

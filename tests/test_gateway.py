@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv, free_port
-from standin_cloud import StandinCloud
-from tests import manager
-from tests.manager import in_thread
-from tests.users import SYSTEM_PYTHON, Account, popen_as, run_as
+from tests.support import manager
+from tests.support.manager import in_thread
+from tests.support.standin_cloud import StandinCloud
+from tests.support.users import SYSTEM_PYTHON, Account, popen_as, run_as
 from tray.core.health import BusySource, Health
 from tray.core.status import BusyStatus, LoadedModelStatus, MonitorState, Status, make_status
 from tray.gateway.app import Gateway, GatewayServer, ollama_origins, origin_allowed, relay_response_headers
@@ -355,6 +355,7 @@ class TestSetKeyCommand:
         )
         assert capsys.readouterr().err == message + "\n"
 
+    @pytest.mark.process
     def test_through_the_keyring_package(self) -> None:
         import keyring
         import keyring.backend
@@ -491,6 +492,7 @@ def sse_events(response: httpx.Response) -> list[Any]:
     return [b if b == "[DONE]" else json.loads(b) for b in blocks]
 
 
+@pytest.mark.process
 class TestHealthyOllama:
     def test_answers_come_from_ollama_byte_identical(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -538,6 +540,7 @@ class TestHealthyOllama:
         assert cors == {"access-control-allow-origin": "http://localhost:3000"}  # the gateway's, as Ollama's
 
 
+@pytest.mark.process
 class TestBrowserOrigins:
     """A request a browser sends (it has an Origin) is served as Ollama would serve it, and spends the cloud key
     only for an origin in gateway.allowed_origins; an unlisted origin gets nothing at all."""
@@ -645,6 +648,7 @@ class TestBrowserOrigins:
         assert len(cloud.requests()) == 1
 
 
+@pytest.mark.process
 class TestOllamaDies:
     @pytest.mark.parametrize(
         ("path", "body", "check"),
@@ -669,7 +673,7 @@ class TestOllamaDies:
         ollama.cleanup()
         started = time.monotonic()
         response = gw.post(path, body)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < GatewaySettings().first_byte_timeout / 5  # no budget waited out
         assert (response.status_code, response.headers[HEADER]) == (200, "cloud")
         if check == "ollama-stream":
             assert response.headers["content-type"] == "application/x-ndjson"
@@ -755,12 +759,13 @@ class TestOllamaDies:
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud), idle_timeout=1.0)
-        ollama.set_faults(token_ms=2500)
+        token_pause = 8.0
+        ollama.set_faults(token_ms=token_pause * 1000)
         started = time.monotonic()
         response = gw.post("/api/generate", {"model": "llama3", "prompt": "one two"})
         elapsed = time.monotonic() - started
         chunks = ndjson(response)
-        assert 1.0 <= elapsed < 2.0
+        assert 1.0 <= elapsed < token_pause / 2  # after its idle budget, long before Ollama's next token
         assert (response.headers[HEADER], chunks[0]["response"], chunks[-1]) == (
             "local",
             "You",
@@ -783,8 +788,8 @@ class TestOllamaDies:
             timings.append(time.monotonic() - started)
             assert response.headers[HEADER] == "cloud"
             assert "".join(c["message"]["content"] for c in ndjson(response)) == "Cloud answer to: hi there"
-        assert 0.5 <= timings[0] < 1.5 and 0.5 <= timings[1] < 1.5
-        assert timings[2] < 0.4  # the breaker is open: Ollama is not even tried
+        assert min(timings[:2]) >= 0.5
+        assert timings[2] < min(timings[:2]) / 2  # the breaker is open: Ollama is not even tried
         status = gw.status()
         assert (status["breaker"], status["breaker_reason"], status["cloud_active"]) == (
             "open",
@@ -822,6 +827,7 @@ class TestOllamaDies:
 
 LONG: dict[str, Any] = {"model": "llama3", "messages": [{"role": "user", "content": "one two three four five six"}]}
 LONG_REPLY = "You said: one two three four five six"  # 8 tokens: 7 pauses of token_ms
+LONG_PAUSES = 7
 
 
 def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
@@ -829,6 +835,7 @@ def cancelled(ollama: StandinEnv) -> list[dict[str, Any]]:
     return [e for e in ollama.events() if e.get("event") == "request_cancelled"]
 
 
+@pytest.mark.process
 class TestSlowIsNotBroken:
     """Silence that the work explains (a whole answer, a load, a queue) is waited for locally, never sent away."""
 
@@ -912,13 +919,15 @@ class TestSlowIsNotBroken:
         assert len(cloud.requests()) == 1
 
 
+@pytest.mark.process
 class TestHangFoundByTheMonitor:
     """When the monitor's probe finds Ollama down, requests with no byte back are answered at once."""
 
     def test_waiting_requests_are_answered_by_the_cloud_at_once(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
-        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=30)
+        budget = 30.0
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=budget)
         ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
         ollama.set_faults(hang_inference=True)
         whole = in_thread(lambda: gw.post("/api/chat", dict(CHAT, stream=False), timeout=60))
@@ -927,7 +936,7 @@ class TestHangFoundByTheMonitor:
         found_down = time.monotonic()
         gw.gateway.observe_status(make_status(health=Health.DOWN, state=MonitorState.RUNNING))
         answers = [whole(), streamed()]
-        assert time.monotonic() - found_down < 1.0
+        assert time.monotonic() - found_down < budget / 10  # at once, not when their budget runs out
         assert [a.headers[HEADER] for a in answers] == ["cloud", "cloud"]
         assert answers[0].json()["message"]["content"] == "Cloud answer to: hi there"
         assert sse_events(answers[1])[-1] == "[DONE]"
@@ -970,6 +979,7 @@ class TestHangFoundByTheMonitor:
         assert cloud.requests() == []
 
 
+@pytest.mark.process
 class TestClientGoesAway:
     """A client that disconnects cancels what the gateway sent for it, at once."""
 
@@ -977,7 +987,7 @@ class TestClientGoesAway:
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud))
-        ollama.set_faults(token_ms=400)
+        ollama.set_faults(token_ms=1000)
         with httpx.stream("POST", gw.url + "/api/chat", json=LONG, timeout=30) as response:
             lines = response.iter_lines()  # kept: a dropped iterator closes the connection
             next(lines)
@@ -985,7 +995,7 @@ class TestClientGoesAway:
         gone = time.time()  # the stand-in stamps its events with the wall clock
         event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
         assert (event["stage"], event["path"]) == ("generating", "/api/chat")
-        assert event["time"] - gone < 1.0
+        assert event["time"] - gone < LONG_PAUSES * 1.0 / 2  # long before the answer would have ended
         wait_until(lambda: gw.gateway.local_activity().in_flight == {}, what="the gateway to let go of it")
 
     def test_while_waiting_for_a_whole_answer(
@@ -999,7 +1009,7 @@ class TestClientGoesAway:
         gone = time.time()
         event = wait_until(lambda: cancelled(ollama), what="Ollama to cancel the request")[0]
         assert (event["stage"], event["path"]) == ("generating", "/api/chat")
-        assert event["time"] - gone < 1.0
+        assert event["time"] - gone < LONG_PAUSES * 1.0 / 2  # long before the answer would have ended
         assert cloud.requests() == []
 
     def test_while_queued_behind_another_request(
@@ -1013,12 +1023,12 @@ class TestClientGoesAway:
         wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a first answer being generated")
         with pytest.raises(httpx.ReadTimeout):
             gw.post("/api/chat", LONG, timeout=httpx.Timeout(30, read=0.5))
-        gone = time.time()
         event = wait_until(lambda: cancelled(ollama), what="Ollama to drop the queued request")[0]
         assert (event["stage"], event["path"]) == ("waiting", "/api/chat")  # for the model's one slot
-        assert event["time"] - gone < 1.0
         assert gw.gateway.local_activity().in_flight == {"llama3:latest": 1}  # the first one goes on
         assert ahead().json()["response"] == "You said: a b c d e f"
+        done = [e for e in ollama.events() if e.get("event") == "request_done" and e["path"] == "/api/generate"]
+        assert event["time"] < done[0]["time"]  # dropped while the request ahead was still answered
         assert cloud.requests() == []
 
     @pytest.mark.parametrize("stream", [False, True])
@@ -1027,7 +1037,7 @@ class TestClientGoesAway:
     ) -> None:
         gw = gateways(ollama.base_url, cloud_settings(cloud, timeout=30))
         ollama.cleanup()
-        cloud.set_faults(slow_ms=0 if stream else 10_000, token_ms=1000)
+        cloud.set_faults(slow_ms=0 if stream else 10_000, token_ms=1000)  # either way, more than 7 s to go
         if stream:
             with httpx.stream("POST", gw.url + "/v1/chat/completions", json=dict(LONG, stream=True), timeout=30) as r:
                 assert r.headers[HEADER] == "cloud"
@@ -1040,9 +1050,10 @@ class TestClientGoesAway:
         gone = time.time()  # the stand-in cloud stamps its events with the wall clock
         event = wait_until(cloud.events, what="the cloud to see the client gone")[0]
         assert (event["event"], event["path"]) == ("client_gone", "/v1/chat/completions")
-        assert event["time"] - gone < 1.0
+        assert event["time"] - gone < LONG_PAUSES * 1.0 / 2  # long before the answer would have ended
 
 
+@pytest.mark.process
 class TestWhatTheMonitorSees:
     def test_local_activity_counts_requests_sent_to_ollama(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -1077,6 +1088,7 @@ class TestWhatTheMonitorSees:
         assert cloud_only.gateway.local_activity() == LocalActivity({}, 0, None)  # nothing went to Ollama
 
 
+@pytest.mark.process
 class TestModelLists:
     def test_lists_come_from_ollama_as_soon_as_the_monitor_says_it_answers(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -1108,6 +1120,7 @@ class TestModelLists:
         assert httpx.get(gw.url + "/v1/models/LLAMA3").json()["id"] == "llama3:latest"
 
 
+@pytest.mark.process
 class TestNobodyAnswers:
     @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
     @pytest.mark.parametrize("stream", [True, False])
@@ -1119,7 +1132,7 @@ class TestNobodyAnswers:
         cloud.stop()
         started = time.monotonic()
         response = gw.post(path, dict(CHAT, stream=stream))
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < GatewaySettings().first_byte_timeout / 5  # no budget waited out
         message = (
             f"Ollama is not reachable at {ollama.base_url} (connection refused), "
             f"and the cloud fallback failed: cannot reach 127.0.0.1 (connection refused)"
@@ -1142,10 +1155,11 @@ class TestNobodyAnswers:
             502,
             "the cloud fallback failed: 127.0.0.1 answered 503: stand-in cloud fault 503",
         )
-        cloud.set_faults(slow_ms=4000)
+        cloud_pause = 8.0
+        cloud.set_faults(slow_ms=cloud_pause * 1000)
         started = time.monotonic()
         slow = gw.post("/v1/chat/completions", CHAT)
-        assert time.monotonic() - started < 2.5
+        assert time.monotonic() - started < cloud_pause / 2  # given up after its 1 s, not waited on
         assert (slow.status_code, slow.json()["error"]["message"].split(", and ")[1]) == (
             504,
             "the cloud fallback failed: 127.0.0.1 sent nothing for 1 s",
@@ -1234,6 +1248,7 @@ class TestNobodyAnswers:
         assert cloud.requests() == []
 
 
+@pytest.mark.process
 class TestClients:
     def test_official_ollama_and_openai_libraries_work_unmodified(
         self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
@@ -1375,6 +1390,7 @@ class TestClients:
             client.close()
 
 
+@pytest.mark.process
 class TestWiring:
     def test_gateway_command_serves_until_stopped_and_reports_a_taken_port(
         self, ollama: StandinEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -1461,6 +1477,7 @@ def _try_get(url: str) -> httpx.Response | None:
         return None
 
 
+@pytest.mark.process
 class TestOtherUsers:
     """Another local user's program reaches the gateway on loopback like any other; the key is the owner's."""
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tray.history import History
 
 
@@ -25,6 +27,7 @@ def test_events_round_trip_in_order(tmp_path):
     }
 
 
+@pytest.mark.process
 def test_recorded_events_survive_kill_9_of_the_writer(tmp_path):
     db = tmp_path / "h.sqlite3"
     script = (

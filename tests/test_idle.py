@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from standin.harness import StandinEnv
-from tests.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
+from tests.support.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.core.status import Status, make_status
 from tray.dashboard.ondemand import DashboardOnDemand
 from tray.history import EventKind, History
@@ -82,6 +82,7 @@ sys.exit(main(["monitor"]))
 """
 
 
+@pytest.mark.process
 def test_a_monitor_with_gateway_and_dashboard_off_loads_neither_until_the_dashboard_is_asked_for(
     standin: StandinEnv, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def test_a_monitor_with_gateway_and_dashboard_off_loads_neither_until_the_dashbo
     assert "tray.gateway.app" not in seen["after_metrics"] and "tray.models.builder" not in seen["after_metrics"]
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads' counters from /proc")
 def test_a_monitor_between_checks_has_no_thread_that_wakes(standin: StandinEnv, tmp_path: Path) -> None:
     # The quietest 3 s of the 12 after Ollama is found healthy, with the next check 30 s away, must see at
@@ -208,6 +210,7 @@ def test_a_main_thread_sleeping_until_stopped_wakes_when_another_thread_sets_it(
     setter.join()
 
 
+@pytest.mark.process
 def test_a_missing_nvidia_driver_leaves_the_bindings_unloaded() -> None:
     code = (
         "import sys\n"

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = "from importlinter.cli import lint_imports_command; lint_imports_command()"
 

@@ -30,8 +30,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from standin.harness import StandinEnv, free_port
-from tests.manager import Manager, in_thread, wait_until
-from tests.users import Accounts, can_switch_users, popen_as, shared_dir
+from tests.support.manager import Manager, in_thread, wait_until
+from tests.support.users import Accounts, can_switch_users, popen_as, shared_dir
 from tray.web.server import LoopbackServer
 
 pytestmark = pytest.mark.process

@@ -789,6 +789,7 @@ def test_open_path_spawns_detached_without_a_shell() -> None:
     ]
 
 
+@pytest.mark.process
 def test_open_path_runs_xdg_open_detached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

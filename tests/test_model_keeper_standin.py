@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.manager import Manager, wait_until
 from tests.standin.harness import flip_middle_byte, weights_blob
+from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager, in_thread, wait_until
+from tests.support.manager import Manager, in_thread, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MODELFILE_MODEL = "llama3"  # what the keeper would build; installed by a pull here, no build needed
 LONG_ANSWER = {"token_ms": 40, "tokens": 100}  # about 4 s of generation

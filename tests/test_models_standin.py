@@ -14,6 +14,8 @@ from tray.models.builder import ModelReport, ensure_model_loaded, rebuild, verif
 from tray.models.commands import run_ensure
 from tray.models.store import blob_path, read_manifest
 
+pytestmark = pytest.mark.process
+
 MODEL = "uncensored-llama3"
 MIB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.manager import wait_until
+from tests.support.manager import wait_until
 from tray.core.health import BusySource, Failure, Health, ProbeResult
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
@@ -949,6 +949,7 @@ def test_new_settings_rebuild_what_derives_from_them():
     assert monitor.duties.alerts.interval_seconds == 120 + 3 * 5
 
 
+@pytest.mark.process
 def test_a_unit_stuck_restarting_is_given_up_on_once_with_the_command_that_shows_why(monkeypatch):
     monitor, sup, clock = make([REFUSED] * 40, startup_timeout=20, auto_build_model=False)
     unit = SystemdService("ollama.service")

@@ -17,11 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.manager import Manager, wait_until
-from tests.users import Account, popen_as, scratch
+from tests.support.manager import Manager, wait_until
+from tests.support.users import Account, popen_as, scratch
 from tray.system.monitor_record import read_record
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 TOKEN = "t0ken-that-must-stay-home"
 

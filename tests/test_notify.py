@@ -34,8 +34,8 @@ from tray.system.notify_linux import dbus_notify, notify_send_command
 from tray.system.notify_windows import powershell_command, powershell_quote, powershell_toast_script
 
 jeepney = pytest.importorskip("jeepney")
-from fake_registry import FakeRegistry  # noqa: E402
-from notification_server import NotificationServer  # noqa: E402
+from tests.support.fake_registry import FakeRegistry  # noqa: E402
+from tests.support.notification_server import NotificationServer  # noqa: E402
 
 # --- Command lines ---------------------------------------------------------------------------------
 
@@ -153,6 +153,7 @@ def test_fallbacks_per_platform(platform: str, names: list[str]) -> None:
 # --- Running commands ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.skipif(os.name != "posix", reason="runs sh, sleep and true")
 def test_run_command_reports_failures_in_one_line() -> None:
     with pytest.raises(NotificationError, match=r"^no-such-notifier-binary not found$"):
@@ -260,6 +261,7 @@ def notification_server(session_bus: str, monkeypatch: pytest.MonkeyPatch) -> It
     server.close()
 
 
+@pytest.mark.process
 def test_dbus_notify_arrives_with_summary_and_body(notification_server: NotificationServer) -> None:
     assert dbus_notify("Ollama down", "Ollama is not responding (down)") == 1
     assert dbus_notify("Second", "two") == 2
@@ -269,6 +271,7 @@ def test_dbus_notify_arrives_with_summary_and_body(notification_server: Notifica
     ]
 
 
+@pytest.mark.process
 def test_when_plyer_fails_the_dbus_fallback_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
@@ -284,6 +287,7 @@ def test_when_plyer_fails_the_dbus_fallback_delivers(
     ]
 
 
+@pytest.mark.process
 def test_a_body_with_markup_characters_is_shown_as_written(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -297,6 +301,7 @@ def test_a_body_with_markup_characters_is_shown_as_written(
     )
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("notify-send") is None, reason="notify-send (libnotify-bin) is not installed")
 def test_when_plyer_and_dbus_fail_notify_send_delivers(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch
@@ -335,6 +340,7 @@ def _plyer_backend_name() -> str:
         return "none"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_plyer_backend_name() != "NotifyDbus", reason="plyer's D-Bus backend needs dbus-python")
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux D-Bus session test")
 def test_plyer_is_tried_first_and_delivers(notification_server: NotificationServer, caplog) -> None:
@@ -358,6 +364,7 @@ def failing_notify_send(tmp_path) -> str:
     return f"{bin_dir}:/usr/bin:/bin"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
 def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
     notification_server: NotificationServer, monkeypatch: pytest.MonkeyPatch, tmp_path, caplog
@@ -375,6 +382,7 @@ def test_plyers_notify_send_that_showed_nothing_is_not_taken_for_a_delivery(
     assert not (tmp_path / "bin" / "calls").exists()
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_plyer_backend_name() != "NotifySendNotification", reason="plyer would not use notify-send here")
 def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypatch: pytest.MonkeyPatch, tmp_path):
     """A bus without a notification service: every channel fails, and notify() does not claim success."""
@@ -393,6 +401,7 @@ def test_when_no_method_shows_anything_notify_says_so(session_bus: str, monkeypa
     assert len((tmp_path / "bin" / "calls").read_text().splitlines()) == 2  # only our own, checked, runs
 
 
+@pytest.mark.process
 def test_a_bus_without_a_notification_service_is_a_clear_error(session_bus: str) -> None:
     with pytest.raises(
         NotificationError, match=r"^D-Bus notification refused: org.freedesktop.DBus.Error.ServiceUnknown$"
@@ -419,6 +428,7 @@ def _run_notify_command(env_changes: dict[str, str], tmp_path) -> subprocess.Com
     )
 
 
+@pytest.mark.process
 def test_notify_command_names_the_method_that_delivered(notification_server: NotificationServer, session_bus, tmp_path):
     done = _run_notify_command({"DBUS_SESSION_BUS_ADDRESS": session_bus}, tmp_path)
     assert (done.returncode, done.stderr) == (0, "")
@@ -427,6 +437,7 @@ def test_notify_command_names_the_method_that_delivered(notification_server: Not
     assert body[3:5] == ("Ollama Manager", "Notifications work")
 
 
+@pytest.mark.process
 def test_notify_command_without_any_working_method_is_one_line(session_bus, tmp_path):
     env = {"DBUS_SESSION_BUS_ADDRESS": session_bus, "PATH": failing_notify_send(tmp_path)}
     done = _run_notify_command(env, tmp_path)

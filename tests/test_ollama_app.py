@@ -12,8 +12,8 @@ import httpx
 import psutil
 import pytest
 
-from standin_app_finder import StandinAppFinder
-from tests.manager import wait_until
+from tests.support.manager import wait_until
+from tests.support.standin_app_finder import StandinAppFinder
 from tray.settings.hosts import parse_ollama_host
 from tray.system import processes
 from tray.system.ollama_app import (
@@ -275,6 +275,7 @@ def hide_listeners(monkeypatch, tmp_path):
     monkeypatch.setattr(psutil, "net_connections", refused)
 
 
+@pytest.mark.process
 @posix_only
 def test_the_apps_server_is_found_from_the_process_table_when_the_socket_table_is_refused(
     app_env, monkeypatch, tmp_path
@@ -289,6 +290,7 @@ def test_the_apps_server_is_found_from_the_process_table_when_the_socket_table_i
     assert app.serve_child() == server
 
 
+@pytest.mark.process
 @posix_only
 def test_restart_ends_the_serve_child_and_awaits_the_apps_respawn(app_env):
     standin, app_process, finder, app = app_env
@@ -305,6 +307,7 @@ def test_restart_ends_the_serve_child_and_awaits_the_apps_respawn(app_env):
     assert httpx.get(standin.base_url + "/", timeout=5).text == "Ollama is running"
 
 
+@pytest.mark.process
 @posix_only
 def test_quit_signals_the_app_pid_which_stops_its_serve(app_env):
     standin, app_process, finder, app = app_env
@@ -319,6 +322,7 @@ def test_quit_signals_the_app_pid_which_stops_its_serve(app_env):
     assert not psutil.pid_exists(serve_pid) or psutil.Process(serve_pid).status() == psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.process
 @posix_only
 def test_an_app_that_does_not_quit_is_killed_with_its_server_and_says_so(app_env):
     standin, app_process, finder, app = app_env
@@ -340,6 +344,7 @@ def test_an_app_that_does_not_quit_is_killed_with_its_server_and_says_so(app_env
     wait_until(lambda: not psutil.pid_exists(serve_pid) or psutil.Process(serve_pid).status() == "zombie", 5)
 
 
+@pytest.mark.process
 @posix_only
 def test_restart_notices_an_app_that_quits_meanwhile(app_env):
     from tray.system.ollama_app import AppGone
@@ -350,6 +355,7 @@ def test_restart_notices_an_app_that_quits_meanwhile(app_env):
         restart_app_server(app, stop_timeout=5, respawn_timeout=15)
 
 
+@pytest.mark.process
 @posix_only
 def test_the_stand_in_app_rotates_its_server_log_like_the_app(standin):
     app_process = standin.spawn_app()
@@ -364,6 +370,7 @@ def test_the_stand_in_app_rotates_its_server_log_like_the_app(standin):
     assert "Listening on" in standin.app_server_log.read_text()
 
 
+@pytest.mark.process
 @posix_only
 def test_the_stand_in_app_reaps_a_serve_holding_its_port(standin):
     squatter = standin.spawn_serve()

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 HI = [{"role": "user", "content": "hi"}]
 SERVE_LOG = Path("ollama-manager") / "log" / "ollama-server.log"

@@ -8,9 +8,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.users import run_as
+from tests.support.users import run_as
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def test_the_desktop_user_runs_the_project_with_its_own_identity(desktop_user, user_runtime, desktop_manager):

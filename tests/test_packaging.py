@@ -266,6 +266,7 @@ def _fake_unpacked_bundle(root: Path) -> Path:
     return bundle
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("sh") is None or sys.platform == "win32", reason="needs a POSIX shell")
 def test_install_script_links_the_binary_and_writes_an_absolute_exec_line(tmp_path):
     bundle = _fake_unpacked_bundle(tmp_path)
@@ -449,6 +450,7 @@ def test_ditto_keeps_the_app_folder_in_the_zip():
     ]  # fmt: skip
 
 
+@pytest.mark.process
 def test_run_reports_a_failing_command_in_one_line(tmp_path):
     with pytest.raises(build.BuildError, match=r"^\S+ -c exited with status 3$"):
         build.run([sys.executable, "-c", "raise SystemExit(3)"])
@@ -501,6 +503,7 @@ def test_spec_file_is_valid_python_and_uses_the_runtime_hook():
     ast.parse((PACKAGING / "runtime_hook_environment.py").read_text())
 
 
+@pytest.mark.process
 def test_runtime_hook_gives_children_the_users_environment(tmp_path):
     env = {
         "PATH": os.defpath,
@@ -851,6 +854,7 @@ def test_probe_plyer_loads_the_linux_backend_or_names_the_failure():
     )
 
 
+@pytest.mark.process
 def test_probe_tray_backend_reports_the_backend_pystray_chose():
     script = "from tray.doctor import probe_tray_backend; print(probe_tray_backend())"
     env = {**os.environ, "PYSTRAY_BACKEND": "dummy"}
@@ -882,6 +886,7 @@ def isolated_home(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG paths")
 def test_doctor_command_prints_every_line_as_json(isolated_home):
     from tray.doctor import doctor_command
@@ -908,6 +913,7 @@ def test_doctor_command_prints_every_line_as_json(isolated_home):
     assert report["tray host"] == "no: PYSTRAY_BACKEND=dummy shows no icon"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG paths")
 def test_doctor_names_a_broken_config_file_and_still_answers(isolated_home):
     from tray.doctor import doctor_report
@@ -919,6 +925,7 @@ def test_doctor_names_a_broken_config_file_and_still_answers(isolated_home):
     assert report["modelfile"] == "unknown (see config file)"
 
 
+@pytest.mark.process
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="XDG paths")
 def test_doctor_finds_the_configured_ollama(isolated_home):
     from tray.doctor import doctor_report
@@ -979,14 +986,17 @@ def actionlint(path: Path) -> list[tuple[int, int, str]]:
     return [(item["line"], item["column"], item["message"]) for item in findings]
 
 
+@pytest.mark.process
 def test_release_workflow_passes_actionlint():
     assert actionlint(WORKFLOW) == []
 
 
+@pytest.mark.process
 def test_smoke_workflow_passes_actionlint():
     assert actionlint(SMOKE_WORKFLOW) == []
 
 
+@pytest.mark.process
 def test_actionlint_does_report_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text(

@@ -220,6 +220,7 @@ def _sleeper() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 
 
+@pytest.mark.process
 def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_reported_so(monkeypatch):
     import psutil
 
@@ -248,6 +249,7 @@ def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_repo
         child.wait()
 
 
+@pytest.mark.process
 def test_a_windows_server_that_ignores_the_break_is_killed_after_the_timeout(monkeypatch):
     import psutil
 
@@ -273,6 +275,7 @@ def test_a_windows_server_that_ignores_the_break_is_killed_after_the_timeout(mon
         child.wait()
 
 
+@pytest.mark.process
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
 def test_a_posix_server_that_exits_on_sigterm_stopped_gracefully():
     import psutil
@@ -289,6 +292,7 @@ def test_a_posix_server_that_exits_on_sigterm_stopped_gracefully():
         child.wait()
 
 
+@pytest.mark.process
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM; Windows has no zombies")
 def test_a_server_whose_exit_its_parent_has_not_collected_yet_stopped_gracefully():
     """An orphaned serve's exit waits for init to collect it: exited all the same, not a kill."""
@@ -323,6 +327,7 @@ def test_windows_home_is_userprofile_as_gos_user_home_dir():
     assert standard_locations("win32", env)[0] == Path("C:/Users/ada/AppData/Local/Programs/Ollama/ollama.exe")
 
 
+@pytest.mark.process
 def test_a_server_is_found_from_the_process_table_when_the_socket_table_is_refused(standin, monkeypatch, tmp_path):
     import psutil
 
@@ -359,6 +364,7 @@ sys.meta_path.insert(0, NoPosixAccounts())
 """
 
 
+@pytest.mark.process
 def test_the_monitor_supervisor_and_cli_import_and_name_accounts_without_pwd_and_grp():
     """The Linux owner code (accounts, systemd units) must not need ``pwd``/``grp`` to be imported or asked."""
     script = WITHOUT_POSIX_ACCOUNTS + (

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from tests.manager import wait_until
-from tests.users import Account, popen_as, run_as
+from tests.support.manager import wait_until
+from tests.support.users import Account, popen_as, run_as
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def free_port() -> int:

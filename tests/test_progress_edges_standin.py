@@ -12,6 +12,8 @@ from tray.models.builder import ensure_model_loaded
 from tray.models.keeper import activity_text
 from tray.models.progress import ProgressEvent, ProgressRenderer
 
+pytestmark = pytest.mark.process
+
 MIB = 1024 * 1024
 
 ODD_LINES = [

@@ -119,6 +119,7 @@ def sampler_without_gpu(models_dir: Path | None = None) -> ResourceSampler:
 # --- The process tree ------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_tree_memory_includes_children_and_grandchildren(spawn_tree) -> None:
     # serve-like parent with a runner child (80 MiB) and a child whose own child holds 80 MiB.
     loaded = spawn_tree("0", "80", "0:80")
@@ -137,6 +138,7 @@ def test_tree_memory_includes_children_and_grandchildren(spawn_tree) -> None:
     assert abs(difference - expected) <= 0.1 * expected, (difference / MIB, expected / MIB)
 
 
+@pytest.mark.process
 def test_cpu_percent_keeps_process_objects_between_ticks(spawn_tree) -> None:
     tree = spawn_tree("0", busy=True)
     sampler = sampler_without_gpu()
@@ -149,6 +151,7 @@ def test_cpu_percent_keeps_process_objects_between_ticks(spawn_tree) -> None:
     assert 0.25 * share_of_one_core <= second.tree_cpu_percent <= 1.05 * share_of_one_core
 
 
+@pytest.mark.process
 def test_a_dead_pid_gives_an_empty_tree(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait(timeout=10)
@@ -163,6 +166,7 @@ def test_a_dead_pid_gives_an_empty_tree(tmp_path: Path) -> None:
     assert sample.ram_total_bytes == psutil.virtual_memory().total
 
 
+@pytest.mark.process
 def test_a_zombie_is_not_counted() -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
@@ -181,6 +185,7 @@ def test_no_server_pid_gives_an_empty_tree() -> None:
     assert (sample.server_pid, sample.tree_pids, sample.tree_rss_bytes) == (None, (), 0)
 
 
+@pytest.mark.process
 def test_access_denied_is_not_an_error(spawn_tree, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     tree = spawn_tree("0", "0")
 
@@ -316,6 +321,7 @@ class FakeNvml:
         return self.processes.get(1, [])
 
 
+@pytest.mark.process
 def test_gpu_stats_and_per_process_memory_of_the_tree(spawn_tree, caplog) -> None:
     tree = spawn_tree("0", "0")
     server, runner = tree.pids

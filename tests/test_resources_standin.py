@@ -7,10 +7,10 @@ import psutil
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import wait_until
+from tests.support.manager import wait_until
 from tray.system.resources import ResourceSampler
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 RUNNER_MB = 400  # large beside each runner interpreter's own ~20 MiB
 

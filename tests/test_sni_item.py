@@ -7,7 +7,6 @@ quickly; the real host (xfce4-panel) is in ``test_tray_sni.py``.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,16 +18,14 @@ from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call, new
 from jeepney.io.threading import ReceiveStopped, open_dbus_connection
 from PIL import Image
 
+from tests.support.sni_host import HostError, ItemRef, SniHost, image_from_pixmap
+from tests.support.tray_driver import wait_for
+from tests.support.xdesktop import SessionBus, missing_tools
 from tray.core.status import MonitorState, make_status
 from tray.ui import sni as sni_module
 from tray.ui.icon import IconState, draw_icon
 from tray.ui.menu import MenuEntry, build_menu
 from tray.ui.sni import StatusNotifierIcon, argb32_pixmaps, watcher_on_bus
-
-sys.path.insert(0, str(Path(__file__).parent))
-from sni_host import HostError, ItemRef, SniHost, image_from_pixmap
-from tray_driver import wait_for
-from xdesktop import SessionBus, missing_tools
 
 if missing_tools(("dbus-daemon",)):
     pytest.skip("needs dbus-daemon (apt-get install -y dbus)", allow_module_level=True)
@@ -139,6 +136,7 @@ def running(bus: SessionBus) -> Iterator[Running]:
         served.stop()
 
 
+@pytest.mark.process
 def test_properties_introspection_and_errors_as_hosts_see_them(bus: SessionBus, running: Running) -> None:
     with SniHost(bus.address) as host:
         item = running.item
@@ -178,6 +176,7 @@ def test_properties_introspection_and_errors_as_hosts_see_them(bus: SessionBus, 
             host.call(host.menu_address(item), "GetLayout", "iias", (4242, -1, []))
 
 
+@pytest.mark.process
 def test_clicks_run_enabled_actions_only_and_activate_reaches_the_app(bus: SessionBus, running: Running) -> None:
     with SniHost(bus.address) as host:
         item = running.item
@@ -199,6 +198,7 @@ def test_clicks_run_enabled_actions_only_and_activate_reaches_the_app(bus: Sessi
         wait_for(lambda: running.actions == ["restart"] and running.activations == 1, 5, "the click and activation")
 
 
+@pytest.mark.process
 def test_the_item_registers_when_a_watcher_appears_and_again_after_it_restarts(
     bus: SessionBus, running: Running
 ) -> None:
@@ -218,6 +218,7 @@ def test_the_item_registers_when_a_watcher_appears_and_again_after_it_restarts(
         second.close()
 
 
+@pytest.mark.process
 def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: SessionBus, running: Running) -> None:
     with SniHost(bus.address) as host:
         item = running.item
@@ -248,6 +249,7 @@ def test_menu_updates_are_signalled_and_unchanged_menus_say_nothing(bus: Session
         assert host.tooltip(item)[1] == "Ollama: down"
 
 
+@pytest.mark.process
 def test_a_lost_bus_ends_run_with_one_line(tmp_path: Path) -> None:
     session = SessionBus(tmp_path, {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     session.start()

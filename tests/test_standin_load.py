@@ -19,7 +19,7 @@ import pytest
 
 from standin.harness import StandinEnv
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"
 

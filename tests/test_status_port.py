@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.manager import Manager, wait_until
+from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def test_a_taken_status_port_falls_back_to_a_free_one_the_cli_finds(standin, tmp_path: Path) -> None:

@@ -14,10 +14,10 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import Manager, wait_until
 from tests.standin.harness import weights_blob
+from tests.support.manager import Manager, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 DESIGN_NOTES_FIELDS = {
     "ollama_running": bool,
@@ -113,7 +113,7 @@ def test_foreign_process_on_the_port_is_named_and_left_alone(manager, standin, t
 
 def test_stop_with_a_web_server_on_the_port_says_nothing_was_stopped(manager, standin):
     foreign = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "foreign_server.py"), str(standin.port)],
+        [sys.executable, os.path.join(os.path.dirname(__file__), "support", "foreign_server.py"), str(standin.port)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -174,7 +174,9 @@ def test_crash_loop_is_bounded_and_reports_down(manager, standin):
     assert status["health"] == "down"
     assert status["cloud_active"] is True
     assert status["restart_attempt"] == 3
-    time.sleep(5)  # no storm: nothing more is started while the long retry delay runs
+    # No storm: nothing more is started while the long retry delay runs. No check runs in it either, so
+    # there is no event to await: a part of the delay is waited out.
+    time.sleep(5)
     # It exits before listening, so each attempt shows as an exit with status 1:
     # the first start and 3 restart attempts.
     exits = [e for e in standin.events() if e["event"] == "serve_exit"]
@@ -203,7 +205,7 @@ def test_slow_responses_are_unhealthy_without_a_restart(manager, standin):
     manager.wait_monitor_ready()
     standin.set_faults(slow_ms=800)  # between the 0.5 s and 1.5 s thresholds
     wait_until(lambda: (s := manager.api_status()) and s["health"] == "unhealthy", 15, what="unhealthy")
-    time.sleep(4)
+    manager.wait_checks(4)  # each slow, none restarting it
     assert manager.api_status()["health"] == "unhealthy"
     assert len(serve_starts(standin)) == 1
     standin.clear_faults()

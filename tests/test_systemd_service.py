@@ -17,12 +17,12 @@ import httpx
 import psutil
 import pytest
 
-from tests.manager import wait_until
 from tests.standin.harness import flip_middle_byte, weights_blob
-from tests.system_install import OllamaService, session_manager
-from tests.users import popen_as, run_as, scratch
+from tests.support.manager import wait_until
+from tests.support.system_install import OllamaService, session_manager
+from tests.support.users import popen_as, run_as, scratch
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 MODEL = "uncensored-llama3"
 
@@ -132,7 +132,7 @@ def test_a_hung_service_gives_the_exact_systemctl_command_and_no_second_server(o
             what="the monitor to give the command",
         )
         assert f"pid {pid}" in status["last_error"] and "not Ollama" not in status["last_error"]
-        time.sleep(3)
+        time.sleep(3)  # given up: no check runs now that could be awaited instead
         told = events_with(desktop_manager, "`sudo systemctl restart ollama`")
         assert len(told) == 1, told
         assert not events_with(desktop_manager, "not Ollama")
@@ -381,7 +381,7 @@ def test_a_refused_journal_gives_the_one_line_on_access(ollama_service, desktop_
         f"run `sudo usermod -aG systemd-journal {desktop_user.name}` and log in again"
     )
     wait_until(lambda: events_with(desktop_manager, line), 20, what="the line on journal access")
-    time.sleep(2)
+    desktop_manager.wait_checks(3)
     assert len(events_with(desktop_manager, line)) == 1
 
 

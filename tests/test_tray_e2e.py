@@ -22,13 +22,12 @@ from typing import Any
 import pytest
 
 from standin.harness import StandinEnv, same_process
-from tests.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
+from tests.support.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.ui.icon import IconState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tray_driver import (  # noqa: E402
+from tests.support.tray_driver import (  # noqa: E402
     BrowserLog,
     NotificationLog,
     TrayProcess,
@@ -38,8 +37,8 @@ from tray_driver import (  # noqa: E402
     wait_for,
     wait_for_icon_state,
 )
-from tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
-from xdesktop import XDesktop, missing_tools  # noqa: E402
+from tests.support.tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
+from tests.support.xdesktop import XDesktop, missing_tools  # noqa: E402
 
 MISSING = missing_tools()
 if MISSING:

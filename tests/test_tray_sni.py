@@ -25,15 +25,14 @@ import httpx
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import DEFAULT_INTERVAL, Manager, in_thread, quietest_wakeups
+from tests.support.manager import DEFAULT_INTERVAL, Manager, in_thread, quietest_wakeups
 from tray.ui.icon import IconState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
-sys.path.insert(0, str(Path(__file__).parent))
-from screen_text import changed_box, find_line, read_lines, tesseract_missing  # noqa: E402
-from sni_host import HostError, ItemRef, MenuItemView, SniHost  # noqa: E402
-from tray_driver import (  # noqa: E402
+from tests.support.screen_text import changed_box, find_line, read_lines, tesseract_missing  # noqa: E402
+from tests.support.sni_host import HostError, ItemRef, MenuItemView, SniHost  # noqa: E402
+from tests.support.tray_driver import (  # noqa: E402
     BrowserLog,
     NotificationLog,
     TrayProcess,
@@ -43,8 +42,8 @@ from tray_driver import (  # noqa: E402
     wait_for,
     wait_for_icon_state,
 )
-from tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
-from xdesktop import XDesktop, XfceDesktop, missing_xfce_tools  # noqa: E402
+from tests.support.tray_fixtures import app_log, browser, manager, notifications, wait_healthy  # noqa: E402, F401
+from tests.support.xdesktop import XDesktop, XfceDesktop, missing_xfce_tools  # noqa: E402
 
 MISSING = missing_xfce_tools() + (["tesseract"] if tesseract_missing() else [])
 if MISSING:

@@ -29,10 +29,9 @@ from tray.core.status import make_status
 from tray.ui.backend import tray_available
 from tray.ui.icon import IconState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
-sys.path.insert(0, str(Path(__file__).parent))
-from xdesktop import XDesktop, missing_tools  # noqa: E402
+from tests.support.xdesktop import XDesktop, missing_tools  # noqa: E402
 
 MISSING = missing_tools()
 if MISSING:
@@ -260,8 +259,7 @@ def test_icon_colour_follows_health_and_restart_reaches_the_controller(desktop: 
 
         driver.send("status", status=DOWN)
         driver.expect("DONE status")
-        down_shot, waited = wait_for_colour(desktop, tmp_path / "down.png", red, ICON_PIXELS, timeout=5)
-        assert waited < 5
+        down_shot, _ = wait_for_colour(desktop, tmp_path / "down.png", red, ICON_PIXELS, timeout=5)
         assert count_near(down_shot, desktop.tray_box, green) == 0
         driver.send("title")
         # The xorg backend stores the tooltip as a Latin-1 window name.

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tests.support.users import SYSTEM_PYTHON, Account, run_as
 from tests.test_dashboard import AUTH, TOKEN, Setup
-from tests.users import SYSTEM_PYTHON, Account, run_as
 from tray.dashboard.routes import Dashboard, mount_dashboard
 from tray.history import EventKind
 from tray.system.peers import OwnUserCheck

@@ -1,6 +1,6 @@
 """A web server that is not Ollama, as found on Ollama's port: every path answers an HTML error page.
 
-Run as ``python3 tests/foreign_server.py PORT [STATUS]``; it serves on 127.0.0.1 until killed.
+Run as ``python3 tests/support/foreign_server.py PORT [STATUS]``; it serves on 127.0.0.1 until killed.
 """
 
 from __future__ import annotations

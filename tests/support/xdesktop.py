@@ -30,27 +30,12 @@ from Xlib import X
 from Xlib import display as xdisplay
 from Xlib.error import DisplayError
 
+from tests.support.notification_server import BUS_CONFIG
+
 TOOLS = ("Xvfb", "openbox", "tint2", "import")
 XFCE_TOOLS = ("Xvfb", "openbox", "xfce4-panel", "dbus-daemon", "import", "xdotool")
 XFCONFD = "/usr/lib/x86_64-linux-gnu/xfce4/xfconf/xfconfd"
 WATCHER_NAME = "org.kde.StatusNotifierWatcher"
-
-# A session bus of its own for one test; it can start xfconfd (the panel's settings store) and nothing else.
-BUS_CONFIG = """\
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <listen>unix:dir={socket_dir}</listen>
-  <auth>EXTERNAL</auth>
-  <servicedir>{service_dir}</servicedir>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
-</busconfig>
-"""
 
 XFCONF_SERVICE = """\
 [D-BUS Service]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from standin.harness import StandinEnv
-from tests.manager import Manager
-from tray_driver import BrowserLog, NotificationLog, wait_for
+from tests.support.manager import Manager
+from tests.support.tray_driver import BrowserLog, NotificationLog, wait_for
 
 
 @pytest.fixture

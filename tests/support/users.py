@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SHARED_MODE = 0o755
 

@@ -1,6 +1,6 @@
 """A stand-in cloud LLM: an OpenAI-compatible server on loopback, run as a real process (stdlib only).
 
-    python tests/standin_cloud.py --port-file PATH --log PATH [--port N] [--api-key KEY]
+    python tests/support/standin_cloud.py --port-file PATH --log PATH [--port N] [--api-key KEY]
                                   [--control PATH] [--models a,b] [--events PATH]
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (streamed as SSE

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.manager import Manager
 from tests.standin.harness import StandinEnv
-from tests.users import SHARED_MODE, Account, Accounts, UserRuntime, run_as
+from tests.support.manager import Manager
+from tests.support.users import SHARED_MODE, Account, Accounts, UserRuntime, run_as
 
 
 class SystemdStandin:

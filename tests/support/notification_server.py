@@ -11,12 +11,32 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from jeepney import HeaderFields, MessageType, new_error, new_method_return
 from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import open_dbus_connection
 
 NOTIFICATIONS = "org.freedesktop.Notifications"
+
+# A session bus of its own for one test. It activates only the services in `service_dir` (xfconfd for the xfce
+# panel; none for the notification tests), never the machine's (/usr/share/dbus-1/services: a notification daemon
+# such as dunst would answer in place of the test's server), and includes no other configuration.
+BUS_CONFIG = """\
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:dir={socket_dir}</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{service_dir}</servicedir>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
 
 
 class NoDbusDaemon(Exception):
@@ -25,14 +45,18 @@ class NoDbusDaemon(Exception):
 
 @contextmanager
 def private_session_bus() -> Iterator[str]:
-    """A ``dbus-daemon --session`` of our own; yields its address."""
+    """A session ``dbus-daemon`` of our own that activates no service; yields its address."""
     daemon_path = shutil.which("dbus-daemon")
     if daemon_path is None:
         raise NoDbusDaemon("dbus-daemon is not installed")
     # A short directory: unix socket paths are limited to ~100 bytes.
     with tempfile.TemporaryDirectory(prefix="om-dbus-", dir="/tmp") as directory:
+        no_services = Path(directory, "services")
+        no_services.mkdir()
+        config = Path(directory, "bus.conf")
+        config.write_text(BUS_CONFIG.format(socket_dir=directory, service_dir=no_services))
         daemon = subprocess.Popen(
-            [daemon_path, "--session", "--nofork", "--print-address=1", f"--address=unix:path={directory}/bus"],
+            [daemon_path, f"--config-file={config}", "--nofork", "--print-address=1"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -36,7 +36,7 @@ from Xlib import X
 from Xlib import display as xdisplay
 from Xlib.error import BadWindow, DisplayError
 
-from tests.manager import wait_until
+from tests.support.manager import wait_until
 from tray import APP_NAME
 from tray.ui.icon import IconState
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.users import Account, popen_as
+from tests.support.users import Account, popen_as
 
 FAST_SETTINGS = {
     "OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL": "0.5",
@@ -183,6 +183,19 @@ class Manager:
         body = self.action_answer(name)
         assert body.get("ok"), body
         return str(body["message"])
+
+    def checks_done(self) -> int:
+        """The health checks the monitor finished: each records one sample in its history (``metrics``)."""
+        return len(json.loads(self.run("metrics", "--json").stdout))
+
+    def wait_checks(self, count: int, timeout: float = 30) -> None:
+        """Return once the monitor finished ``count`` more health checks, having acted on what each found.
+
+        What proves that something did *not* happen (no restart, no second event) is this, not a sleep: the
+        checks that would have done it have run.
+        """
+        done = self.checks_done()
+        wait_until(lambda: self.checks_done() >= done + count, timeout, interval=0.2, what=f"{count} more checks")
 
     def wait_monitor_ready(self, timeout: float = 20) -> dict[str, Any]:
         return wait_until(
