@@ -134,8 +134,11 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }  # fmt: skip
+FORWARD_DROPPED_WITH_LENGTH = frozenset(name.encode() for name in HOP_BY_HOP | {"host"})
+FORWARD_DROPPED = FORWARD_DROPPED_WITH_LENGTH | {b"content-length"}
 OWN_UID = os.getuid() if hasattr(os, "getuid") else None  # None on Windows, which has no peer lookup
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+RELAYED_METHODS = frozenset(ALL_METHODS)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -153,10 +156,16 @@ def is_metadata(method: str, path: str) -> bool:
     return method == "POST" and path == "/api/show"
 
 
-def forward_request_headers(headers: Mapping[str, str] | httpx.Headers, keep_length: bool) -> list[tuple[str, str]]:
-    """A client's headers as sent on to Ollama: no hop-by-hop fields, no Host."""
-    dropped = HOP_BY_HOP | {"host"} | (set() if keep_length else {"content-length"})
-    return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
+def forward_request_headers(raw: list[tuple[bytes, bytes]], keep_length: bool) -> list[tuple[bytes, bytes]]:
+    """A client's headers (as ASGI gives them: names lower-cased) as sent on to Ollama: no hop-by-hop fields, no Host.
+
+    >>> forward_request_headers([(b"host", b"x"), (b"connection", b"close"), (b"content-length", b"2")], False)
+    []
+    >>> forward_request_headers([(b"user-agent", b"curl"), (b"content-length", b"2")], True)
+    [(b'user-agent', b'curl'), (b'content-length', b'2')]
+    """
+    dropped = FORWARD_DROPPED_WITH_LENGTH if keep_length else FORWARD_DROPPED
+    return [(name, value) for name, value in raw if name not in dropped]
 
 
 def relay_response_headers(
@@ -371,6 +380,24 @@ class ForeignOriginRefused:
         await self.app(scope, receive, send)
 
 
+class RelayFirst:
+    """ASGI: requests for Ollama's paths go straight to the relay, the rest (status, lifespan) to ``app``.
+
+    The relay answers every path with its own errors, so Starlette's routing
+    and error middlewares, which run on every request, only cost it time.
+    """
+
+    def __init__(self, app: Any, relay: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in RELAYED_METHODS and scope["path"] != STATUS_PATH:
+            await self.relay(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 # --------------------------------------------------------------------------- the gateway
 
 
@@ -536,7 +563,7 @@ class Gateway:
             ],
             lifespan=self._lifespan,
         )
-        return LoopbackOnly(ForeignOriginRefused(app))
+        return LoopbackOnly(ForeignOriginRefused(RelayFirst(app, self._serve)))
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -823,12 +850,12 @@ class Gateway:
         assert self._local is not None
         scope = request.scope
         raw_path, query = scope.get("raw_path"), scope.get("query_string")
-        target = raw_path.decode("latin-1") if raw_path else request.url.path  # as the client wrote it
+        target = raw_path.decode("latin-1") if raw_path else scope["path"]  # as the client wrote it
         if query:
             target += "?" + query.decode("latin-1")
         keep_length = not isinstance(content, (bytes, bytearray))
-        headers = forward_request_headers(request.headers, keep_length)
-        return await self._local.send(request.method, target, headers, content)
+        headers = forward_request_headers(scope["headers"], keep_length)
+        return await self._local.send(scope["method"], target, headers, content)
 
     async def _send_local(
         self, request: Request, content: bytes | AsyncIterator[bytes], budget: float | None
