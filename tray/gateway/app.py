@@ -610,7 +610,7 @@ class Gateway:
 
     async def _request_content(self, request: Request) -> bytes | AsyncIterator[bytes]:
         """The request body: read whole, unless it is a large or chunked upload passed through as it comes."""
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.scope["method"]
         length = request.headers.get("content-length")
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         small = not chunked and (length is None or (length.isdigit() and int(length) <= BUFFER_LIMIT))
@@ -621,7 +621,7 @@ class Gateway:
     async def _handle(
         self, request: Request, content: bytes | AsyncIterator[bytes], after_answer: contextlib.AsyncExitStack
     ) -> Response:
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.scope["method"]
         if isinstance(content, bytes) and method == "POST" and path in INFERENCE_PATHS:
             return await self._inference(request, path, content, after_answer)
         if isinstance(content, bytes) and is_metadata(method, path):
