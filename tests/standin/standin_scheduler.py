@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from standin_wire import (
     READY,
     Cancelled,
     ClientWatch,
+    DisconnectWatcher,
     RunnerCall,
     RunnerFailed,
     health,
@@ -51,7 +53,6 @@ from standin_wire import (
 LOAD_TIMEOUT_S = 300.0
 ERR_MAX_QUEUE = "server busy, please try again.  maximum pending requests exceeded"
 DEFAULT_LOAD_MS = 200.0
-POLL_S = 0.05
 HEALTH_POLL_S = 0.05  # Ollama polls every 250 ms; faster here keeps loads short in the tests
 HEALTH_TIMEOUT_S = 0.2
 DEFAULT_PING_MS = 10000.0  # needsReload's ping of a loaded runner
@@ -388,6 +389,15 @@ def model_file_error(path: str) -> bool:
         return False
 
 
+def wait_for_bell(bell: socket.socket, timeout: Optional[float]) -> bool:
+    """Wait until ``bell`` is readable (True) or ``timeout`` seconds pass (None: no limit)."""
+    try:
+        readable, _, _ = select.select([bell], [], [], timeout)
+    except InterruptedError:
+        return True  # a signal: its handler rang, or the caller looks again
+    return bool(readable)
+
+
 def free_port() -> int:
     """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -430,6 +440,9 @@ class Scheduler:
         self.loaded: Dict[str, Runner] = {}
         self.pending: Deque[PendingRequest] = collections.deque()
         self._cond = threading.Condition()
+        self._clients = DisconnectWatcher(self._wake_waiters)
+        self._upkeep_bell = socket.socketpair()
+        self._upkeep_bell[1].setblocking(False)
         self._worker_idle = True
         self._children: Dict[int, "subprocess.Popen[bytes]"] = {}
         self._children_lock = threading.Lock()
@@ -458,16 +471,12 @@ class Scheduler:
             queued = len(self.pending)
             self._cond.notify_all()
         append_event({"event": "request_queued", "model": model.name.display, "queued": queued, "time": time.time()})
-        while True:
-            with self._cond:
-                if request.runner is not None or request.error is not None:
-                    break
-                self._cond.wait(POLL_S)
-            if watch.gone():
-                with self._cond:
-                    if request.runner is None and request.error is None:
-                        request.cancelled = True
-                        raise Cancelled("loading" if request.loading else "queued")
+        with self._clients.watching(watch), self._cond:
+            while request.runner is None and request.error is None:
+                if watch.gone():
+                    request.cancelled = True
+                    raise Cancelled("loading" if request.loading else "queued")
+                self._cond.wait()
         if request.error is not None:
             raise request.error
         assert request.runner is not None
@@ -484,6 +493,8 @@ class Scheduler:
             self._cond.notify_all()
         if unload_now:
             self._unload(runner)
+        elif runner.refcount == 0:
+            self.wake_upkeep()  # a new keep-alive deadline
 
     @contextlib.contextmanager
     def slot(self, runner: Runner, watch: ClientWatch = NO_CLIENT, embedding: bool = False) -> Iterator[None]:
@@ -493,24 +504,20 @@ class Scheduler:
         Ollama's log line for an aborted completion (or embedding, before 0.30).
         """
         ticket = object()
-        with self._cond:
+        with self._clients.watching(watch), self._cond:
             runner.waiters.append(ticket)
-        while True:
-            with self._cond:
-                if runner.waiters[0] is ticket and runner.busy < runner.num_parallel:
-                    runner.waiters.popleft()
-                    runner.busy += 1
-                    self._cond.notify_all()
-                    break
-                self._cond.wait(POLL_S)
-            if watch.gone():
-                with self._cond:
+            while not (runner.waiters[0] is ticket and runner.busy < runner.num_parallel):
+                if watch.gone():
                     runner.waiters.remove(ticket)
                     self._cond.notify_all()
-                abort_log = self.texts.abort_embedding if embedding else self.texts.abort_completion
-                if abort_log:
-                    log("INFO", *abort_log)
-                raise Cancelled("waiting")
+                    abort_log = self.texts.abort_embedding if embedding else self.texts.abort_completion
+                    if abort_log:
+                        log("INFO", *abort_log)
+                    raise Cancelled("waiting")
+                self._cond.wait()
+            runner.waiters.popleft()
+            runner.busy += 1
+            self._cond.notify_all()
         try:
             yield
         finally:
@@ -539,7 +546,24 @@ class Scheduler:
         """Forget a runner whose process died under a request."""
         self._unload(runner)
 
-    # periodic work and shutdown
+    # upkeep and shutdown
+
+    def wake_upkeep(self) -> None:
+        """Have :meth:`wait_for_upkeep` return now (any thread, and signal handlers)."""
+        try:
+            self._upkeep_bell[1].send(b"\0")
+        except OSError:
+            pass  # full: a wake-up is pending anyway
+
+    def wait_for_upkeep(self, until: float = FOREVER) -> None:
+        """Sleep until there is upkeep to do: a keep-alive ran out, a runner's output ended (it exited),
+        :meth:`wake_upkeep` was called, or the clock reached ``until``. Nothing wakes it otherwise."""
+        with self._cond:
+            due = min([until] + [runner.expires_at for runner in self.loaded.values() if runner.refcount == 0])
+        timeout = None if due == FOREVER else max(0.0, due - self.clock())
+        bell = self._upkeep_bell[0]
+        if wait_for_bell(bell, timeout):
+            bell.recv(4096)
 
     def reap(self) -> None:
         """Unload expired runners and forget ones that died on their own."""
@@ -704,9 +728,14 @@ class Scheduler:
             self._unload(runner)
         with self._cond:
             while self.loaded.get(runner.key) is runner:
-                self._cond.wait(POLL_S)
+                self._cond.wait()  # _unload notifies
 
     # internals
+
+    def _wake_waiters(self) -> None:
+        """A waiting request's client went: its waiter looks."""
+        with self._cond:
+            self._cond.notify_all()
 
     def _is_loaded(self, proc: "subprocess.Popen[bytes]") -> bool:
         with self._cond:
@@ -979,3 +1008,4 @@ class Scheduler:
             runner.status.write(line)
             write_line(sys.stderr, line)
         stream.close()
+        self.wake_upkeep()  # the runner exited (or closed its output): reap it now

@@ -1457,29 +1457,31 @@ def serve_main(argv: List[str]) -> int:
             "time": time.time(),
         }
     )
-    stop = install_signal_handlers()
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True).start()
+    stop = install_signal_handlers(app.scheduler.wake_upkeep)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": None}, daemon=True).start()
     crash_after = _float_env("OLLAMA_STANDIN_CRASH_AFTER")
     deadline = time.monotonic() + crash_after if crash_after > 0 else FOREVER
     while not stop:
-        time.sleep(0.05)
+        # Asleep until a keep-alive runs out, a runner exits, a signal comes or the crash is due.
+        app.scheduler.wait_for_upkeep(deadline)
         app.scheduler.reap()
         if time.monotonic() >= deadline:
             crash("OLLAMA_STANDIN_CRASH_AFTER")
     return shutdown(server, app, stop[0])
 
 
-def install_signal_handlers() -> List[int]:
+def install_signal_handlers(wake: Callable[[], None]) -> List[int]:
     """SIGINT/SIGTERM (and on Windows the console's Ctrl+Break, SIGBREAK) set a flag the main loop acts on.
 
     Go maps both console events, Ctrl+C and Ctrl+Break, to ``os.Interrupt``; a serve started in its own
     process group (as Ollama's app and the manager start it) only ever receives Ctrl+Break. SIGTERM is
-    ignored when asked.
+    ignored when asked. ``wake`` wakes the main loop.
     """
     received: List[int] = []
 
     def on_signal(number: int, _frame: Any) -> None:
         received.append(number)
+        wake()
 
     signal.signal(signal.SIGINT, on_signal)
     if hasattr(signal, "SIGBREAK"):

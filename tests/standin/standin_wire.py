@@ -9,11 +9,14 @@ connection (EOF), the wait ends with :class:`Cancelled`, like a Go request conte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
+import selectors
 import socket
+import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 POLL_S = 0.05
 CONNECT_TIMEOUT_S = 2.0
@@ -98,6 +101,78 @@ class ClientWatch:
 
 
 NO_CLIENT = ClientWatch(None)
+
+
+class DisconnectWatcher:
+    """One thread that wakes waiters the moment a watched client closes its connection (a Go context's ``Done``).
+
+    A request that waits on a condition (in the queue, for a slot) is registered while it waits;
+    when its client's socket turns readable, ``wake`` is called, and the waiter looks at
+    :meth:`ClientWatch.gone` itself. Data after the request (a pipelined request) stops the watch.
+    The thread starts with the first watch and sleeps in ``select`` until something happens.
+    """
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        self.wake = wake
+        self._lock = threading.Lock()
+        self._changes: List[Tuple[bool, ClientWatch]] = []
+        self._selector: Optional[selectors.BaseSelector] = None
+        self._doorbell: Optional[Tuple[socket.socket, socket.socket]] = None
+
+    @contextlib.contextmanager
+    def watching(self, watch: ClientWatch) -> Iterator[None]:
+        """Call ``wake`` if ``watch``'s client goes while the block runs."""
+        if not watch.selectable():
+            yield
+            return
+        self._change(True, watch)
+        try:
+            yield
+        finally:
+            self._change(False, watch)
+
+    def _change(self, add: bool, watch: ClientWatch) -> None:
+        with self._lock:
+            if self._doorbell is None:
+                self._doorbell = socket.socketpair()
+                self._doorbell[1].setblocking(False)
+                self._selector = selectors.DefaultSelector()
+                self._selector.register(self._doorbell[0], selectors.EVENT_READ, None)
+                threading.Thread(target=self._run, name="client-watch", daemon=True).start()
+            self._changes.append((add, watch))
+            try:
+                self._doorbell[1].send(b"\0")
+            except (BlockingIOError, OSError):
+                pass  # the doorbell is full: the thread will look at the changes anyway
+
+    def _run(self) -> None:
+        assert self._selector is not None and self._doorbell is not None
+        selector, bell = self._selector, self._doorbell[0]
+        watched: Dict[int, ClientWatch] = {}
+        while True:
+            for key, _events in selector.select():
+                if key.fileobj is bell:
+                    with contextlib.suppress(OSError):
+                        bell.recv(4096)
+                    continue
+                watch = key.data
+                watch.gone()  # EOF marks it closed; data marks it pipelined; either way it is watched no more
+                selector.unregister(key.fileobj)
+                watched.pop(id(watch), None)
+                self.wake()
+            with self._lock:
+                changes, self._changes = self._changes, []
+            for add, watch in changes:
+                sock = watch.sock
+                if add and sock is not None and watch.selectable() and id(watch) not in watched:
+                    try:
+                        selector.register(sock, selectors.EVENT_READ, watch)
+                    except (KeyError, ValueError, OSError):
+                        continue  # closed already, or the same socket watched for another wait
+                    watched[id(watch)] = watch
+                elif not add and watched.pop(id(watch), None) is not None:
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        selector.unregister(watch.sock)  # type: ignore[arg-type]
 
 
 def wait_for(sockets: List[socket.socket], seconds: float) -> List[socket.socket]:

@@ -143,7 +143,10 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 }  # fmt: skip
+FORWARD_DROPPED_WITH_LENGTH = frozenset(name.encode() for name in HOP_BY_HOP | {"host", "origin"})
+FORWARD_DROPPED = FORWARD_DROPPED_WITH_LENGTH | {b"content-length"}
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+RELAYED_METHODS = frozenset(ALL_METHODS)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -161,14 +164,20 @@ def is_metadata(method: str, path: str) -> bool:
     return method == "POST" and path == "/api/show"
 
 
-def forward_request_headers(headers: Mapping[str, str] | httpx.Headers, keep_length: bool) -> list[tuple[str, str]]:
-    """A client's headers as sent on to Ollama: no hop-by-hop fields, no Host, no Origin.
+def forward_request_headers(raw: list[tuple[bytes, bytes]], keep_length: bool) -> list[tuple[bytes, bytes]]:
+    """A client's headers (as ASGI gives them: names lower-cased) as sent on to Ollama: no hop-by-hop fields, no
+    Host, no Origin.
 
     The gateway has judged the Origin itself (``gateway.allowed_origins``, ``OLLAMA_ORIGINS``); an origin
     the user listed only for the gateway must not be refused again by Ollama's narrower default.
+
+    >>> forward_request_headers([(b"host", b"x"), (b"connection", b"close"), (b"content-length", b"2")], False)
+    []
+    >>> forward_request_headers([(b"user-agent", b"curl"), (b"origin", b"app://x"), (b"content-length", b"2")], True)
+    [(b'user-agent', b'curl'), (b'content-length', b'2')]
     """
-    dropped = HOP_BY_HOP | {"host", "origin"} | (set() if keep_length else {"content-length"})
-    return [(name, value) for name, value in headers.items() if name.lower() not in dropped]
+    dropped = FORWARD_DROPPED_WITH_LENGTH if keep_length else FORWARD_DROPPED
+    return [(name, value) for name, value in raw if name not in dropped]
 
 
 def relay_response_headers(
@@ -458,6 +467,24 @@ class BrowserOrigins:
         await self.app(scope, receive, send_with_cors)
 
 
+class RelayFirst:
+    """ASGI: requests for Ollama's paths go straight to the relay, the rest (status, lifespan) to ``app``.
+
+    The relay answers every path with its own errors, so Starlette's routing
+    and error middlewares, which run on every request, only cost it time.
+    """
+
+    def __init__(self, app: Any, relay: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+        self.relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in RELAYED_METHODS and scope["path"] != STATUS_PATH:
+            await self.relay(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 # --------------------------------------------------------------------------- the gateway
 
 
@@ -629,7 +656,9 @@ class Gateway:
             ],
             lifespan=self._lifespan,
         )
-        return LoopbackOnly(BrowserOrigins(app, lambda origin: origin_allowed(origin, self.served_origins)))
+        return LoopbackOnly(
+            BrowserOrigins(RelayFirst(app, self._serve), lambda origin: origin_allowed(origin, self.served_origins))
+        )
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Any) -> AsyncIterator[None]:
@@ -688,7 +717,7 @@ class Gateway:
         when its Content-Length is at most BUFFER_LIMIT, streamed otherwise
         (blob uploads, of any size).
         """
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.scope["method"]
         if (method == "POST" and path in INFERENCE_PATHS) or is_metadata(method, path):
             return await read_body(request, JSON_BODY_LIMIT)
         length = request.headers.get("content-length")
@@ -701,7 +730,7 @@ class Gateway:
     async def _handle(
         self, request: Request, content: bytes | AsyncIterator[bytes], after_answer: contextlib.AsyncExitStack
     ) -> Response:
-        path, method = request.url.path, request.method
+        path, method = request.scope["path"], request.scope["method"]
         if isinstance(content, bytes) and method == "POST" and path in INFERENCE_PATHS:
             return await self._inference(request, path, content, after_answer)
         if isinstance(content, bytes) and is_metadata(method, path):
@@ -932,12 +961,12 @@ class Gateway:
         assert self._local is not None
         scope = request.scope
         raw_path, query = scope.get("raw_path"), scope.get("query_string")
-        target = raw_path.decode("latin-1") if raw_path else request.url.path  # as the client wrote it
+        target = raw_path.decode("latin-1") if raw_path else scope["path"]  # as the client wrote it
         if query:
             target += "?" + query.decode("latin-1")
         keep_length = not isinstance(content, (bytes, bytearray))
-        headers = forward_request_headers(request.headers, keep_length)
-        return await self._local.send(request.method, target, headers, content)
+        headers = forward_request_headers(scope["headers"], keep_length)
+        return await self._local.send(scope["method"], target, headers, content)
 
     async def _send_local(
         self, request: Request, content: bytes | AsyncIterator[bytes], budget: float | None

@@ -157,7 +157,7 @@ class UpstreamClient:
         self.base_path = parts.path.rstrip("/")
         default_port = self.port == (443 if self.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.host_header = host if default_port else f"{host}:{self.port}"
+        self.host_header = (host if default_port else f"{host}:{self.port}").encode("idna")
         self.connect_timeout = connect_timeout
         self.write_timeout = write_timeout
         self._ssl: ssl.SSLContext | None = httpx.create_ssl_context() if self.scheme == "https" else None
@@ -167,7 +167,7 @@ class UpstreamClient:
         self,
         method: str,
         target: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Sequence[tuple[bytes, bytes]],
         content: bytes | AsyncIterator[bytes] = b"",
     ) -> UpstreamResponse:
         """Send a request (``target``: path and query under the base URL); the response once its head is in."""
@@ -233,17 +233,17 @@ class UpstreamClient:
         connection: _Connection,
         method: str,
         target: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Sequence[tuple[bytes, bytes]],
         content: bytes | AsyncIterator[bytes],
     ) -> None:
         protocol = connection.protocol
-        fields = [("host", self.host_header), *headers]
-        names = {name.lower() for name, _ in headers}
+        fields = [(b"host", self.host_header), *headers]
+        has_length = any(name.lower() == b"content-length" for name, _ in headers)
         if isinstance(content, (bytes, bytearray)):
-            if (content or method in STREAMED_METHODS) and "content-length" not in names:
-                fields.append(("content-length", str(len(content))))
-        elif "content-length" not in names:
-            fields.append(("transfer-encoding", "chunked"))
+            if (content or method in STREAMED_METHODS) and not has_length:
+                fields.append((b"content-length", b"%d" % len(content)))
+        elif not has_length:
+            fields.append((b"transfer-encoding", b"chunked"))
         try:
             head = protocol.send(h11.Request(method=method, target=target, headers=fields))
             if isinstance(content, (bytes, bytearray)):
