@@ -8,6 +8,7 @@ for sets and dict keys), case-insensitive as Ollama compares them.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -104,6 +105,7 @@ def parse_name(text: str) -> ModelName:
     return ModelName(host=host, namespace=namespace, model=model, tag=tag)
 
 
+@functools.lru_cache(maxsize=1024)  # asked several times per gateway request, for a handful of names
 def model_key(name: str) -> str:
     """A name as Ollama matches it (``Name.EqualFold``): case ignored, defaults filled in, shortest form; a text that
     is not a valid name (a cloud model's, say) is matched as itself, case ignored. For sets and dict keys.
