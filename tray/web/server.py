@@ -29,6 +29,11 @@ own ``limit_concurrency`` answers 503 only once a request has arrived, which
 such a socket never sends, and its keep-alive timeout starts only after a first
 answer. Accept errors (out of descriptors all the same) are logged
 at most once a minute.
+
+uvicorn's ``proxy_headers`` is off: by default it believes ``X-Forwarded-For``
+and ``X-Forwarded-Proto`` from 127.0.0.1, which on a loopback server is every
+client, so any local user could name another connection's address (the user's
+own, found in ``/proc/net/tcp``) and be taken for its owner by the peer-uid check.
 """
 
 from __future__ import annotations
@@ -312,6 +317,7 @@ class LoopbackServer:
             lifespan=lifespan,
             server_header=False,
             date_header=False,
+            proxy_headers=False,  # no proxy sits in front of a loopback server: the client is the socket's peer
             timeout_graceful_shutdown=graceful_seconds,
         )
         self._server = QuietServer(config)  # off the main thread, uvicorn leaves signal handlers alone
