@@ -520,6 +520,33 @@ class TestHealthyOllama:
         assert cloud.requests() == []
         assert gw.status()["calls"] == 6 and gw.status()["cloud_calls"] == 0
 
+    def test_a_body_beyond_what_is_left_of_the_body_budget_gets_503_in_the_endpoints_format(
+        self, ollama: StandinEnv, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, CloudSettings())
+        budget = gw.server.body_budget
+        small = json.dumps(dict(CHAT, stream=False)).encode()
+        large = json.dumps(dict(CHAT, stream=False, messages=[{"role": "user", "content": "x" * 4096}])).encode()
+        as_json = {"content-type": "application/json"}
+        other_requests = budget.total - len(small)
+        assert budget.take(other_requests)  # requests under way hold all but what the small body needs
+        try:
+            refused = {
+                path: httpx.post(gw.url + path, content=large, headers=as_json, timeout=30)
+                for path in ("/api/chat", "/v1/chat/completions")
+            }
+            fits = httpx.post(gw.url + "/api/chat", content=small, headers=as_json, timeout=30)
+        finally:
+            budget.give_back(other_requests)
+        busy = "the server is busy: the requests under way hold 256 MiB of request bodies"
+        for answer in refused.values():
+            assert (answer.status_code, answer.headers["retry-after"], answer.headers[HEADER]) == (503, "5", "gateway")
+        assert refused["/api/chat"].json()["error"].startswith(busy)
+        assert refused["/v1/chat/completions"].json()["error"]["message"].startswith(busy)
+        assert (fits.status_code, fits.headers[HEADER]) == (200, "local")
+        wait_until(lambda: budget.in_use == 0, what="every request to give back what it held")
+        assert httpx.post(gw.url + "/api/chat", content=large, headers=as_json, timeout=30).status_code == 200
+
     def test_foreign_host_and_web_page_origins_are_refused(
         self, ollama: StandinEnv, gateways: Callable[..., Running]
     ) -> None:
