@@ -7,6 +7,7 @@ user opens connections that never send a byte, while the monitor's process may h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -19,8 +20,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -135,35 +137,59 @@ def content_length(answer: bytes) -> int:
 
 # --- the server alone, on a thread
 
+Served = tuple[LoopbackServer, list[str], threading.Event]  # the server, what its endpoint saw, what ends /hold
 
-@pytest.fixture
-def small_server() -> Iterator[tuple[LoopbackServer, list[str], threading.Event]]:
-    """A loopback server with 3 connections and short timeouts; what its endpoint saw; what lets ``/hold`` end."""
-    from tray.web.server import Limits  # here: the module is also run against the code before the limits
+
+@contextlib.contextmanager
+def serving(limits: Any, read: Callable[[Request], Awaitable[bytes]]) -> Iterator[Served]:
+    """A loopback server with ``limits`` whose endpoint reads each body with ``read`` (``/hold``: then waits)."""
+    from tray.web.loopback import BodyRefused  # here: the module is also run against the code before the limits
 
     seen: list[str] = []
     release = threading.Event()
 
-    async def echo(request: Request) -> Response:
+    async def endpoint(request: Request) -> Response:
         try:
-            body = await request.body()
+            body = await read(request)
+        except BodyRefused as exc:
+            seen.append(f"refused {exc.status}")
+            return JSONResponse({"error": str(exc)}, exc.status, exc.headers)
         except ClientDisconnect:
             seen.append("client left")
             raise
         if request.url.path == "/hold":
             seen.append("holding")
-            await asyncio.to_thread(release.wait, 30)
+            await asyncio.to_thread(release.wait, 60)
         seen.append(f"got {len(body)}")
         return PlainTextResponse(f"got {len(body)}")
 
-    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
-    server = LoopbackServer(app, 0, what="the test server", limits=Limits(0.5, 0.5, 3))
+    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
+    server = LoopbackServer(app, 0, what="the test server", limits=limits)
     server.start()
     try:
         yield server, seen, release
     finally:
         release.set()
         server.stop()
+
+
+@pytest.fixture
+def small_server() -> Iterator[Served]:
+    """A loopback server with 3 connections and short timeouts; what its endpoint saw; what lets ``/hold`` end."""
+    from tray.web.server import Limits
+
+    with serving(Limits(0.5, 0.5, 3), Request.body) as served:
+        yield served
+
+
+@pytest.fixture
+def budget_server() -> Iterator[Served]:
+    """A loopback server whose requests hold at most 1 MiB of bodies, each read with the endpoints' ``read_body``."""
+    from tray.web.loopback import read_body
+    from tray.web.server import Limits
+
+    with serving(Limits(body_budget=MIB), lambda request: read_body(request, MIB)) as served:
+        yield served
 
 
 def closed(sock: socket.socket) -> bytes:
@@ -207,40 +233,6 @@ def test_at_the_connection_cap_idle_sockets_make_room_and_busy_ones_get_503(smal
     assert (refused.status_code, refused.text) == (503, "too many connections, try again\r\n")
     release.set()
     assert [answer().text for answer in held] == ["got 0"] * 3
-
-
-@pytest.fixture
-def budget_server() -> Iterator[tuple[LoopbackServer, list[str], threading.Event]]:
-    """A loopback server whose requests hold at most 1 MiB of bodies; what its endpoint saw; what lets ``/hold`` end."""
-    from tray.web.loopback import BodyRefused, read_body  # here: the module is also run against the code before
-    from tray.web.server import Limits
-
-    seen: list[str] = []
-    release = threading.Event()
-
-    async def read(request: Request) -> Response:
-        try:
-            body = await read_body(request, MIB)
-        except BodyRefused as exc:
-            seen.append(f"refused {exc.status}")
-            return JSONResponse({"error": str(exc)}, exc.status, exc.headers)
-        except ClientDisconnect:
-            seen.append("client left")
-            raise
-        if request.url.path == "/hold":
-            seen.append("holding")
-            await asyncio.to_thread(release.wait, 60)
-        seen.append(f"got {len(body)}")
-        return PlainTextResponse(f"got {len(body)}")
-
-    app = Starlette(routes=[Route("/{path:path}", read, methods=["POST"])])
-    server = LoopbackServer(app, 0, what="the test server", limits=Limits(body_budget=MIB))
-    server.start()
-    try:
-        yield server, seen, release
-    finally:
-        release.set()
-        server.stop()
 
 
 def test_bodies_beyond_the_servers_budget_get_503_until_the_requests_holding_it_end(budget_server):
