@@ -1,12 +1,14 @@
 """The loopback servers under load they must refuse: big bodies and connections that never send a byte.
 
-    python bench/bench_limits.py [--code DIR] [--requests N] [--mb M] [--half-open H]
+    python bench/bench_limits.py [--code DIR] [--requests N] [--mb M] [--within N2] [--within-mb M2] [--half-open H]
 
 Runs the stand-in ``ollama serve`` and ``ollama-manager monitor`` (its gateway on) as real
 processes, the monitor with a hard limit of 1,024 open files (``ulimit -n 1024``), and measures:
 
 - the monitor process's peak and settled RSS while N (default 10) clients at once send
   ``POST /api/chat`` through its gateway with an M MB (default 50) JSON body, and what they got;
+- the same for N2 (default 20) clients at once with an M2 MB (default 30) body each: each within the
+  32 MiB limit of a JSON body, all together past the 256 MiB the gateway holds of bodies at once;
 - the time ``GET /api/status`` takes (a new connection each, 20 in a row) before and while the
   bench holds H (default 1,000) connections to the status API that never send a byte.
 
@@ -132,6 +134,8 @@ def main() -> int:
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout the monitor runs from")
     parser.add_argument("--requests", type=int, default=10)
     parser.add_argument("--mb", type=int, default=50)
+    parser.add_argument("--within", type=int, default=20, help="clients at once with a body within the limit")
+    parser.add_argument("--within-mb", type=int, default=30)
     parser.add_argument("--half-open", type=int, default=1000)
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -151,6 +155,7 @@ def main() -> int:
             standin.pull("llama3")
             figures: dict[str, object] = {"code": str(args.code.resolve())}
             figures["big_bodies"] = big_bodies(manager, monitor.pid, gateway, args.requests, args.mb)
+            figures["bodies_within_limit"] = big_bodies(manager, monitor.pid, gateway, args.within, args.within_mb)
             port = status_port(manager)
             figures["status_idle"] = status_times(port)
             held = hold_half_open(port, args.half_open)

@@ -520,6 +520,33 @@ class TestHealthyOllama:
         assert cloud.requests() == []
         assert gw.status()["calls"] == 6 and gw.status()["cloud_calls"] == 0
 
+    def test_a_body_beyond_what_is_left_of_the_body_budget_gets_503_in_the_endpoints_format(
+        self, ollama: StandinEnv, gateways: Callable[..., Running]
+    ) -> None:
+        gw = gateways(ollama.base_url, CloudSettings())
+        budget = gw.server.body_budget
+        small = json.dumps(dict(CHAT, stream=False)).encode()
+        large = json.dumps(dict(CHAT, stream=False, messages=[{"role": "user", "content": "x" * 4096}])).encode()
+        as_json = {"content-type": "application/json"}
+        other_requests = budget.total - len(small)
+        assert budget.take(other_requests)  # requests under way hold all but what the small body needs
+        try:
+            refused = {
+                path: httpx.post(gw.url + path, content=large, headers=as_json, timeout=30)
+                for path in ("/api/chat", "/v1/chat/completions")
+            }
+            fits = httpx.post(gw.url + "/api/chat", content=small, headers=as_json, timeout=30)
+        finally:
+            budget.give_back(other_requests)
+        busy = "the server is busy: the requests under way hold 256 MiB of request bodies"
+        for answer in refused.values():
+            assert (answer.status_code, answer.headers["retry-after"], answer.headers[HEADER]) == (503, "5", "gateway")
+        assert refused["/api/chat"].json()["error"].startswith(busy)
+        assert refused["/v1/chat/completions"].json()["error"]["message"].startswith(busy)
+        assert (fits.status_code, fits.headers[HEADER]) == (200, "local")
+        wait_until(lambda: budget.in_use == 0, what="every request to give back what it held")
+        assert httpx.post(gw.url + "/api/chat", content=large, headers=as_json, timeout=30).status_code == 200
+
     def test_foreign_host_and_web_page_origins_are_refused(
         self, ollama: StandinEnv, gateways: Callable[..., Running]
     ) -> None:
@@ -1483,8 +1510,9 @@ class TestOtherUsers:
 
     POST = (
         "import json, sys, urllib.request, urllib.error\n"
-        "request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), "
-        "headers={'Content-Type': 'application/json'})\n"
+        "headers = {'Content-Type': 'application/json'}\n"
+        "# BORROW\n"
+        "request = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers=headers)\n"
         "try:\n"
         "    answer = urllib.request.urlopen(request, timeout=30)\n"
         "except urllib.error.HTTPError as error:\n"
@@ -1492,10 +1520,25 @@ class TestOtherUsers:
         "print(json.dumps([answer.status, answer.headers['x-ollama-manager-backend'], answer.read().decode()]))\n"
     )
 
-    def post_as(self, account: Account, url: str, body: dict[str, Any]) -> tuple[int, str, str]:
+    # Instead of its own, names in X-Forwarded-For the address of a connection the gateway's owner holds open to it,
+    # found in /proc/net/tcp (which every user may read; the listener's uid is the owner's).
+    BORROW_ADDRESS = (
+        "import urllib.parse\n"
+        "port = urllib.parse.urlsplit(sys.argv[1]).port\n"
+        "rows = [line.split() for line in open('/proc/net/tcp').read().splitlines()[1:]]\n"
+        "def port_of(field): return int(field.rsplit(':', 1)[1], 16)\n"
+        "owner = next(r[7] for r in rows if r[3] == '0A' and port_of(r[1]) == port)\n"
+        "borrowed = next(port_of(r[1]) for r in rows if r[3] == '01' and port_of(r[2]) == port and r[7] == owner)\n"
+        "headers['X-Forwarded-For'] = f'127.0.0.1:{borrowed}'\n"
+    )
+
+    def post_as(
+        self, account: Account, url: str, body: dict[str, Any], *, borrow_address: bool = False
+    ) -> tuple[int, str, str]:
+        script = self.POST.replace("# BORROW\n", self.BORROW_ADDRESS if borrow_address else "")
         done = run_as(
             account,
-            [str(SYSTEM_PYTHON), "-c", self.POST, url, json.dumps(body)],
+            [str(SYSTEM_PYTHON), "-c", script, url, json.dumps(body)],
             env=account.env({"PATH": "/usr/bin:/bin"}),
         )
         assert done.returncode == 0, done.stderr
@@ -1531,6 +1574,25 @@ class TestOtherUsers:
             f"The gateway kept a request from user id {desktop_user.uid} from the cloud fallback: "
             "only your programs may use your key"
         )
+
+    @pytest.mark.slow
+    def test_a_forwarded_for_header_cannot_borrow_the_address_of_the_owners_connection(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running], desktop_user: Account
+    ) -> None:
+        gw = gateways(ollama.base_url, cloud_settings(cloud))
+        ollama.cleanup()
+        # The owner's editor is sending a chat: its connection to the gateway is open.
+        own = socket.create_connection(("127.0.0.1", gw.server.port or 0), timeout=30)
+        try:
+            own.sendall(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+            status, backend, text = self.post_as(
+                desktop_user, gw.url + "/api/chat", dict(CHAT, stream=False), borrow_address=True
+            )
+        finally:
+            own.close()
+        assert (status, backend) == (403, "gateway"), text
+        assert json.loads(text)["error"].endswith(f"and this came from another user (uid {desktop_user.uid})")
+        assert cloud.requests() == []
 
     @pytest.mark.slow
     def test_a_page_another_user_serves_on_localhost_never_spends_the_key(

@@ -7,6 +7,7 @@ user opens connections that never send a byte, while the monitor's process may h
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -19,14 +20,15 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from standin.harness import StandinEnv, free_port
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.process
 
 DESCRIPTOR_LIMIT = 1024
 HALF_OPEN = 1100  # per server: more than the whole process may hold
+KIB = 1024
 MIB = 1024 * 1024
 
 # Run as another user: open connections to each port and never send a byte on them; say how many, hold them
@@ -134,35 +137,59 @@ def content_length(answer: bytes) -> int:
 
 # --- the server alone, on a thread
 
+Served = tuple[LoopbackServer, list[str], threading.Event]  # the server, what its endpoint saw, what ends /hold
 
-@pytest.fixture
-def small_server() -> Iterator[tuple[LoopbackServer, list[str], threading.Event]]:
-    """A loopback server with 3 connections and short timeouts; what its endpoint saw; what lets ``/hold`` end."""
-    from tray.web.server import Limits  # here: the module is also run against the code before the limits
+
+@contextlib.contextmanager
+def serving(limits: Any, read: Callable[[Request], Awaitable[bytes]]) -> Iterator[Served]:
+    """A loopback server with ``limits`` whose endpoint reads each body with ``read`` (``/hold``: then waits)."""
+    from tray.web.loopback import BodyRefused  # here: the module is also run against the code before the limits
 
     seen: list[str] = []
     release = threading.Event()
 
-    async def echo(request: Request) -> Response:
+    async def endpoint(request: Request) -> Response:
         try:
-            body = await request.body()
+            body = await read(request)
+        except BodyRefused as exc:
+            seen.append(f"refused {exc.status}")
+            return JSONResponse({"error": str(exc)}, exc.status, exc.headers)
         except ClientDisconnect:
             seen.append("client left")
             raise
         if request.url.path == "/hold":
             seen.append("holding")
-            await asyncio.to_thread(release.wait, 30)
+            await asyncio.to_thread(release.wait, 60)
         seen.append(f"got {len(body)}")
         return PlainTextResponse(f"got {len(body)}")
 
-    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
-    server = LoopbackServer(app, 0, what="the test server", limits=Limits(0.5, 0.5, 3))
+    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
+    server = LoopbackServer(app, 0, what="the test server", limits=limits)
     server.start()
     try:
         yield server, seen, release
     finally:
         release.set()
         server.stop()
+
+
+@pytest.fixture
+def small_server() -> Iterator[Served]:
+    """A loopback server with 3 connections and short timeouts; what its endpoint saw; what lets ``/hold`` end."""
+    from tray.web.server import Limits
+
+    with serving(Limits(0.5, 0.5, 3), Request.body) as served:
+        yield served
+
+
+@pytest.fixture
+def budget_server() -> Iterator[Served]:
+    """A loopback server whose requests hold at most 1 MiB of bodies, each read with the endpoints' ``read_body``."""
+    from tray.web.loopback import read_body
+    from tray.web.server import Limits
+
+    with serving(Limits(body_budget=MIB), lambda request: read_body(request, MIB)) as served:
+        yield served
 
 
 def closed(sock: socket.socket) -> bytes:
@@ -206,6 +233,40 @@ def test_at_the_connection_cap_idle_sockets_make_room_and_busy_ones_get_503(smal
     assert (refused.status_code, refused.text) == (503, "too many connections, try again\r\n")
     release.set()
     assert [answer().text for answer in held] == ["got 0"] * 3
+
+
+def test_bodies_beyond_the_servers_budget_get_503_until_the_requests_holding_it_end(budget_server):
+    server, seen, release = budget_server
+    budget = server.body_budget
+    post = httpx.Client(base_url=server.url, trust_env=False, timeout=60)
+    held = [in_thread(lambda: post.post("/hold", content=b"h" * (400 * KIB))) for _ in range(2)]
+    wait_until(lambda: seen.count("holding") == 2, 10, what="two requests holding their bodies")
+    assert budget.in_use == 800 * KIB
+
+    # A third body of the same size does not fit in what is left: refused before it is read, and it holds nothing.
+    refused = post.post("/", content=b"x" * (400 * KIB))
+    assert (refused.status_code, refused.headers["retry-after"]) == (503, "5")
+    assert refused.json()["error"].startswith("the server is busy: the requests under way hold 1 MiB of request bodies")
+    # A chunked one is counted as it comes, and refused once past what is left.
+    chunked = post.post("/", content=iter([b"c" * (100 * KIB)] * 3))
+    assert chunked.status_code == 503
+    # A small request still fits.
+    assert post.post("/", content=b"s" * KIB).text == f"got {KIB}"
+    assert seen[2:] == ["refused 503", "refused 503", f"got {KIB}"]
+    wait_until(lambda: budget.in_use == 800 * KIB, 10, what="the refused and answered requests to give theirs back")
+
+    # A client that leaves in the middle of its body gives back what it held as well.
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: %d\r\n\r\npart" % (100 * KIB))
+        wait_until(lambda: budget.in_use == 900 * KIB, 10, what="the half-sent body to be held")
+    wait_until(lambda: seen[-1] == "client left", 10, what="the endpoint to see the client leave")
+    wait_until(lambda: budget.in_use == 800 * KIB, 10, what="the half-sent body to be given back")
+
+    release.set()
+    assert [answer().text for answer in held] == [f"got {400 * KIB}"] * 2
+    wait_until(lambda: budget.in_use == 0, 10, what="the holding requests to give theirs back")
+    assert post.post("/", content=b"x" * MIB).text == f"got {MIB}"  # all of it is there again
+    post.close()
 
 
 def test_an_oversized_json_body_is_refused_with_413_before_it_is_read(monitor_with_gateway, standin):

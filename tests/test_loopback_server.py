@@ -98,6 +98,27 @@ def test_answers_carry_neither_a_date_nor_a_server_header() -> None:
     assert "date" not in response.headers and "server" not in response.headers
 
 
+def test_forwarded_headers_change_neither_the_client_address_nor_the_scheme() -> None:
+    async def who(request: Request) -> Response:
+        assert request.client is not None
+        return PlainTextResponse(f"{request.client.host}:{request.client.port} {request.url.scheme}")
+
+    server = LoopbackServer(Starlette(routes=[Route("/", who)]), 0, what="the test server")
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port or 0), timeout=10) as client:
+            forged = "X-Forwarded-For: 127.0.0.1:1\r\nX-Forwarded-Proto: https\r\n"
+            client.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{forged}Connection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := client.recv(4096):
+                answer += chunk
+            own_port = client.getsockname()[1]
+    finally:
+        server.stop()
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert answer.split(b"\r\n\r\n", 1)[1].decode() == f"127.0.0.1:{own_port} http"  # the socket's, as sent
+
+
 def test_a_taken_port_is_one_line_naming_the_server() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ the server is real, on a loopback socket, and the other user's program is a proc
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +40,34 @@ GET = (
 )
 
 
+# Another user's program that borrows the address of a connection the user holds open to the server: it finds the
+# server's owner (the listener's uid) and that owner's connection to the server in /proc/net/tcp, which every user
+# may read, and names that connection's address in X-Forwarded-For.
+BORROW_ADDRESS = (
+    "import json, sys, urllib.parse, urllib.request, urllib.error\n"
+    "url = urllib.parse.urlsplit(sys.argv[1])\n"
+    "rows = [line.split() for line in open('/proc/net/tcp').read().splitlines()[1:]]\n"
+    "def port(field): return int(field.rsplit(':', 1)[1], 16)\n"
+    "owner = next(r[7] for r in rows if r[3] == '0A' and port(r[1]) == url.port)\n"
+    "borrowed = next(port(r[1]) for r in rows if r[3] == '01' and port(r[2]) == url.port and r[7] == owner)\n"
+    "headers = {'X-Forwarded-For': f'127.0.0.1:{borrowed}', 'X-Forwarded-Proto': 'https'}\n"
+    "try:\n"
+    "    answer = urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=headers), timeout=30)\n"
+    "except urllib.error.HTTPError as error:\n"
+    "    answer = error\n"
+    "print(json.dumps([answer.status, answer.read().decode()]))\n"
+)
+
+
 @dataclass
 class Served:
     setup: Setup
     url: str
 
-    def get_as(self, account: Account, path: str, authorization: str = "") -> tuple[int, str]:
+    def get_as(self, account: Account, path: str, authorization: str = "", script: str = GET) -> tuple[int, str]:
         done = run_as(
             account,
-            [str(SYSTEM_PYTHON), "-c", GET, self.url + path, authorization],
+            [str(SYSTEM_PYTHON), "-c", script, self.url + path, authorization],
             env=account.env({"PATH": "/usr/bin:/bin"}),
         )
         assert done.returncode == 0, done.stderr
@@ -78,6 +98,28 @@ def test_another_local_user_is_refused_the_settings_and_the_events(served: Serve
         # Whoever holds the token is the user (it is readable by the user alone).
         status, text = served.get_as(desktop_user, path, f"Bearer {TOKEN}")
         assert status == 200, path
+
+
+@pytest.mark.slow
+def test_a_forwarded_for_header_cannot_borrow_the_address_of_the_users_own_connection(
+    served: Served, desktop_user: Account
+) -> None:
+    if not OwnUserCheck().lookup:
+        pytest.skip("this OS does not show who a loopback connection belongs to")
+    # The user's dashboard is open: its event stream holds a connection to the status API.
+    host, port = served.url.removeprefix("http://").split(":")
+    dashboard_tab = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        dashboard_tab.sendall(f"GET /api/stream HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += dashboard_tab.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200")
+        for path in USER_ONLY:
+            status, text = served.get_as(desktop_user, path, script=BORROW_ADDRESS)
+            assert (status, json.loads(text)["error"]) == (401, NOT_THE_USER), path
+    finally:
+        dashboard_tab.close()
 
 
 def test_the_users_own_programs_are_answered_without_the_token_where_the_os_shows_them(served: Served) -> None:

@@ -51,7 +51,7 @@ from tray.dashboard.views import TIMELINE_LIMIT, history_view, parse_range, stat
 from tray.history import Event, History
 from tray.settings.config import Config
 from tray.system.peers import OwnUserCheck
-from tray.web.loopback import BodyTooLarge, read_body
+from tray.web.loopback import BodyRefused, read_body
 from tray.web.status_api import NOT_THE_USER, from_the_user, token_matches
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -210,8 +210,8 @@ class Dashboard:
             return unauthorised()
         try:
             body = await read_body(request, MAX_SETTINGS_BODY)
-        except BodyTooLarge as exc:
-            return JSONResponse({"ok": False, "error": str(exc)}, 413)
+        except BodyRefused as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, exc.status, exc.headers)
         try:
             changes = json.loads(body).get("values")
         except (ValueError, AttributeError):

@@ -123,7 +123,7 @@ from tray.ollama.client import OllamaClient, Timeouts
 from tray.ollama.errors import OllamaAPIError, OllamaError, OllamaMalformed, OllamaUnreachable
 from tray.settings.gateway import CloudSettings, GatewaySettings
 from tray.system.peers import OWN_UID, Address, listener_uid, peer_lookup_available, peer_uid
-from tray.web.loopback import AsgiEndpoint, BodyTooLarge, LoopbackOnly, read_body
+from tray.web.loopback import AsgiEndpoint, BodyRefused, LoopbackOnly, read_body
 from tray.web.server import LoopbackServer
 
 log = logging.getLogger(__name__)
@@ -695,8 +695,10 @@ class Gateway:
         request = Request(scope, receive)
         try:
             content = await self._request_content(request)
-        except BodyTooLarge as exc:
-            await error_response(dialect_of(request.url.path), 413, str(exc))(scope, receive, send)
+        except BodyRefused as exc:
+            refusal = error_response(dialect_of(request.url.path), exc.status, str(exc))
+            refusal.raw_headers += [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+            await refusal(scope, receive, send)
             return
 
         async def answer() -> None:
@@ -715,7 +717,8 @@ class Gateway:
         What the gateway reads itself (inference, metadata) is JSON, refused
         above JSON_BODY_LIMIT (BodyTooLarge); what it only relays is read whole
         when its Content-Length is at most BUFFER_LIMIT, streamed otherwise
-        (blob uploads, of any size).
+        (blob uploads, of any size). What is read whole is held against the
+        server's body budget (BodyBudgetSpent: 503 when it is spent).
         """
         path, method = request.scope["path"], request.scope["method"]
         if (method == "POST" and path in INFERENCE_PATHS) or is_metadata(method, path):

@@ -28,7 +28,14 @@ the history database, Ollama's pipes) needs nor keep the user out. uvicorn's
 own ``limit_concurrency`` answers 503 only once a request has arrived, which
 such a socket never sends, and its keep-alive timeout starts only after a first
 answer. Accept errors (out of descriptors all the same) are logged
-at most once a minute.
+at most once a minute. The bodies its endpoints read whole share one
+``body_budget`` (:class:`~tray.web.loopback.BodyBudget`): at the connection cap,
+each with the gateway's largest JSON body, they would hold gigabytes.
+
+uvicorn's ``proxy_headers`` is off: by default it believes ``X-Forwarded-For``
+and ``X-Forwarded-Proto`` from 127.0.0.1, which on a loopback server is every
+client, so any local user could name another connection's address (the user's
+own, found in ``/proc/net/tcp``) and be taken for its owner by the peer-uid check.
 """
 
 from __future__ import annotations
@@ -41,12 +48,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from tray.web.loopback import BODY_BUDGET, BodyBudget, BudgetedBodies
 
 try:
     import resource
@@ -100,11 +109,12 @@ class Limits:
     header_timeout: float = 10.0  # from accept (or a kept-alive request's first byte) to the end of its headers
     body_timeout: float = 30.0  # the longest pause between two pieces of a request body
     max_connections: int = 0  # 0: :func:`connection_budget` of the descriptor limit when the server starts
+    body_budget: int = BODY_BUDGET  # bytes of request bodies read whole that all its requests hold at once
 
     def resolved(self) -> Limits:
         if self.max_connections > 0:
             return self
-        return Limits(self.header_timeout, self.body_timeout, connection_budget(descriptor_limit()))
+        return replace(self, max_connections=connection_budget(descriptor_limit()))
 
 
 class RateLimitedLog:
@@ -282,7 +292,8 @@ class LoopbackServer:
     ``what`` names the server in errors ("the status API"); ``lifespan`` is
     uvicorn's setting; ``graceful_seconds`` is how long a stop waits for
     requests in progress before cancelling them (None: as long as they take);
-    ``limits`` the timeouts and connection cap (:class:`Limits`).
+    ``limits`` the timeouts, connection cap and body budget (:class:`Limits`); ``body_budget`` is that
+    budget as its requests hold it.
     """
 
     def __init__(
@@ -302,8 +313,9 @@ class LoopbackServer:
         self.requested_port = port
         self.thread_name = thread_name
         self.limits = limits.resolved()
+        self.body_budget = BodyBudget(self.limits.body_budget)
         config = uvicorn.Config(
-            app,
+            BudgetedBodies(app, self.body_budget),
             http=self.protocol_for(what, self.limits),
             loop="asyncio",
             backlog=BACKLOG,
@@ -312,6 +324,7 @@ class LoopbackServer:
             lifespan=lifespan,
             server_header=False,
             date_header=False,
+            proxy_headers=False,  # no proxy sits in front of a loopback server: the client is the socket's peer
             timeout_graceful_shutdown=graceful_seconds,
         )
         self._server = QuietServer(config)  # off the main thread, uvicorn leaves signal handlers alone

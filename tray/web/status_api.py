@@ -35,7 +35,7 @@ from tray.history import History
 from tray.service.monitor import ACTIONS, ModelChoiceError, Monitor
 from tray.system.monitor_record import write_record
 from tray.system.peers import OwnUserCheck
-from tray.web.loopback import BodyTooLarge, LoopbackOnly, read_body
+from tray.web.loopback import BodyRefused, LoopbackOnly, read_body
 from tray.web.server import LoopbackServer
 from tray.web.signin import SignInCodes, signin_routes
 
@@ -126,8 +126,8 @@ def build_app(
             return JSONResponse({"error": "missing or wrong token"}, 401)
         try:
             name = json.loads(await read_body(request, MAX_MODEL_BODY)).get("model")
-        except BodyTooLarge as exc:
-            return JSONResponse({"ok": False, "error": str(exc)}, 413)
+        except BodyRefused as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, exc.status, exc.headers)
         except (ValueError, AttributeError):
             name = None
         if not isinstance(name, str):
