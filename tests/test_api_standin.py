@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.support.manager import FAST_SETTINGS
@@ -23,8 +25,11 @@ def test_the_design_notes_api(user_env):
     assert health["status"] == "down"
     assert api.start_ollama() is True
     assert api.is_ollama_running() is True
+    started = time.monotonic()
     health = api.health_check()
-    assert health["status"] == "healthy" and 0 <= health["latency"] < 0.5
+    took = round(time.monotonic() - started, 3)
+    # The probe's own time, in seconds: inside the call that made it (as the API rounds it).
+    assert health["status"] == "healthy" and 0 <= health["latency"] <= took
     pid_before = api.get_status()["pid"]
     assert api.ensure_model_loaded() is True  # the default Modelfile: FROM llama3, pulled and built
     assert api.health_check()["status"] == "healthy"  # now the one-token test inference

@@ -186,7 +186,10 @@ def test_a_request_waiting_on_a_hung_server_is_answered_once_the_monitor_finds_i
 def test_model_lists_come_from_ollama_as_soon_as_the_monitor_sees_it_back(
     managed: Callable[..., tuple[Manager, str]], standin: StandinEnv
 ) -> None:
-    manager, gateway = managed()
+    # Nothing of the gateway's own brings Ollama back within the test: its breaker skips Ollama for an hour once
+    # it is down, and its own probe is an hour apart. Only the monitor's report that Ollama is back can.
+    hour = 3600
+    manager, gateway = managed(breaker_open_seconds=hour, breaker_max_open_seconds=hour, probe_interval=hour)
     pid = status(manager)["pid"]
     assert httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local"
     os.kill(pid, signal.SIGSTOP)
@@ -198,9 +201,7 @@ def test_model_lists_come_from_ollama_as_soon_as_the_monitor_sees_it_back(
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: health(manager) == "healthy", 30, interval=0.02, what="the monitor to see it")
-    back = time.monotonic()
-    wait_until(lambda: httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local", 5, interval=0.02, what="lists")
-    assert time.monotonic() - back < 1.0
+    wait_until(lambda: httpx.get(f"{gateway}/api/tags").headers[HEADER] == "local", 30, interval=0.02, what="lists")
     assert httpx.get(f"{gateway}/api/ps").headers[HEADER] == "local"
     assert status(manager)["pid"] == pid
 

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.manager import wait_until
 from tray.core.health import BusySource, Failure, Health, ProbeResult
+from tray.core.oom import LadderMove, OomSettings, OomStep, Place, describe_move, route
 from tray.core.restart import RestartPolicy
 from tray.core.status import BusyStatus, GatewayStatus, MonitorState
 from tray.history import EventKind, History
@@ -1151,3 +1152,33 @@ def test_the_oom_ladder_rebuilds_only_while_the_modelfile_model_is_active():
     monitor.use_model("mistral")
     monitor._drain_commands()
     assert (effects.situation().model, effects.situation().builds_model) == ("mistral:latest", False)
+
+
+@pytest.mark.parametrize(
+    ("platform", "how"),
+    [
+        ("darwin", "launchctl setenv OLLAMA_CONTEXT_LENGTH 2048, then quit and reopen Ollama"),
+        ("win32", "setx OLLAMA_CONTEXT_LENGTH 2048, then quit and reopen Ollama"),
+    ],
+)
+def test_the_oom_ladder_tells_how_to_set_the_apps_variables_on_its_os(platform: str, how: str) -> None:
+    monitor, sup, _clock = make([], auto_build_model=False)  # the model's own PARAMETER would come first
+    sup.platform, sup.managed_by = platform, "ollama-app"
+    effects = monitor.duties.oom_effects
+    assert effects is not None
+    text = describe_move(
+        LadderMove.DOWN, OomStep.SMALLER_CONTEXT, OomSettings(), OomSettings(num_ctx=2048), effects.situation()
+    )
+    assert text.message == (
+        "Ollama ran out of memory. The Ollama app keeps its own settings: to use a context window of 2048 tokens, "
+        f"set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment ({how})"
+    )
+
+
+@pytest.mark.parametrize(("platform", "place"), [("linux", Place.SERVER_ENV), ("darwin", Place.SUGGESTION)])
+def test_the_oom_ladder_turns_the_gpu_off_by_variables_only_where_they_exist(platform: str, place: Place) -> None:
+    monitor, sup, _clock = make([], auto_build_model=False)
+    sup.platform = platform
+    effects = monitor.duties.oom_effects
+    assert effects is not None
+    assert route("num_gpu", 0, effects.situation()) is place  # macOS: Metal, which no variable turns off

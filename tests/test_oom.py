@@ -25,6 +25,8 @@ from tray.core.oom import (
     oom_targets,
     route,
 )
+from tray.system.host import host_for
+from tray.system.ollama_app import app_os_for
 
 # --- Recognition ----------------------------------------------------------------------------------
 
@@ -247,6 +249,22 @@ SYSTEMD = OomSituation(server="systemd", builds_model=False)
 SYSTEMD_BUILDS = OomSituation(server="systemd", builds_model=True)
 
 
+def app_env_setter(platform: str) -> tuple[str, ...]:
+    """How a user sets a server variable for the Ollama app of ``platform``, as its per-OS module says."""
+    app = app_os_for(platform)
+    assert app is not None
+    return app.env_setter()
+
+
+MAC_APP_SETTER = app_env_setter("darwin")
+WINDOWS_APP_SETTER = app_env_setter("win32")
+
+
+def test_each_os_says_whether_a_variable_turns_its_gpu_off() -> None:
+    assert [host_for(platform).gpu_off_by_env() for platform in ("linux", "darwin", "win32")] == [True, False, True]
+    assert app_os_for("linux") is None  # no app, so no way to set its variables
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "situation", "place"),
     [
@@ -267,7 +285,7 @@ SYSTEMD_BUILDS = OomSituation(server="systemd", builds_model=True)
         ("num_gpu", 16, SYSTEMD_BUILDS, Place.MODEL_PARAMETER),
         ("num_gpu", 0, MANAGER_BUILDS, Place.MODEL_PARAMETER),  # one model, every platform, no restart
         ("num_gpu", 0, MANAGER, Place.SERVER_ENV),
-        ("num_gpu", 0, OomSituation(server="manager", platform="darwin"), Place.SUGGESTION),  # Metal: no variable
+        ("num_gpu", 0, OomSituation(server="manager", gpu_off_env=False), Place.SUGGESTION),  # Metal: no variable
         ("num_gpu", 0, SYSTEMD, Place.SUGGESTION),
     ],
 )
@@ -334,7 +352,7 @@ SMALLER = (OomStep.SMALLER_CONTEXT, OomSettings(), OomSettings(num_ctx=2048))
             "",
         ),
         (
-            OomSituation(server="ollama-app", platform="darwin"),
+            OomSituation(server="ollama-app", app_env_setter=MAC_APP_SETTER),
             Place.SUGGESTION,
             "Ollama ran out of memory. The Ollama app keeps its own settings: to use a context window of 2048 tokens, "
             "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
@@ -342,7 +360,7 @@ SMALLER = (OomStep.SMALLER_CONTEXT, OomSettings(), OomSettings(num_ctx=2048))
             "",
         ),
         (
-            OomSituation(server="ollama-app", platform="win32"),
+            OomSituation(server="ollama-app", app_env_setter=WINDOWS_APP_SETTER),
             Place.SUGGESTION,
             "Ollama ran out of memory. The Ollama app keeps its own settings: to use a context window of 2048 tokens, "
             "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment "
@@ -374,7 +392,7 @@ def test_the_gpu_rungs_are_described_where_they_act() -> None:
     )
     model = describe_move(LadderMove.DOWN, *cpu, MANAGER_BUILDS)
     assert model.done_message == "Running on the CPU only (slower): uncensored-llama3 rebuilt with PARAMETER num_gpu 0"
-    metal = describe_move(LadderMove.DOWN, *cpu, OomSituation(server="manager", platform="darwin", model="llama3"))
+    metal = describe_move(LadderMove.DOWN, *cpu, OomSituation(server="manager", gpu_off_env=False, model="llama3"))
     assert metal.message == (
         "Ollama ran out of memory. Metal has no setting that turns the GPU off, and the manager does not build llama3: "
         "to run on the CPU only, add PARAMETER num_gpu 0 to the Modelfile of llama3 and create it again "

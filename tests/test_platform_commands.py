@@ -229,21 +229,36 @@ def test_a_windows_server_the_console_break_cannot_reach_is_hard_killed_and_repo
     child = _sleeper()
     try:
         ran: list[list[str]] = []
+        steps: list[tuple[str, list[int], float | None]] = []  # what happened to the child, in order
+        wait_exited = processes.wait_exited
 
         def taskkill(argv, **_kwargs):
             ran.append(argv)
+            steps.append(("killed", [child.pid], None))
             child.kill()  # what taskkill /F does
             return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+        def recorded_wait(procs, timeout):
+            procs = list(procs)
+            steps.append(("waited", [proc.pid for proc in procs], timeout))
+            if child.pid in [proc.pid for proc in procs] and ("killed", [child.pid], None) not in steps:
+                return procs  # a wait for the polite stop it never got: noted, not sat through
+            return wait_exited(procs, timeout)
 
         monkeypatch.setattr(
             processes_windows, "console_break", lambda pid: f"AttachConsole({pid}) failed with Windows error 5"
         )
         monkeypatch.setattr(processes_windows.subprocess, "run", taskkill)
+        monkeypatch.setattr(processes, "wait_exited", recorded_wait)
         outcome = processes.terminate([processes.ProcessRef.of(psutil.Process(child.pid))], 30, platform="win32")
         assert ran == [["taskkill", "/F", "/T", "/PID", str(child.pid)]]
         assert (outcome.found, outcome.graceful, outcome.killed) == (True, False, [child.pid])
         assert outcome.how() == f"killed: AttachConsole({child.pid}) failed with Windows error 5"
-        assert outcome.seconds < 30  # not asked, so not waited for
+        # Not asked, so not waited for: killed first, and only then waited on (for its exit after the kill).
+        assert [step for step in steps if child.pid in step[1]] == [
+            ("killed", [child.pid], None),
+            ("waited", [child.pid], 5),
+        ]
     finally:
         child.kill()
         child.wait()

@@ -269,7 +269,11 @@ class OomSituation:
     server: str = "manager"  # Supervisor.managed_by: "manager", "systemd", "ollama-app", "external", "none"
     systemd_unit: str = "ollama.service"
     systemd_user: bool = False
-    platform: str = "linux"
+    # The OS's facts, from its per-OS modules: whether server variables can turn the GPU off (macOS: Metal has
+    # none), and the command that, followed by a name and a value, sets a variable the Ollama app hands its
+    # server (``("launchctl", "setenv")``, ``("setx",)``; empty where there is no app).
+    gpu_off_env: bool = True
+    app_env_setter: tuple[str, ...] = ()
     model: str = "uncensored-llama3"
     builds_model: bool = False  # the manager builds ``model`` from the Modelfile (auto_build_model)
     modelfile_parameters: frozenset[str] = frozenset()  # PARAMETERs the Modelfile sets itself
@@ -288,7 +292,7 @@ def route(setting: str, value: int, situation: OomSituation) -> Place:
     <Place.SERVER_ENV: 'server_env'>
     >>> route("num_ctx", 2048, OomSituation(server="systemd", builds_model=True))
     <Place.MODEL_PARAMETER: 'model_parameter'>
-    >>> route("num_gpu", 0, OomSituation(server="manager", platform="darwin"))
+    >>> route("num_gpu", 0, OomSituation(server="manager", gpu_off_env=False))
     <Place.SUGGESTION: 'suggestion'>
     """
     if setting == "num_ctx":
@@ -297,7 +301,7 @@ def route(setting: str, value: int, situation: OomSituation) -> Place:
             return Place.SERVER_ENV
     elif situation.builds_model:
         return Place.MODEL_PARAMETER  # one model, every platform, no restart
-    elif value == 0 and situation.sets_server_env and situation.platform != "darwin":
+    elif value == 0 and situation.sets_server_env and situation.gpu_off_env:
         return Place.SERVER_ENV
     return Place.MODEL_PARAMETER if situation.builds_model else Place.SUGGESTION
 
@@ -393,16 +397,17 @@ def env_suggestion(env: Mapping[str, str], situation: OomSituation) -> str:
 
     >>> env_suggestion({"OLLAMA_CONTEXT_LENGTH": "2048"}, OomSituation(server="systemd"))  # doctest: +ELLIPSIS
     "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment (sudo systemctl edit ollama, then ...)"
+    >>> env_suggestion({"OLLAMA_CONTEXT_LENGTH": "2048"}, OomSituation(server="ollama-app", app_env_setter=("setx",)))
+    "set OLLAMA_CONTEXT_LENGTH=2048 in the server's environment (setx OLLAMA_CONTEXT_LENGTH 2048, then quit and \
+reopen Ollama)"
     """
     if situation.server == "systemd":
         unit = situation.systemd_unit.removesuffix(".service")
         systemctl = "systemctl --user" if situation.systemd_user else "sudo systemctl"
         how = f"{systemctl} edit {unit}, then {systemctl} restart {unit}"
-    elif situation.server == "ollama-app" and situation.platform == "darwin":
-        how = "; ".join(f"launchctl setenv {key} {value}" for key, value in env.items())
+    elif situation.server == "ollama-app" and situation.app_env_setter:
+        how = "; ".join(" ".join((*situation.app_env_setter, key, value)) for key, value in env.items())
         how += ", then quit and reopen Ollama"
-    elif situation.server == "ollama-app" and situation.platform == "win32":
-        how = "; ".join(f"setx {key} {value}" for key, value in env.items()) + ", then quit and reopen Ollama"
     else:
         how = "where you start ollama serve, then restart it"
     return f"set {env_words(env)} in the server's environment ({how})"

@@ -28,7 +28,9 @@ from tray.history import EventKind, History
 from tray.models.errors import ModelError
 from tray.models.modelfile import load_modelfile
 from tray.settings.config import Config
+from tray.system.host import host_for
 from tray.system.logs import ServerLogTail
+from tray.system.ollama_app import app_os_for
 from tray.system.owners import SystemdService, current_uid, journal_access_line, user_name
 from tray.system.resources import ResourceSample
 
@@ -291,11 +293,13 @@ class OomEffects:
         # The rebuild rung changes the Modelfile model only: with another model active, it only suggests.
         active = self.config.model_in_use
         builds = self.config.auto_build_model and same_model(active, self.config.ollama_model)
+        app = app_os_for(sup.platform)  # how the user sets the app's server variables; None where there is no app
         return OomSituation(
             server=sup.managed_by,
             systemd_unit=owner.unit if isinstance(owner, SystemdService) else OomSituation.systemd_unit,
             systemd_user=owner.user if isinstance(owner, SystemdService) else False,
-            platform=sup.platform,
+            gpu_off_env=host_for(sup.platform).gpu_off_by_env(),
+            app_env_setter=app.env_setter() if app is not None else (),
             model=active,
             builds_model=builds,
             modelfile_parameters=self._modelfile_parameters() if builds else frozenset(),

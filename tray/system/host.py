@@ -1,5 +1,6 @@
 """What this OS offers the app itself: opening a file in the desktop, a folder for short-lived private
-files, whether a signal ends a blocking wait, where the NVIDIA driver's library lives.
+files, whether a signal ends a blocking wait, where the NVIDIA driver's library lives, whether Ollama's
+server variables can turn its GPU off.
 
 One implementation per OS (:mod:`tray.system.host_linux`, :mod:`tray.system.host_darwin`,
 :mod:`tray.system.host_windows`); :func:`host_for` picks one. Every input (environment, the
@@ -42,6 +43,10 @@ class HostOS(Protocol):
         self, environ: Mapping[str, str], exists: Callable[[str], bool], load: Callable[[str], object]
     ) -> bool:
         """Could NVML's bindings find the driver's library here (where nvidia-ml-py looks for it)?"""
+        ...
+
+    def gpu_off_by_env(self) -> bool:
+        """Whether variables in Ollama's server environment can hide every GPU (``GPU_OFF_ENV``)."""
         ...
 
 

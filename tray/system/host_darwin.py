@@ -1,4 +1,5 @@
-"""macOS: ``open``, no runtime folder of its own (the state folder serves), no NVIDIA driver."""
+"""macOS: ``open``, no runtime folder of its own (the state folder serves), no NVIDIA driver, Metal (no GPU-off
+variable)."""
 
 from __future__ import annotations
 
@@ -18,4 +19,8 @@ class DarwinHost(PosixHost):
         self, environ: Mapping[str, str], exists: Callable[[str], bool], load: Callable[[str], object]
     ) -> bool:
         """Apple GPUs only since macOS 10.14: never."""
+        return False
+
+    def gpu_off_by_env(self) -> bool:
+        """Ollama runs on Metal, which no variable turns off."""
         return False

@@ -19,3 +19,7 @@ class PosixHost:
     def signal_ends_wait(self) -> bool:
         """A signal interrupts a wait without a timeout, so the handler's ``set()`` ends it."""
         return True
+
+    def gpu_off_by_env(self) -> bool:
+        """CUDA, ROCm and Vulkan each read a variable that hides their devices."""
+        return True

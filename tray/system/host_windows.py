@@ -34,3 +34,7 @@ class WindowsHost:
             os.path.join(environ.get("ProgramFiles", "C:/Program Files"), "NVIDIA Corporation/NVSMI/nvml.dll"),
         )
         return any(exists(path) for path in candidates)
+
+    def gpu_off_by_env(self) -> bool:
+        """CUDA, ROCm (HIP) and Vulkan each read a variable that hides their devices."""
+        return True

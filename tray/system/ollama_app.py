@@ -353,6 +353,11 @@ class AppOS(Protocol):
         """End the app's serve the way the app itself does."""
         ...
 
+    def env_setter(self) -> tuple[str, ...]:
+        """The command that, followed by a name and a value, sets a variable the app hands its serve once the
+        user quits and reopens it (the app passes its own environment on)."""
+        ...
+
     def server_kill_steps(self, serve_pid: int, runners: Sequence[int]) -> list[ControlStep]:
         """Kill the app's serve and its runners."""
         ...

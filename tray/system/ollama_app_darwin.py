@@ -91,6 +91,10 @@ class DarwinApp:
         """SIGKILL the app and what it ran, which a killed app leaves behind."""
         return [SendSignal(each, SIGKILL) for each in (pid, *tree)]
 
+    def env_setter(self) -> tuple[str, ...]:
+        """``launchctl setenv``: the variable reaches apps that launchd starts from then on (Ollama's FAQ)."""
+        return ("launchctl", "setenv")
+
     def server_stop_steps(self, serve_pid: int) -> list[ControlStep]:
         return [SendSignal(serve_pid, signal.SIGTERM)]
 

@@ -90,6 +90,10 @@ class WindowsApp:
         """``taskkill /F /T`` ends the app with everything it started, as its installer does."""
         return [RunCommand(("taskkill", "/F", "/T", "/PID", str(pid)))]
 
+    def env_setter(self) -> tuple[str, ...]:
+        """``setx``: a user environment variable, which the app passes on once relaunched (Ollama's FAQ)."""
+        return ("setx",)
+
     def server_stop_steps(self, serve_pid: int) -> list[ControlStep]:
         return [ConsoleBreak(serve_pid)]
 
