@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tray.ui.backend import (
+    StatusNotifierError,
     TrayBackend,
     TrayChoice,
     TrayHosts,
@@ -14,9 +15,9 @@ from tray.ui.backend import (
     choose_tray,
     next_step,
     no_tray_message,
+    session_bus_address,
     tray_available,
 )
-from tray.ui.sni import StatusNotifierError, session_bus_address
 
 SNI, XEMBED, PYSTRAY = TrayBackend.STATUS_NOTIFIER, TrayBackend.XEMBED, TrayBackend.PYSTRAY
 BUS = "unix:path=/run/user/1000/bus"

@@ -285,6 +285,23 @@ def test_a_docked_tray_between_checks_has_no_thread_that_wakes(
     assert quietest <= 1, f"the tray woke {quietest} times in its quietest 3 s: {readings}"
 
 
+def imported_modules(output: str) -> set[str]:
+    """The modules a process run with ``PYTHONPROFILEIMPORTTIME=1`` names in its ``import time:`` lines."""
+    return {line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")}
+
+
+def test_a_docked_tray_without_a_session_bus_loads_no_status_notifier_code(
+    launch: Any, desktop: XDesktop, manager: Manager, tmp_path: Path
+) -> None:
+    # The XEmbed icon needs neither the StatusNotifierItem and its dbusmenu nor jeepney: with no session bus
+    # to ask, choosing the backend must not load them (they held half a MiB for nothing).
+    manager.env["PYTHONPROFILEIMPORTTIME"] = "1"
+    tray, _ = start_green_tray(launch, desktop, manager, tmp_path)
+    loaded = imported_modules(tray.output())
+    assert {"tray.ui.app", "tray.ui.backend", "pystray._xorg"} <= loaded  # the log names what the tray loaded
+    assert {"tray.ui.sni", "tray.ui.dbusmenu", "jeepney"} & loaded == set()
+
+
 def test_without_a_tray_host_it_says_so_and_offers_the_monitor_command(
     manager: Manager, standin: StandinEnv, notifications: NotificationLog, tmp_path: Path
 ) -> None:

@@ -395,9 +395,8 @@ def cmd_tray(ctx: Context) -> int:
     from tray.dashboard.launch import open_dashboard
     from tray.system.autostart import autostart_for
     from tray.ui.app import TrayApp
-    from tray.ui.backend import backend_for, choose_tray, no_tray_message
+    from tray.ui.backend import StatusNotifierError, backend_for, choose_tray, no_tray_message
     from tray.ui.controller import MonitorController
-    from tray.ui.sni import StatusNotifierError
 
     setup_logging(ctx.paths.app_log)
     notifier = Notifier(enabled=ctx.config.notifications)

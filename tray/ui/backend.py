@@ -24,6 +24,7 @@ import enum
 import logging
 import os
 import select
+import stat
 import sys
 import threading
 import time
@@ -41,6 +42,13 @@ FALLBACK_SETTLE_S = 5.0  # how long an XEmbed tray must be there without a watch
 NO_TRAY_HINT = "run `ollama-manager monitor` instead"
 
 TrayVerdict = tuple[bool, str]
+
+
+class StatusNotifierError(RuntimeError):
+    """The session bus refused or lost the StatusNotifierItem (:mod:`tray.ui.sni`); ``str()`` is one line.
+
+    Here, not in :mod:`tray.ui.sni`, so the CLI can catch it without loading the item's code.
+    """
 
 
 class TrayBackend(enum.StrEnum):
@@ -183,15 +191,48 @@ def x_tray_verdict(env: Mapping[str, str], probe_x: Callable[[str], TrayVerdict]
     return probe_x(display)
 
 
+def session_bus_address(env: Mapping[str, str], exists: Callable[[str], bool] | None = None) -> str | None:
+    """Where the session bus listens: ``DBUS_SESSION_BUS_ADDRESS``, else ``$XDG_RUNTIME_DIR/bus``.
+
+    ``None`` when neither names a bus this client can reach (a ``disabled:``
+    or non-Unix address included).
+
+    >>> session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"})
+    'unix:path=/run/user/1000/bus'
+    >>> session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "disabled:"}) is None
+    True
+    >>> session_bus_address({"XDG_RUNTIME_DIR": "/run/user/1000"}, exists=lambda path: True)
+    'unix:path=/run/user/1000/bus'
+    """
+    address = env.get("DBUS_SESSION_BUS_ADDRESS", "")
+    if address:
+        transports = [part.split(":", 1)[0] for part in address.split(";") if part]
+        return address if "unix" in transports else None
+    runtime_dir = env.get("XDG_RUNTIME_DIR", "")
+    if not runtime_dir:
+        return None
+    socket_path = os.path.join(runtime_dir, "bus")
+    if not (exists or _is_socket)(socket_path):
+        return None
+    return f"unix:path={socket_path}"
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def watcher_verdict(
     env: Mapping[str, str], probe_watcher: Callable[[str], bool] | None = None
 ) -> tuple[str | None, bool, str]:
     """``(bus address or None, watcher present, reason)`` for the session bus in ``env``."""
-    from tray.ui.sni import StatusNotifierError, session_bus_address, watcher_on_bus
-
     address = session_bus_address(env)
     if address is None:
-        return None, False, "no D-Bus session bus"
+        return None, False, "no D-Bus session bus"  # and the StatusNotifierItem's code (and jeepney) stay unloaded
+    from tray.ui.sni import watcher_on_bus
+
     try:
         present = (probe_watcher or watcher_on_bus)(address)
     except (OSError, TimeoutError, StatusNotifierError) as exc:

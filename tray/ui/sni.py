@@ -24,10 +24,9 @@ import itertools
 import logging
 import os
 import queue
-import stat
 import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
@@ -47,6 +46,7 @@ from jeepney.io.threading import DBusConnection, ReceiveStopped, open_dbus_conne
 from PIL import Image
 
 from tray.system.autostart import APP_DISPLAY_NAME
+from tray.ui.backend import StatusNotifierError
 from tray.ui.dbusmenu import LAYOUT_SIGNATURE, Layout, MenuIds, build_layout, layout_change
 from tray.ui.menu import MenuEntry
 
@@ -168,44 +168,7 @@ INTROSPECTION = {
 }
 
 
-class StatusNotifierError(RuntimeError):
-    """The session bus refused or lost the item; ``str()`` is one line."""
-
-
 # --- pure helpers ---------------------------------------------------------------
-
-
-def session_bus_address(env: Mapping[str, str], exists: Callable[[str], bool] | None = None) -> str | None:
-    """Where the session bus listens: ``DBUS_SESSION_BUS_ADDRESS``, else ``$XDG_RUNTIME_DIR/bus``.
-
-    ``None`` when neither names a bus this client can reach (a ``disabled:``
-    or non-Unix address included).
-
-    >>> session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/user/1000/bus"})
-    'unix:path=/run/user/1000/bus'
-    >>> session_bus_address({"DBUS_SESSION_BUS_ADDRESS": "disabled:"}) is None
-    True
-    >>> session_bus_address({"XDG_RUNTIME_DIR": "/run/user/1000"}, exists=lambda path: True)
-    'unix:path=/run/user/1000/bus'
-    """
-    address = env.get("DBUS_SESSION_BUS_ADDRESS", "")
-    if address:
-        transports = [part.split(":", 1)[0] for part in address.split(";") if part]
-        return address if "unix" in transports else None
-    runtime_dir = env.get("XDG_RUNTIME_DIR", "")
-    if not runtime_dir:
-        return None
-    socket_path = os.path.join(runtime_dir, "bus")
-    if not (exists or _is_socket)(socket_path):
-        return None
-    return f"unix:path={socket_path}"
-
-
-def _is_socket(path: str) -> bool:
-    try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
-        return False
 
 
 def argb32_pixmaps(image: Image.Image, sizes: Sequence[int] = PIXMAP_SIZES) -> list[Pixmap]:
