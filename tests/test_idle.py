@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from tests.support.manager import DEFAULT_INTERVAL, Manager, quietest_wakeups
 from tray.core.status import Status, make_status
 from tray.dashboard.ondemand import DashboardOnDemand
 from tray.history import EventKind, History
+from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
 from tray.system.resources import nvml_library_present
 from tray.system.stopping import sleep_until
@@ -235,3 +237,16 @@ def test_where_the_nvml_library_is_looked_for() -> None:
     nvsmi = "D:/Programs/NVIDIA Corporation/NVSMI/nvml.dll"
     assert nvml_library_present("win32", program_files, exists=lambda path: path == nvsmi) is True
     assert nvml_library_present("win32", program_files, exists=lambda path: False) is False
+
+
+def test_a_client_of_a_plain_http_ollama_loads_no_certificates(monkeypatch: pytest.MonkeyPatch) -> None:
+    # httpx loads its CA bundle into every client it makes (about 3 MiB held for the process's life); the
+    # monitor's client of an http:// Ollama never speaks TLS, so only a client of an https:// one loads it.
+    loaded: list[object] = []
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", lambda _self, *args, **kwargs: loaded.append(args))
+    with OllamaClient("http://127.0.0.1:11434"):
+        pass
+    assert loaded == []
+    with OllamaClient("https://ollama.example.com"):
+        pass
+    assert len(loaded) == 1

@@ -20,11 +20,13 @@ into the bundle.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -133,6 +135,23 @@ def _answer_error(what: str, response: httpx.Response) -> OllamaAPIError:
     )
 
 
+def tls_for(base_url: str) -> ssl.SSLContext | bool:
+    """The ``verify`` of a client that only calls ``base_url``: httpx's own (the CA bundle) for an ``https`` server.
+
+    httpx loads the whole CA bundle into every client's TLS context, whether or not its server speaks TLS:
+    about 3 MiB held for good by a process that checks a plain-http Ollama. That server gets a bare client
+    context instead, never used, which would refuse every certificate if it were.
+
+    >>> tls_for("https://ollama.example.com")
+    True
+    >>> tls_for("http://127.0.0.1:11434").verify_mode == ssl.CERT_REQUIRED
+    True
+    """
+    if urlsplit(base_url).scheme.lower() == "https":
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class OllamaClient:
     """A synchronous client for one Ollama base URL (``http://host:port``, IPv6 hosts in brackets).
 
@@ -156,6 +175,7 @@ class OllamaClient:
         self._http = http or httpx.Client(
             transport=transport,
             trust_env=False,
+            verify=tls_for(self.base_url),
             timeout=httpx.Timeout(timeouts.api, connect=timeouts.connect),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=None),
         )

@@ -43,7 +43,6 @@ from tray.ui.menu import (
     model_of_action,
     use_model_action,
 )
-from tray.ui.pystray_fixes import fix_xorg_icon
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +371,10 @@ class TrayApp:
         key = self._image_key(status)
         icon = self._create_icon(self._image(key), tooltip(status, running))
         self._shown_image_key = key
-        fix_xorg_icon(icon)
+        if type(icon).__module__ == "pystray._xorg":  # the workarounds load only for the icon they patch
+            from tray.ui.pystray_fixes import fix_xorg_icon
+
+            fix_xorg_icon(icon)
         return icon
 
     def _create_icon(self, image: Image.Image, title: str) -> Any:
