@@ -33,6 +33,7 @@ from tests.support.tray_driver import (  # noqa: E402
     TrayProcess,
     docked_icons,
     icon_state_of,
+    imported_modules,
     tray_env,
     wait_for,
     wait_for_icon_state,
@@ -283,11 +284,6 @@ def test_a_docked_tray_between_checks_has_no_thread_that_wakes(
     quietest, readings = quietest_wakeups(tray.pid)
     assert tray.running()
     assert quietest <= 1, f"the tray woke {quietest} times in its quietest 3 s: {readings}"
-
-
-def imported_modules(output: str) -> set[str]:
-    """The modules a process run with ``PYTHONPROFILEIMPORTTIME=1`` names in its ``import time:`` lines."""
-    return {line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")}
 
 
 def test_a_docked_tray_without_a_session_bus_loads_no_status_notifier_code(

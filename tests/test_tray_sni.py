@@ -38,6 +38,7 @@ from tests.support.tray_driver import (  # noqa: E402
     TrayProcess,
     docked_icons,
     icon_state_of,
+    imported_modules,
     tray_env,
     wait_for,
     wait_for_icon_state,
@@ -275,6 +276,17 @@ def test_a_statusnotifier_tray_between_checks_has_no_thread_that_wakes(
     quietest, readings = quietest_wakeups(tray.pid)
     assert tray.running()
     assert quietest <= 1, f"the tray woke {quietest} times in its quietest 3 s: {readings}"
+
+
+def test_a_statusnotifier_tray_loads_no_pystray_code(
+    desktop: XfceDesktop, trays: Trays, host: SniHost, manager: Manager
+) -> None:
+    # pystray and the workarounds for its xorg icon are for the XEmbed and pystray backends only.
+    manager.env["PYTHONPROFILEIMPORTTIME"] = "1"
+    start_green_item(trays, desktop, host, manager)
+    loaded = imported_modules(trays.started[-1].output())
+    assert {"tray.ui.app", "tray.ui.sni"} <= loaded  # the log names what the tray loaded
+    assert {"pystray", "tray.ui.pystray_fixes"} & loaded == set()
 
 
 def test_restart_clicked_in_the_menu_restarts_ollama(

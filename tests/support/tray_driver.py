@@ -275,6 +275,11 @@ def tray_env(
     return env
 
 
+def imported_modules(output: str) -> set[str]:
+    """The modules a process run with ``PYTHONPROFILEIMPORTTIME=1`` names in its ``import time:`` lines."""
+    return {line.rsplit("|", 1)[1].strip() for line in output.splitlines() if line.startswith("import time:")}
+
+
 class TrayProcess:
     """``python -m tray`` with no arguments, its output in a file, stopped and reaped by PID."""
 
