@@ -26,6 +26,7 @@ from tray.dashboard.ondemand import DashboardOnDemand
 from tray.history import EventKind, History
 from tray.ollama.client import OllamaClient
 from tray.settings.config import Config
+from tray.system.memory import M_ARENA_MAX, share_one_malloc_arena
 from tray.system.resources import nvml_library_present
 from tray.system.stopping import sleep_until
 from tray.web.status_api import build_app
@@ -250,3 +251,42 @@ def test_a_client_of_a_plain_http_ollama_loads_no_certificates(monkeypatch: pyte
     with OllamaClient("https://ollama.example.com"):
         pass
     assert len(loaded) == 1
+
+
+def reserved_malloc_arenas(pid: int) -> int:
+    """The per-thread malloc arenas of ``pid``: glibc reserves each as a 64 MiB mapping, inaccessible but its head."""
+    count = 0
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        start, end = (int(part, 16) for part in fields[0].split("-"))
+        if fields[1] == "---p" and len(fields) == 5 and end - start > 2**20:  # anonymous, not a 4 KiB guard page
+            count += 1
+    return count
+
+
+@pytest.mark.process
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc arenas, read from /proc")
+def test_a_monitors_threads_share_one_malloc_arena(standin: StandinEnv, tmp_path: Path) -> None:
+    manager = Manager(standin.env, tmp_path)
+    manager.env.pop("MALLOC_ARENA_MAX", None)
+    monitor = manager.spawn_monitor(DEFAULT_INTERVAL)
+    manager.wait_monitor_ready(60)
+    assert (
+        len(list(Path(f"/proc/{monitor.pid}/task").iterdir())) > 1
+    )  # threads that allocate, yet no arena of their own
+    assert reserved_malloc_arenas(monitor.pid) == 0
+
+
+def test_one_malloc_arena_is_asked_of_glibc_on_linux_unless_the_user_chose() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def mallopt(option: int, value: int) -> int:
+        calls.append((option, value))
+        return 1
+
+    assert share_one_malloc_arena({}, "linux", lambda: mallopt) is True
+    assert calls == [(M_ARENA_MAX, 1)]
+    assert share_one_malloc_arena({"MALLOC_ARENA_MAX": "4"}, "linux", lambda: mallopt) is False
+    assert share_one_malloc_arena({}, "darwin", lambda: mallopt) is False
+    assert share_one_malloc_arena({}, "linux", lambda: None) is False  # another C library
+    assert calls == [(M_ARENA_MAX, 1)]

@@ -32,6 +32,7 @@ from tray.settings.config import Config, ConfigError, config_warnings, load_conf
 from tray.settings.meta import shown
 from tray.system.instance import AlreadyRunning, SingleInstance
 from tray.system.logs import setup_logging
+from tray.system.memory import share_one_malloc_arena
 from tray.system.notify import Notifier
 from tray.system.paths import AppPaths
 from tray.system.stopping import sleep_until, stop_on_signals
@@ -382,6 +383,7 @@ def config_command(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def cmd_monitor(ctx: Context) -> int:
+    share_one_malloc_arena()
     stop = stop_on_signals()
     setup_logging(ctx.paths.app_log, stderr=True)
     with running_services(ctx) as services:
@@ -398,6 +400,7 @@ def cmd_tray(ctx: Context) -> int:
     from tray.ui.backend import StatusNotifierError, backend_for, choose_tray, no_tray_message
     from tray.ui.controller import MonitorController
 
+    share_one_malloc_arena()
     setup_logging(ctx.paths.app_log)
     notifier = Notifier(enabled=ctx.config.notifications)
     choice = choose_tray()

@@ -20,4 +20,5 @@ Modules:
 - :mod:`tray.system.instance`: the single-instance lock
 - :mod:`tray.system.stopping`: a foreground command's main thread, asleep until a signal stops it
 - :mod:`tray.system.logs`: the app's log file
+- :mod:`tray.system.memory`: one malloc arena for a long-running process's threads (glibc)
 """
