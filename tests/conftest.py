@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from standin.harness import StandinEnv
-from tests.support.manager import Manager
+from tests.support.manager import Manager, cleanup_managers
 from tests.support.spawn_guard import (
     MARKER,
     UnmarkedProcess,
@@ -67,6 +67,7 @@ def standin(tmp_path: Path) -> Iterator[StandinEnv]:
     try:
         yield env
     finally:
+        cleanup_managers()  # first: a monitor still running would start a serve that nothing reaps
         env.cleanup()
 
 

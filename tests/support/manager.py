@@ -93,6 +93,19 @@ def in_thread(call: Callable[[], Any], timeout: float = 120) -> Callable[[], Any
     return result
 
 
+_LIVE: list[Manager] = []
+
+
+def cleanup_managers() -> None:
+    """Stop every monitor a test started, before the stand-in it supervises is cleaned up.
+
+    A monitor left running is a supervisor: it starts Ollama again once the stand-in's serve is
+    killed, and that serve outlives the test. The ``standin`` fixture calls this first.
+    """
+    while _LIVE:
+        _LIVE.pop().cleanup()
+
+
 class Manager:
     """The CLI and a background ``monitor`` process, with everything reaped at the end.
 
@@ -108,6 +121,7 @@ class Manager:
         self.account = account
         self.python = str(python or sys.executable)
         self.monitors: list[subprocess.Popen[str]] = []
+        _LIVE.append(self)
 
     def enable_gateway(self, port: int) -> None:
         """Have the monitor serve its gateway on ``port``."""
