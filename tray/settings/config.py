@@ -364,23 +364,30 @@ def config_file_path(explicit: str | Path | None, env: Mapping[str, str], paths:
     return paths.config_file
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The file's table, or {} when it does not exist; a regular file of at most 1 MiB, a UTF-8 BOM allowed."""
+def read_config_text(path: Path, shown: Path | None = None) -> str | None:
+    """The text of the config file at ``path``, None when it does not exist: a regular file of at most 1 MiB,
+    UTF-8 with a BOM allowed; anything else is a ConfigError naming ``shown`` (default ``path``)."""
+    shown = path if shown is None else shown
     try:
         data = read_regular_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
-        return {}
+        return None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a config file") from None
+        raise ConfigError(f"{shown}: is a directory, not a config file") from None
     except FileRefused as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{shown}: {exc}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{shown}: cannot read: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    return parse_toml(text, path)
+        raise ConfigError(f"{shown}: not UTF-8 text") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The file's table, or {} when it does not exist (see :func:`read_config_text`)."""
+    text = read_config_text(path)
+    return {} if text is None else parse_toml(text, path)
 
 
 def parse_toml(text: str, path: Path) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from typing import Any
 import tomlkit
 
 from tray.atomic import write_atomically
-from tray.settings.config import MAX_CONFIG_BYTES, ConfigError
-from tray.settings.textfile import FileRefused, read_regular_file
+from tray.settings.config import ConfigError, read_config_text
 
 NEW_FILE_MODE = 0o600  # settings may name a key's variable or a private address: the user's business
 
@@ -31,21 +30,13 @@ def set_config_value(path: Path, key: str, value: Any) -> None:
 def set_config_values(path: Path, changes: Mapping[str, Any]) -> None:
     """Set each dotted key in the TOML file at ``path`` in one atomic write."""
     target = Path(os.path.realpath(path))  # through a symlink (also a dangling one) to the file it names
+    text = read_config_text(target, shown=path)
     try:
-        data = read_regular_file(target, MAX_CONFIG_BYTES)
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        data, mode = b"", NEW_FILE_MODE
-    except FileRefused as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        mode = NEW_FILE_MODE if text is None else stat.S_IMODE(target.stat().st_mode)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        document = tomlkit.parse(text)
+        document = tomlkit.parse(text or "")
     except tomlkit.exceptions.ParseError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     for key, value in changes.items():
