@@ -44,6 +44,18 @@ def human_memory(size: float) -> str:
     return f"{size / MIB:.0f} MB"
 
 
+def binary_size(size: int) -> str:
+    """A byte count as a limit is written: whole MiB or KiB when it is one, else bytes.
+
+    >>> binary_size(32 * 1024 * 1024), binary_size(64 * 1024), binary_size(1000)
+    ('32 MiB', '64 KiB', '1000 bytes')
+    """
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
+
+
 def format_duration(seconds: float) -> str:
     """A short, rounded duration: ``12 s``, ``5 min``, ``2 h 5 min``.
 

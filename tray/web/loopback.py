@@ -20,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from tray.core.units import binary_size
+
 ALLOWED_HOST_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 BODY_BUDGET = 256 * 1024 * 1024  # bytes of request bodies one server holds at once: eight of the largest JSON bodies
 BUDGET_RETRY_AFTER = 5  # seconds: the Retry-After of a body refused for want of budget
@@ -49,7 +51,7 @@ class BodyTooLarge(BodyRefused):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        super().__init__(f"the request body is larger than {size_text(limit)}, the most this endpoint accepts")
+        super().__init__(f"the request body is larger than {binary_size(limit)}, the most this endpoint accepts")
 
 
 class BodyBudgetSpent(BodyRefused):
@@ -60,7 +62,7 @@ class BodyBudgetSpent(BodyRefused):
     def __init__(self, total: int) -> None:
         self.total = total
         super().__init__(
-            f"the server is busy: the requests under way hold {size_text(total)} of request bodies, "
+            f"the server is busy: the requests under way hold {binary_size(total)} of request bodies, "
             f"the most it holds at once; try again in {BUDGET_RETRY_AFTER} seconds"
         )
 
@@ -134,18 +136,6 @@ class BudgetedBodies:
             await self.app(scope, receive, send)
         finally:
             hold.release()
-
-
-def size_text(size: int) -> str:
-    """A byte count as people write it.
-
-    >>> size_text(32 * 1024 * 1024), size_text(64 * 1024), size_text(1000)
-    ('32 MiB', '64 KiB', '1000 bytes')
-    """
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale} {unit}"
-    return f"{size} bytes"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
