@@ -1,15 +1,22 @@
-"""The gateway's HTTP/1.1 client to Ollama: h11 over asyncio streams, its connections kept alive.
+"""The gateway's HTTP/1.1 client to Ollama: httptools' parser over asyncio streams, its connections kept alive.
 
 Every request through the gateway is also a request from the gateway to
 Ollama, so this client's cost is the gateway's added latency. httpx's
 AsyncClient (URL and header models, auth, redirects and cookies hooks, then
 httpcore's pool over anyio) spent about 620 µs of CPU per request against
-the stand-in Ollama, httpcore alone about 360 µs, the h11 state machine both
-are built on, driven directly over asyncio streams, about 90 µs. h11 does the
-protocol (framing, keep-alive, chunked encoding); this module only moves the
-bytes and keeps idle connections for the next request, as httpx's pool did
-(closed after ``keepalive_expiry`` idle seconds). The cloud keeps httpx: it
-needs TLS, proxies and HTTP/2, and its latency is the provider's.
+the stand-in Ollama, httpcore alone about 360 µs; h11's pure-Python state
+machine, driven directly over asyncio streams, still about 200 µs of a
+whole chat. httptools (llhttp, the parser uvicorn and Node.js use) reads the
+answers: framing, chunked encoding, informational answers, keep-alive. The
+request head is written here, from fields that uvicorn has already parsed
+from the client (or the gateway's own constants), refused when a field could
+end a line. Idle connections are kept for the next request, as httpx's pool
+did (closed after ``keepalive_expiry`` idle seconds). The cloud keeps httpx:
+it needs TLS, proxies and HTTP/2, and its latency is the provider's.
+
+What llhttp leaves to its caller is done here: an answer to HEAD has no
+body whatever its Content-Length says, and a body without Content-Length or
+chunked encoding ends when the server closes the connection.
 
 Failures are raised as httpx's exception classes (``ConnectError``,
 ``ReadTimeout``, ``RemoteProtocolError``, ...), the vocabulary the gateway
@@ -20,13 +27,14 @@ connection, which tells Ollama to stop working on the request.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import overload
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 import httpx
 
 READ_SIZE = 64 * 1024
@@ -61,11 +69,73 @@ class UpstreamHeaders:
         return default
 
 
+class _Answer:
+    """The parser's callbacks for one answer: its head, the body pieces not yet taken, and whether it ended."""
+
+    __slots__ = (
+        "complete",
+        "delimited_by_close",
+        "for_head",
+        "head_done",
+        "headers",
+        "keep_alive",
+        "parser",
+        "pieces",
+        "status_code",
+        "stray",
+    )
+
+    def __init__(self, for_head: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.for_head = for_head  # an answer to HEAD: no body, whatever its headers say
+        self.status_code = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.pieces: list[bytes] = []
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.delimited_by_close = False
+        self.stray = False  # bytes after the answer: the connection cannot carry another
+
+    def on_message_begin(self) -> None:
+        if self.head_done:
+            self.stray = True
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.head_done:
+            self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self.head_done:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue and the like: the answer follows
+            return
+        self.status_code, self.head_done = status, True
+        if self.for_head:
+            self.complete, self.keep_alive = True, self.parser.should_keep_alive()
+            return
+        framed = any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers)
+        self.delimited_by_close = not framed and status not in (204, 304)
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            self.stray = True
+        else:
+            self.pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.head_done or self.complete:  # an informational answer, or a HEAD answer ended at its head
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+
+
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.protocol = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
 
     def usable(self, now: float) -> bool:
@@ -75,53 +145,52 @@ class _Connection:
     def close(self) -> None:
         self.writer.close()
 
-    async def receive(self) -> None:
-        """Feed the protocol the next bytes from the server (b"" at the end of the connection)."""
+    async def receive(self, answer: _Answer) -> None:
+        """Feed ``answer`` the next bytes from the server; at the end of the connection, end or fail its body."""
         try:
             data = await self.reader.read(READ_SIZE)
         except OSError as exc:
             raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
-        self.protocol.receive_data(data)
-
-    def next_event(self) -> h11.Event | type[h11.PAUSED] | type[h11.NEED_DATA]:
+        if not data:
+            if answer.head_done and answer.delimited_by_close:
+                answer.complete, answer.keep_alive = True, False
+                return
+            if not answer.head_done:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+            raise httpx.RemoteProtocolError("the server closed the connection before the answer ended")
         try:
-            return self.protocol.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise httpx.RemoteProtocolError(str(exc)) from exc
+            answer.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise httpx.RemoteProtocolError("the server switched protocols, which the gateway does not relay") from None
+        except httptools.HttpParserError as exc:
+            raise httpx.RemoteProtocolError(f"malformed answer from the server ({exc})") from None
 
 
 class UpstreamResponse:
     """An answer whose head is in; the body is read with :meth:`aiter_raw` or :meth:`aread`, then :meth:`aclose`."""
 
-    def __init__(self, client: UpstreamClient, connection: _Connection, status_code: int, headers: UpstreamHeaders):
-        self.status_code = status_code
-        self.headers = headers
+    def __init__(self, client: UpstreamClient, connection: _Connection, answer: _Answer) -> None:
+        self.status_code = answer.status_code
+        self.headers = UpstreamHeaders(answer.headers)
         self.content = b""
         self._client = client
         self._connection: _Connection | None = connection
+        self._answer = answer
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """The body as it arrives: all of each read in one piece (transfer framing removed, nothing decoded)."""
-        connection = self._connection
+        connection, answer = self._connection, self._answer
         if connection is None:
             return
         try:
-            parts: list[bytes] = []
             while True:
-                event = connection.next_event()
-                if type(event) is h11.Data:
-                    parts.append(event.data)
-                    continue
-                if parts:
-                    yield b"".join(parts)
-                    parts = []
-                if event is h11.NEED_DATA:
-                    await connection.receive()
-                elif type(event) is h11.EndOfMessage:
+                if answer.pieces:
+                    pieces, answer.pieces = answer.pieces, []
+                    yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                if answer.complete:
                     self._release()
                     return
-                else:  # ConnectionClosed, PAUSED: the server ended the connection before the body
-                    raise httpx.RemoteProtocolError("the server closed the connection before the answer ended")
+                await connection.receive(answer)
         except BaseException:
             self._discard()
             raise
@@ -137,8 +206,13 @@ class UpstreamResponse:
 
     def _release(self) -> None:
         connection, self._connection = self._connection, None
-        if connection is not None:
+        if connection is None:
+            return
+        answer = self._answer
+        if answer.keep_alive and not answer.stray:
             self._client._release(connection)
+        else:
+            connection.close()
 
     def _discard(self) -> None:
         connection, self._connection = self._connection, None
@@ -174,7 +248,7 @@ class UpstreamClient:
         connection = await self._connection()
         try:
             await self._write_request(connection, method, self.base_path + target, headers, content)
-            return await self._read_head(connection)
+            return await self._read_head(connection, method)
         except BaseException:
             connection.close()
             raise
@@ -218,13 +292,8 @@ class UpstreamClient:
         return self.host if self._ssl is not None else None
 
     def _release(self, connection: _Connection) -> None:
-        protocol = connection.protocol
-        if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
-            protocol.start_next_cycle()
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-        else:
-            connection.close()
+        connection.idle_since = time.monotonic()
+        self._idle.append(connection)
 
     # -- the exchange
 
@@ -236,29 +305,39 @@ class UpstreamClient:
         headers: Sequence[tuple[bytes, bytes]],
         content: bytes | AsyncIterator[bytes],
     ) -> None:
-        protocol = connection.protocol
         fields = [(b"host", self.host_header), *headers]
-        has_length = any(name.lower() == b"content-length" for name, _ in headers)
+        declared = next((value for name, value in headers if name.lower() == b"content-length"), None)
         if isinstance(content, (bytes, bytearray)):
-            if (content or method in STREAMED_METHODS) and not has_length:
+            if (content or method in STREAMED_METHODS) and declared is None:
                 fields.append((b"content-length", b"%d" % len(content)))
-        elif not has_length:
+            elif declared is not None and declared.strip() != b"%d" % len(content):
+                raise httpx.LocalProtocolError("the body's length is not its declared Content-Length")
+            head = request_head(method, target, fields)
+            if len(content) <= READ_SIZE:  # one send for the usual request; a large body is not copied
+                await self._write(connection, head + content)
+            else:
+                await self._write(connection, head)
+                await self._write(connection, bytes(content))
+            return
+        if declared is None:
             fields.append((b"transfer-encoding", b"chunked"))
-        try:
-            head = protocol.send(h11.Request(method=method, target=target, headers=fields))
-            if isinstance(content, (bytes, bytearray)):
-                body = protocol.send(h11.Data(data=content)) if content else b""
-                await self._write(connection, head + body + protocol.send(h11.EndOfMessage()))
-                return
-            await self._write(connection, head)
+        await self._write(connection, request_head(method, target, fields))
+        if declared is None:
             async for chunk in content:
                 if chunk:
-                    await self._write(connection, protocol.send(h11.Data(data=chunk)))
-            await self._write(connection, protocol.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError as exc:
-            raise httpx.LocalProtocolError(str(exc)) from exc
+                    await self._write(connection, b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await self._write(connection, b"0\r\n\r\n")
+            return
+        remaining = int(declared) if declared.strip().isdigit() else -1
+        async for chunk in content:
+            remaining -= len(chunk)
+            if remaining < 0:
+                raise httpx.LocalProtocolError("the body is longer than its declared Content-Length")
+            await self._write(connection, chunk)
+        if remaining != 0:
+            raise httpx.LocalProtocolError("the body is shorter than its declared Content-Length")
 
-    async def _write(self, connection: _Connection, data: bytes | None) -> None:
+    async def _write(self, connection: _Connection, data: bytes) -> None:
         if not data:
             return
         writer = connection.writer
@@ -272,14 +351,35 @@ class UpstreamClient:
         except OSError as exc:
             raise httpx.WriteError(str(exc) or type(exc).__name__) from exc
 
-    async def _read_head(self, connection: _Connection) -> UpstreamResponse:
-        while True:
-            event = connection.next_event()
-            if event is h11.NEED_DATA:
-                await connection.receive()
-            elif type(event) is h11.Response:
-                return UpstreamResponse(self, connection, event.status_code, UpstreamHeaders(list(event.headers)))
-            elif type(event) is h11.InformationalResponse:
-                continue  # 100 Continue and the like
-            else:
-                raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    async def _read_head(self, connection: _Connection, method: str) -> UpstreamResponse:
+        answer = _Answer(for_head=method == "HEAD")
+        while not answer.head_done:
+            await connection.receive(answer)
+        return UpstreamResponse(self, connection, answer)
+
+
+_LINE_BREAKING = re.compile(rb"[\r\n\0]")
+_NOT_A_TOKEN = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+
+
+def request_head(method: str, target: str, fields: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The request line and header fields, as sent; ``httpx.LocalProtocolError`` for one that would break the framing.
+
+    >>> request_head("GET", "/api/tags", [(b"host", b"127.0.0.1:11434")])
+    b'GET /api/tags HTTP/1.1\\r\\nhost: 127.0.0.1:11434\\r\\n\\r\\n'
+    >>> request_head("GET", "/a b", [])
+    Traceback (most recent call last):
+    ...
+    httpx.LocalProtocolError: a request target must not contain spaces or line breaks: '/a b'
+    """
+    if not target or any(c in target for c in " \r\n\t\0"):
+        raise httpx.LocalProtocolError(f"a request target must not contain spaces or line breaks: {target!r}")
+    if not method or _NOT_A_TOKEN.search(method.encode("latin-1")):
+        raise httpx.LocalProtocolError(f"not a request method: {method!r}")
+    lines = [b"%b %b HTTP/1.1" % (method.encode("latin-1"), target.encode("latin-1"))]
+    for name, value in fields:
+        if not name or _NOT_A_TOKEN.search(name) or _LINE_BREAKING.search(value):
+            raise httpx.LocalProtocolError(f"a header field would break the request: {name!r}")
+        lines.append(b"%b: %b" % (name, value))
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
