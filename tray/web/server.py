@@ -2,8 +2,11 @@
 
 :class:`LoopbackServer` binds the socket itself (so a taken port is a one-line
 ``OSError`` before any thread starts, and port 0 is known at once), serves an
-ASGI app with uvicorn (h11 and Starlette: the real stack) on a background
-thread, and stops when asked. The status API and the gateway both run on it;
+ASGI app with uvicorn (its httptools protocol, and Starlette: the real stack)
+on a background thread, and stops when asked. httptools (llhttp, in C) rather
+than uvicorn's h11 protocol: a request through the gateway is parsed and
+answered here, and h11's pure-Python state machine took about a quarter of
+the gateway's CPU per request. The status API and the gateway both run on it;
 limits that every loopback server should share belong here.
 
 uvicorn's own main loop wakes every 0.1 s to look at ``should_exit`` (and,
@@ -16,8 +19,8 @@ set at start-up. A ``Date`` header, ``limit_max_requests`` and
 ``callback_notify`` need the periodic loop, so the server refuses a config
 that asks for them.
 
-Every server has the same :class:`Limits`, enforced by :class:`BoundedH11Protocol`
-(uvicorn's h11 protocol with what it lacks): a connection must send its request
+Every server has the same :class:`Limits`, enforced by :class:`BoundedProtocol`
+(uvicorn's httptools protocol with what it lacks): a connection must send its request
 headers within ``header_timeout`` seconds of its first byte (or of being accepted),
 a request body may pause at most ``body_timeout`` seconds between two pieces, and
 at most ``max_connections`` are open at once — one more closes the connection
@@ -41,6 +44,7 @@ own, found in ``/proc/net/tcp``) and be taken for its owner by the peer-uid chec
 from __future__ import annotations
 
 import asyncio
+import enum
 import errno
 import logging
 import os
@@ -51,9 +55,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tray.web.loopback import BODY_BUDGET, BodyBudget, BudgetedBodies
 
@@ -136,8 +139,17 @@ class RateLimitedLog:
         log.warning("%s%s", message, more)
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with header and body read timeouts and a cap on open connections.
+class Phase(enum.Enum):
+    """Where a connection is in its current request, as the protocol's parser has seen it."""
+
+    IDLE = "idle"  # no request under way: none sent yet, or the last one answered
+    HEAD = "head"  # a request's first bytes are in, its headers are not complete
+    BODY = "body"  # headers complete, the body not yet all in
+    ANSWERING = "answering"  # the request is in; the app is answering it
+
+
+class BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header and body read timeouts and a cap on open connections.
 
     A subclass per server sets ``limits``, ``what`` and ``refusals`` (see :meth:`LoopbackServer.protocol_for`).
     """
@@ -149,6 +161,7 @@ class BoundedH11Protocol(H11Protocol):
     _read_timer: asyncio.TimerHandle | None = None
     _refused = False
     _idle_since = 0.0  # loop time since when the connection waits for a request
+    phase = Phase.IDLE
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if len(self.connections) >= self.limits.max_connections and not self._make_room():
@@ -164,7 +177,7 @@ class BoundedH11Protocol(H11Protocol):
 
     def waiting_for_request(self) -> bool:
         """Has this connection no request under way (none sent yet, or an answer given and a next one awaited)?"""
-        return self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+        return self.phase is Phase.IDLE and not self.transport.is_closing()
 
     def _make_room(self) -> bool:
         """Close the connection that has waited longest without a request, for a new one: True if there was one.
@@ -173,7 +186,7 @@ class BoundedH11Protocol(H11Protocol):
         request being answered, and a client that sends its request at once
         (as every real one does) is served even while they keep coming.
         """
-        idle = [c for c in self.connections if isinstance(c, BoundedH11Protocol) and c.waiting_for_request()]
+        idle = [c for c in self.connections if isinstance(c, BoundedProtocol) and c.waiting_for_request()]
         if not idle:
             return False
         oldest = min(idle, key=lambda c: c._idle_since)
@@ -185,7 +198,23 @@ class BoundedH11Protocol(H11Protocol):
         )
         return True
 
+    # The parser's callbacks (called from data_received), which say where the request is.
+
+    def on_message_begin(self) -> None:
+        self.phase = Phase.HEAD
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self.phase = Phase.BODY
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.phase = Phase.ANSWERING
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
+        if self.phase is Phase.ANSWERING and not self.pipeline:  # no next request read or queued
+            self.phase = Phase.IDLE
         super().on_response_complete()
         self._idle_since = self.loop.time()
 
@@ -197,14 +226,12 @@ class BoundedH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        state = self.conn.their_state
-        if state is h11.SEND_BODY:
+        if self.phase is Phase.BODY:
             self._arm(self.limits.body_timeout)  # each piece of the body restarts the wait for the next
-        elif state is h11.IDLE:
-            if self._read_timer is None:  # headers under way: the deadline runs from their first byte
-                self._arm(self.limits.header_timeout)
-        else:
+        elif self.phase is Phase.ANSWERING:
             self._disarm()
+        elif self._read_timer is None:  # headers under way: the deadline runs from their first byte
+            self._arm(self.limits.header_timeout)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -222,7 +249,7 @@ class BoundedH11Protocol(H11Protocol):
         if self.flow.read_paused:  # the app is not reading yet: the client is not the one who is late
             self._arm(seconds)
             return
-        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY):
+        if self.phase is not Phase.ANSWERING:
             self.transport.close()  # a request in progress sees the client leave
 
 
@@ -271,7 +298,7 @@ class QuietServer(uvicorn.Server):
         self._exit_requested = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         protocol = self.config.http
-        if isinstance(protocol, type) and issubclass(protocol, BoundedH11Protocol):
+        if isinstance(protocol, type) and issubclass(protocol, BoundedProtocol):
             self._loop.set_exception_handler(quiet_accept_errors(protocol.what, protocol.refusals))
         await super().startup(sockets=sockets)
         if self.started:
@@ -333,10 +360,10 @@ class LoopbackServer:
         self.port: int | None = None
 
     @staticmethod
-    def protocol_for(what: str, limits: Limits) -> type[BoundedH11Protocol]:
+    def protocol_for(what: str, limits: Limits) -> type[BoundedProtocol]:
         """The protocol class of one server: its limits, and one log budget shared by its connections."""
 
-        class Protocol(BoundedH11Protocol):
+        class Protocol(BoundedProtocol):
             pass
 
         Protocol.limits, Protocol.what, Protocol.refusals = limits, what, RateLimitedLog()
