@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from tray.web.server import LoopbackServer, QuietServer
+from tray.web.server import CoalescingTransport, LoopbackServer, QuietServer
 
 
 class Timeline:
@@ -147,3 +147,63 @@ def test_settings_that_need_uvicorns_ticking_loop_are_refused() -> None:
     for config in (uvicorn.Config(app, date_header=True), uvicorn.Config(app, date_header=False, limit_max_requests=9)):
         with pytest.raises(ValueError):
             QuietServer(config)
+
+
+class RecordingTransport(asyncio.Transport):
+    """A transport that records what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def test_writes_in_one_turn_of_the_loop_leave_in_one_send() -> None:
+    async def scenario() -> list[list[bytes]]:
+        raw = RecordingTransport()
+        transport = CoalescingTransport(raw, asyncio.get_running_loop())
+        transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        transport.write(b"ok")
+        seen = [list(raw.sent)]
+        await asyncio.sleep(0)
+        seen.append(list(raw.sent))
+        transport.write(b"next")
+        await asyncio.sleep(0)
+        seen.append(list(raw.sent))
+        return seen
+
+    before_turn, after_turn, after_next = asyncio.run(scenario())
+    assert before_turn == []
+    assert after_turn == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+    assert after_next == [*after_turn, b"next"]
+
+
+def test_a_close_sends_what_is_held_first_and_a_closed_connection_gets_nothing() -> None:
+    async def scenario() -> tuple[RecordingTransport, RecordingTransport]:
+        loop = asyncio.get_running_loop()
+        closed_by_app, closed_by_peer = RecordingTransport(), RecordingTransport()
+        first = CoalescingTransport(closed_by_app, loop)
+        first.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        assert first.get_write_buffer_size() == len(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        first.close()
+        second = CoalescingTransport(closed_by_peer, loop)
+        second.write(b"late")
+        closed_by_peer.closed = True
+        await asyncio.sleep(0)
+        return closed_by_app, closed_by_peer
+
+    closed_by_app, closed_by_peer = asyncio.run(scenario())
+    assert (closed_by_app.sent, closed_by_app.closed) == ([b"HTTP/1.1 400 Bad Request\r\n\r\n"], True)
+    assert closed_by_peer.sent == []

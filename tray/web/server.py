@@ -139,6 +139,80 @@ class RateLimitedLog:
         log.warning("%s%s", message, more)
 
 
+class CoalescingTransport(asyncio.Transport):
+    """A connection's transport whose writes in one turn of the event loop leave in one send.
+
+    uvicorn writes an answer's status line and headers as soon as the app
+    starts the answer, and the body in a second write; with Nagle off (as
+    asyncio sets it) those are two segments, and a client reading the answer
+    wakes for each. Held until the loop's next turn, a whole answer goes out
+    at once and a streamed chunk is not delayed past the current turn.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._transport.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._transport.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(data) for data in self._pending)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._transport.get_write_buffer_limits()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+
 class Phase(enum.Enum):
     """Where a connection is in its current request, as the protocol's parser has seen it."""
 
@@ -171,7 +245,8 @@ class BoundedProtocol(HttpToolsProtocol):
             transport.close()
             self.refusals.note(f"{self.what} refused a connection: all {self.limits.max_connections} are busy")
             return
-        super().connection_made(transport)  # type: ignore[arg-type]
+        assert isinstance(transport, asyncio.Transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._idle_since = self.loop.time()
         self._arm(self.limits.header_timeout)
 
