@@ -945,6 +945,21 @@ class TestSlowIsNotBroken:
         assert idle.headers[HEADER] == "cloud"
         assert len(cloud.requests()) == 1
 
+    def test_a_stream_routed_first_waits_locally_while_another_request_is_in_progress(
+        self, ollama: StandinEnv, cloud: StandinCloud, gateways: Callable[..., Running]
+    ) -> None:
+        """Two requests sent together reach Ollama in the order their connections do: either may be queued."""
+        gw = gateways(ollama.base_url, cloud_settings(cloud), first_byte_timeout=0.5)
+        ollama.client().post("/api/chat", json=dict(CHAT, stream=False))
+        ollama.set_faults(slow_inference_ms=1500)
+        streamed = in_thread(lambda: gw.post("/api/chat", CHAT))  # routed alone: the short budget
+        wait_until(lambda: gw.gateway.local_activity().waiting == 1, what="a stream waiting for its first byte")
+        whole = in_thread(lambda: gw.post("/api/chat", dict(CHAT, stream=False)))
+        wait_until(lambda: gw.gateway.local_activity().waiting == 2, what="a second request in progress")
+        answers = [streamed(), whole()]
+        assert [answer.headers[HEADER] for answer in answers] == ["local", "local"]
+        assert cloud.requests() == []
+
 
 @pytest.mark.process
 class TestHangFoundByTheMonitor:

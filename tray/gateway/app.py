@@ -819,15 +819,23 @@ class Gateway:
                 self._loaded.saw_list([entry.name for entry in running], self.clock())
             return bool(self._loaded.is_loaded(model, self.clock()))
 
-    async def _silence_means_trouble(self, model: str, loaded_when_sent: asyncio.Future[bool] | None) -> bool:
-        """At the first-byte deadline: was the model in memory when the request was sent, and is it still?
+    async def _silence_means_trouble(self, exchange: _Exchange) -> bool:
+        """At the first-byte deadline: was the model in memory when the request was sent, is it still, and is
+        nothing else through the gateway in progress?
 
-        If not, this request is loading it (what was known had gone stale),
-        and the silence is the load's.
+        If the model was not in memory, this request is loading it (what was
+        known had gone stale), and the silence is the load's. If another
+        request is in progress, Ollama may be answering it first: requests
+        sent at nearly the same time reach it in the order their connections
+        do, not the order they were routed in, so the one routed first may be
+        the one queued.
         """
-        if loaded_when_sent is not None and not await loaded_when_sent:
+        with self._lock:
+            if any(other is not exchange for other in self._exchanges):
+                return False
+        if exchange.loaded_when_sent is not None and not await exchange.loaded_when_sent:
             return False
-        return await self._look_up_loaded(model)
+        return await self._look_up_loaded(exchange.model)
 
     def _begin_exchange(self, model: str, down_reports: int) -> _Exchange:
         exchange = _Exchange(model, asyncio.get_running_loop().create_future())
@@ -900,9 +908,9 @@ class Gateway:
             )
 
         async def judge(what: str, at: float) -> None:
-            if not await self._silence_means_trouble(exchange.model, exchange.loaded_when_sent):
-                # Not in memory (or /api/ps too slow to say) at the deadline: this request is loading it.
-                log.debug("the model %s is loading; waiting for it", exchange.model)
+            if not await self._silence_means_trouble(exchange):
+                # A load (or /api/ps too slow to say), or a queue: the work explains the silence.
+                log.debug("a request for %s waits for a load or its turn", exchange.model)
             elif what == "report":
                 self._report(f"a streamed request to a loaded model got nothing from Ollama for {at:g} s")
             else:
