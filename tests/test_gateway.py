@@ -552,6 +552,10 @@ class TestHealthyOllama:
     ) -> None:
         gw = gateways(ollama.base_url, CloudSettings())
         rebound = httpx.get(gw.url + "/api/tags", headers={"Host": "evil.example:11435"})
+        with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), timeout=10) as raw:
+            raw.sendall(b"GET /api/tags HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n")
+            second_host = raw.recv(4096)
+        assert second_host.startswith(b"HTTP/1.1 403 ")  # every Host field is looked at, not one of them
         page = httpx.post(gw.url + "/api/chat", json=CHAT, headers={"Origin": "https://evil.example"})
         local_page = httpx.get(gw.url + "/api/tags", headers={"Origin": "http://localhost:3000"})
         assert (rebound.status_code, rebound.json()) == (

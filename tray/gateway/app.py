@@ -439,11 +439,12 @@ class BrowserOrigins:
         self.allowed = allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers") or []) if scope["type"] == "http" else {}
-        origin = headers.get(b"origin")
+        fields = scope.get("headers") or () if scope["type"] == "http" else ()
+        origin = next((value for name, value in fields if name == b"origin"), None)
         if origin is None:
             await self.app(scope, receive, send)
             return
+        headers = dict(fields)
         if not self.allowed(origin.decode("latin-1")):
             message = "forbidden: requests from this web page's origin are refused (see gateway.allowed_origins)"
             await json_response(403, {"error": message}, Backend.GATEWAY)(scope, receive, send)

@@ -12,6 +12,7 @@ is given back when it ends, however it ends.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
@@ -165,6 +166,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request, with the same few addresses
 def _is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -172,6 +174,7 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def host_allowed(host_header: str) -> bool:
     """Is this Host header a loopback name (so a rebinding DNS name is refused)?
 
@@ -195,9 +198,8 @@ class LoopbackOnly:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             client = scope.get("client") or ("", 0)
-            headers = dict(scope.get("headers") or [])
-            host = headers.get(b"host", b"").decode("latin-1")
-            if not _is_loopback(client[0]) or not host_allowed(host):
+            hosts = [value for name, value in scope.get("headers") or () if name == b"host"] or [b""]
+            if not _is_loopback(client[0]) or not all(host_allowed(host.decode("latin-1")) for host in hosts):
                 response = JSONResponse({"error": "forbidden: loopback clients and localhost names only"}, 403)
                 await response(scope, receive, send)
                 return
