@@ -10,7 +10,11 @@ with one keep-alive HTTP client each:
 
 - latency of ``GET /api/version`` and of a whole ``POST /api/chat``, called
   directly and through the gateway (N each, interleaved); p50/p99 and the
-  difference of the medians;
+  difference of the medians; then ``/api/version`` again with a pause as long
+  as a direct chat after each call, which shows what waking from such a pause
+  costs the gateway on this machine (a chat's gateway waits that long for Ollama),
+  and the floor: a bare uvicorn app answering "ok", back to back and with
+  that pause (what waking costs any server here);
 - streaming: a ``POST /api/chat`` answer of 200 tokens (NDJSON) and
   ``/v1/chat/completions`` (SSE), M each, directly and through the gateway;
   chunks and bytes per second;
@@ -77,12 +81,28 @@ server.stop()
 """
 
 
+# The floor: a bare uvicorn app that answers "ok", in its own process; it prints its URL, serves until stdin closes.
+BARE_PROCESS = """
+import socket, sys, threading, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
+sock.bind(("127.0.0.1", 0))
+server = uvicorn.Server(uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning", lifespan="off"))
+threading.Thread(target=lambda: (sys.stdin.read(), setattr(server, "should_exit", True)), daemon=True).start()
+print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+server.run(sockets=[sock])
+"""
+
+
 class GatewayProcess:
     """The gateway served by a child interpreter; ``url`` once it serves."""
 
-    def __init__(self, local_url: str, cloud_url: str) -> None:
+    def __init__(self, local_url: str, cloud_url: str, script: str = GATEWAY_PROCESS) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", GATEWAY_PROCESS, local_url, cloud_url],
+            [sys.executable, "-c", script, local_url, cloud_url],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -114,18 +134,22 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def interleaved(direct: Callable[[], object], via: Callable[[], object], runs: int) -> tuple[list[float], list[float]]:
-    """Milliseconds per call, the two alternating so both see the same machine load."""
-    pairs = [(timed(direct, 1)[0], timed(via, 1)[0]) for _ in range(runs)]
+def interleaved(
+    direct: Callable[[], object], via: Callable[[], object], runs: int, pause: float = 0.0
+) -> tuple[list[float], list[float]]:
+    """Milliseconds per call, the two alternating so both see the same machine load; ``pause`` s after each call."""
+    pairs = [(timed(direct, 1, pause)[0], timed(via, 1, pause)[0]) for _ in range(runs)]
     return [d for d, _ in pairs], [v for _, v in pairs]
 
 
-def timed(call: Callable[[], object], runs: int) -> list[float]:
+def timed(call: Callable[[], object], runs: int, pause: float = 0.0) -> list[float]:
     out = []
     for _ in range(runs):
         started = time.perf_counter()
         call()
         out.append((time.perf_counter() - started) * 1000)
+        if pause:
+            time.sleep(pause)
     return out
 
 
@@ -135,6 +159,26 @@ def latency_line(name: str, direct: list[float], via: list[float]) -> str:
         f"{name:<28} direct p50 {statistics.median(direct):6.2f} ms p99 {percentile(direct, 0.99):6.2f} ms | "
         f"gateway p50 {statistics.median(via):6.2f} ms p99 {percentile(via, 0.99):6.2f} ms | added p50 {added:+.2f} ms"
     )
+
+
+def floor_line(requests: int, pause: float) -> str:
+    """What waking costs any server on this machine: a bare uvicorn app's "ok", back to back and ``pause`` s apart."""
+    bare = GatewayProcess("", "", BARE_PROCESS)
+    try:
+        with httpx.Client(base_url=bare.url, timeout=60) as client:
+            timed(lambda: client.get("/"), 20)
+            parts = []
+            for gap in (0.0, pause):
+                before = bare.cpu_seconds()
+                latency = statistics.median(timed(lambda: client.get("/"), requests, gap))
+                spent = (bare.cpu_seconds() - before) / requests * 1e6
+                parts.append(
+                    f"{'back to back' if not gap else f'{gap * 1000:.0f} ms apart'} p50 {latency:5.2f} ms, "
+                    f"CPU {spent:.0f} µs/request"
+                )
+        return f"{'bare uvicorn (the floor)':<28} " + " | ".join(parts)
+    finally:
+        bare.stop()
 
 
 def stream_rate(client: httpx.Client, path: str, body: dict[str, Any], runs: int) -> tuple[float, float, float]:
@@ -220,6 +264,16 @@ def run(requests: int, streams: int, token_ms: float, in_process: bool) -> None:
                 )
             )
             print(latency_line("POST /api/chat (whole)", *chat) + chat_cpu)
+            # The same cheap request, each call followed by a pause as long as a direct chat: the gateway then
+            # wakes from a sleep as it does for a chat, which on some machines costs more than the request's work.
+            pause = statistics.median(chat[0]) / 1000
+            paused, paused_cpu = cpu_per_request(
+                lambda: interleaved(
+                    lambda: direct.get("/api/version"), lambda: via.get("/api/version"), requests, pause
+                )
+            )
+            print(latency_line(f"GET /api/version, {pause * 1000:.0f} ms apart", *paused) + paused_cpu)
+            print(floor_line(requests, pause))
             print(
                 stream_line(
                     "stream /api/chat (NDJSON)",
