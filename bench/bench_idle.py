@@ -30,7 +30,11 @@ its history, one per check. Reported:
 - the RSS floor: a bare interpreter, in the same environment, importing every
   library module the process loaded (the process runs with
   ``PYTHONPROFILEIMPORTTIME=1``; the import lines name them; ``tray`` itself
-  left out), measured in the same run, and the RSS above it.
+  left out), measured in the same run, and the RSS above it;
+- the machine: a fixed piece of pure-Python work, in a process of its own,
+  timed back to back and after sleeping one interval (30 s), at the same time.
+  On a virtual machine whose cores slow down while idle, a check after 30 s
+  asleep costs many times its work; this line says how many.
 
 Needs, for the trays, Xvfb, openbox, tint2, ImageMagick, xfce4-panel and
 D-Bus (``apt-get install -y xvfb openbox tint2 imagemagick xfce4-panel dbus-x11``).
@@ -318,6 +322,47 @@ def watch(name: str, pid: int, history_db: Path, seconds: float, import_log: Cal
     )
 
 
+# A fixed piece of pure-Python work (no I/O, no new memory), timed back to back and after sleeping one health-check
+# interval, in a process of its own: what waking from such a sleep costs any Python process on this machine.
+COLD_WORK = """
+import json, resource, sys, time
+sleep, rounds = float(sys.argv[1]), int(sys.argv[2])
+data = [{"k%d" % i: list(range(20)), "s": "x" * 50} for i in range(20000)]
+def work():
+    return sum(len(d) for d in data), json.dumps(data[:2000])
+def cpu_ms():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+def timed():
+    before = cpu_ms()
+    work()
+    return cpu_ms() - before
+for _ in range(5):
+    work()
+warm = sorted(timed() for _ in range(rounds))
+cold = []
+for _ in range(rounds):
+    time.sleep(sleep)
+    cold.append(timed())
+cold.sort()
+print(warm[len(warm) // 2], cold[len(cold) // 2], rounds)
+"""
+
+
+def machine_line(seconds: float, interval: float) -> str:
+    """The cost of waking after ``interval`` seconds asleep, on this machine, over about ``seconds``."""
+    rounds = max(1, int(seconds // interval) - 1)
+    done = subprocess.run(
+        [sys.executable, "-c", COLD_WORK, str(interval), str(rounds)],
+        capture_output=True, text=True, check=True, timeout=seconds + 120,
+    )  # fmt: skip
+    warm, cold, rounds = (float(v) for v in done.stdout.split())
+    return (
+        f"[machine] a fixed piece of Python work: {warm:.1f} ms CPU back to back, {cold:.1f} ms after "
+        f"{interval:g} s asleep ({cold / warm:.0f}x; median of {rounds:.0f}): checks at this interval pay that too"
+    )
+
+
 def history_db_of(env: dict[str, str]) -> Path:
     return Path(env["XDG_DATA_HOME"]) / "ollama-manager" / "history.sqlite3"
 
@@ -383,7 +428,10 @@ def main() -> int:
             except BaseException as exc:  # noqa: BLE001 - reported below
                 results[name] = exc
 
+        machine: list[str] = []
+        interval = float(DEFAULT_INTERVALS["OLLAMA_MANAGER_HEALTH_CHECK_INTERVAL"])
         threads = [threading.Thread(target=run, args=(name,)) for name in targets]
+        threads.append(threading.Thread(target=lambda: machine.append(machine_line(args.seconds, interval))))
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -397,6 +445,7 @@ def main() -> int:
             failed = True
         else:
             print("\n".join(result.lines()))
+    print("\n".join(machine) or "[machine] the reference work failed")
     return 1 if failed else 0
 
 
