@@ -5,8 +5,8 @@
 ASGI app with uvicorn (its httptools protocol, and Starlette: the real stack)
 on a background thread, and stops when asked. httptools (llhttp, in C) rather
 than uvicorn's h11 protocol: a request through the gateway is parsed and
-answered here, and h11's pure-Python state machine took about a quarter of
-the gateway's CPU per request. The status API and the gateway both run on it;
+answered here, and uvicorn's h11 side took about a fifth of the gateway's
+CPU per chat in a profile. The status API and the gateway both run on it;
 limits that every loopback server should share belong here.
 
 uvicorn's own main loop wakes every 0.1 s to look at ``should_exit`` (and,
